@@ -1,0 +1,71 @@
+"""imaginex-context-plugin: drive a running LiveKit voice agent from outside.
+
+The receiver, :class:`ContextPlugin`, lives in the agent worker. Attach it with one line and the
+agent accepts ``speak`` (say something now) and ``add_context`` (know something for the next
+replies) messages on the LiveKit data channel and over RPC, and acknowledges every one::
+
+    from imaginex_context_plugin import ContextPlugin
+
+    plugin = ContextPlugin(agent_code="A12345678", allowed_identities=["backend"])
+    await plugin.start(session, ctx.room)
+
+See the README for the wire protocol, the error codes and the security model.
+"""
+
+from __future__ import annotations
+
+from livekit.agents import Plugin
+
+from .context import ContextBudget
+from .log import logger
+from .plugin import AckTransport, ContextPlugin, PluginStats
+from .protocol import (
+    ACK_TOPIC,
+    AGENT_CODE_ATTRIBUTE,
+    CONTEXT_TOPIC,
+    MAX_PAYLOAD_BYTES,
+    RPC_METHOD,
+    AddContextRequest,
+    ErrorAck,
+    ErrorCode,
+    GetStateRequest,
+    RemoveContextRequest,
+    SpeakRequest,
+    SpeechFinishedEvent,
+    SpeechStartedEvent,
+    SuccessAck,
+)
+from .security import RateLimit, sign_request
+from .version import __version__
+
+__all__ = [
+    "ACK_TOPIC",
+    "AGENT_CODE_ATTRIBUTE",
+    "CONTEXT_TOPIC",
+    "MAX_PAYLOAD_BYTES",
+    "RPC_METHOD",
+    "AckTransport",
+    "AddContextRequest",
+    "ContextBudget",
+    "ContextPlugin",
+    "ErrorAck",
+    "ErrorCode",
+    "GetStateRequest",
+    "PluginStats",
+    "RateLimit",
+    "RemoveContextRequest",
+    "SpeakRequest",
+    "SpeechFinishedEvent",
+    "SpeechStartedEvent",
+    "SuccessAck",
+    "__version__",
+    "sign_request",
+]
+
+
+class ImaginexContextPlugin(Plugin):
+    def __init__(self) -> None:
+        super().__init__(__name__, __version__, __package__, logger)
+
+
+Plugin.register_plugin(ImaginexContextPlugin())

@@ -1,0 +1,215 @@
+"""The context the plugin adds to the agent: keyed entries, a budget, and re-application.
+
+The store is the plugin's own record of what it added. The agent's chat context is derived from
+it: :meth:`ContextStore.merge_into` rewrites a list of chat items in one pass so that the
+plugin's messages in it are exactly the live entries (replaced in place, removed when gone,
+appended when new). Because the store, not the agent, is the record, an agent handoff loses
+nothing (merge into the new agent), and nothing is ever duplicated (entries are found by their
+stable chat item ids).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from livekit.agents import llm
+
+from .protocol import ContextEntryInfo, ContextRole, ContextScope
+
+ENTRY_ID_PREFIX: Final = "imaginex_ctx_"
+"""Chat item ids of the plugin's messages start with this, so they can be found again."""
+
+
+@dataclass(frozen=True)
+class ContextBudget:
+    """How much context the plugin may hold; the oldest unkeyed entries go first.
+
+    Args:
+        max_entries: Most entries held at once.
+        max_chars: Most characters of context text held at once.
+    """
+
+    max_entries: int = 64
+    max_chars: int = 32_000
+
+    def __post_init__(self) -> None:
+        if self.max_entries < 1 or self.max_chars < 1:
+            raise ValueError("ContextBudget needs max_entries >= 1 and max_chars >= 1")
+
+
+DEFAULT_CONTEXT_BUDGET: Final = ContextBudget()
+
+
+@dataclass
+class ContextEntry:
+    entry_id: str
+    key: str | None
+    role: ContextRole
+    text: str
+    scope: ContextScope
+    expires_at: float | None  # time.monotonic() deadline
+    request_id: str | None
+    message: llm.ChatMessage = field(repr=False)
+
+
+class ContextStore:
+    """Ordered context entries with a budget; O(1) to add, replace or remove one."""
+
+    def __init__(
+        self,
+        budget: ContextBudget = DEFAULT_CONTEXT_BUDGET,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._budget = budget
+        self._clock = clock
+        # insertion order is age order; a keyed replacement keeps its slot ("in place")
+        self._entries: dict[str, ContextEntry] = {}
+        self._chars = 0
+        self._serial = 0
+
+    @property
+    def budget(self) -> ContextBudget:
+        return self._budget
+
+    @property
+    def chars(self) -> int:
+        return self._chars
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self) -> list[ContextEntry]:
+        return list(self._entries.values())
+
+    def add(
+        self,
+        text: str,
+        *,
+        role: ContextRole = "system",
+        key: str | None = None,
+        scope: ContextScope = "persistent",
+        ttl_s: float | None = None,
+        request_id: str | None = None,
+    ) -> int:
+        """Add or replace an entry. Returns how many older entries the budget evicted.
+
+        Raises:
+            ValueError: The text alone is larger than the whole character budget.
+        """
+        if len(text) > self._budget.max_chars:
+            raise ValueError(
+                f"Context is longer than the context budget of {self._budget.max_chars} characters."
+            )
+        if key is not None:
+            entry_id = ENTRY_ID_PREFIX + "key_" + key
+        else:
+            self._serial += 1
+            entry_id = f"{ENTRY_ID_PREFIX}{self._serial}"
+        message = llm.ChatMessage(
+            id=entry_id, role=role, content=[text], extra={"imaginex_context": True}
+        )
+        entry = ContextEntry(
+            entry_id=entry_id,
+            key=key,
+            role=role,
+            text=text,
+            scope=scope,
+            expires_at=None if ttl_s is None else self._clock() + ttl_s,
+            request_id=request_id,
+            message=message,
+        )
+        old = self._entries.get(entry_id)
+        if old is not None:
+            self._chars -= len(old.text)
+        self._entries[entry_id] = entry  # an existing key keeps its position
+        self._chars += len(text)
+        return self._enforce_budget(keep=entry_id)
+
+    def _enforce_budget(self, *, keep: str) -> int:
+        evicted = 0
+        while len(self._entries) > self._budget.max_entries or self._chars > self._budget.max_chars:
+            victim = next((e for e in self._entries.values() if e.key is None), None)
+            if victim is None or victim.entry_id == keep:
+                # only keyed entries left (or the new one is the oldest unkeyed): oldest other
+                victim = next(e for e in self._entries.values() if e.entry_id != keep)
+            self._drop(victim.entry_id)
+            evicted += 1
+        return evicted
+
+    def _drop(self, entry_id: str) -> None:
+        entry = self._entries.pop(entry_id)
+        self._chars -= len(entry.text)
+
+    def remove_key(self, key: str) -> bool:
+        entry_id = ENTRY_ID_PREFIX + "key_" + key
+        if entry_id not in self._entries:
+            return False
+        self._drop(entry_id)
+        return True
+
+    def remove_where(self, predicate: Callable[[ContextEntry], bool]) -> int:
+        doomed = [e.entry_id for e in self._entries.values() if predicate(e)]
+        for entry_id in doomed:
+            self._drop(entry_id)
+        return len(doomed)
+
+    def expire(self) -> int:
+        """Drop entries whose ttl has passed. Returns how many."""
+        now = self._clock()
+        return self.remove_where(lambda e: e.expires_at is not None and e.expires_at <= now)
+
+    def next_expiry(self) -> float | None:
+        deadlines = [e.expires_at for e in self._entries.values() if e.expires_at is not None]
+        return min(deadlines) if deadlines else None
+
+    def drop_next_turn(self, *, added_before: float) -> int:
+        """Drop ``next_turn`` entries the agent has now replied with (added before the reply)."""
+        return self.remove_where(
+            lambda e: e.scope == "next_turn" and e.message.created_at <= added_before
+        )
+
+    def merge_into(self, items: Iterable[llm.ChatItem]) -> list[llm.ChatItem]:
+        """Chat items with the plugin's messages made equal to the live entries, in one pass.
+
+        Items that are not the plugin's pass through untouched and in order. A live entry already
+        present is swapped for its current message at the same position (a keyed replacement
+        stays where it was); a present entry that is gone is dropped; new entries go at the end,
+        oldest first.
+        """
+        live = self._entries
+        placed: set[str] = set()
+        merged: list[llm.ChatItem] = []
+        for item in items:
+            item_id = item.id
+            if item_id.startswith(ENTRY_ID_PREFIX):
+                entry = live.get(item_id)
+                if entry is None or item_id in placed:
+                    continue
+                placed.add(item_id)
+                merged.append(entry.message)
+            else:
+                merged.append(item)
+        if len(placed) != len(live):
+            merged.extend(e.message for e in live.values() if e.entry_id not in placed)
+        return merged
+
+    def describe(self) -> list[ContextEntryInfo]:
+        now = self._clock()
+        return [
+            ContextEntryInfo(
+                entry_id=e.entry_id,
+                key=e.key,
+                role=e.role,
+                chars=len(e.text),
+                scope=e.scope,
+                expires_in_s=None
+                if e.expires_at is None
+                else round(max(0.0, e.expires_at - now), 3),
+                request_id=e.request_id,
+            )
+            for e in self._entries.values()
+        ]

@@ -1,0 +1,231 @@
+"""``imaginex-context demo``: the plugin at work, with no LiveKit server and no API keys.
+
+A real ``AgentSession`` runs in-process with an offline LLM (:class:`OfflineLLM`, which answers
+from the context it is given) and text output. A real ``rtc.Room`` receives the scripted packets
+as ``data_received`` events carrying real ``rtc.DataPacket`` objects, so every message takes the
+exact path that bytes from a LiveKit server take. Acks are printed instead of published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import APIConnectOptions, llm
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
+from livekit.agents.voice import Agent, AgentSession
+from livekit.agents.voice.events import ConversationItemAddedEvent
+from livekit.rtc._proto import handle_pb2, participant_pb2, room_pb2
+
+from .context import ENTRY_ID_PREFIX
+from .plugin import AckTransport, ContextPlugin
+from .protocol import CONTEXT_TOPIC
+
+DEMO_AGENT_CODE = "A12345678"
+DEMO_ROOM = "customer_session_1"
+BACKEND = "crm-backend"
+
+
+class OfflineLLM(llm.LLM):
+    """An LLM that needs no API key: it answers from the context it is given.
+
+    It reports what it knows (the system/developer messages the plugin added) and, when asked
+    for ``instructions``, follows them literally. Good for demos and local tests of the wiring.
+    """
+
+    @property
+    def model(self) -> str:
+        return "offline"
+
+    @property
+    def provider(self) -> str:
+        return "imaginex"
+
+    def chat(
+        self,
+        *,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool] | None = None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
+        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
+        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
+    ) -> llm.LLMStream:
+        return _OfflineStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
+
+
+def offline_reply(chat_ctx: llm.ChatContext) -> str:
+    """What :class:`OfflineLLM` answers for a chat context."""
+    notes = [
+        m.text_content or ""
+        for m in chat_ctx.messages()
+        if m.id.startswith(ENTRY_ID_PREFIX)
+    ]
+    last = chat_ctx.messages()[-1] if chat_ctx.messages() else None
+    if last is not None and last.role in ("system", "developer") and not last.id.startswith(
+        ENTRY_ID_PREFIX
+    ):
+        # generate_reply(instructions=...) arrives as a trailing instruction message
+        text = last.text_content or ""
+        marker = "word for word, and nothing else:\n"
+        return text.split(marker, 1)[1] if marker in text else f"(following: {text})"
+    if not notes:
+        return "I don't know anything about you yet."
+    return "Here is what I know: " + " ".join(notes)
+
+
+class _OfflineStream(llm.LLMStream):
+    async def _run(self) -> None:
+        reply = offline_reply(self.chat_ctx)
+        for i, word in enumerate(reply.split(" ")):
+            self._event_ch.send_nowait(
+                llm.ChatChunk(
+                    id="offline",
+                    delta=llm.ChoiceDelta(role="assistant", content=word if i == 0 else " " + word),
+                )
+            )
+
+
+class DemoRoom(rtc.Room):
+    """A real ``rtc.Room`` that stands for a connected room, for running without a server."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._info = room_pb2.RoomInfo(name=name)
+
+    def deliver(self, payload: bytes, *, sender: str | None) -> None:
+        """Emit ``data_received`` exactly as the SDK does for a packet on the context topic."""
+        participant = None
+        if sender is not None:
+            info = participant_pb2.ParticipantInfo(
+                identity=sender, kind=rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
+            )
+            owned = participant_pb2.OwnedParticipant(
+                handle=handle_pb2.FfiOwnedHandle(id=0), info=info
+            )
+            participant = rtc.RemoteParticipant(owned)
+        self.emit(
+            "data_received",
+            rtc.DataPacket(
+                data=payload,
+                kind=rtc.DataPacketKind.KIND_RELIABLE,
+                participant=participant,
+                topic=CONTEXT_TOPIC,
+            ),
+        )
+
+
+class _PrintingTransport(AckTransport):
+    def __init__(self, room: rtc.Room, emit: Callable[[str, str], None]) -> None:
+        super().__init__(room)
+        self._emit = emit
+
+    async def send(self, payload: bytes, destination_identity: str) -> None:
+        self._emit(f"-> {destination_identity}", payload.decode())
+
+
+async def run_demo(*, out: Callable[[str], None] = print, pace_s: float = 0.3) -> dict[str, Any]:
+    """Run the scripted demo; returns a summary (used by the tests)."""
+    t0 = time.perf_counter()
+    summary: dict[str, Any] = {"acks": [], "said": []}
+
+    def line(who: str, what: str) -> None:
+        out(f"{(time.perf_counter() - t0) * 1000:7.0f} ms  {who:<22} {what}")
+
+    def on_ack(who: str, payload: str) -> None:
+        summary["acks"].append(json.loads(payload))
+        line(who, payload)
+
+    room = DemoRoom(DEMO_ROOM)
+    session: AgentSession[Any] = AgentSession(
+        llm=OfflineLLM(), vad=None, turn_handling={"turn_detection": None}
+    )
+    session.output.audio = None
+
+    def on_item(ev: ConversationItemAddedEvent) -> None:
+        item = ev.item
+        if isinstance(item, llm.ChatMessage) and item.role == "assistant":
+            summary["said"].append(item.text_content)
+            line("agent says", repr(item.text_content))
+
+    session.on("conversation_item_added", on_item)
+    await session.start(Agent(instructions="You are a helpful support agent."))
+
+    plugin = ContextPlugin(
+        agent_code=DEMO_AGENT_CODE,
+        allowed_identities=[BACKEND],
+        ack_transport=_PrintingTransport(room, on_ack),
+    )
+    await plugin.start(session, room)
+    line("plugin", f"attached to room {DEMO_ROOM!r} as agent {DEMO_AGENT_CODE}")
+
+    async def send(sender: str | None, message: dict[str, Any] | str, note: str) -> None:
+        payload = message if isinstance(message, str) else json.dumps(message)
+        line(f"{sender} sends", f"{payload}   # {note}")
+        room.deliver(payload.encode(), sender=sender)
+        await asyncio.sleep(pace_s)
+
+    async def user_asks(question: str) -> None:
+        line("user asks", repr(question))
+        await session.generate_reply(user_input=question)
+        await asyncio.sleep(pace_s / 3)
+
+    try:
+        await user_asks("Do you know who I am?")
+        await send(
+            BACKEND,
+            {
+                "type": "add_context",
+                "id": "ctx-1",
+                "key": "customer",
+                "context": "Customer John Smith is a premium member since 2021 "
+                "and prefers email.",
+            },
+            "background knowledge, nothing is spoken",
+        )
+        await user_asks("Do you know who I am?")
+        await send(
+            BACKEND,
+            {"type": "speak", "id": "say-1", "message": "Your order #1234 has shipped!"},
+            "proactive speech",
+        )
+        await send(BACKEND, {"type": "shout", "message": "hi"}, "a bad message")
+        await send(BACKEND, "{not json", "not even JSON")
+        await send(
+            "stranger",
+            {"type": "speak", "id": "x-1", "message": "I am not allowed to say this."},
+            "an unauthorised sender",
+        )
+        await send(
+            BACKEND,
+            {"type": "speak", "id": "say-1", "message": "Your order #1234 has shipped!"},
+            "a retry of say-1: acked again, not spoken twice",
+        )
+        await send(
+            BACKEND,
+            {
+                "type": "add_context",
+                "id": "ctx-2",
+                "key": "customer",
+                "context": "Customer John Smith upgraded to the enterprise plan today.",
+            },
+            "same key: replaces the earlier context",
+        )
+        await user_asks("What do you know now?")
+        await send(BACKEND, {"type": "get_state", "id": "state-1"}, "what does the agent hold?")
+        await send(
+            BACKEND,
+            {"type": "remove_context", "id": "rm-1", "key": "customer"},
+            "forget the customer",
+        )
+        await user_asks("And now?")
+        summary["knowledge"] = [e.text for e in plugin.context_store.entries()]
+    finally:
+        await plugin.aclose()
+        await session.aclose()
+    line("done", f"{len(summary['acks'])} answers, {len(summary['said'])} things said")
+    return summary

@@ -1,0 +1,984 @@
+"""ContextPlugin: the receiver that lets a backend drive a running agent.
+
+The hot path, top to bottom in this module:
+
+1. bytes arrive: ``_on_data_received`` (data packet on ``CONTEXT_TOPIC``) or ``_on_rpc``;
+2. ``_admit``: size check, decode, rate limit, authorise (allow-list / server / signature),
+   validate, target checks. A refusal becomes an error ack at once and never reaches the queue;
+3. one ordered queue, drained by one consumer task (``_consume``): dedup by id, then applied
+   (``_apply_speak`` -> ``AgentSession.say``; add_context -> the context store -> one chat
+   context update per burst);
+4. the ack goes back to the sender (``_send``, via one publisher task), and for speech,
+   ``speech_started`` / ``speech_finished`` follow from the speech's own playout.
+
+Room and session callbacks are synchronous: they only filter and enqueue, and never raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+
+from livekit import rtc
+from livekit.agents import llm
+from livekit.agents.job import get_job_context
+from livekit.agents.utils import is_given
+
+from . import protocol
+from .context import DEFAULT_CONTEXT_BUDGET, ContextBudget, ContextStore
+from .log import logger
+from .protocol import (
+    ACK_TOPIC,
+    ADD_CONTEXT_SUCCESS_MESSAGE,
+    AGENT_CODE_ATTRIBUTE,
+    CONTEXT_TOPIC,
+    GET_STATE_SUCCESS_MESSAGE,
+    MAX_PAYLOAD_BYTES,
+    REMOVE_CONTEXT_SUCCESS_MESSAGE,
+    RPC_METHOD,
+    SPEAK_SUCCESS_MESSAGE,
+    AckData,
+    AddContextRequest,
+    AgentStateInfo,
+    ErrorAck,
+    ErrorCode,
+    GetStateRequest,
+    ProtocolError,
+    RemoveContextRequest,
+    Request,
+    SpeakRequest,
+    SpeechFinishedEvent,
+    SpeechStartedEvent,
+    SuccessAck,
+    error_ack,
+    utc_timestamp,
+)
+from .security import (
+    DEDUP_MAX_ENTRIES,
+    DEDUP_WINDOW_S,
+    DEFAULT_RATE_LIMIT,
+    ExpiringCache,
+    RateLimit,
+    RateLimiter,
+    SenderPolicy,
+    SignatureVerifier,
+)
+
+if TYPE_CHECKING:
+    from livekit.agents.voice import AgentSession, SpeechHandle
+    from livekit.agents.voice.events import (
+        AgentStateChangedEvent,
+        CloseEvent,
+        ConversationItemAddedEvent,
+    )
+    from livekit.agents.voice.io import AudioOutput, PlaybackFinishedEvent, PlaybackStartedEvent
+
+AGENT_CODE_ENV: Final = "IMAGINEX_AGENT_CODE"
+DEFAULT_READY_TIMEOUT_S: Final = 10.0
+"""How long a message waits for the session to start or finish a handoff before NOT_READY."""
+DEFAULT_MAX_QUEUE: Final = 1_024
+"""Most messages waiting to be applied at once; beyond it senders get RATE_LIMITED."""
+DRAIN_TIMEOUT_S: Final = 2.0
+_RETRY_INTERVAL_S: Final = 0.02
+_CONNECT_POLL_S: Final = 0.05
+SERVER_SENDER: Final = "<server>"
+"""Rate-limit and dedup key for packets sent through the server API (no participant)."""
+
+_T = TypeVar("_T")
+AckMessage = SuccessAck | ErrorAck
+
+
+class AckTransport:
+    """Sends acks and speech events to one participant. The default publishes on the room.
+
+    Subclass it to route answers elsewhere, e.g. to print them in a demo or to capture them in a
+    test, without touching the plugin's internals.
+    """
+
+    def __init__(self, room: rtc.Room) -> None:
+        self._room = room
+
+    async def send(self, payload: bytes, destination_identity: str) -> None:
+        await self._room.local_participant.publish_data(
+            payload, reliable=True, destination_identities=[destination_identity], topic=ACK_TOPIC
+        )
+
+
+@dataclass
+class PluginStats:
+    """Counters a health check or a benchmark can read (``ContextPlugin.stats``)."""
+
+    received: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    acks_sent: int = 0
+    ack_failures: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Job:
+    request: Request
+    sender: str | None  # participant identity; None for the server API
+    received_at: float  # time.perf_counter()
+    reply: asyncio.Future[AckMessage] | None = None  # set for RPC: the ack is the response
+
+    @property
+    def dedup_key(self) -> tuple[str, str] | None:
+        rid = self.request.id
+        if rid is None:
+            return None
+        return (self.sender if self.sender is not None else SERVER_SENDER, rid)
+
+
+@dataclass(eq=False)
+class _Housekeeping:
+    kind: Literal["handoff", "expire", "turn_end"]
+    at: float = 0.0
+
+
+@dataclass(eq=False)
+class _SpeechTrack:
+    request_id: str | None
+    sender: str | None
+    handle: SpeechHandle
+    started: bool = False
+    played_s: float | None = None
+
+
+class _NotReady(Exception):
+    pass
+
+
+class ContextPlugin:
+    """Receives speak / add_context messages for a running ``AgentSession`` and answers each.
+
+    Attach it with one line in the entrypoint::
+
+        plugin = ContextPlugin(agent_code="A12345678", allowed_identities=["backend"])
+        await plugin.start(session, ctx.room)
+
+    Args:
+        agent_code: Reported in every ack and published as the participant attribute
+            ``imaginex.agent_code``; requests naming another code are refused. Defaults to the
+            ``IMAGINEX_AGENT_CODE`` environment variable.
+        allowed_identities: Participant identities trusted to send messages. Default: none.
+        trust_server: Trust packets sent with the server API (no participant). Default True.
+            They cannot be answered: there is no sender to send the ack to.
+        secret: Shared secret for signed messages; a validly signed message is trusted whoever
+            relays it (see ``security.sign_request``). Default: signed messages are refused.
+        require_signature: Refuse every message that is not validly signed. Default False.
+        rate_limit: Per-sender token bucket (default 10/s, bursts of 50); ``None`` turns it off.
+        context_budget: How much context the plugin may hold (default 64 entries, 32,000 chars).
+        ready_timeout: Seconds a message waits for the session to start or finish an agent
+            handoff before it is refused with ``NOT_READY``. Default 10.
+        max_queue: Most messages waiting at once (default 1,024); beyond it ``RATE_LIMITED``.
+        dedup_window: Seconds during which a repeated id from the same sender is applied once.
+        ack_transport: Where acks go. Default: ``publish_data`` on the room, to the sender.
+    """
+
+    def __init__(
+        self,
+        *,
+        agent_code: str | None = None,
+        allowed_identities: Iterable[str] = (),
+        trust_server: bool = True,
+        secret: str | bytes | None = None,
+        require_signature: bool = False,
+        rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+        context_budget: ContextBudget = DEFAULT_CONTEXT_BUDGET,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT_S,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        dedup_window: float = DEDUP_WINDOW_S,
+        ack_transport: AckTransport | None = None,
+    ) -> None:
+        if require_signature and not secret:
+            raise ValueError("require_signature=True needs a secret")
+        self._agent_code = agent_code if agent_code is not None else os.getenv(AGENT_CODE_ENV)
+        self._policy = SenderPolicy.build(allowed_identities, trust_server)
+        self._verifier = SignatureVerifier(secret) if secret else None
+        self._require_signature = require_signature
+        self._rate_limiter = RateLimiter(rate_limit) if rate_limit is not None else None
+        self._store = ContextStore(context_budget)
+        self._ready_timeout = ready_timeout
+        self._max_queue = max_queue
+        self._dedup: ExpiringCache[SuccessAck] = ExpiringCache(
+            ttl_s=dedup_window, max_entries=DEDUP_MAX_ENTRIES
+        )
+        self._ack_transport = ack_transport
+
+        self._session: AgentSession[Any] | None = None
+        self._room: rtc.Room | None = None
+        self._started = False
+        self._closed = False
+        self._session_closed = False
+
+        self._work: deque[_Job | _Housekeeping] = deque()
+        self._pending_jobs = 0
+        self._work_ready = asyncio.Event()
+        self._outbound: deque[tuple[str, bytes]] = deque()
+        self._outbound_ready = asyncio.Event()
+        self._outbound_drained = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rpc_registered = False
+        self._expiry_timer: asyncio.TimerHandle | None = None
+
+        self._speeches: dict[str, _SpeechTrack] = {}
+        self._watched_audio: AudioOutput | None = None
+        self.stats = PluginStats()
+
+    # ------------------------------------------------------------------------------------------
+    # lifecycle
+
+    @property
+    def agent_code(self) -> str | None:
+        return self._agent_code
+
+    @property
+    def context_store(self) -> ContextStore:
+        """The context entries the plugin holds (read-only use)."""
+        return self._store
+
+    async def start(self, session: AgentSession[Any], room: rtc.Room) -> None:
+        """Attach to the session and the room. Works before or after the room connects.
+
+        Raises:
+            RuntimeError: If the plugin was already started or closed.
+        """
+        if self._closed:
+            raise RuntimeError("ContextPlugin is closed")
+        if self._started:
+            raise RuntimeError("ContextPlugin is already started")
+        self._started = True
+        self._session = session
+        self._room = room
+        if self._ack_transport is None:
+            self._ack_transport = AckTransport(room)
+
+        room.on("data_received", self._on_data_received)
+        session.on("conversation_item_added", self._on_conversation_item_added)
+        session.on("agent_state_changed", self._on_agent_state_changed)
+        session.on("close", self._on_session_close)
+        self._watch_audio_output()
+
+        self._tasks.append(asyncio.create_task(self._consume(), name="imaginex_context.consume"))
+        self._tasks.append(asyncio.create_task(self._publish(), name="imaginex_context.publish"))
+        self._tasks.append(
+            asyncio.create_task(self._when_connected(), name="imaginex_context.connect")
+        )
+
+        job_ctx = get_job_context(required=False)
+        if job_ctx is not None:
+            job_ctx.add_shutdown_callback(self.aclose)
+        logger.info(
+            "context plugin started",
+            extra={"agent_code": self._agent_code, "room_connected": room.isconnected()},
+        )
+
+    async def __aenter__(self) -> ContextPlugin:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop receiving, answer what is still queued, and unhook everything. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._started:
+            return
+        assert self._session is not None
+        assert self._room is not None
+
+        self._room.off("data_received", self._on_data_received)
+        self._session.off("conversation_item_added", self._on_conversation_item_added)
+        self._session.off("agent_state_changed", self._on_agent_state_changed)
+        self._session.off("close", self._on_session_close)
+        self._unwatch_audio_output()
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        if self._rpc_registered:
+            self._rpc_registered = False
+            with contextlib.suppress(Exception):  # the room may already be gone
+                self._room.local_participant.unregister_rpc_method(RPC_METHOD)
+
+        consume, publish, connect = self._tasks
+        for task in (consume, connect):
+            task.cancel()
+        await asyncio.gather(consume, connect, return_exceptions=True)
+
+        # every message still queued gets its answer
+        while self._work:
+            item = self._work.popleft()
+            if isinstance(item, _Job):
+                self._answer(
+                    item,
+                    error_ack(ErrorCode.NOT_READY, "The agent is shutting down.", item.request.id),
+                )
+        for track in self._speeches.values():
+            track.handle.remove_done_callback(self._on_speech_done)
+        self._speeches.clear()
+
+        # let the publisher flush the answers, then stop it
+        if self._outbound and not publish.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._outbound_drained.wait(), DRAIN_TIMEOUT_S)
+        publish.cancel()
+        await asyncio.gather(publish, return_exceptions=True)
+        self._tasks.clear()
+        logger.info("context plugin closed", extra={"agent_code": self._agent_code})
+
+    async def _when_connected(self) -> None:
+        # rtc.Room.connect() emits no "connected" event and a later connection_state_changed is
+        # not guaranteed, so a plugin started before the room connects polls for it
+        assert self._room is not None
+        while not self._room.isconnected():  # noqa: ASYNC110 - there is no event to wait on
+            await asyncio.sleep(_CONNECT_POLL_S)
+        participant = self._room.local_participant
+        participant.register_rpc_method(RPC_METHOD, self._on_rpc)
+        self._rpc_registered = True
+        if self._agent_code:
+            try:
+                await participant.set_attributes({AGENT_CODE_ATTRIBUTE: self._agent_code})
+            except Exception:
+                logger.warning("could not publish the agent code attribute", exc_info=True)
+
+    # ------------------------------------------------------------------------------------------
+    # 1. bytes arrive
+
+    def _on_data_received(self, packet: rtc.DataPacket) -> None:
+        if packet.topic != CONTEXT_TOPIC or self._closed:
+            return
+        sender = packet.participant.identity if packet.participant is not None else None
+        try:
+            admitted = self._admit(packet.data, sender)
+        except Exception:  # a room callback must never raise
+            logger.exception("unexpected error admitting a context packet")
+            admitted = error_ack(ErrorCode.INTERNAL_ERROR, "The message could not be read.", None)
+        if isinstance(admitted, _Job):
+            self._enqueue(admitted)
+        else:
+            self._send(sender, admitted)
+
+    async def _on_rpc(self, data: rtc.RpcInvocationData) -> str:
+        if self._closed:
+            return error_ack(
+                ErrorCode.NOT_READY, "The agent is shutting down.", None
+            ).model_dump_json()
+        try:
+            admitted = self._admit(data.payload.encode("utf-8"), data.caller_identity)
+        except Exception:
+            logger.exception("unexpected error admitting a context RPC")
+            admitted = error_ack(ErrorCode.INTERNAL_ERROR, "The message could not be read.", None)
+        if isinstance(admitted, ErrorAck):
+            self._count_error(admitted)
+            return admitted.model_dump_json()
+        admitted.reply = asyncio.get_running_loop().create_future()
+        self._enqueue(admitted)
+        # shield: if the caller gives up, the consumer still applies and records the message
+        ack = await asyncio.shield(admitted.reply)
+        return ack.model_dump_json()
+
+    def ingest(self, payload: bytes | str, *, sender_identity: str | None) -> None:
+        """Feed one message as if it arrived on the context topic from ``sender_identity``.
+
+        It takes exactly the path room bytes take; ``None`` means "sent through the server API".
+        Useful for bridges from other transports, demos and tests.
+        """
+        if not self._started or self._closed:
+            raise RuntimeError("ContextPlugin is not running")
+        participant_packet = payload.encode("utf-8") if isinstance(payload, str) else payload
+        admitted = self._admit(participant_packet, sender_identity)
+        if isinstance(admitted, _Job):
+            self._enqueue(admitted)
+        else:
+            self._send(sender_identity, admitted)
+
+    # ------------------------------------------------------------------------------------------
+    # 2. admitted or refused
+
+    def _admit(self, raw: bytes, sender: str | None) -> _Job | ErrorAck:
+        self.stats.received += 1
+        if len(raw) > MAX_PAYLOAD_BYTES:
+            return error_ack(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"Message is {len(raw)} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes (15 KiB).",
+                None,
+            )
+        try:
+            obj = protocol.decode_object(raw)
+        except ProtocolError as exc:
+            return error_ack(exc.code, exc.message, None)
+        request_id = protocol.request_id_of(obj)
+
+        if self._rate_limiter is not None:
+            wait = self._rate_limiter.acquire(sender if sender is not None else SERVER_SENDER)
+            if wait:
+                return error_ack(
+                    ErrorCode.RATE_LIMITED,
+                    "Too many messages from this sender; retry after the given seconds.",
+                    request_id,
+                    retry_after=round(wait, 3),
+                )
+
+        try:
+            obj = self._authorise(obj, sender)
+            request_id = protocol.request_id_of(obj)
+            request = protocol.validate_request(obj)
+        except ProtocolError as exc:
+            return error_ack(exc.code, exc.message, exc.request_id or request_id)
+
+        if request.agent_code is not None and request.agent_code != self._agent_code:
+            return error_ack(
+                ErrorCode.AGENT_NOT_FOUND,
+                f"Agent with code '{request.agent_code}' not found",
+                request.id,
+            )
+        if request.room_id is not None and request.room_id != self._room_name():
+            return error_ack(
+                ErrorCode.NO_ACTIVE_ROOMS,
+                f"No active sessions found for agent in room '{request.room_id}'",
+                request.id,
+            )
+        if self._pending_jobs >= self._max_queue:
+            return error_ack(
+                ErrorCode.RATE_LIMITED,
+                "The agent's message queue is full; retry shortly.",
+                request.id,
+                retry_after=1.0,
+            )
+        return _Job(request=request, sender=sender, received_at=time.perf_counter())
+
+    def _authorise(self, obj: dict[str, Any], sender: str | None) -> dict[str, Any]:
+        """Returns the request object to validate, or raises ``UNAUTHORIZED``."""
+        if protocol.is_signed(obj):
+            if self._verifier is None:
+                raise ProtocolError(
+                    ErrorCode.UNAUTHORIZED,
+                    "This agent does not accept signed messages: it has no secret configured.",
+                )
+            envelope = protocol.parse_envelope(obj)
+            inner = protocol.decode_object(envelope.body)
+            reason = self._verifier.verify(envelope.body, envelope.timestamp, envelope.signature)
+            if reason is not None:
+                raise ProtocolError(
+                    ErrorCode.UNAUTHORIZED, reason, request_id=protocol.request_id_of(inner)
+                )
+            return inner
+        if self._require_signature:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED,
+                "This agent only accepts signed messages, and this one is not signed.",
+                request_id=protocol.request_id_of(obj),
+            )
+        if not self._policy.trusts(sender):
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED,
+                "This sender is not allowed to send messages to this agent.",
+                request_id=protocol.request_id_of(obj),
+            )
+        return obj
+
+    def _room_name(self) -> str:
+        assert self._room is not None
+        return self._room.name
+
+    def _enqueue(self, item: _Job | _Housekeeping) -> None:
+        if isinstance(item, _Job):
+            self._pending_jobs += 1
+        self._work.append(item)
+        self._work_ready.set()
+
+    # ------------------------------------------------------------------------------------------
+    # 3. one consumer applies everything in arrival order
+
+    async def _consume(self) -> None:
+        while True:
+            if not self._work:
+                self._work_ready.clear()
+                await self._work_ready.wait()
+                continue
+            item = self._work.popleft()
+            try:
+                if isinstance(item, _Housekeeping):
+                    await self._housekeep(item)
+                elif isinstance(item.request, AddContextRequest | RemoveContextRequest):
+                    # a burst of context changes costs one chat context update, not one each
+                    batch = [item]
+                    while self._work:
+                        nxt = self._work[0]
+                        if not (
+                            isinstance(nxt, _Job)
+                            and isinstance(nxt.request, AddContextRequest | RemoveContextRequest)
+                        ):
+                            break
+                        batch.append(self._work.popleft())  # type: ignore[arg-type]
+                    await self._apply_context_batch(batch)
+                else:
+                    await self._apply_one(item)
+            except asyncio.CancelledError:
+                if isinstance(item, _Job) and not self._answered(item):
+                    self._work.appendleft(item)  # aclose() answers it
+                raise
+            except Exception:
+                logger.exception("unexpected error applying a context message")
+                if isinstance(item, _Job):
+                    self._answer(item, self._internal_error(item))
+
+    def _answered(self, job: _Job) -> bool:
+        return job.reply is not None and job.reply.done()
+
+    def _duplicate_of(self, job: _Job) -> SuccessAck | None:
+        key = job.dedup_key
+        if key is None:
+            return None
+        first = self._dedup.get(key)
+        if first is None:
+            return None
+        self.stats.duplicates += 1
+        return first.model_copy(update={"duplicate": True})
+
+    async def _apply_one(self, job: _Job) -> None:
+        duplicate = self._duplicate_of(job)
+        if duplicate is not None:
+            self._answer(job, duplicate)
+            return
+        request = job.request
+        try:
+            if isinstance(request, SpeakRequest):
+                ack = await self._apply_speak(job, request)
+            else:
+                assert isinstance(request, GetStateRequest)
+                ack = self._state_ack(request)
+        except _NotReady as exc:
+            ack = error_ack(ErrorCode.NOT_READY, str(exc), request.id)
+        if isinstance(ack, SuccessAck):
+            self._remember(job, ack)
+        self._answer(job, ack)
+
+    async def _apply_speak(self, job: _Job, request: SpeakRequest) -> AckMessage:
+        session = self._require_session()
+        mode = request.effective_mode
+        if mode == "if_idle" and self._someone_is_speaking():
+            return error_ack(
+                ErrorCode.BUSY,
+                "The agent or the user is speaking; nothing was said (mode if_idle).",
+                request.id,
+            )
+        if mode == "interrupt":
+            self._interrupt_interruptible()
+
+        text = request.text
+        method: Literal["say", "generate_reply"] = "say"
+        fallback: Literal["generate_reply"] | None = None
+        if text is None:
+            assert request.instructions is not None
+            instructions = request.instructions
+            method = "generate_reply"
+        elif not self._can_say_verbatim():
+            # a realtime model without TTS cannot say() text; ask it to read the text as is
+            instructions = (
+                "Say the following to the user, word for word, and nothing else:\n" + text
+            )
+            method = "generate_reply"
+            fallback = "generate_reply"
+
+        if method == "say":
+            assert text is not None
+            handle = await self._with_session_ready(
+                lambda: session.say(text, allow_interruptions=request.allow_interruptions)
+            )
+        else:
+            handle = await self._with_session_ready(
+                lambda: session.generate_reply(
+                    instructions=instructions, allow_interruptions=request.allow_interruptions
+                )
+            )
+        self._track_speech(handle, job)
+        logger.debug(
+            "speech scheduled",
+            extra={"request_id": request.id, "speech_id": handle.id, "speech_text": text},
+        )
+        return self._success(
+            request,
+            SPEAK_SUCCESS_MESSAGE,
+            speech_id=handle.id,
+            method=method,
+            fallback=fallback,
+        )
+
+    def _someone_is_speaking(self) -> bool:
+        session = self._require_session()
+        return (
+            session.agent_state in ("speaking", "thinking")
+            or session.user_state == "speaking"
+            or session.current_speech is not None
+        )
+
+    def _interrupt_interruptible(self) -> None:
+        session = self._require_session()
+        try:
+            # force=False: speech sent with allow_interruptions=false is never cut
+            session.interrupt(force=False)
+        except RuntimeError:
+            logger.debug("current speech is not interruptible; the new speech queues behind it")
+
+    def _can_say_verbatim(self) -> bool:
+        # mirrors AgentActivity.say(): without a TTS, say() only works when there is no audio
+        # output or the realtime model can say text itself
+        session = self._require_session()
+        agent = session.current_agent
+        tts = agent.tts if is_given(agent.tts) else session.tts
+        if tts is not None:
+            return True
+        model = agent.llm if is_given(agent.llm) else session.llm
+        if isinstance(model, llm.RealtimeModel) and model.capabilities.supports_say:
+            return True
+        return not (session.output.audio is not None and session.output.audio_enabled)
+
+    async def _with_session_ready(self, call: Callable[[], _T]) -> _T:
+        """Run a session call, waiting through session start-up and agent handoffs.
+
+        During a handoff LiveKit refuses new speech for a moment (RuntimeError); before start()
+        it has no agent. Both pass, so the call is retried until ``ready_timeout``.
+        """
+        deadline = time.monotonic() + self._ready_timeout
+        while True:
+            if self._session_closed:
+                raise _NotReady("The agent session has ended.")
+            try:
+                return call()
+            except RuntimeError:
+                if time.monotonic() >= deadline:
+                    raise _NotReady(
+                        "The agent session is not running (not started, or stuck in a handoff)."
+                    ) from None
+            await asyncio.sleep(_RETRY_INTERVAL_S)
+
+    async def _apply_context_batch(self, batch: list[_Job]) -> None:
+        store = self._store
+        answers: list[tuple[_Job, AckMessage]] = []
+        trigger: list[tuple[_Job, AddContextRequest]] = []
+        changed = False
+        for job in batch:
+            duplicate = self._duplicate_of(job)
+            if duplicate is not None:
+                answers.append((job, duplicate))
+                continue
+            request = job.request
+            if isinstance(request, RemoveContextRequest):
+                removed = store.remove_key(request.key)
+                changed |= removed
+                answers.append(
+                    (
+                        job,
+                        self._success(
+                            request,
+                            REMOVE_CONTEXT_SUCCESS_MESSAGE,
+                            key=request.key,
+                            removed=removed,
+                        ),
+                    )
+                )
+                continue
+            assert isinstance(request, AddContextRequest)
+            try:
+                evicted = store.add(
+                    request.text,
+                    role=request.role,
+                    key=request.key,
+                    scope=request.scope,
+                    ttl_s=request.ttl_s,
+                    request_id=request.id,
+                )
+            except ValueError as exc:
+                answers.append((job, error_ack(ErrorCode.VALIDATION_ERROR, str(exc), request.id)))
+                continue
+            changed = True
+            logger.debug(
+                "context added",
+                extra={"request_id": request.id, "key": request.key, "context_text": request.text},
+            )
+            if request.trigger_reply:
+                trigger.append((job, request))
+            else:
+                answers.append(
+                    (
+                        job,
+                        self._success(
+                            request, ADD_CONTEXT_SUCCESS_MESSAGE, key=request.key, evicted=evicted
+                        ),
+                    )
+                )
+        if changed:
+            try:
+                await self._sync_context()
+            except _NotReady as exc:
+                # the store keeps the entries: they reach the agent with the next sync
+                answers = [
+                    (
+                        job,
+                        ack
+                        if not isinstance(ack, SuccessAck) or ack.duplicate
+                        else error_ack(ErrorCode.NOT_READY, str(exc), job.request.id),
+                    )
+                    for job, ack in answers
+                ]
+                trigger_failed = [
+                    (job, error_ack(ErrorCode.NOT_READY, str(exc), job.request.id))
+                    for job, _ in trigger
+                ]
+                answers.extend(trigger_failed)
+                trigger = []
+        for job, request in trigger:
+            answers.append((job, await self._trigger_reply(job, request)))
+        for job, ack in answers:
+            if isinstance(ack, SuccessAck) and not ack.duplicate:
+                self._remember(job, ack)
+            self._answer(job, ack)
+
+    async def _trigger_reply(self, job: _Job, request: AddContextRequest) -> AckMessage:
+        session = self._require_session()
+        try:
+            handle = await self._with_session_ready(lambda: session.generate_reply())
+        except _NotReady as exc:
+            return error_ack(ErrorCode.NOT_READY, str(exc), request.id)
+        self._track_speech(handle, job)
+        return self._success(
+            request,
+            ADD_CONTEXT_SUCCESS_MESSAGE,
+            key=request.key,
+            speech_id=handle.id,
+            method="generate_reply",
+        )
+
+    async def _sync_context(self) -> None:
+        """Make the current agent's chat context hold exactly the live entries: one update."""
+        session = self._require_session()
+        agent = await self._with_session_ready(lambda: session.current_agent)
+        merged = self._store.merge_into(agent.chat_ctx.items)
+        await agent.update_chat_ctx(llm.ChatContext(merged))
+        self._schedule_expiry()
+
+    async def _housekeep(self, item: _Housekeeping) -> None:
+        if item.kind == "handoff":
+            # the new agent starts with only the context it was built with: re-apply ours
+            if len(self._store):
+                await self._sync_context()
+            return
+        if item.kind == "expire":
+            self._expiry_timer = None
+            removed = self._store.expire()
+        else:
+            removed = self._store.drop_next_turn(added_before=item.at)
+        if removed:
+            await self._sync_context()
+        elif item.kind == "expire":
+            self._schedule_expiry()
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        deadline = self._store.next_expiry()
+        if deadline is None or self._closed:
+            return
+        delay = max(0.0, deadline - time.monotonic())
+        self._expiry_timer = asyncio.get_running_loop().call_later(
+            delay, self._enqueue, _Housekeeping("expire")
+        )
+
+    def _state_ack(self, request: GetStateRequest) -> SuccessAck:
+        session = self._require_session()
+        try:
+            current_agent: str | None = session.current_agent.id
+        except RuntimeError:
+            current_agent = None
+        state = AgentStateInfo(
+            agent_state=session.agent_state,
+            user_state=session.user_state,
+            current_agent=current_agent,
+            context_entries=self._store.describe(),
+            context_chars=self._store.chars,
+            pending_speeches=[s for s, t in self._speeches.items() if not t.handle.done()],
+        )
+        return self._success(request, GET_STATE_SUCCESS_MESSAGE, state=state)
+
+    def _require_session(self) -> AgentSession[Any]:
+        assert self._session is not None
+        return self._session
+
+    # ------------------------------------------------------------------------------------------
+    # 4. answers
+
+    def _success(self, request: Request, message: str, **data: Any) -> SuccessAck:
+        return SuccessAck(
+            id=request.id,
+            message=message,
+            data=AckData(
+                agent_code=self._agent_code,
+                context_type=request.type,
+                room_id=self._room_name(),
+                timestamp=utc_timestamp(),
+                **data,
+            ),
+        )
+
+    def _internal_error(self, job: _Job) -> ErrorAck:
+        return error_ack(
+            ErrorCode.INTERNAL_ERROR,
+            "The agent could not apply the message because of an internal error.",
+            job.request.id,
+        )
+
+    def _remember(self, job: _Job, ack: SuccessAck) -> None:
+        key = job.dedup_key
+        if key is not None:
+            self._dedup.put(key, ack)
+
+    def _answer(self, job: _Job, ack: AckMessage) -> None:
+        self._pending_jobs -= 1
+        if isinstance(ack, SuccessAck) and not ack.duplicate:
+            self.stats.applied += 1
+        if job.reply is not None:
+            if not job.reply.done():
+                job.reply.set_result(ack)
+            if isinstance(ack, ErrorAck):
+                self._count_error(ack)
+            return
+        self._send(job.sender, ack)
+
+    def _count_error(self, ack: ErrorAck) -> None:
+        self.stats.errors[ack.error.value] = self.stats.errors.get(ack.error.value, 0) + 1
+
+    def _send(self, destination: str | None, message: protocol.ServerMessage) -> None:
+        if isinstance(message, ErrorAck):
+            self._count_error(message)
+            logger.info(
+                "context message refused",
+                extra={
+                    "error": message.error.value,
+                    "request_id": message.id,
+                    "sender": destination,
+                },
+            )
+        if destination is None:
+            return  # sent through the server API: there is nobody to answer
+        self._outbound.append((destination, message.model_dump_json().encode()))
+        self._outbound_drained.clear()
+        self._outbound_ready.set()
+
+    async def _publish(self) -> None:
+        transport = self._ack_transport
+        assert transport is not None
+        while True:
+            if not self._outbound:
+                self._outbound_drained.set()
+                self._outbound_ready.clear()
+                await self._outbound_ready.wait()
+                continue
+            destination, payload = self._outbound.popleft()
+            try:
+                await transport.send(payload, destination)
+                self.stats.acks_sent += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats.ack_failures += 1
+                logger.warning(
+                    "could not send an answer", exc_info=True, extra={"sender": destination}
+                )
+
+    # ------------------------------------------------------------------------------------------
+    # speech playout events
+
+    def _track_speech(self, handle: SpeechHandle, job: _Job) -> None:
+        self._speeches[handle.id] = _SpeechTrack(job.request.id, job.sender, handle)
+        self._watch_audio_output()
+        handle.add_done_callback(self._on_speech_done)
+        self._check_speech_started()
+
+    def _check_speech_started(self) -> None:
+        session = self._session
+        if session is None or session.agent_state != "speaking":
+            return
+        current = session.current_speech
+        track = self._speeches.get(current.id) if current is not None else None
+        if track is None or track.started:
+            return
+        track.started = True
+        self._send(
+            track.sender,
+            SpeechStartedEvent(
+                id=track.request_id, speech_id=track.handle.id, timestamp=utc_timestamp()
+            ),
+        )
+
+    def _on_speech_done(self, handle: SpeechHandle) -> None:
+        track = self._speeches.pop(handle.id, None)
+        if track is None:
+            return
+        self._send(
+            track.sender,
+            SpeechFinishedEvent(
+                id=track.request_id,
+                speech_id=handle.id,
+                interrupted=handle.interrupted,
+                played_s=track.played_s,
+                timestamp=utc_timestamp(),
+            ),
+        )
+
+    def _watch_audio_output(self) -> None:
+        # the session's audio output can be set or swapped after start() (RoomIO sets it when
+        # the session starts), so the listener follows it
+        assert self._session is not None
+        audio = self._session.output.audio
+        if audio is self._watched_audio:
+            return
+        self._unwatch_audio_output()
+        if audio is not None:
+            audio.on("playback_started", self._on_playback_started)
+            audio.on("playback_finished", self._on_playback_finished)
+        self._watched_audio = audio
+
+    def _unwatch_audio_output(self) -> None:
+        if self._watched_audio is not None:
+            self._watched_audio.off("playback_started", self._on_playback_started)
+            self._watched_audio.off("playback_finished", self._on_playback_finished)
+            self._watched_audio = None
+
+    def _on_playback_started(self, _: PlaybackStartedEvent) -> None:
+        # back-to-back speeches keep the agent "speaking", so each segment start is checked too
+        self._check_speech_started()
+
+    def _on_playback_finished(self, ev: PlaybackFinishedEvent) -> None:
+        session = self._session
+        current = session.current_speech if session is not None else None
+        track = self._speeches.get(current.id) if current is not None else None
+        if track is not None:
+            track.played_s = round(ev.playback_position, 3)
+
+    # ------------------------------------------------------------------------------------------
+    # session events
+
+    def _on_agent_state_changed(self, ev: AgentStateChangedEvent) -> None:
+        if ev.new_state == "speaking":
+            self._check_speech_started()
+
+    def _on_conversation_item_added(self, ev: ConversationItemAddedEvent) -> None:
+        item = ev.item
+        if item.type == "agent_handoff":
+            self._enqueue(_Housekeeping("handoff"))
+        elif item.type == "message" and item.role == "assistant":
+            self._enqueue(_Housekeeping("turn_end", at=item.created_at))
+
+    def _on_session_close(self, _: CloseEvent) -> None:
+        self._session_closed = True

@@ -1,0 +1,465 @@
+"""Wire protocol v1: the JSON that travels between a sender and the agent.
+
+Every request, acknowledgement and event is a pydantic model here, so the shape other languages
+parse is defined in one place and pinned by ``tests/test_wire_format.py``. Requests are one
+discriminated union on ``type``; :func:`parse_request` turns raw bytes into one of them or raises
+:class:`ProtocolError` carrying the error code, a plain sentence and the request id (when it could
+be read), which is exactly what an error ack needs.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+
+CONTEXT_TOPIC: Final = "imaginex.context"
+"""Data-packet topic the receiver listens on."""
+ACK_TOPIC: Final = "imaginex.context.ack"
+"""Data-packet topic acks and speech events are sent on, to the sender only."""
+RPC_METHOD: Final = "imaginex.context"
+"""RPC method name accepting the same request JSON; the response payload is the ack JSON."""
+AGENT_CODE_ATTRIBUTE: Final = "imaginex.agent_code"
+"""Participant attribute the receiver publishes so senders can find the agent for a code."""
+PROTOCOL_VERSION: Final = 1
+
+MAX_PAYLOAD_BYTES: Final = 15 * 1024  # LiveKit's reliable data packet limit
+MAX_ID_LENGTH: Final = 128
+MAX_KEY_LENGTH: Final = 128
+
+
+class ErrorCode(str, Enum):
+    """Stable error codes carried by error acks (and the gateway's error bodies)."""
+
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    """Not UTF-8, not JSON, not an object, unknown type, missing/empty text, wrong field types."""
+    UNAUTHORIZED = "UNAUTHORIZED"
+    """The sender is not trusted, or its signature is missing, wrong, stale or replayed."""
+    AGENT_NOT_FOUND = "AGENT_NOT_FOUND"
+    """The request names an ``agent_code`` this agent does not serve."""
+    NO_ACTIVE_ROOMS = "NO_ACTIVE_ROOMS"
+    """The request names a ``room_id`` that is not this room."""
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    """The packet is over 15 KiB (checked before parsing)."""
+    RATE_LIMITED = "RATE_LIMITED"
+    """The sender is over its rate limit, or the queue is full; see ``retry_after``."""
+    NOT_READY = "NOT_READY"
+    """The agent session is not running (not started yet, or ended)."""
+    BUSY = "BUSY"
+    """A ``speak`` with ``mode: "if_idle"`` arrived while the agent or the user was speaking."""
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    """An unexpected failure inside the agent; the message was not applied."""
+    LIVEKIT_UNAVAILABLE = "LIVEKIT_UNAVAILABLE"
+    """Sender side only: the LiveKit server could not be reached."""
+    TIMEOUT = "TIMEOUT"
+    """Sender side only: no ack arrived in time."""
+
+
+MessageType = Literal["speak", "add_context", "remove_context", "get_state"]
+MESSAGE_TYPES: Final[tuple[str, ...]] = ("speak", "add_context", "remove_context", "get_state")
+INVALID_TYPE_MESSAGE: Final = "Invalid type. Must be one of: " + ", ".join(MESSAGE_TYPES)
+
+ContextRole = Literal["system", "developer", "user", "assistant"]
+SpeakMode = Literal["queue", "interrupt", "if_idle"]
+ContextScope = Literal["persistent", "next_turn"]
+
+SPEAK_SUCCESS_MESSAGE: Final = "Speech triggered successfully"
+ADD_CONTEXT_SUCCESS_MESSAGE: Final = "Context added successfully"
+REMOVE_CONTEXT_SUCCESS_MESSAGE: Final = "Context removed successfully"
+GET_STATE_SUCCESS_MESSAGE: Final = "State retrieved successfully"
+
+
+def utc_timestamp() -> str:
+    """The current time as ISO 8601 UTC with milliseconds and a ``Z``, as the platform sends."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+class ProtocolError(Exception):
+    """A request that must be refused, with what its error ack will say."""
+
+    def __init__(self, code: ErrorCode, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+# ---------------------------------------------------------------------------------------------
+# requests
+
+
+class _Request(BaseModel):
+    # strict: "true" is not a bool and 1 is not a string; unknown fields are ignored so that newer
+    # senders stay compatible with older receivers.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    id: Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None = None
+    """Echoed in every answer; the deduplication key (per sender, 10 minutes)."""
+    room_id: str | None = None
+    """If set and not this room's name, the request is refused with ``NO_ACTIVE_ROOMS``."""
+    agent_code: str | None = None
+    """If set and not this agent's code, the request is refused with ``AGENT_NOT_FOUND``."""
+
+
+def _pick_text(message: str | None, context: str | None) -> str | None:
+    if message is not None and context is not None and message != context:
+        raise ValueError("Give the text in 'message' or in 'context', not both")
+    text = message if message is not None else context
+    if text is not None and not text.strip():
+        name = "message" if message is not None else "context"
+        raise ValueError(f"Field '{name}' must not be empty")
+    return text
+
+
+class SpeakRequest(_Request):
+    """Make the agent say something now, through its TTS (or phrase it, with ``instructions``)."""
+
+    type: Literal["speak"]
+    message: str | None = None
+    context: str | None = None
+    """Same as ``message``; the platform's unified endpoint sends the text under this name."""
+    instructions: str | None = None
+    """Have the LLM phrase the turn (``generate_reply(instructions=...)``) instead of verbatim."""
+    allow_interruptions: bool = True
+    """False: the user cannot barge in, and ``mode: "interrupt"`` never cuts it either."""
+    interrupt: bool = False
+    """True is the same as ``mode: "interrupt"``."""
+    mode: SpeakMode | None = None
+    """``queue`` (default), ``interrupt`` (cut interruptible speech first) or ``if_idle``."""
+
+    @model_validator(mode="after")
+    def _check_text(self) -> SpeakRequest:
+        text = _pick_text(self.message, self.context)
+        if text is not None and self.instructions is not None:
+            raise ValueError("Give either the text to say or 'instructions', not both")
+        if text is None and self.instructions is None:
+            raise ValueError("Missing field 'message' (or 'context'): the text to speak")
+        if self.instructions is not None and not self.instructions.strip():
+            raise ValueError("Field 'instructions' must not be empty")
+        if self.interrupt and self.mode not in (None, "interrupt"):
+            raise ValueError(f"'interrupt: true' contradicts 'mode: {self.mode}'")
+        return self
+
+    @property
+    def text(self) -> str | None:
+        """The verbatim text to say, or None when the LLM phrases it from ``instructions``."""
+        return self.message if self.message is not None else self.context
+
+    @property
+    def effective_mode(self) -> SpeakMode:
+        if self.mode is not None:
+            return self.mode
+        return "interrupt" if self.interrupt else "queue"
+
+
+class AddContextRequest(_Request):
+    """Give the agent background knowledge for its next replies; nothing is spoken."""
+
+    type: Literal["add_context"]
+    message: str | None = None
+    context: str | None = None
+    role: ContextRole = "system"
+    key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)] | None = None
+    """A later add_context with the same key replaces this one in place."""
+    trigger_reply: bool = False
+    """After adding, let the agent respond to it."""
+    scope: ContextScope = "persistent"
+    """``next_turn``: removed again after the agent's next reply."""
+    ttl_s: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = None
+    """Seconds after which the entry leaves the chat context."""
+
+    @model_validator(mode="after")
+    def _check_text(self) -> AddContextRequest:
+        if _pick_text(self.message, self.context) is None:
+            raise ValueError("Missing field 'context' (or 'message'): the context to add")
+        return self
+
+    @property
+    def text(self) -> str:
+        text = self.context if self.context is not None else self.message
+        assert text is not None  # guaranteed by _check_text
+        return text
+
+
+class RemoveContextRequest(_Request):
+    """Remove the context entry added under ``key`` (succeeds with ``removed: false`` if none)."""
+
+    type: Literal["remove_context"]
+    key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)]
+
+
+class GetStateRequest(_Request):
+    """Ask for the agent's and the user's state and the plugin's context entries."""
+
+    type: Literal["get_state"]
+
+
+Request = Annotated[
+    SpeakRequest | AddContextRequest | RemoveContextRequest | GetStateRequest,
+    Field(discriminator="type"),
+]
+_request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
+
+
+class SignedEnvelope(BaseModel):
+    """A request signed with the shared secret; see ``security.sign_request`` for the scheme."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    body: str
+    """The request JSON, exactly as signed."""
+    timestamp: int
+    """Unix seconds when it was signed; must be within 5 minutes of the receiver's clock."""
+    signature: str
+    """Lowercase hex HMAC-SHA256 of ``f"{timestamp}.{body}"`` with the shared secret."""
+
+
+_envelope_adapter: TypeAdapter[SignedEnvelope] = TypeAdapter(SignedEnvelope)
+
+
+def decode_object(raw: bytes | str) -> dict[str, Any]:
+    """Decode a packet into a JSON object, or raise ``VALIDATION_ERROR`` saying what is wrong."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(ErrorCode.VALIDATION_ERROR, "Message is not valid UTF-8.") from None
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.VALIDATION_ERROR, "Message is not valid JSON.") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.VALIDATION_ERROR, "Message must be a JSON object.")
+    return obj
+
+
+def request_id_of(obj: dict[str, Any]) -> str | None:
+    """The request id to echo in an error ack, if the object carries a usable one."""
+    rid = obj.get("id")
+    if isinstance(rid, str) and len(rid) <= MAX_ID_LENGTH:
+        return rid
+    return None
+
+
+def is_signed(obj: dict[str, Any]) -> bool:
+    return "signature" in obj
+
+
+def parse_envelope(obj: dict[str, Any]) -> SignedEnvelope:
+    try:
+        return _envelope_adapter.validate_python(obj)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.VALIDATION_ERROR, _sentence(exc, signed=True)) from None
+
+
+def validate_request(obj: dict[str, Any]) -> Request:
+    """Validate a decoded object as one of the request types."""
+    try:
+        return _request_adapter.validate_python(obj)
+    except ValidationError as exc:
+        raise ProtocolError(
+            ErrorCode.VALIDATION_ERROR, _sentence(exc), request_id=request_id_of(obj)
+        ) from None
+
+
+def parse_request(raw: bytes | str) -> Request:
+    """Decode and validate raw packet bytes into a request (unsigned path)."""
+    return validate_request(decode_object(raw))
+
+
+_TYPE_NAMES: Final = {
+    "bool_type": "a boolean",
+    "string_type": "a string",
+    "float_type": "a number",
+    "int_type": "an integer",
+    "model_type": "an object",
+}
+
+
+def _sentence(exc: ValidationError, *, signed: bool = False) -> str:
+    """One plain sentence for the first problem pydantic found; never echoes the value."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    kind = err["type"]
+    if kind == "union_tag_invalid":
+        return INVALID_TYPE_MESSAGE
+    if kind == "union_tag_not_found":
+        return "Missing field 'type'. Must be one of: " + ", ".join(MESSAGE_TYPES)
+    loc = [str(part) for part in err["loc"]]
+    if not signed and loc and loc[0] in MESSAGE_TYPES:
+        loc = loc[1:]  # the union tag pydantic puts first
+    field = ".".join(loc)
+    if kind == "value_error":
+        # our own validators: the message is already a sentence, prefixed by pydantic
+        return str(err["msg"]).removeprefix("Value error, ") + "."
+    if kind == "missing":
+        return f"Missing field '{field}'."
+    if kind == "extra_forbidden":
+        return f"Unknown field '{field}' in a signed message."
+    if kind in _TYPE_NAMES:
+        return f"Field '{field}' must be {_TYPE_NAMES[kind]}."
+    if kind == "literal_error":
+        expected = str(err.get("ctx", {}).get("expected", "")).replace("'", "")
+        return f"Field '{field}' must be one of: {expected.replace(' or ', ', ')}."
+    if kind == "string_too_long":
+        return f"Field '{field}' must be at most {err['ctx']['max_length']} characters."
+    if kind == "string_too_short":
+        return f"Field '{field}' must not be empty."
+    if kind in ("greater_than", "less_than_equal", "finite_number"):
+        return f"Field '{field}' is out of range."
+    return f"Field '{field}' is invalid."
+
+
+# ---------------------------------------------------------------------------------------------
+# answers
+
+
+class _WireModel(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    # Optional fields left out of the JSON when unset, so each answer carries only what applies
+    # (e.g. no ``speech_id`` on an add_context ack) while ``id`` stays present even when null.
+    _omit_if_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in self._omit_if_none:
+            if data.get(name, 0) is None:
+                del data[name]
+        return data
+
+
+class ContextEntryInfo(_WireModel):
+    """One context entry the plugin holds, as reported by ``get_state``."""
+
+    entry_id: str
+    key: str | None
+    role: ContextRole
+    chars: int
+    scope: ContextScope
+    expires_in_s: float | None
+    request_id: str | None
+
+
+class AgentStateInfo(_WireModel):
+    """What ``get_state`` reports."""
+
+    agent_state: str
+    user_state: str
+    current_agent: str | None
+    context_entries: list[ContextEntryInfo]
+    context_chars: int
+    pending_speeches: list[str]
+
+
+class AckData(_WireModel):
+    _omit_if_none = frozenset(
+        {"speech_id", "method", "fallback", "key", "removed", "evicted", "state"}
+    )
+
+    agent_code: str | None
+    context_type: MessageType
+    delivered_to_rooms: int = 1
+    room_id: str
+    timestamp: str
+    speech_id: str | None = None
+    method: Literal["say", "generate_reply"] | None = None
+    fallback: Literal["generate_reply"] | None = None
+    key: str | None = None
+    removed: bool | None = None
+    evicted: int | None = None
+    state: AgentStateInfo | None = None
+
+
+class SuccessAck(_WireModel):
+    _omit_if_none = frozenset({"duplicate"})
+
+    type: Literal["ack"] = "ack"
+    id: str | None
+    success: Literal[True] = True
+    message: str
+    data: AckData
+    duplicate: bool | None = None
+
+
+class ErrorAck(_WireModel):
+    _omit_if_none = frozenset({"retry_after"})
+
+    type: Literal["ack"] = "ack"
+    id: str | None
+    success: Literal[False] = False
+    error: ErrorCode
+    message: str
+    retry_after: float | None = None
+
+
+Ack = Annotated[SuccessAck | ErrorAck, Field(discriminator="success")]
+
+
+class SpeechStartedEvent(_WireModel):
+    """Sent when the speech's playout really begins (not when it is queued)."""
+
+    type: Literal["speech_started"] = "speech_started"
+    id: str | None
+    speech_id: str
+    timestamp: str
+
+
+class SpeechFinishedEvent(_WireModel):
+    """Sent when playout has ended or was cut; never at scheduling time."""
+
+    _omit_if_none = frozenset({"played_s"})
+
+    type: Literal["speech_finished"] = "speech_finished"
+    id: str | None
+    speech_id: str
+    interrupted: bool
+    played_s: float | None = None
+    """Seconds of audio played, when the audio output reports it."""
+    timestamp: str
+
+
+ServerMessage = SuccessAck | ErrorAck | SpeechStartedEvent | SpeechFinishedEvent
+
+
+def error_ack(
+    code: ErrorCode, message: str, request_id: str | None, *, retry_after: float | None = None
+) -> ErrorAck:
+    return ErrorAck(id=request_id, error=code, message=message, retry_after=retry_after)
+
+
+_ack_adapter: TypeAdapter[SuccessAck | ErrorAck] = TypeAdapter(SuccessAck | ErrorAck)
+_event_adapter: TypeAdapter[SpeechStartedEvent | SpeechFinishedEvent] = TypeAdapter(
+    Annotated[SpeechStartedEvent | SpeechFinishedEvent, Field(discriminator="type")]
+)
+
+
+def parse_ack(raw: bytes | str) -> SuccessAck | ErrorAck:
+    """Parse an ack received by a sender (raises ``pydantic.ValidationError`` if malformed)."""
+    return _ack_adapter.validate_json(raw)
+
+
+def parse_server_message(raw: bytes | str) -> ServerMessage:
+    """Parse anything the receiver sends on ``ACK_TOPIC`` (raises on malformed input)."""
+    obj = json.loads(raw)
+    if isinstance(obj, dict) and obj.get("type") == "ack":
+        return _ack_adapter.validate_python(obj)
+    return _event_adapter.validate_python(obj)
+
+
+def request_json_schema() -> dict[str, Any]:
+    """JSON Schema of the request union, for senders in other languages."""
+    return _request_adapter.json_schema()

@@ -1,0 +1,206 @@
+"""Who may drive the agent, how often, and how a message is applied only once.
+
+Everything here is synchronous and O(1) per message, because it runs inside the room's data
+callback before a message is queued. Every table is bounded, so a flooding sender costs a fixed
+amount of memory whatever it sends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar
+
+SIGNATURE_WINDOW_S: Final = 300.0
+"""Signed messages older or newer than this (seconds) are refused."""
+DEDUP_WINDOW_S: Final = 600.0
+"""The same request id from the same sender within this many seconds is applied once."""
+DEDUP_MAX_ENTRIES: Final = 10_000
+RATE_LIMIT_MAX_SENDERS: Final = 4_096
+
+_V = TypeVar("_V")
+
+
+def sign_request(body: str | bytes, secret: str | bytes, *, timestamp: int | None = None) -> str:
+    """Wrap request JSON in a signed envelope, ready to send.
+
+    The scheme, so that any language can implement it::
+
+        timestamp = current unix time in whole seconds
+        signature = lowercase hex of HMAC-SHA256(key=secret, msg=f"{timestamp}.{body}" as UTF-8)
+        packet    = {"body": body, "timestamp": timestamp, "signature": signature}
+
+    ``body`` is the request JSON text itself, carried as a JSON string, so the receiver checks
+    the exact bytes that were signed.
+
+    Args:
+        body: The request JSON (text or UTF-8 bytes).
+        secret: The secret shared with the receiver (``ContextPlugin(secret=...)``).
+        timestamp: Unix seconds; the current time when omitted.
+
+    Returns:
+        The envelope JSON to publish on the context topic or send over RPC.
+    """
+    body_text = body.decode("utf-8") if isinstance(body, bytes) else body
+    ts = int(time.time()) if timestamp is None else timestamp
+    return json.dumps(
+        {"body": body_text, "timestamp": ts, "signature": compute_signature(body_text, ts, secret)},
+        separators=(",", ":"),
+    )
+
+
+def compute_signature(body: str, timestamp: int, secret: str | bytes) -> str:
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    msg = f"{timestamp}.".encode() + body.encode("utf-8")
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+class SignatureVerifier:
+    """Checks signed envelopes: the HMAC, the clock window, and that none is used twice."""
+
+    def __init__(
+        self,
+        secret: str | bytes,
+        *,
+        window_s: float = SIGNATURE_WINDOW_S,
+        clock: Callable[[], float] = time.time,
+        max_remembered: int = DEDUP_MAX_ENTRIES,
+    ) -> None:
+        self._key = secret.encode("utf-8") if isinstance(secret, str) else secret
+        self._window_s = window_s
+        self._clock = clock
+        # every signature seen within the window; older ones would fail the clock check anyway
+        self._seen: ExpiringCache[None] = ExpiringCache(
+            ttl_s=2 * window_s, max_entries=max_remembered, clock=clock
+        )
+
+    def verify(self, body: str, timestamp: int, signature: str) -> str | None:
+        """Returns None when valid, else the sentence saying why it was refused."""
+        expected = hmac.new(
+            self._key, f"{timestamp}.".encode() + body.encode("utf-8"), hashlib.sha256
+        ).hexdigest()
+        if not hmac.compare_digest(expected, signature.lower()):
+            return "The signature does not match the message."
+        if abs(self._clock() - timestamp) > self._window_s:
+            return "The signature timestamp is outside the allowed 5 minute window."
+        if expected in self._seen:
+            return "This signed message was already received (replay)."
+        self._seen.put(expected, None)
+        return None
+
+
+class ExpiringCache(Generic[_V]):
+    """A bounded insertion-ordered map whose entries expire after ``ttl_s`` seconds.
+
+    Insertion order is expiry order (one ttl for all), so expiring is popping from the front:
+    O(1) amortised per operation, and the size never exceeds ``max_entries``.
+    """
+
+    def __init__(
+        self, *, ttl_s: float, max_entries: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._clock = clock
+        self._items: OrderedDict[Any, tuple[float, _V]] = OrderedDict()
+
+    def _expire(self, now: float) -> None:
+        items = self._items
+        while items:
+            first = next(iter(items.values()))
+            if first[0] > now and len(items) <= self._max_entries:
+                break
+            items.popitem(last=False)
+
+    def get(self, key: Any) -> _V | None:
+        self._expire(self._clock())
+        hit = self._items.get(key)
+        return None if hit is None else hit[1]
+
+    def __contains__(self, key: Any) -> bool:
+        self._expire(self._clock())
+        return key in self._items
+
+    def put(self, key: Any, value: _V) -> None:
+        now = self._clock()
+        self._items.pop(key, None)
+        self._items[key] = (now + self._ttl_s, value)
+        self._expire(now)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A per-sender token bucket: ``burst`` messages at once, refilled at ``per_second``."""
+
+    per_second: float = 10.0
+    burst: int = 50
+
+    def __post_init__(self) -> None:
+        if self.per_second <= 0 or self.burst < 1:
+            raise ValueError("RateLimit needs per_second > 0 and burst >= 1")
+
+
+DEFAULT_RATE_LIMIT: Final = RateLimit()
+
+
+class RateLimiter:
+    """Token buckets keyed by sender; the least recently seen senders are forgotten first."""
+
+    def __init__(
+        self,
+        limit: RateLimit,
+        *,
+        max_senders: int = RATE_LIMIT_MAX_SENDERS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limit = limit
+        self._max_senders = max_senders
+        self._clock = clock
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # sender -> [tokens, at]
+
+    def acquire(self, sender: str) -> float:
+        """Take one token. Returns 0.0 when allowed, else the seconds until one is available."""
+        now = self._clock()
+        bucket = self._buckets.get(sender)
+        if bucket is None:
+            bucket = [float(self._limit.burst), now]
+            self._buckets[sender] = bucket
+            if len(self._buckets) > self._max_senders:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(sender)
+            bucket[0] = min(
+                float(self._limit.burst), bucket[0] + (now - bucket[1]) * self._limit.per_second
+            )
+            bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return 0.0
+        return (1.0 - bucket[0]) / self._limit.per_second
+
+
+@dataclass(frozen=True)
+class SenderPolicy:
+    """Who is trusted without a signature."""
+
+    allowed_identities: frozenset[str]
+    trust_server: bool
+
+    @classmethod
+    def build(cls, allowed_identities: Iterable[str], trust_server: bool) -> SenderPolicy:
+        if isinstance(allowed_identities, str):
+            raise TypeError("allowed_identities must be a list of identities, not one string")
+        return cls(frozenset(allowed_identities), trust_server)
+
+    def trusts(self, identity: str | None) -> bool:
+        if identity is None:
+            return self.trust_server
+        return identity in self.allowed_identities
