@@ -91,6 +91,8 @@ SERVER_SENDER: Final = "<server>"
 """Rate-limit and dedup key for packets sent through the server API (no participant)."""
 
 _T = TypeVar("_T")
+_SpeakMethod = Literal["say", "generate_reply"]
+_VERBATIM_INSTRUCTIONS: Final = "Say the following to the user, word for word, and nothing else:\n"
 AckMessage = SuccessAck | ErrorAck
 
 
@@ -576,31 +578,26 @@ class ContextPlugin:
             self._interrupt_interruptible()
 
         text = request.text
-        method: Literal["say", "generate_reply"] = "say"
-        fallback: Literal["generate_reply"] | None = None
-        if text is None:
-            assert request.instructions is not None
-            instructions = request.instructions
-            method = "generate_reply"
-        elif not self._can_say_verbatim():
-            # a realtime model without TTS cannot say() text; ask it to read the text as is
-            instructions = (
-                "Say the following to the user, word for word, and nothing else:\n" + text
-            )
-            method = "generate_reply"
-            fallback = "generate_reply"
 
-        if method == "say":
-            assert text is not None
-            handle = await self._with_session_ready(
-                lambda: session.say(text, allow_interruptions=request.allow_interruptions)
-            )
-        else:
-            handle = await self._with_session_ready(
-                lambda: session.generate_reply(
-                    instructions=instructions, allow_interruptions=request.allow_interruptions
+        def schedule() -> tuple[SpeechHandle, _SpeakMethod, Literal["generate_reply"] | None]:
+            if text is None:
+                assert request.instructions is not None
+                handle = session.generate_reply(
+                    instructions=request.instructions,
+                    allow_interruptions=request.allow_interruptions,
                 )
+                return handle, "generate_reply", None
+            if self._can_say_verbatim():
+                handle = session.say(text, allow_interruptions=request.allow_interruptions)
+                return handle, "say", None
+            # a realtime model without TTS cannot say() text: ask it to read the text as is
+            handle = session.generate_reply(
+                instructions=_VERBATIM_INSTRUCTIONS + text,
+                allow_interruptions=request.allow_interruptions,
             )
+            return handle, "generate_reply", "generate_reply"
+
+        handle, method, fallback = await self._with_session_ready(schedule)
         self._track_speech(handle, job)
         logger.debug(
             "speech scheduled",
