@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from livekit import rtc
 from livekit.agents import APIConnectOptions, llm
@@ -30,7 +30,7 @@ DEMO_ROOM = "customer_session_1"
 BACKEND = "crm-backend"
 
 
-class OfflineLLM(llm.LLM):
+class OfflineLLM(llm.LLM[NoReturn]):
     """An LLM that needs no API key: it answers from the context it is given.
 
     It reports what it knows (the system/developer messages the plugin added) and, when asked

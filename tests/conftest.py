@@ -1,4 +1,4 @@
-"""Shared fixtures: a real AgentSession with ContextPlugin in a room, and a backend that talks to it.
+"""Fixtures: a real AgentSession with ContextPlugin in a room, and a backend that talks to it.
 
 The agent and the backend are two real ``rtc.Room`` objects (``LinkedRoom``) on an in-memory
 ``RelayNetwork``: the backend's ``publish_data`` reaches the plugin as a real ``data_received``

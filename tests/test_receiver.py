@@ -61,7 +61,8 @@ async def test_speech_finished_comes_after_playout_not_at_scheduling(harness: Ha
     order = [m["type"] for m in harness.backend.received]
     assert order.index("speech_started") < order.index("speech_finished")
     assert started["speech_id"] == finished["speech_id"]
-    assert harness.audio.segments and not harness.audio.segments[-1].interrupted
+    assert harness.audio.segments
+    assert not harness.audio.segments[-1].interrupted
     assert finished["played_s"] == pytest.approx(harness.audio.segments[-1].played, abs=0.05)
 
 
@@ -502,7 +503,7 @@ async def test_messages_queued_at_close_are_still_answered(make_harness: Harness
 
 async def _until(condition: Any, timeout: float = 3.0) -> None:
     async def poll() -> None:
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - polls state that has no event
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), timeout)

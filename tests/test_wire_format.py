@@ -1,0 +1,285 @@
+"""The wire format, pinned: a refactor must not silently change what other languages parse."""
+
+from __future__ import annotations
+
+import json
+
+import imaginex_context_plugin
+from imaginex_context_plugin import protocol
+from imaginex_context_plugin.protocol import (
+    AckData,
+    AddContextRequest,
+    AgentStateInfo,
+    ContextEntryInfo,
+    ErrorAck,
+    ErrorCode,
+    GetStateRequest,
+    RemoveContextRequest,
+    SpeakRequest,
+    SpeechFinishedEvent,
+    SpeechStartedEvent,
+    SuccessAck,
+    parse_request,
+)
+
+TS = "2026-01-15T10:30:00.000Z"
+
+
+def test_names_on_the_wire() -> None:
+    assert protocol.CONTEXT_TOPIC == "imaginex.context"
+    assert protocol.ACK_TOPIC == "imaginex.context.ack"
+    assert protocol.RPC_METHOD == "imaginex.context"
+    assert protocol.AGENT_CODE_ATTRIBUTE == "imaginex.agent_code"
+    assert protocol.MAX_PAYLOAD_BYTES == 15 * 1024
+    assert [c.value for c in ErrorCode] == [
+        "VALIDATION_ERROR", "UNAUTHORIZED", "AGENT_NOT_FOUND", "NO_ACTIVE_ROOMS",
+        "PAYLOAD_TOO_LARGE", "RATE_LIMITED", "NOT_READY", "BUSY", "INTERNAL_ERROR",
+        "LIVEKIT_UNAVAILABLE", "TIMEOUT",
+    ]
+
+
+def test_speak_request_defaults() -> None:
+    request = parse_request(b'{"type": "speak", "id": "r1", "message": "Hello"}')
+    assert isinstance(request, SpeakRequest)
+    assert request.model_dump(mode="json") == {
+        "type": "speak",
+        "id": "r1",
+        "room_id": None,
+        "agent_code": None,
+        "message": "Hello",
+        "context": None,
+        "instructions": None,
+        "allow_interruptions": True,
+        "interrupt": False,
+        "mode": None,
+    }
+    assert request.effective_mode == "queue"
+    assert parse_request(b'{"type":"speak","message":"x","interrupt":true}').effective_mode == (  # type: ignore[union-attr]
+        "interrupt"
+    )
+
+
+def test_add_context_request_defaults() -> None:
+    request = parse_request(b'{"type": "add_context", "context": "VIP"}')
+    assert isinstance(request, AddContextRequest)
+    assert request.model_dump(mode="json") == {
+        "type": "add_context",
+        "id": None,
+        "room_id": None,
+        "agent_code": None,
+        "message": None,
+        "context": "VIP",
+        "role": "system",
+        "key": None,
+        "trigger_reply": False,
+        "scope": "persistent",
+        "ttl_s": None,
+    }
+    assert request.text == "VIP"
+
+
+def test_remove_and_get_state_requests() -> None:
+    remove = parse_request(b'{"type": "remove_context", "key": "order"}')
+    assert isinstance(remove, RemoveContextRequest)
+    assert remove.model_dump(mode="json") == {
+        "type": "remove_context", "id": None, "room_id": None, "agent_code": None, "key": "order",
+    }
+    state = parse_request(b'{"type": "get_state", "id": "s"}')
+    assert isinstance(state, GetStateRequest)
+    assert state.model_dump(mode="json") == {
+        "type": "get_state", "id": "s", "room_id": None, "agent_code": None,
+    }
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
+    request = parse_request(b'{"type": "speak", "message": "x", "future_field": 1}')
+    assert isinstance(request, SpeakRequest)
+
+
+def test_speak_success_ack() -> None:
+    ack = SuccessAck(
+        id="r1",
+        message="Speech triggered successfully",
+        data=AckData(
+            agent_code="A12345678", context_type="speak", room_id="room_123", timestamp=TS,
+            speech_id="speech_abc", method="say",
+        ),
+    )
+    assert ack.model_dump(mode="json") == {
+        "type": "ack",
+        "id": "r1",
+        "success": True,
+        "message": "Speech triggered successfully",
+        "data": {
+            "agent_code": "A12345678",
+            "context_type": "speak",
+            "delivered_to_rooms": 1,
+            "room_id": "room_123",
+            "timestamp": TS,
+            "speech_id": "speech_abc",
+            "method": "say",
+        },
+    }
+
+
+def test_speak_fallback_ack() -> None:
+    data = AckData(
+        agent_code="A1", context_type="speak", room_id="r", timestamp=TS, speech_id="s",
+        method="generate_reply", fallback="generate_reply",
+    )
+    assert data.model_dump(mode="json") == {
+        "agent_code": "A1", "context_type": "speak", "delivered_to_rooms": 1, "room_id": "r",
+        "timestamp": TS, "speech_id": "s", "method": "generate_reply",
+        "fallback": "generate_reply",
+    }
+
+
+def test_add_context_success_ack_has_no_speech_id() -> None:
+    ack = SuccessAck(
+        id=None,
+        message="Context added successfully",
+        data=AckData(
+            agent_code="A12345678", context_type="add_context", room_id="room_456", timestamp=TS,
+            key="customer", evicted=0,
+        ),
+        duplicate=True,
+    )
+    assert ack.model_dump(mode="json") == {
+        "type": "ack",
+        "id": None,
+        "success": True,
+        "message": "Context added successfully",
+        "data": {
+            "agent_code": "A12345678",
+            "context_type": "add_context",
+            "delivered_to_rooms": 1,
+            "room_id": "room_456",
+            "timestamp": TS,
+            "key": "customer",
+            "evicted": 0,
+        },
+        "duplicate": True,
+    }
+
+
+def test_remove_context_ack() -> None:
+    data = AckData(
+        agent_code=None, context_type="remove_context", room_id="r", timestamp=TS, key="k",
+        removed=False,
+    )
+    assert data.model_dump(mode="json") == {
+        "agent_code": None, "context_type": "remove_context", "delivered_to_rooms": 1,
+        "room_id": "r", "timestamp": TS, "key": "k", "removed": False,
+    }
+
+
+def test_get_state_ack() -> None:
+    state = AgentStateInfo(
+        agent_state="listening",
+        user_state="speaking",
+        current_agent="support",
+        context_entries=[
+            ContextEntryInfo(
+                entry_id="imaginex_ctx_key_order", key="order", role="system", chars=12,
+                scope="next_turn", expires_in_s=4.5, request_id="c1",
+            )
+        ],
+        context_chars=12,
+        pending_speeches=["speech_1"],
+    )
+    data = AckData(
+        agent_code="A1", context_type="get_state", room_id="r", timestamp=TS, state=state
+    )
+    assert data.model_dump(mode="json") == {
+        "agent_code": "A1",
+        "context_type": "get_state",
+        "delivered_to_rooms": 1,
+        "room_id": "r",
+        "timestamp": TS,
+        "state": {
+            "agent_state": "listening",
+            "user_state": "speaking",
+            "current_agent": "support",
+            "context_entries": [
+                {
+                    "entry_id": "imaginex_ctx_key_order",
+                    "key": "order",
+                    "role": "system",
+                    "chars": 12,
+                    "scope": "next_turn",
+                    "expires_in_s": 4.5,
+                    "request_id": "c1",
+                }
+            ],
+            "context_chars": 12,
+            "pending_speeches": ["speech_1"],
+        },
+    }
+
+
+def test_error_ack_keeps_a_null_id_and_omits_retry_after_unless_set() -> None:
+    ack = ErrorAck(
+        id=None, error=ErrorCode.VALIDATION_ERROR,
+        message="Invalid type. Must be one of: speak, add_context, remove_context, get_state",
+    )
+    assert ack.model_dump(mode="json") == {
+        "type": "ack",
+        "id": None,
+        "success": False,
+        "error": "VALIDATION_ERROR",
+        "message": "Invalid type. Must be one of: speak, add_context, remove_context, get_state",
+    }
+    limited = ErrorAck(id="r9", error=ErrorCode.RATE_LIMITED, message="slow down", retry_after=0.5)
+    assert limited.model_dump(mode="json") == {
+        "type": "ack", "id": "r9", "success": False, "error": "RATE_LIMITED",
+        "message": "slow down", "retry_after": 0.5,
+    }
+
+
+def test_speech_events() -> None:
+    started = SpeechStartedEvent(id="r1", speech_id="speech_1", timestamp=TS)
+    assert started.model_dump(mode="json") == {
+        "type": "speech_started", "id": "r1", "speech_id": "speech_1", "timestamp": TS,
+    }
+    finished = SpeechFinishedEvent(
+        id="r1", speech_id="speech_1", interrupted=True, played_s=1.25, timestamp=TS
+    )
+    assert finished.model_dump(mode="json") == {
+        "type": "speech_finished", "id": "r1", "speech_id": "speech_1", "interrupted": True,
+        "played_s": 1.25, "timestamp": TS,
+    }
+    unknown = SpeechFinishedEvent(id=None, speech_id="s", interrupted=False, timestamp=TS)
+    assert "played_s" not in unknown.model_dump(mode="json")
+
+
+def test_server_messages_round_trip() -> None:
+    for message in [
+        ErrorAck(id="x", error=ErrorCode.BUSY, message="busy"),
+        SpeechStartedEvent(id="r1", speech_id="s", timestamp=TS),
+        SpeechFinishedEvent(id="r1", speech_id="s", interrupted=False, timestamp=TS),
+    ]:
+        assert protocol.parse_server_message(message.model_dump_json()) == message
+
+
+def test_timestamps_look_like_the_platform() -> None:
+    ts = protocol.utc_timestamp()
+    assert len(ts) == len(TS)
+    assert ts.endswith("Z")
+    assert ts[10] == "T"
+
+
+def test_request_json_schema_lists_every_type() -> None:
+    schema = json.dumps(protocol.request_json_schema())
+    for name in ("SpeakRequest", "AddContextRequest", "RemoveContextRequest", "GetStateRequest"):
+        assert name in schema
+
+
+def test_public_surface_is_exactly_all() -> None:
+    exported = {
+        name for name in vars(imaginex_context_plugin)
+        if not name.startswith("_") and name not in {"annotations", "Plugin", "logger"}
+        and not isinstance(getattr(imaginex_context_plugin, name), type(imaginex_context_plugin))
+    }
+    exported.discard("ImaginexContextPlugin")
+    assert exported == set(imaginex_context_plugin.__all__) - {"__version__"}
+    assert len(imaginex_context_plugin.__all__) == len(set(imaginex_context_plugin.__all__))
