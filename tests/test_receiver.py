@@ -503,7 +503,7 @@ async def test_messages_queued_at_close_are_still_answered(make_harness: Harness
 
 async def _until(condition: Any, timeout: float = 3.0) -> None:
     async def poll() -> None:
-        while not condition():  # noqa: ASYNC110 - polls state that has no event
+        while not condition():
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), timeout)
