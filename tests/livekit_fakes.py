@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -55,12 +54,11 @@ from livekit.agents.llm.chat_context import DYNAMIC_INSTRUCTIONS_MESSAGE_ID
 from livekit.agents.voice import io
 from livekit.agents.voice.generation import INSTRUCTIONS_MESSAGE_ID
 from livekit.rtc._proto import handle_pb2, participant_pb2, room_pb2
+from livekit.rtc.log import logger as rtc_logger
 from livekit.rtc.participant import PublishDataError, RpcHandler
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-
-logger = logging.getLogger(__name__)
 
 # the limit the SDK documents for RPC request and response payloads
 MAX_RPC_PAYLOAD_BYTES = 15_360
@@ -662,7 +660,8 @@ class LinkedLocalParticipant(rtc.LocalParticipant):
             # the caller gets a copy rebuilt from the wire, not the handler's object
             raise rtc.RpcError(e.code, e.message, e.data) from None
         except Exception:
-            logger.exception(
+            # logged where and as the SDK logs it, for tests that watch the "livekit" logger
+            rtc_logger.exception(
                 "Uncaught error returned by RPC handler for %s. Returning APPLICATION_ERROR",
                 invocation.method,
             )
