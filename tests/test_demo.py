@@ -1,0 +1,39 @@
+"""The demo is the README's first command: it must keep showing the behaviour it promises."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from imaginex_context_plugin.cli import main
+from imaginex_context_plugin.demo import run_demo
+
+
+async def test_demo_shows_every_promised_behaviour() -> None:
+    lines: list[str] = []
+    summary = await run_demo(out=lines.append, pace_s=0.05)
+    acks = {(a["id"], a.get("duplicate", False)): a for a in summary["acks"] if a["type"] == "ack"}
+
+    assert acks[("ctx-1", False)]["success"] is True
+    assert acks[("say-1", False)]["success"] is True
+    assert acks[("say-1", True)]["success"] is True  # the retry: acked, not spoken again
+    assert acks[("x-1", False)]["error"] == "UNAUTHORIZED"
+    errors = [a for a in summary["acks"] if a["type"] == "ack" and a["id"] is None]
+    assert [a["error"] for a in errors] == ["VALIDATION_ERROR", "VALIDATION_ERROR"]
+    assert any(a["type"] == "speech_finished" for a in summary["acks"])
+
+    said = summary["said"]
+    assert said.count("Your order #1234 has shipped!") == 1
+    assert "I am not allowed to say this." not in said
+    assert said[0] == "I don't know anything about you yet."
+    assert "premium member" in said[1]
+    assert "enterprise plan" in said[3]
+    assert said[-1] == "I don't know anything about you yet."
+    assert summary["knowledge"] == []
+    assert any("agent says" in line for line in lines)
+
+
+def test_demo_command_runs() -> None:
+    result = CliRunner().invoke(main, ["demo", "--pace", "0"])
+    assert result.exit_code == 0, result.output
+    assert "crm-backend sends" in result.output
+    assert "UNAUTHORIZED" in result.output

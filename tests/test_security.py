@@ -1,0 +1,110 @@
+"""Rate limiting, the dedup window and signatures, with a controlled clock."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from imaginex_context_plugin.security import (
+    ExpiringCache,
+    RateLimit,
+    RateLimiter,
+    SenderPolicy,
+    SignatureVerifier,
+    compute_signature,
+    sign_request,
+)
+
+
+class Clock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_allows_a_burst_then_refills() -> None:
+    clock = Clock()
+    limiter = RateLimiter(RateLimit(per_second=2, burst=3), clock=clock)
+    assert [limiter.acquire("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.acquire("a") == pytest.approx(0.5)
+    assert limiter.acquire("b") == 0.0  # buckets are per sender
+    clock.now += 0.5
+    assert limiter.acquire("a") == 0.0
+    assert limiter.acquire("a") > 0
+
+
+def test_rate_limiter_memory_is_bounded() -> None:
+    limiter = RateLimiter(RateLimit(per_second=1, burst=1), max_senders=10, clock=Clock())
+    for i in range(1_000):
+        limiter.acquire(f"sender-{i}")
+    assert len(limiter._buckets) == 10
+
+
+def test_rate_limit_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="per_second"):
+        RateLimit(per_second=0)
+    with pytest.raises(ValueError, match="burst"):
+        RateLimit(burst=0)
+
+
+def test_expiring_cache_expires_and_stays_bounded() -> None:
+    clock = Clock()
+    cache: ExpiringCache[int] = ExpiringCache(ttl_s=10, max_entries=3, clock=clock)
+    cache.put("a", 1)
+    clock.now += 5
+    cache.put("b", 2)
+    assert cache.get("a") == 1
+    clock.now += 6
+    assert cache.get("a") is None
+    assert cache.get("b") == 2
+    for key in "cdefg":
+        cache.put(key, 0)
+    assert len(cache) == 3
+    assert "b" not in cache
+
+
+def test_sender_policy() -> None:
+    policy = SenderPolicy.build(["backend"], trust_server=True)
+    assert policy.trusts("backend")
+    assert policy.trusts(None)
+    assert not policy.trusts("user")
+    assert not SenderPolicy.build([], trust_server=False).trusts(None)
+    with pytest.raises(TypeError, match="list of identities"):
+        SenderPolicy.build("backend", trust_server=True)
+
+
+def test_signature_scheme_is_plain_hmac_sha256_over_timestamp_dot_body() -> None:
+    body = '{"type":"speak","message":"hi"}'
+    expected = hmac.new(b"s3cret", b"1700000000." + body.encode(), hashlib.sha256).hexdigest()
+    assert compute_signature(body, 1700000000, "s3cret") == expected
+    envelope = json.loads(sign_request(body, "s3cret", timestamp=1700000000))
+    assert envelope == {"body": body, "timestamp": 1700000000, "signature": expected}
+
+
+def test_verifier_accepts_once_and_refuses_tampering_staleness_and_replay() -> None:
+    clock = Clock(1_700_000_000)
+    verifier = SignatureVerifier("s3cret", clock=clock)
+    body = '{"type":"speak","message":"hi"}'
+    sig = compute_signature(body, 1_700_000_000, "s3cret")
+
+    assert verifier.verify(body + " ", 1_700_000_000, sig) == (
+        "The signature does not match the message."
+    )
+    assert verifier.verify(body, 1_700_000_000, compute_signature(body, 1_700_000_000, "x")) == (
+        "The signature does not match the message."
+    )
+    assert verifier.verify(body, 1_700_000_000, sig) is None
+    assert verifier.verify(body, 1_700_000_000, sig) == (
+        "This signed message was already received (replay)."
+    )
+    stale = compute_signature(body, 1_700_000_000 - 301, "s3cret")
+    assert verifier.verify(body, 1_700_000_000 - 301, stale) == (
+        "The signature timestamp is outside the allowed 5 minute window."
+    )
+    future = compute_signature(body, 1_700_000_000 + 299, "s3cret")
+    assert verifier.verify(body, 1_700_000_000 + 299, future) is None
