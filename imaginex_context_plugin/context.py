@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from livekit.agents import llm
 
@@ -41,6 +41,12 @@ class ContextBudget:
 
 
 DEFAULT_CONTEXT_BUDGET: Final = ContextBudget()
+
+
+class AddResult(NamedTuple):
+    entry_id: str
+    evicted: int
+    """How many older entries the budget pushed out to make room."""
 
 
 @dataclass
@@ -94,8 +100,8 @@ class ContextStore:
         scope: ContextScope = "persistent",
         ttl_s: float | None = None,
         request_id: str | None = None,
-    ) -> int:
-        """Add or replace an entry. Returns how many older entries the budget evicted.
+    ) -> AddResult:
+        """Add or replace an entry, then enforce the budget.
 
         Raises:
             ValueError: The text alone is larger than the whole character budget.
@@ -127,7 +133,7 @@ class ContextStore:
             self._chars -= len(old.text)
         self._entries[entry_id] = entry  # an existing key keeps its position
         self._chars += len(text)
-        return self._enforce_budget(keep=entry_id)
+        return AddResult(entry_id, self._enforce_budget(keep=entry_id))
 
     def _enforce_budget(self, *, keep: str) -> int:
         evicted = 0
@@ -150,6 +156,12 @@ class ContextStore:
             return False
         self._drop(entry_id)
         return True
+
+    def discard(self, entry_ids: Iterable[str]) -> None:
+        """Drop these entries if present (used to undo a batch that could not be applied)."""
+        for entry_id in entry_ids:
+            if entry_id in self._entries:
+                self._drop(entry_id)
 
     def remove_where(self, predicate: Callable[[ContextEntry], bool]) -> int:
         doomed = [e.entry_id for e in self._entries.values() if predicate(e)]

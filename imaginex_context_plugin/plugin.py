@@ -130,6 +130,7 @@ class _Job:
     sender: str | None  # participant identity; None for the server API
     received_at: float  # time.perf_counter()
     reply: asyncio.Future[AckMessage] | None = None  # set for RPC: the ack is the response
+    answered: bool = False
 
     @property
     def dedup_key(self) -> tuple[str, str] | None:
@@ -156,6 +157,14 @@ class _SpeechTrack:
 
 class _NotReady(Exception):
     pass
+
+
+def _is_duplicate(ack: AckMessage | None) -> bool:
+    return isinstance(ack, SuccessAck) and ack.duplicate is True
+
+
+def _is_context_change(job: _Job) -> bool:
+    return isinstance(job.request, AddContextRequest | RemoveContextRequest)
 
 
 class ContextPlugin:
@@ -508,34 +517,49 @@ class ContextPlugin:
                 await self._work_ready.wait()
                 continue
             item = self._work.popleft()
-            try:
-                if isinstance(item, _Housekeeping):
+            if isinstance(item, _Housekeeping):
+                try:
                     await self._housekeep(item)
-                elif isinstance(item.request, AddContextRequest | RemoveContextRequest):
-                    # a burst of context changes costs one chat context update, not one each
-                    batch = [item]
-                    while self._work:
-                        nxt = self._work[0]
-                        if not (
-                            isinstance(nxt, _Job)
-                            and isinstance(nxt.request, AddContextRequest | RemoveContextRequest)
-                        ):
-                            break
-                        batch.append(self._work.popleft())  # type: ignore[arg-type]
+                except Exception:
+                    logger.exception("unexpected error maintaining the context")
+                continue
+            batch = self._take_batch(item)
+            try:
+                if len(batch) > 1 or _is_context_change(item):
                     await self._apply_context_batch(batch)
                 else:
                     await self._apply_one(item)
             except asyncio.CancelledError:
-                if isinstance(item, _Job) and not self._answered(item):
-                    self._work.appendleft(item)  # aclose() answers it
+                # put back what was not answered: aclose() answers it
+                self._work.extendleft(reversed([job for job in batch if not job.answered]))
                 raise
             except Exception:
                 logger.exception("unexpected error applying a context message")
-                if isinstance(item, _Job):
-                    self._answer(item, self._internal_error(item))
+                for job in batch:
+                    if not job.answered:
+                        self._answer(job, self._internal_error(job))
 
-    def _answered(self, job: _Job) -> bool:
-        return job.reply is not None and job.reply.done()
+    def _take_batch(self, first: _Job) -> list[_Job]:
+        """The first job plus, for context changes, the ones right behind it.
+
+        A burst of context changes costs one chat context update, not one each. A repeated id
+        ends the batch so that the repeat sees the first one's ack and is not applied twice.
+        """
+        batch = [first]
+        if not _is_context_change(first):
+            return batch
+        keys = {first.dedup_key}
+        while self._work:
+            nxt = self._work[0]
+            if not isinstance(nxt, _Job) or not _is_context_change(nxt):
+                break
+            key = nxt.dedup_key
+            if key is not None and key in keys:
+                break
+            keys.add(key)
+            batch.append(nxt)
+            self._work.popleft()
+        return batch
 
     def _duplicate_of(self, job: _Job) -> SuccessAck | None:
         key = job.dedup_key
@@ -660,9 +684,9 @@ class ContextPlugin:
             await asyncio.sleep(_RETRY_INTERVAL_S)
 
     async def _apply_context_batch(self, batch: list[_Job]) -> None:
-        store = self._store
-        answers: list[tuple[_Job, AckMessage]] = []
-        trigger: list[tuple[_Job, AddContextRequest]] = []
+        """Apply a burst of add/remove_context to the store, then sync the agent once."""
+        answers: list[tuple[_Job, AckMessage | None]] = []  # None: answered after a reply
+        added: list[str] = []
         changed = False
         for job in batch:
             duplicate = self._duplicate_of(job)
@@ -671,23 +695,16 @@ class ContextPlugin:
                 continue
             request = job.request
             if isinstance(request, RemoveContextRequest):
-                removed = store.remove_key(request.key)
+                removed = self._store.remove_key(request.key)
                 changed |= removed
-                answers.append(
-                    (
-                        job,
-                        self._success(
-                            request,
-                            REMOVE_CONTEXT_SUCCESS_MESSAGE,
-                            key=request.key,
-                            removed=removed,
-                        ),
-                    )
+                ack: AckMessage | None = self._success(
+                    request, REMOVE_CONTEXT_SUCCESS_MESSAGE, key=request.key, removed=removed
                 )
+                answers.append((job, ack))
                 continue
             assert isinstance(request, AddContextRequest)
             try:
-                evicted = store.add(
+                result = self._store.add(
                     request.text,
                     role=request.role,
                     key=request.key,
@@ -699,47 +716,41 @@ class ContextPlugin:
                 answers.append((job, error_ack(ErrorCode.VALIDATION_ERROR, str(exc), request.id)))
                 continue
             changed = True
+            if request.key is None:
+                added.append(result.entry_id)
             logger.debug(
                 "context added",
                 extra={"request_id": request.id, "key": request.key, "context_text": request.text},
             )
-            if request.trigger_reply:
-                trigger.append((job, request))
-            else:
-                answers.append(
-                    (
-                        job,
-                        self._success(
-                            request, ADD_CONTEXT_SUCCESS_MESSAGE, key=request.key, evicted=evicted
-                        ),
-                    )
+            ack = None
+            if not request.trigger_reply:
+                ack = self._success(
+                    request, ADD_CONTEXT_SUCCESS_MESSAGE, key=request.key, evicted=result.evicted
                 )
+            answers.append((job, ack))
+
         if changed:
             try:
                 await self._sync_context()
             except _NotReady as exc:
-                # the store keeps the entries: they reach the agent with the next sync
+                # refused as a whole: undo what the batch added so a retry does not pile it up
+                self._store.discard(added)
                 answers = [
                     (
                         job,
                         ack
-                        if not isinstance(ack, SuccessAck) or ack.duplicate
+                        if _is_duplicate(ack)
                         else error_ack(ErrorCode.NOT_READY, str(exc), job.request.id),
                     )
                     for job, ack in answers
                 ]
-                trigger_failed = [
-                    (job, error_ack(ErrorCode.NOT_READY, str(exc), job.request.id))
-                    for job, _ in trigger
-                ]
-                answers.extend(trigger_failed)
-                trigger = []
-        for job, request in trigger:
-            answers.append((job, await self._trigger_reply(job, request)))
-        for job, ack in answers:
-            if isinstance(ack, SuccessAck) and not ack.duplicate:
-                self._remember(job, ack)
-            self._answer(job, ack)
+        for job, answer in answers:
+            if answer is None:
+                assert isinstance(job.request, AddContextRequest)
+                answer = await self._trigger_reply(job, job.request)
+            if isinstance(answer, SuccessAck) and not answer.duplicate:
+                self._remember(job, answer)
+            self._answer(job, answer)
 
     async def _trigger_reply(self, job: _Job, request: AddContextRequest) -> AckMessage:
         session = self._require_session()
@@ -841,6 +852,9 @@ class ContextPlugin:
             self._dedup.put(key, ack)
 
     def _answer(self, job: _Job, ack: AckMessage) -> None:
+        if job.answered:
+            return
+        job.answered = True
         self._pending_jobs -= 1
         if isinstance(ack, SuccessAck) and not ack.duplicate:
             self.stats.applied += 1
@@ -858,7 +872,9 @@ class ContextPlugin:
     def _send(self, destination: str | None, message: protocol.ServerMessage) -> None:
         if isinstance(message, ErrorAck):
             self._count_error(message)
-            logger.info(
+            # refusals are counted in stats; only untrusted senders are worth an INFO line
+            log = logger.info if message.error is ErrorCode.UNAUTHORIZED else logger.debug
+            log(
                 "context message refused",
                 extra={
                     "error": message.error.value,

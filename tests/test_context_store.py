@@ -36,7 +36,7 @@ def test_budget_evicts_oldest_unkeyed_then_oldest_keyed() -> None:
     store.add("k1", key="one")
     store.add("u1")
     store.add("k2", key="two")
-    assert store.add("u2") == 1
+    assert store.add("u2").evicted == 1
     assert [e.text for e in store.entries()] == ["k1", "k2", "u2"]
     store.add("k3", key="three")
     # only one unkeyed entry and it is not the newest: it goes first

@@ -507,3 +507,30 @@ async def _until(condition: Any, timeout: float = 3.0) -> None:
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), timeout)
+
+
+async def test_a_repeat_inside_one_burst_is_applied_once(make_harness: HarnessFactory) -> None:
+    harness: Harness = await make_harness(rate_limit=None)
+    message = json.dumps({"type": "add_context", "id": "burst", "context": "Once."})
+    for _ in range(3):  # one loop iteration: the consumer sees all three as one burst
+        harness.plugin.ingest(message, sender_identity=BACKEND_IDENTITY)
+    acks = await harness.backend.settle(3)
+    assert [a.get("duplicate", False) for a in acks] == [False, True, True]
+    assert harness.context_messages() == ["Once."]
+
+
+async def test_context_refused_as_not_ready_is_not_kept(make_harness: HarnessFactory) -> None:
+    from livekit.agents import AgentSession
+
+    harness: Harness = await make_harness(start_plugin=False)
+    never_started: AgentSession[Any] = AgentSession()
+    plugin = ContextPlugin(
+        agent_code=AGENT_CODE, allowed_identities=[BACKEND_IDENTITY], ready_timeout=0.1
+    )
+    await plugin.start(never_started, harness.agent_room)
+    try:
+        ack = await harness.backend.request({"type": "add_context", "id": "c", "context": "x"})
+        assert ack["error"] == "NOT_READY"
+        assert len(plugin.context_store) == 0
+    finally:
+        await plugin.aclose()
