@@ -58,7 +58,26 @@ class ContextEntry:
     scope: ContextScope
     expires_at: float | None  # time.monotonic() deadline
     request_id: str | None
-    message: llm.ChatMessage = field(repr=False)
+    created_at: float = field(default_factory=time.time)
+    """Wall-clock time it was added; the ``created_at`` of its chat message."""
+    _message: llm.ChatMessage | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def message(self) -> llm.ChatMessage:
+        """The chat message the agent sees for this entry (built on first use).
+
+        Built lazily because validating a ``ChatMessage`` is most of what adding an entry costs,
+        and in a burst larger than the budget most entries are evicted before any sync.
+        """
+        if self._message is None:
+            self._message = llm.ChatMessage(
+                id=self.entry_id,
+                role=self.role,
+                content=[self.text],
+                extra={"imaginex_context": True},
+                created_at=self.created_at,
+            )
+        return self._message
 
 
 class ContextStore:
@@ -115,9 +134,6 @@ class ContextStore:
         else:
             self._serial += 1
             entry_id = f"{ENTRY_ID_PREFIX}{self._serial}"
-        message = llm.ChatMessage(
-            id=entry_id, role=role, content=[text], extra={"imaginex_context": True}
-        )
         entry = ContextEntry(
             entry_id=entry_id,
             key=key,
@@ -126,7 +142,6 @@ class ContextStore:
             scope=scope,
             expires_at=None if ttl_s is None else self._clock() + ttl_s,
             request_id=request_id,
-            message=message,
         )
         old = self._entries.get(entry_id)
         if old is not None:
@@ -136,9 +151,16 @@ class ContextStore:
         return AddResult(entry_id, self._enforce_budget(keep=entry_id))
 
     def _enforce_budget(self, *, keep: str) -> int:
+        budget = self._budget
         evicted = 0
-        while len(self._entries) > self._budget.max_entries or self._chars > self._budget.max_chars:
-            victim = next((e for e in self._entries.values() if e.key is None), None)
+        while len(self._entries) > budget.max_entries or self._chars > budget.max_chars:
+            # a plain loop rather than next(<generator>): once the budget is full this runs for
+            # every message, and the oldest entry is usually the unkeyed one wanted
+            victim: ContextEntry | None = None
+            for entry in self._entries.values():
+                if entry.key is None:
+                    victim = entry
+                    break
             if victim is None or victim.entry_id == keep:
                 # only keyed entries left (or the new one is the oldest unkeyed): oldest other
                 victim = next(e for e in self._entries.values() if e.entry_id != keep)
@@ -180,9 +202,7 @@ class ContextStore:
 
     def drop_next_turn(self, *, added_before: float) -> int:
         """Drop ``next_turn`` entries the agent has now replied with (added before the reply)."""
-        return self.remove_where(
-            lambda e: e.scope == "next_turn" and e.message.created_at <= added_before
-        )
+        return self.remove_where(lambda e: e.scope == "next_turn" and e.created_at <= added_before)
 
     def merge_into(self, items: Iterable[llm.ChatItem]) -> list[llm.ChatItem]:
         """Chat items with the plugin's messages made equal to the live entries, in one pass.
@@ -192,21 +212,18 @@ class ContextStore:
         stays where it was); a present entry that is gone is dropped; new entries go at the end,
         oldest first.
         """
-        live = self._entries
-        placed: set[str] = set()
+        pending = dict(self._entries)  # live entries not placed yet, oldest first
         merged: list[llm.ChatItem] = []
         for item in items:
             item_id = item.id
-            if item_id.startswith(ENTRY_ID_PREFIX):
-                entry = live.get(item_id)
-                if entry is None or item_id in placed:
-                    continue
-                placed.add(item_id)
+            entry = pending.pop(item_id, None)
+            if entry is not None:
                 merged.append(entry.message)
-            else:
+            elif not item_id.startswith(ENTRY_ID_PREFIX):
                 merged.append(item)
-        if len(placed) != len(live):
-            merged.extend(e.message for e in live.values() if e.entry_id not in placed)
+            # else: the plugin's, and gone or already placed: dropped
+        if pending:
+            merged.extend(e.message for e in pending.values())
         return merged
 
     def describe(self) -> list[ContextEntryInfo]:

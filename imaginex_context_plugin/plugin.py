@@ -772,7 +772,13 @@ class ContextPlugin:
         session = self._require_session()
         agent = await self._with_session_ready(lambda: session.current_agent)
         merged = self._store.merge_into(agent.chat_ctx.items)
-        await agent.update_chat_ctx(llm.ChatContext(merged))
+        try:
+            await agent.update_chat_ctx(llm.ChatContext(merged))
+        except llm.RealtimeError:
+            # a realtime API that did not confirm the push in time: the agent's own context
+            # already holds the update and the items were sent, so livekit itself treats the
+            # push as best effort. Failing the ack would invite a retry that duplicates them.
+            logger.warning("the realtime model did not confirm the chat context update")
         self._schedule_expiry()
 
     async def _housekeep(self, item: _Housekeeping) -> None:
@@ -884,7 +890,7 @@ class ContextPlugin:
             )
         if destination is None:
             return  # sent through the server API: there is nobody to answer
-        self._outbound.append((destination, message.model_dump_json().encode()))
+        self._outbound.append((destination, protocol.encode_message(message)))
         self._outbound_drained.clear()
         self._outbound_ready.set()
 

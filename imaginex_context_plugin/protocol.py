@@ -10,10 +10,11 @@ be read), which is exactly what an error ack needs.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+import time
 from enum import Enum
 from typing import Annotated, Any, ClassVar, Final, Literal
 
+import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -81,10 +82,21 @@ REMOVE_CONTEXT_SUCCESS_MESSAGE: Final = "Context removed successfully"
 GET_STATE_SUCCESS_MESSAGE: Final = "State retrieved successfully"
 
 
+# (millisecond, its text): every ack carries a timestamp, and a burst of acks shares a few
+# milliseconds, so each millisecond is formatted once
+_last_timestamp: tuple[int, str] = (-1, "")
+
+
 def utc_timestamp() -> str:
     """The current time as ISO 8601 UTC with milliseconds and a ``Z``, as the platform sends."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    global _last_timestamp
+    millis = time.time_ns() // 1_000_000
+    cached_millis, text = _last_timestamp
+    if millis != cached_millis:
+        seconds, milli = divmod(millis, 1000)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{milli:03d}Z"
+        _last_timestamp = (millis, text)
+    return text
 
 
 class ProtocolError(Exception):
@@ -340,6 +352,42 @@ class _WireModel(BaseModel):
             if data.get(name, 0) is None:
                 del data[name]
         return data
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        _WIRE_TYPES.add(cls)
+
+
+_WIRE_TYPES: set[type[_WireModel]] = set()
+
+
+def _wire_dict(model: _WireModel) -> dict[str, Any]:
+    # what ``_omit_unset`` produces, built without pydantic's Python serializer callbacks; the
+    # instance dict holds exactly the fields, in declaration order (frozen, extra ignored)
+    omit = model._omit_if_none
+    out: dict[str, Any] = {}
+    for name, value in model.__dict__.items():
+        if value is None:
+            if name in omit:
+                continue
+        elif value.__class__ in _WIRE_TYPES:
+            value = _wire_dict(value)
+        elif value.__class__ is list:
+            value = [_wire_dict(v) if v.__class__ in _WIRE_TYPES else v for v in value]
+        elif isinstance(value, Enum):
+            value = value.value
+        out[name] = value
+    return out
+
+
+def encode_message(message: _WireModel) -> bytes:
+    """The message's JSON as UTF-8 bytes, byte for byte ``message.model_dump_json().encode()``.
+
+    About twice as fast: acks are encoded once per message on the hot path, and the wrap
+    serializer's round trip through Python is most of ``model_dump_json``'s cost.
+    """
+    return pydantic_core.to_json(_wire_dict(message))
 
 
 class ContextEntryInfo(_WireModel):
