@@ -951,6 +951,7 @@ class ContextPlugin:
                 speech_id=handle.id,
                 interrupted=handle.interrupted,
                 played_s=track.played_s,
+                failed=True if handle.exception() is not None else None,
                 timestamp=utc_timestamp(),
             ),
         )

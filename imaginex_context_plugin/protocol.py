@@ -469,7 +469,7 @@ class SpeechStartedEvent(_WireModel):
 class SpeechFinishedEvent(_WireModel):
     """Sent when playout has ended or was cut; never at scheduling time."""
 
-    _omit_if_none = frozenset({"played_s"})
+    _omit_if_none = frozenset({"played_s", "failed"})
 
     type: Literal["speech_finished"] = "speech_finished"
     id: str | None
@@ -477,6 +477,8 @@ class SpeechFinishedEvent(_WireModel):
     interrupted: bool
     played_s: float | None = None
     """Seconds of audio played, when the audio output reports it."""
+    failed: Literal[True] | None = None
+    """Present (true) when the speech ended because the TTS or the model failed."""
     timestamp: str
 
 

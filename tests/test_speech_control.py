@@ -154,8 +154,12 @@ async def test_trigger_reply_lets_the_agent_respond(make_harness: HarnessFactory
 
 async def test_next_turn_context_is_gone_after_the_next_reply(harness: Harness) -> None:
     await harness.backend.request(
-        {"type": "add_context", "id": "n1", "context": "Mention the sale once.",
-         "scope": "next_turn"}
+        {
+            "type": "add_context",
+            "id": "n1",
+            "context": "Mention the sale once.",
+            "scope": "next_turn",
+        }
     )
     await harness.backend.request({"type": "add_context", "id": "p1", "context": "Stays."})
     await harness.session.generate_reply(user_input="hi")
@@ -208,9 +212,7 @@ async def test_context_too_large_for_the_budget_is_refused(make_harness: Harness
     from imaginex_context_plugin import ContextBudget
 
     harness: Harness = await make_harness(context_budget=ContextBudget(max_chars=10))
-    ack = await harness.backend.request(
-        {"type": "add_context", "id": "big", "context": "x" * 11}
-    )
+    ack = await harness.backend.request({"type": "add_context", "id": "big", "context": "x" * 11})
     assert ack["error"] == "VALIDATION_ERROR"
     assert "budget" in ack["message"]
     assert harness.context_messages() == []
@@ -255,9 +257,7 @@ async def test_get_state_reports_agent_user_and_context(harness: Harness) -> Non
     assert 0 < entry["expires_in_s"] <= 60
     assert entry["request_id"] == "c1"
     assert state["context_chars"] == len("Order #9.")
-    assert state["pending_speeches"] == [
-        (await harness.backend.ack_for("s1"))["data"]["speech_id"]
-    ]
+    assert state["pending_speeches"] == [(await harness.backend.ack_for("s1"))["data"]["speech_id"]]
 
 
 @pytest.mark.parametrize("message_type", ["speak", "add_context"])
@@ -269,3 +269,38 @@ async def test_text_only_sessions_work_too(make_harness: HarnessFactory, message
         finished = await harness.backend.event("speech_finished", "t")
         assert finished["interrupted"] is False
         assert harness.tts.texts == []
+
+
+async def test_a_speech_that_fails_is_reported_as_failed(make_harness: HarnessFactory) -> None:
+    from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectionError, APIConnectOptions
+
+    from tests.livekit_fakes import ScriptedLLM, ScriptedLLMStream, start_session
+
+    class BrokenStream(ScriptedLLMStream):
+        async def _run(self) -> None:
+            raise APIConnectionError("the LLM provider is down", retryable=False)
+
+    class BrokenLLM(ScriptedLLM):
+        def chat(
+            self,
+            *,
+            chat_ctx: Any,
+            tools: Any = None,
+            conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+            **_: Any,
+        ) -> ScriptedLLMStream:
+            return BrokenStream(
+                self, reply="", chunks=1, chat_ctx=chat_ctx, tools=[], conn_options=conn_options
+            )
+
+    harness: Harness = await make_harness(start_plugin=False)
+    await harness.session.aclose()
+    harness.session = await start_session(llm_model=BrokenLLM())
+    await harness.plugin.start(harness.session, harness.agent_room)
+    ack = await harness.backend.request(
+        {"type": "speak", "id": "f", "instructions": "Greet the user."}
+    )
+    assert ack["success"] is True
+    finished = await harness.backend.event("speech_finished", "f")
+    assert finished["failed"] is True
+    assert harness.tts.texts == []

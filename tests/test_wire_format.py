@@ -250,6 +250,13 @@ def test_speech_events() -> None:
     }
     unknown = SpeechFinishedEvent(id=None, speech_id="s", interrupted=False, timestamp=TS)
     assert "played_s" not in unknown.model_dump(mode="json")
+    failed = SpeechFinishedEvent(
+        id="r2", speech_id="s", interrupted=False, failed=True, timestamp=TS
+    )
+    assert failed.model_dump(mode="json") == {
+        "type": "speech_finished", "id": "r2", "speech_id": "s", "interrupted": False,
+        "failed": True, "timestamp": TS,
+    }
 
 
 def test_server_messages_round_trip() -> None:
