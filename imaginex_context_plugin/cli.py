@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
 
 import click
 
+from .client import (
+    DEFAULT_AGENT_TIMEOUT_S,
+    DEFAULT_PLAYOUT_TIMEOUT_S,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_VIA,
+    ContextClient,
+    ContextError,
+    SpeakResult,
+    Via,
+)
+from .protocol import ContextRole, ErrorCode, SuccessAck
 from .version import __version__
 
 
@@ -29,3 +45,427 @@ def demo(pace: float, verbose: bool) -> None:
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
     asyncio.run(run_demo(pace_s=pace))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8089, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--secrets-file",
+    type=click.Path(dir_okay=False),
+    envvar="IMAGINEX_API_SECRETS_FILE",
+    help="File of agent_code=secret lines (or a JSON object): one tenant per secret.",
+)
+@click.option(
+    "--identity",
+    default="imaginex-gateway",
+    show_default=True,
+    help="Participant identity in the rooms; agents must trust it.",
+)
+@click.option(
+    "--timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Seconds the agents have to answer.",
+)
+@click.option(
+    "--rate-limit",
+    default=10.0,
+    show_default=True,
+    help="Requests per second per api-secret (0 turns it off).",
+)
+@click.option("--burst", default=50, show_default=True, help="Requests at once per api-secret.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (includes message text).")
+def gateway(
+    host: str,
+    port: int,
+    secrets_file: str | None,
+    identity: str,
+    timeout: float,
+    rate_limit: float,
+    burst: int,
+    verbose: bool,
+) -> None:
+    """Serve the platform's REST API (/v1/agent/{agent_code}/speak, /add-context) over LiveKit.
+
+    Reads LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET and IMAGINEX_API_SECRET (or a
+    secrets file), and optionally IMAGINEX_SIGNING_SECRET to sign messages for the agents.
+    """
+    from .gateway.app import run_gateway
+    from .gateway.config import ConfigError, GatewayConfig
+    from .security import RateLimit
+
+    try:
+        config = GatewayConfig.from_env(secrets_file=secrets_file)
+        limit = RateLimit(per_second=rate_limit, burst=burst) if rate_limit > 0 else None
+    except (ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    run_gateway(
+        config,
+        host=host,
+        port=port,
+        identity=identity,
+        delivery_timeout=timeout,
+        rate_limit=limit,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# sender commands: speak, add-context
+
+EXIT_OK: Final = 0
+EXIT_REFUSED: Final = 1
+"""The agent refused the request (an error ack), or no agent was found in the room."""
+EXIT_USAGE: Final = 2  # click's own exit status for usage errors
+EXIT_TIMEOUT: Final = 3
+"""No ack in time (or, with --wait-playout, the speech did not end in time)."""
+EXIT_UNAVAILABLE: Final = 4
+"""LiveKit could not be reached."""
+SECRET_ENV: Final = "IMAGINEX_CONTEXT_SECRET"
+CLI_IDENTITY: Final = "imaginex-context-cli"
+"""The commands' participant identity unless --identity says otherwise."""
+CLIENT_FACTORY_KEY: Final = "client_factory"
+"""``main(obj={CLIENT_FACTORY_KEY: factory})`` makes ``speak`` and ``add-context`` build their
+client with ``await factory(settings)`` instead of joining LiveKit: the seam tests and other
+transports use."""
+
+_SENDER_EPILOG: Final = """\b
+Connection: --url/--api-key/--api-secret, or LIVEKIT_URL, LIVEKIT_API_KEY,
+LIVEKIT_API_SECRET. The command joins the room as a hidden participant (visible
+with --data), sends one request, prints the ack and leaves.
+
+\b
+Exit status:
+  0  the agent acknowledged the request
+  1  the agent refused it (the error code is printed), or no agent was found
+  2  usage error
+  3  no ack in time (with --wait-playout: the speech did not end in time)
+  4  LiveKit could not be reached
+"""
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    """What the ``speak`` / ``add-context`` options say about reaching the agent."""
+
+    room: str
+    url: str | None = None
+    api_key: str | None = None
+    api_secret: str | None = None
+    identity: str | None = None
+    agent_code: str | None = None
+    agent_identity: str | None = None
+    via: Via = DEFAULT_VIA
+    secret: str | None = None
+    timeout: float = DEFAULT_TIMEOUT_S
+    retries: int = DEFAULT_RETRIES
+    agent_timeout: float = DEFAULT_AGENT_TIMEOUT_S
+
+
+ClientFactory = Callable[[SenderSettings], Awaitable[ContextClient]]
+
+
+async def connect_client(settings: SenderSettings) -> ContextClient:
+    """The default client factory: join the room with :meth:`ContextClient.connect`."""
+    return await ContextClient.connect(
+        settings.url,
+        settings.api_key,
+        settings.api_secret,
+        settings.room,
+        identity=settings.identity,
+        agent_identity=settings.agent_identity,
+        agent_code=settings.agent_code,
+        via=settings.via,
+        secret=settings.secret,
+        timeout=settings.timeout,
+        retries=settings.retries,
+        agent_timeout=settings.agent_timeout,
+    )
+
+
+def exit_code_for(exc: ContextError) -> int:
+    """The exit status for a failed request (see the commands' --help)."""
+    if isinstance(exc, TimeoutError):
+        return EXIT_TIMEOUT
+    if exc.code is ErrorCode.LIVEKIT_UNAVAILABLE and exc.ack is None:
+        return EXIT_UNAVAILABLE
+    return EXIT_REFUSED
+
+
+def _sender_options(command: Callable[..., None]) -> Callable[..., None]:
+    options = [
+        click.option("--room", required=True, help="The room the agent is in."),
+        click.option(
+            "--agent-code",
+            envvar="IMAGINEX_AGENT_CODE",
+            show_envvar=True,
+            help="Send to the agent publishing this code; others refuse the request.",
+        ),
+        click.option(
+            "--agent-identity", help="Send to this participant instead of looking for the agent."
+        ),
+        click.option(
+            "--identity",
+            default=CLI_IDENTITY,
+            show_default=True,
+            help="This sender's identity; the agent must trust it unless --secret signs. "
+            "Commands running at once need different identities.",
+        ),
+        click.option(
+            "--rpc/--data",
+            "use_rpc",
+            default=True,
+            help="Send over RPC (default: the response is the ack) or as a data packet "
+            "(the ack comes back on imaginex.context.ack).",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0.0, min_open=True),
+            default=DEFAULT_TIMEOUT_S,
+            show_default=True,
+            help="Seconds to wait for the ack to each attempt.",
+        ),
+        click.option(
+            "--retries",
+            type=click.IntRange(min=0),
+            default=DEFAULT_RETRIES,
+            show_default=True,
+            help="Attempts after the first, with the same request id (never applied twice).",
+        ),
+        click.option(
+            "--agent-wait",
+            type=click.FloatRange(min=0.0),
+            default=DEFAULT_AGENT_TIMEOUT_S,
+            show_default=True,
+            help="Seconds to wait for the agent to join the room.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON."),
+        click.option(
+            "--secret",
+            envvar=SECRET_ENV,
+            show_envvar=True,
+            help="Sign the request with this shared secret (ContextPlugin(secret=...)).",
+        ),
+        click.option("--url", envvar="LIVEKIT_URL", show_envvar=True, help="LiveKit URL."),
+        click.option("--api-key", envvar="LIVEKIT_API_KEY", show_envvar=True, help="API key."),
+        click.option(
+            "--api-secret", envvar="LIVEKIT_API_SECRET", show_envvar=True, help="API secret."
+        ),
+        click.option("-v", "--verbose", is_flag=True, help="Show log lines (includes text)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_sender(
+    ctx: click.Context,
+    options: dict[str, Any],
+    action: Callable[[ContextClient], Awaitable[SuccessAck | SpeakResult]],
+) -> None:
+    settings = SenderSettings(
+        room=options["room"],
+        url=options["url"],
+        api_key=options["api_key"],
+        api_secret=options["api_secret"],
+        identity=options["identity"],
+        agent_code=options["agent_code"],
+        agent_identity=options["agent_identity"],
+        via="rpc" if options["use_rpc"] else "data",
+        secret=options["secret"],
+        timeout=options["timeout"],
+        retries=options["retries"],
+        agent_timeout=options["agent_wait"],
+    )
+    factory: ClientFactory = connect_client
+    if isinstance(ctx.obj, dict) and CLIENT_FACTORY_KEY in ctx.obj:
+        factory = ctx.obj[CLIENT_FACTORY_KEY]
+    if factory is connect_client:
+        if not settings.url:
+            raise click.UsageError("No LiveKit URL: pass --url or set LIVEKIT_URL.", ctx)
+        if not settings.api_key or not settings.api_secret:
+            raise click.UsageError(
+                "No LiveKit API key and secret: pass --api-key and --api-secret or set "
+                "LIVEKIT_API_KEY and LIVEKIT_API_SECRET.",
+                ctx,
+            )
+    # the Rust SDK warns on every connection retry; the outcome is reported once, below
+    logging.basicConfig(level=logging.DEBUG if options["verbose"] else logging.ERROR)
+    ctx.exit(asyncio.run(_send(factory, settings, action, as_json=options["as_json"])))
+
+
+async def _send(
+    factory: ClientFactory,
+    settings: SenderSettings,
+    action: Callable[[ContextClient], Awaitable[SuccessAck | SpeakResult]],
+    *,
+    as_json: bool,
+) -> int:
+    try:
+        client = await factory(settings)
+    except ContextError as exc:
+        return _report_error(exc, as_json)
+    try:
+        async with client:
+            result = await action(client)
+    except ContextError as exc:
+        return _report_error(exc, as_json)
+    _report_success(result, as_json)
+    return EXIT_OK
+
+
+def _report_success(result: SuccessAck | SpeakResult, as_json: bool) -> None:
+    ack = result.ack if isinstance(result, SpeakResult) else result
+    if as_json:
+        doc: dict[str, Any] = ack.model_dump(mode="json")
+        if isinstance(result, SpeakResult):
+            doc = {"ack": doc, "speech_finished": result.finished.model_dump(mode="json")}
+        click.echo(json.dumps(doc, indent=2))
+        return
+    parts = [f"ok: {ack.message}", f"id={ack.id}"]
+    if ack.data.speech_id:
+        parts.append(f"speech_id={ack.data.speech_id}")
+    if ack.data.key:
+        parts.append(f"key={ack.data.key}")
+    if ack.duplicate:
+        parts.append("(duplicate: applied by an earlier attempt)")
+    click.echo("  ".join(parts))
+    if isinstance(result, SpeakResult):
+        finished = result.finished
+        played = f" after {finished.played_s:g} s" if finished.played_s is not None else ""
+        how = "interrupted" if finished.interrupted else "played out"
+        click.echo(f"{how}{played}: speech_id={finished.speech_id}")
+
+
+def _report_error(exc: ContextError, as_json: bool) -> int:
+    if as_json:
+        doc: dict[str, Any]
+        if exc.ack is not None:
+            doc = exc.ack.model_dump(mode="json")
+        else:
+            doc = {"success": False, "id": exc.request_id, "error": exc.code.value}
+            doc["message"] = exc.message
+            if exc.retry_after is not None:
+                doc["retry_after"] = exc.retry_after
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        line = f"error: {exc.code.value}: {exc.message}"
+        if exc.retry_after is not None:
+            line += f" (retry after {exc.retry_after:g} s)"
+        if exc.request_id is not None:
+            line += f" [id={exc.request_id}]"
+        click.echo(line, err=True)
+    return exit_code_for(exc)
+
+
+@main.command(epilog=_SENDER_EPILOG)
+@click.argument("text")
+@click.option("--interrupt", is_flag=True, help="Cut the agent's current speech first.")
+@click.option(
+    "--if-idle", is_flag=True, help="Say it only if nobody is speaking (else refused: BUSY)."
+)
+@click.option("--no-interruptions", is_flag=True, help="The user cannot barge in on it.")
+@click.option("--wait-playout", is_flag=True, help="Wait until it has played out (or was cut).")
+@click.option(
+    "--playout-timeout",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=DEFAULT_PLAYOUT_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for the end of the speech, with --wait-playout.",
+)
+@click.option(
+    "--id", "request_id", help="Request id; the agent applies an id once. [default: random]"
+)
+@_sender_options
+@click.pass_context
+def speak(
+    ctx: click.Context,
+    /,
+    text: str,
+    interrupt: bool,
+    if_idle: bool,
+    no_interruptions: bool,
+    wait_playout: bool,
+    playout_timeout: float,
+    request_id: str | None,
+    **options: Any,
+) -> None:
+    """Make the agent say TEXT now, through its TTS, and print the ack.
+
+    By default the speech queues behind what the agent is saying and waits for the user to
+    finish; --interrupt cuts in instead.
+
+    \b
+    Examples:
+      imaginex-context speak --room shop-42 "Your order has shipped!"
+      imaginex-context speak --room shop-42 --agent-code A12345678 --interrupt \\
+          --wait-playout "We will close in five minutes."
+      imaginex-context speak --room shop-42 --json "Hello" | jq .data.speech_id
+    """
+    if interrupt and if_idle:
+        raise click.UsageError("--interrupt and --if-idle contradict each other.", ctx)
+
+    async def action(client: ContextClient) -> SuccessAck | SpeakResult:
+        return await client.speak(
+            text,
+            id=request_id,
+            allow_interruptions=not no_interruptions,
+            interrupt=interrupt,
+            mode="if_idle" if if_idle else None,
+            wait_for_playout=wait_playout,
+            playout_timeout=playout_timeout,
+        )
+
+    _run_sender(ctx, options, action)
+
+
+@main.command("add-context", epilog=_SENDER_EPILOG)
+@click.argument("text")
+@click.option("--key", help="A later add-context with the same key replaces this one.")
+@click.option(
+    "--role",
+    type=click.Choice(["system", "developer", "user", "assistant"]),
+    default="system",
+    show_default=True,
+    help="Chat role of the context message.",
+)
+@click.option("--reply", is_flag=True, help="Let the agent respond to it right away.")
+@click.option(
+    "--ttl", type=click.FloatRange(min=0.0, min_open=True), help="Seconds until it expires."
+)
+@click.option(
+    "--id", "request_id", help="Request id; the agent applies an id once. [default: random]"
+)
+@_sender_options
+@click.pass_context
+def add_context(
+    ctx: click.Context,
+    /,
+    text: str,
+    key: str | None,
+    role: ContextRole,
+    reply: bool,
+    ttl: float | None,
+    request_id: str | None,
+    **options: Any,
+) -> None:
+    """Give the agent TEXT as background knowledge for its next replies; nothing is spoken.
+
+    \b
+    Examples:
+      imaginex-context add-context --room shop-42 --key customer \\
+          "Customer John Smith is a premium member since 2021."
+      imaginex-context add-context --room shop-42 --role developer "Answer in French."
+    """
+
+    async def action(client: ContextClient) -> SuccessAck | SpeakResult:
+        return await client.add_context(
+            text, key=key, role=role, id=request_id, trigger_reply=reply, ttl_s=ttl
+        )
+
+    _run_sender(ctx, options, action)

@@ -1,0 +1,64 @@
+"""The platform's Agent Context REST API, served in front of a self-hosted LiveKit.
+
+``imaginex-context gateway`` runs it. Callers use the same requests as on the imaginex platform
+(``POST /v1/agent/{agent_code}/speak`` and ``/add-context`` with an ``api-secret`` header); the
+gateway finds the rooms where an agent running :class:`~imaginex_context_plugin.ContextPlugin`
+serves that code and delivers the message to each over LiveKit RPC.
+
+In code::
+
+    from imaginex_context_plugin.gateway import GatewayConfig, LiveKitBackend, create_app
+
+    config = GatewayConfig.from_env()
+    app = create_app(LiveKitBackend(config.livekit), config.secrets)
+"""
+
+from __future__ import annotations
+
+from .app import (
+    DEFAULT_DELIVERY_TIMEOUT_S,
+    DEFAULT_GATEWAY_RATE_LIMIT,
+    DEFAULT_MAX_BODY_BYTES,
+    FAILURE_PRECEDENCE,
+    STATUS_FOR,
+    create_app,
+    run_gateway,
+)
+from .backend import (
+    DEFAULT_GATEWAY_IDENTITY,
+    AgentBackend,
+    AgentTarget,
+    BackendError,
+    LiveKitBackend,
+    LiveKitRoomDirectory,
+    ParticipantSummary,
+    RoomDirectory,
+    gateway_token,
+)
+from .config import ApiSecrets, ConfigError, GatewayConfig, LiveKitSettings, Principal
+from .openapi import build_openapi
+
+__all__ = [
+    "DEFAULT_DELIVERY_TIMEOUT_S",
+    "DEFAULT_GATEWAY_IDENTITY",
+    "DEFAULT_GATEWAY_RATE_LIMIT",
+    "DEFAULT_MAX_BODY_BYTES",
+    "FAILURE_PRECEDENCE",
+    "STATUS_FOR",
+    "AgentBackend",
+    "AgentTarget",
+    "ApiSecrets",
+    "BackendError",
+    "ConfigError",
+    "GatewayConfig",
+    "LiveKitBackend",
+    "LiveKitRoomDirectory",
+    "LiveKitSettings",
+    "ParticipantSummary",
+    "Principal",
+    "RoomDirectory",
+    "build_openapi",
+    "create_app",
+    "gateway_token",
+    "run_gateway",
+]

@@ -1,0 +1,460 @@
+"""What the gateway needs from LiveKit, behind one narrow interface.
+
+:class:`AgentBackend` is all the HTTP layer sees: find the agents serving a code, deliver one
+request JSON to one of them and get its ack JSON back. :class:`LiveKitBackend` implements it on
+a LiveKit server:
+
+- finding: ``RoomService.list_rooms`` then ``list_participants`` for each room (or only the
+  ``room_id`` asked for), keeping participants whose ``imaginex.agent_code`` attribute (which
+  ``ContextPlugin`` publishes) is the code; one agent per room, so a room hears a message once;
+- delivering: RPC ``imaginex.context`` from one pooled, hidden participant connection per room.
+  Its identity is the same in every room and for the gateway's whole life, because the
+  receiver deduplicates by (sender identity, message id): that is what makes a retried HTTP
+  call with the same ``Idempotency-Key`` be applied once.
+
+Both halves are seams: ``directory`` (how rooms and participants are listed) and
+``room_factory`` (which ``rtc.Room`` joins a room) can be replaced, which is how the tests run
+this class against in-process rooms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import aiohttp
+from livekit import api, rtc
+from livekit.protocol.models import ParticipantInfo
+from livekit.protocol.room import ListParticipantsRequest, ListRoomsRequest
+
+from ..client import sender_token
+from ..log import logger
+from ..protocol import AGENT_CODE_ATTRIBUTE, RPC_METHOD, ErrorCode
+from .config import LiveKitSettings
+
+DEFAULT_GATEWAY_IDENTITY: Final = "imaginex-gateway"
+"""Participant identity the gateway joins rooms with; agents must trust it (or its signature)."""
+DEFAULT_CONNECT_TIMEOUT_S: Final = 5.0
+"""Seconds to join a room before the delivery fails with ``LIVEKIT_UNAVAILABLE``."""
+DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
+"""A pooled room connection unused for this long is closed."""
+DEFAULT_API_TIMEOUT_S: Final = 5.0
+"""Seconds for one RoomService call."""
+DEFAULT_LISTING_TTL_S: Final = 1.0
+"""How long one scan of every room serves later requests (``room_id`` lookups are never cached)."""
+MAX_CONCURRENT_LISTINGS: Final = 16
+"""Most ``list_participants`` calls in flight at once while scanning rooms."""
+
+
+class BackendError(Exception):
+    """A delivery or lookup that failed on the LiveKit side, with the error code to report."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class AgentTarget:
+    """One live agent: the room it is in and its participant identity there."""
+
+    room: str
+    identity: str
+
+
+class AgentBackend(Protocol):
+    """The gateway's view of LiveKit."""
+
+    async def find_agents(self, agent_code: str, *, room_id: str | None) -> list[AgentTarget]:
+        """The live agents serving ``agent_code``, at most one per room.
+
+        Args:
+            agent_code: The code agents publish in their ``imaginex.agent_code`` attribute.
+            room_id: Only look in this room; every room when None.
+
+        Raises:
+            BackendError: ``LIVEKIT_UNAVAILABLE`` when LiveKit cannot be asked.
+        """
+        ...
+
+    async def deliver(self, target: AgentTarget, payload: str, *, timeout: float) -> str:
+        """Send one request JSON to one agent and return the agent's ack JSON.
+
+        Args:
+            target: The agent.
+            payload: The request JSON (see ``protocol``), possibly in a signed envelope.
+            timeout: Seconds the agent has to answer; the caller also enforces it.
+
+        Raises:
+            BackendError: When it could not be delivered (the code says why).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release every connection. Idempotent."""
+        ...
+
+
+@dataclass(frozen=True)
+class ParticipantSummary:
+    """What the gateway needs to know of a participant."""
+
+    identity: str
+    attributes: Mapping[str, str]
+
+
+class RoomDirectory(Protocol):
+    """Lists rooms and their participants (on a LiveKit server: ``RoomService``)."""
+
+    async def list_rooms(self) -> list[str]:
+        """Names of the rooms that have participants."""
+        ...
+
+    async def list_participants(self, room: str) -> list[ParticipantSummary]:
+        """The connected participants of ``room``; empty when there is no such room."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class LiveKitRoomDirectory:
+    """:class:`RoomDirectory` over ``livekit-api``'s ``RoomService``."""
+
+    def __init__(
+        self, settings: LiveKitSettings, *, timeout: float = DEFAULT_API_TIMEOUT_S
+    ) -> None:
+        self._settings = settings
+        self._timeout = timeout
+        self._api: api.LiveKitAPI | None = None
+
+    def _client(self) -> api.LiveKitAPI:
+        # created on first use: its aiohttp session must be made inside the running loop
+        if self._api is None:
+            self._api = api.LiveKitAPI(
+                self._settings.url,
+                self._settings.api_key,
+                self._settings.api_secret,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+            )
+        return self._api
+
+    async def list_rooms(self) -> list[str]:
+        response = await self._client().room.list_rooms(ListRoomsRequest())
+        return [room.name for room in response.rooms if room.num_participants > 0]
+
+    async def list_participants(self, room: str) -> list[ParticipantSummary]:
+        try:
+            response = await self._client().room.list_participants(
+                ListParticipantsRequest(room=room)
+            )
+        except api.TwirpError as exc:
+            if exc.code == api.TwirpErrorCode.NOT_FOUND:
+                return []
+            raise
+        return [
+            ParticipantSummary(p.identity, dict(p.attributes))
+            for p in response.participants
+            if p.state != ParticipantInfo.State.DISCONNECTED
+        ]
+
+    async def aclose(self) -> None:
+        if self._api is not None:
+            client, self._api = self._api, None
+            await client.aclose()
+
+
+def gateway_token(settings: LiveKitSettings, *, identity: str, room: str) -> str:
+    """A token to join ``room`` as a hidden participant that may only send data.
+
+    Hidden, so agents (and their RoomIO) never take the gateway for a user; no media
+    publishing; subscribing stays allowed because RPC answers arrive as data.
+    """
+    return sender_token(
+        settings.api_key,
+        settings.api_secret,
+        room=room,
+        identity=identity,
+        hidden=True,
+        name="imaginex gateway",
+    )
+
+
+@dataclass(eq=False)
+class _PooledRoom:
+    room: rtc.Room
+    connecting: asyncio.Task[None]
+    last_used: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
+
+    def usable(self) -> bool:
+        task = self.connecting
+        if not task.done():
+            return True
+        return not task.cancelled() and task.exception() is None and self.room.isconnected()
+
+
+# How RPC failures read to the HTTP caller; anything else is INTERNAL_ERROR.
+_RPC_FAILURES: Final[dict[int, tuple[ErrorCode, str]]] = {
+    rtc.RpcError.ErrorCode.RESPONSE_TIMEOUT: (
+        ErrorCode.TIMEOUT,
+        "The agent did not answer in time.",
+    ),
+    rtc.RpcError.ErrorCode.CONNECTION_TIMEOUT: (
+        ErrorCode.TIMEOUT,
+        "The agent did not acknowledge the message in time.",
+    ),
+    rtc.RpcError.ErrorCode.RECIPIENT_NOT_FOUND: (
+        ErrorCode.NO_ACTIVE_ROOMS,
+        "The agent left the room before the message reached it.",
+    ),
+    rtc.RpcError.ErrorCode.RECIPIENT_DISCONNECTED: (
+        ErrorCode.NO_ACTIVE_ROOMS,
+        "The agent left the room before it answered.",
+    ),
+    rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD: (
+        ErrorCode.NOT_READY,
+        "The agent does not accept context messages (its ContextPlugin is not running).",
+    ),
+    rtc.RpcError.ErrorCode.REQUEST_PAYLOAD_TOO_LARGE: (
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        "The message is too large for LiveKit RPC (15 KiB).",
+    ),
+    rtc.RpcError.ErrorCode.SEND_FAILED: (
+        ErrorCode.LIVEKIT_UNAVAILABLE,
+        "LiveKit could not send the message to the agent.",
+    ),
+}
+
+_UNAVAILABLE: Final = "LiveKit could not be reached."
+
+
+class LiveKitBackend:
+    """:class:`AgentBackend` on a LiveKit server.
+
+    Args:
+        settings: LiveKit URL and API key pair.
+        identity: Participant identity in every room. Keep it stable: the receiver dedups
+            retried messages per sender identity. Two gateways sharing it in one room would
+            disconnect each other, so give replicas distinct identities.
+        connect_timeout: Seconds to join a room. Default 5.
+        idle_timeout: Seconds after which an unused room connection is closed. Default 300.
+        listing_ttl: Seconds one scan of every room is reused for, so that a burst of requests
+            costs one scan rather than one per request. 0 scans for every request. Default 1.
+        directory: How rooms and participants are listed. Default: ``RoomService``.
+        room_factory: Makes the (unconnected) ``rtc.Room`` that joins a given room name.
+            Default: ``rtc.Room()``.
+    """
+
+    def __init__(
+        self,
+        settings: LiveKitSettings,
+        *,
+        identity: str = DEFAULT_GATEWAY_IDENTITY,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+        listing_ttl: float = DEFAULT_LISTING_TTL_S,
+        directory: RoomDirectory | None = None,
+        room_factory: Callable[[str], rtc.Room] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._identity = identity
+        self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
+        self._listing_ttl = listing_ttl
+        self._directory: RoomDirectory = (
+            directory if directory is not None else LiveKitRoomDirectory(settings)
+        )
+        self._room_factory = room_factory if room_factory is not None else _new_room
+        self._pool: dict[str, _PooledRoom] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._scanned: tuple[float, list[tuple[str, list[ParticipantSummary]]]] | None = None
+        # concurrent requests wait for the scan under way instead of starting their own
+        self._scan_lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    @property
+    def pooled_rooms(self) -> list[str]:
+        """Names of the rooms the gateway holds a connection to (or is joining)."""
+        return list(self._pool)
+
+    # -- finding
+
+    async def find_agents(self, agent_code: str, *, room_id: str | None) -> list[AgentTarget]:
+        self._check_open()
+        try:
+            if room_id is not None:
+                listings = [(room_id, (await self._list_all([room_id]))[0])]
+            else:
+                listings = await self._scan()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, api.TwirpError) as exc:
+            logger.warning(
+                "LiveKit room listing failed",
+                extra={"error": type(exc).__name__, "status": getattr(exc, "status", None)},
+            )
+            raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _UNAVAILABLE) from None
+        targets = []
+        for room, participants in listings:
+            agents = sorted(
+                p.identity
+                for p in participants
+                if p.attributes.get(AGENT_CODE_ATTRIBUTE) == agent_code
+                and p.identity != self._identity
+            )
+            if agents:
+                targets.append(AgentTarget(room, agents[0]))
+        return targets
+
+    async def _scan(self) -> list[tuple[str, list[ParticipantSummary]]]:
+        async with self._scan_lock:
+            scanned = self._scanned
+            if scanned is not None and time.monotonic() - scanned[0] < self._listing_ttl:
+                return scanned[1]
+            rooms = await self._directory.list_rooms()
+            listings = list(zip(rooms, await self._list_all(rooms), strict=True))
+            self._scanned = (time.monotonic(), listings)
+            return listings
+
+    async def _list_all(self, rooms: list[str]) -> list[list[ParticipantSummary]]:
+        limit = asyncio.Semaphore(MAX_CONCURRENT_LISTINGS)
+
+        async def one(room: str) -> list[ParticipantSummary]:
+            async with limit:
+                return await self._directory.list_participants(room)
+
+        results = await asyncio.gather(*(one(r) for r in rooms), return_exceptions=True)
+        listings: list[list[ParticipantSummary]] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            listings.append(result)
+        return listings
+
+    # -- delivering
+
+    async def deliver(self, target: AgentTarget, payload: str, *, timeout: float) -> str:
+        self._check_open()
+        pooled = await self._joined(target.room)
+        pooled.in_flight += 1
+        try:
+            return await pooled.room.local_participant.perform_rpc(
+                destination_identity=target.identity,
+                method=RPC_METHOD,
+                payload=payload,
+                response_timeout=timeout,
+            )
+        except rtc.RpcError as exc:
+            code, message = _RPC_FAILURES.get(
+                exc.code, (ErrorCode.INTERNAL_ERROR, "The agent failed to handle the message.")
+            )
+            raise BackendError(code, message) from None
+        finally:
+            pooled.in_flight -= 1
+            pooled.last_used = time.monotonic()
+            self._schedule_idle_check()
+
+    async def _joined(self, room_name: str) -> _PooledRoom:
+        self._close_idle()
+        pooled = self._pool.get(room_name)
+        if pooled is not None and not pooled.usable():
+            self._discard(room_name)
+            pooled = None
+        if pooled is None:
+            room = self._room_factory(room_name)
+            task = asyncio.create_task(
+                self._connect(room, room_name), name="imaginex_gateway.connect"
+            )
+            # a request that times out stops waiting but the join goes on, for the next one;
+            # its failure is read here so that asyncio does not log it as never retrieved
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            pooled = _PooledRoom(room, task)
+            self._pool[room_name] = pooled
+        pooled.last_used = time.monotonic()
+        try:
+            await asyncio.shield(pooled.connecting)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning(
+                "could not join a room", extra={"room": room_name, "error": type(exc).__name__}
+            )
+            if self._pool.get(room_name) is pooled:
+                self._discard(room_name)
+            raise BackendError(
+                ErrorCode.LIVEKIT_UNAVAILABLE, "Could not join the agent's room on LiveKit."
+            ) from None
+        return pooled
+
+    async def _connect(self, room: rtc.Room, room_name: str) -> None:
+        token = gateway_token(self._settings, identity=self._identity, room=room_name)
+        await room.connect(
+            self._settings.url,
+            token,
+            rtc.RoomOptions(auto_subscribe=False, connect_timeout=self._connect_timeout),
+        )
+
+    def _close_idle(self) -> None:
+        now = time.monotonic()
+        for name, pooled in list(self._pool.items()):
+            if pooled.in_flight == 0 and now - pooled.last_used >= self._idle_timeout:
+                self._discard(name)
+
+    def _schedule_idle_check(self) -> None:
+        # one timer for the whole pool, set for the connection that goes idle first; rooms
+        # with a delivery in flight reschedule when it ends
+        if self._idle_timer is not None or self._closed:
+            return
+        idle_since = [p.last_used for p in self._pool.values() if p.in_flight == 0]
+        if not idle_since:
+            return
+        delay = max(0.0, min(idle_since) + self._idle_timeout - time.monotonic())
+        self._idle_timer = asyncio.get_running_loop().call_later(delay, self._on_idle_timer)
+
+    def _on_idle_timer(self) -> None:
+        self._idle_timer = None
+        self._close_idle()
+        self._schedule_idle_check()
+
+    def _discard(self, room_name: str) -> None:
+        pooled = self._pool.pop(room_name)
+        task = asyncio.create_task(_disconnect(pooled), name="imaginex_gateway.disconnect")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, "The gateway is shutting down.")
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        for name in list(self._pool):
+            self._discard(name)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._directory.aclose()
+
+
+def _new_room(room_name: str) -> rtc.Room:
+    return rtc.Room()
+
+
+async def _disconnect(pooled: _PooledRoom) -> None:
+    # a join under way is not cancelled: a cancelled native connect could still complete and
+    # leave a connection nobody closes. It ends within the connect timeout.
+    await asyncio.wait([pooled.connecting])
+    with contextlib.suppress(Exception):  # the room may already be gone
+        await pooled.room.disconnect()

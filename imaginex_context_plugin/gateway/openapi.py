@@ -1,0 +1,192 @@
+"""The OpenAPI 3.1 document served at ``GET /openapi.json``, built from the pydantic models."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from ..version import __version__
+from .models import (
+    AddContextBody,
+    AddContextResponse,
+    ErrorResponse,
+    HealthResponse,
+    SpeakBody,
+    SpeakResponse,
+)
+
+_REF: Final = "#/components/schemas/{model}"
+
+# (status, description, error codes possible) shared by both endpoints
+_ERRORS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
+    (400, "The body or a header is invalid.", ("VALIDATION_ERROR",)),
+    (401, "The api-secret header is missing or wrong.", ("UNAUTHORIZED",)),
+    (
+        404,
+        "No such agent for this api-secret, or no room where it is live.",
+        ("AGENT_NOT_FOUND", "NO_ACTIVE_ROOMS"),
+    ),
+    (409, "The agent was busy (only for speech that must not queue).", ("BUSY",)),
+    (413, "The body, or the message built from it, is too large.", ("PAYLOAD_TOO_LARGE",)),
+    (
+        429,
+        "Too many requests for this api-secret, or for the agent. See Retry-After.",
+        ("RATE_LIMITED",),
+    ),
+    (502, "The agent refused or failed to apply the message.", ("INTERNAL_ERROR",)),
+    (
+        503,
+        "LiveKit cannot be reached, or the agent's session is not running.",
+        ("LIVEKIT_UNAVAILABLE", "NOT_READY"),
+    ),
+    (504, "No agent answered in time; retry with the same Idempotency-Key.", ("TIMEOUT",)),
+)
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _json(model: type[BaseModel]) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref(model)}}
+
+
+def _operation(
+    *,
+    summary: str,
+    operation_id: str,
+    body: type[BaseModel],
+    response: type[BaseModel],
+    examples: dict[str, Any],
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        "200": {"description": "Delivered to at least one room.", "content": _json(response)}
+    }
+    for status, description, codes in _ERRORS:
+        responses[str(status)] = {
+            "description": f"{description} error: {', '.join(codes)}.",
+            "content": _json(ErrorResponse),
+        }
+        if status == 429:
+            responses[str(status)]["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying.",
+                    "schema": {"type": "integer"},
+                }
+            }
+    return {
+        "summary": summary,
+        "operationId": operation_id,
+        "security": [{"apiSecret": []}],
+        "parameters": [
+            {
+                "name": "agent_code",
+                "in": "path",
+                "required": True,
+                "description": "The agent's code, e.g. A12345678.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": (
+                    "Becomes the message id (at most 128 characters): a retried call with the "
+                    "same key is applied once by each agent."
+                ),
+                "schema": {"type": "string", "maxLength": 128},
+            },
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body), "examples": examples}},
+        },
+        "responses": responses,
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    """The OpenAPI document of the gateway."""
+    _, schemas = models_json_schema(
+        [
+            (model, "validation")
+            for model in (
+                SpeakBody,
+                AddContextBody,
+                SpeakResponse,
+                AddContextResponse,
+                ErrorResponse,
+                HealthResponse,
+            )
+        ],
+        ref_template=_REF,
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "imaginex Agent Context API (self-hosted gateway)",
+            "version": __version__,
+            "description": (
+                "Make LiveKit agents running ContextPlugin speak, or give them background "
+                "context. The same API as the imaginex platform, served in front of a "
+                "self-hosted LiveKit server."
+            ),
+        },
+        "paths": {
+            "/v1/agent/{agent_code}/speak": {
+                "post": _operation(
+                    summary="Make the agent speak",
+                    operation_id="speak",
+                    body=SpeakBody,
+                    response=SpeakResponse,
+                    examples={
+                        "speak": {
+                            "value": {
+                                "message": "Hello! I have an important update for you.",
+                                "room_id": "room_123",
+                            }
+                        }
+                    },
+                )
+            },
+            "/v1/agent/{agent_code}/add-context": {
+                "post": _operation(
+                    summary="Add background context, or speak it (type: speak)",
+                    operation_id="addContext",
+                    body=AddContextBody,
+                    response=AddContextResponse,
+                    examples={
+                        "add_context": {
+                            "value": {
+                                "context": "User John Smith is a premium customer.",
+                                "type": "add_context",
+                                "room_id": "room_456",
+                            }
+                        },
+                        "speak": {
+                            "value": {
+                                "context": "Your issue has been resolved!",
+                                "type": "speak",
+                                "room_id": "support_session_1",
+                            }
+                        },
+                    },
+                )
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "operationId": "healthz",
+                    "responses": {"200": {"description": "Up.", "content": _json(HealthResponse)}},
+                }
+            },
+        },
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {
+                "apiSecret": {"type": "apiKey", "in": "header", "name": "api-secret"}
+            },
+        },
+    }

@@ -1,0 +1,141 @@
+"""``examples/http_gateway.md`` runs: the platform's Python and JavaScript examples, unchanged but
+for the base URL, against a gateway on a real loopback port in front of real agent sessions.
+
+Python blocks run with this interpreter (they use ``requests``), JavaScript blocks with Node's
+``fetch`` (skipped without ``node``). Blocks tagged ``python skip`` are agent-side snippets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from imaginex_context_plugin.gateway import ApiSecrets, create_app
+from tests.test_gateway import SECRET, Fleet, LiveAgent, wait_until
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "http_gateway.md"
+BLOCK = re.compile(r"^```(\w+)[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+RUN_TIMEOUT_S = 60.0
+ROOMS = (
+    "customer_session_1",
+    "order_confirmation_room",
+    "vip_customer_session",
+    "support_session_1",
+    "room_1",
+    "room_2",
+    "room_3",
+)
+
+
+def blocks(language: str) -> list[str]:
+    text = EXAMPLES.read_text(encoding="utf-8")
+    return [code for lang, code in BLOCK.findall(text) if lang == language]
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[str, dict[str, LiveAgent]]]:
+    fleet = Fleet()
+    agents = {room: await fleet.agent(room) for room in ROOMS}
+    server = TestServer(create_app(fleet.backend(), ApiSecrets(secret=SECRET)), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/"), agents
+    finally:
+        await server.close()
+        await fleet.aclose()
+
+
+async def run(args: list[str], base_url: str) -> str:
+    env = {**os.environ, "GATEWAY_URL": base_url, "IMAGINEX_API_SECRET": SECRET}
+    env.pop("PYTHONWARNINGS", None)
+    process = await asyncio.create_subprocess_exec(
+        *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT_S)
+    output = out.decode("utf-8", errors="replace")
+    assert process.returncode == 0, output
+    return output
+
+
+def test_the_examples_document_has_python_and_javascript_blocks() -> None:
+    assert len(blocks("python")) >= 6
+    assert len(blocks("javascript")) >= 2
+    for code in blocks("python") + blocks("javascript"):
+        assert "/v1/agent/" in code
+
+
+async def test_the_python_examples_run_against_the_gateway(
+    served: tuple[str, dict[str, LiveAgent]], tmp_path: Path
+) -> None:
+    pytest.importorskip("requests")
+    base_url, agents = served
+    outputs = []
+    for n, code in enumerate(blocks("python")):
+        script = tmp_path / f"example_{n}.py"
+        script.write_text(code, encoding="utf-8")
+        outputs.append(await run([sys.executable, str(script)], base_url))
+
+    assert "Imaginex agent spoke successfully!" in outputs[0]
+    assert "Agent NO_SUCH_AGENT not found or no active sessions" in "".join(outputs)
+    assert "duplicate: [False]" in "".join(outputs)
+
+    customer = agents["customer_session_1"]
+    await wait_until(
+        lambda: (
+            customer.said()
+            == [
+                "Great news! We have a 20% discount available today!",
+                "System check message",
+                "Your refund was issued today.",
+            ]
+        )
+    )
+    assert agents["vip_customer_session"].context() == [
+        "Customer has VIP status and prefers technical explanations"
+    ]
+    support = agents["support_session_1"]
+    assert support.context() == ["Customer reported billing issue #12345 on January 10th"]
+    await wait_until(
+        lambda: "Thank you for your patience. Your issue has been resolved!" in support.said()
+    )
+    for room, message in zip(
+        ("room_1", "room_2", "room_3"),
+        ("VIP customer message", "Standard message", "Trial user message"),
+        strict=True,
+    ):
+        await wait_until(lambda room=room, message=message: message in agents[room].said())  # type: ignore[misc]
+
+
+async def test_the_javascript_examples_run_against_the_gateway(
+    served: tuple[str, dict[str, LiveAgent]], tmp_path: Path
+) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    base_url, agents = served
+    outputs = []
+    for n, code in enumerate(blocks("javascript")):
+        script = tmp_path / f"example_{n}.mjs"  # .mjs: the examples use top-level await
+        script.write_text(code, encoding="utf-8")
+        outputs.append(await run([node, str(script)], base_url))
+
+    assert "Imaginex agent speech result:" in outputs[0]
+    assert f"Delivered to {len(ROOMS)} rooms" in outputs[1]
+    await wait_until(
+        lambda: (
+            agents["order_confirmation_room"].said()
+            == ["Your order has been confirmed and will arrive tomorrow!"]
+        )
+    )
+    for agent in agents.values():
+        assert agent.context() == [
+            "User is interested in enterprise features and has a team of 50+ people"
+        ]

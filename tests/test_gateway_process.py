@@ -1,0 +1,219 @@
+"""The real ``imaginex-context gateway`` process, over real HTTP on loopback.
+
+LiveKit is configured at a closed loopback port, so everything the gateway answers before it
+needs LiveKit (auth, validation, routing) is checked end to end, and a valid request shows the
+``LIVEKIT_UNAVAILABLE`` path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import aiohttp
+import pytest
+
+SECRET = "process-test-secret-93f0a1"
+CODE = "A12345678"
+START_TIMEOUT_S = 30.0
+EXIT_TIMEOUT_S = 15.0
+
+
+def command() -> list[str]:
+    script = Path(sys.executable).with_name("imaginex-context")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from imaginex_context_plugin.cli import main; main()"]
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LIVEKIT_", "IMAGINEX_")) and k != "PYTHONWARNINGS"
+    }
+    env.update(values)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def open_logs(out: Path, err: Path) -> Iterator[tuple[BinaryIO, BinaryIO]]:
+    """Files for the child's output: a pipe nobody reads could fill up and stall it."""
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        yield stdout, stderr
+
+
+@dataclass
+class Running:
+    process: asyncio.subprocess.Process
+    base_url: str
+    stderr_path: Path
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+
+async def run_to_exit(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *command(),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), START_TIMEOUT_S)
+    assert process.returncode is not None
+    return process.returncode, (out + err).decode("utf-8", errors="replace")
+
+
+@pytest.fixture
+async def gateway_process(tmp_path: Path) -> AsyncIterator[Running]:
+    port = free_port()
+    stderr_path = tmp_path / "stderr.log"
+    env = clean_env(
+        LIVEKIT_URL="ws://127.0.0.1:1",
+        LIVEKIT_API_KEY="devkey",
+        LIVEKIT_API_SECRET="devsecret-0123456789abcdef0123456789abcdef",
+        IMAGINEX_API_SECRET=SECRET,
+    )
+    with open_logs(tmp_path / "stdout.log", stderr_path) as (stdout, stderr):
+        process = await asyncio.create_subprocess_exec(
+            *command(),
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    running = Running(process, f"http://127.0.0.1:{port}", stderr_path)
+    try:
+        await wait_until_serving(running)
+        yield running
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(process.wait(), EXIT_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def wait_until_serving(running: Running) -> None:
+    deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if running.process.returncode is not None:
+                pytest.fail("the gateway exited early:\n" + running.stderr())
+            try:
+                async with session.get(running.base_url + "/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                pytest.fail("the gateway did not start:\n" + running.stderr())
+            await asyncio.sleep(0.1)
+
+
+async def test_the_gateway_process_answers_over_real_http(gateway_process: Running) -> None:
+    base = gateway_process.base_url
+    speak = f"{base}/v1/agent/{CODE}/speak"
+    add_context = f"{base}/v1/agent/{CODE}/add-context"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(speak, json={"message": "Hi"}) as response:
+            assert response.status == 401
+            assert await response.json() == {
+                "success": False,
+                "error": "UNAUTHORIZED",
+                "message": "Invalid api-secret",
+            }
+        async with http.post(
+            speak, json={"message": "Hi"}, headers={"api-secret": "wrong"}
+        ) as response:
+            assert response.status == 401
+
+        headers = {"api-secret": SECRET}
+        async with http.post(
+            add_context, json={"context": "Hi", "type": "shout"}, headers=headers
+        ) as response:
+            assert response.status == 400
+            assert await response.json() == {
+                "success": False,
+                "error": "VALIDATION_ERROR",
+                "message": "Invalid type. Must be one of: speak, add_context",
+            }
+        async with http.post(
+            speak, data=b"{oops", headers={**headers, "Content-Type": "application/json"}
+        ) as response:
+            assert response.status == 400
+            assert (await response.json())["message"] == "Request body is not valid JSON."
+        async with http.post(speak, json={}, headers=headers) as response:
+            assert response.status == 400
+            assert (await response.json())["message"] == "Missing field 'message'."
+
+        async with http.post(speak, json={"message": "Hi"}, headers=headers) as response:
+            assert response.status == 503
+            assert (await response.json())["error"] == "LIVEKIT_UNAVAILABLE"
+
+        async with http.get(speak, headers=headers) as response:
+            assert response.status == 405
+            assert (await response.json())["error"] == "METHOD_NOT_ALLOWED"
+        async with http.get(f"{base}/nope") as response:
+            assert response.status == 404
+            assert (await response.json())["error"] == "NOT_FOUND"
+        async with http.get(f"{base}/openapi.json") as response:
+            assert response.status == 200
+            assert "/v1/agent/{agent_code}/speak" in (await response.json())["paths"]
+
+    gateway_process.process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(gateway_process.process.wait(), EXIT_TIMEOUT_S) == 0
+    log = gateway_process.stderr()
+    assert f"POST /v1/agent/{CODE}/speak 401" in log
+    assert f"POST /v1/agent/{CODE}/add-context 400" in log
+    assert SECRET not in log
+
+
+async def test_missing_configuration_fails_fast_with_a_clear_message() -> None:
+    code, output = await run_to_exit(["gateway", "--port", str(free_port())], clean_env())
+    assert code != 0
+    assert "The gateway is not configured" in output
+    for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "IMAGINEX_API_SECRET"):
+        assert name in output
+    assert "Traceback" not in output
+
+
+async def test_a_malformed_secrets_file_fails_fast_without_printing_secrets(
+    tmp_path: Path,
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.write_text("A12345678 hunter2-secret\n", encoding="utf-8")
+    env = clean_env(
+        LIVEKIT_URL="ws://127.0.0.1:1",
+        LIVEKIT_API_KEY="devkey",
+        LIVEKIT_API_SECRET="devsecret-0123456789abcdef0123456789abcdef",
+        IMAGINEX_API_SECRETS_FILE=str(secrets),
+    )
+    code, output = await run_to_exit(["gateway", "--port", str(free_port())], env)
+    assert code != 0
+    assert "line 1: expected 'agent_code=secret'" in output
+    assert "hunter2" not in output
+    assert "Traceback" not in output
