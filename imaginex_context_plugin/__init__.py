@@ -9,6 +9,11 @@ replies) messages on the LiveKit data channel and over RPC, and acknowledges eve
     plugin = ContextPlugin(agent_code="A12345678", allowed_identities=["backend"])
     await plugin.start(session, ctx.room)
 
+The sender, :class:`ContextClient`, sends them from a backend and returns each ack::
+
+    async with await ContextClient.connect(room="room-1", agent_code="A12345678") as client:
+        await client.speak("Your order has shipped!")
+
 See the README for the wire protocol, the error codes and the security model.
 """
 
@@ -16,6 +21,16 @@ from __future__ import annotations
 
 from livekit.agents import Plugin
 
+from .client import (
+    AckTimeoutError,
+    ContextClient,
+    ContextError,
+    PlayoutTimeoutError,
+    ServerSendResult,
+    SpeakResult,
+    send_via_server_api,
+    sender_token,
+)
 from .context import ContextBudget
 from .log import logger
 from .plugin import AckTransport, ContextPlugin, PluginStats
@@ -44,21 +59,29 @@ __all__ = [
     "CONTEXT_TOPIC",
     "MAX_PAYLOAD_BYTES",
     "RPC_METHOD",
+    "AckTimeoutError",
     "AckTransport",
     "AddContextRequest",
     "ContextBudget",
+    "ContextClient",
+    "ContextError",
     "ContextPlugin",
     "ErrorAck",
     "ErrorCode",
     "GetStateRequest",
+    "PlayoutTimeoutError",
     "PluginStats",
     "RateLimit",
     "RemoveContextRequest",
+    "ServerSendResult",
     "SpeakRequest",
+    "SpeakResult",
     "SpeechFinishedEvent",
     "SpeechStartedEvent",
     "SuccessAck",
     "__version__",
+    "send_via_server_api",
+    "sender_token",
     "sign_request",
 ]
 

@@ -1,0 +1,364 @@
+"""``imaginex-context speak`` / ``add-context``: output and exit status.
+
+The commands build their client through the public factory seam
+(``main(obj={CLIENT_FACTORY_KEY: factory})``); the factory here starts a real AgentSession with
+ContextPlugin on an in-memory relay inside the command's own event loop, and hands back a
+client in the same relay. Only "cannot connect" uses the real connection path.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from livekit import rtc
+
+from imaginex_context_plugin import ContextClient, ContextPlugin
+from imaginex_context_plugin.cli import (
+    CLI_IDENTITY,
+    CLIENT_FACTORY_KEY,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_TIMEOUT,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    SenderSettings,
+    main,
+)
+from tests.livekit_fakes import RecordingAudioOutput, RecordingTTS, RelayNetwork, start_session
+
+AGENT_CODE = "A12345678"
+SECRET = "shared-secret-between-backend-and-agent"
+# the commands must not pick up the caller's environment
+CLEAN_ENV: dict[str, str | None] = {
+    "LIVEKIT_URL": None,
+    "LIVEKIT_API_KEY": None,
+    "LIVEKIT_API_SECRET": None,
+    "IMAGINEX_AGENT_CODE": None,
+    "IMAGINEX_CONTEXT_SECRET": None,
+}
+
+
+@dataclass
+class Seen:
+    """What the in-process agent saw, recorded before it shut down."""
+
+    settings: SenderSettings | None = None
+    said: list[str] = field(default_factory=list)
+    context: list[tuple[str | None, str]] = field(default_factory=list)
+    applied: int = 0
+
+
+class InProcessClient(ContextClient):
+    """A client whose ``aclose`` also stops the in-process agent it talks to."""
+
+    def __init__(
+        self,
+        room: rtc.Room,
+        settings: SenderSettings,
+        teardown: Callable[[], Awaitable[None]],
+    ) -> None:
+        super().__init__(
+            room,
+            agent_identity=settings.agent_identity,
+            agent_code=settings.agent_code,
+            via=settings.via,
+            secret=settings.secret,
+            timeout=settings.timeout,
+            retries=settings.retries,
+            agent_timeout=settings.agent_timeout,
+        )
+        self._teardown = teardown
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._teardown()
+
+
+def in_process_agent(
+    seen: Seen, *, silent_agent: bool = False, **plugin_kwargs: Any
+) -> Callable[[SenderSettings], Awaitable[ContextClient]]:
+    plugin_kwargs.setdefault("agent_code", AGENT_CODE)
+    plugin_kwargs.setdefault("allowed_identities", [CLI_IDENTITY])
+
+    async def factory(settings: SenderSettings) -> ContextClient:
+        seen.settings = settings
+        network = RelayNetwork()
+        tts = RecordingTTS()
+        session = await start_session(tts_model=tts, audio_output=RecordingAudioOutput(speed=20))
+        agent_room = network.create_room(
+            settings.room, "agent", kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        )
+        plugin = ContextPlugin(**plugin_kwargs)
+        await plugin.start(session, agent_room)
+        if silent_agent:  # an agent participant without the plugin: it never answers
+            network.create_room(
+                settings.room, "mute", kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+            )
+        sender_room = network.create_room(settings.room, settings.identity or "backend")
+
+        async def teardown() -> None:
+            seen.said = list(tts.texts)
+            seen.applied = plugin.stats.applied
+            seen.context = [(e.key, e.role) for e in plugin.context_store.describe()]
+            await plugin.aclose()
+            await session.aclose()
+            await network.aclose()
+
+        return InProcessClient(sender_room, settings, teardown)
+
+    return factory
+
+
+def run(
+    args: list[str], seen: Seen | None = None, *, silent_agent: bool = False, **plugin_kwargs: Any
+) -> Result:
+    obj = None
+    if seen is not None:
+        factory = in_process_agent(seen, silent_agent=silent_agent, **plugin_kwargs)
+        obj = {CLIENT_FACTORY_KEY: factory}
+    return CliRunner().invoke(main, args, obj=obj, env=CLEAN_ENV)
+
+
+# ---------------------------------------------------------------------------------------------
+# 0: acknowledged
+
+
+def test_speak_prints_the_ack_and_exits_0() -> None:
+    seen = Seen()
+    result = run(["speak", "--room", "shop", "Your order has shipped!"], seen)
+
+    assert result.exit_code == EXIT_OK, result.output
+    assert result.stdout.startswith("ok: Speech triggered successfully  id=")
+    assert "speech_id=" in result.stdout
+    assert seen.applied == 1
+    assert seen.settings is not None
+    assert seen.settings.via == "rpc"
+    assert seen.settings.identity == CLI_IDENTITY
+
+
+def test_speak_over_data_with_json_prints_the_ack_as_json() -> None:
+    seen = Seen()
+    result = run(["speak", "--room", "shop", "--data", "--json", "--id", "j-1", "Hello!"], seen)
+
+    assert result.exit_code == EXIT_OK, result.output
+    ack = json.loads(result.stdout)
+    assert ack["success"] is True
+    assert ack["id"] == "j-1"
+    assert ack["data"]["context_type"] == "speak"
+    assert ack["data"]["agent_code"] == AGENT_CODE
+    assert seen.settings is not None
+    assert seen.settings.via == "data"
+
+
+def test_speak_wait_playout_reports_the_end_of_the_speech() -> None:
+    seen = Seen()
+    human = run(["speak", "--room", "shop", "--wait-playout", "Thanks for waiting."], seen)
+    as_json = run(["speak", "--room", "shop", "--wait-playout", "--json", "Again."], Seen())
+
+    assert human.exit_code == EXIT_OK, human.output
+    assert "played out after" in human.stdout
+    assert seen.said == ["Thanks for waiting."]
+    assert as_json.exit_code == EXIT_OK, as_json.output
+    doc = json.loads(as_json.stdout)
+    assert doc["ack"]["success"] is True
+    assert doc["speech_finished"]["interrupted"] is False
+    assert doc["speech_finished"]["speech_id"] == doc["ack"]["data"]["speech_id"]
+
+
+def test_add_context_with_key_and_role() -> None:
+    seen = Seen()
+    result = run(
+        [
+            "add-context",
+            "--room",
+            "shop",
+            "--key",
+            "customer",
+            "--role",
+            "developer",
+            "--json",
+            "Customer John Smith is a premium member.",
+        ],
+        seen,
+    )
+
+    assert result.exit_code == EXIT_OK, result.output
+    ack = json.loads(result.stdout)
+    assert ack["data"]["context_type"] == "add_context"
+    assert ack["data"]["key"] == "customer"
+    assert seen.context == [("customer", "developer")]
+    assert seen.said == []
+
+
+def test_options_and_environment_reach_the_client() -> None:
+    seen = Seen()
+    result = CliRunner().invoke(
+        main,
+        [
+            "add-context",
+            "--room",
+            "shop",
+            "--identity",
+            "crm",
+            "--timeout",
+            "2.5",
+            "--retries",
+            "4",
+            "--agent-wait",
+            "1",
+            "VIP.",
+        ],
+        obj={CLIENT_FACTORY_KEY: in_process_agent(seen, secret=SECRET, allowed_identities=[])},
+        env={**CLEAN_ENV, "IMAGINEX_AGENT_CODE": AGENT_CODE, "IMAGINEX_CONTEXT_SECRET": SECRET},
+    )
+
+    assert result.exit_code == EXIT_OK, result.output  # signed, so trusted without the identity
+    assert seen.settings == SenderSettings(
+        room="shop",
+        identity="crm",
+        agent_code=AGENT_CODE,
+        via="rpc",
+        secret=SECRET,
+        timeout=2.5,
+        retries=4,
+        agent_timeout=1.0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 1: refused
+
+
+def test_an_error_ack_exits_1_and_prints_the_code() -> None:
+    result = run(["speak", "--room", "shop", "--identity", "stranger", "Let me in."], Seen())
+
+    assert result.exit_code == EXIT_REFUSED
+    assert result.stdout == ""
+    assert result.stderr.startswith(
+        "error: UNAUTHORIZED: This sender is not allowed to send messages to this agent."
+    )
+
+
+def test_an_error_ack_with_json_prints_it_on_stdout() -> None:
+    result = run(["add-context", "--room", "shop", "--identity", "stranger", "--json", "x"], Seen())
+
+    assert result.exit_code == EXIT_REFUSED
+    answer = json.loads(result.stdout)
+    assert answer["success"] is False
+    assert answer["error"] == "UNAUTHORIZED"
+
+
+def test_another_agent_code_exits_1() -> None:
+    # the agent itself refuses a request naming another code
+    refused = run(
+        ["speak", "--room", "shop", "--agent-identity", "agent", "--agent-code", "B00000000", "x"],
+        Seen(),
+    )
+    # no participant publishes that code
+    missing = run(
+        ["speak", "--room", "shop", "--agent-code", "B00000000", "--agent-wait", "0.05", "x"],
+        Seen(),
+    )
+    assert refused.exit_code == EXIT_REFUSED
+    assert refused.stderr.startswith("error: AGENT_NOT_FOUND: Agent with code 'B00000000'")
+    assert missing.exit_code == EXIT_REFUSED
+    assert missing.stderr.startswith("error: AGENT_NOT_FOUND: No participant with agent code")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2: usage
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["speak", "hello"], "Missing option '--room'"),
+        (["speak", "--room", "shop"], "Missing argument 'TEXT'"),
+        (["add-context", "--room", "shop", "--role", "boss", "x"], "Invalid value for '--role'"),
+        (["speak", "--room", "shop", "--interrupt", "--if-idle", "x"], "contradict"),
+        (["speak", "--room", "shop", "--timeout", "0", "x"], "Invalid value for '--timeout'"),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], message: str) -> None:
+    result = run(args, Seen())
+    assert result.exit_code == EXIT_USAGE
+    assert message in result.stderr
+
+
+def test_no_livekit_url_is_a_usage_error() -> None:
+    result = run(["speak", "--room", "shop", "hello"])
+    assert result.exit_code == EXIT_USAGE
+    assert "LIVEKIT_URL" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 3: no ack in time, 4: cannot connect
+
+
+def test_no_ack_in_time_exits_3() -> None:
+    result = run(
+        [
+            "speak",
+            "--room",
+            "shop",
+            "--data",
+            "--agent-identity",
+            "mute",
+            "--timeout",
+            "0.05",
+            "--retries",
+            "1",
+            "hello",
+        ],
+        Seen(),
+        silent_agent=True,
+    )
+    assert result.exit_code == EXIT_TIMEOUT
+    assert result.stderr.startswith("error: TIMEOUT: No ack from agent 'mute' within 0.05 s")
+
+
+def test_no_livekit_server_exits_4() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run(
+        [
+            "speak",
+            "--room",
+            "shop",
+            "--url",
+            f"ws://127.0.0.1:{port}",
+            "--api-key",
+            "devkey",
+            "--api-secret",
+            SECRET,
+            "hello",
+        ]
+    )
+    assert result.exit_code == EXIT_UNAVAILABLE
+    assert "error: LIVEKIT_UNAVAILABLE: Could not connect to LiveKit" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# help
+
+
+def test_help_shows_examples_and_exit_statuses() -> None:
+    top = CliRunner().invoke(main, ["--help"])
+    speak_help = CliRunner().invoke(main, ["speak", "--help"])
+    add_help = CliRunner().invoke(main, ["add-context", "-h"])
+
+    assert "speak" in top.stdout
+    assert "add-context" in top.stdout
+    for result in (speak_help, add_help):
+        assert result.exit_code == 0
+        assert "Examples:" in result.stdout
+        assert "Exit status:" in result.stdout
+        assert "LIVEKIT_URL" in result.stdout
+        assert "--rpc / --data" in result.stdout

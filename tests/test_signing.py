@@ -1,0 +1,210 @@
+"""Signed messages end to end: the client signs, the real receiver verifies.
+
+The receiver trusts nobody by identity here (``allowed_identities=[]``), so only a valid
+signature gets a message applied. Raw envelopes (tampered, stale, replayed) go through the
+backend's room as a sender in another language would send them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import pytest
+
+from imaginex_context_plugin import (
+    ContextClient,
+    ContextError,
+    ContextPlugin,
+    ErrorCode,
+    sign_request,
+)
+from imaginex_context_plugin.client import Via
+from tests.conftest import AGENT_CODE, Harness, HarnessFactory
+from tests.test_client import DropFirstAck, LoseFirstResponse, packets_for
+
+SECRET = "shared-secret-between-backend-and-agent"
+VIAS = pytest.mark.parametrize("via", ["rpc", "data"])
+
+
+@pytest.fixture
+async def signed(make_harness: HarnessFactory) -> Harness:
+    """An agent that trusts signatures only."""
+    harness: Harness = await make_harness(secret=SECRET, allowed_identities=[])
+    return harness
+
+
+def speak(request_id: str, text: str = "Signed and sealed.") -> str:
+    return json.dumps({"type": "speak", "id": request_id, "message": text})
+
+
+async def refusal(harness: Harness, envelope: str | dict[str, Any], via: Via) -> dict[str, Any]:
+    """Send a raw envelope and return the agent's answer."""
+    payload = envelope if isinstance(envelope, str) else json.dumps(envelope)
+    if via == "rpc":
+        return await harness.backend.rpc(payload)
+    await harness.backend.send(payload)
+    return await harness.backend.wait_for(lambda m: m["type"] == "ack")
+
+
+def test_the_scheme_is_hmac_sha256_over_timestamp_dot_body() -> None:
+    body = '{"type":"speak","message":"hi"}'
+    envelope = json.loads(sign_request(body, "s3cret", timestamp=1_700_000_000))
+    expected = hmac.new(b"s3cret", b"1700000000." + body.encode(), hashlib.sha256).hexdigest()
+    assert envelope == {"body": body, "timestamp": 1_700_000_000, "signature": expected}
+    # pinned, so a sender in another language can check its implementation against it
+    assert expected == "cc296f6fc8cae0e2f9c641b0f00c0b497a801e16af81b2004352758a594901a7"
+
+
+@VIAS
+async def test_a_validly_signed_message_is_trusted_whoever_relays_it(
+    signed: Harness, via: Via
+) -> None:
+    async with ContextClient(signed.backend.room, via=via, secret=SECRET) as client:
+        ack = await client.speak("Signed and sealed.", id="sig-1")
+    assert ack.id == "sig-1"
+    assert ack.data.agent_code == AGENT_CODE
+    envelope = json.loads(signed.network.published[0].payload) if via == "data" else None
+    if envelope is not None:
+        assert set(envelope) == {"body", "timestamp", "signature"}
+        assert json.loads(envelope["body"])["id"] == "sig-1"
+
+
+@VIAS
+async def test_an_unsigned_message_from_an_untrusted_identity_is_refused(
+    signed: Harness, via: Via
+) -> None:
+    async with ContextClient(signed.backend.room, via=via) as client:
+        with pytest.raises(ContextError) as caught:
+            await client.speak("No signature.")
+    assert caught.value.code is ErrorCode.UNAUTHORIZED
+    assert signed.tts.texts == []
+
+
+@VIAS
+async def test_a_wrong_secret_is_refused(signed: Harness, via: Via) -> None:
+    async with ContextClient(signed.backend.room, via=via, secret="not-the-secret") as client:
+        with pytest.raises(ContextError) as caught:
+            await client.speak("Forged.", id="forged")
+    assert caught.value.code is ErrorCode.UNAUTHORIZED
+    assert caught.value.message == "The signature does not match the message."
+    assert caught.value.request_id == "forged"
+    assert signed.tts.texts == []
+
+
+@VIAS
+async def test_a_tampered_body_is_refused(signed: Harness, via: Via) -> None:
+    envelope = json.loads(sign_request(speak("t-1", "Pay 10 dollars."), SECRET))
+    envelope["body"] = envelope["body"].replace("10", "10000")
+    answer = await refusal(signed, envelope, via)
+    assert answer["success"] is False
+    assert answer["error"] == "UNAUTHORIZED"
+    assert answer["message"] == "The signature does not match the message."
+    assert signed.tts.texts == []
+
+
+@VIAS
+@pytest.mark.parametrize("skew", [-301, 301])
+async def test_a_timestamp_outside_five_minutes_is_refused(
+    signed: Harness, via: Via, skew: int
+) -> None:
+    envelope = sign_request(speak("stale"), SECRET, timestamp=int(time.time()) + skew)
+    answer = await refusal(signed, envelope, via)
+    assert answer["error"] == "UNAUTHORIZED"
+    assert answer["message"] == "The signature timestamp is outside the allowed 5 minute window."
+    assert answer["id"] == "stale"
+
+
+@VIAS
+async def test_a_replayed_envelope_is_refused(signed: Harness, via: Via) -> None:
+    envelope = sign_request(speak("r-1"), SECRET)
+    first = await refusal(signed, envelope, via)
+    if via == "rpc":
+        second = await signed.backend.rpc(envelope)
+    else:
+        await signed.backend.send(envelope)
+        second = await signed.backend.ack_for("r-1", nth=2)
+    assert first["success"] is True
+    assert second["success"] is False
+    assert second["error"] == "UNAUTHORIZED"
+    assert second["message"] == "This signed message was already received (replay)."
+    assert signed.plugin.stats.applied == 1
+
+
+@VIAS
+async def test_require_signature_refuses_a_trusted_identity_without_one(
+    make_harness: HarnessFactory, via: Via
+) -> None:
+    harness: Harness = await make_harness(secret=SECRET, require_signature=True)
+    async with ContextClient(harness.backend.room, via=via) as unsigned:
+        with pytest.raises(ContextError) as caught:
+            await unsigned.add_context("Trusted, but unsigned.")
+    async with ContextClient(harness.backend.room, via=via, secret=SECRET) as signed_client:
+        ack = await signed_client.add_context("Trusted and signed.")
+    assert caught.value.code is ErrorCode.UNAUTHORIZED
+    assert caught.value.message == (
+        "This agent only accepts signed messages, and this one is not signed."
+    )
+    assert ack.success
+    assert harness.context_messages() == ["Trusted and signed."]
+
+
+@VIAS
+async def test_a_signed_message_to_an_agent_without_a_secret_is_refused(
+    harness: Harness, via: Via
+) -> None:
+    async with ContextClient(harness.backend.room, via=via, secret=SECRET) as client:
+        with pytest.raises(ContextError) as caught:
+            await client.speak("Nobody can check this.")
+    assert caught.value.code is ErrorCode.UNAUTHORIZED
+    assert "no secret configured" in caught.value.message
+
+
+@VIAS
+async def test_a_retry_is_signed_again_and_applied_once(
+    make_harness: HarnessFactory, via: Via
+) -> None:
+    harness: Harness = await make_harness(start_plugin=False)
+    kwargs: dict[str, Any] = {"agent_code": AGENT_CODE, "secret": SECRET, "allowed_identities": []}
+    if via == "data":
+        kwargs["ack_transport"] = DropFirstAck(harness.agent_room)
+    else:
+        harness.agent_room.local_participant.add_rpc_interceptor(LoseFirstResponse())
+    harness.plugin = ContextPlugin(**kwargs)
+    await harness.plugin.start(harness.session, harness.agent_room)
+
+    async with ContextClient(
+        harness.backend.room, via=via, secret=SECRET, timeout=0.3, backoff=0
+    ) as client:
+        # the retry comes within the same second: an identical envelope would be a replay
+        ack = await client.speak("Signed twice, said once.", id="rs-1", wait_for_playout=True)
+
+    assert ack.ack.duplicate is True
+    assert harness.tts.texts.count("Signed twice, said once.") == 1
+    assert harness.plugin.stats.errors.get("UNAUTHORIZED", 0) == 0
+    if via == "data":
+        envelopes = [
+            json.loads(p.payload) for p in harness.network.published if b'"signature"' in p.payload
+        ]
+        assert len(envelopes) == 2
+        assert envelopes[0]["body"] == envelopes[1]["body"]
+        assert envelopes[0]["signature"] != envelopes[1]["signature"]
+        assert len(packets_for(harness.network, "rs-1")) == 2
+
+
+async def test_refusals_of_signed_messages_name_their_request(harness: Harness) -> None:
+    # the agent has no secret: it cannot check signatures, but still names the request it
+    # refuses, so concurrent requests each get their own answer instead of a timeout
+    async with ContextClient(
+        harness.backend.room, via="data", secret=SECRET, timeout=2.0, retries=0
+    ) as client:
+        results = await asyncio.gather(
+            client.speak("one", id="u-1"), client.speak("two", id="u-2"), return_exceptions=True
+        )
+    assert [type(r) for r in results] == [ContextError, ContextError]
+    assert [r.request_id for r in results if isinstance(r, ContextError)] == ["u-1", "u-2"]
+    assert all(isinstance(r, ContextError) and r.code is ErrorCode.UNAUTHORIZED for r in results)
