@@ -13,7 +13,9 @@ The models below go through LiveKit Inference (no extra plugin packages); swap i
 ``livekit-plugins-*`` models you use. With a bitHuman avatar, start the avatar session after
 ``session.start`` as usual: the plugin speaks through the session, so the avatar lip-syncs it.
 
-Then, from a backend: ``imaginex-context speak "Your order has shipped" --room <room>``.
+Then, from a backend (as the trusted identity ``backend``)::
+
+    imaginex-context speak "Your order has shipped" --room <room> --identity backend
 """
 
 from __future__ import annotations
