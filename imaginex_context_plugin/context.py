@@ -95,6 +95,7 @@ class ContextStore:
         self._entries: dict[str, ContextEntry] = {}
         self._chars = 0
         self._serial = 0
+        self._expiring = 0  # entries with a ttl: next_expiry() is O(1) while there are none
 
     @property
     def budget(self) -> ContextBudget:
@@ -146,8 +147,10 @@ class ContextStore:
         old = self._entries.get(entry_id)
         if old is not None:
             self._chars -= len(old.text)
+            self._expiring -= old.expires_at is not None
         self._entries[entry_id] = entry  # an existing key keeps its position
         self._chars += len(text)
+        self._expiring += entry.expires_at is not None
         return AddResult(entry_id, self._enforce_budget(keep=entry_id))
 
     def _enforce_budget(self, *, keep: str) -> int:
@@ -171,6 +174,7 @@ class ContextStore:
     def _drop(self, entry_id: str) -> None:
         entry = self._entries.pop(entry_id)
         self._chars -= len(entry.text)
+        self._expiring -= entry.expires_at is not None
 
     def remove_key(self, key: str) -> bool:
         entry_id = ENTRY_ID_PREFIX + "key_" + key
@@ -197,6 +201,8 @@ class ContextStore:
         return self.remove_where(lambda e: e.expires_at is not None and e.expires_at <= now)
 
     def next_expiry(self) -> float | None:
+        if not self._expiring:
+            return None
         deadlines = [e.expires_at for e in self._entries.values() if e.expires_at is not None]
         return min(deadlines) if deadlines else None
 
@@ -214,13 +220,16 @@ class ContextStore:
         """
         pending = dict(self._entries)  # live entries not placed yet, oldest first
         merged: list[llm.ChatItem] = []
+        # runs over the whole chat context at every sync: bound methods hoisted out of the loop
+        take, append = pending.pop, merged.append
         for item in items:
             item_id = item.id
-            entry = pending.pop(item_id, None)
+            entry = take(item_id, None)
             if entry is not None:
-                merged.append(entry.message)
+                message = entry._message
+                append(message if message is not None else entry.message)
             elif not item_id.startswith(ENTRY_ID_PREFIX):
-                merged.append(item)
+                append(item)
             # else: the plugin's, and gone or already placed: dropped
         if pending:
             merged.extend(e.message for e in pending.values())

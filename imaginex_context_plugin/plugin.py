@@ -219,9 +219,12 @@ class ContextPlugin:
         self._store = ContextStore(context_budget)
         self._ready_timeout = ready_timeout
         self._max_queue = max_queue
-        self._dedup: ExpiringCache[SuccessAck] = ExpiringCache(
+        # first acks kept as their JSON bytes: thousands of small pydantic models would cost
+        # about 4x the memory and six GC-tracked objects each, which full collections must walk
+        self._dedup: ExpiringCache[bytes] = ExpiringCache(
             ttl_s=dedup_window, max_entries=DEDUP_MAX_ENTRIES
         )
+        self._encoded: tuple[protocol.ServerMessage, bytes] | None = None  # see _encode()
         self._ack_transport = ack_transport
 
         self._session: AgentSession[Any] | None = None
@@ -423,21 +426,18 @@ class ContextPlugin:
                 f"Message is {len(raw)} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes (15 KiB).",
                 None,
             )
+        fast = self._admit_unsigned(raw, sender)
+        if fast is not None:
+            return fast
         try:
             obj = protocol.decode_object(raw)
         except ProtocolError as exc:
             return error_ack(exc.code, exc.message, None)
         request_id = protocol.request_id_of(obj)
 
-        if self._rate_limiter is not None:
-            wait = self._rate_limiter.acquire(sender if sender is not None else SERVER_SENDER)
-            if wait:
-                return error_ack(
-                    ErrorCode.RATE_LIMITED,
-                    "Too many messages from this sender; retry after the given seconds.",
-                    request_id,
-                    retry_after=round(wait, 3),
-                )
+        limited = self._rate_limit(sender, request_id)
+        if limited is not None:
+            return limited
 
         try:
             obj = self._authorise(obj, sender)
@@ -445,7 +445,46 @@ class ContextPlugin:
             request = protocol.validate_request(obj)
         except ProtocolError as exc:
             return error_ack(exc.code, exc.message, exc.request_id or request_id)
+        return self._admit_request(request, sender)
 
+    def _admit_unsigned(self, raw: bytes, sender: str | None) -> _Job | ErrorAck | None:
+        """The common case in one pass: a valid unsigned request from a trusted sender.
+
+        The bytes are parsed and validated together, with no dict in between. None leaves the
+        message to the general path in ``_admit``, which then answers exactly as it always
+        does: anything that is or may be signed (a ``signature`` key, perhaps written with
+        escapes), untrusted senders, agents that only take signed messages, anything invalid.
+        """
+        if (
+            self._require_signature
+            or b"signature" in raw
+            or b"\\u" in raw
+            or not self._policy.trusts(sender)
+        ):
+            return None
+        request = protocol.validate_request_json(raw)
+        if request is None:
+            return None
+        limited = self._rate_limit(sender, request.id)
+        if limited is not None:
+            return limited
+        return self._admit_request(request, sender)
+
+    def _rate_limit(self, sender: str | None, request_id: str | None) -> ErrorAck | None:
+        if self._rate_limiter is None:
+            return None
+        wait = self._rate_limiter.acquire(sender if sender is not None else SERVER_SENDER)
+        if not wait:
+            return None
+        return error_ack(
+            ErrorCode.RATE_LIMITED,
+            "Too many messages from this sender; retry after the given seconds.",
+            request_id,
+            retry_after=round(wait, 3),
+        )
+
+    def _admit_request(self, request: Request, sender: str | None) -> _Job | ErrorAck:
+        """The checks every valid, authorised request passes before it is queued."""
         if request.agent_code is not None and request.agent_code != self._agent_code:
             return error_ack(
                 ErrorCode.AGENT_NOT_FOUND,
@@ -471,9 +510,15 @@ class ContextPlugin:
         """Returns the request object to validate, or raises ``UNAUTHORIZED``."""
         if protocol.is_signed(obj):
             if self._verifier is None:
+                # echo the inner id when there is one, so the sender can match the refusal
+                body, inner_id = obj.get("body"), None
+                if isinstance(body, str):
+                    with contextlib.suppress(ProtocolError):
+                        inner_id = protocol.request_id_of(protocol.decode_object(body))
                 raise ProtocolError(
                     ErrorCode.UNAUTHORIZED,
                     "This agent does not accept signed messages: it has no secret configured.",
+                    request_id=inner_id,
                 )
             envelope = protocol.parse_envelope(obj)
             inner = protocol.decode_object(envelope.body)
@@ -569,7 +614,7 @@ class ContextPlugin:
         if first is None:
             return None
         self.stats.duplicates += 1
-        return first.model_copy(update={"duplicate": True})
+        return SuccessAck.model_validate_json(first).model_copy(update={"duplicate": True})
 
     async def _apply_one(self, job: _Job) -> None:
         duplicate = self._duplicate_of(job)
@@ -855,7 +900,17 @@ class ContextPlugin:
     def _remember(self, job: _Job, ack: SuccessAck) -> None:
         key = job.dedup_key
         if key is not None:
-            self._dedup.put(key, ack)
+            self._dedup.put(key, self._encode(ack))
+
+    def _encode(self, message: protocol.ServerMessage) -> bytes:
+        # a success ack is encoded for the dedup window and then again to be sent, one call
+        # apart: the last encoding is kept so the second is free
+        encoded = self._encoded
+        if encoded is not None and encoded[0] is message:
+            return encoded[1]
+        payload = protocol.encode_message(message)
+        self._encoded = (message, payload)
+        return payload
 
     def _answer(self, job: _Job, ack: AckMessage) -> None:
         if job.answered:
@@ -890,7 +945,7 @@ class ContextPlugin:
             )
         if destination is None:
             return  # sent through the server API: there is nobody to answer
-        self._outbound.append((destination, protocol.encode_message(message)))
+        self._outbound.append((destination, self._encode(message)))
         self._outbound_drained.clear()
         self._outbound_ready.set()
 

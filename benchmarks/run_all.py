@@ -1,0 +1,83 @@
+"""Run every benchmark and print each report, then one summary table.
+
+Run: ``python benchmarks/run_all.py`` (about 2-3 minutes on 2 cores), or ``--quick`` for a
+small-size pass that only checks that everything still runs. Exits 1 if a benchmark's
+correctness check failed (a message not acked exactly once, ...); timing targets that are
+missed are reported, not failed: these figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import bench_context_growth
+import bench_flood_memory
+import bench_hot_path
+import bench_latency
+from _harness import Report, machine, table
+
+FULL: dict[str, dict[str, Any]] = {
+    "hot path": {},
+    "latency": {},
+    "context growth": {},
+    "flood memory": {},
+}
+QUICK: dict[str, dict[str, Any]] = {
+    "hot path": {"messages": 400, "burst": 50, "single": 40},
+    "latency": {"probes": 20, "rate": 500.0},
+    "context growth": {"messages": 400, "window": 100},
+    "flood memory": {"messages": 2_000, "states": 300},
+}
+RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
+    "hot path": bench_hot_path.run,
+    "latency": bench_latency.run,
+    "context growth": bench_context_growth.run,
+    "flood memory": bench_flood_memory.run,
+}
+
+
+async def run_all(sizes: dict[str, dict[str, Any]]) -> list[tuple[str, Report, float]]:
+    results = []
+    for name, runner in RUNNERS.items():
+        t0 = time.perf_counter()
+        report = await runner(**sizes[name])
+        elapsed = time.perf_counter() - t0
+        report.print()
+        print(f"   ({elapsed:.1f} s)")
+        results.append((name, report, elapsed))
+    return results
+
+
+def print_summary(results: list[tuple[str, Report, float]]) -> None:
+    print(f"\n== summary  [{machine()}]")
+    names = [name for name, report, _ in results for _ in report.figures]
+    figures = [f for _, report, _ in results for f in report.figures]
+    for line in table(figures, with_bench=names):
+        print(line)
+    missed = [f"{n}: {f.name}" for n, f in zip(names, figures, strict=True) if f.met is False]
+    failed = [name for name, report, _ in results if not report.ok]
+    total = sum(elapsed for *_, elapsed in results)
+    print(
+        f"\ntargets met: {sum(1 for f in figures if f.met)} of "
+        f"{sum(1 for f in figures if f.met is not None)}; total {total:.0f} s"
+    )
+    for line in missed:
+        print(f"   missed  {line}")
+    print(f"correctness: {'FAILED in ' + ', '.join(failed) if failed else 'ok'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    args = parser.parse_args()
+    results = asyncio.run(run_all(QUICK if args.quick else FULL))
+    print_summary(results)
+    raise SystemExit(0 if all(report.ok for _, report, _ in results) else 1)
+
+
+if __name__ == "__main__":
+    main()
