@@ -52,6 +52,7 @@ from .protocol import (
     ProtocolError,
     RemoveContextRequest,
     Request,
+    SignedEnvelope,
     SpeakRequest,
     SpeechFinishedEvent,
     SpeechStartedEvent,
@@ -135,7 +136,8 @@ class _Job:
     @property
     def dedup_key(self) -> tuple[str, str] | None:
         rid = self.request.id
-        if rid is None:
+        # get_state changes nothing: a repeat is answered with the state as it is now
+        if rid is None or isinstance(self.request, GetStateRequest):
             return None
         return (self.sender if self.sender is not None else SERVER_SENDER, rid)
 
@@ -426,45 +428,13 @@ class ContextPlugin:
                 f"Message is {len(raw)} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes (15 KiB).",
                 None,
             )
-        fast = self._admit_unsigned(raw, sender)
-        if fast is not None:
-            return fast
         try:
-            obj = protocol.decode_object(raw)
-        except ProtocolError as exc:
-            return error_ack(exc.code, exc.message, None)
-        request_id = protocol.request_id_of(obj)
-
-        limited = self._rate_limit(sender, request_id)
-        if limited is not None:
-            return limited
-
-        try:
-            obj = self._authorise(obj, sender)
-            request_id = protocol.request_id_of(obj)
-            request = protocol.validate_request(obj)
-        except ProtocolError as exc:
-            return error_ack(exc.code, exc.message, exc.request_id or request_id)
-        return self._admit_request(request, sender)
-
-    def _admit_unsigned(self, raw: bytes, sender: str | None) -> _Job | ErrorAck | None:
-        """The common case in one pass: a valid unsigned request from a trusted sender.
-
-        The bytes are parsed and validated together, with no dict in between. None leaves the
-        message to the general path in ``_admit``, which then answers exactly as it always
-        does: anything that is or may be signed (a ``signature`` key, perhaps written with
-        escapes), untrusted senders, agents that only take signed messages, anything invalid.
-        """
-        if (
-            self._require_signature
-            or b"signature" in raw
-            or b"\\u" in raw
-            or not self._policy.trusts(sender)
-        ):
-            return None
-        request = protocol.validate_request_json(raw)
-        if request is None:
-            return None
+            request = self._authorise(protocol.read_packet(raw), sender)
+        except ProtocolError as refusal:
+            # every sender is rate limited, refused or not: each answer costs a packet
+            return self._rate_limit(sender, refusal.request_id) or error_ack(
+                refusal.code, refusal.message, refusal.request_id
+            )
         limited = self._rate_limit(sender, request.id)
         if limited is not None:
             return limited
@@ -506,41 +476,34 @@ class ContextPlugin:
             )
         return _Job(request=request, sender=sender, received_at=time.perf_counter())
 
-    def _authorise(self, obj: dict[str, Any], sender: str | None) -> dict[str, Any]:
-        """Returns the request object to validate, or raises ``UNAUTHORIZED``."""
-        if protocol.is_signed(obj):
+    def _authorise(self, packet: Request | SignedEnvelope, sender: str | None) -> Request:
+        """The request to apply, or ``UNAUTHORIZED`` (a ``ProtocolError``) saying why not."""
+        if isinstance(packet, SignedEnvelope):
+            inner = protocol.decode_object(packet.body)
+            request_id = protocol.request_id_of(inner)
             if self._verifier is None:
-                # echo the inner id when there is one, so the sender can match the refusal
-                body, inner_id = obj.get("body"), None
-                if isinstance(body, str):
-                    with contextlib.suppress(ProtocolError):
-                        inner_id = protocol.request_id_of(protocol.decode_object(body))
-                raise ProtocolError(
-                    ErrorCode.UNAUTHORIZED,
-                    "This agent does not accept signed messages: it has no secret configured.",
-                    request_id=inner_id,
+                reason: str | None = (
+                    "This agent does not accept signed messages: it has no secret configured."
                 )
-            envelope = protocol.parse_envelope(obj)
-            inner = protocol.decode_object(envelope.body)
-            reason = self._verifier.verify(envelope.body, envelope.timestamp, envelope.signature)
+            else:
+                reason = self._verifier.verify(packet.body, packet.timestamp, packet.signature)
             if reason is not None:
-                raise ProtocolError(
-                    ErrorCode.UNAUTHORIZED, reason, request_id=protocol.request_id_of(inner)
-                )
-            return inner
+                raise ProtocolError(ErrorCode.UNAUTHORIZED, reason, request_id=request_id)
+            # a valid signature is trusted whoever relayed the message
+            return protocol.validate_request(inner)
         if self._require_signature:
             raise ProtocolError(
                 ErrorCode.UNAUTHORIZED,
                 "This agent only accepts signed messages, and this one is not signed.",
-                request_id=protocol.request_id_of(obj),
+                request_id=packet.id,
             )
         if not self._policy.trusts(sender):
             raise ProtocolError(
                 ErrorCode.UNAUTHORIZED,
                 "This sender is not allowed to send messages to this agent.",
-                request_id=protocol.request_id_of(obj),
+                request_id=packet.id,
             )
-        return obj
+        return packet
 
     def _room_name(self) -> str:
         assert self._room is not None

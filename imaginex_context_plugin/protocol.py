@@ -231,6 +231,7 @@ class SignedEnvelope(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
+    type: Literal["signed"]
     body: str
     """The request JSON, exactly as signed."""
     timestamp: int
@@ -239,7 +240,12 @@ class SignedEnvelope(BaseModel):
     """Lowercase hex HMAC-SHA256 of ``f"{timestamp}.{body}"`` with the shared secret."""
 
 
-_envelope_adapter: TypeAdapter[SignedEnvelope] = TypeAdapter(SignedEnvelope)
+Packet = Annotated[
+    SpeakRequest | AddContextRequest | RemoveContextRequest | GetStateRequest | SignedEnvelope,
+    Field(discriminator="type"),
+]
+"""What may arrive on the topic: a request, or a signed envelope around one."""
+_packet_adapter: TypeAdapter[Packet] = TypeAdapter(Packet)
 
 
 def decode_object(raw: bytes | str) -> dict[str, Any]:
@@ -266,40 +272,35 @@ def request_id_of(obj: dict[str, Any]) -> str | None:
     return None
 
 
-def is_signed(obj: dict[str, Any]) -> bool:
-    return "signature" in obj
+def read_packet(raw: bytes) -> Request | SignedEnvelope:
+    """Parse and validate packet bytes in one pass, or raise ``VALIDATION_ERROR``.
 
-
-def parse_envelope(obj: dict[str, Any]) -> SignedEnvelope:
+    The common case costs one pydantic pass over the bytes, with no dict in between. Only when
+    that fails is the packet decoded again with ``json.loads``, to say what is wrong (and echo
+    its id), or to accept what pydantic's stricter JSON parser refused but JSON allows (lone
+    surrogate escapes, say).
+    """
     try:
-        return _envelope_adapter.validate_python(obj)
-    except ValidationError as exc:
-        raise ProtocolError(ErrorCode.VALIDATION_ERROR, _sentence(exc, signed=True)) from None
-
-
-def validate_request(obj: dict[str, Any]) -> Request:
-    """Validate a decoded object as one of the request types."""
+        return _packet_adapter.validate_json(raw)
+    except ValidationError:
+        pass
+    obj = decode_object(raw)
     try:
-        return _request_adapter.validate_python(obj)
+        return _packet_adapter.validate_python(obj)
     except ValidationError as exc:
         raise ProtocolError(
             ErrorCode.VALIDATION_ERROR, _sentence(exc), request_id=request_id_of(obj)
         ) from None
 
 
-def validate_request_json(raw: bytes) -> Request | None:
-    """The request in ``raw`` if it is valid as it stands, else None; one pass, no dict between.
-
-    A fast path only: on None, take the general one (:func:`decode_object`, then
-    :func:`validate_request`), which says what is wrong. pydantic's JSON parser is the stricter
-    of the two (it refuses invalid UTF-8, lone surrogates, control characters in strings and deep
-    nesting, which ``json.loads`` lets through), so whatever it accepts the general path accepts
-    too, as the same request.
-    """
+def validate_request(obj: dict[str, Any]) -> Request:
+    """Validate a decoded object as one of the request types (not an envelope)."""
     try:
-        return _request_adapter.validate_json(raw)
-    except ValidationError:
-        return None
+        return _request_adapter.validate_python(obj)
+    except ValidationError as exc:
+        raise ProtocolError(
+            ErrorCode.VALIDATION_ERROR, _sentence(exc), request_id=request_id_of(obj)
+        ) from None
 
 
 def parse_request(raw: bytes | str) -> Request:
@@ -316,7 +317,7 @@ _TYPE_NAMES: Final = {
 }
 
 
-def _sentence(exc: ValidationError, *, signed: bool = False) -> str:
+def _sentence(exc: ValidationError) -> str:
     """One plain sentence for the first problem pydantic found; never echoes the value."""
     err = exc.errors(include_url=False, include_input=False)[0]
     kind = err["type"]
@@ -325,7 +326,7 @@ def _sentence(exc: ValidationError, *, signed: bool = False) -> str:
     if kind == "union_tag_not_found":
         return "Missing field 'type'. Must be one of: " + ", ".join(MESSAGE_TYPES)
     loc = [str(part) for part in err["loc"]]
-    if not signed and loc and loc[0] in MESSAGE_TYPES:
+    if loc and (loc[0] in MESSAGE_TYPES or loc[0] == "signed"):
         loc = loc[1:]  # the union tag pydantic puts first
     field = ".".join(loc)
     if kind == "value_error":

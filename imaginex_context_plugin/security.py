@@ -33,7 +33,8 @@ def sign_request(body: str | bytes, secret: str | bytes, *, timestamp: int | Non
 
         timestamp = current unix time in whole seconds
         signature = lowercase hex of HMAC-SHA256(key=secret, msg=f"{timestamp}.{body}" as UTF-8)
-        packet    = {"body": body, "timestamp": timestamp, "signature": signature}
+        packet    = {"type": "signed", "body": body, "timestamp": timestamp,
+                     "signature": signature}
 
     ``body`` is the request JSON text itself, carried as a JSON string, so the receiver checks
     the exact bytes that were signed.
@@ -49,7 +50,12 @@ def sign_request(body: str | bytes, secret: str | bytes, *, timestamp: int | Non
     body_text = body.decode("utf-8") if isinstance(body, bytes) else body
     ts = int(time.time()) if timestamp is None else timestamp
     return json.dumps(
-        {"body": body_text, "timestamp": ts, "signature": compute_signature(body_text, ts, secret)},
+        {
+            "type": "signed",
+            "body": body_text,
+            "timestamp": ts,
+            "signature": compute_signature(body_text, ts, secret),
+        },
         separators=(",", ":"),
     )
 

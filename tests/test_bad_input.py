@@ -60,7 +60,8 @@ BAD_INPUTS: list[tuple[str, bytes, str, str, str | None]] = [
      "Missing field 'key'.", "m"),
     ("too large", json.dumps({"id": "n", "type": "speak", "message": "x" * MAX_PAYLOAD_BYTES})
      .encode(), "PAYLOAD_TOO_LARGE", "", None),
-    ("signed without a secret", b'{"body": "{}", "timestamp": 1, "signature": "00"}',
+    ("signed without a secret",
+     b'{"type": "signed", "body": "{}", "timestamp": 1, "signature": "00"}',
      "UNAUTHORIZED", "This agent does not accept signed messages: it has no secret configured.",
      None),
     ("wrong room", b'{"id": "o", "type": "speak", "message": "x", "room_id": "elsewhere"}',

@@ -83,7 +83,9 @@ def test_signature_scheme_is_plain_hmac_sha256_over_timestamp_dot_body() -> None
     expected = hmac.new(b"s3cret", b"1700000000." + body.encode(), hashlib.sha256).hexdigest()
     assert compute_signature(body, 1700000000, "s3cret") == expected
     envelope = json.loads(sign_request(body, "s3cret", timestamp=1700000000))
-    assert envelope == {"body": body, "timestamp": 1700000000, "signature": expected}
+    assert envelope == {
+        "type": "signed", "body": body, "timestamp": 1700000000, "signature": expected
+    }
 
 
 def test_verifier_accepts_once_and_refuses_tampering_staleness_and_replay() -> None:

@@ -55,7 +55,9 @@ def test_the_scheme_is_hmac_sha256_over_timestamp_dot_body() -> None:
     body = '{"type":"speak","message":"hi"}'
     envelope = json.loads(sign_request(body, "s3cret", timestamp=1_700_000_000))
     expected = hmac.new(b"s3cret", b"1700000000." + body.encode(), hashlib.sha256).hexdigest()
-    assert envelope == {"body": body, "timestamp": 1_700_000_000, "signature": expected}
+    assert envelope == {
+        "type": "signed", "body": body, "timestamp": 1_700_000_000, "signature": expected
+    }
     # pinned, so a sender in another language can check its implementation against it
     assert expected == "cc296f6fc8cae0e2f9c641b0f00c0b497a801e16af81b2004352758a594901a7"
 
@@ -70,7 +72,7 @@ async def test_a_validly_signed_message_is_trusted_whoever_relays_it(
     assert ack.data.agent_code == AGENT_CODE
     envelope = json.loads(signed.network.published[0].payload) if via == "data" else None
     if envelope is not None:
-        assert set(envelope) == {"body", "timestamp", "signature"}
+        assert set(envelope) == {"type", "body", "timestamp", "signature"}
         assert json.loads(envelope["body"])["id"] == "sig-1"
 
 

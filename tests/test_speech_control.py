@@ -304,3 +304,13 @@ async def test_a_speech_that_fails_is_reported_as_failed(make_harness: HarnessFa
     finished = await harness.backend.event("speech_finished", "f")
     assert finished["failed"] is True
     assert harness.tts.texts == []
+
+
+async def test_a_repeated_get_state_id_gets_the_current_state(harness: Harness) -> None:
+    first = await harness.backend.request({"type": "get_state", "id": "g"})
+    await harness.backend.request({"type": "add_context", "id": "c", "context": "New."})
+    await harness.backend.send({"type": "get_state", "id": "g"})
+    second = await harness.backend.ack_for("g", nth=2)
+    assert "duplicate" not in second
+    assert first["data"]["state"]["context_chars"] == 0
+    assert second["data"]["state"]["context_chars"] == len("New.")
