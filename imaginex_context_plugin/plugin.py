@@ -132,14 +132,17 @@ class _Job:
     received_at: float  # time.perf_counter()
     reply: asyncio.Future[AckMessage] | None = None  # set for RPC: the ack is the response
     answered: bool = False
+    # (sender, id): a repeat within the dedup window is answered, not applied again. Set once:
+    # it is read at batching, at the dedup check and when the ack is remembered.
+    dedup_key: tuple[str, str] | None = field(init=False)
 
-    @property
-    def dedup_key(self) -> tuple[str, str] | None:
+    def __post_init__(self) -> None:
         rid = self.request.id
         # get_state changes nothing: a repeat is answered with the state as it is now
         if rid is None or isinstance(self.request, GetStateRequest):
-            return None
-        return (self.sender if self.sender is not None else SERVER_SENDER, rid)
+            self.dedup_key = None
+        else:
+            self.dedup_key = (self.sender if self.sender is not None else SERVER_SENDER, rid)
 
 
 @dataclass(eq=False)
@@ -226,7 +229,6 @@ class ContextPlugin:
         self._dedup: ExpiringCache[bytes] = ExpiringCache(
             ttl_s=dedup_window, max_entries=DEDUP_MAX_ENTRIES
         )
-        self._encoded: tuple[protocol.ServerMessage, bytes] | None = None  # see _encode()
         self._ack_transport = ack_transport
 
         self._session: AgentSession[Any] | None = None
@@ -593,8 +595,6 @@ class ContextPlugin:
                 ack = self._state_ack(request)
         except _NotReady as exc:
             ack = error_ack(ErrorCode.NOT_READY, str(exc), request.id)
-        if isinstance(ack, SuccessAck):
-            self._remember(job, ack)
         self._answer(job, ack)
 
     async def _apply_speak(self, job: _Job, request: SpeakRequest) -> AckMessage:
@@ -756,8 +756,6 @@ class ContextPlugin:
             if answer is None:
                 assert isinstance(job.request, AddContextRequest)
                 answer = await self._trigger_reply(job, job.request)
-            if isinstance(answer, SuccessAck) and not answer.duplicate:
-                self._remember(job, answer)
             self._answer(job, answer)
 
     async def _trigger_reply(self, job: _Job, request: AddContextRequest) -> AckMessage:
@@ -860,40 +858,33 @@ class ContextPlugin:
             job.request.id,
         )
 
-    def _remember(self, job: _Job, ack: SuccessAck) -> None:
-        key = job.dedup_key
-        if key is not None:
-            self._dedup.put(key, self._encode(ack))
-
-    def _encode(self, message: protocol.ServerMessage) -> bytes:
-        # a success ack is encoded for the dedup window and then again to be sent, one call
-        # apart: the last encoding is kept so the second is free
-        encoded = self._encoded
-        if encoded is not None and encoded[0] is message:
-            return encoded[1]
-        payload = protocol.encode_message(message)
-        self._encoded = (message, payload)
-        return payload
-
     def _answer(self, job: _Job, ack: AckMessage) -> None:
         if job.answered:
             return
         job.answered = True
         self._pending_jobs -= 1
+        payload: bytes | None = None
         if isinstance(ack, SuccessAck) and not ack.duplicate:
             self.stats.applied += 1
+            # a repeat of this id within the dedup window gets this first ack again
+            payload = protocol.encode_message(ack)
+            if job.dedup_key is not None:
+                self._dedup.put(job.dedup_key, payload)
         if job.reply is not None:
             if not job.reply.done():
                 job.reply.set_result(ack)
             if isinstance(ack, ErrorAck):
                 self._count_error(ack)
             return
-        self._send(job.sender, ack)
+        self._send(job.sender, ack, payload)
 
     def _count_error(self, ack: ErrorAck) -> None:
         self.stats.errors[ack.error.value] = self.stats.errors.get(ack.error.value, 0) + 1
 
-    def _send(self, destination: str | None, message: protocol.ServerMessage) -> None:
+    def _send(
+        self, destination: str | None, message: protocol.ServerMessage, payload: bytes | None = None
+    ) -> None:
+        """Queue ``message`` for ``destination``; ``payload``: its encoding, if already made."""
         if isinstance(message, ErrorAck):
             self._count_error(message)
             # refusals are counted in stats; only untrusted senders are worth an INFO line
@@ -908,7 +899,9 @@ class ContextPlugin:
             )
         if destination is None:
             return  # sent through the server API: there is nobody to answer
-        self._outbound.append((destination, self._encode(message)))
+        if payload is None:
+            payload = protocol.encode_message(message)
+        self._outbound.append((destination, payload))
         self._outbound_drained.clear()
         self._outbound_ready.set()
 
