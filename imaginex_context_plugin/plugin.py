@@ -3,8 +3,9 @@
 The hot path, top to bottom in this module:
 
 1. bytes arrive: ``_on_data_received`` (data packet on ``CONTEXT_TOPIC``) or ``_on_rpc``;
-2. ``_admit``: size check, decode, rate limit, authorise (allow-list / server / signature),
-   validate, target checks. A refusal becomes an error ack at once and never reaches the queue;
+2. ``_admit``: size check, one pydantic pass that reads and validates the packet, authorise
+   (allow-list / server / signature), rate limit (refused senders too), target checks. A
+   refusal becomes an error ack at once and never reaches the queue;
 3. one ordered queue, drained by one consumer task (``_consume``): dedup by id, then applied
    (``_apply_speak`` -> ``AgentSession.say``; add_context -> the context store -> one chat
    context update per burst);
@@ -129,7 +130,6 @@ class PluginStats:
 class _Job:
     request: Request
     sender: str | None  # participant identity; None for the server API
-    received_at: float  # time.perf_counter()
     reply: asyncio.Future[AckMessage] | None = None  # set for RPC: the ack is the response
     answered: bool = False
     # (sender, id): a repeat within the dedup window is answered, not applied again. Set once:
@@ -374,9 +374,11 @@ class ContextPlugin:
     def _on_data_received(self, packet: rtc.DataPacket) -> None:
         if packet.topic != CONTEXT_TOPIC or self._closed:
             return
-        sender = packet.participant.identity if packet.participant is not None else None
+        self._receive(packet.data, packet.participant.identity if packet.participant else None)
+
+    def _receive(self, raw: bytes, sender: str | None) -> None:
         try:
-            admitted = self._admit(packet.data, sender)
+            admitted = self._admit(raw, sender)
         except Exception:  # a room callback must never raise
             logger.exception("unexpected error admitting a context packet")
             admitted = error_ack(ErrorCode.INTERNAL_ERROR, "The message could not be read.", None)
@@ -396,7 +398,7 @@ class ContextPlugin:
             logger.exception("unexpected error admitting a context RPC")
             admitted = error_ack(ErrorCode.INTERNAL_ERROR, "The message could not be read.", None)
         if isinstance(admitted, ErrorAck):
-            self._count_error(admitted)
+            self._record_refusal(admitted, data.caller_identity)
             return admitted.model_dump_json()
         admitted.reply = asyncio.get_running_loop().create_future()
         self._enqueue(admitted)
@@ -412,12 +414,9 @@ class ContextPlugin:
         """
         if not self._started or self._closed:
             raise RuntimeError("ContextPlugin is not running")
-        participant_packet = payload.encode("utf-8") if isinstance(payload, str) else payload
-        admitted = self._admit(participant_packet, sender_identity)
-        if isinstance(admitted, _Job):
-            self._enqueue(admitted)
-        else:
-            self._send(sender_identity, admitted)
+        self._receive(
+            payload.encode("utf-8") if isinstance(payload, str) else payload, sender_identity
+        )
 
     # ------------------------------------------------------------------------------------------
     # 2. admitted or refused
@@ -476,7 +475,7 @@ class ContextPlugin:
                 request.id,
                 retry_after=1.0,
             )
-        return _Job(request=request, sender=sender, received_at=time.perf_counter())
+        return _Job(request=request, sender=sender)
 
     def _authorise(self, packet: Request | SignedEnvelope, sender: str | None) -> Request:
         """The request to apply, or ``UNAUTHORIZED`` (a ``ProtocolError``) saying why not."""
@@ -535,7 +534,7 @@ class ContextPlugin:
                 continue
             batch = self._take_batch(item)
             try:
-                if len(batch) > 1 or _is_context_change(item):
+                if _is_context_change(item):
                     await self._apply_context_batch(batch)
                 else:
                     await self._apply_one(item)
@@ -874,29 +873,26 @@ class ContextPlugin:
             if not job.reply.done():
                 job.reply.set_result(ack)
             if isinstance(ack, ErrorAck):
-                self._count_error(ack)
+                self._record_refusal(ack, job.sender)
             return
         self._send(job.sender, ack, payload)
 
-    def _count_error(self, ack: ErrorAck) -> None:
-        self.stats.errors[ack.error.value] = self.stats.errors.get(ack.error.value, 0) + 1
+    def _record_refusal(self, ack: ErrorAck, sender: str | None) -> None:
+        code = ack.error.value
+        self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
+        # refusals are counted in stats; only untrusted senders are worth an INFO line
+        log = logger.info if ack.error is ErrorCode.UNAUTHORIZED else logger.debug
+        log(
+            "context message refused",
+            extra={"error": code, "request_id": ack.id, "sender": sender},
+        )
 
     def _send(
         self, destination: str | None, message: protocol.ServerMessage, payload: bytes | None = None
     ) -> None:
         """Queue ``message`` for ``destination``; ``payload``: its encoding, if already made."""
         if isinstance(message, ErrorAck):
-            self._count_error(message)
-            # refusals are counted in stats; only untrusted senders are worth an INFO line
-            log = logger.info if message.error is ErrorCode.UNAUTHORIZED else logger.debug
-            log(
-                "context message refused",
-                extra={
-                    "error": message.error.value,
-                    "request_id": message.id,
-                    "sender": destination,
-                },
-            )
+            self._record_refusal(message, destination)
         if destination is None:
             return  # sent through the server API: there is nobody to answer
         if payload is None:
