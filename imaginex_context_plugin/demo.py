@@ -72,7 +72,7 @@ def offline_reply(chat_ctx: llm.ChatContext) -> str:
         # generate_reply(instructions=...) arrives as a trailing instruction message
         text = last.text_content or ""
         marker = "word for word, and nothing else:\n"
-        return text.split(marker, 1)[1] if marker in text else f"(following: {text})"
+        return text.split(marker, 1)[1] if marker in text else f"(as instructed) {text}"
     if not notes:
         return "I don't know anything about you yet."
     return "Here is what I know: " + " ".join(notes)
@@ -216,6 +216,27 @@ async def run_demo(*, out: Callable[[str], None] = print, pace_s: float = 0.3) -
             "same key: replaces the earlier context",
         )
         await user_asks("What do you know now?")
+        await send(
+            BACKEND,
+            {
+                "type": "add_context",
+                "id": "ctx-3",
+                "context": "Today only: free shipping on every order.",
+                "scope": "next_turn",
+                "trigger_reply": True,
+            },
+            "one-turn context, and let the agent respond to it",
+        )
+        await send(
+            BACKEND,
+            {
+                "type": "speak",
+                "id": "say-2",
+                "instructions": "Thank John for upgrading.",
+                "mode": "if_idle",
+            },
+            "the LLM phrases it, only if nobody is speaking",
+        )
         await send(BACKEND, {"type": "get_state", "id": "state-1"}, "what does the agent hold?")
         await send(
             BACKEND,

@@ -27,7 +27,10 @@ async def test_demo_shows_every_promised_behaviour() -> None:
     assert said[0] == "I don't know anything about you yet."
     assert "premium member" in said[1]
     assert "enterprise plan" in said[3]
-    assert said[-1] == "I don't know anything about you yet."
+    assert "free shipping" in said[4]  # trigger_reply, with the one-turn context
+    assert acks[("say-2", False)]["data"]["method"] == "generate_reply"
+    assert said[5] == "(as instructed) Thank John for upgrading."
+    assert said[-1] == "I don't know anything about you yet."  # the one-turn context is gone
     assert summary["knowledge"] == []
     assert any("agent says" in line for line in lines)
 
