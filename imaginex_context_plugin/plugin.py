@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from livekit import rtc
-from livekit.agents import llm
+from livekit.agents import llm, tts
 from livekit.agents.job import get_job_context
 from livekit.agents.utils import is_given
 
@@ -78,6 +78,7 @@ if TYPE_CHECKING:
         AgentStateChangedEvent,
         CloseEvent,
         ConversationItemAddedEvent,
+        ErrorEvent,
     )
     from livekit.agents.voice.io import AudioOutput, PlaybackFinishedEvent, PlaybackStartedEvent
 
@@ -158,6 +159,7 @@ class _SpeechTrack:
     handle: SpeechHandle
     started: bool = False
     played_s: float | None = None
+    tts_failed: bool = False
 
 
 class _NotReady(Exception):
@@ -283,6 +285,7 @@ class ContextPlugin:
         session.on("conversation_item_added", self._on_conversation_item_added)
         session.on("agent_state_changed", self._on_agent_state_changed)
         session.on("close", self._on_session_close)
+        session.on("error", self._on_session_error)
         self._watch_audio_output()
 
         self._tasks.append(asyncio.create_task(self._consume(), name="imaginex_context.consume"))
@@ -319,6 +322,7 @@ class ContextPlugin:
         self._session.off("conversation_item_added", self._on_conversation_item_added)
         self._session.off("agent_state_changed", self._on_agent_state_changed)
         self._session.off("close", self._on_session_close)
+        self._session.off("error", self._on_session_error)
         self._unwatch_audio_output()
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
@@ -663,8 +667,8 @@ class ContextPlugin:
         # output or the realtime model can say text itself
         session = self._require_session()
         agent = session.current_agent
-        tts = agent.tts if is_given(agent.tts) else session.tts
-        if tts is not None:
+        tts_model = agent.tts if is_given(agent.tts) else session.tts
+        if tts_model is not None:
             return True
         model = agent.llm if is_given(agent.llm) else session.llm
         if isinstance(model, llm.RealtimeModel) and model.capabilities.supports_say:
@@ -958,7 +962,8 @@ class ContextPlugin:
                 speech_id=handle.id,
                 interrupted=handle.interrupted,
                 played_s=track.played_s,
-                failed=True if handle.exception() is not None else None,
+                # LLM failures are recorded on the handle; a TTS failure only as a session error
+                failed=True if handle.exception() is not None or track.tts_failed else None,
                 timestamp=utc_timestamp(),
             ),
         )
@@ -1006,6 +1011,14 @@ class ContextPlugin:
             self._enqueue(_Housekeeping("handoff"))
         elif item.type == "message" and item.role == "assistant":
             self._enqueue(_Housekeeping("turn_end", at=item.created_at))
+
+    def _on_session_error(self, ev: ErrorEvent) -> None:
+        if isinstance(ev.error, tts.TTSError) and not ev.error.recoverable:
+            session = self._session
+            current = session.current_speech if session is not None else None
+            track = self._speeches.get(current.id) if current is not None else None
+            if track is not None:
+                track.tts_failed = True
 
     def _on_session_close(self, _: CloseEvent) -> None:
         self._session_closed = True
