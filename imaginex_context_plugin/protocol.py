@@ -62,6 +62,8 @@ class ErrorCode(str, Enum):
     """Sender side only: the LiveKit server could not be reached."""
     TIMEOUT = "TIMEOUT"
     """Sender side only: no ack arrived in time."""
+    ID_REUSED = "ID_REUSED"
+    """The sender already used this ``id`` for a different message; nothing was applied."""
 
 
 MessageType = Literal["speak", "add_context", "remove_context", "get_state"]
