@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlparse
 
 import click
 
@@ -19,11 +22,63 @@ from .client import (
     DEFAULT_VIA,
     ContextClient,
     ContextError,
+    PlayoutTimeoutError,
     SpeakResult,
     Via,
+    check_request_size,
+    prepare_request,
 )
 from .protocol import ContextRole, ErrorCode, SuccessAck
 from .version import __version__
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and ``inf``, which FloatRange lets through
+    (``nan`` compares false with every bound, so ``--agent-wait nan`` would wait forever)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+# characters that show nothing on their own: an argument made only of these is empty to the
+# person reading it, whatever str.strip() says
+_INVISIBLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp", "Mn", "Me"})
+_BLANK_LETTERS: Final = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether ``text`` has a character that shows (not only spaces, controls, zero-width)."""
+    return any(
+        unicodedata.category(char) not in _INVISIBLE_CATEGORIES and char not in _BLANK_LETTERS
+        for char in text
+    )
+
+
+def _visible_text(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not has_visible_text(value):
+        raise click.BadParameter("must contain visible text.", ctx, param)
+    return value
+
+
+def _name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A room, identity, code, key or id: not blank, no control characters."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("must not be empty.", ctx, param)
+    if any(unicodedata.category(char) in ("Cc", "Cf") for char in value):
+        raise click.BadParameter("must not contain control characters.", ctx, param)
+    return value
+
+
+def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # an empty --secret would silently send unsigned requests
+    if value is not None and not value:
+        raise click.BadParameter("must not be empty.", ctx, param)
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -199,18 +254,22 @@ def exit_code_for(exc: ContextError) -> int:
 
 def _sender_options(command: Callable[..., None]) -> Callable[..., None]:
     options = [
-        click.option("--room", required=True, help="The room the agent is in."),
+        click.option("--room", required=True, callback=_name, help="The room the agent is in."),
         click.option(
             "--agent-code",
+            callback=_name,
             envvar="IMAGINEX_AGENT_CODE",
             show_envvar=True,
             help="Send to the agent publishing this code; others refuse the request.",
         ),
         click.option(
-            "--agent-identity", help="Send to this participant instead of looking for the agent."
+            "--agent-identity",
+            callback=_name,
+            help="Send to this participant instead of looking for the agent.",
         ),
         click.option(
             "--identity",
+            callback=_name,
             default=CLI_IDENTITY,
             show_default=True,
             help="This sender's identity; the agent must trust it unless --secret signs. "
@@ -225,7 +284,7 @@ def _sender_options(command: Callable[..., None]) -> Callable[..., None]:
         ),
         click.option(
             "--timeout",
-            type=click.FloatRange(min=0.0, min_open=True),
+            type=FiniteFloatRange(min=0.0, min_open=True),
             default=DEFAULT_TIMEOUT_S,
             show_default=True,
             help="Seconds to wait for the ack to each attempt.",
@@ -239,7 +298,7 @@ def _sender_options(command: Callable[..., None]) -> Callable[..., None]:
         ),
         click.option(
             "--agent-wait",
-            type=click.FloatRange(min=0.0),
+            type=FiniteFloatRange(min=0.0),
             default=DEFAULT_AGENT_TIMEOUT_S,
             show_default=True,
             help="Seconds to wait for the agent to join the room.",
@@ -247,6 +306,7 @@ def _sender_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON."),
         click.option(
             "--secret",
+            callback=_not_empty,
             envvar=SECRET_ENV,
             show_envvar=True,
             help="Sign the request with this shared secret (ContextPlugin(secret=...)).",
@@ -266,8 +326,14 @@ def _sender_options(command: Callable[..., None]) -> Callable[..., None]:
 def _run_sender(
     ctx: click.Context,
     options: dict[str, Any],
-    action: Callable[[ContextClient], Awaitable[SuccessAck | SpeakResult]],
+    request: dict[str, Any],
+    *,
+    playout_timeout: float | None = None,
 ) -> None:
+    """Check everything that can be checked offline, then connect and send ``request``.
+
+    ``playout_timeout``: also wait that long for the end of the speech; None does not wait.
+    """
     settings = SenderSettings(
         room=options["room"],
         url=options["url"],
@@ -282,12 +348,23 @@ def _run_sender(
         retries=options["retries"],
         agent_timeout=options["agent_wait"],
     )
+    try:
+        # the request the agent would refuse is refused here, before joining the room
+        prepared = prepare_request(request, agent_code=settings.agent_code)
+        check_request_size(prepared, secret=settings.secret)
+    except ContextError as exc:
+        raise click.UsageError(exc.message, ctx) from None
     factory: ClientFactory = connect_client
     if isinstance(ctx.obj, dict) and CLIENT_FACTORY_KEY in ctx.obj:
         factory = ctx.obj[CLIENT_FACTORY_KEY]
     if factory is connect_client:
         if not settings.url:
             raise click.UsageError("No LiveKit URL: pass --url or set LIVEKIT_URL.", ctx)
+        url = urlparse(settings.url)
+        if url.scheme not in ("ws", "wss", "http", "https") or not url.netloc:
+            raise click.UsageError(
+                "The LiveKit URL must be a ws://, wss://, http:// or https:// URL.", ctx
+            )
         if not settings.api_key or not settings.api_secret:
             raise click.UsageError(
                 "No LiveKit API key and secret: pass --api-key and --api-secret or set "
@@ -296,6 +373,19 @@ def _run_sender(
             )
     # the Rust SDK warns on every connection retry; the outcome is reported once, below
     logging.basicConfig(level=logging.DEBUG if options["verbose"] else logging.ERROR)
+
+    async def action(client: ContextClient) -> SuccessAck | SpeakResult:
+        ack = await client.send(prepared)
+        if playout_timeout is None:
+            return ack
+        try:
+            finished = await client.wait_for_playout(prepared["id"], timeout=playout_timeout)
+        except PlayoutTimeoutError as exc:
+            raise PlayoutTimeoutError(
+                exc.message, request_id=exc.request_id, accepted=ack
+            ) from None
+        return SpeakResult(ack=ack, finished=finished)
+
     ctx.exit(asyncio.run(_send(factory, settings, action, as_json=options["as_json"])))
 
 
@@ -364,7 +454,7 @@ def _report_error(exc: ContextError, as_json: bool) -> int:
 
 
 @main.command(epilog=_SENDER_EPILOG)
-@click.argument("text")
+@click.argument("text", callback=_visible_text)
 @click.option("--interrupt", is_flag=True, help="Cut the agent's current speech first.")
 @click.option(
     "--if-idle", is_flag=True, help="Say it only if nobody is speaking (else refused: BUSY)."
@@ -373,13 +463,16 @@ def _report_error(exc: ContextError, as_json: bool) -> int:
 @click.option("--wait-playout", is_flag=True, help="Wait until it has played out (or was cut).")
 @click.option(
     "--playout-timeout",
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=FiniteFloatRange(min=0.0, min_open=True),
     default=DEFAULT_PLAYOUT_TIMEOUT_S,
     show_default=True,
     help="Seconds to wait for the end of the speech, with --wait-playout.",
 )
 @click.option(
-    "--id", "request_id", help="Request id; the agent applies an id once. [default: random]"
+    "--id",
+    "request_id",
+    callback=_name,
+    help="Request id; the agent applies an id once. [default: random]",
 )
 @_sender_options
 @click.pass_context
@@ -409,24 +502,24 @@ def speak(
     """
     if interrupt and if_idle:
         raise click.UsageError("--interrupt and --if-idle contradict each other.", ctx)
-
-    async def action(client: ContextClient) -> SuccessAck | SpeakResult:
-        return await client.speak(
-            text,
-            id=request_id,
-            allow_interruptions=not no_interruptions,
-            interrupt=interrupt,
-            mode="if_idle" if if_idle else None,
-            wait_for_playout=wait_playout,
-            playout_timeout=playout_timeout,
-        )
-
-    _run_sender(ctx, options, action)
+    request: dict[str, Any] = {
+        "type": "speak",
+        "message": text,
+        "allow_interruptions": not no_interruptions,
+        "interrupt": interrupt,
+    }
+    if if_idle:
+        request["mode"] = "if_idle"
+    if request_id is not None:
+        request["id"] = request_id
+    _run_sender(ctx, options, request, playout_timeout=playout_timeout if wait_playout else None)
 
 
 @main.command("add-context", epilog=_SENDER_EPILOG)
-@click.argument("text")
-@click.option("--key", help="A later add-context with the same key replaces this one.")
+@click.argument("text", callback=_visible_text)
+@click.option(
+    "--key", callback=_name, help="A later add-context with the same key replaces this one."
+)
 @click.option(
     "--role",
     type=click.Choice(["system", "developer", "user", "assistant"]),
@@ -436,10 +529,13 @@ def speak(
 )
 @click.option("--reply", is_flag=True, help="Let the agent respond to it right away.")
 @click.option(
-    "--ttl", type=click.FloatRange(min=0.0, min_open=True), help="Seconds until it expires."
+    "--ttl", type=FiniteFloatRange(min=0.0, min_open=True), help="Seconds until it expires."
 )
 @click.option(
-    "--id", "request_id", help="Request id; the agent applies an id once. [default: random]"
+    "--id",
+    "request_id",
+    callback=_name,
+    help="Request id; the agent applies an id once. [default: random]",
 )
 @_sender_options
 @click.pass_context
@@ -462,10 +558,12 @@ def add_context(
           "Customer John Smith is a premium member since 2021."
       imaginex-context add-context --room shop-42 --role developer "Answer in French."
     """
-
-    async def action(client: ContextClient) -> SuccessAck | SpeakResult:
-        return await client.add_context(
-            text, key=key, role=role, id=request_id, trigger_reply=reply, ttl_s=ttl
-        )
-
-    _run_sender(ctx, options, action)
+    request: dict[str, Any] = {
+        "type": "add_context",
+        "context": text,
+        "role": role,
+        "trigger_reply": reply,
+    }
+    optional = {"key": key, "id": request_id, "ttl_s": ttl}
+    request.update({name: value for name, value in optional.items() if value is not None})
+    _run_sender(ctx, options, request)

@@ -312,6 +312,19 @@ def _check_size(payload: str, request_id: str) -> None:
         )
 
 
+def check_request_size(obj: Mapping[str, Any], *, secret: str | bytes | None = None) -> None:
+    """Refuse a prepared request that will not fit in one packet, signed when ``secret`` is set.
+
+    Lets a caller find out before joining the room what the client would refuse at send time.
+
+    Raises:
+        ContextError: ``PAYLOAD_TOO_LARGE``.
+    """
+    body = _encode(obj)
+    payload = sign_request(body, secret) if secret else body
+    _check_size(payload, str(obj.get("id")))
+
+
 def _pick_agent(
     candidates: Iterable[tuple[str, int, Mapping[str, str]]],
     *,

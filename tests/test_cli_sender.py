@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from livekit import rtc
 
 from imaginex_context_plugin import ContextClient, ContextPlugin
@@ -289,6 +291,97 @@ def test_usage_errors_exit_2(args: list[str], message: str) -> None:
     result = run(args, Seen())
     assert result.exit_code == EXIT_USAGE
     assert message in result.stderr
+
+
+SPEAK = ["speak", "--room", "shop"]
+ADD = ["add-context", "--room", "shop"]
+BAD_ARGUMENTS: list[tuple[list[str], str]] = [
+    (["speak", "--room", "", "hi"], "'--room': must not be empty"),
+    (["speak", "--room", "   ", "hi"], "'--room': must not be empty"),
+    (["speak", "--room", "sh\x00op", "hi"], "'--room': must not contain control"),
+    ([*SPEAK, ""], "'TEXT': must contain visible text"),
+    ([*SPEAK, " \t\n "], "'TEXT': must contain visible text"),
+    ([*SPEAK, "\u200b\u200d\ufeff\u2060"], "'TEXT': must contain visible text"),
+    ([*SPEAK, "\u3164\u00a0\u0301"], "'TEXT': must contain visible text"),
+    ([*ADD, "\u2028"], "'TEXT': must contain visible text"),
+    ([*SPEAK, "x" * 16_000], "the limit is 15360 bytes"),
+    ([*SPEAK, "--secret", SECRET, '"' * 7_000], "the limit is 15360 bytes"),
+    ([*SPEAK, "--agent-wait", "nan", "hi"], "'--agent-wait': 'nan' is not a finite number"),
+    ([*SPEAK, "--agent-wait", "inf", "hi"], "'--agent-wait': 'inf' is not a finite number"),
+    ([*SPEAK, "--agent-wait", "-1", "hi"], "Invalid value for '--agent-wait'"),
+    ([*SPEAK, "--timeout", "nan", "hi"], "'--timeout': 'nan' is not a finite number"),
+    ([*SPEAK, "--timeout", "-0.5", "hi"], "Invalid value for '--timeout'"),
+    ([*SPEAK, "--timeout", "1e999", "hi"], "is not a finite number"),
+    ([*SPEAK, "--wait-playout", "--playout-timeout", "nan", "hi"], "'--playout-timeout'"),
+    ([*SPEAK, "--playout-timeout", "0", "hi"], "Invalid value for '--playout-timeout'"),
+    ([*SPEAK, "--retries", "-1", "hi"], "Invalid value for '--retries'"),
+    ([*SPEAK, "--retries", "nan", "hi"], "Invalid value for '--retries'"),
+    ([*ADD, "--ttl", "nan", "x"], "'--ttl': 'nan' is not a finite number"),
+    ([*ADD, "--ttl", "-3", "x"], "Invalid value for '--ttl'"),
+    ([*ADD, "--ttl", "0", "x"], "Invalid value for '--ttl'"),
+    ([*ADD, "--ttl", "604801", "x"], "Field 'ttl_s' is out of range"),
+    ([*SPEAK, "--identity", "", "hi"], "'--identity': must not be empty"),
+    ([*SPEAK, "--identity", " ", "hi"], "'--identity': must not be empty"),
+    ([*SPEAK, "--agent-code", "", "hi"], "Invalid value for '--agent-code'"),
+    ([*SPEAK, "--agent-identity", "\t", "hi"], "'--agent-identity': must not be empty"),
+    ([*SPEAK, "--id", "", "hi"], "'--id': must not be empty"),
+    ([*SPEAK, "--id", "k" * 129, "hi"], "Field 'id' must be at most 128 characters"),
+    ([*ADD, "--key", " ", "x"], "'--key': must not be empty"),
+    ([*ADD, "--key", "k" * 129, "x"], "Field 'key' must be at most 128 characters"),
+    ([*SPEAK, "--secret", "", "hi"], "Invalid value for '--secret'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_ARGUMENTS)
+def test_bad_arguments_are_usage_errors_found_before_connecting(
+    args: list[str], message: str
+) -> None:
+    seen = Seen()
+    result = run(args, seen)
+
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert seen.settings is None  # the client factory was never called
+
+
+@pytest.mark.parametrize(
+    ("room", "url", "text"),
+    [
+        ("", "ws://127.0.0.1:1", "hi"),
+        ("shop", "ws://127.0.0.1:1", "\u200b"),
+        ("shop", "127.0.0.1:7880", "hi"),
+        ("shop", "ftp://127.0.0.1:1", "hi"),
+    ],
+)
+def test_bad_arguments_on_the_real_connection_path_exit_2(room: str, url: str, text: str) -> None:
+    # no seam: an attempt to connect to port 1 would end in exit status 4 (or a traceback)
+    args = ["speak", "--room", room, "--url", url, "--api-key", "k", "--api-secret", "s", text]
+    result = run(args)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+@given(
+    st.text(
+        alphabet=st.sampled_from(" \t\n\r\u00a0\u2000\u200b\u200c\u200d\u2060\ufeff\u3164\u0301"),
+        max_size=40,
+    )
+)
+@settings(max_examples=50, deadline=None)
+def test_invisible_text_is_never_sent(text: str) -> None:
+    seen = Seen()
+    result = run(["add-context", "--room", "shop", text], seen)
+    assert result.exit_code == EXIT_USAGE
+    assert seen.settings is None
+
+
+@pytest.mark.parametrize("text", ["hi", " x ", "\u200bok", "日本", "🙂", "\u0301a"])
+def test_text_with_something_visible_is_sent(text: str) -> None:
+    seen = Seen()
+    result = run(["add-context", "--room", "shop", text], seen)
+    assert result.exit_code == EXIT_OK, result.output
+    assert seen.applied == 1
 
 
 def test_no_livekit_url_is_a_usage_error() -> None:
