@@ -112,7 +112,7 @@ class RoomDirectory(Protocol):
     """Lists rooms and their participants (on a LiveKit server: ``RoomService``)."""
 
     async def list_rooms(self) -> list[str]:
-        """Names of the rooms that have participants."""
+        """Names of the open rooms (some may have no participant left)."""
         ...
 
     async def list_participants(self, room: str) -> list[ParticipantSummary]:
@@ -145,7 +145,9 @@ class LiveKitRoomDirectory:
 
     async def list_rooms(self) -> list[str]:
         response = await self._client().room.list_rooms(ListRoomsRequest())
-        return [room.name for room in response.rooms if room.num_participants > 0]
+        # not filtered on num_participants: a real server (v1.13) reports 0 for a room whose
+        # participants are connected, so the filter hid every live agent
+        return [room.name for room in response.rooms]
 
     async def list_participants(self, room: str) -> list[ParticipantSummary]:
         try:
