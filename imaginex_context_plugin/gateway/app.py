@@ -1,7 +1,8 @@
 """The aiohttp application serving the platform's Agent Context API.
 
-A request goes, in this order: authenticate the ``api-secret`` (nothing else is looked at
-before), rate limit per secret, check the secret may address the agent code, read and validate
+A request goes, in this order: throttle a client address with too many failed
+authentications, authenticate the ``api-secret`` (nothing else is looked at before), rate
+limit per secret, check the secret may address the agent code, read and validate
 the body (size limit first), find the rooms where the agent is live, deliver to all of them at
 once with a timeout, and answer with the platform's response shape plus a per-room list.
 """
@@ -37,6 +38,7 @@ from ..security import RateLimit, RateLimiter, sign_request
 from ..version import __version__
 from .backend import AgentBackend, AgentTarget, BackendError
 from .config import ApiSecrets, GatewayConfig, Principal
+from .limits import DEFAULT_AUTH_FAILURE_LIMIT, FailureLimiter, client_key
 from .models import (
     INVALID_TYPE_MESSAGE,
     AddContextBody,
@@ -187,6 +189,7 @@ class _Gateway:
         signing_secret: str | None,
         delivery_timeout: float,
         rate_limit: RateLimit | None,
+        auth_failure_limit: RateLimit | None,
         max_body_bytes: int,
     ) -> None:
         self._backend = backend
@@ -194,6 +197,9 @@ class _Gateway:
         self._signing_secret = signing_secret
         self._timeout = delivery_timeout
         self._limiter = RateLimiter(rate_limit) if rate_limit is not None else None
+        self._auth_failures = (
+            FailureLimiter(auth_failure_limit) if auth_failure_limit is not None else None
+        )
         self._max_body_bytes = max_body_bytes
         self._openapi = json.dumps(build_openapi()).encode("utf-8")
 
@@ -288,8 +294,22 @@ class _Gateway:
         )
 
     def _admit(self, request: web.Request, agent_code: str) -> Principal:
+        client = client_key(request.remote)
+        if self._auth_failures is not None:
+            # a throttled client's secret is not even compared: its answer would be an oracle
+            wait = self._auth_failures.retry_after(client)
+            if wait:
+                raise _Refusal(
+                    429,
+                    ErrorCode.RATE_LIMITED.value,
+                    "Too many failed authentications from this address; retry after "
+                    "Retry-After seconds.",
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                )
         principal = self._secrets.authenticate(request.headers.get(API_SECRET_HEADER))
         if principal is None:
+            if self._auth_failures is not None:
+                self._auth_failures.charge(client)
             raise _Refusal(401, ErrorCode.UNAUTHORIZED.value, UNAUTHORIZED_MESSAGE)
         if self._limiter is not None:
             wait = self._limiter.acquire(principal.name)
@@ -513,6 +533,7 @@ def create_app(
     signing_secret: str | None = None,
     delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT_S,
     rate_limit: RateLimit | None = DEFAULT_GATEWAY_RATE_LIMIT,
+    auth_failure_limit: RateLimit | None = DEFAULT_AUTH_FAILURE_LIMIT,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> web.Application:
     """Build the gateway's aiohttp application.
@@ -526,6 +547,9 @@ def create_app(
             must then trust the gateway's participant identity.
         delivery_timeout: Seconds the agents have to answer. Default 5.
         rate_limit: Per api-secret; ``None`` turns it off. Default 10/s, bursts of 50.
+        auth_failure_limit: Failed authentications per client address (IPv6: per /64); once
+            used up, the address gets 429 without its secret being checked. Valid secrets are
+            not charged. ``None`` turns it off. Default 5/s, bursts of 20.
         max_body_bytes: Largest request body. Default 64 KiB.
 
     Returns:
@@ -539,6 +563,7 @@ def create_app(
         signing_secret=signing_secret,
         delivery_timeout=delivery_timeout,
         rate_limit=rate_limit,
+        auth_failure_limit=auth_failure_limit,
         max_body_bytes=max_body_bytes,
     )
     # client_max_size: aiohttp's own guard on request.read(); checked again with a JSON answer

@@ -114,7 +114,9 @@ class ApiSecrets:
         """
         if not presented:
             return None
-        candidate = presented.encode("utf-8")
+        # aiohttp hands over header bytes that are not UTF-8 as lone surrogates; surrogatepass
+        # encodes them to bytes no configured (valid UTF-8) secret can equal, instead of raising
+        candidate = presented.encode("utf-8", "surrogatepass")
         found: Principal | None = None
         for secret, principal in self._entries:
             if hmac.compare_digest(secret, candidate) and found is None:

@@ -1,0 +1,200 @@
+"""The gateway against hostile or careless clients: raw header bytes, secret guessing.
+
+Requests go over real sockets on 127.0.0.1, to the test servers of ``tests/test_gateway.py``'s
+fixtures (real ``LiveKitBackend``, real agents on the relay network where one is needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from imaginex_context_plugin.gateway.limits import FailureLimiter, client_key
+from imaginex_context_plugin.security import RateLimit
+from tests import test_gateway
+from tests.test_gateway import CODE, HEADERS, SECRET, Fleet, GatewayFactory, post
+
+# the fixtures of the gateway's end-to-end tests, used here as they are
+fleet = test_gateway.fleet
+make_gateway = test_gateway.make_gateway
+
+SPEAK = f"/v1/agent/{CODE}/speak"
+
+
+async def raw_request(client: TestClient[Any, Any], head: bytes, body: bytes = b"") -> bytes:
+    """Send ``head`` (request line and headers, as bytes) and ``body``; return the raw answer."""
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(head + b"\r\n" + body)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, json.loads(body)
+
+
+def speak_head(secret: bytes, body: bytes) -> bytes:
+    return (
+        b"POST " + SPEAK.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\napi-secret: " + secret + b"\r\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# api-secret bytes
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        b"\xff\xfe",
+        b"\xc3\x28",  # a broken two-byte sequence
+        b"\xed\xa0\x80",  # an encoded surrogate
+        SECRET.encode() + b"\xff",
+        b"\xff" + SECRET.encode(),
+        b"\x80" * 200,
+    ],
+)
+async def test_an_api_secret_that_is_not_utf8_is_unauthorized(
+    make_gateway: GatewayFactory, secret: bytes
+) -> None:
+    client = await make_gateway()
+    body = b'{"message": "Hi"}'
+    status, _, answer = parse_answer(await raw_request(client, speak_head(secret, body), body))
+
+    assert status == 401
+    assert answer == {"success": False, "error": "UNAUTHORIZED", "message": "Invalid api-secret"}
+
+
+async def test_a_non_ascii_secret_configured_in_utf8_is_accepted_from_its_raw_bytes(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    from imaginex_context_plugin.gateway import ApiSecrets
+
+    await fleet.agent("room_1")
+    client = await make_gateway(secrets=ApiSecrets(secret="clé-secrète-ü"))
+    body = b'{"message": "Hi"}'
+    raw = await raw_request(client, speak_head("clé-secrète-ü".encode(), body), body)
+    status, _, answer = parse_answer(raw)
+
+    assert status == 200, answer
+    assert answer["data"]["delivered_to_rooms"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# failed authentication is throttled per client address
+
+
+async def test_failed_authentications_are_rate_limited_per_address(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    # no agent is live: an authenticated call is a 404, which is enough to tell it got in
+    client = await make_gateway(
+        rate_limit=None, auth_failure_limit=RateLimit(per_second=0.01, burst=3)
+    )
+    for _ in range(10):  # successes are not charged
+        status, _, _ = await post(client, SPEAK, {"message": "Hi"})
+        assert status == 404
+    for _ in range(3):
+        status, _, _ = await post(client, SPEAK, {"message": "Hi"}, headers={"api-secret": "x"})
+        assert status == 401
+
+    status, answer, headers = await post(
+        client, SPEAK, {"message": "Hi"}, headers={"api-secret": "x"}
+    )
+    assert status == 429
+    assert answer["error"] == "RATE_LIMITED"
+    assert set(answer) == {"success", "error", "message"}
+    assert answer["success"] is False
+    assert 1 <= int(headers["Retry-After"]) <= 100
+    # while throttled, even the right secret is not compared: no answer tells a guess apart
+    status, answer, headers = await post(client, SPEAK, {"message": "Hi"}, headers=HEADERS)
+    assert status == 429
+    assert "Retry-After" in headers
+    # raw bytes that are not UTF-8 count as failures too, and are throttled the same way
+    body = b'{"message": "Hi"}'
+    status, _, _ = parse_answer(await raw_request(client, speak_head(b"\xff", body), body))
+    assert status == 429
+
+
+async def test_health_and_unknown_routes_are_not_throttled(make_gateway: GatewayFactory) -> None:
+    client = await make_gateway(auth_failure_limit=RateLimit(per_second=0.01, burst=1))
+    for _ in range(2):
+        await post(client, SPEAK, {"message": "Hi"}, headers={"api-secret": "x"})
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/openapi.json")).status == 200
+
+
+async def test_without_an_auth_failure_limit_wrong_secrets_stay_401(
+    make_gateway: GatewayFactory,
+) -> None:
+    client = await make_gateway(auth_failure_limit=None)
+    for _ in range(30):
+        status, _, _ = await post(client, SPEAK, {"message": "Hi"}, headers={"api-secret": "x"})
+        assert status == 401
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failure_limiter_refills_and_is_per_client() -> None:
+    clock = FakeClock()
+    limiter = FailureLimiter(RateLimit(per_second=2.0, burst=2), clock=clock)
+    assert limiter.retry_after("a") == 0.0
+    limiter.charge("a")
+    limiter.charge("a")
+    assert limiter.retry_after("a") == pytest.approx(0.5)
+    assert limiter.retry_after("b") == 0.0
+    clock.now += 0.5
+    assert limiter.retry_after("a") == 0.0
+    limiter.charge("a")
+    assert limiter.retry_after("a") > 0
+    clock.now += 100
+    assert limiter.retry_after("a") == 0.0
+
+
+def test_failure_limiter_table_is_bounded_forgetting_the_oldest_first() -> None:
+    clock = FakeClock()
+    limiter = FailureLimiter(RateLimit(per_second=0.001, burst=1), max_clients=3, clock=clock)
+    for client in ("a", "b", "c", "d"):
+        limiter.charge(client)
+    assert len(limiter) == 3
+    assert limiter.retry_after("a") == 0.0  # forgotten
+    assert limiter.retry_after("d") > 0
+
+
+@pytest.mark.parametrize(
+    ("remote", "key"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+        ("::ffff:10.0.0.7", "10.0.0.7"),
+        (None, "unknown"),
+        ("", "unknown"),
+        ("not-an-ip", "not-an-ip"),
+    ],
+)
+def test_client_key(remote: str | None, key: str) -> None:
+    assert client_key(remote) == key
