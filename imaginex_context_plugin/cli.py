@@ -191,8 +191,9 @@ transports use."""
 
 _SENDER_EPILOG: Final = """\b
 Connection: --url/--api-key/--api-secret, or LIVEKIT_URL, LIVEKIT_API_KEY,
-LIVEKIT_API_SECRET. The command joins the room as a hidden participant (visible
-with --data), sends one request, prints the ack and leaves.
+LIVEKIT_API_SECRET. The command joins the room as a data-only sender (a dependent
+participant that never counts as the user or the agent), sends one request,
+prints the ack and leaves.
 
 \b
 Exit status:

@@ -46,6 +46,7 @@ from .protocol import (
     CONTEXT_TOPIC,
     MAX_PAYLOAD_BYTES,
     RPC_METHOD,
+    SENDER_ATTRIBUTE,
     AgentStateInfo,
     ContextRole,
     ContextScope,
@@ -220,11 +221,16 @@ def sender_token(
     *,
     room: str,
     identity: str,
-    hidden: bool = True,
+    hidden: bool = False,
     name: str | None = None,
     ttl: timedelta = DEFAULT_TOKEN_TTL,
 ) -> str:
     """A LiveKit access token for a sender: it may join ``room`` and publish data, nothing else.
+
+    The sender joins as a participant of kind AGENT carrying the attribute ``imaginex.sender``:
+    LiveKit counts such a participant as dependent (it never keeps a room open and never
+    triggers an agent dispatch), an agent's ``RoomIO`` never links it as the user, and senders
+    looking for the agent skip it.
 
     Args:
         api_key: LiveKit API key.
@@ -232,9 +238,10 @@ def sender_token(
         room: The room to join.
         identity: The participant identity; the agent trusts senders by identity
             (``ContextPlugin(allowed_identities=...)``) unless the messages are signed.
-        hidden: Invisible to the other participants. The agent still sees who calls it over RPC,
-            but not who sent a data packet (it then looks as if the server sent it), so a hidden
-            sender must use ``via="rpc"``.
+        hidden: Invisible to the other participants. Default False, and only for senders that
+            expect no answer: a real LiveKit server strips a hidden participant's identity from
+            everything it sends, so the agent sees its RPCs with an empty caller (the response
+            never comes back) and its data packets as if the server API had sent them.
         name: Display name. Default: none.
         ttl: Token lifetime (default 6 hours); it only matters when (re)connecting.
 
@@ -253,6 +260,8 @@ def sender_token(
     token = (
         api.AccessToken(api_key, api_secret)
         .with_identity(identity)
+        .with_kind("agent")
+        .with_attributes({SENDER_ATTRIBUTE: "1"})
         .with_grants(grants)
         .with_ttl(ttl)
     )
@@ -339,7 +348,8 @@ def _pick_agent(
     Raises:
         ContextError: ``AGENT_NOT_FOUND`` when more than one participant matches.
     """
-    people = list(candidates)
+    # other senders (CLI, gateway replicas) join as agents too; they are never the target
+    people = [person for person in candidates if SENDER_ATTRIBUTE not in person[2]]
     if agent_code is not None:
         matches = [
             ident for ident, _, attrs in people if attrs.get(AGENT_CODE_ATTRIBUTE) == agent_code
@@ -499,11 +509,10 @@ class ContextClient:
             identity: This sender's identity. Default: ``imaginex-sender-`` plus 8 hex digits.
                 The agent must trust it (``allowed_identities``) unless ``secret`` is given.
             name: Display name. Default: none.
-            hidden: Join invisibly. Default: True with ``via="rpc"``, False with ``via="data"``
-                (the agent cannot tell who sent a hidden participant's data packet, so it could
-                not answer it). A visible sender is a standard participant: an agent whose
-                ``RoomIO`` has no linked user yet may link it as the user; give the agent a
-                ``participant_identity`` or prefer ``via="rpc"``.
+            hidden: Must stay False (the default): a real LiveKit server strips a hidden
+                participant's identity from its RPCs and data packets, so the agent could not
+                answer it. The sender joins as a dependent participant instead (see
+                :func:`sender_token`).
             agent_identity: See :class:`ContextClient`.
             agent_code: See :class:`ContextClient`.
             via: See :class:`ContextClient`. Default ``"rpc"``.
@@ -522,7 +531,7 @@ class ContextClient:
 
         Raises:
             ValueError: If the URL, the API key or secret, or the room is missing, or if
-                ``hidden=True`` is combined with ``via="data"``.
+                ``hidden=True``.
             ContextError: ``LIVEKIT_UNAVAILABLE`` if the connection fails.
         """
         url = _env(url, "LIVEKIT_URL")
@@ -537,12 +546,10 @@ class ContextClient:
             )
         if not room:
             raise ValueError("No room: pass the name of the room the agent is in.")
-        if hidden is None:
-            hidden = via == "rpc"
-        elif hidden and via == "data":
+        if hidden:
             raise ValueError(
-                "A hidden participant's data packets reach the agent without a sender, so they "
-                "cannot be acknowledged; use via='rpc' or hidden=False."
+                "A hidden sender cannot be answered: LiveKit strips a hidden participant's "
+                "identity from its RPCs and data packets. Leave hidden unset."
             )
         identity = identity or SENDER_IDENTITY_PREFIX + uuid.uuid4().hex[:8]
         token = sender_token(
@@ -550,7 +557,6 @@ class ContextClient:
             api_secret,
             room=room,
             identity=identity,
-            hidden=hidden,
             name=name,
             ttl=token_ttl,
         )

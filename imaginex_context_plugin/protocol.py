@@ -31,6 +31,8 @@ RPC_METHOD: Final = "imaginex.context"
 """RPC method name accepting the same request JSON; the response payload is the ack JSON."""
 AGENT_CODE_ATTRIBUTE: Final = "imaginex.agent_code"
 """Participant attribute the receiver publishes so senders can find the agent for a code."""
+SENDER_ATTRIBUTE: Final = "imaginex.sender"
+"""Participant attribute a sender joins with, so that no sender is ever taken for the agent."""
 
 MAX_PAYLOAD_BYTES: Final = 15 * 1024  # LiveKit's reliable data packet limit
 MAX_ID_LENGTH: Final = 128

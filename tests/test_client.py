@@ -36,7 +36,8 @@ from imaginex_context_plugin import (
     send_via_server_api,
     sender_token,
 )
-from imaginex_context_plugin.client import Via
+from imaginex_context_plugin.client import Via, _pick_agent
+from imaginex_context_plugin.protocol import SENDER_ATTRIBUTE
 from tests.conftest import (
     AGENT_CODE,
     AGENT_IDENTITY,
@@ -589,8 +590,9 @@ async def test_connect_refuses_bad_settings(monkeypatch: pytest.MonkeyPatch) -> 
         await ContextClient.connect("ws://x", room="r")
     with pytest.raises(ValueError, match="room"):
         await ContextClient.connect("ws://x", API_KEY, API_SECRET)
-    with pytest.raises(ValueError, match="hidden"):
-        await ContextClient.connect("ws://x", API_KEY, API_SECRET, "r", via="data", hidden=True)
+    for via in ("rpc", "data"):
+        with pytest.raises(ValueError, match="hidden"):
+            await ContextClient.connect("ws://x", API_KEY, API_SECRET, "r", via=via, hidden=True)
 
 
 def closed_port() -> int:
@@ -609,21 +611,30 @@ async def test_connect_to_nothing_raises_livekit_unavailable() -> None:
     assert caught.value.message.startswith("Could not connect to LiveKit at ws://127.0.0.1:")
 
 
-def test_sender_token_allows_data_only() -> None:
-    token = sender_token(API_KEY, API_SECRET, room="shop", identity="crm")
+def test_sender_token_allows_data_only_as_a_dependent_visible_sender() -> None:
+    token = sender_token(API_KEY, API_SECRET, room="shop", identity="crm", name="CRM")
     claims = api.TokenVerifier(API_KEY, API_SECRET).verify(token)
     assert claims.identity == "crm"
+    assert claims.name == "CRM"
+    # kind agent: LiveKit never lets it keep a room open or trigger a dispatch, and RoomIO
+    # never links it as the user; the attribute keeps other senders from taking it for the agent
+    assert claims.kind == "agent"
+    assert claims.attributes == {SENDER_ATTRIBUTE: "1"}
     video = claims.video
     assert video is not None
     assert (video.room_join, video.room) == (True, "shop")
-    assert (video.can_publish, video.can_publish_data, video.hidden) == (False, True, True)
+    assert (video.can_publish, video.can_publish_data, video.hidden) == (False, True, False)
 
-    visible = api.TokenVerifier(API_KEY, API_SECRET).verify(
-        sender_token(API_KEY, API_SECRET, room="shop", identity="crm", hidden=False, name="CRM")
-    )
-    assert visible.video is not None
-    assert not visible.video.hidden
-    assert visible.name == "CRM"
+
+def test_agent_discovery_skips_other_senders() -> None:
+    agent = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+    people = [
+        ("gateway", agent, {SENDER_ATTRIBUTE: "1"}),
+        ("cli", agent, {SENDER_ATTRIBUTE: "1"}),
+        ("voice-agent", agent, {}),
+    ]
+    assert _pick_agent(people, agent_code=None, room="shop") == "voice-agent"
+    assert _pick_agent(people[:2], agent_code=None, room="shop") is None
 
 
 # ---------------------------------------------------------------------------------------------

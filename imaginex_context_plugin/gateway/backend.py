@@ -7,7 +7,7 @@ a LiveKit server:
 - finding: ``RoomService.list_rooms`` then ``list_participants`` for each room (or only the
   ``room_id`` asked for), keeping participants whose ``imaginex.agent_code`` attribute (which
   ``ContextPlugin`` publishes) is the code; one agent per room, so a room hears a message once;
-- delivering: RPC ``imaginex.context`` from one pooled, hidden participant connection per room.
+- delivering: RPC ``imaginex.context`` from one pooled sender connection per room.
   Its identity is the same in every room and for the gateway's whole life, because the
   receiver deduplicates by (sender identity, message id): that is what makes a retried HTTP
   call with the same ``Idempotency-Key`` be applied once.
@@ -171,17 +171,17 @@ class LiveKitRoomDirectory:
 
 
 def gateway_token(settings: LiveKitSettings, *, identity: str, room: str) -> str:
-    """A token to join ``room`` as a hidden participant that may only send data.
+    """A token to join ``room`` as a sender that may only send data (see ``sender_token``).
 
-    Hidden, so agents (and their RoomIO) never take the gateway for a user; no media
-    publishing; subscribing stays allowed because RPC answers arrive as data.
+    Not hidden: a real server strips a hidden participant's identity from its RPCs, so the
+    agent could neither trust nor answer the gateway. As a dependent participant it never keeps
+    a room open, never triggers a dispatch, and no agent's RoomIO takes it for the user.
     """
     return sender_token(
         settings.api_key,
         settings.api_secret,
         room=room,
         identity=identity,
-        hidden=True,
         name="imaginex gateway",
     )
 
