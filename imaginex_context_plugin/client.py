@@ -1030,7 +1030,7 @@ class ContextClient:
                 raise _NoAck from None
             raise self._rpc_failure(exc, agent, pending.request_id) from None
         try:
-            return protocol.parse_ack(response)
+            ack = protocol.parse_ack(response)
         except ValueError:
             raise ContextError(
                 ErrorCode.INTERNAL_ERROR,
@@ -1038,6 +1038,17 @@ class ContextClient:
                 request_id=pending.request_id,
                 retryable=False,
             ) from None
+        # an error ack may carry no id (the agent could not read the request); anything else
+        # must be this request's ack, or a broken agent could confirm what it never applied
+        if ack.id != pending.request_id and not (isinstance(ack, ErrorAck) and ack.id is None):
+            raise ContextError(
+                ErrorCode.INTERNAL_ERROR,
+                f"Participant '{agent}' answered the RPC with the ack of another request; "
+                "whether this one was applied is unknown.",
+                request_id=pending.request_id,
+                retryable=False,
+            )
+        return ack
 
     @staticmethod
     def _rpc_failure(exc: rtc.RpcError, agent: str, request_id: str) -> ContextError:

@@ -315,6 +315,93 @@ async def test_rate_limited_without_retries_carries_retry_after(
     assert caught.value.retry_after > 0
 
 
+class RelabelAck(rtc.RpcInterceptor):
+    """Lets the real plugin answer, then puts another id on its response."""
+
+    def __init__(self, new_id: str | None) -> None:
+        self.new_id = new_id
+        self.answered = 0
+
+    async def intercept_incoming(
+        self,
+        invocation: rtc.RpcInvocationData,
+        next: Callable[[rtc.RpcInvocationData], Awaitable[str | None]],
+    ) -> str | None:
+        response = await next(invocation)
+        assert response is not None
+        self.answered += 1
+        ack = json.loads(response)
+        ack["id"] = self.new_id
+        return json.dumps(ack)
+
+
+@pytest.mark.parametrize("new_id", ["someone-else", "", None])
+async def test_an_rpc_success_ack_for_another_id_is_refused(
+    harness: Harness, new_id: str | None
+) -> None:
+    relabel = RelabelAck(new_id)
+    harness.agent_room.local_participant.add_rpc_interceptor(relabel)
+    async with ContextClient(harness.backend.room, via="rpc", retries=2, backoff=0) as client:
+        with pytest.raises(ContextError) as caught:
+            await client.add_context("fact", id="mine-1")
+
+    err = caught.value
+    assert err.code is ErrorCode.INTERNAL_ERROR
+    assert "ack of another request" in err.message
+    assert err.request_id == "mine-1"
+    assert err.ack is None
+    assert not err.retryable
+    assert relabel.answered == 1  # not retried: the agent's answers cannot be trusted
+
+
+async def test_an_rpc_error_ack_for_another_id_is_refused(harness: Harness) -> None:
+    harness.agent_room.local_participant.add_rpc_interceptor(RelabelAck("someone-else"))
+    stranger = harness.network.create_room(ROOM, "stranger")
+    async with ContextClient(stranger, via="rpc") as client:
+        with pytest.raises(ContextError) as caught:
+            await client.speak("Let me in.", id="s-2")
+    assert caught.value.code is ErrorCode.INTERNAL_ERROR
+    assert caught.value.ack is None
+
+
+async def test_an_rpc_error_ack_without_an_id_is_this_requests_refusal(harness: Harness) -> None:
+    # an agent that could not read the request answers without an id: still the answer
+    harness.agent_room.local_participant.add_rpc_interceptor(RelabelAck(None))
+    stranger = harness.network.create_room(ROOM, "stranger")
+    async with ContextClient(stranger, via="rpc") as client:
+        with pytest.raises(ContextError) as caught:
+            await client.speak("Let me in.", id="s-3")
+    assert caught.value.code is ErrorCode.UNAUTHORIZED
+    assert caught.value.ack is not None
+
+
+class RelabelDataAck(AckTransport):
+    """Sends every ack with another id, on the data path."""
+
+    async def send(self, payload: bytes, destination_identity: str) -> None:
+        message = json.loads(payload)
+        if message["type"] == "ack":
+            message["id"] = "someone-else"
+            payload = json.dumps(message).encode()
+        await super().send(payload, destination_identity)
+
+
+async def test_a_data_ack_is_matched_by_id_and_a_foreign_one_is_ignored(
+    make_harness: HarnessFactory,
+) -> None:
+    harness: Harness = await make_harness(start_plugin=False)
+    harness.plugin = ContextPlugin(
+        agent_code=AGENT_CODE,
+        allowed_identities=[BACKEND_IDENTITY],
+        ack_transport=RelabelDataAck(harness.agent_room),
+    )
+    await harness.plugin.start(harness.session, harness.agent_room)
+    async with ContextClient(harness.backend.room, via="data", timeout=0.1, retries=0) as client:
+        with pytest.raises(AckTimeoutError):
+            await client.add_context("fact", id="mine-2")
+    assert harness.plugin.stats.applied == 1  # applied, but its ack never matched
+
+
 async def test_invalid_or_oversized_requests_fail_before_sending(harness: Harness) -> None:
     published = len(harness.network.published)
     async with ContextClient(harness.backend.room, via="data") as client:
