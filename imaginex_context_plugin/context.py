@@ -60,6 +60,8 @@ class ContextEntry:
     request_id: str | None
     created_at: float = field(default_factory=time.time)
     """Wall-clock time it was added; the ``created_at`` of its chat message."""
+    slot: int = 0
+    """Its place in age order (a keyed replacement keeps the slot of the entry it replaces)."""
     _message: llm.ChatMessage | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -81,7 +83,12 @@ class ContextEntry:
 
 
 class ContextStore:
-    """Ordered context entries with a budget; O(1) to add, replace or remove one."""
+    """Ordered context entries with a budget; O(1) to add, replace or remove one.
+
+    Changes can be made provisionally: between :meth:`begin` and :meth:`commit`, every entry
+    touched is journalled once (O(1)), so :meth:`rollback` can put the store back exactly as
+    it was when a change could not be applied to the agent.
+    """
 
     def __init__(
         self,
@@ -95,7 +102,10 @@ class ContextStore:
         self._entries: dict[str, ContextEntry] = {}
         self._chars = 0
         self._serial = 0
+        self._slots = 0
         self._expiring = 0  # entries with a ttl: next_expiry() is O(1) while there are none
+        # entry id -> the entry as it was before the open transaction first touched it
+        self._journal: dict[str, ContextEntry | None] | None = None
 
     @property
     def budget(self) -> ContextBudget:
@@ -110,6 +120,37 @@ class ContextStore:
 
     def entries(self) -> list[ContextEntry]:
         return list(self._entries.values())
+
+    def begin(self) -> None:
+        """Start a transaction: later changes stay provisional until commit or rollback."""
+        self._journal = {}
+
+    def commit(self) -> None:
+        """Keep the changes made since :meth:`begin`."""
+        self._journal = None
+
+    def rollback(self) -> None:
+        """Undo every change made since :meth:`begin`: entries, order, budget counters."""
+        journal = self._journal
+        self._journal = None
+        if not journal:
+            return
+        entries = self._entries
+        for entry_id, before in journal.items():
+            if before is None:
+                entries.pop(entry_id, None)
+            else:
+                entries[entry_id] = before
+        # a restored entry may have gone to the end: age order is slot order. Rare path, and
+        # at most the budget's entries, so it simply sorts and recounts
+        self._entries = dict(sorted(entries.items(), key=lambda item: item[1].slot))
+        self._chars = sum(len(e.text) for e in self._entries.values())
+        self._expiring = sum(e.expires_at is not None for e in self._entries.values())
+
+    def _journal_entry(self, entry_id: str) -> None:
+        journal = self._journal
+        if journal is not None and entry_id not in journal:
+            journal[entry_id] = self._entries.get(entry_id)
 
     def add(
         self,
@@ -135,6 +176,14 @@ class ContextStore:
         else:
             self._serial += 1
             entry_id = f"{ENTRY_ID_PREFIX}{self._serial}"
+        old = self._entries.get(entry_id)
+        if old is not None:
+            slot = old.slot
+            self._chars -= len(old.text)
+            self._expiring -= old.expires_at is not None
+        else:
+            self._slots += 1
+            slot = self._slots
         entry = ContextEntry(
             entry_id=entry_id,
             key=key,
@@ -143,11 +192,9 @@ class ContextStore:
             scope=scope,
             expires_at=None if ttl_s is None else self._clock() + ttl_s,
             request_id=request_id,
+            slot=slot,
         )
-        old = self._entries.get(entry_id)
-        if old is not None:
-            self._chars -= len(old.text)
-            self._expiring -= old.expires_at is not None
+        self._journal_entry(entry_id)
         self._entries[entry_id] = entry  # an existing key keeps its position
         self._chars += len(text)
         self._expiring += entry.expires_at is not None
@@ -172,6 +219,7 @@ class ContextStore:
         return evicted
 
     def _drop(self, entry_id: str) -> None:
+        self._journal_entry(entry_id)
         entry = self._entries.pop(entry_id)
         self._chars -= len(entry.text)
         self._expiring -= entry.expires_at is not None
@@ -182,12 +230,6 @@ class ContextStore:
             return False
         self._drop(entry_id)
         return True
-
-    def discard(self, entry_ids: Iterable[str]) -> None:
-        """Drop these entries if present (used to undo a batch that could not be applied)."""
-        for entry_id in entry_ids:
-            if entry_id in self._entries:
-                self._drop(entry_id)
 
     def remove_where(self, predicate: Callable[[ContextEntry], bool]) -> int:
         doomed = [e.entry_id for e in self._entries.values() if predicate(e)]

@@ -30,6 +30,7 @@ from livekit import rtc
 from livekit.agents import llm, tts
 from livekit.agents.job import get_job_context
 from livekit.agents.utils import is_given
+from pydantic import TypeAdapter
 
 from . import protocol
 from .context import DEFAULT_CONTEXT_BUDGET, ContextBudget, ContextStore
@@ -40,6 +41,7 @@ from .protocol import (
     AGENT_CODE_ATTRIBUTE,
     CONTEXT_TOPIC,
     GET_STATE_SUCCESS_MESSAGE,
+    ID_REUSED_MESSAGE,
     MAX_PAYLOAD_BYTES,
     REMOVE_CONTEXT_SUCCESS_MESSAGE,
     RPC_METHOD,
@@ -58,18 +60,21 @@ from .protocol import (
     SpeechFinishedEvent,
     SpeechStartedEvent,
     SuccessAck,
+    echo,
     error_ack,
     utc_timestamp,
 )
 from .security import (
-    DEDUP_MAX_ENTRIES,
     DEDUP_WINDOW_S,
     DEFAULT_RATE_LIMIT,
+    SIGNATURE_WINDOW_S,
     ExpiringCache,
     RateLimit,
     RateLimiter,
     SenderPolicy,
+    SignatureProblem,
     SignatureVerifier,
+    remembered_ids_capacity,
 )
 
 if TYPE_CHECKING:
@@ -87,6 +92,10 @@ DEFAULT_READY_TIMEOUT_S: Final = 10.0
 """How long a message waits for the session to start or finish a handoff before NOT_READY."""
 DEFAULT_MAX_QUEUE: Final = 1_024
 """Most messages waiting to be applied at once; beyond it senders get RATE_LIMITED."""
+MAX_OUTBOUND_ANSWERS: Final = 2_048
+"""Most answers waiting to be published. Beyond it one is dropped (``stats.answers_dropped``):
+first a refusal to an untrusted sender, then any other refusal; a success ack or speech event
+only when nothing but those is waiting."""
 DRAIN_TIMEOUT_S: Final = 2.0
 _RETRY_INTERVAL_S: Final = 0.02
 _CONNECT_POLL_S: Final = 0.05
@@ -97,6 +106,8 @@ _T = TypeVar("_T")
 _SpeakMethod = Literal["say", "generate_reply"]
 _VERBATIM_INSTRUCTIONS: Final = "Say the following to the user, word for word, and nothing else:\n"
 AckMessage = SuccessAck | ErrorAck
+_Outbound = tuple[int, str, bytes]  # arrival number, destination identity, payload
+_STR_JSON: Final = TypeAdapter(str)
 
 
 class AckTransport:
@@ -124,6 +135,8 @@ class PluginStats:
     duplicates: int = 0
     acks_sent: int = 0
     ack_failures: int = 0
+    answers_dropped: int = 0
+    """Answers not sent because the outbound queue was full (``MAX_OUTBOUND_ANSWERS``)."""
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -132,18 +145,27 @@ class _Job:
     request: Request
     sender: str | None  # participant identity; None for the server API
     reply: asyncio.Future[AckMessage] | None = None  # set for RPC: the ack is the response
+    # a signed envelope seen before: applied never, answered as a duplicate only if its request
+    # was already applied (a relay retrying), else refused as a replay
+    replayed: bool = False
     answered: bool = False
     # (sender, id): a repeat within the dedup window is answered, not applied again. Set once:
     # it is read at batching, at the dedup check and when the ack is remembered.
     dedup_key: tuple[str, str] | None = field(init=False)
+    # what makes a repeat "the same request": every field of the request (not the envelope).
+    # The frozen model's hash of its field values is cheap and, within this process, as good
+    # as a digest; a mismatch under the same id is refused with ID_REUSED.
+    fingerprint: int = field(init=False)
 
     def __post_init__(self) -> None:
         rid = self.request.id
         # get_state changes nothing: a repeat is answered with the state as it is now
         if rid is None or isinstance(self.request, GetStateRequest):
             self.dedup_key = None
+            self.fingerprint = 0
         else:
             self.dedup_key = (self.sender if self.sender is not None else SERVER_SENDER, rid)
+            self.fingerprint = hash(self.request)
 
 
 @dataclass(eq=False)
@@ -166,12 +188,19 @@ class _NotReady(Exception):
     pass
 
 
-def _is_duplicate(ack: AckMessage | None) -> bool:
-    return isinstance(ack, SuccessAck) and ack.duplicate is True
-
-
 def _is_context_change(job: _Job) -> bool:
     return isinstance(job.request, AddContextRequest | RemoveContextRequest)
+
+
+def _fitting(items: list[_T], room: int, encode: Callable[[_T], bytes]) -> tuple[list[_T], int]:
+    """The longest prefix of ``items`` whose JSON fits in ``room`` bytes, and the bytes it uses."""
+    used = 0
+    for count, item in enumerate(items):
+        size = len(encode(item)) + 1  # and the comma separating it from the next
+        if used + size > room:
+            return items[:count], used
+        used += size
+    return items, used
 
 
 class ContextPlugin:
@@ -198,6 +227,10 @@ class ContextPlugin:
             handoff before it is refused with ``NOT_READY``. Default 10.
         max_queue: Most messages waiting at once (default 1,024); beyond it ``RATE_LIMITED``.
         dedup_window: Seconds during which a repeated id from the same sender is applied once.
+        dedup_max_entries: Most ids (and, with a secret, signatures) remembered at once. Each
+            is remembered for its whole window; when the table is full, new messages are
+            refused with ``RATE_LIMITED`` until the oldest expire. Default: sized from the rate
+            limit (``security.remembered_ids_capacity``).
         ack_transport: Where acks go. Default: ``publish_data`` on the room, to the sender.
     """
 
@@ -214,22 +247,35 @@ class ContextPlugin:
         ready_timeout: float = DEFAULT_READY_TIMEOUT_S,
         max_queue: int = DEFAULT_MAX_QUEUE,
         dedup_window: float = DEDUP_WINDOW_S,
+        dedup_max_entries: int | None = None,
         ack_transport: AckTransport | None = None,
     ) -> None:
         if require_signature and not secret:
             raise ValueError("require_signature=True needs a secret")
+        if dedup_max_entries is not None and dedup_max_entries < 1:
+            raise ValueError("dedup_max_entries must be at least 1")
         self._agent_code = agent_code if agent_code is not None else os.getenv(AGENT_CODE_ENV)
         self._policy = SenderPolicy.build(allowed_identities, trust_server)
-        self._verifier = SignatureVerifier(secret) if secret else None
+        self._verifier = (
+            SignatureVerifier(
+                secret,
+                max_remembered=dedup_max_entries
+                or remembered_ids_capacity(rate_limit, 2 * SIGNATURE_WINDOW_S),
+            )
+            if secret
+            else None
+        )
         self._require_signature = require_signature
         self._rate_limiter = RateLimiter(rate_limit) if rate_limit is not None else None
         self._store = ContextStore(context_budget)
         self._ready_timeout = ready_timeout
         self._max_queue = max_queue
-        # first acks kept as their JSON bytes: thousands of small pydantic models would cost
-        # about 4x the memory and six GC-tracked objects each, which full collections must walk
-        self._dedup: ExpiringCache[bytes] = ExpiringCache(
-            ttl_s=dedup_window, max_entries=DEDUP_MAX_ENTRIES
+        # (request fingerprint, first ack as JSON bytes): thousands of small pydantic models
+        # would cost about 4x the memory and six GC-tracked objects each, which full
+        # collections must walk. Never evicted before expiry: admission refuses instead.
+        self._dedup: ExpiringCache[tuple[int, bytes]] = ExpiringCache(
+            ttl_s=dedup_window,
+            max_entries=dedup_max_entries or remembered_ids_capacity(rate_limit, dedup_window),
         )
         self._ack_transport = ack_transport
 
@@ -242,7 +288,15 @@ class ContextPlugin:
         self._work: deque[_Job | _Housekeeping] = deque()
         self._pending_jobs = 0
         self._work_ready = asyncio.Event()
-        self._outbound: deque[tuple[str, bytes]] = deque()
+        # answers waiting for the publisher, one queue per drop priority (see _send); each
+        # item carries an arrival number so they are published in arrival order
+        self._outbound: tuple[deque[_Outbound], deque[_Outbound], deque[_Outbound]] = (
+            deque(),
+            deque(),
+            deque(),
+        )
+        self._outbound_count = 0
+        self._outbound_serial = 0
         self._outbound_ready = asyncio.Event()
         self._outbound_drained = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -344,12 +398,15 @@ class ContextPlugin:
                     item,
                     error_ack(ErrorCode.NOT_READY, "The agent is shutting down.", item.request.id),
                 )
-        for track in self._speeches.values():
+        # every speech we reported ends with an event, even one still playing: its sender may
+        # be waiting for playout, and nobody will tell it once the plugin is gone
+        for track in list(self._speeches.values()):
             track.handle.remove_done_callback(self._on_speech_done)
+            self._finish_speech(track, shutdown=not track.handle.done())
         self._speeches.clear()
 
         # let the publisher flush the answers, then stop it
-        if self._outbound and not publish.done():
+        if self._outbound_count and not publish.done():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._outbound_drained.wait(), DRAIN_TIMEOUT_S)
         publish.cancel()
@@ -388,8 +445,11 @@ class ContextPlugin:
             admitted = error_ack(ErrorCode.INTERNAL_ERROR, "The message could not be read.", None)
         if isinstance(admitted, _Job):
             self._enqueue(admitted)
-        else:
+            return
+        try:
             self._send(sender, admitted)
+        except Exception:  # e.g. an answer that cannot be encoded: still never raise
+            logger.exception("unexpected error answering a context packet")
 
     async def _on_rpc(self, data: rtc.RpcInvocationData) -> str:
         if self._closed:
@@ -434,16 +494,16 @@ class ContextPlugin:
                 None,
             )
         try:
-            request = self._authorise(protocol.read_packet(raw), sender)
+            request, replayed = self._authorise(protocol.read_packet(raw), sender)
         except ProtocolError as refusal:
             # every sender is rate limited, refused or not: each answer costs a packet
             return self._rate_limit(sender, refusal.request_id) or error_ack(
-                refusal.code, refusal.message, refusal.request_id
+                refusal.code, refusal.message, refusal.request_id, retry_after=refusal.retry_after
             )
         limited = self._rate_limit(sender, request.id)
         if limited is not None:
             return limited
-        return self._admit_request(request, sender)
+        return self._admit_request(request, sender, replayed)
 
     def _rate_limit(self, sender: str | None, request_id: str | None) -> ErrorAck | None:
         if self._rate_limiter is None:
@@ -458,18 +518,20 @@ class ContextPlugin:
             retry_after=round(wait, 3),
         )
 
-    def _admit_request(self, request: Request, sender: str | None) -> _Job | ErrorAck:
+    def _admit_request(
+        self, request: Request, sender: str | None, replayed: bool
+    ) -> _Job | ErrorAck:
         """The checks every valid, authorised request passes before it is queued."""
         if request.agent_code is not None and request.agent_code != self._agent_code:
             return error_ack(
                 ErrorCode.AGENT_NOT_FOUND,
-                f"Agent with code '{request.agent_code}' not found",
+                f"Agent with code '{echo(request.agent_code)}' not found",
                 request.id,
             )
         if request.room_id is not None and request.room_id != self._room_name():
             return error_ack(
                 ErrorCode.NO_ACTIVE_ROOMS,
-                f"No active sessions found for agent in room '{request.room_id}'",
+                f"No active sessions found for agent in room '{echo(request.room_id)}'",
                 request.id,
             )
         if self._pending_jobs >= self._max_queue:
@@ -479,23 +541,52 @@ class ContextPlugin:
                 request.id,
                 retry_after=1.0,
             )
-        return _Job(request=request, sender=sender)
+        job = _Job(request=request, sender=sender, replayed=replayed)
+        # each queued job may add one id: refuse rather than forget an id inside its window
+        if job.dedup_key is not None and self._dedup.free() <= self._pending_jobs:
+            return error_ack(
+                ErrorCode.RATE_LIMITED,
+                "The agent remembers too many message ids at once; retry after the given seconds.",
+                request.id,
+                retry_after=round(max(self._dedup.seconds_until_room(), 1.0), 3),
+            )
+        return job
 
-    def _authorise(self, packet: Request | SignedEnvelope, sender: str | None) -> Request:
-        """The request to apply, or ``UNAUTHORIZED`` (a ``ProtocolError``) saying why not."""
+    def _authorise(
+        self, packet: Request | SignedEnvelope, sender: str | None
+    ) -> tuple[Request, bool]:
+        """The request to apply and whether it is a replayed envelope, or a ``ProtocolError``.
+
+        A replayed envelope is let through only when its request has an id: it is then answered
+        from the dedup window (a relay's retry) or refused as a replay, never applied.
+        """
         if isinstance(packet, SignedEnvelope):
             inner = protocol.decode_object(packet.body)
             request_id = protocol.request_id_of(inner)
             if self._verifier is None:
-                reason: str | None = (
-                    "This agent does not accept signed messages: it has no secret configured."
+                raise ProtocolError(
+                    ErrorCode.UNAUTHORIZED,
+                    "This agent does not accept signed messages: it has no secret configured.",
+                    request_id=request_id,
                 )
-            else:
-                reason = self._verifier.verify(packet.body, packet.timestamp, packet.signature)
-            if reason is not None:
-                raise ProtocolError(ErrorCode.UNAUTHORIZED, reason, request_id=request_id)
+            problem = self._verifier.verify(packet.body, packet.timestamp, packet.signature)
+            if problem is SignatureProblem.FULL:
+                raise ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    problem.value,
+                    request_id=request_id,
+                    retry_after=round(max(self._verifier.seconds_until_room(), 1.0), 3),
+                )
+            replayed = problem is SignatureProblem.REPLAYED
+            if problem is not None and not (replayed and request_id is not None):
+                raise ProtocolError(ErrorCode.UNAUTHORIZED, problem.value, request_id=request_id)
             # a valid signature is trusted whoever relayed the message
-            return protocol.validate_request(inner)
+            request = protocol.validate_request(inner)
+            if replayed and isinstance(request, GetStateRequest):
+                raise ProtocolError(
+                    ErrorCode.UNAUTHORIZED, SignatureProblem.REPLAYED.value, request_id=request_id
+                )
+            return request, replayed
         if self._require_signature:
             raise ProtocolError(
                 ErrorCode.UNAUTHORIZED,
@@ -508,7 +599,7 @@ class ContextPlugin:
                 "This sender is not allowed to send messages to this agent.",
                 request_id=packet.id,
             )
-        return packet
+        return packet, False
 
     def _room_name(self) -> str:
         assert self._room is not None
@@ -574,15 +665,24 @@ class ContextPlugin:
             self._work.popleft()
         return batch
 
-    def _duplicate_of(self, job: _Job) -> SuccessAck | None:
+    def _duplicate_of(self, job: _Job) -> AckMessage | None:
+        """The answer for a repeated id (nothing is applied), or None: apply the job."""
         key = job.dedup_key
         if key is None:
             return None
         first = self._dedup.get(key)
         if first is None:
+            if job.replayed:
+                # a replayed envelope whose request was never applied: a real replay
+                return error_ack(
+                    ErrorCode.UNAUTHORIZED, SignatureProblem.REPLAYED.value, job.request.id
+                )
             return None
+        fingerprint, first_ack = first
+        if fingerprint != job.fingerprint:
+            return error_ack(ErrorCode.ID_REUSED, ID_REUSED_MESSAGE, job.request.id)
         self.stats.duplicates += 1
-        return SuccessAck.model_validate_json(first).model_copy(update={"duplicate": True})
+        return SuccessAck.model_validate_json(first_ack).model_copy(update={"duplicate": True})
 
     async def _apply_one(self, job: _Job) -> None:
         duplicate = self._duplicate_of(job)
@@ -606,7 +706,8 @@ class ContextPlugin:
         if mode == "if_idle" and self._someone_is_speaking():
             return error_ack(
                 ErrorCode.BUSY,
-                "The agent or the user is speaking; nothing was said (mode if_idle).",
+                "The agent or the user is speaking, or speech is queued; nothing was said "
+                "(mode if_idle).",
                 request.id,
             )
         if mode == "interrupt":
@@ -652,6 +753,10 @@ class ContextPlugin:
             session.agent_state in ("speaking", "thinking")
             or session.user_state == "speaking"
             or session.current_speech is not None
+            # queued speech is not idle: ours (not playing yet, so not current_speech), and the
+            # session's own queue, which LiveKit keeps private (read defensively)
+            or any(not track.handle.done() for track in self._speeches.values())
+            or bool(getattr(getattr(session, "_activity", None), "_speech_q", None))
         )
 
     def _interrupt_interruptible(self) -> None:
@@ -695,67 +800,77 @@ class ContextPlugin:
             await asyncio.sleep(_RETRY_INTERVAL_S)
 
     async def _apply_context_batch(self, batch: list[_Job]) -> None:
-        """Apply a burst of add/remove_context to the store, then sync the agent once."""
-        answers: list[tuple[_Job, AckMessage | None]] = []  # None: answered after a reply
-        added: list[str] = []
-        changed = False
-        for job in batch:
-            duplicate = self._duplicate_of(job)
-            if duplicate is not None:
-                answers.append((job, duplicate))
-                continue
-            request = job.request
-            if isinstance(request, RemoveContextRequest):
-                removed = self._store.remove_key(request.key)
-                changed |= removed
-                ack: AckMessage | None = self._success(
-                    request, REMOVE_CONTEXT_SUCCESS_MESSAGE, key=request.key, removed=removed
-                )
-                answers.append((job, ack))
-                continue
-            assert isinstance(request, AddContextRequest)
-            try:
-                result = self._store.add(
-                    request.text,
-                    role=request.role,
-                    key=request.key,
-                    scope=request.scope,
-                    ttl_s=request.ttl_s,
-                    request_id=request.id,
-                )
-            except ValueError as exc:
-                answers.append((job, error_ack(ErrorCode.VALIDATION_ERROR, str(exc), request.id)))
-                continue
-            changed = True
-            if request.key is None:
-                added.append(result.entry_id)
-            logger.debug(
-                "context added",
-                extra={"request_id": request.id, "key": request.key, "context_text": request.text},
-            )
-            ack = None
-            if not request.trigger_reply:
-                ack = self._success(
-                    request, ADD_CONTEXT_SUCCESS_MESSAGE, key=request.key, evicted=result.evicted
-                )
-            answers.append((job, ack))
+        """Apply a burst of add/remove_context to the store, then sync the agent once.
 
-        if changed:
-            try:
-                await self._sync_context()
-            except _NotReady as exc:
-                # refused as a whole: undo what the batch added so a retry does not pile it up
-                self._store.discard(added)
-                answers = [
-                    (
-                        job,
-                        ack
-                        if _is_duplicate(ack)
-                        else error_ack(ErrorCode.NOT_READY, str(exc), job.request.id),
+        The store changes provisionally and is committed only once the agent's chat context
+        holds them: a batch refused (or failed) as a whole leaves no trace.
+        """
+        # (job, answer, whether the answer depends on the sync); None: answered after a reply
+        answers: list[tuple[_Job, AckMessage | None, bool]] = []
+        changed = False
+        self._store.begin()
+        try:
+            for job in batch:
+                settled = self._duplicate_of(job)
+                if settled is not None:
+                    answers.append((job, settled, False))
+                    continue
+                request = job.request
+                if isinstance(request, RemoveContextRequest):
+                    removed = self._store.remove_key(request.key)
+                    changed |= removed
+                    ack: AckMessage | None = self._success(
+                        request, REMOVE_CONTEXT_SUCCESS_MESSAGE, key=request.key, removed=removed
                     )
-                    for job, ack in answers
-                ]
-        for job, answer in answers:
+                    answers.append((job, ack, True))
+                    continue
+                assert isinstance(request, AddContextRequest)
+                try:
+                    result = self._store.add(
+                        request.text,
+                        role=request.role,
+                        key=request.key,
+                        scope=request.scope,
+                        ttl_s=request.ttl_s,
+                        request_id=request.id,
+                    )
+                except ValueError as exc:
+                    refusal = error_ack(ErrorCode.VALIDATION_ERROR, str(exc), request.id)
+                    answers.append((job, refusal, False))
+                    continue
+                changed = True
+                logger.debug(
+                    "context added",
+                    extra={
+                        "request_id": request.id, "key": request.key, "context_text": request.text
+                    },
+                )
+                ack = None
+                if not request.trigger_reply:
+                    ack = self._success(
+                        request,
+                        ADD_CONTEXT_SUCCESS_MESSAGE,
+                        key=request.key,
+                        evicted=result.evicted,
+                    )
+                answers.append((job, ack, True))
+            if changed:
+                await self._sync_context()
+        except _NotReady as exc:
+            # refused as a whole: nothing of the batch takes effect, now or at a later sync
+            self._store.rollback()
+            answers = [
+                (job, error_ack(ErrorCode.NOT_READY, str(exc), job.request.id), False)
+                if applied
+                else (job, ack, False)
+                for job, ack, applied in answers
+            ]
+        except BaseException:
+            self._store.rollback()  # answered as an internal error (or, cancelled, at aclose)
+            raise
+        else:
+            self._store.commit()
+        for job, answer, _ in answers:
             if answer is None:
                 assert isinstance(job.request, AddContextRequest)
                 answer = await self._trigger_reply(job, job.request)
@@ -832,7 +947,46 @@ class ContextPlugin:
             context_chars=self._store.chars,
             pending_speeches=[s for s, t in self._speeches.items() if not t.handle.done()],
         )
-        return self._success(request, GET_STATE_SUCCESS_MESSAGE, state=state)
+        ack = self._success(request, GET_STATE_SUCCESS_MESSAGE, state=state)
+        if len(protocol.encode_message(ack)) <= MAX_PAYLOAD_BYTES:
+            return ack
+        return self._truncated_state_ack(ack, state)
+
+    def _truncated_state_ack(self, ack: SuccessAck, state: AgentStateInfo) -> SuccessAck:
+        """``ack`` with its lists cut to their first items so that it fits one packet.
+
+        Context entries keep priority over pending speech ids. Rare (a full budget of long keys
+        and ids, or hundreds of queued speeches), so it measures each item's JSON once.
+        """
+        entries, speeches = state.context_entries, state.pending_speeches
+        shell = state.model_copy(
+            update={
+                "context_entries": [],
+                "pending_speeches": [],
+                "context_entries_truncated": True,
+                "context_entries_total": len(entries),
+                "pending_speeches_truncated": True,
+                "pending_speeches_total": len(speeches),
+            }
+        )
+        assert ack.data.state is not None
+        empty = ack.model_copy(update={"data": ack.data.model_copy(update={"state": shell})})
+        room = MAX_PAYLOAD_BYTES - len(protocol.encode_message(empty))
+        kept_entries, used = _fitting(entries, room, protocol.encode_message)
+        kept_speeches, _ = _fitting(speeches, room - used, _STR_JSON.dump_json)
+        cut_entries = len(kept_entries) < len(entries)
+        cut_speeches = len(kept_speeches) < len(speeches)
+        fitted = state.model_copy(
+            update={
+                "context_entries": kept_entries,
+                "pending_speeches": kept_speeches,
+                "context_entries_truncated": True if cut_entries else None,
+                "context_entries_total": len(entries) if cut_entries else None,
+                "pending_speeches_truncated": True if cut_speeches else None,
+                "pending_speeches_total": len(speeches) if cut_speeches else None,
+            }
+        )
+        return ack.model_copy(update={"data": ack.data.model_copy(update={"state": fitted})})
 
     def _require_session(self) -> AgentSession[Any]:
         assert self._session is not None
@@ -871,8 +1025,12 @@ class ContextPlugin:
             self.stats.applied += 1
             # a repeat of this id within the dedup window gets this first ack again
             payload = protocol.encode_message(ack)
-            if job.dedup_key is not None:
-                self._dedup.put(job.dedup_key, payload)
+            # admission kept a slot for it (it refuses when the table is full), so this never
+            # forgets an id still inside its window
+            if job.dedup_key is not None and not self._dedup.put_if_room(
+                job.dedup_key, (job.fingerprint, payload)
+            ):
+                logger.warning("the dedup table is full; an applied id is not remembered")
         if job.reply is not None:
             if not job.reply.done():
                 job.reply.set_result(ack)
@@ -894,27 +1052,60 @@ class ContextPlugin:
     def _send(
         self, destination: str | None, message: protocol.ServerMessage, payload: bytes | None = None
     ) -> None:
-        """Queue ``message`` for ``destination``; ``payload``: its encoding, if already made."""
+        """Queue ``message`` for ``destination``; ``payload``: its encoding, if already made.
+
+        The queue is bounded (``MAX_OUTBOUND_ANSWERS``): when publishing falls behind a flood,
+        refusals to untrusted senders go first, then other refusals; success acks and speech
+        events are dropped only when nothing else is waiting.
+        """
         if isinstance(message, ErrorAck):
             self._record_refusal(message, destination)
+            rank = 1 if self._policy.trusts(destination) else 0
+        else:
+            rank = 2
         if destination is None:
             return  # sent through the server API: there is nobody to answer
+        if self._outbound_count >= MAX_OUTBOUND_ANSWERS and not self._drop_outbound_below(rank):
+            self.stats.answers_dropped += 1
+            return
         if payload is None:
             payload = protocol.encode_message(message)
-        self._outbound.append((destination, payload))
+        self._outbound_serial += 1
+        self._outbound[rank].append((self._outbound_serial, destination, payload))
+        self._outbound_count += 1
         self._outbound_drained.clear()
         self._outbound_ready.set()
+
+    def _drop_outbound_below(self, rank: int) -> bool:
+        """Drop the oldest waiting answer ranked below ``rank``; False if there is none."""
+        for queue in self._outbound[:rank]:
+            if queue:
+                queue.popleft()
+                self._outbound_count -= 1
+                self.stats.answers_dropped += 1
+                return True
+        return False
+
+    def _next_outbound(self) -> _Outbound:
+        """The earliest waiting answer, whatever its rank: answers go out in arrival order."""
+        earliest: deque[_Outbound] | None = None
+        for queue in self._outbound:
+            if queue and (earliest is None or queue[0][0] < earliest[0][0]):
+                earliest = queue
+        assert earliest is not None
+        self._outbound_count -= 1
+        return earliest.popleft()
 
     async def _publish(self) -> None:
         transport = self._ack_transport
         assert transport is not None
         while True:
-            if not self._outbound:
+            if not self._outbound_count:
                 self._outbound_drained.set()
                 self._outbound_ready.clear()
                 await self._outbound_ready.wait()
                 continue
-            destination, payload = self._outbound.popleft()
+            _, destination, payload = self._next_outbound()
             try:
                 await transport.send(payload, destination)
                 self.stats.acks_sent += 1
@@ -953,17 +1144,28 @@ class ContextPlugin:
 
     def _on_speech_done(self, handle: SpeechHandle) -> None:
         track = self._speeches.pop(handle.id, None)
-        if track is None:
-            return
+        if track is not None:
+            self._finish_speech(track, shutdown=False)
+
+    def _finish_speech(self, track: _SpeechTrack, *, shutdown: bool) -> None:
+        """Send ``speech_finished``; ``shutdown``: the plugin stops before the speech ended."""
+        handle = track.handle
+        if shutdown:
+            # the end was not observed: the sender must not take it for a full playout
+            interrupted, failed = True, False
+        else:
+            # LLM failures are recorded on the handle; a TTS failure only as a session error
+            interrupted = handle.interrupted
+            failed = handle.exception() is not None or track.tts_failed
         self._send(
             track.sender,
             SpeechFinishedEvent(
                 id=track.request_id,
                 speech_id=handle.id,
-                interrupted=handle.interrupted,
+                interrupted=interrupted,
                 played_s=track.played_s,
-                # LLM failures are recorded on the handle; a TTS failure only as a session error
-                failed=True if handle.exception() is not None or track.tts_failed else None,
+                failed=True if failed else None,
+                reason="shutdown" if shutdown else None,
                 timestamp=utc_timestamp(),
             ),
         )

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from enum import Enum
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,6 +24,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 CONTEXT_TOPIC: Final = "imaginex.context"
 """Data-packet topic the receiver listens on."""
@@ -37,6 +40,8 @@ SENDER_ATTRIBUTE: Final = "imaginex.sender"
 MAX_PAYLOAD_BYTES: Final = 15 * 1024  # LiveKit's reliable data packet limit
 MAX_ID_LENGTH: Final = 128
 MAX_KEY_LENGTH: Final = 128
+MAX_ECHOED_CHARS: Final = 128
+"""Longest request value an error message quotes back, so an answer always fits a packet."""
 
 
 class ErrorCode(str, Enum):
@@ -66,6 +71,11 @@ class ErrorCode(str, Enum):
     """Sender side only: no ack arrived in time."""
     ID_REUSED = "ID_REUSED"
     """The sender already used this ``id`` for a different message; nothing was applied."""
+
+
+ID_REUSED_MESSAGE: Final = (
+    "This id was already used for a different message; send it with a new id."
+)
 
 
 MessageType = Literal["speak", "add_context", "remove_context", "get_state"]
@@ -99,14 +109,70 @@ def utc_timestamp() -> str:
     return text
 
 
+def is_text(value: str) -> bool:
+    """False when ``value`` holds a lone UTF-16 surrogate: valid JSON, but not Unicode text.
+
+    Such a string cannot be encoded as UTF-8, so it could be neither spoken nor echoed in an
+    answer; every request string is checked once, here.
+    """
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# nothing a listener could hear or a model could use: controls, format characters (zero-width
+# spaces, joiners, bidi marks), private use, unassigned, surrogates and separators of any kind
+_INVISIBLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Co", "Cn", "Cs", "Zs", "Zl", "Zp"})
+
+
+def has_visible_text(value: str) -> bool:
+    """True when ``value`` has at least one character that is not invisible.
+
+    Usually decided by the first character; an all-invisible string costs one lookup per
+    character, bounded by the packet size.
+    """
+    category = unicodedata.category
+    return any(category(char) not in _INVISIBLE_CATEGORIES for char in value)
+
+
+def echo(value: str) -> str:
+    """A request value to quote in an error message, shortened so that the answer stays small."""
+    if len(value) <= MAX_ECHOED_CHARS:
+        return value
+    return value[:MAX_ECHOED_CHARS] + "…"
+
+
+def _require_text(value: str) -> str:
+    if not is_text(value):
+        raise PydanticCustomError("invalid_text", "not valid Unicode text")
+    return value
+
+
+_TEXT_CHECK: Final = AfterValidator(_require_text)
+Text = Annotated[str, _TEXT_CHECK]
+"""A request string that is real Unicode text (no lone surrogates)."""
+
+
 class ProtocolError(Exception):
     """A request that must be refused, with what its error ack will say."""
 
-    def __init__(self, code: ErrorCode, message: str, *, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.retry_after = retry_after
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,21 +184,31 @@ class _Request(BaseModel):
     # senders stay compatible with older receivers.
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
-    id: Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None = None
+    id: (
+        Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH), _TEXT_CHECK] | None
+    ) = None
     """Echoed in every answer; the deduplication key (per sender, 10 minutes)."""
-    room_id: str | None = None
+    room_id: Text | None = None
     """If set and not this room's name, the request is refused with ``NO_ACTIVE_ROOMS``."""
-    agent_code: str | None = None
+    agent_code: Text | None = None
     """If set and not this agent's code, the request is refused with ``AGENT_NOT_FOUND``."""
+
+
+def _check_visible(name: str, text: str) -> None:
+    if not text.strip():
+        raise ValueError(f"Field '{name}' must not be empty")
+    if not has_visible_text(text):
+        raise ValueError(
+            f"Field '{name}' must contain visible text, not only invisible or control characters"
+        )
 
 
 def _pick_text(message: str | None, context: str | None) -> str | None:
     if message is not None and context is not None and message != context:
         raise ValueError("Give the text in 'message' or in 'context', not both")
     text = message if message is not None else context
-    if text is not None and not text.strip():
-        name = "message" if message is not None else "context"
-        raise ValueError(f"Field '{name}' must not be empty")
+    if text is not None:
+        _check_visible("message" if message is not None else "context", text)
     return text
 
 
@@ -140,10 +216,10 @@ class SpeakRequest(_Request):
     """Make the agent say something now, through its TTS (or phrase it, with ``instructions``)."""
 
     type: Literal["speak"]
-    message: str | None = None
-    context: str | None = None
+    message: Text | None = None
+    context: Text | None = None
     """Same as ``message``; the platform's unified endpoint sends the text under this name."""
-    instructions: str | None = None
+    instructions: Text | None = None
     """Have the LLM phrase the turn (``generate_reply(instructions=...)``) instead of verbatim."""
     allow_interruptions: bool = True
     """False: the user cannot barge in, and ``mode: "interrupt"`` never cuts it either."""
@@ -159,8 +235,8 @@ class SpeakRequest(_Request):
             raise ValueError("Give either the text to say or 'instructions', not both")
         if text is None and self.instructions is None:
             raise ValueError("Missing field 'message' (or 'context'): the text to speak")
-        if self.instructions is not None and not self.instructions.strip():
-            raise ValueError("Field 'instructions' must not be empty")
+        if self.instructions is not None:
+            _check_visible("instructions", self.instructions)
         if self.interrupt and self.mode not in (None, "interrupt"):
             raise ValueError(f"'interrupt: true' contradicts 'mode: {self.mode}'")
         return self
@@ -181,10 +257,10 @@ class AddContextRequest(_Request):
     """Give the agent background knowledge for its next replies; nothing is spoken."""
 
     type: Literal["add_context"]
-    message: str | None = None
-    context: str | None = None
+    message: Text | None = None
+    context: Text | None = None
     role: ContextRole = "system"
-    key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)] | None = None
+    key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH), _TEXT_CHECK] | None = None
     """A later add_context with the same key replaces this one in place."""
     trigger_reply: bool = False
     """After adding, let the agent respond to it."""
@@ -210,7 +286,7 @@ class RemoveContextRequest(_Request):
     """Remove the context entry added under ``key`` (succeeds with ``removed: false`` if none)."""
 
     type: Literal["remove_context"]
-    key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)]
+    key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH), _TEXT_CHECK]
 
 
 class GetStateRequest(_Request):
@@ -232,11 +308,11 @@ class SignedEnvelope(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     type: Literal["signed"]
-    body: str
+    body: Text
     """The request JSON, exactly as signed."""
     timestamp: int
     """Unix seconds when it was signed; must be within 5 minutes of the receiver's clock."""
-    signature: str
+    signature: Text
     """Lowercase hex HMAC-SHA256 of ``f"{timestamp}.{body}"`` with the shared secret."""
 
 
@@ -267,7 +343,8 @@ def decode_object(raw: bytes | str) -> dict[str, Any]:
 def request_id_of(obj: dict[str, Any]) -> str | None:
     """The request id to echo in an error ack, if the object carries a usable one."""
     rid = obj.get("id")
-    if isinstance(rid, str) and len(rid) <= MAX_ID_LENGTH:
+    # an id that is not text (a lone surrogate) cannot be echoed: the answer says null
+    if isinstance(rid, str) and len(rid) <= MAX_ID_LENGTH and is_text(rid):
         return rid
     return None
 
@@ -343,7 +420,11 @@ def _sentence(exc: ValidationError) -> str:
         return f"Field '{field}' must be one of: {expected.replace(' or ', ', ')}."
     if kind == "string_too_long":
         return f"Field '{field}' must be at most {err['ctx']['max_length']} characters."
+    if kind in ("invalid_text", "string_unicode"):
+        return f"Field '{field}' is not valid text: it contains a lone UTF-16 surrogate."
     if kind == "string_too_short":
+        if field == "id":
+            return f"Field 'id' must be 1 to {MAX_ID_LENGTH} characters."
         return f"Field '{field}' must not be empty."
     if kind in ("greater_than", "less_than_equal", "finite_number"):
         return f"Field '{field}' is out of range."
@@ -391,7 +472,11 @@ class ContextEntryInfo(_WireModel):
 
 
 class AgentStateInfo(_WireModel):
-    """What ``get_state`` reports."""
+    """What ``get_state`` reports.
+
+    An answer must fit one packet (``MAX_PAYLOAD_BYTES``), so a long list is cut to its first
+    items; then ``*_truncated`` is true and ``*_total`` says how many there are in all.
+    """
 
     agent_state: str
     user_state: str
@@ -399,6 +484,10 @@ class AgentStateInfo(_WireModel):
     context_entries: list[ContextEntryInfo]
     context_chars: int
     pending_speeches: list[str]
+    context_entries_truncated: Omitted[Literal[True]] = None
+    context_entries_total: Omitted[int] = None
+    pending_speeches_truncated: Omitted[Literal[True]] = None
+    pending_speeches_total: Omitted[int] = None
 
 
 class AckData(_WireModel):
@@ -457,6 +546,8 @@ class SpeechFinishedEvent(_WireModel):
     """Seconds of audio played, when the audio output reports it."""
     failed: Omitted[Literal[True]] = None
     """Present (true) when the speech ended because the TTS or the model failed."""
+    reason: Omitted[Literal["shutdown"]] = None
+    """``shutdown``: the agent stopped before this speech ended, so its end was not observed."""
     timestamp: str
 
 

@@ -10,17 +10,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Final, Generic, TypeVar
 
 SIGNATURE_WINDOW_S: Final = 300.0
 """Signed messages older or newer than this (seconds) are refused."""
 DEDUP_WINDOW_S: Final = 600.0
 """The same request id from the same sender within this many seconds is applied once."""
-DEDUP_MAX_ENTRIES: Final = 10_000
+DEDUP_MIN_ENTRIES: Final = 10_000
+"""Fewest ids (or signatures) a table remembers, whatever the rate limit."""
+DEDUP_MAX_ENTRIES: Final = 50_000
+"""Most ids (or signatures) a table remembers (about 25 MB of first acks at most)."""
+DEDUP_SENDERS_AT_FULL_RATE: Final = 4
+"""A table holds this many senders each sending at its full rate limit for a whole window."""
 RATE_LIMIT_MAX_SENDERS: Final = 4_096
 
 _V = TypeVar("_V")
@@ -66,8 +73,22 @@ def compute_signature(body: str, timestamp: int, secret: str | bytes) -> str:
     return hmac.new(key, msg, hashlib.sha256).hexdigest()
 
 
+class SignatureProblem(str, Enum):
+    """Why a signed envelope was refused; the value is the sentence its answer carries."""
+
+    MISMATCH = "The signature does not match the message."
+    STALE = "The signature timestamp is outside the allowed 5 minute window."
+    REPLAYED = "This signed message was already received (replay)."
+    FULL = "Too many signed messages to remember at once; retry after the given seconds."
+
+
 class SignatureVerifier:
-    """Checks signed envelopes: the HMAC, the clock window, and that none is used twice."""
+    """Checks signed envelopes: the HMAC, the clock window, and that none is used twice.
+
+    Every signature is remembered for as long as its timestamp is acceptable; when the table
+    is full of such signatures, new ones are refused (``FULL``) rather than an old one
+    forgotten, because a forgotten signature could be replayed.
+    """
 
     def __init__(
         self,
@@ -85,19 +106,39 @@ class SignatureVerifier:
             ttl_s=2 * window_s, max_entries=max_remembered, clock=clock
         )
 
-    def verify(self, body: str, timestamp: int, signature: str) -> str | None:
-        """Returns None when valid, else the sentence saying why it was refused."""
-        expected = hmac.new(
-            self._key, f"{timestamp}.".encode() + body.encode("utf-8"), hashlib.sha256
-        ).hexdigest()
-        if not hmac.compare_digest(expected, signature.lower()):
-            return "The signature does not match the message."
+    def verify(self, body: str, timestamp: int, signature: str) -> SignatureProblem | None:
+        """Returns None when valid (and remembers it), else why it was refused."""
+        # surrogatepass: a body that is not valid text cannot have been signed as UTF-8, so it
+        # simply fails to match instead of raising
+        message = f"{timestamp}.".encode() + body.encode("utf-8", "surrogatepass")
+        expected = hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        # compare_digest takes only ASCII text: anything else cannot be the hex signature
+        if not signature.isascii() or not hmac.compare_digest(expected, signature.lower()):
+            return SignatureProblem.MISMATCH
         if abs(self._clock() - timestamp) > self._window_s:
-            return "The signature timestamp is outside the allowed 5 minute window."
+            return SignatureProblem.STALE
         if expected in self._seen:
-            return "This signed message was already received (replay)."
-        self._seen.put(expected, None)
+            return SignatureProblem.REPLAYED
+        if not self._seen.put_if_room(expected, None):
+            return SignatureProblem.FULL
         return None
+
+    def seconds_until_room(self) -> float:
+        """After ``FULL``: seconds until the oldest remembered signature may be forgotten."""
+        return self._seen.seconds_until_room()
+
+
+def remembered_ids_capacity(limit: RateLimit | None, window_s: float) -> int:
+    """How many ids (or signatures) a table must hold to remember each for its whole window.
+
+    A sender at its full rate fills ``burst + per_second * window_s`` entries in a window;
+    the table holds ``DEDUP_SENDERS_AT_FULL_RATE`` such senders, within
+    ``DEDUP_MIN_ENTRIES``..``DEDUP_MAX_ENTRIES``. Without a rate limit: the maximum.
+    """
+    if limit is None:
+        return DEDUP_MAX_ENTRIES
+    per_sender = limit.burst + math.ceil(limit.per_second * window_s)
+    return max(DEDUP_MIN_ENTRIES, min(DEDUP_MAX_ENTRIES, per_sender * DEDUP_SENDERS_AT_FULL_RATE))
 
 
 class ExpiringCache(Generic[_V]):
@@ -133,10 +174,35 @@ class ExpiringCache(Generic[_V]):
         return key in self._items
 
     def put(self, key: Any, value: _V) -> None:
+        """Store ``value``; when full, the oldest entry is forgotten even if it is still live."""
         now = self._clock()
         self._items.pop(key, None)
         self._items[key] = (now + self._ttl_s, value)
         self._expire(now)
+
+    def put_if_room(self, key: Any, value: _V) -> bool:
+        """Store ``value`` unless that would forget a live entry; False when full."""
+        now = self._clock()
+        self._expire(now)
+        items = self._items
+        if key not in items and len(items) >= self._max_entries:
+            return False
+        items.pop(key, None)
+        items[key] = (now + self._ttl_s, value)
+        return True
+
+    def free(self) -> int:
+        """How many more entries fit without forgetting a live one."""
+        self._expire(self._clock())
+        return self._max_entries - len(self._items)
+
+    def seconds_until_room(self) -> float:
+        """Seconds until the oldest entry expires (0 when there is room now)."""
+        now = self._clock()
+        self._expire(now)
+        if len(self._items) < self._max_entries or not self._items:
+            return 0.0
+        return max(0.0, next(iter(self._items.values()))[0] - now)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imaginex_context_plugin import MAX_PAYLOAD_BYTES, AckTransport, ContextPlugin
+from imaginex_context_plugin import MAX_PAYLOAD_BYTES, AckTransport, ContextPlugin, sign_request
+from imaginex_context_plugin.security import compute_signature
 from tests.conftest import BACKEND_IDENTITY, Harness, HarnessFactory
 from tests.livekit_fakes import start_session
 
@@ -68,19 +69,92 @@ BAD_INPUTS: list[tuple[str, bytes, str, str, str | None]] = [
      "NO_ACTIVE_ROOMS", "No active sessions found for agent in room 'elsewhere'", "o"),
     ("wrong agent", b'{"id": "p", "type": "speak", "message": "x", "agent_code": "Z1"}',
      "AGENT_NOT_FOUND", "Agent with code 'Z1' not found", "p"),
+    # a huge value is quoted shortened, so that the answer fits a packet too
+    ("very long agent code",
+     json.dumps({"id": "p2", "type": "speak", "message": "x", "agent_code": "Z" * 15_000}).encode(),
+     "AGENT_NOT_FOUND", f"Agent with code '{'Z' * 128}…' not found", "p2"),
+    # valid JSON, but not text: a lone UTF-16 surrogate cannot be spoken or echoed; an id that
+    # is not text is answered with id null
+    ("lone surrogate id", b'{"id": "\\ud800", "type": "speak", "message": "x"}',
+     "VALIDATION_ERROR", "Field 'id' is not valid text: it contains a lone UTF-16 surrogate.",
+     None),
+    ("lone surrogate inside the id", b'{"id": "a\\udfffb", "type": "get_state"}',
+     "VALIDATION_ERROR", "Field 'id' is not valid text: it contains a lone UTF-16 surrogate.",
+     None),
+    ("lone surrogate in message", b'{"id": "q", "type": "speak", "message": "hi \\ud83d!"}',
+     "VALIDATION_ERROR",
+     "Field 'message' is not valid text: it contains a lone UTF-16 surrogate.", "q"),
+    ("lone surrogate in instructions",
+     b'{"id": "q2", "type": "speak", "instructions": "\\udc00 greet"}', "VALIDATION_ERROR",
+     "Field 'instructions' is not valid text: it contains a lone UTF-16 surrogate.", "q2"),
+    ("lone surrogate in context", b'{"id": "q3", "type": "add_context", "context": "\\ud800"}',
+     "VALIDATION_ERROR",
+     "Field 'context' is not valid text: it contains a lone UTF-16 surrogate.", "q3"),
+    ("lone surrogate in key",
+     b'{"id": "q4", "type": "add_context", "context": "x", "key": "k\\ud800"}',
+     "VALIDATION_ERROR", "Field 'key' is not valid text: it contains a lone UTF-16 surrogate.",
+     "q4"),
+    ("lone surrogate in room_id",
+     b'{"id": "q5", "type": "speak", "message": "x", "room_id": "\\ud800"}',
+     "VALIDATION_ERROR",
+     "Field 'room_id' is not valid text: it contains a lone UTF-16 surrogate.", "q5"),
+    ("lone surrogate in agent_code",
+     b'{"id": "q6", "type": "remove_context", "key": "k", "agent_code": "\\udbff"}',
+     "VALIDATION_ERROR",
+     "Field 'agent_code' is not valid text: it contains a lone UTF-16 surrogate.", "q6"),
+    ("lone surrogate in a signed body",
+     b'{"type": "signed", "body": "\\ud800", "timestamp": 1, "signature": "00"}',
+     "VALIDATION_ERROR", "Field 'body' is not valid text: it contains a lone UTF-16 surrogate.",
+     None),
+    # text with nothing to say or know: zero-width, control, private-use characters
+    ("zero-width message",
+     json.dumps({"id": "v1", "type": "speak", "message": "\u200b\u200d\u2060\ufeff"}).encode(),
+     "VALIDATION_ERROR",
+     "Field 'message' must contain visible text, not only invisible or control characters.",
+     "v1"),
+    ("control characters message",
+     json.dumps({"id": "v2", "type": "speak", "message": "\u0000\u0007 \u001b"}).encode(),
+     "VALIDATION_ERROR",
+     "Field 'message' must contain visible text, not only invisible or control characters.",
+     "v2"),
+    ("private use and bidi marks",
+     json.dumps({"id": "v3", "type": "speak", "context": "\ue000\u200e\u3000\u2029"}).encode(),
+     "VALIDATION_ERROR",
+     "Field 'context' must contain visible text, not only invisible or control characters.",
+     "v3"),
+    ("invisible instructions",
+     json.dumps({"id": "v4", "type": "speak", "instructions": "\u200b \u00ad"}).encode(),
+     "VALIDATION_ERROR",
+     "Field 'instructions' must contain visible text, not only invisible or control characters.",
+     "v4"),
+    ("invisible context",
+     json.dumps({"id": "v5", "type": "add_context", "context": "\u2063\n\u180e"}).encode(),
+     "VALIDATION_ERROR",
+     "Field 'context' must contain visible text, not only invisible or control characters.",
+     "v5"),
+    # "" cannot be a deduplication key: a second message with it would be dropped
+    ("empty id", b'{"id": "", "type": "speak", "message": "x"}', "VALIDATION_ERROR",
+     "Field 'id' must be 1 to 128 characters.", ""),
 ]
 
 
+@pytest.mark.parametrize("via", ["data", "rpc"])
 @pytest.mark.parametrize(
     ("packet", "code", "message", "request_id"),
     [case[1:] for case in BAD_INPUTS],
     ids=[case[0] for case in BAD_INPUTS],
 )
 async def test_bad_input_gets_one_clear_error_ack_and_changes_nothing(
-    harness: Harness, packet: bytes, code: str, message: str, request_id: str | None
+    harness: Harness, packet: bytes, code: str, message: str, request_id: str | None, via: str
 ) -> None:
-    await harness.backend.send(packet)
-    [ack] = await harness.backend.settle(1)
+    if via == "data":
+        await harness.backend.send(packet)
+        [ack] = await harness.backend.settle(1)
+    else:
+        if len(packet) > MAX_PAYLOAD_BYTES or not _is_utf8(packet):
+            pytest.skip("an RPC payload is UTF-8 text of at most 15 KiB: the SDK refuses this")
+        ack = await harness.backend.rpc(packet.decode("utf-8"))
+        assert harness.backend.acks() == []  # the answer is the RPC response, and only that
 
     assert ack["success"] is False
     assert ack["error"] == code
@@ -95,6 +169,33 @@ async def test_bad_input_gets_one_clear_error_ack_and_changes_nothing(
     # the agent is unharmed: the next good message is applied
     ok = await harness.backend.request({"type": "add_context", "id": "next", "context": "fine"})
     assert ok["success"] is True
+
+
+def _validly_signed(packet: bytes) -> bool:
+    try:
+        obj = json.loads(packet)
+    except ValueError:
+        return False
+    if not (
+        isinstance(obj, dict)
+        and obj.get("type") == "signed"
+        and isinstance(obj.get("body"), str)
+        and isinstance(obj.get("timestamp"), int)
+    ):
+        return False
+    try:
+        expected = compute_signature(obj["body"], obj["timestamp"], _SECRET)
+    except UnicodeEncodeError:  # a body that is not text cannot have been signed
+        return False
+    return bool(obj.get("signature") == expected)
+
+
+def _is_utf8(packet: bytes) -> bool:
+    try:
+        packet.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class CollectingTransport(AckTransport):
@@ -115,14 +216,19 @@ _json_values = st.recursive(
     ),
     max_leaves=10,
 )
+# strings that are valid JSON but hard to handle: lone surrogates, invisible-only text, ""
+_awkward = st.text(
+    st.sampled_from(["\ud800", "\udfff", "\u200b", "\x00", "\ue000", " ", "a", "é", "\U0001f600"]),
+    max_size=6,
+)
 _field_values: dict[str, st.SearchStrategy[Any]] = {
     "type": st.sampled_from(["speak", "add_context", "remove_context", "get_state", "x"])
     | _json_scalars,
-    "id": st.text(string.ascii_letters, max_size=140) | _json_scalars,
-    "message": st.text(max_size=40) | _json_values,
-    "context": st.text(max_size=40) | _json_values,
-    "instructions": st.text(max_size=20) | _json_scalars,
-    "key": st.text(max_size=10) | _json_scalars,
+    "id": st.text(string.ascii_letters, max_size=140) | _awkward | _json_scalars,
+    "message": st.text(max_size=40) | _awkward | _json_values,
+    "context": st.text(max_size=40) | _awkward | _json_values,
+    "instructions": st.text(max_size=20) | _awkward | _json_scalars,
+    "key": st.text(max_size=10) | _awkward | _json_scalars,
     "role": st.sampled_from(["system", "developer", "user", "assistant", "boss"]) | _json_scalars,
     "mode": st.sampled_from(["queue", "interrupt", "if_idle", "x"]) | _json_scalars,
     "interrupt": _json_scalars,
@@ -137,10 +243,24 @@ _field_values: dict[str, st.SearchStrategy[Any]] = {
 _requestish = st.fixed_dictionaries(
     {}, optional=_field_values
 ).map(lambda d: json.dumps(d).encode())
+_SECRET = "property-secret"
+# signed envelopes: validly signed random bodies, and random signatures (any characters)
+_signed = st.one_of(
+    _requestish.map(lambda body: sign_request(body, _SECRET).encode()),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("signed"),
+            "body": _requestish.map(bytes.decode) | _awkward,
+            "timestamp": st.integers() | _json_scalars,
+            "signature": st.text(max_size=64) | _awkward,
+        }
+    ).map(lambda d: json.dumps(d).encode()),
+)
 _payloads = st.one_of(
     st.binary(max_size=64),
     _json_values.map(lambda v: json.dumps(v).encode()),
     _requestish,
+    _signed,
 )
 
 
@@ -161,6 +281,7 @@ async def test_every_random_packet_gets_exactly_one_answer(
         rate_limit=None,
         ready_timeout=0.5,
         ack_transport=transport,
+        secret=_SECRET,
     )
     harness: Harness = await make_harness(start_plugin=False)
     await plugin.start(session, harness.agent_room)
@@ -182,11 +303,12 @@ async def test_every_random_packet_gets_exactly_one_answer(
             if not ack["success"]:
                 assert ack["error"] in {
                     "VALIDATION_ERROR", "UNAUTHORIZED", "AGENT_NOT_FOUND", "NO_ACTIVE_ROOMS",
-                    "PAYLOAD_TOO_LARGE", "BUSY",
+                    "PAYLOAD_TOO_LARGE", "BUSY", "ID_REUSED",
                 }
-        # nothing from the untrusted sender was applied
+        # nothing from the untrusted sender was applied, unless it relayed a valid signature
         stranger_acks = [m for who, m in transport.sent if who == "stranger" and m["type"] == "ack"]
-        assert not any(a["success"] for a in stranger_acks)
+        if not any(_validly_signed(p) for i, p in enumerate(payloads) if i % 4 == 0):
+            assert not any(a["success"] for a in stranger_acks)
         assert plugin.stats.received == len(payloads)
         assert plugin.stats.errors.get("INTERNAL_ERROR", 0) == 0
     finally:

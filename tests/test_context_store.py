@@ -111,3 +111,38 @@ def test_describe_reports_entries() -> None:
         "expires_in_s": 3.0,
         "request_id": "r",
     }
+
+
+def test_rollback_undoes_adds_replacements_removals_and_evictions() -> None:
+    clock = Clock()
+    store = ContextStore(ContextBudget(max_entries=3, max_chars=100), clock=clock)
+    store.add("one", key="a", ttl_s=5)
+    store.add("two")
+    store.add("three", key="c")
+    before = [(e.entry_id, e.text, e.expires_at) for e in store.entries()]
+
+    store.begin()
+    store.add("ONE", key="a")  # replaced in place
+    assert store.remove_key("c")
+    store.add("four")
+    store.add("five")  # evicts the unkeyed "two"
+    store.add("three again", key="c")  # removed, then added back at the end
+    store.rollback()
+
+    assert [(e.entry_id, e.text, e.expires_at) for e in store.entries()] == before
+    assert store.chars == len("one") + len("two") + len("three")
+    assert store.next_expiry() == 105.0
+    # and the store keeps working as before: the next unkeyed add evicts "two" only
+    assert store.add("six").evicted == 1
+    assert [e.text for e in store.entries()] == ["one", "three", "six"]
+
+
+def test_commit_keeps_the_changes() -> None:
+    store = ContextStore()
+    store.add("one", key="a")
+    store.begin()
+    store.add("two", key="a")
+    store.add("three")
+    store.commit()
+    store.rollback()  # nothing open: nothing to undo
+    assert [e.text for e in store.entries()] == ["two", "three"]

@@ -9,12 +9,16 @@ import json
 import pytest
 
 from imaginex_context_plugin.security import (
+    DEDUP_MAX_ENTRIES,
+    DEDUP_MIN_ENTRIES,
     ExpiringCache,
     RateLimit,
     RateLimiter,
     SenderPolicy,
+    SignatureProblem,
     SignatureVerifier,
     compute_signature,
+    remembered_ids_capacity,
     sign_request,
 )
 
@@ -110,3 +114,61 @@ def test_verifier_accepts_once_and_refuses_tampering_staleness_and_replay() -> N
     )
     future = compute_signature(body, 1_700_000_000 + 299, "s3cret")
     assert verifier.verify(body, 1_700_000_000 + 299, future) is None
+
+
+@pytest.mark.parametrize("signature", ["é" * 64, "\ud800", "ａ" * 64, ""])
+def test_a_signature_that_is_not_hex_ascii_is_simply_wrong(signature: str) -> None:
+    verifier = SignatureVerifier("s3cret", clock=Clock(1_700_000_000))
+    assert verifier.verify("{}", 1_700_000_000, signature) is SignatureProblem.MISMATCH
+    # a body that is not text cannot have been signed either
+    sig = compute_signature("x", 1_700_000_000, "s3cret")
+    assert verifier.verify("\ud800", 1_700_000_000, sig) is SignatureProblem.MISMATCH
+
+
+def test_put_if_room_never_forgets_a_live_entry() -> None:
+    clock = Clock()
+    cache: ExpiringCache[int] = ExpiringCache(ttl_s=10, max_entries=2, clock=clock)
+    assert cache.put_if_room("a", 1)
+    clock.now += 4
+    assert cache.put_if_room("b", 2)
+    assert cache.free() == 0
+    assert not cache.put_if_room("c", 3)
+    assert cache.get("a") == 1  # still remembered: the newcomer was refused instead
+    assert cache.seconds_until_room() == pytest.approx(6)
+    clock.now += 6.1  # "a" has expired; "b" has not
+    assert cache.put_if_room("c", 3)
+    assert cache.get("a") is None
+    assert cache.get("b") == 2
+    assert cache.put_if_room("b", 9)  # full again, but an entry already there may be refreshed
+    assert cache.get("b") == 9
+    assert len(cache) == 2
+
+
+def test_signatures_are_remembered_for_the_whole_window_or_refused() -> None:
+    clock = Clock(1_700_000_000)
+    verifier = SignatureVerifier("s3cret", clock=clock, max_remembered=2)
+
+    def signed(body: str) -> tuple[str, int, str]:
+        ts = int(clock.now)
+        return body, ts, compute_signature(body, ts, "s3cret")
+
+    first, second, third = signed("1"), signed("2"), signed("3")
+    assert verifier.verify(*first) is None
+    assert verifier.verify(*second) is None
+    assert verifier.verify(*third) is SignatureProblem.FULL
+    assert verifier.seconds_until_room() == pytest.approx(600)
+    # the old one was not forgotten to make room: it is still a replay
+    assert verifier.verify(*first) is SignatureProblem.REPLAYED
+    clock.now += 600.5  # both expired (and now stale too)
+    fresh = signed("3")
+    assert verifier.verify(*fresh) is None
+
+
+def test_tables_are_sized_from_the_rate_limit() -> None:
+    assert remembered_ids_capacity(None, 600) == DEDUP_MAX_ENTRIES
+    # 4 senders at 10/s for 600 s, plus their bursts
+    assert remembered_ids_capacity(RateLimit(per_second=10, burst=50), 600) == 4 * 6_050
+    assert remembered_ids_capacity(RateLimit(per_second=1, burst=1), 60) == DEDUP_MIN_ENTRIES
+    assert remembered_ids_capacity(RateLimit(per_second=1_000, burst=1), 600) == (
+        DEDUP_MAX_ENTRIES
+    )

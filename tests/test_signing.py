@@ -122,7 +122,11 @@ async def test_a_timestamp_outside_five_minutes_is_refused(
 
 
 @VIAS
-async def test_a_replayed_envelope_is_refused(signed: Harness, via: Via) -> None:
+async def test_the_same_envelope_again_from_its_relay_is_answered_as_a_duplicate(
+    signed: Harness, via: Via
+) -> None:
+    # a relay retrying within the same second re-signs a byte-identical envelope (timestamps
+    # are whole seconds): it is the same request, so it gets the first ack again
     envelope = sign_request(speak("r-1"), SECRET)
     first = await refusal(signed, envelope, via)
     if via == "rpc":
@@ -131,10 +135,45 @@ async def test_a_replayed_envelope_is_refused(signed: Harness, via: Via) -> None
         await signed.backend.send(envelope)
         second = await signed.backend.ack_for("r-1", nth=2)
     assert first["success"] is True
+    assert second == {**first, "duplicate": True}
+    await signed.backend.event("speech_finished", "r-1")
+    assert signed.tts.texts == ["Signed and sealed."]
+    assert signed.plugin.stats.applied == 1
+
+
+@VIAS
+async def test_a_replayed_envelope_via_another_relay_is_refused(signed: Harness, via: Via) -> None:
+    envelope = sign_request(speak("r-2"), SECRET)
+    first = await refusal(signed, envelope, via)
+    other = signed.backend_as("another-relay")
+    if via == "rpc":
+        second = await other.rpc(envelope)
+    else:
+        await other.send(envelope)
+        second = await other.ack_for("r-2")
+    assert first["success"] is True
     assert second["success"] is False
     assert second["error"] == "UNAUTHORIZED"
     assert second["message"] == "This signed message was already received (replay)."
     assert signed.plugin.stats.applied == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"type": "speak", "message": "No id to recognise a retry by."}),
+        json.dumps({"type": "get_state", "id": "g-1"}),
+    ],
+    ids=["without id", "get_state"],
+)
+async def test_a_replay_that_cannot_be_a_retry_is_refused(signed: Harness, body: str) -> None:
+    envelope = sign_request(body, SECRET)
+    await signed.backend.send(envelope)
+    await signed.backend.send(envelope)
+    first, second = await signed.backend.settle(2)
+    assert first["success"] is True
+    assert second["error"] == "UNAUTHORIZED"
+    assert second["message"] == "This signed message was already received (replay)."
 
 
 @VIAS
