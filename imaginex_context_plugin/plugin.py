@@ -543,7 +543,12 @@ class ContextPlugin:
             )
         job = _Job(request=request, sender=sender, replayed=replayed)
         # each queued job may add one id: refuse rather than forget an id inside its window
-        if job.dedup_key is not None and self._dedup.free() <= self._pending_jobs:
+        # (a repeat of a remembered id adds none: it is answered as the duplicate it is)
+        if (
+            job.dedup_key is not None
+            and self._dedup.free() <= self._pending_jobs
+            and job.dedup_key not in self._dedup
+        ):
             return error_ack(
                 ErrorCode.RATE_LIMITED,
                 "The agent remembers too many message ids at once; retry after the given seconds.",

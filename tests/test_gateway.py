@@ -844,6 +844,27 @@ async def test_signed_messages_reach_an_agent_that_requires_signatures(
     assert body["data"]["rooms"][0]["error"] == "UNAUTHORIZED"
 
 
+async def test_a_signed_retry_with_the_same_idempotency_key_is_a_duplicate_not_a_replay(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    # signatures carry whole seconds: a retry within the same second is re-signed into a
+    # byte-identical envelope, which the agent recognises as the same request from the gateway
+    live = await fleet.agent(
+        ROOM_1, allowed_identities=[], secret="shared-signing-secret", require_signature=True
+    )
+    client = await make_gateway(signing_secret="shared-signing-secret")
+    headers = {**HEADERS, "Idempotency-Key": "signed-retry-1"}
+    first = await post(client, f"/v1/agent/{CODE}/speak", {"message": "Once."}, headers=headers)
+    retry = await post(client, f"/v1/agent/{CODE}/speak", {"message": "Once."}, headers=headers)
+
+    assert first[0] == 200
+    assert retry[0] == 200
+    assert [r["duplicate"] for r in retry[1]["data"]["rooms"]] == [True]
+    await wait_until(lambda: live.said() == ["Once."])
+    await live.idle()
+    assert live.said() == ["Once."]
+
+
 async def test_an_agent_whose_session_ended_is_not_ready(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:

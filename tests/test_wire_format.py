@@ -217,6 +217,46 @@ def test_get_state_ack() -> None:
     }
 
 
+def test_truncated_get_state_says_so_and_counts_everything() -> None:
+    state = AgentStateInfo(
+        agent_state="speaking",
+        user_state="listening",
+        current_agent=None,
+        context_entries=[],
+        context_chars=64_000,
+        pending_speeches=["speech_1"],
+        context_entries_truncated=True,
+        context_entries_total=64,
+        pending_speeches_truncated=True,
+        pending_speeches_total=300,
+    )
+    assert state.model_dump(mode="json") == {
+        "agent_state": "speaking",
+        "user_state": "listening",
+        "current_agent": None,
+        "context_entries": [],
+        "context_chars": 64_000,
+        "pending_speeches": ["speech_1"],
+        "context_entries_truncated": True,
+        "context_entries_total": 64,
+        "pending_speeches_truncated": True,
+        "pending_speeches_total": 300,
+    }
+
+
+def test_id_reused_ack() -> None:
+    ack = ErrorAck(
+        id="r1", error=ErrorCode.ID_REUSED, message=protocol.ID_REUSED_MESSAGE
+    )
+    assert ack.model_dump(mode="json") == {
+        "type": "ack",
+        "id": "r1",
+        "success": False,
+        "error": "ID_REUSED",
+        "message": "This id was already used for a different message; send it with a new id.",
+    }
+
+
 def test_error_ack_keeps_a_null_id_and_omits_retry_after_unless_set() -> None:
     ack = ErrorAck(
         id=None, error=ErrorCode.VALIDATION_ERROR,
@@ -256,6 +296,13 @@ def test_speech_events() -> None:
     assert failed.model_dump(mode="json") == {
         "type": "speech_finished", "id": "r2", "speech_id": "s", "interrupted": False,
         "failed": True, "timestamp": TS,
+    }
+    shutdown = SpeechFinishedEvent(
+        id="r3", speech_id="s", interrupted=True, reason="shutdown", timestamp=TS
+    )
+    assert shutdown.model_dump(mode="json") == {
+        "type": "speech_finished", "id": "r3", "speech_id": "s", "interrupted": True,
+        "reason": "shutdown", "timestamp": TS,
     }
 
 
