@@ -1,38 +1,75 @@
-"""Everything in ``tests/integration`` needs a real LiveKit server and is skipped without one.
+"""The live suite: every test here runs against a real LiveKit server.
 
-Each test here is marked ``integration`` and skipped, saying which variables are missing,
-unless ``LIVEKIT_URL``, ``LIVEKIT_API_KEY`` and ``LIVEKIT_API_SECRET`` are set. See README.md
-in this directory for how to run them against ``livekit-server --dev``.
+The ``livekit`` fixture (session-scoped) gives the server: the one ``LIVEKIT_URL``,
+``LIVEKIT_API_KEY`` and ``LIVEKIT_API_SECRET`` name, or else a ``livekit-server --dev`` the tests
+start on loopback ports (found on PATH or in ``.cache/``, built from its Go module when Go is
+here; see ``tests/livekit_server.py``). Without any, the tests skip saying how to get one, and
+under ``CI=true`` they fail: CI must never pass with the live suite skipped.
+
+A failing live test prints the tail of the server's log.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REQUIRED_ENV = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+from tests.livekit_server import LiveKitServer, NoServer, ServerInfo, find_binary, server_from_env
+
 _HERE = Path(__file__).resolve().parent
 
 
-def missing_env() -> list[str]:
-    return [name for name in REQUIRED_ENV if not os.environ.get(name)]
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # a conftest hook sees the whole session's items: touch only this directory's
-    missing = missing_env()
-    skip = pytest.mark.skip(
-        reason="needs a real LiveKit server: set "
-        + ", ".join(missing)
-        + " (livekit-server --dev: ws://127.0.0.1:7880, devkey, secret)"
-    )
     for item in items:
-        if _HERE not in Path(item.path).resolve().parents:
-            continue
-        item.add_marker(pytest.mark.integration)
-        # livekit-server --dev signs with the 6-byte secret "secret"; PyJWT warns about it
-        item.add_marker(pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning"))
-        if missing:
-            item.add_marker(skip)
+        if _HERE in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer | None]:
+    """The server process we started, or None when an external server (env) is used."""
+    if server_from_env() is not None:
+        yield None
+        return
+    try:
+        binary = find_binary(build=True)
+    except NoServer as exc:
+        if _in_ci():
+            pytest.fail(f"CI=true and {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    server = LiveKitServer(binary, tmp_path_factory.mktemp("livekit-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def livekit(livekit_server: LiveKitServer | None) -> ServerInfo:
+    """URL, API key and secret of the server the live tests talk to."""
+    if livekit_server is None:
+        info = server_from_env()
+        assert info is not None
+        return info
+    assert livekit_server.info is not None
+    return livekit_server.info
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[None]:
+    report = yield
+    server = item.funcargs.get("livekit_server") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(server, LiveKitServer) and server.info is not None:
+        report.sections.append(("livekit-server log (tail)", server.info.log_tail()))
+    return report

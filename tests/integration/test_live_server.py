@@ -1,177 +1,273 @@
-"""ContextClient -> LiveKit server -> ContextPlugin -> ack, against a real ``livekit-server``.
+"""ContextClient -> LiveKit server -> ContextPlugin -> ack, on a real ``livekit-server``.
 
-The agent side is a real ``rtc.Room`` joined as an agent participant, with a real
-``AgentSession`` on the offline fakes and ``ContextPlugin`` on it; the sender joins the same
-room with ``ContextClient.connect()``. Skipped without LIVEKIT_URL, LIVEKIT_API_KEY and
-LIVEKIT_API_SECRET (see ``conftest.py`` and ``README.md`` here).
+The agent is a real ``rtc.Room`` joined as an agent participant, with a real ``AgentSession`` on
+the offline fakes and ``ContextPlugin`` started before the room connects (as in an entrypoint);
+senders join the same room with ``ContextClient.connect()`` or as plain ``rtc.Room``s. Nothing of
+LiveKit is faked here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any
+import json
+from collections.abc import AsyncIterator
 
 import pytest
 from livekit import api, rtc
 
 from imaginex_context_plugin import (
-    ContextClient,
+    ACK_TOPIC,
+    AGENT_CODE_ATTRIBUTE,
+    CONTEXT_TOPIC,
+    RPC_METHOD,
     ContextError,
-    ContextPlugin,
     ErrorCode,
     send_via_server_api,
 )
 from imaginex_context_plugin.client import Via
-from tests.livekit_fakes import RecordingAudioOutput, RecordingTTS, ScriptedLLM, start_session
+from tests.integration.live import (
+    AGENT_CODE,
+    AGENT_IDENTITY,
+    BACKEND,
+    SIGNING_SECRET,
+    WAIT_S,
+    LiveAgent,
+    agent_token,
+    live_agent,
+    participant_token,
+    wait_until,
+)
+from tests.livekit_server import ServerInfo
 
-AGENT_CODE = "A12345678"
-AGENT_IDENTITY = "it-agent"
-BACKEND = "it-backend"
-SIGNING_SECRET = "integration-signing-secret-for-the-client"
-WAIT_S = 15.0
 VIAS = pytest.mark.parametrize("via", ["rpc", "data"])
 
 
-def env() -> tuple[str, str, str]:
-    return (
-        os.environ["LIVEKIT_URL"],
-        os.environ["LIVEKIT_API_KEY"],
-        os.environ["LIVEKIT_API_SECRET"],
-    )
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
-@dataclass
-class LiveAgent:
-    room_name: str
-    room: rtc.Room
-    session: Any
-    plugin: ContextPlugin
-    tts: RecordingTTS
-
-    async def client(self, via: Via, **kwargs: Any) -> ContextClient:
-        url, key, secret = env()
-        kwargs.setdefault("identity", BACKEND)
-        return await ContextClient.connect(
-            url,
-            key,
-            secret,
-            self.room_name,
-            agent_code=AGENT_CODE,
-            via=via,
-            agent_timeout=WAIT_S,
-            timeout=WAIT_S,
-            **kwargs,
-        )
-
-
 @pytest.fixture
-async def live_agent() -> AsyncIterator[LiveAgent]:
-    url, key, secret = env()
-    room_name = f"imaginex-client-it-{uuid.uuid4().hex[:8]}"
-    # can_update_own_metadata: the plugin publishes its agent code as a participant attribute
-    grants = api.VideoGrants(room_join=True, room=room_name, can_update_own_metadata=True)
-    token = (
-        api.AccessToken(key, secret)
-        .with_identity(AGENT_IDENTITY)
-        .with_kind("agent")
-        .with_grants(grants)
-        .to_jwt()
-    )
-    tts = RecordingTTS()
-    session = await start_session(
-        llm_model=ScriptedLLM(), tts_model=tts, audio_output=RecordingAudioOutput(speed=20)
-    )
-    room = rtc.Room()
-    plugin = ContextPlugin(
-        agent_code=AGENT_CODE, allowed_identities=[BACKEND], secret=SIGNING_SECRET
-    )
-    await plugin.start(session, room)  # before the room connects, as in a job entrypoint
-    await room.connect(url, token)
-    try:
-        yield LiveAgent(room_name, room, session, plugin, tts)
-    finally:
-        await plugin.aclose()
-        await session.aclose()
-        await room.disconnect()
-        async with api.LiveKitAPI(url, key, secret) as lkapi:
-            with contextlib.suppress(Exception):
-                await lkapi.room.delete_room(api.DeleteRoomRequest(room=room_name))
+async def agent(livekit: ServerInfo) -> AsyncIterator[LiveAgent]:
+    async with live_agent(livekit, secret=SIGNING_SECRET) as joined:
+        yield joined
 
 
 @VIAS
-async def test_speak_and_add_context_are_acknowledged_through_the_server(
-    live_agent: LiveAgent, via: Via
-) -> None:
-    async with await live_agent.client(via) as client:
+async def test_speak_and_context_round_trip_through_the_server(agent: LiveAgent, via: Via) -> None:
+    agent.llm.replies.append("Yes, you are a premium member.")
+    async with await agent.client(via) as client:
         added = await client.add_context("Customer is a premium member.", key="customer")
+        state = await client.get_state()
         result = await client.speak("Welcome back!", wait_for_playout=True, playout_timeout=WAIT_S)
+        # the agent's next reply is generated with the context in its chat context
+        replied = await client.add_context("Answer now.", key="nudge", trigger_reply=True)
+        removed = await client.remove_context("customer")
 
     assert added.data.agent_code == AGENT_CODE
-    assert added.data.room_id == live_agent.room_name
-    assert [entry.key for entry in live_agent.plugin.context_store.describe()] == ["customer"]
+    assert added.data.room_id == agent.room_name
+    assert [entry.key for entry in state.context_entries] == ["customer"]
     assert result.ack.data.speech_id
     assert result.finished.speech_id == result.ack.data.speech_id
     assert not result.interrupted
-    assert live_agent.tts.texts == ["Welcome back!"]
+    assert agent.tts.texts[0] == "Welcome back!"
+    assert replied.data.speech_id is not None
+    await wait_until(lambda: len(agent.llm.calls) == 1, "the LLM to be asked for the reply")
+    seen = [m.text_content for m in agent.llm.calls[0].messages()]
+    assert "Customer is a premium member." in seen
+    assert removed.data.removed is True
+    assert [entry.key for entry in agent.plugin.context_store.describe()] == ["nudge"]
 
 
-@VIAS
-async def test_an_error_ack_comes_back_through_the_server(live_agent: LiveAgent, via: Via) -> None:
-    async with await live_agent.client(via, identity="it-stranger") as client:
+async def test_ack_and_playout_events_come_through_the_server_in_order(
+    agent: LiveAgent,
+) -> None:
+    lk = agent.lk
+    backend = rtc.Room()
+    received: list[dict[str, object]] = []
+
+    def on_data(packet: rtc.DataPacket) -> None:
+        if packet.topic == ACK_TOPIC:
+            received.append(json.loads(packet.data))
+
+    backend.on("data_received", on_data)
+    await backend.connect(lk.url, participant_token(lk, agent.room_name, BACKEND))
+    try:
+        # the agent must have been told about us, or our packet arrives without a participant
+        await wait_until(lambda: BACKEND in agent.room.remote_participants, "the agent to see us")
+        request = {"type": "speak", "id": "p1", "message": "One, two, three."}
+        await backend.local_participant.publish_data(
+            json.dumps(request), topic=CONTEXT_TOPIC, destination_identities=[AGENT_IDENTITY]
+        )
+        await wait_until(lambda: len(received) == 3, "the ack and both playout events")
+    finally:
+        await backend.disconnect()
+    assert [(m["type"], m["id"]) for m in received] == [
+        ("ack", "p1"),
+        ("speech_started", "p1"),
+        ("speech_finished", "p1"),
+    ]
+    speech_id = received[0]["data"]["speech_id"]  # type: ignore[index]
+    assert received[1]["speech_id"] == received[2]["speech_id"] == speech_id
+    assert received[2]["interrupted"] is False
+
+
+@pytest.mark.parametrize(
+    "via",
+    [
+        "rpc",
+        pytest.param(
+            "data",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="a newcomer's first packet arrives without a participant and is taken "
+                "for a server-API packet (fixed next)",
+            ),
+        ),
+    ],
+)
+async def test_an_error_ack_comes_back_through_the_server(agent: LiveAgent, via: Via) -> None:
+    async with await agent.client(via, identity="it-stranger") as client:
         with pytest.raises(ContextError) as caught:
             await client.speak("Let me in.")
     assert caught.value.code is ErrorCode.UNAUTHORIZED
     assert caught.value.ack is not None
-    assert live_agent.tts.texts == []
+    assert agent.tts.texts == []
 
 
-async def test_a_signed_request_from_an_unlisted_identity_is_applied(
-    live_agent: LiveAgent,
-) -> None:
-    async with await live_agent.client("rpc", identity="it-signed", secret=SIGNING_SECRET) as c:
-        ack = await c.add_context("Signed context.", key="signed")
+async def test_a_validation_error_echoes_the_id_through_the_server(agent: LiveAgent) -> None:
+    async with await agent.client("rpc") as client:
+        with pytest.raises(ContextError) as caught:
+            await client.send({"type": "speak", "id": "bad-1", "message": "x", "mode": "loud"})
+    assert caught.value.code is ErrorCode.VALIDATION_ERROR
+    assert caught.value.request_id == "bad-1"
+
+
+async def test_a_signed_request_from_an_unlisted_identity_is_applied(agent: LiveAgent) -> None:
+    async with await agent.client("rpc", identity="it-signed", secret=SIGNING_SECRET) as client:
+        ack = await client.add_context("Signed context.", key="signed")
     assert ack.success
-    assert [entry.key for entry in live_agent.plugin.context_store.describe()] == ["signed"]
+    assert [entry.key for entry in agent.plugin.context_store.describe()] == ["signed"]
 
 
-async def test_the_server_api_path_reaches_the_agent_unacknowledged(
-    live_agent: LiveAgent,
-) -> None:
-    url, key, secret = env()
-    # the agent publishes its code once connected; the lookup below relies on it
-    async with api.LiveKitAPI(url, key, secret) as lkapi:
+async def test_a_retry_with_the_same_id_is_applied_once(agent: LiveAgent) -> None:
+    async with await agent.client("rpc") as client:
+        first = await client.speak("Only once.", id="once-1")
+        again = await client.speak("Only once.", id="once-1")
+    assert first.duplicate is not True
+    assert again.duplicate is True
+    await wait_until(lambda: agent.tts.texts == ["Only once."], "the speech")
+    await asyncio.sleep(0.3)
+    assert agent.tts.texts == ["Only once."]
 
-        async def agent_code_published() -> bool:
-            listing = await lkapi.room.list_participants(
-                api.ListParticipantsRequest(room=live_agent.room_name)
-            )
-            return any(p.attributes.get("imaginex.agent_code") for p in listing.participants)
 
-        deadline = time.monotonic() + WAIT_S
-        while not await agent_code_published():
-            assert time.monotonic() < deadline, "the agent never published its code"
-            await asyncio.sleep(0.1)
+# --------------------------------------------------------------------------- the server API
 
+
+async def test_the_server_api_path_reaches_the_agent_unacknowledged(agent: LiveAgent) -> None:
+    lk = agent.lk
+    await wait_until(agent.code_listed, "the agent's code to reach RoomService")
+    async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
         result = await send_via_server_api(
             {"type": "speak", "message": "Flash sale: 50% off!"},
-            room=live_agent.room_name,
+            room=agent.room_name,
             agent_code=AGENT_CODE,
             lkapi=lkapi,
         )
     assert result.acknowledged is False
     assert result.destination_identity == AGENT_IDENTITY
-    await wait_until(lambda: live_agent.tts.texts == ["Flash sale: 50% off!"])
+    await wait_until(lambda: agent.tts.texts == ["Flash sale: 50% off!"], "the speech")
+
+
+async def test_the_server_api_path_is_ignored_without_trust_server(livekit: ServerInfo) -> None:
+    async with live_agent(livekit, trust_server=False) as agent:
+        await wait_until(agent.code_listed, "the agent's code to reach RoomService")
+        async with api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret) as lkapi:
+            await send_via_server_api(
+                {"type": "speak", "message": "Nobody should hear this."},
+                room=agent.room_name,
+                agent_identity=AGENT_IDENTITY,
+                lkapi=lkapi,
+            )
+        await wait_until(
+            lambda: agent.plugin.stats.errors.get("UNAUTHORIZED", 0) == 1, "the refusal"
+        )
+        assert agent.tts.texts == []
+
+
+# --------------------------------------------------------------------------- what the wire carries
+
+
+async def test_the_agent_code_attribute_as_others_see_it(agent: LiveAgent) -> None:
+    lk = agent.lk
+    await wait_until(agent.code_listed, "the agent's code to reach RoomService")
+    other = rtc.Room()
+    await other.connect(lk.url, participant_token(lk, agent.room_name, "it-viewer"))
+    try:
+
+        def seen() -> bool:
+            participant = other.remote_participants.get(AGENT_IDENTITY)
+            return (
+                participant is not None
+                and participant.attributes.get(AGENT_CODE_ATTRIBUTE) == AGENT_CODE
+            )
+
+        await wait_until(seen, "another participant to see the agent's code")
+    finally:
+        await other.disconnect()
+
+
+async def test_what_a_hidden_sender_looks_like_to_the_agent(livekit: ServerInfo) -> None:
+    """LiveKit strips a hidden participant's identity: its RPC reaches the agent with an empty
+    caller and the answer never comes back; its data packets arrive without a participant."""
+    room_name = f"it-hidden-{id(livekit) % 10_000}"
+    agent_room, hidden_room = rtc.Room(), rtc.Room()
+    callers: list[str] = []
+    packets: list[rtc.DataPacket] = []
+
+    def on_rpc(data: rtc.RpcInvocationData) -> str:
+        callers.append(data.caller_identity)
+        return "answered"
+
+    agent_room.on("data_received", packets.append)
+    grants = api.VideoGrants(room_join=True, room=room_name, hidden=True)
+    hidden_token = (
+        api.AccessToken(livekit.api_key, livekit.api_secret)
+        .with_identity("it-hidden")
+        .with_grants(grants)
+        .to_jwt()
+    )
+    await agent_room.connect(livekit.url, agent_token(livekit, room_name))
+    agent_room.local_participant.register_rpc_method(RPC_METHOD, on_rpc)
+    await hidden_room.connect(livekit.url, hidden_token)
+    try:
+        await hidden_room.local_participant.publish_data(
+            b"{}", topic="it.hidden", destination_identities=[AGENT_IDENTITY]
+        )
+        with pytest.raises(rtc.RpcError):
+            await hidden_room.local_participant.perform_rpc(
+                destination_identity=AGENT_IDENTITY,
+                method=RPC_METHOD,
+                payload="{}",
+                response_timeout=3.0,
+            )
+        await wait_until(lambda: bool(packets), "the hidden sender's packet")
+        assert [p.participant for p in packets] == [None]
+        assert callers == [""]
+        assert "it-hidden" not in agent_room.remote_participants
+    finally:
+        await hidden_room.disconnect()
+        await agent_room.disconnect()
+
+
+async def test_a_plugin_started_before_connect_registers_rpc_and_the_attribute(
+    livekit: ServerInfo,
+) -> None:
+    async with live_agent(livekit) as agent:
+        await wait_until(agent.code_listed, "the attribute on the server")
+        caller = rtc.Room()
+        await caller.connect(livekit.url, participant_token(livekit, agent.room_name, BACKEND))
+        try:
+            answer = await caller.local_participant.perform_rpc(
+                destination_identity=AGENT_IDENTITY,
+                method=RPC_METHOD,
+                payload=json.dumps({"type": "get_state", "id": "s1"}),
+            )
+        finally:
+            await caller.disconnect()
+        assert json.loads(answer)["success"] is True

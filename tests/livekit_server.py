@@ -1,0 +1,233 @@
+"""A real ``livekit-server`` for the live suite: found or built, configured for loopback, started.
+
+Which server the live tests use, in order:
+
+1. ``LIVEKIT_URL`` + ``LIVEKIT_API_KEY`` + ``LIVEKIT_API_SECRET`` set: that server, as it is;
+2. a ``livekit-server`` binary on PATH, or built before in ``.cache/livekit-server/<version>/``;
+3. with Go on the machine: ``scripts/livekit-server --build`` builds it from its Go module;
+4. otherwise none: the live tests skip saying how to get one, and under ``CI=true`` they fail.
+
+A server we start runs ``--dev`` with a config file of ours that keeps every byte on loopback:
+bound to 127.0.0.1 only, ``node_ip`` 127.0.0.1 with external IP discovery off, ICE gathered on
+``lo`` alone (loopback candidates enabled, since pion drops them by default), STUN pointed at a
+loopback port where nothing listens (without it clients are handed public STUN servers), no
+TURN, and a small UDP range. Its log goes to a file that a failing live test prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+BUILD_SCRIPT: Final = ROOT / "scripts" / "livekit-server"
+LOOPBACK: Final = "127.0.0.1"
+API_KEY: Final = "devkey"
+# long enough for the server's key validation and for PyJWT's HMAC key-length warning
+API_SECRET: Final = "imaginex-live-suite-secret-0123456789abcdef"
+UNUSED_STUN_PORT: Final = 3478
+UDP_PORTS: Final = 16
+READY_TIMEOUT_S: Final = 30.0
+HOW_TO_GET_ONE: Final = (
+    "no LiveKit server: set LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET, put "
+    "livekit-server on PATH (brew install livekit, or the release binary), or install Go "
+    "(>= 1.26) so that scripts/livekit-server can build it"
+)
+
+
+class NoServer(Exception):
+    """No LiveKit server can be had on this machine; the message says how to get one."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    url: str
+    api_key: str
+    api_secret: str
+    started_here: bool
+    log_path: Path | None = None
+    http_port: int | None = None
+
+    def log_tail(self, lines: int = 80) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(the server was not started by the tests: no log)"
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(line[:400] for line in tail)
+
+
+def server_from_env() -> ServerInfo | None:
+    url, key, secret = (
+        os.environ.get(name) for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+    )
+    if url and key and secret:
+        return ServerInfo(url, key, secret, started_here=False)
+    return None
+
+
+def find_binary(*, build: bool) -> Path:
+    """The server binary: on PATH, cached, or (``build`` and Go present) built now."""
+    found = subprocess.run(
+        [str(BUILD_SCRIPT), "--path"], capture_output=True, text=True, check=False
+    )
+    if found.returncode == 0 and found.stdout.strip():
+        return Path(found.stdout.strip())
+    if not build or shutil.which("go") is None:
+        raise NoServer(HOW_TO_GET_ONE)
+    built = subprocess.run(
+        [str(BUILD_SCRIPT), "--build"], stdout=subprocess.PIPE, text=True, check=False
+    )
+    if built.returncode != 0 or not built.stdout.strip():
+        raise NoServer(f"building livekit-server with Go failed (exit {built.returncode})")
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def free_udp_range(size: int) -> int:
+    """The first port of ``size`` consecutive UDP ports free on loopback right now."""
+    for _ in range(200):
+        start = 40_000 + secrets.randbelow(20_000)
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(start, start + size):
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                    sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return start
+    raise RuntimeError("no free UDP port range on loopback")
+
+
+def loopback_config(
+    http_port: int, tcp_port: int, udp_start: int, *, redis_address: str | None = None
+) -> str:
+    """The server's YAML config: everything on 127.0.0.1, nothing reaches beyond it."""
+    redis = f"redis:\n  address: {redis_address}\n" if redis_address else ""
+    return f"""\
+port: {http_port}
+bind_addresses: ["{LOOPBACK}"]
+keys:
+  {API_KEY}: {API_SECRET}
+rtc:
+  tcp_port: {tcp_port}
+  port_range_start: {udp_start}
+  port_range_end: {udp_start + UDP_PORTS - 1}
+  node_ip: {LOOPBACK}
+  use_external_ip: false
+  enable_loopback_candidate: true
+  interfaces:
+    includes: [lo]
+  ips:
+    includes: [{LOOPBACK}/32]
+  stun_servers: ["{LOOPBACK}:{UNUSED_STUN_PORT}"]
+turn:
+  enabled: false
+logging:
+  level: info
+{redis}"""
+
+
+@dataclass
+class LiveKitServer:
+    """One ``livekit-server --dev`` process on loopback ports; ``stop()`` leaves no orphan."""
+
+    binary: Path
+    workdir: Path
+    redis_address: str | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    info: ServerInfo | None = field(default=None, init=False)
+
+    def start(self) -> ServerInfo:
+        http_port, tcp_port = free_tcp_port(), free_tcp_port()
+        udp_start = free_udp_range(UDP_PORTS)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "livekit.yaml"
+        config.write_text(
+            loopback_config(http_port, tcp_port, udp_start, redis_address=self.redis_address)
+        )
+        log_path = self.workdir / "livekit-server.log"
+        log_path.write_bytes(b"")
+        self._spawn(config, log_path)
+        self.info = ServerInfo(
+            f"ws://{LOOPBACK}:{http_port}",
+            API_KEY,
+            API_SECRET,
+            started_here=True,
+            log_path=log_path,
+            http_port=http_port,
+        )
+        self._wait_ready(http_port)
+        return self.info
+
+    def _spawn(self, config: Path, log_path: Path) -> None:
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(self.binary), "--dev", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                start_new_session=True,  # its own process group: stop() takes all of it
+            )
+
+    def _wait_ready(self, http_port: int) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"livekit-server exited with {self.process.returncode} at start:\n"
+                    + (self.info.log_tail() if self.info else "")
+                )
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://{LOOPBACK}:{http_port}/", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("livekit-server did not become ready in time")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, 9)
+            process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports and config (a server restart mid-run)."""
+        assert self.info is not None and self.info.log_path is not None
+        self.stop()
+        self._spawn(self.workdir / "livekit.yaml", self.info.log_path)
+        assert self.info.http_port is not None
+        self._wait_ready(self.info.http_port)
+
+
+@contextlib.contextmanager
+def running_server(workdir: Path, *, build: bool) -> Iterator[tuple[ServerInfo, LiveKitServer]]:
+    server = LiveKitServer(find_binary(build=build), workdir)
+    try:
+        yield server.start(), server
+    finally:
+        server.stop()
