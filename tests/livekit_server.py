@@ -194,10 +194,10 @@ class LiveKitServer:
                     f"livekit-server exited with {self.process.returncode} at start:\n"
                     + (self.info.log_tail() if self.info else "")
                 )
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://{LOOPBACK}:{http_port}/", timeout=1) as r:
-                    if r.status == 200:
-                        return
+            url = f"http://{LOOPBACK}:{http_port}/"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return
             time.sleep(0.1)
         self.stop()
         raise RuntimeError("livekit-server did not become ready in time")
@@ -217,7 +217,8 @@ class LiveKitServer:
 
     def restart(self) -> None:
         """Stop and start again on the same ports and config (a server restart mid-run)."""
-        assert self.info is not None and self.info.log_path is not None
+        assert self.info is not None
+        assert self.info.log_path is not None
         self.stop()
         self._spawn(self.workdir / "livekit.yaml", self.info.log_path)
         assert self.info.http_port is not None

@@ -93,10 +93,8 @@ def isolate() -> str:
     # imported here: it must pull nothing of LiveKit in before the move
     from tests.livekit_server import NoServer, find_binary
 
-    try:
+    with contextlib.suppress(NoServer):  # the live suite says so itself (skip, or fail in CI)
         find_binary(build=True)
-    except NoServer:
-        pass  # the live suite says so itself (skip, or fail under CI)
     why_not = _enter_private_namespace()
     if why_not is not None:
         return f"network: not isolated ({why_not}); servers still bind 127.0.0.1 only"
