@@ -16,15 +16,14 @@ from enum import Enum
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 CONTEXT_TOPIC: Final = "imaginex.context"
 """Data-packet topic the receiver listens on."""
@@ -136,7 +135,11 @@ def has_visible_text(value: str) -> bool:
     character, bounded by the packet size.
     """
     category = unicodedata.category
-    return any(category(char) not in _INVISIBLE_CATEGORIES for char in value)
+    # a plain loop, not any(<generator>): it runs for every text, and usually stops at once
+    for char in value:  # noqa: SIM110
+        if category(char) not in _INVISIBLE_CATEGORIES:
+            return True
+    return False
 
 
 def echo(value: str) -> str:
@@ -146,15 +149,20 @@ def echo(value: str) -> str:
     return value[:MAX_ECHOED_CHARS] + "…"
 
 
-def _require_text(value: str) -> str:
-    if not is_text(value):
-        raise PydanticCustomError("invalid_text", "not valid Unicode text")
-    return value
+def _require_text(model: BaseModel, info: ValidationInfo) -> None:
+    """Refuse a string field holding a lone surrogate, naming the field.
 
-
-_TEXT_CHECK: Final = AfterValidator(_require_text)
-Text = Annotated[str, _TEXT_CHECK]
-"""A request string that is real Unicode text (no lone surrogates)."""
+    Only objects need the check: pydantic's JSON parser already refuses lone surrogate escapes,
+    so the hot path (``validate_json``) skips it, while ``json.loads`` output (the fallback and
+    a signed body) and models built in Python are checked.
+    """
+    if info.mode == "json":
+        return
+    for name, value in model.__dict__.items():
+        if isinstance(value, str) and not is_text(value):
+            raise ValueError(
+                f"Field '{name}' is not valid text: it contains a lone UTF-16 surrogate"
+            )
 
 
 class ProtocolError(Exception):
@@ -185,22 +193,23 @@ class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
     id: (
-        Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH), _TEXT_CHECK] | None
+        Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)] | None
     ) = None
     """Echoed in every answer; the deduplication key (per sender, 10 minutes)."""
-    room_id: Text | None = None
+    room_id: str | None = None
     """If set and not this room's name, the request is refused with ``NO_ACTIVE_ROOMS``."""
-    agent_code: Text | None = None
+    agent_code: str | None = None
     """If set and not this agent's code, the request is refused with ``AGENT_NOT_FOUND``."""
 
 
 def _check_visible(name: str, text: str) -> None:
+    if has_visible_text(text):
+        return
     if not text.strip():
         raise ValueError(f"Field '{name}' must not be empty")
-    if not has_visible_text(text):
-        raise ValueError(
-            f"Field '{name}' must contain visible text, not only invisible or control characters"
-        )
+    raise ValueError(
+        f"Field '{name}' must contain visible text, not only invisible or control characters"
+    )
 
 
 def _pick_text(message: str | None, context: str | None) -> str | None:
@@ -216,10 +225,10 @@ class SpeakRequest(_Request):
     """Make the agent say something now, through its TTS (or phrase it, with ``instructions``)."""
 
     type: Literal["speak"]
-    message: Text | None = None
-    context: Text | None = None
+    message: str | None = None
+    context: str | None = None
     """Same as ``message``; the platform's unified endpoint sends the text under this name."""
-    instructions: Text | None = None
+    instructions: str | None = None
     """Have the LLM phrase the turn (``generate_reply(instructions=...)``) instead of verbatim."""
     allow_interruptions: bool = True
     """False: the user cannot barge in, and ``mode: "interrupt"`` never cuts it either."""
@@ -229,7 +238,8 @@ class SpeakRequest(_Request):
     """``queue`` (default), ``interrupt`` (cut interruptible speech first) or ``if_idle``."""
 
     @model_validator(mode="after")
-    def _check_text(self) -> SpeakRequest:
+    def _check_text(self, info: ValidationInfo) -> SpeakRequest:
+        _require_text(self, info)
         text = _pick_text(self.message, self.context)
         if text is not None and self.instructions is not None:
             raise ValueError("Give either the text to say or 'instructions', not both")
@@ -257,10 +267,10 @@ class AddContextRequest(_Request):
     """Give the agent background knowledge for its next replies; nothing is spoken."""
 
     type: Literal["add_context"]
-    message: Text | None = None
-    context: Text | None = None
+    message: str | None = None
+    context: str | None = None
     role: ContextRole = "system"
-    key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH), _TEXT_CHECK] | None = None
+    key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)] | None = None
     """A later add_context with the same key replaces this one in place."""
     trigger_reply: bool = False
     """After adding, let the agent respond to it."""
@@ -270,7 +280,8 @@ class AddContextRequest(_Request):
     """Seconds after which the entry leaves the chat context."""
 
     @model_validator(mode="after")
-    def _check_text(self) -> AddContextRequest:
+    def _check_text(self, info: ValidationInfo) -> AddContextRequest:
+        _require_text(self, info)
         if _pick_text(self.message, self.context) is None:
             raise ValueError("Missing field 'context' (or 'message'): the context to add")
         return self
@@ -286,13 +297,23 @@ class RemoveContextRequest(_Request):
     """Remove the context entry added under ``key`` (succeeds with ``removed: false`` if none)."""
 
     type: Literal["remove_context"]
-    key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH), _TEXT_CHECK]
+    key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)]
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> RemoveContextRequest:
+        _require_text(self, info)
+        return self
 
 
 class GetStateRequest(_Request):
     """Ask for the agent's and the user's state and the plugin's context entries."""
 
     type: Literal["get_state"]
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> GetStateRequest:
+        _require_text(self, info)
+        return self
 
 
 Request = Annotated[
@@ -308,12 +329,17 @@ class SignedEnvelope(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     type: Literal["signed"]
-    body: Text
+    body: str
     """The request JSON, exactly as signed."""
     timestamp: int
     """Unix seconds when it was signed; must be within 5 minutes of the receiver's clock."""
-    signature: Text
+    signature: str
     """Lowercase hex HMAC-SHA256 of ``f"{timestamp}.{body}"`` with the shared secret."""
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> SignedEnvelope:
+        _require_text(self, info)
+        return self
 
 
 Packet = Annotated[
