@@ -11,7 +11,7 @@ A server we start runs ``--dev`` with a config file of ours that keeps every byt
 bound to 127.0.0.1 only, ``node_ip`` 127.0.0.1 with external IP discovery off, ICE gathered on
 ``lo`` alone (loopback candidates enabled, since pion drops them by default), STUN pointed at a
 loopback port where nothing listens (without it clients are handed public STUN servers), no
-TURN, and a small UDP range. Its log goes to a file that a failing live test prints.
+TURN, no ICE over TCP (its listener would take every address), and a small UDP range. Its log goes to a file that a failing live test prints.
 """
 
 from __future__ import annotations
@@ -113,10 +113,12 @@ def free_udp_range(size: int) -> int:
     raise RuntimeError("no free UDP port range on loopback")
 
 
-def loopback_config(
-    http_port: int, tcp_port: int, udp_start: int, *, redis_address: str | None = None
-) -> str:
-    """The server's YAML config: everything on 127.0.0.1, nothing reaches beyond it."""
+def loopback_config(http_port: int, udp_start: int, *, redis_address: str | None = None) -> str:
+    """The server's YAML config: everything on 127.0.0.1, nothing reaches beyond it.
+
+    ``tcp_port: 0`` turns ICE over TCP off: its listener ignores ``bind_addresses`` and would
+    listen on every address of the machine (``[::]``).
+    """
     redis = f"redis:\n  address: {redis_address}\n" if redis_address else ""
     return f"""\
 port: {http_port}
@@ -124,7 +126,7 @@ bind_addresses: ["{LOOPBACK}"]
 keys:
   {API_KEY}: {API_SECRET}
 rtc:
-  tcp_port: {tcp_port}
+  tcp_port: 0
   port_range_start: {udp_start}
   port_range_end: {udp_start + UDP_PORTS - 1}
   node_ip: {LOOPBACK}
@@ -153,12 +155,12 @@ class LiveKitServer:
     info: ServerInfo | None = field(default=None, init=False)
 
     def start(self) -> ServerInfo:
-        http_port, tcp_port = free_tcp_port(), free_tcp_port()
+        http_port = free_tcp_port()
         udp_start = free_udp_range(UDP_PORTS)
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "livekit.yaml"
         config.write_text(
-            loopback_config(http_port, tcp_port, udp_start, redis_address=self.redis_address)
+            loopback_config(http_port, udp_start, redis_address=self.redis_address)
         )
         log_path = self.workdir / "livekit-server.log"
         log_path.write_bytes(b"")
