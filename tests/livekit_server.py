@@ -11,7 +11,8 @@ A server we start runs ``--dev`` with a config file of ours that keeps every byt
 bound to 127.0.0.1 only, ``node_ip`` 127.0.0.1 with external IP discovery off, ICE gathered on
 ``lo`` alone (loopback candidates enabled, since pion drops them by default), STUN pointed at a
 loopback port where nothing listens (without it clients are handed public STUN servers), no
-TURN, no ICE over TCP (its listener would take every address), and a small UDP range. Its log goes to a file that a failing live test prints.
+TURN, no ICE over TCP (its listener would take every address), and a small UDP range. Its log
+goes to a file that a failing live test prints.
 """
 
 from __future__ import annotations

@@ -69,7 +69,9 @@ async def test_the_server_hands_out_only_loopback_ice(our_server: LiveKitServer)
     # no public STUN, no TURN: only the loopback port where nothing listens
     assert urls == [f"stun:{LOOPBACK}:3478"]
 
-    candidates = [r.trickle.candidateInit for r in responses if r.WhichOneof("message") == "trickle"]
+    candidates = [
+        r.trickle.candidateInit for r in responses if r.WhichOneof("message") == "trickle"
+    ]
     offers = [r.offer.sdp for r in responses if r.WhichOneof("message") == "offer"]
     lines = candidates + [
         line for sdp in offers for line in sdp.splitlines() if "candidate:" in line
@@ -123,22 +125,25 @@ def _decode(hex_address: str) -> tuple[str, int]:
     return socket.inet_ntop(socket.AF_INET6, words), int(port, 16)
 
 
+def _server_sockets(pid: int) -> list[tuple[str, str, str]]:
+    """(table, local address, remote address) of every socket ``pid`` holds open."""
+    inodes = _socket_inodes(pid)
+    seen = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[9] in inodes:
+                seen.append((table, _decode(fields[1])[0], _decode(fields[2])[0]))
+    return seen
+
+
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 async def test_every_socket_the_server_holds_is_on_loopback(our_server: LiveKitServer) -> None:
     process = our_server.process
     assert process is not None
     async with live_agent(our_server.info) as agent:  # type: ignore[arg-type]
         await wait_until(agent.code_listed, "the agent to be active")
-        inodes = _socket_inodes(process.pid)
-        seen: list[tuple[str, str, str]] = []
-        for table in ("tcp", "tcp6", "udp", "udp6"):
-            path = Path(f"/proc/{process.pid}/net/{table}")
-            for row in path.read_text().splitlines()[1:]:
-                fields = row.split()
-                if fields[9] not in inodes:
-                    continue
-                local, remote = _decode(fields[1])[0], _decode(fields[2])[0]
-                seen.append((table, local, remote))
+        seen = _server_sockets(process.pid)
     assert seen, "found none of the server's sockets"
     for table, local, remote in seen:
         assert is_loopback(local), (table, local, remote)
@@ -157,5 +162,8 @@ def test_the_session_runs_in_a_loopback_only_network_when_it_can() -> None:
     names = sorted(name for _, name in socket.if_nameindex())
     assert names == sorted(["lo", "imx-clients", "imx-peer"])
     # nothing outside loopback is reachable: there is no route anywhere else
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, pytest.raises(OSError):
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe,
+        pytest.raises(OSError, match="unreachable"),
+    ):
         probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never a real host
