@@ -69,6 +69,8 @@ DEFAULT_TIMEOUT_S: Final = 5.0
 DEFAULT_RETRIES: Final = 2
 """Attempts after the first one, for failures that may pass (see ``ContextError.retryable``)."""
 DEFAULT_BACKOFF_S: Final = 0.25
+_FIRST_CONTACT_RESEND_S: Final = 0.5
+"""Data packets to an agent that has not answered us yet are sent again this often."""
 """First delay between attempts; it doubles each time (with jitter), up to ``MAX_BACKOFF_S``."""
 MAX_BACKOFF_S: Final = 5.0
 MAX_RETRY_AFTER_S: Final = 30.0
@@ -451,6 +453,8 @@ class ContextClient:
 
         self._pending: dict[str, _Pending] = {}
         # request id -> the agent it was sent to: only that agent's events are accepted for it
+        # agents that have answered a data packet of ours: they know who we are
+        self._heard_from: set[str] = set()
         self._sent_to: ExpiringCache[str] = ExpiringCache(
             ttl_s=_EVENT_MEMORY_S, max_entries=_EVENT_MEMORY_MAX
         )
@@ -985,8 +989,30 @@ class ContextClient:
         self, pending: _Pending, agent: str, payload: str, timeout: float
     ) -> SuccessAck | ErrorAck:
         # registered before publishing: the ack may arrive before publish_data returns
-        future: asyncio.Future[SuccessAck | ErrorAck] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[SuccessAck | ErrorAck] = loop.create_future()
         pending.future = future
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                await self._publish_to(agent, payload, pending.request_id)
+                # Until the agent has answered us once, it may not know us yet: on a real
+                # server a newcomer's first packets can reach it before the news that we
+                # joined, and then arrive without a sender, which it must refuse unanswered.
+                # So the same packet (same id: applied at most once) goes again shortly.
+                wait = deadline - loop.time()
+                if agent not in self._heard_from:
+                    wait = min(wait, _FIRST_CONTACT_RESEND_S)
+                done, _ = await asyncio.wait({future}, timeout=max(wait, 0.0))
+                if done:
+                    self._heard_from.add(agent)
+                    return future.result()
+                if loop.time() >= deadline:
+                    raise _NoAck
+        finally:
+            pending.future = None
+
+    async def _publish_to(self, agent: str, payload: str, request_id: str) -> None:
         try:
             await self._room.local_participant.publish_data(
                 payload.encode("utf-8"),
@@ -998,17 +1024,9 @@ class ContextClient:
             raise ContextError(
                 ErrorCode.LIVEKIT_UNAVAILABLE,
                 f"Could not send the message to agent '{agent}'.",
-                request_id=pending.request_id,
+                request_id=request_id,
                 retryable=True,
             ) from exc
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError as exc:
-            if isinstance(exc, ContextError):
-                raise
-            raise _NoAck from None
-        finally:
-            pending.future = None
 
     async def _attempt_rpc(
         self, pending: _Pending, agent: str, payload: str, timeout: float
@@ -1290,9 +1308,11 @@ async def send_via_server_api(
     **It cannot be acknowledged.** The agent receives the packet with no sender participant, so
     it has nobody to send an ack or speech events to: this function returns once LiveKit
     accepted the packet, and ``ServerSendResult.acknowledged`` is always False. Whether the
-    agent applied it is unknown; the agent applies it only if it trusts server packets
-    (``ContextPlugin(trust_server=True)``, the default) or the request is signed with
-    ``secret``. Use :class:`ContextClient` when you need the answer.
+    agent applied it is unknown. The request is signed, with ``secret`` if given, else with the
+    LiveKit API secret: the agent cannot tell a server packet from a hidden or newly joined
+    participant's, so it trusts only signed ones (``ContextPlugin(trust_server=True)``, the
+    default, checks the LiveKit API secret). Use :class:`ContextClient` when you need the
+    answer.
 
     Args:
         request: A request model or mapping; without an id it gets a random one.
@@ -1306,7 +1326,9 @@ async def send_via_server_api(
         url: LiveKit server URL, when ``lkapi`` is not given.
         api_key: LiveKit API key, when ``lkapi`` is not given.
         api_secret: LiveKit API secret, when ``lkapi`` is not given.
-        secret: Sign the request with this shared secret. Default: unsigned.
+        secret: Sign the request with this shared secret (the agent's ``secret``). Default:
+            sign it with the LiveKit API secret (``api_secret``, ``LIVEKIT_API_SECRET``, or
+            ``lkapi``'s).
 
     Returns:
         The request id and where it went, with ``acknowledged=False``.
@@ -1321,11 +1343,11 @@ async def send_via_server_api(
     obj = prepare_request(request, agent_code=agent_code)
     request_id: str = obj["id"]
     body = _encode(obj)
-    payload = sign_request(body, secret) if secret else body
-    _check_size(payload, request_id)
     own_api = lkapi is None
     client = lkapi if lkapi is not None else api.LiveKitAPI(url, api_key, api_secret)
     try:
+        payload = sign_request(body, secret or client.room.api_secret)
+        _check_size(payload, request_id)
         if agent_identity is None:
             listing = await client.room.list_participants(api.ListParticipantsRequest(room=room))
             agent_identity = _pick_agent(

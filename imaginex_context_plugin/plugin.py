@@ -88,6 +88,7 @@ if TYPE_CHECKING:
     from livekit.agents.voice.io import AudioOutput, PlaybackFinishedEvent, PlaybackStartedEvent
 
 AGENT_CODE_ENV: Final = "IMAGINEX_AGENT_CODE"
+SERVER_SECRET_ENV: Final = "LIVEKIT_API_SECRET"
 DEFAULT_READY_TIMEOUT_S: Final = 10.0
 """How long a message waits for the session to start or finish a handoff before NOT_READY."""
 DEFAULT_MAX_QUEUE: Final = 1_024
@@ -216,8 +217,13 @@ class ContextPlugin:
             ``imaginex.agent_code``; requests naming another code are refused. Defaults to the
             ``IMAGINEX_AGENT_CODE`` environment variable.
         allowed_identities: Participant identities trusted to send messages. Default: none.
-        trust_server: Trust packets sent with the server API (no participant). Default True.
-            They cannot be answered: there is no sender to send the ack to.
+        trust_server: Trust packets sent with the server API (``RoomService.SendData``), which
+            arrive without a participant. Default True. Such a packet must be signed with the
+            LiveKit API secret (``send_via_server_api`` does it): LiveKit also delivers hidden
+            participants' packets, and newcomers' first packets, without a participant, so an
+            unsigned one could come from anyone in the room. They cannot be answered.
+        server_secret: The LiveKit API secret that server packets are signed with. Default:
+            the ``LIVEKIT_API_SECRET`` environment variable (the worker has it to register).
         secret: Shared secret for signed messages; a validly signed message is trusted whoever
             relays it (see ``security.sign_request``). Default: signed messages are refused.
         require_signature: Refuse every message that is not validly signed. Default False.
@@ -240,6 +246,7 @@ class ContextPlugin:
         agent_code: str | None = None,
         allowed_identities: Iterable[str] = (),
         trust_server: bool = True,
+        server_secret: str | bytes | None = None,
         secret: str | bytes | None = None,
         require_signature: bool = False,
         rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
@@ -255,16 +262,24 @@ class ContextPlugin:
         if dedup_max_entries is not None and dedup_max_entries < 1:
             raise ValueError("dedup_max_entries must be at least 1")
         self._agent_code = agent_code if agent_code is not None else os.getenv(AGENT_CODE_ENV)
-        self._policy = SenderPolicy.build(allowed_identities, trust_server)
+        self._policy = SenderPolicy.build(allowed_identities)
+        server_key = (server_secret or os.getenv(SERVER_SECRET_ENV)) if trust_server else None
+        keys = [key for key in (secret, server_key) if key]
         self._verifier = (
             SignatureVerifier(
-                secret,
+                keys[0],
+                also=keys[1:],
                 max_remembered=dedup_max_entries
                 or remembered_ids_capacity(rate_limit, 2 * SIGNATURE_WINDOW_S),
             )
-            if secret
+            if keys
             else None
         )
+        if trust_server and not server_key:
+            logger.warning(
+                "trust_server is on but no LiveKit API secret is known: server-API packets "
+                "will be refused (set LIVEKIT_API_SECRET or pass server_secret)"
+            )
         self._require_signature = require_signature
         self._rate_limiter = RateLimiter(rate_limit) if rate_limit is not None else None
         self._store = ContextStore(context_budget)
@@ -596,6 +611,13 @@ class ContextPlugin:
             raise ProtocolError(
                 ErrorCode.UNAUTHORIZED,
                 "This agent only accepts signed messages, and this one is not signed.",
+                request_id=packet.id,
+            )
+        if sender is None:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED,
+                "A packet without a sender participant must be signed (server-API packets: "
+                "with the LiveKit API secret).",
                 request_id=packet.id,
             )
         if not self._policy.trusts(sender):

@@ -32,6 +32,8 @@ AGENT_CODE = "A12345678"
 AGENT_IDENTITY = "agent"
 BACKEND_IDENTITY = "backend"
 ANSWER_TIMEOUT_S = 5.0
+SERVER_SECRET = "a-livekit-api-secret-of-32-bytes!!"
+"""The LiveKit API secret the harness's plugin checks server-API packets against."""
 
 
 class Backend:
@@ -170,6 +172,7 @@ async def make_harness() -> AsyncIterator[HarnessFactory]:
         )
         plugin_kwargs.setdefault("agent_code", AGENT_CODE)
         plugin_kwargs.setdefault("allowed_identities", [BACKEND_IDENTITY])
+        plugin_kwargs.setdefault("server_secret", SERVER_SECRET)
         plugin = ContextPlugin(**plugin_kwargs)
         backend = Backend(network.create_room(ROOM, BACKEND_IDENTITY))
         harness = Harness(

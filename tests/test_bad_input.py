@@ -61,10 +61,9 @@ BAD_INPUTS: list[tuple[str, bytes, str, str, str | None]] = [
      "Missing field 'key'.", "m"),
     ("too large", json.dumps({"id": "n", "type": "speak", "message": "x" * MAX_PAYLOAD_BYTES})
      .encode(), "PAYLOAD_TOO_LARGE", "", None),
-    ("signed without a secret",
+    ("signed with an unknown key",
      b'{"type": "signed", "body": "{}", "timestamp": 1, "signature": "00"}',
-     "UNAUTHORIZED", "This agent does not accept signed messages: it has no secret configured.",
-     None),
+     "UNAUTHORIZED", "The signature does not match the message.", None),
     ("wrong room", b'{"id": "o", "type": "speak", "message": "x", "room_id": "elsewhere"}',
      "NO_ACTIVE_ROOMS", "No active sessions found for agent in room 'elsewhere'", "o"),
     ("wrong agent", b'{"id": "p", "type": "speak", "message": "x", "agent_code": "Z1"}',

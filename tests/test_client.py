@@ -43,6 +43,7 @@ from tests.conftest import (
     AGENT_IDENTITY,
     BACKEND_IDENTITY,
     ROOM,
+    SERVER_SECRET,
     Harness,
     HarnessFactory,
 )
@@ -50,7 +51,7 @@ from tests.livekit_fakes import LinkedRoom, RelayNetwork, start_session
 
 VIAS = pytest.mark.parametrize("via", ["rpc", "data"])
 API_KEY = "devkey"
-API_SECRET = "a-livekit-api-secret-of-32-bytes!!"
+API_SECRET = SERVER_SECRET
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

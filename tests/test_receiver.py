@@ -12,11 +12,13 @@ from livekit.agents import Agent
 from livekit.agents.testing import fake_job_context
 
 from imaginex_context_plugin import CONTEXT_TOPIC, RPC_METHOD, ContextPlugin, RateLimit
+from imaginex_context_plugin.security import sign_request
 from tests.conftest import (
     AGENT_CODE,
     AGENT_IDENTITY,
     BACKEND_IDENTITY,
     ROOM,
+    SERVER_SECRET,
     Backend,
     Harness,
     HarnessFactory,
@@ -199,12 +201,13 @@ async def test_untrusted_sender_is_refused_and_has_no_effect(harness: Harness) -
     assert harness.session.current_speech is None
 
 
-async def test_server_api_packets_are_trusted_by_default_and_never_answered(
+async def test_signed_server_api_packets_are_trusted_by_default_and_never_answered(
     harness: Harness,
 ) -> None:
+    body = json.dumps({"type": "add_context", "id": "srv", "context": "From the server."})
     await harness.network.send_server_data(
         ROOM,
-        json.dumps({"type": "add_context", "id": "srv", "context": "From the server."}),
+        sign_request(body, SERVER_SECRET),
         topic=CONTEXT_TOPIC,
         destination_identities=[AGENT_IDENTITY],
     )
@@ -216,13 +219,26 @@ async def test_server_api_packets_are_trusted_by_default_and_never_answered(
     assert acks == []
 
 
+async def test_an_unsigned_packet_without_a_participant_is_never_trusted(
+    harness: Harness,
+) -> None:
+    # on a real server this is also what a hidden participant's packet, or a newcomer's first
+    # packet (before the agent is told about it), looks like: it may come from anyone
+    await harness.network.send_server_data(
+        ROOM, json.dumps({"type": "speak", "message": "I am the server, honest."}),
+        topic=CONTEXT_TOPIC,
+    )
+    await _until(lambda: harness.plugin.stats.errors == {"UNAUTHORIZED": 1})
+    assert harness.tts.texts == []
+
+
 async def test_server_api_packets_are_ignored_when_server_is_not_trusted(
     make_harness: HarnessFactory,
 ) -> None:
     harness: Harness = await make_harness(trust_server=False)
     await harness.network.send_server_data(
         ROOM,
-        json.dumps({"type": "speak", "message": "nope"}),
+        sign_request(json.dumps({"type": "speak", "message": "nope"}), SERVER_SECRET),
         topic=CONTEXT_TOPIC,
     )
     await asyncio.sleep(0.1)

@@ -72,14 +72,29 @@ def test_expiring_cache_expires_and_stays_bounded() -> None:
     assert "b" not in cache
 
 
-def test_sender_policy() -> None:
-    policy = SenderPolicy.build(["backend"], trust_server=True)
+def test_sender_policy_trusts_listed_participants_and_never_an_unsigned_anonymous_packet() -> None:
+    policy = SenderPolicy.build(["backend"])
     assert policy.trusts("backend")
-    assert policy.trusts(None)
     assert not policy.trusts("user")
-    assert not SenderPolicy.build([], trust_server=False).trusts(None)
+    # no participant: the server API, a hidden participant, or one not announced yet
+    assert not policy.trusts(None)
     with pytest.raises(TypeError, match="list of identities"):
-        SenderPolicy.build("backend", trust_server=True)
+        SenderPolicy.build("backend")
+
+
+def test_a_verifier_accepts_a_signature_by_any_of_its_keys() -> None:
+    body = '{"type":"speak","message":"hi"}'
+    verifier = SignatureVerifier("s3cret", also=["livekit-api-secret"], clock=Clock(1_700_000_000))
+    by_server = sign_request(body, "livekit-api-secret", timestamp=1_700_000_000)
+    by_shared = sign_request(body, "s3cret", timestamp=1_700_000_000)
+    by_stranger = sign_request(body, "guess", timestamp=1_700_000_000)
+    for envelope, problem in (
+        (by_server, None),
+        (by_shared, None),
+        (by_stranger, SignatureProblem.MISMATCH),
+    ):
+        parsed = json.loads(envelope)
+        assert verifier.verify(parsed["body"], parsed["timestamp"], parsed["signature"]) is problem
 
 
 def test_signature_scheme_is_plain_hmac_sha256_over_timestamp_dot_body() -> None:

@@ -196,8 +196,10 @@ async def test_require_signature_refuses_a_trusted_identity_without_one(
 
 @VIAS
 async def test_a_signed_message_to_an_agent_without_a_secret_is_refused(
-    harness: Harness, via: Via
+    make_harness: HarnessFactory, via: Via
 ) -> None:
+    # no shared secret, and no LiveKit API secret either (trust_server=False)
+    harness: Harness = await make_harness(trust_server=False)
     async with ContextClient(harness.backend.room, via=via, secret=SECRET) as client:
         with pytest.raises(ContextError) as caught:
             await client.speak("Nobody can check this.")

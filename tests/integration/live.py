@@ -124,6 +124,7 @@ async def live_agent(
     name = room or room_name("it")
     plugin_kwargs.setdefault("agent_code", AGENT_CODE)
     plugin_kwargs.setdefault("allowed_identities", [BACKEND])
+    plugin_kwargs.setdefault("server_secret", lk.api_secret)
     tts = RecordingTTS()
     scripted = ScriptedLLM(llm_replies or [])
     session = await start_session(

@@ -107,20 +107,7 @@ async def test_ack_and_playout_events_come_through_the_server_in_order(
     assert received[2]["interrupted"] is False
 
 
-@pytest.mark.parametrize(
-    "via",
-    [
-        "rpc",
-        pytest.param(
-            "data",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a newcomer's first packet arrives without a participant and is taken "
-                "for a server-API packet (fixed next)",
-            ),
-        ),
-    ],
-)
+@VIAS
 async def test_an_error_ack_comes_back_through_the_server(agent: LiveAgent, via: Via) -> None:
     async with await agent.client(via, identity="it-stranger") as client:
         with pytest.raises(ContextError) as caught:
