@@ -8,15 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from livekit import rtc
 
+from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, RPC_METHOD
+from imaginex_context_plugin.gateway import FAILURE_PRECEDENCE, STATUS_FOR, build_openapi
 from imaginex_context_plugin.gateway.limits import FailureLimiter, client_key
+from imaginex_context_plugin.protocol import ErrorCode
 from imaginex_context_plugin.security import RateLimit
 from tests import test_gateway
-from tests.test_gateway import CODE, HEADERS, SECRET, Fleet, GatewayFactory, post
+from tests.test_gateway import (
+    CODE,
+    HEADERS,
+    ROOM_1,
+    ROOM_2,
+    SECRET,
+    Fleet,
+    GatewayFactory,
+    post,
+)
 
 # the fixtures of the gateway's end-to-end tests, used here as they are
 fleet = test_gateway.fleet
@@ -198,3 +212,193 @@ def test_failure_limiter_table_is_bounded_forgetting_the_oldest_first() -> None:
 )
 def test_client_key(remote: str | None, key: str) -> None:
     assert client_key(remote) == key
+
+
+# ---------------------------------------------------------------------------------------------
+# an Idempotency-Key reused for another request: 422 ID_REUSED
+
+
+def keyed(key: str) -> dict[str, str]:
+    return {**HEADERS, "Idempotency-Key": key}
+
+
+async def test_a_key_reused_with_another_body_is_refused_before_anything_is_sent(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    agent = await fleet.agent(ROOM_1)
+    client = await make_gateway()
+    first, _, _ = await post(client, SPEAK, {"message": "Order 42 shipped."}, headers=keyed("o-42"))
+    received = agent.plugin.stats.received
+
+    status, answer, _ = await post(
+        client, SPEAK, {"message": "Order 43 shipped."}, headers=keyed("o-42")
+    )
+    assert first == 200
+    assert status == 422
+    assert answer["error"] == "ID_REUSED"
+    assert answer["success"] is False
+    assert "data" not in answer  # refused by the gateway: no room was tried
+    assert agent.plugin.stats.received == received  # nothing reached the agent
+
+    # the same request again is the retry the key exists for
+    status, answer, _ = await post(
+        client, SPEAK, {"message": "Order 42 shipped."}, headers=keyed("o-42")
+    )
+    assert status == 200
+    assert answer["data"]["rooms"][0]["duplicate"] is True
+    await agent.idle()
+    assert agent.said() == ["Order 42 shipped."]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # the same text through the other endpoint, or as context
+        (f"/v1/agent/{CODE}/add-context", {"context": "Hello", "type": "speak"}),
+        (f"/v1/agent/{CODE}/add-context", {"context": "Hello"}),
+        # the same text for one room only
+        (SPEAK, {"message": "Hello", "room_id": ROOM_1}),
+    ],
+)
+async def test_a_key_reused_with_another_endpoint_or_target_is_refused(
+    fleet: Fleet, make_gateway: GatewayFactory, path: str, body: dict[str, Any]
+) -> None:
+    await fleet.agent(ROOM_1)
+    client = await make_gateway()
+    first, _, _ = await post(client, SPEAK, {"message": "Hello"}, headers=keyed("k-1"))
+    status, answer, _ = await post(client, path, body, headers=keyed("k-1"))
+    assert first == 200
+    assert (status, answer["error"]) == (422, "ID_REUSED")
+
+
+async def test_the_same_body_with_other_spacing_or_unknown_fields_is_the_same_request(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    await fleet.agent(ROOM_1)
+    client = await make_gateway()
+    first, _, _ = await post(client, SPEAK, '{"message":"Hi"}', headers=keyed("k-2"))
+    status, answer, _ = await post(
+        client, SPEAK, '{ "trace": 7,  "message" : "Hi" }', headers=keyed("k-2")
+    )
+    assert (first, status) == (200, 200)
+    assert answer["data"]["rooms"][0]["duplicate"] is True
+
+
+async def test_a_key_is_bound_per_agent_code(fleet: Fleet, make_gateway: GatewayFactory) -> None:
+    await fleet.agent(ROOM_1)
+    await fleet.agent(ROOM_2, code="B00000000", identity="agent-b")
+    client = await make_gateway()
+    one, _, _ = await post(client, SPEAK, {"message": "One"}, headers=keyed("k-3"))
+    other, _, _ = await post(
+        client, "/v1/agent/B00000000/speak", {"message": "Two"}, headers=keyed("k-3")
+    )
+    assert (one, other) == (200, 200)
+
+
+async def test_a_refused_body_does_not_bind_the_key(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    await fleet.agent(ROOM_1)
+    client = await make_gateway()
+    bad, _, _ = await post(client, SPEAK, {"message": ""}, headers=keyed("k-4"))
+    good, _, _ = await post(client, SPEAK, {"message": "Fixed"}, headers=keyed("k-4"))
+    assert (bad, good) == (400, 200)
+
+
+async def test_concurrent_calls_with_one_key_and_two_bodies_send_one(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    agent = await fleet.agent(ROOM_1)
+    client = await make_gateway()
+    results = await asyncio.gather(
+        *(post(client, SPEAK, {"message": f"Body {i}"}, headers=keyed("k-5")) for i in range(6))
+    )
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [200, 422, 422, 422, 422, 422]
+    await agent.idle()
+    assert len(agent.said()) == 1
+
+
+def answering_agent(
+    fleet: Fleet, room: str, answer: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """A participant claiming the code whose RPC answer is ``answer(request)``."""
+    fleet._room_name(room)
+    participant = fleet.network.create_room(
+        room, "scripted-agent", attributes={AGENT_CODE_ATTRIBUTE: CODE}
+    )
+    seen: list[dict[str, Any]] = []
+
+    async def handler(invocation: rtc.RpcInvocationData) -> str:
+        request = json.loads(invocation.payload)
+        seen.append(request)
+        return json.dumps(answer(request))
+
+    participant.local_participant.register_rpc_method(RPC_METHOD, handler)
+    return seen
+
+
+async def test_an_agent_answering_id_reused_is_a_422(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    # e.g. another gateway replica with the same identity already used the key for other text
+    seen = answering_agent(
+        fleet,
+        ROOM_1,
+        lambda request: {
+            "type": "ack",
+            "id": request["id"],
+            "success": False,
+            "error": "ID_REUSED",
+            "message": "This id was already used for a different message.",
+        },
+    )
+    client = await make_gateway()
+    status, answer, _ = await post(client, SPEAK, {"message": "Hi"}, headers=keyed("k-6"))
+
+    assert status == 422
+    assert answer["success"] is False
+    assert answer["error"] == "ID_REUSED"
+    assert answer["data"]["rooms"] == [
+        {
+            "room": ROOM_1,
+            "delivered": False,
+            "error": "ID_REUSED",
+            "message": "This id was already used for a different message.",
+            "duplicate": False,
+        }
+    ]
+    assert [request["id"] for request in seen] == ["k-6"]
+
+
+async def test_id_reused_in_one_room_does_not_fail_a_delivery_elsewhere(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    answering_agent(
+        fleet,
+        ROOM_1,
+        lambda request: {
+            "type": "ack",
+            "id": request["id"],
+            "success": False,
+            "error": "ID_REUSED",
+            "message": "Reused.",
+        },
+    )
+    await fleet.agent(ROOM_2)
+    client = await make_gateway()
+    status, answer, _ = await post(client, SPEAK, {"message": "Hi"}, headers=keyed("k-7"))
+    assert status == 200
+    assert answer["data"]["delivered_to_rooms"] == 1
+
+
+def test_every_error_code_has_a_status_and_a_place_in_the_precedence() -> None:
+    assert set(STATUS_FOR) == set(ErrorCode)
+    assert set(FAILURE_PRECEDENCE) == set(ErrorCode)
+    assert STATUS_FOR[ErrorCode.ID_REUSED] == 422
+
+
+def test_openapi_documents_id_reused_as_422() -> None:
+    for path in ("/v1/agent/{agent_code}/speak", "/v1/agent/{agent_code}/add-context"):
+        responses = build_openapi()["paths"][path]["post"]["responses"]
+        assert "ID_REUSED" in responses["422"]["description"]

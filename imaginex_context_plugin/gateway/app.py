@@ -10,6 +10,7 @@ once with a timeout, and answer with the platform's response shape plus a per-ro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from ..protocol import (
     parse_ack,
     utc_timestamp,
 )
-from ..security import RateLimit, RateLimiter, sign_request
+from ..security import DEDUP_WINDOW_S, ExpiringCache, RateLimit, RateLimiter, sign_request
 from ..version import __version__
 from .backend import AgentBackend, AgentTarget, BackendError
 from .config import ApiSecrets, GatewayConfig, Principal
@@ -63,6 +64,10 @@ DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
 DEFAULT_GATEWAY_RATE_LIMIT: Final = RateLimit(per_second=10.0, burst=50)
 """Per api-secret: 10 requests a second, bursts of 50."""
 SHUTDOWN_TIMEOUT_S: Final = 5.0
+IDEMPOTENCY_WINDOW_S: Final = DEDUP_WINDOW_S
+"""How long an Idempotency-Key stays bound to its request: the agents' 10-minute dedup window."""
+IDEMPOTENCY_MAX_KEYS: Final = 10_000
+"""Keys remembered at most; past that the oldest are forgotten and only the agents check them."""
 
 API_SECRET_HEADER: Final = "api-secret"
 IDEMPOTENCY_KEY_HEADER: Final = "Idempotency-Key"
@@ -73,6 +78,10 @@ METHOD_NOT_ALLOWED: Final = "METHOD_NOT_ALLOWED"
 """Error code of a known route called with the wrong method."""
 
 UNAUTHORIZED_MESSAGE: Final = "Invalid api-secret"
+ID_REUSED_MESSAGE: Final = (
+    "This Idempotency-Key was already used for a different request (another body or endpoint) "
+    "in the last 10 minutes; send a new key. Nothing was sent."
+)
 NO_ACTIVE_ROOMS_MESSAGE: Final = "No active sessions found for agent"
 
 # The HTTP status for each error code, when no room took the message.
@@ -83,6 +92,7 @@ STATUS_FOR: Final[dict[ErrorCode, int]] = {
     ErrorCode.NO_ACTIVE_ROOMS: 404,
     ErrorCode.BUSY: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.ID_REUSED: 422,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL_ERROR: 502,
     ErrorCode.NOT_READY: 503,
@@ -95,6 +105,7 @@ STATUS_FOR: Final[dict[ErrorCode, int]] = {
 # is gone", then transient trouble, then the agent refusing or failing.
 FAILURE_PRECEDENCE: Final[tuple[ErrorCode, ...]] = (
     ErrorCode.VALIDATION_ERROR,
+    ErrorCode.ID_REUSED,
     ErrorCode.PAYLOAD_TOO_LARGE,
     ErrorCode.BUSY,
     ErrorCode.RATE_LIMITED,
@@ -202,6 +213,11 @@ class _Gateway:
         )
         self._max_body_bytes = max_body_bytes
         self._openapi = json.dumps(build_openapi()).encode("utf-8")
+        # (agent code, Idempotency-Key) -> digest of the request it was first used for: the
+        # agents dedup per (gateway identity, id), and each agent serves one code
+        self._idempotency: ExpiringCache[bytes] = ExpiringCache(
+            ttl_s=IDEMPOTENCY_WINDOW_S, max_entries=IDEMPOTENCY_MAX_KEYS
+        )
 
     # -- middleware: error bodies and the access log
 
@@ -370,6 +386,28 @@ class _Gateway:
             )
         return key
 
+    def _bind_key(
+        self,
+        request: web.Request,
+        agent_code: str,
+        request_id: str,
+        fingerprint: tuple[str, ContextType, str, str | None],
+    ) -> None:
+        """Refuse a key already bound to another request, else bind it to this one.
+
+        Synchronous, so two concurrent calls with one key cannot both pass.
+        """
+        if IDEMPOTENCY_KEY_HEADER not in request.headers:
+            return  # a key the gateway made up is never reused
+        canonical = json.dumps(fingerprint, ensure_ascii=False, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).digest()
+        bound = self._idempotency.get((agent_code, request_id))
+        if bound is None:
+            # not refreshed by repeats: the key stays bound no longer than the agents remember it
+            self._idempotency.put((agent_code, request_id), digest)
+        elif bound != digest:
+            raise _Refusal(422, ErrorCode.ID_REUSED.value, ID_REUSED_MESSAGE)
+
     def _payload(
         self, kind: ContextType, text: str, request_id: str, agent_code: str, room: str | None
     ) -> str:
@@ -408,6 +446,7 @@ class _Gateway:
                 f"Field '{field}' is too long: the message for the agent would be {size} bytes; "
                 f"the limit is {MAX_PAYLOAD_BYTES} bytes (15 KiB).",
             )
+        self._bind_key(request, agent_code, request_id, (endpoint, kind, text, room_id))
         try:
             targets = await self._backend.find_agents(agent_code, room_id=room_id)
         except BackendError as exc:
@@ -500,8 +539,9 @@ class _Gateway:
         return failed(ack.error, ack.message, ack.retry_after)
 
     def _failure(self, outcomes: list[_Outcome], data: SpeakData | AddContextData) -> _Refusal:
-        codes = {o.error for o in outcomes if o.error is not None}
-        code = next(c for c in FAILURE_PRECEDENCE if c in codes)
+        errors = [o.error for o in outcomes if o.error is not None]
+        # a code newer than this table still gets an answer: the first room's
+        code = next((c for c in FAILURE_PRECEDENCE if c in errors), errors[0])
         first = next(o for o in outcomes if o.error is code)
         message = first.result.message or ""
         headers: dict[str, str] = {}
@@ -520,7 +560,9 @@ class _Gateway:
                 "gateway's identity (allowed_identities) or its signing secret.",
                 data=data,
             )
-        return _Refusal(STATUS_FOR[code], code.value, message, headers=headers, data=data)
+        return _Refusal(
+            STATUS_FOR.get(code, 502), code.value, message, headers=headers, data=data
+        )
 
     async def close(self, app: web.Application) -> None:
         await self._backend.aclose()

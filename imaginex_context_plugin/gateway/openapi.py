@@ -31,6 +31,12 @@ _ERRORS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     (409, "The agent was busy (only for speech that must not queue).", ("BUSY",)),
     (413, "The body, or the message built from it, is too large.", ("PAYLOAD_TOO_LARGE",)),
     (
+        422,
+        "The Idempotency-Key was already used (within 10 minutes) for a request with another "
+        "body or endpoint; nothing was sent. Send a new key.",
+        ("ID_REUSED",),
+    ),
+    (
         429,
         "Too many requests for this api-secret, or for the agent. See Retry-After.",
         ("RATE_LIMITED",),
@@ -94,7 +100,9 @@ def _operation(
                 "required": False,
                 "description": (
                     "Becomes the message id (at most 128 characters): a retried call with the "
-                    "same key is applied once by each agent."
+                    "same key is applied once by each agent. A key is bound to its first request "
+                    "for 10 minutes: reusing it with another body or endpoint is a 422 "
+                    "ID_REUSED."
                 ),
                 "schema": {"type": "string", "maxLength": 128},
             },
