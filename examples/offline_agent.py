@@ -23,7 +23,8 @@ from livekit.agents import Agent, AgentServer, AgentSession, JobContext, room_io
 from imaginex_context_plugin import ContextPlugin
 from imaginex_context_plugin.demo import OfflineLLM
 
-server = AgentServer()
+# its HTTP health server on loopback only (with --dev on a free port, else 8081)
+server = AgentServer(host="127.0.0.1")
 
 
 @server.rtc_session(agent_name="offline-agent")

@@ -1,0 +1,260 @@
+"""``examples/offline_agent.py`` as a real worker: registered with the server, dispatched into a
+room with the agent dispatch API, driven with the ``imaginex-context`` CLI as a user would.
+
+This is the README's "Local testing with livekit-server --dev" story, run as written: the worker
+is ``python -m livekit.agents start examples/offline_agent.py --dev`` (its own process group,
+stopped with SIGTERM then SIGKILL, its log attached to any failure), the CLI runs as a
+subprocess, and a user in the room reads what the agent says from the ``lk.transcription`` text
+stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from livekit import api, rtc
+
+from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient
+from tests.integration.live import participant_token, room_name, wait_until
+from tests.livekit_server import ROOT, ServerInfo
+
+AGENT_NAME = "offline-agent"
+AGENT_CODE = "OFFLINE01"
+TRANSCRIPTION_TOPIC = "lk.transcription"
+AGENT_STATE_ATTRIBUTE = "lk.agent.state"
+REGISTER_TIMEOUT_S = 60.0
+JOIN_TIMEOUT_S = 60.0
+CLI_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 20.0
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+CLI = Path(sys.executable).parent / "imaginex-context"
+
+
+@dataclass
+class Worker:
+    """The example worker process; ``log()`` is everything it printed so far."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def text(self) -> str:
+        return ANSI.sub("", self.log_path.read_text(errors="replace"))
+
+    def log(self, lines: int = 120) -> str:
+        return "\n".join(line[:500] for line in self.text().splitlines()[-lines:])
+
+    def registered(self) -> bool:
+        return "registered worker" in self.text()
+
+    def stop(self) -> None:
+        """SIGTERM to the worker (it closes its job processes), SIGKILL to the whole group."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        # its job and forkserver processes are in its group: none may outlive it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def livekit_env(lk: ServerInfo) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "LIVEKIT_URL": lk.url,
+        "LIVEKIT_API_KEY": lk.api_key,
+        "LIVEKIT_API_SECRET": lk.api_secret,
+    }
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+@contextlib.contextmanager
+def running_worker(lk: ServerInfo, tmp_path: Path) -> Iterator[Worker]:
+    log_path = tmp_path / "offline-agent.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "livekit.agents", "start", "examples/offline_agent.py", "--dev"],
+            cwd=ROOT,
+            env=livekit_env(lk),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() takes all of it
+        )
+    worker = Worker(process, log_path)
+    try:
+        deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        while not worker.registered():
+            if process.poll() is not None:
+                pytest.fail(f"the worker exited with {process.returncode}:\n{worker.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the worker did not register in time:\n{worker.log()}")
+            time.sleep(0.1)
+        yield worker
+    finally:
+        worker.stop()
+
+
+@dataclass
+class Listener:
+    """A participant in the room that collects what the agent says (``lk.transcription``)."""
+
+    room: rtc.Room
+    texts: list[str] = field(default_factory=list)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def on_stream(self, reader: rtc.TextStreamReader, sender: str) -> None:
+        async def read() -> None:
+            self.texts.append(await reader.read_all())
+
+        task = asyncio.ensure_future(read())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def agent_listening(self) -> bool:
+        """The agent is here with its code, and its session started (state ``listening``)."""
+        return any(
+            p.attributes.get(AGENT_CODE_ATTRIBUTE) == AGENT_CODE
+            and p.attributes.get(AGENT_STATE_ATTRIBUTE) == "listening"
+            for p in self.room.remote_participants.values()
+        )
+
+
+@contextlib.asynccontextmanager
+async def listener(lk: ServerInfo, room: str) -> AsyncIterator[Listener]:
+    joined = Listener(rtc.Room())
+    joined.room.register_text_stream_handler(TRANSCRIPTION_TOPIC, joined.on_stream)
+    await joined.room.connect(lk.url, participant_token(lk, room, "it-listener"))
+    try:
+        yield joined
+    finally:
+        await joined.room.disconnect()
+
+
+async def cli(lk: ServerInfo, *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(CLI),
+        *args,
+        cwd=ROOT,
+        env=livekit_env(lk),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out.decode("utf-8", errors="replace")
+
+
+async def wait_for(
+    worker: Worker,
+    predicate: Callable[[], bool | Awaitable[bool]],
+    what: str,
+    timeout: float = JOIN_TIMEOUT_S,
+) -> None:
+    """``wait_until``, with the worker's log in the failure message."""
+    try:
+        await wait_until(predicate, what, timeout=timeout)
+    except pytest.fail.Exception as exc:
+        pytest.fail(f"{exc}\nworker log:\n{worker.log()}", pytrace=False)
+
+
+@pytest.fixture
+def worker(livekit: ServerInfo, tmp_path: Path) -> Iterator[Worker]:
+    with running_worker(livekit, tmp_path) as started:
+        yield started
+
+
+@pytest.fixture
+async def dispatched(livekit: ServerInfo, worker: Worker) -> AsyncIterator[tuple[str, Listener]]:
+    """A fresh room with a user (the listener) that the worker was then dispatched into, once
+    the agent's session runs there.
+
+    The user comes first, as in real life: the agent links its output to the user it finds, and
+    a text-only agent publishes its transcription only once it is linked to someone.
+    """
+    room = room_name("it-worker")
+    async with (
+        listener(livekit, room) as heard,
+        api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret) as lkapi,
+    ):
+        try:
+            dispatch = await lkapi.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name=AGENT_NAME, room=room)
+            )
+            assert dispatch.agent_name == AGENT_NAME
+            await wait_for(worker, heard.agent_listening, "the dispatched agent's session to run")
+            yield room, heard
+        finally:
+            with contextlib.suppress(api.TwirpError):
+                await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))
+
+
+async def test_the_example_worker_speaks_what_the_cli_sends(
+    livekit: ServerInfo, worker: Worker, dispatched: tuple[str, Listener]
+) -> None:
+    room, heard = dispatched
+    code, out = await cli(livekit, "speak", "--room", room, "--wait-playout", "--json", "Hello")
+    assert code == 0, f"{out}\nworker log:\n{worker.log()}"
+    answer = json.loads(out)
+    ack, finished = answer["ack"], answer["speech_finished"]
+    assert ack["success"] is True
+    assert ack["data"]["agent_code"] == AGENT_CODE
+    assert ack["data"]["room_id"] == room
+    assert ack["data"]["method"] == "say"
+    # text-only output: the speech "plays out" once its text went out, and was not cut
+    assert finished["speech_id"] == ack["data"]["speech_id"]
+    assert finished["interrupted"] is False
+    # the example keeps the worker's HTTP health server on loopback
+    assert "HTTP server listening on 127.0.0.1:" in worker.text()
+    await wait_for(worker, lambda: heard.texts == ["Hello"], "the agent's transcription of Hello")
+
+
+async def test_added_context_shapes_the_example_workers_next_reply(
+    livekit: ServerInfo, worker: Worker, dispatched: tuple[str, Listener]
+) -> None:
+    room, heard = dispatched
+    fact = "The customer is John, a VIP."
+    code, out = await cli(livekit, "add-context", "--room", room, "--key", "customer", fact)
+    assert code == 0, f"{out}\nworker log:\n{worker.log()}"
+    # background knowledge: nothing is said, and the agent now holds it
+    async with await ContextClient.connect(
+        livekit.url,
+        livekit.api_key,
+        livekit.api_secret,
+        room,
+        identity="backend",
+        agent_code=AGENT_CODE,
+    ) as client:
+        state = await client.get_state()
+    assert [(e.key, e.chars) for e in state.context_entries] == [("customer", len(fact))]
+    assert heard.texts == []
+
+    code, out = await cli(livekit, "add-context", "--room", room, "--reply", "Greet the customer.")
+    assert code == 0, f"{out}\nworker log:\n{worker.log()}"
+    # OfflineLLM answers from the context it holds: its reply is made of both entries
+    await wait_for(worker, lambda: bool(heard.texts), "the agent's reply")
+    assert heard.texts == [f"Here is what I know: {fact} Greet the customer."]
