@@ -121,7 +121,7 @@ def demo(pace: float, verbose: bool) -> None:
     "--timeout",
     default=5.0,
     show_default=True,
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=FiniteFloatRange(min=0.0, min_open=True),
     help="Seconds the agents have to answer.",
 )
 @click.option(
@@ -131,6 +131,33 @@ def demo(pace: float, verbose: bool) -> None:
     help="Requests per second per api-secret (0 turns it off).",
 )
 @click.option("--burst", default=50, show_default=True, help="Requests at once per api-secret.")
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=FiniteFloatRange(min=0.0, min_open=True),
+    envvar="IMAGINEX_GATEWAY_HEADER_TIMEOUT",
+    show_envvar=True,
+    help="Seconds a client has to send a request's headers (and idle keep-alive limit).",
+)
+@click.option(
+    "--body-timeout",
+    default=30.0,
+    show_default=True,
+    type=FiniteFloatRange(min=0.0, min_open=True),
+    envvar="IMAGINEX_GATEWAY_BODY_TIMEOUT",
+    show_envvar=True,
+    help="Seconds a client has to send a request's body.",
+)
+@click.option(
+    "--max-connections",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="IMAGINEX_GATEWAY_MAX_CONNECTIONS",
+    show_envvar=True,
+    help="Open connections at most; more are answered 503 and closed.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (includes message text).")
 def gateway(
     host: str,
@@ -140,6 +167,9 @@ def gateway(
     timeout: float,
     rate_limit: float,
     burst: int,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections: int,
     verbose: bool,
 ) -> None:
     """Serve the platform's REST API (/v1/agent/{agent_code}/speak, /add-context) over LiveKit.
@@ -167,6 +197,9 @@ def gateway(
         identity=identity,
         delivery_timeout=timeout,
         rate_limit=limit,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_connections=max_connections,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -16,7 +16,15 @@ from aiohttp.test_utils import TestClient
 from livekit import rtc
 
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, RPC_METHOD
-from imaginex_context_plugin.gateway import FAILURE_PRECEDENCE, STATUS_FOR, build_openapi
+from imaginex_context_plugin.gateway import (
+    FAILURE_PRECEDENCE,
+    STATUS_FOR,
+    ApiSecrets,
+    GatewayServer,
+    build_openapi,
+    create_app,
+    start_gateway_server,
+)
 from imaginex_context_plugin.gateway.limits import FailureLimiter, client_key
 from imaginex_context_plugin.protocol import ErrorCode
 from imaginex_context_plugin.security import RateLimit
@@ -99,8 +107,6 @@ async def test_an_api_secret_that_is_not_utf8_is_unauthorized(
 async def test_a_non_ascii_secret_configured_in_utf8_is_accepted_from_its_raw_bytes(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:
-    from imaginex_context_plugin.gateway import ApiSecrets
-
     await fleet.agent("room_1")
     client = await make_gateway(secrets=ApiSecrets(secret="clé-secrète-ü"))
     body = b'{"message": "Hi"}'
@@ -402,3 +408,141 @@ def test_openapi_documents_id_reused_as_422() -> None:
     for path in ("/v1/agent/{agent_code}/speak", "/v1/agent/{agent_code}/add-context"):
         responses = build_openapi()["paths"][path]["post"]["responses"]
         assert "ID_REUSED" in responses["422"]["description"]
+
+
+# ---------------------------------------------------------------------------------------------
+# slow clients and too many clients: the real server (start_gateway_server) on 127.0.0.1
+
+
+@pytest.fixture
+async def serve(fleet: Fleet) -> AsyncIterator[Callable[..., Awaitable[GatewayServer]]]:
+    """Start the gateway's real server on a free port; keyword arguments go to
+    ``start_gateway_server``, and ``app_options`` to ``create_app``."""
+    started: list[GatewayServer] = []
+
+    async def start(*, app_options: dict[str, Any] | None = None, **options: Any) -> GatewayServer:
+        app = create_app(fleet.backend(), ApiSecrets(secret=SECRET), **(app_options or {}))
+        server = await start_gateway_server(app, host="127.0.0.1", port=0, **options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.aclose()
+
+
+async def read_until_closed(reader: asyncio.StreamReader, within: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection (fails after ``within``)."""
+    chunks = []
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                chunk = await reader.read(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_the_server_answers_requests(serve: Callable[..., Awaitable[GatewayServer]]) -> None:
+    server = await serve()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status, _, answer = parse_answer(await read_until_closed(reader))
+    writer.close()
+    assert status == 200
+    assert answer["status"] == "ok"
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+async def test_a_client_that_does_not_finish_its_headers_is_disconnected(
+    serve: Callable[..., Awaitable[GatewayServer]], trickle: bool
+) -> None:
+    server = await serve(header_timeout=0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"POST /v1/agent/A12345678/spe")
+
+    async def dribble() -> None:
+        for byte in b"ak HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200:
+            await asyncio.sleep(0.02)
+            writer.write(bytes([byte]))
+
+    dribbling = asyncio.create_task(dribble()) if trickle else None
+    answer = await read_until_closed(reader)  # fails the test if the server never closes
+    if dribbling is not None:
+        dribbling.cancel()
+    writer.close()
+    assert answer == b""
+    assert server.open_connections == 0
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_header_timeout(
+    serve: Callable[..., Awaitable[GatewayServer]],
+) -> None:
+    server = await serve(header_timeout=0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, _ = parse_answer(await read_until_closed(reader))
+    writer.close()
+    assert status == 200
+
+
+async def test_a_body_that_does_not_arrive_is_a_408_and_the_connection_closes(
+    serve: Callable[..., Awaitable[GatewayServer]],
+) -> None:
+    server = await serve(app_options={"body_timeout": 0.3}, header_timeout=30)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(speak_head(SECRET.encode(), b"x" * 100) + b"\r\n" + b'{"message": ')
+    status, headers, answer = parse_answer(await read_until_closed(reader))
+    writer.close()
+    assert status == 408
+    assert answer["error"] == "REQUEST_TIMEOUT"
+    assert headers["connection"] == "close"
+
+
+async def test_connections_over_the_limit_are_refused_with_503(
+    serve: Callable[..., Awaitable[GatewayServer]],
+) -> None:
+    server = await serve(max_connections=2, header_timeout=30)
+    held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+    await test_gateway.wait_until(lambda: server.open_connections == 2)
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    status, headers, answer = parse_answer(await read_until_closed(reader))
+    writer.close()
+    assert status == 503
+    assert answer == {
+        "success": False,
+        "error": "TOO_MANY_CONNECTIONS",
+        "message": "The gateway has too many open connections; retry after Retry-After seconds.",
+    }
+    assert headers["retry-after"] == "1"
+    assert server.refused_connections == 1
+
+    # a freed slot serves again
+    held[0][1].close()
+    await test_gateway.wait_until(lambda: server.open_connections == 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status, _, _ = parse_answer(await read_until_closed(reader))
+    writer.close()
+    held[1][1].close()
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"header_timeout": 0}, {"header_timeout": float("nan")}, {"max_connections": 0}],
+)
+async def test_bad_server_limits_are_refused(fleet: Fleet, options: dict[str, Any]) -> None:
+    app = create_app(fleet.backend(), ApiSecrets(secret=SECRET))
+    with pytest.raises(ValueError, match="must be"):
+        await start_gateway_server(app, host="127.0.0.1", port=0, **options)
+
+
+@pytest.mark.parametrize("body_timeout", [0, -1, float("nan"), float("inf")])
+def test_bad_body_timeouts_are_refused(fleet: Fleet, body_timeout: float) -> None:
+    with pytest.raises(ValueError, match="body_timeout must be"):
+        create_app(fleet.backend(), ApiSecrets(secret=SECRET), body_timeout=body_timeout)

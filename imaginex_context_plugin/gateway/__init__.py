@@ -16,6 +16,7 @@ In code::
 from __future__ import annotations
 
 from .app import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_DELIVERY_TIMEOUT_S,
     DEFAULT_GATEWAY_RATE_LIMIT,
     DEFAULT_MAX_BODY_BYTES,
@@ -37,12 +38,21 @@ from .backend import (
 )
 from .config import ApiSecrets, ConfigError, GatewayConfig, LiveKitSettings, Principal
 from .openapi import build_openapi
+from .server import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    GatewayServer,
+    start_gateway_server,
+)
 
 __all__ = [
+    "DEFAULT_BODY_TIMEOUT_S",
     "DEFAULT_DELIVERY_TIMEOUT_S",
     "DEFAULT_GATEWAY_IDENTITY",
     "DEFAULT_GATEWAY_RATE_LIMIT",
+    "DEFAULT_HEADER_TIMEOUT_S",
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_CONNECTIONS",
     "FAILURE_PRECEDENCE",
     "STATUS_FOR",
     "AgentBackend",
@@ -51,6 +61,7 @@ __all__ = [
     "BackendError",
     "ConfigError",
     "GatewayConfig",
+    "GatewayServer",
     "LiveKitBackend",
     "LiveKitRoomDirectory",
     "LiveKitSettings",
@@ -61,4 +72,5 @@ __all__ = [
     "create_app",
     "gateway_token",
     "run_gateway",
+    "start_gateway_server",
 ]

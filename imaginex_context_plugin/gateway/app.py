@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -54,16 +55,26 @@ from .models import (
     SpeakResponse,
 )
 from .openapi import build_openapi
+from .server import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    request_finished,
+    request_started,
+    start_gateway_server,
+)
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8089
 DEFAULT_DELIVERY_TIMEOUT_S: Final = 5.0
 """Seconds the agents have to acknowledge a message before the room counts as TIMEOUT."""
 DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
+DEFAULT_BODY_TIMEOUT_S: Final = 30.0
+"""Seconds a client has to send a request's body once its headers are in."""
+REQUEST_TIMEOUT: Final = "REQUEST_TIMEOUT"
+"""Error code of a body that did not arrive in time (the gateway's own; not an agent error)."""
 """Largest HTTP body read; the message sent on to the agents must also fit in 15 KiB."""
 DEFAULT_GATEWAY_RATE_LIMIT: Final = RateLimit(per_second=10.0, burst=50)
 """Per api-secret: 10 requests a second, bursts of 50."""
-SHUTDOWN_TIMEOUT_S: Final = 5.0
 IDEMPOTENCY_WINDOW_S: Final = DEDUP_WINDOW_S
 """How long an Idempotency-Key stays bound to its request: the agents' 10-minute dedup window."""
 IDEMPOTENCY_MAX_KEYS: Final = 10_000
@@ -133,6 +144,7 @@ class _Refusal(Exception):
         *,
         headers: dict[str, str] | None = None,
         data: SpeakData | AddContextData | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -140,6 +152,7 @@ class _Refusal(Exception):
         self.message = message
         self.headers = headers or {}
         self.data = data
+        self.close = close
 
 
 class _Outcome:
@@ -172,7 +185,10 @@ def _json_response(
 
 def _error_response(refusal: _Refusal) -> web.Response:
     body = ErrorResponse(error=refusal.code, message=refusal.message, data=refusal.data)
-    return _json_response(body, status=refusal.status, headers=refusal.headers)
+    response = _json_response(body, status=refusal.status, headers=refusal.headers)
+    if refusal.close:
+        response.force_close()
+    return response
 
 
 def _sentence(exc: ValidationError) -> str:
@@ -202,6 +218,7 @@ class _Gateway:
         rate_limit: RateLimit | None,
         auth_failure_limit: RateLimit | None,
         max_body_bytes: int,
+        body_timeout: float,
     ) -> None:
         self._backend = backend
         self._secrets = secrets
@@ -212,6 +229,7 @@ class _Gateway:
             FailureLimiter(auth_failure_limit) if auth_failure_limit is not None else None
         )
         self._max_body_bytes = max_body_bytes
+        self._body_timeout = body_timeout
         self._openapi = json.dumps(build_openapi()).encode("utf-8")
         # (agent code, Idempotency-Key) -> digest of the request it was first used for: the
         # agents dedup per (gateway identity, id), and each agent serves one code
@@ -225,11 +243,14 @@ class _Gateway:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         error: str | None = None
+        request_started(request)
         try:
             response = await handler(request)
         except _Refusal as refusal:
             error = refusal.code
             response = _error_response(refusal)
+            if refusal.close:
+                await self._send_and_close(request, response)
         except web.HTTPException as exc:
             converted = self._from_http_exception(request, exc)
             error = converted.code
@@ -240,6 +261,8 @@ class _Gateway:
             response = _error_response(
                 _Refusal(500, error, "The gateway failed unexpectedly; nothing was sent.")
             )
+        finally:
+            request_finished(request)
         duration_ms = (time.perf_counter() - started) * 1000
         # raw_path: the decoded path could carry a newline into the log
         path = request.rel_url.raw_path
@@ -259,6 +282,20 @@ class _Gateway:
             },
         )
         return response
+
+    @staticmethod
+    async def _send_and_close(request: web.Request, response: web.Response) -> None:
+        """Write the answer now and close the connection once it is flushed.
+
+        Left to aiohttp, the connection would linger reading the rest of an unfinished body.
+        """
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            pass
+        if request.transport is not None:
+            request.transport.close()
 
     def _from_http_exception(self, request: web.Request, exc: web.HTTPException) -> _Refusal:
         if exc.status == 404:
@@ -348,9 +385,17 @@ class _Gateway:
         if length is not None and length > self._max_body_bytes:
             raise self._too_large()
         try:
-            raw = await request.read()
+            raw = await asyncio.wait_for(request.read(), self._body_timeout)
         except web.HTTPRequestEntityTooLarge:
             raise self._too_large() from None
+        except asyncio.TimeoutError:
+            # the rest of the body may still come; the connection cannot serve another request
+            raise _Refusal(
+                408,
+                REQUEST_TIMEOUT,
+                f"The request body did not arrive within {self._body_timeout:g} seconds.",
+                close=True,
+            ) from None
         if not raw.strip():
             raise _Refusal(
                 400, ErrorCode.VALIDATION_ERROR.value, "Request body is empty; send a JSON object."
@@ -577,6 +622,7 @@ def create_app(
     rate_limit: RateLimit | None = DEFAULT_GATEWAY_RATE_LIMIT,
     auth_failure_limit: RateLimit | None = DEFAULT_AUTH_FAILURE_LIMIT,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> web.Application:
     """Build the gateway's aiohttp application.
 
@@ -593,12 +639,18 @@ def create_app(
             used up, the address gets 429 without its secret being checked. Valid secrets are
             not charged. ``None`` turns it off. Default 5/s, bursts of 20.
         max_body_bytes: Largest request body. Default 64 KiB.
+        body_timeout: Seconds to receive the body once the headers are in; a late body is
+            answered 408 ``REQUEST_TIMEOUT`` and the connection closed. Default 30.
 
     Returns:
-        The application; serve it with ``aiohttp.web.run_app`` or a test server.
+        The application; serve it with :func:`~.server.start_gateway_server` (which also limits
+        the time to send headers and the number of connections), ``aiohttp.web.run_app`` or a
+        test server.
     """
-    if delivery_timeout <= 0:
-        raise ValueError("delivery_timeout must be positive")
+    if not 0 < delivery_timeout < math.inf:
+        raise ValueError("delivery_timeout must be a positive number of seconds")
+    if not 0 < body_timeout < math.inf:
+        raise ValueError("body_timeout must be a positive number of seconds")
     gateway = _Gateway(
         backend,
         secrets,
@@ -607,6 +659,7 @@ def create_app(
         rate_limit=rate_limit,
         auth_failure_limit=auth_failure_limit,
         max_body_bytes=max_body_bytes,
+        body_timeout=body_timeout,
     )
     # client_max_size: aiohttp's own guard on request.read(); checked again with a JSON answer
     app = web.Application(middlewares=[gateway.middleware], client_max_size=max_body_bytes)
@@ -627,8 +680,11 @@ def run_gateway(
     delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT_S,
     rate_limit: RateLimit | None = DEFAULT_GATEWAY_RATE_LIMIT,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT_S,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> None:
-    """Serve the gateway until interrupted (what ``imaginex-context gateway`` runs).
+    """Serve the gateway until SIGINT or SIGTERM (what ``imaginex-context gateway`` runs).
 
     Args:
         config: LiveKit settings and api-secrets (``GatewayConfig.from_env()``).
@@ -638,6 +694,9 @@ def run_gateway(
         delivery_timeout: See :func:`create_app`.
         rate_limit: See :func:`create_app`.
         max_body_bytes: See :func:`create_app`.
+        header_timeout: See :func:`~.server.start_gateway_server`. Default 10.
+        body_timeout: See :func:`create_app`. Default 30.
+        max_connections: See :func:`~.server.start_gateway_server`. Default 1024.
     """
     from .backend import DEFAULT_GATEWAY_IDENTITY, LiveKitBackend
 
@@ -662,12 +721,25 @@ def run_gateway(
             delivery_timeout=delivery_timeout,
             rate_limit=rate_limit,
             max_body_bytes=max_body_bytes,
+            body_timeout=body_timeout,
         )
 
-    web.run_app(
-        make_app(),
-        host=host,
-        port=port,
-        access_log=None,  # the middleware writes one line per request instead
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-    )
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        server = await start_gateway_server(
+            await make_app(),
+            host=host,
+            port=port,
+            header_timeout=header_timeout,
+            max_connections=max_connections,
+        )
+        logger.info("gateway listening", extra={"host": host, "port": server.port})
+        try:
+            await stop.wait()
+        finally:
+            await server.aclose()
+
+    asyncio.run(serve())
