@@ -100,6 +100,7 @@ only when nothing but those is waiting."""
 DRAIN_TIMEOUT_S: Final = 2.0
 _RETRY_INTERVAL_S: Final = 0.02
 _CONNECT_POLL_S: Final = 0.05
+_CONNECTION_CHECK_S: Final = 1.0
 SERVER_SENDER: Final = "<server>"
 """Rate-limit and dedup key for packets sent through the server API (no participant)."""
 
@@ -316,6 +317,7 @@ class ContextPlugin:
         self._outbound_drained = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._rpc_registered = False
+        self._room_left = asyncio.Event()
         self._expiry_timer: asyncio.TimerHandle | None = None
 
         self._speeches: dict[str, _SpeechTrack] = {}
@@ -351,6 +353,7 @@ class ContextPlugin:
             self._ack_transport = AckTransport(room)
 
         room.on("data_received", self._on_data_received)
+        room.on("disconnected", self._on_room_disconnected)
         session.on("conversation_item_added", self._on_conversation_item_added)
         session.on("agent_state_changed", self._on_agent_state_changed)
         session.on("close", self._on_session_close)
@@ -360,7 +363,7 @@ class ContextPlugin:
         self._tasks.append(asyncio.create_task(self._consume(), name="imaginex_context.consume"))
         self._tasks.append(asyncio.create_task(self._publish(), name="imaginex_context.publish"))
         self._tasks.append(
-            asyncio.create_task(self._when_connected(), name="imaginex_context.connect")
+            asyncio.create_task(self._keep_registered(), name="imaginex_context.connect")
         )
 
         job_ctx = get_job_context(required=False)
@@ -388,6 +391,7 @@ class ContextPlugin:
         assert self._room is not None
 
         self._room.off("data_received", self._on_data_received)
+        self._room.off("disconnected", self._on_room_disconnected)
         self._session.off("conversation_item_added", self._on_conversation_item_added)
         self._session.off("agent_state_changed", self._on_agent_state_changed)
         self._session.off("close", self._on_session_close)
@@ -429,20 +433,41 @@ class ContextPlugin:
         self._tasks.clear()
         logger.info("context plugin closed", extra={"agent_code": self._agent_code})
 
-    async def _when_connected(self) -> None:
-        # rtc.Room.connect() emits no "connected" event and a later connection_state_changed is
-        # not guaranteed, so a plugin started before the room connects polls for it
-        assert self._room is not None
-        while not self._room.isconnected():  # noqa: ASYNC110 - there is no event to wait on
-            await asyncio.sleep(_CONNECT_POLL_S)
-        participant = self._room.local_participant
-        participant.register_rpc_method(RPC_METHOD, self._on_rpc)
-        self._rpc_registered = True
-        if self._agent_code:
-            try:
-                await participant.set_attributes({AGENT_CODE_ATTRIBUTE: self._agent_code})
-            except Exception:
-                logger.warning("could not publish the agent code attribute", exc_info=True)
+    async def _keep_registered(self) -> None:
+        """Register the RPC method and publish the agent code each time the room connects.
+
+        rtc.Room.connect() emits no "connected" event and a later connection_state_changed is
+        not guaranteed, so this polls for it. A Room can be connected again after it was
+        disconnected: the new local participant has neither the method nor the attribute, so
+        both are set again. (LiveKit's own reconnects keep them: nothing to do there.)
+        """
+        room = self._room
+        assert room is not None
+        while True:
+            while not room.isconnected():  # noqa: ASYNC110 - there is no event to wait on
+                await asyncio.sleep(_CONNECT_POLL_S)
+            self._room_left.clear()
+            participant = room.local_participant
+            participant.register_rpc_method(RPC_METHOD, self._on_rpc)
+            self._rpc_registered = True
+            if self._agent_code:
+                try:
+                    await participant.set_attributes({AGENT_CODE_ATTRIBUTE: self._agent_code})
+                except Exception:
+                    logger.warning("could not publish the agent code attribute", exc_info=True)
+            # the "disconnected" event ends this connection; the poll is a fallback in case
+            # the event is missed (it races a quick reconnect)
+            while not self._room_left.is_set() and self._still_on(participant):
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._room_left.wait(), _CONNECTION_CHECK_S)
+            self._rpc_registered = False
+
+    def _still_on(self, participant: rtc.LocalParticipant) -> bool:
+        room = self._room
+        return room is not None and room.isconnected() and room.local_participant is participant
+
+    def _on_room_disconnected(self, _reason: object) -> None:
+        self._room_left.set()
 
     # ------------------------------------------------------------------------------------------
     # 1. bytes arrive

@@ -21,6 +21,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -205,26 +206,26 @@ class LiveKitServer:
         self.stop()
         raise RuntimeError("livekit-server did not become ready in time")
 
-    def stop(self) -> None:
+    def stop(self, *, crash: bool = False) -> None:
+        """Stop it (SIGTERM, then SIGKILL after 10 s), or with ``crash`` kill it at once."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 15)
+            os.killpg(process.pid, signal.SIGKILL if crash else signal.SIGTERM)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
 
-    def restart(self) -> None:
-        """Stop and start again on the same ports and config (a server restart mid-run)."""
+    def start_again(self) -> None:
+        """Start the stopped server on the same ports and config (its rooms are gone)."""
         assert self.info is not None
         assert self.info.log_path is not None
-        self.stop()
-        self._spawn(self.workdir / "livekit.yaml", self.info.log_path)
         assert self.info.http_port is not None
+        self._spawn(self.workdir / "livekit.yaml", self.info.log_path)
         self._wait_ready(self.info.http_port)
 
 

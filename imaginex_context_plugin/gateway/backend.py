@@ -192,6 +192,21 @@ class _PooledRoom:
     connecting: asyncio.Task[None]
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
+    # set while LiveKit's connection is down (the SDK reconnects on its own meanwhile)
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.room.on("reconnecting", self.lost.set)
+        self.room.on("disconnected", self._on_disconnected)
+        self.room.on("reconnected", self.lost.clear)
+
+    def _on_disconnected(self, _reason: object) -> None:
+        self.lost.set()
+
+    def unwatch(self) -> None:
+        self.room.off("reconnecting", self.lost.set)
+        self.room.off("disconnected", self._on_disconnected)
+        self.room.off("reconnected", self.lost.clear)
 
     def usable(self) -> bool:
         task = self.connecting
@@ -199,6 +214,12 @@ class _PooledRoom:
             return True
         return not task.cancelled() and task.exception() is None and self.room.isconnected()
 
+
+_CONNECTION_LOST: Final = "The connection to LiveKit is down (reconnecting); retry shortly."
+_LOST_IN_FLIGHT: Final = (
+    "The connection to LiveKit was lost while the message was on its way; it may still be "
+    "delivered once LiveKit is back, so retry with the same Idempotency-Key."
+)
 
 # How RPC failures read to the HTTP caller; anything else is INTERNAL_ERROR.
 _RPC_FAILURES: Final[dict[int, tuple[ErrorCode, str]]] = {
@@ -346,20 +367,35 @@ class LiveKitBackend:
     async def deliver(self, target: AgentTarget, payload: str, *, timeout: float) -> str:
         self._check_open()
         pooled = await self._joined(target.room)
+        # a connection whose server went away is reconnecting (the SDK goes on trying for the
+        # next call): nothing is sent then, so the caller may simply retry
+        if pooled.lost.is_set():
+            raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _CONNECTION_LOST)
         pooled.in_flight += 1
-        try:
-            return await pooled.room.local_participant.perform_rpc(
+        rpc = asyncio.ensure_future(
+            pooled.room.local_participant.perform_rpc(
                 destination_identity=target.identity,
                 method=RPC_METHOD,
                 payload=payload,
                 response_timeout=timeout,
             )
+        )
+        lost = asyncio.ensure_future(pooled.lost.wait())
+        try:
+            await asyncio.wait({rpc, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if not rpc.done():
+                # the SDK keeps the request and may still deliver it once it has reconnected
+                # (seen on a real server): the outcome is unknown, as after a timeout
+                raise BackendError(ErrorCode.TIMEOUT, _LOST_IN_FLIGHT)
+            return rpc.result()
         except rtc.RpcError as exc:
             code, message = _RPC_FAILURES.get(
                 exc.code, (ErrorCode.INTERNAL_ERROR, "The agent failed to handle the message.")
             )
             raise BackendError(code, message) from None
         finally:
+            for future in (rpc, lost):
+                future.cancel()
             pooled.in_flight -= 1
             pooled.last_used = time.monotonic()
             self._schedule_idle_check()
@@ -458,5 +494,6 @@ async def _disconnect(pooled: _PooledRoom) -> None:
     # a join under way is not cancelled: a cancelled native connect could still complete and
     # leave a connection nobody closes. It ends within the connect timeout.
     await asyncio.wait([pooled.connecting])
+    pooled.unwatch()
     with contextlib.suppress(Exception):  # the room may already be gone
         await pooled.room.disconnect()
