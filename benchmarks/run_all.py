@@ -1,7 +1,7 @@
 """Run every benchmark and print each report, then one summary table.
 
-Run: ``python benchmarks/run_all.py`` (about 3 minutes on 2 cores; the live benchmark starts a livekit-server), or ``--quick`` for a
-small-size pass that only checks that everything still runs. Exits 1 if a benchmark's
+Run: ``python benchmarks/run_all.py`` (about 3 minutes on 2 cores; the live benchmark starts a
+livekit-server), or ``--quick`` for a small-size pass that only checks that everything still runs. Exits 1 if a benchmark's
 correctness check failed (a message not acked exactly once, ...); timing targets that are
 missed are reported, not failed: these figures depend on the machine.
 """
@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # first: the live benchmark's server must run in the loopback-only namespace (tests/netns.py),
 # which has to be entered before anything imports LiveKit
-from tests.netns import isolate  # noqa: E402
+from tests.netns import isolate
 
 isolate()
 
