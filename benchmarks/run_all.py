@@ -1,8 +1,8 @@
 """Run every benchmark and print each report, then one summary table.
 
 Run: ``python benchmarks/run_all.py`` (about 3 minutes on 2 cores; the live benchmark starts a
-livekit-server), or ``--quick`` for a small-size pass that only checks that everything still runs. Exits 1 if a benchmark's
-correctness check failed (a message not acked exactly once, ...); timing targets that are
+livekit-server), or ``--quick`` for a small-size pass that only checks that everything still
+runs. Exits 1 if a benchmark's correctness check failed (a message not acked exactly once, ...); timing targets that are
 missed are reported, not failed: these figures depend on the machine.
 """
 
