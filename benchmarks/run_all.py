@@ -2,8 +2,9 @@
 
 Run: ``python benchmarks/run_all.py`` (about 3 minutes on 2 cores; the live benchmark starts a
 livekit-server), or ``--quick`` for a small-size pass that only checks that everything still
-runs. Exits 1 if a benchmark's correctness check failed (a message not acked exactly once, ...); timing targets that are
-missed are reported, not failed: these figures depend on the machine.
+runs. Exits 1 if a benchmark's correctness check failed (a message not acked exactly once,
+...); timing targets that are missed are reported, not failed: these figures depend on the
+machine.
 """
 
 from __future__ import annotations
