@@ -1,19 +1,25 @@
 """The same drop-in with no model API keys: a scripted LLM and text output only.
 
-For testing the wiring locally with a real LiveKit server and no model provider::
+For testing the wiring locally with a real LiveKit server and no model provider (the README's
+"Local testing with livekit-server --dev" has the details)::
 
-    livekit-server --dev                      # in another terminal (see the README)
+    scripts/livekit-server --dev                                   # terminal 1
     export LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=devkey LIVEKIT_API_SECRET=secret
-    python -m livekit.agents start examples/offline_agent.py --dev
+    .venv/bin/python -m livekit.agents start examples/offline_agent.py --dev   # terminal 2
 
-Dispatch the agent into a room (join it from the LiveKit playground, or
-``lk dispatch create --room demo --agent-name offline-agent``), then send it messages::
+It registers as ``offline-agent`` and joins a room when dispatched there: with the agent
+dispatch API (``api.LiveKitAPI().agent_dispatch.create_dispatch(
+api.CreateAgentDispatchRequest(agent_name="offline-agent", room="demo"))``, see the README) or
+``lk dispatch create --room demo --agent-name offline-agent``. Then, in terminal 3::
 
-    imaginex-context add-context "The customer is John, a VIP." --room demo
-    imaginex-context speak "Hello from the backend!" --room demo --wait-playout
+    .venv/bin/imaginex-context speak --room demo --wait-playout "Hello from the backend!"
+    .venv/bin/imaginex-context add-context --room demo --key customer "The customer is John, a VIP."
+    .venv/bin/imaginex-context add-context --room demo --reply "Greet the customer."
 
-The agent "speaks" as text (transcription output), and answers user text messages from the
-context it was given (``OfflineLLM``), so you can see add_context work end to end.
+The agent "speaks" as text (the ``lk.transcription`` stream, published once a user is in the
+room), and answers from the context it was given (``OfflineLLM``): after the last command it says
+"Here is what I know: The customer is John, a VIP. Greet the customer."
+``tests/integration/test_worker_live.py`` runs this against a real server.
 """
 
 from __future__ import annotations
