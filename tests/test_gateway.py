@@ -532,6 +532,30 @@ INVALID_BODIES = [
     pytest.param("speak", {"message": 5}, "Field 'message' must be a string.", id="number"),
     pytest.param("speak", {"message": "   "}, "Field 'message' must not be empty.", id="blank"),
     pytest.param(
+        "speak",
+        {"message": "\u200b\u2060\u200d"},
+        "Field 'message' must contain visible text, not only invisible or control characters.",
+        id="zero-width-only",
+    ),
+    pytest.param(
+        "add-context",
+        {"context": "\x07\x1b"},
+        "Field 'context' must contain visible text, not only invisible or control characters.",
+        id="control-only",
+    ),
+    pytest.param(
+        "speak",
+        {"message": "hi \ud800"},
+        "Field 'message' is not valid text: it contains a lone UTF-16 surrogate.",
+        id="lone-surrogate",
+    ),
+    pytest.param(
+        "speak",
+        {"message": "hi", "room_id": "\udfff"},
+        "Field 'room_id' is not valid text: it contains a lone UTF-16 surrogate.",
+        id="surrogate-room",
+    ),
+    pytest.param(
         "speak", {"message": "hi", "room_id": ""}, "Field 'room_id' must not be empty.", id="room"
     ),
     pytest.param(

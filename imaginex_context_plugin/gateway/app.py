@@ -204,6 +204,13 @@ def _sentence(exc: ValidationError) -> str:
         return f"Field '{field}' must be a string."
     if kind in ("string_too_short", "string_pattern_mismatch"):
         return f"Field '{field}' must not be empty."
+    if kind in ("not_text", "string_unicode"):
+        return f"Field '{field}' is not valid text: it contains a lone UTF-16 surrogate."
+    if kind == "invisible_text":
+        return (
+            f"Field '{field}' must contain visible text, not only invisible or control "
+            "characters."
+        )
     return f"Field '{field}' is invalid."
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -16,12 +17,27 @@ from pydantic import (
     StringConstraints,
     model_serializer,
 )
+from pydantic_core import PydanticCustomError
+
+from ..protocol import has_visible_text
 
 ContextType = Literal["speak", "add_context"]
 CONTEXT_TYPES: Final[tuple[str, ...]] = ("speak", "add_context")
 INVALID_TYPE_MESSAGE: Final = "Invalid type. Must be one of: " + ", ".join(CONTEXT_TYPES)
 
 NonBlank = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+
+
+def _visible(value: str) -> str:
+    # the agent's own rule (protocol.py), checked before any room is joined; a lone surrogate
+    # is already refused by pydantic itself (string_unicode)
+    if not has_visible_text(value):
+        raise PydanticCustomError("invisible_text", "no visible text")
+    return value
+
+
+VisibleText = Annotated[NonBlank, AfterValidator(_visible)]
+"""Text that can be spoken or used: not only invisible, format or control characters."""
 
 
 class _Body(BaseModel):
@@ -33,7 +49,7 @@ class _Body(BaseModel):
 class SpeakBody(_Body):
     """``POST /v1/agent/{agent_code}/speak``: make the agent say ``message`` now."""
 
-    message: NonBlank = Field(description="What the agent says, verbatim, through its TTS.")
+    message: VisibleText = Field(description="What the agent says, verbatim, through its TTS.")
     room_id: NonBlank | None = Field(
         default=None, description="Only this room; by default every room where the agent is live."
     )
@@ -42,7 +58,9 @@ class SpeakBody(_Body):
 class AddContextBody(_Body):
     """``POST /v1/agent/{agent_code}/add-context``: give background knowledge, or speak it."""
 
-    context: NonBlank = Field(description="The knowledge to add, or with type speak the text.")
+    context: VisibleText = Field(
+        description="The knowledge to add, or with type speak the text."
+    )
     type: ContextType = Field(
         default="add_context",
         description="add_context (default): nothing is spoken. speak: the context is spoken.",
