@@ -39,6 +39,7 @@ from livekit import api, rtc
 from pydantic import BaseModel, ValidationError
 
 from . import protocol
+from .expiring import ExpiringCache
 from .log import logger
 from .protocol import (
     ACK_TOPIC,
@@ -58,7 +59,7 @@ from .protocol import (
     SpeechFinishedEvent,
     SuccessAck,
 )
-from .security import DEDUP_WINDOW_S, SIGNATURE_WINDOW_S, ExpiringCache, sign_request
+from .security import DEDUP_WINDOW_S, SIGNATURE_WINDOW_S, sign_request
 
 Via = Literal["rpc", "data"]
 """How requests reach the agent: ``"rpc"`` (``perform_rpc``) or ``"data"`` (data packets)."""

@@ -34,6 +34,7 @@ from pydantic import TypeAdapter
 
 from . import protocol
 from .context import DEFAULT_CONTEXT_BUDGET, ContextBudget, ContextStore
+from .expiring import ExpiringCache
 from .log import logger
 from .protocol import (
     ACK_TOPIC,
@@ -68,7 +69,6 @@ from .security import (
     DEDUP_WINDOW_S,
     DEFAULT_RATE_LIMIT,
     SIGNATURE_WINDOW_S,
-    ExpiringCache,
     RateLimit,
     RateLimiter,
     SenderPolicy,

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
+from imaginex_context_plugin.expiring import ExpiringCache
 from imaginex_context_plugin.security import (
     DEDUP_MAX_ENTRIES,
     DEDUP_MIN_ENTRIES,
-    ExpiringCache,
     RateLimit,
     RateLimiter,
     SenderPolicy,

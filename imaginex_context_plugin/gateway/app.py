@@ -23,6 +23,7 @@ from typing import Any, Final, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ..expiring import ExpiringCache
 from ..log import logger
 from ..protocol import (
     ADD_CONTEXT_SUCCESS_MESSAGE,
@@ -36,7 +37,7 @@ from ..protocol import (
     parse_ack,
     utc_timestamp,
 )
-from ..security import DEDUP_WINDOW_S, ExpiringCache, RateLimit, RateLimiter, sign_request
+from ..security import DEDUP_WINDOW_S, RateLimit, RateLimiter, sign_request
 from ..version import __version__
 from .backend import AgentBackend, AgentTarget, BackendError
 from .config import ApiSecrets, GatewayConfig, Principal
