@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import math
+import os
+import sys
 import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -79,6 +81,28 @@ def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) ->
     if value is not None and not value:
         raise click.BadParameter("must not be empty.", ctx, param)
     return value
+
+
+def run() -> None:
+    """The ``imaginex-context`` process: :func:`main`, then exit without native teardown.
+
+    LiveKit's native library can abort the process while the interpreter tears it down (seen
+    on a real server, about one run in five: a Rust panic after the ack was printed, and a
+    non-zero exit status instead of 0). By the time ``main`` returns every room is closed and
+    every result printed, so the process leaves at once and its exit status stays true.
+    """
+    code: int = 0
+    try:
+        main()
+    except SystemExit as done:
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+            code = 1
+        else:
+            code = done.code or 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
