@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.netns import isolate
+from devtools.netns import isolate
 
 _NETWORK = isolate()
 

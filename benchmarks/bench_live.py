@@ -29,7 +29,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 # before anything imports LiveKit: its native threads must start inside the namespace
-from tests.netns import isolate  # noqa: E402
+from devtools.netns import isolate  # noqa: E402
 
 NETWORK = isolate()
 
@@ -46,6 +46,7 @@ from _harness import Figure, Report, ms, percentile  # noqa: E402
 from aiohttp import web  # noqa: E402
 from livekit import api, rtc  # noqa: E402
 
+from devtools.livekit_server import LiveKitServer, ServerInfo, find_binary, server_from_env  # noqa: E402
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient, ContextPlugin  # noqa: E402
 from imaginex_context_plugin.gateway import (  # noqa: E402
     ApiSecrets,
@@ -54,7 +55,6 @@ from imaginex_context_plugin.gateway import (  # noqa: E402
     create_app,
 )
 from tests.livekit_fakes import RecordingTTS, ScriptedLLM, start_session  # noqa: E402
-from tests.livekit_server import LiveKitServer, ServerInfo, find_binary, server_from_env  # noqa: E402
 
 AGENT_CODE = "BENCH0001"
 AGENT = "bench-agent"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# first: the live benchmark's server must run in the loopback-only namespace (tests/netns.py),
+# first: the live benchmark's server must run in the loopback-only namespace (devtools/netns.py),
 # which has to be entered before anything imports LiveKit
-from tests.netns import isolate
+from devtools.netns import isolate
 
 isolate()
 

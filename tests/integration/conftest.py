@@ -3,7 +3,7 @@
 The ``livekit`` fixture (session-scoped) gives the server: the one ``LIVEKIT_URL``,
 ``LIVEKIT_API_KEY`` and ``LIVEKIT_API_SECRET`` name, or else a ``livekit-server --dev`` the tests
 start on loopback ports (found on PATH or in ``.cache/``, built from its Go module when Go is
-here; see ``tests/livekit_server.py``). Without any, the tests skip saying how to get one, and
+here; see ``devtools/livekit_server.py``). Without any, the tests skip saying how to get one, and
 under ``CI=true`` they fail: CI must never pass with the live suite skipped.
 
 A failing live test prints the tail of the server's log.
@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.livekit_server import LiveKitServer, NoServer, ServerInfo, find_binary, server_from_env
+from devtools.livekit_server import (
+    LiveKitServer,
+    NoServer,
+    ServerInfo,
+    find_binary,
+    server_from_env,
+)
 
 _HERE = Path(__file__).resolve().parent
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.livekit_server import ServerInfo
+from devtools.livekit_server import ServerInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from devtools.livekit_server import LiveKitServer, ServerInfo, find_binary
 from imaginex_context_plugin import ContextError, ErrorCode
 from imaginex_context_plugin.gateway import (
     DEFAULT_GATEWAY_IDENTITY,
@@ -22,7 +23,6 @@ from imaginex_context_plugin.gateway import (
     create_app,
 )
 from tests.integration.live import AGENT_CODE, LiveAgent, agent_token, live_agent, wait_until
-from tests.livekit_server import LiveKitServer, ServerInfo, find_binary
 
 GATEWAY_SECRET = "faults-gateway-secret"
 RECOVERY_S = 30.0

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from devtools.livekit_server import ServerInfo
 from imaginex_context_plugin.gateway import (
     DEFAULT_GATEWAY_IDENTITY,
     ApiSecrets,
@@ -19,7 +20,6 @@ from imaginex_context_plugin.gateway import (
     create_app,
 )
 from tests.integration.live import LiveAgent, live_agent, wait_until
-from tests.livekit_server import ServerInfo
 
 SECRET = "integration-gateway-secret"
 

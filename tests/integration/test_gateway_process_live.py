@@ -37,9 +37,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from devtools.livekit_server import ROOT, ServerInfo, free_tcp_port
 from imaginex_context_plugin.gateway import DEFAULT_GATEWAY_IDENTITY
 from tests.integration.live import LiveAgent, live_agent, wait_until
-from tests.livekit_server import ROOT, ServerInfo, free_tcp_port
 
 REFERENCE = Path("/work/shared/reference/agent-context-api.md")
 SECRET = "live-gateway-process-secret-5d1e"

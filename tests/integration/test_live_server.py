@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from livekit import api, rtc
 
+from devtools.livekit_server import ServerInfo
 from imaginex_context_plugin import (
     ACK_TOPIC,
     AGENT_CODE_ATTRIBUTE,
@@ -37,7 +38,6 @@ from tests.integration.live import (
     participant_token,
     wait_until,
 )
-from tests.livekit_server import ServerInfo
 
 VIAS = pytest.mark.parametrize("via", ["rpc", "data"])
 

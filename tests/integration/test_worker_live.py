@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 from livekit import api, rtc
 
+from devtools.livekit_server import ROOT, ServerInfo
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient
 from tests.integration.live import participant_token, room_name, wait_until
-from tests.livekit_server import ROOT, ServerInfo
 
 AGENT_NAME = "offline-agent"
 AGENT_CODE = "OFFLINE01"

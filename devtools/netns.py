@@ -91,7 +91,7 @@ def isolate() -> str:
     if os.environ.get(ENV_SWITCH) == "0" or os.environ.get("LIVEKIT_URL"):
         return "network: not isolated (switched off, or an external LIVEKIT_URL)"
     # imported here: it must pull nothing of LiveKit in before the move
-    from tests.livekit_server import NoServer, find_binary
+    from devtools.livekit_server import NoServer, find_binary
 
     with contextlib.suppress(NoServer):  # the live suite says so itself (skip, or fail in CI)
         find_binary(build=True)
