@@ -39,6 +39,11 @@ from livekit import api, rtc
 from pydantic import BaseModel, ValidationError
 
 from . import protocol
+from .errors import RETRYABLE_CODES as RETRYABLE_CODES
+from .errors import AckTimeoutError as AckTimeoutError
+from .errors import ContextError as ContextError
+from .errors import PlayoutTimeoutError as PlayoutTimeoutError
+from .errors import ProtocolError
 from .expiring import ExpiringCache
 from .log import logger
 from .protocol import (
@@ -53,7 +58,6 @@ from .protocol import (
     ContextScope,
     ErrorAck,
     ErrorCode,
-    ProtocolError,
     Request,
     SpeakMode,
     SpeechFinishedEvent,
@@ -84,9 +88,6 @@ DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
 DEFAULT_TOKEN_TTL: Final = timedelta(hours=6)
 SENDER_IDENTITY_PREFIX: Final = "imaginex-sender-"
 """``connect()`` without an identity joins as this prefix plus 8 random hex digits."""
-RETRYABLE_CODES: Final = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.NOT_READY, ErrorCode.TIMEOUT})
-"""Error codes a later attempt may not get; errors with other codes are raised at once."""
-
 _EVENT_MEMORY_S: Final = DEDUP_WINDOW_S
 _EVENT_MEMORY_MAX: Final = 4_096
 _AGENT_KIND: Final = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
@@ -106,79 +107,6 @@ _RPC_UNREACHABLE: Final = frozenset(
 
 # ---------------------------------------------------------------------------------------------
 # errors and results
-
-
-class ContextError(Exception):
-    """A request that was not applied, or whose outcome is unknown.
-
-    Raised for an error ack from the agent (``ack`` is the :class:`~.protocol.ErrorAck`) and for
-    failures on the sender's side (``ack`` is None): the request did not validate
-    (``VALIDATION_ERROR``), is too large (``PAYLOAD_TOO_LARGE``), no agent was found in the room
-    (``AGENT_NOT_FOUND``), LiveKit could not be reached or the client was closed
-    (``LIVEKIT_UNAVAILABLE``), or no answer came (``TIMEOUT``, see :class:`AckTimeoutError`).
-
-    Attributes:
-        code: The error code (:class:`~.protocol.ErrorCode`).
-        message: One plain sentence saying what went wrong.
-        request_id: The request's id, when the request got that far.
-        retry_after: Seconds to wait before sending again (``RATE_LIMITED``), else None.
-        ack: The error ack as received, or None for a failure on the sender's side.
-        retryable: Whether sending the same request again may succeed.
-    """
-
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str,
-        *,
-        request_id: str | None = None,
-        retry_after: float | None = None,
-        ack: ErrorAck | None = None,
-        retryable: bool | None = None,
-    ) -> None:
-        super().__init__(f"{code.value}: {message}")
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-        self.retry_after = retry_after
-        self.ack = ack
-        self.retryable = code in RETRYABLE_CODES if retryable is None else retryable
-
-    @classmethod
-    def from_ack(cls, ack: ErrorAck) -> ContextError:
-        """The exception for an error ack received from the agent."""
-        return cls(ack.error, ack.message, request_id=ack.id, retry_after=ack.retry_after, ack=ack)
-
-
-class AckTimeoutError(ContextError, TimeoutError):
-    """No ack arrived in time, after every attempt (code ``TIMEOUT``).
-
-    It is both a :class:`ContextError` and a ``TimeoutError``. Whether the agent applied the
-    request is unknown: sending it again with the same ``request_id`` is safe, because the agent
-    applies an id from one sender once (within 10 minutes) and answers repeats with the first
-    ack, marked ``duplicate``.
-
-    Attributes:
-        attempts: How many times the request was sent.
-    """
-
-    def __init__(self, message: str, *, request_id: str | None, attempts: int) -> None:
-        super().__init__(ErrorCode.TIMEOUT, message, request_id=request_id, retryable=True)
-        self.attempts = attempts
-
-
-class PlayoutTimeoutError(ContextError, TimeoutError):
-    """The speech was accepted but ``speech_finished`` did not arrive in time (code ``TIMEOUT``).
-
-    Attributes:
-        accepted: The success ack of the speak request, when known.
-    """
-
-    def __init__(
-        self, message: str, *, request_id: str | None, accepted: SuccessAck | None = None
-    ) -> None:
-        super().__init__(ErrorCode.TIMEOUT, message, request_id=request_id, retryable=False)
-        self.accepted = accepted
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 import unicodedata
-from enum import Enum
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
@@ -24,6 +23,10 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
+
+from .errors import ErrorCode as ErrorCode
+from .errors import ProtocolError as ProtocolError
+from .errors import invalid_type_message, validation_sentence
 
 CONTEXT_TOPIC: Final = "imaginex.context"
 """Data-packet topic the receiver listens on."""
@@ -43,35 +46,6 @@ MAX_ECHOED_CHARS: Final = 128
 """Longest request value an error message quotes back, so an answer always fits a packet."""
 
 
-class ErrorCode(str, Enum):
-    """Stable error codes carried by error acks (and the gateway's error bodies)."""
-
-    VALIDATION_ERROR = "VALIDATION_ERROR"
-    """Not UTF-8, not JSON, not an object, unknown type, missing/empty text, wrong field types."""
-    UNAUTHORIZED = "UNAUTHORIZED"
-    """The sender is not trusted, or its signature is missing, wrong, stale or replayed."""
-    AGENT_NOT_FOUND = "AGENT_NOT_FOUND"
-    """The request names an ``agent_code`` this agent does not serve."""
-    NO_ACTIVE_ROOMS = "NO_ACTIVE_ROOMS"
-    """The request names a ``room_id`` that is not this room."""
-    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
-    """The packet is over 15 KiB (checked before parsing)."""
-    RATE_LIMITED = "RATE_LIMITED"
-    """The sender is over its rate limit, or the queue is full; see ``retry_after``."""
-    NOT_READY = "NOT_READY"
-    """The agent session is not running (not started yet, or ended)."""
-    BUSY = "BUSY"
-    """A ``speak`` with ``mode: "if_idle"`` arrived while the agent or the user was speaking."""
-    INTERNAL_ERROR = "INTERNAL_ERROR"
-    """An unexpected failure inside the agent; the message was not applied."""
-    LIVEKIT_UNAVAILABLE = "LIVEKIT_UNAVAILABLE"
-    """Sender side only: the LiveKit server could not be reached."""
-    TIMEOUT = "TIMEOUT"
-    """Sender side only: no ack arrived in time."""
-    ID_REUSED = "ID_REUSED"
-    """The sender already used this ``id`` for a different message; nothing was applied."""
-
-
 ID_REUSED_MESSAGE: Final = (
     "This id was already used for a different message; send it with a new id."
 )
@@ -79,7 +53,7 @@ ID_REUSED_MESSAGE: Final = (
 
 MessageType = Literal["speak", "add_context", "remove_context", "get_state"]
 MESSAGE_TYPES: Final[tuple[str, ...]] = ("speak", "add_context", "remove_context", "get_state")
-INVALID_TYPE_MESSAGE: Final = "Invalid type. Must be one of: " + ", ".join(MESSAGE_TYPES)
+INVALID_TYPE_MESSAGE: Final = invalid_type_message(MESSAGE_TYPES)
 
 ContextRole = Literal["system", "developer", "user", "assistant"]
 SpeakMode = Literal["queue", "interrupt", "if_idle"]
@@ -163,24 +137,6 @@ def _require_text(model: BaseModel, info: ValidationInfo) -> None:
             raise ValueError(
                 f"Field '{name}' is not valid text: it contains a lone UTF-16 surrogate"
             )
-
-
-class ProtocolError(Exception):
-    """A request that must be refused, with what its error ack will say."""
-
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str,
-        *,
-        request_id: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-        self.retry_after = retry_after
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,50 +367,10 @@ def parse_request(raw: bytes | str) -> Request:
     return validate_request(decode_object(raw))
 
 
-_TYPE_NAMES: Final = {
-    "bool_type": "a boolean",
-    "string_type": "a string",
-    "float_type": "a number",
-    "int_type": "an integer",
-    "model_type": "an object",
-}
-
-
 def _sentence(exc: ValidationError) -> str:
-    """One plain sentence for the first problem pydantic found; never echoes the value."""
-    err = exc.errors(include_url=False, include_input=False)[0]
-    kind = err["type"]
-    if kind == "union_tag_invalid":
-        return INVALID_TYPE_MESSAGE
-    if kind == "union_tag_not_found":
-        return "Missing field 'type'. Must be one of: " + ", ".join(MESSAGE_TYPES)
-    loc = [str(part) for part in err["loc"]]
-    if loc and (loc[0] in MESSAGE_TYPES or loc[0] == "signed"):
-        loc = loc[1:]  # the union tag pydantic puts first
-    field = ".".join(loc)
-    if kind == "value_error":
-        # our own validators: the message is already a sentence, prefixed by pydantic
-        return str(err["msg"]).removeprefix("Value error, ") + "."
-    if kind == "missing":
-        return f"Missing field '{field}'."
-    if kind == "extra_forbidden":
-        return f"Unknown field '{field}' in a signed message."
-    if kind in _TYPE_NAMES:
-        return f"Field '{field}' must be {_TYPE_NAMES[kind]}."
-    if kind == "literal_error":
-        expected = str(err.get("ctx", {}).get("expected", "")).replace("'", "")
-        return f"Field '{field}' must be one of: {expected.replace(' or ', ', ')}."
-    if kind == "string_too_long":
-        return f"Field '{field}' must be at most {err['ctx']['max_length']} characters."
-    if kind in ("invalid_text", "string_unicode"):
-        return f"Field '{field}' is not valid text: it contains a lone UTF-16 surrogate."
-    if kind == "string_too_short":
-        if field == "id":
-            return f"Field 'id' must be 1 to {MAX_ID_LENGTH} characters."
-        return f"Field '{field}' must not be empty."
-    if kind in ("greater_than", "less_than_equal", "finite_number"):
-        return f"Field '{field}' is out of range."
-    return f"Field '{field}' is invalid."
+    return validation_sentence(
+        exc, types=MESSAGE_TYPES, tags=(*MESSAGE_TYPES, "signed"), max_id_length=MAX_ID_LENGTH
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ..errors import BackendError, validation_sentence
 from ..expiring import ExpiringCache
 from ..log import logger
 from ..protocol import (
@@ -39,11 +40,11 @@ from ..protocol import (
 )
 from ..security import DEDUP_WINDOW_S, RateLimit, RateLimiter, sign_request
 from ..version import __version__
-from .backend import AgentBackend, AgentTarget, BackendError
+from .backend import AgentBackend, AgentTarget
 from .config import ApiSecrets, GatewayConfig, Principal
 from .limits import DEFAULT_AUTH_FAILURE_LIMIT, FailureLimiter, client_key
 from .models import (
-    INVALID_TYPE_MESSAGE,
+    CONTEXT_TYPES,
     AddContextBody,
     AddContextData,
     AddContextResponse,
@@ -193,26 +194,7 @@ def _error_response(refusal: _Refusal) -> web.Response:
 
 
 def _sentence(exc: ValidationError) -> str:
-    """One plain sentence for the first problem; never echoes the value."""
-    err = exc.errors(include_url=False, include_input=False)[0]
-    field = ".".join(str(part) for part in err["loc"])
-    kind = err["type"]
-    if field == "type" and kind in ("literal_error", "string_type"):
-        return INVALID_TYPE_MESSAGE
-    if kind == "missing":
-        return f"Missing field '{field}'."
-    if kind == "string_type":
-        return f"Field '{field}' must be a string."
-    if kind in ("string_too_short", "string_pattern_mismatch"):
-        return f"Field '{field}' must not be empty."
-    if kind in ("not_text", "string_unicode"):
-        return f"Field '{field}' is not valid text: it contains a lone UTF-16 surrogate."
-    if kind == "invisible_text":
-        return (
-            f"Field '{field}' must contain visible text, not only invisible or control "
-            "characters."
-        )
-    return f"Field '{field}' is invalid."
+    return validation_sentence(exc, types=CONTEXT_TYPES)
 
 
 class _Gateway:

@@ -32,6 +32,7 @@ from livekit.protocol.models import ParticipantInfo
 from livekit.protocol.room import ListParticipantsRequest, ListRoomsRequest
 
 from ..client import sender_token
+from ..errors import BackendError as BackendError
 from ..log import logger
 from ..protocol import AGENT_CODE_ATTRIBUTE, RPC_METHOD, ErrorCode
 from .config import LiveKitSettings
@@ -48,15 +49,6 @@ DEFAULT_LISTING_TTL_S: Final = 1.0
 """How long one scan of every room serves later requests (``room_id`` lookups are never cached)."""
 MAX_CONCURRENT_LISTINGS: Final = 16
 """Most ``list_participants`` calls in flight at once while scanning rooms."""
-
-
-class BackendError(Exception):
-    """A delivery or lookup that failed on the LiveKit side, with the error code to report."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

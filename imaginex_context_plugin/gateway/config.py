@@ -24,24 +24,19 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlparse
 
-API_SECRET_ENV: Final = "IMAGINEX_API_SECRET"
-"""One api-secret accepted for every agent code."""
-API_SECRETS_FILE_ENV: Final = "IMAGINEX_API_SECRETS_FILE"
-"""Path of a file of ``agent_code -> secret`` pairs (one tenant per distinct secret)."""
-SIGNING_SECRET_ENV: Final = "IMAGINEX_SIGNING_SECRET"
-"""Optional: sign every message for the agents with this secret (``ContextPlugin(secret=...)``)."""
-LIVEKIT_URL_ENV: Final = "LIVEKIT_URL"
-LIVEKIT_API_KEY_ENV: Final = "LIVEKIT_API_KEY"
-LIVEKIT_API_SECRET_ENV: Final = "LIVEKIT_API_SECRET"
+from .._env import API_SECRET_ENV as API_SECRET_ENV
+from .._env import API_SECRETS_FILE_ENV as API_SECRETS_FILE_ENV
+from .._env import LIVEKIT_API_KEY_ENV as LIVEKIT_API_KEY_ENV
+from .._env import LIVEKIT_API_SECRET_ENV as LIVEKIT_API_SECRET_ENV
+from .._env import LIVEKIT_ENV, env_or
+from .._env import LIVEKIT_URL_ENV as LIVEKIT_URL_ENV
+from .._env import SIGNING_SECRET_ENV as SIGNING_SECRET_ENV
+from ..errors import ConfigError as ConfigError
 
 DEFAULT_PRINCIPAL: Final = "default"
 """Name of the principal authenticated by ``IMAGINEX_API_SECRET`` (rate limits, logs)."""
 
 _URL_SCHEMES: Final = ("ws", "wss", "http", "https")
-
-
-class ConfigError(Exception):
-    """The gateway's configuration is missing or malformed; the message says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -246,14 +241,13 @@ class GatewayConfig:
         env = os.environ if environ is None else environ
 
         def get(name: str) -> str | None:
-            value = env.get(name)
-            return value if value else None
+            return env_or(None, name, env)
 
         if secrets_file is None:
             secrets_file = get(API_SECRETS_FILE_ENV)
         missing = [
             name
-            for name in (LIVEKIT_URL_ENV, LIVEKIT_API_KEY_ENV, LIVEKIT_API_SECRET_ENV)
+            for name in LIVEKIT_ENV
             if get(name) is None
         ]
         api_secret = get(API_SECRET_ENV)

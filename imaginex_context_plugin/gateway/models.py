@@ -19,11 +19,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..errors import invalid_type_message
 from ..protocol import has_visible_text
 
 ContextType = Literal["speak", "add_context"]
 CONTEXT_TYPES: Final[tuple[str, ...]] = ("speak", "add_context")
-INVALID_TYPE_MESSAGE: Final = "Invalid type. Must be one of: " + ", ".join(CONTEXT_TYPES)
+INVALID_TYPE_MESSAGE: Final = invalid_type_message(CONTEXT_TYPES)
 
 NonBlank = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 

@@ -1,0 +1,284 @@
+"""The package's one error family: every public error is an :class:`ImaginexError`.
+
+Each carries an :class:`~.protocol.ErrorCode` (``.code``), one plain sentence (``.message``,
+also its ``str()``) and whether trying again may help (``.retryable``), so a caller can handle
+any of them the same way: ``except ImaginexError as exc: ... exc.code ...``. The subclasses say
+where the failure was seen:
+
+- :class:`ProtocolError`: a request the receiver refuses (it becomes an error ack);
+- :class:`ContextError` (and :class:`AckTimeoutError`, :class:`PlayoutTimeoutError`, which are
+  also ``TimeoutError``\\ s): a sender's request that was not applied, or whose outcome is
+  unknown;
+- :class:`BackendError`: the gateway could not reach an agent through LiveKit;
+- :class:`ConfigError`: the gateway's configuration is missing or malformed.
+
+``RETRYABLE_CODES`` is the one table of codes a later attempt may not get.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from .protocol import ErrorAck, SuccessAck
+
+class ErrorCode(str, Enum):
+    """Stable error codes carried by error acks (and the gateway's error bodies)."""
+
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    """Not UTF-8, not JSON, not an object, unknown type, missing/empty text, wrong field types."""
+    UNAUTHORIZED = "UNAUTHORIZED"
+    """The sender is not trusted, or its signature is missing, wrong, stale or replayed."""
+    AGENT_NOT_FOUND = "AGENT_NOT_FOUND"
+    """The request names an ``agent_code`` this agent does not serve."""
+    NO_ACTIVE_ROOMS = "NO_ACTIVE_ROOMS"
+    """The request names a ``room_id`` that is not this room."""
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    """The packet is over 15 KiB (checked before parsing)."""
+    RATE_LIMITED = "RATE_LIMITED"
+    """The sender is over its rate limit, or the queue is full; see ``retry_after``."""
+    NOT_READY = "NOT_READY"
+    """The agent session is not running (not started yet, or ended)."""
+    BUSY = "BUSY"
+    """A ``speak`` with ``mode: "if_idle"`` arrived while the agent or the user was speaking."""
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    """An unexpected failure inside the agent; the message was not applied."""
+    LIVEKIT_UNAVAILABLE = "LIVEKIT_UNAVAILABLE"
+    """Sender side only: the LiveKit server could not be reached."""
+    TIMEOUT = "TIMEOUT"
+    """Sender side only: no ack arrived in time."""
+    ID_REUSED = "ID_REUSED"
+    """The sender already used this ``id`` for a different message; nothing was applied."""
+
+
+RETRYABLE_CODES: Final = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.NOT_READY, ErrorCode.TIMEOUT})
+"""Error codes a later attempt may not get; errors with other codes are final unless the one
+raising them says otherwise (``retryable=``)."""
+
+
+class ImaginexError(Exception):
+    """The base of every error this package raises on purpose.
+
+    Attributes:
+        code: The error code (:class:`~.protocol.ErrorCode`).
+        message: One plain sentence saying what went wrong; also ``str(error)``.
+        retryable: Whether doing the same again may succeed.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = code in RETRYABLE_CODES if retryable is None else retryable
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ProtocolError(ImaginexError):
+    """A request that must be refused, with what its error ack will say."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+
+class ContextError(ImaginexError):
+    """A request that was not applied, or whose outcome is unknown.
+
+    Raised for an error ack from the agent (``ack`` is the :class:`~.protocol.ErrorAck`) and for
+    failures on the sender's side (``ack`` is None): the request did not validate
+    (``VALIDATION_ERROR``), is too large (``PAYLOAD_TOO_LARGE``), no agent was found in the room
+    (``AGENT_NOT_FOUND``), LiveKit could not be reached or the client was closed
+    (``LIVEKIT_UNAVAILABLE``), or no answer came (``TIMEOUT``, see :class:`AckTimeoutError`).
+    Its ``str()`` is ``"CODE: message"``.
+
+    Attributes:
+        code: The error code (:class:`~.protocol.ErrorCode`).
+        message: One plain sentence saying what went wrong.
+        request_id: The request's id, when the request got that far.
+        retry_after: Seconds to wait before sending again (``RATE_LIMITED``), else None.
+        ack: The error ack as received, or None for a failure on the sender's side.
+        retryable: Whether sending the same request again may succeed.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        ack: ErrorAck | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(code, message, retryable=retryable)
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self.ack = ack
+
+    def __str__(self) -> str:
+        # the sender's errors have always read "CODE: message" (the CLI and logs show it)
+        return f"{self.code.value}: {self.message}"
+
+    @classmethod
+    def from_ack(cls, ack: ErrorAck) -> ContextError:
+        """The exception for an error ack received from the agent."""
+        return cls(ack.error, ack.message, request_id=ack.id, retry_after=ack.retry_after, ack=ack)
+
+
+class AckTimeoutError(ContextError, TimeoutError):
+    """No ack arrived in time, after every attempt (code ``TIMEOUT``).
+
+    It is both a :class:`ContextError` and a ``TimeoutError``. Whether the agent applied the
+    request is unknown: sending it again with the same ``request_id`` is safe, because the agent
+    applies an id from one sender once (within 10 minutes) and answers repeats with the first
+    ack, marked ``duplicate``.
+
+    Attributes:
+        attempts: How many times the request was sent.
+    """
+
+    def __init__(self, message: str, *, request_id: str | None, attempts: int) -> None:
+        super().__init__(ErrorCode.TIMEOUT, message, request_id=request_id, retryable=True)
+        self.attempts = attempts
+
+
+class PlayoutTimeoutError(ContextError, TimeoutError):
+    """The speech was accepted but ``speech_finished`` did not arrive in time (code ``TIMEOUT``).
+
+    Attributes:
+        accepted: The success ack of the speak request, when known.
+    """
+
+    def __init__(
+        self, message: str, *, request_id: str | None, accepted: SuccessAck | None = None
+    ) -> None:
+        super().__init__(ErrorCode.TIMEOUT, message, request_id=request_id, retryable=False)
+        self.accepted = accepted
+
+
+class BackendError(ImaginexError):
+    """A delivery or lookup that failed on the LiveKit side, with the error code to report."""
+
+    def __init__(self, code: ErrorCode, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(code, message, retryable=retryable)
+
+
+class ConfigError(ImaginexError):
+    """The gateway's configuration is missing or malformed; the message says what to fix.
+
+    Its code is ``VALIDATION_ERROR``: the configuration did not validate, and trying again
+    without changing it cannot help.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.VALIDATION_ERROR, message, retryable=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# sentences: what a refused request is told, worded once for the receiver and the gateway
+
+
+def invalid_type_message(types: tuple[str, ...]) -> str:
+    """The refusal of an unknown ``type``, listing the accepted ones (the platform's wording)."""
+    return "Invalid type. Must be one of: " + ", ".join(types)
+
+
+_TYPE_NAMES: Final = {
+    "bool_type": "a boolean",
+    "string_type": "a string",
+    "float_type": "a number",
+    "int_type": "an integer",
+    "model_type": "an object",
+}
+
+
+def validation_sentence(
+    exc: ValidationError,
+    *,
+    types: tuple[str, ...],
+    tags: tuple[str, ...] = (),
+    max_id_length: int | None = None,
+) -> str:
+    """One plain sentence for the first problem pydantic found; never echoes the value.
+
+    Args:
+        exc: What pydantic raised.
+        types: The accepted values of the ``type`` field, for its refusal.
+        tags: Union tags pydantic puts first in an error's location (a discriminated union's
+            member names), left out of the field name.
+        max_id_length: The longest ``id``, named when an empty one is refused.
+    """
+    err = exc.errors(include_url=False, include_input=False)[0]
+    kind = err["type"]
+    if kind == "union_tag_invalid":
+        return invalid_type_message(types)
+    if kind == "union_tag_not_found":
+        return "Missing field 'type'. Must be one of: " + ", ".join(types)
+    loc = [str(part) for part in err["loc"]]
+    if loc and loc[0] in tags:
+        loc = loc[1:]
+    field = ".".join(loc)
+    if field == "type" and kind in ("literal_error", "string_type"):
+        return invalid_type_message(types)
+    if kind == "value_error":
+        # our own validators: the message is already a sentence, prefixed by pydantic
+        return str(err["msg"]).removeprefix("Value error, ") + "."
+    return _field_sentence(field, kind, err.get("ctx") or {}, max_id_length)
+
+
+def _field_sentence(
+    field: str, kind: str, ctx: dict[str, object], max_id_length: int | None
+) -> str:
+    if kind == "missing":
+        return f"Missing field '{field}'."
+    if kind == "extra_forbidden":
+        return f"Unknown field '{field}' in a signed message."
+    if kind in _TYPE_NAMES:
+        return f"Field '{field}' must be {_TYPE_NAMES[kind]}."
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", "")).replace("'", "")
+        return f"Field '{field}' must be one of: {expected.replace(' or ', ', ')}."
+    if kind == "string_too_long":
+        return f"Field '{field}' must be at most {ctx['max_length']} characters."
+    if kind in ("invalid_text", "not_text", "string_unicode"):
+        return f"Field '{field}' is not valid text: it contains a lone UTF-16 surrogate."
+    if kind == "invisible_text":
+        return (
+            f"Field '{field}' must contain visible text, not only invisible or control "
+            "characters."
+        )
+    if kind == "string_too_short" and field == "id" and max_id_length is not None:
+        return f"Field 'id' must be 1 to {max_id_length} characters."
+    if kind in ("string_too_short", "string_pattern_mismatch"):
+        return f"Field '{field}' must not be empty."
+    if kind in ("greater_than", "less_than_equal", "finite_number"):
+        return f"Field '{field}' is out of range."
+    return f"Field '{field}' is invalid."
+
+
+__all__ = [
+    "RETRYABLE_CODES",
+    "AckTimeoutError",
+    "BackendError",
+    "ConfigError",
+    "ContextError",
+    "ErrorCode",
+    "ImaginexError",
+    "PlayoutTimeoutError",
+    "ProtocolError",
+    "invalid_type_message",
+    "validation_sentence",
+]
