@@ -1,8 +1,9 @@
 """Shared pieces of the benchmarks: a real session and room, timed LiveKit calls, acks counted.
 
 Everything the plugin touches is real: ``AgentSession`` (with the fake LLM/TTS from
-``tests/livekit_fakes.py``, text output), an ``rtc.Room`` (``LinkedRoom``) whose ``data_received``
-event is emitted with real ``rtc.DataPacket`` objects. Timing is added only from outside:
+``imaginex_context_plugin.testing``, text output), an ``rtc.Room`` (``LinkedRoom``) whose
+``data_received`` event is emitted with real ``rtc.DataPacket`` objects.
+Timing is added only from outside:
 
 - ``TimedSession.say()`` and ``TimedAgent.update_chat_ctx()`` (thin subclasses) add the time
   spent inside LiveKit's own call to a ``CallTimer``;
@@ -44,7 +45,7 @@ from livekit.agents import Agent, AgentSession, llm  # noqa: E402
 
 from imaginex_context_plugin import CONTEXT_TOPIC, ContextPlugin  # noqa: E402
 from imaginex_context_plugin.plugin import AckTransport  # noqa: E402
-from tests.livekit_fakes import LinkedRoom, RecordingTTS, RelayNetwork, ScriptedLLM  # noqa: E402
+from tests.fakes import LinkedRoom, RecordingTTS, RelayNetwork, ScriptedLLM  # noqa: E402
 
 ROOM_NAME = "bench-room"
 AGENT_IDENTITY = "agent"

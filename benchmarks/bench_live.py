@@ -54,7 +54,7 @@ from imaginex_context_plugin.gateway import (  # noqa: E402
     LiveKitSettings,
     create_app,
 )
-from tests.livekit_fakes import RecordingTTS, ScriptedLLM, start_session  # noqa: E402
+from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, start_session  # noqa: E402
 
 AGENT_CODE = "BENCH0001"
 AGENT = "bench-agent"

@@ -18,7 +18,7 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession
 
 from imaginex_context_plugin import ACK_TOPIC, CONTEXT_TOPIC, RPC_METHOD, ContextPlugin
-from tests.livekit_fakes import (
+from tests.fakes import (
     LinkedRoom,
     RecordingAudioOutput,
     RecordingTTS,

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from imaginex_context_plugin import MAX_PAYLOAD_BYTES, AckTransport, ContextPlugin, sign_request
 from imaginex_context_plugin.security import compute_signature
 from tests.conftest import BACKEND_IDENTITY, Harness, HarnessFactory
-from tests.livekit_fakes import start_session
+from tests.fakes import start_session
 
 TYPES = "speak, add_context, remove_context, get_state"
 

@@ -32,7 +32,7 @@ from imaginex_context_plugin.cli import (
     SenderSettings,
     main,
 )
-from tests.livekit_fakes import RecordingAudioOutput, RecordingTTS, RelayNetwork, start_session
+from tests.fakes import RecordingAudioOutput, RecordingTTS, RelayNetwork, start_session
 
 AGENT_CODE = "A12345678"
 SECRET = "shared-secret-between-backend-and-agent"

@@ -47,7 +47,7 @@ from tests.conftest import (
     Harness,
     HarnessFactory,
 )
-from tests.livekit_fakes import LinkedRoom, RelayNetwork, start_session
+from tests.fakes import LinkedRoom, RelayNetwork, start_session
 
 VIAS = pytest.mark.parametrize("via", ["rpc", "data"])
 API_KEY = "devkey"

@@ -33,7 +33,7 @@ from imaginex_context_plugin.gateway import (
     ParticipantSummary,
     create_app,
 )
-from tests.livekit_fakes import (
+from tests.fakes import (
     LinkedRoom,
     RecordingAudioOutput,
     RecordingTTS,

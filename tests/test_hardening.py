@@ -21,7 +21,7 @@ from imaginex_context_plugin import (
 )
 from imaginex_context_plugin.plugin import MAX_OUTBOUND_ANSWERS
 from tests.conftest import AGENT_CODE, BACKEND_IDENTITY, Harness, HarnessFactory
-from tests.livekit_fakes import RecordingTTS, ScriptedLLM
+from tests.fakes import RecordingTTS, ScriptedLLM
 from tests.test_receiver import _until
 
 SECRET = "hardening-secret"

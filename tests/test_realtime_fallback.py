@@ -20,7 +20,7 @@ from livekit.agents import Agent, AgentSession, llm
 
 from imaginex_context_plugin import ContextPlugin
 from tests.conftest import AGENT_CODE, AGENT_IDENTITY, BACKEND_IDENTITY, ROOM, Backend
-from tests.livekit_fakes import (
+from tests.fakes import (
     VERBATIM_MARKER,
     FakeRealtimeModel,
     FakeRealtimeSession,

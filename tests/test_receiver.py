@@ -389,7 +389,7 @@ async def test_messages_before_session_start_are_applied_once_it_runs(
 ) -> None:
     from livekit.agents import AgentSession
 
-    from tests.livekit_fakes import RecordingTTS, ScriptedLLM
+    from tests.fakes import RecordingTTS, ScriptedLLM
 
     harness: Harness = await make_harness(start_plugin=False)
     recording_tts = RecordingTTS()

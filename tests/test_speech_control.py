@@ -274,7 +274,7 @@ async def test_text_only_sessions_work_too(make_harness: HarnessFactory, message
 async def test_a_speech_that_fails_is_reported_as_failed(make_harness: HarnessFactory) -> None:
     from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectionError, APIConnectOptions
 
-    from tests.livekit_fakes import ScriptedLLM, ScriptedLLMStream, start_session
+    from tests.fakes import ScriptedLLM, ScriptedLLMStream, start_session
 
     class BrokenStream(ScriptedLLMStream):
         async def _run(self) -> None:

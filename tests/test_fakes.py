@@ -1,4 +1,7 @@
-"""Proof that the fakes in ``tests.livekit_fakes`` drive the real LiveKit runtime correctly.
+"""Proof that the fakes drive the real LiveKit runtime correctly.
+
+The fakes are those of ``tests.fakes``, the public ``imaginex_context_plugin.testing`` kit
+included.
 
 Every test runs the real ``AgentSession`` or real ``rtc.Room`` code around the fakes, so a
 change in livekit-agents' behaviour that the fakes rely on shows up here first.
@@ -17,7 +20,7 @@ from livekit.agents import Agent
 from livekit.agents.voice import io
 from livekit.rtc.participant import PublishDataError
 
-from tests.livekit_fakes import (
+from tests.fakes import (
     DEFAULT_RPC_RESPONSE_TIMEOUT,
     LinkedLocalParticipant,
     RecordingAudioOutput,
