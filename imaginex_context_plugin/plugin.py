@@ -456,10 +456,16 @@ class ContextPlugin:
                 except Exception:
                     logger.warning("could not publish the agent code attribute", exc_info=True)
             # the "disconnected" event ends this connection; the poll is a fallback in case
-            # the event is missed (it races a quick reconnect)
-            while not self._room_left.is_set() and self._still_on(participant):
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._room_left.wait(), _CONNECTION_CHECK_S)
+            # the event is missed (it races a quick reconnect). asyncio.wait, not wait_for:
+            # on Python 3.11 wait_for swallows a cancellation that arrives as the event is set,
+            # which is just what a job's shutdown does (it disconnects and closes us at once),
+            # and this task then polled for a connection forever.
+            left = asyncio.ensure_future(self._room_left.wait())
+            try:
+                while not left.done() and self._still_on(participant):
+                    await asyncio.wait({left}, timeout=_CONNECTION_CHECK_S)
+            finally:
+                left.cancel()
             self._rpc_registered = False
 
     def _still_on(self, participant: rtc.LocalParticipant) -> bool:

@@ -550,3 +550,18 @@ async def test_context_refused_as_not_ready_is_not_kept(make_harness: HarnessFac
         assert len(plugin.context_store) == 0
     finally:
         await plugin.aclose()
+
+
+@pytest.mark.parametrize("steps", range(6))
+async def test_aclose_as_the_room_disconnects_never_hangs(
+    make_harness: HarnessFactory, steps: int
+) -> None:
+    # a job's shutdown disconnects the room and closes the plugin at the same moment; on
+    # Python 3.11 asyncio.wait_for could swallow that cancellation and leave a task polling
+    # for a connection forever (seen with a real worker: the job was killed after 10 s)
+    harness: Harness = await make_harness()
+    assert (await harness.backend.rpc({"type": "get_state", "id": "up"}))["success"]
+    harness.agent_room.emit("disconnected", rtc.DisconnectReason.CLIENT_INITIATED)
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    await asyncio.wait_for(harness.plugin.aclose(), 3.0)
