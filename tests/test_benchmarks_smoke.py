@@ -23,6 +23,7 @@ import bench_context_growth  # noqa: E402
 import bench_flood_memory  # noqa: E402
 import bench_hot_path  # noqa: E402
 import bench_latency  # noqa: E402
+import bench_vs_livekit  # noqa: E402
 import run_all  # noqa: E402
 
 from imaginex_context_plugin import ErrorAck, ErrorCode, SuccessAck, protocol  # noqa: E402
@@ -101,12 +102,26 @@ async def test_flood_acks_every_message_exactly_once() -> None:
     assert [f.value for f in acked] == ["1,000 of 1,000", "1,000 of 1,000", "120 of 120"]
 
 
+async def test_vs_livekit_answers_every_request_of_both_hosts() -> None:
+    report = await bench_vs_livekit.run(requests=20, warmup=4, round_size=10)
+    assert report.ok  # every request of both sides answered once, a success under its own id
+    names = _figures(report)
+    for kind in ("ping", "get_session_state", "get_agent_info"):
+        assert names[f"LiveKit {kind}, p50 / p99"].baseline.endswith(" us")
+    gated = names["get_state vs its ping, p50 / p99"]
+    assert gated.target
+    assert gated.met is not None  # reported either way, never failed
+    assert "keyed add_context vs its ping, p50 / p99" in names
+    assert "20/20" in report.notes[0]
+
+
 async def test_run_all_quick_sizes_run() -> None:
     sizes = {
         "hot path": {"messages": 20, "burst": 10, "single": 5},
         "latency": {"probes": 5, "rate": 100.0},
         "context growth": {"messages": 80, "window": 20},
         "flood memory": {"messages": 200, "states": 20},
+        "vs livekit": {"requests": 10, "warmup": 2, "round_size": 5},
     }
     # the live benchmark needs a LiveKit server: tests/integration/test_bench_live_smoke.py
     results = await run_all.run_all(sizes)
