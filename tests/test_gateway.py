@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +40,7 @@ from tests.fakes import (
     ScriptedLLM,
     start_session,
 )
+from tests.helpers import wait_until
 
 CODE = "A12345678"
 SECRET = "gateway-test-secret-6f1c2b"
@@ -55,13 +55,6 @@ ROOM_2 = "order_confirmation_room"
 GATEWAY = DEFAULT_GATEWAY_IDENTITY
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -675,9 +668,11 @@ async def test_a_room_without_this_agent_is_no_active_rooms(
     assert "data" not in body
 
 
-async def test_an_agent_that_left_after_the_listing_reads_as_no_active_rooms(
+async def test_an_agent_that_left_after_the_listing_reads_as_agent_not_found(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:
+    # the one RPC failure table (_livekit/rpc.py): RECIPIENT_NOT_FOUND is AGENT_NOT_FOUND for
+    # the client and the gateway alike (it was NO_ACTIVE_ROOMS here)
     fleet.human(ROOM_1)
 
     class StaleDirectory(RelayDirectory):
@@ -689,8 +684,9 @@ async def test_an_agent_that_left_after_the_listing_reads_as_no_active_rooms(
     client = await make_gateway(backend=fleet.backend(directory=directory))
     status, body, _ = await post(client, f"/v1/agent/{CODE}/speak", {"message": "Hi"})
     assert status == 404
-    assert body["error"] == "NO_ACTIVE_ROOMS"
-    assert body["data"]["rooms"][0]["error"] == "NO_ACTIVE_ROOMS"
+    assert body["error"] == "AGENT_NOT_FOUND"
+    assert body["data"]["rooms"][0]["error"] == "AGENT_NOT_FOUND"
+    assert "gone-agent" in body["data"]["rooms"][0]["message"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1044,17 +1040,30 @@ async def test_a_closed_backend_answers_503(fleet: Fleet, make_gateway: GatewayF
     assert body["error"] == "LIVEKIT_UNAVAILABLE"
 
 
-async def test_one_agent_per_room_hears_the_message(
+async def test_two_agents_with_one_code_in_a_room_are_refused_by_name(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:
+    # the one agent-choice rule (_livekit/agents.py), as in the client: neither is picked at
+    # random (the wrong voice) nor are both sent to (said twice); the room is refused by name
     first = await fleet.agent(ROOM_1, identity="agent-a")
     second = await fleet.agent(ROOM_1, identity="agent-b")
+    alone = await fleet.agent(ROOM_2)
     client = await make_gateway()
     status, body, _ = await post(client, f"/v1/agent/{CODE}/speak", {"message": "Once"})
     assert status == 200
     assert body["data"]["delivered_to_rooms"] == 1
-    await wait_until(lambda: first.said() == ["Once"])
+    rooms = {room["room"]: room for room in body["data"]["rooms"]}
+    assert rooms[ROOM_1]["error"] == "AGENT_NOT_FOUND"
+    assert "agent-a, agent-b" in rooms[ROOM_1]["message"]
+    await wait_until(lambda: alone.said() == ["Once"])
+    assert first.plugin.stats.received == 0
     assert second.plugin.stats.received == 0
+
+    status, body, _ = await post(
+        client, f"/v1/agent/{CODE}/speak", {"message": "Again", "room_id": ROOM_1}
+    )
+    assert status == 404
+    assert body["error"] == "AGENT_NOT_FOUND"
 
 
 # ---------------------------------------------------------------------------------------------

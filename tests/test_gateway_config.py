@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from livekit import api
 
+from imaginex_context_plugin._livekit import gateway_token
 from imaginex_context_plugin.gateway import (
     ApiSecrets,
     ConfigError,
     GatewayConfig,
     LiveKitSettings,
-    gateway_token,
 )
 
 LIVEKIT_ENV = {

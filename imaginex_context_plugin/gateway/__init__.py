@@ -31,10 +31,8 @@ from .backend import (
     AgentTarget,
     BackendError,
     LiveKitBackend,
-    LiveKitRoomDirectory,
     ParticipantSummary,
     RoomDirectory,
-    gateway_token,
 )
 from .config import ApiSecrets, ConfigError, GatewayConfig, LiveKitSettings, Principal
 from .openapi import build_openapi
@@ -63,14 +61,12 @@ __all__ = [
     "GatewayConfig",
     "GatewayServer",
     "LiveKitBackend",
-    "LiveKitRoomDirectory",
     "LiveKitSettings",
     "ParticipantSummary",
     "Principal",
     "RoomDirectory",
     "build_openapi",
     "create_app",
-    "gateway_token",
     "run_gateway",
     "start_gateway_server",
 ]

@@ -544,6 +544,8 @@ class _Gateway:
                 retry_after=retry_after,
             )
 
+        if target.refusal is not None:
+            return failed(ErrorCode.AGENT_NOT_FOUND, target.refusal)
         payload = self._payload(kind, text, request_id, agent_code, target.room)
         if len(payload.encode("utf-8")) > MAX_PAYLOAD_BYTES:
             return failed(

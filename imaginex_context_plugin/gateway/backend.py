@@ -22,20 +22,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 import aiohttp
 from livekit import api, rtc
-from livekit.protocol.models import ParticipantInfo
-from livekit.protocol.room import ListParticipantsRequest, ListRoomsRequest
 
-from ..client import sender_token
+from .._livekit.agents import choose_agent
+from .._livekit.rooms import LiveKitRoomDirectory as LiveKitRoomDirectory
+from .._livekit.rooms import ParticipantSummary as ParticipantSummary
+from .._livekit.rooms import RoomDirectory as RoomDirectory
+from .._livekit.rpc import call_agent
+from .._livekit.settings import LiveKitSettings
+from .._livekit.tokens import gateway_token as gateway_token
 from ..errors import BackendError as BackendError
+from ..errors import ContextError, ErrorCode
 from ..log import logger
-from ..protocol import AGENT_CODE_ATTRIBUTE, RPC_METHOD, ErrorCode
-from .config import LiveKitSettings
 
 DEFAULT_GATEWAY_IDENTITY: Final = "imaginex-gateway"
 """Participant identity the gateway joins rooms with; agents must trust it (or its signature)."""
@@ -43,8 +46,6 @@ DEFAULT_CONNECT_TIMEOUT_S: Final = 5.0
 """Seconds to join a room before the delivery fails with ``LIVEKIT_UNAVAILABLE``."""
 DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
 """A pooled room connection unused for this long is closed."""
-DEFAULT_API_TIMEOUT_S: Final = 5.0
-"""Seconds for one RoomService call."""
 DEFAULT_LISTING_TTL_S: Final = 1.0
 """How long one scan of every room serves later requests (``room_id`` lookups are never cached)."""
 MAX_CONCURRENT_LISTINGS: Final = 16
@@ -53,10 +54,16 @@ MAX_CONCURRENT_LISTINGS: Final = 16
 
 @dataclass(frozen=True)
 class AgentTarget:
-    """One live agent: the room it is in and its participant identity there."""
+    """One live agent: the room it is in and its participant identity there.
+
+    ``refusal`` is set, and ``identity`` empty, for a room where the agent cannot be chosen
+    (several publish the code): nothing is sent there and the room reports
+    ``AGENT_NOT_FOUND`` with this sentence.
+    """
 
     room: str
     identity: str
+    refusal: str | None = None
 
 
 class AgentBackend(Protocol):
@@ -90,92 +97,6 @@ class AgentBackend(Protocol):
     async def aclose(self) -> None:
         """Release every connection. Idempotent."""
         ...
-
-
-@dataclass(frozen=True)
-class ParticipantSummary:
-    """What the gateway needs to know of a participant."""
-
-    identity: str
-    attributes: Mapping[str, str]
-
-
-class RoomDirectory(Protocol):
-    """Lists rooms and their participants (on a LiveKit server: ``RoomService``)."""
-
-    async def list_rooms(self) -> list[str]:
-        """Names of the open rooms (some may have no participant left)."""
-        ...
-
-    async def list_participants(self, room: str) -> list[ParticipantSummary]:
-        """The connected participants of ``room``; empty when there is no such room."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-class LiveKitRoomDirectory:
-    """:class:`RoomDirectory` over ``livekit-api``'s ``RoomService``."""
-
-    def __init__(
-        self, settings: LiveKitSettings, *, timeout: float = DEFAULT_API_TIMEOUT_S
-    ) -> None:
-        self._settings = settings
-        self._timeout = timeout
-        self._api: api.LiveKitAPI | None = None
-
-    def _client(self) -> api.LiveKitAPI:
-        # created on first use: its aiohttp session must be made inside the running loop
-        if self._api is None:
-            self._api = api.LiveKitAPI(
-                self._settings.url,
-                self._settings.api_key,
-                self._settings.api_secret,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-            )
-        return self._api
-
-    async def list_rooms(self) -> list[str]:
-        response = await self._client().room.list_rooms(ListRoomsRequest())
-        # not filtered on num_participants: a real server (v1.13) reports 0 for a room whose
-        # participants are connected, so the filter hid every live agent
-        return [room.name for room in response.rooms]
-
-    async def list_participants(self, room: str) -> list[ParticipantSummary]:
-        try:
-            response = await self._client().room.list_participants(
-                ListParticipantsRequest(room=room)
-            )
-        except api.TwirpError as exc:
-            if exc.code == api.TwirpErrorCode.NOT_FOUND:
-                return []
-            raise
-        return [
-            ParticipantSummary(p.identity, dict(p.attributes))
-            for p in response.participants
-            if p.state != ParticipantInfo.State.DISCONNECTED
-        ]
-
-    async def aclose(self) -> None:
-        if self._api is not None:
-            client, self._api = self._api, None
-            await client.aclose()
-
-
-def gateway_token(settings: LiveKitSettings, *, identity: str, room: str) -> str:
-    """A token to join ``room`` as a sender that may only send data (see ``sender_token``).
-
-    Not hidden: a real server strips a hidden participant's identity from its RPCs, so the
-    agent could neither trust nor answer the gateway. As a dependent participant it never keeps
-    a room open, never triggers a dispatch, and no agent's RoomIO takes it for the user.
-    """
-    return sender_token(
-        settings.api_key,
-        settings.api_secret,
-        room=room,
-        identity=identity,
-        name="imaginex gateway",
-    )
 
 
 @dataclass(eq=False)
@@ -212,38 +133,6 @@ _LOST_IN_FLIGHT: Final = (
     "The connection to LiveKit was lost while the message was on its way; it may still be "
     "delivered once LiveKit is back, so retry with the same Idempotency-Key."
 )
-
-# How RPC failures read to the HTTP caller; anything else is INTERNAL_ERROR.
-_RPC_FAILURES: Final[dict[int, tuple[ErrorCode, str]]] = {
-    rtc.RpcError.ErrorCode.RESPONSE_TIMEOUT: (
-        ErrorCode.TIMEOUT,
-        "The agent did not answer in time.",
-    ),
-    rtc.RpcError.ErrorCode.CONNECTION_TIMEOUT: (
-        ErrorCode.TIMEOUT,
-        "The agent did not acknowledge the message in time.",
-    ),
-    rtc.RpcError.ErrorCode.RECIPIENT_NOT_FOUND: (
-        ErrorCode.NO_ACTIVE_ROOMS,
-        "The agent left the room before the message reached it.",
-    ),
-    rtc.RpcError.ErrorCode.RECIPIENT_DISCONNECTED: (
-        ErrorCode.NO_ACTIVE_ROOMS,
-        "The agent left the room before it answered.",
-    ),
-    rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD: (
-        ErrorCode.NOT_READY,
-        "The agent does not accept context messages (its ContextPlugin is not running).",
-    ),
-    rtc.RpcError.ErrorCode.REQUEST_PAYLOAD_TOO_LARGE: (
-        ErrorCode.PAYLOAD_TOO_LARGE,
-        "The message is too large for LiveKit RPC (15 KiB).",
-    ),
-    rtc.RpcError.ErrorCode.SEND_FAILED: (
-        ErrorCode.LIVEKIT_UNAVAILABLE,
-        "LiveKit could not send the message to the agent.",
-    ),
-}
 
 _UNAVAILABLE: Final = "LiveKit could not be reached."
 
@@ -319,14 +208,18 @@ class LiveKitBackend:
             raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _UNAVAILABLE) from None
         targets = []
         for room, participants in listings:
-            agents = sorted(
-                p.identity
-                for p in participants
-                if p.attributes.get(AGENT_CODE_ATTRIBUTE) == agent_code
-                and p.identity != self._identity
-            )
-            if agents:
-                targets.append(AgentTarget(room, agents[0]))
+            try:
+                agent = choose_agent(
+                    ((p.identity, p.kind, p.attributes) for p in participants),
+                    agent_code=agent_code,
+                    room=room,
+                    exclude=(self._identity,),
+                )
+            except ContextError as exc:
+                targets.append(AgentTarget(room, "", refusal=exc.message))
+                continue
+            if agent is not None:
+                targets.append(AgentTarget(room, agent))
         return targets
 
     async def _scan(self) -> list[tuple[str, list[ParticipantSummary]]]:
@@ -365,12 +258,7 @@ class LiveKitBackend:
             raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _CONNECTION_LOST)
         pooled.in_flight += 1
         rpc = asyncio.ensure_future(
-            pooled.room.local_participant.perform_rpc(
-                destination_identity=target.identity,
-                method=RPC_METHOD,
-                payload=payload,
-                response_timeout=timeout,
-            )
+            call_agent(pooled.room.local_participant, target.identity, payload, timeout=timeout)
         )
         lost = asyncio.ensure_future(pooled.lost.wait())
         try:
@@ -380,11 +268,8 @@ class LiveKitBackend:
                 # (seen on a real server): the outcome is unknown, as after a timeout
                 raise BackendError(ErrorCode.TIMEOUT, _LOST_IN_FLIGHT)
             return rpc.result()
-        except rtc.RpcError as exc:
-            code, message = _RPC_FAILURES.get(
-                exc.code, (ErrorCode.INTERNAL_ERROR, "The agent failed to handle the message.")
-            )
-            raise BackendError(code, message) from None
+        except ContextError as exc:
+            raise BackendError(exc.code, exc.message, retryable=exc.retryable) from None
         finally:
             for future in (rpc, lost):
                 future.cancel()

@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlparse
 
 from .._env import API_SECRET_ENV as API_SECRET_ENV
 from .._env import API_SECRETS_FILE_ENV as API_SECRETS_FILE_ENV
@@ -31,13 +30,11 @@ from .._env import LIVEKIT_API_SECRET_ENV as LIVEKIT_API_SECRET_ENV
 from .._env import LIVEKIT_ENV, env_or
 from .._env import LIVEKIT_URL_ENV as LIVEKIT_URL_ENV
 from .._env import SIGNING_SECRET_ENV as SIGNING_SECRET_ENV
+from .._livekit.settings import LiveKitSettings as LiveKitSettings
 from ..errors import ConfigError as ConfigError
 
 DEFAULT_PRINCIPAL: Final = "default"
 """Name of the principal authenticated by ``IMAGINEX_API_SECRET`` (rate limits, logs)."""
-
-_URL_SCHEMES: Final = ("ws", "wss", "http", "https")
-
 
 @dataclass(frozen=True)
 class Principal:
@@ -195,23 +192,6 @@ def _check_code(code: str) -> None:
         raise ConfigError(
             f"Agent code {code!r} is not usable in a URL path: no spaces, no '/', not empty."
         )
-
-
-@dataclass(frozen=True)
-class LiveKitSettings:
-    """Where the LiveKit server is and the API key pair the gateway uses on it."""
-
-    url: str
-    api_key: str
-    api_secret: str = field(repr=False)
-
-    def __post_init__(self) -> None:
-        scheme = urlparse(self.url).scheme
-        if scheme not in _URL_SCHEMES or not urlparse(self.url).netloc:
-            raise ConfigError(
-                f"{LIVEKIT_URL_ENV} must be a ws://, wss://, http:// or https:// URL "
-                f"(got '{self.url}')."
-            )
 
 
 @dataclass(frozen=True)
