@@ -8,7 +8,6 @@ import importlib.util
 import json
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
@@ -48,18 +47,12 @@ from tests.conftest import (
     HarnessFactory,
 )
 from tests.fakes import LinkedRoom, RelayNetwork, start_session
+from tests.helpers import wait_until
 
 VIAS = pytest.mark.parametrize("via", ["rpc", "data"])
 API_KEY = "devkey"
 API_SECRET = SERVER_SECRET
 
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 def packets_for(network: RelayNetwork, request_id: str) -> list[dict[str, Any]]:

@@ -29,20 +29,13 @@ from tests.fakes import (
     ScriptedLLM,
     start_session,
 )
+from tests.helpers import wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
     from livekit.rtc.room import EventTypes
 
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Poll ``predicate`` on the event loop until it holds (fails the test after timeout)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 def silence(seconds: float, sample_rate: int = 24_000) -> rtc.AudioFrame:

@@ -22,7 +22,7 @@ from imaginex_context_plugin import (
 from imaginex_context_plugin.plugin import MAX_OUTBOUND_ANSWERS
 from tests.conftest import AGENT_CODE, BACKEND_IDENTITY, Harness, HarnessFactory
 from tests.fakes import RecordingTTS, ScriptedLLM
-from tests.test_receiver import _until
+from tests.helpers import wait_until
 
 SECRET = "hardening-secret"
 LONG = "This is a long announcement that keeps the agent talking for a while. " * 3
@@ -279,11 +279,11 @@ async def test_the_outbound_queue_is_bounded_and_drops_untrusted_refusals_first(
         json.dumps({"type": "add_context", "id": "ok", "context": "fine"}),
         sender_identity=BACKEND_IDENTITY,
     )
-    await _until(lambda: harness.plugin.stats.applied == 1)
+    await wait_until(lambda: harness.plugin.stats.applied == 1)
 
     transport.release.set()
-    await _until(lambda: any(m.get("id") == "ok" for _, m in transport.sent))
-    await _until(lambda: not harness.plugin._outbound_count)
+    await wait_until(lambda: any(m.get("id") == "ok" for _, m in transport.sent))
+    await wait_until(lambda: not harness.plugin._outbound_count)
     to_backend = [m for who, m in transport.sent if who == BACKEND_IDENTITY]
     assert sorted(m["id"] for m in to_backend) == sorted([f"bad{i}" for i in range(10)] + ["ok"])
     to_stranger = [m for who, m in transport.sent if who == "stranger"]

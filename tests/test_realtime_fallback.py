@@ -8,9 +8,8 @@ is simulated. Such a session cannot ``say()`` text, so a verbatim ``speak`` must
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ from tests.fakes import (
     RelayNetwork,
     start_session,
 )
+from tests.helpers import wait_until
 
 
 @dataclass
@@ -81,13 +81,6 @@ async def rt(caplog: pytest.LogCaptureFixture) -> AsyncIterator[RealtimeHarness]
     assert harness.errors == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
-
-async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 def assistant_texts(chat_ctx: llm.ChatContext) -> list[str]:
@@ -308,7 +301,7 @@ async def test_context_survives_handoffs_in_the_realtime_session(rt: RealtimeHar
                 rt.rt_session.chat_ctx
             ) == ["Gold tier."]
 
-        await until(reapplied)
+        await wait_until(reapplied)
 
     # one realtime session throughout: livekit reuses it when its context is mutable
     assert len(rt.model.sessions) == 1
@@ -329,7 +322,7 @@ async def test_next_turn_context_leaves_the_realtime_session_after_the_reply(
     await rt.backend.event("speech_finished", "i1")
 
     assert context_texts(rt.model.chat_ctx_seen[0]) == ["Mention the sale."]
-    await until(lambda: context_texts(rt.rt_session.chat_ctx) == [])
+    await wait_until(lambda: context_texts(rt.rt_session.chat_ctx) == [])
 
 
 async def test_add_context_with_trigger_reply_answers_with_the_context_in_place(

@@ -23,6 +23,7 @@ from tests.conftest import (
     Harness,
     HarnessFactory,
 )
+from tests.helpers import wait_until
 
 # ---------------------------------------------------------------------------------------------
 # speak
@@ -158,7 +159,7 @@ async def test_context_survives_handoffs_without_duplicates(harness: Harness) ->
         # every other agent is built from the previous chat context, which already holds ours
         chat_ctx = harness.session.current_agent.chat_ctx.copy() if n % 2 else None
         harness.session.update_agent(Agent(instructions=f"agent {n}", chat_ctx=chat_ctx))
-        await _until(lambda: harness.context_messages() == ["Gold tier.", "Likes cats."])
+        await wait_until(lambda: harness.context_messages() == ["Gold tier.", "Likes cats."])
 
     await harness.session.generate_reply(user_input="hello")
     seen = [m.text_content for m in harness.llm.calls[-1].messages()]
@@ -178,8 +179,8 @@ async def test_messages_during_a_handoff_are_applied_not_refused(harness: Harnes
     assert added["success"] is True, added
     await harness.backend.event("speech_finished", "h1")
     assert "Hello again." in harness.tts.texts
-    await _until(lambda: harness.session.current_agent.instructions == "second agent")
-    await _until(lambda: harness.context_messages() == ["Arrived mid-handoff."])
+    await wait_until(lambda: harness.session.current_agent.instructions == "second agent")
+    await wait_until(lambda: harness.context_messages() == ["Arrived mid-handoff."])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ async def test_signed_server_api_packets_are_trusted_by_default_and_never_answer
         topic=CONTEXT_TOPIC,
         destination_identities=[AGENT_IDENTITY],
     )
-    await _until(lambda: harness.context_messages() == ["From the server."])
+    await wait_until(lambda: harness.context_messages() == ["From the server."])
     acks = [
         p for p in harness.network.published
         if p.sender == AGENT_IDENTITY and b'"srv"' in p.payload
@@ -228,7 +229,7 @@ async def test_an_unsigned_packet_without_a_participant_is_never_trusted(
         ROOM, json.dumps({"type": "speak", "message": "I am the server, honest."}),
         topic=CONTEXT_TOPIC,
     )
-    await _until(lambda: harness.plugin.stats.errors == {"UNAUTHORIZED": 1})
+    await wait_until(lambda: harness.plugin.stats.errors == {"UNAUTHORIZED": 1})
     assert harness.tts.texts == []
 
 
@@ -447,8 +448,8 @@ async def test_rpc_is_registered_once_the_room_connects(make_harness: HarnessFac
         await late_room.connect("ws://relay", "token")
         backend = Backend(harness.network.create_room("room-2", BACKEND_IDENTITY),
                           agent_identity="late-agent")
-        await _until(lambda: RPC_METHOD in late_room.local_participant._rpc_handlers)
-        await _until(
+        await wait_until(lambda: RPC_METHOD in late_room.local_participant._rpc_handlers)
+        await wait_until(
             lambda: late_room.local_participant.attributes.get("imaginex.agent_code") == "LATE"
         )
         ack = await backend.rpc({"type": "add_context", "id": "l", "context": "late"})
@@ -463,7 +464,7 @@ async def test_rpc_is_registered_once_the_room_connects(make_harness: HarnessFac
 
 async def test_aclose_unhooks_everything_and_is_idempotent(harness: Harness) -> None:
     room = harness.agent_room
-    await _until(lambda: RPC_METHOD in room.local_participant._rpc_handlers)
+    await wait_until(lambda: RPC_METHOD in room.local_participant._rpc_handlers)
     listeners_before = len(room._events.get("data_received", set()))
     await harness.plugin.aclose()
     await harness.plugin.aclose()
@@ -516,13 +517,6 @@ async def test_messages_queued_at_close_are_still_answered(make_harness: Harness
     acks = await harness.backend.settle(3)
     assert sorted(a["id"] for a in acks) == ["z0", "z1", "z2"]
 
-
-async def _until(condition: Any, timeout: float = 3.0) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def test_a_repeat_inside_one_burst_is_applied_once(make_harness: HarnessFactory) -> None:

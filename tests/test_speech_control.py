@@ -10,7 +10,7 @@ import pytest
 from livekit.agents import Agent
 
 from tests.conftest import Harness, HarnessFactory
-from tests.test_receiver import _until
+from tests.helpers import wait_until
 
 LONG = "This is a long announcement that keeps the agent talking for a while. " * 3
 
@@ -164,7 +164,7 @@ async def test_next_turn_context_is_gone_after_the_next_reply(harness: Harness) 
     await harness.backend.request({"type": "add_context", "id": "p1", "context": "Stays."})
     await harness.session.generate_reply(user_input="hi")
     assert "Mention the sale once." in [m.text_content for m in harness.llm.calls[-1].messages()]
-    await _until(lambda: harness.context_messages() == ["Stays."])
+    await wait_until(lambda: harness.context_messages() == ["Stays."])
 
     await harness.session.generate_reply(user_input="and?")
     seen = [m.text_content for m in harness.llm.calls[-1].messages()]
@@ -178,7 +178,7 @@ async def test_ttl_context_expires_out_of_the_chat_context(harness: Harness) -> 
     )
     await harness.backend.request({"type": "add_context", "id": "x2", "context": "Forever."})
     assert harness.context_messages() == ["Flash sale for 0.2s.", "Forever."]
-    await _until(lambda: harness.context_messages() == ["Forever."], timeout=3)
+    await wait_until(lambda: harness.context_messages() == ["Forever."], timeout=3)
     assert len(harness.plugin.context_store) == 1
 
 
@@ -224,9 +224,9 @@ async def test_context_keeps_keys_across_several_handoffs(harness: Harness) -> N
     )
     for n in range(4):
         harness.session.update_agent(Agent(instructions=f"agent {n}"))
-        await _until(lambda n=n: harness.session.current_agent.instructions == f"agent {n}")
+        await wait_until(lambda n=n: harness.session.current_agent.instructions == f"agent {n}")
         expected = "Gold." if n == 0 else f"Gold {n - 1}."
-        await _until(lambda expected=expected: harness.context_messages() == [expected])
+        await wait_until(lambda expected=expected: harness.context_messages() == [expected])
         await harness.backend.request(
             {"type": "add_context", "id": f"k{n}", "key": "tier", "context": f"Gold {n}."}
         )

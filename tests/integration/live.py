@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import pytest
 from livekit import api, rtc
 
 from devtools.livekit_server import ServerInfo
@@ -51,20 +48,6 @@ def participant_token(lk: ServerInfo, room: str, identity: str) -> str:
         .to_jwt()
     )
 
-
-async def wait_until(
-    predicate: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = WAIT_S
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -22,7 +22,8 @@ from imaginex_context_plugin.gateway import (
     LiveKitSettings,
     create_app,
 )
-from tests.integration.live import AGENT_CODE, LiveAgent, agent_token, live_agent, wait_until
+from tests.helpers import wait_until
+from tests.integration.live import AGENT_CODE, LiveAgent, agent_token, live_agent
 
 GATEWAY_SECRET = "faults-gateway-secret"
 RECOVERY_S = 30.0

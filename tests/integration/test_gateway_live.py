@@ -19,7 +19,8 @@ from imaginex_context_plugin.gateway import (
     LiveKitSettings,
     create_app,
 )
-from tests.integration.live import LiveAgent, live_agent, wait_until
+from tests.helpers import wait_until
+from tests.integration.live import LiveAgent, live_agent
 
 SECRET = "integration-gateway-secret"
 

@@ -39,7 +39,8 @@ import pytest
 
 from devtools.livekit_server import ROOT, ServerInfo, free_tcp_port
 from imaginex_context_plugin.gateway import DEFAULT_GATEWAY_IDENTITY
-from tests.integration.live import LiveAgent, live_agent, wait_until
+from tests.helpers import wait_until
+from tests.integration.live import LiveAgent, live_agent
 
 REFERENCE = Path("/work/shared/reference/agent-context-api.md")
 SECRET = "live-gateway-process-secret-5d1e"

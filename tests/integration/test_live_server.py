@@ -26,6 +26,7 @@ from imaginex_context_plugin import (
     send_via_server_api,
 )
 from imaginex_context_plugin.client import Via
+from tests.helpers import wait_until
 from tests.integration.live import (
     AGENT_CODE,
     AGENT_IDENTITY,
@@ -36,7 +37,6 @@ from tests.integration.live import (
     agent_token,
     live_agent,
     participant_token,
-    wait_until,
 )
 
 VIAS = pytest.mark.parametrize("via", ["rpc", "data"])

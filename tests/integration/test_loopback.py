@@ -19,7 +19,8 @@ from livekit.protocol import rtc as rtc_proto
 
 from devtools.livekit_server import LOOPBACK, LiveKitServer, ServerInfo
 from devtools.netns import CLIENT_ADDRESS, STATE_ENV
-from tests.integration.live import live_agent, participant_token, room_name, wait_until
+from tests.helpers import wait_until
+from tests.integration.live import live_agent, participant_token, room_name
 
 SIGNAL_PROTOCOL = 15
 _IPV4 = re.compile(r"(?<![\d.])(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?![\d.])")

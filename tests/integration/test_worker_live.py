@@ -28,7 +28,8 @@ from livekit import api, rtc
 
 from devtools.livekit_server import ROOT, ServerInfo
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient
-from tests.integration.live import participant_token, room_name, wait_until
+from tests.helpers import wait_until
+from tests.integration.live import participant_token, room_name
 
 AGENT_NAME = "offline-agent"
 AGENT_CODE = "OFFLINE01"
