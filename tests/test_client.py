@@ -35,7 +35,8 @@ from imaginex_context_plugin import (
     send_via_server_api,
     sender_token,
 )
-from imaginex_context_plugin.client import Via, _pick_agent
+from imaginex_context_plugin._livekit.agents import choose_agent as _pick_agent
+from imaginex_context_plugin.client import Via
 from imaginex_context_plugin.protocol import SENDER_ATTRIBUTE
 from tests.conftest import (
     AGENT_CODE,

@@ -1,0 +1,33 @@
+"""The sender's options and their defaults, named once."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from ..security import DEDUP_WINDOW_S
+
+Via = Literal["rpc", "data"]
+"""How requests reach the agent: ``"rpc"`` (``perform_rpc``) or ``"data"`` (data packets)."""
+
+DEFAULT_VIA: Final[Via] = "rpc"
+DEFAULT_TIMEOUT_S: Final = 5.0
+"""Seconds to wait for the ack to one attempt."""
+DEFAULT_RETRIES: Final = 2
+"""Attempts after the first one, for failures that may pass (see ``ContextError.retryable``)."""
+DEFAULT_BACKOFF_S: Final = 0.25
+"""First delay between attempts; it doubles each time (with jitter), up to ``MAX_BACKOFF_S``."""
+MAX_BACKOFF_S: Final = 5.0
+MAX_RETRY_AFTER_S: Final = 30.0
+"""The longest ``retry_after`` from a RATE_LIMITED ack the client waits before retrying."""
+FIRST_CONTACT_RESEND_S: Final = 0.5
+"""Data packets to an agent that has not answered us yet are sent again this often."""
+DEFAULT_AGENT_TIMEOUT_S: Final = 10.0
+"""Seconds to wait for the agent participant to appear in the room."""
+DEFAULT_PLAYOUT_TIMEOUT_S: Final = 120.0
+"""Seconds to wait for ``speech_finished`` after the ack, with ``wait_for_playout=True``."""
+DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
+SENDER_IDENTITY_PREFIX: Final = "imaginex-sender-"
+"""``connect()`` without an identity joins as this prefix plus 8 random hex digits."""
+EVENT_MEMORY_S: Final = DEDUP_WINDOW_S
+"""How long the agent an id went to, and its speech_finished, are remembered."""
+EVENT_MEMORY_MAX: Final = 4_096
