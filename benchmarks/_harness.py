@@ -1,9 +1,9 @@
 """Shared pieces of the benchmarks: a real session and room, timed LiveKit calls, acks counted.
 
-Everything the plugin touches is real: ``AgentSession`` (with the fake LLM/TTS from
-``imaginex_context_plugin.testing``, text output), an ``rtc.Room`` (``LinkedRoom``) whose
-``data_received`` event is emitted with real ``rtc.DataPacket`` objects.
-Timing is added only from outside:
+Everything the plugin touches is real: ``AgentSession`` (with the fake LLM/TTS of the public
+test kit ``imaginex_context_plugin.testing``, text output), an ``rtc.Room`` (``OfflineRoom``: never
+connected, no server) whose ``data_received`` event is emitted with real ``rtc.DataPacket``
+objects from real ``rtc.RemoteParticipant`` senders. Timing is added only from outside:
 
 - ``TimedSession.say()`` and ``TimedAgent.update_chat_ctx()`` (thin subclasses) add the time
   spent inside LiveKit's own call to a ``CallTimer``;
@@ -43,9 +43,11 @@ if str(REPO_ROOT) not in sys.path:
 from livekit import rtc  # noqa: E402
 from livekit.agents import Agent, AgentSession, llm  # noqa: E402
 
-from imaginex_context_plugin import CONTEXT_TOPIC, ContextPlugin  # noqa: E402
-from imaginex_context_plugin.plugin import AckTransport  # noqa: E402
-from tests.fakes import LinkedRoom, RecordingTTS, RelayNetwork, ScriptedLLM  # noqa: E402
+# private, and only here: see remote_participant()
+from livekit.rtc._proto import handle_pb2, participant_pb2  # noqa: E402
+
+from imaginex_context_plugin import CONTEXT_TOPIC, AckTransport, ContextPlugin  # noqa: E402
+from imaginex_context_plugin.testing import OfflineRoom, RecordingTTS, ScriptedLLM  # noqa: E402
 
 ROOM_NAME = "bench-room"
 AGENT_IDENTITY = "agent"
@@ -316,10 +318,25 @@ class CountingTransport(AckTransport):
 # --------------------------------------------------------------------------- the rig
 
 
+def remote_participant(identity: str) -> rtc.RemoteParticipant:
+    """A real ``rtc.RemoteParticipant``, as the SDK hands it to ``data_received``.
+
+    The SDK builds these only from a server's announcement, so there is no public constructor:
+    this uses its protobuf (``livekit.rtc._proto``), the one private module the benchmarks touch,
+    so that packets reach the plugin through ``rtc.Room.emit`` exactly as from a server. Handle
+    id 0 is the SDK's INVALID_HANDLE: disposing it (also at garbage collection) never reaches
+    the native side.
+    """
+    info = participant_pb2.ParticipantInfo(
+        identity=identity, kind=rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
+    )
+    owned = participant_pb2.OwnedParticipant(handle=handle_pb2.FfiOwnedHandle(id=0), info=info)
+    return rtc.RemoteParticipant(owned)
+
+
 @dataclass
 class Rig:
-    network: RelayNetwork
-    room: LinkedRoom
+    room: OfflineRoom
     session: TimedSession
     agent: TimedAgent
     plugin: ContextPlugin
@@ -343,7 +360,6 @@ class Rig:
     async def aclose(self) -> None:
         await self.plugin.aclose()
         await self.session.aclose()
-        await self.network.aclose()
         asyncio.get_running_loop().set_task_factory(None)
 
 
@@ -354,7 +370,7 @@ async def make_rig(
     prefix: str = "m",
     **plugin_kwargs: Any,
 ) -> Rig:
-    """A started text-only session, a connected room with ``senders`` in it, the plugin on it.
+    """A started text-only session, a room, ``senders`` to send from, the plugin on it.
 
     Every task created from here on that is not the plugin's is timed by ``Rig.tasks``.
     """
@@ -362,14 +378,8 @@ async def make_rig(
     tasks = TaskClock()
     tasks.install(asyncio.get_running_loop())
     timer = CallTimer()
-    network = RelayNetwork()
-    room = network.create_room(
-        ROOM_NAME, AGENT_IDENTITY, kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
-    )
-    for identity in senders:
-        network.create_room(ROOM_NAME, identity)
-    await asyncio.sleep(0)  # let the join events settle
-    participants = {identity: room.remote_participants[identity] for identity in senders}
+    room = OfflineRoom(ROOM_NAME)
+    participants = {identity: remote_participant(identity) for identity in senders}
 
     session = TimedSession(
         timer,
@@ -393,9 +403,9 @@ async def make_rig(
         **plugin_kwargs,
     )
     await plugin.start(session, room)
-    await asyncio.sleep(0.01)  # RPC registration and the attribute, off the measurements
+    await asyncio.sleep(0.01)  # the plugin's start-up tasks, off the measurements
     timer.reset()
-    return Rig(network, room, session, agent, plugin, transport, timer, participants, tasks)
+    return Rig(room, session, agent, plugin, transport, timer, participants, tasks)
 
 
 # --------------------------------------------------------------------------- payloads

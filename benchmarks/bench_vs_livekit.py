@@ -50,13 +50,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from _harness import (
-    AGENT_IDENTITY,
     BACKEND,
     ROOM_NAME,
     CallTimer,
     Figure,
+    OfflineRoom,
     RecordingTTS,
-    RelayNetwork,
     Report,
     ScriptedLLM,
     TimedAgent,
@@ -208,7 +207,6 @@ class Side:
 
 @dataclass
 class PeerRig:
-    network: RelayNetwork
     session: TimedSession
     timer: CallTimer
     host: SessionHost
@@ -229,18 +227,12 @@ class PeerRig:
         await self.plugin.aclose()
         await self.host.aclose()
         await self.session.aclose()
-        await self.network.aclose()
 
 
 async def make_peer_rig() -> PeerRig:
     """One started text-only session with both LiveKit's host and the plugin attached to it."""
     freeze_imports()
-    network = RelayNetwork()
-    room = network.create_room(
-        ROOM_NAME, AGENT_IDENTITY, kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
-    )
-    network.create_room(ROOM_NAME, BACKEND)
-    await asyncio.sleep(0)  # let the join events settle
+    room = OfflineRoom(ROOM_NAME)
     timer = CallTimer()
     session = TimedSession(
         timer,
@@ -268,8 +260,8 @@ async def make_peer_rig() -> PeerRig:
         rate_limit=NO_REFUSAL,
     )
     await plugin.start(session, room)
-    await asyncio.sleep(0.01)  # RPC registration and the attribute, off the measurements
-    return PeerRig(network, session, timer, host, transport, plugin, sink)
+    await asyncio.sleep(0.01)  # the plugin's start-up tasks, off the measurements
+    return PeerRig(session, timer, host, transport, plugin, sink)
 
 
 # --------------------------------------------------------------------------- measuring

@@ -13,6 +13,8 @@ models.
   the event-loop clock (``speed`` > 1 plays faster than real time), reports playback
   started/finished exactly as a real sink must, and records each :class:`PlayedSegment`.
 - :func:`start_session`: builds and starts a real ``AgentSession`` wired to those fakes.
+- :class:`OfflineRoom`: a real ``rtc.Room`` that never connects and reports the name you give
+  it, to start the plugin on without a server.
 
 Feed the plugin with :meth:`ContextPlugin.ingest` (the exact path room bytes take) and catch
 its answers with an ``AckTransport`` subclass; the README shows a complete test.
@@ -22,10 +24,12 @@ from __future__ import annotations
 
 from .audio import PlayedSegment, RecordingAudioOutput
 from .llm import ScriptedLLM, ScriptedLLMStream
+from .room import OfflineRoom
 from .session import start_session
 from .tts import RecordingChunkedStream, RecordingTTS
 
 __all__ = [
+    "OfflineRoom",
     "PlayedSegment",
     "RecordingAudioOutput",
     "RecordingChunkedStream",
