@@ -12,10 +12,21 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlparse
 
 import click
 
+from ._env import (
+    AGENT_CODE_ENV,
+    API_SECRETS_FILE_ENV,
+    CONTEXT_SECRET_ENV,
+    GATEWAY_BODY_TIMEOUT_ENV,
+    GATEWAY_HEADER_TIMEOUT_ENV,
+    GATEWAY_MAX_CONNECTIONS_ENV,
+    LIVEKIT_API_KEY_ENV,
+    LIVEKIT_API_SECRET_ENV,
+    LIVEKIT_URL_ENV,
+)
+from ._livekit.settings import is_livekit_url
 from .client import (
     DEFAULT_AGENT_TIMEOUT_S,
     DEFAULT_PLAYOUT_TIMEOUT_S,
@@ -132,7 +143,7 @@ def demo(pace: float, verbose: bool) -> None:
 @click.option(
     "--secrets-file",
     type=click.Path(dir_okay=False),
-    envvar="IMAGINEX_API_SECRETS_FILE",
+    envvar=API_SECRETS_FILE_ENV,
     help="File of agent_code=secret lines (or a JSON object): one tenant per secret.",
 )
 @click.option(
@@ -160,7 +171,7 @@ def demo(pace: float, verbose: bool) -> None:
     default=10.0,
     show_default=True,
     type=FiniteFloatRange(min=0.0, min_open=True),
-    envvar="IMAGINEX_GATEWAY_HEADER_TIMEOUT",
+    envvar=GATEWAY_HEADER_TIMEOUT_ENV,
     show_envvar=True,
     help="Seconds a client has to send a request's headers (and idle keep-alive limit).",
 )
@@ -169,7 +180,7 @@ def demo(pace: float, verbose: bool) -> None:
     default=30.0,
     show_default=True,
     type=FiniteFloatRange(min=0.0, min_open=True),
-    envvar="IMAGINEX_GATEWAY_BODY_TIMEOUT",
+    envvar=GATEWAY_BODY_TIMEOUT_ENV,
     show_envvar=True,
     help="Seconds a client has to send a request's body.",
 )
@@ -178,7 +189,7 @@ def demo(pace: float, verbose: bool) -> None:
     default=1024,
     show_default=True,
     type=click.IntRange(min=1),
-    envvar="IMAGINEX_GATEWAY_MAX_CONNECTIONS",
+    envvar=GATEWAY_MAX_CONNECTIONS_ENV,
     show_envvar=True,
     help="Open connections at most; more are answered 503 and closed.",
 )
@@ -238,7 +249,7 @@ EXIT_TIMEOUT: Final = 3
 """No ack in time (or, with --wait-playout, the speech did not end in time)."""
 EXIT_UNAVAILABLE: Final = 4
 """LiveKit could not be reached."""
-SECRET_ENV: Final = "IMAGINEX_CONTEXT_SECRET"
+SECRET_ENV: Final = CONTEXT_SECRET_ENV
 CLI_IDENTITY: Final = "imaginex-context-cli"
 """The commands' participant identity unless --identity says otherwise."""
 CLIENT_FACTORY_KEY: Final = "client_factory"
@@ -316,7 +327,7 @@ def _sender_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option(
             "--agent-code",
             callback=_name,
-            envvar="IMAGINEX_AGENT_CODE",
+            envvar=AGENT_CODE_ENV,
             show_envvar=True,
             help="Send to the agent publishing this code; others refuse the request.",
         ),
@@ -369,10 +380,10 @@ def _sender_options(command: Callable[..., None]) -> Callable[..., None]:
             show_envvar=True,
             help="Sign the request with this shared secret (ContextPlugin(secret=...)).",
         ),
-        click.option("--url", envvar="LIVEKIT_URL", show_envvar=True, help="LiveKit URL."),
-        click.option("--api-key", envvar="LIVEKIT_API_KEY", show_envvar=True, help="API key."),
+        click.option("--url", envvar=LIVEKIT_URL_ENV, show_envvar=True, help="LiveKit URL."),
+        click.option("--api-key", envvar=LIVEKIT_API_KEY_ENV, show_envvar=True, help="API key."),
         click.option(
-            "--api-secret", envvar="LIVEKIT_API_SECRET", show_envvar=True, help="API secret."
+            "--api-secret", envvar=LIVEKIT_API_SECRET_ENV, show_envvar=True, help="API secret."
         ),
         click.option("-v", "--verbose", is_flag=True, help="Show log lines (includes text)."),
     ]
@@ -418,8 +429,7 @@ def _run_sender(
     if factory is connect_client:
         if not settings.url:
             raise click.UsageError("No LiveKit URL: pass --url or set LIVEKIT_URL.", ctx)
-        url = urlparse(settings.url)
-        if url.scheme not in ("ws", "wss", "http", "https") or not url.netloc:
+        if not is_livekit_url(settings.url):
             raise click.UsageError(
                 "The LiveKit URL must be a ws://, wss://, http:// or https:// URL.", ctx
             )

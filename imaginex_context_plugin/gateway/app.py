@@ -23,6 +23,7 @@ from typing import Any, Final, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from .._packet import oversize
 from ..errors import BackendError, validation_sentence
 from ..expiring import ExpiringCache
 from ..log import logger
@@ -472,8 +473,8 @@ class _Gateway:
     ) -> web.Response:
         request_id = self._request_id(request)
         # refuse text that cannot fit before asking LiveKit anything
-        size = len(self._payload(kind, text, request_id, agent_code, room_id).encode("utf-8"))
-        if size > MAX_PAYLOAD_BYTES:
+        size = oversize(self._payload(kind, text, request_id, agent_code, room_id))
+        if size is not None:
             field = "message" if endpoint == "speak" else "context"
             raise _Refusal(
                 413,
@@ -547,7 +548,7 @@ class _Gateway:
         if target.refusal is not None:
             return failed(ErrorCode.AGENT_NOT_FOUND, target.refusal)
         payload = self._payload(kind, text, request_id, agent_code, target.room)
-        if len(payload.encode("utf-8")) > MAX_PAYLOAD_BYTES:
+        if oversize(payload) is not None:
             return failed(
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"With this room's name the message is over {MAX_PAYLOAD_BYTES} bytes.",
