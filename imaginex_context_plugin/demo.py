@@ -1,9 +1,11 @@
 """``imaginex-context demo``: the plugin at work, with no LiveKit server and no API keys.
 
 A real ``AgentSession`` runs in-process with an offline LLM (:class:`OfflineLLM`, which answers
-from the context it is given) and text output. A real ``rtc.Room`` receives the scripted packets
-as ``data_received`` events carrying real ``rtc.DataPacket`` objects, so every message takes the
-exact path that bytes from a LiveKit server take. Acks are printed instead of published.
+from the context it is given) and text output. Each scripted message goes in through
+``ContextPlugin.ingest()``, the exact path that bytes from a LiveKit room take once the SDK has
+delivered them, and every answer comes out through an ``AckTransport`` subclass that prints it
+instead of publishing it. The room is an ``OfflineRoom`` (``imaginex_context_plugin.testing``): a
+real ``rtc.Room`` that never connects. Only public, supported seams are used.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ from livekit.agents import APIConnectOptions, llm
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 from livekit.agents.voice import Agent, AgentSession
 from livekit.agents.voice.events import ConversationItemAddedEvent
-from livekit.rtc._proto import handle_pb2, participant_pb2, room_pb2
 
 from .context import ENTRY_ID_PREFIX
 from .plugin import AckTransport, ContextPlugin
-from .protocol import CONTEXT_TOPIC
+from .testing import OfflineRoom
 
 DEMO_AGENT_CODE = "A12345678"
 DEMO_ROOM = "customer_session_1"
@@ -90,35 +91,6 @@ class _OfflineStream(llm.LLMStream):
             )
 
 
-class DemoRoom(rtc.Room):
-    """A real ``rtc.Room`` that stands for a connected room, for running without a server."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self._info = room_pb2.RoomInfo(name=name)
-
-    def deliver(self, payload: bytes, *, sender: str | None) -> None:
-        """Emit ``data_received`` exactly as the SDK does for a packet on the context topic."""
-        participant = None
-        if sender is not None:
-            info = participant_pb2.ParticipantInfo(
-                identity=sender, kind=rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
-            )
-            owned = participant_pb2.OwnedParticipant(
-                handle=handle_pb2.FfiOwnedHandle(id=0), info=info
-            )
-            participant = rtc.RemoteParticipant(owned)
-        self.emit(
-            "data_received",
-            rtc.DataPacket(
-                data=payload,
-                kind=rtc.DataPacketKind.KIND_RELIABLE,
-                participant=participant,
-                topic=CONTEXT_TOPIC,
-            ),
-        )
-
-
 class _PrintingTransport(AckTransport):
     def __init__(self, room: rtc.Room, emit: Callable[[str, str], None]) -> None:
         super().__init__(room)
@@ -140,7 +112,7 @@ async def run_demo(*, out: Callable[[str], None] = print, pace_s: float = 0.3) -
         summary["acks"].append(json.loads(payload))
         line(who, payload)
 
-    room = DemoRoom(DEMO_ROOM)
+    room = OfflineRoom(DEMO_ROOM)
     session: AgentSession[Any] = AgentSession(
         llm=OfflineLLM(), vad=None, turn_handling={"turn_detection": None}
     )
@@ -166,7 +138,7 @@ async def run_demo(*, out: Callable[[str], None] = print, pace_s: float = 0.3) -
     async def send(sender: str | None, message: dict[str, Any] | str, note: str) -> None:
         payload = message if isinstance(message, str) else json.dumps(message)
         line(f"{sender} sends", f"{payload}   # {note}")
-        room.deliver(payload.encode(), sender=sender)
+        plugin.ingest(payload, sender_identity=sender)
         await asyncio.sleep(pace_s)
 
     async def user_asks(question: str) -> None:

@@ -40,3 +40,23 @@ def test_demo_command_runs() -> None:
     assert result.exit_code == 0, result.output
     assert "crm-backend sends" in result.output
     assert "UNAUTHORIZED" in result.output
+
+
+def test_demo_uses_only_public_seams() -> None:
+    # the demo is what users copy: no private SDK module (livekit.rtc._proto, ...) in it
+    import ast
+    import inspect
+
+    from imaginex_context_plugin import demo
+
+    imported = [
+        node.module or ""
+        for node in ast.walk(ast.parse(inspect.getsource(demo)))
+        if isinstance(node, ast.ImportFrom)
+    ]
+    private = [
+        name
+        for name in imported
+        if name.startswith("livekit.") and any(part.startswith("_") for part in name.split("."))
+    ]
+    assert private == []
