@@ -27,6 +27,9 @@ from tests.fakes import (
     start_session,
 )
 
+# the gateway's world, shared by every gateway test module
+from tests.gateway_fixtures import fleet, make_gateway  # noqa: F401
+
 ROOM = "room-1"
 AGENT_CODE = "A12345678"
 AGENT_IDENTITY = "agent"

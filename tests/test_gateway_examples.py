@@ -19,8 +19,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from imaginex_context_plugin.gateway import ApiSecrets, create_app
+from tests.gateway_fixtures import SECRET, Fleet, LiveAgent
 from tests.helpers import wait_until
-from tests.test_gateway import SECRET, Fleet, LiveAgent
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "http_gateway.md"
 BLOCK = re.compile(r"^```(\w+)[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)

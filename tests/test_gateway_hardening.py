@@ -1,7 +1,8 @@
 """The gateway against hostile or careless clients: raw header bytes, secret guessing.
 
-Requests go over real sockets on 127.0.0.1, to the test servers of ``tests/test_gateway.py``'s
-fixtures (real ``LiveKitBackend``, real agents on the relay network where one is needed).
+Requests go over real sockets on 127.0.0.1, to the test servers of the gateway's fixtures
+(``tests/gateway_fixtures.py``: real ``LiveKitBackend``, real agents on the relay network where
+one is needed).
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ from imaginex_context_plugin.gateway import (
 from imaginex_context_plugin.gateway.limits import FailureLimiter, client_key
 from imaginex_context_plugin.protocol import ErrorCode
 from imaginex_context_plugin.security import RateLimit
-from tests import test_gateway
-from tests.test_gateway import (
+from tests.gateway_fixtures import (
     CODE,
     HEADERS,
     ROOM_1,
@@ -39,10 +39,7 @@ from tests.test_gateway import (
     GatewayFactory,
     post,
 )
-
-# the fixtures of the gateway's end-to-end tests, used here as they are
-fleet = test_gateway.fleet
-make_gateway = test_gateway.make_gateway
+from tests.helpers import wait_until
 
 SPEAK = f"/v1/agent/{CODE}/speak"
 
@@ -507,7 +504,7 @@ async def test_connections_over_the_limit_are_refused_with_503(
 ) -> None:
     server = await serve(max_connections=2, header_timeout=30)
     held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
-    await test_gateway.wait_until(lambda: server.open_connections == 2)
+    await wait_until(lambda: server.open_connections == 2)
 
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     status, headers, answer = parse_answer(await read_until_closed(reader))
@@ -523,7 +520,7 @@ async def test_connections_over_the_limit_are_refused_with_503(
 
     # a freed slot serves again
     held[0][1].close()
-    await test_gateway.wait_until(lambda: server.open_connections == 1)
+    await wait_until(lambda: server.open_connections == 1)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     status, _, _ = parse_answer(await read_until_closed(reader))
