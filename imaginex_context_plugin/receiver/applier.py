@@ -1,0 +1,269 @@
+"""Applying admitted jobs to the ``AgentSession``: speech, context changes and state.
+
+Only the consumer calls this, one batch at a time, so nothing here races another message.
+``speak`` becomes ``say()`` (or ``generate_reply()``: from instructions, or as the fallback for
+a realtime model without TTS) after its mode is honoured; a batch of context changes is one
+store transaction committed only once the agent's chat context holds it; ``get_state`` reads
+the session as it is now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from livekit.agents import llm
+from livekit.agents.utils import is_given
+
+from ..context import ContextStore
+from ..log import logger
+from ..protocol import (
+    ADD_CONTEXT_SUCCESS_MESSAGE,
+    REMOVE_CONTEXT_SUCCESS_MESSAGE,
+    SPEAK_SUCCESS_MESSAGE,
+    AddContextRequest,
+    ErrorCode,
+    GetStateRequest,
+    RemoveContextRequest,
+    SpeakRequest,
+    error_ack,
+)
+from .answers import AckWriter
+from .context_sync import ContextSync
+from .dedup import DedupMemory
+from .jobs import Answer, Job
+from .session_gate import NotReady, SessionGate
+from .speech import SpeechTracker
+from .state import state_answer
+
+if TYPE_CHECKING:
+    from livekit.agents.voice import AgentSession, SpeechHandle
+
+_SpeakMethod = Literal["say", "generate_reply"]
+_Scheduled = tuple["SpeechHandle", _SpeakMethod, Literal["generate_reply"] | None]
+_VERBATIM_INSTRUCTIONS: Final = "Say the following to the user, word for word, and nothing else:\n"
+_BUSY_MESSAGE: Final = (
+    "The agent or the user is speaking, or speech is queued; nothing was said (mode if_idle)."
+)
+# (answer, whether the answer depends on the chat context sync, whether the store changed);
+# an answer of None is made after the sync: add_context with trigger_reply
+_Staged = tuple[Answer | None, bool, bool]
+
+
+class SessionApplier:
+    """Applies one batch of jobs to the session and answers each job.
+
+    Args:
+        gate: The session, reached through its readiness gate.
+        store: The context entries the plugin holds.
+        context: Keeps the agent's chat context in step with the store.
+        speeches: Reports the playout of every speech a job starts.
+        dedup: Answers repeated ids instead of applying them again.
+        writer: Writes the success acks.
+        answer: Gives a job its one answer (``ContextPlugin``: outbox and work queue).
+    """
+
+    def __init__(
+        self,
+        *,
+        gate: SessionGate,
+        store: ContextStore,
+        context: ContextSync,
+        speeches: SpeechTracker,
+        dedup: DedupMemory,
+        writer: AckWriter,
+        answer: Callable[[Job, Answer], None],
+    ) -> None:
+        self._gate = gate
+        self._session: AgentSession[Any] = gate.session
+        self._store = store
+        self._context = context
+        self._speeches = speeches
+        self._dedup = dedup
+        self._writer = writer
+        self._answer = answer
+
+    async def apply(self, batch: list[Job]) -> None:
+        """Apply ``batch`` (one job, or a run of context changes) and answer every job in it."""
+        if batch[0].changes_context:
+            await self._apply_context_batch(batch)
+            return
+        job = batch[0]
+        answer = self._dedup.answer_for(job)
+        if answer is None:
+            request = job.request
+            try:
+                if isinstance(request, SpeakRequest):
+                    answer = await self._speak(job, request)
+                else:
+                    assert isinstance(request, GetStateRequest)
+                    answer = state_answer(
+                        request,
+                        session=self._session,
+                        store=self._store,
+                        pending_speeches=self._speeches.pending(),
+                        writer=self._writer,
+                    )
+            except NotReady as exc:
+                answer = error_ack(ErrorCode.NOT_READY, str(exc), request.id)
+        self._answer(job, answer)
+
+    # ------------------------------------------------------------------------------------------
+    # speak
+
+    async def _speak(self, job: Job, request: SpeakRequest) -> Answer:
+        mode = request.effective_mode
+        if mode == "if_idle" and self._someone_is_speaking():
+            return error_ack(ErrorCode.BUSY, _BUSY_MESSAGE, request.id)
+        if mode == "interrupt":
+            self._interrupt_interruptible()
+        handle, method, fallback = await self._gate.call(lambda: self._schedule(request))
+        self._speeches.track(handle, job)
+        logger.debug(
+            "speech scheduled",
+            extra={"request_id": request.id, "speech_id": handle.id, "speech_text": request.text},
+        )
+        return self._writer.success(
+            request, SPEAK_SUCCESS_MESSAGE, speech_id=handle.id, method=method, fallback=fallback
+        )
+
+    def _schedule(self, request: SpeakRequest) -> _Scheduled:
+        session = self._session
+        text = request.text
+        if text is None:
+            assert request.instructions is not None
+            handle = session.generate_reply(
+                instructions=request.instructions,
+                allow_interruptions=request.allow_interruptions,
+            )
+            return handle, "generate_reply", None
+        if self._can_say_verbatim():
+            handle = session.say(text, allow_interruptions=request.allow_interruptions)
+            return handle, "say", None
+        # a realtime model without TTS cannot say() text: ask it to read the text as is
+        handle = session.generate_reply(
+            instructions=_VERBATIM_INSTRUCTIONS + text,
+            allow_interruptions=request.allow_interruptions,
+        )
+        return handle, "generate_reply", "generate_reply"
+
+    def _someone_is_speaking(self) -> bool:
+        session = self._session
+        return (
+            session.agent_state in ("speaking", "thinking")
+            or session.user_state == "speaking"
+            or session.current_speech is not None
+            # queued speech is not idle: ours (not playing yet, so not current_speech), and the
+            # session's own queue, which LiveKit keeps private (read defensively)
+            or self._speeches.any_pending()
+            or bool(getattr(getattr(session, "_activity", None), "_speech_q", None))
+        )
+
+    def _interrupt_interruptible(self) -> None:
+        try:
+            # force=False: speech sent with allow_interruptions=false is never cut
+            self._session.interrupt(force=False)
+        except RuntimeError:
+            logger.debug("current speech is not interruptible; the new speech queues behind it")
+
+    def _can_say_verbatim(self) -> bool:
+        # mirrors AgentActivity.say(): without a TTS, say() only works when there is no audio
+        # output or the realtime model can say text itself
+        session = self._session
+        agent = session.current_agent
+        tts_model = agent.tts if is_given(agent.tts) else session.tts
+        if tts_model is not None:
+            return True
+        model = agent.llm if is_given(agent.llm) else session.llm
+        if isinstance(model, llm.RealtimeModel) and model.capabilities.supports_say:
+            return True
+        return not (session.output.audio is not None and session.output.audio_enabled)
+
+    # ------------------------------------------------------------------------------------------
+    # add_context / remove_context
+
+    async def _apply_context_batch(self, batch: list[Job]) -> None:
+        """Apply a burst of add/remove_context to the store, then sync the agent once.
+
+        The store changes provisionally and is committed only once the agent's chat context
+        holds them: a batch refused (or failed) as a whole leaves no trace.
+        """
+        staged: list[tuple[Job, Answer | None, bool]] = []
+        changed = False
+        self._store.begin()
+        try:
+            for job in batch:
+                answer, needs_sync, changes = self._stage(job)
+                staged.append((job, answer, needs_sync))
+                changed |= changes
+            if changed:
+                await self._context.sync()
+        except NotReady as exc:
+            # refused as a whole: nothing of the batch takes effect, now or at a later sync
+            self._store.rollback()
+            staged = [
+                (job, error_ack(ErrorCode.NOT_READY, str(exc), job.request.id), False)
+                if needs_sync
+                else (job, answer, False)
+                for job, answer, needs_sync in staged
+            ]
+        except BaseException:
+            self._store.rollback()  # answered as an internal error (or, cancelled, at aclose)
+            raise
+        else:
+            self._store.commit()
+        for job, answer, _ in staged:
+            if answer is None:
+                assert isinstance(job.request, AddContextRequest)
+                answer = await self._trigger_reply(job, job.request)
+            self._answer(job, answer)
+
+    def _stage(self, job: Job) -> _Staged:
+        """One context change made in the store's open transaction, and its answer."""
+        settled = self._dedup.answer_for(job)
+        if settled is not None:
+            return settled, False, False
+        request = job.request
+        if isinstance(request, RemoveContextRequest):
+            removed = self._store.remove_key(request.key)
+            ack = self._writer.success(
+                request, REMOVE_CONTEXT_SUCCESS_MESSAGE, key=request.key, removed=removed
+            )
+            return ack, True, removed
+        assert isinstance(request, AddContextRequest)
+        try:
+            result = self._store.add(
+                request.text,
+                role=request.role,
+                key=request.key,
+                scope=request.scope,
+                ttl_s=request.ttl_s,
+                request_id=request.id,
+            )
+        except ValueError as exc:
+            return error_ack(ErrorCode.VALIDATION_ERROR, str(exc), request.id), False, False
+        logger.debug(
+            "context added",
+            extra={"request_id": request.id, "key": request.key, "context_text": request.text},
+        )
+        if request.trigger_reply:
+            return None, True, True
+        ack = self._writer.success(
+            request, ADD_CONTEXT_SUCCESS_MESSAGE, key=request.key, evicted=result.evicted
+        )
+        return ack, True, True
+
+    async def _trigger_reply(self, job: Job, request: AddContextRequest) -> Answer:
+        session = self._session
+        try:
+            handle = await self._gate.call(lambda: session.generate_reply())
+        except NotReady as exc:
+            return error_ack(ErrorCode.NOT_READY, str(exc), request.id)
+        self._speeches.track(handle, job)
+        return self._writer.success(
+            request,
+            ADD_CONTEXT_SUCCESS_MESSAGE,
+            key=request.key,
+            speech_id=handle.id,
+            method="generate_reply",
+        )

@@ -1,0 +1,88 @@
+"""The connection keeper: the RPC method and the agent-code attribute, on every connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from livekit import rtc
+
+from ..log import logger
+from ..protocol import AGENT_CODE_ATTRIBUTE, RPC_METHOD
+
+_CONNECT_POLL_S: Final = 0.05
+_CONNECTION_CHECK_S: Final = 1.0
+
+RpcHandler = Callable[[rtc.RpcInvocationData], Awaitable[str]]
+
+
+class ConnectionKeeper:
+    """Registers the RPC method and publishes the agent code each time the room connects.
+
+    Args:
+        room: The agent's room, connected or not yet.
+        agent_code: Published as the ``imaginex.agent_code`` participant attribute.
+        on_rpc: The RPC method's handler.
+    """
+
+    def __init__(self, room: rtc.Room, agent_code: str | None, on_rpc: RpcHandler) -> None:
+        self._room = room
+        self._agent_code = agent_code
+        self._on_rpc = on_rpc
+        self._registered = False
+        self._room_left = asyncio.Event()
+
+    def on_room_disconnected(self, _reason: object) -> None:
+        """The room's ``disconnected`` listener: this connection has ended."""
+        self._room_left.set()
+
+    async def run(self) -> None:
+        """Keep the method and the attribute on every connection, until cancelled.
+
+        rtc.Room.connect() emits no "connected" event and a later connection_state_changed is
+        not guaranteed, so this polls for it. A Room can be connected again after it was
+        disconnected: the new local participant has neither the method nor the attribute, so
+        both are set again. (LiveKit's own reconnects keep them: nothing to do there.)
+        """
+        room = self._room
+        while True:
+            while not room.isconnected():  # noqa: ASYNC110 - there is no event to wait on
+                await asyncio.sleep(_CONNECT_POLL_S)
+            self._room_left.clear()
+            participant = room.local_participant
+            participant.register_rpc_method(RPC_METHOD, self._on_rpc)
+            self._registered = True
+            await self._publish_agent_code(participant)
+            # the "disconnected" event ends this connection; the poll is a fallback in case
+            # the event is missed (it races a quick reconnect). asyncio.wait, not wait_for:
+            # on Python 3.11 wait_for swallows a cancellation that arrives as the event is set,
+            # which is just what a job's shutdown does (it disconnects and closes us at once),
+            # and this task then polled for a connection forever.
+            left = asyncio.ensure_future(self._room_left.wait())
+            try:
+                while not left.done() and self._still_on(participant):
+                    await asyncio.wait({left}, timeout=_CONNECTION_CHECK_S)
+            finally:
+                left.cancel()
+            self._registered = False
+
+    def unregister(self) -> None:
+        """Take the RPC method off the room (at close; the room may already be gone)."""
+        if self._registered:
+            self._registered = False
+            with contextlib.suppress(Exception):
+                self._room.local_participant.unregister_rpc_method(RPC_METHOD)
+
+    async def _publish_agent_code(self, participant: rtc.LocalParticipant) -> None:
+        if not self._agent_code:
+            return
+        try:
+            await participant.set_attributes({AGENT_CODE_ATTRIBUTE: self._agent_code})
+        except Exception:
+            logger.warning("could not publish the agent code attribute", exc_info=True)
+
+    def _still_on(self, participant: rtc.LocalParticipant) -> bool:
+        room = self._room
+        return room.isconnected() and room.local_participant is participant

@@ -1,0 +1,181 @@
+"""Answers on their way out: every job's one answer, speech events, and the publisher task.
+
+Answers wait in a bounded queue (``MAX_OUTBOUND_ANSWERS``) and one publisher task sends them in
+arrival order, so a slow ``publish_data`` never blocks the room callback or the consumer. When
+publishing falls behind a flood, refusals to untrusted senders are dropped first, then other
+refusals; success acks and speech events only when nothing else is waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Final
+
+from livekit import rtc
+
+from .. import protocol
+from ..log import logger
+from ..protocol import ACK_TOPIC, ErrorAck, ErrorCode
+from ..security import SenderPolicy
+from .dedup import DedupMemory
+from .jobs import Answer, Job, Success
+from .stats import PluginStats
+
+MAX_OUTBOUND_ANSWERS: Final = 2_048
+"""Most answers waiting to be published. Beyond it one is dropped (``stats.answers_dropped``):
+first a refusal to an untrusted sender, then any other refusal; a success ack or speech event
+only when nothing but those is waiting."""
+DRAIN_TIMEOUT_S: Final = 2.0
+"""How long closing waits for the answers still queued to be published."""
+
+_Outbound = tuple[int, str, bytes]  # arrival number, destination identity, payload
+_UNTRUSTED_REFUSAL, _REFUSAL, _DELIVERY = 0, 1, 2  # drop ranks: lowest goes first
+
+
+class AckTransport:
+    """Sends acks and speech events to one participant. The default publishes on the room.
+
+    Subclass it to route answers elsewhere, e.g. to print them in a demo or to capture them in a
+    test, without touching the plugin's internals.
+    """
+
+    def __init__(self, room: rtc.Room) -> None:
+        self._room = room
+
+    async def send(self, payload: bytes, destination_identity: str) -> None:
+        await self._room.local_participant.publish_data(
+            payload, reliable=True, destination_identities=[destination_identity], topic=ACK_TOPIC
+        )
+
+
+class Outbox:
+    """Answers each job once, remembers first acks, and publishes answers in arrival order.
+
+    Args:
+        policy: Who is trusted: refusals to others are the first dropped under load.
+        dedup: Where the first ack of every applied id is remembered.
+        stats: Where answers, refusals and drops are counted.
+    """
+
+    def __init__(self, *, policy: SenderPolicy, dedup: DedupMemory, stats: PluginStats) -> None:
+        self._policy = policy
+        self._dedup = dedup
+        self._stats = stats
+        # one queue per drop rank; each item carries an arrival number so that they are
+        # published in arrival order whatever their rank
+        self._queues: tuple[deque[_Outbound], deque[_Outbound], deque[_Outbound]] = (
+            deque(),
+            deque(),
+            deque(),
+        )
+        self._count = 0
+        self._serial = 0
+        self._ready = asyncio.Event()
+        self._drained = asyncio.Event()
+
+    @property
+    def waiting(self) -> int:
+        """Answers queued and not yet handed to the transport."""
+        return self._count
+
+    def answer(self, job: Job, answer: Answer) -> bool:
+        """Give ``job`` its one answer; False (and nothing sent) if it already had it."""
+        if job.answered:
+            return False
+        job.answered = True
+        if isinstance(answer, Success) and not answer.duplicate:
+            self._stats.applied += 1
+            # a repeat of this id within the dedup window gets this first ack again
+            self._dedup.remember(job, answer)
+        if job.reply is not None:  # RPC: the answer is the response
+            if not job.reply.done():
+                job.reply.set_result(answer)
+            if isinstance(answer, ErrorAck):
+                self.record_refusal(answer, job.sender)
+            return True
+        self.send(job.sender, answer)
+        return True
+
+    def record_refusal(self, ack: ErrorAck, sender: str | None) -> None:
+        code = ack.error.value
+        self._stats.errors[code] = self._stats.errors.get(code, 0) + 1
+        # refusals are counted in stats; only untrusted senders are worth an INFO line
+        log = logger.info if ack.error is ErrorCode.UNAUTHORIZED else logger.debug
+        log(
+            "context message refused",
+            extra={"error": code, "request_id": ack.id, "sender": sender},
+        )
+
+    def send(self, destination: str | None, message: protocol.ServerMessage | Success) -> None:
+        """Queue ``message`` for ``destination`` (None: sent through the server API, unanswered).
+
+        The queue is bounded (``MAX_OUTBOUND_ANSWERS``): when publishing falls behind a flood,
+        refusals to untrusted senders go first, then other refusals; success acks and speech
+        events are dropped only when nothing else is waiting.
+        """
+        if isinstance(message, ErrorAck):
+            self.record_refusal(message, destination)
+            rank = _REFUSAL if self._policy.trusts(destination) else _UNTRUSTED_REFUSAL
+        else:
+            rank = _DELIVERY
+        if destination is None:
+            return  # there is nobody to answer
+        if self._count >= MAX_OUTBOUND_ANSWERS and not self._drop_below(rank):
+            self._stats.answers_dropped += 1
+            return
+        payload = message.payload if isinstance(message, Success) else protocol.encode_message(
+            message
+        )
+        self._serial += 1
+        self._queues[rank].append((self._serial, destination, payload))
+        self._count += 1
+        self._drained.clear()
+        self._ready.set()
+
+    def _drop_below(self, rank: int) -> bool:
+        """Drop the oldest waiting answer ranked below ``rank``; False if there is none."""
+        for queue in self._queues[:rank]:
+            if queue:
+                queue.popleft()
+                self._count -= 1
+                self._stats.answers_dropped += 1
+                return True
+        return False
+
+    def _next(self) -> _Outbound:
+        """The earliest waiting answer, whatever its rank: answers go out in arrival order."""
+        earliest: deque[_Outbound] | None = None
+        for queue in self._queues:
+            if queue and (earliest is None or queue[0][0] < earliest[0][0]):
+                earliest = queue
+        assert earliest is not None
+        self._count -= 1
+        return earliest.popleft()
+
+    async def publish(self, transport: AckTransport) -> None:
+        """The publisher task: send waiting answers one by one until cancelled."""
+        while True:
+            if not self._count:
+                self._drained.set()
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            _, destination, payload = self._next()
+            try:
+                await transport.send(payload, destination)
+                self._stats.acks_sent += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._stats.ack_failures += 1
+                logger.warning(
+                    "could not send an answer", exc_info=True, extra={"sender": destination}
+                )
+
+    async def drain(self, publisher: asyncio.Task[None]) -> None:
+        """Let ``publisher`` flush what is waiting (up to ``DRAIN_TIMEOUT_S``)."""
+        if self._count and not publisher.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT_S)

@@ -1,0 +1,353 @@
+"""ContextPlugin: the receiver that lets a backend drive a running agent.
+
+The hot path, top to bottom (this module is the guide; each step is one collaborator):
+
+1. bytes arrive: ``_on_data_received`` (a data packet on ``CONTEXT_TOPIC``), ``_on_rpc`` (the
+   RPC method, registered on every connection by ``ConnectionKeeper``) or ``ingest()``;
+2. validated and authorised: ``Admission.admit`` checks the size, reads and validates the
+   packet in one pydantic pass, authorises it (allow-list / server key / signature), applies the
+   sender's rate limit and the target checks. A refusal is an error ack at once
+   (``Outbox.send``) and never reaches the queue;
+3. queued: one ordered ``WorkQueue``, drained by one consumer task (``_consume``), which takes
+   a run of context changes as one batch;
+4. applied: ``SessionApplier`` answers a repeated id from the ``DedupMemory``, else applies the
+   job (speak -> ``AgentSession.say``; add_context -> the context store -> one chat context
+   update per batch, ``ContextSync``; get_state -> the state, cut to fit one packet);
+5. acked: ``Outbox.answer`` remembers the first ack and hands it to the publisher task (or, for
+   RPC, returns it as the response); for speech, ``SpeechTracker`` sends ``speech_started`` /
+   ``speech_finished`` from the speech's own playout.
+
+Room and session callbacks are synchronous: they only filter and enqueue, and never raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+from livekit import rtc
+from livekit.agents.job import get_job_context
+
+from .._env import AGENT_CODE_ENV, LIVEKIT_API_SECRET_ENV
+from ..context import DEFAULT_CONTEXT_BUDGET, ContextBudget, ContextStore
+from ..log import logger
+from ..protocol import CONTEXT_TOPIC, ErrorAck, ErrorCode, error_ack
+from ..security import DEDUP_WINDOW_S, DEFAULT_RATE_LIMIT, RateLimit, RateLimiter, SenderPolicy
+from ..security import remembered_ids_capacity as _capacity
+from .admission import Admission, signature_verifier, warn_if_server_untrusted
+from .answers import AckWriter, internal_error
+from .applier import SessionApplier
+from .connection import ConnectionKeeper
+from .context_sync import ContextSync
+from .dedup import DedupMemory
+from .jobs import Answer, Housekeeping, Job, Success
+from .outbox import AckTransport, Outbox
+from .session_gate import DEFAULT_READY_TIMEOUT_S, SessionGate
+from .speech import SpeechTracker
+from .stats import PluginStats
+from .work_queue import DEFAULT_MAX_QUEUE, WorkQueue
+
+if TYPE_CHECKING:
+    from livekit.agents.voice import AgentSession
+
+_SHUTTING_DOWN: Final = "The agent is shutting down."
+_UNREADABLE: Final = "The message could not be read."
+
+
+class ContextPlugin:
+    """Receives speak / add_context messages for a running ``AgentSession`` and answers each.
+
+    Attach it with one line in the entrypoint::
+
+        plugin = ContextPlugin(agent_code="A12345678", allowed_identities=["backend"])
+        await plugin.start(session, ctx.room)
+
+    Args:
+        agent_code: Reported in every ack and published as the participant attribute
+            ``imaginex.agent_code``; requests naming another code are refused. Defaults to the
+            ``IMAGINEX_AGENT_CODE`` environment variable.
+        allowed_identities: Participant identities trusted to send messages. Default: none.
+        trust_server: Trust packets sent with the server API (``RoomService.SendData``), which
+            arrive without a participant. Default True. Such a packet must be signed with the
+            LiveKit API secret (``send_via_server_api`` does it): LiveKit also delivers hidden
+            participants' packets, and newcomers' first packets, without a participant, so an
+            unsigned one could come from anyone in the room. They cannot be answered.
+        server_secret: The LiveKit API secret that server packets are signed with. Default:
+            the ``LIVEKIT_API_SECRET`` environment variable (the worker has it to register).
+        secret: Shared secret for signed messages; a validly signed message is trusted whoever
+            relays it (see ``security.sign_request``). Default: signed messages are refused.
+        require_signature: Refuse every message that is not validly signed. Default False.
+        rate_limit: Per-sender token bucket (default 10/s, bursts of 50); ``None`` turns it off.
+        context_budget: How much context the plugin may hold (default 64 entries, 32,000 chars).
+        ready_timeout: Seconds a message waits for the session to start or finish an agent
+            handoff before it is refused with ``NOT_READY``. Default 10.
+        max_queue: Most messages waiting at once (default 1,024); beyond it ``RATE_LIMITED``.
+        dedup_window: Seconds during which a repeated id from the same sender is applied once.
+        dedup_max_entries: Most ids (and, with a secret, signatures) remembered at once. Each
+            is remembered for its whole window; when the table is full, new messages are
+            refused with ``RATE_LIMITED`` until the oldest expire. Default: sized from the rate
+            limit (``security.remembered_ids_capacity``).
+        ack_transport: Where acks go. Default: ``publish_data`` on the room, to the sender.
+    """
+
+    # made by start(): they need the session and the room
+    _gate: SessionGate
+    _speeches: SpeechTracker
+    _context_sync: ContextSync
+    _applier: SessionApplier
+    _keeper: ConnectionKeeper
+
+    def __init__(
+        self,
+        *,
+        agent_code: str | None = None,
+        allowed_identities: Iterable[str] = (),
+        trust_server: bool = True,
+        server_secret: str | bytes | None = None,
+        secret: str | bytes | None = None,
+        require_signature: bool = False,
+        rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+        context_budget: ContextBudget = DEFAULT_CONTEXT_BUDGET,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT_S,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        dedup_window: float = DEDUP_WINDOW_S,
+        dedup_max_entries: int | None = None,
+        ack_transport: AckTransport | None = None,
+    ) -> None:
+        if require_signature and not secret:
+            raise ValueError("require_signature=True needs a secret")
+        if dedup_max_entries is not None and dedup_max_entries < 1:
+            raise ValueError("dedup_max_entries must be at least 1")
+        self._agent_code = agent_code if agent_code is not None else os.getenv(AGENT_CODE_ENV)
+        server_key = (server_secret or os.getenv(LIVEKIT_API_SECRET_ENV)) if trust_server else None
+        warn_if_server_untrusted(trust_server, server_key)
+        policy = SenderPolicy.build(allowed_identities)
+        self.stats = PluginStats()
+        self._store = ContextStore(context_budget)
+        self._ready_timeout = ready_timeout
+        self._ack_transport = ack_transport
+        self._work = WorkQueue()
+        self._dedup = DedupMemory(
+            window_s=dedup_window,
+            max_entries=dedup_max_entries or _capacity(rate_limit, dedup_window),
+            stats=self.stats,
+        )
+        self._outbox = Outbox(policy=policy, dedup=self._dedup, stats=self.stats)
+        self._writer = AckWriter(self._agent_code, self._room_name)
+        self._admission = Admission(
+            agent_code=self._agent_code,
+            room_name=self._room_name,
+            policy=policy,
+            verifier=signature_verifier(
+                secret=secret,
+                server_key=server_key,
+                rate_limit=rate_limit,
+                max_remembered=dedup_max_entries,
+            ),
+            require_signature=require_signature,
+            rate_limiter=RateLimiter(rate_limit) if rate_limit is not None else None,
+            max_queue=max_queue,
+            work=self._work,
+            dedup=self._dedup,
+            stats=self.stats,
+        )
+        self._session: AgentSession[Any] | None = None
+        self._room: rtc.Room | None = None
+        self._started = False
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def agent_code(self) -> str | None:
+        return self._agent_code
+
+    @property
+    def context_store(self) -> ContextStore:
+        """The context entries the plugin holds (read-only use)."""
+        return self._store
+
+    # ------------------------------------------------------------------------------------------
+    # lifecycle
+
+    async def start(self, session: AgentSession[Any], room: rtc.Room) -> None:
+        """Attach to the session and the room. Works before or after the room connects.
+
+        Raises:
+            RuntimeError: If the plugin was already started or closed.
+        """
+        if self._closed:
+            raise RuntimeError("ContextPlugin is closed")
+        if self._started:
+            raise RuntimeError("ContextPlugin is already started")
+        self._started = True
+        self._session, self._room = session, room
+        self._assemble(session, room)
+
+        room.on("data_received", self._on_data_received)
+        room.on("disconnected", self._keeper.on_room_disconnected)
+        session.on("conversation_item_added", self._context_sync.on_conversation_item_added)
+        session.on("agent_state_changed", self._speeches.on_agent_state_changed)
+        session.on("close", self._gate.on_session_close)
+        session.on("error", self._speeches.on_session_error)
+        self._speeches.watch_audio_output()
+
+        transport = self._ack_transport or AckTransport(room)
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="imaginex_context.consume"),
+            asyncio.create_task(self._outbox.publish(transport), name="imaginex_context.publish"),
+            asyncio.create_task(self._keeper.run(), name="imaginex_context.connect"),
+        ]
+        job_ctx = get_job_context(required=False)
+        if job_ctx is not None:
+            job_ctx.add_shutdown_callback(self.aclose)
+        logger.info(
+            "context plugin started",
+            extra={"agent_code": self._agent_code, "room_connected": room.isconnected()},
+        )
+
+    def _assemble(self, session: AgentSession[Any], room: rtc.Room) -> None:
+        """Make the collaborators that need the session and the room."""
+        self._gate = SessionGate(session, self._ready_timeout)
+        self._speeches = SpeechTracker(session, self._outbox.send)
+        self._context_sync = ContextSync(self._store, self._gate, self._work.put)
+        self._applier = SessionApplier(
+            gate=self._gate,
+            store=self._store,
+            context=self._context_sync,
+            speeches=self._speeches,
+            dedup=self._dedup,
+            writer=self._writer,
+            answer=self._answer,
+        )
+        self._keeper = ConnectionKeeper(room, self._agent_code, self._on_rpc)
+
+    async def __aenter__(self) -> ContextPlugin:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop receiving, answer what is still queued, and unhook everything. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._started:
+            return
+        assert self._session is not None
+        assert self._room is not None
+        self._room.off("data_received", self._on_data_received)
+        self._room.off("disconnected", self._keeper.on_room_disconnected)
+        self._session.off("conversation_item_added", self._context_sync.on_conversation_item_added)
+        self._session.off("agent_state_changed", self._speeches.on_agent_state_changed)
+        self._session.off("close", self._gate.on_session_close)
+        self._session.off("error", self._speeches.on_session_error)
+        self._speeches.unwatch_audio_output()
+        self._context_sync.close()
+        self._keeper.unregister()
+
+        consume, publish, connect = self._tasks
+        for task in (consume, connect):
+            task.cancel()
+        await asyncio.gather(consume, connect, return_exceptions=True)
+        # every message still queued gets its answer
+        for job in self._work.drain_jobs():
+            self._answer(job, error_ack(ErrorCode.NOT_READY, _SHUTTING_DOWN, job.request.id))
+        # every speech we reported ends with an event, even one still playing: its sender may
+        # be waiting for playout, and nobody will tell it once the plugin is gone
+        self._speeches.finish_all()
+        # let the publisher flush the answers, then stop it
+        await self._outbox.drain(publish)
+        publish.cancel()
+        await asyncio.gather(publish, return_exceptions=True)
+        self._tasks.clear()
+        logger.info("context plugin closed", extra={"agent_code": self._agent_code})
+
+    # ------------------------------------------------------------------------------------------
+    # 1. bytes arrive, 2. validated and authorised
+
+    def _on_data_received(self, packet: rtc.DataPacket) -> None:
+        if packet.topic != CONTEXT_TOPIC or self._closed:
+            return
+        self._receive(packet.data, packet.participant.identity if packet.participant else None)
+
+    def ingest(self, payload: bytes | str, *, sender_identity: str | None) -> None:
+        """Feed one message as if it arrived on the context topic from ``sender_identity``.
+
+        It takes exactly the path room bytes take; ``None`` means "sent through the server API".
+        Useful for bridges from other transports, demos and tests.
+        """
+        if not self._started or self._closed:
+            raise RuntimeError("ContextPlugin is not running")
+        self._receive(
+            payload.encode("utf-8") if isinstance(payload, str) else payload, sender_identity
+        )
+
+    def _receive(self, raw: bytes, sender: str | None) -> None:
+        try:
+            admitted = self._admission.admit(raw, sender)
+        except Exception:  # a room callback must never raise
+            logger.exception("unexpected error admitting a context packet")
+            admitted = error_ack(ErrorCode.INTERNAL_ERROR, _UNREADABLE, None)
+        if isinstance(admitted, Job):
+            self._work.put(admitted)
+            return
+        try:
+            self._outbox.send(sender, admitted)
+        except Exception:  # e.g. an answer that cannot be encoded: still never raise
+            logger.exception("unexpected error answering a context packet")
+
+    async def _on_rpc(self, data: rtc.RpcInvocationData) -> str:
+        if self._closed:
+            return error_ack(ErrorCode.NOT_READY, _SHUTTING_DOWN, None).model_dump_json()
+        try:
+            admitted = self._admission.admit(data.payload.encode("utf-8"), data.caller_identity)
+        except Exception:
+            logger.exception("unexpected error admitting a context RPC")
+            admitted = error_ack(ErrorCode.INTERNAL_ERROR, _UNREADABLE, None)
+        if isinstance(admitted, ErrorAck):
+            self._outbox.record_refusal(admitted, data.caller_identity)
+            return admitted.model_dump_json()
+        admitted.reply = asyncio.get_running_loop().create_future()
+        self._work.put(admitted)
+        # shield: if the caller gives up, the consumer still applies and records the message
+        answer = await asyncio.shield(admitted.reply)
+        if isinstance(answer, Success):
+            return answer.payload.decode("utf-8")
+        return answer.model_dump_json()
+
+    # ------------------------------------------------------------------------------------------
+    # 3. queued, 4. applied, 5. acked
+
+    async def _consume(self) -> None:
+        """The one consumer: applies everything in arrival order."""
+        work, applier = self._work, self._applier
+        while True:
+            item = await work.next()
+            if isinstance(item, Housekeeping):
+                try:
+                    await self._context_sync.housekeep(item)
+                except Exception:
+                    logger.exception("unexpected error maintaining the context")
+                continue
+            batch = work.take_batch(item)
+            try:
+                await applier.apply(batch)
+            except asyncio.CancelledError:
+                work.put_back(batch)  # what was not answered: aclose() answers it
+                raise
+            except Exception:
+                logger.exception("unexpected error applying a context message")
+                for job in batch:
+                    if not job.answered:
+                        self._answer(job, internal_error(job.request.id))
+
+    def _answer(self, job: Job, answer: Answer) -> None:
+        if self._outbox.answer(job, answer):
+            self._work.settled()
+
+    def _room_name(self) -> str:
+        assert self._room is not None
+        return self._room.name

@@ -1,0 +1,164 @@
+"""Speech tracking: ``speech_started`` / ``speech_finished`` for every speech a message started.
+
+``speech_started`` goes out when the speech's playout really begins (the agent is speaking and
+it is the current speech, checked on each state change and each playout segment), not when it
+is queued; ``speech_finished`` when its handle is done, with what the audio output reported
+(``played_s``) and whether the model or the TTS failed. A speech still going when the plugin
+stops ends with ``reason: "shutdown"``: its sender may be waiting for playout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from livekit.agents import tts
+
+from ..protocol import ServerMessage, SpeechFinishedEvent, SpeechStartedEvent, utc_timestamp
+from .jobs import Job
+
+if TYPE_CHECKING:
+    from livekit.agents.voice import AgentSession, SpeechHandle
+    from livekit.agents.voice.events import AgentStateChangedEvent, ErrorEvent
+    from livekit.agents.voice.io import AudioOutput, PlaybackFinishedEvent, PlaybackStartedEvent
+
+
+@dataclass(eq=False)
+class _SpeechTrack:
+    request_id: str | None
+    sender: str | None
+    handle: SpeechHandle
+    started: bool = False
+    played_s: float | None = None
+    tts_failed: bool = False
+
+
+class SpeechTracker:
+    """Follows the speeches messages started and reports their playout to their senders.
+
+    Args:
+        session: The agent session the speeches play in.
+        send: Queues an event for a sender (``Outbox.send``).
+    """
+
+    def __init__(
+        self, session: AgentSession[Any], send: Callable[[str | None, ServerMessage], None]
+    ) -> None:
+        self._session = session
+        self._send = send
+        self._tracks: dict[str, _SpeechTrack] = {}
+        self._watched_audio: AudioOutput | None = None
+
+    def track(self, handle: SpeechHandle, job: Job) -> None:
+        """Report ``handle``'s playout to the sender of ``job``."""
+        self._tracks[handle.id] = _SpeechTrack(job.request.id, job.sender, handle)
+        self.watch_audio_output()
+        handle.add_done_callback(self._on_speech_done)
+        self._check_started()
+
+    def pending(self) -> list[str]:
+        """Ids of the tracked speeches not yet done (queued or playing)."""
+        return [speech_id for speech_id, t in self._tracks.items() if not t.handle.done()]
+
+    def any_pending(self) -> bool:
+        return any(not track.handle.done() for track in self._tracks.values())
+
+    def finish_all(self) -> None:
+        """At shutdown: end every tracked speech with an event, even one still playing."""
+        for track in list(self._tracks.values()):
+            track.handle.remove_done_callback(self._on_speech_done)
+            self._finish(track, shutdown=not track.handle.done())
+        self._tracks.clear()
+
+    # ------------------------------------------------------------------------------------------
+    # session listeners (hooked by ContextPlugin)
+
+    def on_agent_state_changed(self, ev: AgentStateChangedEvent) -> None:
+        if ev.new_state == "speaking":
+            self._check_started()
+
+    def on_session_error(self, ev: ErrorEvent) -> None:
+        # a TTS failure is recorded nowhere on the handle: mark the speech playing now
+        if isinstance(ev.error, tts.TTSError) and not ev.error.recoverable:
+            track = self._current()
+            if track is not None:
+                track.tts_failed = True
+
+    # ------------------------------------------------------------------------------------------
+    # audio output
+
+    def watch_audio_output(self) -> None:
+        # the session's audio output can be set or swapped after start() (RoomIO sets it when
+        # the session starts), so the listener follows it
+        audio = self._session.output.audio
+        if audio is self._watched_audio:
+            return
+        self.unwatch_audio_output()
+        if audio is not None:
+            audio.on("playback_started", self._on_playback_started)
+            audio.on("playback_finished", self._on_playback_finished)
+        self._watched_audio = audio
+
+    def unwatch_audio_output(self) -> None:
+        if self._watched_audio is not None:
+            self._watched_audio.off("playback_started", self._on_playback_started)
+            self._watched_audio.off("playback_finished", self._on_playback_finished)
+            self._watched_audio = None
+
+    def _on_playback_started(self, _: PlaybackStartedEvent) -> None:
+        # back-to-back speeches keep the agent "speaking", so each segment start is checked too
+        self._check_started()
+
+    def _on_playback_finished(self, ev: PlaybackFinishedEvent) -> None:
+        track = self._current()
+        if track is not None:
+            track.played_s = round(ev.playback_position, 3)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _current(self) -> _SpeechTrack | None:
+        current = self._session.current_speech
+        return self._tracks.get(current.id) if current is not None else None
+
+    def _check_started(self) -> None:
+        if self._session.agent_state != "speaking":
+            return
+        track = self._current()
+        if track is None or track.started:
+            return
+        track.started = True
+        self._send(
+            track.sender,
+            SpeechStartedEvent(
+                id=track.request_id, speech_id=track.handle.id, timestamp=utc_timestamp()
+            ),
+        )
+
+    def _on_speech_done(self, handle: SpeechHandle) -> None:
+        track = self._tracks.pop(handle.id, None)
+        if track is not None:
+            self._finish(track, shutdown=False)
+
+    def _finish(self, track: _SpeechTrack, *, shutdown: bool) -> None:
+        """Send ``speech_finished``; ``shutdown``: the plugin stops before the speech ended."""
+        handle = track.handle
+        if shutdown:
+            # the end was not observed: the sender must not take it for a full playout
+            interrupted, failed = True, False
+        else:
+            # LLM failures are recorded on the handle; a TTS failure only as a session error
+            interrupted = handle.interrupted
+            failed = handle.exception() is not None or track.tts_failed
+        self._send(
+            track.sender,
+            SpeechFinishedEvent(
+                id=track.request_id,
+                speech_id=handle.id,
+                interrupted=interrupted,
+                played_s=track.played_s,
+                failed=True if failed else None,
+                reason="shutdown" if shutdown else None,
+                timestamp=utc_timestamp(),
+            ),
+        )
