@@ -18,6 +18,7 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession
 
 from imaginex_context_plugin import ACK_TOPIC, CONTEXT_TOPIC, RPC_METHOD, ContextPlugin
+from imaginex_context_plugin.context import ENTRY_ID_PREFIX
 from tests.fakes import (
     LinkedRoom,
     RecordingAudioOutput,
@@ -138,7 +139,7 @@ class Harness:
         return [
             m.text_content or ""
             for m in self.session.current_agent.chat_ctx.messages()
-            if m.id.startswith("imaginex_ctx_")
+            if m.id.startswith(ENTRY_ID_PREFIX)
         ]
 
 

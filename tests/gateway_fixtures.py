@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from livekit import rtc
 
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, RPC_METHOD, ContextPlugin
+from imaginex_context_plugin.context import ENTRY_ID_PREFIX
 from imaginex_context_plugin.gateway import (
     DEFAULT_GATEWAY_IDENTITY,
     ApiSecrets,
@@ -97,7 +98,7 @@ class LiveAgent:
         return [
             m.text_content or ""
             for m in self.session.current_agent.chat_ctx.messages()
-            if m.id.startswith("imaginex_ctx_")
+            if m.id.startswith(ENTRY_ID_PREFIX)
         ]
 
     async def idle(self) -> None:

@@ -13,7 +13,9 @@ import pytest
 from livekit.agents import Agent, AgentSession
 
 from imaginex_context_plugin import (
+    ACK_TOPIC,
     MAX_PAYLOAD_BYTES,
+    RPC_METHOD,
     AckTransport,
     ContextBudget,
     ContextPlugin,
@@ -207,7 +209,7 @@ async def test_the_largest_get_state_answer_fits_one_packet(
     request = {"type": "get_state", "id": "state"}
     if via == "rpc":
         response = await harness.backend.room.local_participant.perform_rpc(
-            destination_identity="agent", method="imaginex.context", payload=json.dumps(request)
+            destination_identity="agent", method=RPC_METHOD, payload=json.dumps(request)
         )
         raw = response.encode()
     else:
@@ -215,7 +217,7 @@ async def test_the_largest_get_state_answer_fits_one_packet(
         await harness.backend.ack_for("state")
         [packet] = [
             p for p in harness.network.published
-            if p.topic == "imaginex.context.ack" and b'"State retrieved' in p.payload
+            if p.topic == ACK_TOPIC and b'"State retrieved' in p.payload
         ]
         raw = packet.payload
     assert len(raw) <= MAX_PAYLOAD_BYTES

@@ -18,6 +18,7 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession, llm
 
 from imaginex_context_plugin import ContextPlugin
+from imaginex_context_plugin.context import ENTRY_ID_PREFIX
 from tests.conftest import AGENT_CODE, AGENT_IDENTITY, BACKEND_IDENTITY, ROOM, Backend
 from tests.fakes import (
     VERBATIM_MARKER,
@@ -88,7 +89,7 @@ def assistant_texts(chat_ctx: llm.ChatContext) -> list[str]:
 
 
 def context_texts(chat_ctx: llm.ChatContext) -> list[str]:
-    return [m.text_content or "" for m in chat_ctx.messages() if m.id.startswith("imaginex_ctx_")]
+    return [m.text_content or "" for m in chat_ctx.messages() if m.id.startswith(ENTRY_ID_PREFIX)]
 
 
 # ---------------------------------------------------------------------------------------------

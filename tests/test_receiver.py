@@ -11,7 +11,14 @@ from livekit import rtc
 from livekit.agents import Agent
 from livekit.agents.testing import fake_job_context
 
-from imaginex_context_plugin import CONTEXT_TOPIC, RPC_METHOD, ContextPlugin, RateLimit
+from imaginex_context_plugin import (
+    AGENT_CODE_ATTRIBUTE,
+    CONTEXT_TOPIC,
+    RPC_METHOD,
+    ContextPlugin,
+    RateLimit,
+)
+from imaginex_context_plugin.context import ENTRY_ID_PREFIX
 from imaginex_context_plugin.security import sign_request
 from tests.conftest import (
     AGENT_CODE,
@@ -131,7 +138,7 @@ async def test_add_context_role_is_kept(harness: Harness, role: str) -> None:
     )
     [message] = [
         m for m in harness.session.current_agent.chat_ctx.messages()
-        if m.id.startswith("imaginex_ctx_")
+        if m.id.startswith(ENTRY_ID_PREFIX)
     ]
     assert message.role == role
 
@@ -450,7 +457,7 @@ async def test_rpc_is_registered_once_the_room_connects(make_harness: HarnessFac
                           agent_identity="late-agent")
         await wait_until(lambda: RPC_METHOD in late_room.local_participant._rpc_handlers)
         await wait_until(
-            lambda: late_room.local_participant.attributes.get("imaginex.agent_code") == "LATE"
+            lambda: late_room.local_participant.attributes.get(AGENT_CODE_ATTRIBUTE) == "LATE"
         )
         ack = await backend.rpc({"type": "add_context", "id": "l", "context": "late"})
         assert ack["success"] is True
