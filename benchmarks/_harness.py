@@ -363,6 +363,23 @@ class Rig:
         asyncio.get_running_loop().set_task_factory(None)
 
 
+async def start_timed_session(timer: CallTimer) -> tuple[TimedSession, TimedAgent]:
+    """A started text-only ``TimedSession`` (no audio output) on the test kit's LLM and TTS."""
+    session = TimedSession(
+        timer,
+        llm=ScriptedLLM(),
+        tts=RecordingTTS(),
+        vad=None,
+        turn_handling={
+            "turn_detection": None,
+            "interruption": {"resume_false_interruption": False},
+        },
+    )
+    agent = TimedAgent(timer, instructions="You are a benchmark.")
+    await session.start(agent)  # no audio output: speech is text only
+    return session, agent
+
+
 async def make_rig(
     *,
     capacity: int,
@@ -381,18 +398,7 @@ async def make_rig(
     room = OfflineRoom(ROOM_NAME)
     participants = {identity: remote_participant(identity) for identity in senders}
 
-    session = TimedSession(
-        timer,
-        llm=ScriptedLLM(),
-        tts=RecordingTTS(),
-        vad=None,
-        turn_handling={
-            "turn_detection": None,
-            "interruption": {"resume_false_interruption": False},
-        },
-    )
-    agent = TimedAgent(timer, instructions="You are a benchmark.")
-    await session.start(agent)  # no audio output: speech is text only
+    session, agent = await start_timed_session(timer)
 
     transport = CountingTransport(room, capacity=capacity, prefix=prefix)
     transport.task_clock = tasks

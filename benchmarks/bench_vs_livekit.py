@@ -55,14 +55,12 @@ from _harness import (
     CallTimer,
     Figure,
     OfflineRoom,
-    RecordingTTS,
     Report,
-    ScriptedLLM,
-    TimedAgent,
     TimedSession,
     freeze_imports,
     median,
     percentile,
+    start_timed_session,
 )
 from bench_hot_path import NO_REFUSAL
 from livekit import rtc
@@ -234,18 +232,8 @@ async def make_peer_rig() -> PeerRig:
     freeze_imports()
     room = OfflineRoom(ROOM_NAME)
     timer = CallTimer()
-    session = TimedSession(
-        timer,
-        llm=ScriptedLLM(),
-        tts=RecordingTTS(),
-        vad=None,
-        turn_handling={
-            "turn_detection": None,
-            "interruption": {"resume_false_interruption": False},
-        },
-    )
+    session, _ = await start_timed_session(timer)
     session.keep_handles = False
-    await session.start(TimedAgent(timer, instructions="You are a benchmark."))
 
     transport = MemorySessionTransport()
     host = SessionHost(transport)

@@ -121,14 +121,15 @@ class Fleet:
     def __post_init__(self) -> None:
         self.directory = RelayDirectory(self.network)
 
-    def _room_name(self, name: str) -> None:
+    def register_room(self, name: str) -> None:
+        """Make ``name`` one of the rooms the directory lists (once it has someone in it)."""
         if name not in self.directory.names:
             self.directory.names.append(name)
 
     async def agent(
         self, room: str, *, code: str = CODE, identity: str = "agent", **plugin_kwargs: Any
     ) -> LiveAgent:
-        self._room_name(room)
+        self.register_room(room)
         tts = RecordingTTS()
         audio = RecordingAudioOutput(speed=20.0)
         session = await start_session(llm_model=ScriptedLLM(), tts_model=tts, audio_output=audio)
@@ -148,7 +149,7 @@ class Fleet:
 
     def stuck_agent(self, room: str, *, code: str = CODE) -> None:
         """A participant that claims the code but never answers its RPC."""
-        self._room_name(room)
+        self.register_room(room)
         release = asyncio.Event()
         self.releases.append(release)
         stuck = self.network.create_room(
@@ -162,7 +163,7 @@ class Fleet:
         stuck.local_participant.register_rpc_method(RPC_METHOD, never_answers)
 
     def human(self, room: str, identity: str = "user") -> None:
-        self._room_name(room)
+        self.register_room(room)
         self.network.create_room(room, identity)
 
     def backend(

@@ -326,7 +326,7 @@ def answering_agent(
     fleet: Fleet, room: str, answer: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """A participant claiming the code whose RPC answer is ``answer(request)``."""
-    fleet._room_name(room)
+    fleet.register_room(room)
     participant = fleet.network.create_room(
         room, "scripted-agent", attributes={AGENT_CODE_ATTRIBUTE: CODE}
     )
