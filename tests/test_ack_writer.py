@@ -8,9 +8,13 @@ import pytest
 
 from imaginex_context_plugin.protocol import (
     ADD_CONTEXT_SUCCESS_MESSAGE,
+    GET_STATE_SUCCESS_MESSAGE,
     REMOVE_CONTEXT_SUCCESS_MESSAGE,
     SPEAK_SUCCESS_MESSAGE,
     AddContextRequest,
+    AgentStateInfo,
+    ContextEntryInfo,
+    GetStateRequest,
     RemoveContextRequest,
     SpeakRequest,
     SuccessAck,
@@ -67,6 +71,24 @@ def test_written_acks_are_the_models_bytes(
     assert written.payload[:stamp] == expected[:stamp]
     assert written.payload[stamp + 24 :] == expected[stamp + 24 :]
     SuccessAck.model_validate_json(written.payload)  # and it parses as the model it claims
+
+
+def test_a_written_state_ack_is_the_models_bytes() -> None:
+    writer = AckWriter("A1", lambda: "room")
+    request = GetStateRequest(type="get_state", id=AWKWARD)
+    entry = ContextEntryInfo(
+        entry_id="e1", key=AWKWARD, role="system", chars=3, scope="next_turn",
+        expires_in_s=1.5, request_id=None,
+    )
+    state = AgentStateInfo(
+        agent_state="listening", user_state="speaking", current_agent=None,
+        context_entries=[entry], context_chars=3, pending_speeches=["speech_1", AWKWARD],
+    )
+    written = writer.success(request, GET_STATE_SUCCESS_MESSAGE, state=state)
+    expected = model_bytes(writer, request, GET_STATE_SUCCESS_MESSAGE, state=state)
+    stamp = expected.index(b'"timestamp":"') + len(b'"timestamp":"')
+    assert written.payload[:stamp] == expected[:stamp]
+    assert written.payload[stamp + 24 :] == expected[stamp + 24 :]
 
 
 def test_the_room_name_is_read_again_when_it_changes() -> None:

@@ -125,12 +125,13 @@ class Admission:
         try:
             request, replayed = self._authorise(protocol.read_packet(raw), sender)
         except ProtocolError as refusal:
-            return self._rate_limit(sender, refusal.request_id) or error_ack(
+            # every sender is rate limited, refused or not: each answer costs a packet
+            return self._rate_limited(sender, refusal.request_id) or error_ack(
                 refusal.code, refusal.message, refusal.request_id, retry_after=refusal.retry_after
             )
-        return self._rate_limit(sender, request.id) or self._queueable(request, sender, replayed)
+        return self._rate_limited(sender, request.id) or self._queueable(request, sender, replayed)
 
-    def _rate_limit(self, sender: str | None, request_id: str | None) -> ErrorAck | None:
+    def _rate_limited(self, sender: str | None, request_id: str | None) -> ErrorAck | None:
         if self._rate_limiter is None:
             return None
         wait = self._rate_limiter.acquire(sender if sender is not None else SERVER_SENDER)

@@ -6,7 +6,8 @@ from a cached head (everything but the id, the timestamp and the per-request fie
 fraction of that. The bytes are exactly what ``protocol.encode_message(SuccessAck(...))`` makes,
 field for field and escape for escape: ``json.encoder.encode_basestring`` escapes strings as
 pydantic does (checked over every code point, and pinned by ``tests/test_ack_writer.py``).
-Only ``get_state``, whose answer must be measured and maybe cut, still goes through the models.
+The state in a ``get_state`` answer is serialized by its model; only an answer too large for
+one packet, cut to fit, goes through the ack models.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from json.encoder import encode_basestring
 from typing import Any, Final, Literal
 
 from .. import protocol
-from ..protocol import AckData, ErrorCode, MessageType, Request, SuccessAck, error_ack
+from ..protocol import (
+    AckData,
+    AgentStateInfo,
+    ErrorCode,
+    MessageType,
+    Request,
+    SuccessAck,
+    error_ack,
+)
 from .jobs import Success
 
 _INTERNAL_ERROR_MESSAGE: Final = (
@@ -54,6 +63,7 @@ class AckWriter:
         key: str | None = None,
         removed: bool | None = None,
         evicted: int | None = None,
+        state: AgentStateInfo | None = None,
     ) -> Success:
         """The success ack for ``request``; fields left None are left out, as on the models."""
         parts = [
@@ -76,6 +86,8 @@ class AckWriter:
             parts.append(',"removed":true' if removed else ',"removed":false')
         if evicted is not None:
             parts += (',"evicted":', str(evicted))
+        if state is not None:
+            parts += (',"state":', protocol.encode_message(state).decode())
         parts.append("}}")
         return Success("".join(parts).encode())
 

@@ -9,6 +9,7 @@ the session as it is now.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -119,10 +120,13 @@ class SessionApplier:
             self._interrupt_interruptible()
         handle, method, fallback = await self._gate.call(lambda: self._schedule(request))
         self._speeches.track(handle, job)
-        logger.debug(
-            "speech scheduled",
-            extra={"request_id": request.id, "speech_id": handle.id, "speech_text": request.text},
-        )
+        if logger.isEnabledFor(logging.DEBUG):  # spares building the extras on every message
+            logger.debug(
+                "speech scheduled",
+                extra={
+                    "request_id": request.id, "speech_id": handle.id, "speech_text": request.text
+                },
+            )
         return self._writer.success(
             request, SPEAK_SUCCESS_MESSAGE, speech_id=handle.id, method=method, fallback=fallback
         )
@@ -242,10 +246,11 @@ class SessionApplier:
             )
         except ValueError as exc:
             return error_ack(ErrorCode.VALIDATION_ERROR, str(exc), request.id), False, False
-        logger.debug(
-            "context added",
-            extra={"request_id": request.id, "key": request.key, "context_text": request.text},
-        )
+        if logger.isEnabledFor(logging.DEBUG):  # spares building the extras on every message
+            logger.debug(
+                "context added",
+                extra={"request_id": request.id, "key": request.key, "context_text": request.text},
+            )
         if request.trigger_reply:
             return None, True, True
         ack = self._writer.success(

@@ -32,6 +32,7 @@ class DedupMemory:
         self._cache: ExpiringCache[tuple[int, bytes]] = ExpiringCache(
             ttl_s=window_s, max_entries=max_entries
         )
+        self._max_entries = max_entries
         self._stats = stats
 
     def has_room(self, job: Job, pending_jobs: int) -> bool:
@@ -41,7 +42,9 @@ class DedupMemory:
         as the duplicate it is).
         """
         key = job.dedup_key
-        return key is None or self._cache.free() > pending_jobs or key in self._cache
+        if key is None or len(self._cache) + pending_jobs < self._max_entries:
+            return True  # room even before expired ids are let go: no need to expire them now
+        return self._cache.free() > pending_jobs or key in self._cache
 
     def seconds_until_room(self) -> float:
         return self._cache.seconds_until_room()

@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple
 
-from ..protocol import AddContextRequest, ErrorAck, GetStateRequest, RemoveContextRequest, Request
+from ..protocol import ErrorAck, Request
 
 SERVER_SENDER: Final = "<server>"
 """Rate-limit and dedup key for packets sent through the server API (no participant)."""
@@ -55,9 +55,11 @@ class Job:
     def __post_init__(self) -> None:
         request = self.request
         rid = request.id
-        self.changes_context = isinstance(request, AddContextRequest | RemoveContextRequest)
+        # the discriminator, not isinstance against the union: this runs for every message
+        kind = request.type
+        self.changes_context = kind == "add_context" or kind == "remove_context"
         # get_state changes nothing: a repeat is answered with the state as it is now
-        if rid is None or isinstance(request, GetStateRequest):
+        if rid is None or kind == "get_state":
             self.dedup_key = None
             self.fingerprint = 0
         else:

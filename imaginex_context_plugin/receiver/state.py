@@ -47,11 +47,11 @@ def state_answer(
         context_chars=store.chars,
         pending_speeches=pending_speeches,
     )
+    answer = writer.success(request, GET_STATE_SUCCESS_MESSAGE, state=state)
+    if len(answer.payload) <= MAX_PAYLOAD_BYTES:
+        return answer
     ack = writer.success_model(request, GET_STATE_SUCCESS_MESSAGE, state=state)
-    payload = protocol.encode_message(ack)
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        payload = protocol.encode_message(_truncated(ack, state))
-    return Success(payload)
+    return Success(protocol.encode_message(_truncated(ack, state)))
 
 
 def _truncated(ack: SuccessAck, state: AgentStateInfo) -> SuccessAck:
