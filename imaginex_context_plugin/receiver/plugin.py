@@ -34,8 +34,14 @@ from .._env import AGENT_CODE_ENV, LIVEKIT_API_SECRET_ENV
 from ..context import DEFAULT_CONTEXT_BUDGET, ContextBudget, ContextStore
 from ..log import logger
 from ..protocol import CONTEXT_TOPIC, ErrorAck, ErrorCode, error_ack
-from ..security import DEDUP_WINDOW_S, DEFAULT_RATE_LIMIT, RateLimit, RateLimiter, SenderPolicy
-from ..security import remembered_ids_capacity as _capacity
+from ..security import (
+    DEDUP_WINDOW_S,
+    DEFAULT_RATE_LIMIT,
+    RateLimit,
+    RateLimiter,
+    SenderPolicy,
+    remembered_ids_capacity,
+)
 from .admission import Admission, signature_verifier, warn_if_server_untrusted
 from .answers import AckWriter, internal_error
 from .applier import SessionApplier
@@ -131,7 +137,7 @@ class ContextPlugin:
         self._work = WorkQueue()
         self._dedup = DedupMemory(
             window_s=dedup_window,
-            max_entries=dedup_max_entries or _capacity(rate_limit, dedup_window),
+            max_entries=dedup_max_entries or remembered_ids_capacity(rate_limit, dedup_window),
             stats=self.stats,
         )
         self._outbox = Outbox(policy=policy, dedup=self._dedup, stats=self.stats)
