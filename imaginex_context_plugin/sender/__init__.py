@@ -18,9 +18,11 @@ never spoken twice.
 :func:`send_via_server_api` is for backends that do not want to join the room: it sends through
 LiveKit's ``RoomService.SendData``, which cannot be acknowledged.
 
-Inside: ``client`` (the public calls and the retry loop), ``channels`` (RPC / data),
-``waiters`` (pending acks and playout waits), ``locator`` (which participant is the agent),
-``requests`` (preparation and signing), ``connection`` (joining), ``server_api``.
+Inside: ``client`` (the front: lifecycle and waits), ``calls`` (the request calls),
+``delivery`` (the retry loop), ``channels`` (RPC / data), ``room_events`` (acks, speech events
+and roster changes, routed), ``waiters`` (pending acks and playout waits), ``locator`` (which
+participant is the agent), ``requests`` (preparation and signing), ``connection`` (joining),
+``server_api``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, TypedDict
 
+from ..protocol import SpeakMode
 from ..security import DEDUP_WINDOW_S
 
 Via = Literal["rpc", "data"]
@@ -31,3 +32,36 @@ SENDER_IDENTITY_PREFIX: Final = "imaginex-sender-"
 EVENT_MEMORY_S: Final = DEDUP_WINDOW_S
 """How long the agent an id went to, and its speech_finished, are remembered."""
 EVENT_MEMORY_MAX: Final = 4_096
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword options of :class:`ContextClient`, which :meth:`ContextClient.connect` takes too.
+
+    Each is documented once, on :class:`ContextClient`.
+    """
+
+    agent_identity: str | None
+    agent_code: str | None
+    via: Via
+    secret: str | bytes | None
+    timeout: float
+    retries: int
+    backoff: float
+    agent_timeout: float
+    playout_timeout: float
+
+
+class SpeakOptions(TypedDict, total=False):
+    """The keyword options of :meth:`ContextClient.speak` besides ``wait_for_playout``.
+
+    Named once so that the three typed forms of ``speak`` (by ``wait_for_playout``) share them;
+    each is documented on :meth:`ContextClient.speak`.
+    """
+
+    instructions: str | None
+    id: str | None
+    allow_interruptions: bool
+    interrupt: bool
+    mode: SpeakMode | None
+    timeout: float | None
+    playout_timeout: float | None

@@ -16,6 +16,8 @@ from ..expiring import ExpiringCache
 from ..protocol import ErrorAck, SpeechFinishedEvent, SuccessAck
 from .options import EVENT_MEMORY_MAX, EVENT_MEMORY_S
 
+CLOSED_MESSAGE = "The client was closed before the answer arrived."
+
 
 def fail_all(
     waiting: Iterable[tuple[str, asyncio.Future[Any] | None]],
@@ -149,8 +151,12 @@ def gone(agent: str, what: str, *, retryable: bool) -> Callable[[str], ContextEr
     )
 
 
-def unavailable(message: str) -> Callable[[str], ContextError]:
+def unavailable(message: str) -> Callable[[str | None], ContextError]:
     """The error for everything waiting when the room went away or the client closed."""
     return lambda request_id: ContextError(
         ErrorCode.LIVEKIT_UNAVAILABLE, message, request_id=request_id, retryable=False
     )
+
+
+closed_error: Callable[[str | None], ContextError] = unavailable(CLOSED_MESSAGE)
+"""The error of a call the client's closing cut short (``request_id``: the call's, if any)."""
