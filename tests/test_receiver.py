@@ -568,3 +568,24 @@ async def test_aclose_as_the_room_disconnects_never_hangs(
     for _ in range(steps):
         await asyncio.sleep(0)
     await asyncio.wait_for(harness.plugin.aclose(), 3.0)
+
+
+async def test_a_hidden_sender_is_anonymous_as_on_a_real_server(harness: Harness) -> None:
+    # what livekit-server 1.13 does with a hidden participant (tests/integration proves it):
+    # its data packets arrive without a participant, its RPCs with an empty caller and no way
+    # back; so unsigned, it is refused and never answered, whatever its identity
+    hidden = harness.network.create_room(ROOM, BACKEND_IDENTITY + "-hidden", hidden=True)
+    assert hidden.local_participant.identity not in harness.agent_room.remote_participants
+    await hidden.local_participant.publish_data(
+        json.dumps({"type": "speak", "id": "h1", "message": "Hidden data."}),
+        topic=CONTEXT_TOPIC,
+        destination_identities=[AGENT_IDENTITY],
+    )
+    with pytest.raises(rtc.RpcError):
+        await hidden.local_participant.perform_rpc(
+            destination_identity=AGENT_IDENTITY,
+            method=RPC_METHOD,
+            payload=json.dumps({"type": "speak", "id": "h2", "message": "Hidden RPC."}),
+        )
+    await wait_until(lambda: harness.plugin.stats.errors.get("UNAUTHORIZED", 0) == 2)
+    assert harness.tts.texts == []

@@ -78,9 +78,13 @@ class RelayNetwork:
         name: str = "",
         metadata: str = "",
         connected: bool = True,
+        hidden: bool = False,
     ) -> LinkedRoom:
         """A room joined as ``identity``; with ``connected=False`` it joins on ``connect()``.
 
+        ``hidden``: as a real server treats a hidden participant (checked on livekit-server
+        1.13): nobody sees it join, its data packets arrive without a participant, and its RPCs
+        arrive with an empty caller identity while their answers never get back to it.
         Must be called with the event loop running (``rtc.Room`` binds to it).
         """
         info = participant_pb2.ParticipantInfo(
@@ -93,6 +97,7 @@ class RelayNetwork:
             state=participant_pb2.PARTICIPANT_STATE_ACTIVE,
         )
         room = LinkedRoom(self, room_name, info)
+        room.hidden = hidden
         if connected:
             room._join()
         return room
@@ -130,10 +135,11 @@ class RelayNetwork:
         identity = room.participant_info.identity
         if any(r.participant_info.identity == identity for r in members):
             raise ValueError(f"{identity!r} is already in room {room.linked_name!r}")
-        for peer in members:
-            info = participant_pb2.ParticipantInfo()
-            info.CopyFrom(room.participant_info)
-            peer._deliver(peer._on_remote_joined, info)
+        if not room.hidden:
+            for peer in members:
+                info = participant_pb2.ParticipantInfo()
+                info.CopyFrom(room.participant_info)
+                peer._deliver(peer._on_remote_joined, info)
         members.append(room)
         return self._room_sids.setdefault(room.linked_name, f"RM_{next(self._ids)}")
 
@@ -141,6 +147,8 @@ class RelayNetwork:
         members = self._rooms.get(room.linked_name, [])
         if room in members:
             members.remove(room)
+        if room.hidden:
+            return
         for peer in members:
             peer._deliver(peer._on_remote_left, room.participant_info.identity, reason)
 
@@ -166,6 +174,8 @@ class RelayNetwork:
             )
         )
         kind = rtc.DataPacketKind.KIND_RELIABLE if reliable else rtc.DataPacketKind.KIND_LOSSY
+        if sender is not None and sender.hidden:
+            sender_identity = None  # the server strips a hidden participant's identity
         for room in self._rooms.get(room_name, []):
             if room is sender:
                 continue
@@ -211,7 +221,7 @@ class RelayNetwork:
 
         invocation = rtc.RpcInvocationData(
             request_id=str(uuid.uuid4()),
-            caller_identity=caller.participant_info.identity,
+            caller_identity="" if caller.hidden else caller.participant_info.identity,
             payload=call.payload,
             response_timeout=(
                 call.response_timeout
@@ -229,6 +239,10 @@ class RelayNetwork:
         # nobody's, so retrieve it here to keep "exception never retrieved" out of the log
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         await asyncio.wait([task])
+        if caller.hidden:
+            # the answer is addressed to "" and never arrives; a real caller gives up after
+            # max_round_trip_latency (7 s), here at once
+            raise rtc.RpcError._built_in(rtc.RpcError.ErrorCode.CONNECTION_TIMEOUT)
         return task.result()
 
 
@@ -317,6 +331,7 @@ class LinkedRoom(rtc.Room):
         self.linked_name = room_name
         # this participant as the network knows it: what peers see when they meet it
         self.participant_info = info
+        self.hidden = False
         self._linked = False
 
     @property
@@ -363,7 +378,8 @@ class LinkedRoom(rtc.Room):
         self._local_participant = LinkedLocalParticipant(self, _owned(self.participant_info))
         self._remote_participants.clear()
         for peer in self.network._peers(self):
-            self._create_remote_participant(_owned(peer.participant_info))
+            if not peer.hidden:
+                self._create_remote_participant(_owned(peer.participant_info))
         self._connection_state = rtc.ConnectionState.CONN_CONNECTED
         self._linked = True
 
