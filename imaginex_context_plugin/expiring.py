@@ -14,7 +14,9 @@ class ExpiringCache(Generic[_V]):
     """A bounded insertion-ordered map whose entries expire after ``ttl_s`` seconds.
 
     Insertion order is expiry order (one ttl for all), so expiring is popping from the front:
-    O(1) amortised per operation, and the size never exceeds ``max_entries``.
+    O(1) amortised per operation, and the size never exceeds ``max_entries``. Only the calls
+    that add or count entries expire the front; lookups check the entry's own deadline, so a
+    lookup followed by a store (the dedup path: once per message) walks the front once.
     """
 
     def __init__(
@@ -34,13 +36,13 @@ class ExpiringCache(Generic[_V]):
             items.popitem(last=False)
 
     def get(self, key: Any) -> _V | None:
-        self._expire(self._clock())
         hit = self._items.get(key)
-        return None if hit is None else hit[1]
+        # an entry past its deadline is as good as gone; the next put lets it go
+        return None if hit is None or hit[0] <= self._clock() else hit[1]
 
     def __contains__(self, key: Any) -> bool:
-        self._expire(self._clock())
-        return key in self._items
+        hit = self._items.get(key)
+        return hit is not None and hit[0] > self._clock()
 
     def put(self, key: Any, value: _V) -> None:
         """Store ``value``; when full, the oldest entry is forgotten even if it is still live."""
