@@ -15,13 +15,12 @@ In code::
 
 from __future__ import annotations
 
+from .answers import FAILURE_PRECEDENCE
 from .app import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_DELIVERY_TIMEOUT_S,
     DEFAULT_GATEWAY_RATE_LIMIT,
     DEFAULT_MAX_BODY_BYTES,
-    FAILURE_PRECEDENCE,
-    STATUS_FOR,
     create_app,
     run_gateway,
 )
@@ -36,6 +35,7 @@ from .backend import (
 )
 from .config import ApiSecrets, ConfigError, GatewayConfig, LiveKitSettings, Principal
 from .openapi import build_openapi
+from .refusals import STATUS_FOR
 from .server import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,

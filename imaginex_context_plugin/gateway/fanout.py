@@ -1,0 +1,133 @@
+"""Delivering one message to every room where the agent is live, at once, with a timeout.
+
+Each room's result is a :class:`RoomOutcome`; a room failing never fails the others, and
+nothing here raises for one room's trouble (an unexpected error is logged and that room reports
+``INTERNAL_ERROR``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+from .._packet import oversize
+from ..errors import BackendError
+from ..log import logger
+from ..protocol import MAX_PAYLOAD_BYTES, ErrorCode, SuccessAck, parse_ack
+from .backend import AgentBackend, AgentTarget
+from .messages import MessageWriter
+from .models import ContextType, RoomResult
+from .refusals import STATUS_FOR, Refusal
+
+NO_ACTIVE_ROOMS_MESSAGE: Final = "No active sessions found for agent"
+
+
+@dataclass(frozen=True)
+class RoomOutcome:
+    """One room's delivery result, with what the HTTP answer needs beyond ``RoomResult``."""
+
+    result: RoomResult
+    error: ErrorCode | None = None
+    retry_after: float | None = None
+
+
+class FanOut:
+    """Finds the agent's rooms and delivers to each.
+
+    Args:
+        backend: How LiveKit is reached.
+        writer: Writes each room's message.
+        delivery_timeout: Seconds each room's agent has to answer.
+    """
+
+    def __init__(
+        self, backend: AgentBackend, *, writer: MessageWriter, delivery_timeout: float
+    ) -> None:
+        self._backend = backend
+        self._writer = writer
+        self._timeout = delivery_timeout
+
+    async def targets(self, agent_code: str, room_id: str | None) -> list[AgentTarget]:
+        """The rooms where ``agent_code`` is live (only ``room_id`` if given).
+
+        Raises:
+            Refusal: LiveKit could not be asked, or no room has the agent (404).
+        """
+        try:
+            targets = await self._backend.find_agents(agent_code, room_id=room_id)
+        except BackendError as exc:
+            raise Refusal(STATUS_FOR[exc.code], exc.code.value, exc.message) from None
+        if not targets:
+            raise Refusal(404, ErrorCode.NO_ACTIVE_ROOMS.value, NO_ACTIVE_ROOMS_MESSAGE)
+        return targets
+
+    async def deliver(
+        self,
+        targets: list[AgentTarget],
+        kind: ContextType,
+        text: str,
+        request_id: str,
+        agent_code: str,
+    ) -> list[RoomOutcome]:
+        """Deliver to every target at once; one outcome per target, in their order."""
+        outcomes = await asyncio.gather(
+            *(self._deliver_one(t, kind, text, request_id, agent_code) for t in targets)
+        )
+        delivered = sum(1 for o in outcomes if o.result.delivered)
+        # the access log has the request; this line adds where it went, at INFO when a room
+        # failed
+        logger.log(
+            logging.INFO if delivered < len(outcomes) else logging.DEBUG,
+            "message sent to agents",
+            extra={
+                "agent_code": agent_code,
+                "request_id": request_id,
+                "context_type": kind,
+                "rooms": len(outcomes),
+                "delivered_to_rooms": delivered,
+            },
+        )
+        logger.debug("message text", extra={"request_id": request_id, "message_text": text})
+        return outcomes
+
+    async def _deliver_one(
+        self, target: AgentTarget, kind: ContextType, text: str, request_id: str, agent_code: str
+    ) -> RoomOutcome:
+        def failed(code: ErrorCode, message: str, retry_after: float | None = None) -> RoomOutcome:
+            result = RoomResult(
+                room=target.room, delivered=False, error=code.value, message=message
+            )
+            return RoomOutcome(result, error=code, retry_after=retry_after)
+
+        if target.refusal is not None:
+            return failed(ErrorCode.AGENT_NOT_FOUND, target.refusal)
+        payload = self._writer.write(kind, text, request_id, agent_code, target.room)
+        if oversize(payload) is not None:
+            return failed(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"With this room's name the message is over {MAX_PAYLOAD_BYTES} bytes.",
+            )
+        try:
+            raw = await asyncio.wait_for(
+                self._backend.deliver(target, payload, timeout=self._timeout), self._timeout
+            )
+        except asyncio.TimeoutError:
+            return failed(
+                ErrorCode.TIMEOUT, f"The agent did not answer within {self._timeout:g} s."
+            )
+        except BackendError as exc:
+            return failed(exc.code, exc.message)
+        except Exception:
+            logger.exception("unexpected error delivering to an agent", extra={"room": target.room})
+            return failed(ErrorCode.INTERNAL_ERROR, "The gateway failed to deliver the message.")
+        try:
+            ack = parse_ack(raw)
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            return failed(ErrorCode.INTERNAL_ERROR, "The agent's answer could not be read.")
+        if isinstance(ack, SuccessAck):
+            return RoomOutcome(
+                RoomResult(room=target.room, delivered=True, duplicate=bool(ack.duplicate))
+            )
+        return failed(ack.error, ack.message, ack.retry_after)

@@ -1,0 +1,80 @@
+"""Who may call: the ``api-secret``, the per-address throttle on failed authentications, the
+per-secret rate limit, and which agent codes a secret may address, in that order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+from aiohttp import web
+
+from ..protocol import ErrorCode
+from ..security import RateLimit, RateLimiter
+from .config import ApiSecrets, Principal
+from .limits import FailureLimiter, client_key
+from .refusals import Refusal
+
+API_SECRET_HEADER: Final = "api-secret"
+UNAUTHORIZED_MESSAGE: Final = "Invalid api-secret"
+
+
+class Gatekeeper:
+    """Admits a request for an agent code, or refuses it (401, 404 or 429).
+
+    Args:
+        secrets: The accepted api-secrets.
+        rate_limit: Per api-secret; ``None`` turns it off.
+        auth_failure_limit: Failed authentications per client address; ``None`` turns it off.
+    """
+
+    def __init__(
+        self,
+        secrets: ApiSecrets,
+        *,
+        rate_limit: RateLimit | None,
+        auth_failure_limit: RateLimit | None,
+    ) -> None:
+        self._secrets = secrets
+        self._limiter = RateLimiter(rate_limit) if rate_limit is not None else None
+        self._auth_failures = (
+            FailureLimiter(auth_failure_limit) if auth_failure_limit is not None else None
+        )
+
+    def admit(self, request: web.Request, agent_code: str) -> Principal:
+        """The caller, once it may send to ``agent_code`` now.
+
+        Raises:
+            Refusal: 429 (throttled address or secret), 401 (bad secret), 404 (another
+                tenant's code).
+        """
+        client = client_key(request.remote)
+        if self._auth_failures is not None:
+            # a throttled client's secret is not even compared: its answer would be an oracle
+            wait = self._auth_failures.retry_after(client)
+            if wait:
+                raise _rate_limited("Too many failed authentications from this address", wait)
+        principal = self._secrets.authenticate(request.headers.get(API_SECRET_HEADER))
+        if principal is None:
+            if self._auth_failures is not None:
+                self._auth_failures.charge(client)
+            raise Refusal(401, ErrorCode.UNAUTHORIZED.value, UNAUTHORIZED_MESSAGE)
+        if self._limiter is not None:
+            wait = self._limiter.acquire(principal.name)
+            if wait:
+                raise _rate_limited("Too many requests for this api-secret", wait)
+        if not principal.may_address(agent_code):
+            # a code of another tenant does not exist as far as this caller can tell
+            raise Refusal(
+                404, ErrorCode.AGENT_NOT_FOUND.value, f"Agent with code '{agent_code}' not found"
+            )
+        return principal
+
+
+def _rate_limited(reason: str, wait: float) -> Refusal:
+    return Refusal(
+        429,
+        ErrorCode.RATE_LIMITED.value,
+        f"{reason}; retry after Retry-After seconds.",
+        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+    )

@@ -1,0 +1,92 @@
+"""The gateway's one middleware: every error in the platform's shape, one access-log line each.
+
+A :class:`~.refusals.Refusal` raised by a handler becomes its JSON answer; aiohttp's own HTTP
+errors are converted; anything unexpected becomes a generic 500 (never the exception's text).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..log import logger
+from ..protocol import ErrorCode
+from .refusals import Refusal, error_response, from_http_exception
+from .server import request_finished, request_started
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AnswerMiddleware:
+    """Renders refusals and writes the access log; use :meth:`middleware` in the application.
+
+    Args:
+        max_body_bytes: The body limit, named in the answer to aiohttp's own 413.
+    """
+
+    def __init__(self, *, max_body_bytes: int) -> None:
+        self._max_body_bytes = max_body_bytes
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        error: str | None = None
+        request_started(request)
+        try:
+            response = await handler(request)
+        except Refusal as refusal:
+            error = refusal.code
+            response = error_response(refusal)
+            if refusal.close:
+                await _send_and_close(request, response)
+        except web.HTTPException as exc:
+            converted = from_http_exception(request, exc, max_body_bytes=self._max_body_bytes)
+            error = converted.code
+            response = error_response(converted)
+        except Exception:
+            logger.exception("unexpected error in the gateway")
+            error = ErrorCode.INTERNAL_ERROR.value
+            response = error_response(
+                Refusal(500, error, "The gateway failed unexpectedly; nothing was sent.")
+            )
+        finally:
+            request_finished(request)
+        _log_access(request, response.status, error, time.perf_counter() - started)
+        return response
+
+
+def _log_access(request: web.Request, status: int, error: str | None, duration_s: float) -> None:
+    duration_ms = duration_s * 1000
+    # raw_path: the decoded path could carry a newline into the log
+    path = request.rel_url.raw_path
+    logger.info(
+        "%s %s %d %.1fms",
+        request.method,
+        path,
+        status,
+        duration_ms,
+        extra={
+            "method": request.method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(duration_ms, 1),
+            "agent_code": request.match_info.get("agent_code"),
+            "error": error,
+        },
+    )
+
+
+async def _send_and_close(request: web.Request, response: web.Response) -> None:
+    """Write the answer now and close the connection once it is flushed.
+
+    Left to aiohttp, the connection would linger reading the rest of an unfinished body.
+    """
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass
+    if request.transport is not None:
+        request.transport.close()

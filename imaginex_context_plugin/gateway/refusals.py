@@ -1,0 +1,124 @@
+"""Error answers: :class:`Refusal`, raised anywhere in a request's handling, and its JSON body.
+
+Every error the gateway gives has the platform's shape (``{"success": false, "error": ...,
+"message": ...}``); :data:`STATUS_FOR` is the one table from an error code to its HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from ..protocol import ErrorCode
+from .models import AddContextData, ErrorResponse, SpeakData
+
+NOT_FOUND: Final = "NOT_FOUND"
+"""Error code of an unknown route (the gateway's own; not an agent error)."""
+METHOD_NOT_ALLOWED: Final = "METHOD_NOT_ALLOWED"
+"""Error code of a known route called with the wrong method."""
+REQUEST_TIMEOUT: Final = "REQUEST_TIMEOUT"
+"""Error code of a body that did not arrive in time (the gateway's own; not an agent error)."""
+
+# The HTTP status for each error code, when no room took the message.
+STATUS_FOR: Final[dict[ErrorCode, int]] = {
+    ErrorCode.VALIDATION_ERROR: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.AGENT_NOT_FOUND: 404,
+    ErrorCode.NO_ACTIVE_ROOMS: 404,
+    ErrorCode.BUSY: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.ID_REUSED: 422,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.INTERNAL_ERROR: 502,
+    ErrorCode.NOT_READY: 503,
+    ErrorCode.LIVEKIT_UNAVAILABLE: 503,
+    ErrorCode.TIMEOUT: 504,
+}
+
+
+class Refusal(Exception):
+    """An error answer, raised anywhere in a handler and rendered by the middleware.
+
+    Args:
+        status: The HTTP status.
+        code: The ``error`` field: an :class:`ErrorCode` value or one of the gateway's own.
+        message: The ``message`` field, one sentence for the caller.
+        headers: Extra response headers (``Retry-After``, ``Allow``).
+        data: The per-room results, when the message went to rooms and none took it.
+        close: Close the connection after answering (the rest of the body may still come).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        data: SpeakData | AddContextData | None = None,
+        close: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.data = data
+        self.close = close
+
+
+def invalid(message: str) -> Refusal:
+    """A 400 ``VALIDATION_ERROR`` with ``message``."""
+    return Refusal(400, ErrorCode.VALIDATION_ERROR.value, message)
+
+
+def too_large(max_body_bytes: int) -> Refusal:
+    """The answer to a body over ``max_body_bytes``."""
+    return Refusal(
+        413,
+        ErrorCode.PAYLOAD_TOO_LARGE.value,
+        f"Request body is over the {max_body_bytes} byte limit.",
+    )
+
+
+def from_http_exception(
+    request: web.Request, exc: web.HTTPException, *, max_body_bytes: int
+) -> Refusal:
+    """aiohttp's own errors (no route, wrong method, body too large) in the platform's shape."""
+    if exc.status == 404:
+        return Refusal(404, NOT_FOUND, "No such endpoint; see /openapi.json.")
+    if exc.status == 405:
+        allow = exc.headers.get("Allow", "")
+        return Refusal(
+            405,
+            METHOD_NOT_ALLOWED,
+            f"Method {request.method} is not allowed here; use {allow or 'another method'}.",
+            headers={"Allow": allow} if allow else None,
+        )
+    if exc.status == 413:
+        return too_large(max_body_bytes)
+    code = ErrorCode.VALIDATION_ERROR.value if exc.status == 400 else "HTTP_ERROR"
+    return Refusal(exc.status, code, exc.reason)
+
+
+def json_response(
+    model: BaseModel, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """``model`` as a JSON response."""
+    return web.Response(
+        body=model.model_dump_json().encode("utf-8"),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def error_response(refusal: Refusal) -> web.Response:
+    """The JSON answer for ``refusal`` (the connection marked to close if it asks so)."""
+    body = ErrorResponse(error=refusal.code, message=refusal.message, data=refusal.data)
+    response = json_response(body, status=refusal.status, headers=refusal.headers)
+    if refusal.close:
+        response.force_close()
+    return response
