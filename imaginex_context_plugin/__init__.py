@@ -21,19 +21,8 @@ from __future__ import annotations
 
 from livekit.agents import Plugin
 
-from .client import (
-    AckTimeoutError,
-    ContextClient,
-    ContextError,
-    PlayoutTimeoutError,
-    ServerSendResult,
-    SpeakResult,
-    send_via_server_api,
-    sender_token,
-)
 from .context import ContextBudget
 from .log import logger
-from .plugin import AckTransport, ContextPlugin, PluginStats
 from .protocol import (
     ACK_TOPIC,
     AGENT_CODE_ATTRIBUTE,
@@ -50,7 +39,18 @@ from .protocol import (
     SpeechStartedEvent,
     SuccessAck,
 )
+from .receiver import AckTransport, ContextPlugin, PluginStats
 from .security import RateLimit, sign_request
+from .sender import (
+    AckTimeoutError,
+    ContextClient,
+    ContextError,
+    PlayoutTimeoutError,
+    ServerSendResult,
+    SpeakResult,
+    send_via_server_api,
+    sender_token,
+)
 from .version import __version__
 
 __all__ = [

@@ -27,7 +27,8 @@ from ._env import (
     LIVEKIT_URL_ENV,
 )
 from ._livekit.settings import is_livekit_url
-from .client import (
+from .protocol import ContextRole, ErrorCode, SuccessAck
+from .sender import (
     DEFAULT_AGENT_TIMEOUT_S,
     DEFAULT_PLAYOUT_TIMEOUT_S,
     DEFAULT_RETRIES,
@@ -41,7 +42,6 @@ from .client import (
     check_request_size,
     prepare_request,
 )
-from .protocol import ContextRole, ErrorCode, SuccessAck
 from .version import __version__
 
 

@@ -23,7 +23,7 @@ from livekit.agents.voice import Agent, AgentSession
 from livekit.agents.voice.events import ConversationItemAddedEvent
 
 from .context import ENTRY_ID_PREFIX
-from .plugin import AckTransport, ContextPlugin
+from .receiver import AckTransport, ContextPlugin
 from .testing import OfflineRoom
 
 DEMO_AGENT_CODE = "A12345678"
