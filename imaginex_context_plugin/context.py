@@ -49,7 +49,7 @@ class AddResult(NamedTuple):
     """How many older entries the budget pushed out to make room."""
 
 
-@dataclass
+@dataclass(slots=True)  # one per add_context: slots make it smaller and quicker to build
 class ContextEntry:
     entry_id: str
     key: str | None
@@ -104,6 +104,7 @@ class ContextStore:
         self._serial = 0
         self._slots = 0
         self._expiring = 0  # entries with a ttl: next_expiry() is O(1) while there are none
+        self._version = 0  # bumped by every change: lets a reader cache what it derives
         # entry id -> the entry as it was before the open transaction first touched it
         self._journal: dict[str, ContextEntry | None] | None = None
 
@@ -114,6 +115,16 @@ class ContextStore:
     @property
     def chars(self) -> int:
         return self._chars
+
+    @property
+    def version(self) -> int:
+        """A number that changes whenever the entries do (``get_state`` caches by it)."""
+        return self._version
+
+    @property
+    def has_ttl(self) -> bool:
+        """Whether an entry has a ttl: then :meth:`describe` changes with time alone."""
+        return self._expiring > 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -135,6 +146,7 @@ class ContextStore:
         self._journal = None
         if not journal:
             return
+        self._version += 1
         entries = self._entries
         for entry_id, before in journal.items():
             if before is None:
@@ -148,6 +160,8 @@ class ContextStore:
         self._expiring = sum(e.expires_at is not None for e in self._entries.values())
 
     def _journal_entry(self, entry_id: str) -> None:
+        # every change journals the entry it touches first: the one place to count changes
+        self._version += 1
         journal = self._journal
         if journal is not None and entry_id not in journal:
             journal[entry_id] = self._entries.get(entry_id)

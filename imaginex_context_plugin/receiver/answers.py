@@ -6,8 +6,9 @@ from a cached head (everything but the id, the timestamp and the per-request fie
 fraction of that. The bytes are exactly what ``protocol.encode_message(SuccessAck(...))`` makes,
 field for field and escape for escape: ``json.encoder.encode_basestring`` escapes strings as
 pydantic does (checked over every code point, and pinned by ``tests/test_ack_writer.py``).
-The state in a ``get_state`` answer is serialized by its model; only an answer too large for
-one packet, cut to fit, goes through the ack models.
+The state in a ``get_state`` answer is serialized by its model (and cached while it does not
+change, ``state.StateAnswers``); only an answer too large for one packet, cut to fit, goes
+through the ack models.
 """
 
 from __future__ import annotations
@@ -64,8 +65,13 @@ class AckWriter:
         removed: bool | None = None,
         evicted: int | None = None,
         state: AgentStateInfo | None = None,
+        state_json: str | None = None,
     ) -> Success:
-        """The success ack for ``request``; fields left None are left out, as on the models."""
+        """The success ack for ``request``; fields left None are left out, as on the models.
+
+        ``state_json`` is a state already encoded (``encode_message(state)``, decoded): a
+        ``get_state`` answer reuses it while nothing it reports has changed.
+        """
         parts = [
             '{"type":"ack","id":',
             _json_str(request.id),
@@ -87,7 +93,9 @@ class AckWriter:
         if evicted is not None:
             parts += (',"evicted":', str(evicted))
         if state is not None:
-            parts += (',"state":', protocol.encode_message(state).decode())
+            state_json = protocol.encode_message(state).decode()
+        if state_json is not None:
+            parts += (',"state":', state_json)
         parts.append("}}")
         return Success("".join(parts).encode())
 

@@ -35,7 +35,7 @@ from .dedup import DedupMemory
 from .jobs import Answer, Job
 from .session_gate import NotReady, SessionGate
 from .speech import SpeechTracker
-from .state import state_answer
+from .state import StateAnswers
 
 if TYPE_CHECKING:
     from livekit.agents.voice import AgentSession, SpeechHandle
@@ -61,6 +61,7 @@ class SessionApplier:
         speeches: Reports the playout of every speech a job starts.
         dedup: Answers repeated ids instead of applying them again.
         writer: Writes the success acks.
+        state: Writes the ``get_state`` answers.
         answer: Gives a job its one answer (``ContextPlugin``: outbox and work queue).
     """
 
@@ -73,6 +74,7 @@ class SessionApplier:
         speeches: SpeechTracker,
         dedup: DedupMemory,
         writer: AckWriter,
+        state: StateAnswers,
         answer: Callable[[Job, Answer], None],
     ) -> None:
         self._gate = gate
@@ -82,6 +84,7 @@ class SessionApplier:
         self._speeches = speeches
         self._dedup = dedup
         self._writer = writer
+        self._state = state
         self._answer = answer
 
     async def apply(self, batch: list[Job]) -> None:
@@ -98,13 +101,7 @@ class SessionApplier:
                     answer = await self._speak(job, request)
                 else:
                     assert isinstance(request, GetStateRequest)
-                    answer = state_answer(
-                        request,
-                        session=self._session,
-                        store=self._store,
-                        pending_speeches=self._speeches.pending(),
-                        writer=self._writer,
-                    )
+                    answer = self._state.answer(request)
             except NotReady as exc:
                 answer = error_ack(ErrorCode.NOT_READY, str(exc), request.id)
         self._answer(job, answer)

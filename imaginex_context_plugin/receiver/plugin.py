@@ -52,6 +52,7 @@ from .jobs import Answer, Housekeeping, Job, Success
 from .outbox import AckTransport, Outbox
 from .session_gate import DEFAULT_READY_TIMEOUT_S, SessionGate
 from .speech import SpeechTracker
+from .state import StateAnswers
 from .stats import PluginStats
 from .work_queue import DEFAULT_MAX_QUEUE, WorkQueue
 
@@ -103,6 +104,7 @@ class ContextPlugin:
     _speeches: SpeechTracker
     _context_sync: ContextSync
     _applier: SessionApplier
+    _state: StateAnswers
     _keeper: ConnectionKeeper
 
     def __init__(
@@ -218,6 +220,12 @@ class ContextPlugin:
         self._gate = SessionGate(session, self._ready_timeout)
         self._speeches = SpeechTracker(session, self._outbox.send)
         self._context_sync = ContextSync(self._store, self._gate, self._work.put)
+        self._state = StateAnswers(
+            session=session,
+            store=self._store,
+            pending_speeches=self._speeches.pending,
+            writer=self._writer,
+        )
         self._applier = SessionApplier(
             gate=self._gate,
             store=self._store,
@@ -225,6 +233,7 @@ class ContextPlugin:
             speeches=self._speeches,
             dedup=self._dedup,
             writer=self._writer,
+            state=self._state,
             answer=self._answer,
         )
         self._keeper = ConnectionKeeper(room, self._agent_code, self._on_rpc)

@@ -26,32 +26,70 @@ _T = TypeVar("_T")
 _STR_JSON: Final = TypeAdapter(str)
 
 
-def state_answer(
-    request: GetStateRequest,
-    *,
-    session: AgentSession[Any],
-    store: ContextStore,
-    pending_speeches: list[str],
-    writer: AckWriter,
-) -> Success:
-    """The state ack; when it would not fit one packet, its lists keep their first items."""
-    try:
-        current_agent: str | None = session.current_agent.id
-    except RuntimeError:
-        current_agent = None
-    state = AgentStateInfo(
-        agent_state=session.agent_state,
-        user_state=session.user_state,
-        current_agent=current_agent,
-        context_entries=store.describe(),
-        context_chars=store.chars,
-        pending_speeches=pending_speeches,
-    )
-    answer = writer.success(request, GET_STATE_SUCCESS_MESSAGE, state=state)
-    if len(answer.payload) <= MAX_PAYLOAD_BYTES:
-        return answer
-    ack = writer.success_model(request, GET_STATE_SUCCESS_MESSAGE, state=state)
-    return Success(protocol.encode_message(_truncated(ack, state)))
+class StateAnswers:
+    """Writes ``get_state`` answers, reusing the encoded state while nothing in it changes.
+
+    Building the state (a model per context entry) and encoding it is most of what a
+    ``get_state`` costs, and a sender polling it mostly finds nothing changed. So the state's
+    JSON is kept with everything it was made from: the session's agent and user state and
+    current agent (read fresh each time: no event to miss), the store's version (bumped by
+    every change) and the pending speech ids (read fresh: a speech is done before its
+    callback runs). It is rebuilt when any of them differs, and never cached while an entry
+    has a ttl, since ``expires_in_s`` moves with the clock alone.
+
+    Args:
+        session: The agent session whose state is reported.
+        store: The context entries the plugin holds.
+        pending_speeches: The ids of the speeches still queued or playing.
+        writer: Writes the ack around the state.
+    """
+
+    def __init__(
+        self,
+        *,
+        session: AgentSession[Any],
+        store: ContextStore,
+        pending_speeches: Callable[[], list[str]],
+        writer: AckWriter,
+    ) -> None:
+        self._session = session
+        self._store = store
+        self._pending_speeches = pending_speeches
+        self._writer = writer
+        self._key: tuple[object, ...] | None = None
+        self._json = ""
+
+    def answer(self, request: GetStateRequest) -> Success:
+        """The state ack; when it would not fit one packet, its lists keep their first items."""
+        session, store = self._session, self._store
+        try:
+            current_agent: str | None = session.current_agent.id
+        except RuntimeError:
+            current_agent = None
+        pending = self._pending_speeches()
+        key = (session.agent_state, session.user_state, current_agent, store.version, pending)
+        state: AgentStateInfo | None = None
+        if key == self._key:
+            state_json = self._json
+        else:
+            state = AgentStateInfo(
+                agent_state=session.agent_state,
+                user_state=session.user_state,
+                current_agent=current_agent,
+                context_entries=store.describe(),
+                context_chars=store.chars,
+                pending_speeches=pending,
+            )
+            state_json = protocol.encode_message(state).decode()
+            self._key = None if store.has_ttl else key
+            self._json = state_json
+        answer = self._writer.success(request, GET_STATE_SUCCESS_MESSAGE, state_json=state_json)
+        if len(answer.payload) <= MAX_PAYLOAD_BYTES:
+            return answer
+        if state is None:  # rare: a cached state too large for this request's id
+            state = AgentStateInfo.model_validate_json(state_json)
+        ack = self._writer.success_model(request, GET_STATE_SUCCESS_MESSAGE, state=state)
+        return Success(protocol.encode_message(_truncated(ack, state)))
 
 
 def _truncated(ack: SuccessAck, state: AgentStateInfo) -> SuccessAck:
