@@ -5,7 +5,7 @@ when no room took it, the one error that tells the caller best what to do next.
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -54,26 +54,17 @@ def answer(
         Refusal: No room took it: the failure with the per-room list as its ``data``.
     """
     delivered = sum(1 for o in outcomes if o.result.delivered)
-    rooms = [o.result for o in outcomes]
-    timestamp = utc_timestamp()
-    data: SpeakData | AddContextData
-    if endpoint == "speak":
-        data = SpeakData(
-            agent_code=agent_code,
-            delivered_to_rooms=delivered,
-            timestamp=timestamp,
-            request_id=request_id,
-            rooms=rooms,
-        )
-    else:
-        data = AddContextData(
-            agent_code=agent_code,
-            context_type=kind,
-            delivered_to_rooms=delivered,
-            timestamp=timestamp,
-            request_id=request_id,
-            rooms=rooms,
-        )
+    # both endpoints report the same fields; add-context also says which type it was
+    fields: dict[str, Any] = {
+        "agent_code": agent_code,
+        "delivered_to_rooms": delivered,
+        "timestamp": utc_timestamp(),
+        "request_id": request_id,
+        "rooms": [o.result for o in outcomes],
+    }
+    data: SpeakData | AddContextData = (
+        SpeakData(**fields) if endpoint == "speak" else AddContextData(context_type=kind, **fields)
+    )
     if delivered == 0:
         raise failure(outcomes, data, delivery_timeout=delivery_timeout)
     message = SPEAK_SUCCESS_MESSAGE if kind == "speak" else ADD_CONTEXT_SUCCESS_MESSAGE

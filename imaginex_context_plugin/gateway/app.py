@@ -229,15 +229,7 @@ def run_gateway(
         backend = LiveKitBackend(
             config.livekit, identity=identity if identity else DEFAULT_GATEWAY_IDENTITY
         )
-        logger.info(
-            "gateway starting",
-            extra={
-                "livekit_url": config.livekit.url,
-                "identity": backend.identity,
-                "principals": [p.name for p in config.secrets.principals],
-                "signed": config.signing_secret is not None,
-            },
-        )
+        _log_start(config, backend.identity)
         return create_app(
             backend,
             config.secrets,
@@ -256,6 +248,18 @@ def run_gateway(
             header_timeout=header_timeout,
             max_connections=max_connections,
         )
+    )
+
+
+def _log_start(config: GatewayConfig, identity: str) -> None:
+    logger.info(
+        "gateway starting",
+        extra={
+            "livekit_url": config.livekit.url,
+            "identity": identity,
+            "principals": [p.name for p in config.secrets.principals],
+            "signed": config.signing_secret is not None,
+        },
     )
 
 

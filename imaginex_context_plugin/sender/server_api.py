@@ -88,27 +88,8 @@ async def send_via_server_api(
                 topic=CONTEXT_TOPIC,
             )
         )
-    except api.TwirpError as exc:
-        if exc.code == api.TwirpErrorCode.NOT_FOUND:
-            raise ContextError(
-                ErrorCode.NO_ACTIVE_ROOMS,
-                f"Room '{room}' does not exist on the LiveKit server.",
-                request_id=request_id,
-                retryable=False,
-            ) from exc
-        raise ContextError(
-            ErrorCode.LIVEKIT_UNAVAILABLE,
-            f"The LiveKit server refused the call ({exc.code}).",
-            request_id=request_id,
-            retryable=exc.status >= 500,
-        ) from exc
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise ContextError(
-            ErrorCode.LIVEKIT_UNAVAILABLE,
-            "The LiveKit server could not be reached.",
-            request_id=request_id,
-            retryable=True,
-        ) from exc
+    except (api.TwirpError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise _not_sent(exc, room, request_id) from exc
     finally:
         if own_api:
             await client.aclose()
@@ -117,6 +98,32 @@ async def send_via_server_api(
         extra={"request_id": request_id, "room": room, "agent": agent_identity},
     )
     return ServerSendResult(request_id=request_id, room=room, destination_identity=agent_identity)
+
+
+def _not_sent(
+    exc: api.TwirpError | aiohttp.ClientError | asyncio.TimeoutError, room: str, request_id: str
+) -> ContextError:
+    """What the caller should do about a failed server-API call, as a ContextError."""
+    if not isinstance(exc, api.TwirpError):
+        return ContextError(
+            ErrorCode.LIVEKIT_UNAVAILABLE,
+            "The LiveKit server could not be reached.",
+            request_id=request_id,
+            retryable=True,
+        )
+    if exc.code == api.TwirpErrorCode.NOT_FOUND:
+        return ContextError(
+            ErrorCode.NO_ACTIVE_ROOMS,
+            f"Room '{room}' does not exist on the LiveKit server.",
+            request_id=request_id,
+            retryable=False,
+        )
+    return ContextError(
+        ErrorCode.LIVEKIT_UNAVAILABLE,
+        f"The LiveKit server refused the call ({exc.code}).",
+        request_id=request_id,
+        retryable=exc.status >= 500,
+    )
 
 
 async def _find_agent(
