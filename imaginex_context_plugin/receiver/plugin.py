@@ -9,7 +9,9 @@ The hot path, top to bottom (this module is the guide; each step is one collabor
    sender's rate limit and the target checks. A refusal is an error ack at once
    (``Outbox.send``) and never reaches the queue;
 3. queued: one ordered ``WorkQueue``, drained by one consumer task (``_consume``), which takes
-   a run of context changes as one batch;
+   a run of context changes as one batch. A ``get_state`` that finds the queue empty and the
+   consumer idle is answered on arrival instead (``_dispatch``): nothing is ahead of it, so
+   the order is the same, and it reads the session without changing it;
 4. applied: ``SessionApplier`` answers a repeated id from the ``DedupMemory``, else applies the
    job (speak -> ``AgentSession.say``; add_context -> the context store -> one chat context
    update per batch, ``ContextSync``; get_state -> the state, cut to fit one packet);
@@ -17,7 +19,8 @@ The hot path, top to bottom (this module is the guide; each step is one collabor
    RPC, returns it as the response); for speech, ``SpeechTracker`` sends ``speech_started`` /
    ``speech_finished`` from the speech's own playout.
 
-Room and session callbacks are synchronous: they only filter and enqueue, and never raise.
+Room and session callbacks are synchronous: they only filter, enqueue (or answer a get_state
+that nothing is ahead of), and never raise.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from livekit.agents.job import get_job_context
 from .._env import AGENT_CODE_ENV, LIVEKIT_API_SECRET_ENV
 from ..context import DEFAULT_CONTEXT_BUDGET, ContextBudget, ContextStore
 from ..log import logger
-from ..protocol import CONTEXT_TOPIC, ErrorAck, ErrorCode, error_ack
+from ..protocol import CONTEXT_TOPIC, ErrorAck, ErrorCode, GetStateRequest, error_ack
 from ..security import (
     DEDUP_WINDOW_S,
     DEFAULT_RATE_LIMIT,
@@ -307,7 +310,7 @@ class ContextPlugin:
             logger.exception("unexpected error admitting a context packet")
             admitted = error_ack(ErrorCode.INTERNAL_ERROR, _UNREADABLE, None)
         if isinstance(admitted, Job):
-            self._work.put(admitted)
+            self._dispatch(admitted)
             return
         try:
             self._outbox.send(sender, admitted)
@@ -326,7 +329,7 @@ class ContextPlugin:
             self._outbox.record_refusal(admitted, data.caller_identity)
             return admitted.model_dump_json()
         admitted.reply = asyncio.get_running_loop().create_future()
-        self._work.put(admitted)
+        self._dispatch(admitted)  # a get_state answered at once leaves the reply done
         # shield: if the caller gives up, the consumer still applies and records the message
         answer = await asyncio.shield(admitted.reply)
         if isinstance(answer, Success):
@@ -335,6 +338,25 @@ class ContextPlugin:
 
     # ------------------------------------------------------------------------------------------
     # 3. queued, 4. applied, 5. acked
+
+    def _dispatch(self, job: Job) -> None:
+        """Queue ``job``, or answer a ``get_state`` at once when nothing is ahead of it.
+
+        The queue's hand-off to the consumer is a loop iteration and a task switch, more than a
+        cached state answer costs; with nothing queued or being applied, answering here is
+        answering in arrival order.
+        """
+        request = job.request
+        if not isinstance(request, GetStateRequest) or not self._work.idle:
+            self._work.put(job)
+            return
+        try:
+            answer: Answer = self._state.answer(request)
+        except Exception:  # a room callback must never raise; the job still gets its answer
+            logger.exception("unexpected error answering get_state")
+            answer = internal_error(request.id)
+        # never queued, so not counted among the pending jobs: no settled()
+        self._outbox.answer(job, answer)
 
     async def _consume(self) -> None:
         """The one consumer: applies everything in arrival order."""

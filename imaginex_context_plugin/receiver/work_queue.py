@@ -23,8 +23,17 @@ class WorkQueue:
     def __init__(self) -> None:
         self._items: deque[Job | Housekeeping] = deque()
         self._ready = asyncio.Event()
+        self._waiting = False  # the consumer is parked in next(): nothing is being applied
         self.pending_jobs = 0
         """Jobs queued or being applied, not yet answered."""
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and the consumer waiting for work: nothing would be ahead of a new job.
+
+        Housekeeping counts: an expiry or a handoff being applied changes what a job sees.
+        """
+        return self._waiting and not self._items
 
     def put(self, item: Job | Housekeeping) -> None:
         if isinstance(item, Job):
@@ -40,7 +49,11 @@ class WorkQueue:
         """The oldest item, once there is one."""
         while not self._items:
             self._ready.clear()
-            await self._ready.wait()
+            self._waiting = True
+            try:
+                await self._ready.wait()
+            finally:
+                self._waiting = False
         return self._items.popleft()
 
     def take_batch(self, first: Job) -> list[Job]:
