@@ -7,13 +7,24 @@ and an answer sent without the publisher task has no earlier answer still waitin
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+from livekit.agents import Agent, llm
+
+from imaginex_context_plugin import AckTransport
 from imaginex_context_plugin.context import ContextStore
 from imaginex_context_plugin.protocol import GetStateRequest
 from imaginex_context_plugin.receiver.answers import AckWriter
+from imaginex_context_plugin.receiver.dedup import DedupMemory
+from imaginex_context_plugin.receiver.jobs import Success
+from imaginex_context_plugin.receiver.outbox import Outbox
 from imaginex_context_plugin.receiver.state import StateAnswers
+from imaginex_context_plugin.receiver.stats import PluginStats
+from imaginex_context_plugin.security import SenderPolicy
+from tests.conftest import BACKEND_IDENTITY, HarnessFactory
+from tests.helpers import wait_until
 
 
 class _Agent:
@@ -77,3 +88,185 @@ def test_the_cached_state_follows_every_change_it_reports() -> None:
     first = _state(answers, 7)["context_entries"][-1]["expires_in_s"]
     clock.now += 10
     assert _state(answers, 8)["context_entries"][-1]["expires_in_s"] == first - 10
+
+
+# ---------------------------------------------------------------------------------------------
+# get_state answered on arrival
+
+
+class _Collecting(AckTransport):
+    """Keeps every answer, in the order the plugin sends them."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, payload: bytes, destination_identity: str) -> None:
+        self.sent.append(json.loads(payload))
+
+    def ids(self) -> list[str]:
+        return [answer["id"] for answer in self.sent]
+
+
+class _HeldAgent(Agent):
+    """An agent whose chat context update can be held open, once armed."""
+
+    def __init__(self) -> None:
+        super().__init__(instructions="You are a test.")
+        self.armed = False
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def update_chat_ctx(
+        self, chat_ctx: llm.ChatContext, *, exclude_invalid_function_calls: bool = True
+    ) -> None:
+        if self.armed:
+            self.entered.set()
+            await self.release.wait()
+        await super().update_chat_ctx(
+            chat_ctx, exclude_invalid_function_calls=exclude_invalid_function_calls
+        )
+
+
+def _ingest(plugin: Any, message: dict[str, Any]) -> None:
+    plugin.ingest(json.dumps(message), sender_identity=BACKEND_IDENTITY)
+
+
+_ADD = {"type": "add_context", "id": "c1", "key": "k", "context": "a note"}
+
+
+async def test_get_state_behind_a_queued_change_comes_after_it(
+    make_harness: HarnessFactory,
+) -> None:
+    transport = _Collecting()
+    harness = await make_harness(text_only=True, ack_transport=transport)
+    await asyncio.sleep(0.05)  # the consumer and the publisher are running and idle
+    _ingest(harness.plugin, _ADD)
+    _ingest(harness.plugin, {"type": "get_state", "id": "s1"})
+    await wait_until(lambda: len(transport.sent) == 2)
+    assert transport.ids() == ["c1", "s1"]
+    assert [e["key"] for e in transport.sent[1]["data"]["state"]["context_entries"]] == ["k"]
+
+
+async def test_get_state_while_a_change_is_being_applied_waits_for_it(
+    make_harness: HarnessFactory,
+) -> None:
+    agent = _HeldAgent()
+    transport = _Collecting()
+    harness = await make_harness(text_only=True, agent=agent, ack_transport=transport)
+    await asyncio.sleep(0.05)
+    agent.armed = True
+    _ingest(harness.plugin, _ADD)
+    await asyncio.wait_for(agent.entered.wait(), 5)
+    # the queue is empty but the consumer is busy: the change is ahead of the get_state
+    _ingest(harness.plugin, {"type": "get_state", "id": "s1"})
+    await asyncio.sleep(0.05)
+    assert transport.sent == []
+    agent.release.set()
+    await wait_until(lambda: len(transport.sent) == 2)
+    assert transport.ids() == ["c1", "s1"]
+    assert [e["key"] for e in transport.sent[1]["data"]["state"]["context_entries"]] == ["k"]
+
+
+async def test_get_state_with_nothing_ahead_is_answered_on_arrival(
+    make_harness: HarnessFactory,
+) -> None:
+    transport = _Collecting()
+    harness = await make_harness(text_only=True, ack_transport=transport)
+    _ingest(harness.plugin, _ADD)
+    await wait_until(lambda: len(transport.sent) == 1)
+    await asyncio.sleep(0.01)  # the consumer is parked again
+    _ingest(harness.plugin, {"type": "get_state", "id": "s1"})
+    # no loop iteration in between: answered (and sent) within ingest()
+    assert transport.ids() == ["c1", "s1"]
+    assert harness.plugin.stats.applied == 2
+    # through RPC too: the answer is the response, and nothing else is sent
+    response = await harness.backend.rpc({"type": "get_state", "id": "s2"})
+    assert response["id"] == "s2"
+    assert [e["key"] for e in response["data"]["state"]["context_entries"]] == ["k"]
+    assert transport.ids() == ["c1", "s1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# answers sent without the publisher task
+
+
+class _HeldTransport(AckTransport):
+    """Its first send waits until released; records when each send starts and ends."""
+
+    def __init__(self, *, start_inline: bool = True) -> None:
+        self.start_inline = start_inline
+        self.started: list[bytes] = []
+        self.sent: list[bytes] = []
+        self.cancelled: list[bytes] = []
+        self.release = asyncio.Event()
+
+    async def send(self, payload: bytes, destination_identity: str) -> None:
+        self.started.append(payload)
+        try:
+            if len(self.started) == 1:
+                await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(payload)
+            raise
+        self.sent.append(payload)
+
+
+def _outbox() -> tuple[Outbox, PluginStats]:
+    stats = PluginStats()
+    dedup = DedupMemory(window_s=60, max_entries=10, stats=stats)
+    return Outbox(policy=SenderPolicy.build(["b"]), dedup=dedup, stats=stats), stats
+
+
+def _answer(n: int) -> Success:
+    return Success(b'{"type":"ack","id":"%d"}' % n)
+
+
+async def test_a_direct_send_that_waits_is_not_overtaken() -> None:
+    outbox, stats = _outbox()
+    transport = _HeldTransport()
+    publisher = asyncio.create_task(outbox.publish(transport))
+    await asyncio.sleep(0)
+    try:
+        outbox.send("b", _answer(1))
+        assert transport.started == [_answer(1).payload]  # started at once, and now waiting
+        outbox.send("b", _answer(2))
+        outbox.send("b", _answer(3))
+        await asyncio.sleep(0.02)
+        assert transport.started == [_answer(1).payload]  # the backlog waits for it
+        transport.release.set()
+        await wait_until(lambda: len(transport.sent) == 3)
+        assert transport.sent == [_answer(n).payload for n in (1, 2, 3)]
+        # idle again: the next answer goes out within send()
+        outbox.send("b", _answer(4))
+        assert transport.sent[-1] == _answer(4).payload
+        assert stats.acks_sent == 4
+    finally:
+        publisher.cancel()
+        await asyncio.gather(publisher, return_exceptions=True)
+
+
+async def test_a_send_started_inline_is_cancelled_with_the_publisher() -> None:
+    outbox, _ = _outbox()
+    transport = _HeldTransport()
+    publisher = asyncio.create_task(outbox.publish(transport))
+    await asyncio.sleep(0)
+    outbox.send("b", _answer(1))
+    await asyncio.sleep(0.01)  # the publisher has taken it over
+    publisher.cancel()
+    await asyncio.gather(publisher, return_exceptions=True)
+    assert transport.cancelled == [_answer(1).payload]
+
+
+async def test_a_transport_can_keep_every_send_in_the_publisher_task() -> None:
+    outbox, _ = _outbox()
+    transport = _HeldTransport(start_inline=False)
+    transport.release.set()
+    publisher = asyncio.create_task(outbox.publish(transport))
+    await asyncio.sleep(0)
+    try:
+        outbox.send("b", _answer(1))
+        assert transport.started == []
+        await wait_until(lambda: len(transport.sent) == 1)
+    finally:
+        publisher.cancel()
+        await asyncio.gather(publisher, return_exceptions=True)

@@ -1,17 +1,23 @@
 """Answers on their way out: every job's one answer, speech events, and the publisher task.
 
-Answers wait in a bounded queue (``MAX_OUTBOUND_ANSWERS``) and one publisher task sends them in
-arrival order, so a slow ``publish_data`` never blocks the room callback or the consumer. When
-publishing falls behind a flood, refusals to untrusted senders are dropped first, then other
-refusals; success acks and speech events only when nothing else is waiting.
+Answers go out one at a time, in arrival order. When nothing is waiting and nothing is being
+sent, an answer's send is started at once, by whoever made the answer: the hand-off to the
+publisher task (a loop iteration and a task switch) would cost more than most answers. If that
+send has to wait (``publish_data`` waits for LiveKit to confirm), the publisher task finishes it
+before anything later. Otherwise answers wait in a bounded queue (``MAX_OUTBOUND_ANSWERS``) and
+the publisher sends them, so a slow ``publish_data`` never blocks the room callback or the
+consumer. When publishing falls behind a flood, refusals to untrusted senders are dropped
+first, then other refusals; success acks and speech events only when nothing else is waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import types
 from collections import deque
-from typing import Final
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import Any, Final
 
 from livekit import rtc
 
@@ -31,6 +37,7 @@ DRAIN_TIMEOUT_S: Final = 2.0
 """How long closing waits for the answers still queued to be published."""
 
 _Outbound = tuple[int, str, bytes]  # arrival number, destination identity, payload
+_Send = Coroutine[Any, Any, None]
 _UNTRUSTED_REFUSAL, _REFUSAL, _DELIVERY = 0, 1, 2  # drop ranks: lowest goes first
 
 
@@ -38,8 +45,14 @@ class AckTransport:
     """Sends acks and speech events to one participant. The default publishes on the room.
 
     Subclass it to route answers elsewhere, e.g. to print them in a demo or to capture them in a
-    test, without touching the plugin's internals.
+    test, without touching the plugin's internals. ``send`` is called for one answer at a time,
+    in order. When nothing is waiting it is started at once in the plugin's own callback (the
+    code up to its first suspension runs there) and finished by the plugin's publisher task:
+    set ``start_inline = False`` if that code needs a task of its own (``asyncio.timeout``,
+    a ``TaskGroup``), and every send then runs in the publisher task.
     """
+
+    start_inline = True
 
     def __init__(self, room: rtc.Room) -> None:
         self._room = room
@@ -74,6 +87,11 @@ class Outbox:
         self._serial = 0
         self._ready = asyncio.Event()
         self._drained = asyncio.Event()
+        # set while the publisher runs and its transport lets sends start inline
+        self._inline: AckTransport | None = None
+        self._sending = False  # a send is under way: later answers wait their turn
+        # a send started inline that had to wait, with what it waits on: the publisher's next
+        self._suspended: tuple[_Send, object, str] | None = None
 
     @property
     def waiting(self) -> int:
@@ -128,6 +146,9 @@ class Outbox:
         payload = message.payload if isinstance(message, Success) else protocol.encode_message(
             message
         )
+        if self._inline is not None and not self._count and not self._sending:
+            self._send_now(self._inline, payload, destination)
+            return
         self._serial += 1
         self._queues[rank].append((self._serial, destination, payload))
         self._count += 1
@@ -154,28 +175,91 @@ class Outbox:
         self._count -= 1
         return earliest.popleft()
 
+    def _send_now(self, transport: AckTransport, payload: bytes, destination: str) -> None:
+        """Start sending ``payload`` here; if it has to wait, the publisher finishes it."""
+        # marked first: an answer made while this one is on its way (a transport that calls
+        # back into the plugin) must queue behind it, not start beside it
+        self._sending = True
+        try:
+            send = transport.send(payload, destination)
+            waits_on = send.send(None)
+        except StopIteration:  # sent without waiting: the common case for a fast transport
+            self._sending = False
+            self._stats.acks_sent += 1
+            return
+        except (Exception, asyncio.CancelledError):  # even its own cancellation: never raise
+            self._sending = False
+            self._failed(destination)
+            return
+        # nothing later may start before it ends: the publisher resumes it first
+        self._suspended = (send, waits_on, destination)
+        self._drained.clear()
+        self._ready.set()
+
     async def publish(self, transport: AckTransport) -> None:
         """The publisher task: send waiting answers one by one until cancelled."""
-        while True:
-            if not self._count:
-                self._drained.set()
-                self._ready.clear()
-                await self._ready.wait()
-                continue
-            _, destination, payload = self._next()
-            try:
-                await transport.send(payload, destination)
-                self._stats.acks_sent += 1
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self._stats.ack_failures += 1
-                logger.warning(
-                    "could not send an answer", exc_info=True, extra={"sender": destination}
-                )
+        self._inline = transport if transport.start_inline else None
+        try:
+            while True:
+                suspended = self._suspended
+                if suspended is not None:
+                    self._suspended = None
+                    send, waits_on, destination = suspended
+                    await self._settle(_resume(send, waits_on), destination)
+                    continue
+                if not self._count:
+                    self._drained.set()
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                _, destination, payload = self._next()
+                self._sending = True
+                await self._settle(transport.send(payload, destination), destination)
+        finally:
+            self._inline = None
+
+    async def _settle(self, send: Awaitable[None], destination: str) -> None:
+        """Await one send to its end and count it; only cancellation gets out."""
+        try:
+            await send
+            self._stats.acks_sent += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._failed(destination)
+        finally:
+            self._sending = False
+
+    def _failed(self, destination: str) -> None:
+        self._stats.ack_failures += 1
+        logger.warning("could not send an answer", exc_info=True, extra={"sender": destination})
 
     async def drain(self, publisher: asyncio.Task[None]) -> None:
         """Let ``publisher`` flush what is waiting (up to ``DRAIN_TIMEOUT_S``)."""
-        if self._count and not publisher.done():
+        if (self._count or self._sending) and not publisher.done():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT_S)
+
+
+@types.coroutine
+def _resume(send: _Send, waits_on: object) -> Generator[Any, Any, None]:
+    """Drive ``send``, started by hand and suspended on ``waits_on``, to its end.
+
+    What ``await send`` would have done from there: the awaiting task receives what ``send``
+    yields (``waits_on`` first) and everything it gets back (values, exceptions such as a
+    cancellation) goes to ``send``.
+    """
+    yielded = waits_on
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = send.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = send.send(value)
+            except StopIteration:
+                return
