@@ -142,59 +142,64 @@ def build_openapi() -> dict[str, Any]:
                 "self-hosted LiveKit server."
             ),
         },
-        "paths": {
-            "/v1/agent/{agent_code}/speak": {
-                "post": _operation(
-                    summary="Make the agent speak",
-                    operation_id="speak",
-                    body=SpeakBody,
-                    response=SpeakResponse,
-                    examples={
-                        "speak": {
-                            "value": {
-                                "message": "Hello! I have an important update for you.",
-                                "room_id": "room_123",
-                            }
-                        }
-                    },
-                )
-            },
-            "/v1/agent/{agent_code}/add-context": {
-                "post": _operation(
-                    summary="Add background context, or speak it (type: speak)",
-                    operation_id="addContext",
-                    body=AddContextBody,
-                    response=AddContextResponse,
-                    examples={
-                        "add_context": {
-                            "value": {
-                                "context": "User John Smith is a premium customer.",
-                                "type": "add_context",
-                                "room_id": "room_456",
-                            }
-                        },
-                        "speak": {
-                            "value": {
-                                "context": "Your issue has been resolved!",
-                                "type": "speak",
-                                "room_id": "support_session_1",
-                            }
-                        },
-                    },
-                )
-            },
-            "/healthz": {
-                "get": {
-                    "summary": "Liveness",
-                    "operationId": "healthz",
-                    "responses": {"200": {"description": "Up.", "content": _json(HealthResponse)}},
-                }
-            },
-        },
+        "paths": _paths(),
         "components": {
             "schemas": schemas.get("$defs", {}),
             "securitySchemes": {
                 "apiSecret": {"type": "apiKey", "in": "header", "name": "api-secret"}
             },
+        },
+    }
+
+
+def _paths() -> dict[str, Any]:
+    """The endpoints: the two API calls (with examples) and the health check."""
+    return {
+        "/v1/agent/{agent_code}/speak": {
+            "post": _operation(
+                summary="Make the agent speak",
+                operation_id="speak",
+                body=SpeakBody,
+                response=SpeakResponse,
+                examples={
+                    "speak": {
+                        "value": {
+                            "message": "Hello! I have an important update for you.",
+                            "room_id": "room_123",
+                        }
+                    }
+                },
+            )
+        },
+        "/v1/agent/{agent_code}/add-context": {
+            "post": _operation(
+                summary="Add background context, or speak it (type: speak)",
+                operation_id="addContext",
+                body=AddContextBody,
+                response=AddContextResponse,
+                examples={
+                    "add_context": {
+                        "value": {
+                            "context": "User John Smith is a premium customer.",
+                            "type": "add_context",
+                            "room_id": "room_456",
+                        }
+                    },
+                    "speak": {
+                        "value": {
+                            "context": "Your issue has been resolved!",
+                            "type": "speak",
+                            "room_id": "support_session_1",
+                        }
+                    },
+                },
+            )
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "operationId": "healthz",
+                "responses": {"200": {"description": "Up.", "content": _json(HealthResponse)}},
+            }
         },
     }
