@@ -14,7 +14,8 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
 
 from livekit import rtc
 from livekit.agents import APIConnectOptions, llm
@@ -100,6 +101,95 @@ class _PrintingTransport(AckTransport):
         self._emit(f"-> {destination_identity}", payload.decode())
 
 
+@dataclass(frozen=True)
+class UserTurn:
+    """The user asks something (a reply is generated from what the agent knows)."""
+
+    question: str
+
+
+@dataclass(frozen=True)
+class BackendMessage:
+    """A sender's message to the plugin, with a note on what it shows."""
+
+    sender: str
+    message: dict[str, Any] | str
+    note: str
+
+
+SCRIPT: Final[tuple[UserTurn | BackendMessage, ...]] = (
+    UserTurn("Do you know who I am?"),
+    BackendMessage(
+        BACKEND,
+        {
+            "type": "add_context",
+            "id": "ctx-1",
+            "key": "customer",
+            "context": "Customer John Smith is a premium member since 2021 and prefers email.",
+        },
+        "background knowledge, nothing is spoken",
+    ),
+    UserTurn("Do you know who I am?"),
+    BackendMessage(
+        BACKEND,
+        {"type": "speak", "id": "say-1", "message": "Your order #1234 has shipped!"},
+        "proactive speech",
+    ),
+    BackendMessage(BACKEND, {"type": "shout", "message": "hi"}, "a bad message"),
+    BackendMessage(BACKEND, "{not json", "not even JSON"),
+    BackendMessage(
+        "stranger",
+        {"type": "speak", "id": "x-1", "message": "I am not allowed to say this."},
+        "an unauthorised sender",
+    ),
+    BackendMessage(
+        BACKEND,
+        {"type": "speak", "id": "say-1", "message": "Your order #1234 has shipped!"},
+        "a retry of say-1: acked again, not spoken twice",
+    ),
+    BackendMessage(
+        BACKEND,
+        {
+            "type": "add_context",
+            "id": "ctx-2",
+            "key": "customer",
+            "context": "Customer John Smith upgraded to the enterprise plan today.",
+        },
+        "same key: replaces the earlier context",
+    ),
+    UserTurn("What do you know now?"),
+    BackendMessage(
+        BACKEND,
+        {
+            "type": "add_context",
+            "id": "ctx-3",
+            "context": "Today only: free shipping on every order.",
+            "scope": "next_turn",
+            "trigger_reply": True,
+        },
+        "one-turn context, and let the agent respond to it",
+    ),
+    BackendMessage(
+        BACKEND,
+        {
+            "type": "speak",
+            "id": "say-2",
+            "instructions": "Thank John for upgrading.",
+            "mode": "if_idle",
+        },
+        "the LLM phrases it, only if nobody is speaking",
+    ),
+    BackendMessage(BACKEND, {"type": "get_state", "id": "state-1"}, "what does the agent hold?"),
+    BackendMessage(
+        BACKEND,
+        {"type": "remove_context", "id": "rm-1", "key": "customer"},
+        "forget the customer",
+    ),
+    UserTurn("And now?"),
+)
+"""What the demo does, step by step: the platform's use cases, and what the plugin refuses."""
+
+
 async def run_demo(*, out: Callable[[str], None] = print, pace_s: float = 0.3) -> dict[str, Any]:
     """Run the scripted demo; returns a summary (used by the tests)."""
     t0 = time.perf_counter()
@@ -130,6 +220,7 @@ async def run_demo(*, out: Callable[[str], None] = print, pace_s: float = 0.3) -
     plugin = ContextPlugin(
         agent_code=DEMO_AGENT_CODE,
         allowed_identities=[BACKEND],
+        trust_server=False,  # no LiveKit server here, so no server-API packets either
         ack_transport=_PrintingTransport(room, on_ack),
     )
     await plugin.start(session, room)
@@ -147,75 +238,11 @@ async def run_demo(*, out: Callable[[str], None] = print, pace_s: float = 0.3) -
         await asyncio.sleep(pace_s / 3)
 
     try:
-        await user_asks("Do you know who I am?")
-        await send(
-            BACKEND,
-            {
-                "type": "add_context",
-                "id": "ctx-1",
-                "key": "customer",
-                "context": "Customer John Smith is a premium member since 2021 "
-                "and prefers email.",
-            },
-            "background knowledge, nothing is spoken",
-        )
-        await user_asks("Do you know who I am?")
-        await send(
-            BACKEND,
-            {"type": "speak", "id": "say-1", "message": "Your order #1234 has shipped!"},
-            "proactive speech",
-        )
-        await send(BACKEND, {"type": "shout", "message": "hi"}, "a bad message")
-        await send(BACKEND, "{not json", "not even JSON")
-        await send(
-            "stranger",
-            {"type": "speak", "id": "x-1", "message": "I am not allowed to say this."},
-            "an unauthorised sender",
-        )
-        await send(
-            BACKEND,
-            {"type": "speak", "id": "say-1", "message": "Your order #1234 has shipped!"},
-            "a retry of say-1: acked again, not spoken twice",
-        )
-        await send(
-            BACKEND,
-            {
-                "type": "add_context",
-                "id": "ctx-2",
-                "key": "customer",
-                "context": "Customer John Smith upgraded to the enterprise plan today.",
-            },
-            "same key: replaces the earlier context",
-        )
-        await user_asks("What do you know now?")
-        await send(
-            BACKEND,
-            {
-                "type": "add_context",
-                "id": "ctx-3",
-                "context": "Today only: free shipping on every order.",
-                "scope": "next_turn",
-                "trigger_reply": True,
-            },
-            "one-turn context, and let the agent respond to it",
-        )
-        await send(
-            BACKEND,
-            {
-                "type": "speak",
-                "id": "say-2",
-                "instructions": "Thank John for upgrading.",
-                "mode": "if_idle",
-            },
-            "the LLM phrases it, only if nobody is speaking",
-        )
-        await send(BACKEND, {"type": "get_state", "id": "state-1"}, "what does the agent hold?")
-        await send(
-            BACKEND,
-            {"type": "remove_context", "id": "rm-1", "key": "customer"},
-            "forget the customer",
-        )
-        await user_asks("And now?")
+        for step in SCRIPT:
+            if isinstance(step, UserTurn):
+                await user_asks(step.question)
+            else:
+                await send(step.sender, step.message, step.note)
         summary["knowledge"] = [e.text for e in plugin.context_store.entries()]
     finally:
         await plugin.aclose()
