@@ -139,6 +139,9 @@ class MemorySessionTransport(SessionTransport):
 class AnswerSink(AckTransport):
     """Stands where ``publish_data`` would be: takes the answer bytes, notes when they came."""
 
+    # started inline like the built-in room transport it stands for (nothing here needs a task)
+    start_inline = True
+
     def __init__(self, room: rtc.Room) -> None:
         super().__init__(room)
         self.answers = _Answers()

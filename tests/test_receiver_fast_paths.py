@@ -23,6 +23,7 @@ from imaginex_context_plugin.receiver.outbox import Outbox
 from imaginex_context_plugin.receiver.state import StateAnswers
 from imaginex_context_plugin.receiver.stats import PluginStats
 from imaginex_context_plugin.security import SenderPolicy
+from imaginex_context_plugin.testing import OfflineRoom
 from tests.conftest import BACKEND_IDENTITY, HarnessFactory
 from tests.helpers import wait_until
 
@@ -96,6 +97,8 @@ def test_the_cached_state_follows_every_change_it_reports() -> None:
 
 class _Collecting(AckTransport):
     """Keeps every answer, in the order the plugin sends them."""
+
+    start_inline = True  # an in-memory sink: nothing before its first await needs a task
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
@@ -193,6 +196,8 @@ async def test_get_state_with_nothing_ahead_is_answered_on_arrival(
 class _HeldTransport(AckTransport):
     """Its first send waits until released; records when each send starts and ends."""
 
+    start_inline = True  # an in-memory sink: nothing before its first await needs a task
+
     def __init__(self, *, start_inline: bool = True) -> None:
         self.start_inline = start_inline
         self.started: list[bytes] = []
@@ -270,3 +275,15 @@ async def test_a_transport_can_keep_every_send_in_the_publisher_task() -> None:
     finally:
         publisher.cancel()
         await asyncio.gather(publisher, return_exceptions=True)
+
+
+async def test_only_known_send_code_starts_inline_unless_a_subclass_opts_in() -> None:
+    class Overriding(AckTransport):
+        async def send(self, payload: bytes, destination_identity: str) -> None:
+            return None
+
+    room = OfflineRoom("r")
+    # the built-in transport's code is known; a user's send may need a task of its own
+    assert AckTransport(room).start_inline is True
+    assert Overriding(room).start_inline is False
+    assert _Collecting().start_inline is True

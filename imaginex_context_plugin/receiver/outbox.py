@@ -46,13 +46,19 @@ class AckTransport:
 
     Subclass it to route answers elsewhere, e.g. to print them in a demo or to capture them in a
     test, without touching the plugin's internals. ``send`` is called for one answer at a time,
-    in order. When nothing is waiting it is started at once in the plugin's own callback (the
-    code up to its first suspension runs there) and finished by the plugin's publisher task:
-    set ``start_inline = False`` if that code needs a task of its own (``asyncio.timeout``,
-    a ``TaskGroup``), and every send then runs in the publisher task.
+    in order, in the plugin's publisher task.
+
+    ``start_inline``: when nothing is waiting, start ``send`` at once in the plugin's own
+    callback (the code up to its first suspension runs there; the publisher task finishes it),
+    which saves a task hand-off per answer. True for this class's own ``send``, whose code is
+    known; a subclass that overrides ``send`` opts in with ``start_inline = True`` only if that
+    code needs no task of its own before its first ``await`` (no ``asyncio.timeout``, no
+    ``TaskGroup``, no ``asyncio.current_task()``).
     """
 
-    start_inline = True
+    @property
+    def start_inline(self) -> bool:
+        return type(self).send is AckTransport.send
 
     def __init__(self, room: rtc.Room) -> None:
         self._room = room
