@@ -405,6 +405,7 @@ async def make_rig(
 
     transport = CountingTransport(room, capacity=capacity, prefix=prefix)
     transport.task_clock = tasks
+    plugin_kwargs.setdefault("trust_server", False)  # no server API in a benchmark
     plugin = ContextPlugin(
         agent_code="A12345678",
         allowed_identities=list(senders),

@@ -249,6 +249,7 @@ async def make_peer_rig() -> PeerRig:
         allowed_identities=[BACKEND],
         ack_transport=sink,
         rate_limit=NO_REFUSAL,
+        trust_server=False,  # no server API here
     )
     await plugin.start(session, room)
     await asyncio.sleep(0.01)  # the plugin's start-up tasks, off the measurements
