@@ -378,3 +378,23 @@ async def test_aclose_while_speaking_still_sends_speech_finished(harness: Harnes
     assert [m["id"] for m in harness.backend.received if m["type"] == "speech_finished"] == [
         "a", "b"
     ]
+
+
+async def test_a_reply_refused_as_not_ready_leaves_its_context_out(
+    make_harness: HarnessFactory,
+) -> None:
+    # the session drains (LiveKit refuses new replies: "AgentSession is closing") while the
+    # agent's chat context can still be updated: the add_context is refused as a whole, and its
+    # entry must not stay behind in the store or in the agent's context
+    harness: Harness = await make_harness(ready_timeout=0.2, speed=0.5)
+    await harness.backend.request({"type": "add_context", "id": "k", "context": "Kept."})
+    await harness.backend.request({"type": "speak", "id": "long", "message": "a b c d e f g h"})
+    await wait_until(lambda: harness.session.agent_state == "speaking")
+    harness.session.shutdown(drain=True)
+    await asyncio.sleep(0.05)  # the drain starts in a task of LiveKit's
+    refused = await harness.backend.request(
+        {"type": "add_context", "id": "r", "context": "Reply to this.", "trigger_reply": True}
+    )
+    assert refused.get("error") == "NOT_READY", refused
+    assert stored(harness) == [(None, "Kept.")]
+    assert "Reply to this." not in harness.context_messages()

@@ -190,7 +190,7 @@ class SessionApplier:
         holds them: a batch refused (or failed) as a whole leaves no trace.
         """
         staged: list[tuple[Job, Answer | None, bool]] = []
-        changed = False
+        changed = synced = False
         self._store.begin()
         try:
             for job in batch:
@@ -199,9 +199,18 @@ class SessionApplier:
                 changed |= changes
             if changed:
                 await self._context.sync()
+                synced = True
+            # the reply an add_context asks for is scheduled before its change is committed,
+            # so a refused reply leaves no trace either (such a job is a batch of its own)
+            staged = [
+                (job, answer if answer is not None else await self._trigger_reply(job), needs)
+                for job, answer, needs in staged
+            ]
         except NotReady as exc:
             # refused as a whole: nothing of the batch takes effect, now or at a later sync
             self._store.rollback()
+            if synced:  # the agent's context already holds the refused change
+                await self._context.restore()
             staged = [
                 (job, error_ack(ErrorCode.NOT_READY, str(exc), job.request.id), False)
                 if needs_sync
@@ -214,9 +223,7 @@ class SessionApplier:
         else:
             self._store.commit()
         for job, answer, _ in staged:
-            if answer is None:
-                assert isinstance(job.request, AddContextRequest)
-                answer = await self._trigger_reply(job, job.request)
+            assert answer is not None  # every reply was scheduled, or the batch refused
             self._answer(job, answer)
 
     def _stage(self, job: Job) -> _Staged:
@@ -255,12 +262,12 @@ class SessionApplier:
         )
         return ack, True, True
 
-    async def _trigger_reply(self, job: Job, request: AddContextRequest) -> Answer:
+    async def _trigger_reply(self, job: Job) -> Answer:
+        """Let the agent respond to the context just added; raises ``NotReady`` if it cannot."""
+        request = job.request
+        assert isinstance(request, AddContextRequest)
         session = self._session
-        try:
-            handle = await self._gate.call(lambda: session.generate_reply())
-        except NotReady as exc:
-            return error_ack(ErrorCode.NOT_READY, str(exc), request.id)
+        handle = await self._gate.call(lambda: session.generate_reply())
         self._speeches.track(handle, job)
         return self._writer.success(
             request,

@@ -64,6 +64,20 @@ class ContextSync:
             logger.warning("the realtime model did not confirm the chat context update")
         self._schedule_expiry()
 
+    async def restore(self) -> None:
+        """After a refused change: the agent's chat context back in step with the store.
+
+        Best effort and without waiting: the session is usually ending when this is needed,
+        and the store, which every later sync follows, is already right.
+        """
+        try:
+            agent = self._gate.session.current_agent
+            await agent.update_chat_ctx(
+                llm.ChatContext(self._store.merge_into(agent.chat_ctx.items))
+            )
+        except Exception:
+            logger.debug("could not restore the agent's chat context", exc_info=True)
+
     def on_conversation_item_added(self, ev: ConversationItemAddedEvent) -> None:
         """The session's listener: a handoff or the agent's reply queues context upkeep."""
         item = ev.item

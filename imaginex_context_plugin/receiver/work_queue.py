@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Final
 
+from ..protocol import AddContextRequest
 from .jobs import Housekeeping, Job
 
 DEFAULT_MAX_QUEUE: Final = 1_024
@@ -60,16 +61,17 @@ class WorkQueue:
         """``first`` plus, for context changes, the ones right behind it.
 
         A repeated id ends the batch so that the repeat sees the first one's ack and is not
-        applied twice.
+        applied twice. An add_context that asks for a reply is a batch of its own: its change is
+        committed only once the reply is scheduled, and a refusal must not undo its neighbours.
         """
         batch = [first]
-        if not first.changes_context:
+        if not first.changes_context or _asks_for_reply(first):
             return batch
         items = self._items
         keys = {first.dedup_key}
         while items:
             nxt = items[0]
-            if not isinstance(nxt, Job) or not nxt.changes_context:
+            if not isinstance(nxt, Job) or not nxt.changes_context or _asks_for_reply(nxt):
                 break
             key = nxt.dedup_key
             if key is not None and key in keys:
@@ -89,3 +91,8 @@ class WorkQueue:
             item = self._items.popleft()
             if isinstance(item, Job):
                 yield item
+
+
+def _asks_for_reply(job: Job) -> bool:
+    request = job.request
+    return isinstance(request, AddContextRequest) and request.trigger_reply
