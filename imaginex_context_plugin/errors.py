@@ -43,7 +43,8 @@ class ErrorCode(str, Enum):
     NOT_READY = "NOT_READY"
     """The agent session is not running (not started yet, or ended)."""
     BUSY = "BUSY"
-    """A ``speak`` with ``mode: "if_idle"`` arrived while the agent or the user was speaking."""
+    """A ``speak`` with ``mode: "if_idle"`` arrived while the agent or the user was speaking, or
+    an ``interrupt`` without ``force`` met speech that does not allow interruptions."""
     INTERNAL_ERROR = "INTERNAL_ERROR"
     """An unexpected failure inside the agent; the message was not applied."""
     LIVEKIT_UNAVAILABLE = "LIVEKIT_UNAVAILABLE"
@@ -52,6 +53,8 @@ class ErrorCode(str, Enum):
     """Sender side only: no ack arrived in time."""
     ID_REUSED = "ID_REUSED"
     """The sender already used this ``id`` for a different message; nothing was applied."""
+    NOT_FOUND = "NOT_FOUND"
+    """A ``cancel`` names a request id with no speech queued or playing (unknown or finished)."""
 
 
 RETRYABLE_CODES: Final = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.NOT_READY, ErrorCode.TIMEOUT})
@@ -264,7 +267,7 @@ def _field_sentence(
         return f"Field 'id' must be 1 to {max_id_length} characters."
     if kind in ("string_too_short", "string_pattern_mismatch"):
         return f"Field '{field}' must not be empty."
-    if kind in ("greater_than", "less_than_equal", "finite_number"):
+    if kind in ("greater_than", "greater_than_equal", "less_than_equal", "finite_number"):
         return f"Field '{field}' is out of range."
     return f"Field '{field}' is invalid."
 

@@ -1,4 +1,4 @@
-"""Wire protocol v1: the JSON that travels between a sender and the agent.
+"""Wire protocol v1.1: the JSON that travels between a sender and the agent.
 
 Every request, acknowledgement and event is a pydantic model here, so the shape other languages
 parse is defined in one place and pinned by ``tests/test_wire_format.py``. Requests are one
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import unicodedata
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -44,6 +44,10 @@ MAX_ID_LENGTH: Final = 128
 MAX_KEY_LENGTH: Final = 128
 MAX_ECHOED_CHARS: Final = 128
 """Longest request value an error message quotes back, so an answer always fits a packet."""
+MAX_REASON_LENGTH: Final = 256
+"""Longest ``end_call`` reason."""
+MAX_HISTORY_LIMIT: Final = 200
+DEFAULT_HISTORY_LIMIT: Final = 50
 
 
 ID_REUSED_MESSAGE: Final = (
@@ -51,18 +55,41 @@ ID_REUSED_MESSAGE: Final = (
 )
 
 
-MessageType = Literal["speak", "add_context", "remove_context", "get_state"]
-MESSAGE_TYPES: Final[tuple[str, ...]] = ("speak", "add_context", "remove_context", "get_state")
+# v1, then v1.1 (live call control); one name a line, so that adding a type is one line
+MessageType = Literal[
+    "speak",
+    "add_context",
+    "remove_context",
+    "get_state",
+    "end_call",
+    "interrupt",
+    "cancel",
+    "update_io",
+    "update_instructions",
+    "reset_instructions",
+    "user_message",
+    "get_history",
+]
+MESSAGE_TYPES: Final[tuple[str, ...]] = get_args(MessageType)
 INVALID_TYPE_MESSAGE: Final = invalid_type_message(MESSAGE_TYPES)
 
 ContextRole = Literal["system", "developer", "user", "assistant"]
 SpeakMode = Literal["queue", "interrupt", "if_idle"]
 ContextScope = Literal["persistent", "next_turn"]
+InstructionsMode = Literal["append", "replace"]
 
 SPEAK_SUCCESS_MESSAGE: Final = "Speech triggered successfully"
 ADD_CONTEXT_SUCCESS_MESSAGE: Final = "Context added successfully"
 REMOVE_CONTEXT_SUCCESS_MESSAGE: Final = "Context removed successfully"
 GET_STATE_SUCCESS_MESSAGE: Final = "State retrieved successfully"
+END_CALL_SUCCESS_MESSAGE: Final = "Call ending"
+INTERRUPT_SUCCESS_MESSAGE: Final = "Speech interrupted"
+CANCEL_SUCCESS_MESSAGE: Final = "Speech cancelled"
+UPDATE_IO_SUCCESS_MESSAGE: Final = "Input and output updated"
+UPDATE_INSTRUCTIONS_SUCCESS_MESSAGE: Final = "Instructions updated"
+RESET_INSTRUCTIONS_SUCCESS_MESSAGE: Final = "Instructions reset"
+USER_MESSAGE_SUCCESS_MESSAGE: Final = "User message added"
+GET_HISTORY_SUCCESS_MESSAGE: Final = "History retrieved successfully"
 
 
 # (millisecond, its text): every ack carries a timestamp, and a burst of acks shares a few
@@ -192,6 +219,10 @@ class SpeakRequest(_Request):
     """True is the same as ``mode: "interrupt"``."""
     mode: SpeakMode | None = None
     """``queue`` (default), ``interrupt`` (cut interruptible speech first) or ``if_idle``."""
+    end_call_after: bool = False
+    """v1.1: hang up once this speech has played out (the call is kept if the user cut it)."""
+    add_to_history: bool = True
+    """v1.1: False keeps the speech out of the LLM's context and the history (fillers)."""
 
     @model_validator(mode="after")
     def _check_text(self, info: ValidationInfo) -> SpeakRequest:
@@ -272,10 +303,139 @@ class GetStateRequest(_Request):
         return self
 
 
-Request = Annotated[
-    SpeakRequest | AddContextRequest | RemoveContextRequest | GetStateRequest,
-    Field(discriminator="type"),
-]
+# ---------------------------------------------------------------------------------------------
+# v1.1 requests: live call control
+
+
+class EndCallRequest(_Request):
+    """End the conversation: the session shuts down and, inside a job, the room is deleted."""
+
+    type: Literal["end_call"]
+    after_speech: bool = True
+    """True: what is playing and queued finishes first; False: cut at once, queue dropped."""
+    reason: Annotated[str, Field(max_length=MAX_REASON_LENGTH)] | None = None
+    """Travels in the ``call_ended`` event and the log."""
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> EndCallRequest:
+        _require_text(self, info)
+        return self
+
+
+class InterruptRequest(_Request):
+    """Stop what the agent is saying now, and what is queued (``session.interrupt``)."""
+
+    type: Literal["interrupt"]
+    force: bool = False
+    """Also stop speech sent with ``allow_interruptions: false`` (else that is ``BUSY``)."""
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> InterruptRequest:
+        _require_text(self, info)
+        return self
+
+
+class CancelRequest(_Request):
+    """Drop one of our speeches by the id of the request that started it."""
+
+    type: Literal["cancel"]
+    target_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+    """The ``id`` of the speak (or user_message) request whose speech to drop."""
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> CancelRequest:
+        _require_text(self, info)
+        return self
+
+
+class UpdateIORequest(_Request):
+    """Mute or unmute the agent's voice, listening to the user and transcription output."""
+
+    type: Literal["update_io"]
+    agent_audio: bool | None = None
+    user_audio: bool | None = None
+    transcription: bool | None = None
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> UpdateIORequest:
+        _require_text(self, info)
+        if self.agent_audio is None and self.user_audio is None and self.transcription is None:
+            raise ValueError(
+                "Give at least one of 'agent_audio', 'user_audio' or 'transcription'"
+            )
+        return self
+
+
+class UpdateInstructionsRequest(_Request):
+    """Steer the current agent: add to its instructions or replace them."""
+
+    type: Literal["update_instructions"]
+    instructions: str
+    mode: InstructionsMode = "append"
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> UpdateInstructionsRequest:
+        _require_text(self, info)
+        _check_visible("instructions", self.instructions)
+        return self
+
+
+class ResetInstructionsRequest(_Request):
+    """Give the current agent its own instructions back."""
+
+    type: Literal["reset_instructions"]
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> ResetInstructionsRequest:
+        _require_text(self, info)
+        return self
+
+
+class UserMessageRequest(_Request):
+    """Text as the user's own turn: in the history as a user message, answered by the agent."""
+
+    type: Literal["user_message"]
+    text: str
+    respond: bool = True
+    """Let the agent answer it. Without it the message waits in the context for the next turn."""
+    interrupt: bool = False
+    """Stop the current (interruptible) speech first."""
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> UserMessageRequest:
+        _require_text(self, info)
+        _check_visible("text", self.text)
+        return self
+
+
+class GetHistoryRequest(_Request):
+    """Ask for the newest conversation items."""
+
+    type: Literal["get_history"]
+    limit: Annotated[int, Field(ge=1, le=MAX_HISTORY_LIMIT)] = DEFAULT_HISTORY_LIMIT
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> GetHistoryRequest:
+        _require_text(self, info)
+        return self
+
+
+# every request model, one a line: a new type is one more line here (and in MessageType)
+_RequestModel = (
+    SpeakRequest
+    | AddContextRequest
+    | RemoveContextRequest
+    | GetStateRequest
+    | EndCallRequest
+    | InterruptRequest
+    | CancelRequest
+    | UpdateIORequest
+    | UpdateInstructionsRequest
+    | ResetInstructionsRequest
+    | UserMessageRequest
+    | GetHistoryRequest
+)
+Request = Annotated[_RequestModel, Field(discriminator="type")]
 _request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
 
 
@@ -298,10 +458,7 @@ class SignedEnvelope(BaseModel):
         return self
 
 
-Packet = Annotated[
-    SpeakRequest | AddContextRequest | RemoveContextRequest | GetStateRequest | SignedEnvelope,
-    Field(discriminator="type"),
-]
+Packet = Annotated[_RequestModel | SignedEnvelope, Field(discriminator="type")]
 """What may arrive on the topic: a request, or a signed envelope around one."""
 _packet_adapter: TypeAdapter[Packet] = TypeAdapter(Packet)
 
@@ -413,6 +570,25 @@ class ContextEntryInfo(_WireModel):
     request_id: str | None
 
 
+class IOState(_WireModel):
+    """Which of the session's inputs and outputs are on (``update_io``, ``get_state``)."""
+
+    agent_audio: bool
+    user_audio: bool
+    transcription: bool
+
+
+class HistoryItem(_WireModel):
+    """One message of the conversation, as ``get_history`` reports it."""
+
+    id: str
+    role: ContextRole
+    text: str
+    interrupted: bool
+    created_at: str
+    """ISO 8601 UTC with milliseconds, like every timestamp here."""
+
+
 class AgentStateInfo(_WireModel):
     """What ``get_state`` reports.
 
@@ -430,6 +606,8 @@ class AgentStateInfo(_WireModel):
     context_entries_total: Omitted[int] = None
     pending_speeches_truncated: Omitted[Literal[True]] = None
     pending_speeches_total: Omitted[int] = None
+    io: Omitted[IOState] = None
+    """v1.1: the session's input and output switches."""
 
 
 class AckData(_WireModel):
@@ -445,6 +623,20 @@ class AckData(_WireModel):
     removed: Omitted[bool] = None
     evicted: Omitted[int] = None
     state: Omitted[AgentStateInfo] = None
+    # v1.1
+    interrupted: Omitted[bool] = None
+    """interrupt: whether any speech was playing or queued (and so was cut)."""
+    target_id: Omitted[str] = None
+    """cancel: the request id whose speech was dropped."""
+    cancelled: Omitted[Literal["queued", "playing"]] = None
+    """cancel: whether the speech was removed before it began, or cut while playing."""
+    io: Omitted[IOState] = None
+    """update_io: the resulting state of every switch."""
+    instructions_mode: Omitted[InstructionsMode] = None
+    history: Omitted[list[HistoryItem]] = None
+    """get_history: the newest items, oldest first."""
+    truncated: Omitted[Literal[True]] = None
+    """get_history: fewer items than asked for and available, to fit one packet."""
 
 
 class SuccessAck(_WireModel):
@@ -490,6 +682,10 @@ class SpeechFinishedEvent(_WireModel):
     """Present (true) when the speech ended because the TTS or the model failed."""
     reason: Omitted[Literal["shutdown"]] = None
     """``shutdown``: the agent stopped before this speech ended, so its end was not observed."""
+    cancelled: Omitted[Literal[True]] = None
+    """v1.1: dropped by a ``cancel``, an ``end_call`` or the ``end_call_after`` before it."""
+    call_kept: Omitted[Literal[True]] = None
+    """v1.1: a speak with ``end_call_after`` was cut by the user, so the call goes on."""
     timestamp: str
 
 

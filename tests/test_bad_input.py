@@ -20,7 +20,10 @@ from imaginex_context_plugin.security import compute_signature
 from tests.conftest import BACKEND_IDENTITY, Harness, HarnessFactory
 from tests.fakes import start_session
 
-TYPES = "speak, add_context, remove_context, get_state"
+TYPES = (
+    "speak, add_context, remove_context, get_state, end_call, interrupt, cancel, update_io, "
+    "update_instructions, reset_instructions, user_message, get_history"
+)
 
 BAD_INPUTS: list[tuple[str, bytes, str, str, str | None]] = [
     # (case, packet, code, message, echoed id)
@@ -134,6 +137,72 @@ BAD_INPUTS: list[tuple[str, bytes, str, str, str | None]] = [
     # "" cannot be a deduplication key: a second message with it would be dropped
     ("empty id", b'{"id": "", "type": "speak", "message": "x"}', "VALIDATION_ERROR",
      "Field 'id' must be 1 to 128 characters.", ""),
+    # v1.1: every new field
+    ("end_call_after as string",
+     b'{"id": "w1", "type": "speak", "message": "x", "end_call_after": "yes"}',
+     "VALIDATION_ERROR", "Field 'end_call_after' must be a boolean.", "w1"),
+    ("add_to_history as number",
+     b'{"id": "w2", "type": "speak", "message": "x", "add_to_history": 0}',
+     "VALIDATION_ERROR", "Field 'add_to_history' must be a boolean.", "w2"),
+    ("after_speech as string", b'{"id": "w3", "type": "end_call", "after_speech": "false"}',
+     "VALIDATION_ERROR", "Field 'after_speech' must be a boolean.", "w3"),
+    ("reason not a string", b'{"id": "w4", "type": "end_call", "reason": 5}',
+     "VALIDATION_ERROR", "Field 'reason' must be a string.", "w4"),
+    ("reason too long", json.dumps({"id": "w5", "type": "end_call", "reason": "r" * 257}).encode(),
+     "VALIDATION_ERROR", "Field 'reason' must be at most 256 characters.", "w5"),
+    ("lone surrogate in reason", b'{"id": "w6", "type": "end_call", "reason": "\\ud800"}',
+     "VALIDATION_ERROR",
+     "Field 'reason' is not valid text: it contains a lone UTF-16 surrogate.", "w6"),
+    ("force as string", b'{"id": "w7", "type": "interrupt", "force": "true"}',
+     "VALIDATION_ERROR", "Field 'force' must be a boolean.", "w7"),
+    ("cancel without target", b'{"id": "w8", "type": "cancel"}', "VALIDATION_ERROR",
+     "Missing field 'target_id'.", "w8"),
+    ("cancel with empty target", b'{"id": "w9", "type": "cancel", "target_id": ""}',
+     "VALIDATION_ERROR", "Field 'target_id' must not be empty.", "w9"),
+    ("target not a string", b'{"id": "w10", "type": "cancel", "target_id": 3}',
+     "VALIDATION_ERROR", "Field 'target_id' must be a string.", "w10"),
+    ("target too long", json.dumps({"id": "w11", "type": "cancel", "target_id": "t" * 129})
+     .encode(), "VALIDATION_ERROR", "Field 'target_id' must be at most 128 characters.", "w11"),
+    ("update_io with no switch", b'{"id": "w12", "type": "update_io"}', "VALIDATION_ERROR",
+     "Give at least one of 'agent_audio', 'user_audio' or 'transcription'.", "w12"),
+    ("agent_audio as string", b'{"id": "w13", "type": "update_io", "agent_audio": "off"}',
+     "VALIDATION_ERROR", "Field 'agent_audio' must be a boolean.", "w13"),
+    ("user_audio as number", b'{"id": "w14", "type": "update_io", "user_audio": 0}',
+     "VALIDATION_ERROR", "Field 'user_audio' must be a boolean.", "w14"),
+    ("transcription as string", b'{"id": "w15", "type": "update_io", "transcription": "no"}',
+     "VALIDATION_ERROR", "Field 'transcription' must be a boolean.", "w15"),
+    ("update_instructions without text", b'{"id": "w16", "type": "update_instructions"}',
+     "VALIDATION_ERROR", "Missing field 'instructions'.", "w16"),
+    ("invisible new instructions",
+     json.dumps({"id": "w17", "type": "update_instructions", "instructions": "\u200b"}).encode(),
+     "VALIDATION_ERROR",
+     "Field 'instructions' must contain visible text, not only invisible or control characters.",
+     "w17"),
+    ("bad instructions mode",
+     b'{"id": "w18", "type": "update_instructions", "instructions": "x", "mode": "merge"}',
+     "VALIDATION_ERROR", "Field 'mode' must be one of: append, replace.", "w18"),
+    ("user_message without text", b'{"id": "w19", "type": "user_message"}',
+     "VALIDATION_ERROR", "Missing field 'text'.", "w19"),
+    ("user_message blank", b'{"id": "w20", "type": "user_message", "text": " "}',
+     "VALIDATION_ERROR", "Field 'text' must not be empty.", "w20"),
+    ("user_message text not a string", b'{"id": "w21", "type": "user_message", "text": ["x"]}',
+     "VALIDATION_ERROR", "Field 'text' must be a string.", "w21"),
+    ("lone surrogate in user text",
+     b'{"id": "w22", "type": "user_message", "text": "hi \\udc00"}', "VALIDATION_ERROR",
+     "Field 'text' is not valid text: it contains a lone UTF-16 surrogate.", "w22"),
+    ("respond as string", b'{"id": "w23", "type": "user_message", "text": "x", "respond": "1"}',
+     "VALIDATION_ERROR", "Field 'respond' must be a boolean.", "w23"),
+    ("user_message interrupt as number",
+     b'{"id": "w24", "type": "user_message", "text": "x", "interrupt": 1}',
+     "VALIDATION_ERROR", "Field 'interrupt' must be a boolean.", "w24"),
+    ("history limit zero", b'{"id": "w25", "type": "get_history", "limit": 0}',
+     "VALIDATION_ERROR", "Field 'limit' is out of range.", "w25"),
+    ("history limit too high", b'{"id": "w26", "type": "get_history", "limit": 201}',
+     "VALIDATION_ERROR", "Field 'limit' is out of range.", "w26"),
+    ("history limit as string", b'{"id": "w27", "type": "get_history", "limit": "5"}',
+     "VALIDATION_ERROR", "Field 'limit' must be an integer.", "w27"),
+    ("history limit a fraction", b'{"id": "w28", "type": "get_history", "limit": 2.5}',
+     "VALIDATION_ERROR", "Field 'limit' must be an integer.", "w28"),
 ]
 
 

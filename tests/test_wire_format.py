@@ -10,19 +10,33 @@ from imaginex_context_plugin.protocol import (
     AckData,
     AddContextRequest,
     AgentStateInfo,
+    CancelRequest,
     ContextEntryInfo,
+    EndCallRequest,
     ErrorAck,
     ErrorCode,
+    GetHistoryRequest,
     GetStateRequest,
+    HistoryItem,
+    InterruptRequest,
+    IOState,
     RemoveContextRequest,
+    ResetInstructionsRequest,
     SpeakRequest,
     SpeechFinishedEvent,
     SpeechStartedEvent,
     SuccessAck,
+    UpdateInstructionsRequest,
+    UpdateIORequest,
+    UserMessageRequest,
     parse_request,
 )
 
 TS = "2026-01-15T10:30:00.000Z"
+ALL_TYPES = (
+    "speak, add_context, remove_context, get_state, end_call, interrupt, cancel, update_io, "
+    "update_instructions, reset_instructions, user_message, get_history, subscribe, unsubscribe"
+)
 
 
 def test_names_on_the_wire() -> None:
@@ -34,7 +48,7 @@ def test_names_on_the_wire() -> None:
     assert [c.value for c in ErrorCode] == [
         "VALIDATION_ERROR", "UNAUTHORIZED", "AGENT_NOT_FOUND", "NO_ACTIVE_ROOMS",
         "PAYLOAD_TOO_LARGE", "RATE_LIMITED", "NOT_READY", "BUSY", "INTERNAL_ERROR",
-        "LIVEKIT_UNAVAILABLE", "TIMEOUT", "ID_REUSED",
+        "LIVEKIT_UNAVAILABLE", "TIMEOUT", "ID_REUSED", "NOT_FOUND",
     ]
 
 
@@ -52,6 +66,8 @@ def test_speak_request_defaults() -> None:
         "allow_interruptions": True,
         "interrupt": False,
         "mode": None,
+        "end_call_after": False,
+        "add_to_history": True,
     }
     assert request.effective_mode == "queue"
     assert parse_request(b'{"type":"speak","message":"x","interrupt":true}').effective_mode == (  # type: ignore[union-attr]
@@ -260,14 +276,14 @@ def test_id_reused_ack() -> None:
 def test_error_ack_keeps_a_null_id_and_omits_retry_after_unless_set() -> None:
     ack = ErrorAck(
         id=None, error=ErrorCode.VALIDATION_ERROR,
-        message="Invalid type. Must be one of: speak, add_context, remove_context, get_state",
+        message=f"Invalid type. Must be one of: {ALL_TYPES}",
     )
     assert ack.model_dump(mode="json") == {
         "type": "ack",
         "id": None,
         "success": False,
         "error": "VALIDATION_ERROR",
-        "message": "Invalid type. Must be one of: speak, add_context, remove_context, get_state",
+        "message": f"Invalid type. Must be one of: {ALL_TYPES}",
     }
     limited = ErrorAck(id="r9", error=ErrorCode.RATE_LIMITED, message="slow down", retry_after=0.5)
     assert limited.model_dump(mode="json") == {
@@ -324,8 +340,18 @@ def test_timestamps_look_like_the_platform() -> None:
 
 def test_request_json_schema_lists_every_type() -> None:
     schema = json.dumps(protocol.request_json_schema())
-    for name in ("SpeakRequest", "AddContextRequest", "RemoveContextRequest", "GetStateRequest"):
+    for name in (
+        "SpeakRequest", "AddContextRequest", "RemoveContextRequest", "GetStateRequest",
+        "EndCallRequest", "InterruptRequest", "CancelRequest", "UpdateIORequest",
+        "UpdateInstructionsRequest", "ResetInstructionsRequest", "UserMessageRequest",
+        "GetHistoryRequest",
+    ):
         assert name in schema
+    for field in (
+        "end_call_after", "add_to_history", "after_speech", "reason", "force", "target_id",
+        "agent_audio", "user_audio", "transcription", "respond", "limit",
+    ):
+        assert f'"{field}"' in schema
 
 
 def test_public_surface_is_exactly_all() -> None:
@@ -337,3 +363,119 @@ def test_public_surface_is_exactly_all() -> None:
     exported.discard("ImaginexContextPlugin")
     assert exported == set(imaginex_context_plugin.__all__) - {"__version__"}
     assert len(imaginex_context_plugin.__all__) == len(set(imaginex_context_plugin.__all__))
+
+
+# ---------------------------------------------------------------------------------------------
+# v1.1: live call control
+
+
+def _dump(raw: bytes) -> dict[str, object]:
+    return parse_request(raw).model_dump(mode="json")
+
+
+BASE = {"id": None, "room_id": None, "agent_code": None}
+
+
+def test_v1_1_request_defaults() -> None:
+    assert _dump(b'{"type": "end_call"}') == {
+        "type": "end_call", **BASE, "after_speech": True, "reason": None,
+    }
+    assert _dump(b'{"type": "end_call", "after_speech": false, "reason": "done"}') == {
+        "type": "end_call", **BASE, "after_speech": False, "reason": "done",
+    }
+    assert _dump(b'{"type": "interrupt"}') == {"type": "interrupt", **BASE, "force": False}
+    assert _dump(b'{"type": "cancel", "target_id": "s1"}') == {
+        "type": "cancel", **BASE, "target_id": "s1",
+    }
+    assert _dump(b'{"type": "update_io", "agent_audio": false}') == {
+        "type": "update_io", **BASE, "agent_audio": False, "user_audio": None,
+        "transcription": None,
+    }
+    assert _dump(b'{"type": "update_instructions", "instructions": "Be brief."}') == {
+        "type": "update_instructions", **BASE, "instructions": "Be brief.", "mode": "append",
+    }
+    assert _dump(b'{"type": "reset_instructions", "id": "r"}') == {
+        "type": "reset_instructions", **BASE, "id": "r",
+    }
+    assert _dump(b'{"type": "user_message", "text": "Hi"}') == {
+        "type": "user_message", **BASE, "text": "Hi", "respond": True, "interrupt": False,
+    }
+    assert _dump(b'{"type": "get_history"}') == {"type": "get_history", **BASE, "limit": 50}
+    assert isinstance(parse_request(b'{"type": "end_call"}'), EndCallRequest)
+    for model in (
+        InterruptRequest, CancelRequest, UpdateIORequest, UpdateInstructionsRequest,
+        ResetInstructionsRequest, UserMessageRequest, GetHistoryRequest,
+    ):
+        assert model.model_fields["type"].annotation is not None
+
+
+def test_speak_v1_1_fields() -> None:
+    request = parse_request(
+        b'{"type": "speak", "message": "Bye", "end_call_after": true, "add_to_history": false}'
+    )
+    assert isinstance(request, SpeakRequest)
+    assert request.end_call_after is True
+    assert request.add_to_history is False
+
+
+def test_v1_1_acks() -> None:
+    def data(**fields: object) -> dict[str, object]:
+        return AckData(
+            agent_code="A1", context_type="update_io", room_id="r", timestamp=TS, **fields
+        ).model_dump(mode="json")
+
+    head = {
+        "agent_code": "A1", "context_type": "update_io", "delivered_to_rooms": 1, "room_id": "r",
+        "timestamp": TS,
+    }
+    io = IOState(agent_audio=False, user_audio=True, transcription=True)
+    assert data(io=io) == {
+        **head, "io": {"agent_audio": False, "user_audio": True, "transcription": True},
+    }
+    assert data(interrupted=True) == {**head, "interrupted": True}
+    assert data(target_id="s1", speech_id="speech_1", cancelled="queued") == {
+        **head, "speech_id": "speech_1", "target_id": "s1", "cancelled": "queued",
+    }
+    assert data(instructions_mode="replace") == {**head, "instructions_mode": "replace"}
+    item = HistoryItem(
+        id="item_1", role="user", text="Hello", interrupted=False, created_at=TS
+    )
+    assert data(history=[item], truncated=True) == {
+        **head,
+        "history": [
+            {
+                "id": "item_1", "role": "user", "text": "Hello", "interrupted": False,
+                "created_at": TS,
+            }
+        ],
+        "truncated": True,
+    }
+    state = AgentStateInfo(
+        agent_state="idle", user_state="listening", current_agent=None, context_entries=[],
+        context_chars=0, pending_speeches=[], io=io,
+    )
+    assert state.model_dump(mode="json")["io"] == {
+        "agent_audio": False, "user_audio": True, "transcription": True,
+    }
+
+
+def test_not_found_ack_and_v1_1_speech_finished() -> None:
+    ack = ErrorAck(id="c1", error=ErrorCode.NOT_FOUND, message="No speech.")
+    assert ack.model_dump(mode="json") == {
+        "type": "ack", "id": "c1", "success": False, "error": "NOT_FOUND", "message": "No speech.",
+    }
+    cancelled = SpeechFinishedEvent(
+        id="r1", speech_id="s", interrupted=True, cancelled=True, timestamp=TS
+    )
+    assert cancelled.model_dump(mode="json") == {
+        "type": "speech_finished", "id": "r1", "speech_id": "s", "interrupted": True,
+        "cancelled": True, "timestamp": TS,
+    }
+    kept = SpeechFinishedEvent(
+        id="r2", speech_id="s", interrupted=True, call_kept=True, timestamp=TS
+    )
+    assert kept.model_dump(mode="json") == {
+        "type": "speech_finished", "id": "r2", "speech_id": "s", "interrupted": True,
+        "call_kept": True, "timestamp": TS,
+    }
+    assert protocol.parse_server_message(kept.model_dump_json()) == kept

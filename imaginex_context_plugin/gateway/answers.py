@@ -27,6 +27,7 @@ FAILURE_PRECEDENCE: Final[tuple[ErrorCode, ...]] = (
     ErrorCode.VALIDATION_ERROR,
     ErrorCode.ID_REUSED,
     ErrorCode.PAYLOAD_TOO_LARGE,
+    ErrorCode.NOT_FOUND,
     ErrorCode.BUSY,
     ErrorCode.RATE_LIMITED,
     ErrorCode.AGENT_NOT_FOUND,

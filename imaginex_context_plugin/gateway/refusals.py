@@ -26,6 +26,7 @@ STATUS_FOR: Final[dict[ErrorCode, int]] = {
     ErrorCode.VALIDATION_ERROR: 400,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.AGENT_NOT_FOUND: 404,
+    ErrorCode.NOT_FOUND: 404,
     ErrorCode.NO_ACTIVE_ROOMS: 404,
     ErrorCode.BUSY: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
