@@ -27,7 +27,14 @@ from ._env import (
     LIVEKIT_URL_ENV,
 )
 from ._livekit.settings import is_livekit_url
-from .protocol import ContextRole, ErrorCode, SuccessAck
+from .protocol import (
+    DEFAULT_HISTORY_LIMIT,
+    MAX_HISTORY_LIMIT,
+    MAX_REASON_LENGTH,
+    ContextRole,
+    ErrorCode,
+    SuccessAck,
+)
 from .sender import (
     DEFAULT_AGENT_TIMEOUT_S,
     DEFAULT_PLAYOUT_TIMEOUT_S,
@@ -119,7 +126,7 @@ def run() -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="imaginex-context")
 def main() -> None:
-    """Drive a running LiveKit voice agent from outside: speak and add context."""
+    """Drive a running LiveKit voice agent from outside: speak, add context, control the call."""
 
 
 @main.command()
@@ -490,14 +497,35 @@ def _report_success(result: SuccessAck | SpeakResult, as_json: bool) -> None:
         parts.append(f"speech_id={ack.data.speech_id}")
     if ack.data.key:
         parts.append(f"key={ack.data.key}")
+    parts.extend(_control_details(ack))
     if ack.duplicate:
         parts.append("(duplicate: applied by an earlier attempt)")
     click.echo("  ".join(parts))
+    for item in ack.data.history or ():
+        cut = " (interrupted)" if item.interrupted else ""
+        click.echo(f"{item.created_at}  {item.role}: {item.text}{cut}")
     if isinstance(result, SpeakResult):
         finished = result.finished
         played = f" after {finished.played_s:g} s" if finished.played_s is not None else ""
         how = "interrupted" if finished.interrupted else "played out"
         click.echo(f"{how}{played}: speech_id={finished.speech_id}")
+
+
+def _control_details(ack: SuccessAck) -> list[str]:
+    """What a v1.1 ack reports beyond success, as ``name=value`` words."""
+    data = ack.data
+    parts: list[str] = []
+    if data.interrupted is not None:
+        parts.append(f"interrupted={str(data.interrupted).lower()}")
+    if data.cancelled is not None:
+        parts.append(f"cancelled={data.cancelled}")
+    if data.io is not None:
+        parts.extend(f"{name}={'on' if on else 'off'}" for name, on in data.io)
+    if data.history is not None:
+        parts.append(f"items={len(data.history)}")
+    if data.truncated:
+        parts.append("(truncated to fit one packet)")
+    return parts
 
 
 def _report_error(exc: ContextError, as_json: bool) -> int:
@@ -528,6 +556,14 @@ def _report_error(exc: ContextError, as_json: bool) -> int:
     "--if-idle", is_flag=True, help="Say it only if nobody is speaking (else refused: BUSY)."
 )
 @click.option("--no-interruptions", is_flag=True, help="The user cannot barge in on it.")
+@click.option(
+    "--end-call-after",
+    is_flag=True,
+    help="Hang up once it has played out (not if the user cut it).",
+)
+@click.option(
+    "--no-history", is_flag=True, help="Keep it out of the LLM's context and the history."
+)
 @click.option("--wait-playout", is_flag=True, help="Wait until it has played out (or was cut).")
 @click.option(
     "--playout-timeout",
@@ -551,6 +587,8 @@ def speak(
     interrupt: bool,
     if_idle: bool,
     no_interruptions: bool,
+    end_call_after: bool,
+    no_history: bool,
     wait_playout: bool,
     playout_timeout: float,
     request_id: str | None,
@@ -578,6 +616,10 @@ def speak(
     }
     if if_idle:
         request["mode"] = "if_idle"
+    if end_call_after:
+        request["end_call_after"] = True
+    if no_history:
+        request["add_to_history"] = False
     if request_id is not None:
         request["id"] = request_id
     _run_sender(ctx, options, request, playout_timeout=playout_timeout if wait_playout else None)
@@ -635,3 +677,238 @@ def add_context(
     optional = {"key": key, "id": request_id, "ttl_s": ttl}
     request.update({name: value for name, value in optional.items() if value is not None})
     _run_sender(ctx, options, request)
+
+
+# ---------------------------------------------------------------------------------------------
+# call control (protocol v1.1): end-call, interrupt, cancel, update-io, update-instructions,
+# reset-instructions, user-message, get-history
+
+_request_id_option = click.option(
+    "--id",
+    "request_id",
+    callback=_name,
+    help="Request id; the agent applies an id once. [default: random]",
+)
+
+
+def _with_id(request: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+    if request_id is not None:
+        request["id"] = request_id
+    return request
+
+
+@main.command("end-call", epilog=_SENDER_EPILOG)
+@click.option("--now", is_flag=True, help="Cut what is playing and drop the queue, then end.")
+@click.option(
+    "--reason",
+    callback=_visible_text,
+    help=f"Why (at most {MAX_REASON_LENGTH} characters); sent in call_ended and the log.",
+)
+@_request_id_option
+@_sender_options
+@click.pass_context
+def end_call(
+    ctx: click.Context, /, now: bool, reason: str | None, request_id: str | None, **options: Any
+) -> None:
+    """End the call: the agent's session shuts down and the room is deleted.
+
+    By default what the agent is saying and what is queued finishes first.
+
+    \b
+    Examples:
+      imaginex-context end-call --room shop-42 --reason "Order complete"
+      imaginex-context end-call --room shop-42 --now
+    """
+    request: dict[str, Any] = {"type": "end_call", "after_speech": not now}
+    if reason is not None:
+        request["reason"] = reason
+    _run_sender(ctx, options, _with_id(request, request_id))
+
+
+@main.command(epilog=_SENDER_EPILOG)
+@click.option(
+    "--force", is_flag=True, help="Also stop speech that does not allow interruptions."
+)
+@_request_id_option
+@_sender_options
+@click.pass_context
+def interrupt(
+    ctx: click.Context, /, force: bool, request_id: str | None, **options: Any
+) -> None:
+    """Stop what the agent is saying now, and what is queued.
+
+    Without --force, speech sent with --no-interruptions is refused (BUSY) and nothing is cut.
+
+    \b
+    Examples:
+      imaginex-context interrupt --room shop-42
+    """
+    _run_sender(ctx, options, _with_id({"type": "interrupt", "force": force}, request_id))
+
+
+@main.command(epilog=_SENDER_EPILOG)
+@click.argument("target_id", callback=_name)
+@_request_id_option
+@_sender_options
+@click.pass_context
+def cancel(
+    ctx: click.Context, /, target_id: str, request_id: str | None, **options: Any
+) -> None:
+    """Drop the speech started by the request TARGET_ID (sent with the same --identity).
+
+    Removed if still queued, cut if playing; an unknown or finished id is refused (NOT_FOUND).
+
+    \b
+    Examples:
+      imaginex-context speak --room shop-42 --id promo-1 "Today only: 20% off."
+      imaginex-context cancel --room shop-42 promo-1
+    """
+    _run_sender(ctx, options, _with_id({"type": "cancel", "target_id": target_id}, request_id))
+
+
+@main.command("update-io", epilog=_SENDER_EPILOG)
+@click.option(
+    "--agent-audio/--no-agent-audio", default=None, help="Unmute / mute the agent's voice."
+)
+@click.option(
+    "--user-audio/--no-user-audio", default=None, help="Listen to the user again / stop."
+)
+@click.option(
+    "--transcription/--no-transcription",
+    default=None,
+    help="Turn transcription output on / off.",
+)
+@_request_id_option
+@_sender_options
+@click.pass_context
+def update_io(
+    ctx: click.Context,
+    /,
+    agent_audio: bool | None,
+    user_audio: bool | None,
+    transcription: bool | None,
+    request_id: str | None,
+    **options: Any,
+) -> None:
+    """Turn the agent's voice, listening to the user or transcription on or off.
+
+    Switches not given stay as they are; the ack reports the state of every switch.
+
+    \b
+    Examples:
+      imaginex-context update-io --room shop-42 --no-user-audio
+      imaginex-context update-io --room shop-42 --user-audio --agent-audio
+    """
+    switches = {
+        "agent_audio": agent_audio,
+        "user_audio": user_audio,
+        "transcription": transcription,
+    }
+    given = {name: value for name, value in switches.items() if value is not None}
+    if not given:
+        raise click.UsageError(
+            "Give at least one of --agent-audio, --user-audio or --transcription "
+            "(or their --no- forms).",
+            ctx,
+        )
+    _run_sender(ctx, options, _with_id({"type": "update_io", **given}, request_id))
+
+
+@main.command("update-instructions", epilog=_SENDER_EPILOG)
+@click.argument("instructions", callback=_visible_text)
+@click.option("--replace", is_flag=True, help="Replace the agent's instructions (default: add).")
+@_request_id_option
+@_sender_options
+@click.pass_context
+def update_instructions(
+    ctx: click.Context, /, instructions: str, replace: bool, request_id: str | None, **options: Any
+) -> None:
+    """Steer the current agent with INSTRUCTIONS, added to its own (or, --replace, instead).
+
+    \b
+    Examples:
+      imaginex-context update-instructions --room shop-42 "Answer in French."
+    """
+    request = {
+        "type": "update_instructions",
+        "instructions": instructions,
+        "mode": "replace" if replace else "append",
+    }
+    _run_sender(ctx, options, _with_id(request, request_id))
+
+
+@main.command("reset-instructions", epilog=_SENDER_EPILOG)
+@_request_id_option
+@_sender_options
+@click.pass_context
+def reset_instructions(ctx: click.Context, /, request_id: str | None, **options: Any) -> None:
+    """Give the current agent its own instructions back.
+
+    \b
+    Examples:
+      imaginex-context reset-instructions --room shop-42
+    """
+    _run_sender(ctx, options, _with_id({"type": "reset_instructions"}, request_id))
+
+
+@main.command("user-message", epilog=_SENDER_EPILOG)
+@click.argument("text", callback=_visible_text)
+@click.option("--no-respond", is_flag=True, help="Only add it; the agent does not answer now.")
+@click.option("--interrupt", is_flag=True, help="Stop the agent's current speech first.")
+@click.option("--wait-playout", is_flag=True, help="Wait until the agent's answer has played.")
+@click.option(
+    "--playout-timeout",
+    type=FiniteFloatRange(min=0.0, min_open=True),
+    default=DEFAULT_PLAYOUT_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for the end of the answer, with --wait-playout.",
+)
+@_request_id_option
+@_sender_options
+@click.pass_context
+def user_message(
+    ctx: click.Context,
+    /,
+    text: str,
+    no_respond: bool,
+    interrupt: bool,
+    wait_playout: bool,
+    playout_timeout: float,
+    request_id: str | None,
+    **options: Any,
+) -> None:
+    """Add TEXT as the user's own turn; the agent answers it.
+
+    \b
+    Examples:
+      imaginex-context user-message --room shop-42 "I'd like to change my address."
+      imaginex-context user-message --room shop-42 --no-respond "My order number is 4411."
+    """
+    if no_respond and wait_playout:
+        raise click.UsageError("--wait-playout needs an answer: drop --no-respond.", ctx)
+    request = {"type": "user_message", "text": text, "respond": not no_respond}
+    if interrupt:
+        request["interrupt"] = True
+    playout = playout_timeout if wait_playout else None
+    _run_sender(ctx, options, _with_id(request, request_id), playout_timeout=playout)
+
+
+@main.command("get-history", epilog=_SENDER_EPILOG)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=MAX_HISTORY_LIMIT),
+    default=DEFAULT_HISTORY_LIMIT,
+    show_default=True,
+    help="How many of the newest conversation items.",
+)
+@_sender_options
+@click.pass_context
+def get_history(ctx: click.Context, /, limit: int, **options: Any) -> None:
+    """Print the newest conversation items, oldest first (time, role, text).
+
+    \b
+    Examples:
+      imaginex-context get-history --room shop-42 --limit 10
+      imaginex-context get-history --room shop-42 --json | jq '.data.history'
+    """
+    _run_sender(ctx, options, {"type": "get_history", "limit": limit})

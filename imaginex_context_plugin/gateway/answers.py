@@ -16,8 +16,17 @@ from ..protocol import (
     utc_timestamp,
 )
 from .fanout import RoomOutcome
-from .messages import Endpoint
-from .models import AddContextData, AddContextResponse, ContextType, SpeakData, SpeakResponse
+from .messages import Outgoing
+from .models import (
+    AddContextData,
+    AddContextResponse,
+    AnswerData,
+    ControlData,
+    ControlResponse,
+    RoomResult,
+    SpeakData,
+    SpeakResponse,
+)
 from .refusals import STATUS_FOR, Refusal, json_response
 
 # When every room failed, the first code here that some room reported is the answer: the
@@ -41,8 +50,7 @@ FAILURE_PRECEDENCE: Final[tuple[ErrorCode, ...]] = (
 
 
 def answer(
-    endpoint: Endpoint,
-    kind: ContextType,
+    outgoing: Outgoing,
     agent_code: str,
     request_id: str,
     outcomes: list[RoomOutcome],
@@ -55,28 +63,54 @@ def answer(
         Refusal: No room took it: the failure with the per-room list as its ``data``.
     """
     delivered = sum(1 for o in outcomes if o.result.delivered)
-    # both endpoints report the same fields; add-context also says which type it was
+    # every endpoint reports the same fields; add-context and the call-control endpoints also
+    # say which type it was, and the call-control endpoints what each agent answered
     fields: dict[str, Any] = {
         "agent_code": agent_code,
         "delivered_to_rooms": delivered,
         "timestamp": utc_timestamp(),
         "request_id": request_id,
-        "rooms": [o.result for o in outcomes],
     }
-    data: SpeakData | AddContextData = (
-        SpeakData(**fields) if endpoint == "speak" else AddContextData(context_type=kind, **fields)
-    )
+    data: AnswerData
+    if outgoing.endpoint == "speak":
+        data = SpeakData(rooms=[o.result for o in outcomes], **fields)
+    elif outgoing.endpoint == "add-context":
+        data = AddContextData(
+            context_type=outgoing.kind, rooms=[o.result for o in outcomes], **fields
+        )
+    else:
+        rooms = [_with_result(o) for o in outcomes]
+        data = ControlData(context_type=outgoing.kind, rooms=rooms, **fields)
     if delivered == 0:
         raise failure(outcomes, data, delivery_timeout=delivery_timeout)
-    message = SPEAK_SUCCESS_MESSAGE if kind == "speak" else ADD_CONTEXT_SUCCESS_MESSAGE
     if isinstance(data, SpeakData):
-        return json_response(SpeakResponse(message=message, data=data))
-    return json_response(AddContextResponse(message=message, data=data))
+        return json_response(SpeakResponse(message=SPEAK_SUCCESS_MESSAGE, data=data))
+    if isinstance(data, AddContextData):
+        spoken = data.context_type == "speak"
+        message = SPEAK_SUCCESS_MESSAGE if spoken else ADD_CONTEXT_SUCCESS_MESSAGE
+        return json_response(AddContextResponse(message=message, data=data))
+    # the agents' own sentence for this type (they all say the same)
+    message = next(o.ack.message for o in outcomes if o.ack is not None)
+    return json_response(ControlResponse(message=message, data=data))
+
+
+# the ack data every answer carries; what is left is what this type reports
+_COMMON_ACK_FIELDS: Final = frozenset(
+    {"agent_code", "context_type", "delivered_to_rooms", "room_id", "timestamp"}
+)
+
+
+def _with_result(outcome: RoomOutcome) -> RoomResult:
+    """The room's result with what its agent reported (I/O state, history, speech id)."""
+    if outcome.ack is None:
+        return outcome.result
+    reported = outcome.ack.data.model_dump(mode="json", exclude=set(_COMMON_ACK_FIELDS))
+    return outcome.result.model_copy(update={"result": reported})
 
 
 def failure(
     outcomes: list[RoomOutcome],
-    data: SpeakData | AddContextData,
+    data: AnswerData,
     *,
     delivery_timeout: float,
 ) -> Refusal:

@@ -29,11 +29,12 @@ from .fanout import FanOut
 from .gatekeeper import Gatekeeper
 from .idempotency import IdempotencyKeys
 from .limits import DEFAULT_AUTH_FAILURE_LIMIT
-from .messages import Endpoint, MessageWriter
+from .messages import MessageWriter, Outgoing
 from .middleware import AnswerMiddleware
 from .models import (
+    CONTROL_BODIES,
     AddContextBody,
-    ContextType,
+    ControlBody,
     HealthResponse,
     SpeakBody,
 )
@@ -104,34 +105,40 @@ class _Gateway:
         agent_code = request.match_info["agent_code"]
         self._gatekeeper.admit(request, agent_code)
         body = await self._bodies.read(request, SpeakBody)
-        return await self._send(request, agent_code, "speak", body.message, body.room_id, "speak")
+        outgoing = Outgoing("speak", body.fields(), "message", body.message)
+        return await self._send(request, agent_code, outgoing, body.room_id)
 
     async def add_context(self, request: web.Request) -> web.Response:
         agent_code = request.match_info["agent_code"]
         self._gatekeeper.admit(request, agent_code)
         body = await self._bodies.read(request, AddContextBody)
-        return await self._send(
-            request, agent_code, body.type, body.context, body.room_id, "add-context"
-        )
+        fields = {"type": body.type, "context": body.context}
+        outgoing = Outgoing("add-context", fields, "context", body.context)
+        return await self._send(request, agent_code, outgoing, body.room_id)
+
+    def control(self, model: type[ControlBody]) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """The handler of one call-control endpoint (end-call, interrupt, ...): the same steps."""
+        endpoint = CONTROL_BODIES[model]
+
+        async def handle(request: web.Request) -> web.Response:
+            agent_code = request.match_info["agent_code"]
+            self._gatekeeper.admit(request, agent_code)
+            body = await self._bodies.read(request, model)
+            outgoing = Outgoing(endpoint, body.fields(), body.text_field, body.long_text())
+            return await self._send(request, agent_code, outgoing, body.room_id)
+
+        return handle
 
     async def _send(
-        self,
-        request: web.Request,
-        agent_code: str,
-        kind: ContextType,
-        text: str,
-        room_id: str | None,
-        endpoint: Endpoint,
+        self, request: web.Request, agent_code: str, outgoing: Outgoing, room_id: str | None
     ) -> web.Response:
         # the order matters: nothing is bound or asked of LiveKit for a message that cannot fit
         request_id = self._keys.request_id(request)
-        self._writer.check_fits(endpoint, kind, text, request_id, agent_code, room_id)
-        self._keys.bind(request, agent_code, request_id, (endpoint, kind, text, room_id))
+        self._writer.check_fits(outgoing, request_id, agent_code, room_id)
+        self._keys.bind(request, agent_code, request_id, outgoing.fingerprint(room_id))
         targets = await self._fanout.targets(agent_code, room_id)
-        outcomes = await self._fanout.deliver(targets, kind, text, request_id, agent_code)
-        return answer(
-            endpoint, kind, agent_code, request_id, outcomes, delivery_timeout=self._timeout
-        )
+        outcomes = await self._fanout.deliver(targets, outgoing, request_id, agent_code)
+        return answer(outgoing, agent_code, request_id, outcomes, delivery_timeout=self._timeout)
 
     async def close(self, app: web.Application) -> None:
         await self._backend.aclose()
@@ -189,6 +196,8 @@ def create_app(
     app = web.Application(middlewares=[answers.middleware], client_max_size=max_body_bytes)
     app.router.add_post("/v1/agent/{agent_code}/speak", gateway.speak)
     app.router.add_post("/v1/agent/{agent_code}/add-context", gateway.add_context)
+    for model, endpoint in CONTROL_BODIES.items():
+        app.router.add_post(f"/v1/agent/{{agent_code}}/{endpoint}", gateway.control(model))
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/openapi.json", gateway.openapi)
     app.on_cleanup.append(gateway.close)

@@ -33,17 +33,21 @@ class BodyReader:
     async def read(self, request: web.Request, model: type[_M]) -> _M:
         """The body as ``model``.
 
+        An empty body is ``{}`` for a model whose every field is optional (``interrupt``,
+        ``reset-instructions``, ...).
+
         Raises:
-            Refusal: 413 (too large), 408 (too slow; the connection is closed), 400 (empty,
-                not JSON, not an object, or not valid for ``model``).
+            Refusal: 413 (too large), 408 (too slow; the connection is closed), 400 (empty
+                where a field is required, not JSON, not an object, or not valid for ``model``).
         """
-        obj = await self._read_object(request)
+        optional = not any(field.is_required() for field in model.model_fields.values())
+        obj = await self._read_object(request, allow_empty=optional)
         try:
             return model.model_validate(obj)
         except ValidationError as exc:
             raise invalid(validation_sentence(exc, types=CONTEXT_TYPES)) from None
 
-    async def _read_object(self, request: web.Request) -> dict[str, Any]:
+    async def _read_object(self, request: web.Request, *, allow_empty: bool) -> dict[str, Any]:
         length = request.content_length
         if length is not None and length > self._max_body_bytes:
             raise too_large(self._max_body_bytes)
@@ -60,6 +64,8 @@ class BodyReader:
                 close=True,
             ) from None
         if not raw.strip():
+            if allow_empty:
+                return {}
             raise invalid("Request body is empty; send a JSON object.")
         try:
             obj = json.loads(raw)

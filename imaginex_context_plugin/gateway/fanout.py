@@ -17,8 +17,8 @@ from ..errors import BackendError
 from ..log import logger
 from ..protocol import MAX_PAYLOAD_BYTES, ErrorCode, SuccessAck, parse_ack
 from .backend import AgentBackend, AgentTarget
-from .messages import MessageWriter
-from .models import ContextType, RoomResult
+from .messages import MessageWriter, Outgoing
+from .models import RoomResult
 from .refusals import STATUS_FOR, Refusal
 
 NO_ACTIVE_ROOMS_MESSAGE: Final = "No active sessions found for agent"
@@ -31,6 +31,8 @@ class RoomOutcome:
     result: RoomResult
     error: ErrorCode | None = None
     retry_after: float | None = None
+    ack: SuccessAck | None = None
+    """The agent's success ack, when it took the message."""
 
 
 class FanOut:
@@ -66,14 +68,13 @@ class FanOut:
     async def deliver(
         self,
         targets: list[AgentTarget],
-        kind: ContextType,
-        text: str,
+        outgoing: Outgoing,
         request_id: str,
         agent_code: str,
     ) -> list[RoomOutcome]:
         """Deliver to every target at once; one outcome per target, in their order."""
         outcomes = await asyncio.gather(
-            *(self._deliver_one(t, kind, text, request_id, agent_code) for t in targets)
+            *(self._deliver_one(t, outgoing, request_id, agent_code) for t in targets)
         )
         delivered = sum(1 for o in outcomes if o.result.delivered)
         # the access log has the request; this line adds where it went, at INFO when a room
@@ -84,16 +85,19 @@ class FanOut:
             extra={
                 "agent_code": agent_code,
                 "request_id": request_id,
-                "context_type": kind,
+                "context_type": outgoing.kind,
                 "rooms": len(outcomes),
                 "delivered_to_rooms": delivered,
             },
         )
-        logger.debug("message text", extra={"request_id": request_id, "message_text": text})
+        if outgoing.text is not None:
+            logger.debug(
+                "message text", extra={"request_id": request_id, "message_text": outgoing.text}
+            )
         return outcomes
 
     async def _deliver_one(
-        self, target: AgentTarget, kind: ContextType, text: str, request_id: str, agent_code: str
+        self, target: AgentTarget, outgoing: Outgoing, request_id: str, agent_code: str
     ) -> RoomOutcome:
         def failed(code: ErrorCode, message: str, retry_after: float | None = None) -> RoomOutcome:
             result = RoomResult(
@@ -103,7 +107,7 @@ class FanOut:
 
         if target.refusal is not None:
             return failed(ErrorCode.AGENT_NOT_FOUND, target.refusal)
-        payload = self._writer.write(kind, text, request_id, agent_code, target.room)
+        payload = self._writer.write(outgoing, request_id, agent_code, target.room)
         if oversize(payload) is not None:
             return failed(
                 ErrorCode.PAYLOAD_TOO_LARGE,
@@ -127,7 +131,6 @@ class FanOut:
         except ValueError:  # pydantic's ValidationError is a ValueError
             return failed(ErrorCode.INTERNAL_ERROR, "The agent's answer could not be read.")
         if isinstance(ack, SuccessAck):
-            return RoomOutcome(
-                RoomResult(room=target.room, delivered=True, duplicate=bool(ack.duplicate))
-            )
+            result = RoomResult(room=target.room, delivered=True, duplicate=bool(ack.duplicate))
+            return RoomOutcome(result, ack=ack)
         return failed(ack.error, ack.message, ack.retry_after)

@@ -1,23 +1,60 @@
-"""The message the gateway sends the agents: a protocol v1 request, signed when configured, and
-refused up front when it cannot fit one LiveKit packet.
+"""The message the gateway sends the agents: a protocol request, signed when configured, and
+refused up front when it cannot fit one LiveKit packet (or the agents would refuse it).
+
+Each endpoint turns its body into an :class:`Outgoing`: the protocol request's own fields; the
+id, the agent code and the room are added per room by :meth:`MessageWriter.write`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from .._packet import oversize
 from ..protocol import (
     MAX_PAYLOAD_BYTES,
-    AddContextRequest,
     ErrorCode,
-    SpeakRequest,
+    ProtocolError,
+    validate_request,
 )
 from ..security import sign_request
-from .models import ContextType
-from .refusals import Refusal
+from .models import ControlEndpoint
+from .refusals import Refusal, invalid
 
-Endpoint = Literal["speak", "add-context"]
+Endpoint = Literal["speak", "add-context"] | ControlEndpoint
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What one API call sends to every room.
+
+    Args:
+        endpoint: The endpoint it came through.
+        fields: The protocol request's fields, ``type`` included, without ``id``,
+            ``agent_code`` and ``room_id`` (added per room).
+        text_field: The body field holding the long text, named when the message is too long.
+        text: That field's value (logged at DEBUG only).
+    """
+
+    endpoint: Endpoint
+    fields: Mapping[str, Any]
+    text_field: str | None = None
+    text: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """The protocol message type."""
+        kind: str = self.fields["type"]
+        return kind
+
+    def fingerprint(self, room_id: str | None) -> tuple[str | None, ...]:
+        """What an Idempotency-Key is bound to: the endpoint, the fields and the room."""
+        canonical = json.dumps(
+            dict(self.fields), sort_keys=True, ensure_ascii=False, separators=(",", ":")
+        )
+        return (self.endpoint, canonical, room_id)
 
 
 class MessageWriter:
@@ -31,44 +68,43 @@ class MessageWriter:
     def __init__(self, *, signing_secret: str | None) -> None:
         self._signing_secret = signing_secret
 
-    def write(
-        self, kind: ContextType, text: str, request_id: str, agent_code: str, room: str | None
-    ) -> str:
-        """The exact text sent to the agent in ``room`` (None: any room)."""
-        request: SpeakRequest | AddContextRequest
-        if kind == "speak":
-            request = SpeakRequest(
-                type="speak", id=request_id, message=text, agent_code=agent_code, room_id=room
-            )
-        else:
-            request = AddContextRequest(
-                type="add_context", id=request_id, context=text, agent_code=agent_code, room_id=room
-            )
-        body = request.model_dump_json(exclude_defaults=True)
+    def write(self, outgoing: Outgoing, request_id: str, agent_code: str, room: str | None) -> str:
+        """The exact text sent to the agent in ``room`` (None: any room).
+
+        Raises:
+            ProtocolError: The fields are not a valid request (checked first by
+                :meth:`check_fits`).
+        """
+        obj: dict[str, Any] = {**outgoing.fields, "id": request_id, "agent_code": agent_code}
+        if room is not None:
+            obj["room_id"] = room
+        body = validate_request(obj).model_dump_json(exclude_defaults=True)
         if self._signing_secret:
             return sign_request(body, self._signing_secret)
         return body
 
     def check_fits(
-        self,
-        endpoint: Endpoint,
-        kind: ContextType,
-        text: str,
-        request_id: str,
-        agent_code: str,
-        room: str | None,
+        self, outgoing: Outgoing, request_id: str, agent_code: str, room: str | None
     ) -> None:
-        """Refuse text that cannot fit, before asking LiveKit anything.
+        """Refuse a message the agents would refuse, or that cannot fit, before asking LiveKit
+        anything.
 
         Raises:
-            Refusal: 413 ``PAYLOAD_TOO_LARGE``, naming the body field that is too long.
+            Refusal: 400 ``VALIDATION_ERROR`` (the agents' own rule says why), or 413
+                ``PAYLOAD_TOO_LARGE`` naming the body field that is too long.
         """
-        size = oversize(self.write(kind, text, request_id, agent_code, room))
+        try:
+            payload = self.write(outgoing, request_id, agent_code, room)
+        except ProtocolError as exc:
+            raise invalid(exc.message) from None
+        size = oversize(payload)
         if size is not None:
-            field = "message" if endpoint == "speak" else "context"
+            what = "The request is too large"
+            if outgoing.text_field:
+                what = f"Field '{outgoing.text_field}' is too long"
             raise Refusal(
                 413,
                 ErrorCode.PAYLOAD_TOO_LARGE.value,
-                f"Field '{field}' is too long: the message for the agent would be {size} bytes; "
+                f"{what}: the message for the agent would be {size} bytes; "
                 f"the limit is {MAX_PAYLOAD_BYTES} bytes (15 KiB).",
             )

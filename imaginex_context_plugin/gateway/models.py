@@ -6,7 +6,7 @@ documented shape and add ``request_id`` and a per-room ``rooms`` list inside ``d
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -20,9 +20,26 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..errors import invalid_type_message
-from ..protocol import has_visible_text
+from ..protocol import (
+    DEFAULT_HISTORY_LIMIT,
+    MAX_HISTORY_LIMIT,
+    MAX_ID_LENGTH,
+    MAX_REASON_LENGTH,
+    InstructionsMode,
+    has_visible_text,
+)
 
 ContextType = Literal["speak", "add_context"]
+ControlEndpoint = Literal[
+    "end-call",
+    "interrupt",
+    "cancel",
+    "update-io",
+    "update-instructions",
+    "reset-instructions",
+    "user-message",
+    "get-history",
+]
 CONTEXT_TYPES: Final[tuple[str, ...]] = ("speak", "add_context")
 INVALID_TYPE_MESSAGE: Final = invalid_type_message(CONTEXT_TYPES)
 
@@ -54,6 +71,18 @@ class SpeakBody(_Body):
     room_id: NonBlank | None = Field(
         default=None, description="Only this room; by default every room where the agent is live."
     )
+    end_call_after: bool = Field(
+        default=False,
+        description="Hang up once this speech has played out (not if the user cut it).",
+    )
+    add_to_history: bool = Field(
+        default=True,
+        description="false: keep it out of the LLM's context and the history (fillers).",
+    )
+
+    def fields(self) -> dict[str, Any]:
+        """The protocol request's fields (without id, agent code and room)."""
+        return {"type": "speak", **self.model_dump(exclude={"room_id"})}
 
 
 class AddContextBody(_Body):
@@ -71,6 +100,140 @@ class AddContextBody(_Body):
     )
 
 
+class ControlBody(_Body):
+    """A call-control endpoint's body: the protocol message's own fields, and ``room_id``."""
+
+    message_type: ClassVar[str]
+    """The protocol type the body becomes."""
+    text_field: ClassVar[str | None] = None
+    """The field holding the long text, if any (named when the message is too long)."""
+
+    room_id: NonBlank | None = Field(
+        default=None, description="Only this room; by default every room where the agent is live."
+    )
+
+    def fields(self) -> dict[str, Any]:
+        """The protocol request's fields (without id, agent code and room)."""
+        dumped = self.model_dump(exclude={"room_id"}, exclude_none=True)
+        return {"type": self.message_type, **dumped}
+
+    def long_text(self) -> str | None:
+        """The value of ``text_field``, for the debug log."""
+        value = getattr(self, self.text_field) if self.text_field else None
+        return value if isinstance(value, str) else None
+
+
+class EndCallBody(ControlBody):
+    """``POST /v1/agent/{agent_code}/end-call``: end the conversation."""
+
+    message_type: ClassVar[str] = "end_call"
+    text_field: ClassVar[str | None] = "reason"
+
+    after_speech: bool = Field(
+        default=True,
+        description="true: what is playing and queued finishes first; false: cut at once.",
+    )
+    reason: Annotated[str, StringConstraints(max_length=MAX_REASON_LENGTH)] | None = Field(
+        default=None, description="Why; it travels in the call_ended event and the agent's log."
+    )
+
+
+class InterruptBody(ControlBody):
+    """``POST /v1/agent/{agent_code}/interrupt``: stop what the agent is saying now."""
+
+    message_type: ClassVar[str] = "interrupt"
+
+    force: bool = Field(
+        default=False,
+        description="Also stop speech that does not allow interruptions (else 409 BUSY).",
+    )
+
+
+class CancelBody(ControlBody):
+    """``POST /v1/agent/{agent_code}/cancel``: drop one speech the gateway sent, by its id."""
+
+    message_type: ClassVar[str] = "cancel"
+
+    target_id: Annotated[NonBlank, StringConstraints(max_length=MAX_ID_LENGTH)] = Field(
+        description="The request_id of the speak (or user-message) call whose speech to drop."
+    )
+
+
+class UpdateIOBody(ControlBody):
+    """``POST /v1/agent/{agent_code}/update-io``: mute or unmute the agent, the user, the
+    transcription."""
+
+    message_type: ClassVar[str] = "update_io"
+
+    agent_audio: bool | None = Field(default=None, description="The agent's voice on or off.")
+    user_audio: bool | None = Field(
+        default=None, description="Listening to the user on or off."
+    )
+    transcription: bool | None = Field(
+        default=None, description="Transcription output on or off."
+    )
+
+
+class UpdateInstructionsBody(ControlBody):
+    """``POST /v1/agent/{agent_code}/update-instructions``: steer the current agent."""
+
+    message_type: ClassVar[str] = "update_instructions"
+    text_field: ClassVar[str | None] = "instructions"
+
+    instructions: VisibleText = Field(description="The instructions to add, or the new ones.")
+    mode: InstructionsMode = Field(
+        default="append",
+        description="append (default): added to the agent's own; replace: instead of them.",
+    )
+
+
+class ResetInstructionsBody(ControlBody):
+    """``POST /v1/agent/{agent_code}/reset-instructions``: the agent's own instructions back."""
+
+    message_type: ClassVar[str] = "reset_instructions"
+
+
+class UserMessageBody(ControlBody):
+    """``POST /v1/agent/{agent_code}/user-message``: text as the user's own turn."""
+
+    message_type: ClassVar[str] = "user_message"
+    text_field: ClassVar[str | None] = "text"
+
+    text: VisibleText = Field(description="What the user says.")
+    respond: bool = Field(default=True, description="Let the agent answer it.")
+    interrupt: bool = Field(default=False, description="Stop the agent's current speech first.")
+
+
+class GetHistoryBody(ControlBody):
+    """``POST /v1/agent/{agent_code}/get-history``: the newest conversation items."""
+
+    message_type: ClassVar[str] = "get_history"
+
+    limit: int = Field(
+        default=DEFAULT_HISTORY_LIMIT,
+        ge=1,
+        le=MAX_HISTORY_LIMIT,
+        description="How many of the newest items, at most (fewer if they cannot fit a packet).",
+    )
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+CONTROL_BODIES: Final[dict[type[ControlBody], ControlEndpoint]] = {
+    EndCallBody: "end-call",
+    InterruptBody: "interrupt",
+    CancelBody: "cancel",
+    UpdateIOBody: "update-io",
+    UpdateInstructionsBody: "update-instructions",
+    ResetInstructionsBody: "reset-instructions",
+    UserMessageBody: "user-message",
+    GetHistoryBody: "get-history",
+}
+"""Each call-control body and its endpoint, ``POST /v1/agent/{agent_code}/<endpoint>``."""
+
+
 class RoomResult(BaseModel):
     """What happened in one room the message was sent to."""
 
@@ -83,6 +246,12 @@ class RoomResult(BaseModel):
     duplicate: bool = Field(
         default=False,
         description="The agent had already applied a message with this Idempotency-Key.",
+    )
+    result: dict[str, Any] | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="Call-control endpoints: what the agent reported beyond success (io, "
+        "history, speech_id, ...). Absent otherwise.",
     )
 
 
@@ -111,6 +280,23 @@ class AddContextData(BaseModel):
     rooms: list[RoomResult]
 
 
+class ControlData(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    agent_code: str
+    context_type: str = Field(description="The message type sent, e.g. end_call.")
+    delivered_to_rooms: int = Field(description="Rooms whose agent acknowledged the message.")
+    timestamp: str = Field(description="ISO 8601 UTC.")
+    request_id: str = Field(
+        description="The message id: the Idempotency-Key header, or one the gateway made up."
+    )
+    rooms: list[RoomResult]
+
+
+AnswerData = SpeakData | AddContextData | ControlData
+"""The ``data`` of an answer: per endpoint, the fields and the per-room list."""
+
+
 class SpeakResponse(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -127,6 +313,16 @@ class AddContextResponse(BaseModel):
     data: AddContextData
 
 
+class ControlResponse(BaseModel):
+    """The answer of every call-control endpoint."""
+
+    model_config = ConfigDict(frozen=True)
+
+    success: Literal[True] = True
+    message: str = Field(examples=["Call ending"])
+    data: ControlData
+
+
 class ErrorResponse(BaseModel):
     """Every error. ``data`` is present only when the message was sent and no agent took it."""
 
@@ -135,7 +331,7 @@ class ErrorResponse(BaseModel):
     success: Literal[False] = False
     error: str = Field(examples=["AGENT_NOT_FOUND"])
     message: str = Field(examples=["Agent with code 'A12345678' not found"])
-    data: SpeakData | AddContextData | None = None
+    data: SpeakData | AddContextData | ControlData | None = None
 
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -9,8 +9,11 @@ from pydantic.json_schema import models_json_schema
 
 from ..version import __version__
 from .models import (
+    CONTROL_BODIES,
     AddContextBody,
     AddContextResponse,
+    ControlEndpoint,
+    ControlResponse,
     ErrorResponse,
     HealthResponse,
     SpeakBody,
@@ -19,16 +22,66 @@ from .models import (
 
 _REF: Final = "#/components/schemas/{model}"
 
+# the call-control endpoints: (summary, operationId, an example body)
+_CONTROL_DOCS: Final[dict[ControlEndpoint, tuple[str, str, dict[str, Any]]]] = {
+    "end-call": (
+        "End the call (after what is playing and queued, by default)",
+        "endCall",
+        {"after_speech": True, "reason": "Order complete", "room_id": "room_123"},
+    ),
+    "interrupt": (
+        "Stop what the agent is saying now",
+        "interrupt",
+        {"force": False, "room_id": "room_123"},
+    ),
+    "cancel": (
+        "Drop one speech by the request_id of the call that started it",
+        "cancel",
+        {"target_id": "promo-42", "room_id": "room_123"},
+    ),
+    "update-io": (
+        "Mute or unmute the agent's voice, listening to the user, transcription",
+        "updateIo",
+        {"user_audio": False, "room_id": "room_123"},
+    ),
+    "update-instructions": (
+        "Add to the agent's instructions, or replace them",
+        "updateInstructions",
+        {"instructions": "Answer in French.", "mode": "append", "room_id": "room_123"},
+    ),
+    "reset-instructions": (
+        "Give the agent its own instructions back",
+        "resetInstructions",
+        {"room_id": "room_123"},
+    ),
+    "user-message": (
+        "Add text as the user's own turn (and let the agent answer it)",
+        "userMessage",
+        {"text": "I'd like to change my delivery address.", "room_id": "room_123"},
+    ),
+    "get-history": (
+        "The newest conversation items",
+        "getHistory",
+        {"limit": 20, "room_id": "room_123"},
+    ),
+}
+
 # (status, description, error codes possible) shared by both endpoints
 _ERRORS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     (400, "The body or a header is invalid.", ("VALIDATION_ERROR",)),
     (401, "The api-secret header is missing or wrong.", ("UNAUTHORIZED",)),
     (
         404,
-        "No such agent for this api-secret, or no room where it is live.",
-        ("AGENT_NOT_FOUND", "NO_ACTIVE_ROOMS"),
+        "No such agent for this api-secret, or no room where it is live (cancel: no such "
+        "speech queued or playing).",
+        ("AGENT_NOT_FOUND", "NO_ACTIVE_ROOMS", "NOT_FOUND"),
     ),
-    (409, "The agent was busy (only for speech that must not queue).", ("BUSY",)),
+    (
+        409,
+        "The agent was busy (speech that must not queue; interrupt without force of speech "
+        "that does not allow interruptions).",
+        ("BUSY",),
+    ),
     (413, "The body, or the message built from it, is too large.", ("PAYLOAD_TOO_LARGE",)),
     (
         422,
@@ -44,7 +97,7 @@ _ERRORS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     (502, "The agent refused or failed to apply the message.", ("INTERNAL_ERROR",)),
     (
         503,
-        "LiveKit cannot be reached, or the agent's session is not running.",
+        "LiveKit cannot be reached, or the agent's session is not running (or the call ended).",
         ("LIVEKIT_UNAVAILABLE", "NOT_READY"),
     ),
     (504, "No agent answered in time; retry with the same Idempotency-Key.", ("TIMEOUT",)),
@@ -117,19 +170,18 @@ def _operation(
 
 def build_openapi() -> dict[str, Any]:
     """The OpenAPI document of the gateway."""
+    models: tuple[type[BaseModel], ...] = (
+        SpeakBody,
+        AddContextBody,
+        SpeakResponse,
+        AddContextResponse,
+        *CONTROL_BODIES,
+        ControlResponse,
+        ErrorResponse,
+        HealthResponse,
+    )
     _, schemas = models_json_schema(
-        [
-            (model, "validation")
-            for model in (
-                SpeakBody,
-                AddContextBody,
-                SpeakResponse,
-                AddContextResponse,
-                ErrorResponse,
-                HealthResponse,
-            )
-        ],
-        ref_template=_REF,
+        [(model, "validation") for model in models], ref_template=_REF
     )
     return {
         "openapi": "3.1.0",
@@ -153,8 +205,8 @@ def build_openapi() -> dict[str, Any]:
 
 
 def _paths() -> dict[str, Any]:
-    """The endpoints: the two API calls (with examples) and the health check."""
-    return {
+    """The endpoints: the API calls (with examples) and the health check."""
+    paths: dict[str, Any] = {
         "/v1/agent/{agent_code}/speak": {
             "post": _operation(
                 summary="Make the agent speak",
@@ -203,3 +255,15 @@ def _paths() -> dict[str, Any]:
             }
         },
     }
+    for model, endpoint in CONTROL_BODIES.items():
+        summary, operation_id, example = _CONTROL_DOCS[endpoint]
+        paths[f"/v1/agent/{{agent_code}}/{endpoint}"] = {
+            "post": _operation(
+                summary=summary,
+                operation_id=operation_id,
+                body=model,
+                response=ControlResponse,
+                examples={operation_id: {"value": example}},
+            )
+        }
+    return paths

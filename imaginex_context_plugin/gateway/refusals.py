@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from ..protocol import ErrorCode
-from .models import AddContextData, ErrorResponse, SpeakData
+from .models import AnswerData, ErrorResponse
 
 NOT_FOUND: Final = "NOT_FOUND"
 """Error code of an unknown route (the gateway's own; not an agent error)."""
@@ -58,7 +58,7 @@ class Refusal(Exception):
         message: str,
         *,
         headers: dict[str, str] | None = None,
-        data: SpeakData | AddContextData | None = None,
+        data: AnswerData | None = None,
         close: bool = False,
     ) -> None:
         super().__init__(message)

@@ -19,6 +19,7 @@ never spoken twice.
 LiveKit's ``RoomService.SendData``, which cannot be acknowledged.
 
 Inside: ``client`` (the front: lifecycle and waits), ``calls`` (the request calls),
+``control_calls`` (the v1.1 call-control calls),
 ``delivery`` (the retry loop), ``channels`` (RPC / data), ``room_events`` (acks, speech events
 and roster changes, routed), ``waiters`` (pending acks and playout waits), ``locator`` (which
 participant is the agent), ``requests`` (preparation and signing), ``connection`` (joining),
@@ -49,7 +50,7 @@ from .options import (
     Via,
 )
 from .requests import check_request_size, prepare_request
-from .results import ServerSendResult, SpeakResult
+from .results import HistoryResult, ServerSendResult, SpeakResult
 from .server_api import send_via_server_api
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "AckTimeoutError",
     "ContextClient",
     "ContextError",
+    "HistoryResult",
     "PlayoutTimeoutError",
     "ServerSendResult",
     "SpeakResult",

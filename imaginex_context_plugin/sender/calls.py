@@ -82,6 +82,8 @@ class RequestCalls(abc.ABC):
         allow_interruptions: bool = True,
         interrupt: bool = False,
         mode: SpeakMode | None = None,
+        end_call_after: bool = False,
+        add_to_history: bool = True,
         wait_for_playout: bool = False,
         timeout: float | None = None,
         playout_timeout: float | None = None,
@@ -120,6 +122,10 @@ class RequestCalls(abc.ABC):
                 allow_interruptions=allow_interruptions,
                 interrupt=interrupt,
                 mode=mode,
+                # v1.1 fields only when they differ from the default: a v1 agent reads the
+                # same request as before
+                end_call_after=end_call_after or None,
+                add_to_history=None if add_to_history else False,
             )
         )
         request_id: str = prepared["id"]

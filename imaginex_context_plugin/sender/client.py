@@ -25,9 +25,9 @@ from ..protocol import (
     SpeechFinishedEvent,
     SuccessAck,
 )
-from .calls import RequestCalls
 from .channels import DataChannel, RpcChannel
 from .connection import join_room
+from .control_calls import ControlCalls
 from .delivery import Delivery
 from .locator import AgentLocator
 from .options import (
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 
-class ContextClient(RequestCalls):
+class ContextClient(ControlCalls):
     """Sends requests to the agent in a LiveKit room and returns its acks.
 
     Build it with :meth:`connect` (it joins the room itself and leaves on close), or wrap a

@@ -63,5 +63,7 @@ class SpeakOptions(TypedDict, total=False):
     allow_interruptions: bool
     interrupt: bool
     mode: SpeakMode | None
+    end_call_after: bool
+    add_to_history: bool
     timeout: float | None
     playout_timeout: float | None

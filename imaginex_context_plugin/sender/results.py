@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..protocol import SpeechFinishedEvent, SuccessAck
+from ..protocol import HistoryItem, SpeechFinishedEvent, SuccessAck
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,15 @@ class SpeakResult:
     def interrupted(self) -> bool:
         """Whether the speech was cut before its end (by the user, or by an interrupting speak)."""
         return self.finished.interrupted
+
+
+@dataclass(frozen=True)
+class HistoryResult:
+    """What ``get_history`` returns: the newest conversation items, oldest first."""
+
+    items: list[HistoryItem]
+    truncated: bool = False
+    """True when fewer items came back than asked for and available, to fit one packet."""
 
 
 @dataclass(frozen=True)
