@@ -69,6 +69,8 @@ MessageType = Literal[
     "reset_instructions",
     "user_message",
     "get_history",
+    "subscribe",
+    "unsubscribe",
 ]
 MESSAGE_TYPES: Final[tuple[str, ...]] = get_args(MessageType)
 INVALID_TYPE_MESSAGE: Final = invalid_type_message(MESSAGE_TYPES)
@@ -420,6 +422,70 @@ class GetHistoryRequest(_Request):
         return self
 
 
+# ---------------------------------------------------------------------------------------------
+# v1.1 live events: subscribe / unsubscribe (requests here; the events under "answers")
+
+SessionEventType = Literal[
+    "user_transcript",
+    "agent_transcript",
+    "agent_state",
+    "user_state",
+    "conversation_item",
+    "tool_call",
+    "call_ended",
+]
+SESSION_EVENT_TYPES: Final[tuple[str, ...]] = get_args(SessionEventType)
+SUBSCRIBE_SUCCESS_MESSAGE: Final = "Subscribed to session events"
+UNSUBSCRIBE_SUCCESS_MESSAGE: Final = "Unsubscribed from session events"
+
+
+class SubscribeRequest(_Request):
+    """Receive the session's live events on the ack topic until unsubscribed or gone.
+
+    A second subscribe from the same sender replaces the first one's options. ``call_ended``
+    comes to every subscriber, listed or not, as its last event.
+    """
+
+    type: Literal["subscribe"]
+    # a tuple (the request is hashed for dedup); not strict, so that a JSON array is one
+    events: Annotated[
+        tuple[SessionEventType, ...],
+        Field(strict=False, min_length=1, max_length=2 * len(SESSION_EVENT_TYPES)),
+    ]
+    interim: bool = False
+    """Also interim (not final) user transcripts."""
+    tool_arguments: bool = False
+    """Also each tool call's arguments (they may hold personal data)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _array_only(cls, data: Any) -> Any:
+        # lax tuple validation would also take a string or a dict: only a JSON array is a list
+        if isinstance(data, dict) and "events" in data:
+            events = data["events"]
+            if not isinstance(events, list | tuple):
+                raise ValueError("Field 'events' must be a list of event names")
+            if not events:
+                raise ValueError("Field 'events' must name at least one event")
+        return data
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> SubscribeRequest:
+        _require_text(self, info)
+        return self
+
+
+class UnsubscribeRequest(_Request):
+    """End the sender's own subscription (succeeds with ``removed: false`` if there was none)."""
+
+    type: Literal["unsubscribe"]
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> UnsubscribeRequest:
+        _require_text(self, info)
+        return self
+
+
 # every request model, one a line: a new type is one more line here (and in MessageType)
 _RequestModel = (
     SpeakRequest
@@ -434,6 +500,8 @@ _RequestModel = (
     | ResetInstructionsRequest
     | UserMessageRequest
     | GetHistoryRequest
+    | SubscribeRequest
+    | UnsubscribeRequest
 )
 Request = Annotated[_RequestModel, Field(discriminator="type")]
 _request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
@@ -637,6 +705,8 @@ class AckData(_WireModel):
     """get_history: the newest items, oldest first."""
     truncated: Omitted[Literal[True]] = None
     """get_history: fewer items than asked for and available, to fit one packet."""
+    events: Omitted[list[SessionEventType]] = None
+    """subscribe: the events this sender now receives (``call_ended`` always)."""
 
 
 class SuccessAck(_WireModel):
@@ -689,7 +759,101 @@ class SpeechFinishedEvent(_WireModel):
     timestamp: str
 
 
-ServerMessage = SuccessAck | ErrorAck | SpeechStartedEvent | SpeechFinishedEvent
+# ---------------------------------------------------------------------------------------------
+# v1.1 live events, to subscribers (``subscribe``) on the ack topic
+#
+# Every event carries ``timestamp`` and, when events were lost before it because the
+# subscriber fell behind, ``dropped`` (how many). Texts longer than fits one packet are cut
+# and marked ``text_truncated`` (``arguments_truncated``).
+
+
+class _SessionEvent(_WireModel):
+    type: str  # each event's own literal; declared here so that it comes first
+    timestamp: str
+    dropped: Omitted[int] = None
+    """Events this subscriber lost just before this one (it fell behind)."""
+
+
+class UserTranscriptEvent(_SessionEvent):
+    """What the user said, from the STT: final, or (opt-in ``interim``) interim."""
+
+    type: Literal["user_transcript"] = "user_transcript"
+    text: str
+    final: bool
+    language: Omitted[str] = None
+    speaker_id: Omitted[str] = None
+    text_truncated: Omitted[Literal[True]] = None
+
+
+class AgentTranscriptEvent(_SessionEvent):
+    """What the agent actually said in one speech (cut where the user interrupted it)."""
+
+    type: Literal["agent_transcript"] = "agent_transcript"
+    speech_id: str
+    text: str
+    interrupted: bool
+    text_truncated: Omitted[Literal[True]] = None
+
+
+class AgentStateEvent(_SessionEvent):
+    type: Literal["agent_state"] = "agent_state"
+    old_state: str
+    new_state: str
+
+
+class UserStateEvent(_SessionEvent):
+    type: Literal["user_state"] = "user_state"
+    old_state: str
+    new_state: str
+
+
+class ConversationItemEvent(_SessionEvent):
+    """An item added to the session's history: a message, or an agent handoff."""
+
+    type: Literal["conversation_item"] = "conversation_item"
+    item_id: str
+    item_type: Literal["message", "agent_handoff"]
+    role: Omitted[ContextRole] = None
+    text: Omitted[str] = None
+    interrupted: Omitted[bool] = None
+    new_agent: Omitted[str] = None
+    """agent_handoff: the agent that took over (its id, or class name)."""
+    text_truncated: Omitted[Literal[True]] = None
+
+
+class ToolCallEvent(_SessionEvent):
+    """A function tool the agent ran; its arguments only with ``tool_arguments: true``."""
+
+    type: Literal["tool_call"] = "tool_call"
+    call_id: str
+    name: str
+    status: Literal["completed", "error"]
+    arguments: Omitted[str] = None
+    """The arguments' JSON text, as the model sent it."""
+    arguments_truncated: Omitted[Literal[True]] = None
+
+
+class CallEndedEvent(_SessionEvent):
+    """The session ended: every subscriber's last event, subscribed to or not."""
+
+    type: Literal["call_ended"] = "call_ended"
+    reason: str
+    """The session's close reason (``user_initiated``, ``participant_disconnected``, ...),
+    ``end_call``'s reason, or ``shutdown`` when the plugin stopped first."""
+
+
+SessionEvent = (
+    UserTranscriptEvent
+    | AgentTranscriptEvent
+    | AgentStateEvent
+    | UserStateEvent
+    | ConversationItemEvent
+    | ToolCallEvent
+    | CallEndedEvent
+)
+
+
+ServerMessage = SuccessAck | ErrorAck | SpeechStartedEvent | SpeechFinishedEvent | SessionEvent
 
 
 def error_ack(
@@ -699,8 +863,12 @@ def error_ack(
 
 
 _ack_adapter: TypeAdapter[SuccessAck | ErrorAck] = TypeAdapter(SuccessAck | ErrorAck)
-_event_adapter: TypeAdapter[SpeechStartedEvent | SpeechFinishedEvent] = TypeAdapter(
-    Annotated[SpeechStartedEvent | SpeechFinishedEvent, Field(discriminator="type")]
+_event_adapter: TypeAdapter[SpeechStartedEvent | SpeechFinishedEvent | SessionEvent] = (
+    TypeAdapter(
+        Annotated[
+            SpeechStartedEvent | SpeechFinishedEvent | SessionEvent, Field(discriminator="type")
+        ]
+    )
 )
 
 

@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -223,3 +223,65 @@ class SenderPolicy:
 
     def trusts(self, identity: str | None) -> bool:
         return identity is not None and identity in self.allowed_identities
+
+
+SENSITIVE_TYPES: Final = frozenset(
+    {
+        "end_call",
+        "update_io",
+        "update_instructions",
+        "reset_instructions",
+        "subscribe",
+        "get_history",
+    }
+)
+"""Message types no trusted sender may send unless granted (``ContextPlugin(permissions=...)``)."""
+ANYONE_TYPES: Final = frozenset({"unsubscribe"})
+"""Message types every trusted sender may send whatever ``permissions`` says: they only undo
+something of the sender's own."""
+ANY_SENDER: Final = "*"
+"""In ``permissions``: any trusted sender (as an identity), every type (as a type)."""
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """Which message types each trusted sender may send.
+
+    Without a mapping (``grants`` None) every trusted sender may send every type but the
+    sensitive ones (``SENSITIVE_TYPES``). With one, it is the whole truth: a sender may send
+    the union of its own entry and the ``"*"`` entry, ``"*"`` as a type meaning all. A signed
+    message counts as the identity that relayed it; a server-API packet as ``"<server>"``.
+    ``unsubscribe`` is always allowed.
+    """
+
+    grants: Mapping[str, frozenset[str]] | None = None
+
+    @classmethod
+    def build(cls, grants: Mapping[str, Iterable[str]] | None) -> Permissions:
+        if grants is None:
+            return cls()
+        built: dict[str, frozenset[str]] = {}
+        for identity, kinds in grants.items():
+            if isinstance(kinds, str):
+                raise TypeError(f"permissions[{identity!r}] must be a set of types, not a string")
+            built[identity] = frozenset(kinds)
+        return cls(built)
+
+    def allows(self, sender: str, kind: str) -> bool:
+        grants = self.grants
+        if grants is None:
+            return kind not in SENSITIVE_TYPES
+        if kind in ANYONE_TYPES:
+            return True
+        empty: frozenset[str] = frozenset()
+        for entry in (grants.get(sender, empty), grants.get(ANY_SENDER, empty)):
+            if kind in entry or ANY_SENDER in entry:
+                return True
+        return False
+
+    @staticmethod
+    def refusal(kind: str) -> str:
+        return (
+            f"This sender may not send '{kind}': it needs the '{kind}' permission "
+            "(ContextPlugin(permissions=...))."
+        )

@@ -22,7 +22,7 @@ from tests.fakes import start_session
 
 TYPES = (
     "speak, add_context, remove_context, get_state, end_call, interrupt, cancel, update_io, "
-    "update_instructions, reset_instructions, user_message, get_history"
+    "update_instructions, reset_instructions, user_message, get_history, subscribe, unsubscribe"
 )
 
 BAD_INPUTS: list[tuple[str, bytes, str, str, str | None]] = [
@@ -203,6 +203,31 @@ BAD_INPUTS: list[tuple[str, bytes, str, str, str | None]] = [
      "VALIDATION_ERROR", "Field 'limit' must be an integer.", "w27"),
     ("history limit a fraction", b'{"id": "w28", "type": "get_history", "limit": 2.5}',
      "VALIDATION_ERROR", "Field 'limit' must be an integer.", "w28"),
+    # v1.1 subscribe
+    ("subscribe without events", b'{"id": "e1", "type": "subscribe"}', "VALIDATION_ERROR",
+     "Missing field 'events'.", "e1"),
+    ("events as a string", b'{"id": "e2", "type": "subscribe", "events": "agent_state"}',
+     "VALIDATION_ERROR", "Field 'events' must be a list of event names.", "e2"),
+    ("events as an object", b'{"id": "e3", "type": "subscribe", "events": {"a": 1}}',
+     "VALIDATION_ERROR", "Field 'events' must be a list of event names.", "e3"),
+    ("no events", b'{"id": "e4", "type": "subscribe", "events": []}', "VALIDATION_ERROR",
+     "Field 'events' must name at least one event.", "e4"),
+    ("unknown event", b'{"id": "e5", "type": "subscribe", "events": ["agent_state", "audio"]}',
+     "VALIDATION_ERROR",
+     "Field 'events.1' must be one of: user_transcript, agent_transcript, agent_state, "
+     "user_state, conversation_item, tool_call, call_ended.", "e5"),
+    ("event not a string", b'{"id": "e6", "type": "subscribe", "events": [1]}',
+     "VALIDATION_ERROR",
+     "Field 'events.0' must be one of: user_transcript, agent_transcript, agent_state, "
+     "user_state, conversation_item, tool_call, call_ended.", "e6"),
+    ("too many events", json.dumps({"id": "e7", "type": "subscribe", "events": ["tool_call"] * 15})
+     .encode(), "VALIDATION_ERROR", "Field 'events' is invalid.", "e7"),
+    ("interim as string",
+     b'{"id": "e8", "type": "subscribe", "events": ["user_transcript"], "interim": "yes"}',
+     "VALIDATION_ERROR", "Field 'interim' must be a boolean.", "e8"),
+    ("tool_arguments as number",
+     b'{"id": "e9", "type": "subscribe", "events": ["tool_call"], "tool_arguments": 1}',
+     "VALIDATION_ERROR", "Field 'tool_arguments' must be a boolean.", "e9"),
 ]
 
 
@@ -290,7 +315,9 @@ _awkward = st.text(
     max_size=6,
 )
 _field_values: dict[str, st.SearchStrategy[Any]] = {
-    "type": st.sampled_from(["speak", "add_context", "remove_context", "get_state", "x"])
+    "type": st.sampled_from(
+        ["speak", "add_context", "remove_context", "get_state", "subscribe", "unsubscribe", "x"]
+    )
     | _json_scalars,
     "id": st.text(string.ascii_letters, max_size=140) | _awkward | _json_scalars,
     "message": st.text(max_size=40) | _awkward | _json_values,
@@ -307,6 +334,13 @@ _field_values: dict[str, st.SearchStrategy[Any]] = {
     "agent_code": st.sampled_from(["A12345678", "other"]) | _json_scalars,
     "trigger_reply": _json_scalars,
     "signature": st.text(max_size=10),
+    # v1.1 subscribe
+    "events": st.lists(
+        st.sampled_from(["user_transcript", "agent_state", "call_ended", "x"]), max_size=3
+    )
+    | _json_values,
+    "interim": _json_scalars,
+    "tool_arguments": _json_scalars,
 }
 _requestish = st.fixed_dictionaries(
     {}, optional=_field_values

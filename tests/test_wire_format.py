@@ -479,3 +479,106 @@ def test_not_found_ack_and_v1_1_speech_finished() -> None:
         "call_kept": True, "timestamp": TS,
     }
     assert protocol.parse_server_message(kept.model_dump_json()) == kept
+
+
+# ---------------------------------------------------------------------------------------------
+# v1.1 subscribe / unsubscribe and the live events
+
+
+def test_subscribe_requests() -> None:
+    assert _dump(b'{"type": "subscribe", "events": ["user_transcript", "tool_call"]}') == {
+        "type": "subscribe", **BASE, "events": ["user_transcript", "tool_call"],
+        "interim": False, "tool_arguments": False,
+    }
+    assert _dump(
+        b'{"type": "subscribe", "events": ["agent_state"], "interim": true, '
+        b'"tool_arguments": true}'
+    ) == {
+        "type": "subscribe", **BASE, "events": ["agent_state"], "interim": True,
+        "tool_arguments": True,
+    }
+    assert _dump(b'{"type": "unsubscribe", "id": "u"}') == {
+        "type": "unsubscribe", **BASE, "id": "u",
+    }
+    assert protocol.SESSION_EVENT_TYPES == (
+        "user_transcript", "agent_transcript", "agent_state", "user_state",
+        "conversation_item", "tool_call", "call_ended",
+    )
+    schema = json.dumps(protocol.request_json_schema())
+    for name in ("SubscribeRequest", "UnsubscribeRequest", '"events"', '"interim"',
+                 '"tool_arguments"', '"conversation_item"'):
+        assert name in schema
+
+
+def test_subscribe_ack() -> None:
+    ack = SuccessAck(
+        id="s1", message=protocol.SUBSCRIBE_SUCCESS_MESSAGE,
+        data=AckData(
+            agent_code="A1", context_type="subscribe", room_id="r", timestamp=TS,
+            events=["agent_state", "call_ended"],
+        ),
+    )
+    assert ack.model_dump(mode="json") == {
+        "type": "ack", "id": "s1", "success": True, "message": "Subscribed to session events",
+        "data": {
+            "agent_code": "A1", "context_type": "subscribe", "delivered_to_rooms": 1,
+            "room_id": "r", "timestamp": TS, "events": ["agent_state", "call_ended"],
+        },
+    }
+    assert protocol.UNSUBSCRIBE_SUCCESS_MESSAGE == "Unsubscribed from session events"
+
+
+def test_session_events() -> None:
+    cases: list[tuple[protocol._WireModel, dict[str, object]]] = [
+        (
+            protocol.UserTranscriptEvent(text="hello", final=False, language="en", timestamp=TS),
+            {"type": "user_transcript", "timestamp": TS, "text": "hello", "final": False,
+             "language": "en"},
+        ),
+        (
+            protocol.AgentTranscriptEvent(
+                speech_id="speech_1", text="Hi", interrupted=True, timestamp=TS, dropped=3
+            ),
+            {"type": "agent_transcript", "timestamp": TS, "dropped": 3, "speech_id": "speech_1",
+             "text": "Hi", "interrupted": True},
+        ),
+        (
+            protocol.AgentStateEvent(old_state="listening", new_state="speaking", timestamp=TS),
+            {"type": "agent_state", "timestamp": TS, "old_state": "listening",
+             "new_state": "speaking"},
+        ),
+        (
+            protocol.UserStateEvent(old_state="listening", new_state="away", timestamp=TS),
+            {"type": "user_state", "timestamp": TS, "old_state": "listening",
+             "new_state": "away"},
+        ),
+        (
+            protocol.ConversationItemEvent(
+                item_id="item_1", item_type="message", role="user", text="Hi",
+                interrupted=False, timestamp=TS,
+            ),
+            {"type": "conversation_item", "timestamp": TS, "item_id": "item_1",
+             "item_type": "message", "role": "user", "text": "Hi", "interrupted": False},
+        ),
+        (
+            protocol.ConversationItemEvent(
+                item_id="item_2", item_type="agent_handoff", new_agent="Billing", timestamp=TS
+            ),
+            {"type": "conversation_item", "timestamp": TS, "item_id": "item_2",
+             "item_type": "agent_handoff", "new_agent": "Billing"},
+        ),
+        (
+            protocol.ToolCallEvent(
+                call_id="c1", name="lookup", status="error", arguments="{}", timestamp=TS
+            ),
+            {"type": "tool_call", "timestamp": TS, "call_id": "c1", "name": "lookup",
+             "status": "error", "arguments": "{}"},
+        ),
+        (
+            protocol.CallEndedEvent(reason="user_initiated", timestamp=TS),
+            {"type": "call_ended", "timestamp": TS, "reason": "user_initiated"},
+        ),
+    ]
+    for event, expected in cases:
+        assert event.model_dump(mode="json") == expected
+        assert protocol.parse_server_message(protocol.encode_message(event)) == event

@@ -27,6 +27,7 @@ from ..protocol import (
 )
 from ..security import (
     SIGNATURE_WINDOW_S,
+    Permissions,
     RateLimit,
     RateLimiter,
     SenderPolicy,
@@ -79,6 +80,7 @@ class Admission:
         agent_code: This agent's code; a request naming another is refused.
         room_name: The room's current name; a request naming another room is refused.
         policy: Who is trusted without a signature.
+        permissions: Which types each trusted sender may send.
         verifier: Checks signed envelopes (None: signed messages are refused).
         require_signature: Refuse every message that is not validly signed.
         rate_limiter: Per-sender token buckets (None: no limit).
@@ -94,6 +96,7 @@ class Admission:
         agent_code: str | None,
         room_name: Callable[[], str],
         policy: SenderPolicy,
+        permissions: Permissions,
         verifier: SignatureVerifier | None,
         require_signature: bool,
         rate_limiter: RateLimiter | None,
@@ -105,6 +108,7 @@ class Admission:
         self._agent_code = agent_code
         self._room_name = room_name
         self._policy = policy
+        self._permissions = permissions
         self._verifier = verifier
         self._require_signature = require_signature
         self._rate_limiter = rate_limiter
@@ -143,6 +147,9 @@ class Admission:
 
     def _queueable(self, request: Request, sender: str | None, replayed: bool) -> Job | ErrorAck:
         """The checks every valid, authorised request passes before it is queued."""
+        kind = request.type
+        if not self._permissions.allows(sender if sender is not None else SERVER_SENDER, kind):
+            return error_ack(ErrorCode.UNAUTHORIZED, Permissions.refusal(kind), request.id)
         if request.agent_code is not None and request.agent_code != self._agent_code:
             return error_ack(
                 ErrorCode.AGENT_NOT_FOUND,

@@ -27,6 +27,8 @@ from ..protocol import (
     GetStateRequest,
     RemoveContextRequest,
     SpeakRequest,
+    SubscribeRequest,
+    UnsubscribeRequest,
     error_ack,
 )
 from .answers import AckWriter
@@ -36,6 +38,7 @@ from .jobs import Answer, Job
 from .session_gate import NotReady, SessionGate
 from .speech import SpeechTracker
 from .state import StateAnswers
+from .subscribers import Subscribers
 
 if TYPE_CHECKING:
     from livekit.agents.voice import AgentSession, SpeechHandle
@@ -63,6 +66,7 @@ class SessionApplier:
         writer: Writes the success acks.
         state: Writes the ``get_state`` answers.
         answer: Gives a job its one answer (``ContextPlugin``: outbox and work queue).
+        subscribers: Takes subscribe / unsubscribe (live session events).
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class SessionApplier:
         writer: AckWriter,
         state: StateAnswers,
         answer: Callable[[Job, Answer], None],
+        subscribers: Subscribers,
     ) -> None:
         self._gate = gate
         self._session: AgentSession[Any] = gate.session
@@ -86,6 +91,7 @@ class SessionApplier:
         self._writer = writer
         self._state = state
         self._answer = answer
+        self._subscribers = subscribers
 
     async def apply(self, batch: list[Job]) -> None:
         """Apply ``batch`` (one job, or a run of context changes) and answer every job in it."""
@@ -99,6 +105,8 @@ class SessionApplier:
             try:
                 if isinstance(request, SpeakRequest):
                     answer = await self._speak(job, request)
+                elif isinstance(request, SubscribeRequest | UnsubscribeRequest):
+                    answer = self._subscribers.apply(job)
                 else:
                     assert isinstance(request, GetStateRequest)
                     answer = self._state.answer(request)

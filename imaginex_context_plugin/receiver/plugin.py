@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from livekit import rtc
@@ -40,6 +40,7 @@ from ..protocol import CONTEXT_TOPIC, ErrorAck, ErrorCode, GetStateRequest, erro
 from ..security import (
     DEDUP_WINDOW_S,
     DEFAULT_RATE_LIMIT,
+    Permissions,
     RateLimit,
     RateLimiter,
     SenderPolicy,
@@ -57,6 +58,7 @@ from .session_gate import DEFAULT_READY_TIMEOUT_S, SessionGate
 from .speech import SpeechTracker
 from .state import StateAnswers
 from .stats import PluginStats
+from .subscribers import Subscribers
 from .work_queue import DEFAULT_MAX_QUEUE, WorkQueue
 
 if TYPE_CHECKING:
@@ -100,6 +102,12 @@ class ContextPlugin:
             refused with ``RATE_LIMITED`` until the oldest expire. Default: sized from the rate
             limit (``security.remembered_ids_capacity``).
         ack_transport: Where acks go. Default: ``publish_data`` on the room, to the sender.
+        permissions: Which message types each trusted sender may send: identity (``"*"``: any
+            trusted sender; ``"<server>"``: server-API packets) -> types (``"*"``: all). A
+            signed message counts as the identity that relayed it. With it, a sender may send
+            the union of its entry and the ``"*"`` entry, nothing else. Default: every type but
+            the sensitive ones (``security.SENSITIVE_TYPES``: ``subscribe``, ...), which are
+            refused with ``UNAUTHORIZED``. ``unsubscribe`` is always allowed.
     """
 
     # made by start(): they need the session and the room
@@ -126,6 +134,7 @@ class ContextPlugin:
         dedup_window: float = DEDUP_WINDOW_S,
         dedup_max_entries: int | None = None,
         ack_transport: AckTransport | None = None,
+        permissions: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         if require_signature and not secret:
             raise ValueError("require_signature=True needs a secret")
@@ -147,10 +156,12 @@ class ContextPlugin:
         )
         self._outbox = Outbox(policy=policy, dedup=self._dedup, stats=self.stats)
         self._writer = AckWriter(self._agent_code, self._room_name)
+        self._subscribers = Subscribers(writer=self._writer, stats=self.stats)
         self._admission = Admission(
             agent_code=self._agent_code,
             room_name=self._room_name,
             policy=policy,
+            permissions=Permissions.build(permissions),
             verifier=signature_verifier(
                 secret=secret,
                 server_key=server_key,
@@ -203,8 +214,11 @@ class ContextPlugin:
         session.on("close", self._gate.on_session_close)
         session.on("error", self._speeches.on_session_error)
         self._speeches.watch_audio_output()
+        for emitter, event, handler in self._subscriber_hooks():
+            emitter.on(event, handler)
 
         transport = self._ack_transport or AckTransport(room)
+        self._subscribers.start(transport)
         self._tasks = [
             asyncio.create_task(self._consume(), name="imaginex_context.consume"),
             asyncio.create_task(self._outbox.publish(transport), name="imaginex_context.publish"),
@@ -238,8 +252,26 @@ class ContextPlugin:
             writer=self._writer,
             state=self._state,
             answer=self._answer,
+            subscribers=self._subscribers,
         )
         self._keeper = ConnectionKeeper(room, self._agent_code, self._on_rpc)
+
+    def _subscriber_hooks(self) -> list[tuple[Any, str, Callable[[Any], None]]]:
+        """Where live session events come from (``subscribe``): hooked at start, unhooked
+        at close."""
+        assert self._session is not None
+        assert self._room is not None
+        session, room, subs = self._session, self._room, self._subscribers
+        return [
+            (room, "participant_disconnected", subs.on_participant_disconnected),
+            (session, "user_input_transcribed", subs.on_user_input_transcribed),
+            (session, "agent_state_changed", subs.on_agent_state_changed),
+            (session, "user_state_changed", subs.on_user_state_changed),
+            (session, "conversation_item_added", subs.on_conversation_item_added),
+            (session, "function_tools_executed", subs.on_function_tools_executed),
+            (session, "speech_created", subs.on_speech_created),
+            (session, "close", subs.on_session_close),
+        ]
 
     async def __aenter__(self) -> ContextPlugin:
         return self
@@ -263,6 +295,8 @@ class ContextPlugin:
         self._session.off("close", self._gate.on_session_close)
         self._session.off("error", self._speeches.on_session_error)
         self._speeches.unwatch_audio_output()
+        for emitter, event, handler in self._subscriber_hooks():
+            emitter.off(event, handler)
         self._context_sync.close()
         self._keeper.unregister()
 
@@ -276,8 +310,9 @@ class ContextPlugin:
         # every speech we reported ends with an event, even one still playing: its sender may
         # be waiting for playout, and nobody will tell it once the plugin is gone
         self._speeches.finish_all()
-        # let the publisher flush the answers, then stop it
-        await self._outbox.drain(publish)
+        # let the publisher flush the answers and every subscriber its last event (call_ended;
+        # a stalled one is cut off after a while), then stop the publisher
+        await asyncio.gather(self._outbox.drain(publish), self._subscribers.aclose())
         publish.cancel()
         await asyncio.gather(publish, return_exceptions=True)
         self._tasks.clear()

@@ -16,4 +16,8 @@ class PluginStats:
     ack_failures: int = 0
     answers_dropped: int = 0
     """Answers not sent because the outbound queue was full (``MAX_OUTBOUND_ANSWERS``)."""
+    events_sent: int = 0
+    """Session events sent to subscribers."""
+    events_dropped: int = 0
+    """Session events a subscriber lost because it fell behind (``SUBSCRIBER_QUEUE_SIZE``)."""
     errors: dict[str, int] = field(default_factory=dict)
