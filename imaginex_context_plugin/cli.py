@@ -214,7 +214,8 @@ def gateway(
     max_connections: int,
     verbose: bool,
 ) -> None:
-    """Serve the platform's REST API (/v1/agent/{agent_code}/speak, /add-context) over LiveKit.
+    """Serve the platform's REST API (/v1/agent/{agent_code}/speak, /add-context, and the
+    call-control endpoints /end-call, /interrupt, ...) over LiveKit.
 
     Reads LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET and IMAGINEX_API_SECRET (or a
     secrets file), and optionally IMAGINEX_SIGNING_SECRET to sign messages for the agents.

@@ -127,13 +127,15 @@ def failure(
         waits = [o.retry_after for o in outcomes if o.retry_after is not None]
         headers["Retry-After"] = str(max(1, math.ceil(max(waits, default=1.0))))
     elif code is ErrorCode.UNAUTHORIZED:
-        # the agent does not trust the gateway: a deployment problem, not the caller's
-        # secret, so it must not read as a 401
+        # the agent does not trust the gateway (or does not grant it this type): a deployment
+        # problem, not the caller's secret, so it must not read as a 401; the room entries
+        # carry the agent's own sentence
         return Refusal(
             502,
             ErrorCode.INTERNAL_ERROR.value,
             "The agent refused the gateway's message: its ContextPlugin must trust the "
-            "gateway's identity (allowed_identities) or its signing secret.",
+            "gateway's identity (allowed_identities) or its signing secret, and grant it this "
+            "message type (permissions).",
             data=data,
         )
     return Refusal(STATUS_FOR.get(code, 502), code.value, message, headers=headers, data=data)
