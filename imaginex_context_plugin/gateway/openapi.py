@@ -255,6 +255,13 @@ def _paths() -> dict[str, Any]:
             }
         },
     }
+    paths.update(_control_paths())
+    return paths
+
+
+def _control_paths() -> dict[str, Any]:
+    """The call-control endpoints (protocol v1.1), one per body model."""
+    paths: dict[str, Any] = {}
     for model, endpoint in CONTROL_BODIES.items():
         summary, operation_id, example = _CONTROL_DOCS[endpoint]
         paths[f"/v1/agent/{{agent_code}}/{endpoint}"] = {

@@ -99,6 +99,9 @@ class RequestCalls(abc.ABC):
                 queue behind it.
             mode: ``"queue"``, ``"interrupt"`` or ``"if_idle"`` (refused with ``BUSY`` if the
                 agent or the user is speaking). Default: from ``interrupt``.
+            end_call_after: Hang up once it has played out (kept if the user cut it: then
+                ``speech_finished`` says ``call_kept``). Default False.
+            add_to_history: False: keep it out of the LLM's context and history. Default True.
             wait_for_playout: Also wait until the speech has played out (or was cut).
             timeout: Seconds to wait for the ack to each attempt. Default: the client's.
             playout_timeout: Seconds to wait for the end of the speech. Default: the client's.
@@ -122,16 +125,19 @@ class RequestCalls(abc.ABC):
                 allow_interruptions=allow_interruptions,
                 interrupt=interrupt,
                 mode=mode,
-                # v1.1 fields only when they differ from the default: a v1 agent reads the
-                # same request as before
-                end_call_after=end_call_after or None,
+                end_call_after=end_call_after or None,  # v1.1: only when not the default
                 add_to_history=None if add_to_history else False,
             )
         )
-        request_id: str = prepared["id"]
         ack = await self._deliver(prepared, timeout)
         if not wait_for_playout:
             return ack
+        return await self._played(ack, prepared["id"], playout_timeout)
+
+    async def _played(
+        self, ack: SuccessAck, request_id: str, playout_timeout: float | None
+    ) -> SpeakResult:
+        """``ack`` with the end of its speech (a timeout keeps the ack)."""
         try:
             finished = await self.wait_for_playout(request_id, timeout=playout_timeout)
         except PlayoutTimeoutError as exc:
