@@ -31,6 +31,7 @@ import bench_flood_memory  # noqa: E402
 import bench_hot_path  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_live  # noqa: E402
+import bench_subscribers  # noqa: E402
 import bench_vs_livekit  # noqa: E402
 from _harness import Report, machine, table  # noqa: E402
 
@@ -40,6 +41,7 @@ FULL: dict[str, dict[str, Any]] = {
     "context growth": {},
     "flood memory": {},
     "vs livekit": {},
+    "subscribers": {},
     "live": {},
 }
 QUICK: dict[str, dict[str, Any]] = {
@@ -48,6 +50,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "context growth": {"messages": 400, "window": 100},
     "flood memory": {"messages": 2_000, "states": 300},
     "vs livekit": {"requests": 300, "warmup": 50, "round_size": 50},
+    "subscribers": {"events": 2_000},
     "live": {"requests": 30, "cold": 2},
 }
 RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
@@ -56,6 +59,7 @@ RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
     "context growth": bench_context_growth.run,
     "flood memory": bench_flood_memory.run,
     "vs livekit": bench_vs_livekit.run,
+    "subscribers": bench_subscribers.run,
     "live": bench_live.run,
 }
 

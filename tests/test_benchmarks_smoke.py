@@ -23,6 +23,7 @@ import bench_context_growth  # noqa: E402
 import bench_flood_memory  # noqa: E402
 import bench_hot_path  # noqa: E402
 import bench_latency  # noqa: E402
+import bench_subscribers  # noqa: E402
 import bench_vs_livekit  # noqa: E402
 import run_all  # noqa: E402
 
@@ -115,6 +116,15 @@ async def test_vs_livekit_answers_every_request_of_both_hosts() -> None:
     assert "20/20" in report.notes[0]
 
 
+async def test_subscribers_keep_the_healthy_ones_whole_and_drop_for_the_stalled_one() -> None:
+    report = await bench_subscribers.run(events=600, rate=2_000.0)
+    assert report.ok
+    names = {f.name: f for f in report.figures}
+    assert names["loop lag p99"].baseline.endswith("(no subscribers)")
+    assert names["aclose with a stalled subscriber"].met is not None
+    assert "600 events" in report.notes[0]
+
+
 async def test_run_all_quick_sizes_run() -> None:
     sizes = {
         "hot path": {"messages": 20, "burst": 10, "single": 5},
@@ -122,6 +132,7 @@ async def test_run_all_quick_sizes_run() -> None:
         "context growth": {"messages": 80, "window": 20},
         "flood memory": {"messages": 200, "states": 20},
         "vs livekit": {"requests": 10, "warmup": 2, "round_size": 5},
+        "subscribers": {"events": 300},
     }
     # the live benchmark needs a LiveKit server: tests/integration/test_bench_live_smoke.py
     results = await run_all.run_all(sizes)
