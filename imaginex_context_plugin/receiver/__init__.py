@@ -12,6 +12,7 @@
 - ``answers``: success acks written straight to wire bytes;
 - ``outbox``: every answer once, the bounded prioritised outbound queue, the publisher task;
 - ``speech``: ``speech_started`` / ``speech_finished`` from each speech's playout;
+- ``subscribers``: live session events for subscribers, one bounded queue and task each;
 - ``connection``: the RPC method and the agent-code attribute on every connection;
 - ``jobs``, ``stats``: the data passed between them, and the counters.
 """
