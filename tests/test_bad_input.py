@@ -316,7 +316,11 @@ _awkward = st.text(
 )
 _field_values: dict[str, st.SearchStrategy[Any]] = {
     "type": st.sampled_from(
-        ["speak", "add_context", "remove_context", "get_state", "subscribe", "unsubscribe", "x"]
+        [
+            "speak", "add_context", "remove_context", "get_state", "subscribe", "unsubscribe",
+            "x", "end_call", "interrupt", "cancel", "update_io", "update_instructions",
+            "reset_instructions", "user_message", "get_history",
+        ]
     )
     | _json_scalars,
     "id": st.text(string.ascii_letters, max_size=140) | _awkward | _json_scalars,
@@ -325,7 +329,8 @@ _field_values: dict[str, st.SearchStrategy[Any]] = {
     "instructions": st.text(max_size=20) | _awkward | _json_scalars,
     "key": st.text(max_size=10) | _awkward | _json_scalars,
     "role": st.sampled_from(["system", "developer", "user", "assistant", "boss"]) | _json_scalars,
-    "mode": st.sampled_from(["queue", "interrupt", "if_idle", "x"]) | _json_scalars,
+    "mode": st.sampled_from(["queue", "interrupt", "if_idle", "append", "replace", "x"])
+    | _json_scalars,
     "interrupt": _json_scalars,
     "allow_interruptions": _json_scalars,
     "scope": st.sampled_from(["persistent", "next_turn"]) | _json_scalars,
@@ -333,6 +338,19 @@ _field_values: dict[str, st.SearchStrategy[Any]] = {
     "room_id": st.sampled_from(["room-1", "other"]) | _json_scalars,
     "agent_code": st.sampled_from(["A12345678", "other"]) | _json_scalars,
     "trigger_reply": _json_scalars,
+    # v1.1 call control
+    "end_call_after": _json_scalars,
+    "add_to_history": _json_scalars,
+    "after_speech": _json_scalars,
+    "reason": st.text(max_size=20) | _awkward | _json_scalars,
+    "force": _json_scalars,
+    "target_id": st.text(string.ascii_letters, max_size=140) | _awkward | _json_scalars,
+    "agent_audio": _json_scalars,
+    "user_audio": _json_scalars,
+    "transcription": _json_scalars,
+    "text": st.text(max_size=40) | _awkward | _json_values,
+    "respond": _json_scalars,
+    "limit": st.integers(-5, 300) | _json_scalars,
     "signature": st.text(max_size=10),
     # v1.1 subscribe
     "events": st.lists(
@@ -405,7 +423,7 @@ async def test_every_random_packet_gets_exactly_one_answer(
             if not ack["success"]:
                 assert ack["error"] in {
                     "VALIDATION_ERROR", "UNAUTHORIZED", "AGENT_NOT_FOUND", "NO_ACTIVE_ROOMS",
-                    "PAYLOAD_TOO_LARGE", "BUSY", "ID_REUSED",
+                    "PAYLOAD_TOO_LARGE", "BUSY", "ID_REUSED", "NOT_FOUND",
                 }
         # nothing from the untrusted sender was applied, unless it relayed a valid signature
         stranger_acks = [m for who, m in transport.sent if who == "stranger" and m["type"] == "ack"]

@@ -32,6 +32,12 @@ class _Agent:
     id = "agent-1"
 
 
+class _Switches:
+    def __init__(self) -> None:
+        self.audio_enabled = True
+        self.transcription_enabled = True
+
+
 class _Session:
     """Just what a state answer reads."""
 
@@ -39,6 +45,8 @@ class _Session:
         self.agent_state = "listening"
         self.user_state = "listening"
         self.current_agent = _Agent()
+        self.output = _Switches()
+        self.input = _Switches()
 
 
 class _Clock:
@@ -84,6 +92,10 @@ def test_the_cached_state_follows_every_change_it_reports() -> None:
     assert state["pending_speeches"] == ["speech_1"]
     speeches.clear()
     assert _state(answers, 6)["pending_speeches"] == []
+    session.output.audio_enabled = False
+    assert _state(answers, 6)["io"] == {
+        "agent_audio": False, "user_audio": True, "transcription": True,
+    }
     # an entry with a ttl: expires_in_s moves with the clock alone, so nothing is reused
     store.add("short-lived", key="t", ttl_s=30)
     first = _state(answers, 7)["context_entries"][-1]["expires_in_s"]

@@ -18,6 +18,7 @@ from ..protocol import (
     MAX_PAYLOAD_BYTES,
     ErrorAck,
     ErrorCode,
+    GetHistoryRequest,
     GetStateRequest,
     ProtocolError,
     Request,
@@ -208,7 +209,7 @@ class Admission:
         if problem is not None and not (replayed and request_id is not None):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, problem.value, request_id=request_id)
         request = protocol.validate_request(inner)
-        if replayed and isinstance(request, GetStateRequest):
+        if replayed and isinstance(request, GetStateRequest | GetHistoryRequest):
             raise ProtocolError(
                 ErrorCode.UNAUTHORIZED, SignatureProblem.REPLAYED.value, request_id=request_id
             )

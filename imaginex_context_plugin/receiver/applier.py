@@ -32,6 +32,8 @@ from ..protocol import (
     error_ack,
 )
 from .answers import AckWriter
+from .call_control import CONTROL_REQUESTS, CallControl
+from .call_end import CALL_ENDED_MESSAGE
 from .context_sync import ContextSync
 from .dedup import DedupMemory
 from .jobs import Answer, Job
@@ -65,6 +67,7 @@ class SessionApplier:
         dedup: Answers repeated ids instead of applying them again.
         writer: Writes the success acks.
         state: Writes the ``get_state`` answers.
+        control: Applies the live call control requests (v1.1) and knows if the call ended.
         answer: Gives a job its one answer (``ContextPlugin``: outbox and work queue).
         subscribers: Takes subscribe / unsubscribe (live session events).
     """
@@ -79,6 +82,7 @@ class SessionApplier:
         dedup: DedupMemory,
         writer: AckWriter,
         state: StateAnswers,
+        control: CallControl,
         answer: Callable[[Job, Answer], None],
         subscribers: Subscribers,
     ) -> None:
@@ -90,6 +94,7 @@ class SessionApplier:
         self._dedup = dedup
         self._writer = writer
         self._state = state
+        self._control = control
         self._answer = answer
         self._subscribers = subscribers
 
@@ -100,11 +105,15 @@ class SessionApplier:
             return
         job = batch[0]
         answer = self._dedup.answer_for(job)
+        if answer is None and self._control.call_ended:
+            answer = error_ack(ErrorCode.NOT_READY, CALL_ENDED_MESSAGE, job.request.id)
         if answer is None:
             request = job.request
             try:
                 if isinstance(request, SpeakRequest):
                     answer = await self._speak(job, request)
+                elif isinstance(request, CONTROL_REQUESTS):
+                    answer = await self._control.apply(job)
                 elif isinstance(request, SubscribeRequest | UnsubscribeRequest):
                     answer = self._subscribers.apply(job)
                 else:
@@ -124,7 +133,7 @@ class SessionApplier:
         if mode == "interrupt":
             self._interrupt_interruptible()
         handle, method, fallback = await self._gate.call(lambda: self._schedule(request))
-        self._speeches.track(handle, job)
+        self._speeches.track(handle, job, end_call_after=request.end_call_after)
         if logger.isEnabledFor(logging.DEBUG):  # spares building the extras on every message
             logger.debug(
                 "speech scheduled",
@@ -147,7 +156,11 @@ class SessionApplier:
             )
             return handle, "generate_reply", None
         if self._can_say_verbatim():
-            handle = session.say(text, allow_interruptions=request.allow_interruptions)
+            handle = session.say(
+                text,
+                allow_interruptions=request.allow_interruptions,
+                add_to_chat_ctx=request.add_to_history,
+            )
             return handle, "say", None
         # a realtime model without TTS cannot say() text: ask it to read the text as is
         handle = session.generate_reply(
@@ -240,6 +253,8 @@ class SessionApplier:
         if settled is not None:
             return settled, False, False
         request = job.request
+        if self._control.call_ended:
+            return error_ack(ErrorCode.NOT_READY, CALL_ENDED_MESSAGE, request.id), False, False
         if isinstance(request, RemoveContextRequest):
             removed = self._store.remove_key(request.key)
             ack = self._writer.success(

@@ -58,8 +58,8 @@ class Job:
         # the discriminator, not isinstance against the union: this runs for every message
         kind = request.type
         self.changes_context = kind == "add_context" or kind == "remove_context"
-        # get_state changes nothing: a repeat is answered with the state as it is now
-        if rid is None or kind == "get_state":
+        # get_state / get_history change nothing: a repeat is answered with what is there now
+        if rid is None or kind == "get_state" or kind == "get_history":
             self.dedup_key = None
             self.fingerprint = 0
         else:

@@ -49,6 +49,8 @@ from ..security import (
 from .admission import Admission, signature_verifier, warn_if_server_untrusted
 from .answers import AckWriter, internal_error
 from .applier import SessionApplier
+from .call_control import CallControl
+from .call_end import CALL_ENDED_MESSAGE, CallEnd
 from .connection import ConnectionKeeper
 from .context_sync import ContextSync
 from .dedup import DedupMemory
@@ -58,6 +60,7 @@ from .session_gate import DEFAULT_READY_TIMEOUT_S, SessionGate
 from .speech import SpeechTracker
 from .state import StateAnswers
 from .stats import PluginStats
+from .steering import Steering
 from .subscribers import Subscribers
 from .work_queue import DEFAULT_MAX_QUEUE, WorkQueue
 
@@ -117,6 +120,8 @@ class ContextPlugin:
     _applier: SessionApplier
     _state: StateAnswers
     _keeper: ConnectionKeeper
+    _call_end: CallEnd
+    _steering: Steering
 
     def __init__(
         self,
@@ -212,6 +217,7 @@ class ContextPlugin:
         session.on("conversation_item_added", self._context_sync.on_conversation_item_added)
         session.on("agent_state_changed", self._speeches.on_agent_state_changed)
         session.on("close", self._gate.on_session_close)
+        session.on("close", self._call_end.on_session_close)  # before other close listeners
         session.on("error", self._speeches.on_session_error)
         self._speeches.watch_audio_output()
         for emitter, event, handler in self._subscriber_hooks():
@@ -235,7 +241,11 @@ class ContextPlugin:
     def _assemble(self, session: AgentSession[Any], room: rtc.Room) -> None:
         """Make the collaborators that need the session and the room."""
         self._gate = SessionGate(session, self._ready_timeout)
-        self._speeches = SpeechTracker(session, self._outbox.send)
+        self._call_end = CallEnd(session, lambda: self._speeches)
+        # a call ended by a message: subscribers get call_ended with its reason
+        self._call_end.add_listener(self._subscribers.end_call)
+        self._speeches = SpeechTracker(session, self._outbox.send, self._call_end.hang_up)
+        self._steering = Steering(self._gate)
         self._context_sync = ContextSync(self._store, self._gate, self._work.put)
         self._state = StateAnswers(
             session=session,
@@ -251,6 +261,13 @@ class ContextPlugin:
             dedup=self._dedup,
             writer=self._writer,
             state=self._state,
+            control=CallControl(
+                gate=self._gate,
+                speeches=self._speeches,
+                call_end=self._call_end,
+                steering=self._steering,
+                writer=self._writer,
+            ),
             answer=self._answer,
             subscribers=self._subscribers,
         )
@@ -293,12 +310,14 @@ class ContextPlugin:
         self._session.off("conversation_item_added", self._context_sync.on_conversation_item_added)
         self._session.off("agent_state_changed", self._speeches.on_agent_state_changed)
         self._session.off("close", self._gate.on_session_close)
+        self._session.off("close", self._call_end.on_session_close)
         self._session.off("error", self._speeches.on_session_error)
         self._speeches.unwatch_audio_output()
         for emitter, event, handler in self._subscriber_hooks():
             emitter.off(event, handler)
         self._context_sync.close()
         self._keeper.unregister()
+        await self._call_end.aclose()
 
         consume, publish, connect = self._tasks
         for task in (consume, connect):
@@ -382,6 +401,11 @@ class ContextPlugin:
         answering in arrival order.
         """
         request = job.request
+        if self._call_end.ended:  # nothing is applied after the end, whatever is queued
+            self._outbox.answer(
+                job, error_ack(ErrorCode.NOT_READY, CALL_ENDED_MESSAGE, request.id)
+            )
+            return
         if not isinstance(request, GetStateRequest) or not self._work.idle:
             self._work.put(job)
             return
@@ -401,6 +425,8 @@ class ContextPlugin:
             if isinstance(item, Housekeeping):
                 try:
                     await self._context_sync.housekeep(item)
+                    if item.kind == "handoff":  # the new agent gets the senders' instructions
+                        await self._steering.on_handoff()
                 except Exception:
                     logger.exception("unexpected error maintaining the context")
                 continue

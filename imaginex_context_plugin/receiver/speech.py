@@ -5,13 +5,17 @@ it is the current speech, checked on each state change and each playout segment)
 is queued; ``speech_finished`` when its handle is done, with what the audio output reported
 (``played_s``) and whether the model or the TTS failed. A speech still going when the plugin
 stops ends with ``reason: "shutdown"``: its sender may be waiting for playout.
+
+v1.1: a speech can be cancelled by its sender's ``cancel`` (or dropped by an ``end_call``) and
+then ends with ``cancelled: true``; a speech sent with ``end_call_after`` hangs up once it has
+played out in full, or, cut by the user, ends with ``call_kept: true`` and the call goes on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from livekit.agents import tts
 
@@ -32,6 +36,12 @@ class _SpeechTrack:
     started: bool = False
     played_s: float | None = None
     tts_failed: bool = False
+    cancelled: bool = False
+    end_call_after: bool = False
+
+
+def _no_hang_up() -> None:
+    return None
 
 
 class SpeechTracker:
@@ -40,19 +50,26 @@ class SpeechTracker:
     Args:
         session: The agent session the speeches play in.
         send: Queues an event for a sender (``Outbox.send``).
+        hang_up: Ends the call once a speech sent with ``end_call_after`` has played out.
     """
 
     def __init__(
-        self, session: AgentSession[Any], send: Callable[[str | None, ServerMessage], None]
+        self,
+        session: AgentSession[Any],
+        send: Callable[[str | None, ServerMessage], None],
+        hang_up: Callable[[], None] = _no_hang_up,
     ) -> None:
         self._session = session
         self._send = send
+        self._hang_up = hang_up
         self._tracks: dict[str, _SpeechTrack] = {}
         self._watched_audio: AudioOutput | None = None
 
-    def track(self, handle: SpeechHandle, job: Job) -> None:
-        """Report ``handle``'s playout to the sender of ``job``."""
-        self._tracks[handle.id] = _SpeechTrack(job.request.id, job.sender, handle)
+    def track(self, handle: SpeechHandle, job: Job, *, end_call_after: bool = False) -> None:
+        """Report ``handle``'s playout to the sender of ``job`` (and hang up after it)."""
+        self._tracks[handle.id] = _SpeechTrack(
+            job.request.id, job.sender, handle, end_call_after=end_call_after
+        )
         self.watch_audio_output()
         handle.add_done_callback(self._on_speech_done)
         self._check_started()
@@ -63,6 +80,31 @@ class SpeechTracker:
 
     def any_pending(self) -> bool:
         return any(not track.handle.done() for track in self._tracks.values())
+
+    def cancel(
+        self, sender: str | None, request_id: str
+    ) -> tuple[str, Literal["queued", "playing"]] | None:
+        """Cut or unqueue the speech ``sender`` started with ``request_id`` (whatever its
+        ``allow_interruptions``): its speech id and whether it was playing, or None if there
+        is no such speech still going."""
+        for track in self._tracks.values():
+            handle = track.handle
+            if track.request_id == request_id and track.sender == sender and not handle.done():
+                current = self._session.current_speech
+                where: Literal["queued", "playing"] = (
+                    "playing" if current is not None and current.id == handle.id else "queued"
+                )
+                track.cancelled = True
+                handle.interrupt(force=True)
+                return handle.id, where
+        return None
+
+    def cancel_all(self) -> None:
+        """Cut and unqueue every tracked speech still going (the call is ending now)."""
+        for track in self._tracks.values():
+            if not track.handle.done():
+                track.cancelled = True
+                track.handle.interrupt(force=True)
 
     def finish_all(self) -> None:
         """At shutdown: end every tracked speech with an event, even one still playing."""
@@ -137,10 +179,18 @@ class SpeechTracker:
 
     def _on_speech_done(self, handle: SpeechHandle) -> None:
         track = self._tracks.pop(handle.id, None)
-        if track is not None:
+        if track is None:
+            return
+        if not track.end_call_after:
             self._finish(track, shutdown=False)
+            return
+        # hang up only after a full playout: cut (by the user, a cancel) or failed, keep the call
+        played_out = not handle.interrupted and handle.exception() is None and not track.tts_failed
+        self._finish(track, shutdown=False, call_kept=not played_out)
+        if played_out:
+            self._hang_up()
 
-    def _finish(self, track: _SpeechTrack, *, shutdown: bool) -> None:
+    def _finish(self, track: _SpeechTrack, *, shutdown: bool, call_kept: bool = False) -> None:
         """Send ``speech_finished``; ``shutdown``: the plugin stops before the speech ended."""
         handle = track.handle
         if shutdown:
@@ -159,6 +209,8 @@ class SpeechTracker:
                 played_s=track.played_s,
                 failed=True if failed else None,
                 reason="shutdown" if shutdown else None,
+                cancelled=True if track.cancelled else None,
+                call_kept=True if call_kept else None,
                 timestamp=utc_timestamp(),
             ),
         )

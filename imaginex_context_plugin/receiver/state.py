@@ -14,6 +14,7 @@ from ..protocol import (
     MAX_PAYLOAD_BYTES,
     AgentStateInfo,
     GetStateRequest,
+    IOState,
     SuccessAck,
 )
 from .answers import AckWriter
@@ -31,8 +32,9 @@ class StateAnswers:
 
     Building the state (a model per context entry) and encoding it is most of what a
     ``get_state`` costs, and a sender polling it mostly finds nothing changed. So the state's
-    JSON is kept with everything it was made from: the session's agent and user state and
-    current agent (read fresh each time: no event to miss), the store's version (bumped by
+    JSON is kept with everything it was made from: the session's agent and user state, current
+    agent and input/output switches (read fresh each time: no event to miss), the store's
+    version (bumped by
     every change) and the pending speech ids (read fresh: a speech is done before its
     callback runs). It is rebuilt when any of them differs, and never cached while an entry
     has a ttl, since ``expires_in_s`` moves with the clock alone.
@@ -67,7 +69,9 @@ class StateAnswers:
         except RuntimeError:
             current_agent = None
         pending = self._pending_speeches()
-        key = (session.agent_state, session.user_state, current_agent, store.version, pending)
+        output = session.output
+        io = (output.audio_enabled, session.input.audio_enabled, output.transcription_enabled)
+        key = (session.agent_state, session.user_state, current_agent, store.version, pending, io)
         state: AgentStateInfo | None = None
         if key == self._key:
             state_json = self._json
@@ -79,6 +83,7 @@ class StateAnswers:
                 context_entries=store.describe(),
                 context_chars=store.chars,
                 pending_speeches=pending,
+                io=IOState(agent_audio=io[0], user_audio=io[1], transcription=io[2]),
             )
             state_json = protocol.encode_message(state).decode()
             self._key = None if store.has_ttl else key
