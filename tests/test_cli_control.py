@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from imaginex_context_plugin import ContextClient, ErrorCode
 from imaginex_context_plugin.cli import (
+    CLI_IDENTITY,
     CLIENT_FACTORY_KEY,
     EXIT_OK,
     EXIT_REFUSED,
@@ -38,7 +39,7 @@ from imaginex_context_plugin.protocol import (
 )
 from imaginex_context_plugin.sender import ContextError, prepare_request
 from imaginex_context_plugin.testing import OfflineRoom
-from tests.test_cli_sender import CLEAN_ENV
+from tests.test_cli_sender import CLEAN_ENV, Seen, in_process_agent
 
 ROOM = "shop"
 
@@ -342,3 +343,52 @@ def test_help_lists_the_call_control_commands_with_exit_statuses() -> None:
         help_text = run([name, "--help"], None).stdout
         assert "Exit status:" in help_text
         assert "Examples:" in help_text
+
+
+# ---------------------------------------------------------------------------------------------
+# against the real receiver (the in-process agent of test_cli_sender)
+
+EVERYTHING = {CLI_IDENTITY: {"*"}}
+
+
+def run_agent(args: list[str], **plugin_kwargs: Any) -> Result:
+    factory = in_process_agent(Seen(), **plugin_kwargs)
+    return run(args, factory)
+
+
+def test_update_io_is_applied_by_the_agent() -> None:
+    result = run_agent(["update-io", "--room", ROOM, "--no-user-audio"], permissions=EVERYTHING)
+    assert result.exit_code == EXIT_OK, result.output
+    assert result.stdout.startswith("ok: ")
+    assert "agent_audio=on  user_audio=off" in result.stdout
+
+
+def test_user_message_is_answered_and_waited_for() -> None:
+    result = run_agent(["user-message", "--room", ROOM, "--wait-playout", "Hello?"])
+    assert result.exit_code == EXIT_OK, result.output
+    assert "speech_id=" in result.stdout
+    assert "played out" in result.stdout
+
+
+def test_get_history_of_a_new_call_is_empty() -> None:
+    result = run_agent(["get-history", "--room", ROOM], permissions=EVERYTHING)
+    assert result.exit_code == EXIT_OK, result.output
+    assert "items=0" in result.stdout
+
+
+def test_an_unknown_cancel_target_exits_1_not_found() -> None:
+    result = run_agent(["cancel", "--room", ROOM, "never-sent"])
+    assert result.exit_code == EXIT_REFUSED
+    assert result.stderr.startswith("error: NOT_FOUND: ")
+
+
+def test_end_call_without_the_permission_exits_1_unauthorized() -> None:
+    result = run_agent(["end-call", "--room", ROOM])
+    assert result.exit_code == EXIT_REFUSED
+    assert result.stderr.startswith("error: UNAUTHORIZED: ")
+    assert "end_call" in result.stderr
+
+
+def test_end_call_with_the_permission_exits_0() -> None:
+    result = run_agent(["end-call", "--room", ROOM, "--now"], permissions=EVERYTHING)
+    assert result.exit_code == EXIT_OK, result.output

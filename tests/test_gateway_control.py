@@ -19,6 +19,7 @@ from livekit import rtc
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, RPC_METHOD
 from imaginex_context_plugin.gateway import build_openapi
 from imaginex_context_plugin.protocol import (
+    USER_MESSAGE_SUCCESS_MESSAGE,
     AckData,
     ErrorCode,
     HistoryItem,
@@ -29,7 +30,16 @@ from imaginex_context_plugin.protocol import (
     parse_request,
     utc_timestamp,
 )
-from tests.gateway_fixtures import CODE, ROOM_1, ROOM_2, SECRET, Fleet, GatewayFactory, post
+from tests.gateway_fixtures import (
+    CODE,
+    GATEWAY,
+    ROOM_1,
+    ROOM_2,
+    SECRET,
+    Fleet,
+    GatewayFactory,
+    post,
+)
 
 ENDPOINTS = (
     "end-call",
@@ -378,3 +388,86 @@ def test_openapi_describes_every_call_control_endpoint() -> None:
     speak = schemas["SpeakBody"]["properties"]
     assert speak["end_call_after"]["default"] is False
     assert speak["add_to_history"]["default"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# against real agents (ContextPlugin on a real AgentSession)
+
+EVERYTHING = {GATEWAY: {"*"}}
+
+
+async def test_user_message_and_get_history_through_real_agents(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    agent = await fleet.agent(ROOM_1, permissions=EVERYTHING)
+    client = await make_gateway()
+
+    status, body, _ = await post(
+        client, f"/v1/agent/{CODE}/user-message", {"text": "Where is my parcel?"}
+    )
+    assert status == 200, body
+    assert body["message"] == USER_MESSAGE_SUCCESS_MESSAGE
+    assert body["data"]["rooms"][0]["result"]["speech_id"]
+    await agent.idle()
+
+    status, body, _ = await post(client, f"/v1/agent/{CODE}/get-history", {"limit": 5})
+    assert status == 200, body
+    history = body["data"]["rooms"][0]["result"]["history"]
+    assert [(item["role"], item["text"]) for item in history][:1] == [
+        ("user", "Where is my parcel?")
+    ]
+
+
+async def test_update_io_through_a_real_agent_reports_the_switches(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    await fleet.agent(ROOM_1, permissions=EVERYTHING)
+    client = await make_gateway()
+
+    status, body, _ = await post(client, f"/v1/agent/{CODE}/update-io", {"agent_audio": False})
+
+    assert status == 200, body
+    assert body["data"]["rooms"][0]["result"]["io"]["agent_audio"] is False
+
+
+async def test_cancel_of_an_unknown_speech_is_404_not_found(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    await fleet.agent(ROOM_1)
+    client = await make_gateway()
+
+    status, body, _ = await post(client, f"/v1/agent/{CODE}/cancel", {"target_id": "gone"})
+
+    assert status == 404
+    assert body["error"] == "NOT_FOUND"
+    assert body["data"]["rooms"][0]["error"] == "NOT_FOUND"
+
+
+async def test_a_type_the_agent_does_not_grant_is_502_naming_the_permission(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    await fleet.agent(ROOM_1)  # trusts the gateway, grants only the defaults
+    client = await make_gateway()
+
+    status, body, _ = await post(client, f"/v1/agent/{CODE}/end-call", {})
+
+    assert status == 502
+    assert body["error"] == "INTERNAL_ERROR"
+    assert "(permissions)" in body["message"]
+    [room] = body["data"]["rooms"]
+    assert room["error"] == "UNAUTHORIZED"
+    assert "end_call" in room["message"]
+
+
+async def test_end_call_through_the_gateway_ends_the_agents_session(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    await fleet.agent(ROOM_1, permissions=EVERYTHING)
+    client = await make_gateway()
+
+    status, body, _ = await post(client, f"/v1/agent/{CODE}/end-call", {"reason": "Done"})
+    assert status == 200, body
+    status, body, _ = await post(client, f"/v1/agent/{CODE}/speak", {"message": "Hello?"})
+
+    assert status == 503
+    assert body["error"] == "NOT_READY"

@@ -19,7 +19,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from imaginex_context_plugin.gateway import ApiSecrets, create_app
-from tests.gateway_fixtures import SECRET, Fleet, LiveAgent
+from tests.gateway_fixtures import GATEWAY, SECRET, Fleet, LiveAgent
 from tests.helpers import wait_until
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "http_gateway.md"
@@ -33,6 +33,9 @@ ROOMS = (
     "room_1",
     "room_2",
     "room_3",
+    "support_call_7",
+    "goodbye_room",
+    "ended_room",
 )
 
 
@@ -44,7 +47,11 @@ def blocks(language: str) -> list[str]:
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[str, dict[str, LiveAgent]]]:
     fleet = Fleet()
-    agents = {room: await fleet.agent(room) for room in ROOMS}
+    # the call-control examples need the sensitive types too
+    agents = {room: await fleet.agent(room, permissions={GATEWAY: {"*"}}) for room in ROOMS}
+    # the live-events example's agent, another code (not in the broadcast counts): the gateway
+    # (its one trusted sender) may subscribe there
+    await fleet.agent("watched_room", code="A87654321", permissions={"*": {"*"}})
     server = TestServer(create_app(fleet.backend(), ApiSecrets(secret=SECRET)), host="127.0.0.1")
     await server.start_server()
     try:
@@ -87,6 +94,8 @@ async def test_the_python_examples_run_against_the_gateway(
     assert "Imaginex agent spoke successfully!" in outputs[0]
     assert "Agent NO_SUCH_AGENT not found or no active sessions" in "".join(outputs)
     assert "duplicate: [False]" in "".join(outputs)
+    assert "agent is speaking" in "".join(outputs)  # the live-events example
+    assert "agent said: Your table is booked for 8 pm." in "".join(outputs)
 
     customer = agents["customer_session_1"]
     await wait_until(
@@ -113,6 +122,30 @@ async def test_the_python_examples_run_against_the_gateway(
         strict=True,
     ):
         await wait_until(lambda room=room, message=message: message in agents[room].said())  # type: ignore[misc]
+    await the_call_control_examples_were_applied("".join(outputs), agents)
+
+
+async def the_call_control_examples_were_applied(
+    output: str, agents: dict[str, LiveAgent]
+) -> None:
+    on = "{'agent_audio': True, 'user_audio': True, 'transcription': True}"
+    assert "while looking up: {'agent_audio': True, 'user_audio': False," in output
+    assert f"after: {on}" in output
+    assert "update-instructions 200 Instructions updated" in output
+    assert "reset-instructions 200 Instructions reset" in output
+    assert "reply speech: " in output
+    assert "user: My new delivery address is 5 Main Street." in output
+    assert "cancel: " in output
+    assert "interrupt: 200" in output
+    assert "goodbye: Speech triggered successfully" in output
+    assert "after the end: 503 NOT_READY" in output
+    call = agents["support_call_7"]
+    assert "My new delivery address is 5 Main Street." in [
+        m.text_content for m in call.session.history.messages() if m.role == "user"
+    ]
+    goodbye = agents["goodbye_room"]
+    await wait_until(lambda: "Thank you for calling. Goodbye!" in goodbye.said())
+    assert "Are you still there?" not in agents["ended_room"].tts.texts
 
 
 async def test_the_javascript_examples_run_against_the_gateway(
