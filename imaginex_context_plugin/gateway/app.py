@@ -25,6 +25,7 @@ from .answers import FAILURE_PRECEDENCE, answer
 from .backend import AgentBackend
 from .body import BodyReader
 from .config import ApiSecrets, GatewayConfig
+from .events import EventFeeds, EventsRoute, RoomHolder
 from .fanout import FanOut
 from .gatekeeper import Gatekeeper
 from .idempotency import IdempotencyKeys
@@ -94,6 +95,18 @@ class _Gateway:
         self._fanout = FanOut(backend, writer=writer, delivery_timeout=delivery_timeout)
         self._timeout = delivery_timeout
         self._openapi = json.dumps(build_openapi()).encode("utf-8")
+
+    @property
+    def gatekeeper(self) -> Gatekeeper:
+        return self._gatekeeper
+
+    @property
+    def fanout(self) -> FanOut:
+        return self._fanout
+
+    @property
+    def writer(self) -> MessageWriter:
+        return self._writer
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response(HealthResponse(version=__version__))
@@ -198,6 +211,10 @@ def create_app(
     app.router.add_post("/v1/agent/{agent_code}/add-context", gateway.add_context)
     for model, endpoint in CONTROL_BODIES.items():
         app.router.add_post(f"/v1/agent/{{agent_code}}/{endpoint}", gateway.control(model))
+    if isinstance(backend, RoomHolder):  # the live events need a held room connection
+        feeds = EventFeeds(backend, writer=gateway.writer, timeout=delivery_timeout)
+        events = EventsRoute(gatekeeper=gateway.gatekeeper, fanout=gateway.fanout, feeds=feeds)
+        app.router.add_get("/v1/agent/{agent_code}/events", events.handle)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/openapi.json", gateway.openapi)
     app.on_cleanup.append(gateway.close)

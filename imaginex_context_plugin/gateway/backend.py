@@ -277,6 +277,24 @@ class LiveKitBackend:
             pooled.last_used = time.monotonic()
             self._schedule_idle_check()
 
+    async def hold_room(self, room_name: str) -> tuple[rtc.Room, Callable[[], None]]:
+        """The pooled connection to ``room_name``, kept open until the returned ``release``
+        is called (the events stream listens on it).
+
+        Raises:
+            BackendError: ``LIVEKIT_UNAVAILABLE`` when the room cannot be joined.
+        """
+        self._check_open()
+        pooled = await self._joined(room_name)
+        pooled.in_flight += 1
+
+        def release() -> None:
+            pooled.in_flight -= 1
+            pooled.last_used = time.monotonic()
+            self._schedule_idle_check()
+
+        return pooled.room, release
+
     async def _joined(self, room_name: str) -> _PooledRoom:
         self._close_idle()
         pooled = self._pool.get(room_name)

@@ -23,7 +23,7 @@ from ..security import sign_request
 from .models import ControlEndpoint
 from .refusals import Refusal, invalid
 
-Endpoint = Literal["speak", "add-context"] | ControlEndpoint
+Endpoint = Literal["speak", "add-context", "events"] | ControlEndpoint
 
 
 @dataclass(frozen=True)

@@ -256,6 +256,7 @@ def _paths() -> dict[str, Any]:
         },
     }
     paths.update(_control_paths())
+    paths.update(_events_path())
     return paths
 
 
@@ -274,3 +275,57 @@ def _control_paths() -> dict[str, Any]:
             )
         }
     return paths
+
+
+def _events_path() -> dict[str, Any]:
+    """``GET .../events``: a room's live events as Server-Sent Events."""
+
+    def query(name: str, description: str, schema: dict[str, Any], required: bool = False) -> Any:
+        return {
+            "name": name, "in": "query", "required": required, "description": description,
+            "schema": schema,
+        }
+
+    errors = {
+        str(status): {"description": f"{description} error: {', '.join(codes)}.",
+                      "content": _json(ErrorResponse)}
+        for status, description, codes in _ERRORS
+    }
+    return {
+        "/v1/agent/{agent_code}/events": {
+            "get": {
+                "summary": "Stream a room's live events (Server-Sent Events)",
+                "description": (
+                    "The gateway subscribes to the agent's session events on the caller's "
+                    "behalf (the agent must grant the gateway's identity the 'subscribe' "
+                    "permission). Each event is 'event: <type>' and 'data: <JSON>'; a "
+                    "': heartbeat' comment is sent every 15 s while nothing happens; the "
+                    "stream ends after call_ended or when the agent leaves the room."
+                ),
+                "operationId": "events",
+                "security": [{"apiSecret": []}],
+                "parameters": [
+                    {"name": "agent_code", "in": "path", "required": True,
+                     "description": "The agent's code, e.g. A12345678.",
+                     "schema": {"type": "string"}},
+                    query("room_id", "The room to watch.", {"type": "string"}, required=True),
+                    query(
+                        "events",
+                        "Comma-separated event types (default: all); call_ended always comes.",
+                        {"type": "string", "example": "user_transcript,agent_transcript"},
+                    ),
+                    query("interim", "Also interim user transcripts.",
+                          {"type": "boolean", "default": False}),
+                    query("tool_arguments", "Also each tool call's arguments.",
+                          {"type": "boolean", "default": False}),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The event stream.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **errors,
+                },
+            }
+        }
+    }

@@ -1,0 +1,113 @@
+"""GET /v1/agent/{agent_code}/events: a room's live events as Server-Sent Events, through the
+gateway's real backend (pooled room connection, subscribe / unsubscribe over RPC) to real agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from imaginex_context_plugin.gateway import events as events_module
+from tests.gateway_fixtures import CODE, GATEWAY, HEADERS, ROOM_1, Client, Fleet, GatewayFactory
+from tests.helpers import wait_until
+
+PATH = f"/v1/agent/{CODE}/events"
+WATCH = {GATEWAY: {"*"}}
+
+
+async def read_events(response: aiohttp.ClientResponse, until: str) -> list[tuple[str, Any]]:
+    """(event name, data) for every SSE message until ``until`` or the end; comments as
+    ("", text)."""
+    got: list[tuple[str, Any]] = []
+    name = ""
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith(":"):
+            got.append(("", line[1:].strip()))
+        elif line.startswith("event: "):
+            name = line[len("event: "):]
+        elif line.startswith("data: "):
+            got.append((name, json.loads(line[len("data: "):])))
+            if name == until:
+                break
+    return got
+
+
+async def test_a_stream_gets_the_rooms_events_until_the_call_ends(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    agent = await fleet.agent(ROOM_1, permissions=WATCH)
+    client: Client = await make_gateway()
+    response = await client.get(
+        PATH, params={"room_id": ROOM_1, "events": "agent_transcript"}, headers=HEADERS
+    )
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "text/event-stream"
+    await wait_until(lambda: agent.plugin._subscribers.identities == [GATEWAY])
+    status = (await client.post(
+        f"/v1/agent/{CODE}/speak", json={"message": "Hello there.", "room_id": ROOM_1},
+        headers=HEADERS,
+    )).status
+    assert status == 200
+    await agent.idle()
+    await agent.session.aclose()
+    got = await read_events(response, until="call_ended")
+    names = [n for n, _ in got if n]
+    assert names == ["agent_transcript", "call_ended"]
+    assert got[0][1]["text"] == "Hello there."
+    assert got[-1][1]["reason"] == "user_initiated"
+    assert (await response.content.read()).strip() == b""  # closed after call_ended
+
+
+async def test_the_last_stream_to_go_unsubscribes(
+    fleet: Fleet, make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events_module, "HEARTBEAT_S", 0.05)
+    agent = await fleet.agent(ROOM_1, permissions=WATCH)
+    client: Client = await make_gateway()
+    first = await client.get(PATH, params={"room_id": ROOM_1}, headers=HEADERS)
+    second = await client.get(
+        PATH, params={"room_id": ROOM_1, "events": "agent_state"}, headers=HEADERS
+    )
+    assert first.status == second.status == 200
+    line = await first.content.readline()
+    assert line == b": heartbeat\n"
+    subs = agent.plugin._subscribers
+    assert subs.identities == [GATEWAY]
+    first.close()
+    await asyncio.sleep(0.2)
+    assert subs.identities == [GATEWAY]  # the second stream still needs it
+    second.close()
+    await wait_until(lambda: subs.identities == [], "the gateway to unsubscribe")
+
+
+async def test_refusals(fleet: Fleet, make_gateway: GatewayFactory) -> None:
+    await fleet.agent(ROOM_1)  # no permissions: subscribe is not granted
+    client: Client = await make_gateway()
+    response = await client.get(PATH, params={"room_id": ROOM_1}, headers=HEADERS)
+    assert response.status == 401
+    assert (await response.json())["error"] == "UNAUTHORIZED"
+    response = await client.get(PATH, headers=HEADERS)
+    assert response.status == 400
+    response = await client.get(PATH, params={"room_id": ROOM_1, "events": "audio"},
+                                headers=HEADERS)
+    assert response.status == 400
+    response = await client.get(PATH, params={"room_id": ROOM_1})
+    assert response.status == 401
+    response = await client.get(PATH, params={"room_id": "nowhere"}, headers=HEADERS)
+    assert response.status == 404
+
+
+async def test_the_stream_is_in_the_openapi_document(make_gateway: GatewayFactory) -> None:
+    client: Client = await make_gateway()
+    doc = await (await client.get("/openapi.json")).json()
+    operation = doc["paths"]["/v1/agent/{agent_code}/events"]["get"]
+    assert operation["security"] == [{"apiSecret": []}]
+    assert "text/event-stream" in operation["responses"]["200"]["content"]
+    assert {p["name"] for p in operation["parameters"]} == {
+        "agent_code", "room_id", "events", "interim", "tool_arguments"
+    }
