@@ -49,6 +49,9 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[str, dict[str, LiveAgent
     fleet = Fleet()
     # the call-control examples need the sensitive types too
     agents = {room: await fleet.agent(room, permissions={GATEWAY: {"*"}}) for room in ROOMS}
+    # the live-events example's agent, another code (not in the broadcast counts): the gateway
+    # (its one trusted sender) may subscribe there
+    await fleet.agent("watched_room", code="A87654321", permissions={"*": {"*"}})
     server = TestServer(create_app(fleet.backend(), ApiSecrets(secret=SECRET)), host="127.0.0.1")
     await server.start_server()
     try:
@@ -91,6 +94,8 @@ async def test_the_python_examples_run_against_the_gateway(
     assert "Imaginex agent spoke successfully!" in outputs[0]
     assert "Agent NO_SUCH_AGENT not found or no active sessions" in "".join(outputs)
     assert "duplicate: [False]" in "".join(outputs)
+    assert "agent is speaking" in "".join(outputs)  # the live-events example
+    assert "agent said: Your table is booked for 8 pm." in "".join(outputs)
 
     customer = agents["customer_session_1"]
     await wait_until(
