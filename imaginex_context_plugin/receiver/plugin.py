@@ -212,16 +212,9 @@ class ContextPlugin:
         self._session, self._room = session, room
         self._assemble(session, room)
 
-        room.on("data_received", self._on_data_received)
-        room.on("disconnected", self._keeper.on_room_disconnected)
-        session.on("conversation_item_added", self._context_sync.on_conversation_item_added)
-        session.on("agent_state_changed", self._speeches.on_agent_state_changed)
-        session.on("close", self._gate.on_session_close)
-        session.on("close", self._call_end.on_session_close)  # before other close listeners
-        session.on("error", self._speeches.on_session_error)
-        self._speeches.watch_audio_output()
-        for emitter, event, handler in self._subscriber_hooks():
+        for emitter, event, handler in self._hooks():
             emitter.on(event, handler)
+        self._speeches.watch_audio_output()
 
         transport = self._ack_transport or AckTransport(room)
         self._subscribers.start(transport)
@@ -273,13 +266,21 @@ class ContextPlugin:
         )
         self._keeper = ConnectionKeeper(room, self._agent_code, self._on_rpc)
 
-    def _subscriber_hooks(self) -> list[tuple[Any, str, Callable[[Any], None]]]:
-        """Where live session events come from (``subscribe``): hooked at start, unhooked
-        at close."""
+    def _hooks(self) -> list[tuple[Any, str, Callable[[Any], None]]]:
+        """Every room and session listener: each hooked at start and unhooked at close, in
+        this order (the session's close reaches the gate and the call's end first)."""
         assert self._session is not None
         assert self._room is not None
         session, room, subs = self._session, self._room, self._subscribers
         return [
+            (room, "data_received", self._on_data_received),
+            (room, "disconnected", self._keeper.on_room_disconnected),
+            (session, "conversation_item_added", self._context_sync.on_conversation_item_added),
+            (session, "agent_state_changed", self._speeches.on_agent_state_changed),
+            (session, "close", self._gate.on_session_close),
+            (session, "close", self._call_end.on_session_close),
+            (session, "error", self._speeches.on_session_error),
+            # live events for subscribers
             (room, "participant_disconnected", subs.on_participant_disconnected),
             (session, "user_input_transcribed", subs.on_user_input_transcribed),
             (session, "agent_state_changed", subs.on_agent_state_changed),
@@ -305,16 +306,9 @@ class ContextPlugin:
             return
         assert self._session is not None
         assert self._room is not None
-        self._room.off("data_received", self._on_data_received)
-        self._room.off("disconnected", self._keeper.on_room_disconnected)
-        self._session.off("conversation_item_added", self._context_sync.on_conversation_item_added)
-        self._session.off("agent_state_changed", self._speeches.on_agent_state_changed)
-        self._session.off("close", self._gate.on_session_close)
-        self._session.off("close", self._call_end.on_session_close)
-        self._session.off("error", self._speeches.on_session_error)
-        self._speeches.unwatch_audio_output()
-        for emitter, event, handler in self._subscriber_hooks():
+        for emitter, event, handler in self._hooks():
             emitter.off(event, handler)
+        self._speeches.unwatch_audio_output()
         self._context_sync.close()
         self._keeper.unregister()
         await self._call_end.aclose()
