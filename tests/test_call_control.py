@@ -101,7 +101,7 @@ async def test_the_ack_comes_before_the_shutdown(make_harness: HarnessFactory) -
 async def test_end_call_listeners_hear_the_reason(make_harness: HarnessFactory) -> None:
     harness: Harness = await make_harness(permissions=ALL)
     reasons: list[str] = []
-    harness.plugin._call_end.add_listener(reasons.append)
+    harness.plugin._parts.call_end.add_listener(reasons.append)
     await harness.backend.request({"type": "end_call", "id": "e", "reason": "resolved"})
     await wait_until(lambda: reasons == ["resolved"], "the listener")
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from livekit import rtc
@@ -48,19 +48,13 @@ from ..security import (
 )
 from .admission import Admission, signature_verifier, warn_if_server_untrusted
 from .answers import AckWriter, internal_error
-from .applier import SessionApplier
-from .call_control import CallControl
-from .call_end import CALL_ENDED_MESSAGE, CallEnd
-from .connection import ConnectionKeeper
-from .context_sync import ContextSync
+from .call_end import CALL_ENDED_MESSAGE
 from .dedup import DedupMemory
 from .jobs import Answer, Housekeeping, Job, Success
 from .outbox import AckTransport, Outbox
-from .session_gate import DEFAULT_READY_TIMEOUT_S, SessionGate
-from .speech import SpeechTracker
-from .state import StateAnswers
+from .parts import Hook, SessionParts
+from .session_gate import DEFAULT_READY_TIMEOUT_S
 from .stats import PluginStats
-from .steering import Steering
 from .subscribers import Subscribers
 from .work_queue import DEFAULT_MAX_QUEUE, WorkQueue
 
@@ -113,15 +107,7 @@ class ContextPlugin:
             refused with ``UNAUTHORIZED``. ``unsubscribe`` is always allowed.
     """
 
-    # made by start(): they need the session and the room
-    _gate: SessionGate
-    _speeches: SpeechTracker
-    _context_sync: ContextSync
-    _applier: SessionApplier
-    _state: StateAnswers
-    _keeper: ConnectionKeeper
-    _call_end: CallEnd
-    _steering: Steering
+    _parts: SessionParts  # made by start(): they need the session and the room
 
     def __init__(
         self,
@@ -210,18 +196,31 @@ class ContextPlugin:
             raise RuntimeError("ContextPlugin is already started")
         self._started = True
         self._session, self._room = session, room
-        self._assemble(session, room)
+        self._parts = SessionParts.build(
+            session=session,
+            room=room,
+            store=self._store,
+            work=self._work,
+            dedup=self._dedup,
+            writer=self._writer,
+            outbox=self._outbox,
+            subscribers=self._subscribers,
+            ready_timeout=self._ready_timeout,
+            agent_code=self._agent_code,
+            answer=self._answer,
+            on_rpc=self._on_rpc,
+        )
 
         for emitter, event, handler in self._hooks():
             emitter.on(event, handler)
-        self._speeches.watch_audio_output()
+        self._parts.speeches.watch_audio_output()
 
         transport = self._ack_transport or AckTransport(room)
         self._subscribers.start(transport)
         self._tasks = [
             asyncio.create_task(self._consume(), name="imaginex_context.consume"),
             asyncio.create_task(self._outbox.publish(transport), name="imaginex_context.publish"),
-            asyncio.create_task(self._keeper.run(), name="imaginex_context.connect"),
+            asyncio.create_task(self._parts.keeper.run(), name="imaginex_context.connect"),
         ]
         job_ctx = get_job_context(required=False)
         if job_ctx is not None:
@@ -231,65 +230,11 @@ class ContextPlugin:
             extra={"agent_code": self._agent_code, "room_connected": room.isconnected()},
         )
 
-    def _assemble(self, session: AgentSession[Any], room: rtc.Room) -> None:
-        """Make the collaborators that need the session and the room."""
-        self._gate = SessionGate(session, self._ready_timeout)
-        self._call_end = CallEnd(session, lambda: self._speeches)
-        # a call ended by a message: subscribers get call_ended with its reason
-        self._call_end.add_listener(self._subscribers.end_call)
-        self._speeches = SpeechTracker(session, self._outbox.send, self._call_end.hang_up)
-        self._steering = Steering(self._gate)
-        self._context_sync = ContextSync(self._store, self._gate, self._work.put)
-        self._state = StateAnswers(
-            session=session,
-            store=self._store,
-            pending_speeches=self._speeches.pending,
-            writer=self._writer,
-        )
-        self._applier = SessionApplier(
-            gate=self._gate,
-            store=self._store,
-            context=self._context_sync,
-            speeches=self._speeches,
-            dedup=self._dedup,
-            writer=self._writer,
-            state=self._state,
-            control=CallControl(
-                gate=self._gate,
-                speeches=self._speeches,
-                call_end=self._call_end,
-                steering=self._steering,
-                writer=self._writer,
-            ),
-            answer=self._answer,
-            subscribers=self._subscribers,
-        )
-        self._keeper = ConnectionKeeper(room, self._agent_code, self._on_rpc)
-
-    def _hooks(self) -> list[tuple[Any, str, Callable[[Any], None]]]:
-        """Every room and session listener: each hooked at start and unhooked at close, in
-        this order (the session's close reaches the gate and the call's end first)."""
+    def _hooks(self) -> list[Hook]:
+        """Every room and session listener, hooked at start and unhooked at close, in order."""
         assert self._session is not None
         assert self._room is not None
-        session, room, subs = self._session, self._room, self._subscribers
-        return [
-            (room, "data_received", self._on_data_received),
-            (room, "disconnected", self._keeper.on_room_disconnected),
-            (session, "conversation_item_added", self._context_sync.on_conversation_item_added),
-            (session, "agent_state_changed", self._speeches.on_agent_state_changed),
-            (session, "close", self._gate.on_session_close),
-            (session, "close", self._call_end.on_session_close),
-            (session, "error", self._speeches.on_session_error),
-            # live events for subscribers
-            (room, "participant_disconnected", subs.on_participant_disconnected),
-            (session, "user_input_transcribed", subs.on_user_input_transcribed),
-            (session, "agent_state_changed", subs.on_agent_state_changed),
-            (session, "user_state_changed", subs.on_user_state_changed),
-            (session, "conversation_item_added", subs.on_conversation_item_added),
-            (session, "function_tools_executed", subs.on_function_tools_executed),
-            (session, "speech_created", subs.on_speech_created),
-            (session, "close", subs.on_session_close),
-        ]
+        return self._parts.hooks(self._session, self._room, self._on_data_received)
 
     async def __aenter__(self) -> ContextPlugin:
         return self
@@ -308,10 +253,10 @@ class ContextPlugin:
         assert self._room is not None
         for emitter, event, handler in self._hooks():
             emitter.off(event, handler)
-        self._speeches.unwatch_audio_output()
-        self._context_sync.close()
-        self._keeper.unregister()
-        await self._call_end.aclose()
+        self._parts.speeches.unwatch_audio_output()
+        self._parts.context_sync.close()
+        self._parts.keeper.unregister()
+        await self._parts.call_end.aclose()
 
         consume, publish, connect = self._tasks
         for task in (consume, connect):
@@ -322,7 +267,7 @@ class ContextPlugin:
             self._answer(job, error_ack(ErrorCode.NOT_READY, _SHUTTING_DOWN, job.request.id))
         # every speech we reported ends with an event, even one still playing: its sender may
         # be waiting for playout, and nobody will tell it once the plugin is gone
-        self._speeches.finish_all()
+        self._parts.speeches.finish_all()
         # let the publisher flush the answers and every subscriber its last event (call_ended;
         # a stalled one is cut off after a while), then stop the publisher
         await asyncio.gather(self._outbox.drain(publish), self._subscribers.aclose())
@@ -395,7 +340,7 @@ class ContextPlugin:
         answering in arrival order.
         """
         request = job.request
-        if self._call_end.ended:  # nothing is applied after the end, whatever is queued
+        if self._parts.call_end.ended:  # nothing is applied after the end, whatever is queued
             self._outbox.answer(
                 job, error_ack(ErrorCode.NOT_READY, CALL_ENDED_MESSAGE, request.id)
             )
@@ -404,7 +349,7 @@ class ContextPlugin:
             self._work.put(job)
             return
         try:
-            answer: Answer = self._state.answer(request)
+            answer: Answer = self._parts.state.answer(request)
         except Exception:  # a room callback must never raise; the job still gets its answer
             logger.exception("unexpected error answering get_state")
             answer = internal_error(request.id)
@@ -413,14 +358,14 @@ class ContextPlugin:
 
     async def _consume(self) -> None:
         """The one consumer: applies everything in arrival order."""
-        work, applier = self._work, self._applier
+        work, applier = self._work, self._parts.applier
         while True:
             item = await work.next()
             if isinstance(item, Housekeeping):
                 try:
-                    await self._context_sync.housekeep(item)
+                    await self._parts.context_sync.housekeep(item)
                     if item.kind == "handoff":  # the new agent gets the senders' instructions
-                        await self._steering.on_handoff()
+                        await self._parts.steering.on_handoff()
                 except Exception:
                     logger.exception("unexpected error maintaining the context")
                 continue
