@@ -31,6 +31,9 @@ from tests.fakes import (
 # the gateway's world, shared by every gateway test module
 from tests.gateway_fixtures import fleet, make_gateway  # noqa: F401
 
+# a real Redis, for the gateway's shared state
+from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
+
 ROOM = "room-1"
 AGENT_CODE = "A12345678"
 AGENT_IDENTITY = "agent"
