@@ -25,8 +25,9 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -115,13 +116,26 @@ def free_udp_range(size: int) -> int:
     raise RuntimeError("no free UDP port range on loopback")
 
 
-def loopback_config(http_port: int, udp_start: int, *, redis_address: str | None = None) -> str:
+def loopback_config(
+    http_port: int,
+    udp_start: int,
+    *,
+    redis_address: str | None = None,
+    webhook_urls: Sequence[str] = (),
+) -> str:
     """The server's YAML config: everything on 127.0.0.1, nothing reaches beyond it.
 
     ``tcp_port: 0`` turns ICE over TCP off: its listener ignores ``bind_addresses`` and would
-    listen on every address of the machine (``[::]``).
+    listen on every address of the machine (``[::]``). ``webhook_urls`` (each on 127.0.0.1) get
+    the server's webhooks, signed with ``API_KEY``'s secret.
     """
     redis = f"redis:\n  address: {redis_address}\n" if redis_address else ""
+    webhook = ""
+    if webhook_urls:
+        for url in webhook_urls:
+            check_loopback_url(url)
+        listed = ", ".join(f'"{url}"' for url in webhook_urls)
+        webhook = f"webhook:\n  api_key: {API_KEY}\n  urls: [{listed}]\n"
     return f"""\
 port: {http_port}
 bind_addresses: ["{LOOPBACK}"]
@@ -143,7 +157,14 @@ turn:
   enabled: false
 logging:
   level: info
-{redis}"""
+{redis}{webhook}"""
+
+
+def check_loopback_url(url: str) -> None:
+    """Refuse a webhook URL that would take the server's traffic off 127.0.0.1."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.hostname != LOOPBACK or '"' in url:
+        raise ValueError(f"a webhook URL must be http(s)://{LOOPBACK}:<port>/...: {url!r}")
 
 
 @dataclass
@@ -153,6 +174,7 @@ class LiveKitServer:
     binary: Path
     workdir: Path
     redis_address: str | None = None
+    webhook_urls: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     info: ServerInfo | None = field(default=None, init=False)
 
@@ -162,7 +184,12 @@ class LiveKitServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "livekit.yaml"
         config.write_text(
-            loopback_config(http_port, udp_start, redis_address=self.redis_address)
+            loopback_config(
+                http_port,
+                udp_start,
+                redis_address=self.redis_address,
+                webhook_urls=self.webhook_urls,
+            )
         )
         log_path = self.workdir / "livekit-server.log"
         log_path.write_bytes(b"")
