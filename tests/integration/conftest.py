@@ -25,6 +25,9 @@ from devtools.livekit_server import (
     server_from_env,
 )
 
+# two LiveKit nodes sharing one Redis (LiveKit's multi-node mode)
+from tests.integration.cluster import LiveKitCluster, livekit_cluster  # noqa: F401
+
 _HERE = Path(__file__).resolve().parent
 
 
@@ -78,4 +81,7 @@ def pytest_runtest_makereport(
     server = item.funcargs.get("livekit_server") if hasattr(item, "funcargs") else None
     if report.failed and isinstance(server, LiveKitServer) and server.info is not None:
         report.sections.append(("livekit-server log (tail)", server.info.log_tail()))
+    cluster = item.funcargs.get("livekit_cluster") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(cluster, LiveKitCluster):
+        report.sections.append(("livekit cluster logs (tail)", cluster.log_tails()))
     return report
