@@ -19,7 +19,8 @@ never spoken twice.
 LiveKit's ``RoomService.SendData``, which cannot be acknowledged.
 
 Inside: ``client`` (the front: lifecycle and waits), ``calls`` (the request calls),
-``control_calls`` (the v1.1 call-control calls),
+``control_calls`` (the v1.1 call-control calls), ``subscription`` (``subscribe``: the
+session's live events as an async iterator),
 ``delivery`` (the retry loop), ``channels`` (RPC / data), ``room_events`` (acks, speech events
 and roster changes, routed), ``waiters`` (pending acks and playout waits), ``locator`` (which
 participant is the agent), ``requests`` (preparation and signing), ``connection`` (joining),
@@ -52,11 +53,19 @@ from .options import (
 from .requests import check_request_size, prepare_request
 from .results import HistoryResult, ServerSendResult, SpeakResult
 from .server_api import send_via_server_api
+from .subscription import (
+    ALL_EVENTS,
+    DEFAULT_EVENT_QUEUE_SIZE,
+    UNSUBSCRIBE_TIMEOUT_S,
+    SessionEvents,
+)
 
 __all__ = [
+    "ALL_EVENTS",
     "DEFAULT_AGENT_TIMEOUT_S",
     "DEFAULT_BACKOFF_S",
     "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_EVENT_QUEUE_SIZE",
     "DEFAULT_PLAYOUT_TIMEOUT_S",
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT_S",
@@ -66,12 +75,14 @@ __all__ = [
     "MAX_RETRY_AFTER_S",
     "RETRYABLE_CODES",
     "SENDER_IDENTITY_PREFIX",
+    "UNSUBSCRIBE_TIMEOUT_S",
     "AckTimeoutError",
     "ContextClient",
     "ContextError",
     "HistoryResult",
     "PlayoutTimeoutError",
     "ServerSendResult",
+    "SessionEvents",
     "SpeakResult",
     "Via",
     "check_request_size",

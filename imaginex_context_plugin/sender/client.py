@@ -10,7 +10,7 @@ routes what the room says back to :mod:`.waiters` (pending acks and playout wait
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from ..errors import ContextError, PlayoutTimeoutError
 from ..log import logger
 from ..protocol import (
     Request,
+    SessionEventType,
     SpeechFinishedEvent,
     SuccessAck,
 )
@@ -43,6 +44,13 @@ from .options import (
 )
 from .requests import Signer, prepare_request
 from .room_events import RoomEvents
+from .subscription import (
+    ALL_EVENTS,
+    DEFAULT_EVENT_QUEUE_SIZE,
+    EventSinks,
+    SessionEvents,
+    SubscribeHooks,
+)
 from .waiters import CLOSED_MESSAGE, PendingAcks, PlayoutWaiters, closed_error
 
 if TYPE_CHECKING:
@@ -126,8 +134,14 @@ class ContextClient(ControlCalls):
             backoff=backoff,
             closed=lambda: self._closed,
         )
+        self._sinks = EventSinks()
+        self._subscription: SessionEvents | None = None
         self._events = RoomEvents(
-            room, locator=self._locator, pending=pending, playouts=self._playouts
+            room,
+            locator=self._locator,
+            pending=pending,
+            playouts=self._playouts,
+            sinks=self._sinks,
         )
 
     @classmethod
@@ -275,6 +289,110 @@ class ContextClient(ControlCalls):
         """
         self._ensure_open()
         return await self._locator.resolve(timeout)
+
+    # ------------------------------------------------------------------------------------------
+    # live session events
+
+    def subscribe(
+        self,
+        *,
+        events: Sequence[SessionEventType] = ALL_EVENTS,
+        interim: bool = False,
+        tool_arguments: bool = False,
+        queue_size: int = DEFAULT_EVENT_QUEUE_SIZE,
+        timeout: float | None = None,
+    ) -> SessionEvents:
+        """Watch the call: the agent's live session events, as typed models.
+
+        ::
+
+            async with client.subscribe(events=["user_transcript", "agent_state"]) as events:
+                async for event in events:
+                    print(event.type, event.model_dump_json())
+
+        Subscribes on entry (or ``await client.subscribe(...)``), unsubscribes on exit.
+        Iteration hands out ``UserTranscriptEvent``, ``AgentTranscriptEvent``,
+        ``AgentStateEvent``, ``UserStateEvent``, ``ConversationItemEvent``, ``ToolCallEvent``
+        and ends after the ``CallEndedEvent`` (sent whether asked for or not). Events that
+        arrive before the subscribe ack are kept. One subscription per client at a time (the
+        agent keeps one per sender identity).
+
+        Args:
+            events: Which events. Default: all of them.
+            interim: Also interim (not final) user transcripts. Default False.
+            tool_arguments: Also each tool call's arguments (they may hold personal data).
+                Default False.
+            queue_size: Most events held here while the caller is busy; beyond it the oldest
+                are dropped and the next event's ``dropped`` counts them (as it counts those
+                the agent dropped). Default 1,024.
+            timeout: Seconds to wait for the subscribe ack to each attempt. Default: the
+                client's.
+
+        Returns:
+            A :class:`SessionEvents`, not subscribed until entered or awaited.
+
+        Raises:
+            ValueError: ``events`` is empty, or ``queue_size`` is below 1.
+
+        On entry (or await) it raises ``ContextError``: ``UNAUTHORIZED`` unless the agent's
+        ``permissions=`` grant this sender ``subscribe``, ``NOT_READY`` once the call has ended,
+        ``RATE_LIMITED`` when the agent has as many subscribers as it serves; and
+        ``AckTimeoutError`` when no ack comes. While iterating: ``ContextError``
+        ``AGENT_NOT_FOUND`` when the agent leaves without ending the call,
+        ``LIVEKIT_UNAVAILABLE`` when the room goes away or the client closes.
+        """
+        self._ensure_open()
+        if not events:
+            raise ValueError("events must name at least one event")
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        hooks = SubscribeHooks(
+            sinks=self._sinks,
+            find_agent=self._locator.resolve,
+            request=lambda obj, wait: self._deliver(self._prepare(obj), wait),
+            usable=lambda: not self._closed and self._room.isconnected(),
+            opened=self._subscription_opened,
+            closed=self._subscription_closed,
+        )
+        return SessionEvents(
+            hooks,
+            events=events,
+            interim=interim,
+            tool_arguments=tool_arguments,
+            queue_size=queue_size,
+            timeout=timeout,
+        )
+
+    async def unsubscribe(
+        self, *, id: str | None = None, timeout: float | None = None
+    ) -> SuccessAck:
+        """End this sender's subscription at the agent (also one another client of the same
+        identity opened); an open :class:`SessionEvents` of this client stops iterating.
+
+        ``data.removed`` in the ack says whether there was one. Any sender may unsubscribe.
+
+        Raises:
+            ContextError: It could not be delivered.
+            AckTimeoutError: No ack in time.
+        """
+        request: dict[str, Any] = {"type": "unsubscribe"}
+        if id is not None:
+            request["id"] = id
+        ack = await self._deliver(self._prepare(request), timeout)
+        if self._subscription is not None:
+            self._subscription.end_locally()
+        return ack
+
+    def _subscription_opened(self, subscription: SessionEvents) -> None:
+        if self._subscription is not None:
+            raise RuntimeError(
+                "this client already has a subscription open; the agent keeps one per sender"
+            )
+        self._subscription = subscription
+
+    def _subscription_closed(self, subscription: SessionEvents) -> None:
+        if self._subscription is subscription:
+            self._subscription = None
 
     # ------------------------------------------------------------------------------------------
     # helpers

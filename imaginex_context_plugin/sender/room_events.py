@@ -1,7 +1,8 @@
-"""What the sender's room says back: acks, speech events, and who joined or left.
+"""What the sender's room says back: acks, speech and session events, and who joined or left.
 
 :class:`RoomEvents` is the client's one listener on the room. It hands acks to the requests
-waiting for them, ``speech_finished`` to the callers waiting for playout, tells the agent
+waiting for them, ``speech_finished`` to the callers waiting for playout, session events to
+the open subscriptions, tells the agent
 locator when the roster changed, and fails whatever waits on an agent that left or a room that
 went away. Its handlers run synchronously on the room's event loop and never raise.
 """
@@ -16,8 +17,9 @@ from pydantic import ValidationError
 
 from .. import protocol
 from ..log import logger
-from ..protocol import ACK_TOPIC, ErrorAck, SpeechFinishedEvent, SuccessAck
+from ..protocol import ACK_TOPIC, ErrorAck, SessionEvent, SpeechFinishedEvent, SuccessAck
 from .locator import AgentLocator
+from .subscription import EventSinks
 from .waiters import PendingAcks, PlayoutWaiters, gone, unavailable
 
 DISCONNECTED_MESSAGE = "The client was disconnected from the room."
@@ -31,6 +33,7 @@ class RoomEvents:
         locator: Told about every roster change, so a waiting lookup looks again.
         pending: The requests waiting for their ack.
         playouts: The callers waiting for the end of a speech.
+        sinks: The open subscriptions, fed the agent's session events.
     """
 
     def __init__(
@@ -40,11 +43,13 @@ class RoomEvents:
         locator: AgentLocator,
         pending: PendingAcks,
         playouts: PlayoutWaiters,
+        sinks: EventSinks,
     ) -> None:
         self._room = room
         self._locator = locator
         self._pending = pending
         self._playouts = playouts
+        self._sinks = sinks
         # kept by event so that detach() removes exactly what was added
         self._listeners: dict[EventTypes, Callable[..., None]] = {
             "data_received": self._on_data_received,
@@ -66,6 +71,7 @@ class RoomEvents:
         self._locator.changed()
         self._pending.fail(unavailable(message))
         self._playouts.fail(unavailable(message))
+        self._sinks.fail(unavailable(message))
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         self._locator.changed()
@@ -73,6 +79,7 @@ class RoomEvents:
         # retryable: the next attempt waits for the agent to come back
         self._pending.fail(gone(left, "answering", retryable=True), agent=left)
         self._playouts.fail(gone(left, "the speech finished", retryable=False), agent=left)
+        self._sinks.agent_left(left)
 
     def _on_data_received(self, packet: rtc.DataPacket) -> None:
         if packet.topic != ACK_TOPIC or packet.participant is None:
@@ -87,3 +94,5 @@ class RoomEvents:
             self._pending.on_ack(message, sender)
         elif isinstance(message, SpeechFinishedEvent):
             self._playouts.on_finished(message, sender)
+        elif isinstance(message, SessionEvent):
+            self._sinks.on_event(message, sender)
