@@ -46,6 +46,11 @@ MAX_ECHOED_CHARS: Final = 128
 """Longest request value an error message quotes back, so an answer always fits a packet."""
 MAX_REASON_LENGTH: Final = 256
 """Longest ``end_call`` reason."""
+MAX_SENDER_LENGTH: Final = 128
+"""Longest ``sender`` a signed envelope may name (LiveKit identities are no longer in practice)."""
+SENDER_SIGNATURE_PREFIX: Final = "imaginex-sender-v1"
+"""What a signed message naming a ``sender`` starts with before it is signed: a v1 message
+starts with its timestamp's digits, so the two kinds can never be mistaken for each other."""
 MAX_HISTORY_LIMIT: Final = 200
 DEFAULT_HISTORY_LIMIT: Final = 50
 
@@ -518,11 +523,21 @@ class SignedEnvelope(BaseModel):
     timestamp: int
     """Unix seconds when it was signed; must be within 5 minutes of the receiver's clock."""
     signature: str
-    """Lowercase hex HMAC-SHA256 of ``f"{timestamp}.{body}"`` with the shared secret."""
+    """Lowercase hex HMAC-SHA256 with the shared secret of ``f"{timestamp}.{body}"``; with a
+    ``sender``, of ``imaginex-sender-v1.{timestamp}.{n}.{sender}.{body}`` where ``n`` is the
+    sender's length in UTF-8 bytes (see ``security.sign_request``)."""
+    sender: Annotated[str, Field(min_length=1, max_length=MAX_SENDER_LENGTH)] | None = None
+    """Who the message comes from, vouched for by the signature (v1.2, optional): the receiver
+    deduplicates, rate limits and checks permissions by it instead of the relaying participant,
+    so that gateway replicas with distinct participant identities count as one sender."""
 
     @model_validator(mode="after")
     def _check_text(self, info: ValidationInfo) -> SignedEnvelope:
         _require_text(self, info)
+        if self.sender is not None:
+            _check_visible("sender", self.sender)
+            if not self.sender.isprintable():
+                raise ValueError("Field 'sender' must not contain control characters")
         return self
 
 
@@ -888,3 +903,9 @@ def parse_server_message(raw: bytes | str) -> ServerMessage:
 def request_json_schema() -> dict[str, Any]:
     """JSON Schema of the request union, for senders in other languages."""
     return _request_adapter.json_schema()
+
+
+def packet_json_schema() -> dict[str, Any]:
+    """JSON Schema of everything a sender may put on the topic: a request, or a signed envelope
+    around one (``sender`` included)."""
+    return _packet_adapter.json_schema()

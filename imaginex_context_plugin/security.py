@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Final
 
 from .expiring import ExpiringCache
+from .protocol import SENDER_SIGNATURE_PREFIX
 
 SIGNATURE_WINDOW_S: Final = 300.0
 """Signed messages older or newer than this (seconds) are refused."""
@@ -33,44 +34,79 @@ DEDUP_SENDERS_AT_FULL_RATE: Final = 4
 RATE_LIMIT_MAX_SENDERS: Final = 4_096
 
 
-def sign_request(body: str | bytes, secret: str | bytes, *, timestamp: int | None = None) -> str:
+def sign_request(
+    body: str | bytes,
+    secret: str | bytes,
+    *,
+    timestamp: int | None = None,
+    sender: str | None = None,
+) -> str:
     """Wrap request JSON in a signed envelope, ready to send.
 
     The scheme, so that any language can implement it::
 
         timestamp = current unix time in whole seconds
-        signature = lowercase hex of HMAC-SHA256(key=secret, msg=f"{timestamp}.{body}" as UTF-8)
+        without a sender (v1):
+            message = f"{timestamp}.{body}"
+        with a sender:
+            message = f"imaginex-sender-v1.{timestamp}.{n}.{sender}.{body}"
+            where n = the length of sender in UTF-8 bytes, in decimal
+        signature = lowercase hex of HMAC-SHA256(key=secret, msg=message as UTF-8)
         packet    = {"type": "signed", "body": body, "timestamp": timestamp,
-                     "signature": signature}
+                     "signature": signature}            (plus "sender": sender, if given)
 
     ``body`` is the request JSON text itself, carried as a JSON string, so the receiver checks
-    the exact bytes that were signed.
+    the exact bytes that were signed. The two messages cannot be confused: a v1 message starts
+    with the timestamp's digits (or ``-``), one with a sender with a letter; and the sender's
+    byte length says exactly where it ends, whatever characters it holds (dots included). So a
+    signature made for one sender is worthless for another, or for none.
+
+    ``sender``: who the message comes from, vouched for by whoever holds the secret. The
+    receiver deduplicates, rate limits and checks permissions by it instead of the participant
+    that relayed the packet, so several relays (gateway replicas, which must have distinct
+    participant identities) sending one request id count as one sender and it is applied once.
 
     Args:
         body: The request JSON (text or UTF-8 bytes).
         secret: The secret shared with the receiver (``ContextPlugin(secret=...)``).
         timestamp: Unix seconds; the current time when omitted.
+        sender: The sender the receiver counts the message as (1 to 128 visible characters).
+            Default: none, the v1 envelope; the relaying participant is the sender.
 
     Returns:
         The envelope JSON to publish on the context topic or send over RPC.
     """
     body_text = body.decode("utf-8") if isinstance(body, bytes) else body
     ts = int(time.time()) if timestamp is None else timestamp
-    return json.dumps(
-        {
-            "type": "signed",
-            "body": body_text,
-            "timestamp": ts,
-            "signature": compute_signature(body_text, ts, secret),
-        },
-        separators=(",", ":"),
-    )
+    envelope: dict[str, object] = {
+        "type": "signed",
+        "body": body_text,
+        "timestamp": ts,
+        "signature": compute_signature(body_text, ts, secret, sender=sender),
+    }
+    if sender is not None:
+        envelope["sender"] = sender
+    return json.dumps(envelope, separators=(",", ":"))
 
 
-def compute_signature(body: str, timestamp: int, secret: str | bytes) -> str:
+def signed_message(body: str, timestamp: int, sender: str | None) -> bytes:
+    """The exact bytes an envelope's HMAC covers (see :func:`sign_request`).
+
+    Raises:
+        UnicodeEncodeError: ``body`` or ``sender`` is not text (a lone surrogate).
+    """
+    if sender is None:
+        return f"{timestamp}.".encode() + body.encode("utf-8")
+    who = sender.encode("utf-8")
+    head = f"{SENDER_SIGNATURE_PREFIX}.{timestamp}.{len(who)}.".encode()
+    return head + who + b"." + body.encode("utf-8")
+
+
+def compute_signature(
+    body: str, timestamp: int, secret: str | bytes, *, sender: str | None = None
+) -> str:
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    msg = f"{timestamp}.".encode() + body.encode("utf-8")
-    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+    return hmac.new(key, signed_message(body, timestamp, sender), hashlib.sha256).hexdigest()
 
 
 class SignatureProblem(str, Enum):
@@ -110,11 +146,18 @@ class SignatureVerifier:
             ttl_s=2 * window_s, max_entries=max_remembered, clock=clock
         )
 
-    def verify(self, body: str, timestamp: int, signature: str) -> SignatureProblem | None:
-        """Returns None when valid (and remembers it), else why it was refused."""
-        # surrogatepass: a body that is not valid text cannot have been signed as UTF-8, so it
-        # simply fails to match instead of raising
-        message = f"{timestamp}.".encode() + body.encode("utf-8", "surrogatepass")
+    def verify(
+        self, body: str, timestamp: int, signature: str, *, sender: str | None = None
+    ) -> SignatureProblem | None:
+        """Returns None when valid (and remembers it), else why it was refused.
+
+        ``sender``: the envelope's ``sender``, covered by the signature (see ``sign_request``).
+        """
+        try:
+            message = signed_message(body, timestamp, sender)
+        except UnicodeEncodeError:
+            # a body or sender that is not text cannot have been signed as UTF-8
+            return SignatureProblem.MISMATCH
         # compare_digest takes only ASCII text: anything else cannot be the hex signature
         if not signature.isascii():
             return SignatureProblem.MISMATCH
@@ -250,7 +293,8 @@ class Permissions:
     Without a mapping (``grants`` None) every trusted sender may send every type but the
     sensitive ones (``SENSITIVE_TYPES``). With one, it is the whole truth: a sender may send
     the union of its own entry and the ``"*"`` entry, ``"*"`` as a type meaning all. A signed
-    message counts as the identity that relayed it; a server-API packet as ``"<server>"``.
+    message counts as the ``sender`` its envelope names, else as the identity that relayed
+    it; a server-API packet as ``"<server>"``.
     ``unsubscribe`` is always allowed.
     """
 

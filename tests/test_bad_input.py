@@ -104,6 +104,34 @@ BAD_INPUTS: list[tuple[str, bytes, str, str, str | None]] = [
      b'{"id": "q6", "type": "remove_context", "key": "k", "agent_code": "\\udbff"}',
      "VALIDATION_ERROR",
      "Field 'agent_code' is not valid text: it contains a lone UTF-16 surrogate.", "q6"),
+    ("signed sender not a string",
+     b'{"type": "signed", "body": "{}", "timestamp": 1, "signature": "00", "sender": 7}',
+     "VALIDATION_ERROR", "Field 'sender' must be a string.", None),
+    ("empty signed sender",
+     b'{"type": "signed", "body": "{}", "timestamp": 1, "signature": "00", "sender": ""}',
+     "VALIDATION_ERROR", "Field 'sender' must not be empty.", None),
+    ("signed sender too long",
+     json.dumps({"type": "signed", "body": "{}", "timestamp": 1, "signature": "00",
+                 "sender": "s" * 129}).encode(),
+     "VALIDATION_ERROR", "Field 'sender' must be at most 128 characters.", None),
+    ("invisible signed sender",
+     json.dumps({"type": "signed", "body": "{}", "timestamp": 1, "signature": "00",
+                 "sender": "\u200b"}).encode(),
+     "VALIDATION_ERROR",
+     "Field 'sender' must contain visible text, not only invisible or control characters.",
+     None),
+    ("control character in a signed sender",
+     json.dumps({"type": "signed", "body": "{}", "timestamp": 1, "signature": "00",
+                 "sender": "gate\nway"}).encode(),
+     "VALIDATION_ERROR", "Field 'sender' must not contain control characters.", None),
+    ("lone surrogate in a signed sender",
+     b'{"type": "signed", "body": "{}", "timestamp": 1, "signature": "00", "sender": "\\ud800"}',
+     "VALIDATION_ERROR",
+     "Field 'sender' is not valid text: it contains a lone UTF-16 surrogate.", None),
+    ("signed for another sender",
+     json.dumps({"type": "signed", "body": "{}", "timestamp": 1, "signature": "00",
+                 "sender": "imaginex-gateway"}).encode(),
+     "UNAUTHORIZED", "The signature does not match the message.", None),
     ("lone surrogate in a signed body",
      b'{"type": "signed", "body": "\\ud800", "timestamp": 1, "signature": "00"}',
      "VALIDATION_ERROR", "Field 'body' is not valid text: it contains a lone UTF-16 surrogate.",
@@ -276,8 +304,11 @@ def _validly_signed(packet: bytes) -> bool:
         and isinstance(obj.get("timestamp"), int)
     ):
         return False
+    sender = obj.get("sender")
+    if sender is not None and not isinstance(sender, str):
+        return False
     try:
-        expected = compute_signature(obj["body"], obj["timestamp"], _SECRET)
+        expected = compute_signature(obj["body"], obj["timestamp"], _SECRET, sender=sender)
     except UnicodeEncodeError:  # a body that is not text cannot have been signed
         return False
     return bool(obj.get("signature") == expected)
@@ -365,15 +396,20 @@ _requestish = st.fixed_dictionaries(
 ).map(lambda d: json.dumps(d).encode())
 _SECRET = "property-secret"
 # signed envelopes: validly signed random bodies, and random signatures (any characters)
+_senders = st.text(max_size=8) | _awkward | _json_scalars
 _signed = st.one_of(
     _requestish.map(lambda body: sign_request(body, _SECRET).encode()),
+    st.tuples(_requestish, st.text(min_size=1, max_size=12)).map(
+        lambda bs: sign_request(bs[0], _SECRET, sender=bs[1]).encode()
+    ),
     st.fixed_dictionaries(
         {
             "type": st.just("signed"),
             "body": _requestish.map(bytes.decode) | _awkward,
             "timestamp": st.integers() | _json_scalars,
             "signature": st.text(max_size=64) | _awkward,
-        }
+        },
+        optional={"sender": _senders},
     ).map(lambda d: json.dumps(d).encode()),
 )
 _payloads = st.one_of(

@@ -24,6 +24,7 @@ from imaginex_context_plugin import (
     sign_request,
 )
 from imaginex_context_plugin.client import Via
+from imaginex_context_plugin.security import RateLimit, SignatureProblem, SignatureVerifier
 from tests.conftest import AGENT_CODE, Harness, HarnessFactory
 from tests.test_client import DropFirstAck, LoseFirstResponse, packets_for
 
@@ -251,3 +252,173 @@ async def test_refusals_of_signed_messages_name_their_request(harness: Harness) 
     assert [type(r) for r in results] == [ContextError, ContextError]
     assert [r.request_id for r in results if isinstance(r, ContextError)] == ["u-1", "u-2"]
     assert all(isinstance(r, ContextError) and r.code is ErrorCode.UNAUTHORIZED for r in results)
+
+
+# ---------------------------------------------------------------------------------------------
+# a signed sender: several relays (gateway replicas) that are one sender
+
+
+GATEWAY_SENDER = "imaginex-gateway"
+
+
+def test_the_scheme_with_a_sender_is_pinned() -> None:
+    body = '{"type":"speak","message":"hi"}'
+    envelope = json.loads(
+        sign_request(body, "s3cret", timestamp=1_700_000_000, sender=GATEWAY_SENDER)
+    )
+    message = b"imaginex-sender-v1.1700000000.16.imaginex-gateway." + body.encode()
+    expected = hmac.new(b"s3cret", message, hashlib.sha256).hexdigest()
+    assert envelope == {
+        "type": "signed",
+        "body": body,
+        "timestamp": 1_700_000_000,
+        "signature": expected,
+        "sender": GATEWAY_SENDER,
+    }
+    assert expected == "33918e964d11d1c976d6bbdb40faff0cfdf21ee6cab72277e43ff8f5bb537c9d"
+    # the length counts UTF-8 bytes, so a sender holding dots or accents is still unambiguous
+    accented = json.loads(sign_request(body, "s3cret", timestamp=1_700_000_000, sender="café.x"))
+    assert accented["signature"] == (
+        "18c9499fcc996e7598c9800c1c0505eedd9b6e22e1a6ee052cae1f2640bc615e"
+    )
+
+
+@pytest.mark.parametrize(
+    ("signed_for", "presented"),
+    [
+        (GATEWAY_SENDER, "someone-else"),  # another sender
+        (GATEWAY_SENDER, None),  # the sender dropped: a v1 envelope
+        (None, GATEWAY_SENDER),  # a v1 signature with a sender added
+        # the same bytes cut differently between sender and body
+        ("a.b", "a"),
+    ],
+    ids=["other sender", "sender dropped", "sender added", "moved boundary"],
+)
+def test_a_signature_is_only_good_for_the_sender_it_was_made_for(
+    signed_for: str | None, presented: str | None
+) -> None:
+    body = speak("s-1")
+    if signed_for == "a.b":
+        body = "{}"
+    envelope = json.loads(sign_request(body, SECRET, sender=signed_for))
+    if signed_for == "a.b":
+        # "a.b" + "." + "{}" == "a" + "." + "b.{}": only the length tells them apart
+        envelope["body"] = "b.{}"
+    verifier = SignatureVerifier(SECRET)
+    problem = verifier.verify(
+        envelope["body"], envelope["timestamp"], envelope["signature"], sender=presented
+    )
+    assert problem is SignatureProblem.MISMATCH
+    # the unaltered envelope is fine, so the refusal above is the sender's doing
+    untouched = json.loads(sign_request(body, SECRET, sender=signed_for))
+    assert verifier.verify(
+        untouched["body"], untouched["timestamp"], untouched["signature"], sender=signed_for
+    ) is None
+
+
+@VIAS
+async def test_a_changed_sender_is_refused_by_the_agent(signed: Harness, via: Via) -> None:
+    envelope = json.loads(sign_request(speak("cs-1"), SECRET, sender=GATEWAY_SENDER))
+    envelope["sender"] = "supervisor"
+    answer = await refusal(signed, envelope, via)
+    assert answer["error"] == "UNAUTHORIZED"
+    assert answer["message"] == "The signature does not match the message."
+    assert answer["id"] == "cs-1"
+    assert signed.tts.texts == []
+
+
+async def _from_two_relays(
+    harness: Harness, via: Via, first: str, second: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Send ``first`` from relay ``replica-a`` and then ``second`` from ``replica-b``."""
+    answers = []
+    for relay, envelope in (("replica-a", first), ("replica-b", second)):
+        backend = harness.backend_as(relay)
+        request_id = json.loads(json.loads(envelope)["body"])["id"]
+        if via == "rpc":
+            answers.append(await backend.rpc(envelope))
+        else:
+            await backend.send(envelope)
+            answers.append(await backend.ack_for(request_id))
+    return answers[0], answers[1]
+
+
+@VIAS
+@pytest.mark.parametrize("same_second", [True, False], ids=["same envelope", "re-signed"])
+async def test_one_named_sender_through_two_relays_is_applied_once(
+    signed: Harness, via: Via, same_second: bool
+) -> None:
+    # two gateway replicas (distinct identities) relay one request id: the agent answers the
+    # second from its dedup memory, to the relay that sent it, and says it once
+    now = int(time.time())
+    first = sign_request(speak("rep-1"), SECRET, timestamp=now, sender=GATEWAY_SENDER)
+    second = sign_request(
+        speak("rep-1"), SECRET, timestamp=now if same_second else now - 1, sender=GATEWAY_SENDER
+    )
+    assert (first == second) is same_second
+    a, b = await _from_two_relays(signed, via, first, second)
+    assert a["success"] is True
+    assert b == {**a, "duplicate": True}
+    await asyncio.sleep(0.3)  # a second application would have started speaking by now
+    assert signed.tts.texts == ["Signed and sealed."]
+    assert signed.plugin.stats.applied == 1
+
+
+@VIAS
+async def test_without_a_named_sender_each_relay_is_its_own_sender(
+    signed: Harness, via: Via
+) -> None:
+    # today's rule, unchanged for v1 envelopes: the same id from two relays is two requests
+    now = int(time.time())
+    first = sign_request(speak("v1-1"), SECRET, timestamp=now)
+    second = sign_request(speak("v1-1"), SECRET, timestamp=now - 1)
+    a, b = await _from_two_relays(signed, via, first, second)
+    assert a["success"] is True
+    assert b["success"] is True
+    assert "duplicate" not in b
+    assert signed.plugin.stats.applied == 2
+
+
+@VIAS
+async def test_the_same_id_for_another_request_through_another_relay_is_id_reused(
+    signed: Harness, via: Via
+) -> None:
+    now = int(time.time())
+    first = sign_request(speak("ir-1", "One thing."), SECRET, timestamp=now, sender=GATEWAY_SENDER)
+    second = sign_request(speak("ir-1", "Another."), SECRET, timestamp=now, sender=GATEWAY_SENDER)
+    a, b = await _from_two_relays(signed, via, first, second)
+    assert a["success"] is True
+    assert b["error"] == "ID_REUSED"
+    assert signed.plugin.stats.applied == 1
+
+
+async def test_permissions_follow_the_named_sender(make_harness: HarnessFactory) -> None:
+    harness: Harness = await make_harness(
+        secret=SECRET, allowed_identities=[], permissions={"supervisor": {"get_history"}}
+    )
+    relay = harness.backend_as("replica-a")
+    history = json.dumps({"type": "get_history", "id": "h-1"})
+    granted = await relay.rpc(sign_request(history, SECRET, sender="supervisor"))
+    # the relay itself is named in no entry, and neither is a sender it might claim unsigned
+    refused = await relay.rpc(sign_request(history.replace("h-1", "h-2"), SECRET))
+    other = await relay.rpc(sign_request(history.replace("h-1", "h-3"), SECRET, sender="crm"))
+    assert granted["success"] is True
+    assert refused["error"] == "UNAUTHORIZED"
+    assert other["error"] == "UNAUTHORIZED"
+    assert "get_history" in other["message"]
+
+
+async def test_the_rate_limit_follows_the_named_sender(make_harness: HarnessFactory) -> None:
+    harness: Harness = await make_harness(
+        secret=SECRET, allowed_identities=[], rate_limit=RateLimit(per_second=0.01, burst=2)
+    )
+    relays = [harness.backend_as(name) for name in ("replica-a", "replica-b", "replica-c")]
+    answers = []
+    for n, relay in enumerate(relays):
+        envelope = sign_request(speak(f"rl-{n}"), SECRET, sender=GATEWAY_SENDER)
+        answers.append(await relay.rpc(envelope))
+    # another sender through the same relay has its own bucket
+    other = await relays[2].rpc(sign_request(speak("rl-other"), SECRET, sender="crm"))
+    assert [a["success"] for a in answers] == [True, True, False]
+    assert answers[2]["error"] == "RATE_LIMITED"
+    assert other["success"] is True

@@ -582,3 +582,33 @@ def test_session_events() -> None:
     for event, expected in cases:
         assert event.model_dump(mode="json") == expected
         assert protocol.parse_server_message(protocol.encode_message(event)) == event
+
+
+def test_signed_envelopes_with_and_without_a_sender() -> None:
+    v1 = {"type": "signed", "body": "{}", "timestamp": 1_700_000_000, "signature": "ab"}
+    parsed = protocol.read_packet(json.dumps(v1).encode())
+    assert isinstance(parsed, protocol.SignedEnvelope)
+    assert parsed.sender is None
+    # a v1 envelope goes out exactly as before: no sender key at all
+    assert parsed.model_dump(mode="json", exclude_none=True) == v1
+    named = {**v1, "sender": "imaginex-gateway"}
+    parsed = protocol.read_packet(json.dumps(named).encode())
+    assert isinstance(parsed, protocol.SignedEnvelope)
+    assert parsed.model_dump(mode="json") == {
+        "type": "signed",
+        "body": "{}",
+        "timestamp": 1_700_000_000,
+        "signature": "ab",
+        "sender": "imaginex-gateway",
+    }
+
+
+def test_packet_json_schema_describes_the_signed_envelope() -> None:
+    schema = protocol.packet_json_schema()
+    envelope = schema["$defs"]["SignedEnvelope"]
+    assert envelope["required"] == ["type", "body", "timestamp", "signature"]
+    assert envelope["additionalProperties"] is False
+    assert envelope["properties"]["sender"]["anyOf"][0] == {
+        "maxLength": 128, "minLength": 1, "type": "string"
+    }
+    assert "SpeakRequest" in json.dumps(schema)

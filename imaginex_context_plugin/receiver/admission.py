@@ -2,9 +2,10 @@
 
 In order: the size (before parsing), one pydantic pass that reads and validates the packet,
 who may send it (the allow-list, a signature with the shared secret or the LiveKit API secret),
-the sender's rate limit (refused senders too: each answer costs a packet), the targets
-(``agent_code``, ``room_id``), and room in the queue and in the dedup memory. The outcome is a
-:class:`Job` to queue or an error ack to send at once.
+the sender's rate limit (refused senders too: each answer costs a packet; a signed message
+naming a ``sender`` counts as that sender here, in the permissions and in the dedup key), the
+targets (``agent_code``, ``room_id``), and room in the queue and in the dedup memory. The
+outcome is a :class:`Job` to queue or an error ack to send at once.
 """
 
 from __future__ import annotations
@@ -128,13 +129,18 @@ class Admission:
                 None,
             )
         try:
-            request, replayed = self._authorise(protocol.read_packet(raw), sender)
+            request, replayed, vouched = self._authorise(protocol.read_packet(raw), sender)
         except ProtocolError as refusal:
             # every sender is rate limited, refused or not: each answer costs a packet
             return self._rate_limited(sender, refusal.request_id) or error_ack(
                 refusal.code, refusal.message, refusal.request_id, retry_after=refusal.retry_after
             )
-        return self._rate_limited(sender, request.id) or self._queueable(request, sender, replayed)
+        # a signed message naming its sender counts as that sender (the key holder vouches
+        # for it): gateway replicas relay under distinct identities but are one sender
+        counted = vouched if vouched is not None else sender
+        return self._rate_limited(counted, request.id) or self._queueable(
+            request, sender, counted, replayed
+        )
 
     def _rate_limited(self, sender: str | None, request_id: str | None) -> ErrorAck | None:
         if self._rate_limiter is None:
@@ -146,10 +152,16 @@ class Admission:
             ErrorCode.RATE_LIMITED, _RATE_LIMITED, request_id, retry_after=round(wait, 3)
         )
 
-    def _queueable(self, request: Request, sender: str | None, replayed: bool) -> Job | ErrorAck:
-        """The checks every valid, authorised request passes before it is queued."""
+    def _queueable(
+        self, request: Request, sender: str | None, counted: str | None, replayed: bool
+    ) -> Job | ErrorAck:
+        """The checks every valid, authorised request passes before it is queued.
+
+        ``sender`` relayed the message and gets its answers; ``counted`` is who it counts as
+        (permissions, dedup): the envelope's ``sender`` if it names one, else ``sender``.
+        """
         kind = request.type
-        if not self._permissions.allows(sender if sender is not None else SERVER_SENDER, kind):
+        if not self._permissions.allows(counted if counted is not None else SERVER_SENDER, kind):
             return error_ack(ErrorCode.UNAUTHORIZED, Permissions.refusal(kind), request.id)
         if request.agent_code is not None and request.agent_code != self._agent_code:
             return error_ack(
@@ -167,6 +179,10 @@ class Admission:
         if pending >= self._max_queue:
             return error_ack(ErrorCode.RATE_LIMITED, _QUEUE_FULL, request.id, retry_after=1.0)
         job = Job(request, sender, replayed=replayed)
+        if counted != sender and job.dedup_key is not None:
+            # set before anyone reads it: a retry relayed by another replica is the same
+            # (sender, id), answered from the dedup memory instead of applied again
+            job.dedup_key = (counted if counted is not None else SERVER_SENDER, job.dedup_key[1])
         # refuse rather than forget an id inside its window
         if not self._dedup.has_room(job, pending):
             wait = round(max(self._dedup.seconds_until_room(), 1.0), 3)
@@ -175,17 +191,19 @@ class Admission:
 
     def _authorise(
         self, packet: Request | SignedEnvelope, sender: str | None
-    ) -> tuple[Request, bool]:
-        """The request to apply and whether it is a replayed envelope, or a ``ProtocolError``."""
+    ) -> tuple[Request, bool, str | None]:
+        """The request to apply, whether it is a replayed envelope, and the sender a signature
+        vouches for (None: none named), or a ``ProtocolError``."""
         if isinstance(packet, SignedEnvelope):
-            return self._open_envelope(packet)
+            request, replayed = self._open_envelope(packet)
+            return request, replayed, packet.sender
         if self._require_signature:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, _NOT_SIGNED, request_id=packet.id)
         if sender is None:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, _NO_PARTICIPANT, request_id=packet.id)
         if not self._policy.trusts(sender):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, _NOT_ALLOWED, request_id=packet.id)
-        return packet, False
+        return packet, False, None
 
     def _open_envelope(self, packet: SignedEnvelope) -> tuple[Request, bool]:
         """The signed request, trusted whoever relayed it, and whether it is a replay.
@@ -197,7 +215,9 @@ class Admission:
         request_id = protocol.request_id_of(inner)
         if self._verifier is None:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, _NO_SECRET, request_id=request_id)
-        problem = self._verifier.verify(packet.body, packet.timestamp, packet.signature)
+        problem = self._verifier.verify(
+            packet.body, packet.timestamp, packet.signature, sender=packet.sender
+        )
         if problem is SignatureProblem.FULL:
             raise ProtocolError(
                 ErrorCode.RATE_LIMITED,
