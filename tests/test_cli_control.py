@@ -9,15 +9,20 @@ what the agent does with it).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from livekit import rtc
+from livekit.agents import AgentSession
 from pydantic import BaseModel
 
-from imaginex_context_plugin import ContextClient, ErrorCode
+from imaginex_context_plugin import ContextClient, ContextPlugin, ErrorCode
 from imaginex_context_plugin.cli import (
     CLI_IDENTITY,
     CLIENT_FACTORY_KEY,
@@ -28,6 +33,7 @@ from imaginex_context_plugin.cli import (
     main,
 )
 from imaginex_context_plugin.protocol import (
+    SESSION_EVENT_TYPES,
     AckData,
     HistoryItem,
     IOState,
@@ -39,7 +45,9 @@ from imaginex_context_plugin.protocol import (
 )
 from imaginex_context_plugin.sender import ContextError, prepare_request
 from imaginex_context_plugin.testing import OfflineRoom
-from tests.test_cli_sender import CLEAN_ENV, Seen, in_process_agent
+from tests.fakes import RecordingAudioOutput, RelayNetwork, start_session
+from tests.helpers import wait_until
+from tests.test_cli_sender import CLEAN_ENV, InProcessClient, Seen, in_process_agent
 
 ROOM = "shop"
 
@@ -286,6 +294,11 @@ BAD_ARGUMENTS: list[tuple[list[str], str]] = [
     (["get-history", "--room", ROOM, "--limit", "0"], "Invalid value for '--limit'"),
     (["get-history", "--room", ROOM, "--limit", "201"], "Invalid value for '--limit'"),
     (["get-history", "--room", ROOM, "--limit", "ten"], "Invalid value for '--limit'"),
+    (["subscribe", "--room", ROOM, "--events", "everything"], "'everything' is not an event"),
+    (["subscribe", "--room", ROOM, "--events", ""], "'' is not an event"),
+    (["subscribe", "--room", ROOM, "--events", "user_state,"], "'' is not an event"),
+    (["subscribe", "--room", ROOM, "--interim", "yes"], "unexpected extra argument"),
+    (["unsubscribe", "--room", ROOM, "--id", " "], "'--id': must not be empty"),
 ]
 
 
@@ -318,6 +331,8 @@ def test_bad_arguments_are_usage_errors_found_before_connecting(
         ["reset-instructions"],
         ["user-message", "Hi"],
         ["get-history"],
+        ["subscribe"],
+        ["unsubscribe"],
     ],
 )
 def test_every_command_needs_a_livekit_url_on_the_real_path(command: list[str]) -> None:
@@ -338,6 +353,8 @@ def test_help_lists_the_call_control_commands_with_exit_statuses() -> None:
         "reset-instructions",
         "user-message",
         "get-history",
+        "subscribe",
+        "unsubscribe",
     ):
         assert name in overview
         help_text = run([name, "--help"], None).stdout
@@ -392,3 +409,121 @@ def test_end_call_without_the_permission_exits_1_unauthorized() -> None:
 def test_end_call_with_the_permission_exits_0() -> None:
     result = run_agent(["end-call", "--room", ROOM, "--now"], permissions=EVERYTHING)
     assert result.exit_code == EXIT_OK, result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# subscribe / unsubscribe: the agent's live events, printed until the call ends
+
+
+@dataclass
+class Call:
+    """What happens in the in-process agent's call once the command has subscribed."""
+
+    then: Callable[[AgentSession[Any], ContextPlugin, rtc.Room], Awaitable[None]]
+    subscribers_left: list[str] | None = None
+    """Who was still subscribed when the command closed its client."""
+
+
+async def speak_then_end(session: AgentSession[Any], plugin: ContextPlugin, _: rtc.Room) -> None:
+    await session.say("Your order shipped.")
+    plugin.ingest(
+        json.dumps({"type": "end_call", "id": "bye", "reason": "Order complete"}),
+        sender_identity=CLI_IDENTITY,
+    )
+
+
+def watched_call(call: Call) -> Callable[[SenderSettings], Awaitable[ContextClient]]:
+    """An in-process agent that lets the command subscribe, then plays ``call.then``."""
+
+    async def factory(settings: SenderSettings) -> ContextClient:
+        network = RelayNetwork()
+        session = await start_session(audio_output=RecordingAudioOutput(speed=20))
+        agent_room = network.create_room(
+            settings.room, "agent", kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        )
+        plugin = ContextPlugin(allowed_identities=[CLI_IDENTITY], permissions=EVERYTHING)
+        await plugin.start(session, agent_room)
+        sender_room = network.create_room(settings.room, settings.identity or CLI_IDENTITY)
+
+        async def play() -> None:
+            await wait_until(lambda: plugin._subscribers.identities != [], "the subscription")
+            await call.then(session, plugin, agent_room)
+
+        task = asyncio.ensure_future(play())
+
+        async def teardown() -> None:
+            call.subscribers_left = plugin._subscribers.identities
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await plugin.aclose()
+            await session.aclose()
+            await network.aclose()
+
+        return InProcessClient(sender_room, settings, teardown)
+
+    return factory
+
+
+def test_subscribe_prints_the_call_until_it_ends() -> None:
+    result = run(
+        ["subscribe", "--room", ROOM, "--events", "agent_transcript,agent_state"],
+        watched_call(Call(speak_then_end)),
+    )
+    assert result.exit_code == EXIT_OK, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        "ok: Subscribed to session events  events=agent_transcript,agent_state,call_ended"
+    )
+    described = [line.split("  ", 1)[1] for line in lines[1:]]
+    assert "agent_state: listening -> speaking" in described
+    assert "agent: Your order shipped." in described
+    assert described[-1] == "call_ended: Order complete"
+
+
+def test_subscribe_json_prints_one_object_a_line_ack_first() -> None:
+    result = run(
+        ["subscribe", "--room", ROOM, "--data", "--json", "--interim", "--tool-arguments"],
+        watched_call(Call(speak_then_end)),
+    )
+    assert result.exit_code == EXIT_OK, result.output
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert docs[0]["type"] == "ack"
+    assert docs[0]["data"]["events"] == list(SESSION_EVENT_TYPES)
+    kinds = [doc["type"] for doc in docs[1:]]
+    assert {"agent_state", "agent_transcript", "conversation_item"} <= set(kinds)
+    assert kinds[-1] == "call_ended"
+    assert all(doc["timestamp"].endswith("Z") for doc in docs[1:])
+
+
+def test_subscribe_ends_with_exit_1_when_the_agent_leaves_without_ending() -> None:
+    async def leave(_: AgentSession[Any], __: ContextPlugin, agent_room: rtc.Room) -> None:
+        await agent_room.disconnect()
+
+    result = run(["subscribe", "--room", ROOM], watched_call(Call(leave)))
+    assert result.exit_code == EXIT_REFUSED
+    assert result.stderr.startswith("error: AGENT_NOT_FOUND: Agent 'agent' left the room")
+
+
+def test_subscribe_exits_0_on_ctrl_c_and_unsubscribes() -> None:
+    async def interrupt(_: AgentSession[Any], __: ContextPlugin, ___: rtc.Room) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    call = Call(interrupt)
+    result = run(["subscribe", "--room", ROOM], watched_call(call))
+    assert result.exit_code == EXIT_OK, result.output
+    assert result.stdout.startswith("ok: Subscribed to session events")
+    assert call.subscribers_left == []
+
+
+def test_subscribe_without_the_permission_exits_1_unauthorized() -> None:
+    result = run_agent(["subscribe", "--room", ROOM])
+    assert result.exit_code == EXIT_REFUSED
+    assert result.stderr.startswith("error: UNAUTHORIZED: ")
+    assert "'subscribe' permission" in result.stderr
+
+
+def test_unsubscribe_without_a_subscription_says_so() -> None:
+    result = run_agent(["unsubscribe", "--room", ROOM, "--id", "u-1"])
+    assert result.exit_code == EXIT_OK, result.output
+    assert result.stdout.startswith("ok: Unsubscribed from session events  id=u-1")
+    assert "removed=false" in result.stdout
