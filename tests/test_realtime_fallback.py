@@ -48,7 +48,11 @@ class RealtimeHarness:
 
 
 async def build(
-    *, speed: float = 20.0, supports_say: bool = False, replies: list[str] | None = None
+    *,
+    speed: float = 20.0,
+    supports_say: bool = False,
+    replies: list[str] | None = None,
+    permissions: dict[str, set[str]] | None = None,
 ) -> RealtimeHarness:
     network = RelayNetwork()
     model = FakeRealtimeModel(replies or [], supports_say=supports_say)
@@ -59,7 +63,9 @@ async def build(
     agent_room = network.create_room(
         ROOM, AGENT_IDENTITY, kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
     )
-    plugin = ContextPlugin(agent_code=AGENT_CODE, allowed_identities=[BACKEND_IDENTITY])
+    plugin = ContextPlugin(
+        agent_code=AGENT_CODE, allowed_identities=[BACKEND_IDENTITY], permissions=permissions
+    )
     backend = Backend(network.create_room(ROOM, BACKEND_IDENTITY))
     await plugin.start(session, agent_room)
     return RealtimeHarness(network, session, model, audio, plugin, backend, errors)
@@ -386,3 +392,40 @@ async def test_fake_realtime_session_calls_never_raise_and_aclose_is_idempotent(
     await rt_session.update_chat_ctx(llm.ChatContext.empty())
     with pytest.raises(llm.RealtimeError):
         await rt_session.generate_reply()
+
+
+# ---------------------------------------------------------------------------------------------
+# steering: update_instructions / reset_instructions reach the realtime session
+
+
+async def test_instructions_reach_the_realtime_session_and_survive_a_handoff() -> None:
+    harness = await build(permissions={BACKEND_IDENTITY: {"*"}})
+    try:
+        own = harness.session.current_agent.instructions
+        ack = await harness.backend.request(
+            {"type": "update_instructions", "id": "u1", "instructions": "Answer in French."}
+        )
+        assert ack["success"] is True
+        # the realtime API holds the instructions (session.update); it uses them from its
+        # next response
+        assert harness.rt_session.instructions == f"{own}\n\nAnswer in French."
+
+        harness.session.update_agent(Agent(instructions="You are the billing agent."))
+        await wait_until(
+            lambda: harness.rt_session.instructions
+            == "You are the billing agent.\n\nAnswer in French.",
+            "the steering re-applied after the handoff",
+        )
+        await harness.backend.request(
+            {"type": "update_instructions", "id": "u2", "instructions": "Be brief.",
+             "mode": "replace"}
+        )
+        assert harness.rt_session.instructions == "Be brief."
+        ack = await harness.backend.request({"type": "reset_instructions", "id": "r1"})
+        assert ack["success"] is True
+        assert harness.rt_session.instructions == "You are the billing agent."
+        # one realtime session throughout (livekit reuses it on handoff)
+        assert len(harness.model.sessions) == 1
+        assert harness.errors == []
+    finally:
+        await close(harness)
