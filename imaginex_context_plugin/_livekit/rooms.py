@@ -27,6 +27,8 @@ class ParticipantSummary:
     attributes: Mapping[str, str]
     kind: int = NOT_AN_AGENT
     """``rtc.ParticipantKind.PARTICIPANT_KIND_AGENT`` for an agent, else ``NOT_AN_AGENT``."""
+    sid: str = ""
+    """The server's id of this connection (a rejoin under the same identity gets a new one)."""
 
 
 def summarize(info: ParticipantInfo) -> ParticipantSummary:
@@ -36,7 +38,7 @@ def summarize(info: ParticipantInfo) -> ParticipantSummary:
         if info.kind == ParticipantInfo.Kind.AGENT
         else NOT_AN_AGENT
     )
-    return ParticipantSummary(info.identity, dict(info.attributes), kind)
+    return ParticipantSummary(info.identity, dict(info.attributes), kind, info.sid)
 
 
 class RoomDirectory(Protocol):

@@ -46,6 +46,7 @@ from .server import (
     DEFAULT_MAX_CONNECTIONS,
     start_gateway_server,
 )
+from .webhook import WEBHOOK_PATH, WebhookSource
 
 __all__ = [
     "DEFAULT_BODY_TIMEOUT_S",
@@ -215,6 +216,10 @@ def create_app(
         feeds = EventFeeds(backend, writer=gateway.writer, timeout=delivery_timeout)
         events = EventsRoute(gatekeeper=gateway.gatekeeper, fanout=gateway.fanout, feeds=feeds)
         app.router.add_get("/v1/agent/{agent_code}/events", events.handle)
+    hook = backend.livekit_webhook if isinstance(backend, WebhookSource) else None
+    if hook is not None:  # the agent directory is kept from LiveKit's webhooks
+        app.router.add_post(WEBHOOK_PATH, hook.handle)
+        app.on_startup.append(hook.on_startup)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/openapi.json", gateway.openapi)
     app.on_cleanup.append(gateway.close)

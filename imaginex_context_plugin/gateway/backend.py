@@ -4,9 +4,13 @@
 request JSON to one of them and get its ack JSON back. :class:`LiveKitBackend` implements it on
 a LiveKit server:
 
-- finding: ``RoomService.list_rooms`` then ``list_participants`` for each room (or only the
-  ``room_id`` asked for), keeping participants whose ``imaginex.agent_code`` attribute (which
-  ``ContextPlugin`` publishes) is the code; one agent per room, so a room hears a message once;
+- finding: with an agent directory (``agent_directory``, see :mod:`.directory`), one read of
+  the directory, kept true by LiveKit's webhooks and a periodic reconciliation, never a listing
+  per request; without one, ``RoomService.list_rooms`` then ``list_participants`` for each room
+  (cached ``listing_ttl``). Either way a request naming a ``room_id`` the directory does not
+  show the agent in is looked up directly (one ``list_participants``), and participants count
+  when their ``imaginex.agent_code`` attribute (which ``ContextPlugin`` publishes) is the code;
+  one agent per room, so a room hears a message once;
 - delivering: RPC ``imaginex.context`` from one pooled sender connection per room.
   Its identity is the same in every room and for the gateway's whole life, because the
   receiver deduplicates by (sender identity, message id): that is what makes a retried HTTP
@@ -29,7 +33,7 @@ from typing import Final, Protocol
 import aiohttp
 from livekit import api, rtc
 
-from .._livekit.agents import choose_agent
+from .._livekit.agents import AGENT_KIND, choose_agent
 from .._livekit.rooms import LiveKitRoomDirectory as LiveKitRoomDirectory
 from .._livekit.rooms import ParticipantSummary as ParticipantSummary
 from .._livekit.rooms import RoomDirectory as RoomDirectory
@@ -39,6 +43,14 @@ from .._livekit.tokens import gateway_token as gateway_token
 from ..errors import BackendError as BackendError
 from ..errors import ContextError, ErrorCode
 from ..log import logger
+from ..protocol import AGENT_CODE_ATTRIBUTE
+from .directory import (
+    DEFAULT_RECONCILE_INTERVAL_S,
+    AgentDirectory,
+    DirectoryError,
+    DirectorySync,
+)
+from .webhook import LiveKitWebhook
 
 DEFAULT_GATEWAY_IDENTITY: Final = "imaginex-gateway"
 """Participant identity the gateway joins rooms with; agents must trust it (or its signature)."""
@@ -150,6 +162,12 @@ class LiveKitBackend:
         listing_ttl: Seconds one scan of every room is reused for, so that a burst of requests
             costs one scan rather than one per request. 0 scans for every request. Default 1.
         directory: How rooms and participants are listed. Default: ``RoomService``.
+        agent_directory: Where agents are found without listing rooms (memory or Redis, see
+            :mod:`.directory`); it must then get LiveKit's webhooks (the ``/livekit/webhook``
+            route of :func:`~.app.create_app`). Default: None, rooms are scanned instead.
+            Closed with the backend.
+        reconcile_interval: Seconds between reconciliations of ``agent_directory`` with
+            ``RoomService``. Default 30.
         room_factory: Makes the (unconnected) ``rtc.Room`` that joins a given room name.
             Default: ``rtc.Room()``.
     """
@@ -163,6 +181,8 @@ class LiveKitBackend:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
         listing_ttl: float = DEFAULT_LISTING_TTL_S,
         directory: RoomDirectory | None = None,
+        agent_directory: AgentDirectory | None = None,
+        reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL_S,
         room_factory: Callable[[str], rtc.Room] | None = None,
     ) -> None:
         self._settings = settings
@@ -170,9 +190,20 @@ class LiveKitBackend:
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._listing_ttl = listing_ttl
-        self._directory: RoomDirectory = (
+        self._directory = CountedRoomDirectory(
             directory if directory is not None else LiveKitRoomDirectory(settings)
         )
+        self._sync = (
+            None
+            if agent_directory is None
+            else DirectorySync(
+                agent_directory,
+                self._directory,
+                exclude=(identity,),
+                reconcile_interval=reconcile_interval,
+            )
+        )
+        self._webhook: LiveKitWebhook | None = None
         self._room_factory = room_factory if room_factory is not None else _new_room
         self._pool: dict[str, _PooledRoom] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -191,12 +222,35 @@ class LiveKitBackend:
         """Names of the rooms the gateway holds a connection to (or is joining)."""
         return list(self._pool)
 
+    @property
+    def room_service_calls(self) -> RoomServiceCalls:
+        """How many ``RoomService`` calls this backend made (requests, webhooks, reconciling)."""
+        return self._directory.calls
+
+    @property
+    def directory_sync(self) -> DirectorySync | None:
+        """What keeps ``agent_directory`` true (the webhook route feeds it); None without one."""
+        return self._sync
+
+    @property
+    def livekit_webhook(self) -> LiveKitWebhook | None:
+        """The ``/livekit/webhook`` handler feeding ``agent_directory``; None without one."""
+        if self._sync is None:
+            return None
+        if self._webhook is None:
+            self._webhook = LiveKitWebhook(
+                self._sync, api_key=self._settings.api_key, api_secret=self._settings.api_secret
+            )
+        return self._webhook
+
     # -- finding
 
     async def find_agents(self, agent_code: str, *, room_id: str | None) -> list[AgentTarget]:
         self._check_open()
         try:
-            if room_id is not None:
+            if self._sync is not None:
+                listings = await self._look_up(self._sync, agent_code, room_id)
+            elif room_id is not None:
                 listings = [(room_id, (await self._list_all([room_id]))[0])]
             else:
                 listings = await self._scan()
@@ -206,6 +260,11 @@ class LiveKitBackend:
                 extra={"error": type(exc).__name__, "status": getattr(exc, "status", None)},
             )
             raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _UNAVAILABLE) from None
+        except DirectoryError:
+            logger.warning("agent directory unavailable", exc_info=True)
+            raise BackendError(
+                ErrorCode.LIVEKIT_UNAVAILABLE, "The agent directory could not be read."
+            ) from None
         targets = []
         for room, participants in listings:
             try:
@@ -221,6 +280,25 @@ class LiveKitBackend:
             if agent is not None:
                 targets.append(AgentTarget(room, agent))
         return targets
+
+    async def _look_up(
+        self, sync: DirectorySync, agent_code: str, room_id: str | None
+    ) -> list[tuple[str, list[ParticipantSummary]]]:
+        await sync.ready()
+        rooms = await sync.directory.rooms_of(agent_code)
+        if room_id is not None:
+            if room_id not in rooms:
+                # the directory may not know this room yet (a webhook on its way): one call
+                since = time.time()
+                participants = (await self._list_all([room_id]))[0]
+                await sync.refresh_room(room_id, participants, since=since)
+                return [(room_id, participants)]
+            rooms = {room_id: rooms[room_id]}
+        attributes = {AGENT_CODE_ATTRIBUTE: agent_code}
+        return [
+            (room, [ParticipantSummary(i, attributes, AGENT_KIND) for i in identities])
+            for room, identities in rooms.items()
+        ]
 
     async def _scan(self) -> list[tuple[str, list[ParticipantSummary]]]:
         async with self._scan_lock:
@@ -378,7 +456,41 @@ class LiveKitBackend:
             self._discard(name)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._sync is not None:
+            await self._sync.aclose()
+            await self._sync.directory.aclose()
         await self._directory.aclose()
+
+
+@dataclass
+class RoomServiceCalls:
+    """``RoomService`` calls made so far, by kind."""
+
+    list_rooms: int = 0
+    list_participants: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.list_rooms + self.list_participants
+
+
+class CountedRoomDirectory:
+    """A :class:`RoomDirectory` that counts the calls made through it (benchmarks read them)."""
+
+    def __init__(self, inner: RoomDirectory) -> None:
+        self._inner = inner
+        self.calls = RoomServiceCalls()
+
+    async def list_rooms(self) -> list[str]:
+        self.calls.list_rooms += 1
+        return await self._inner.list_rooms()
+
+    async def list_participants(self, room: str) -> list[ParticipantSummary]:
+        self.calls.list_participants += 1
+        return await self._inner.list_participants(room)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def _new_room(room_name: str) -> rtc.Room:
