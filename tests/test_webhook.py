@@ -1,0 +1,128 @@
+"""``POST /livekit/webhook``: signed events reach the agent directory, anything else is 401."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+from google.protobuf.json_format import MessageToJson
+from livekit import api
+from livekit.protocol.models import ParticipantInfo, Room
+from livekit.protocol.webhook import WebhookEvent
+
+from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE
+from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory
+from imaginex_context_plugin.gateway.webhook import DEFAULT_MAX_WEBHOOK_BYTES, WEBHOOK_PATH
+from tests.gateway_fixtures import CODE, HEADERS, SETTINGS, Client, Fleet, GatewayFactory, post
+
+ROOM = "webhook-room"
+
+
+def joined_body(room: str = ROOM, identity: str = "agent") -> str:
+    event = WebhookEvent(
+        event="participant_joined",
+        id="EV_1",
+        room=Room(name=room, sid="RM_1"),
+        participant=ParticipantInfo(
+            identity=identity,
+            sid="PA_1",
+            kind=ParticipantInfo.AGENT,
+            attributes={AGENT_CODE_ATTRIBUTE: CODE},
+        ),
+    )
+    return MessageToJson(event)
+
+
+def signature(body: str, *, key: str = SETTINGS.api_key, secret: str = SETTINGS.api_secret) -> str:
+    digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+    return api.AccessToken(key, secret).with_sha256(digest).to_jwt()
+
+
+async def hook(client: Client, body: str | bytes, auth: str | None) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/webhook+json"}
+    if auth is not None:
+        headers["Authorization"] = auth
+    response = await client.post(WEBHOOK_PATH, data=body, headers=headers)
+    return response.status, await response.json()
+
+
+async def gateway_with_directory(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> tuple[Client, MemoryAgentDirectory]:
+    directory = MemoryAgentDirectory()
+    backend = fleet.backend(agent_directory=directory)
+    return await make_gateway(backend=backend), directory
+
+
+async def test_a_signed_join_makes_the_agent_reachable_without_listing_rooms(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    live = await fleet.agent(ROOM)
+    fleet.directory.names.clear()  # RoomService lists nothing: only the webhook can tell
+    client, directory = await gateway_with_directory(fleet, make_gateway)
+    status, _, _ = await post(client, f"/v1/agent/{CODE}/speak", {"message": "Hi"})
+    assert status == 404
+
+    body = joined_body(identity=live.room.participant_info.identity)
+    assert await hook(client, body, signature(body)) == (200, {"success": True})
+    assert await directory.rooms_of(CODE) == {ROOM: [live.room.participant_info.identity]}
+    status, payload, _ = await post(client, f"/v1/agent/{CODE}/speak", {"message": "Hi"})
+    assert status == 200, payload
+    assert payload["data"]["delivered_to_rooms"] == 1
+
+
+async def test_unsigned_forged_and_mismatched_webhooks_are_401_and_change_nothing(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client, directory = await gateway_with_directory(fleet, make_gateway)
+    body = joined_body()
+    other = joined_body(identity="someone-else")
+    refused = [
+        await hook(client, body, None),
+        await hook(client, body, ""),
+        await hook(client, body, "not-a-jwt"),
+        await hook(client, body, signature(body, secret="a-forged-secret-0123456789abcdefgh")),
+        await hook(client, body, signature(body, key="another-key")),
+        await hook(client, body, signature(other)),  # signed, but for another body
+        await hook(client, b"\xff\xfe" + body.encode(), signature(body)),
+        await hook(client, api.AccessToken(SETTINGS.api_key, SETTINGS.api_secret).to_jwt(), ""),
+    ]
+    for status, payload in refused:
+        assert status == 401
+        assert payload["error"] == "UNAUTHORIZED"
+        assert payload["success"] is False
+    # no sha256 claim at all
+    plain = api.AccessToken(SETTINGS.api_key, SETTINGS.api_secret).to_jwt()
+    assert (await hook(client, body, plain))[0] == 401
+    assert await directory.rooms_of(CODE) == {}
+
+
+async def test_a_signed_body_that_is_not_an_event_is_401_not_500(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client, _ = await gateway_with_directory(fleet, make_gateway)
+    for body in ("{not json", '{"event": 12, "room": []}'):
+        status, payload = await hook(client, body, signature(body))
+        assert status == 401, payload
+
+
+async def test_a_webhook_over_the_size_limit_is_413(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client, _ = await gateway_with_directory(fleet, make_gateway)
+    body = " " * (DEFAULT_MAX_WEBHOOK_BYTES + 1)
+    status, payload = await hook(client, body, signature(body))
+    assert status == 413
+    assert payload["success"] is False
+
+
+async def test_without_a_directory_there_is_no_webhook_route(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    client = await make_gateway()
+    body = joined_body()
+    response = await client.post(
+        WEBHOOK_PATH, data=body, headers={"Authorization": signature(body), **HEADERS}
+    )
+    assert response.status == 404
