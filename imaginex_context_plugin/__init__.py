@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from livekit.agents import Plugin
 
+from ._livekit.join import accept_with_agent_code
 from .context import ContextBudget
 from .log import logger
 from .protocol import (
@@ -82,6 +83,7 @@ __all__ = [
     "SpeechStartedEvent",
     "SuccessAck",
     "__version__",
+    "accept_with_agent_code",
     "send_via_server_api",
     "sender_token",
     "sign_request",

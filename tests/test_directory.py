@@ -460,3 +460,34 @@ async def test_a_room_the_directory_does_not_show_is_looked_up_directly_once(
         assert backend.room_service_calls.total == before + 2
     finally:
         await backend.aclose()
+
+
+# -- the agent code at join time
+
+
+async def test_accept_with_agent_code_joins_with_the_code_attribute() -> None:
+    from livekit.agents import JobRequest
+    from livekit.agents.job import JobAcceptArguments
+    from livekit.protocol import agent as agent_proto
+
+    from imaginex_context_plugin import accept_with_agent_code
+
+    accepted: list[JobAcceptArguments] = []
+
+    async def on_accept(arguments: JobAcceptArguments) -> None:
+        accepted.append(arguments)
+
+    async def on_reject(terminate: bool) -> None:
+        raise AssertionError("the job was rejected")
+
+    request = JobRequest(
+        job=agent_proto.Job(id="AJ_1", room=Room(name="r1")),
+        on_reject=on_reject,
+        on_accept=on_accept,
+    )
+    await accept_with_agent_code("CODE1", identity="support-agent")(request)
+    [arguments] = accepted
+    assert arguments.attributes == {AGENT_CODE_ATTRIBUTE: "CODE1"}
+    assert arguments.identity == "support-agent"
+    with pytest.raises(ValueError, match="agent_code"):
+        accept_with_agent_code("")
