@@ -165,9 +165,23 @@ def demo(pace: float, verbose: bool) -> None:
 )
 @click.option(
     "--identity",
+    default=None,
+    help="Participant identity in the rooms, distinct per replica [default: imaginex-gateway; "
+    "with --redis-url imaginex-gateway-<random>]. Unsigned, agents must trust it.",
+)
+@click.option(
+    "--redis-url",
+    default=None,
+    envvar="IMAGINEX_REDIS_URL",
+    show_envvar=True,
+    help="Redis shared by gateway replicas (Idempotency-Key records, rate limits); needs "
+    "IMAGINEX_SIGNING_SECRET.",
+)
+@click.option(
+    "--sender",
     default="imaginex-gateway",
     show_default=True,
-    help="Participant identity in the rooms; agents must trust it.",
+    help="The sender signed messages name, the same on every replica.",
 )
 @click.option(
     "--timeout",
@@ -215,7 +229,9 @@ def gateway(
     host: str,
     port: int,
     secrets_file: str | None,
-    identity: str,
+    identity: str | None,
+    redis_url: str | None,
+    sender: str,
     timeout: float,
     rate_limit: float,
     burst: int,
@@ -228,14 +244,15 @@ def gateway(
     call-control endpoints /end-call, /interrupt, ...) over LiveKit.
 
     Reads LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET and IMAGINEX_API_SECRET (or a
-    secrets file), and optionally IMAGINEX_SIGNING_SECRET to sign messages for the agents.
+    secrets file), and optionally IMAGINEX_SIGNING_SECRET to sign messages for the agents
+    and IMAGINEX_REDIS_URL (--redis-url) to run as one of several replicas.
     """
     from .gateway.app import run_gateway
     from .gateway.config import ConfigError, GatewayConfig
     from .security import RateLimit
 
     try:
-        config = GatewayConfig.from_env(secrets_file=secrets_file)
+        config = GatewayConfig.from_env(secrets_file=secrets_file, redis_url=redis_url)
         limit = RateLimit(per_second=rate_limit, burst=burst) if rate_limit > 0 else None
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -243,17 +260,21 @@ def gateway(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    run_gateway(
-        config,
-        host=host,
-        port=port,
-        identity=identity,
-        delivery_timeout=timeout,
-        rate_limit=limit,
-        header_timeout=header_timeout,
-        body_timeout=body_timeout,
-        max_connections=max_connections,
-    )
+    try:
+        run_gateway(
+            config,
+            host=host,
+            port=port,
+            identity=identity,
+            delivery_timeout=timeout,
+            rate_limit=limit,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            max_connections=max_connections,
+            sender=sender,
+        )
+    except ConfigError as exc:  # checked before anything starts
+        raise click.ClickException(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -217,17 +217,20 @@ async def test_a_retried_call_with_the_same_idempotency_key_is_spoken_once(
     first = await post(client, f"/v1/agent/{CODE}/speak", {"message": message}, headers=headers)
     retry = await post(client, f"/v1/agent/{CODE}/speak", {"message": message}, headers=headers)
 
-    for status, body, _ in (first, retry):
-        assert status == 200
-        assert body["data"]["delivered_to_rooms"] == 2
-        assert body["data"]["request_id"] == "order-42-confirmation"
+    # the retry gets the first answer again, byte for byte, and nothing goes to the agents
+    assert first[0] == retry[0] == 200
+    assert retry[1] == first[1]
+    assert first[1]["data"]["delivered_to_rooms"] == 2
+    assert first[1]["data"]["request_id"] == "order-42-confirmation"
     assert [r["duplicate"] for r in first[1]["data"]["rooms"]] == [False, False]
-    assert [r["duplicate"] for r in retry[1]["data"]["rooms"]] == [True, True]
+    assert "Idempotent-Replayed" not in first[2]
+    assert retry[2]["Idempotent-Replayed"] == "true"
     for live in agents:
         await wait_until(lambda live=live: live.said() == [message])  # type: ignore[misc]
         await live.idle()
         assert live.said() == [message]
-        assert live.plugin.stats.duplicates == 1
+        assert live.plugin.stats.received == 1
+        assert live.plugin.stats.duplicates == 0
 
 
 async def test_without_an_idempotency_key_each_call_is_a_new_message(
@@ -666,11 +669,9 @@ async def test_signed_messages_reach_an_agent_that_requires_signatures(
     assert body["data"]["rooms"][0]["error"] == "UNAUTHORIZED"
 
 
-async def test_a_signed_retry_with_the_same_idempotency_key_is_a_duplicate_not_a_replay(
+async def test_a_signed_retry_with_the_same_idempotency_key_is_answered_once(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:
-    # signatures carry whole seconds: a retry within the same second is re-signed into a
-    # byte-identical envelope, which the agent recognises as the same request from the gateway
     live = await fleet.agent(
         ROOM_1, allowed_identities=[], secret="shared-signing-secret", require_signature=True
     )
@@ -681,10 +682,13 @@ async def test_a_signed_retry_with_the_same_idempotency_key_is_a_duplicate_not_a
 
     assert first[0] == 200
     assert retry[0] == 200
-    assert [r["duplicate"] for r in retry[1]["data"]["rooms"]] == [True]
+    # answered from the gateway's record: nothing is signed or sent again
+    assert retry[1] == first[1]
+    assert retry[2]["Idempotent-Replayed"] == "true"
     await wait_until(lambda: live.said() == ["Once."])
     await live.idle()
     assert live.said() == ["Once."]
+    assert live.plugin.stats.received == 1
 
 
 async def test_an_agent_whose_session_ended_is_not_ready(

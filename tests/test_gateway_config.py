@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,13 @@ from imaginex_context_plugin.gateway import (
     ApiSecrets,
     ConfigError,
     GatewayConfig,
+    LiveKitBackend,
     LiveKitSettings,
+    create_app,
 )
+from imaginex_context_plugin.gateway.messages import MessageWriter, Outgoing
+from imaginex_context_plugin.gateway.redis_state import RedisState
+from imaginex_context_plugin.security import SignatureVerifier
 
 LIVEKIT_ENV = {
     "LIVEKIT_URL": "ws://127.0.0.1:7880",
@@ -219,3 +225,65 @@ def test_the_gateway_package_exports_what_all_lists() -> None:
     assert gateway.__all__ == sorted(gateway.__all__, key=lambda n: (not n.isupper(), n))
     for name in gateway.__all__:
         assert hasattr(gateway, name), name
+
+
+# ---------------------------------------------------------------------------------------------
+# replicas: Redis, signing, the sender
+
+
+def test_redis_comes_from_the_environment_or_the_option() -> None:
+    env = {**LIVEKIT_ENV, "IMAGINEX_API_SECRET": "s", "IMAGINEX_SIGNING_SECRET": "sig"}
+    from_env = GatewayConfig.from_env({**env, "IMAGINEX_REDIS_URL": "redis://127.0.0.1:1/0"})
+    given = GatewayConfig.from_env(env, redis_url="redis://127.0.0.1:2/0")
+    assert from_env.redis_url == "redis://127.0.0.1:1/0"
+    assert given.redis_url == "redis://127.0.0.1:2/0"
+    assert GatewayConfig.from_env(env).redis_url is None
+    # a Redis URL may carry a password
+    assert "redis://" not in repr(from_env)
+
+
+def test_replicas_without_a_signing_secret_are_refused_with_the_reason() -> None:
+    with pytest.raises(ConfigError) as caught:
+        GatewayConfig.from_env(
+            {**LIVEKIT_ENV, "IMAGINEX_API_SECRET": "s", "IMAGINEX_REDIS_URL": "redis://x/0"}
+        )
+    assert "need a signing secret (IMAGINEX_SIGNING_SECRET" in str(caught.value)
+    assert "retry that reaches it through another replica" in str(caught.value)
+
+
+def test_create_app_refuses_shared_state_without_a_signing_secret() -> None:
+    backend = LiveKitBackend(
+        LiveKitSettings("ws://127.0.0.1:1", "devkey", LIVEKIT_ENV["LIVEKIT_API_SECRET"])
+    )
+    with pytest.raises(ConfigError, match="need a signing secret"):
+        create_app(backend, ApiSecrets(secret="s"), state=RedisState("redis://127.0.0.1:1/0"))
+
+
+@pytest.mark.parametrize("sender", ["", " ", "gate\nway", "\u200b", "x" * 129])
+def test_an_unusable_sender_is_refused_before_anything_is_sent(sender: str) -> None:
+    backend = LiveKitBackend(
+        LiveKitSettings("ws://127.0.0.1:1", "devkey", LIVEKIT_ENV["LIVEKIT_API_SECRET"])
+    )
+    with pytest.raises(ValueError, match="sender must be 1 to 128 visible characters"):
+        create_app(backend, ApiSecrets(secret="s"), signing_secret="sig", sender=sender)
+
+
+@pytest.mark.parametrize(
+    ("sender", "expected"),
+    [("imaginex-gateway", "imaginex-gateway"), ("crm-gateway", "crm-gateway"), (None, None)],
+)
+def test_the_writer_signs_with_the_sender(sender: str | None, expected: str | None) -> None:
+    writer = MessageWriter(signing_secret="sig", sender=sender)
+    packet = json.loads(writer.write(Outgoing("speak", {"type": "speak", "message": "Hi"}),
+                                     "id-1", "A1", "room-1"))
+    assert packet.get("sender") == expected
+    verifier = SignatureVerifier("sig")
+    assert verifier.verify(
+        packet["body"], packet["timestamp"], packet["signature"], sender=expected
+    ) is None
+    # unsigned, nothing names a sender: the participant identity is the sender
+    assert "sender" not in json.loads(
+        MessageWriter(signing_secret=None, sender=sender).write(
+            Outgoing("speak", {"type": "speak", "message": "Hi"}), "id-1", "A1", None
+        )
+    )

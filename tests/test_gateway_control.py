@@ -357,7 +357,7 @@ async def test_an_idempotency_key_is_bound_to_its_endpoint_and_body(
     assert (first, again) == (200, 200)  # the same request, defaults spelled out or not
     assert (other_body, other_endpoint) == (422, 422)
     assert body["error"] == "ID_REUSED"
-    assert len(received) == 2
+    assert len(received) == 1  # the repeat was answered from the first answer
 
 
 # ---------------------------------------------------------------------------------------------

@@ -243,12 +243,14 @@ async def test_a_key_reused_with_another_body_is_refused_before_anything_is_sent
     assert "data" not in answer  # refused by the gateway: no room was tried
     assert agent.plugin.stats.received == received  # nothing reached the agent
 
-    # the same request again is the retry the key exists for
-    status, answer, _ = await post(
+    # the same request again is the retry the key exists for: the first answer, again
+    status, answer, headers = await post(
         client, SPEAK, {"message": "Order 42 shipped."}, headers=keyed("o-42")
     )
     assert status == 200
-    assert answer["data"]["rooms"][0]["duplicate"] is True
+    assert headers["Idempotent-Replayed"] == "true"
+    assert answer["data"]["rooms"][0]["duplicate"] is False
+    assert agent.plugin.stats.received == received
     await agent.idle()
     assert agent.said() == ["Order 42 shipped."]
 
@@ -280,11 +282,11 @@ async def test_the_same_body_with_other_spacing_or_unknown_fields_is_the_same_re
     await fleet.agent(ROOM_1)
     client = await make_gateway()
     first, _, _ = await post(client, SPEAK, '{"message":"Hi"}', headers=keyed("k-2"))
-    status, answer, _ = await post(
+    status, _, headers = await post(
         client, SPEAK, '{ "trace": 7,  "message" : "Hi" }', headers=keyed("k-2")
     )
     assert (first, status) == (200, 200)
-    assert answer["data"]["rooms"][0]["duplicate"] is True
+    assert headers["Idempotent-Replayed"] == "true"
 
 
 async def test_a_key_is_bound_per_agent_code(fleet: Fleet, make_gateway: GatewayFactory) -> None:

@@ -217,3 +217,30 @@ async def test_a_malformed_secrets_file_fails_fast_without_printing_secrets(
     assert "line 1: expected 'agent_code=secret'" in output
     assert "hunter2" not in output
     assert "Traceback" not in output
+
+
+async def test_replicas_without_a_signing_secret_refuse_to_start() -> None:
+    env = clean_env(
+        LIVEKIT_URL="ws://127.0.0.1:1",
+        LIVEKIT_API_KEY="devkey",
+        LIVEKIT_API_SECRET="devsecret-0123456789abcdef0123456789abcdef",
+        IMAGINEX_API_SECRET=SECRET,
+    )
+    args = ["gateway", "--port", str(free_port()), "--redis-url", "redis://127.0.0.1:1/0"]
+    code, output = await run_to_exit(args, env)
+    assert code != 0
+    assert "need a signing secret (IMAGINEX_SIGNING_SECRET" in output
+    assert "Traceback" not in output
+
+
+async def test_an_unusable_sender_refuses_to_start() -> None:
+    env = clean_env(
+        LIVEKIT_URL="ws://127.0.0.1:1",
+        LIVEKIT_API_KEY="devkey",
+        LIVEKIT_API_SECRET="devsecret-0123456789abcdef0123456789abcdef",
+        IMAGINEX_API_SECRET=SECRET,
+    )
+    code, output = await run_to_exit(["gateway", "--port", str(free_port()), "--sender", ""], env)
+    assert code != 0
+    assert "--sender: sender must be 1 to 128 visible characters" in output
+    assert "Traceback" not in output

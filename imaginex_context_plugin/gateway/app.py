@@ -13,6 +13,7 @@ import asyncio
 import json
 import math
 import signal
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -24,13 +25,13 @@ from ..version import __version__
 from .answers import FAILURE_PRECEDENCE, answer
 from .backend import AgentBackend
 from .body import BodyReader
-from .config import ApiSecrets, GatewayConfig
+from .config import ApiSecrets, ConfigError, GatewayConfig
 from .events import EventFeeds, EventsRoute, RoomHolder
-from .fanout import FanOut
+from .fanout import FanOut, RoomOutcome
 from .gatekeeper import Gatekeeper
-from .idempotency import IdempotencyKeys
+from .idempotency import RETRY_MAY_CHANGE, IdempotencyKeys, Lease, replayed, to_store
 from .limits import DEFAULT_AUTH_FAILURE_LIMIT
-from .messages import MessageWriter, Outgoing
+from .messages import DEFAULT_GATEWAY_SENDER, MessageWriter, Outgoing
 from .middleware import AnswerMiddleware
 from .models import (
     CONTROL_BODIES,
@@ -40,11 +41,18 @@ from .models import (
     SpeakBody,
 )
 from .openapi import build_openapi
-from .refusals import STATUS_FOR, json_response
+from .refusals import STATUS_FOR, Refusal, error_response, json_response
 from .server import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
     start_gateway_server,
+)
+from .state import (
+    REPLICAS_NEED_SIGNING,
+    GatewayState,
+    MemoryState,
+    StoredAnswer,
+    require_signing_for_replicas,
 )
 from .webhook import WEBHOOK_PATH, WebhookSource
 
@@ -53,6 +61,7 @@ __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT_S",
     "DEFAULT_GATEWAY_RATE_LIMIT",
     "DEFAULT_HOST",
+    "DEFAULT_IDEMPOTENCY_LEASE_MARGIN_S",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_PORT",
     "FAILURE_PRECEDENCE",
@@ -71,6 +80,9 @@ DEFAULT_BODY_TIMEOUT_S: Final = 30.0
 """Seconds a client has to send a request's body once its headers are in."""
 DEFAULT_GATEWAY_RATE_LIMIT: Final = RateLimit(per_second=10.0, burst=50)
 """Per api-secret: 10 requests a second, bursts of 50."""
+DEFAULT_IDEMPOTENCY_LEASE_MARGIN_S: Final = 5.0
+"""Seconds an Idempotency-Key claim outlives the delivery timeout (finding the rooms, joining
+one): a replica that dies mid-delivery holds its key this much longer than a delivery takes."""
 
 
 class _Gateway:
@@ -87,12 +99,17 @@ class _Gateway:
         bodies: BodyReader,
         writer: MessageWriter,
         delivery_timeout: float,
+        state: GatewayState,
     ) -> None:
         self._backend = backend
         self._gatekeeper = gatekeeper
         self._bodies = bodies
         self._writer = writer
-        self._keys = IdempotencyKeys()
+        self._state = state
+        lease_s = delivery_timeout + DEFAULT_IDEMPOTENCY_LEASE_MARGIN_S
+        # a repeat waits as long as the first request may hold its key: by then it has its
+        # answer, or the lease ended and the repeat delivers itself
+        self._keys = IdempotencyKeys(state.idempotency, lease_s=lease_s, wait_s=lease_s)
         self._fanout = FanOut(backend, writer=writer, delivery_timeout=delivery_timeout)
         self._timeout = delivery_timeout
         self._openapi = json.dumps(build_openapi()).encode("utf-8")
@@ -117,14 +134,14 @@ class _Gateway:
 
     async def speak(self, request: web.Request) -> web.Response:
         agent_code = request.match_info["agent_code"]
-        self._gatekeeper.admit(request, agent_code)
+        await self._gatekeeper.admit_shared(request, agent_code)
         body = await self._bodies.read(request, SpeakBody)
         outgoing = Outgoing("speak", body.fields(), "message", body.message)
         return await self._send(request, agent_code, outgoing, body.room_id)
 
     async def add_context(self, request: web.Request) -> web.Response:
         agent_code = request.match_info["agent_code"]
-        self._gatekeeper.admit(request, agent_code)
+        await self._gatekeeper.admit_shared(request, agent_code)
         body = await self._bodies.read(request, AddContextBody)
         fields = {"type": body.type, "context": body.context}
         outgoing = Outgoing("add-context", fields, "context", body.context)
@@ -136,7 +153,7 @@ class _Gateway:
 
         async def handle(request: web.Request) -> web.Response:
             agent_code = request.match_info["agent_code"]
-            self._gatekeeper.admit(request, agent_code)
+            await self._gatekeeper.admit_shared(request, agent_code)
             body = await self._bodies.read(request, model)
             outgoing = Outgoing(endpoint, body.fields(), body.text_field, body.long_text())
             return await self._send(request, agent_code, outgoing, body.room_id)
@@ -149,13 +166,56 @@ class _Gateway:
         # the order matters: nothing is bound or asked of LiveKit for a message that cannot fit
         request_id = self._keys.request_id(request)
         self._writer.check_fits(outgoing, request_id, agent_code, room_id)
-        self._keys.bind(request, agent_code, request_id, outgoing.fingerprint(room_id))
-        targets = await self._fanout.targets(agent_code, room_id)
-        outcomes = await self._fanout.deliver(targets, outgoing, request_id, agent_code)
-        return answer(outgoing, agent_code, request_id, outcomes, delivery_timeout=self._timeout)
+        claimed = await self._keys.claim(
+            request, agent_code, request_id, outgoing.fingerprint(room_id)
+        )
+        if claimed is None:
+            return await self._deliver(agent_code, outgoing, request_id, room_id, None)
+        if isinstance(claimed, Lease):
+            return await self._deliver(agent_code, outgoing, request_id, room_id, claimed)
+        return replayed(claimed)
+
+    async def _deliver(
+        self,
+        agent_code: str,
+        outgoing: Outgoing,
+        request_id: str,
+        room_id: str | None,
+        lease: Lease | None,
+    ) -> web.Response:
+        """Deliver, answer, and keep the answer for the key's repeats when it is final."""
+        try:
+            targets = await self._fanout.targets(agent_code, room_id)
+            outcomes = await self._fanout.deliver(targets, outgoing, request_id, agent_code)
+        except Exception:
+            # nothing (or not everything) was delivered: a repeat must deliver again
+            if lease is not None:
+                await lease.finish(None)
+            raise
+        try:
+            response = answer(
+                outgoing, agent_code, request_id, outcomes, delivery_timeout=self._timeout
+            )
+        except Refusal as refusal:
+            if lease is not None:
+                await lease.finish(_kept(error_response(refusal), outcomes))
+            raise
+        if lease is not None:
+            await lease.finish(_kept(response, outcomes))
+        return response
 
     async def close(self, app: web.Application) -> None:
-        await self._backend.aclose()
+        try:
+            await self._backend.aclose()
+        finally:
+            await self._state.aclose()
+
+
+def _kept(response: web.Response, outcomes: list[RoomOutcome]) -> StoredAnswer | None:
+    """The answer to keep for an Idempotency-Key, or None when a retry may change it."""
+    if any(o.error in RETRY_MAY_CHANGE for o in outcomes):
+        return None
+    return to_store(response)
 
 
 def create_app(
@@ -168,6 +228,8 @@ def create_app(
     auth_failure_limit: RateLimit | None = DEFAULT_AUTH_FAILURE_LIMIT,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
+    state: GatewayState | None = None,
+    sender: str | None = DEFAULT_GATEWAY_SENDER,
 ) -> web.Application:
     """Build the gateway's aiohttp application.
 
@@ -186,6 +248,18 @@ def create_app(
         max_body_bytes: Largest request body. Default 64 KiB.
         body_timeout: Seconds to receive the body once the headers are in; a late body is
             answered 408 ``REQUEST_TIMEOUT`` and the connection closed. Default 30.
+        state: Idempotency-Key records and rate limits: :class:`~.state.MemoryState` for a
+            lone gateway (the default), ``redis_state.RedisState`` for replicas, which then
+            need ``signing_secret``. Closed with the application.
+        sender: The sender signed messages name (``sign_request(sender=...)``), the same on
+            every replica so that the agents apply a retry through another replica once.
+            None: v1 envelopes (for agents older than protocol v1.2). Default
+            ``imaginex-gateway``.
+
+    Raises:
+        ConfigError: ``state`` is shared but there is no ``signing_secret``.
+        ValueError: A timeout is not a positive number, or ``sender`` is not 1 to 128 visible
+            characters.
 
     Returns:
         The application; serve it with :func:`~.server.start_gateway_server` (which also limits
@@ -196,14 +270,20 @@ def create_app(
         raise ValueError("delivery_timeout must be a positive number of seconds")
     if not 0 < body_timeout < math.inf:
         raise ValueError("body_timeout must be a positive number of seconds")
+    state = state if state is not None else MemoryState()
+    require_signing_for_replicas(state, signing_secret)
     gateway = _Gateway(
         backend,
         gatekeeper=Gatekeeper(
-            secrets, rate_limit=rate_limit, auth_failure_limit=auth_failure_limit
+            secrets,
+            rate_limit=rate_limit,
+            auth_failure_limit=auth_failure_limit,
+            buckets=state.buckets,
         ),
         bodies=BodyReader(max_body_bytes=max_body_bytes, body_timeout=body_timeout),
-        writer=MessageWriter(signing_secret=signing_secret),
+        writer=MessageWriter(signing_secret=signing_secret, sender=sender),
         delivery_timeout=delivery_timeout,
+        state=state,
     )
     answers = AnswerMiddleware(max_body_bytes=max_body_bytes)
     # client_max_size: aiohttp's own guard on request.read(); checked again with a JSON answer
@@ -238,28 +318,53 @@ def run_gateway(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S,
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    sender: str | None = DEFAULT_GATEWAY_SENDER,
 ) -> None:
     """Serve the gateway until SIGINT or SIGTERM (what ``imaginex-context gateway`` runs).
 
+    With ``config.redis_url`` the gateway is one of several replicas: its Idempotency-Key
+    records and rate limits live in that Redis (:class:`~.redis_state.RedisState`).
+
     Args:
-        config: LiveKit settings and api-secrets (``GatewayConfig.from_env()``).
+        config: LiveKit settings, api-secrets, signing secret, Redis (``GatewayConfig``).
         host: Interface to listen on. Default 127.0.0.1.
         port: Port. Default 8089.
-        identity: The gateway's participant identity. Default ``imaginex-gateway``.
+        identity: The gateway's participant identity, distinct per replica (two participants
+            with one identity in a room disconnect each other). Default ``imaginex-gateway``;
+            with Redis ``imaginex-gateway-`` and 8 random hex digits.
         delivery_timeout: See :func:`create_app`.
         rate_limit: See :func:`create_app`.
         max_body_bytes: See :func:`create_app`.
         header_timeout: See :func:`~.server.start_gateway_server`. Default 10.
         body_timeout: See :func:`create_app`. Default 30.
         max_connections: See :func:`~.server.start_gateway_server`. Default 1024.
+        sender: See :func:`create_app`. Default ``imaginex-gateway``.
+
+    Raises:
+        ConfigError: Redis without a signing secret, or an unusable ``sender`` (checked before
+            anything starts).
     """
     from .backend import DEFAULT_GATEWAY_IDENTITY, LiveKitBackend
 
+    if config.redis_url and not config.signing_secret:
+        raise ConfigError(REPLICAS_NEED_SIGNING)
+    try:
+        MessageWriter(signing_secret=None, sender=sender)
+    except ValueError as exc:
+        raise ConfigError(f"--sender: {exc}.") from None
+    if not identity:
+        identity = DEFAULT_GATEWAY_IDENTITY
+        if config.redis_url:
+            identity = f"{DEFAULT_GATEWAY_IDENTITY}-{uuid.uuid4().hex[:8]}"
+
     async def make_app() -> web.Application:
-        # built inside the loop: the backend's HTTP session binds to it
-        backend = LiveKitBackend(
-            config.livekit, identity=identity if identity else DEFAULT_GATEWAY_IDENTITY
-        )
+        # built inside the loop: the backend's HTTP session and the Redis client bind to it
+        backend = LiveKitBackend(config.livekit, identity=identity)
+        state: GatewayState | None = None
+        if config.redis_url:
+            from .redis_state import RedisState
+
+            state = RedisState(config.redis_url)
         _log_start(config, backend.identity)
         return create_app(
             backend,
@@ -269,6 +374,8 @@ def run_gateway(
             rate_limit=rate_limit,
             max_body_bytes=max_body_bytes,
             body_timeout=body_timeout,
+            state=state,
+            sender=sender,
         )
 
     asyncio.run(
@@ -290,6 +397,7 @@ def _log_start(config: GatewayConfig, identity: str) -> None:
             "identity": identity,
             "principals": [p.name for p in config.secrets.principals],
             "signed": config.signing_secret is not None,
+            "replicated": config.redis_url is not None,
         },
     )
 

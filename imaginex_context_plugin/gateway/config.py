@@ -32,7 +32,11 @@ from .._env import LIVEKIT_URL_ENV as LIVEKIT_URL_ENV
 from .._env import SIGNING_SECRET_ENV as SIGNING_SECRET_ENV
 from .._livekit.settings import LiveKitSettings as LiveKitSettings
 from ..errors import ConfigError as ConfigError
+from .state import REPLICAS_NEED_SIGNING
 
+REDIS_URL_ENV: Final = "IMAGINEX_REDIS_URL"
+"""Gateway: Redis shared by replicas (``--redis-url``). Named here rather than in ``_env``
+because only the gateway reads it."""
 DEFAULT_PRINCIPAL: Final = "default"
 """Name of the principal authenticated by ``IMAGINEX_API_SECRET`` (rate limits, logs)."""
 
@@ -196,11 +200,27 @@ def _check_code(code: str) -> None:
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """Everything the ``imaginex-context gateway`` command reads from its environment."""
+    """Everything the ``imaginex-context gateway`` command reads from its environment.
+
+    Attributes:
+        livekit: The LiveKit server and key pair.
+        secrets: The accepted api-secrets.
+        signing_secret: Signs every message for the agents (``IMAGINEX_SIGNING_SECRET``).
+        redis_url: Redis shared by gateway replicas (``IMAGINEX_REDIS_URL``); None: a lone
+            gateway, its state in memory. Replicas need ``signing_secret``.
+
+    Raises:
+        ConfigError: ``redis_url`` is set without ``signing_secret``.
+    """
 
     livekit: LiveKitSettings
     secrets: ApiSecrets
     signing_secret: str | None = field(default=None, repr=False)
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+
+    def __post_init__(self) -> None:
+        if self.redis_url and not self.signing_secret:
+            raise ConfigError(REPLICAS_NEED_SIGNING)
 
     @classmethod
     def from_env(
@@ -208,12 +228,14 @@ class GatewayConfig:
         environ: Mapping[str, str] | None = None,
         *,
         secrets_file: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
     ) -> GatewayConfig:
         """Read the configuration, reporting every missing variable at once.
 
         Args:
             environ: The environment to read; ``os.environ`` when omitted.
             secrets_file: A secrets file; defaults to ``IMAGINEX_API_SECRETS_FILE``.
+            redis_url: Redis shared by replicas; defaults to ``IMAGINEX_REDIS_URL``.
 
         Raises:
             ConfigError: If something is missing or malformed.
@@ -248,4 +270,9 @@ class GatewayConfig:
             secrets = ApiSecrets.from_file(secrets_file, secret=api_secret)
         else:
             secrets = ApiSecrets(secret=api_secret)
-        return cls(livekit=livekit, secrets=secrets, signing_secret=get(SIGNING_SECRET_ENV))
+        return cls(
+            livekit=livekit,
+            secrets=secrets,
+            signing_secret=get(SIGNING_SECRET_ENV),
+            redis_url=redis_url or get(REDIS_URL_ENV),
+        )

@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from .._packet import oversize
 from ..protocol import (
     MAX_PAYLOAD_BYTES,
+    MAX_SENDER_LENGTH,
     ErrorCode,
     ProtocolError,
+    SignedEnvelope,
     validate_request,
 )
 from ..security import sign_request
@@ -24,6 +26,11 @@ from .models import ControlEndpoint
 from .refusals import Refusal, invalid
 
 Endpoint = Literal["speak", "add-context", "events"] | ControlEndpoint
+
+DEFAULT_GATEWAY_SENDER: Final = "imaginex-gateway"
+"""The sender a signed message names (``sign_request(sender=...)``): the same for every replica,
+so that an agent applies a request id once whichever replica relays it. It equals the default
+participant identity, so agents granting ``permissions`` to that identity keep working."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +70,29 @@ class MessageWriter:
     Args:
         signing_secret: Sign every message with it (``ContextPlugin(secret=...)``); None: not
             signed.
+        sender: The sender signed messages name; None: v1 envelopes without one (the relaying
+            participant is the sender, as agents before protocol v1.2 expect). Default
+            ``imaginex-gateway``.
     """
 
-    def __init__(self, *, signing_secret: str | None) -> None:
+    def __init__(
+        self, *, signing_secret: str | None, sender: str | None = DEFAULT_GATEWAY_SENDER
+    ) -> None:
+        if sender is not None:
+            try:
+                SignedEnvelope(type="signed", body="{}", timestamp=0, signature="", sender=sender)
+            except ValueError:  # pydantic's ValidationError is a ValueError
+                raise ValueError(
+                    f"sender must be 1 to {MAX_SENDER_LENGTH} visible characters, no control "
+                    "characters: the agents would refuse every message naming it"
+                ) from None
         self._signing_secret = signing_secret
+        self._sender = sender
+
+    @property
+    def sender(self) -> str | None:
+        """The sender signed messages name (None: none)."""
+        return self._sender
 
     def write(self, outgoing: Outgoing, request_id: str, agent_code: str, room: str | None) -> str:
         """The exact text sent to the agent in ``room`` (None: any room).
@@ -80,7 +106,7 @@ class MessageWriter:
             obj["room_id"] = room
         body = validate_request(obj).model_dump_json(exclude_defaults=True)
         if self._signing_secret:
-            return sign_request(body, self._signing_secret)
+            return sign_request(body, self._signing_secret, sender=self._sender)
         return body
 
     def check_fits(

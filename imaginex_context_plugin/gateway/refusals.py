@@ -20,6 +20,15 @@ METHOD_NOT_ALLOWED: Final = "METHOD_NOT_ALLOWED"
 """Error code of a known route called with the wrong method."""
 REQUEST_TIMEOUT: Final = "REQUEST_TIMEOUT"
 """Error code of a body that did not arrive in time (the gateway's own; not an agent error)."""
+REQUEST_IN_PROGRESS: Final = "REQUEST_IN_PROGRESS"
+"""Error code (409) of a repeated Idempotency-Key whose first request is still being delivered
+after the repeat waited for it."""
+STATE_UNAVAILABLE: Final = "STATE_UNAVAILABLE"
+"""Error code (503) when the replicas' shared state (Redis) cannot be reached."""
+STATE_UNAVAILABLE_MESSAGE: Final = (
+    "The gateway's shared state (Redis) cannot be reached, so the request could not be checked "
+    "for repeats or rate limited; nothing was sent. Retry shortly."
+)
 
 # The HTTP status for each error code, when no room took the message.
 STATUS_FOR: Final[dict[ErrorCode, int]] = {
@@ -73,6 +82,13 @@ class Refusal(Exception):
 def invalid(message: str) -> Refusal:
     """A 400 ``VALIDATION_ERROR`` with ``message``."""
     return Refusal(400, ErrorCode.VALIDATION_ERROR.value, message)
+
+
+def state_unavailable() -> Refusal:
+    """The 503 answer when the shared state cannot be reached."""
+    return Refusal(
+        503, STATE_UNAVAILABLE, STATE_UNAVAILABLE_MESSAGE, headers={"Retry-After": "1"}
+    )
 
 
 def too_large(max_body_bytes: int) -> Refusal:
