@@ -521,6 +521,8 @@ class DirectorySync:
         self._loop_task: asyncio.Task[None] | None = None
         self._rechecks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._reconciliations = 0
+        self._events = 0
+        self._rechecked = 0
         self._closed = False
 
     @property
@@ -531,6 +533,16 @@ class DirectorySync:
     def reconciliations(self) -> int:
         """Reconciliations this process ran (a replica that lost the claim does not count)."""
         return self._reconciliations
+
+    @property
+    def events(self) -> int:
+        """Webhook events applied (every verified event counts, even one that changed nothing)."""
+        return self._events
+
+    @property
+    def rechecks(self) -> int:
+        """Rooms listed again because an agent joined without its code."""
+        return self._rechecked
 
     def start(self) -> None:
         """Start reconciling: once at once, then every interval. Later calls do nothing.
@@ -587,6 +599,7 @@ class DirectorySync:
 
     async def on_event(self, event: Any) -> None:
         """Apply one verified webhook event (a ``livekit.protocol.webhook.WebhookEvent``)."""
+        self._events += 1
         kind: str = event.event
         room: str = event.room.name
         if not room:
@@ -635,6 +648,7 @@ class DirectorySync:
             await asyncio.sleep(max(0.0, delay - waited))
             waited = delay
             since = self._clock()
+            self._rechecked += 1
             try:
                 people = await self._rooms.list_participants(room)
                 await self.refresh_room(room, people, since=since)

@@ -1,0 +1,208 @@
+"""The agent directory against a real ``livekit-server`` that posts its webhooks to the
+gateway's ``/livekit/webhook`` on loopback: agents become findable, and stop being findable,
+without a ``RoomService`` listing per request; a gateway that misses the webhooks is healed by
+reconciliation.
+
+This module starts its own server (the shared one has no webhook configured): its webhook URL
+is a loopback port chosen first, where each test then serves its gateway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from livekit import api, rtc
+
+from devtools.livekit_server import (
+    LOOPBACK,
+    LiveKitServer,
+    NoServer,
+    ServerInfo,
+    find_binary,
+    free_tcp_port,
+)
+from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE
+from imaginex_context_plugin.gateway import (
+    DEFAULT_GATEWAY_IDENTITY,
+    ApiSecrets,
+    LiveKitBackend,
+    LiveKitSettings,
+    create_app,
+)
+from imaginex_context_plugin.gateway.directory import DirectorySync, MemoryAgentDirectory
+from imaginex_context_plugin.gateway.webhook import WEBHOOK_PATH
+from tests.helpers import wait_until
+from tests.integration.live import live_agent, room_name
+
+SECRET = "integration-directory-secret"
+NEVER_S = 3600.0
+"""A reconcile interval no test waits for: only the first reconciliation (at start) runs."""
+
+Gateway = tuple[TestClient[web.Request, web.Application], LiveKitBackend, DirectorySync]
+
+
+@pytest.fixture(scope="module")
+def hooked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerInfo, int]]:
+    """A server of our own whose webhooks go to ``127.0.0.1:<port>/livekit/webhook``."""
+    try:
+        binary = find_binary(build=True)
+    except NoServer as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true and {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    port = free_tcp_port()
+    server = LiveKitServer(
+        binary,
+        Path(tmp_path_factory.mktemp("livekit-webhooks")),
+        webhook_urls=[f"http://{LOOPBACK}:{port}{WEBHOOK_PATH}"],
+    )
+    info = server.start()
+    try:
+        yield info, port
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(
+    lk: ServerInfo, *, port: int, reconcile_interval: float = NEVER_S
+) -> AsyncIterator[Gateway]:
+    backend = LiveKitBackend(
+        LiveKitSettings(url=lk.url, api_key=lk.api_key, api_secret=lk.api_secret),
+        agent_directory=MemoryAgentDirectory(),
+        reconcile_interval=reconcile_interval,
+    )
+    sync = backend.directory_sync
+    assert sync is not None
+    client: TestClient[web.Request, web.Application] = TestClient(
+        TestServer(create_app(backend, ApiSecrets(secret=SECRET)), host=LOOPBACK, port=port)
+    )
+    await client.start_server()
+    try:
+        await sync.ready()
+        yield client, backend, sync
+    finally:
+        await client.close()
+
+
+async def rooms_of(sync: DirectorySync, code: str) -> dict[str, list[str]]:
+    return await sync.directory.rooms_of(code)
+
+
+async def test_webhooks_make_an_agent_findable_and_unfindable_without_listing_rooms(
+    hooked: tuple[ServerInfo, int],
+) -> None:
+    lk, port = hooked
+    code = f"DIR{uuid.uuid4().hex[:8].upper()}"
+    async with serve_gateway(lk, port=port) as (client, backend, sync):
+        async with live_agent(
+            lk, agent_code=code, allowed_identities=[DEFAULT_GATEWAY_IDENTITY]
+        ) as agent:
+
+            async def found() -> bool:
+                return await rooms_of(sync, code) == {agent.room_name: [agent.identity]}
+
+            # participant_joined came before the plugin published its code: one re-check
+            await wait_until(found, "the webhook (and its re-check) to record the agent")
+            assert sync.events >= 1
+            assert sync.reconciliations == 1
+            calls = backend.room_service_calls.total
+            for _ in range(20):
+                [target] = await backend.find_agents(code, room_id=None)
+                assert (target.room, target.identity) == (agent.room_name, agent.identity)
+            response = await client.post(
+                f"/v1/agent/{code}/speak",
+                json={"message": "Found through the directory."},
+                headers={"api-secret": SECRET},
+            )
+            payload = await response.json()
+            assert response.status == 200, payload
+            assert payload["data"]["delivered_to_rooms"] == 1
+            # 21 lookups, no RoomService call (a late re-check of the join could still land)
+            assert backend.room_service_calls.total - calls <= sync.rechecks
+            assert backend.room_service_calls.list_rooms == 1  # the first reconciliation
+            await wait_until(
+                lambda: agent.said() == ["Found through the directory."], "the agent to say it"
+            )
+            await agent.room.disconnect()  # participant_left
+
+            async def gone() -> bool:
+                return await rooms_of(sync, code) == {}
+
+            await wait_until(gone, "participant_left to remove the agent")
+        assert backend.room_service_calls.list_rooms == 1
+
+
+async def test_a_code_in_the_join_token_needs_no_recheck_and_room_finished_removes_it(
+    hooked: tuple[ServerInfo, int],
+) -> None:
+    lk, port = hooked
+    code = f"TOK{uuid.uuid4().hex[:8].upper()}"
+    name = room_name("dir-token")
+    # what accept_with_agent_code gives a dispatched agent: the attribute in its token
+    token = (
+        api.AccessToken(lk.api_key, lk.api_secret)
+        .with_identity("token-agent")
+        .with_kind("agent")
+        .with_attributes({AGENT_CODE_ATTRIBUTE: code})
+        .with_grants(api.VideoGrants(room_join=True, room=name))
+        .to_jwt()
+    )
+    async with serve_gateway(lk, port=port) as (_, backend, sync):
+        calls = backend.room_service_calls.total
+        room = rtc.Room()
+        await room.connect(lk.url, token)
+        try:
+
+            async def found() -> bool:
+                return await rooms_of(sync, code) == {name: ["token-agent"]}
+
+            await wait_until(found, "participant_joined to carry the code")
+            assert sync.rechecks == 0
+            assert backend.room_service_calls.total == calls
+            async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
+                await lkapi.room.delete_room(api.DeleteRoomRequest(room=name))
+
+            async def gone() -> bool:
+                return await rooms_of(sync, code) == {}
+
+            await wait_until(gone, "room_finished (or participant_left) to remove the agent")
+            assert backend.room_service_calls.total == calls
+        finally:
+            await room.disconnect()
+
+
+async def test_reconciliation_heals_a_gateway_that_missed_the_webhooks(
+    hooked: tuple[ServerInfo, int],
+) -> None:
+    lk, _ = hooked
+    code = f"REC{uuid.uuid4().hex[:8].upper()}"
+    # served on another port: every webhook misses this gateway
+    async with serve_gateway(lk, port=free_tcp_port(), reconcile_interval=1.0) as (
+        _,
+        backend,
+        sync,
+    ):
+        async with live_agent(
+            lk, agent_code=code, allowed_identities=[DEFAULT_GATEWAY_IDENTITY]
+        ) as agent:
+
+            async def found() -> bool:
+                return bool(await backend.find_agents(code, room_id=None))
+
+            await wait_until(found, "a reconciliation to find the agent")
+            await agent.room.disconnect()
+
+            async def gone() -> bool:
+                return not await backend.find_agents(code, room_id=None)
+
+            await wait_until(gone, "a reconciliation to drop the agent")
+        assert sync.events == 0
+        assert sync.reconciliations >= 3
