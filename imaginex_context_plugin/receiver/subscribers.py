@@ -330,18 +330,31 @@ class Subscribers:
 
     # ------------------------------------------------------------------------------------------
 
-    def end_call(self, reason: str) -> None:
-        """The call is over: ``call_ended`` to every subscriber, as its last event. Once."""
+    def end_call(self, reason: str) -> asyncio.Future[Any] | None:
+        """The call is over: ``call_ended`` to every subscriber, as its last event. Once.
+
+        Returns:
+            A future done once every subscriber has sent what it had queued (``call_ended``
+            last), or None when there is nobody (or the call had already ended). Cancelling it
+            stops nobody; ``aclose`` bounds how long a stalled subscriber is waited for.
+        """
         if self._ended:
-            return
+            return None
         self._ended = True
+        tasks: list[asyncio.Task[None]] = []
         if self._subs:
             item = _Outgoing(CallEndedEvent(reason=reason, timestamp=utc_timestamp()))
             for sub in self._subs.values():
                 sub.offer(item, last=True)
+                if sub.task is not None:
+                    tasks.append(sub.task)
         logger.info(
             "call ended for subscribers", extra={"reason": reason, "subscribers": len(self._subs)}
         )
+        if not tasks:
+            return None
+        # shielded: whoever waits on the future (and gives up) must not cancel the senders
+        return asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
 
     async def aclose(self) -> None:
         """``call_ended`` (reason ``shutdown``) if it has not gone yet, then let the senders
