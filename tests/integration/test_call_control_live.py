@@ -158,21 +158,32 @@ async def test_end_call_in_a_real_job_deletes_the_room_and_hangs_up_on_the_user(
                     api.CreateAgentDispatchRequest(agent_name=AGENT_NAME, room=room)
                 )
             await wait_for(worker, user.agent_listening, "the dispatched agent's session to run")
+
+            # Ctrl-C: the CLI unsubscribes as it leaves, and exits 0
             cli_subscriber = await start_cli_subscriber(livekit, room)
-            async with await ContextClient.connect(
+            cli_subscriber.send_signal(signal.SIGINT)
+            await cli_output(cli_subscriber)
+            await wait_for(
+                worker,
+                lambda: "session events unsubscribed" in worker.text(),
+                "the agent to log the CLI's unsubscribe",
+            )
+
+            cli_subscriber = await start_cli_subscriber(livekit, room)
+            client = await ContextClient.connect(
                 livekit.url,
                 livekit.api_key,
                 livekit.api_secret,
                 room,
                 identity="backend",
                 agent_code=AGENT_CODE,
-            ) as client:
-                async with client.subscribe(events=["agent_transcript"]) as events:
-                    result = await client.speak("Thanks for calling, goodbye.", wait_for_playout=True)
-                    assert result.interrupted is False
-                    ack = await client.end_call(reason="Order complete")
-                    assert ack.data.context_type == "end_call"
-                    received = await asyncio.wait_for(collect(events), STREAM_TIMEOUT_S)
+            )
+            async with client, client.subscribe(events=["agent_transcript"]) as events:
+                result = await client.speak("Thanks for calling, goodbye.", wait_for_playout=True)
+                assert result.interrupted is False
+                ack = await client.end_call(reason="Order complete")
+                assert ack.data.context_type == "end_call"
+                received = await asyncio.wait_for(collect(events), STREAM_TIMEOUT_S)
 
             transcripts = [e for e in received if isinstance(e, AgentTranscriptEvent)]
             assert [t.text for t in transcripts] == ["Thanks for calling, goodbye."]
