@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -305,3 +307,45 @@ async def test_the_gateway_streams_a_real_rooms_events_until_end_call(
     assert transcript["interrupted"] is False
     assert all(e["type"] == k for k, e in events)
     assert "user_transcript" not in kinds  # not asked for
+
+
+async def test_the_documented_javascript_watch_example_runs_on_a_real_room(
+    livekit: ServerInfo, gateway: TestClient[web.Request, web.Application], tmp_path: Path
+) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    text = (ROOT / "examples" / "http_gateway.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```javascript[ \t]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    (watch,) = [code for code in blocks if "/events?room_id=watched_room" in code]
+    script = tmp_path / "watch.mjs"  # .mjs: the example uses top-level await
+    script.write_text(watch, encoding="utf-8")
+    # the example's own agent code and room, on the real server
+    async with live_agent(
+        livekit,
+        room="watched_room",
+        agent_code="A87654321",
+        allowed_identities=[DEFAULT_GATEWAY_IDENTITY],
+        permissions={DEFAULT_GATEWAY_IDENTITY: {"*"}},
+    ) as agent:
+        await wait_until(agent.code_listed, "the agent's code attribute to reach RoomService")
+        env = {
+            **os.environ,
+            "GATEWAY_URL": str(gateway.make_url("")).rstrip("/"),
+            "IMAGINEX_API_SECRET": GATEWAY_SECRET,
+        }
+        process = await asyncio.create_subprocess_exec(
+            node,
+            str(script),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), STREAM_TIMEOUT_S)
+        output = out.decode(errors="replace")
+        assert process.returncode == 0, output
+        assert agent.said() == ["Your table is booked for 8 pm."]
+
+    assert "agent is speaking" in output
+    assert "agent said: Your table is booked for 8 pm." in output
+    assert output.rstrip().endswith("call ended: Booking done")
