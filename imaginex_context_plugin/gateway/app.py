@@ -26,6 +26,12 @@ from .answers import FAILURE_PRECEDENCE, answer
 from .backend import AgentBackend
 from .body import BodyReader
 from .config import ApiSecrets, ConfigError, GatewayConfig
+from .directory import (
+    DEFAULT_RECONCILE_INTERVAL_S,
+    AgentDirectory,
+    MemoryAgentDirectory,
+    RedisAgentDirectory,
+)
 from .events import EventFeeds, EventsRoute, RoomHolder
 from .fanout import FanOut, RoomOutcome
 from .gatekeeper import Gatekeeper
@@ -100,13 +106,13 @@ class _Gateway:
         writer: MessageWriter,
         delivery_timeout: float,
         state: GatewayState,
+        lease_s: float,
     ) -> None:
         self._backend = backend
         self._gatekeeper = gatekeeper
         self._bodies = bodies
         self._writer = writer
         self._state = state
-        lease_s = delivery_timeout + DEFAULT_IDEMPOTENCY_LEASE_MARGIN_S
         # a repeat waits as long as the first request may hold its key: by then it has its
         # answer, or the lease ended and the repeat delivers itself
         self._keys = IdempotencyKeys(state.idempotency, lease_s=lease_s, wait_s=lease_s)
@@ -230,6 +236,7 @@ def create_app(
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
     state: GatewayState | None = None,
     sender: str | None = DEFAULT_GATEWAY_SENDER,
+    idempotency_lease_s: float | None = None,
 ) -> web.Application:
     """Build the gateway's aiohttp application.
 
@@ -255,6 +262,10 @@ def create_app(
             every replica so that the agents apply a retry through another replica once.
             None: v1 envelopes (for agents older than protocol v1.2). Default
             ``imaginex-gateway``.
+        idempotency_lease_s: How long a request holds its Idempotency-Key while delivering;
+            a repeat waits this long for the first answer before 409, and once it has run out
+            (the holder died) a repeat takes the key over and delivers again. Default
+            ``delivery_timeout`` + 5 seconds.
 
     Raises:
         ConfigError: ``state`` is shared but there is no ``signing_secret``.
@@ -270,6 +281,13 @@ def create_app(
         raise ValueError("delivery_timeout must be a positive number of seconds")
     if not 0 < body_timeout < math.inf:
         raise ValueError("body_timeout must be a positive number of seconds")
+    lease_s = (
+        delivery_timeout + DEFAULT_IDEMPOTENCY_LEASE_MARGIN_S
+        if idempotency_lease_s is None
+        else idempotency_lease_s
+    )
+    if not 0 < lease_s < math.inf:
+        raise ValueError("idempotency_lease_s must be a positive number of seconds")
     state = state if state is not None else MemoryState()
     require_signing_for_replicas(state, signing_secret)
     gateway = _Gateway(
@@ -284,6 +302,7 @@ def create_app(
         writer=MessageWriter(signing_secret=signing_secret, sender=sender),
         delivery_timeout=delivery_timeout,
         state=state,
+        lease_s=lease_s,
     )
     answers = AnswerMiddleware(max_body_bytes=max_body_bytes)
     # client_max_size: aiohttp's own guard on request.read(); checked again with a JSON answer
@@ -319,6 +338,8 @@ def run_gateway(
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     sender: str | None = DEFAULT_GATEWAY_SENDER,
+    agent_directory: bool = False,
+    reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL_S,
 ) -> None:
     """Serve the gateway until SIGINT or SIGTERM (what ``imaginex-context gateway`` runs).
 
@@ -339,6 +360,10 @@ def run_gateway(
         body_timeout: See :func:`create_app`. Default 30.
         max_connections: See :func:`~.server.start_gateway_server`. Default 1024.
         sender: See :func:`create_app`. Default ``imaginex-gateway``.
+        agent_directory: Find agents in a directory kept from LiveKit's webhooks (served at
+            ``/livekit/webhook``) and reconciliation, in Redis with ``config.redis_url``, instead
+            of listing every room. Default False.
+        reconcile_interval: Seconds between reconciliations of that directory. Default 30.
 
     Raises:
         ConfigError: Redis without a signing secret, or an unusable ``sender`` (checked before
@@ -359,12 +384,21 @@ def run_gateway(
 
     async def make_app() -> web.Application:
         # built inside the loop: the backend's HTTP session and the Redis client bind to it
-        backend = LiveKitBackend(config.livekit, identity=identity)
         state: GatewayState | None = None
+        directory: AgentDirectory | None = MemoryAgentDirectory() if agent_directory else None
         if config.redis_url:
             from .redis_state import RedisState
 
-            state = RedisState(config.redis_url)
+            redis_state = RedisState(config.redis_url)
+            state = redis_state
+            if agent_directory:  # replicas share the directory, on the state's own client
+                directory = RedisAgentDirectory(redis_state.client)
+        backend = LiveKitBackend(
+            config.livekit,
+            identity=identity,
+            agent_directory=directory,
+            reconcile_interval=reconcile_interval,
+        )
         _log_start(config, backend.identity)
         return create_app(
             backend,
