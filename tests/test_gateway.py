@@ -929,6 +929,12 @@ async def test_openapi_describes_both_endpoints_from_the_models(
             operation["responses"]
         )
         assert operation["security"] == [{"apiSecret": []}]
+        # what replicas add: the replay header, the in-progress 409, the shared-state 503
+        assert "Idempotent-Replayed" in operation["responses"]["200"]["headers"]
+        assert "REQUEST_IN_PROGRESS" in operation["responses"]["409"]["description"]
+        assert "STATE_UNAVAILABLE" in operation["responses"]["503"]["description"]
+        for status in ("409", "429", "503"):
+            assert "Retry-After" in operation["responses"][status]["headers"]
     assert doc["components"]["securitySchemes"]["apiSecret"]["name"] == "api-secret"
     schemas = doc["components"]["schemas"]
     assert schemas["SpeakBody"]["required"] == ["message"]

@@ -79,8 +79,9 @@ _ERRORS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     (
         409,
         "The agent was busy (speech that must not queue; interrupt without force of speech "
-        "that does not allow interruptions).",
-        ("BUSY",),
+        "that does not allow interruptions), or the first request with this Idempotency-Key "
+        "is still being delivered (retry after Retry-After seconds for its answer).",
+        ("BUSY", "REQUEST_IN_PROGRESS"),
     ),
     (413, "The body, or the message built from it, is too large.", ("PAYLOAD_TOO_LARGE",)),
     (
@@ -97,8 +98,9 @@ _ERRORS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     (502, "The agent refused or failed to apply the message.", ("INTERNAL_ERROR",)),
     (
         503,
-        "LiveKit cannot be reached, or the agent's session is not running (or the call ended).",
-        ("LIVEKIT_UNAVAILABLE", "NOT_READY"),
+        "LiveKit cannot be reached, the agent's session is not running (or the call ended), or "
+        "the replicas' shared state (Redis) cannot be reached (nothing was sent).",
+        ("LIVEKIT_UNAVAILABLE", "NOT_READY", "STATE_UNAVAILABLE"),
     ),
     (504, "No agent answered in time; retry with the same Idempotency-Key.", ("TIMEOUT",)),
 )
@@ -121,14 +123,27 @@ def _operation(
     examples: dict[str, Any],
 ) -> dict[str, Any]:
     responses: dict[str, Any] = {
-        "200": {"description": "Delivered to at least one room.", "content": _json(response)}
+        "200": {
+            "description": "Delivered to at least one room.",
+            "content": _json(response),
+            "headers": {
+                "Idempotent-Replayed": {
+                    "description": (
+                        "true when this is the first answer to this Idempotency-Key given "
+                        "again (nothing was sent again); absent otherwise. Any status may "
+                        "carry it."
+                    ),
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            },
+        }
     }
     for status, description, codes in _ERRORS:
         responses[str(status)] = {
             "description": f"{description} error: {', '.join(codes)}.",
             "content": _json(ErrorResponse),
         }
-        if status == 429:
+        if status in (409, 429, 503):
             responses[str(status)]["headers"] = {
                 "Retry-After": {
                     "description": "Seconds to wait before retrying.",
@@ -153,9 +168,13 @@ def _operation(
                 "required": False,
                 "description": (
                     "Becomes the message id (at most 128 characters): a retried call with the "
-                    "same key is applied once by each agent. A key is bound to its first request "
-                    "for 10 minutes: reusing it with another body or endpoint is a 422 "
-                    "ID_REUSED."
+                    "same key, on any gateway replica, gets the first call's answer again "
+                    "(Idempotent-Replayed: true) and nothing is sent again; while the first is "
+                    "still being delivered, the retry waits for it (409 REQUEST_IN_PROGRESS if "
+                    "that takes too long). An answer with a room that timed out or could not be "
+                    "reached is not kept: the retry delivers again, and each agent applies the "
+                    "id once. A key is bound to its first request for 10 minutes: reusing it "
+                    "with another body or endpoint is a 422 ID_REUSED."
                 ),
                 "schema": {"type": "string", "maxLength": 128},
             },
