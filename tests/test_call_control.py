@@ -7,12 +7,17 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from livekit.agents import Agent
+from livekit.agents.testing import fake_job_context
 
 from imaginex_context_plugin import sign_request
 from imaginex_context_plugin.protocol import MAX_PAYLOAD_BYTES
-from tests.conftest import SERVER_SECRET, Harness, HarnessFactory
+from imaginex_context_plugin.receiver import AckTransport
+from imaginex_context_plugin.receiver import call_end as call_end_module
+from tests.conftest import BACKEND_IDENTITY, SERVER_SECRET, Harness, HarnessFactory
 from tests.helpers import wait_until
+from tests.test_subscribe import _StallingTransport
 
 LONG = "This is a long announcement that keeps the agent talking for a while. " * 3
 ALL = {"backend": {"*"}}
@@ -443,3 +448,68 @@ async def test_server_api_packets_count_as_server(make_harness: HarnessFactory) 
         sender_identity=None,
     )
     await asyncio.wait_for(closed, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# inside a job: the room is deleted only after the subscribers' last events went out
+
+
+async def test_in_a_job_the_room_is_deleted_only_after_call_ended_went_out(
+    make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the linger is for the real wire; here only the order is checked
+    monkeypatch.setattr(call_end_module, "LINGER_S", 0.0)
+    harness = await make_harness(permissions={BACKEND_IDENTITY: {"*"}}, start_plugin=False)
+    transport = _StallingTransport(AckTransport(harness.agent_room), BACKEND_IDENTITY)
+    harness.plugin._ack_transport = transport
+
+    with fake_job_context(room=harness.agent_room) as job_ctx:
+
+        def deletion_scheduled() -> bool:
+            return "_delete_room" in [cb.__name__ for cb in job_ctx._shutdown_callbacks]
+
+        try:
+            await harness.plugin.start(harness.session, harness.agent_room)
+            await harness.backend.request(
+                {"type": "subscribe", "id": "s", "events": ["agent_state"]}
+            )
+            ack = await harness.backend.request({"type": "end_call", "id": "e", "reason": "Done"})
+            assert ack["success"] is True
+            await asyncio.sleep(0.3)  # the session has closed by now; call_ended is stalled
+            assert not deletion_scheduled()
+            assert not [m for m in harness.backend.received if m["type"] == "call_ended"]
+
+            transport.release.set()
+            ended = await harness.backend.wait_for(lambda m: m["type"] == "call_ended")
+            await wait_until(deletion_scheduled, "the room's deletion to be scheduled")
+        finally:
+            # the real job runner removes this at shutdown; fake_job_context leaves it behind
+            job_ctx._tempdir.cleanup()
+
+    assert ended["reason"] == "Done"
+
+
+async def test_in_a_job_a_stalled_subscriber_delays_the_room_deletion_boundedly(
+    make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(call_end_module, "LINGER_S", 0.0)
+    monkeypatch.setattr(call_end_module, "FLUSH_TIMEOUT_S", 0.3)
+    harness = await make_harness(permissions={BACKEND_IDENTITY: {"*"}}, start_plugin=False)
+    transport = _StallingTransport(AckTransport(harness.agent_room), BACKEND_IDENTITY)
+    harness.plugin._ack_transport = transport
+
+    with fake_job_context(room=harness.agent_room) as job_ctx:
+        try:
+            await harness.plugin.start(harness.session, harness.agent_room)
+            await harness.backend.request(
+                {"type": "subscribe", "id": "s", "events": ["agent_state"]}
+            )
+            await harness.backend.request({"type": "end_call", "id": "e"})
+            await wait_until(
+                lambda: "_delete_room" in [cb.__name__ for cb in job_ctx._shutdown_callbacks],
+                "the room's deletion despite the stalled subscriber",
+                timeout=3.0,
+            )
+        finally:
+            transport.release.set()
+            job_ctx._tempdir.cleanup()
