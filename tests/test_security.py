@@ -187,3 +187,19 @@ def test_tables_are_sized_from_the_rate_limit() -> None:
     assert remembered_ids_capacity(RateLimit(per_second=1_000, burst=1), 600) == (
         DEDUP_MAX_ENTRIES
     )
+
+
+def test_a_sender_is_signed_in_its_own_domain_with_its_byte_length() -> None:
+    body = '{"type":"speak","message":"hi"}'
+    message = "imaginex-sender-v1.1700000000.8.gâte.x.".encode() + body.encode()
+    expected = hmac.new(b"s3cret", message, hashlib.sha256).hexdigest()
+    assert compute_signature(body, 1700000000, "s3cret", sender="gâte.x") == expected
+    # the same text without the sender is the v1 scheme, whose signature differs
+    assert compute_signature(body, 1700000000, "s3cret") != expected
+
+
+def test_a_sender_that_is_not_text_is_simply_wrong() -> None:
+    verifier = SignatureVerifier("s3cret", clock=Clock(1_700_000_000))
+    sig = compute_signature("{}", 1_700_000_000, "s3cret", sender="x")
+    assert verifier.verify("{}", 1_700_000_000, sig, sender="\ud800") is SignatureProblem.MISMATCH
+    assert verifier.verify("{}", 1_700_000_000, sig, sender="x") is None
