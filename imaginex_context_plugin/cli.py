@@ -178,6 +178,23 @@ def demo(pace: float, verbose: bool) -> None:
     "IMAGINEX_SIGNING_SECRET.",
 )
 @click.option(
+    "--agent-directory",
+    is_flag=True,
+    envvar="IMAGINEX_AGENT_DIRECTORY",
+    show_envvar=True,
+    help="Find agents in a directory kept from LiveKit's webhooks (point LiveKit's webhook at "
+    "/livekit/webhook) instead of listing every room per request; in Redis with --redis-url.",
+)
+@click.option(
+    "--reconcile-interval",
+    default=30.0,
+    show_default=True,
+    type=FiniteFloatRange(min=0.0, min_open=True),
+    envvar="IMAGINEX_RECONCILE_INTERVAL",
+    show_envvar=True,
+    help="Seconds between reconciliations of the agent directory with RoomService.",
+)
+@click.option(
     "--sender",
     default="imaginex-gateway",
     show_default=True,
@@ -231,6 +248,8 @@ def gateway(
     secrets_file: str | None,
     identity: str | None,
     redis_url: str | None,
+    agent_directory: bool,
+    reconcile_interval: float,
     sender: str,
     timeout: float,
     rate_limit: float,
@@ -272,6 +291,8 @@ def gateway(
             body_timeout=body_timeout,
             max_connections=max_connections,
             sender=sender,
+            agent_directory=agent_directory,
+            reconcile_interval=reconcile_interval,
         )
     except ConfigError as exc:  # checked before anything starts
         raise click.ClickException(str(exc)) from None

@@ -175,6 +175,11 @@ class RedisState:
     def replicated(self) -> bool:
         return True
 
+    @property
+    def client(self) -> Redis:
+        """The Redis client (the agent directory shares it rather than opening another)."""
+        return self._redis
+
     async def aclose(self) -> None:
         await self._redis.aclose()
 

@@ -9,12 +9,17 @@ is a loopback port chosen first, where each test then serves its gateway.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -42,6 +47,7 @@ from tests.helpers import wait_until
 from tests.integration.live import live_agent, room_name
 
 SECRET = "integration-directory-secret"
+CLI = Path(sys.executable).parent / "imaginex-context"
 NEVER_S = 3600.0
 """A reconcile interval no test waits for: only the first reconciliation (at start) runs."""
 
@@ -88,8 +94,23 @@ async def serve_gateway(
     try:
         await sync.ready()
         yield client, backend, sync
+        await settled(sync)
     finally:
         await client.close()
+
+
+async def settled(sync: DirectorySync, *, quiet: float = 0.5, at_most: float = 5.0) -> None:
+    """Wait until no webhook has come for ``quiet`` seconds: the server posts the events of a
+    test's teardown (participant_left, room_finished) just as the gateway would close, and a
+    request cut by the shutdown leaves its socket to the next test's warnings."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + at_most
+    seen = sync.events
+    while loop.time() < deadline:
+        await asyncio.sleep(quiet)
+        if sync.events == seen:
+            return
+        seen = sync.events
 
 
 async def rooms_of(sync: DirectorySync, code: str) -> dict[str, list[str]]:
@@ -206,3 +227,64 @@ async def test_reconciliation_heals_a_gateway_that_missed_the_webhooks(
             await wait_until(gone, "a reconciliation to drop the agent")
         assert sync.events == 0
         assert sync.reconciliations >= 3
+
+
+async def test_the_gateway_command_with_agent_directory_takes_the_webhooks(
+    hooked: tuple[ServerInfo, int], tmp_path: Path
+) -> None:
+    lk, port = hooked
+    code = f"CLI{uuid.uuid4().hex[:8].upper()}"
+    env = {
+        **os.environ,
+        "LIVEKIT_URL": lk.url,
+        "LIVEKIT_API_KEY": lk.api_key,
+        "LIVEKIT_API_SECRET": lk.api_secret,
+        "IMAGINEX_API_SECRET": SECRET,
+    }
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("wb") as log:
+        # the reconcile interval is longer than any wait here: only webhooks can find the agent
+        process = subprocess.Popen(  # noqa: ASYNC220 - started once, it runs on its own
+            [str(CLI), "gateway", "--port", str(port), "--agent-directory",
+             "--reconcile-interval", "600"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://{LOOPBACK}:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def healthy() -> bool:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{base}/healthz") as reply:
+                        return reply.status == 200
+                return False
+
+            await wait_until(healthy, "the gateway process to listen")
+            async with live_agent(
+                lk, agent_code=code, allowed_identities=[DEFAULT_GATEWAY_IDENTITY]
+            ) as agent:
+
+                async def spoken() -> bool:
+                    async with http.post(
+                        f"{base}/v1/agent/{code}/speak",
+                        json={"message": "From the gateway process."},
+                        headers={"api-secret": SECRET, "Idempotency-Key": f"cli-{code}"},
+                    ) as reply:
+                        return reply.status == 200
+
+                await wait_until(spoken, "the webhook to reach the gateway process")
+                await wait_until(
+                    lambda: agent.said() == ["From the gateway process."], "the agent to say it"
+                )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)
+        if process.returncode not in (0, -signal.SIGTERM):
+            print(log_path.read_text(errors="replace")[-4000:])
