@@ -67,12 +67,17 @@ async def test_speak_through_the_gateway_reaches_a_live_agent(
 
     headers = {"api-secret": SECRET, "Idempotency-Key": "it-speak-1"}
     body = {"message": "Hello from the gateway.", "room_id": agent.room_name}
+    payloads = []
     for attempt in range(2):
         response = await client.post(f"/v1/agent/{code}/speak", json=body, headers=headers)
         payload = await response.json()
         assert response.status == 200, payload
         assert payload["data"]["delivered_to_rooms"] == 1
-        assert payload["data"]["rooms"][0]["duplicate"] is (attempt == 1)
+        # the retry is the first answer given again; nothing is sent twice
+        assert response.headers.get("Idempotent-Replayed") == ("true" if attempt else None)
+        payloads.append(payload)
+    assert payloads[1] == payloads[0]
+    assert payloads[0]["data"]["rooms"][0]["duplicate"] is False
 
     await wait_until(lambda: agent.said() == ["Hello from the gateway."], "the agent to say it")
 
