@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from livekit import rtc
 
 from imaginex_context_plugin.gateway import events as events_module
 from tests.gateway_fixtures import CODE, GATEWAY, HEADERS, ROOM_1, Client, Fleet, GatewayFactory
@@ -111,3 +112,22 @@ async def test_the_stream_is_in_the_openapi_document(make_gateway: GatewayFactor
     assert {p["name"] for p in operation["parameters"]} == {
         "agent_code", "room_id", "events", "interim", "tool_arguments"
     }
+
+
+async def test_the_stream_ends_when_the_room_is_deleted(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    # a deleted room disconnects everyone at once: no call_ended and no departure of the agent
+    # reaches the gateway, only its own connection's end
+    await fleet.agent(ROOM_1, permissions=WATCH)
+    client: Client = await make_gateway()
+    response = await client.get(PATH, params={"room_id": ROOM_1}, headers=HEADERS)
+    assert response.status == 200
+    gateway_rooms = [
+        room for room in fleet.network.rooms(ROOM_1) if room.local_participant.identity == GATEWAY
+    ]
+    assert len(gateway_rooms) == 1
+    await gateway_rooms[0].disconnect(reason=rtc.DisconnectReason.ROOM_DELETED)
+    rest = await asyncio.wait_for(response.content.read(), 5)
+    assert b"call_ended" not in rest
+    assert response.content.at_eof()

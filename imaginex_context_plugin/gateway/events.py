@@ -5,7 +5,9 @@ connection, once per room whatever the number of streams open on it (to every ev
 and tool arguments included), and gives each stream what its query asked for. The agent must
 grant the gateway's identity the ``subscribe`` permission. A stream gets ``event: <type>`` /
 ``data: <the event JSON>`` for each event, a ``: heartbeat`` comment while nothing happens, and
-ends after ``call_ended``, when the agent leaves the room, or when the client goes; the last
+ends after ``call_ended``, when the agent leaves the room, when the gateway's connection to
+the room ends for good (the room was deleted: no ``call_ended`` comes then), or when the client
+goes; the last
 stream of a room unsubscribes. Each stream's queue is bounded: a client that reads too slowly
 loses its oldest events and the next one says how many (``dropped``).
 """
@@ -99,10 +101,12 @@ class _RoomFeed:
     def __post_init__(self) -> None:
         self.room.on("data_received", self._on_data)
         self.room.on("participant_disconnected", self._on_left)
+        self.room.on("disconnected", self._on_room_gone)
 
     def unhook(self) -> None:
         self.room.off("data_received", self._on_data)
         self.room.off("participant_disconnected", self._on_left)
+        self.room.off("disconnected", self._on_room_gone)
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
         if (
@@ -121,8 +125,16 @@ class _RoomFeed:
 
     def _on_left(self, participant: rtc.RemoteParticipant) -> None:
         if participant.identity == self.target.identity:
-            for stream in self.streams:
-                stream.offer(None)
+            self._end_streams()
+
+    def _on_room_gone(self, _reason: object) -> None:
+        # "disconnected" is final (a lost connection emits "reconnecting" first): a deleted
+        # room ends its streams here, since the agent's own departure is never seen
+        self._end_streams()
+
+    def _end_streams(self) -> None:
+        for stream in self.streams:
+            stream.offer(None)
 
 
 class EventFeeds:
