@@ -244,3 +244,49 @@ async def test_an_unusable_sender_refuses_to_start() -> None:
     assert code != 0
     assert "--sender: sender must be 1 to 128 visible characters" in output
     assert "Traceback" not in output
+
+
+async def test_a_replica_keeps_its_state_in_redis(tmp_path: Path, redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    port = free_port()
+    stderr_path = tmp_path / "stderr.log"
+    env = clean_env(
+        LIVEKIT_URL="ws://127.0.0.1:1",
+        LIVEKIT_API_KEY="devkey",
+        LIVEKIT_API_SECRET="devsecret-0123456789abcdef0123456789abcdef",
+        IMAGINEX_API_SECRET=SECRET,
+        IMAGINEX_SIGNING_SECRET="replica-signing-secret",
+        IMAGINEX_REDIS_URL=redis_url,
+    )
+    args = ["gateway", "--port", str(port), "--rate-limit", "0.01", "--burst", "2"]
+    with open_logs(tmp_path / "stdout.log", stderr_path) as (stdout, stderr):
+        process = await asyncio.create_subprocess_exec(
+            *command(), *args, env=env, stdout=stdout, stderr=stderr
+        )
+    running = Running(process, f"http://127.0.0.1:{port}", stderr_path)
+    client = Redis.from_url(redis_url)
+    try:
+        await wait_until_serving(running)
+        url = f"{running.base_url}/v1/agent/{CODE}/speak"
+        statuses = []
+        async with aiohttp.ClientSession() as http:
+            for n in range(3):
+                headers = {"api-secret": SECRET, "Idempotency-Key": f"p-{n}"}
+                async with http.post(url, json={"message": "Hi"}, headers=headers) as reply:
+                    statuses.append(reply.status)
+        keys = {k.decode() for k in await client.keys("imaginex:*")}
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), EXIT_TIMEOUT_S) == 0
+    finally:
+        await client.aclose()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    # LiveKit is unreachable: the admitted calls are 503, the third is over the bucket kept in
+    # Redis; the two keys stay bound to their requests (no answer kept: a retry may deliver)
+    assert statuses == [503, 503, 429]
+    assert "imaginex:rate:default" in keys
+    assert len([k for k in keys if k.startswith("imaginex:idem:")]) == 2
+    assert not any(k.endswith(":lease") for k in keys)
+    assert "Traceback" not in running.stderr()
