@@ -1,4 +1,5 @@
-"""Wire protocol v1.1: the JSON that travels between a sender and the agent.
+"""Wire protocol v1.1 (v1.2: a signed envelope may name its ``sender``): the JSON that travels
+between a sender and the agent.
 
 Every request, acknowledgement and event is a pydantic model here, so the shape other languages
 parse is defined in one place and pinned by ``tests/test_wire_format.py``. Requests are one
