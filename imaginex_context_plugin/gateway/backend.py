@@ -24,10 +24,9 @@ this class against in-process rooms.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 import aiohttp
@@ -50,14 +49,16 @@ from .directory import (
     DirectoryError,
     DirectorySync,
 )
+from .pool import DEFAULT_IDLE_TIMEOUT_S as DEFAULT_IDLE_TIMEOUT_S
+from .pool import DEFAULT_MAX_CONCURRENT_JOINS as DEFAULT_MAX_CONCURRENT_JOINS
+from .pool import DEFAULT_MAX_ROOMS as DEFAULT_MAX_ROOMS
+from .pool import PooledRoom, RoomPool
 from .webhook import LiveKitWebhook
 
 DEFAULT_GATEWAY_IDENTITY: Final = "imaginex-gateway"
 """Participant identity the gateway joins rooms with; agents must trust it (or its signature)."""
 DEFAULT_CONNECT_TIMEOUT_S: Final = 5.0
 """Seconds to join a room before the delivery fails with ``LIVEKIT_UNAVAILABLE``."""
-DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
-"""A pooled room connection unused for this long is closed."""
 DEFAULT_LISTING_TTL_S: Final = 1.0
 """How long one scan of every room serves later requests (``room_id`` lookups are never cached)."""
 MAX_CONCURRENT_LISTINGS: Final = 16
@@ -111,39 +112,14 @@ class AgentBackend(Protocol):
         ...
 
 
-@dataclass(eq=False)
-class _PooledRoom:
-    room: rtc.Room
-    connecting: asyncio.Task[None]
-    last_used: float = field(default_factory=time.monotonic)
-    in_flight: int = 0
-    # set while LiveKit's connection is down (the SDK reconnects on its own meanwhile)
-    lost: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.room.on("reconnecting", self.lost.set)
-        self.room.on("disconnected", self._on_disconnected)
-        self.room.on("reconnected", self.lost.clear)
-
-    def _on_disconnected(self, _reason: object) -> None:
-        self.lost.set()
-
-    def unwatch(self) -> None:
-        self.room.off("reconnecting", self.lost.set)
-        self.room.off("disconnected", self._on_disconnected)
-        self.room.off("reconnected", self.lost.clear)
-
-    def usable(self) -> bool:
-        task = self.connecting
-        if not task.done():
-            return True
-        return not task.cancelled() and task.exception() is None and self.room.isconnected()
-
-
 _CONNECTION_LOST: Final = "The connection to LiveKit is down (reconnecting); retry shortly."
 _LOST_IN_FLIGHT: Final = (
     "The connection to LiveKit was lost while the message was on its way; it may still be "
     "delivered once LiveKit is back, so retry with the same Idempotency-Key."
+)
+
+_JOINED_TOO_LATE: Final = (
+    "The agent's room was joined too late to deliver the message in time; nothing was sent."
 )
 
 _UNAVAILABLE: Final = "LiveKit could not be reached."
@@ -170,6 +146,9 @@ class LiveKitBackend:
             ``RoomService``. Default 30.
         room_factory: Makes the (unconnected) ``rtc.Room`` that joins a given room name.
             Default: ``rtc.Room()``.
+        max_rooms: Most room connections held at once; at the cap the least recently used
+            idle one is closed for a new room (see :mod:`.pool`). Default 1000.
+        max_concurrent_joins: Most room joins under way at once. Default 32.
     """
 
     def __init__(
@@ -184,6 +163,8 @@ class LiveKitBackend:
         agent_directory: AgentDirectory | None = None,
         reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL_S,
         room_factory: Callable[[str], rtc.Room] | None = None,
+        max_rooms: int = DEFAULT_MAX_ROOMS,
+        max_concurrent_joins: int = DEFAULT_MAX_CONCURRENT_JOINS,
     ) -> None:
         self._settings = settings
         self._identity = identity
@@ -204,10 +185,13 @@ class LiveKitBackend:
             )
         )
         self._webhook: LiveKitWebhook | None = None
-        self._room_factory = room_factory if room_factory is not None else _new_room
-        self._pool: dict[str, _PooledRoom] = {}
-        self._closing: set[asyncio.Task[None]] = set()
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._pool = RoomPool(
+            self._connect,
+            room_factory if room_factory is not None else _new_room,
+            max_rooms=max_rooms,
+            max_concurrent_joins=max_concurrent_joins,
+            idle_timeout=idle_timeout,
+        )
         self._scanned: tuple[float, list[tuple[str, list[ParticipantSummary]]]] | None = None
         # concurrent requests wait for the scan under way instead of starting their own
         self._scan_lock = asyncio.Lock()
@@ -219,8 +203,14 @@ class LiveKitBackend:
 
     @property
     def pooled_rooms(self) -> list[str]:
-        """Names of the rooms the gateway holds a connection to (or is joining)."""
-        return list(self._pool)
+        """Names of the rooms the gateway holds a connection to (or is joining), least recently
+        used first."""
+        return self._pool.names
+
+    @property
+    def pool(self) -> RoomPool:
+        """The room connections (its cap, its evictions)."""
+        return self._pool
 
     @property
     def room_service_calls(self) -> RoomServiceCalls:
@@ -329,81 +319,40 @@ class LiveKitBackend:
 
     async def deliver(self, target: AgentTarget, payload: str, *, timeout: float) -> str:
         self._check_open()
-        pooled = await self._joined(target.room)
-        # a connection whose server went away is reconnecting (the SDK goes on trying for the
-        # next call): nothing is sent then, so the caller may simply retry
-        if pooled.lost.is_set():
-            raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _CONNECTION_LOST)
-        pooled.in_flight += 1
-        rpc = asyncio.ensure_future(
-            call_agent(pooled.room.local_participant, target.identity, payload, timeout=timeout)
-        )
-        lost = asyncio.ensure_future(pooled.lost.wait())
+        # one deadline for the whole delivery: waiting for a place in the pool and joining the
+        # room spend the same seconds the agent has to answer in
+        deadline = time.monotonic() + timeout
+        pooled = await self._pool.acquire(target.room)
         try:
-            await asyncio.wait({rpc, lost}, return_when=asyncio.FIRST_COMPLETED)
-            if not rpc.done():
-                # the SDK keeps the request and may still deliver it once it has reconnected
-                # (seen on a real server): the outcome is unknown, as after a timeout
-                raise BackendError(ErrorCode.TIMEOUT, _LOST_IN_FLIGHT)
-            return rpc.result()
-        except ContextError as exc:
-            raise BackendError(exc.code, exc.message, retryable=exc.retryable) from None
+            # a connection whose server went away is reconnecting (the SDK goes on trying for
+            # the next call): nothing is sent then, so the caller may simply retry
+            if pooled.lost.is_set():
+                raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _CONNECTION_LOST)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BackendError(ErrorCode.TIMEOUT, _JOINED_TOO_LATE)
+            return await _call(pooled, target.identity, payload, remaining)
         finally:
-            for future in (rpc, lost):
-                future.cancel()
-            pooled.in_flight -= 1
-            pooled.last_used = time.monotonic()
-            self._schedule_idle_check()
+            self._pool.release(pooled)
 
     async def hold_room(self, room_name: str) -> tuple[rtc.Room, Callable[[], None]]:
-        """The pooled connection to ``room_name``, kept open until the returned ``release``
-        is called (the events stream listens on it).
+        """The pooled connection to ``room_name``, kept open (never evicted) until the returned
+        ``release`` is called (the events stream listens on it).
 
         Raises:
             BackendError: ``LIVEKIT_UNAVAILABLE`` when the room cannot be joined.
         """
         self._check_open()
-        pooled = await self._joined(room_name)
-        pooled.in_flight += 1
+        pooled = await self._pool.acquire(room_name)
+        released = False
 
         def release() -> None:
-            pooled.in_flight -= 1
-            pooled.last_used = time.monotonic()
-            self._schedule_idle_check()
+            nonlocal released
+            if not released:
+                released = True
+                self._pool.release(pooled)
 
         return pooled.room, release
-
-    async def _joined(self, room_name: str) -> _PooledRoom:
-        self._close_idle()
-        pooled = self._pool.get(room_name)
-        if pooled is not None and not pooled.usable():
-            self._discard(room_name)
-            pooled = None
-        if pooled is None:
-            room = self._room_factory(room_name)
-            task = asyncio.create_task(
-                self._connect(room, room_name), name="imaginex_gateway.connect"
-            )
-            # a request that times out stops waiting but the join goes on, for the next one;
-            # its failure is read here so that asyncio does not log it as never retrieved
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            pooled = _PooledRoom(room, task)
-            self._pool[room_name] = pooled
-        pooled.last_used = time.monotonic()
-        try:
-            await asyncio.shield(pooled.connecting)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.warning(
-                "could not join a room", extra={"room": room_name, "error": type(exc).__name__}
-            )
-            if self._pool.get(room_name) is pooled:
-                self._discard(room_name)
-            raise BackendError(
-                ErrorCode.LIVEKIT_UNAVAILABLE, "Could not join the agent's room on LiveKit."
-            ) from None
-        return pooled
 
     async def _connect(self, room: rtc.Room, room_name: str) -> None:
         token = gateway_token(self._settings, identity=self._identity, room=room_name)
@@ -413,34 +362,6 @@ class LiveKitBackend:
             rtc.RoomOptions(auto_subscribe=False, connect_timeout=self._connect_timeout),
         )
 
-    def _close_idle(self) -> None:
-        now = time.monotonic()
-        for name, pooled in list(self._pool.items()):
-            if pooled.in_flight == 0 and now - pooled.last_used >= self._idle_timeout:
-                self._discard(name)
-
-    def _schedule_idle_check(self) -> None:
-        # one timer for the whole pool, set for the connection that goes idle first; rooms
-        # with a delivery in flight reschedule when it ends
-        if self._idle_timer is not None or self._closed:
-            return
-        idle_since = [p.last_used for p in self._pool.values() if p.in_flight == 0]
-        if not idle_since:
-            return
-        delay = max(0.0, min(idle_since) + self._idle_timeout - time.monotonic())
-        self._idle_timer = asyncio.get_running_loop().call_later(delay, self._on_idle_timer)
-
-    def _on_idle_timer(self) -> None:
-        self._idle_timer = None
-        self._close_idle()
-        self._schedule_idle_check()
-
-    def _discard(self, room_name: str) -> None:
-        pooled = self._pool.pop(room_name)
-        task = asyncio.create_task(_disconnect(pooled), name="imaginex_gateway.disconnect")
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
     def _check_open(self) -> None:
         if self._closed:
             raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, "The gateway is shutting down.")
@@ -449,13 +370,7 @@ class LiveKitBackend:
         if self._closed:
             return
         self._closed = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        for name in list(self._pool):
-            self._discard(name)
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._pool.aclose()
         if self._sync is not None:
             await self._sync.aclose()
             await self._sync.directory.aclose()
@@ -497,10 +412,20 @@ def _new_room(room_name: str) -> rtc.Room:
     return rtc.Room()
 
 
-async def _disconnect(pooled: _PooledRoom) -> None:
-    # a join under way is not cancelled: a cancelled native connect could still complete and
-    # leave a connection nobody closes. It ends within the connect timeout.
-    await asyncio.wait([pooled.connecting])
-    pooled.unwatch()
-    with contextlib.suppress(Exception):  # the room may already be gone
-        await pooled.room.disconnect()
+async def _call(pooled: PooledRoom, identity: str, payload: str, timeout: float) -> str:
+    rpc = asyncio.ensure_future(
+        call_agent(pooled.room.local_participant, identity, payload, timeout=timeout)
+    )
+    lost = asyncio.ensure_future(pooled.lost.wait())
+    try:
+        await asyncio.wait({rpc, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if not rpc.done():
+            # the SDK keeps the request and may still deliver it once it has reconnected
+            # (seen on a real server): the outcome is unknown, as after a timeout
+            raise BackendError(ErrorCode.TIMEOUT, _LOST_IN_FLIGHT)
+        return rpc.result()
+    except ContextError as exc:
+        raise BackendError(exc.code, exc.message, retryable=exc.retryable) from None
+    finally:
+        for future in (rpc, lost):
+            future.cancel()

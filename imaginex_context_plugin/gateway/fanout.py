@@ -1,4 +1,9 @@
-"""Delivering one message to every room where the agent is live, at once, with a timeout.
+"""Delivering one message to every room where the agent is live, at once, within one deadline.
+
+Every room starts at once and shares the request's one deadline (``delivery_timeout`` from the
+start of the fan-out): waiting for a place in the gateway's room pool, joining the room and the
+agent's answer all count against it, so a request to hundreds of rooms answers in
+``delivery_timeout`` at worst, and a room not reached by then reports ``TIMEOUT``.
 
 Each room's result is a :class:`RoomOutcome`; a room failing never fails the others, and
 nothing here raises for one room's trouble (an unexpected error is logged and that room reports
@@ -41,7 +46,9 @@ class FanOut:
     Args:
         backend: How LiveKit is reached.
         writer: Writes each room's message.
-        delivery_timeout: Seconds each room's agent has to answer.
+        delivery_timeout: Seconds from the start of a fan-out until every room has answered
+            (joining rooms included); a room that has not answered by then reports
+            ``TIMEOUT``.
     """
 
     def __init__(
@@ -73,8 +80,9 @@ class FanOut:
         agent_code: str,
     ) -> list[RoomOutcome]:
         """Deliver to every target at once; one outcome per target, in their order."""
+        deadline = asyncio.get_running_loop().time() + self._timeout
         outcomes = await asyncio.gather(
-            *(self._deliver_one(t, outgoing, request_id, agent_code) for t in targets)
+            *(self._deliver_one(t, outgoing, request_id, agent_code, deadline) for t in targets)
         )
         delivered = sum(1 for o in outcomes if o.result.delivered)
         # the access log has the request; this line adds where it went, at INFO when a room
@@ -97,7 +105,12 @@ class FanOut:
         return outcomes
 
     async def _deliver_one(
-        self, target: AgentTarget, outgoing: Outgoing, request_id: str, agent_code: str
+        self,
+        target: AgentTarget,
+        outgoing: Outgoing,
+        request_id: str,
+        agent_code: str,
+        deadline: float,
     ) -> RoomOutcome:
         def failed(code: ErrorCode, message: str, retry_after: float | None = None) -> RoomOutcome:
             result = RoomResult(
@@ -113,9 +126,12 @@ class FanOut:
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"With this room's name the message is over {MAX_PAYLOAD_BYTES} bytes.",
             )
+        remaining = deadline - asyncio.get_running_loop().time()
         try:
+            if remaining <= 0:
+                raise asyncio.TimeoutError
             raw = await asyncio.wait_for(
-                self._backend.deliver(target, payload, timeout=self._timeout), self._timeout
+                self._backend.deliver(target, payload, timeout=remaining), remaining
             )
         except asyncio.TimeoutError:
             return failed(
