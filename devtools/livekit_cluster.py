@@ -36,6 +36,8 @@ from devtools.livekit_server import LiveKitServer, ServerInfo, find_binary
 from devtools.redis_server import RedisServer, find_redis_binary
 
 NODE_ID_TIMEOUT_S: Final = 10.0
+NODE_UDP_PORTS: Final = 128
+"""ICE ports per node: one per peer connection, two per participant, so 64 participants."""
 ROOM_NODE_MAP: Final = "room_node_map"
 """LiveKit's Redis hash: room name -> id of the node hosting it (``pkg/routing/redisrouter.go``)."""
 
@@ -125,15 +127,22 @@ class LiveKitCluster:
         )
 
 
-def start_cluster(workdir: Path, *, size: int = 2, build: bool = True) -> LiveKitCluster:
-    """Start one Redis and ``size`` LiveKit nodes on it; the caller stops them (``stop()``)."""
+def start_cluster(
+    workdir: Path, *, size: int = 2, udp_ports: int = NODE_UDP_PORTS, build: bool = True
+) -> LiveKitCluster:
+    """Start one Redis and ``size`` LiveKit nodes on it; the caller stops them (``stop()``).
+
+    ``udp_ports``: each node's ICE port range (two ports per participant it hosts).
+    """
     redis = RedisServer(find_redis_binary(), workdir / "redis")
     redis.start()
     cluster = LiveKitCluster(redis)
     try:
         binary = find_binary(build=build)
         for index in range(size):
-            server = LiveKitServer(binary, workdir / f"node-{index}", redis_address=redis.address)
+            server = LiveKitServer(
+                binary, workdir / f"node-{index}", redis_address=redis.address, udp_ports=udp_ports
+            )
             node = ClusterNode(server)
             cluster.nodes.append(node)
             info = server.start()

@@ -122,12 +122,15 @@ def loopback_config(
     *,
     redis_address: str | None = None,
     webhook_urls: Sequence[str] = (),
+    udp_ports: int = UDP_PORTS,
 ) -> str:
     """The server's YAML config: everything on 127.0.0.1, nothing reaches beyond it.
 
     ``tcp_port: 0`` turns ICE over TCP off: its listener ignores ``bind_addresses`` and would
     listen on every address of the machine (``[::]``). ``webhook_urls`` (each on 127.0.0.1) get
-    the server's webhooks, signed with ``API_KEY``'s secret.
+    the server's webhooks, signed with ``API_KEY``'s secret. ``udp_ports``: the size of the
+    ICE port range; each peer connection takes one port of it (two per participant), so it
+    caps the participants the server can hold.
     """
     redis = f"redis:\n  address: {redis_address}\n" if redis_address else ""
     webhook = ""
@@ -144,7 +147,7 @@ keys:
 rtc:
   tcp_port: 0
   port_range_start: {udp_start}
-  port_range_end: {udp_start + UDP_PORTS - 1}
+  port_range_end: {udp_start + udp_ports - 1}
   node_ip: {LOOPBACK}
   use_external_ip: false
   enable_loopback_candidate: true
@@ -175,12 +178,13 @@ class LiveKitServer:
     workdir: Path
     redis_address: str | None = None
     webhook_urls: Sequence[str] = ()
+    udp_ports: int = UDP_PORTS
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     info: ServerInfo | None = field(default=None, init=False)
 
     def start(self) -> ServerInfo:
         http_port = free_tcp_port()
-        udp_start = free_udp_range(UDP_PORTS)
+        udp_start = free_udp_range(self.udp_ports)
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "livekit.yaml"
         config.write_text(
@@ -189,6 +193,7 @@ class LiveKitServer:
                 udp_start,
                 redis_address=self.redis_address,
                 webhook_urls=self.webhook_urls,
+                udp_ports=self.udp_ports,
             )
         )
         log_path = self.workdir / "livekit-server.log"
