@@ -48,6 +48,7 @@ from tests.integration.live import live_agent, room_name
 
 SECRET = "integration-directory-secret"
 CLI = Path(sys.executable).parent / "imaginex-context"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 NEVER_S = 3600.0
 """A reconcile interval no test waits for: only the first reconciliation (at start) runs."""
 
@@ -279,6 +280,9 @@ async def test_the_gateway_command_with_agent_directory_takes_the_webhooks(
                 await wait_until(
                     lambda: agent.said() == ["From the gateway process."], "the agent to say it"
                 )
+    except BaseException:
+        print(log_path.read_text(errors="replace")[-6000:])  # shown with the failure
+        raise
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -288,3 +292,19 @@ async def test_the_gateway_command_with_agent_directory_takes_the_webhooks(
             process.wait(timeout=15)
         if process.returncode not in (0, -signal.SIGTERM):
             print(log_path.read_text(errors="replace")[-4000:])
+
+
+async def test_bench_directory_runs_and_every_figure_is_there() -> None:
+    """``benchmarks/bench_directory.py`` at a tiny size, so that it never rots (no timing is
+    asserted here: the figures come from running the benchmark itself)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_directory
+
+    report = await bench_directory.run(sizes=(1, 3), lookups=5, scan_lookups=2)
+    assert report.ok
+    names = [figure.name for figure in report.figures]
+    assert sum("scan" in name for name in names) == 2
+    assert sum("directory (memory)" in name for name in names) == 2
+    for figure in report.figures:
+        if "directory" in figure.name:
+            assert figure.met is True, figure
