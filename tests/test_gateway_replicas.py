@@ -301,3 +301,19 @@ async def test_keys_in_redis_are_hashed_under_the_prefix_for_the_window(
     assert 590_000 < ttl <= 600_000
     assert json.loads(stored[b"body"])["data"]["request_id"] == long_unicode_key
     assert "imaginex:rate:default" in keys
+
+
+async def test_a_lone_gateway_answers_concurrent_repeats_the_same_way(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    # the in-memory state has the semantics of the shared one (tests/test_redis_state.py)
+    live = await fleet.agent(ROOM_1)
+    client = await make_gateway()
+    answers = await asyncio.gather(
+        *(post(client, SPEAK, {"message": "Just once."}, headers=keyed("lone-1")) for _ in range(5))
+    )
+    assert {status for status, _, _ in answers} == {200}
+    assert all(body == answers[0][1] for _, body, _ in answers)
+    assert [h.get("Idempotent-Replayed") for _, _, h in answers].count("true") == 4
+    await wait_until(lambda: live.said() == ["Just once."])
+    assert live.plugin.stats.received == 1
