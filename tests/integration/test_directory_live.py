@@ -27,6 +27,7 @@ from livekit import api, rtc
 
 from devtools.livekit_server import (
     LOOPBACK,
+    ROOT,
     LiveKitServer,
     NoServer,
     ServerInfo,
@@ -308,3 +309,65 @@ async def test_bench_directory_runs_and_every_figure_is_there() -> None:
     for figure in report.figures:
         if "directory" in figure.name:
             assert figure.met is True, figure
+
+
+async def test_a_worker_accepting_with_the_code_is_found_from_the_join_webhook_alone(
+    hooked: tuple[ServerInfo, int], tmp_path: Path
+) -> None:
+    from tests.integration import directory_worker
+    from tests.integration.test_worker_live import Worker, livekit_env
+
+    lk, port = hooked
+    code = directory_worker.AGENT_CODE
+    name = room_name("dir-worker")
+    log_path = tmp_path / "directory-worker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: ASYNC220 - started once, it runs on its own
+            [sys.executable, "-m", "livekit.agents", "start",
+             "tests/integration/directory_worker.py", "--dev"],
+            cwd=ROOT,
+            env=livekit_env(lk),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    worker = Worker(process, log_path)
+    try:
+        async with serve_gateway(lk, port=port) as (client, backend, sync):
+            await wait_until(worker.registered, "the worker to register", timeout=60)
+            calls = backend.room_service_calls.total
+            async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
+                await lkapi.agent_dispatch.create_dispatch(
+                    api.CreateAgentDispatchRequest(
+                        agent_name=directory_worker.AGENT_NAME, room=name
+                    )
+                )
+
+                async def found() -> bool:
+                    return name in await rooms_of(sync, code)
+
+                await wait_until(found, "participant_joined to carry the code", timeout=60)
+                # the code came in the join webhook: no re-check, no RoomService call
+                assert sync.rechecks == 0
+                assert backend.room_service_calls.total == calls
+                response = await client.post(
+                    f"/v1/agent/{code}/speak",
+                    json={"message": "Hello, worker.", "room_id": name},
+                    headers={"api-secret": SECRET},
+                )
+                payload = await response.json()
+                assert response.status == 200, payload
+                assert payload["data"]["delivered_to_rooms"] == 1
+                assert backend.room_service_calls.total == calls
+                await lkapi.room.delete_room(api.DeleteRoomRequest(room=name))
+
+                async def gone() -> bool:
+                    return name not in await rooms_of(sync, code)
+
+                await wait_until(gone, "room_finished to remove the agent")
+    except BaseException:
+        print(worker.log())  # shown with the failure
+        raise
+    finally:
+        worker.stop()
