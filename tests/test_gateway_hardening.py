@@ -545,3 +545,17 @@ async def test_bad_server_limits_are_refused(fleet: Fleet, options: dict[str, An
 def test_bad_body_timeouts_are_refused(fleet: Fleet, body_timeout: float) -> None:
     with pytest.raises(ValueError, match="body_timeout must be"):
         create_app(fleet.backend(), ApiSecrets(secret=SECRET), body_timeout=body_timeout)
+
+
+def test_an_answer_too_large_to_keep_is_not_kept() -> None:
+    from aiohttp import web
+
+    from imaginex_context_plugin.gateway.idempotency import MAX_KEPT_ANSWER_BYTES, to_store
+
+    fits = web.Response(body=b"x" * MAX_KEPT_ANSWER_BYTES, headers={"Retry-After": "3"})
+    over = web.Response(body=b"x" * (MAX_KEPT_ANSWER_BYTES + 1))
+    kept = to_store(fits)
+    assert kept is not None
+    assert kept.headers == {"Retry-After": "3"}
+    # its repeats deliver again instead, and the agents answer them as duplicates
+    assert to_store(over) is None

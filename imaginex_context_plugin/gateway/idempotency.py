@@ -36,6 +36,7 @@ __all__ = [
     "IDEMPOTENT_REPLAYED_HEADER",
     "ID_REUSED_MESSAGE",
     "IN_PROGRESS_MESSAGE",
+    "MAX_KEPT_ANSWER_BYTES",
     "RETRY_MAY_CHANGE",
     "IdempotencyKeys",
     "Lease",
@@ -66,6 +67,10 @@ RETRY_MAY_CHANGE: Final = frozenset(
 )
 """Room outcomes a retry may change: an answer with one of them is not kept (the agents keep
 no error ack either, so a retry is delivered and applied afresh)."""
+MAX_KEPT_ANSWER_BYTES: Final = 16 * 1024
+"""Largest answer kept for a key's repeats (about 130 rooms' entries). A larger one is not kept:
+its repeats deliver again and each agent answers ``duplicate: true``. It bounds a lone
+gateway's records to 10 000 x 16 KiB."""
 _KEPT_HEADERS: Final = ("Retry-After",)
 _FIRST_POLL_S: Final = 0.01
 _MAX_POLL_S: Final = 0.2
@@ -79,11 +84,14 @@ def replayed(answer: StoredAnswer) -> web.Response:
     )
 
 
-def to_store(response: web.Response) -> StoredAnswer:
-    """What is kept of an answer: status, JSON body, and the headers a repeat must also get."""
+def to_store(response: web.Response) -> StoredAnswer | None:
+    """What is kept of an answer: status, JSON body, and the headers a repeat must also get;
+    None for an answer over :data:`MAX_KEPT_ANSWER_BYTES`."""
     body = response.body
     if not isinstance(body, bytes):
         raise TypeError("only answers with a bytes body are kept")
+    if len(body) > MAX_KEPT_ANSWER_BYTES:
+        return None
     headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
     return StoredAnswer(response.status, body, headers)
 
