@@ -1,7 +1,8 @@
 """Run every benchmark and print each report, then one summary table.
 
-Run: ``python benchmarks/run_all.py`` (about 3 minutes on 2 cores; the live benchmark starts a
-livekit-server), or ``--quick`` for a small-size pass that only checks that everything still
+Run: ``python benchmarks/run_all.py`` (about 3 minutes on 2 cores, plus about ten for the fan-out
+benchmark's 200 rooms; the live benchmarks start a livekit-server, the fan-out one a two-node
+cluster), or ``--quick`` for a small-size pass that only checks that everything still
 runs. Exits 1 if a benchmark's correctness check failed (a message not acked exactly once,
 ...); timing targets that are missed are reported, not failed: these figures depend on the
 machine.
@@ -27,6 +28,7 @@ from collections.abc import Awaitable, Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import bench_context_growth  # noqa: E402
+import bench_fanout  # noqa: E402
 import bench_flood_memory  # noqa: E402
 import bench_hot_path  # noqa: E402
 import bench_latency  # noqa: E402
@@ -43,6 +45,7 @@ FULL: dict[str, dict[str, Any]] = {
     "vs livekit": {},
     "subscribers": {},
     "live": {},
+    "fanout": {},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "hot path": {"messages": 400, "burst": 50, "single": 40},
@@ -52,6 +55,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "vs livekit": {"requests": 300, "warmup": 50, "round_size": 50},
     "subscribers": {"events": 2_000},
     "live": {"requests": 30, "cold": 2},
+    "fanout": {"sizes": (1, 4), "warm": 3, "floor_requests": 20},
 }
 RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
     "hot path": bench_hot_path.run,
@@ -61,6 +65,7 @@ RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
     "vs livekit": bench_vs_livekit.run,
     "subscribers": bench_subscribers.run,
     "live": bench_live.run,
+    "fanout": bench_fanout.run,
 }
 
 

@@ -1,0 +1,594 @@
+"""Fan-out at scale: one ``POST /v1/agent/{code}/speak`` to the agents of 1, 50 and 200 rooms,
+through the real gateway process, on a real two-node LiveKit cluster.
+
+Same run, same machine (as root inside a loopback-only network namespace):
+
+- **the cluster**: two ``livekit-server`` nodes sharing one Redis (``devtools/livekit_cluster``);
+  rooms are pinned alternately to node A and node B, the gateway talks to node A only;
+- **agents**: one per room, each a real ``rtc.Room`` + ``ContextPlugin`` + a text-only
+  ``AgentSession`` (the public test kit), spread over worker processes of at most
+  ``AGENTS_PER_PROCESS`` (this same file run with ``--agents``); each joins through the node
+  that hosts its room;
+- **the gateway**: the ``imaginex-context gateway`` process (rate limit off, 10 s delivery
+  timeout), a fresh one for each size so that its first request is cold;
+- **floor**: a bare RPC echo between two plain participants on node A, the least one request ->
+  answer over LiveKit costs.
+
+Per size: HTTP -> response of the first request (cold: the gateway joins every room), then of
+``warm`` sequential requests; RoomService calls per request (counted in both nodes' logs, which
+log every API call); the gateway's RSS before and after it pooled the rooms (growth per pooled
+room) and its open sockets. Correctness: every request reports every room delivered, and at the
+end each agent said exactly one speech per request (counted in its ``AgentSession`` history).
+
+Target (issue 12): warm p99 at the largest size within 3x the single-room warm p99. Timing targets
+are reported, not failed.
+
+Run: ``python benchmarks/bench_fanout.py [--sizes 1,50,200] [--warm N]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# before anything imports LiveKit: its native threads must start inside the namespace
+from devtools.netns import isolate  # noqa: E402
+
+NETWORK = isolate()
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import AsyncIterator, Iterator, Sequence  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any, Final  # noqa: E402
+
+import aiohttp  # noqa: E402
+from _harness import Figure, Report, ms, percentile  # noqa: E402
+from bench_live import floor  # noqa: E402
+from livekit import api, rtc  # noqa: E402
+
+from devtools.livekit_cluster import ClusterNode, LiveKitCluster, start_cluster  # noqa: E402
+from devtools.livekit_server import ROOT, free_tcp_port  # noqa: E402
+from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextPlugin  # noqa: E402
+from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, start_session  # noqa: E402
+
+GATEWAY_IDENTITY: Final = "bench-fanout-gateway"
+AGENT_IDENTITY: Final = "bench-fanout-agent"
+API_SECRET_HEADER: Final = "bench-fanout-gateway-secret"
+AGENTS_PER_PROCESS: Final = 50
+NODE_UDP_PORTS: Final = 1024
+"""ICE ports per node: two per participant; 200 rooms put 100 agents and 100 gateway
+connections on each node."""
+JOINS_AT_ONCE: Final = 8
+"""Agents a worker connects at once (the agents' start-up is not what is measured)."""
+JOIN_ATTEMPTS: Final = 3
+DELIVERY_TIMEOUT_S: Final = 10.0
+READY_TIMEOUT_S: Final = 300.0
+WARM_FACTOR: Final = 3.0
+THIS_FILE: Final = str(Path(__file__).resolve())
+GATEWAY_CLI: Final = Path(sys.executable).parent / "imaginex-context"
+ROOM_SERVICE_LOG: Final = "API RoomService."
+DIRECTORY: Final = "directory"
+SCAN: Final = "scan"
+MODES: Final = (DIRECTORY, SCAN)
+"""How the gateway finds the agents: its agent directory (``--agent-directory``), or listing
+every room and its participants (cached 1 s), the default."""
+
+
+# --------------------------------------------------------------------------- agent workers
+
+
+def agent_token(url_key: str, secret: str, room: str) -> str:
+    grants = api.VideoGrants(room_join=True, room=room, can_update_own_metadata=True)
+    return (
+        api.AccessToken(url_key, secret)
+        .with_identity(AGENT_IDENTITY)
+        .with_kind("agent")
+        .with_grants(grants)
+        .to_jwt()
+    )
+
+
+async def agents_worker() -> None:
+    """``--agents``: read one JSON spec line, join every room, print ``ready``, then on a
+    ``report`` line print how many speeches each room's agent said, and leave on stdin's end."""
+    loop = asyncio.get_running_loop()
+    spec = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
+    joined: list[tuple[str, rtc.Room, ContextPlugin, Any]] = []
+    limit = asyncio.Semaphore(JOINS_AT_ONCE)
+
+    async def join(room_name: str, url: str) -> None:
+        async with limit:
+            session = await start_session(
+                llm_model=ScriptedLLM(), tts_model=RecordingTTS(), text_only=True
+            )
+            room = rtc.Room()
+            plugin = ContextPlugin(
+                agent_code=spec["code"],
+                allowed_identities=[GATEWAY_IDENTITY],
+                rate_limit=None,
+                server_secret=spec["api_secret"],
+            )
+            await plugin.start(session, room)
+            token = agent_token(spec["api_key"], spec["api_secret"], room_name)
+            for attempt in range(JOIN_ATTEMPTS):
+                try:
+                    await room.connect(url, token)
+                    break
+                except rtc.ConnectError:
+                    # the agents' start-up is not what is measured: a handshake lost on a
+                    # loaded machine is tried again
+                    if attempt == JOIN_ATTEMPTS - 1:
+                        raise
+            joined.append((room_name, room, plugin, session))
+
+    await asyncio.gather(*(join(name, url) for name, url in spec["rooms"]))
+    print("ready", flush=True)
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        if line.strip() == "report":
+            said = {
+                name: sum(1 for m in session.history.messages() if m.role == "assistant")
+                for name, _, _, session in joined
+            }
+            print(json.dumps(said), flush=True)
+    for _, room, plugin, session in joined:
+        await plugin.aclose()
+        await session.aclose()
+        await room.disconnect()
+
+
+@dataclass
+class AgentWorkers:
+    processes: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    async def report(self) -> dict[str, int]:
+        said: dict[str, int] = {}
+        for process in self.processes:
+            assert process.stdin is not None
+            assert process.stdout is not None
+            process.stdin.write(b"report\n")
+            await process.stdin.drain()
+            said.update(json.loads(await process.stdout.readline()))
+        return said
+
+    async def stop(self) -> None:
+        for process in self.processes:
+            if process.stdin is not None:
+                process.stdin.close()
+        for process in self.processes:
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def agents(
+    cluster: LiveKitCluster, placed: Sequence[tuple[str, ClusterNode]], code: str
+) -> AsyncIterator[AgentWorkers]:
+    workers = AgentWorkers()
+    try:
+        for start in range(0, len(placed), AGENTS_PER_PROCESS):
+            chunk = placed[start : start + AGENTS_PER_PROCESS]
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                THIS_FILE,
+                "--agents",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                cwd=ROOT,
+            )
+            workers.processes.append(process)
+            assert process.stdin is not None
+            spec = {
+                "code": code,
+                "api_key": cluster.api_key,
+                "api_secret": cluster.api_secret,
+                "rooms": [(name, node.info.url) for name, node in chunk],
+            }
+            process.stdin.write(json.dumps(spec).encode() + b"\n")
+            await process.stdin.drain()
+        for process in workers.processes:
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT_S)
+            if line.strip() != b"ready":
+                raise RuntimeError(f"an agent worker failed to start: {line!r}")
+        yield workers
+    finally:
+        await workers.stop()
+
+
+async def wait_listed(cluster: LiveKitCluster, rooms: Sequence[str], code: str) -> None:
+    """Until RoomService shows every room's agent with its code (where the gateway looks)."""
+    node = cluster.nodes[0]
+    async with api.LiveKitAPI(node.info.url, cluster.api_key, cluster.api_secret) as lkapi:
+        pending = set(rooms)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while pending:
+            for name in list(pending):
+                listing = await lkapi.room.list_participants(
+                    api.ListParticipantsRequest(room=name)
+                )
+                if any(
+                    p.attributes.get(AGENT_CODE_ATTRIBUTE) == code for p in listing.participants
+                ):
+                    pending.discard(name)
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"{len(pending)} agents never showed their code")
+            if pending:
+                await asyncio.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- the gateway
+
+
+@dataclass
+class GatewayProcess:
+    process: asyncio.subprocess.Process
+    base_url: str
+    log_path: Path
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def sockets(self) -> int:
+        fds = Path(f"/proc/{self.process.pid}/fd")
+        count = 0
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd).startswith("socket:"):
+                    count += 1
+        return count
+
+
+@contextlib.asynccontextmanager
+async def gateway(node: ClusterNode, workdir: Path, mode: str) -> AsyncIterator[GatewayProcess]:
+    port = free_tcp_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LIVEKIT_", "IMAGINEX_API", "IMAGINEX_SIGNING"))
+    }
+    env.update(
+        LIVEKIT_URL=node.info.url,
+        LIVEKIT_API_KEY=node.info.api_key,
+        LIVEKIT_API_SECRET=node.info.api_secret,
+        IMAGINEX_API_SECRET=API_SECRET_HEADER,
+    )
+    log_path = workdir / f"gateway-{port}.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            str(GATEWAY_CLI),
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--identity",
+            GATEWAY_IDENTITY,
+            "--rate-limit",
+            "0",
+            "--timeout",
+            str(DELIVERY_TIMEOUT_S),
+            # the directory's first reconciliation finds the agents (they joined before it
+            # started); its periodic ones count in the calls per request
+            *(["--agent-directory"] if mode == DIRECTORY else []),
+            cwd=ROOT,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    running = GatewayProcess(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 30
+            while True:
+                if process.returncode is not None:
+                    raise RuntimeError("the gateway exited:\n" + log_path.read_text()[-3000:])
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with http.get(running.base_url + "/healthz") as response:
+                        if response.status == 200:
+                            break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the gateway did not start")
+                await asyncio.sleep(0.05)
+        yield running
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+class RoomServiceCalls:
+    """RoomService calls the nodes have logged (each node logs every API call at INFO)."""
+
+    def __init__(self, cluster: LiveKitCluster) -> None:
+        self._logs = [n.info.log_path for n in cluster.nodes if n.info.log_path is not None]
+
+    def count(self) -> int:
+        return sum(
+            path.read_text(errors="replace").count(ROOM_SERVICE_LOG) for path in self._logs
+        )
+
+
+async def speak(
+    http: aiohttp.ClientSession, base: str, code: str, n: int
+) -> tuple[float, dict[str, Any]]:
+    start = time.perf_counter()
+    async with http.post(
+        f"{base}/v1/agent/{code}/speak",
+        json={"message": f"Fan-out message {n}."},
+        headers={"api-secret": API_SECRET_HEADER},
+    ) as response:
+        body: dict[str, Any] = await response.json()
+        elapsed = time.perf_counter() - start
+    if response.status != 200:
+        raise RuntimeError(f"gateway answered {response.status}: {str(body)[:500]}")
+    return elapsed, body["data"]
+
+
+# --------------------------------------------------------------------------- one size
+
+
+@dataclass
+class Phase:
+    """One gateway (one way of finding agents) against one size's rooms."""
+
+    rooms: int
+    mode: str
+    cold: float
+    warm: list[float]
+    calls_per_request: float
+    rss_base: int
+    rss_pooled: int
+    sockets_base: int
+    sockets_pooled: int
+    answers: list[dict[str, Any]]
+
+
+async def phase(
+    cluster: LiveKitCluster, rooms: int, code: str, mode: str, warm: int, workdir: Path
+) -> Phase:
+    async with gateway(cluster.nodes[0], workdir, mode) as gw, aiohttp.ClientSession() as http:
+        rss_base, sockets_base = gw.rss_bytes(), gw.sockets()
+        calls = RoomServiceCalls(cluster)
+        before = calls.count()
+        cold, data = await speak(http, gw.base_url, code, 0)
+        answers = [data]
+        rss_pooled, sockets_pooled = gw.rss_bytes(), gw.sockets()
+        warm_samples = []
+        for n in range(1, warm + 1):
+            elapsed, data = await speak(http, gw.base_url, code, n)
+            warm_samples.append(elapsed)
+            answers.append(data)
+        calls_per_request = (calls.count() - before) / (warm + 1)
+        rss_pooled = max(rss_pooled, gw.rss_bytes())
+        sockets_pooled = max(sockets_pooled, gw.sockets())
+    return Phase(
+        rooms,
+        mode,
+        cold,
+        warm_samples,
+        calls_per_request,
+        rss_base,
+        rss_pooled,
+        sockets_base,
+        sockets_pooled,
+        answers,
+    )
+
+
+def check(phases: Sequence[Phase], names: Sequence[str], said: dict[str, int]) -> list[str]:
+    """What went wrong: a request that missed a room, a room that spoke a message twice."""
+    failures = []
+    delivered = dict.fromkeys(names, 0)
+    timed_out = dict.fromkeys(names, 0)
+    for done in phases:
+        for n, data in enumerate(done.answers):
+            missed = [r for r in data["rooms"] if not r["delivered"]]
+            if missed:
+                errors = sorted({str(r.get("error")) for r in missed})
+                failures.append(
+                    f"{done.mode}, request {n}: {data['delivered_to_rooms']}/{done.rooms} "
+                    f"delivered ({', '.join(errors)})"
+                )
+            for result in data["rooms"]:
+                if result["delivered"]:
+                    delivered[result["room"]] += 1
+                elif result["error"] == "TIMEOUT":  # unknown outcome: may have been spoken
+                    timed_out[result["room"]] += 1
+    wrong = [
+        name
+        for name in names
+        if not delivered[name] <= said.get(name, 0) <= delivered[name] + timed_out[name]
+    ]
+    if wrong:
+        failures.append(f"{len(wrong)} rooms did not speak each delivered message exactly once")
+    return failures
+
+
+async def one_size(
+    cluster: LiveKitCluster, rooms: int, warm: int, modes: Sequence[str], workdir: Path
+) -> tuple[list[Phase], list[str]]:
+    code = f"FAN{rooms:04d}{uuid.uuid4().hex[:4].upper()}"
+    placed = [
+        (f"fan-{rooms}-{uuid.uuid4().hex[:6]}-{i}", cluster.nodes[i % len(cluster.nodes)])
+        for i in range(rooms)
+    ]
+    for name, node in placed:
+        await cluster.create_room(name, on=node, via=cluster.nodes[0])
+    names = [name for name, _ in placed]
+    phases: list[Phase] = []
+    try:
+        async with agents(cluster, placed, code) as workers:
+            await wait_listed(cluster, names, code)
+            for mode in modes:
+                phases.append(await phase(cluster, rooms, code, mode, warm, workdir))
+            said = await workers.report()
+    finally:
+        async with api.LiveKitAPI(
+            cluster.nodes[0].info.url, cluster.api_key, cluster.api_secret
+        ) as lkapi:
+            for name in names:
+                with contextlib.suppress(api.TwirpError):
+                    await lkapi.room.delete_room(api.DeleteRoomRequest(room=name))
+    return phases, check(phases, names, said)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@contextlib.contextmanager
+def cluster_here(given: LiveKitCluster | None) -> Iterator[LiveKitCluster]:
+    if given is not None:
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-fanout-") as workdir:
+        cluster = start_cluster(Path(workdir), udp_ports=NODE_UDP_PORTS)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+def p50_p99(samples: Sequence[float]) -> str:
+    return f"{ms(percentile(samples, 0.5))} / {ms(percentile(samples, 0.99))}"
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:,.1f} MiB"
+
+
+async def run(
+    sizes: Sequence[int] = (1, 50, 200),
+    warm: int = 20,
+    floor_requests: int = 100,
+    modes: Sequence[str] = MODES,
+    cluster: LiveKitCluster | None = None,
+) -> Report:
+    """Measure; ``cluster``: use this one instead of starting a new one."""
+    report = Report("fan-out: one speak to N rooms through the gateway, on a 2-node cluster")
+    report.notes.append(NETWORK)
+    phases: list[Phase] = []
+    with cluster_here(cluster) as lk, tempfile.TemporaryDirectory(prefix="fanout-gw-") as tmp:
+        floor_samples = await floor(lk.nodes[0].info, floor_requests)
+        for rooms in sizes:
+            try:
+                measured, failures = await one_size(lk, rooms, warm, modes, Path(tmp))
+            except (RuntimeError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+                report.ok = False
+                report.notes.append(f"{rooms} rooms: broke: {type(exc).__name__}: {exc}"[:400])
+                break
+            phases.extend(measured)
+            if failures:
+                report.ok = False
+                report.notes.extend(f"{rooms} rooms: {failure}" for failure in failures[:6])
+    floor_p99 = percentile(floor_samples, 0.99)
+    floor_text = p50_p99(floor_samples)
+    report.add(Figure("floor: bare RPC echo, p50 / p99", floor_text))
+    for each in phases:
+        add_figures(report, each, phases, sizes, floor_text, floor_p99)
+    report.notes.append(
+        f"{warm} warm requests per size and mode, after 1 cold; agents in <= "
+        f"{AGENTS_PER_PROCESS} rooms per worker process; rooms alternate between the 2 nodes, "
+        f"the gateway uses node A; {DELIVERY_TIMEOUT_S:g} s delivery timeout"
+    )
+    return report
+
+
+def add_figures(
+    report: Report,
+    done: Phase,
+    phases: Sequence[Phase],
+    sizes: Sequence[int],
+    floor_text: str,
+    floor_p99: float,
+) -> None:
+    n, label = done.rooms, f"{done.rooms} rooms, {done.mode}"
+    single = next((p for p in phases if p.mode == done.mode and p.rooms == min(sizes)), None)
+    single_p99 = percentile(single.warm, 0.99) if single is not None and single.warm else 0.0
+    warm_p99 = percentile(done.warm, 0.99)
+    largest = n == max(sizes) and n != min(sizes) and single_p99 > 0
+    delivered_cold = done.answers[0]["delivered_to_rooms"]
+    report.add(
+        Figure(
+            f"{label}: HTTP -> response, cold ({delivered_cold}/{n} delivered)",
+            ms(done.cold),
+            floor_text,
+            f"{done.cold / floor_p99:.1f}x",
+        )
+    )
+    report.add(
+        Figure(
+            f"{label}: HTTP -> response, warm, p50 / p99",
+            p50_p99(done.warm),
+            f"1 room p99 {ms(single_p99)}" if largest else floor_text,
+            f"{warm_p99 / single_p99:.2f}x" if largest else f"{warm_p99 / floor_p99:.1f}x",
+            f"p99 <= {WARM_FACTOR:g}x 1 room" if largest else "",
+            warm_p99 <= WARM_FACTOR * single_p99 if largest else None,
+        )
+    )
+    report.add(
+        Figure(
+            f"{label}: RoomService calls per request",
+            f"{done.calls_per_request:.1f}",
+            target="no per-room call (<= 1)" if done.mode == DIRECTORY else "",
+            met=done.calls_per_request <= 1.0 if done.mode == DIRECTORY else None,
+        )
+    )
+    growth = done.rss_pooled - done.rss_base
+    report.add(
+        Figure(
+            f"{label}: gateway RSS idle -> pooled (per room)",
+            f"{mib(done.rss_base)} -> {mib(done.rss_pooled)} ({mib(growth / n)})",
+        )
+    )
+    report.add(
+        Figure(
+            f"{label}: gateway sockets idle -> pooled (per room)",
+            f"{done.sockets_base} -> {done.sockets_pooled} "
+            f"({(done.sockets_pooled - done.sockets_base) / n:.1f})",
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--agents", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default="1,50,200")
+    parser.add_argument("--warm", type=int, default=20)
+    parser.add_argument("--modes", default=",".join(MODES))
+    args = parser.parse_args()
+    if args.agents:
+        asyncio.run(agents_worker())
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    report = asyncio.run(run(sizes, args.warm, modes=args.modes.split(",")))
+    report.print()
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    main()
