@@ -491,3 +491,29 @@ async def test_accept_with_agent_code_joins_with_the_code_attribute() -> None:
     assert arguments.identity == "support-agent"
     with pytest.raises(ValueError, match="agent_code"):
         accept_with_agent_code("")
+
+
+async def test_until_the_directory_was_filled_once_a_lookup_is_unavailable_not_empty(
+    listed: ListedRooms,
+) -> None:
+    from imaginex_context_plugin.errors import BackendError, ErrorCode
+    from imaginex_context_plugin.gateway.directory import FIRST_SYNC_RETRY_S
+
+    listed.rooms = {"r1": [summary("a1", "CODE1")]}
+    listed.down = True
+    backend = LiveKitBackend(SETTINGS, directory=listed, agent_directory=MemoryAgentDirectory())
+    try:
+        with pytest.raises(BackendError) as refused:
+            await backend.find_agents("CODE1", room_id=None)
+        assert refused.value.code == ErrorCode.LIVEKIT_UNAVAILABLE
+        # the next lookups within the retry delay do not hammer RoomService
+        with pytest.raises(BackendError):
+            await backend.find_agents("CODE1", room_id=None)
+        assert listed.listed_rooms == 1
+        listed.down = False
+        await asyncio.sleep(FIRST_SYNC_RETRY_S + 0.1)
+        [target] = await backend.find_agents("CODE1", room_id=None)
+        assert target.identity == "a1"
+        assert listed.listed_rooms == 2
+    finally:
+        await backend.aclose()

@@ -61,6 +61,8 @@ DEFAULT_KEY_PREFIX: Final = "imaginex:"
 DEFAULT_RECHECK_DELAYS_S: Final = (0.5, 2.0, 5.0)
 """When an agent joined without its code, its room is listed again after these delays (each
 counted from the join) until the code shows or the agent is gone."""
+FIRST_SYNC_RETRY_S: Final = 1.0
+"""Until the directory has been filled once, lookups retry that at most this often."""
 MAX_TOMBSTONES: Final = 100_000
 """Buried connections remembered in memory (the oldest are forgotten first)."""
 MAX_PENDING_RECHECKS: Final = 1_000
@@ -518,6 +520,8 @@ class DirectorySync:
         self._recheck_delays = tuple(recheck_delays)
         self._clock = clock
         self._first_sync: asyncio.Task[None] | None = None
+        self._first_attempt = 0.0
+        self._synced = False
         self._loop_task: asyncio.Task[None] | None = None
         self._rechecks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._reconciliations = 0
@@ -559,14 +563,27 @@ class DirectorySync:
             )
 
     async def ready(self) -> None:
-        """:meth:`start`, then wait for the first reconciliation to end.
+        """:meth:`start`, then wait until the directory has been filled once.
 
-        If it failed, the directory is used as it is (webhooks still fill it) and the next
-        interval retries.
+        Until one reconciliation has succeeded (here or, with Redis, on another replica), an
+        empty directory cannot be told from one that was never filled: answering "no rooms"
+        then would be wrong. So while none has, each call waits for an attempt (a new one at
+        most every :data:`FIRST_SYNC_RETRY_S`) and raises if it failed.
+
+        Raises:
+            DirectoryError: No reconciliation has succeeded yet.
         """
         self.start()
-        if self._first_sync is not None:
-            await asyncio.shield(self._first_sync)
+        first = self._first_sync
+        if self._synced or first is None:
+            return
+        if first.done() and time.monotonic() - self._first_attempt >= FIRST_SYNC_RETRY_S:
+            first = self._first_sync = asyncio.create_task(
+                self._reconcile_logged(), name="imaginex_gateway.directory_first_sync"
+            )
+        await asyncio.shield(first)
+        if not self._synced:
+            raise DirectoryError("the agent directory has not been filled from LiveKit yet")
 
     async def reconcile_now(self) -> bool:
         """One reconciliation, unless another replica holds this interval's claim.
@@ -663,8 +680,11 @@ class DirectorySync:
                 return
 
     async def _reconcile_logged(self) -> None:
+        self._first_attempt = time.monotonic()
         try:
             await self.reconcile_now()
+            # False: another replica holds this interval's claim and fills the shared directory
+            self._synced = True
         except Exception as exc:
             logger.warning(
                 "agent directory reconciliation failed", extra={"error": type(exc).__name__}

@@ -15,13 +15,19 @@ class ListedRooms:
     rooms: dict[str, list[ParticipantSummary]] = field(default_factory=dict)
     listed_rooms: int = 0
     listed_participants: list[str] = field(default_factory=list)
+    down: bool = False
+    """While set, every call fails as an unreachable server does."""
 
     async def list_rooms(self) -> list[str]:
         self.listed_rooms += 1
+        if self.down:
+            raise ConnectionRefusedError("RoomService is down")
         return list(self.rooms)
 
     async def list_participants(self, room: str) -> list[ParticipantSummary]:
         self.listed_participants.append(room)
+        if self.down:
+            raise ConnectionRefusedError("RoomService is down")
         return list(self.rooms.get(room, []))
 
     async def aclose(self) -> None:
