@@ -72,9 +72,10 @@ class ClusterNode:
         assert self.server.info is not None
         return self.server.info
 
-    def restart(self) -> None:
-        """Stop it (SIGTERM) and start it again on the same ports; it comes back a new node."""
-        self.server.stop()
+    def restart(self, *, crash: bool = False) -> None:
+        """Stop it (SIGTERM, or SIGKILL with ``crash``) and start it again on the same ports;
+        it comes back as a new node (a new id), without the rooms it hosted."""
+        self.server.stop(crash=crash)
         self.server.start_again()
         assert self.info.log_path is not None
         self.node_id = read_node_id(self.info.log_path, previous=self.node_id)
