@@ -422,3 +422,28 @@ async def test_the_rate_limit_follows_the_named_sender(make_harness: HarnessFact
     assert [a["success"] for a in answers] == [True, True, False]
     assert answers[2]["error"] == "RATE_LIMITED"
     assert other["success"] is True
+
+
+async def test_a_cancel_through_another_relay_finds_the_named_senders_speech(
+    signed: Harness,
+) -> None:
+    # the speech belongs to the signed sender, not to the replica that relayed it: a cancel
+    # retried through another replica reaches it; another sender's cancel does not
+    long_text = "This is a long announcement that keeps playing for a while. " * 8
+    replica_a, replica_b = signed.backend_as("replica-a"), signed.backend_as("replica-b")
+    spoken = json.dumps({"type": "speak", "id": "own-1", "message": long_text})
+    assert (await replica_a.rpc(sign_request(spoken, SECRET, sender=GATEWAY_SENDER)))["success"]
+    await replica_a.event("speech_started", "own-1")
+    stranger = await replica_b.rpc(
+        sign_request(
+            json.dumps({"type": "cancel", "id": "x-1", "target_id": "own-1"}), SECRET, sender="crm"
+        )
+    )
+    assert stranger["error"] == "NOT_FOUND"
+    cancel = json.dumps({"type": "cancel", "id": "x-2", "target_id": "own-1"})
+    ack = await replica_b.rpc(sign_request(cancel, SECRET, sender=GATEWAY_SENDER))
+    assert ack["success"] is True
+    assert ack["data"]["cancelled"] == "playing"
+    # the playout report goes to the relay that started the speech
+    finished = await replica_a.event("speech_finished", "own-1")
+    assert (finished["interrupted"], finished["cancelled"]) == (True, True)

@@ -178,11 +178,9 @@ class Admission:
         pending = self._work.pending_jobs
         if pending >= self._max_queue:
             return error_ack(ErrorCode.RATE_LIMITED, _QUEUE_FULL, request.id, retry_after=1.0)
-        job = Job(request, sender, replayed=replayed)
-        if counted != sender and job.dedup_key is not None:
-            # set before anyone reads it: a retry relayed by another replica is the same
-            # (sender, id), answered from the dedup memory instead of applied again
-            job.dedup_key = (counted if counted is not None else SERVER_SENDER, job.dedup_key[1])
+        # a retry relayed by another replica has the same owner and id: answered from the
+        # dedup memory instead of applied again
+        job = Job(request, sender, replayed=replayed, counted_as=counted)
         # refuse rather than forget an id inside its window
         if not self._dedup.has_room(job, pending):
             wait = round(max(self._dedup.seconds_until_room(), 1.0), 3)

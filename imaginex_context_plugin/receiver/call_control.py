@@ -165,7 +165,7 @@ class CallControl:
         return self._ack(request, INTERRUPT_SUCCESS_MESSAGE, interrupted=anything)
 
     def _cancel(self, job: Job, request: CancelRequest) -> Answer:
-        found = self._speeches.cancel(job.sender, request.target_id)
+        found = self._speeches.cancel(job.owner, request.target_id)
         if found is None:
             return error_ack(
                 ErrorCode.NOT_FOUND,

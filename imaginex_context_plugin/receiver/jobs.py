@@ -42,7 +42,11 @@ class Job:
     # was already applied (a relay retrying), else refused as a replay
     replayed: bool = False
     answered: bool = False
-    # (sender, id): a repeat within the dedup window is answered, not applied again. Set once:
+    # who the message counts as when that is not ``sender``: the ``sender`` a signed envelope
+    # names (gateway replicas relay under distinct identities but are one sender). It owns the
+    # message's dedup key and its speech (a cancel through another replica finds it).
+    counted_as: str | None = None
+    # (owner, id): a repeat within the dedup window is answered, not applied again. Set once:
     # it is read at batching, at the dedup check and when the ack is remembered.
     dedup_key: tuple[str, str] | None = field(init=False)
     # what makes a repeat "the same request": every field of the request (not the envelope).
@@ -63,8 +67,15 @@ class Job:
             self.dedup_key = None
             self.fingerprint = 0
         else:
-            self.dedup_key = (self.sender if self.sender is not None else SERVER_SENDER, rid)
+            owner = self.owner
+            self.dedup_key = (owner if owner is not None else SERVER_SENDER, rid)
             self.fingerprint = hash(request)
+
+    @property
+    def owner(self) -> str | None:
+        """Who the message counts as: the signed sender if named, else the relaying identity
+        (None: the server API). Answers always go to ``sender``."""
+        return self.counted_as if self.counted_as is not None else self.sender
 
 
 @dataclass(eq=False, slots=True)

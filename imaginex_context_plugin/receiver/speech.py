@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 class _SpeechTrack:
     request_id: str | None
     sender: str | None
+    owner: str | None  # who may cancel it (the signed sender, else the relay): ``Job.owner``
     handle: SpeechHandle
     started: bool = False
     played_s: float | None = None
@@ -68,7 +69,7 @@ class SpeechTracker:
     def track(self, handle: SpeechHandle, job: Job, *, end_call_after: bool = False) -> None:
         """Report ``handle``'s playout to the sender of ``job`` (and hang up after it)."""
         self._tracks[handle.id] = _SpeechTrack(
-            job.request.id, job.sender, handle, end_call_after=end_call_after
+            job.request.id, job.sender, job.owner, handle, end_call_after=end_call_after
         )
         self.watch_audio_output()
         handle.add_done_callback(self._on_speech_done)
@@ -82,14 +83,14 @@ class SpeechTracker:
         return any(not track.handle.done() for track in self._tracks.values())
 
     def cancel(
-        self, sender: str | None, request_id: str
+        self, owner: str | None, request_id: str
     ) -> tuple[str, Literal["queued", "playing"]] | None:
-        """Cut or unqueue the speech ``sender`` started with ``request_id`` (whatever its
+        """Cut or unqueue the speech ``owner`` started with ``request_id`` (whatever its
         ``allow_interruptions``): its speech id and whether it was playing, or None if there
         is no such speech still going."""
         for track in self._tracks.values():
             handle = track.handle
-            if track.request_id == request_id and track.sender == sender and not handle.done():
+            if track.request_id == request_id and track.owner == owner and not handle.done():
                 current = self._session.current_speech
                 where: Literal["queued", "playing"] = (
                     "playing" if current is not None and current.id == handle.id else "queued"
