@@ -17,7 +17,7 @@ from livekit import rtc
 from imaginex_context_plugin.gateway import LiveKitBackend
 from imaginex_context_plugin.gateway.pool import RoomPool
 from tests.fakes import LinkedRoom, RelayNetwork
-from tests.fakes.gated import GatedRoom
+from tests.fakes.gated import GatedRoom, SendFailingRoom
 from tests.gateway_fixtures import CODE, GATEWAY, Client, Fleet, GatewayFactory, post
 from tests.helpers import wait_until
 
@@ -208,3 +208,38 @@ def test_the_pool_refuses_a_zero_limit(limits: dict[str, int]) -> None:
 
     with pytest.raises(ValueError, match="at least 1"):
         RoomPool(join, lambda name: rtc.Room(), **limits)
+
+
+async def test_a_request_the_sdk_could_not_send_is_sent_again_within_the_deadline(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    live = await fleet.agent("room-a")
+    rooms: list[SendFailingRoom] = []
+
+    def room_factory(name: str) -> LinkedRoom:
+        rooms.append(SendFailingRoom(fleet.network, name, GATEWAY, failures=2))
+        return rooms[-1]
+
+    client = await make_gateway(
+        backend=fleet.backend(room_factory=room_factory), delivery_timeout=5.0
+    )
+    data = await speak(client, "third time lucky")
+    assert data["delivered_to_rooms"] == 1
+    assert rooms[0].sends_failed == 2
+    await wait_until(lambda: live.said() == ["third time lucky"])
+
+
+async def test_a_request_that_cannot_be_sent_before_the_deadline_reports_it(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    live = await fleet.agent("room-a")
+    client = await make_gateway(
+        backend=fleet.backend(
+            room_factory=lambda name: SendFailingRoom(fleet.network, name, GATEWAY, failures=99)
+        ),
+        delivery_timeout=0.5,
+    )
+    status, body, _ = await post(client, f"/v1/agent/{CODE}/speak", {"message": "never"})
+    assert status == 503
+    assert body["data"]["rooms"][0]["error"] == "LIVEKIT_UNAVAILABLE"
+    assert live.said() == []

@@ -61,6 +61,8 @@ DEFAULT_CONNECT_TIMEOUT_S: Final = 5.0
 """Seconds to join a room before the delivery fails with ``LIVEKIT_UNAVAILABLE``."""
 DEFAULT_LISTING_TTL_S: Final = 1.0
 """How long one scan of every room serves later requests (``room_id`` lookups are never cached)."""
+SEND_RETRY_PAUSE_S: Final = 0.1
+"""Pause before sending again a request the SDK could not send (within the same deadline)."""
 MAX_CONCURRENT_LISTINGS: Final = 16
 """Most ``list_participants`` calls in flight at once while scanning rooms."""
 
@@ -328,10 +330,21 @@ class LiveKitBackend:
             # the next call): nothing is sent then, so the caller may simply retry
             if pooled.lost.is_set():
                 raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _CONNECTION_LOST)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BackendError(ErrorCode.TIMEOUT, _JOINED_TOO_LATE)
-            return await _call(pooled, target.identity, payload, remaining)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BackendError(ErrorCode.TIMEOUT, _JOINED_TOO_LATE)
+                try:
+                    return await _call(pooled, target.identity, payload, remaining)
+                except BackendError as exc:
+                    # the SDK could not send the request at all (SEND_FAILED: a connection just
+                    # joined may still be opening its data channel, seen under load): nothing
+                    # reached the agent, so it is tried again while the deadline allows
+                    if not (exc.code is ErrorCode.LIVEKIT_UNAVAILABLE and exc.retryable):
+                        raise
+                    if deadline - time.monotonic() <= SEND_RETRY_PAUSE_S:
+                        raise
+                    await asyncio.sleep(SEND_RETRY_PAUSE_S)
         finally:
             self._pool.release(pooled)
 
