@@ -140,14 +140,14 @@ class _Gateway:
 
     async def speak(self, request: web.Request) -> web.Response:
         agent_code = request.match_info["agent_code"]
-        await self._gatekeeper.admit_shared(request, agent_code)
+        await self._gatekeeper.admit(request, agent_code)
         body = await self._bodies.read(request, SpeakBody)
         outgoing = Outgoing("speak", body.fields(), "message", body.message)
         return await self._send(request, agent_code, outgoing, body.room_id)
 
     async def add_context(self, request: web.Request) -> web.Response:
         agent_code = request.match_info["agent_code"]
-        await self._gatekeeper.admit_shared(request, agent_code)
+        await self._gatekeeper.admit(request, agent_code)
         body = await self._bodies.read(request, AddContextBody)
         fields = {"type": body.type, "context": body.context}
         outgoing = Outgoing("add-context", fields, "context", body.context)
@@ -159,7 +159,7 @@ class _Gateway:
 
         async def handle(request: web.Request) -> web.Response:
             agent_code = request.match_info["agent_code"]
-            await self._gatekeeper.admit_shared(request, agent_code)
+            await self._gatekeeper.admit(request, agent_code)
             body = await self._bodies.read(request, model)
             outgoing = Outgoing(endpoint, body.fields(), body.text_field, body.long_text())
             return await self._send(request, agent_code, outgoing, body.room_id)

@@ -224,7 +224,7 @@ class EventsRoute:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         agent_code = request.match_info["agent_code"]
-        self._gatekeeper.admit(request, agent_code)
+        await self._gatekeeper.admit(request, agent_code)
         stream, room_id = _read_query(request)
         targets = await self._fanout.targets(agent_code, room_id)
         target = targets[0]

@@ -34,7 +34,7 @@ class Gatekeeper:
         secrets: The accepted api-secrets.
         rate_limit: Per api-secret; ``None`` turns it off.
         auth_failure_limit: Failed authentications per client address; ``None`` turns it off.
-        buckets: Where :meth:`admit_shared` counts the rate limit (shared by replicas); None:
+        buckets: Where :meth:`admit` counts the rate limit (shared by replicas); None:
             in this process, as :meth:`admit` does. Default None.
     """
 
@@ -54,22 +54,13 @@ class Gatekeeper:
             FailureLimiter(auth_failure_limit) if auth_failure_limit is not None else None
         )
 
-    def admit(self, request: web.Request, agent_code: str) -> Principal:
-        """The caller, once it may send to ``agent_code`` now (rate limited in this process).
+    async def admit(self, request: web.Request, agent_code: str) -> Principal:
+        """The caller, once it may send to ``agent_code`` now: the rate limit is counted in
+        the shared buckets if there are, else in this process.
 
         Raises:
             Refusal: 429 (throttled address or secret), 401 (bad secret), 404 (another
-                tenant's code).
-        """
-        principal = self._authenticate(request)
-        self._charge_here(principal)
-        return self._may_address(principal, agent_code)
-
-    async def admit_shared(self, request: web.Request, agent_code: str) -> Principal:
-        """As :meth:`admit`, with the rate limit counted in the shared buckets if there are.
-
-        Raises:
-            Refusal: as :meth:`admit`, and 503 when the shared buckets cannot be reached.
+                tenant's code), 503 when the shared buckets cannot be reached.
         """
         principal = self._authenticate(request)
         if self._buckets is None or self._rate_limit is None:
