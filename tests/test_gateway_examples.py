@@ -173,3 +173,22 @@ async def test_the_javascript_examples_run_against_the_gateway(
         assert agent.context() == [
             "User is interested in enterprise features and has a team of 50+ people"
         ]
+    await the_javascript_call_control_examples_were_applied(outputs[2], outputs[3], agents)
+
+
+async def the_javascript_call_control_examples_were_applied(
+    control: str, watch: str, agents: dict[str, LiveAgent]
+) -> None:
+    assert "while looking up: { agent_audio: true, user_audio: false, transcription: true }" in (
+        control
+    )
+    assert "after: { agent_audio: true, user_audio: true, transcription: true }" in control
+    assert "reply speech: " in control
+    assert "user: Please send the invoice by email." in control
+    assert "interrupted: " in control
+    call = agents["support_call_7"]
+    assert "Please send the invoice by email." in [
+        m.text_content for m in call.session.history.messages() if m.role == "user"
+    ]
+    assert "agent said: Your table is booked for 8 pm." in watch
+    assert "call ended: " in watch
