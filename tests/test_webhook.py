@@ -6,6 +6,7 @@ import base64
 import hashlib
 from typing import Any
 
+import pytest
 from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.protocol.models import ParticipantInfo, Room
@@ -126,3 +127,16 @@ async def test_without_a_directory_there_is_no_webhook_route(
         WEBHOOK_PATH, data=body, headers={"Authorization": signature(body), **HEADERS}
     )
     assert response.status == 404
+
+
+def test_the_test_server_posts_webhooks_to_loopback_only() -> None:
+    from devtools.livekit_server import API_KEY, loopback_config
+
+    url = "http://127.0.0.1:9/livekit/webhook"
+    config = loopback_config(7880, 50000, webhook_urls=[url])
+    assert f'webhook:\n  api_key: {API_KEY}\n  urls: ["{url}"]\n' in config
+    assert "webhook:" not in loopback_config(7880, 50000)
+    refused = ("http://10.0.0.1:9/x", "http://localhost:9/x", "ftp://127.0.0.1/x", url + '"')
+    for url in refused:
+        with pytest.raises(ValueError, match="webhook URL"):
+            loopback_config(7880, 50000, webhook_urls=[url])
