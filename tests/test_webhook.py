@@ -140,3 +140,34 @@ def test_the_test_server_posts_webhooks_to_loopback_only() -> None:
     for url in refused:
         with pytest.raises(ValueError, match="webhook URL"):
             loopback_config(7880, 50000, webhook_urls=[url])
+
+
+async def test_replicas_share_the_directory_a_webhook_to_one_serves_the_other(
+    fleet: Fleet, make_gateway: GatewayFactory, redis_url: str
+) -> None:
+    from redis.asyncio import Redis
+
+    from imaginex_context_plugin.gateway.directory import RedisAgentDirectory
+
+    live = await fleet.agent(ROOM)
+    fleet.directory.names.clear()  # RoomService lists nothing: only the webhook can tell
+    backends = [
+        fleet.backend(
+            agent_directory=RedisAgentDirectory(Redis.from_url(redis_url), owns_client=True)
+        )
+        for _ in range(2)
+    ]
+    one, two = [await make_gateway(backend=backend) for backend in backends]
+    body = joined_body(identity=live.room.participant_info.identity)
+    assert (await hook(one, body, signature(body)))[0] == 200
+    for backend in backends:  # both started reconciling with their application
+        sync = backend.directory_sync
+        assert sync is not None
+        await sync.ready()
+    calls = backends[1].room_service_calls.total
+    status, payload, _ = await post(two, f"/v1/agent/{CODE}/speak", {"message": "Hi"})
+    assert status == 200, payload
+    assert payload["data"]["delivered_to_rooms"] == 1
+    assert backends[1].room_service_calls.total == calls
+    # one reconciliation between them: whichever claimed the interval first
+    assert sum(backend.room_service_calls.list_rooms for backend in backends) == 1
