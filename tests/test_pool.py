@@ -14,6 +14,7 @@ import time
 import pytest
 from livekit import rtc
 
+from imaginex_context_plugin.errors import BackendError, ErrorCode
 from imaginex_context_plugin.gateway import LiveKitBackend
 from imaginex_context_plugin.gateway.pool import RoomPool
 from tests.fakes import LinkedRoom, RelayNetwork
@@ -243,3 +244,22 @@ async def test_a_request_that_cannot_be_sent_before_the_deadline_reports_it(
     assert status == 503
     assert body["data"]["rooms"][0]["error"] == "LIVEKIT_UNAVAILABLE"
     assert live.said() == []
+
+
+async def test_a_room_waiting_for_a_place_when_the_pool_closes_is_not_joined(
+    fleet: Fleet,
+) -> None:
+    await fleet.agent("busy-room")
+    await fleet.agent("waiting-room")
+    backend = fleet.backend(max_rooms=1)
+    _, release = await backend.hold_room("busy-room")
+    waiting = asyncio.create_task(backend.pool.acquire("waiting-room"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await backend.aclose()
+    with pytest.raises(BackendError) as refused:
+        await waiting
+    assert refused.value.code is ErrorCode.LIVEKIT_UNAVAILABLE
+    assert backend.pooled_rooms == []
+    assert fleet.gateway_rooms("waiting-room") == []
+    release()

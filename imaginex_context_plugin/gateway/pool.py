@@ -40,6 +40,7 @@ DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
 """A pooled room connection unused for this long is closed."""
 
 _JOIN_FAILED: Final = "Could not join the agent's room on LiveKit."
+_CLOSED: Final = "The gateway is shutting down."
 
 Join = Callable[[rtc.Room, str], Awaitable[None]]
 """Connects an unconnected ``rtc.Room`` to the named room (token, URL and options are the
@@ -131,7 +132,8 @@ class RoomPool:
         join to finish for the next caller.
 
         Raises:
-            BackendError: ``LIVEKIT_UNAVAILABLE`` when the room cannot be joined.
+            BackendError: ``LIVEKIT_UNAVAILABLE`` when the room cannot be joined or the pool
+                is closed.
         """
         self._close_idle()
         pooled = await self._entry(room_name)
@@ -162,6 +164,9 @@ class RoomPool:
 
     async def _entry(self, room_name: str) -> PooledRoom:
         while True:
+            # a caller that waited for a place while the pool closed must not open a room
+            if self._closed:
+                raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _CLOSED)
             pooled = self._rooms.get(room_name)
             if pooled is not None and not pooled.usable():
                 self._discard(room_name)
