@@ -17,6 +17,7 @@ import click
 
 from ._env import (
     AGENT_CODE_ENV,
+    AGENT_DIRECTORY_ENV,
     API_SECRETS_FILE_ENV,
     CONTEXT_SECRET_ENV,
     GATEWAY_BODY_TIMEOUT_ENV,
@@ -25,6 +26,8 @@ from ._env import (
     LIVEKIT_API_KEY_ENV,
     LIVEKIT_API_SECRET_ENV,
     LIVEKIT_URL_ENV,
+    RECONCILE_INTERVAL_ENV,
+    REDIS_URL_ENV,
 )
 from ._livekit.settings import is_livekit_url
 from .protocol import (
@@ -172,7 +175,7 @@ def demo(pace: float, verbose: bool) -> None:
 @click.option(
     "--redis-url",
     default=None,
-    envvar="IMAGINEX_REDIS_URL",
+    envvar=REDIS_URL_ENV,
     show_envvar=True,
     help="Redis shared by gateway replicas (Idempotency-Key records, rate limits); needs "
     "IMAGINEX_SIGNING_SECRET.",
@@ -180,7 +183,7 @@ def demo(pace: float, verbose: bool) -> None:
 @click.option(
     "--agent-directory",
     is_flag=True,
-    envvar="IMAGINEX_AGENT_DIRECTORY",
+    envvar=AGENT_DIRECTORY_ENV,
     show_envvar=True,
     help="Find agents in a directory kept from LiveKit's webhooks (point LiveKit's webhook at "
     "/livekit/webhook) instead of listing every room per request; in Redis with --redis-url.",
@@ -190,7 +193,7 @@ def demo(pace: float, verbose: bool) -> None:
     default=30.0,
     show_default=True,
     type=FiniteFloatRange(min=0.0, min_open=True),
-    envvar="IMAGINEX_RECONCILE_INTERVAL",
+    envvar=RECONCILE_INTERVAL_ENV,
     show_envvar=True,
     help="Seconds between reconciliations of the agent directory with RoomService.",
 )

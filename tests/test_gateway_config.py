@@ -287,3 +287,25 @@ def test_the_writer_signs_with_the_sender(sender: str | None, expected: str | No
             Outgoing("speak", {"type": "speak", "message": "Hi"}), "id-1", "A1", None
         )
     )
+
+
+def test_without_the_redis_package_replicas_say_how_to_get_it() -> None:
+    # redis is an optional dependency: the gateway imports without it, and asking for the
+    # Redis state names the extra to install (a child process, so this one keeps its redis)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import imaginex_context_plugin.gateway as gateway\n"
+        "from imaginex_context_plugin.errors import ConfigError\n"
+        "assert gateway.create_app and gateway.MemoryState\n"
+        "try:\n"
+        "    gateway.RedisState\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'imaginex-context-plugin[redis]'" in result.stdout

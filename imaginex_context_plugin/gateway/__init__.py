@@ -15,6 +15,8 @@ In code::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .answers import FAILURE_PRECEDENCE
 from .app import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -34,6 +36,7 @@ from .backend import (
     RoomDirectory,
 )
 from .config import ApiSecrets, ConfigError, GatewayConfig, LiveKitSettings, Principal
+from .directory import AgentDirectory, MemoryAgentDirectory, RedisAgentDirectory
 from .openapi import build_openapi
 from .refusals import STATUS_FOR
 from .server import (
@@ -42,6 +45,7 @@ from .server import (
     GatewayServer,
     start_gateway_server,
 )
+from .state import GatewayState, MemoryState, StateUnavailable
 
 __all__ = [
     "DEFAULT_BODY_TIMEOUT_S",
@@ -54,19 +58,38 @@ __all__ = [
     "FAILURE_PRECEDENCE",
     "STATUS_FOR",
     "AgentBackend",
+    "AgentDirectory",
     "AgentTarget",
     "ApiSecrets",
     "BackendError",
     "ConfigError",
     "GatewayConfig",
     "GatewayServer",
+    "GatewayState",
     "LiveKitBackend",
     "LiveKitSettings",
+    "MemoryAgentDirectory",
+    "MemoryState",
     "ParticipantSummary",
     "Principal",
+    "RedisAgentDirectory",
+    "RedisState",
     "RoomDirectory",
+    "StateUnavailable",
     "build_openapi",
     "create_app",
     "run_gateway",
     "start_gateway_server",
 ]
+
+if TYPE_CHECKING:
+    from .redis_state import RedisState
+
+
+def __getattr__(name: str) -> Any:
+    # RedisState needs the optional ``redis`` package: imported only when asked for
+    if name == "RedisState":
+        from .redis_state import RedisState
+
+        return RedisState
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

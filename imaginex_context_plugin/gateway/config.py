@@ -29,14 +29,12 @@ from .._env import LIVEKIT_API_KEY_ENV as LIVEKIT_API_KEY_ENV
 from .._env import LIVEKIT_API_SECRET_ENV as LIVEKIT_API_SECRET_ENV
 from .._env import LIVEKIT_ENV, env_or
 from .._env import LIVEKIT_URL_ENV as LIVEKIT_URL_ENV
+from .._env import REDIS_URL_ENV as REDIS_URL_ENV
 from .._env import SIGNING_SECRET_ENV as SIGNING_SECRET_ENV
 from .._livekit.settings import LiveKitSettings as LiveKitSettings
 from ..errors import ConfigError as ConfigError
 from .state import REPLICAS_NEED_SIGNING
 
-REDIS_URL_ENV: Final = "IMAGINEX_REDIS_URL"
-"""Gateway: Redis shared by replicas (``--redis-url``). Named here rather than in ``_env``
-because only the gateway reads it."""
 DEFAULT_PRINCIPAL: Final = "default"
 """Name of the principal authenticated by ``IMAGINEX_API_SECRET`` (rate limits, logs)."""
 

@@ -21,10 +21,18 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
+try:
+    from redis.asyncio import Redis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+    from redis.retry import Retry
+except ImportError:  # an optional dependency: say how to get it
+    from ..errors import ConfigError
+
+    raise ConfigError(
+        "Gateway replicas on Redis need the redis package: "
+        "pip install 'imaginex-context-plugin[redis]'."
+    ) from None
 
 from ..log import logger
 from ..security import RateLimit
