@@ -56,12 +56,20 @@ from typing import Any, Final  # noqa: E402
 
 import aiohttp  # noqa: E402
 from _harness import Figure, Report, ms, percentile  # noqa: E402
+from aiohttp import web  # noqa: E402
 from bench_live import floor  # noqa: E402
 from livekit import api, rtc  # noqa: E402
 
 from devtools.livekit_cluster import ClusterNode, LiveKitCluster, start_cluster  # noqa: E402
 from devtools.livekit_server import ROOT, free_tcp_port  # noqa: E402
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextPlugin  # noqa: E402
+from imaginex_context_plugin.gateway import (  # noqa: E402
+    ApiSecrets,
+    LiveKitBackend,
+    LiveKitSettings,
+    create_app,
+)
+from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory  # noqa: E402
 from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, start_session  # noqa: E402
 
 GATEWAY_IDENTITY: Final = "bench-fanout-gateway"
@@ -242,6 +250,37 @@ async def unlisted(
 # --------------------------------------------------------------------------- the gateway
 
 
+async def gateway_worker(port: int, mode: str, joins: int) -> None:
+    """``--gateway``: the gateway as ``imaginex-context gateway`` builds it (no signing, no
+    Redis, rate limit off), with ``max_concurrent_joins`` set; serves until SIGTERM."""
+    settings = LiveKitSettings(
+        url=os.environ["LIVEKIT_URL"],
+        api_key=os.environ["LIVEKIT_API_KEY"],
+        api_secret=os.environ["LIVEKIT_API_SECRET"],
+    )
+    backend = LiveKitBackend(
+        settings,
+        identity=GATEWAY_IDENTITY,
+        max_concurrent_joins=joins,
+        agent_directory=MemoryAgentDirectory() if mode == DIRECTORY else None,
+    )
+    app = create_app(
+        backend,
+        ApiSecrets(secret=API_SECRET_HEADER),
+        delivery_timeout=DELIVERY_TIMEOUT_S,
+        rate_limit=None,
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
 @dataclass
 class GatewayProcess:
     process: asyncio.subprocess.Process
@@ -265,7 +304,9 @@ class GatewayProcess:
 
 
 @contextlib.asynccontextmanager
-async def gateway(node: ClusterNode, workdir: Path, mode: str) -> AsyncIterator[GatewayProcess]:
+async def gateway(
+    node: ClusterNode, workdir: Path, mode: str, joins: int | None
+) -> AsyncIterator[GatewayProcess]:
     port = free_tcp_port()
     env = {
         k: v
@@ -280,7 +321,7 @@ async def gateway(node: ClusterNode, workdir: Path, mode: str) -> AsyncIterator[
     )
     log_path = workdir / f"gateway-{port}.log"
     with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
+        command = [
             str(GATEWAY_CLI),
             "gateway",
             "--host",
@@ -296,6 +337,11 @@ async def gateway(node: ClusterNode, workdir: Path, mode: str) -> AsyncIterator[
             # the directory's first reconciliation finds the agents (they joined before it
             # started); its periodic ones count in the calls per request
             *(["--agent-directory"] if mode == DIRECTORY else []),
+        ]
+        if joins is not None:  # the command has no option for the pool's join bound yet
+            command = [sys.executable, THIS_FILE, "--gateway", str(port), mode, str(joins)]
+        process = await asyncio.create_subprocess_exec(
+            *command,
             cwd=ROOT,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -382,9 +428,18 @@ class Phase:
 
 
 async def phase(
-    cluster: LiveKitCluster, rooms: int, code: str, mode: str, warm: int, workdir: Path
+    cluster: LiveKitCluster,
+    rooms: int,
+    code: str,
+    mode: str,
+    warm: int,
+    workdir: Path,
+    joins: int | None,
 ) -> Phase:
-    async with gateway(cluster.nodes[0], workdir, mode) as gw, aiohttp.ClientSession() as http:
+    async with (
+        gateway(cluster.nodes[0], workdir, mode, joins) as gw,
+        aiohttp.ClientSession() as http,
+    ):
         rss_base, sockets_base = gw.rss_bytes(), gw.sockets()
         calls = RoomServiceCalls(cluster)
         before = calls.count()
@@ -445,7 +500,12 @@ def check(phases: Sequence[Phase], names: Sequence[str], said: dict[str, int]) -
 
 
 async def one_size(
-    cluster: LiveKitCluster, rooms: int, warm: int, modes: Sequence[str], workdir: Path
+    cluster: LiveKitCluster,
+    rooms: int,
+    warm: int,
+    modes: Sequence[str],
+    workdir: Path,
+    joins: int | None = None,
 ) -> tuple[list[Phase], list[str]]:
     code = f"FAN{rooms:04d}{uuid.uuid4().hex[:4].upper()}"
     placed = [
@@ -469,7 +529,7 @@ async def one_size(
                         f"before the {mode} phase {len(gone)} of {rooms} agents were gone "
                         f"(worker exit codes {exits})"
                     )
-                phases.append(await phase(cluster, rooms, code, mode, warm, workdir))
+                phases.append(await phase(cluster, rooms, code, mode, warm, workdir, joins))
             said = await workers.report()
     finally:
         async with api.LiveKitAPI(
@@ -511,8 +571,11 @@ async def run(
     floor_requests: int = 100,
     modes: Sequence[str] = MODES,
     cluster: LiveKitCluster | None = None,
+    joins: int | None = None,
 ) -> Report:
-    """Measure; ``cluster``: use this one instead of starting a new one."""
+    """Measure; ``cluster``: use this one instead of starting a new one; ``joins``: run the
+    gateway with this ``max_concurrent_joins`` (built here as the command builds it) instead of
+    the ``imaginex-context gateway`` command with its defaults."""
     report = Report("fan-out: one speak to N rooms through the gateway, on a 2-node cluster")
     report.notes.append(NETWORK)
     phases: list[Phase] = []
@@ -520,7 +583,7 @@ async def run(
         floor_samples = await floor(lk.nodes[0].info, floor_requests)
         for rooms in sizes:
             try:
-                measured, failures = await one_size(lk, rooms, warm, modes, Path(tmp))
+                measured, failures = await one_size(lk, rooms, warm, modes, Path(tmp), joins)
             except (RuntimeError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
                 report.ok = False
                 report.notes.append(f"{rooms} rooms: broke: {type(exc).__name__}: {exc}"[:400])
@@ -538,6 +601,7 @@ async def run(
         f"{warm} warm requests per size and mode, after 1 cold; agents in <= "
         f"{AGENTS_PER_PROCESS} rooms per worker process; rooms alternate between the 2 nodes, "
         f"the gateway uses node A; {DELIVERY_TIMEOUT_S:g} s delivery timeout"
+        + (f"; max_concurrent_joins={joins}" if joins is not None else "")
     )
     return report
 
@@ -603,6 +667,8 @@ def add_figures(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--agents", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--gateway", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--joins", type=int, help="the gateway's max_concurrent_joins")
     parser.add_argument("--sizes", default="1,50,200")
     parser.add_argument("--warm", type=int, default=20)
     parser.add_argument("--modes", default=",".join(MODES))
@@ -610,8 +676,12 @@ def main() -> None:
     if args.agents:
         asyncio.run(agents_worker())
         return
+    if args.gateway:
+        port, mode, joins = args.gateway
+        asyncio.run(gateway_worker(int(port), mode, int(joins)))
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
-    report = asyncio.run(run(sizes, args.warm, modes=args.modes.split(",")))
+    report = asyncio.run(run(sizes, args.warm, modes=args.modes.split(","), joins=args.joins))
     report.print()
     sys.exit(0 if report.ok else 1)
 
