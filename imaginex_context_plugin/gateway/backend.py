@@ -150,7 +150,7 @@ class LiveKitBackend:
             Default: ``rtc.Room()``.
         max_rooms: Most room connections held at once; at the cap the least recently used
             idle one is closed for a new room (see :mod:`.pool`). Default 1000.
-        max_concurrent_joins: Most room joins under way at once. Default 32.
+        max_concurrent_joins: Most room joins under way at once. Default 8.
     """
 
     def __init__(

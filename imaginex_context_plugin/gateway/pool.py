@@ -34,8 +34,10 @@ from ..log import logger
 
 DEFAULT_MAX_ROOMS: Final = 1000
 """Most room connections held at once (joining included); about 2 MiB and a few sockets each."""
-DEFAULT_MAX_CONCURRENT_JOINS: Final = 32
-"""Most room joins (WebRTC handshakes) under way at once; later ones queue."""
+DEFAULT_MAX_CONCURRENT_JOINS: Final = 8
+"""Most room joins (WebRTC handshakes) under way at once; later ones queue. Joins compete for
+CPU: on 2 cores a first fan-out to 100 rooms joined all 100 within 10 s with 8 at once, and 1
+with 32 (``benchmarks/bench_fanout.py --joins``)."""
 DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
 """A pooled room connection unused for this long is closed."""
 
