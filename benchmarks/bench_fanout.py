@@ -88,6 +88,9 @@ WARM_FACTOR: Final = 3.0
 THIS_FILE: Final = str(Path(__file__).resolve())
 GATEWAY_CLI: Final = Path(sys.executable).parent / "imaginex-context"
 ROOM_SERVICE_LOG: Final = "API RoomService."
+UNKNOWN_OUTCOME: Final = frozenset({"TIMEOUT", "AGENT_NOT_FOUND"})
+"""Room errors after which the agent may still have spoken: no answer in time, or the agent
+left the room before it answered (RPC's RECIPIENT_DISCONNECTED)."""
 DIRECTORY: Final = "directory"
 SCAN: Final = "scan"
 MODES: Final = (DIRECTORY, SCAN)
@@ -487,7 +490,7 @@ def check(phases: Sequence[Phase], names: Sequence[str], said: dict[str, int]) -
             for result in data["rooms"]:
                 if result["delivered"]:
                     delivered[result["room"]] += 1
-                elif result["error"] == "TIMEOUT":  # unknown outcome: may have been spoken
+                elif result["error"] in UNKNOWN_OUTCOME:
                     timed_out[result["room"]] += 1
     wrong = [
         name
