@@ -198,6 +198,21 @@ def demo(pace: float, verbose: bool) -> None:
     help="Seconds between reconciliations of the agent directory with RoomService.",
 )
 @click.option(
+    "--delivery",
+    type=click.Choice(["room", "server-api"]),
+    default="room",
+    show_default=True,
+    help="room: join each room and call the agent by RPC; server-api: RoomService.SendData, "
+    "no room joined, the agents post their answers to --public-url (they must allow it with "
+    "ContextPlugin(reply_urls=...)); needs IMAGINEX_SIGNING_SECRET.",
+)
+@click.option(
+    "--public-url",
+    default=None,
+    help="With --delivery server-api: the gateway's URL as the agents reach it, e.g. "
+    "http://gateway.internal:8089.",
+)
+@click.option(
     "--sender",
     default="imaginex-gateway",
     show_default=True,
@@ -253,6 +268,8 @@ def gateway(
     redis_url: str | None,
     agent_directory: bool,
     reconcile_interval: float,
+    delivery: str,
+    public_url: str | None,
     sender: str,
     timeout: float,
     rate_limit: float,
@@ -273,6 +290,8 @@ def gateway(
     from .gateway.config import ConfigError, GatewayConfig
     from .security import RateLimit
 
+    if (delivery == "server-api") != (public_url is not None):
+        raise click.ClickException("--delivery server-api and --public-url go together.")
     try:
         config = GatewayConfig.from_env(secrets_file=secrets_file, redis_url=redis_url)
         limit = RateLimit(per_second=rate_limit, burst=burst) if rate_limit > 0 else None
@@ -296,6 +315,7 @@ def gateway(
             sender=sender,
             agent_directory=agent_directory,
             reconcile_interval=reconcile_interval,
+            public_url=public_url,
         )
     except ConfigError as exc:  # checked before anything starts
         raise click.ClickException(str(exc)) from None

@@ -19,9 +19,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    model_serializer,
     model_validator,
 )
 
@@ -52,6 +54,11 @@ MAX_SENDER_LENGTH: Final = 128
 SENDER_SIGNATURE_PREFIX: Final = "imaginex-sender-v1"
 """What a signed message naming a ``sender`` starts with before it is signed: a v1 message
 starts with its timestamp's digits, so the two kinds can never be mistaken for each other."""
+REPLY_SIGNATURE_PREFIX: Final = "imaginex-reply-v1"
+"""What a signed message naming a ``reply_to`` URL starts with before it is signed (see
+``security.sign_request``): distinct from both other kinds."""
+MAX_REPLY_URL_LENGTH: Final = 512
+"""Longest ``reply_to`` a signed envelope may name."""
 MAX_HISTORY_LIMIT: Final = 200
 DEFAULT_HISTORY_LIMIT: Final = 50
 
@@ -531,6 +538,11 @@ class SignedEnvelope(BaseModel):
     """Who the message comes from, vouched for by the signature (v1.2, optional): the receiver
     deduplicates, rate limits and checks permissions by it instead of the relaying participant,
     so that gateway replicas with distinct participant identities count as one sender."""
+    reply_to: Annotated[str, Field(min_length=1, max_length=MAX_REPLY_URL_LENGTH)] | None = None
+    """Where the answers go over HTTP (v1.3, optional), for a packet sent through the server
+    API, which has no participant to answer: covered by the signature (the
+    ``imaginex-reply-v1`` scheme of ``security.sign_request``) and honoured only when the
+    agent allows the URL (``ContextPlugin(reply_urls=...)``)."""
 
     @model_validator(mode="after")
     def _check_text(self, info: ValidationInfo) -> SignedEnvelope:
@@ -539,7 +551,19 @@ class SignedEnvelope(BaseModel):
             _check_visible("sender", self.sender)
             if not self.sender.isprintable():
                 raise ValueError("Field 'sender' must not contain control characters")
+        if self.reply_to is not None and not (
+            self.reply_to.isascii() and self.reply_to.isprintable() and " " not in self.reply_to
+        ):
+            raise ValueError("Field 'reply_to' must be a URL of printable ASCII, no spaces")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_absent_reply_to(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # an envelope without reply_to dumps exactly as before v1.3 (pinned wire format)
+        data: dict[str, Any] = handler(self)
+        if data.get("reply_to", "") is None:
+            del data["reply_to"]
+        return data
 
 
 Packet = Annotated[_RequestModel | SignedEnvelope, Field(discriminator="type")]

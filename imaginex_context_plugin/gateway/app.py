@@ -53,6 +53,7 @@ from .server import (
     DEFAULT_MAX_CONNECTIONS,
     start_gateway_server,
 )
+from .server_api_backend import REPLIES_PATH, ServerApiBackend
 from .state import (
     REPLICAS_NEED_SIGNING,
     GatewayState,
@@ -290,6 +291,8 @@ def create_app(
         raise ValueError("idempotency_lease_s must be a positive number of seconds")
     state = state if state is not None else MemoryState()
     require_signing_for_replicas(state, signing_secret)
+    if isinstance(backend, ServerApiBackend) and not signing_secret:
+        raise ConfigError("Server-API delivery needs a signing secret (IMAGINEX_SIGNING_SECRET).")
     gateway = _Gateway(
         backend,
         gatekeeper=Gatekeeper(
@@ -315,6 +318,8 @@ def create_app(
         feeds = EventFeeds(backend, writer=gateway.writer, timeout=delivery_timeout)
         events = EventsRoute(gatekeeper=gateway.gatekeeper, fanout=gateway.fanout, feeds=feeds)
         app.router.add_get("/v1/agent/{agent_code}/events", events.handle)
+    if isinstance(backend, ServerApiBackend):  # the agents' answers come back over HTTP
+        app.router.add_post(REPLIES_PATH, backend.reply_inbox.handle)
     hook = backend.livekit_webhook if isinstance(backend, WebhookSource) else None
     if hook is not None:  # the agent directory is kept from LiveKit's webhooks
         app.router.add_post(WEBHOOK_PATH, hook.handle)
@@ -340,6 +345,7 @@ def run_gateway(
     sender: str | None = DEFAULT_GATEWAY_SENDER,
     agent_directory: bool = False,
     reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL_S,
+    public_url: str | None = None,
 ) -> None:
     """Serve the gateway until SIGINT or SIGTERM (what ``imaginex-context gateway`` runs).
 
@@ -364,15 +370,25 @@ def run_gateway(
             ``/livekit/webhook``) and reconciliation, in Redis with ``config.redis_url``, instead
             of listing every room. Default False.
         reconcile_interval: Seconds between reconciliations of that directory. Default 30.
+        public_url: Deliver through ``RoomService.SendData`` without joining rooms, the agents
+            posting their answers to this URL (the gateway as they reach it) plus
+            ``/v1/internal/replies`` (see :mod:`.server_api_backend`); needs a signing secret.
+            Default: None, deliver over room connections.
 
     Raises:
-        ConfigError: Redis without a signing secret, or an unusable ``sender`` (checked before
-            anything starts).
+        ConfigError: Redis or ``public_url`` without a signing secret, or an unusable
+            ``sender`` (checked before anything starts).
     """
     from .backend import DEFAULT_GATEWAY_IDENTITY, LiveKitBackend
 
     if config.redis_url and not config.signing_secret:
         raise ConfigError(REPLICAS_NEED_SIGNING)
+    if public_url is not None and not config.signing_secret:
+        raise ConfigError(
+            "Server-API delivery (--public-url) needs a signing secret (IMAGINEX_SIGNING_SECRET)."
+        )
+    if public_url is not None and not public_url.startswith(("http://", "https://")):
+        raise ConfigError("--public-url must be an http(s) URL the agents can reach.")
     try:
         MessageWriter(signing_secret=None, sender=sender)
     except ValueError as exc:
@@ -400,8 +416,16 @@ def run_gateway(
             reconcile_interval=reconcile_interval,
         )
         _log_start(config, backend.identity)
+        delivering: AgentBackend = backend
+        if public_url is not None:
+            delivering = ServerApiBackend(
+                backend,
+                config.livekit,
+                signing_secret=config.signing_secret,
+                public_url=public_url,
+            )
         return create_app(
-            backend,
+            delivering,
             config.secrets,
             signing_secret=config.signing_secret,
             delivery_timeout=delivery_timeout,

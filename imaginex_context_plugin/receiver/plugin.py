@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from livekit import rtc
@@ -37,6 +37,7 @@ from .._env import AGENT_CODE_ENV, LIVEKIT_API_SECRET_ENV
 from ..context import DEFAULT_CONTEXT_BUDGET, ContextBudget, ContextStore
 from ..log import logger
 from ..protocol import CONTEXT_TOPIC, ErrorAck, ErrorCode, GetStateRequest, error_ack
+from ..replies import ReplyUrls
 from ..security import (
     DEDUP_WINDOW_S,
     DEFAULT_RATE_LIMIT,
@@ -50,6 +51,7 @@ from .admission import Admission, signature_verifier, warn_if_server_untrusted
 from .answers import AckWriter, internal_error
 from .call_end import CALL_ENDED_MESSAGE
 from .dedup import DedupMemory
+from .http_replies import HttpReplies
 from .jobs import Answer, Housekeeping, Job, Success
 from .outbox import AckTransport, Outbox
 from .parts import Hook, SessionParts
@@ -105,6 +107,12 @@ class ContextPlugin:
             the union of its entry and the ``"*"`` entry, nothing else. Default: every type but
             the sensitive ones (``security.SENSITIVE_TYPES``: ``subscribe``, ...), which are
             refused with ``UNAUTHORIZED``. ``unsubscribe`` is always allowed.
+        reply_urls: URL prefixes a signed server-API packet's ``reply_to`` may point to; its
+            answer is then posted there over HTTP, signed with ``secret`` (else the LiveKit API
+            secret), see :mod:`..replies`. Each an ``http(s)`` URL whose path ends with ``/``,
+            e.g. ``["http://gateway.internal:8089/v1/internal/"]``. Default: none; a packet
+            naming a ``reply_to`` is then refused (``REPLY_URL_NOT_ALLOWED`` in
+            ``stats.errors`` and the log) and nothing is sent.
     """
 
     _parts: SessionParts  # made by start(): they need the session and the room
@@ -126,6 +134,7 @@ class ContextPlugin:
         dedup_max_entries: int | None = None,
         ack_transport: AckTransport | None = None,
         permissions: Mapping[str, Iterable[str]] | None = None,
+        reply_urls: Sequence[str] = (),
     ) -> None:
         if require_signature and not secret:
             raise ValueError("require_signature=True needs a secret")
@@ -135,6 +144,10 @@ class ContextPlugin:
         server_key = (server_secret or os.getenv(LIVEKIT_API_SECRET_ENV)) if trust_server else None
         warn_if_server_untrusted(trust_server, server_key)
         policy = SenderPolicy.build(allowed_identities)
+        allowed_replies = ReplyUrls(reply_urls)
+        reply_key = secret or server_key
+        if allowed_replies and not reply_key:
+            raise ValueError("reply_urls needs a secret (or the LiveKit API secret) to sign with")
         self.stats = PluginStats()
         self._store = ContextStore(context_budget)
         self._ready_timeout = ready_timeout
@@ -145,7 +158,14 @@ class ContextPlugin:
             max_entries=dedup_max_entries or remembered_ids_capacity(rate_limit, dedup_window),
             stats=self.stats,
         )
-        self._outbox = Outbox(policy=policy, dedup=self._dedup, stats=self.stats)
+        self._replies = (
+            HttpReplies(secret=reply_key, room_name=self._room_name, stats=self.stats)
+            if allowed_replies and reply_key
+            else None
+        )
+        self._outbox = Outbox(
+            policy=policy, dedup=self._dedup, stats=self.stats, replies=self._replies
+        )
         self._writer = AckWriter(self._agent_code, self._room_name)
         self._subscribers = Subscribers(writer=self._writer, stats=self.stats)
         self._admission = Admission(
@@ -165,6 +185,7 @@ class ContextPlugin:
             work=self._work,
             dedup=self._dedup,
             stats=self.stats,
+            reply_urls=allowed_replies,
         )
         self._session: AgentSession[Any] | None = None
         self._room: rtc.Room | None = None
@@ -273,6 +294,8 @@ class ContextPlugin:
         await asyncio.gather(self._outbox.drain(publish), self._subscribers.aclose())
         publish.cancel()
         await asyncio.gather(publish, return_exceptions=True)
+        if self._replies is not None:
+            await self._replies.aclose()
         self._tasks.clear()
         logger.info("context plugin closed", extra={"agent_code": self._agent_code})
 
@@ -298,15 +321,18 @@ class ContextPlugin:
 
     def _receive(self, raw: bytes, sender: str | None) -> None:
         try:
-            admitted = self._admission.admit(raw, sender)
+            admitted, reply_url = self._admission.admit_replying(raw, sender)
         except Exception:  # a room callback must never raise
             logger.exception("unexpected error admitting a context packet")
-            admitted = error_ack(ErrorCode.INTERNAL_ERROR, _UNREADABLE, None)
+            admitted, reply_url = error_ack(ErrorCode.INTERNAL_ERROR, _UNREADABLE, None), None
         if isinstance(admitted, Job):
             self._dispatch(admitted)
             return
         try:
-            self._outbox.send(sender, admitted)
+            if reply_url is not None:
+                self._outbox.post_reply(reply_url, admitted)
+            else:
+                self._outbox.send(sender, admitted)
         except Exception:  # e.g. an answer that cannot be encoded: still never raise
             logger.exception("unexpected error answering a context packet")
 

@@ -1,0 +1,325 @@
+"""Delivery without a room connection: ``RoomService.SendData`` out, the ack back over HTTP.
+
+:class:`ServerApiBackend` finds agents with a :class:`~.backend.LiveKitBackend` it composes
+(the directory or the scan, unchanged) but delivers with one Twirp call per room instead of
+joining the room: the message, signed with the agents' secret, names where to answer
+(``reply_to``, covered by the signature, see ``security.sign_request``), and the agent posts
+its signed ack to the gateway's ``POST /v1/internal/replies`` (:class:`ReplyInbox`; the scheme
+is in :mod:`...replies`). The inbox hands the ack to the delivery waiting for that
+(room, request id); anything else is refused with 401.
+
+What it costs: no WebRTC connection, no join, no memory per room; an agent must allow the
+gateway's URL (``ContextPlugin(reply_urls=[...])``) and the gateway must be reachable from the
+agents over HTTP. The events stream (``GET .../events``) still needs a room connection and uses
+the composed backend's pool; nothing else joins a room.
+
+A retry of the same request id (the same Idempotency-Key) is signed again (a fresh timestamp:
+the agents refuse a replayed signature) and the agent answers it from its dedup memory, by the
+signed ``sender``, without applying it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+from livekit import api, rtc
+
+from .._livekit.settings import LiveKitSettings
+from ..errors import BackendError, ErrorCode
+from ..expiring import ExpiringCache
+from ..log import logger
+from ..protocol import CONTEXT_TOPIC, ProtocolError, SignedEnvelope, decode_object, read_packet
+from ..replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER, reply_signature_valid
+from ..security import SIGNATURE_WINDOW_S, sign_request
+from .backend import AgentTarget, LiveKitBackend
+from .webhook import LiveKitWebhook
+
+REPLIES_PATH: Final = "/v1/internal/replies"
+"""Where agents post their answers (relative to the gateway's public URL)."""
+MAX_REPLY_BYTES: Final = 32 * 1024
+"""Largest reply body taken: an ack fits one 15 KiB packet, plus the room and the quoting."""
+MAX_PENDING: Final = 100_000
+"""Most deliveries waiting for a reply at once; beyond it a delivery fails at once."""
+MAX_REMEMBERED_REPLIES: Final = 100_000
+"""Most reply signatures remembered (for the signature window) to refuse a replayed reply."""
+
+_NOT_SIGNED: Final = (
+    "Server-API delivery needs signed messages: the gateway has no signing secret."
+)
+_UNAVAILABLE: Final = "LiveKit could not be reached."
+_TOO_MANY: Final = "Too many deliveries are waiting for their answer; retry shortly."
+
+
+def _signed(payload: str) -> SignedEnvelope:
+    """The gateway's signed envelope around a message; only signed ones can name a reply URL."""
+    try:
+        envelope = read_packet(payload.encode("utf-8"))
+    except ProtocolError:
+        envelope = None
+    if not isinstance(envelope, SignedEnvelope):
+        raise BackendError(ErrorCode.INTERNAL_ERROR, _NOT_SIGNED)
+    return envelope
+
+
+def _unauthorized(message: str) -> web.Response:
+    return web.json_response(
+        {"success": False, "error": ErrorCode.UNAUTHORIZED.value, "message": message},
+        status=401,
+    )
+
+
+@dataclass(eq=False)
+class _Waiter:
+    key: tuple[str, str]
+    answer: asyncio.Future[str] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class ReplyInbox:
+    """The agents' answers, matched to the deliveries waiting for them.
+
+    Args:
+        keys: The keys a reply may be signed with (the signing secret; the LiveKit API secret
+            for agents without a shared secret).
+        window_s: A reply's timestamp must be within this many seconds of the gateway's clock.
+        clock: Unix seconds.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str | bytes],
+        *,
+        window_s: float = SIGNATURE_WINDOW_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = tuple(k for k in keys if k)
+        self._window_s = window_s
+        self._clock = clock
+        self._pending: dict[tuple[str, str], list[_Waiter]] = {}
+        self._count = 0
+        # a reply taken once is refused again (a replay could answer a later retry)
+        self._seen: ExpiringCache[None] = ExpiringCache(
+            ttl_s=2 * window_s, max_entries=MAX_REMEMBERED_REPLIES, clock=clock
+        )
+        self.accepted = 0
+        self.refused = 0
+
+    @property
+    def pending(self) -> int:
+        """Deliveries waiting for their answer."""
+        return self._count
+
+    def expect(self, room: str, request_id: str) -> _Waiter:
+        """Wait for the answer to ``request_id`` in ``room``; :meth:`forget` it afterwards.
+
+        Raises:
+            BackendError: ``RATE_LIMITED`` when ``MAX_PENDING`` deliveries already wait.
+        """
+        if self._count >= MAX_PENDING:
+            raise BackendError(ErrorCode.RATE_LIMITED, _TOO_MANY, retryable=True)
+        waiter = _Waiter((room, request_id))
+        self._pending.setdefault(waiter.key, []).append(waiter)
+        self._count += 1
+        return waiter
+
+    def forget(self, waiter: _Waiter) -> None:
+        waiters = self._pending.get(waiter.key)
+        if waiters is None or waiter not in waiters:
+            return
+        waiters.remove(waiter)
+        self._count -= 1
+        if not waiters:
+            del self._pending[waiter.key]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """``POST /v1/internal/replies``: 200 when the reply answered a waiting delivery, else
+        401 (unsigned, forged, stale, replayed or not awaited), 413 when too large."""
+        if request.content_length is not None and request.content_length > MAX_REPLY_BYTES:
+            return self._refuse("The reply is too large.", status=413)
+        body = await request.content.read(MAX_REPLY_BYTES + 1)
+        if len(body) > MAX_REPLY_BYTES:
+            return self._refuse("The reply is too large.", status=413)
+        signature = request.headers.get(REPLY_SIGNATURE_HEADER, "")
+        try:
+            timestamp = int(request.headers.get(REPLY_TIMESTAMP_HEADER, ""))
+        except ValueError:
+            return self._refuse("The reply is not signed.")
+        if not signature or not reply_signature_valid(body, timestamp, signature, self._keys):
+            return self._refuse("The reply's signature does not match.")
+        if abs(self._clock() - timestamp) > self._window_s:
+            return self._refuse("The reply's timestamp is outside the allowed window.")
+        if signature.lower() in self._seen:
+            return self._refuse("This reply was already received (replay).")
+        try:
+            reply = json.loads(body)
+            room, ack = reply["room"], reply["ack"]
+            request_id = json.loads(ack)["id"]
+        except (ValueError, KeyError, TypeError):
+            return self._refuse("The reply could not be read.")
+        if not (isinstance(room, str) and isinstance(ack, str) and isinstance(request_id, str)):
+            return self._refuse("The reply could not be read.")
+        waiters = self._pending.get((room, request_id))
+        if not waiters:
+            return self._refuse("No delivery is waiting for this reply.")
+        self._seen.put_if_room(signature.lower(), None)
+        for waiter in waiters:
+            if not waiter.answer.done():
+                waiter.answer.set_result(ack)
+        self.accepted += 1
+        return web.json_response({"success": True})
+
+    def _refuse(self, message: str, *, status: int = 401) -> web.Response:
+        self.refused += 1
+        logger.info("agent reply refused", extra={"reason": message, "status": status})
+        if status == 401:
+            return _unauthorized(message)
+        return web.json_response(
+            {"success": False, "error": ErrorCode.PAYLOAD_TOO_LARGE.value, "message": message},
+            status=status,
+        )
+
+
+class ServerApiBackend:
+    """:class:`~.backend.AgentBackend` delivering through ``RoomService.SendData``, answers by
+    HTTP.
+
+    Args:
+        finder: Finds the agents (its directory or scan) and holds rooms for the events
+            stream; its pool stays empty otherwise. Closed with this backend.
+        settings: The LiveKit server and API key pair for ``SendData``.
+        signing_secret: The agents' shared secret (``ContextPlugin(secret=...)``); every
+            message and every reply is signed with it. Required.
+        public_url: The gateway's URL as the agents reach it, e.g.
+            ``http://gateway.internal:8089``; replies go to it plus ``/v1/internal/replies``,
+            which the agents must allow (``ContextPlugin(reply_urls=[...])``).
+        lkapi: The ``LiveKitAPI`` to call (left open). Default: one made from ``settings`` on
+            first use, closed with the backend.
+
+    Raises:
+        ValueError: No signing secret, or ``public_url`` is not an http(s) URL.
+    """
+
+    def __init__(
+        self,
+        finder: LiveKitBackend,
+        settings: LiveKitSettings,
+        *,
+        signing_secret: str | None,
+        public_url: str,
+        lkapi: api.LiveKitAPI | None = None,
+    ) -> None:
+        if not signing_secret:
+            raise ValueError(_NOT_SIGNED)
+        if not public_url.startswith(("http://", "https://")):
+            raise ValueError("public_url must be an http(s) URL the agents can reach")
+        self._finder = finder
+        self._settings = settings
+        self._secret = signing_secret
+        self._reply_url = public_url.rstrip("/") + REPLIES_PATH
+        self._lkapi = lkapi
+        self._own_api = lkapi is None
+        self._inbox = ReplyInbox([signing_secret, settings.api_secret])
+        self._closed = False
+
+    @property
+    def reply_url(self) -> str:
+        """The URL every message names for its answer."""
+        return self._reply_url
+
+    @property
+    def reply_inbox(self) -> ReplyInbox:
+        """The ``/v1/internal/replies`` handler."""
+        return self._inbox
+
+    @property
+    def finder(self) -> LiveKitBackend:
+        return self._finder
+
+    @property
+    def pooled_rooms(self) -> list[str]:
+        """Rooms the gateway holds a connection to: only those with an events stream."""
+        return self._finder.pooled_rooms
+
+    @property
+    def livekit_webhook(self) -> LiveKitWebhook | None:
+        return self._finder.livekit_webhook
+
+    async def find_agents(self, agent_code: str, *, room_id: str | None) -> list[AgentTarget]:
+        return await self._finder.find_agents(agent_code, room_id=room_id)
+
+    async def hold_room(self, room_name: str) -> tuple[rtc.Room, Callable[[], None]]:
+        return await self._finder.hold_room(room_name)
+
+    async def deliver(self, target: AgentTarget, payload: str, *, timeout: float) -> str:
+        if self._closed:
+            raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, "The gateway is shutting down.")
+        deadline = time.monotonic() + timeout
+        envelope = _signed(payload)
+        request_id = decode_object(envelope.body).get("id")
+        if not isinstance(request_id, str):  # the gateway's messages always carry an id
+            raise BackendError(ErrorCode.INTERNAL_ERROR, "The message has no id.")
+        signed = sign_request(
+            envelope.body, self._secret, sender=envelope.sender, reply_to=self._reply_url
+        )
+        # expected before sending: the answer may arrive before SendData returns
+        waiter = self._inbox.expect(target.room, request_id)
+        try:
+            await self._send(target, signed, deadline)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise asyncio.TimeoutError
+            return await asyncio.wait_for(asyncio.shield(waiter.answer), remaining)
+        except asyncio.TimeoutError:
+            raise BackendError(
+                ErrorCode.TIMEOUT, f"The agent did not answer within {timeout:g} s."
+            ) from None
+        finally:
+            self._inbox.forget(waiter)
+
+    async def _send(self, target: AgentTarget, signed: str, deadline: float) -> None:
+        if self._lkapi is None:
+            # made here, inside the running loop its HTTP session binds to
+            self._lkapi = api.LiveKitAPI(
+                self._settings.url, self._settings.api_key, self._settings.api_secret
+            )
+        request = api.SendDataRequest(
+            room=target.room,
+            data=signed.encode("utf-8"),
+            kind=api.DataPacket.Kind.RELIABLE,
+            destination_identities=[target.identity],
+            topic=CONTEXT_TOPIC,
+        )
+        try:
+            await asyncio.wait_for(
+                self._lkapi.room.send_data(request), max(deadline - time.monotonic(), 0.001)
+            )
+        except api.TwirpError as exc:
+            if exc.code == api.TwirpErrorCode.NOT_FOUND:
+                raise BackendError(
+                    ErrorCode.NO_ACTIVE_ROOMS, "The agent's room no longer exists."
+                ) from None
+            logger.warning("SendData refused", extra={"status": exc.status, "code": exc.code})
+            raise BackendError(
+                ErrorCode.LIVEKIT_UNAVAILABLE, _UNAVAILABLE, retryable=exc.status >= 500
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            logger.warning("SendData failed", extra={"error": type(exc).__name__})
+            raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _UNAVAILABLE) from None
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._finder.aclose()
+        finally:
+            if self._own_api and self._lkapi is not None:
+                await self._lkapi.aclose()
