@@ -1,0 +1,190 @@
+"""The gateway's server-API delivery against a real ``livekit-server``: ``RoomService.SendData``
+to real ContextPlugins in real rooms, their signed acks posted back to the gateway over HTTP on
+127.0.0.1, and no room joined by the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from livekit import api
+
+from devtools.livekit_server import ServerInfo
+from imaginex_context_plugin.gateway import ApiSecrets, LiveKitBackend, LiveKitSettings, create_app
+from imaginex_context_plugin.gateway.server_api_backend import REPLIES_PATH, ServerApiBackend
+from imaginex_context_plugin.replies import (
+    REPLY_SIGNATURE_HEADER,
+    REPLY_TIMESTAMP_HEADER,
+    REPLY_URL_NOT_ALLOWED,
+    reply_signature,
+)
+from tests.helpers import wait_until
+from tests.integration.live import LiveAgent, live_agent, room_name
+
+API_SECRET = "integration-gateway-secret"
+SIGNING = "integration-server-api-signing-secret"
+WAIT_S = 15.0
+
+Client = TestClient[web.Request, web.Application]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def server_api_gateway(lk: ServerInfo) -> AsyncIterator[tuple[Client, ServerApiBackend]]:
+    """A gateway delivering through the server API, served on 127.0.0.1 at its public URL."""
+    settings = LiveKitSettings(url=lk.url, api_key=lk.api_key, api_secret=lk.api_secret)
+    port = _free_port()
+    backend = ServerApiBackend(
+        LiveKitBackend(settings),
+        settings,
+        signing_secret=SIGNING,
+        public_url=f"http://127.0.0.1:{port}",
+    )
+    app = create_app(backend, ApiSecrets(secret=API_SECRET), signing_secret=SIGNING)
+    client: Client = TestClient(TestServer(app, host="127.0.0.1", port=port))
+    await client.start_server()
+    try:
+        yield client, backend
+    finally:
+        await client.close()
+
+
+async def _identities(lk: ServerInfo, room: str) -> set[str]:
+    async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
+        listing = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+    return {p.identity for p in listing.participants}
+
+
+async def _found(backend: ServerApiBackend, code: str, rooms: int) -> None:
+    async def listed() -> bool:
+        return len(await backend.find_agents(code, room_id=None)) == rooms
+
+    await wait_until(listed, "the agents' code attribute to reach RoomService", timeout=WAIT_S)
+
+
+async def test_speak_and_add_context_reach_every_room_without_joining_one(
+    livekit: ServerInfo,
+) -> None:
+    code = f"SA{uuid.uuid4().hex[:8].upper()}"
+    async with contextlib.AsyncExitStack() as stack:
+        one, two = [
+            await stack.enter_async_context(server_api_gateway(livekit)) for _ in range(2)
+        ]
+        (client, backend), (replica, replica_backend) = one, two
+        allowed = [
+            str(client.make_url("/v1/internal/")),
+            str(replica.make_url("/v1/internal/")),
+        ]
+        agents: list[LiveAgent] = [
+            await stack.enter_async_context(
+                live_agent(livekit, agent_code=code, secret=SIGNING, reply_urls=allowed)
+            )
+            for _ in range(2)
+        ]
+        await _found(backend, code, 2)
+
+        headers = {"api-secret": API_SECRET, "Idempotency-Key": f"sa-{uuid.uuid4().hex}"}
+        response = await client.post(
+            f"/v1/agent/{code}/speak", json={"message": "Hello by SendData."}, headers=headers
+        )
+        payload = await response.json()
+        assert response.status == 200, payload
+        assert payload["data"]["delivered_to_rooms"] == 2
+        assert sorted(r["room"] for r in payload["data"]["rooms"]) == sorted(
+            a.room_name for a in agents
+        )
+        assert all(r["duplicate"] is False for r in payload["data"]["rooms"])
+        for agent in agents:
+            await wait_until(lambda a=agent: a.said() == ["Hello by SendData."], "spoken")
+
+        # the same Idempotency-Key through another gateway (which has no record of it): the
+        # agents answer from their dedup memory, by the signed sender, and speak nothing again
+        response = await replica.post(
+            f"/v1/agent/{code}/speak", json={"message": "Hello by SendData."}, headers=headers
+        )
+        again = await response.json()
+        assert response.status == 200, again
+        assert again["data"]["delivered_to_rooms"] == 2
+        assert all(r["duplicate"] is True for r in again["data"]["rooms"])
+
+        response = await client.post(
+            f"/v1/agent/{code}/add-context",
+            json={"context": "The customer is on the gold plan."},
+            headers={"api-secret": API_SECRET},
+        )
+        added = await response.json()
+        assert response.status == 200, added
+        assert added["data"]["delivered_to_rooms"] == 2
+        for agent in agents:
+            assert agent.said() == ["Hello by SendData."]
+            assert len(agent.plugin.context_store) == 1
+
+        # no room connection: nothing pooled, and no gateway participant in any room
+        assert backend.pooled_rooms == []
+        assert replica_backend.pooled_rooms == []
+        for agent in agents:
+            assert await _identities(livekit, agent.room_name) == {agent.identity}
+        assert backend.reply_inbox.accepted == 4
+        assert replica_backend.reply_inbox.accepted == 2
+
+
+async def test_forged_replies_are_refused_and_a_disallowed_reply_url_is_never_called(
+    livekit: ServerInfo,
+) -> None:
+    code = f"SB{uuid.uuid4().hex[:8].upper()}"
+    async with (
+        server_api_gateway(livekit) as (client, backend),
+        live_agent(
+            livekit,
+            room=room_name("sb"),
+            agent_code=code,
+            secret=SIGNING,
+            # allows another gateway only
+            reply_urls=["http://127.0.0.1:1/v1/internal/"],
+        ) as agent,
+    ):
+        await _found(backend, code, 1)
+        request_id = f"sb-{uuid.uuid4().hex}"
+        headers = {"api-secret": API_SECRET, "Idempotency-Key": request_id}
+        started = time.monotonic()
+        pending = client.post(f"/v1/agent/{code}/speak", json={"message": "Hi"}, headers=headers)
+
+        # while the delivery waits: a reply for it signed with a wrong key is refused
+        response_task = asyncio.ensure_future(pending)
+        await wait_until(lambda: backend.reply_inbox.pending == 1, "the delivery to wait")
+        ack = json.dumps({"type": "ack", "id": request_id, "success": True})
+        body = json.dumps({"room": agent.room_name, "ack": ack}).encode()
+        stamp = int(time.time())
+        for key, extra in [("a-forged-key", {}), (None, {})]:
+            signed: dict[str, Any] = {"Content-Type": "application/json", **extra}
+            if key is not None:
+                signed[REPLY_TIMESTAMP_HEADER] = str(stamp)
+                signed[REPLY_SIGNATURE_HEADER] = reply_signature(body, stamp, key)
+            forged = await client.post(REPLIES_PATH, data=body, headers=signed)
+            assert forged.status == 401
+            assert (await forged.json())["error"] == "UNAUTHORIZED"
+
+        response = await response_task
+        payload = await response.json()
+        # the agent refused the URL: nothing came back, the room timed out, nothing was said
+        assert response.status == 504, payload
+        assert payload["data"]["rooms"][0]["error"] == "TIMEOUT"
+        assert time.monotonic() - started >= 4.0
+        assert agent.plugin.stats.errors.get(REPLY_URL_NOT_ALLOWED) == 1
+        assert agent.said() == []
+        assert backend.reply_inbox.accepted == 0
+        assert backend.reply_inbox.refused == 2
