@@ -361,5 +361,14 @@ async def test_the_backend_refuses_to_run_unsigned() -> None:
                 timeout=1,
             )
         assert raised.value.code is ErrorCode.INTERNAL_ERROR
+        # a message that fit without the reply URL but not with it is refused, nothing sent
+        body = json.dumps({"type": "speak", "id": "big", "message": "x"})
+        filler = protocol.MAX_PAYLOAD_BYTES - len(sign_request(body, SECRET, sender=SENDER)) - 10
+        body = json.dumps({"type": "speak", "id": "big", "message": "x" * filler})
+        fits = sign_request(body, SECRET, sender=SENDER)
+        assert len(fits) <= protocol.MAX_PAYLOAD_BYTES
+        with pytest.raises(BackendError) as raised:
+            await backend.deliver(AgentTarget(ROOM, "agent"), fits, timeout=1)
+        assert raised.value.code is ErrorCode.PAYLOAD_TOO_LARGE
     finally:
         await finder.aclose()

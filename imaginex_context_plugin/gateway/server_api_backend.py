@@ -32,10 +32,18 @@ from aiohttp import web
 from livekit import api, rtc
 
 from .._livekit.settings import LiveKitSettings
+from .._packet import oversize
 from ..errors import BackendError, ErrorCode
 from ..expiring import ExpiringCache
 from ..log import logger
-from ..protocol import CONTEXT_TOPIC, ProtocolError, SignedEnvelope, decode_object, read_packet
+from ..protocol import (
+    CONTEXT_TOPIC,
+    MAX_PAYLOAD_BYTES,
+    ProtocolError,
+    SignedEnvelope,
+    decode_object,
+    read_packet,
+)
 from ..replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER, reply_signature_valid
 from ..security import SIGNATURE_WINDOW_S, sign_request
 from .backend import AgentTarget, LiveKitBackend
@@ -269,6 +277,11 @@ class ServerApiBackend:
         signed = sign_request(
             envelope.body, self._secret, sender=envelope.sender, reply_to=self._reply_url
         )
+        if oversize(signed) is not None:  # the reply URL did not count in the writer's check
+            raise BackendError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"With the reply URL the message is over {MAX_PAYLOAD_BYTES} bytes.",
+            )
         # expected before sending: the answer may arrive before SendData returns
         waiter = self._inbox.expect(target.room, request_id)
         try:
