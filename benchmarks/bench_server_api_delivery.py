@@ -63,8 +63,9 @@ GATEWAY_IDENTITY: Final = "bench-sa-gateway"
 AGENT_IDENTITY: Final = "bench-sa-agent"
 API_SECRET_HEADER: Final = "bench-sa-gateway-secret"
 SIGNING: Final = "bench-sa-signing-secret"
-AGENTS_PER_PROCESS: Final = 50
-JOINS_AT_ONCE: Final = 8
+AGENTS_PER_PROCESS: Final = 25
+JOINS_AT_ONCE: Final = 4
+JOIN_ATTEMPTS: Final = 3
 DELIVERY_TIMEOUT_S: Final = 10.0
 READY_TIMEOUT_S: Final = 300.0
 THIS_FILE: Final = str(Path(__file__).resolve())
@@ -100,7 +101,15 @@ async def agents_worker() -> None:
                 reply_urls=[spec["reply_prefix"]],
             )
             await plugin.start(session, room)
-            await room.connect(lk.url, token(lk, room_name, AGENT_IDENTITY, agent=True))
+            for attempt in range(JOIN_ATTEMPTS):
+                try:
+                    await room.connect(lk.url, token(lk, room_name, AGENT_IDENTITY, agent=True))
+                    break
+                except rtc.ConnectError:
+                    # the agents' start-up is not what is measured: a handshake lost on a
+                    # loaded machine is tried again
+                    if attempt == JOIN_ATTEMPTS - 1:
+                        raise
             joined.append((room, plugin, session))
 
     await asyncio.gather(*(join(name) for name in spec["rooms"]))
