@@ -372,3 +372,30 @@ async def test_the_backend_refuses_to_run_unsigned() -> None:
         assert raised.value.code is ErrorCode.PAYLOAD_TOO_LARGE
     finally:
         await finder.aclose()
+
+
+async def test_a_reply_arriving_in_pieces_is_read_whole(
+    inbox_server: tuple[ReplyInbox, TestServer],
+) -> None:
+    inbox, server = inbox_server
+    waiter = inbox.expect(ROOM, "w9")
+    ack = json.dumps({"type": "ack", "id": "w9", "success": True, "message": "m" * 10_000})
+    body = json.dumps({"room": ROOM, "ack": ack}).encode()
+    stamp = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        REPLY_TIMESTAMP_HEADER: str(stamp),
+        REPLY_SIGNATURE_HEADER: reply_signature(body, stamp, SECRET),
+    }
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 1024):
+            yield body[start : start + 1024]
+            await asyncio.sleep(0.005)
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(_reply_url(server), data=pieces(), headers=headers) as response,
+    ):
+        assert response.status == 200
+    assert json.loads(await waiter.answer)["id"] == "w9"

@@ -76,6 +76,19 @@ def _signed(payload: str) -> SignedEnvelope:
     return envelope
 
 
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes (one ``read`` may return a single chunk)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await request.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _unauthorized(message: str) -> web.Response:
     return web.json_response(
         {"success": False, "error": ErrorCode.UNAUTHORIZED.value, "message": message},
@@ -152,7 +165,7 @@ class ReplyInbox:
         401 (unsigned, forged, stale, replayed or not awaited), 413 when too large."""
         if request.content_length is not None and request.content_length > MAX_REPLY_BYTES:
             return self._refuse("The reply is too large.", status=413)
-        body = await request.content.read(MAX_REPLY_BYTES + 1)
+        body = await _read_at_most(request, MAX_REPLY_BYTES + 1)
         if len(body) > MAX_REPLY_BYTES:
             return self._refuse("The reply is too large.", status=413)
         signature = request.headers.get(REPLY_SIGNATURE_HEADER, "")
