@@ -45,6 +45,7 @@ from .server import (
     GatewayServer,
     start_gateway_server,
 )
+from .server_api_backend import ReplyInbox, ServerApiBackend
 from .state import GatewayState, MemoryState, StateUnavailable
 
 __all__ = [
@@ -74,7 +75,9 @@ __all__ = [
     "Principal",
     "RedisAgentDirectory",
     "RedisState",
+    "ReplyInbox",
     "RoomDirectory",
+    "ServerApiBackend",
     "StateUnavailable",
     "build_openapi",
     "create_app",

@@ -84,7 +84,8 @@ class ContextPlugin:
             arrive without a participant. Default True. Such a packet must be signed with the
             LiveKit API secret (``send_via_server_api`` does it): LiveKit also delivers hidden
             participants' packets, and newcomers' first packets, without a participant, so an
-            unsigned one could come from anyone in the room. They cannot be answered.
+            unsigned one could come from anyone in the room. They cannot be answered, unless
+            they name a ``reply_to`` this agent allows (``reply_urls``).
         server_secret: The LiveKit API secret that server packets are signed with. Default:
             the ``LIVEKIT_API_SECRET`` environment variable (the worker has it to register).
         secret: Shared secret for signed messages; a validly signed message is trusted whoever
