@@ -399,3 +399,16 @@ async def test_a_reply_arriving_in_pieces_is_read_whole(
     ):
         assert response.status == 200
     assert json.loads(await waiter.answer)["id"] == "w9"
+
+
+async def test_over_rpc_the_answer_is_the_response_even_with_a_reply_to(
+    make_harness: HarnessFactory, recorder: Recorder
+) -> None:
+    harness = await make_harness(secret=SECRET, reply_urls=_allowed(recorder.server))
+
+    ack = await harness.backend.rpc(_speak("r6", reply_to=_reply_url(recorder.server)))
+
+    assert ack["success"] is True
+    assert ack["id"] == "r6"
+    await asyncio.sleep(0.2)
+    assert recorder.hits == []

@@ -123,14 +123,14 @@ class Outbox:
             self._stats.applied += 1
             # a repeat of this id within the dedup window gets this first ack again
             self._dedup.remember(job, answer)
-        if job.reply_url is not None:
-            self.post_reply(job.reply_url, answer)
-            return True
-        if job.reply is not None:  # RPC: the answer is the response
+        if job.reply is not None:  # RPC: the answer is the response, whatever else is named
             if not job.reply.done():
                 job.reply.set_result(answer)
             if isinstance(answer, ErrorAck):
                 self.record_refusal(answer, job.sender)
+            return True
+        if job.reply_url is not None:
+            self.post_reply(job.reply_url, answer)
             return True
         self.send(job.sender, answer)
         return True
