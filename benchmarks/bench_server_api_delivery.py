@@ -10,7 +10,8 @@ gateway process (this file run with ``--gateway``), so that its first request is
 
 - cold: HTTP -> response of the first ``POST /v1/agent/{code}/speak`` to all N rooms;
 - warm: ``--warm`` sequential requests after it, p50 / p99;
-- the gateway's RSS after the requests, and how many rooms each request reached.
+- the gateway's RSS when it starts and after the requests, and how many rooms each request
+  reached.
 
 Run: ``python benchmarks/bench_server_api_delivery.py [--sizes 1,20,50] [--warm 20]``.
 """
@@ -35,19 +36,26 @@ import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from collections.abc import AsyncIterator, Sequence  # noqa: E402
+from collections.abc import AsyncIterator, Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any, Final  # noqa: E402
 
 import aiohttp  # noqa: E402
 from _harness import ms, percentile  # noqa: E402
 from aiohttp import web  # noqa: E402
-from bench_live import livekit, token  # noqa: E402
+from bench_live import token  # noqa: E402
 from livekit import rtc  # noqa: E402
 
-from devtools.livekit_server import ROOT, ServerInfo, free_tcp_port  # noqa: E402
+from devtools.livekit_server import (  # noqa: E402
+    ROOT,
+    LiveKitServer,
+    ServerInfo,
+    find_binary,
+    free_tcp_port,
+)
 from imaginex_context_plugin import ContextPlugin  # noqa: E402
 from imaginex_context_plugin.gateway import (  # noqa: E402
     AgentBackend,
@@ -72,6 +80,19 @@ THIS_FILE: Final = str(Path(__file__).resolve())
 ROOM: Final = "room"
 SERVER_API: Final = "server-api"
 PATHS: Final = (ROOM, SERVER_API)
+UDP_PORTS: Final = 512
+"""ICE ports of the server: two per participant; the largest size has N agents and, on the
+room path, N gateway connections (the test server's default 16 would make joins time out)."""
+
+
+@contextlib.contextmanager
+def livekit() -> Iterator[ServerInfo]:
+    with tempfile.TemporaryDirectory(prefix="bench-sa-livekit-") as workdir:
+        server = LiveKitServer(find_binary(build=True), Path(workdir), udp_ports=UDP_PORTS)
+        try:
+            yield server.start()
+        finally:
+            server.stop()
 
 
 # --------------------------------------------------------------------------- agent workers
@@ -277,6 +298,7 @@ class Row:
     cold_reached: int
     warm: list[float]
     warm_reached_all: int
+    rss_start_bytes: int
     rss_bytes: int
 
 
@@ -284,6 +306,7 @@ async def one_path(
     lk: ServerInfo, port: int, path: str, code: str, size: int, warm: int
 ) -> Row:
     async with gateway(lk, port, path) as gw, aiohttp.ClientSession() as http:
+        rss_start = gw.rss_bytes()
         cold_s, cold_reached = await speak(http, gw.base_url, code, 0)
         samples: list[float] = []
         reached_all = 0
@@ -291,12 +314,16 @@ async def one_path(
             elapsed, reached = await speak(http, gw.base_url, code, n)
             samples.append(elapsed)
             reached_all += reached == size
-        return Row(size, path, cold_s, cold_reached, samples, reached_all, gw.rss_bytes())
+        return Row(
+            size, path, cold_s, cold_reached, samples, reached_all, rss_start, gw.rss_bytes()
+        )
 
 
-async def run(sizes: Sequence[int], warm: int) -> list[Row]:
+async def run(sizes: Sequence[int], warm: int, *, server: ServerInfo | None = None) -> list[Row]:
+    """Every size on both paths; on ``server`` if given (small sizes), else on a server
+    started here with room for the largest size."""
     rows: list[Row] = []
-    with livekit() as lk:
+    with contextlib.nullcontext(server) if server is not None else livekit() as lk:
         for size in sizes:
             code = f"SA{uuid.uuid4().hex[:8].upper()}"
             rooms = [f"bench-sa-{size}-{i}-{uuid.uuid4().hex[:6]}" for i in range(size)]
@@ -312,13 +339,14 @@ def print_table(rows: Sequence[Row], warm: int) -> None:
     print(NETWORK)
     print(
         f"{'rooms':>5} {'path':<10} {'cold':>9} {'cold reached':>12} {'warm p50':>9} "
-        f"{'warm p99':>9} {'warm all':>9} {'RSS MiB':>8}"
+        f"{'warm p99':>9} {'warm all':>9} {'RSS MiB start -> end':>20}"
     )
     for r in rows:
         print(
             f"{r.size:>5} {r.path:<10} {ms(r.cold_s):>9} {r.cold_reached:>5}/{r.size:<6} "
-            f"{ms(percentile(r.warm, 50)):>9} {ms(percentile(r.warm, 99)):>9} "
-            f"{r.warm_reached_all:>4}/{warm:<4} {r.rss_bytes / 2**20:>8.1f}"
+            f"{ms(percentile(r.warm, 0.5)):>9} {ms(percentile(r.warm, 0.99)):>9} "
+            f"{r.warm_reached_all:>4}/{warm:<4} "
+            f"{r.rss_start_bytes / 2**20:>9.1f} -> {r.rss_bytes / 2**20:>6.1f}"
         )
 
 
