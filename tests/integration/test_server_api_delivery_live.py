@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from livekit import api
 
@@ -188,3 +188,63 @@ async def test_forged_replies_are_refused_and_a_disallowed_reply_url_is_never_ca
         assert agent.said() == []
         assert backend.reply_inbox.accepted == 0
         assert backend.reply_inbox.refused == 2
+
+
+async def _read_events(response: ClientResponse) -> list[tuple[str, dict[str, Any]]]:
+    """The stream's ``event:`` / ``data:`` pairs, until the server ends it."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    kind = ""
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            kind = line[len("event: ") :]
+        elif line.startswith("data: "):
+            events.append((kind, json.loads(line[len("data: ") :])))
+    return events
+
+
+async def test_the_events_stream_still_works_and_is_the_only_room_held(
+    livekit: ServerInfo,
+) -> None:
+    code = f"SC{uuid.uuid4().hex[:8].upper()}"
+    async with server_api_gateway(livekit) as (client, backend):
+        async with live_agent(
+            livekit,
+            agent_code=code,
+            secret=SIGNING,
+            reply_urls=[str(client.make_url("/v1/internal/"))],
+            # subscribe and end_call are sensitive: granted to the gateway's signed sender
+            permissions={"imaginex-gateway": {"*"}},
+        ) as agent:
+            await _found(backend, code, 1)
+            headers = {"api-secret": API_SECRET}
+            response = await client.get(
+                f"/v1/agent/{code}/events",
+                params={"room_id": agent.room_name, "events": "agent_state"},
+                headers=headers,
+            )
+            assert response.status == 200, await response.text()
+            reader = asyncio.ensure_future(_read_events(response))
+            # the stream holds its room; delivering joins nothing more
+            assert backend.pooled_rooms == [agent.room_name]
+
+            spoken = await client.post(
+                f"/v1/agent/{code}/speak",
+                json={"message": "Your table is booked.", "room_id": agent.room_name},
+                headers=headers,
+            )
+            assert spoken.status == 200, await spoken.text()
+            await wait_until(lambda: agent.said() == ["Your table is booked."])
+            ended = await client.post(
+                f"/v1/agent/{code}/end-call",
+                json={"reason": "Booked", "room_id": agent.room_name},
+                headers=headers,
+            )
+            assert ended.status == 200, await ended.text()
+            events = await asyncio.wait_for(reader, WAIT_S)
+            response.release()
+        assert backend.reply_inbox.accepted == 2  # speak and end_call came back over HTTP
+
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "call_ended"
+    assert ("agent_state", "speaking") in [(k, e.get("new_state")) for k, e in events]
