@@ -13,7 +13,8 @@ gateway process (this file run with ``--gateway``), so that its first request is
 - the gateway's RSS when it starts and after the requests, and how many rooms each request
   reached.
 
-Run: ``python benchmarks/bench_server_api_delivery.py [--sizes 1,20,50] [--warm 20]``.
+Run: ``python benchmarks/bench_server_api_delivery.py [--sizes 1,20,50] [--warm 20]
+[--paths room,server-api]``.
 """
 
 from __future__ import annotations
@@ -319,9 +320,15 @@ async def one_path(
         )
 
 
-async def run(sizes: Sequence[int], warm: int, *, server: ServerInfo | None = None) -> list[Row]:
-    """Every size on both paths; on ``server`` if given (small sizes), else on a server
-    started here with room for the largest size."""
+async def run(
+    sizes: Sequence[int],
+    warm: int,
+    *,
+    server: ServerInfo | None = None,
+    paths: Sequence[str] = PATHS,
+) -> list[Row]:
+    """Every size on each of ``paths`` (default both); on ``server`` if given (small sizes),
+    else on a server started here with room for the largest size."""
     rows: list[Row] = []
     with contextlib.nullcontext(server) if server is not None else livekit() as lk:
         for size in sizes:
@@ -330,7 +337,7 @@ async def run(sizes: Sequence[int], warm: int, *, server: ServerInfo | None = No
             port = free_tcp_port()
             async with agents(lk, rooms, code, f"http://127.0.0.1:{port}/v1/internal/"):
                 await asyncio.sleep(1.5)  # the agents publish their code after joining
-                for path in PATHS:
+                for path in paths:
                     rows.append(await one_path(lk, port, path, code, size, warm))
     return rows
 
@@ -354,6 +361,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,20,50")
     parser.add_argument("--warm", type=int, default=20)
+    parser.add_argument("--paths", default=",".join(PATHS), help="room,server-api or one")
     parser.add_argument("--agents", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--gateway", nargs=2, metavar=("PORT", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -364,7 +372,10 @@ def main() -> None:
         asyncio.run(gateway_worker(int(args.gateway[0]), args.gateway[1]))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = asyncio.run(run(sizes, args.warm))
+    paths = [p for p in args.paths.split(",") if p]
+    if not set(paths) <= set(PATHS):
+        parser.error(f"--paths: choose from {', '.join(PATHS)}")
+    rows = asyncio.run(run(sizes, args.warm, paths=paths))
     print_table(rows, args.warm)
 
 
