@@ -213,6 +213,21 @@ def demo(pace: float, verbose: bool) -> None:
     "http://gateway.internal:8089.",
 )
 @click.option(
+    "--max-rooms",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Room connections held at once; at the cap the least recently used idle one is closed.",
+)
+@click.option(
+    "--max-concurrent-joins",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Room joins under way at once (a fan-out to many new rooms joins them in this many "
+    "lanes).",
+)
+@click.option(
     "--sender",
     default="imaginex-gateway",
     show_default=True,
@@ -270,6 +285,8 @@ def gateway(
     reconcile_interval: float,
     delivery: str,
     public_url: str | None,
+    max_rooms: int,
+    max_concurrent_joins: int,
     sender: str,
     timeout: float,
     rate_limit: float,
@@ -316,6 +333,8 @@ def gateway(
             agent_directory=agent_directory,
             reconcile_interval=reconcile_interval,
             public_url=public_url,
+            max_rooms=max_rooms,
+            max_concurrent_joins=max_concurrent_joins,
         )
     except ConfigError as exc:  # checked before anything starts
         raise click.ClickException(str(exc)) from None

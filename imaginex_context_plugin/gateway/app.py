@@ -47,6 +47,7 @@ from .models import (
     SpeakBody,
 )
 from .openapi import build_openapi
+from .pool import DEFAULT_MAX_CONCURRENT_JOINS, DEFAULT_MAX_ROOMS
 from .refusals import STATUS_FOR, Refusal, error_response, json_response
 from .server import (
     DEFAULT_HEADER_TIMEOUT_S,
@@ -346,6 +347,8 @@ def run_gateway(
     agent_directory: bool = False,
     reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL_S,
     public_url: str | None = None,
+    max_rooms: int = DEFAULT_MAX_ROOMS,
+    max_concurrent_joins: int = DEFAULT_MAX_CONCURRENT_JOINS,
 ) -> None:
     """Serve the gateway until SIGINT or SIGTERM (what ``imaginex-context gateway`` runs).
 
@@ -374,6 +377,9 @@ def run_gateway(
             posting their answers to this URL (the gateway as they reach it) plus
             ``/v1/internal/replies`` (see :mod:`.server_api_backend`); needs a signing secret.
             Default: None, deliver over room connections.
+        max_rooms: Room connections held at once (see :class:`~.backend.LiveKitBackend`).
+            Default 1000.
+        max_concurrent_joins: Room joins under way at once. Default 8.
 
     Raises:
         ConfigError: Redis or ``public_url`` without a signing secret, or an unusable
@@ -414,6 +420,8 @@ def run_gateway(
             identity=identity,
             agent_directory=directory,
             reconcile_interval=reconcile_interval,
+            max_rooms=max_rooms,
+            max_concurrent_joins=max_concurrent_joins,
         )
         _log_start(config, backend.identity)
         delivering: AgentBackend = backend

@@ -190,7 +190,9 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def gateway_process(lk: ServerInfo, tmp_path: Path, *args: str) -> Iterator[Gateway]:
+def gateway_process(
+    lk: ServerInfo, tmp_path: Path, *args: str, api_secret: str | None = None
+) -> Iterator[Gateway]:
     port = free_tcp_port()
     env = {
         k: v
@@ -198,8 +200,8 @@ def gateway_process(lk: ServerInfo, tmp_path: Path, *args: str) -> Iterator[Gate
         if not k.startswith(("LIVEKIT_", "IMAGINEX_")) and k != "PYTHONWARNINGS"
     }
     env.update(LIVEKIT_URL=lk.url, LIVEKIT_API_KEY=lk.api_key, LIVEKIT_API_SECRET=lk.api_secret)
-    if not args:
-        env["IMAGINEX_API_SECRET"] = SECRET
+    if not args or api_secret is not None:
+        env["IMAGINEX_API_SECRET"] = api_secret or SECRET
     log_path = tmp_path / f"gateway-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -549,3 +551,38 @@ async def test_a_retry_with_the_same_idempotency_key_is_spoken_once_in_each_room
         await wait_until(lambda agent=agent, said=said: agent.said() == said, "the speeches")
     await asyncio.sleep(0.5)  # a second copy would have played by now
     assert [agent.tts.texts for agent in fleet.agents] == expected
+
+
+async def test_the_pool_cap_holds_one_room_at_a_time_and_still_reaches_every_room(
+    fleet: Fleet, livekit: ServerInfo, tmp_path: Path
+) -> None:
+    # --max-rooms 1: the fan-out takes the rooms one after another (each connection closed,
+    # least recently used, before the next room is joined), within the request's deadline
+    from livekit import api
+
+    with gateway_process(
+        livekit, tmp_path, "--max-rooms", "1", "--max-concurrent-joins", "1", "--timeout", "15",
+        api_secret=SECRET,
+    ) as running:
+        await wait_until_serving(running)
+        async with aiohttp.ClientSession() as http, http.post(
+            f"{running.base_url}/v1/agent/{fleet.code}/add-context",
+            json={"context": "Held one at a time."},
+            headers={"api-secret": SECRET},
+        ) as reply:
+            assert reply.status == 200, await reply.text()
+            answer = await reply.json()
+        assert answer["data"]["delivered_to_rooms"] == ROOMS
+        async with api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret) as lkapi:
+
+            async def holds_one_room() -> bool:
+                held = 0
+                for room in fleet.rooms:
+                    request = api.ListParticipantsRequest(room=room)
+                    listed = await lkapi.room.list_participants(request)
+                    held += sum(p.identity == DEFAULT_GATEWAY_IDENTITY for p in listed.participants)
+                return held == 1  # without the cap: one connection per room, 3
+
+            await wait_until(holds_one_room, "the gateway to hold only its last room")
+    for agent in fleet.agents:
+        assert context_of(agent) == ["Held one at a time."]
