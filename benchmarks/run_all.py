@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import bench_context_growth  # noqa: E402
+import bench_directory  # noqa: E402
 import bench_fanout  # noqa: E402
 import bench_flood_memory  # noqa: E402
 import bench_hot_path  # noqa: E402
@@ -45,6 +46,7 @@ FULL: dict[str, dict[str, Any]] = {
     "vs livekit": {},
     "subscribers": {},
     "live": {},
+    "directory": {},
     "fanout": {},
 }
 QUICK: dict[str, dict[str, Any]] = {
@@ -55,6 +57,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "vs livekit": {"requests": 300, "warmup": 50, "round_size": 50},
     "subscribers": {"events": 2_000},
     "live": {"requests": 30, "cold": 2},
+    "directory": {"sizes": (1, 20), "lookups": 50, "scan_lookups": 5},
     "fanout": {"sizes": (1, 4), "warm": 3, "floor_requests": 20},
 }
 RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
@@ -65,6 +68,7 @@ RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
     "vs livekit": bench_vs_livekit.run,
     "subscribers": bench_subscribers.run,
     "live": bench_live.run,
+    "directory": bench_directory.run,
     "fanout": bench_fanout.run,
 }
 
