@@ -234,6 +234,12 @@ def demo(pace: float, verbose: bool) -> None:
     help="The sender signed messages name, the same on every replica.",
 )
 @click.option(
+    "--no-sender",
+    is_flag=True,
+    help="Sign without naming a sender (protocol v1 envelopes), for agents older than protocol "
+    "v1.2, which refuse envelopes naming one; not with --redis-url.",
+)
+@click.option(
     "--timeout",
     default=5.0,
     show_default=True,
@@ -288,6 +294,7 @@ def gateway(
     max_rooms: int,
     max_concurrent_joins: int,
     sender: str,
+    no_sender: bool,
     timeout: float,
     rate_limit: float,
     burst: int,
@@ -329,7 +336,7 @@ def gateway(
             header_timeout=header_timeout,
             body_timeout=body_timeout,
             max_connections=max_connections,
-            sender=sender,
+            sender=None if no_sender else sender,
             agent_directory=agent_directory,
             reconcile_interval=reconcile_interval,
             public_url=public_url,

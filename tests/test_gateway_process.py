@@ -290,3 +290,21 @@ async def test_a_replica_keeps_its_state_in_redis(tmp_path: Path, redis_url: str
     assert len([k for k in keys if k.startswith("imaginex:idem:")]) == 2
     assert not any(k.endswith(":lease") for k in keys)
     assert "Traceback" not in running.stderr()
+
+
+async def test_replicas_without_a_named_sender_refuse_to_start() -> None:
+    env = clean_env(
+        LIVEKIT_URL="ws://127.0.0.1:1",
+        LIVEKIT_API_KEY="devkey",
+        LIVEKIT_API_SECRET="devsecret-0123456789abcdef0123456789abcdef",
+        IMAGINEX_API_SECRET=SECRET,
+        IMAGINEX_SIGNING_SECRET="replica-signing-secret",
+    )
+    args = [
+        "gateway", "--port", str(free_port()), "--redis-url", "redis://127.0.0.1:1/0",
+        "--no-sender",
+    ]
+    code, output = await run_to_exit(args, env)
+    assert code != 0
+    assert "must name one sender in their signed messages (--sender)" in output
+    assert "Traceback" not in output

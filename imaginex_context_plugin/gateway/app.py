@@ -389,6 +389,11 @@ def run_gateway(
 
     if config.redis_url and not config.signing_secret:
         raise ConfigError(REPLICAS_NEED_SIGNING)
+    if config.redis_url and sender is None:
+        raise ConfigError(
+            "Replicas (--redis-url) must name one sender in their signed messages (--sender): "
+            "without it an agent cannot tell a retry through another replica from a new message."
+        )
     if public_url is not None and not config.signing_secret:
         raise ConfigError(
             "Server-API delivery (--public-url) needs a signing secret (IMAGINEX_SIGNING_SECRET)."
