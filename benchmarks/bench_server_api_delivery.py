@@ -11,7 +11,10 @@ gateway process (this file run with ``--gateway``), so that its first request is
 - cold: HTTP -> response of the first ``POST /v1/agent/{code}/speak`` to all N rooms;
 - warm: ``--warm`` sequential requests after it, p50 / p99;
 - the gateway's RSS when it starts and after the requests, and how many rooms each request
-  reached.
+  reached;
+- where the warm time goes: CPU milliseconds per warm request spent by the gateway process,
+  the ``livekit-server`` process and the agents' processes (from ``/proc``; on 2 cores a
+  request's wall time cannot be shorter than their sum over 2).
 
 Run: ``python benchmarks/bench_server_api_delivery.py [--sizes 1,20,50] [--warm 20]
 [--paths room,server-api]``.
@@ -45,7 +48,7 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Any, Final  # noqa: E402
 
 import aiohttp  # noqa: E402
-from _harness import ms, percentile  # noqa: E402
+from _harness import cpu_seconds, ms, percentile  # noqa: E402
 from aiohttp import web  # noqa: E402
 from bench_live import token  # noqa: E402
 from livekit import rtc  # noqa: E402
@@ -87,11 +90,13 @@ room path, N gateway connections (the test server's default 16 would make joins 
 
 
 @contextlib.contextmanager
-def livekit() -> Iterator[ServerInfo]:
+def livekit() -> Iterator[tuple[ServerInfo, int]]:
     with tempfile.TemporaryDirectory(prefix="bench-sa-livekit-") as workdir:
         server = LiveKitServer(find_binary(build=True), Path(workdir), udp_ports=UDP_PORTS)
         try:
-            yield server.start()
+            info = server.start()
+            assert server.process is not None
+            yield info, server.process.pid
         finally:
             server.stop()
 
@@ -147,7 +152,8 @@ async def agents_worker() -> None:
 @contextlib.asynccontextmanager
 async def agents(
     lk: ServerInfo, rooms: Sequence[str], code: str, reply_prefix: str
-) -> AsyncIterator[None]:
+) -> AsyncIterator[list[int]]:
+    """The agents of ``rooms`` in worker processes; yields the processes' pids."""
     processes: list[asyncio.subprocess.Process] = []
     try:
         for start in range(0, len(rooms), AGENTS_PER_PROCESS):
@@ -176,7 +182,7 @@ async def agents(
             line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT_S)
             if line.strip() != b"ready":
                 raise RuntimeError(f"an agent worker failed to start: {line!r}")
-        yield
+        yield [process.pid for process in processes]
     finally:
         for process in processes:
             if process.stdin is not None:
@@ -301,22 +307,49 @@ class Row:
     warm_reached_all: int
     rss_start_bytes: int
     rss_bytes: int
+    cpu_ms_per_request: dict[str, float]
+    """CPU milliseconds per warm request: ``gateway``, ``server`` (absent when the server
+    was not started here), ``agents``."""
 
 
 async def one_path(
-    lk: ServerInfo, port: int, path: str, code: str, size: int, warm: int
+    lk: ServerInfo,
+    port: int,
+    path: str,
+    code: str,
+    size: int,
+    warm: int,
+    *,
+    server_pid: int | None,
+    agent_pids: Sequence[int],
 ) -> Row:
     async with gateway(lk, port, path) as gw, aiohttp.ClientSession() as http:
         rss_start = gw.rss_bytes()
         cold_s, cold_reached = await speak(http, gw.base_url, code, 0)
+        groups: dict[str, list[int]] = {"gateway": [gw.process.pid], "agents": list(agent_pids)}
+        if server_pid is not None:
+            groups["server"] = [server_pid]
+        cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
         samples: list[float] = []
         reached_all = 0
         for n in range(1, warm + 1):
             elapsed, reached = await speak(http, gw.base_url, code, n)
             samples.append(elapsed)
             reached_all += reached == size
+        cpu_ms = {
+            name: (cpu_seconds(pids) - cpu_before[name]) * 1000 / max(warm, 1)
+            for name, pids in groups.items()
+        }
         return Row(
-            size, path, cold_s, cold_reached, samples, reached_all, rss_start, gw.rss_bytes()
+            size,
+            path,
+            cold_s,
+            cold_reached,
+            samples,
+            reached_all,
+            rss_start,
+            gw.rss_bytes(),
+            cpu_ms,
         )
 
 
@@ -330,15 +363,28 @@ async def run(
     """Every size on each of ``paths`` (default both); on ``server`` if given (small sizes),
     else on a server started here with room for the largest size."""
     rows: list[Row] = []
-    with contextlib.nullcontext(server) if server is not None else livekit() as lk:
+    given = None if server is None else (server, None)
+    with contextlib.nullcontext(given) if given is not None else livekit() as (lk, server_pid):
         for size in sizes:
             code = f"SA{uuid.uuid4().hex[:8].upper()}"
             rooms = [f"bench-sa-{size}-{i}-{uuid.uuid4().hex[:6]}" for i in range(size)]
             port = free_tcp_port()
-            async with agents(lk, rooms, code, f"http://127.0.0.1:{port}/v1/internal/"):
+            reply_prefix = f"http://127.0.0.1:{port}/v1/internal/"
+            async with agents(lk, rooms, code, reply_prefix) as agent_pids:
                 await asyncio.sleep(1.5)  # the agents publish their code after joining
                 for path in paths:
-                    rows.append(await one_path(lk, port, path, code, size, warm))
+                    rows.append(
+                        await one_path(
+                            lk,
+                            port,
+                            path,
+                            code,
+                            size,
+                            warm,
+                            server_pid=server_pid,
+                            agent_pids=agent_pids,
+                        )
+                    )
     return rows
 
 
@@ -346,14 +392,19 @@ def print_table(rows: Sequence[Row], warm: int) -> None:
     print(NETWORK)
     print(
         f"{'rooms':>5} {'path':<10} {'cold':>9} {'cold reached':>12} {'warm p50':>9} "
-        f"{'warm p99':>9} {'warm all':>9} {'RSS MiB start -> end':>20}"
+        f"{'warm p99':>9} {'warm all':>9} {'RSS MiB start -> end':>20}  "
+        "CPU ms per warm request (gateway / server / agents)"
     )
     for r in rows:
         print(
             f"{r.size:>5} {r.path:<10} {ms(r.cold_s):>9} {r.cold_reached:>5}/{r.size:<6} "
             f"{ms(percentile(r.warm, 0.5)):>9} {ms(percentile(r.warm, 0.99)):>9} "
             f"{r.warm_reached_all:>4}/{warm:<4} "
-            f"{r.rss_start_bytes / 2**20:>9.1f} -> {r.rss_bytes / 2**20:>6.1f}"
+            f"{r.rss_start_bytes / 2**20:>9.1f} -> {r.rss_bytes / 2**20:>6.1f}  "
+            + " / ".join(
+                f"{r.cpu_ms_per_request[k]:.1f}" if k in r.cpu_ms_per_request else "-"
+                for k in ("gateway", "server", "agents")
+            )
         )
 
 
