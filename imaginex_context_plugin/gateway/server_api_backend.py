@@ -31,6 +31,7 @@ import aiohttp
 from aiohttp import web
 from livekit import api, rtc
 
+from .._livekit.send_data import DataSender
 from .._livekit.settings import LiveKitSettings
 from .._packet import oversize
 from ..errors import BackendError, ErrorCode
@@ -221,8 +222,8 @@ class ServerApiBackend:
         public_url: The gateway's URL as the agents reach it, e.g.
             ``http://gateway.internal:8089``; replies go to it plus ``/v1/internal/replies``,
             which the agents must allow (``ContextPlugin(reply_urls=[...])``).
-        lkapi: The ``LiveKitAPI`` to call (left open). Default: one made from ``settings`` on
-            first use, closed with the backend.
+        data_sender: What makes the ``SendData`` calls (left open). Default: one made from
+            ``settings``, closed with the backend.
 
     Raises:
         ValueError: No signing secret, or ``public_url`` is not an http(s) URL.
@@ -235,7 +236,7 @@ class ServerApiBackend:
         *,
         signing_secret: str | None,
         public_url: str,
-        lkapi: api.LiveKitAPI | None = None,
+        data_sender: DataSender | None = None,
     ) -> None:
         if not signing_secret:
             raise ValueError(_NOT_SIGNED)
@@ -245,8 +246,8 @@ class ServerApiBackend:
         self._settings = settings
         self._secret = signing_secret
         self._reply_url = public_url.rstrip("/") + REPLIES_PATH
-        self._lkapi = lkapi
-        self._own_api = lkapi is None
+        self._data_sender = data_sender or DataSender(settings)
+        self._owns_sender = data_sender is None
         self._inbox = ReplyInbox([signing_secret, settings.api_secret])
         self._closed = False
 
@@ -311,21 +312,13 @@ class ServerApiBackend:
             self._inbox.forget(waiter)
 
     async def _send(self, target: AgentTarget, signed: str, deadline: float) -> None:
-        if self._lkapi is None:
-            # made here, inside the running loop its HTTP session binds to
-            self._lkapi = api.LiveKitAPI(
-                self._settings.url, self._settings.api_key, self._settings.api_secret
-            )
-        request = api.SendDataRequest(
-            room=target.room,
-            data=signed.encode("utf-8"),
-            kind=api.DataPacket.Kind.RELIABLE,
-            destination_identities=[target.identity],
-            topic=CONTEXT_TOPIC,
-        )
         try:
-            await asyncio.wait_for(
-                self._lkapi.room.send_data(request), max(deadline - time.monotonic(), 0.001)
+            await self._data_sender.send(
+                target.room,
+                signed.encode("utf-8"),
+                destination_identities=[target.identity],
+                topic=CONTEXT_TOPIC,
+                timeout=max(deadline - time.monotonic(), 0.001),
             )
         except api.TwirpError as exc:
             if exc.code == api.TwirpErrorCode.NOT_FOUND:
@@ -347,5 +340,5 @@ class ServerApiBackend:
         try:
             await self._finder.aclose()
         finally:
-            if self._own_api and self._lkapi is not None:
-                await self._lkapi.aclose()
+            if self._owns_sender:
+                await self._data_sender.aclose()
