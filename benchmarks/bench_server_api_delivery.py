@@ -6,7 +6,8 @@ Same run, same machine, one real ``livekit-server`` (loopback-only network names
 possible). Per size N (default 1, 20, 50): N rooms with one agent each (a real ``rtc.Room`` +
 ``ContextPlugin`` + text-only ``AgentSession``, in worker processes, this file run with
 ``--agents``), allowing both the gateway's identity and its reply URL. For each path a fresh
-gateway process (this file run with ``--gateway``), so that its first request is cold; then:
+gateway process (this file run with ``--gateway``; it finds the agents with its agent
+directory, as ``--agent-directory``), so that its first request is cold; then:
 
 - cold: HTTP -> response of the first ``POST /v1/agent/{code}/speak`` to all N rooms;
 - warm: ``--warm`` sequential requests after it, p50 / p99;
@@ -66,6 +67,7 @@ from imaginex_context_plugin.gateway import (  # noqa: E402
     ApiSecrets,
     LiveKitBackend,
     LiveKitSettings,
+    MemoryAgentDirectory,
     create_app,
 )
 from imaginex_context_plugin.gateway.server_api_backend import ServerApiBackend  # noqa: E402
@@ -206,7 +208,12 @@ async def gateway_worker(port: int, path: str) -> None:
         api_key=os.environ["LIVEKIT_API_KEY"],
         api_secret=os.environ["LIVEKIT_API_SECRET"],
     )
-    finder = LiveKitBackend(settings, identity=GATEWAY_IDENTITY)
+    # the agent directory, as a gateway at this scale runs (``--agent-directory``): filled by
+    # its start-up reconciliation (the agents joined before the gateway started), so no
+    # request lists rooms; a scan would list all of them again every second
+    finder = LiveKitBackend(
+        settings, identity=GATEWAY_IDENTITY, agent_directory=MemoryAgentDirectory()
+    )
     backend: AgentBackend = finder
     if path == SERVER_API:
         backend = ServerApiBackend(

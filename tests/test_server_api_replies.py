@@ -342,6 +342,30 @@ async def test_the_inbox_refuses_every_reply_it_did_not_ask_for_with_401(
     assert later.answer.done()
 
 
+async def test_a_second_answer_to_an_answered_delivery_is_taken_quietly_for_a_while(
+    inbox_server: tuple[ReplyInbox, TestServer],
+) -> None:
+    """A resend's duplicate answer comes after the delivery was answered: 200, counted as
+    late, nothing else done; it must still be signed, and is refused when replayed."""
+    inbox, server = inbox_server
+    waiter = inbox.expect(ROOM, "r1")
+    stamp = int(time.time())
+    assert (await _post(server, _reply("r1"), ts=stamp))[0] == 200
+    inbox.forget(waiter)
+
+    duplicate = json.dumps(
+        {"room": ROOM, "ack": json.dumps({"type": "ack", "id": "r1", "duplicate": True})}
+    ).encode()
+    assert (await _post(server, duplicate, ts=stamp))[0] == 200
+    assert (inbox.accepted, inbox.late, inbox.refused) == (1, 1, 0)
+    assert (await _post(server, duplicate, ts=stamp))[0] == 401  # the same reply replayed
+    assert (await _post(server, duplicate, secret="a-forged-secret"))[0] == 401
+    # a delivery that timed out unanswered gets no such grace
+    unanswered = inbox.expect(ROOM, "r2")
+    inbox.forget(unanswered)
+    assert (await _post(server, _reply("r2")))[0] == 401
+
+
 async def test_the_backend_refuses_to_run_unsigned() -> None:
     from imaginex_context_plugin._livekit.settings import LiveKitSettings
 

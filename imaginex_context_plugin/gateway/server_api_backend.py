@@ -21,6 +21,7 @@ signed ``sender``, without applying it twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -54,10 +55,15 @@ REPLIES_PATH: Final = "/v1/internal/replies"
 """Where agents post their answers (relative to the gateway's public URL)."""
 MAX_REPLY_BYTES: Final = 32 * 1024
 """Largest reply body taken: an ack fits one 15 KiB packet, plus the room and the quoting."""
+FIRST_RESEND_S: Final = 2.0
+"""A message nobody answered within this many seconds is sent again, then after twice as
+long, and so on until the delivery's deadline: SendData cannot tell whether it arrived."""
 MAX_PENDING: Final = 100_000
 """Most deliveries waiting for a reply at once; beyond it a delivery fails at once."""
 MAX_REMEMBERED_REPLIES: Final = 100_000
 """Most reply signatures remembered (for the signature window) to refuse a replayed reply."""
+ANSWERED_MEMORY_S: Final = 60.0
+"""How long an answered delivery still takes a second reply (to a resend) with 200."""
 
 _NOT_SIGNED: Final = (
     "Server-API delivery needs signed messages: the gateway has no signing secret."
@@ -131,8 +137,14 @@ class ReplyInbox:
         self._seen: ExpiringCache[None] = ExpiringCache(
             ttl_s=2 * window_s, max_entries=MAX_REMEMBERED_REPLIES, clock=clock
         )
+        # deliveries answered lately: a second answer (to a resend) is taken without a word
+        self._answered: ExpiringCache[None] = ExpiringCache(
+            ttl_s=ANSWERED_MEMORY_S, max_entries=MAX_REMEMBERED_REPLIES, clock=clock
+        )
         self.accepted = 0
         self.refused = 0
+        self.late = 0
+        """Replies to a delivery already answered (a resend's duplicate), taken with 200."""
 
     @property
     def pending(self) -> int:
@@ -153,6 +165,8 @@ class ReplyInbox:
         return waiter
 
     def forget(self, waiter: _Waiter) -> None:
+        if waiter.answer.done():
+            self._answered.put(waiter.key, None)
         waiters = self._pending.get(waiter.key)
         if waiters is None or waiter not in waiters:
             return
@@ -190,6 +204,12 @@ class ReplyInbox:
             return self._refuse("The reply could not be read.")
         waiters = self._pending.get((room, request_id))
         if not waiters:
+            if (room, request_id) in self._answered:
+                # the answer to a resend the agent had already received: nothing to do, and
+                # nothing for the agent to worry about
+                self._seen.put_if_room(signature.lower(), None)
+                self.late += 1
+                return web.json_response({"success": True})
             return self._refuse("No delivery is waiting for this reply.")
         self._seen.put_if_room(signature.lower(), None)
         for waiter in waiters:
@@ -250,6 +270,8 @@ class ServerApiBackend:
         self._owns_sender = data_sender is None
         self._inbox = ReplyInbox([signing_secret, settings.api_secret])
         self._closed = False
+        self.resends = 0
+        """Messages sent again because no answer came within ``FIRST_RESEND_S`` (doubling)."""
 
     @property
     def reply_url(self) -> str:
@@ -299,11 +321,27 @@ class ServerApiBackend:
         # expected before sending: the answer may arrive before SendData returns
         waiter = self._inbox.expect(target.room, request_id)
         try:
-            await self._send(target, signed, deadline)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise asyncio.TimeoutError
-            return await asyncio.wait_for(asyncio.shield(waiter.answer), remaining)
+            pause = FIRST_RESEND_S
+            while True:
+                await self._send(target, signed, deadline)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                with contextlib.suppress(asyncio.TimeoutError):
+                    return await asyncio.wait_for(
+                        asyncio.shield(waiter.answer), min(pause, remaining)
+                    )
+                if pause >= remaining:
+                    raise asyncio.TimeoutError
+                # SendData reports no delivery: a packet that reached the agent before its
+                # data channel was open (just after it joined) is lost without a word. Sent
+                # again, signed afresh (the agent refuses a replayed signature); an agent that
+                # did get the first applies it once and answers the repeat as a duplicate.
+                signed = sign_request(
+                    envelope.body, self._secret, sender=envelope.sender, reply_to=self._reply_url
+                )
+                self.resends += 1
+                pause *= 2
         except asyncio.TimeoutError:
             raise BackendError(
                 ErrorCode.TIMEOUT, f"The agent did not answer within {timeout:g} s."

@@ -19,7 +19,12 @@ from livekit import api
 
 from devtools.livekit_server import ServerInfo
 from imaginex_context_plugin.gateway import ApiSecrets, LiveKitBackend, LiveKitSettings, create_app
-from imaginex_context_plugin.gateway.server_api_backend import REPLIES_PATH, ServerApiBackend
+from imaginex_context_plugin.gateway.backend import AgentTarget
+from imaginex_context_plugin.gateway.messages import MessageWriter, Outgoing
+from imaginex_context_plugin.gateway.server_api_backend import (
+    REPLIES_PATH,
+    ServerApiBackend,
+)
 from imaginex_context_plugin.replies import (
     REPLY_SIGNATURE_HEADER,
     REPLY_TIMESTAMP_HEADER,
@@ -27,7 +32,7 @@ from imaginex_context_plugin.replies import (
     reply_signature,
 )
 from tests.helpers import wait_until
-from tests.integration.live import LiveAgent, live_agent, room_name
+from tests.integration.live import AGENT_IDENTITY, LiveAgent, live_agent, room_name
 
 API_SECRET = "integration-gateway-secret"
 SIGNING = "integration-server-api-signing-secret"
@@ -81,9 +86,7 @@ async def test_speak_and_add_context_reach_every_room_without_joining_one(
 ) -> None:
     code = f"SA{uuid.uuid4().hex[:8].upper()}"
     async with contextlib.AsyncExitStack() as stack:
-        one, two = [
-            await stack.enter_async_context(server_api_gateway(livekit)) for _ in range(2)
-        ]
+        one, two = [await stack.enter_async_context(server_api_gateway(livekit)) for _ in range(2)]
         (client, backend), (replica, replica_backend) = one, two
         allowed = [
             str(client.make_url("/v1/internal/")),
@@ -184,7 +187,9 @@ async def test_forged_replies_are_refused_and_a_disallowed_reply_url_is_never_ca
         assert response.status == 504, payload
         assert payload["data"]["rooms"][0]["error"] == "TIMEOUT"
         assert time.monotonic() - started >= 4.0
-        assert agent.plugin.stats.errors.get(REPLY_URL_NOT_ALLOWED) == 1
+        # unanswered, the message was sent again (signed afresh); each copy refused alike
+        assert backend.resends >= 1
+        assert agent.plugin.stats.errors.get(REPLY_URL_NOT_ALLOWED) == 1 + backend.resends
         assert agent.said() == []
         assert backend.reply_inbox.accepted == 0
         assert backend.reply_inbox.refused == 2
@@ -248,3 +253,60 @@ async def test_the_events_stream_still_works_and_is_the_only_room_held(
     kinds = [kind for kind, _ in events]
     assert kinds[-1] == "call_ended"
     assert ("agent_state", "speaking") in [(k, e.get("new_state")) for k, e in events]
+
+
+async def test_a_message_that_found_no_agent_is_sent_again_until_it_joins(
+    livekit: ServerInfo,
+) -> None:
+    """SendData reports no delivery: a packet for an identity not (yet) in the room, or one
+    that reaches an agent before its data channel is open, vanishes without an error. The
+    gateway sends it again (signed afresh, doubling pauses) until answered: spoken once."""
+    code = f"SA{uuid.uuid4().hex[:8].upper()}"
+    room = room_name("sa-late-agent")
+    async with contextlib.AsyncExitStack() as stack:
+        lkapi = await stack.enter_async_context(
+            api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret)
+        )
+        await lkapi.room.create_room(api.CreateRoomRequest(name=room, empty_timeout=60))
+        client, backend = await stack.enter_async_context(server_api_gateway(livekit))
+        writer = MessageWriter(signing_secret=SIGNING)
+        outgoing = Outgoing("speak", {"type": "speak", "message": "Just in time."})
+        delivery = asyncio.create_task(
+            backend.deliver(
+                AgentTarget(room, AGENT_IDENTITY),
+                writer.write(outgoing, "late-1", code, room),
+                timeout=WAIT_S,
+            )
+        )
+        await asyncio.sleep(0.5)  # the first packet finds nobody
+        assert not delivery.done()
+        agent = await stack.enter_async_context(
+            live_agent(
+                livekit,
+                room=room,
+                agent_code=code,
+                secret=SIGNING,
+                reply_urls=[str(client.make_url("/v1/internal/"))],
+            )
+        )
+        ack = json.loads(await delivery)
+        assert ack["success"] is True, ack
+        assert ack["id"] == "late-1"
+        assert backend.resends >= 1
+        await wait_until(lambda: agent.said() == ["Just in time."], "spoken")
+
+        # answered at once now: no resend
+        resends = backend.resends
+        second = json.loads(
+            await backend.deliver(
+                AgentTarget(room, AGENT_IDENTITY),
+                writer.write(outgoing, "late-2", code, room),
+                timeout=WAIT_S,
+            )
+        )
+        assert second["success"] is True, second
+        assert second.get("duplicate") is not True
+        assert backend.resends == resends
+        await wait_until(lambda: agent.said() == ["Just in time."] * 2, "spoken twice")
+        assert agent.plugin.stats.ack_failures == 0
+        assert backend.reply_inbox.refused == 0
