@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -364,6 +365,38 @@ async def test_a_second_answer_to_an_answered_delivery_is_taken_quietly_for_a_wh
     unanswered = inbox.expect(ROOM, "r2")
     inbox.forget(unanswered)
     assert (await _post(server, _reply("r2")))[0] == 401
+
+
+async def test_the_agents_replies_are_access_logged_at_debug_their_refusals_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One reply per room per fan-out: at INFO they would drown the requests' own lines."""
+    from imaginex_context_plugin._livekit.settings import LiveKitSettings
+    from imaginex_context_plugin.gateway import ApiSecrets, create_app
+
+    settings = LiveKitSettings(url="ws://127.0.0.1:1", api_key="k", api_secret="s" * 32)
+    backend = ServerApiBackend(
+        LiveKitBackend(settings), settings, signing_secret=SECRET, public_url="http://a/"
+    )
+    server = TestServer(
+        create_app(backend, ApiSecrets(secret="x" * 32), signing_secret=SECRET), host="127.0.0.1"
+    )
+    await server.start_server()
+    try:
+        waiter = backend.reply_inbox.expect(ROOM, "q1")
+        with caplog.at_level(logging.DEBUG, logger="imaginex_context_plugin"):
+            assert (await _post(server, _reply("q1")))[0] == 200
+            assert (await _post(server, _reply("q2")))[0] == 401
+        assert waiter.answer.done()
+    finally:
+        await server.close()
+        await backend.aclose()
+    access = [
+        (r.levelno, r.status)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "path", None) == REPLIES_PATH
+    ]
+    assert access == [(logging.DEBUG, 200), (logging.INFO, 401)]
 
 
 async def test_the_backend_refuses_to_run_unsigned() -> None:

@@ -308,7 +308,12 @@ def create_app(
         state=state,
         lease_s=lease_s,
     )
-    answers = AnswerMiddleware(max_body_bytes=max_body_bytes)
+    answers = AnswerMiddleware(
+        max_body_bytes=max_body_bytes,
+        quiet_paths=frozenset({REPLIES_PATH})
+        if isinstance(backend, ServerApiBackend)
+        else frozenset(),
+    )
     # client_max_size: aiohttp's own guard on request.read(); checked again with a JSON answer
     app = web.Application(middlewares=[answers.middleware], client_max_size=max_body_bytes)
     app.router.add_post("/v1/agent/{agent_code}/speak", gateway.speak)

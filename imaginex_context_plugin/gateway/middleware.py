@@ -6,6 +6,7 @@ errors are converted; anything unexpected becomes a generic 500 (never the excep
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -24,10 +25,13 @@ class AnswerMiddleware:
 
     Args:
         max_body_bytes: The body limit, named in the answer to aiohttp's own 413.
+        quiet_paths: Paths whose successful requests are logged at DEBUG, not INFO: the
+            agents' replies, one per room per fan-out (their refusals stay at INFO).
     """
 
-    def __init__(self, *, max_body_bytes: int) -> None:
+    def __init__(self, *, max_body_bytes: int, quiet_paths: frozenset[str] = frozenset()) -> None:
         self._max_body_bytes = max_body_bytes
+        self._quiet_paths = quiet_paths
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -53,15 +57,27 @@ class AnswerMiddleware:
             )
         finally:
             request_finished(request)
-        _log_access(request, response.status, error, time.perf_counter() - started)
+        quiet = response.status < 400 and request.path in self._quiet_paths
+        _log_access(
+            request,
+            response.status,
+            error,
+            time.perf_counter() - started,
+            level=logging.DEBUG if quiet else logging.INFO,
+        )
         return response
 
 
-def _log_access(request: web.Request, status: int, error: str | None, duration_s: float) -> None:
+def _log_access(
+    request: web.Request, status: int, error: str | None, duration_s: float, *, level: int
+) -> None:
+    if not logger.isEnabledFor(level):
+        return
     duration_ms = duration_s * 1000
     # raw_path: the decoded path could carry a newline into the log
     path = request.rel_url.raw_path
-    logger.info(
+    logger.log(
+        level,
         "%s %s %d %.1fms",
         request.method,
         path,
