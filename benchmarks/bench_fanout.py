@@ -10,20 +10,30 @@ Same run, same machine (as root inside a loopback-only network namespace):
   ``AGENTS_PER_PROCESS`` (this same file run with ``--agents``); each joins through the node
   that hosts its room;
 - **the gateway**: the ``imaginex-context gateway`` process (rate limit off, 10 s delivery
-  timeout), a fresh one for each size so that its first request is cold;
+  timeout), a fresh one for each size so that its first request is cold; it delivers over
+  room connections (``--delivery room``, the default: it joins every room) or over the server
+  API (``--delivery server-api``: one ``RoomService.SendData`` per room, sent to node A for
+  rooms on both nodes, the agent posting its signed ack back to the gateway's
+  ``/v1/internal/replies``; the agents then allow that reply URL and share the signing secret);
 - **floor**: a bare RPC echo between two plain participants on node A, the least one request ->
   answer over LiveKit costs.
 
 Per size: HTTP -> response of the first request (cold: the gateway joins every room), then of
 ``warm`` sequential requests; RoomService calls per request (counted in both nodes' logs, which
 log every API call); the gateway's RSS before and after it pooled the rooms (growth per pooled
-room) and its open sockets. Correctness: every request reports every room delivered, and at the
-end each agent said exactly one speech per request (counted in its ``AgentSession`` history).
+room) and its open sockets; the rooms each node's agents were reached in (the node as LiveKit
+records it in Redis: server-API packets for node B's rooms go through node A); CPU milliseconds
+per warm request of the gateway process, of the two ``livekit-server`` processes together and
+of the agents' worker processes together (``/proc``; on 2 cores a request's wall time cannot be
+shorter than their sum over 2). Correctness: every request reports every room delivered, and at
+the end each agent said exactly one speech per request (counted in its ``AgentSession``
+history).
 
 Target (issue 12): warm p99 at the largest size within 3x the single-room warm p99. Timing targets
 are reported, not failed.
 
-Run: ``python benchmarks/bench_fanout.py [--sizes 1,50,200] [--warm N]``.
+Run: ``python benchmarks/bench_fanout.py [--sizes 1,50,200] [--warm N]
+[--modes directory,scan] [--delivery room|server-api|room,server-api]``.
 """
 
 from __future__ import annotations
@@ -55,7 +65,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, Final  # noqa: E402
 
 import aiohttp  # noqa: E402
-from _harness import Figure, Report, ms, percentile  # noqa: E402
+from _harness import Figure, Report, cpu_seconds, ms, percentile  # noqa: E402
 from aiohttp import web  # noqa: E402
 from bench_live import floor  # noqa: E402
 from livekit import api, rtc  # noqa: E402
@@ -64,17 +74,21 @@ from devtools.livekit_cluster import ClusterNode, LiveKitCluster, start_cluster 
 from devtools.livekit_server import ROOT, free_tcp_port  # noqa: E402
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextPlugin  # noqa: E402
 from imaginex_context_plugin.gateway import (  # noqa: E402
+    AgentBackend,
     ApiSecrets,
     LiveKitBackend,
     LiveKitSettings,
     create_app,
 )
 from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory  # noqa: E402
+from imaginex_context_plugin.gateway.server_api_backend import ServerApiBackend  # noqa: E402
 from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, start_session  # noqa: E402
 
 GATEWAY_IDENTITY: Final = "bench-fanout-gateway"
 AGENT_IDENTITY: Final = "bench-fanout-agent"
 API_SECRET_HEADER: Final = "bench-fanout-gateway-secret"
+SIGNING: Final = "bench-fanout-signing-secret"
+"""The agents' and the server-API gateway's shared secret (server-API messages are signed)."""
 AGENTS_PER_PROCESS: Final = 50
 NODE_UDP_PORTS: Final = 1024
 """ICE ports per node: two per participant; 200 rooms put 100 agents and 100 gateway
@@ -84,10 +98,16 @@ JOINS_AT_ONCE: Final = 8
 JOIN_ATTEMPTS: Final = 3
 DELIVERY_TIMEOUT_S: Final = 10.0
 READY_TIMEOUT_S: Final = 300.0
+NOT_SPOKEN: Final = "did not speak each delivered message exactly once"
+SETTLE_TIMEOUT_S: Final = 60.0
+"""How long the agents have, after the last request, to finish the speeches they acked."""
+ROOM_EMPTY_TIMEOUT_S: Final = 3600
+"""Seconds a room with only its agent lives (see ``create_rooms``)."""
 WARM_FACTOR: Final = 3.0
 THIS_FILE: Final = str(Path(__file__).resolve())
 GATEWAY_CLI: Final = Path(sys.executable).parent / "imaginex-context"
 ROOM_SERVICE_LOG: Final = "API RoomService."
+SEND_DATA_LOG: Final = "API RoomService.SendData"
 UNKNOWN_OUTCOME: Final = frozenset({"TIMEOUT", "AGENT_NOT_FOUND"})
 """Room errors after which the agent may still have spoken: no answer in time, or the agent
 left the room before it answered (RPC's RECIPIENT_DISCONNECTED)."""
@@ -96,6 +116,11 @@ SCAN: Final = "scan"
 MODES: Final = (DIRECTORY, SCAN)
 """How the gateway finds the agents: its agent directory (``--agent-directory``), or listing
 every room and its participants (cached 1 s), the default."""
+ROOM: Final = "room"
+SERVER_API: Final = "server-api"
+DELIVERIES: Final = (ROOM, SERVER_API)
+"""How the gateway delivers: joining every room (RPC over a pooled connection, the default), or
+``RoomService.SendData`` with the ack posted back over HTTP (no room joined)."""
 
 
 # --------------------------------------------------------------------------- agent workers
@@ -131,6 +156,8 @@ async def agents_worker() -> None:
                 allowed_identities=[GATEWAY_IDENTITY],
                 rate_limit=None,
                 server_secret=spec["api_secret"],
+                secret=spec.get("secret"),
+                reply_urls=[spec["reply_prefix"]] if spec.get("reply_prefix") else [],
             )
             await plugin.start(session, room)
             token = agent_token(spec["api_key"], spec["api_secret"], room_name)
@@ -164,6 +191,10 @@ async def agents_worker() -> None:
 class AgentWorkers:
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
 
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
     async def report(self) -> dict[str, int]:
         said: dict[str, int] = {}
         for process in self.processes:
@@ -190,8 +221,13 @@ class AgentWorkers:
 
 @contextlib.asynccontextmanager
 async def agents(
-    cluster: LiveKitCluster, placed: Sequence[tuple[str, ClusterNode]], code: str
+    cluster: LiveKitCluster,
+    placed: Sequence[tuple[str, ClusterNode]],
+    code: str,
+    reply_prefix: str | None = None,
 ) -> AsyncIterator[AgentWorkers]:
+    """The agents of ``placed``; with ``reply_prefix`` they share the signing secret and allow
+    server-API packets to ask for their answer there."""
     workers = AgentWorkers()
     try:
         for start in range(0, len(placed), AGENTS_PER_PROCESS):
@@ -212,6 +248,8 @@ async def agents(
                 "api_secret": cluster.api_secret,
                 "rooms": [(name, node.info.url) for name, node in chunk],
             }
+            if reply_prefix is not None:
+                spec.update(secret=SIGNING, reply_prefix=reply_prefix)
             process.stdin.write(json.dumps(spec).encode() + b"\n")
             await process.stdin.drain()
         for process in workers.processes:
@@ -240,8 +278,7 @@ async def unlisted(
                         api.ListParticipantsRequest(room=name)
                     )
                     if any(
-                        p.attributes.get(AGENT_CODE_ATTRIBUTE) == code
-                        for p in listing.participants
+                        p.attributes.get(AGENT_CODE_ATTRIBUTE) == code for p in listing.participants
                     ):
                         pending.discard(name)
             if not pending or time.monotonic() > deadline:
@@ -253,23 +290,30 @@ async def unlisted(
 # --------------------------------------------------------------------------- the gateway
 
 
-async def gateway_worker(port: int, mode: str, joins: int) -> None:
-    """``--gateway``: the gateway as ``imaginex-context gateway`` builds it (no signing, no
-    Redis, rate limit off), with ``max_concurrent_joins`` set; serves until SIGTERM."""
+async def gateway_worker(port: int, mode: str, joins: int, delivery: str = ROOM) -> None:
+    """``--gateway``: the gateway as ``imaginex-context gateway`` builds it (no Redis, rate
+    limit off; signed only with server-API delivery), with ``max_concurrent_joins`` set;
+    serves until SIGTERM."""
     settings = LiveKitSettings(
         url=os.environ["LIVEKIT_URL"],
         api_key=os.environ["LIVEKIT_API_KEY"],
         api_secret=os.environ["LIVEKIT_API_SECRET"],
     )
-    backend = LiveKitBackend(
+    finder = LiveKitBackend(
         settings,
         identity=GATEWAY_IDENTITY,
         max_concurrent_joins=joins,
         agent_directory=MemoryAgentDirectory() if mode == DIRECTORY else None,
     )
+    backend: AgentBackend = finder
+    if delivery == SERVER_API:
+        backend = ServerApiBackend(
+            finder, settings, signing_secret=SIGNING, public_url=f"http://127.0.0.1:{port}"
+        )
     app = create_app(
         backend,
         ApiSecrets(secret=API_SECRET_HEADER),
+        signing_secret=SIGNING if delivery == SERVER_API else None,
         delivery_timeout=DELIVERY_TIMEOUT_S,
         rate_limit=None,
     )
@@ -308,9 +352,16 @@ class GatewayProcess:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    node: ClusterNode, workdir: Path, mode: str, joins: int | None
+    node: ClusterNode,
+    workdir: Path,
+    mode: str,
+    joins: int | None,
+    delivery: str = ROOM,
+    port: int | None = None,
 ) -> AsyncIterator[GatewayProcess]:
-    port = free_tcp_port()
+    """A fresh gateway process on ``port`` (default: a free one); with server-API delivery its
+    public URL is ``http://127.0.0.1:{port}``, which the agents must already allow."""
+    port = port if port is not None else free_tcp_port()
     env = {
         k: v
         for k, v in os.environ.items()
@@ -322,6 +373,8 @@ async def gateway(
         LIVEKIT_API_SECRET=node.info.api_secret,
         IMAGINEX_API_SECRET=API_SECRET_HEADER,
     )
+    if delivery == SERVER_API:
+        env.update(IMAGINEX_SIGNING_SECRET=SIGNING)
     log_path = workdir / f"gateway-{port}.log"
     with log_path.open("wb") as log:
         command = [
@@ -340,9 +393,17 @@ async def gateway(
             # the directory's first reconciliation finds the agents (they joined before it
             # started); its periodic ones count in the calls per request
             *(["--agent-directory"] if mode == DIRECTORY else []),
+            *(
+                ["--delivery", SERVER_API, "--public-url", f"http://127.0.0.1:{port}"]
+                if delivery == SERVER_API
+                else []
+            ),
         ]
-        if joins is not None:  # the command has no option for the pool's join bound yet
-            command = [sys.executable, THIS_FILE, "--gateway", str(port), mode, str(joins)]
+        if joins is not None:  # built here as the command builds it, with that join bound
+            command = [
+                *(sys.executable, THIS_FILE, "--gateway"),
+                *(str(port), mode, str(joins), delivery),
+            ]
         process = await asyncio.create_subprocess_exec(
             *command,
             cwd=ROOT,
@@ -384,10 +445,11 @@ class RoomServiceCalls:
     def __init__(self, cluster: LiveKitCluster) -> None:
         self._logs = [n.info.log_path for n in cluster.nodes if n.info.log_path is not None]
 
-    def count(self) -> int:
-        return sum(
-            path.read_text(errors="replace").count(ROOM_SERVICE_LOG) for path in self._logs
-        )
+    def count(self, what: str = ROOM_SERVICE_LOG) -> int:
+        return sum(self.per_node(what))
+
+    def per_node(self, what: str = ROOM_SERVICE_LOG) -> list[int]:
+        return [path.read_text(errors="replace").count(what) for path in self._logs]
 
 
 async def speak(
@@ -420,6 +482,7 @@ class Phase:
 
     rooms: int
     mode: str
+    delivery: str
     cold: float
     warm: list[float]
     calls_per_request: float
@@ -428,6 +491,24 @@ class Phase:
     sockets_base: int
     sockets_pooled: int
     answers: list[dict[str, Any]]
+    send_data_per_node: list[float]
+    """SendData calls per request in each node's log (node A, node B): where they were made."""
+    cpu_ms: dict[str, float]
+    """CPU milliseconds per warm request: ``gateway``, ``livekit`` (both nodes), ``agents``."""
+    reached_by_node: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Node label (A, B) -> (room deliveries reported, rooms there x requests), over all
+    requests; the node as LiveKit records it."""
+    moved_rooms: int = 0
+    """Rooms LiveKit had on another node than they were created on (see ``one_size``)."""
+
+    @property
+    def send_data_per_request(self) -> float:
+        return sum(self.send_data_per_node)
+
+    @property
+    def label(self) -> str:
+        suffix = "" if self.delivery == ROOM else f", {self.delivery}"
+        return f"{self.rooms} rooms, {self.mode}{suffix}"
 
 
 async def phase(
@@ -438,28 +519,47 @@ async def phase(
     warm: int,
     workdir: Path,
     joins: int | None,
+    *,
+    delivery: str = ROOM,
+    port: int | None = None,
+    agent_pids: Sequence[int] = (),
 ) -> Phase:
     async with (
-        gateway(cluster.nodes[0], workdir, mode, joins) as gw,
+        gateway(cluster.nodes[0], workdir, mode, joins, delivery, port) as gw,
         aiohttp.ClientSession() as http,
     ):
         rss_base, sockets_base = gw.rss_bytes(), gw.sockets()
         calls = RoomServiceCalls(cluster)
-        before = calls.count()
+        before, send_before = calls.count(), calls.per_node(SEND_DATA_LOG)
         cold, data = await speak(http, gw.base_url, code, 0)
         answers = [data]
         rss_pooled, sockets_pooled = gw.rss_bytes(), gw.sockets()
+        groups = {
+            "gateway": [gw.process.pid],
+            "livekit": [n.server.process.pid for n in cluster.nodes if n.server.process],
+            "agents": list(agent_pids),
+        }
+        cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
         warm_samples = []
         for n in range(1, warm + 1):
             elapsed, data = await speak(http, gw.base_url, code, n)
             warm_samples.append(elapsed)
             answers.append(data)
+        cpu_ms = {
+            name: (cpu_seconds(pids) - cpu_before[name]) * 1000 / max(warm, 1)
+            for name, pids in groups.items()
+        }
         calls_per_request = (calls.count() - before) / (warm + 1)
+        send_data_per_node = [
+            (after - earlier) / (warm + 1)
+            for after, earlier in zip(calls.per_node(SEND_DATA_LOG), send_before, strict=True)
+        ]
         rss_pooled = max(rss_pooled, gw.rss_bytes())
         sockets_pooled = max(sockets_pooled, gw.sockets())
     return Phase(
         rooms,
         mode,
+        delivery,
         cold,
         warm_samples,
         calls_per_request,
@@ -468,6 +568,8 @@ async def phase(
         sockets_base,
         sockets_pooled,
         answers,
+        send_data_per_node,
+        cpu_ms,
     )
 
 
@@ -480,11 +582,11 @@ def check(phases: Sequence[Phase], names: Sequence[str], said: dict[str, int]) -
         for n, data in enumerate(done.answers):
             missed = [r for r in data["rooms"] if not r["delivered"]]
             if not data["rooms"]:
-                failures.append(f"{done.mode}, request {n}: {data['status']} {data['error']}")
+                failures.append(f"{done.label}, request {n}: {data['status']} {data['error']}")
             elif missed:
                 errors = Counter(str(r.get("error")) for r in missed)
                 failures.append(
-                    f"{done.mode}, request {n}: {data['delivered_to_rooms']}/{done.rooms} "
+                    f"{done.label}, request {n}: {data['delivered_to_rooms']}/{done.rooms} "
                     f"delivered ({', '.join(f'{e} x{c}' for e, c in sorted(errors.items()))})"
                 )
             for result in data["rooms"]:
@@ -498,8 +600,46 @@ def check(phases: Sequence[Phase], names: Sequence[str], said: dict[str, int]) -
         if not delivered[name] <= said.get(name, 0) <= delivered[name] + timed_out[name]
     ]
     if wrong:
-        failures.append(f"{len(wrong)} rooms did not speak each delivered message exactly once")
+        gaps = Counter(said.get(name, 0) - delivered[name] for name in wrong)
+        failures.append(
+            f"{len(wrong)} rooms {NOT_SPOKEN} "
+            f"(said - delivered: {', '.join(f'{g:+d} x{c}' for g, c in sorted(gaps.items()))})"
+        )
     return failures
+
+
+async def settled_speeches(
+    workers: AgentWorkers, phases: Sequence[Phase], names: Sequence[str]
+) -> dict[str, int]:
+    """What each room's agent said, once it has said what it acked: an ack means the speech
+    was taken, not that it is over, and the history records it when it is (a loaded worker
+    may still be behind when the last request is answered)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        said = await workers.report()
+        spoken = [f for f in check(phases, names, said) if NOT_SPOKEN in f]
+        if not spoken or time.monotonic() > deadline:
+            return said
+        await asyncio.sleep(0.5)
+
+
+async def create_rooms(cluster: LiveKitCluster, placed: Sequence[tuple[str, ClusterNode]]) -> None:
+    """Create each room on its node (through node A) to outlive the run: LiveKit counts agent
+    participants as dependent, so a room with only its agent in it is "empty" and is closed
+    ``empty_timeout`` after its creation (``cluster.create_room``'s 60 s closed every room of a
+    size whose agents, plus the phases, took longer than that). They are deleted at the end."""
+    async with api.LiveKitAPI(
+        cluster.nodes[0].info.url, cluster.api_key, cluster.api_secret
+    ) as lkapi:
+        for name, node in placed:
+            await lkapi.room.create_room(
+                api.CreateRoomRequest(
+                    name=name,
+                    node_id=node.node_id,
+                    empty_timeout=ROOM_EMPTY_TIMEOUT_S,
+                    departure_timeout=ROOM_EMPTY_TIMEOUT_S,
+                )
+            )
 
 
 async def one_size(
@@ -509,31 +649,59 @@ async def one_size(
     modes: Sequence[str],
     workdir: Path,
     joins: int | None = None,
+    deliveries: Sequence[str] = (ROOM,),
 ) -> tuple[list[Phase], list[str]]:
     code = f"FAN{rooms:04d}{uuid.uuid4().hex[:4].upper()}"
     placed = [
         (f"fan-{rooms}-{uuid.uuid4().hex[:6]}-{i}", cluster.nodes[i % len(cluster.nodes)])
         for i in range(rooms)
     ]
-    for name, node in placed:
-        await cluster.create_room(name, on=node, via=cluster.nodes[0])
+    await create_rooms(cluster, placed)
     names = [name for name, _ in placed]
     phases: list[Phase] = []
     problems: list[str] = []
+    # the server-API gateways' port is fixed before the agents start: they must allow its
+    # reply URL (each phase's fresh gateway listens on it in turn)
+    port = free_tcp_port() if SERVER_API in deliveries else None
+    reply_prefix = None if port is None else f"http://127.0.0.1:{port}/v1/internal/"
     try:
-        async with agents(cluster, placed, code) as workers:
+        async with agents(cluster, placed, code, reply_prefix) as workers:
             if missing := await unlisted(cluster, names, code, wait=READY_TIMEOUT_S):
                 raise RuntimeError(f"{len(missing)} agents never showed their code")
-            for mode in modes:
-                # agents that went away (a worker process died under load) are a finding
-                if gone := await unlisted(cluster, names, code):
-                    exits = [p.returncode for p in workers.processes]
-                    problems.append(
-                        f"before the {mode} phase {len(gone)} of {rooms} agents were gone "
-                        f"(worker exit codes {exits})"
+            for delivery in deliveries:
+                for mode in modes:
+                    # agents that went away (a worker process died under load) are a finding
+                    if gone := await unlisted(cluster, names, code):
+                        exits = [p.returncode for p in workers.processes]
+                        problems.append(
+                            f"before the {mode}/{delivery} phase {len(gone)} of {rooms} agents "
+                            f"were gone (worker exit codes {exits})"
+                        )
+                    phases.append(
+                        await phase(
+                            cluster,
+                            rooms,
+                            code,
+                            mode,
+                            warm,
+                            workdir,
+                            joins,
+                            delivery=delivery,
+                            port=port if delivery == SERVER_API else None,
+                            agent_pids=workers.pids,
+                        )
                     )
-                phases.append(await phase(cluster, rooms, code, mode, warm, workdir, joins))
-            said = await workers.report()
+            said = await settled_speeches(workers, phases, names)
+            where = await cluster.room_nodes()
+            node_label = {
+                n.node_id: "AB"[i] if i < 2 else str(i) for i, n in enumerate(cluster.nodes)
+            }
+            # a room whose first join failed on its node can be made again by the retry, on
+            # the node LiveKit then picks: reported, the figures use where each room is
+            moved = sum(1 for name, node in placed if where.get(name) != node.node_id)
+            for done in phases:
+                done.reached_by_node = reached_by_node(done, names, where, node_label)
+                done.moved_rooms = moved
     finally:
         async with api.LiveKitAPI(
             cluster.nodes[0].info.url, cluster.api_key, cluster.api_secret
@@ -542,6 +710,21 @@ async def one_size(
                 with contextlib.suppress(api.TwirpError):
                     await lkapi.room.delete_room(api.DeleteRoomRequest(room=name))
     return phases, problems + check(phases, names, said)
+
+
+def reached_by_node(
+    done: Phase, names: Sequence[str], where: dict[str, str], node_label: dict[str, str]
+) -> dict[str, tuple[int, int]]:
+    """Per node: room deliveries the requests reported, of rooms there x requests."""
+    label_of = {name: node_label.get(where.get(name, ""), "?") for name in names}
+    counts = {label: [0, 0] for label in sorted(set(label_of.values()))}
+    for data in done.answers:
+        for name in names:
+            counts[label_of[name]][1] += 1
+        for result in data["rooms"]:
+            if result["delivered"] and result["room"] in label_of:
+                counts[label_of[result["room"]]][0] += 1
+    return {label: (got, of) for label, (got, of) in counts.items()}
 
 
 # --------------------------------------------------------------------------- the report
@@ -575,10 +758,12 @@ async def run(
     modes: Sequence[str] = MODES,
     cluster: LiveKitCluster | None = None,
     joins: int | None = None,
+    deliveries: Sequence[str] = (ROOM,),
 ) -> Report:
     """Measure; ``cluster``: use this one instead of starting a new one; ``joins``: run the
     gateway with this ``max_concurrent_joins`` (built here as the command builds it) instead of
-    the ``imaginex-context gateway`` command with its defaults."""
+    the ``imaginex-context gateway`` command with its defaults; ``deliveries``: each of
+    ``DELIVERIES`` to measure (every mode with each)."""
     report = Report("fan-out: one speak to N rooms through the gateway, on a 2-node cluster")
     report.notes.append(NETWORK)
     phases: list[Phase] = []
@@ -586,7 +771,9 @@ async def run(
         floor_samples = await floor(lk.nodes[0].info, floor_requests)
         for rooms in sizes:
             try:
-                measured, failures = await one_size(lk, rooms, warm, modes, Path(tmp), joins)
+                measured, failures = await one_size(
+                    lk, rooms, warm, modes, Path(tmp), joins, deliveries
+                )
             except (RuntimeError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
                 report.ok = False
                 report.notes.append(f"{rooms} rooms: broke: {type(exc).__name__}: {exc}"[:400])
@@ -601,10 +788,16 @@ async def run(
     for each in phases:
         add_figures(report, each, phases, sizes, floor_text, floor_p99)
     report.notes.append(
-        f"{warm} warm requests per size and mode, after 1 cold; agents in <= "
+        f"{warm} warm requests per size, mode and delivery, after 1 cold; agents in <= "
         f"{AGENTS_PER_PROCESS} rooms per worker process; rooms alternate between the 2 nodes, "
         f"the gateway uses node A; {DELIVERY_TIMEOUT_S:g} s delivery timeout"
         + (f"; max_concurrent_joins={joins}" if joins is not None else "")
+        + (
+            "; server-api: SendData to node A for the rooms of both nodes, acks posted back to "
+            "the gateway over HTTP, messages signed"
+            if SERVER_API in deliveries
+            else ""
+        )
     )
     return report
 
@@ -617,8 +810,15 @@ def add_figures(
     floor_text: str,
     floor_p99: float,
 ) -> None:
-    n, label = done.rooms, f"{done.rooms} rooms, {done.mode}"
-    single = next((p for p in phases if p.mode == done.mode and p.rooms == min(sizes)), None)
+    n, label = done.rooms, done.label
+    single = next(
+        (
+            p
+            for p in phases
+            if p.mode == done.mode and p.delivery == done.delivery and p.rooms == min(sizes)
+        ),
+        None,
+    )
     single_p99 = percentile(single.warm, 0.99) if single is not None and single.warm else 0.0
     warm_p99 = percentile(done.warm, 0.99)
     largest = n == max(sizes) and n != min(sizes) and single_p99 > 0
@@ -643,12 +843,26 @@ def add_figures(
             complete and warm_p99 <= WARM_FACTOR * single_p99 if largest else None,
         )
     )
+    # server-API delivery makes one SendData per room by design: the target is on the rest
+    finding = done.calls_per_request - done.send_data_per_request
+    directory = done.mode == DIRECTORY
     report.add(
         Figure(
             f"{label}: RoomService calls per request",
-            f"{done.calls_per_request:.1f}",
-            target="no per-room call (<= 1)" if done.mode == DIRECTORY else "",
-            met=complete and done.calls_per_request <= 1.0 if done.mode == DIRECTORY else None,
+            f"{done.calls_per_request:.1f}"
+            + (
+                f" ({done.send_data_per_request:.1f} SendData, logged by node A / B: "
+                + " / ".join(f"{c:.1f}" for c in done.send_data_per_node)
+                + ")"
+                if done.delivery == SERVER_API
+                else ""
+            ),
+            target=(
+                ("no per-room call (<= 1)" if done.delivery == ROOM else "<= 1 besides SendData")
+                if directory
+                else ""
+            ),
+            met=complete and finding <= 1.0 if directory else None,
         )
     )
     growth = done.rss_pooled - done.rss_base
@@ -665,26 +879,55 @@ def add_figures(
             f"({(done.sockets_pooled - done.sockets_base) / n:.1f})",
         )
     )
+    report.add(
+        Figure(
+            f"{label}: rooms reached on node A / node B, all requests",
+            " / ".join(
+                f"{label_}: {got}/{of}" for label_, (got, of) in done.reached_by_node.items()
+            )
+            + (f" ({done.moved_rooms} rooms moved node)" if done.moved_rooms else ""),
+        )
+    )
+    cpu = done.cpu_ms
+    report.add(
+        Figure(
+            f"{label}: CPU ms per warm request, gateway / 2 nodes / agents",
+            f"{cpu['gateway']:.1f} / {cpu['livekit']:.1f} / {cpu['agents']:.1f}",
+            f"sum {sum(cpu.values()):.1f}",
+        )
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--agents", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--gateway", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--gateway", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--joins", type=int, help="the gateway's max_concurrent_joins")
     parser.add_argument("--sizes", default="1,50,200")
     parser.add_argument("--warm", type=int, default=20)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument(
+        "--delivery",
+        default=ROOM,
+        help="room (join every room, the default), server-api (RoomService.SendData, acks "
+        "over HTTP), or both: room,server-api",
+    )
     args = parser.parse_args()
     if args.agents:
         asyncio.run(agents_worker())
         return
     if args.gateway:
-        port, mode, joins = args.gateway
-        asyncio.run(gateway_worker(int(port), mode, int(joins)))
+        port, mode, joins, delivery = args.gateway
+        asyncio.run(gateway_worker(int(port), mode, int(joins), delivery))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
-    report = asyncio.run(run(sizes, args.warm, modes=args.modes.split(","), joins=args.joins))
+    deliveries = [d for d in args.delivery.split(",") if d]
+    if not deliveries or not set(deliveries) <= set(DELIVERIES):
+        parser.error(f"--delivery: choose from {', '.join(DELIVERIES)}")
+    modes = args.modes.split(",")
+    report = asyncio.run(
+        run(sizes, args.warm, modes=modes, joins=args.joins, deliveries=deliveries)
+    )
     report.print()
     sys.exit(0 if report.ok else 1)
 

@@ -2,8 +2,10 @@
 never rots.
 
 No timing is asserted: the figures come from running the benchmark itself. What is asserted is
-its correctness check (every room reached by every request, each message spoken once) and that
-every figure is there for both ways of finding agents.
+its correctness check (every room reached by every request, cold and warm, each message spoken
+once), that every figure is there for both ways of finding agents and both ways of delivering
+(room connections and the server API), and that the server API reached node B's rooms through
+node A.
 """
 
 from __future__ import annotations
@@ -17,31 +19,71 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import bench_fanout
 
+SIZES = (1, 2)
+WARM = 2
+KINDS = [
+    "HTTP -> response, cold",
+    "HTTP -> response, warm",
+    "RoomService calls per request",
+    "gateway RSS idle -> pooled",
+    "gateway sockets idle -> pooled",
+    "rooms reached on node A / node B, all requests",
+    "CPU ms per warm request, gateway / 2 nodes / agents",
+]
+
+
+def _label(n: int, mode: str, delivery: str) -> str:
+    return f"{n} rooms, {mode}" + ("" if delivery == "room" else f", {delivery}")
+
 
 async def test_bench_fanout_runs_and_every_figure_is_there(
     livekit_cluster: LiveKitCluster,
 ) -> None:
     report = await bench_fanout.run(
-        sizes=(1, 2), warm=2, floor_requests=5, cluster=livekit_cluster
+        sizes=SIZES,
+        warm=WARM,
+        floor_requests=5,
+        cluster=livekit_cluster,
+        deliveries=("room", "server-api"),
     )
     assert report.ok, report.notes
-    kinds = [
-        "HTTP -> response, cold",
-        "HTTP -> response, warm",
-        "RoomService calls per request",
-        "gateway RSS idle -> pooled",
-        "gateway sockets idle -> pooled",
-    ]
     expected = ["floor: bare RPC echo"] + [
-        f"{n} rooms, {mode}: {kind}"
-        for n in (1, 2)
+        f"{_label(n, mode, delivery)}: {kind}"
+        for n in SIZES
+        for delivery in ("room", "server-api")
         for mode in ("directory", "scan")
-        for kind in kinds
+        for kind in KINDS
     ]
     assert [figure.name.split(" (")[0].split(", p50")[0] for figure in report.figures] == [
         e.split(", p50")[0] for e in expected
     ]
+    values = {figure.name.split(" (")[0].split(", p50")[0]: figure for figure in report.figures}
     directory_calls = [
-        f for f in report.figures if f.name.endswith("directory: RoomService calls per request")
+        f for f in report.figures if ", directory" in f.name and "RoomService calls" in f.name
     ]
+    assert len(directory_calls) == 2 * len(SIZES)
     assert all(f.met for f in directory_calls)
+    for n in SIZES:
+        for delivery in ("room", "server-api"):
+            for mode in ("directory", "scan"):
+                label = _label(n, mode, delivery)
+                # cold: every room; all requests (cold + warm): every room on each node
+                cold = next(
+                    f
+                    for f in report.figures
+                    if f.name.startswith(f"{label}: HTTP -> response, cold")
+                )
+                assert f"({n}/{n} delivered)" in cold.name
+                reached = values[f"{label}: rooms reached on node A / node B, all requests"]
+                per_node = {1: {"A"}, 2: {"A", "B"}}[n]
+                parts = dict(part.split(": ") for part in reached.value.split(" / "))
+                assert set(parts) == per_node, reached.value
+                for node in per_node:
+                    rooms_there = n // 2 if n > 1 else 1
+                    assert parts[node] == f"{rooms_there * (WARM + 1)}/{rooms_there * (WARM + 1)}"
+                cpu = values[f"{label}: CPU ms per warm request, gateway / 2 nodes / agents"]
+                assert [float(x) >= 0 for x in cpu.value.split(" / ")] == [True] * 3, cpu.value
+    # server-API delivery: one SendData per room and request, all made on node A (the gateway's)
+    for n in SIZES:
+        calls = values[f"{_label(n, 'directory', 'server-api')}: RoomService calls per request"]
+        assert f"{n:.1f} SendData, logged by node A / B: {n:.1f} / 0.0" in calls.value
