@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -457,7 +458,7 @@ async def test_the_server_answers_requests(serve: Callable[..., Awaitable[Gatewa
 
 @pytest.mark.parametrize("trickle", [False, True])
 async def test_a_client_that_does_not_finish_its_headers_is_disconnected(
-    serve: Callable[..., Awaitable[GatewayServer]], trickle: bool
+    serve: Callable[..., Awaitable[GatewayServer]], trickle: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await serve(header_timeout=0.3)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -469,23 +470,29 @@ async def test_a_client_that_does_not_finish_its_headers_is_disconnected(
             writer.write(bytes([byte]))
 
     dribbling = asyncio.create_task(dribble()) if trickle else None
-    answer = await read_until_closed(reader)  # fails the test if the server never closes
+    with caplog.at_level(logging.INFO, logger="imaginex_context_plugin"):
+        answer = await read_until_closed(reader)  # fails the test if the server never closes
     if dribbling is not None:
         dribbling.cancel()
     writer.close()
     assert answer == b""
     assert server.open_connections == 0
+    assert "connection closed: no complete request headers in time" in caplog.messages
 
 
 async def test_an_idle_keep_alive_connection_is_closed_after_the_header_timeout(
-    serve: Callable[..., Awaitable[GatewayServer]],
+    serve: Callable[..., Awaitable[GatewayServer]], caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await serve(header_timeout=0.3)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, _, _ = parse_answer(await read_until_closed(reader))
+    with caplog.at_level(logging.DEBUG, logger="imaginex_context_plugin"):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, _ = parse_answer(await read_until_closed(reader))
     writer.close()
     assert status == 200
+    # routine (every agent's reply connection goes this way): closed cleanly, DEBUG only
+    closes = [(r.levelno, r.getMessage()) for r in caplog.records if "closed" in r.getMessage()]
+    assert closes == [(logging.DEBUG, "idle connection closed")]
 
 
 async def test_a_body_that_does_not_arrive_is_a_408_and_the_connection_closes(

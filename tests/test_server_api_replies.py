@@ -21,12 +21,15 @@ from aiohttp.test_utils import TestServer
 from imaginex_context_plugin import protocol
 from imaginex_context_plugin.errors import BackendError, ErrorCode
 from imaginex_context_plugin.gateway.backend import AgentTarget, LiveKitBackend
+from imaginex_context_plugin.gateway.server import DEFAULT_HEADER_TIMEOUT_S
 from imaginex_context_plugin.gateway.server_api_backend import (
     MAX_REPLY_BYTES,
     REPLIES_PATH,
     ReplyInbox,
     ServerApiBackend,
 )
+from imaginex_context_plugin.receiver.http_replies import KEEPALIVE_S, HttpReplies
+from imaginex_context_plugin.receiver.stats import PluginStats
 from imaginex_context_plugin.replies import (
     REPLY_SIGNATURE_HEADER,
     REPLY_TIMESTAMP_HEADER,
@@ -140,9 +143,7 @@ def test_reply_urls_allow_only_what_a_prefix_covers(url: str, allowed: bool) -> 
     assert urls.allows(url) is allowed
 
 
-@pytest.mark.parametrize(
-    "prefix", ["http://gw:8089/v1", "ftp://gw/", "http:///x/", "http://u@gw/"]
-)
+@pytest.mark.parametrize("prefix", ["http://gw:8089/v1", "ftp://gw/", "http:///x/", "http://u@gw/"])
 def test_a_reply_url_prefix_must_be_a_whole_http_path(prefix: str) -> None:
     with pytest.raises(ValueError, match="reply URL prefix"):
         ReplyUrls([prefix])
@@ -469,3 +470,72 @@ async def test_over_rpc_the_answer_is_the_response_even_with_a_reply_to(
     assert ack["id"] == "r6"
     await asyncio.sleep(0.2)
     assert recorder.hits == []
+
+
+class ClosesReusedConnections:
+    """An HTTP server on 127.0.0.1 that answers the first request of each connection and
+    closes the connection, unanswered, when a second one comes on it: a gateway closing an
+    idle keep-alive connection at the moment the agent reuses it, every time."""
+
+    def __init__(self) -> None:
+        self.answered: list[bytes] = []
+        self.dropped = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> ClosesReusedConnections:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/v1/internal/replies"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                body = await reader.readexactly(length)
+                if served:
+                    self.dropped += 1
+                    break
+                self.answered.append(body)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 2\r\n\r\n{}"
+                )
+                await writer.drain()
+                served += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_reply_on_a_connection_the_gateway_just_closed_is_posted_again() -> None:
+    stats = PluginStats()
+    replies = HttpReplies(secret=SECRET, room_name=lambda: ROOM, stats=stats)
+    async with ClosesReusedConnections() as gateway:
+        try:
+            for n in range(3):
+                replies.post(gateway.url, json.dumps({"type": "ack", "id": f"k{n}"}).encode())
+                await wait_until(lambda n=n: stats.acks_sent == n + 1, "the reply posted")
+        finally:
+            await replies.aclose()
+    assert stats.ack_failures == 0
+    # each later reply first went out on the closing connection, then on a fresh one
+    assert gateway.dropped == 2
+    assert [json.loads(json.loads(b)["ack"])["id"] for b in gateway.answered] == ["k0", "k1", "k2"]
+
+
+def test_an_idle_connection_to_the_gateway_is_let_go_before_the_gateway_closes_it() -> None:
+    assert KEEPALIVE_S < DEFAULT_HEADER_TIMEOUT_S

@@ -6,7 +6,8 @@ long as it likes. :func:`start_gateway_server` wraps every connection's aiohttp 
 guard that
 
 - closes the connection when a request's headers have not all arrived ``header_timeout`` seconds
-  after it opened or after the previous response (this also ends idle keep-alive connections);
+  after it opened or after the previous response (aborted, logged at INFO, once any byte of
+  the request came; an idle keep-alive connection is closed cleanly and logged at DEBUG only);
 - refuses connections beyond ``max_connections`` with a ``503`` JSON answer and closes them,
   before aiohttp reads anything.
 
@@ -88,6 +89,8 @@ class _GuardedConnection(asyncio.Protocol):
         self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._started_request = False
+        """Whether any byte of the next request came since the timer was armed."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -109,6 +112,7 @@ class _GuardedConnection(asyncio.Protocol):
 
     def arm(self) -> None:
         self.disarm()
+        self._started_request = False
         if self._transport is not None and not self._transport.is_closing():
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._limits.header_timeout, self._expired)
@@ -120,15 +124,23 @@ class _GuardedConnection(asyncio.Protocol):
 
     def _expired(self) -> None:
         self._timer = None
-        if self._transport is not None:
-            logger.info(
-                "connection closed: no complete request headers in time",
-                extra={"header_timeout_s": self._limits.header_timeout},
-            )
-            # abort, not close: a client that reads nothing must not hold the socket either
-            self._transport.abort()
+        if self._transport is None:
+            return
+        if not self._started_request:
+            # an idle keep-alive connection (an agent's, between replies): routine, and a
+            # clean close lets the client see it go before it reuses it
+            logger.debug("idle connection closed", extra={"idle_s": self._limits.header_timeout})
+            self._transport.close()
+            return
+        logger.info(
+            "connection closed: no complete request headers in time",
+            extra={"header_timeout_s": self._limits.header_timeout},
+        )
+        # abort, not close: a client that reads nothing must not hold the socket either
+        self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        self._started_request = True
         if self._inner is not None:
             self._inner.data_received(data)
 

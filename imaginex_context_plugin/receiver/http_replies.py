@@ -29,6 +29,10 @@ MAX_WAITING_REPLIES: Final = 1_024
 """Most replies waiting to be posted; beyond it the newest is dropped."""
 DRAIN_TIMEOUT_S: Final = 2.0
 """How long closing waits for the replies still queued to be posted."""
+KEEPALIVE_S: Final = 4.0
+"""Seconds an idle connection to a gateway is kept for the next reply: under the gateway's
+10 s idle limit (``--header-timeout``), so that a reply rarely goes out on a connection the
+gateway is just closing (aiohttp's default, 15 s, made that the rule after any 10 s pause)."""
 
 
 class HttpReplies:
@@ -86,7 +90,9 @@ class HttpReplies:
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         # no cookies, no redirects followed (a redirect could lead to a URL not allowed)
         async with aiohttp.ClientSession(
-            timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()
+            timeout=timeout,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S),
         ) as session:
             while True:
                 if not self._waiting:
@@ -106,11 +112,14 @@ class HttpReplies:
             REPLY_SIGNATURE_HEADER: reply_signature(body, timestamp, self._secret),
         }
         try:
-            async with session.post(
-                url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                await response.read()
-                ok = response.status < 300
+            try:
+                status = await self._post(session, url, body, headers)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError):
+                # a kept-alive connection the gateway closed as it was reused (it closes idle
+                # ones): the reply did not get through; once more, on a fresh connection. Had
+                # it got through, the gateway refuses the repeat as a replay and that is all.
+                status = await self._post(session, url, body, headers)
+            ok = status < 300
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             self._stats.ack_failures += 1
             logger.warning("could not post a reply", extra={"error": type(exc).__name__})
@@ -119,7 +128,15 @@ class HttpReplies:
             self._stats.acks_sent += 1
         else:
             self._stats.ack_failures += 1
-            logger.warning("reply refused by the gateway", extra={"status": response.status})
+            logger.warning("reply refused by the gateway", extra={"status": status})
+
+    @staticmethod
+    async def _post(
+        session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+    ) -> int:
+        async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+            await response.read()
+            return response.status
 
     async def aclose(self) -> None:
         """Post what is waiting (up to ``DRAIN_TIMEOUT_S``), then stop. Idempotent."""
