@@ -273,6 +273,27 @@ class LiveKitBackend:
                 targets.append(AgentTarget(room, agent))
         return targets
 
+    async def still_there(self, target: AgentTarget) -> bool | None:
+        """Whether ``target``'s agent is still in its room: one ``ListParticipants`` call,
+        for a delivery that went unanswered. None when the room no longer exists (or has
+        nobody in it).
+
+        Raises:
+            BackendError: ``LIVEKIT_UNAVAILABLE`` when LiveKit cannot be asked.
+        """
+        self._check_open()
+        try:
+            participants = await self._directory.list_participants(target.room)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, api.TwirpError) as exc:
+            logger.warning(
+                "LiveKit room listing failed",
+                extra={"error": type(exc).__name__, "status": getattr(exc, "status", None)},
+            )
+            raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _UNAVAILABLE) from None
+        if not participants:
+            return None
+        return any(p.identity == target.identity for p in participants)
+
     async def _look_up(
         self, sync: DirectorySync, agent_code: str, room_id: str | None
     ) -> list[tuple[str, list[ParticipantSummary]]]:

@@ -69,6 +69,8 @@ _NOT_SIGNED: Final = (
     "Server-API delivery needs signed messages: the gateway has no signing secret."
 )
 _UNAVAILABLE: Final = "LiveKit could not be reached."
+_ROOM_GONE: Final = "The agent's room no longer exists."
+_AGENT_LEFT: Final = "The agent left the room before it answered."
 _TOO_MANY: Final = "Too many deliveries are waiting for their answer; retry shortly."
 
 
@@ -333,6 +335,7 @@ class ServerApiBackend:
                     )
                 if pause >= remaining:
                     raise asyncio.TimeoutError
+                await self._check_still_there(target)
                 # SendData reports no delivery: a packet that reached the agent before its
                 # data channel was open (just after it joined) is lost without a word. Sent
                 # again, signed afresh (the agent refuses a replayed signature); an agent that
@@ -360,9 +363,11 @@ class ServerApiBackend:
             )
         except api.TwirpError as exc:
             if exc.code == api.TwirpErrorCode.NOT_FOUND:
-                raise BackendError(
-                    ErrorCode.NO_ACTIVE_ROOMS, "The agent's room no longer exists."
-                ) from None
+                raise BackendError(ErrorCode.NO_ACTIVE_ROOMS, _ROOM_GONE) from None
+            if exc.code == api.TwirpErrorCode.UNAVAILABLE:
+                # LiveKit v1.13 answers a room that has ended this way too (no node holds it,
+                # after about 3 s): tell the two apart, so that the room's result says so
+                await self._check_still_there(target)
             logger.warning("SendData refused", extra={"status": exc.status, "code": exc.code})
             raise BackendError(
                 ErrorCode.LIVEKIT_UNAVAILABLE, _UNAVAILABLE, retryable=exc.status >= 500
@@ -370,6 +375,16 @@ class ServerApiBackend:
         except (aiohttp.ClientError, OSError) as exc:
             logger.warning("SendData failed", extra={"error": type(exc).__name__})
             raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _UNAVAILABLE) from None
+
+    async def _check_still_there(self, target: AgentTarget) -> None:
+        """Raise the room's definite result when its agent or the room itself is gone."""
+        present = await self._finder.still_there(target)
+        if present is None:
+            raise BackendError(ErrorCode.NO_ACTIVE_ROOMS, _ROOM_GONE)
+        if not present:
+            # it may have taken the message before it left, as an RPC whose recipient
+            # disconnected: the same answer as on the room path
+            raise BackendError(ErrorCode.AGENT_NOT_FOUND, _AGENT_LEFT)
 
     async def aclose(self) -> None:
         if self._closed:

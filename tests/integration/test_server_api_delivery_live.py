@@ -13,11 +13,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from livekit import api
 
 from devtools.livekit_server import ServerInfo
+from imaginex_context_plugin.errors import BackendError, ErrorCode
 from imaginex_context_plugin.gateway import ApiSecrets, LiveKitBackend, LiveKitSettings, create_app
 from imaginex_context_plugin.gateway.backend import AgentTarget
 from imaginex_context_plugin.gateway.messages import MessageWriter, Outgoing
@@ -310,3 +312,40 @@ async def test_a_message_that_found_no_agent_is_sent_again_until_it_joins(
         await wait_until(lambda: agent.said() == ["Just in time."] * 2, "spoken twice")
         assert agent.plugin.stats.ack_failures == 0
         assert backend.reply_inbox.refused == 0
+
+
+async def test_a_room_gone_or_an_agent_gone_is_said_plainly_not_timed_out(
+    livekit: ServerInfo,
+) -> None:
+    """SendData to a room that has ended fails with 503 (no node holds it), and to an agent
+    that left it succeeds and reaches nobody: the room reports NO_ACTIVE_ROOMS or
+    AGENT_NOT_FOUND once LiveKit's listing confirms it, well before the deadline."""
+    code = f"SA{uuid.uuid4().hex[:8].upper()}"
+    writer = MessageWriter(signing_secret=SIGNING)
+    outgoing = Outgoing("speak", {"type": "speak", "message": "Anyone there?"})
+    async with server_api_gateway(livekit) as (client, backend):
+        gone = room_name("sa-gone")
+        started = time.monotonic()
+        with pytest.raises(BackendError) as no_room:
+            await backend.deliver(
+                AgentTarget(gone, AGENT_IDENTITY),
+                writer.write(outgoing, "gone-1", code, gone),
+                timeout=WAIT_S,
+            )
+        assert no_room.value.code == ErrorCode.NO_ACTIVE_ROOMS
+        assert time.monotonic() - started < WAIT_S - 5
+
+        allowed = [str(client.make_url("/v1/internal/"))]
+        async with live_agent(
+            livekit, identity="someone-else", agent_code=code, secret=SIGNING, reply_urls=allowed
+        ) as other:
+            started = time.monotonic()
+            with pytest.raises(BackendError) as left:
+                await backend.deliver(
+                    AgentTarget(other.room_name, AGENT_IDENTITY),
+                    writer.write(outgoing, "left-1", code, other.room_name),
+                    timeout=WAIT_S,
+                )
+            assert left.value.code == ErrorCode.AGENT_NOT_FOUND
+            assert time.monotonic() - started < WAIT_S - 5
+            assert other.said() == []
