@@ -408,6 +408,15 @@ async def test_the_backend_refuses_to_run_unsigned() -> None:
     try:
         with pytest.raises(ValueError, match="signing secret"):
             ServerApiBackend(finder, settings, signing_secret=None, public_url="http://a/")
+        for resend_after in (0.0, -1.0, float("nan")):
+            with pytest.raises(ValueError, match="resend_after"):
+                ServerApiBackend(
+                    finder,
+                    settings,
+                    signing_secret=SECRET,
+                    public_url="http://a/",
+                    resend_after=resend_after,
+                )
         backend = ServerApiBackend(
             finder, settings, signing_secret=SECRET, public_url="http://127.0.0.1:8089/"
         )

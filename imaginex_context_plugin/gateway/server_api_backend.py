@@ -246,6 +246,9 @@ class ServerApiBackend:
             which the agents must allow (``ContextPlugin(reply_urls=[...])``).
         data_sender: What makes the ``SendData`` calls (left open). Default: one made from
             ``settings``, closed with the backend.
+        resend_after: Seconds without an answer before a room gets the message again (then
+            twice as long, and so on, until the delivery's deadline). Default
+            ``FIRST_RESEND_S`` (2).
 
     Raises:
         ValueError: No signing secret, or ``public_url`` is not an http(s) URL.
@@ -259,11 +262,15 @@ class ServerApiBackend:
         signing_secret: str | None,
         public_url: str,
         data_sender: DataSender | None = None,
+        resend_after: float = FIRST_RESEND_S,
     ) -> None:
         if not signing_secret:
             raise ValueError(_NOT_SIGNED)
         if not public_url.startswith(("http://", "https://")):
             raise ValueError("public_url must be an http(s) URL the agents can reach")
+        if not resend_after > 0:
+            raise ValueError("resend_after must be a positive number of seconds")
+        self._resend_after = resend_after
         self._finder = finder
         self._settings = settings
         self._secret = signing_secret
@@ -273,7 +280,7 @@ class ServerApiBackend:
         self._inbox = ReplyInbox([signing_secret, settings.api_secret])
         self._closed = False
         self.resends = 0
-        """Messages sent again because no answer came within ``FIRST_RESEND_S`` (doubling)."""
+        """Messages sent again because no answer came within ``resend_after`` (doubling)."""
 
     @property
     def reply_url(self) -> str:
@@ -323,7 +330,7 @@ class ServerApiBackend:
         # expected before sending: the answer may arrive before SendData returns
         waiter = self._inbox.expect(target.room, request_id)
         try:
-            pause = FIRST_RESEND_S
+            pause = self._resend_after
             while True:
                 await self._send(target, signed, deadline)
                 remaining = deadline - time.monotonic()

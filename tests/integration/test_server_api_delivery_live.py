@@ -51,8 +51,11 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def server_api_gateway(lk: ServerInfo) -> AsyncIterator[tuple[Client, ServerApiBackend]]:
-    """A gateway delivering through the server API, served on 127.0.0.1 at its public URL."""
+async def server_api_gateway(
+    lk: ServerInfo, **options: Any
+) -> AsyncIterator[tuple[Client, ServerApiBackend]]:
+    """A gateway delivering through the server API, served on 127.0.0.1 at its public URL
+    (``options`` go to ``ServerApiBackend``)."""
     settings = LiveKitSettings(url=lk.url, api_key=lk.api_key, api_secret=lk.api_secret)
     port = _free_port()
     backend = ServerApiBackend(
@@ -60,6 +63,7 @@ async def server_api_gateway(lk: ServerInfo) -> AsyncIterator[tuple[Client, Serv
         settings,
         signing_secret=SIGNING,
         public_url=f"http://127.0.0.1:{port}",
+        **options,
     )
     app = create_app(backend, ApiSecrets(secret=API_SECRET), signing_secret=SIGNING)
     client: Client = TestClient(TestServer(app, host="127.0.0.1", port=port))
@@ -270,7 +274,10 @@ async def test_a_message_that_found_no_agent_is_sent_again_until_it_joins(
             api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret)
         )
         await lkapi.room.create_room(api.CreateRoomRequest(name=room, empty_timeout=60))
-        client, backend = await stack.enter_async_context(server_api_gateway(livekit))
+        # the first resend checks that the agent is in the room: give it time to join
+        client, backend = await stack.enter_async_context(
+            server_api_gateway(livekit, resend_after=5.0)
+        )
         writer = MessageWriter(signing_secret=SIGNING)
         outgoing = Outgoing("speak", {"type": "speak", "message": "Just in time."})
         delivery = asyncio.create_task(
