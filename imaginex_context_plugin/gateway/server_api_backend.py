@@ -65,9 +65,7 @@ MAX_REMEMBERED_REPLIES: Final = 100_000
 ANSWERED_MEMORY_S: Final = 60.0
 """How long an answered delivery still takes a second reply (to a resend) with 200."""
 
-_NOT_SIGNED: Final = (
-    "Server-API delivery needs signed messages: the gateway has no signing secret."
-)
+_NOT_SIGNED: Final = "Server-API delivery needs signed messages: the gateway has no signing secret."
 _UNAVAILABLE: Final = "LiveKit could not be reached."
 _ROOM_GONE: Final = "The agent's room no longer exists."
 _AGENT_LEFT: Final = "The agent left the room before it answered."
@@ -330,9 +328,9 @@ class ServerApiBackend:
         # expected before sending: the answer may arrive before SendData returns
         waiter = self._inbox.expect(target.room, request_id)
         try:
+            await self._send(target, signed, deadline)
             pause = self._resend_after
             while True:
-                await self._send(target, signed, deadline)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise asyncio.TimeoutError
@@ -342,15 +340,11 @@ class ServerApiBackend:
                     )
                 if pause >= remaining:
                     raise asyncio.TimeoutError
-                await self._check_still_there(target)
                 # SendData reports no delivery: a packet that reached the agent before its
                 # data channel was open (just after it joined) is lost without a word. Sent
                 # again, signed afresh (the agent refuses a replayed signature); an agent that
                 # did get the first applies it once and answers the repeat as a duplicate.
-                signed = sign_request(
-                    envelope.body, self._secret, sender=envelope.sender, reply_to=self._reply_url
-                )
-                self.resends += 1
+                await self._resend(target, envelope, deadline)
                 pause *= 2
         except asyncio.TimeoutError:
             raise BackendError(
@@ -358,6 +352,28 @@ class ServerApiBackend:
             ) from None
         finally:
             self._inbox.forget(waiter)
+
+    async def _resend(self, target: AgentTarget, envelope: SignedEnvelope, deadline: float) -> None:
+        """Send again, unless the agent has gone. The first copy went out, so the agent may
+        have taken it: a room or an agent found gone now is ``AGENT_NOT_FOUND`` (as an RPC
+        whose recipient left), and a resend that fails is let be (the answer to the first
+        may still come)."""
+        try:
+            present = await self._finder.still_there(target)
+        except BackendError:
+            present = True  # LiveKit cannot say: the agent may well be there
+        if not present:
+            raise BackendError(ErrorCode.AGENT_NOT_FOUND, _AGENT_LEFT)
+        signed = sign_request(
+            envelope.body, self._secret, sender=envelope.sender, reply_to=self._reply_url
+        )
+        self.resends += 1
+        try:
+            await self._send(target, signed, deadline)
+        except BackendError as exc:
+            if exc.code in (ErrorCode.NO_ACTIVE_ROOMS, ErrorCode.AGENT_NOT_FOUND):
+                raise BackendError(ErrorCode.AGENT_NOT_FOUND, _AGENT_LEFT) from None
+            logger.info("a resend failed; still waiting", extra={"error": exc.code.value})
 
     async def _send(self, target: AgentTarget, signed: str, deadline: float) -> None:
         try:
@@ -374,7 +390,7 @@ class ServerApiBackend:
             if exc.code == api.TwirpErrorCode.UNAVAILABLE:
                 # LiveKit v1.13 answers a room that has ended this way too (no node holds it,
                 # after about 3 s): tell the two apart, so that the room's result says so
-                await self._check_still_there(target)
+                self._raise_if_gone(await self._finder.still_there(target))
             logger.warning("SendData refused", extra={"status": exc.status, "code": exc.code})
             raise BackendError(
                 ErrorCode.LIVEKIT_UNAVAILABLE, _UNAVAILABLE, retryable=exc.status >= 500
@@ -383,9 +399,9 @@ class ServerApiBackend:
             logger.warning("SendData failed", extra={"error": type(exc).__name__})
             raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _UNAVAILABLE) from None
 
-    async def _check_still_there(self, target: AgentTarget) -> None:
-        """Raise the room's definite result when its agent or the room itself is gone."""
-        present = await self._finder.still_there(target)
+    @staticmethod
+    def _raise_if_gone(present: bool | None) -> None:
+        """Raise the room's result when its agent (False) or the room itself (None) is gone."""
         if present is None:
             raise BackendError(ErrorCode.NO_ACTIVE_ROOMS, _ROOM_GONE)
         if not present:

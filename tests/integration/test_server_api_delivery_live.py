@@ -13,12 +13,14 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from livekit import api
 
 from devtools.livekit_server import ServerInfo
+from imaginex_context_plugin._livekit.send_data import DataSender
 from imaginex_context_plugin.errors import BackendError, ErrorCode
 from imaginex_context_plugin.gateway import ApiSecrets, LiveKitBackend, LiveKitSettings, create_app
 from imaginex_context_plugin.gateway.backend import AgentTarget
@@ -356,3 +358,49 @@ async def test_a_room_gone_or_an_agent_gone_is_said_plainly_not_timed_out(
             assert left.value.code == ErrorCode.AGENT_NOT_FOUND
             assert time.monotonic() - started < WAIT_S - 5
             assert other.said() == []
+
+
+class FlakyDataSender(DataSender):
+    """The real DataSender, except that its first call is lost (returns as if sent) and its
+    second cannot reach LiveKit."""
+
+    def __init__(self, settings: LiveKitSettings) -> None:
+        super().__init__(settings)
+        self.calls = 0
+
+    async def send(self, room: str, data: bytes, **options: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            return
+        if self.calls == 2:
+            raise aiohttp.ClientConnectionError("LiveKit went away for a moment")
+        await super().send(room, data, **options)
+
+
+async def test_a_resend_that_fails_does_not_end_the_delivery(livekit: ServerInfo) -> None:
+    """Once a copy went out the agent may have it: a failed resend is no answer, so the
+    delivery keeps waiting and sends again."""
+    code = f"SA{uuid.uuid4().hex[:8].upper()}"
+    settings = LiveKitSettings(
+        url=livekit.url, api_key=livekit.api_key, api_secret=livekit.api_secret
+    )
+    sender = FlakyDataSender(settings)
+    async with server_api_gateway(livekit, data_sender=sender, resend_after=0.5) as (
+        client,
+        backend,
+    ):
+        allowed = [str(client.make_url("/v1/internal/"))]
+        async with live_agent(livekit, agent_code=code, secret=SIGNING, reply_urls=allowed) as a:
+            writer = MessageWriter(signing_secret=SIGNING)
+            outgoing = Outgoing("speak", {"type": "speak", "message": "Third time lucky."})
+            ack = json.loads(
+                await backend.deliver(
+                    AgentTarget(a.room_name, a.identity),
+                    writer.write(outgoing, "flaky-1", code, a.room_name),
+                    timeout=WAIT_S,
+                )
+            )
+            assert ack["success"] is True, ack
+            assert (sender.calls, backend.resends) == (3, 2)
+            await wait_until(lambda: a.said() == ["Third time lucky."], "spoken")
+    await sender.aclose()
