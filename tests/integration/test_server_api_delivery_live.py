@@ -197,7 +197,10 @@ async def test_forged_replies_are_refused_and_a_disallowed_reply_url_is_never_ca
         assert time.monotonic() - started >= 4.0
         # unanswered, the message was sent again (signed afresh); each copy refused alike
         assert backend.resends >= 1
-        assert agent.plugin.stats.errors.get(REPLY_URL_NOT_ALLOWED) == 1 + backend.resends
+        await wait_until(
+            lambda: agent.plugin.stats.errors.get(REPLY_URL_NOT_ALLOWED) == 1 + backend.resends,
+            "every copy refused",
+        )
         assert agent.said() == []
         assert backend.reply_inbox.accepted == 0
         assert backend.reply_inbox.refused == 2
@@ -401,6 +404,10 @@ async def test_a_resend_that_fails_does_not_end_the_delivery(livekit: ServerInfo
                 )
             )
             assert ack["success"] is True, ack
-            assert (sender.calls, backend.resends) == (3, 2)
+            # lost, failed, then sent (a slow machine may add a duplicate resend after that)
+            assert sender.calls >= 3
+            assert backend.resends == sender.calls - 1
             await wait_until(lambda: a.said() == ["Third time lucky."], "spoken")
+            await asyncio.sleep(0.3)
+            assert a.said() == ["Third time lucky."]
     await sender.aclose()
