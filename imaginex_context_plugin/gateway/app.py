@@ -326,6 +326,12 @@ def create_app(
         app.router.add_get("/v1/agent/{agent_code}/events", events.handle)
     if isinstance(backend, ServerApiBackend):  # the agents' answers come back over HTTP
         app.router.add_post(REPLIES_PATH, backend.reply_inbox.handle)
+        server_api = backend
+
+        async def start_taking_replies(app: web.Application) -> None:
+            await server_api.start()
+
+        app.on_startup.append(start_taking_replies)
     hook = backend.livekit_webhook if isinstance(backend, WebhookSource) else None
     if hook is not None:  # the agent directory is kept from LiveKit's webhooks
         app.router.add_post(WEBHOOK_PATH, hook.handle)
@@ -436,11 +442,17 @@ def run_gateway(
         _log_start(config, backend.identity)
         delivering: AgentBackend = backend
         if public_url is not None:
+            relay = None
+            if config.redis_url:  # replicas behind one URL: a reply may reach another one
+                from .redis_state import RedisReplyRelay
+
+                relay = RedisReplyRelay(redis_state.client)
             delivering = ServerApiBackend(
                 backend,
                 config.livekit,
                 signing_secret=config.signing_secret,
                 public_url=public_url,
+                reply_relay=relay,
             )
         return create_app(
             delivering,

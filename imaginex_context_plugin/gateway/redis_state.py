@@ -11,6 +11,8 @@ SHA-256 of (agent code, key), so long or Unicode keys cost the same. Layout:
   keep both keys in one Redis Cluster slot.
 - ``{prefix}rate:<name>``: a token bucket (``tokens``, ``at``), refilled from Redis' own clock
   (``TIME``), so replicas with skewed clocks share one bucket; it expires once full again.
+- ``{prefix}replies``: a pub/sub channel, not a key (:class:`RedisReplyRelay`): agents' replies
+  that reached a replica not waiting for them, for the one that is.
 
 Redis errors become :class:`~.state.StateUnavailable` (the request is answered 503); the client
 fails fast (one reconnect attempt, short timeouts), so a request never hangs on a dead Redis.
@@ -18,7 +20,10 @@ fails fast (one reconnect attempt, short timeouts), so a request never hangs on 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import Callable
 from typing import Any, Final
 
 try:
@@ -38,7 +43,7 @@ from ..log import logger
 from ..security import RateLimit
 from .state import IDEMPOTENCY_WINDOW_S, Claim, IdempotencyStore, StateUnavailable, StoredAnswer
 
-__all__ = ["DEFAULT_REDIS_PREFIX", "DEFAULT_REDIS_TIMEOUT_S", "RedisState"]
+__all__ = ["DEFAULT_REDIS_PREFIX", "DEFAULT_REDIS_TIMEOUT_S", "RedisReplyRelay", "RedisState"]
 
 DEFAULT_REDIS_PREFIX: Final = "imaginex:"
 DEFAULT_REDIS_TIMEOUT_S: Final = 1.0
@@ -190,6 +195,75 @@ class RedisState:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+RELAY_RETRY_S: Final = 1.0
+"""Pause before the relay subscribes again after losing Redis."""
+
+
+class RedisReplyRelay:
+    """Agents' replies handed between replicas over Redis pub/sub (``{prefix}replies``).
+
+    A reply is verified by the replica it reached, then published; every replica's
+    subscriber hands it to its inbox, which takes it only for a delivery waiting there. While
+    Redis is away a publish fails (the agent's reply gets 503) and the subscriber keeps trying
+    to come back; a reply published meanwhile is lost, and the delivery times out as for a
+    lost packet (or is answered by its resend).
+
+    Args:
+        client: The Redis client (``RedisState.client``; left open).
+        prefix: Prefix of the channel's name. Default ``imaginex:``.
+    """
+
+    def __init__(self, client: Redis, *, prefix: str = DEFAULT_REDIS_PREFIX) -> None:
+        self._client = client
+        self._channel = f"{prefix}replies"
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def publish(self, room: str, request_id: str, ack: str) -> None:
+        await _call(self._client.publish(self._channel, json.dumps([room, request_id, ack])))
+
+    async def start(self, answer: Callable[[str, str, str], None]) -> None:
+        """Subscribe (waits until subscribed, at most a few seconds) and hand every reply
+        published from now on to ``answer``."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._listen(answer), name="imaginex_context.reply_relay"
+            )
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), 5.0)
+
+    async def _listen(self, answer: Callable[[str, str, str], None]) -> None:
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                self._subscribed.set()
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None:
+                        continue
+                    try:
+                        room, request_id, ack = json.loads(message["data"])
+                    except (ValueError, TypeError):
+                        logger.warning("unreadable relayed reply ignored")
+                        continue
+                    answer(str(room), str(request_id), str(ack))
+            except (RedisError, OSError) as exc:
+                logger.warning("reply relay lost Redis", extra={"error": type(exc).__name__})
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(RELAY_RETRY_S)
+
+    async def aclose(self) -> None:
+        """Unsubscribe. Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _call(pending: Any) -> Any:

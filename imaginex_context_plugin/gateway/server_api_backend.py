@@ -26,7 +26,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -49,6 +49,8 @@ from ..protocol import (
 from ..replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER, reply_signature_valid
 from ..security import SIGNATURE_WINDOW_S, sign_request
 from .backend import AgentTarget, LiveKitBackend
+from .refusals import STATE_UNAVAILABLE
+from .state import StateUnavailable
 from .webhook import LiveKitWebhook
 
 REPLIES_PATH: Final = "/v1/internal/replies"
@@ -103,6 +105,25 @@ def _unauthorized(message: str) -> web.Response:
     )
 
 
+class ReplyRelay(Protocol):
+    """Hands agents' replies between gateway replicas: a reply posted to one replica (through
+    a load balancer) answers the delivery another one is waiting on."""
+
+    async def publish(self, room: str, request_id: str, ack: str) -> None:
+        """Offer a verified reply to every replica.
+
+        Raises:
+            StateUnavailable: The relay cannot be reached.
+        """
+        ...
+
+    async def start(self, answer: Callable[[str, str, str], None]) -> None:
+        """Call ``answer(room, request_id, ack)`` for every reply any replica publishes."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(eq=False)
 class _Waiter:
     key: tuple[str, str]
@@ -141,8 +162,12 @@ class ReplyInbox:
         self._answered: ExpiringCache[None] = ExpiringCache(
             ttl_s=ANSWERED_MEMORY_S, max_entries=MAX_REMEMBERED_REPLIES, clock=clock
         )
+        self.relay: ReplyRelay | None = None
+        """Where a reply nobody here waits for goes (replicas); None: refused."""
         self.accepted = 0
         self.refused = 0
+        self.relayed = 0
+        """Replies handed to the other replicas."""
         self.late = 0
         """Replies to a delivery already answered (a resend's duplicate), taken with 200."""
 
@@ -210,13 +235,42 @@ class ReplyInbox:
                 self._seen.put_if_room(signature.lower(), None)
                 self.late += 1
                 return web.json_response({"success": True})
-            return self._refuse("No delivery is waiting for this reply.")
+            if self.relay is None:
+                return self._refuse("No delivery is waiting for this reply.")
+            # behind a load balancer the delivery may wait on another replica: offered to
+            # all of them; one that is not waiting for it ignores it
+            try:
+                await self.relay.publish(room, request_id, ack)
+            except StateUnavailable:
+                return web.json_response(
+                    {
+                        "success": False,
+                        "error": STATE_UNAVAILABLE,
+                        "message": "The reply could not be handed to the other replicas.",
+                    },
+                    status=503,
+                )
+            self._seen.put_if_room(signature.lower(), None)
+            self.relayed += 1
+            return web.json_response({"success": True})
         self._seen.put_if_room(signature.lower(), None)
+        self._answer(waiters, ack)
+        self.accepted += 1
+        return web.json_response({"success": True})
+
+    def answer(self, room: str, request_id: str, ack: str) -> None:
+        """A reply another replica took (already verified there): answers the delivery
+        waiting here, if any."""
+        waiters = self._pending.get((room, request_id))
+        if waiters:
+            self._answer(waiters, ack)
+            self.accepted += 1
+
+    @staticmethod
+    def _answer(waiters: list[_Waiter], ack: str) -> None:
         for waiter in waiters:
             if not waiter.answer.done():
                 waiter.answer.set_result(ack)
-        self.accepted += 1
-        return web.json_response({"success": True})
 
     def _refuse(self, message: str, *, status: int = 401) -> web.Response:
         self.refused += 1
@@ -247,6 +301,10 @@ class ServerApiBackend:
         resend_after: Seconds without an answer before a room gets the message again (then
             twice as long, and so on, until the delivery's deadline). Default
             ``FIRST_RESEND_S`` (2).
+        reply_relay: For replicas behind one ``public_url`` (a load balancer): hands a reply
+            that reached this replica to the one waiting for it
+            (``redis_state.RedisReplyRelay``). Started by :meth:`start`, closed with the
+            backend. Default: none (each replica's ``public_url`` must reach that replica).
 
     Raises:
         ValueError: No signing secret, or ``public_url`` is not an http(s) URL.
@@ -261,6 +319,7 @@ class ServerApiBackend:
         public_url: str,
         data_sender: DataSender | None = None,
         resend_after: float = FIRST_RESEND_S,
+        reply_relay: ReplyRelay | None = None,
     ) -> None:
         if not signing_secret:
             raise ValueError(_NOT_SIGNED)
@@ -276,6 +335,7 @@ class ServerApiBackend:
         self._data_sender = data_sender or DataSender(settings)
         self._owns_sender = data_sender is None
         self._inbox = ReplyInbox([signing_secret, settings.api_secret])
+        self._inbox.relay = reply_relay
         self._closed = False
         self.resends = 0
         """Messages sent again because no answer came within ``resend_after`` (doubling)."""
@@ -409,6 +469,11 @@ class ServerApiBackend:
             # disconnected: the same answer as on the room path
             raise BackendError(ErrorCode.AGENT_NOT_FOUND, _AGENT_LEFT)
 
+    async def start(self) -> None:
+        """Start taking the other replicas' replies (with a ``reply_relay``)."""
+        if self._inbox.relay is not None:
+            await self._inbox.relay.start(self._inbox.answer)
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -416,5 +481,9 @@ class ServerApiBackend:
         try:
             await self._finder.aclose()
         finally:
-            if self._owns_sender:
-                await self._data_sender.aclose()
+            try:
+                if self._inbox.relay is not None:
+                    await self._inbox.relay.aclose()
+            finally:
+                if self._owns_sender:
+                    await self._data_sender.aclose()

@@ -25,6 +25,7 @@ from imaginex_context_plugin.errors import BackendError, ErrorCode
 from imaginex_context_plugin.gateway import ApiSecrets, LiveKitBackend, LiveKitSettings, create_app
 from imaginex_context_plugin.gateway.backend import AgentTarget
 from imaginex_context_plugin.gateway.messages import MessageWriter, Outgoing
+from imaginex_context_plugin.gateway.redis_state import RedisReplyRelay, RedisState
 from imaginex_context_plugin.gateway.server_api_backend import (
     REPLIES_PATH,
     ServerApiBackend,
@@ -411,3 +412,55 @@ async def test_a_resend_that_fails_does_not_end_the_delivery(livekit: ServerInfo
             await asyncio.sleep(0.3)
             assert a.said() == ["Third time lucky."]
     await sender.aclose()
+
+
+async def test_replicas_behind_one_url_hand_each_other_the_agents_replies(
+    livekit: ServerInfo, redis_url: str
+) -> None:
+    """Two replicas sharing Redis; the agents post to one URL (a load balancer that happens
+    to send every reply to replica B). A call through replica A still gets its answer."""
+    code = f"SR{uuid.uuid4().hex[:8].upper()}"
+    settings = LiveKitSettings(
+        url=livekit.url, api_key=livekit.api_key, api_secret=livekit.api_secret
+    )
+    port_a, port_b = _free_port(), _free_port()
+    balanced = f"http://127.0.0.1:{port_b}"  # every agent's reply lands on replica B
+    async with contextlib.AsyncExitStack() as stack:
+        clients: list[Client] = []
+        backends: list[ServerApiBackend] = []
+        for port in (port_a, port_b):
+            state = RedisState(redis_url)
+            backend = ServerApiBackend(
+                LiveKitBackend(settings),
+                settings,
+                signing_secret=SIGNING,
+                public_url=balanced,
+                reply_relay=RedisReplyRelay(state.client),
+            )
+            app = create_app(
+                backend, ApiSecrets(secret=API_SECRET), signing_secret=SIGNING, state=state
+            )
+            client: Client = TestClient(TestServer(app, host="127.0.0.1", port=port))
+            await client.start_server()
+            stack.push_async_callback(client.close)
+            clients.append(client)
+            backends.append(backend)
+        agent = await stack.enter_async_context(
+            live_agent(
+                livekit, agent_code=code, secret=SIGNING, reply_urls=[f"{balanced}/v1/internal/"]
+            )
+        )
+        await _found(backends[0], code, 1)
+
+        response = await clients[0].post(
+            f"/v1/agent/{code}/speak",
+            json={"message": "Answered through the other replica."},
+            headers={"api-secret": API_SECRET},
+        )
+        payload = await response.json()
+        assert response.status == 200, payload
+        assert payload["data"]["delivered_to_rooms"] == 1
+        await wait_until(lambda: agent.said() == ["Answered through the other replica."], "said")
+        assert backends[1].reply_inbox.relayed >= 1
+        assert backends[0].reply_inbox.accepted >= 1
+        assert backends[0].resends == 0  # answered at once, not by a resend
