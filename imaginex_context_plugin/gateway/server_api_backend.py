@@ -6,7 +6,8 @@ joining the room: the message, signed with the agents' secret, names where to an
 (``reply_to``, covered by the signature, see ``security.sign_request``), and the agent posts
 its signed ack to the gateway's ``POST /v1/internal/replies`` (:class:`ReplyInbox`; the scheme
 is in :mod:`...replies`). The inbox hands the ack to the delivery waiting for that
-(room, request id); anything else is refused with 401.
+(room, request id); anything else is refused with 401, except that replicas with a
+:class:`ReplyRelay` hand a verified reply nobody here waits for to the others.
 
 What it costs: no WebRTC connection, no join, no memory per room; an agent must allow the
 gateway's URL (``ContextPlugin(reply_urls=[...])``) and the gateway must be reachable from the
@@ -201,8 +202,9 @@ class ReplyInbox:
             del self._pending[waiter.key]
 
     async def handle(self, request: web.Request) -> web.Response:
-        """``POST /v1/internal/replies``: 200 when the reply answered a waiting delivery, else
-        401 (unsigned, forged, stale, replayed or not awaited), 413 when too large."""
+        """``POST /v1/internal/replies``: 200 when the reply answered a waiting delivery (or,
+        with a ``relay``, was handed to the other replicas), else 401 (unsigned, forged,
+        stale, replayed or not awaited), 413 when too large, 503 when the relay is down."""
         if request.content_length is not None and request.content_length > MAX_REPLY_BYTES:
             return self._refuse("The reply is too large.", status=413)
         body = await _read_at_most(request, MAX_REPLY_BYTES + 1)
