@@ -14,6 +14,11 @@ from ..protocol import AGENT_CODE_ATTRIBUTE, RPC_METHOD
 
 _CONNECT_POLL_S: Final = 0.05
 _CONNECTION_CHECK_S: Final = 1.0
+CODE_CONFIRM_S: Final = 5.0
+"""How long the server has to echo the agent-code attribute back before it is set again."""
+CODE_RETRY_FIRST_S: Final = 1.0
+CODE_RETRY_MAX_S: Final = 30.0
+"""Pause before setting the attribute again: doubling from the first, capped at the max."""
 
 RpcHandler = Callable[[rtc.RpcInvocationData], Awaitable[str]]
 
@@ -76,12 +81,48 @@ class ConnectionKeeper:
                 self._room.local_participant.unregister_rpc_method(RPC_METHOD)
 
     async def _publish_agent_code(self, participant: rtc.LocalParticipant) -> None:
-        if not self._agent_code:
+        """Set the code attribute until the server has echoed it back, on this connection.
+
+        ``set_attributes`` returns without an error when the server refused or never got the
+        change (the SDK drops the callback's error), and a gateway only finds an agent by this
+        attribute: one lost update on a loaded server left the agent unreachable for the whole
+        call. So success is the server's own echo, seen in the participant's attributes, and
+        anything less is tried again while this connection lasts.
+        """
+        code = self._agent_code
+        if not code:
             return
-        try:
-            await participant.set_attributes({AGENT_CODE_ATTRIBUTE: self._agent_code})
-        except Exception:
-            logger.warning("could not publish the agent code attribute", exc_info=True)
+        pause = CODE_RETRY_FIRST_S
+        attempt = 0
+        while self._still_on(participant):
+            attempt += 1
+            try:
+                await participant.set_attributes({AGENT_CODE_ATTRIBUTE: code})
+            except Exception as exc:  # the SDK raises for a closed handle, not for a refusal
+                logger.warning(
+                    "could not publish the agent code attribute",
+                    extra={"attempt": attempt, "error": type(exc).__name__},
+                )
+            else:
+                if await self._echoed(participant, code):
+                    if attempt > 1:
+                        logger.info("agent code attribute published", extra={"attempt": attempt})
+                    return
+                logger.warning(
+                    "agent code attribute not confirmed by the server",
+                    extra={"attempt": attempt, "retry_in_s": pause},
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, CODE_RETRY_MAX_S)
+
+    async def _echoed(self, participant: rtc.LocalParticipant, code: str) -> bool:
+        """Whether the server reports ``code`` on ``participant`` within ``CODE_CONFIRM_S``."""
+        deadline = asyncio.get_running_loop().time() + CODE_CONFIRM_S
+        while participant.attributes.get(AGENT_CODE_ATTRIBUTE) != code:
+            if asyncio.get_running_loop().time() >= deadline or not self._still_on(participant):
+                return False
+            await asyncio.sleep(_CONNECT_POLL_S)
+        return True
 
     def _still_on(self, participant: rtc.LocalParticipant) -> bool:
         room = self._room

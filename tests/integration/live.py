@@ -97,9 +97,11 @@ async def live_agent(
     room: str | None = None,
     identity: str = AGENT_IDENTITY,
     llm_replies: list[str] | None = None,
+    token: str | None = None,
     **plugin_kwargs: Any,
 ) -> AsyncIterator[LiveAgent]:
-    """Join ``room`` as an agent, plugin started before the room connects (as in an entrypoint)."""
+    """Join ``room`` as an agent, plugin started before the room connects (as in an entrypoint),
+    with ``token`` if given (else an agent token that may set its attributes)."""
     name = room or room_name("it")
     plugin_kwargs.setdefault("agent_code", AGENT_CODE)
     plugin_kwargs.setdefault("allowed_identities", [BACKEND])
@@ -114,7 +116,7 @@ async def live_agent(
     lk_room = rtc.Room()
     plugin = ContextPlugin(**plugin_kwargs)
     await plugin.start(session, lk_room)
-    await lk_room.connect(lk.url, agent_token(lk, name, identity))
+    await lk_room.connect(lk.url, token or agent_token(lk, name, identity))
     agent = LiveAgent(lk, name, lk_room, session, plugin, tts, scripted, identity)
     try:
         yield agent

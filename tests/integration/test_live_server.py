@@ -199,6 +199,49 @@ async def test_the_agent_code_attribute_as_others_see_it(agent: LiveAgent) -> No
         await other.disconnect()
 
 
+async def test_an_agent_code_the_server_refused_is_published_once_it_may(
+    livekit: ServerInfo, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``set_attributes`` returns quietly when the server refuses the change, and a gateway
+    finds an agent only by this attribute: the plugin sets it again until the server echoes
+    it. Here the first tries are refused (no ``can_update_own_metadata``), then RoomService
+    grants the permission mid-call and the code appears without a reconnect."""
+    lk = livekit
+    room_name = f"it-refused-code-{id(caplog) % 100_000}"
+    grants = api.VideoGrants(room_join=True, room=room_name)  # may not set attributes yet
+    token = (
+        api.AccessToken(lk.api_key, lk.api_secret)
+        .with_identity(AGENT_IDENTITY)
+        .with_kind("agent")
+        .with_grants(grants)
+        .to_jwt()
+    )
+    async with live_agent(lk, room=room_name, token=token) as agent:
+        await wait_until(
+            lambda: any(
+                r.getMessage() == "agent code attribute not confirmed by the server"
+                for r in caplog.records
+            ),
+            "the server to refuse the first try",
+        )
+        assert not await agent.code_listed()
+        async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
+            await lkapi.room.update_participant(
+                api.UpdateParticipantRequest(
+                    room=room_name,
+                    identity=AGENT_IDENTITY,
+                    permission=api.ParticipantPermission(
+                        can_subscribe=True,
+                        can_publish=True,
+                        can_publish_data=True,
+                        can_update_metadata=True,
+                    ),
+                )
+            )
+        await wait_until(agent.code_listed, "the code to be set again and reach RoomService")
+        assert agent.room.local_participant.attributes[AGENT_CODE_ATTRIBUTE] == AGENT_CODE
+
+
 async def test_what_a_hidden_sender_looks_like_to_the_agent(livekit: ServerInfo) -> None:
     """LiveKit strips a hidden participant's identity: its RPC reaches the agent with an empty
     caller and the answer never comes back; its data packets arrive without a participant."""
