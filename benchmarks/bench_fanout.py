@@ -121,11 +121,6 @@ SERVER_API: Final = "server-api"
 DELIVERIES: Final = (ROOM, SERVER_API)
 """How the gateway delivers: joining every room (RPC over a pooled connection, the default), or
 ``RoomService.SendData`` with the ack posted back over HTTP (no room joined)."""
-IDLE_SETTLE_S: Final = 1.0
-IDLE_MEASURE_S: Final = 3.0
-"""After the cold request: a pause for its speeches to end, then how long the processes' CPU
-is read with no request in flight (what they burn anyway: the agents' WebRTC connections and
-sessions, the nodes' housekeeping)."""
 RECONCILE_INTERVAL_S: Final = 3600.0
 """The directory's reconciliation interval here: longer than a run, so no phase counts one."""
 
@@ -520,8 +515,6 @@ class Phase:
     """SendData calls per request in each node's log (node A, node B): where they were made."""
     cpu_ms: dict[str, float]
     """CPU milliseconds per warm request: ``gateway``, ``livekit`` (both nodes), ``agents``."""
-    idle_cpu_ms_per_s: dict[str, float]
-    """The same groups' CPU milliseconds per second with no request in flight."""
     reached_by_node: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Node label (A, B) -> (room deliveries reported, rooms there x requests), over all
     requests; the node as LiveKit records it."""
@@ -567,13 +560,6 @@ async def phase(
             "livekit": [n.server.process.pid for n in cluster.nodes if n.server.process],
             "agents": list(agent_pids),
         }
-        await asyncio.sleep(IDLE_SETTLE_S)
-        idle_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
-        await asyncio.sleep(IDLE_MEASURE_S)
-        idle_cpu_ms_per_s = {
-            name: (cpu_seconds(pids) - idle_before[name]) * 1000 / IDLE_MEASURE_S
-            for name, pids in groups.items()
-        }
         cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
         warm_samples = []
         for n in range(1, warm + 1):
@@ -605,7 +591,6 @@ async def phase(
         answers,
         send_data_per_node,
         cpu_ms,
-        idle_cpu_ms_per_s,
     )
 
 
@@ -930,17 +915,6 @@ def add_figures(
             f"{label}: CPU ms per warm request, gateway / 2 nodes / agents",
             f"{cpu['gateway']:.1f} / {cpu['livekit']:.1f} / {cpu['agents']:.1f}",
             f"sum {sum(cpu.values()):.1f}",
-        )
-    )
-    # what the same processes burn in a request's mean wall time with no request at all: the
-    # rest is the requests' own work
-    mean_s = sum(done.warm) / len(done.warm) if done.warm else 0.0
-    idle = {name: rate * mean_s for name, rate in done.idle_cpu_ms_per_s.items()}
-    report.add(
-        Figure(
-            f"{label}: of which idle in the same time, gateway / 2 nodes / agents",
-            f"{idle['gateway']:.1f} / {idle['livekit']:.1f} / {idle['agents']:.1f}",
-            f"requests' own: sum {sum(cpu.values()) - sum(idle.values()):.1f}",
         )
     )
 
