@@ -16,7 +16,14 @@ Same run, same machine (as root inside a loopback-only network namespace):
   rooms on both nodes, the agent posting its signed ack back to the gateway's
   ``/v1/internal/replies``; the agents then allow that reply URL and share the signing secret);
 - **floor**: a bare RPC echo between two plain participants on node A, the least one request ->
-  answer over LiveKit costs.
+  answer over LiveKit costs;
+- **fan-out floors** (with server-API delivery): the same transport at the same size with none
+  of the plugin or the gateway in it. This process sends one ``SendData`` per room (the
+  gateway's own ``DataSender``, all at once) to the very same agents, whose worker answers each
+  packet with a bare ``POST`` to this process from a raw ``data_received`` listener, beside the
+  plugin's: **bare** (nothing else), and **bare + say()** (``session.say(text)`` first, the
+  least any speak path on ``livekit-agents`` does). A request is done when every room echoed.
+  They bound what any design on this transport and these agents can reach on this machine.
 
 Per size: HTTP -> response of the first request (cold: the gateway joins every room), then of
 ``warm`` sequential requests; RoomService calls per request (counted in both nodes' logs, which
@@ -25,12 +32,14 @@ room) and its open sockets; the rooms each node's agents were reached in (the no
 records it in Redis: server-API packets for node B's rooms go through node A); CPU milliseconds
 per warm request of the gateway process, of the two ``livekit-server`` processes together and
 of the agents' worker processes together (``/proc``; on 2 cores a request's wall time cannot be
-shorter than their sum over 2). Correctness: every request reports every room delivered, and at
-the end each agent said exactly one speech per request (counted in its ``AgentSession``
-history).
+shorter than their sum over 2). Every phase starts once the agent workers have settled
+(``QUIET_CORES_PER_WORKER``); their idle CPU then is printed beside the CPU figures.
+Correctness: every request reports every room delivered, and at the end each agent said
+exactly one speech per request (counted in its ``AgentSession`` history).
 
 Target (issue 12): warm p99 at the largest size within 3x the single-room warm p99. Timing targets
-are reported, not failed.
+are reported, not failed. The fan-out floors show the same ratio for the bare transport, and each
+server-API phase's warm p99 over the floors at its size (what is ours).
 
 Run: ``python benchmarks/bench_fanout.py [--sizes 1,50,200] [--warm N]
 [--modes directory,scan] [--delivery room|server-api|room,server-api]``.
@@ -73,6 +82,7 @@ from livekit import api, rtc  # noqa: E402
 from devtools.livekit_cluster import ClusterNode, LiveKitCluster, start_cluster  # noqa: E402
 from devtools.livekit_server import ROOT, free_tcp_port  # noqa: E402
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextPlugin  # noqa: E402
+from imaginex_context_plugin._livekit.send_data import DataSender  # noqa: E402
 from imaginex_context_plugin.gateway import (  # noqa: E402
     AgentBackend,
     ApiSecrets,
@@ -121,8 +131,21 @@ SERVER_API: Final = "server-api"
 DELIVERIES: Final = (ROOM, SERVER_API)
 """How the gateway delivers: joining every room (RPC over a pooled connection, the default), or
 ``RoomService.SendData`` with the ack posted back over HTTP (no room joined)."""
+QUIET_CORES_PER_WORKER: Final = 0.2
+"""An agent worker counts as settled below this share of a core. Just after its rooms
+connect, a worker of 50 agents burns about one core for 10 s or more (``livekit.rtc`` passes
+the native side's log records, debug and trace included, through Python and drops them
+there), then idles at about 0.1 core: a phase measured in that burn measures the burn."""
+QUIET_TIMEOUT_S: Final = 180.0
 RECONCILE_INTERVAL_S: Final = 3600.0
 """The directory's reconciliation interval here: longer than a run, so no phase counts one."""
+SPOKEN_PREFIX: Final = "Fan-out message"
+"""How the gateway's messages start: only those count as the agents' speeches."""
+FLOOR_TOPIC: Final = "bench.fanout.floor"
+BARE: Final = "bare SendData + HTTP echo"
+BARE_SAY: Final = "bare SendData + say() + HTTP echo"
+FLOORS: Final = (BARE, BARE_SAY)
+"""The fan-out floors, measured on the same agents before the server-API phases."""
 
 
 # --------------------------------------------------------------------------- agent workers
@@ -146,6 +169,32 @@ async def agents_worker() -> None:
     spec = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
     joined: list[tuple[str, rtc.Room, ContextPlugin, Any]] = []
     limit = asyncio.Semaphore(JOINS_AT_ONCE)
+    floor_url: str | None = spec.get("floor_url")
+    echo_clients: list[aiohttp.ClientSession] = []
+    echo_tasks: set[asyncio.Task[None]] = set()
+    floor_speeches: list[Any] = []
+
+    async def echo(room_name: str, session: Any, http: aiohttp.ClientSession, data: bytes) -> None:
+        # the fan-out floor: no validation, no signing, no queue, no ack; say() when asked
+        message = json.loads(data)
+        if message["say"]:
+            floor_speeches.append(session.say(message["text"]))
+        assert floor_url is not None
+        async with http.post(floor_url, json={"room": room_name, "n": message["n"]}) as response:
+            await response.read()
+
+    def listen_for_floor(room: rtc.Room, room_name: str, session: Any) -> None:
+        # one HTTP client per agent, as each plugin has its own for its replies
+        http = aiohttp.ClientSession()
+        echo_clients.append(http)
+
+        def on_data(packet: rtc.DataPacket) -> None:
+            if packet.topic == FLOOR_TOPIC:
+                task = loop.create_task(echo(room_name, session, http, packet.data))
+                echo_tasks.add(task)
+                task.add_done_callback(echo_tasks.discard)
+
+        room.on("data_received", on_data)
 
     async def join(room_name: str, url: str) -> None:
         async with limit:
@@ -162,6 +211,8 @@ async def agents_worker() -> None:
                 reply_urls=[spec["reply_prefix"]] if spec.get("reply_prefix") else [],
             )
             await plugin.start(session, room)
+            if floor_url is not None:
+                listen_for_floor(room, room_name, session)
             token = agent_token(spec["api_key"], spec["api_secret"], room_name)
             for attempt in range(JOIN_ATTEMPTS):
                 try:
@@ -179,10 +230,22 @@ async def agents_worker() -> None:
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         if line.strip() == "report":
             said = {
-                name: sum(1 for m in session.history.messages() if m.role == "assistant")
+                name: sum(
+                    1
+                    for m in session.history.messages()
+                    if m.role == "assistant" and (m.text_content or "").startswith(SPOKEN_PREFIX)
+                )
                 for name, _, _, session in joined
             }
             print(json.dumps(said), flush=True)
+        elif line.strip() == "settle":
+            # the floors' speeches are over before the gateway's phases start
+            await asyncio.gather(*echo_tasks, return_exceptions=True)
+            await asyncio.gather(*floor_speeches, return_exceptions=True)
+            floor_speeches.clear()
+            print("settled", flush=True)
+    for http in echo_clients:
+        await http.close()
     for _, room, plugin, session in joined:
         await plugin.aclose()
         await session.aclose()
@@ -209,6 +272,18 @@ class AgentWorkers:
             said.update(json.loads(await process.stdout.readline()))
         return said
 
+    async def settle(self) -> None:
+        """Wait until every agent's floor echoes and floor speeches are done."""
+        for process in self.processes:
+            assert process.stdin is not None
+            if process.returncode is None:
+                process.stdin.write(b"settle\n")
+                await process.stdin.drain()
+        for process in self.processes:
+            assert process.stdout is not None
+            if process.returncode is None:
+                await asyncio.wait_for(process.stdout.readline(), SETTLE_TIMEOUT_S)
+
     async def stop(self) -> None:
         for process in self.processes:
             if process.stdin is not None:
@@ -227,9 +302,11 @@ async def agents(
     placed: Sequence[tuple[str, ClusterNode]],
     code: str,
     reply_prefix: str | None = None,
+    floor_url: str | None = None,
 ) -> AsyncIterator[AgentWorkers]:
     """The agents of ``placed``; with ``reply_prefix`` they share the signing secret and allow
-    server-API packets to ask for their answer there."""
+    server-API packets to ask for their answer there; with ``floor_url`` they echo the fan-out
+    floors' packets there."""
     workers = AgentWorkers()
     try:
         for start in range(0, len(placed), AGENTS_PER_PROCESS):
@@ -252,6 +329,8 @@ async def agents(
             }
             if reply_prefix is not None:
                 spec.update(secret=SIGNING, reply_prefix=reply_prefix)
+            if floor_url is not None:
+                spec.update(floor_url=floor_url)
             process.stdin.write(json.dumps(spec).encode() + b"\n")
             await process.stdin.drain()
         for process in workers.processes:
@@ -287,6 +366,18 @@ async def unlisted(
                 break
             await asyncio.sleep(0.2)
     return pending
+
+
+async def settled_cpu(pids: Sequence[int], *, timeout_s: float = QUIET_TIMEOUT_S) -> float:
+    """Wait until the agent workers ``pids`` are settled (``QUIET_CORES_PER_WORKER`` each, over
+    a 1 s window); their CPU then, in milliseconds per second."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        before, start = cpu_seconds(pids), time.monotonic()
+        await asyncio.sleep(1.0)
+        rate = (cpu_seconds(pids) - before) / (time.monotonic() - start)
+        if rate < QUIET_CORES_PER_WORKER * max(len(pids), 1) or time.monotonic() > deadline:
+            return rate * 1000
 
 
 # --------------------------------------------------------------------------- the gateway
@@ -478,7 +569,7 @@ async def speak(
     start = time.perf_counter()
     async with http.post(
         f"{base}/v1/agent/{code}/speak",
-        json={"message": f"Fan-out message {n}."},
+        json={"message": f"{SPOKEN_PREFIX} {n}."},
         headers={"api-secret": API_SECRET_HEADER},
     ) as response:
         body: dict[str, Any] = await response.json()
@@ -491,6 +582,127 @@ async def speak(
     data["status"] = response.status
     data["error"] = body.get("error")
     return elapsed, data
+
+
+# --------------------------------------------------------------------------- fan-out floors
+
+
+class EchoInbox:
+    """This process's ``POST /echo``: which rooms have echoed floor request ``n``."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, tuple[set[str], int, asyncio.Event]] = {}
+
+    def expect(self, n: int, rooms: int) -> asyncio.Event:
+        done = asyncio.Event()
+        self._waiting[n] = (set(), rooms, done)
+        return done
+
+    def echoed(self, n: int) -> int:
+        return len(self._waiting.pop(n, (set(), 0, None))[0])
+
+    async def handle(self, request: web.Request) -> web.Response:
+        echo = await request.json()
+        waiting = self._waiting.get(echo["n"])
+        if waiting is not None:
+            rooms, expected, done = waiting
+            rooms.add(echo["room"])
+            if len(rooms) == expected:
+                done.set()
+        return web.Response(status=204)
+
+
+@contextlib.asynccontextmanager
+async def echo_server(port: int) -> AsyncIterator[EchoInbox]:
+    inbox = EchoInbox()
+    app = web.Application()
+    app.router.add_post("/echo", inbox.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield inbox
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class FloorPhase:
+    """One fan-out floor against one size's rooms."""
+
+    rooms: int
+    variant: str
+    warm: list[float]
+    missed: int
+    """Room echoes that did not come within the delivery timeout, over all requests."""
+    cpu_ms: dict[str, float]
+    """CPU milliseconds per warm request: ``sender`` (this process), ``livekit``, ``agents``."""
+    agents_idle: float
+    """The agent workers' CPU just before the phase (settled), milliseconds per second."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.rooms} rooms, {self.variant}"
+
+
+async def floor_phase(
+    cluster: LiveKitCluster,
+    names: Sequence[str],
+    variant: str,
+    warm: int,
+    inbox: EchoInbox,
+    agent_pids: Sequence[int],
+) -> FloorPhase:
+    """``warm`` fan-outs (after one to warm up) of a bare packet to every room in ``names``,
+    each done when every agent has echoed it."""
+    node = cluster.nodes[0].info
+    sender = DataSender(
+        LiveKitSettings(url=node.url, api_key=node.api_key, api_secret=node.api_secret)
+    )
+    say = variant == BARE_SAY
+    missed = 0
+
+    async def fan_out(n: int) -> float:
+        nonlocal missed
+        done = inbox.expect(n, len(names))
+        packet = json.dumps({"n": n, "say": say, "text": f"Floor message {n}."}).encode()
+        start = time.perf_counter()
+        await asyncio.gather(
+            *(
+                sender.send(
+                    name,
+                    packet,
+                    destination_identities=[AGENT_IDENTITY],
+                    topic=FLOOR_TOPIC,
+                    timeout=DELIVERY_TIMEOUT_S,
+                )
+                for name in names
+            )
+        )
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done.wait(), DELIVERY_TIMEOUT_S)
+        elapsed = time.perf_counter() - start
+        missed += len(names) - inbox.echoed(n)
+        return elapsed
+
+    groups = {
+        "sender": [os.getpid()],
+        "livekit": [n.server.process.pid for n in cluster.nodes if n.server.process],
+        "agents": list(agent_pids),
+    }
+    base = 1_000_000 * (FLOORS.index(variant) + 1)  # request numbers no other floor uses
+    agents_idle = await settled_cpu(agent_pids)
+    try:
+        await fan_out(base)  # connections and tokens, as the gateway's cold request
+        cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+        samples = [await fan_out(base + n) for n in range(1, warm + 1)]
+        cpu_ms = {
+            name: (cpu_seconds(pids) - cpu_before[name]) * 1000 / max(warm, 1)
+            for name, pids in groups.items()
+        }
+    finally:
+        await sender.aclose()
+    return FloorPhase(len(names), variant, samples, missed, cpu_ms, agents_idle)
 
 
 # --------------------------------------------------------------------------- one size
@@ -520,6 +732,8 @@ class Phase:
     requests; the node as LiveKit records it."""
     moved_rooms: int = 0
     """Rooms LiveKit had on another node than they were created on (see ``one_size``)."""
+    agents_idle: float = 0.0
+    """The agent workers' CPU just before the phase (settled), milliseconds per second."""
 
     @property
     def send_data_per_request(self) -> float:
@@ -551,6 +765,7 @@ async def phase(
         rss_base, sockets_base = gw.rss_bytes(), gw.sockets()
         calls = RoomServiceCalls(cluster)
         await calls.settled()
+        agents_idle = await settled_cpu(agent_pids) if agent_pids else 0.0
         before, send_before = calls.count(), calls.per_node(SEND_DATA_LOG)
         cold, data = await speak(http, gw.base_url, code, 0)
         answers = [data]
@@ -591,6 +806,7 @@ async def phase(
         answers,
         send_data_per_node,
         cpu_ms,
+        agents_idle=agents_idle,
     )
 
 
@@ -671,7 +887,7 @@ async def one_size(
     workdir: Path,
     joins: int | None = None,
     deliveries: Sequence[str] = (ROOM,),
-) -> tuple[list[Phase], list[str]]:
+) -> tuple[list[Phase], list[FloorPhase], list[str]]:
     code = f"FAN{rooms:04d}{uuid.uuid4().hex[:4].upper()}"
     placed = [
         (f"fan-{rooms}-{uuid.uuid4().hex[:6]}-{i}", cluster.nodes[i % len(cluster.nodes)])
@@ -680,15 +896,28 @@ async def one_size(
     await create_rooms(cluster, placed)
     names = [name for name, _ in placed]
     phases: list[Phase] = []
+    floors: list[FloorPhase] = []
     problems: list[str] = []
     # the server-API gateways' port is fixed before the agents start: they must allow its
     # reply URL (each phase's fresh gateway listens on it in turn)
     port = free_tcp_port() if SERVER_API in deliveries else None
     reply_prefix = None if port is None else f"http://127.0.0.1:{port}/v1/internal/"
+    floor_port = free_tcp_port() if SERVER_API in deliveries else None
+    floor_url = None if floor_port is None else f"http://127.0.0.1:{floor_port}/echo"
     try:
-        async with agents(cluster, placed, code, reply_prefix) as workers:
+        async with (
+            agents(cluster, placed, code, reply_prefix, floor_url) as workers,
+            contextlib.AsyncExitStack() as stack,
+        ):
             if missing := await unlisted(cluster, names, code, wait=READY_TIMEOUT_S):
                 raise RuntimeError(f"{len(missing)} agents never showed their code")
+            if floor_port is not None:
+                inbox = await stack.enter_async_context(echo_server(floor_port))
+                for variant in FLOORS:
+                    floors.append(
+                        await floor_phase(cluster, names, variant, warm, inbox, workers.pids)
+                    )
+                await workers.settle()
             for delivery in deliveries:
                 for mode in modes:
                     # agents that went away (a worker process died under load) are a finding
@@ -730,7 +959,10 @@ async def one_size(
             for name in names:
                 with contextlib.suppress(api.TwirpError):
                     await lkapi.room.delete_room(api.DeleteRoomRequest(room=name))
-    return phases, problems + check(phases, names, said)
+    problems += [
+        f"{done.label}: {done.missed} room echoes missing" for done in floors if done.missed
+    ]
+    return phases, floors, problems + check(phases, names, said)
 
 
 def reached_by_node(
@@ -788,11 +1020,12 @@ async def run(
     report = Report("fan-out: one speak to N rooms through the gateway, on a 2-node cluster")
     report.notes.append(NETWORK)
     phases: list[Phase] = []
+    floors: list[FloorPhase] = []
     with cluster_here(cluster) as lk, tempfile.TemporaryDirectory(prefix="fanout-gw-") as tmp:
         floor_samples = await floor(lk.nodes[0].info, floor_requests)
         for rooms in sizes:
             try:
-                measured, failures = await one_size(
+                measured, floored, failures = await one_size(
                     lk, rooms, warm, modes, Path(tmp), joins, deliveries
                 )
             except (RuntimeError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
@@ -800,14 +1033,17 @@ async def run(
                 report.notes.append(f"{rooms} rooms: broke: {type(exc).__name__}: {exc}"[:400])
                 break
             phases.extend(measured)
+            floors.extend(floored)
             if failures:
                 report.ok = False
                 report.notes.extend(f"{rooms} rooms: {failure}" for failure in failures[:6])
     floor_p99 = percentile(floor_samples, 0.99)
     floor_text = p50_p99(floor_samples)
     report.add(Figure("floor: bare RPC echo, p50 / p99", floor_text))
+    for done in floors:
+        add_floor_figures(report, done, floors, sizes)
     for each in phases:
-        add_figures(report, each, phases, sizes, floor_text, floor_p99)
+        add_figures(report, each, phases, floors, sizes, floor_text, floor_p99)
     report.notes.append(
         f"{warm} warm requests per size, mode and delivery, after 1 cold; agents in <= "
         f"{AGENTS_PER_PROCESS} rooms per worker process; rooms alternate between the 2 nodes, "
@@ -815,7 +1051,9 @@ async def run(
         + (f"; max_concurrent_joins={joins}" if joins is not None else "")
         + (
             "; server-api: SendData to node A for the rooms of both nodes, acks posted back to "
-            "the gateway over HTTP, messages signed"
+            "the gateway over HTTP, messages signed; fan-out floors: the same SendData from "
+            "this process (sender) to the same agents, echoed by a bare POST, nothing of the "
+            "plugin or the gateway in it"
             if SERVER_API in deliveries
             else ""
         )
@@ -823,10 +1061,35 @@ async def run(
     return report
 
 
+def add_floor_figures(
+    report: Report, done: FloorPhase, floors: Sequence[FloorPhase], sizes: Sequence[int]
+) -> None:
+    single = next((f for f in floors if f.variant == done.variant and f.rooms == min(sizes)), None)
+    single_p99 = percentile(single.warm, 0.99) if single is not None and single.warm else 0.0
+    largest = done.rooms == max(sizes) and done.rooms != min(sizes) and single_p99 > 0
+    report.add(
+        Figure(
+            f"{done.label}: warm, p50 / p99",
+            p50_p99(done.warm),
+            f"1 room p99 {ms(single_p99)}" if largest else "",
+            f"{percentile(done.warm, 0.99) / single_p99:.2f}x" if largest else "",
+        )
+    )
+    cpu = done.cpu_ms
+    report.add(
+        Figure(
+            f"{done.label}: CPU ms per warm request, sender / 2 nodes / agents",
+            f"{cpu['sender']:.1f} / {cpu['livekit']:.1f} / {cpu['agents']:.1f}",
+            f"sum {sum(cpu.values()):.1f}; agents idle before {done.agents_idle:.0f} ms/s",
+        )
+    )
+
+
 def add_figures(
     report: Report,
     done: Phase,
     phases: Sequence[Phase],
+    floors: Sequence[FloorPhase],
     sizes: Sequence[int],
     floor_text: str,
     floor_p99: float,
@@ -914,9 +1177,22 @@ def add_figures(
         Figure(
             f"{label}: CPU ms per warm request, gateway / 2 nodes / agents",
             f"{cpu['gateway']:.1f} / {cpu['livekit']:.1f} / {cpu['agents']:.1f}",
-            f"sum {sum(cpu.values()):.1f}",
+            f"sum {sum(cpu.values()):.1f}; agents idle before {done.agents_idle:.0f} ms/s",
         )
     )
+    same_size = {f.variant: f for f in floors if f.rooms == n and f.warm}
+    if done.delivery == SERVER_API and same_size:
+        # what the plugin and the gateway add to the bare transport at this size
+        report.add(
+            Figure(
+                f"{label}: warm p99 over the fan-out floors' at {n} rooms",
+                ", ".join(
+                    f"{warm_p99 / percentile(f.warm, 0.99):.2f}x {variant}"
+                    for variant, f in same_size.items()
+                ),
+                " / ".join(ms(percentile(f.warm, 0.99)) for f in same_size.values()),
+            )
+        )
 
 
 def main() -> None:

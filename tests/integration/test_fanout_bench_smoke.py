@@ -4,8 +4,9 @@ never rots.
 No timing is asserted: the figures come from running the benchmark itself. What is asserted is
 its correctness check (every room reached by every request, cold and warm, each message spoken
 once), that every figure is there for both ways of finding agents and both ways of delivering
-(room connections and the server API), and that the server API reached node B's rooms through
-node A.
+(room connections and the server API), that the fan-out floors (the bare transport, with and
+without ``say()``) were echoed by every room and are compared with, and that the server API
+reached node B's rooms through node A.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ KINDS = [
     "rooms reached on node A / node B, all requests",
     "CPU ms per warm request, gateway / 2 nodes / agents",
 ]
+FLOOR_KINDS = ["warm", "CPU ms per warm request, sender / 2 nodes / agents"]
+"""The fan-out floors' figures (measured when server-API delivery is)."""
 
 
 def _label(n: int, mode: str, delivery: str) -> str:
@@ -47,13 +50,23 @@ async def test_bench_fanout_runs_and_every_figure_is_there(
         deliveries=("room", "server-api"),
     )
     assert report.ok, report.notes
-    expected = ["floor: bare RPC echo"] + [
-        f"{_label(n, mode, delivery)}: {kind}"
-        for n in SIZES
-        for delivery in ("room", "server-api")
-        for mode in ("directory", "scan")
-        for kind in KINDS
-    ]
+    expected = (
+        ["floor: bare RPC echo"]
+        + [
+            f"{n} rooms, {variant}: {kind}"
+            for n in SIZES
+            for variant in bench_fanout.FLOORS
+            for kind in FLOOR_KINDS
+        ]
+        + [
+            f"{_label(n, mode, delivery)}: {kind}"
+            for n in SIZES
+            for delivery in ("room", "server-api")
+            for mode in ("directory", "scan")
+            for kind in KINDS
+            + ([f"warm p99 over the fan-out floors' at {n} rooms"] if delivery != "room" else [])
+        ]
+    )
     assert [figure.name.split(" (")[0].split(", p50")[0] for figure in report.figures] == [
         e.split(", p50")[0] for e in expected
     ]
@@ -83,6 +96,15 @@ async def test_bench_fanout_runs_and_every_figure_is_there(
                     assert parts[node] == f"{rooms_there * (WARM + 1)}/{rooms_there * (WARM + 1)}"
                 cpu = values[f"{label}: CPU ms per warm request, gateway / 2 nodes / agents"]
                 assert [float(x) >= 0 for x in cpu.value.split(" / ")] == [True] * 3, cpu.value
+    # the fan-out floors: every room echoed every request (else the report is not ok), and
+    # each server-API phase compares itself with both at its size
+    for n in SIZES:
+        for variant in bench_fanout.FLOORS:
+            cpu = values[f"{n} rooms, {variant}: {FLOOR_KINDS[1]}"]
+            assert [float(x) >= 0 for x in cpu.value.split(" / ")] == [True] * 3, cpu.value
+        label = _label(n, "directory", "server-api")
+        over = values[f"{label}: warm p99 over the fan-out floors' at {n} rooms"]
+        assert over.value.count("x ") == len(bench_fanout.FLOORS), over.value
     # server-API delivery: one SendData per room and request, all made on node A (the gateway's)
     for n in SIZES:
         calls = values[f"{_label(n, 'directory', 'server-api')}: RoomService calls per request"]
