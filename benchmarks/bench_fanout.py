@@ -133,9 +133,10 @@ DELIVERIES: Final = (ROOM, SERVER_API)
 ``RoomService.SendData`` with the ack posted back over HTTP (no room joined)."""
 QUIET_CORES_PER_WORKER: Final = 0.2
 """An agent worker counts as settled below this share of a core. Just after its rooms
-connect, a worker of 50 agents burns about one core for 10 s or more (``livekit.rtc`` passes
-the native side's log records, debug and trace included, through Python and drops them
-there), then idles at about 0.1 core: a phase measured in that burn measures the burn."""
+connect, a worker of 50 agents burns about one core for 10 to 15 s, then idles at about 0.1
+core: a phase measured in that burn measures the burn. (py-spy: half the worker's samples
+then are in ``livekit.rtc``'s FFI callback thread, most of those in its loop over the native
+side's log records, which it drops; ``RUST_LOG=warn`` did not change it.)"""
 QUIET_TIMEOUT_S: Final = 180.0
 RECONCILE_INTERVAL_S: Final = 3600.0
 """The directory's reconciliation interval here: longer than a run, so no phase counts one."""
