@@ -28,9 +28,9 @@ from typing import Any, Final
 
 try:
     from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
-    from redis.retry import Retry
 except ImportError:  # an optional dependency: say how to get it
     from ..errors import ConfigError
 
@@ -254,7 +254,7 @@ class RedisReplyRelay:
                 logger.warning("reply relay lost Redis", extra={"error": type(exc).__name__})
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis 8
             await asyncio.sleep(RELAY_RETRY_S)
 
     async def aclose(self) -> None:
