@@ -11,7 +11,7 @@ import pytest
 from livekit.agents import Agent
 from livekit.agents.testing import fake_job_context
 
-from imaginex_context_plugin import sign_request
+from imaginex_context_plugin import ContextPlugin, sign_request
 from imaginex_context_plugin.protocol import MAX_PAYLOAD_BYTES
 from imaginex_context_plugin.receiver import AckTransport
 from imaginex_context_plugin.receiver import call_end as call_end_module
@@ -424,6 +424,53 @@ async def test_permissions_given_are_the_whole_truth(make_harness: HarnessFactor
     assert refused["error"] == "UNAUTHORIZED"
     interrupt = await harness.backend.request({"type": "interrupt", "id": "i"})
     assert interrupt["error"] == "UNAUTHORIZED"
+
+
+TYPE_LIST = (
+    "speak, add_context, remove_context, get_state, end_call, interrupt, cancel, update_io, "
+    "update_instructions, reset_instructions, user_message, get_history, subscribe, unsubscribe"
+)
+BAD_PERMISSIONS: list[tuple[str, dict[str, Any], str]] = [
+    # (case, permissions, the sentence's start); each would otherwise grant nothing, silently
+    ("the CLI's hyphen spelling", {"backend": {"end-call"}},
+     "permissions['backend'] names 'end-call', which is not a message type "
+     "(did you mean 'end_call'?)"),
+    ("a gateway path's spelling", {"*": {"speak", "update-instructions"}},
+     "permissions['*'] names 'update-instructions', which is not a message type "
+     "(did you mean 'update_instructions'?)"),
+    ("upper case", {"<server>": {"End_Call"}},
+     "permissions['<server>'] names 'End_Call', which is not a message type "
+     "(did you mean 'end_call'?)"),
+    ("a typo", {"backend": {"subscibe"}},
+     "permissions['backend'] names 'subscibe', which is not a message type "
+     "(did you mean 'subscribe'?)"),
+    ("nothing like a type", {"backend": {"speak", "everything"}},
+     "permissions['backend'] names 'everything', which is not a message type; use any of"),
+    ("the wildcard as a list", {"backend": ["all"]},
+     "permissions['backend'] names 'all', which is not a message type; use any of"),
+    ("not a string", {"backend": {1}},
+     "permissions['backend'] names 1, which is not a message type; use any of"),
+]
+
+
+@pytest.mark.parametrize(
+    ("permissions", "message"),
+    [case[1:] for case in BAD_PERMISSIONS],
+    ids=[case[0] for case in BAD_PERMISSIONS],
+)
+def test_permissions_naming_an_unknown_type_are_refused_at_construction(
+    permissions: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match="which is not a message type") as raised:
+        ContextPlugin(permissions=permissions, trust_server=False)
+    assert str(raised.value).startswith(message)
+    assert str(raised.value).endswith(f"use any of: {TYPE_LIST}, or '*' for all of them.")
+
+
+def test_every_type_and_the_wildcard_may_be_granted() -> None:
+    ContextPlugin(permissions={"backend": set(TYPE_LIST.split(", ")), "*": {"*"}},
+                  trust_server=False)
+    ContextPlugin(permissions={"backend": set()}, trust_server=False)  # grants nothing, knowingly
 
 
 async def test_a_signed_message_counts_as_its_relay(make_harness: HarnessFactory) -> None:

@@ -103,6 +103,23 @@ async def test_refusals(fleet: Fleet, make_gateway: GatewayFactory) -> None:
     assert response.status == 404
 
 
+async def test_an_event_spelled_with_a_hyphen_is_refused_with_the_spelling_meant(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    await fleet.agent(ROOM_1, permissions={GATEWAY: {"subscribe"}})
+    client: Client = await make_gateway()
+    response = await client.get(
+        PATH, params={"room_id": ROOM_1, "events": "agent_state,user-transcript"}, headers=HEADERS
+    )
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"] == "VALIDATION_ERROR"
+    assert body["message"].startswith(
+        "Query parameter 'events' names 'user-transcript', which is not an event "
+        "(did you mean 'user_transcript'?); use: user_transcript, agent_transcript,"
+    )
+
+
 async def test_the_stream_is_in_the_openapi_document(make_gateway: GatewayFactory) -> None:
     client: Client = await make_gateway()
     doc = await (await client.get("/openapi.json")).json()

@@ -27,9 +27,9 @@ from aiohttp import web
 from livekit import rtc
 
 from .._livekit.rpc import call_agent
-from ..errors import ContextError
+from ..errors import ContextError, did_you_mean
 from ..log import logger
-from ..protocol import ACK_TOPIC, SESSION_EVENT_TYPES, ErrorAck, ErrorCode, parse_ack
+from ..protocol import ACK_TOPIC, SESSION_EVENT_TYPES, ErrorAck, ErrorCode, echo, parse_ack
 from .backend import AgentTarget
 from .fanout import FanOut
 from .gatekeeper import Gatekeeper
@@ -245,8 +245,10 @@ def _read_query(request: web.Request) -> tuple[_Stream, str]:
     names = [n for n in query.get("events", "").split(",") if n]
     unknown = [n for n in names if n not in SESSION_EVENT_TYPES]
     if unknown:
+        hint = did_you_mean(unknown[0], SESSION_EVENT_TYPES)
         raise invalid(
-            f"Query parameter 'events' names unknown events; use: {', '.join(SESSION_EVENT_TYPES)}."
+            f"Query parameter 'events' names '{echo(unknown[0])}', which is not an event{hint}; "
+            f"use: {', '.join(SESSION_EVENT_TYPES)}."
         )
     flags = {}
     for name in ("interim", "tool_arguments"):

@@ -107,7 +107,9 @@ class ContextPlugin:
             signed message counts as the identity that relayed it. With it, a sender may send
             the union of its entry and the ``"*"`` entry, nothing else. Default: every type but
             the sensitive ones (``security.SENSITIVE_TYPES``: ``subscribe``, ...), which are
-            refused with ``UNAUTHORIZED``. ``unsubscribe`` is always allowed.
+            refused with ``UNAUTHORIZED``. ``unsubscribe`` is always allowed. Types are spelled
+            as on the wire (``end_call``, not the CLI's ``end-call``); one that does not exist
+            raises ``ValueError`` here rather than grant nothing.
         reply_urls: URL prefixes a signed server-API packet's ``reply_to`` may point to; its
             answer is then posted there over HTTP, signed with ``secret`` (else the LiveKit API
             secret), see :mod:`..replies`. Each an ``http(s)`` URL whose path ends with ``/``,
