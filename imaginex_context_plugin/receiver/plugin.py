@@ -57,6 +57,7 @@ from .outbox import AckTransport, Outbox
 from .parts import Hook, SessionParts
 from .session_gate import DEFAULT_READY_TIMEOUT_S
 from .stats import PluginStats
+from .steering import DEFAULT_MAX_INSTRUCTIONS_CHARS
 from .subscribers import Subscribers
 from .work_queue import DEFAULT_MAX_QUEUE, WorkQueue
 
@@ -116,6 +117,11 @@ class ContextPlugin:
             e.g. ``["http://gateway.internal:8089/v1/internal/"]``. Default: none; a packet
             naming a ``reply_to`` is then refused (``REPLY_URL_NOT_ALLOWED`` in
             ``stats.errors`` and the log) and nothing is sent.
+        max_instructions_chars: Most characters the senders' ``update_instructions`` may add
+            up to (the appended texts, or a replacement and what was appended to it; the
+            agent's own instructions do not count). One that would go over is refused with
+            ``VALIDATION_ERROR`` and changes nothing; ``reset_instructions`` or a ``replace``
+            starts again. Default 32,000 (``DEFAULT_MAX_INSTRUCTIONS_CHARS``).
     """
 
     _parts: SessionParts  # made by start(): they need the session and the room
@@ -138,11 +144,15 @@ class ContextPlugin:
         ack_transport: AckTransport | None = None,
         permissions: Mapping[str, Iterable[str]] | None = None,
         reply_urls: Sequence[str] = (),
+        max_instructions_chars: int = DEFAULT_MAX_INSTRUCTIONS_CHARS,
     ) -> None:
         if require_signature and not secret:
             raise ValueError("require_signature=True needs a secret")
         if dedup_max_entries is not None and dedup_max_entries < 1:
             raise ValueError("dedup_max_entries must be at least 1")
+        if max_instructions_chars < 1:
+            raise ValueError("max_instructions_chars must be at least 1")
+        self._max_instructions_chars = max_instructions_chars
         self._agent_code = agent_code if agent_code is not None else os.getenv(AGENT_CODE_ENV)
         server_key = (server_secret or os.getenv(LIVEKIT_API_SECRET_ENV)) if trust_server else None
         warn_if_server_untrusted(trust_server, server_key)
@@ -230,6 +240,7 @@ class ContextPlugin:
             outbox=self._outbox,
             subscribers=self._subscribers,
             ready_timeout=self._ready_timeout,
+            max_instructions_chars=self._max_instructions_chars,
             agent_code=self._agent_code,
             answer=self._answer,
             on_rpc=self._on_rpc,
