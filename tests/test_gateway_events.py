@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
 import pytest
 from livekit import rtc
 
+from imaginex_context_plugin.gateway import ApiSecrets, create_app, start_gateway_server
 from imaginex_context_plugin.gateway import events as events_module
-from tests.gateway_fixtures import CODE, GATEWAY, HEADERS, ROOM_1, Client, Fleet, GatewayFactory
+from tests.gateway_fixtures import (
+    CODE,
+    GATEWAY,
+    HEADERS,
+    ROOM_1,
+    SECRET,
+    Client,
+    Fleet,
+    GatewayFactory,
+)
 from tests.helpers import wait_until
 
 PATH = f"/v1/agent/{CODE}/events"
@@ -84,6 +95,40 @@ async def test_the_last_stream_to_go_unsubscribes(
     assert subs.identities == [GATEWAY]  # the second stream still needs it
     second.close()
     await wait_until(lambda: subs.identities == [], "the gateway to unsubscribe")
+
+
+async def test_a_client_that_goes_away_ends_its_stream_quietly(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the fuzz (tests/test_gateway_fuzz.py): on the production server, which does
+    not cancel a handler when its client leaves (aiohttp's TestServer does), the first write
+    after a hang-up raised out of the route: a 500 and a traceback at ERROR."""
+    monkeypatch.setattr(events_module, "HEARTBEAT_S", 0.05)
+    agent = await fleet.agent(ROOM_1, permissions=WATCH)
+    app = create_app(fleet.backend(), ApiSecrets(secret=SECRET))
+    server = await start_gateway_server(app, host="127.0.0.1", port=0)
+    subs = agent.plugin._subscribers
+
+    def access() -> list[int]:
+        return [getattr(r, "status", 0) for r in caplog.records if getattr(r, "path", "") == PATH]
+
+    try:
+        with caplog.at_level(logging.DEBUG, logger="imaginex_context_plugin"):
+            async with aiohttp.ClientSession() as http:
+                response = await http.get(
+                    f"http://127.0.0.1:{server.port}{PATH}",
+                    params={"room_id": ROOM_1},
+                    headers=HEADERS,
+                )
+                assert response.status == 200
+                assert await response.content.readline() == b": heartbeat\n"
+                response.close()  # the client hangs up mid-stream
+            await wait_until(lambda: subs.identities == [], "the gateway to unsubscribe")
+            await wait_until(access, "the stream's access log line")
+    finally:
+        await server.aclose()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert access() == [200]
 
 
 async def test_refusals(fleet: Fleet, make_gateway: GatewayFactory) -> None:

@@ -281,7 +281,12 @@ async def _stream(request: web.Request, stream: _Stream) -> web.StreamResponse:
             await response.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
             if event["type"] == "call_ended":
                 break
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
+        # the client hung up: the production server lets the handler run on until a write
+        # finds the connection gone. An ordinary end of a stream, answered as it began
+        logger.debug("events stream closed by the client")
+        return response
+    except asyncio.CancelledError:  # a server that cancels handlers when the client leaves
         logger.debug("events stream closed by the client")
         raise
     with contextlib.suppress(ConnectionResetError):
