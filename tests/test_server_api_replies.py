@@ -393,11 +393,17 @@ async def test_the_agents_replies_are_access_logged_at_debug_their_refusals_at_i
         await server.close()
         await backend.aclose()
     access = [
-        (r.levelno, r.status)  # type: ignore[attr-defined]
+        (r.levelno, r.status, r.reason)  # type: ignore[attr-defined]
         for r in caplog.records
         if getattr(r, "path", None) == REPLIES_PATH
     ]
-    assert access == [(logging.DEBUG, 200), (logging.INFO, 401)]
+    assert access == [
+        (logging.DEBUG, 200, None),
+        (logging.INFO, 401, "No delivery is waiting for this reply."),
+    ]
+    # the refusal's one INFO line is its access line, which says why
+    ours = [r for r in caplog.records if r.name.startswith("imaginex_context_plugin")]
+    assert len([r for r in ours if r.levelno >= logging.INFO]) == 1
 
 
 async def test_the_backend_refuses_to_run_unsigned() -> None:

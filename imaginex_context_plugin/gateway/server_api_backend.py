@@ -50,7 +50,8 @@ from ..protocol import (
 from ..replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER, reply_signature_valid
 from ..security import SIGNATURE_WINDOW_S, sign_request
 from .backend import AgentTarget, LiveKitBackend
-from .refusals import STATE_UNAVAILABLE
+from .body import unreadable_body
+from .refusals import STATE_UNAVAILABLE, note_refusal
 from .state import StateUnavailable
 from .webhook import LiveKitWebhook
 
@@ -207,7 +208,10 @@ class ReplyInbox:
         stale, replayed or not awaited), 413 when too large, 503 when the relay is down."""
         if request.content_length is not None and request.content_length > MAX_REPLY_BYTES:
             return self._refuse("The reply is too large.", status=413)
-        body = await _read_at_most(request, MAX_REPLY_BYTES + 1)
+        try:
+            body = await _read_at_most(request, MAX_REPLY_BYTES + 1)
+        except web.RequestPayloadError as exc:
+            return self._refuse(unreadable_body(request, exc))
         if len(body) > MAX_REPLY_BYTES:
             return self._refuse("The reply is too large.", status=413)
         signature = request.headers.get(REPLY_SIGNATURE_HEADER, "")
@@ -276,7 +280,9 @@ class ReplyInbox:
 
     def _refuse(self, message: str, *, status: int = 401) -> web.Response:
         self.refused += 1
-        logger.info("agent reply refused", extra={"reason": message, "status": status})
+        # the access line (INFO) carries the reason; this one is for a bare inbox
+        logger.debug("agent reply refused", extra={"reason": message, "status": status})
+        note_refusal(message)
         if status == 401:
             return _unauthorized(message)
         return web.json_response(
