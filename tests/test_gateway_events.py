@@ -131,3 +131,58 @@ async def test_the_stream_ends_when_the_room_is_deleted(
     rest = await asyncio.wait_for(response.content.read(), 5)
     assert b"call_ended" not in rest
     assert response.content.at_eof()
+
+
+
+CODE_B = "B00000000"
+
+
+async def next_event(response: aiohttp.ClientResponse) -> tuple[str, Any]:
+    """The next SSE message (heartbeats skipped)."""
+    name = ""
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line[len("event: "):]
+        elif line.startswith("data: "):
+            return name, json.loads(line[len("data: "):])
+    raise AssertionError("the stream ended")
+
+
+async def test_two_agent_codes_in_one_room_each_keep_their_stream(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    agent_a = await fleet.agent(ROOM_1, identity="agent-a", permissions=WATCH)
+    agent_b = await fleet.agent(ROOM_1, code=CODE_B, identity="agent-b", permissions=WATCH)
+    backend = fleet.backend(idle_timeout=0.2)
+    client: Client = await make_gateway(backend=backend)
+    query = {"room_id": ROOM_1, "events": "agent_transcript"}
+    stream_a = await client.get(PATH, params=query, headers=HEADERS)
+    stream_b = await client.get(f"/v1/agent/{CODE_B}/events", params=query, headers=HEADERS)
+    assert (stream_a.status, stream_b.status) == (200, 200)
+    subs_a, subs_b = agent_a.plugin._subscribers, agent_b.plugin._subscribers
+    await wait_until(lambda: subs_a.identities == subs_b.identities == [GATEWAY])
+
+    # each stream hears its own agent, and only it
+    for code, text, stream in (
+        (CODE, "This is A.", stream_a),
+        (CODE_B, "This is B.", stream_b),
+        (CODE, "A again.", stream_a),
+    ):
+        answer = await client.post(
+            f"/v1/agent/{code}/speak", json={"message": text, "room_id": ROOM_1},
+            headers=HEADERS,
+        )
+        assert answer.status == 200
+        name, event = await asyncio.wait_for(next_event(stream), 10)
+        assert (name, event["text"]) == ("agent_transcript", text)
+
+    # the last stream of A closing unsubscribes A, and only A
+    stream_a.close()
+    await wait_until(lambda: subs_a.identities == [], "the gateway to unsubscribe from A")
+    assert subs_b.identities == [GATEWAY]
+    assert backend.pooled_rooms == [ROOM_1]  # B's stream still holds the room
+    stream_b.close()
+    await wait_until(lambda: subs_b.identities == [], "the gateway to unsubscribe from B")
+    # and the room connection, no longer held, goes once idle
+    await wait_until(lambda: backend.pooled_rooms == [], "the room connection to be let go")

@@ -1,15 +1,16 @@
 """``GET /v1/agent/{agent_code}/events?room_id=...``: a room's live events as Server-Sent Events.
 
 The gateway subscribes on the caller's behalf (protocol ``subscribe``) over its pooled room
-connection, once per room whatever the number of streams open on it (to every event, interims
-and tool arguments included), and gives each stream what its query asked for. The agent must
+connection, once per agent in the room whatever the number of streams open on it (to every
+event, interims and tool arguments included), and gives each stream what its query asked for.
+Agents with different codes in one room each have their own feed. The agent must
 grant the gateway's identity the ``subscribe`` permission. A stream gets ``event: <type>`` /
 ``data: <the event JSON>`` for each event, a ``: heartbeat`` comment while nothing happens, and
 ends after ``call_ended``, when the agent leaves the room, when the gateway's connection to
 the room ends for good (the room was deleted: no ``call_ended`` comes then), or when the client
-goes; the last
-stream of a room unsubscribes. Each stream's queue is bounded: a client that reads too slowly
-loses its oldest events and the next one says how many (``dropped``).
+goes; the last stream of an agent unsubscribes from it. Each stream's queue is bounded: a
+client that reads too slowly loses its oldest events and the next one says how many
+(``dropped``).
 """
 
 from __future__ import annotations
@@ -137,8 +138,12 @@ class _RoomFeed:
             stream.offer(None)
 
 
+_FeedKey = tuple[str, str]
+"""(room, agent identity): one feed per agent, however many agents share the room."""
+
+
 class EventFeeds:
-    """One agent subscription per room, shared by every stream open on it.
+    """One subscription per agent (room and identity), shared by every stream open on it.
 
     Args:
         backend: Holds the pooled room connections.
@@ -150,18 +155,19 @@ class EventFeeds:
         self._backend = backend
         self._writer = writer
         self._timeout = timeout
-        self._feeds: dict[str, _RoomFeed] = {}
+        self._feeds: dict[_FeedKey, _RoomFeed] = {}
         self._lock = asyncio.Lock()
 
     async def open(self, target: AgentTarget, agent_code: str, stream: _Stream) -> None:
-        """Add ``stream`` to the room's feed, subscribing first if it is the room's first.
+        """Add ``stream`` to the agent's feed, subscribing first if it is the agent's first.
 
         Raises:
             Refusal: The agent refused the subscription or could not be reached.
         """
+        key = (target.room, target.identity)
         async with self._lock:
-            feed = self._feeds.get(target.room)
-            if feed is None or feed.target != target:
+            feed = self._feeds.get(key)
+            if feed is None:
                 room, release = await self._backend.hold_room(target.room)
                 feed = _RoomFeed(room, release, target, agent_code)
                 try:
@@ -178,19 +184,20 @@ class EventFeeds:
                     feed.unhook()
                     release()
                     raise
-                self._feeds[target.room] = feed
+                self._feeds[key] = feed
             feed.streams.add(stream)
 
     async def close(self, target: AgentTarget, stream: _Stream) -> None:
-        """Remove ``stream``; the room's last one unsubscribes and lets the connection go."""
+        """Remove ``stream``; the agent's last one unsubscribes and lets the connection go."""
+        key = (target.room, target.identity)
         async with self._lock:
-            feed = self._feeds.get(target.room)
+            feed = self._feeds.get(key)
             if feed is None or stream not in feed.streams:
                 return
             feed.streams.discard(stream)
             if feed.streams:
                 return
-            del self._feeds[target.room]
+            del self._feeds[key]
             feed.unhook()
         try:
             with contextlib.suppress(Refusal, asyncio.TimeoutError):
