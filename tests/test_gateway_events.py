@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from livekit import rtc
 
+from imaginex_context_plugin import ACK_TOPIC, AGENT_CODE_ATTRIBUTE, RPC_METHOD
 from imaginex_context_plugin.gateway import events as events_module
 from tests.gateway_fixtures import CODE, GATEWAY, HEADERS, ROOM_1, Client, Fleet, GatewayFactory
 from tests.helpers import wait_until
 
 PATH = f"/v1/agent/{CODE}/events"
 WATCH = {GATEWAY: {"*"}}
+SIGNING_SECRET = "events-signing-secret-0123456789abcdef"
 
 
 async def read_events(response: aiohttp.ClientResponse, until: str) -> list[tuple[str, Any]]:
@@ -186,3 +190,65 @@ async def test_two_agent_codes_in_one_room_each_keep_their_stream(
     await wait_until(lambda: subs_b.identities == [], "the gateway to unsubscribe from B")
     # and the room connection, no longer held, goes once idle
     await wait_until(lambda: backend.pooled_rooms == [], "the room connection to be let go")
+
+
+DEEP = "[" * 5_000 + "]" * 5_000
+"""10 KB of nesting (fits a packet): JSON that Python's json module cannot decode."""
+
+
+def scripted_agent(
+    fleet: Fleet, room: str, answer: Callable[[dict[str, Any]], str]
+) -> rtc.Room:
+    """A participant claiming the code whose RPC answer is ``answer(request)``."""
+    fleet.register_room(room)
+    participant = fleet.network.create_room(
+        room, "scripted-agent", attributes={AGENT_CODE_ATTRIBUTE: CODE}
+    )
+
+    async def handler(invocation: rtc.RpcInvocationData) -> str:
+        return answer(json.loads(json.loads(invocation.payload)["body"]))
+
+    participant.local_participant.register_rpc_method(RPC_METHOD, handler)
+    return participant
+
+
+def _ack(request: dict[str, Any]) -> str:
+    data = {
+        "agent_code": CODE,
+        "context_type": request["type"],
+        "room_id": ROOM_1,
+        "timestamp": "2026-01-01T00:00:00.000Z",
+    }
+    return json.dumps(
+        {"type": "ack", "id": request["id"], "success": True, "message": "ok", "data": data}
+    )
+
+
+async def test_a_subscribe_answered_with_unreadable_json_is_a_502(
+    fleet: Fleet, make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    scripted_agent(fleet, ROOM_1, lambda request: DEEP)
+    client: Client = await make_gateway(signing_secret=SIGNING_SECRET)
+    with caplog.at_level(logging.INFO):
+        response = await client.get(PATH, params={"room_id": ROOM_1}, headers=HEADERS)
+    assert response.status == 502
+    assert (await response.json())["error"] == "INTERNAL_ERROR"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_an_event_too_deeply_nested_to_read_is_dropped_and_the_stream_goes_on(
+    fleet: Fleet, make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = scripted_agent(fleet, ROOM_1, _ack)
+    client: Client = await make_gateway(signing_secret=SIGNING_SECRET)
+    response = await client.get(PATH, params={"room_id": ROOM_1}, headers=HEADERS)
+    assert response.status == 200
+    state = {"type": "agent_state", "old_state": "listening", "new_state": "thinking"}
+    with caplog.at_level(logging.INFO):
+        for payload in (DEEP, '{"type": "agent_state", "x": ' + DEEP + "}", json.dumps(state)):
+            await agent.local_participant.publish_data(
+                payload, topic=ACK_TOPIC, destination_identities=[GATEWAY]
+            )
+        name, event = await asyncio.wait_for(next_event(response), 10)
+    assert (name, event) == ("agent_state", state)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -321,6 +321,14 @@ async def test_the_inbox_refuses_every_reply_it_did_not_ask_for_with_401(
         (_reply("w1", room="room-2"), SECRET, None),  # nor in this room
         (b"not json", SECRET, None),
         (json.dumps({"room": ROOM, "ack": {"id": "w1"}}).encode(), SECRET, None),
+        # correctly signed, but nested too deeply to read (about 10 KB): the ack, its id, the body
+        (json.dumps({"room": ROOM, "ack": "[" * 10_000 + "]" * 10_000}).encode(), SECRET, None),
+        (json.dumps({"room": ROOM, "ack": '{"id": ' + "[" * 5_000 + "]" * 5_000 + "}"}).encode(),
+         SECRET, None),
+        (json.dumps({"room": ROOM, "ack": '{"id": "w1", "x": ' + "[" * 5_000 + "]" * 5_000 + "}"})
+         .encode(), SECRET, None),
+        (b"[" * 10_000 + b"]" * 10_000, SECRET, None),
+        (b'{"room": ' + b"[" * 10_000 + b"]" * 10_000 + b', "ack": "{}"}', SECRET, None),
     ]
     for body, secret, ts in cases:
         status, answer = await _post(server, body, secret=secret, ts=ts)

@@ -104,7 +104,8 @@ async def test_a_signed_body_that_is_not_an_event_is_401_not_500(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:
     client, _ = await gateway_with_directory(fleet, make_gateway)
-    for body in ("{not json", '{"event": 12, "room": []}'):
+    deep = '{"event": "room_finished", "room": ' + "[" * 5_000 + "]" * 5_000 + "}"
+    for body in ("{not json", '{"event": 12, "room": []}', "[" * 5_000 + "]" * 5_000, deep):
         status, payload = await hook(client, body, signature(body))
         assert status == 401, payload
 

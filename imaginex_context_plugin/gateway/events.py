@@ -30,7 +30,14 @@ from livekit import rtc
 from .._livekit.rpc import call_agent
 from ..errors import ContextError
 from ..log import logger
-from ..protocol import ACK_TOPIC, SESSION_EVENT_TYPES, ErrorAck, ErrorCode, parse_ack
+from ..protocol import (
+    ACK_TOPIC,
+    SESSION_EVENT_TYPES,
+    ErrorAck,
+    ErrorCode,
+    load_untrusted_json,
+    parse_ack,
+)
 from .backend import AgentTarget
 from .fanout import FanOut
 from .gatekeeper import Gatekeeper
@@ -117,8 +124,8 @@ class _RoomFeed:
         ):
             return
         try:
-            event = json.loads(packet.data)
-        except ValueError:
+            event = load_untrusted_json(packet.data)
+        except ValueError:  # a room callback must never raise
             return
         if isinstance(event, dict) and event.get("type") in SESSION_EVENT_TYPES:
             for stream in self.streams:
@@ -216,7 +223,12 @@ class EventFeeds:
             )
         except ContextError as exc:
             raise Refusal(STATUS_FOR.get(exc.code, 502), exc.code.value, exc.message) from None
-        ack = parse_ack(answer)
+        try:
+            ack = parse_ack(answer)
+        except ValueError:  # pydantic's ValidationError is one
+            raise Refusal(
+                502, ErrorCode.INTERNAL_ERROR.value, "The agent's answer could not be read."
+            ) from None
         if isinstance(ack, ErrorAck):
             raise Refusal(STATUS_FOR.get(ack.error, 502), ack.error.value, ack.message)
 

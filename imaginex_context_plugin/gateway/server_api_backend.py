@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from ..protocol import (
     ProtocolError,
     SignedEnvelope,
     decode_object,
+    load_untrusted_json,
     read_packet,
 )
 from ..replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER, reply_signature_valid
@@ -226,9 +226,10 @@ class ReplyInbox:
         if signature.lower() in self._seen:
             return self._refuse("This reply was already received (replay).")
         try:
-            reply = json.loads(body)
+            # signed by the agent, but an agent is not trusted to be well-formed
+            reply = load_untrusted_json(body)
             room, ack = reply["room"], reply["ack"]
-            request_id = json.loads(ack)["id"]
+            request_id = load_untrusted_json(ack)["id"]
         except (ValueError, KeyError, TypeError):
             return self._refuse("The reply could not be read.")
         if not (isinstance(room, str) and isinstance(ack, str) and isinstance(request_id, str)):
