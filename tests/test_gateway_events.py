@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -252,3 +253,121 @@ async def test_an_event_too_deeply_nested_to_read_is_dropped_and_the_stream_goes
         name, event = await asyncio.wait_for(next_event(response), 10)
     assert (name, event) == ("agent_state", state)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+class ScriptedAgent:
+    """A participant claiming a code in a room, answering subscribe / unsubscribe as told.
+
+    ``hold`` keeps every answer back until it is set; ``requests`` lists the request types
+    received, in order.
+    """
+
+    def __init__(self, fleet: Fleet, room: str, *, code: str = CODE, hold: bool = False) -> None:
+        fleet.register_room(room)
+        self.room = fleet.network.create_room(
+            room, f"scripted-{room}", attributes={AGENT_CODE_ATTRIBUTE: code}
+        )
+        self.requests: list[str] = []
+        self.asked = asyncio.Event()
+        self.go = asyncio.Event()
+        if not hold:
+            self.go.set()
+        fleet.releases.append(self.go)  # set at teardown: nothing stays stuck
+        self.room.local_participant.register_rpc_method(RPC_METHOD, self._answer)
+
+    async def _answer(self, invocation: rtc.RpcInvocationData) -> str:
+        request = json.loads(json.loads(invocation.payload)["body"])
+        self.requests.append(request["type"])
+        self.asked.set()
+        await self.go.wait()
+        return _ack(request)
+
+
+async def test_a_stuck_agent_does_not_delay_another_rooms_stream(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    await fleet.agent(ROOM_1, permissions=WATCH, secret=SIGNING_SECRET)
+    stuck = ScriptedAgent(fleet, "stuck-room", hold=True)
+    client: Client = await make_gateway(delivery_timeout=10, signing_secret=SIGNING_SECRET)
+    stuck_stream = asyncio.create_task(
+        client.get(PATH, params={"room_id": "stuck-room"}, headers=HEADERS)
+    )
+    await asyncio.wait_for(stuck.asked.wait(), 10)  # its subscribe is under way, unanswered
+
+    started = time.perf_counter()
+    healthy = await client.get(PATH, params={"room_id": ROOM_1}, headers=HEADERS)
+    took = time.perf_counter() - started
+
+    assert healthy.status == 200
+    assert took < 1.0, f"a healthy stream took {took:.2f} s to open"
+    assert not stuck_stream.done()  # still waiting for its agent: it held nobody up
+    healthy.close()
+    stuck.go.set()
+    (await stuck_stream).close()
+
+
+async def test_streams_opening_together_on_one_agent_share_one_subscribe(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    agent = ScriptedAgent(fleet, ROOM_1, hold=True)
+    client: Client = await make_gateway(signing_secret=SIGNING_SECRET)
+    opening = [
+        asyncio.create_task(client.get(PATH, params={"room_id": ROOM_1}, headers=HEADERS))
+        for _ in range(3)
+    ]
+    await asyncio.wait_for(agent.asked.wait(), 10)
+    agent.go.set()
+    streams = await asyncio.gather(*opening)
+    assert [s.status for s in streams] == [200, 200, 200]
+    assert agent.requests == ["subscribe"]
+    for stream in streams:
+        stream.close()
+
+
+async def test_a_stream_reopened_while_the_last_one_unsubscribes_subscribes_after_it(
+    fleet: Fleet, make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events_module, "HEARTBEAT_S", 0.05)  # a closed client is seen at once
+    agent = ScriptedAgent(fleet, ROOM_1)
+    client: Client = await make_gateway(signing_secret=SIGNING_SECRET)
+    first = await client.get(PATH, params={"room_id": ROOM_1}, headers=HEADERS)
+    assert first.status == 200
+    agent.go.clear()  # answers held back from now on
+    first.close()
+    await wait_until(lambda: agent.requests == ["subscribe", "unsubscribe"])
+
+    second = asyncio.create_task(client.get(PATH, params={"room_id": ROOM_1}, headers=HEADERS))
+    await asyncio.sleep(0.2)
+    # the new subscribe waits for the unsubscribe's answer: the agent never sees them swapped
+    assert agent.requests == ["subscribe", "unsubscribe"]
+    agent.go.set()
+    response = await second
+    assert response.status == 200
+    assert agent.requests == ["subscribe", "unsubscribe", "subscribe"]
+    response.close()
+
+
+async def test_a_feed_whose_every_client_left_while_subscribing_unsubscribes_and_lets_go(
+    fleet: Fleet,
+) -> None:
+    from imaginex_context_plugin.gateway.backend import AgentTarget
+    from imaginex_context_plugin.gateway.events import EventFeeds, _Stream
+    from imaginex_context_plugin.gateway.messages import MessageWriter
+
+    agent = ScriptedAgent(fleet, ROOM_1, hold=True)
+    backend = fleet.backend(idle_timeout=0.2)
+    feeds = EventFeeds(
+        backend, writer=MessageWriter(signing_secret=SIGNING_SECRET), timeout=5
+    )
+    target = AgentTarget(ROOM_1, agent.room.local_participant.identity)
+    stream = _Stream(frozenset({"agent_state"}), interim=False, tool_arguments=False)
+    opening = asyncio.create_task(feeds.open(target, CODE, stream))
+    await asyncio.wait_for(agent.asked.wait(), 10)
+    opening.cancel()  # the client went while the agent had not answered yet
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    agent.go.set()
+    await wait_until(lambda: agent.requests == ["subscribe", "unsubscribe"])
+    await wait_until(lambda: feeds.feeds == 0 and backend.pooled_rooms == [], "let go")
+    await feeds.aclose()
+    await backend.aclose()

@@ -324,6 +324,7 @@ def create_app(
         feeds = EventFeeds(backend, writer=gateway.writer, timeout=delivery_timeout)
         events = EventsRoute(gatekeeper=gateway.gatekeeper, fanout=gateway.fanout, feeds=feeds)
         app.router.add_get("/v1/agent/{agent_code}/events", events.handle)
+        app.on_cleanup.append(feeds.aclose)
     if isinstance(backend, ServerApiBackend):  # the agents' answers come back over HTTP
         app.router.add_post(REPLIES_PATH, backend.reply_inbox.handle)
         server_api = backend

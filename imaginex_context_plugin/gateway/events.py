@@ -99,22 +99,46 @@ class _Stream:
 
 
 @dataclass(eq=False)
-class _RoomFeed:
-    room: rtc.Room
-    release: Callable[[], None]
+class _AgentFeed:
+    """One agent's subscription, shared by every stream open on it.
+
+    Made (and put in the table) at once; ``opening`` holds the room, hooks its events and
+    subscribes, and every stream that came meanwhile waits for it.
+    """
+
     target: AgentTarget
     agent_code: str
     streams: set[_Stream] = field(default_factory=set)
+    room: rtc.Room | None = None
+    release: Callable[[], None] | None = None
+    opening: asyncio.Task[None] | None = None
+    subscribed: bool = False
+    ended: bool = False
+    """The agent left or the room went: its streams were told, and a new stream needs a new
+    feed (and the agent no longer holds this subscription: nothing to unsubscribe)."""
 
-    def __post_init__(self) -> None:
-        self.room.on("data_received", self._on_data)
-        self.room.on("participant_disconnected", self._on_left)
-        self.room.on("disconnected", self._on_room_gone)
+    @property
+    def key(self) -> _FeedKey:
+        return (self.target.room, self.target.identity)
+
+    def hook(self, room: rtc.Room, release: Callable[[], None]) -> None:
+        self.room, self.release = room, release
+        room.on("data_received", self._on_data)
+        room.on("participant_disconnected", self._on_left)
+        room.on("disconnected", self._on_room_gone)
 
     def unhook(self) -> None:
-        self.room.off("data_received", self._on_data)
-        self.room.off("participant_disconnected", self._on_left)
-        self.room.off("disconnected", self._on_room_gone)
+        if self.room is not None:
+            self.room.off("data_received", self._on_data)
+            self.room.off("participant_disconnected", self._on_left)
+            self.room.off("disconnected", self._on_room_gone)
+
+    def let_go(self) -> None:
+        """Unhook and release the room connection (once)."""
+        self.unhook()
+        release, self.release = self.release, None
+        if release is not None:
+            release()
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
         if (
@@ -141,6 +165,7 @@ class _RoomFeed:
         self._end_streams()
 
     def _end_streams(self) -> None:
+        self.ended = True
         for stream in self.streams:
             stream.offer(None)
 
@@ -152,6 +177,12 @@ _FeedKey = tuple[str, str]
 class EventFeeds:
     """One subscription per agent (room and identity), shared by every stream open on it.
 
+    No lock spans joining a room and subscribing: each agent's feed opens on its own, so an
+    agent that never answers delays only the streams waiting for that agent. What stays
+    ordered is per agent: a feed opening for an agent whose last feed is still unsubscribing
+    waits for that to finish, so the agent never takes the new subscribe before the old
+    unsubscribe.
+
     Args:
         backend: Holds the pooled room connections.
         writer: Writes (and signs) the subscribe / unsubscribe messages.
@@ -162,59 +193,117 @@ class EventFeeds:
         self._backend = backend
         self._writer = writer
         self._timeout = timeout
-        self._feeds: dict[_FeedKey, _RoomFeed] = {}
-        self._lock = asyncio.Lock()
+        self._feeds: dict[_FeedKey, _AgentFeed] = {}
+        self._leaving: dict[_FeedKey, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def open(self, target: AgentTarget, agent_code: str, stream: _Stream) -> None:
+    @property
+    def feeds(self) -> int:
+        """Agent feeds open or opening."""
+        return len(self._feeds)
+
+    async def open(self, target: AgentTarget, agent_code: str, stream: _Stream) -> _AgentFeed:
         """Add ``stream`` to the agent's feed, subscribing first if it is the agent's first.
+
+        Returns:
+            The feed, for :meth:`close`.
 
         Raises:
             Refusal: The agent refused the subscription or could not be reached.
         """
         key = (target.room, target.identity)
-        async with self._lock:
-            feed = self._feeds.get(key)
-            if feed is None:
-                room, release = await self._backend.hold_room(target.room)
-                feed = _RoomFeed(room, release, target, agent_code)
-                try:
-                    await self._send(
-                        feed,
-                        {
-                            "type": "subscribe",
-                            "events": list(SESSION_EVENT_TYPES),
-                            "interim": True,
-                            "tool_arguments": True,
-                        },
-                    )
-                except BaseException:
-                    feed.unhook()
-                    release()
-                    raise
-                self._feeds[key] = feed
-            feed.streams.add(stream)
-
-    async def close(self, target: AgentTarget, stream: _Stream) -> None:
-        """Remove ``stream``; the agent's last one unsubscribes and lets the connection go."""
-        key = (target.room, target.identity)
-        async with self._lock:
-            feed = self._feeds.get(key)
-            if feed is None or stream not in feed.streams:
-                return
+        feed = self._feeds.get(key)
+        if feed is None or feed.ended:
+            feed = _AgentFeed(target, agent_code)
+            self._feeds[key] = feed
+            feed.opening = asyncio.get_running_loop().create_task(
+                self._open(feed), name="imaginex_gateway.events_subscribe"
+            )
+            self._hold(feed.opening)
+        assert feed.opening is not None
+        feed.streams.add(stream)
+        try:
+            # shielded: one client giving up does not cancel the subscription others wait for
+            await asyncio.shield(feed.opening)
+        except BaseException:
             feed.streams.discard(stream)
-            if feed.streams:
-                return
+            if feed.subscribed:
+                await self._retire_if_unused(feed)
+            raise
+        return feed
+
+    async def close(self, feed: _AgentFeed, stream: _Stream) -> None:
+        """Remove ``stream``; the agent's last one unsubscribes and lets the connection go."""
+        feed.streams.discard(stream)
+        await self._retire_if_unused(feed)
+
+    async def aclose(self, app: object = None) -> None:
+        """Stop what is still opening (an ``on_cleanup`` hook)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+
+    def _hold(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self, feed: _AgentFeed) -> None:
+        key = feed.key
+        try:
+            while (leaving := self._leaving.get(key)) is not None:
+                await leaving.wait()
+            room, release = await self._backend.hold_room(feed.target.room)
+            feed.hook(room, release)
+            await self._send(
+                feed,
+                {
+                    "type": "subscribe",
+                    "events": list(SESSION_EVENT_TYPES),
+                    "interim": True,
+                    "tool_arguments": True,
+                },
+            )
+        except BaseException:
+            if self._feeds.get(key) is feed:
+                del self._feeds[key]
+            feed.let_go()
+            raise
+        feed.subscribed = True
+        if not feed.streams:  # every client left while it was subscribing
+            self._hold(
+                asyncio.get_running_loop().create_task(
+                    self._retire_if_unused(feed), name="imaginex_gateway.events_unsubscribe"
+                )
+            )
+
+    async def _retire_if_unused(self, feed: _AgentFeed) -> None:
+        """Unsubscribe and release once the feed's last stream is gone (the caller's task
+        waits for it, within :data:`UNSUBSCRIBE_TIMEOUT_S`)."""
+        if feed.streams or not feed.subscribed:
+            return
+        feed.subscribed = False
+        key = feed.key
+        if self._feeds.get(key) is feed:
             del self._feeds[key]
-            feed.unhook()
+        feed.unhook()
+        if feed.ended:  # the agent or the room went, and the subscription with it
+            feed.let_go()
+            return
+        leaving = self._leaving[key] = asyncio.Event()
         try:
             with contextlib.suppress(Refusal, asyncio.TimeoutError):
                 await asyncio.wait_for(
                     self._send(feed, {"type": "unsubscribe"}), UNSUBSCRIBE_TIMEOUT_S
                 )
         finally:
-            feed.release()
+            feed.let_go()
+            del self._leaving[key]
+            leaving.set()
 
-    async def _send(self, feed: _RoomFeed, fields: dict[str, Any]) -> None:
+    async def _send(self, feed: _AgentFeed, fields: dict[str, Any]) -> None:
+        assert feed.room is not None
         outgoing = Outgoing(endpoint="events", fields=fields)
         payload = self._writer.write(outgoing, uuid.uuid4().hex, feed.agent_code, feed.target.room)
         try:
@@ -249,11 +338,11 @@ class EventsRoute:
         target = targets[0]
         if target.refusal is not None:
             raise Refusal(404, ErrorCode.AGENT_NOT_FOUND.value, target.refusal)
-        await self._feeds.open(target, agent_code, stream)
+        feed = await self._feeds.open(target, agent_code, stream)
         try:
             return await _stream(request, stream)
         finally:
-            await self._feeds.close(target, stream)
+            await self._feeds.close(feed, stream)
 
 
 def _read_query(request: web.Request) -> tuple[_Stream, str]:
