@@ -14,8 +14,8 @@ that with a re-check of the room. Webhooks are queued per room (in order) and dr
 30 s undelivered; reconciliation heals what was dropped.
 
 Answers: 200 ``{"success": true}`` once applied; 401 for a missing, forged or mismatched
-signature, or a signed body that is not a webhook event; 413 for a body over the limit; 503 when the directory's store failed (LiveKit
-retries). Never the exception's text.
+signature, or a signed body that is not a webhook event; 413 for a body over the limit; 503
+when the directory's store failed (LiveKit retries). Never the exception's text.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from livekit.protocol.webhook import WebhookEvent
 
 from ..log import logger
 from ..protocol import ErrorCode
+from .body import unreadable_body
 from .directory import DirectoryError, DirectorySync
-from .refusals import REQUEST_TIMEOUT, Refusal, too_large
+from .refusals import REQUEST_TIMEOUT, Refusal, note_refusal, too_large
 
 WEBHOOK_PATH: Final = "/livekit/webhook"
 DEFAULT_MAX_WEBHOOK_BYTES: Final = 64 * 1024
@@ -96,6 +97,11 @@ class LiveKitWebhook:
             raise Refusal(
                 408, REQUEST_TIMEOUT, "The webhook body did not arrive in time.", close=True
             ) from None
+        except web.RequestPayloadError as exc:
+            # not the body LiveKit signed (it sends no Content-Encoding): unverifiable
+            raise Refusal(
+                401, ErrorCode.UNAUTHORIZED.value, unreadable_body(request, exc)
+            ) from None
         if len(raw) > self._max_body_bytes:
             raise too_large(self._max_body_bytes)
         try:
@@ -123,7 +129,8 @@ class LiveKitWebhook:
         try:
             event = self._receiver.receive(body, token)
         except Exception as exc:  # livekit-api raises bare Exception, jwt and protobuf errors
-            logger.info("webhook refused", extra={"error": type(exc).__name__})
+            logger.debug("webhook refused", extra={"error": type(exc).__name__})
+            note_refusal(f"not verified ({type(exc).__name__})")
             raise Refusal(401, ErrorCode.UNAUTHORIZED.value, _UNSIGNED) from None
         # parsed once already, so within protobuf's depth limit
         if not _well_formed(json.loads(body), WebhookEvent.DESCRIPTOR):

@@ -1,11 +1,12 @@
 """``examples/offline_agent.py`` as a real worker: registered with the server, dispatched into a
 room with the agent dispatch API, driven with the ``imaginex-context`` CLI as a user would.
 
-This is the README's "Local testing with livekit-server --dev" story, run as written: the worker
-is ``python -m livekit.agents start examples/offline_agent.py --dev`` (its own process group,
-stopped with SIGTERM then SIGKILL, its log attached to any failure), the CLI runs as a
-subprocess, and a user in the room reads what the agent says from the ``lk.transcription`` text
-stream.
+This is the docs' local testing story (``docs/local-testing.md``), run as written against the
+server it starts, ``scripts/livekit-server --dev`` (LiveKit's dev keys, everything on
+127.0.0.1): the worker is ``python -m livekit.agents start examples/offline_agent.py --dev``
+(its own process group, stopped with SIGTERM then SIGKILL, its log attached to any failure),
+the CLI runs as a subprocess with the dev keys and says nothing about their length, and a user
+in the room reads what the agent says from the ``lk.transcription`` text stream.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from devtools.livekit_server import ROOT, ServerInfo
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient
 from tests.helpers import wait_until
 from tests.integration.live import participant_token, room_name
+from tests.integration.local_server import LocalServer
 
 AGENT_NAME = "offline-agent"
 AGENT_CODE = "OFFLINE01"
@@ -41,6 +43,9 @@ CLI_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CLI = Path(sys.executable).parent / "imaginex-context"
+
+# the story's key pair is LiveKit's dev pair: PyJWT warns when this process signs with it
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
 
 @dataclass
@@ -149,6 +154,8 @@ async def listener(lk: ServerInfo, room: str) -> AsyncIterator[Listener]:
 
 
 async def cli(lk: ServerInfo, *args: str) -> tuple[int, str]:
+    """Run the command: its exit status and stdout (and stderr, if it failed). Its stderr
+    holds nothing about the length of the dev key (PyJWT warns about it on every token)."""
     process = await asyncio.create_subprocess_exec(
         str(CLI),
         *args,
@@ -156,18 +163,22 @@ async def cli(lk: ServerInfo, *args: str) -> tuple[int, str]:
         env=livekit_env(lk),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
     try:
-        out, _ = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
+        out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
     except asyncio.TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
         raise
     assert process.returncode is not None
-    return process.returncode, out.decode("utf-8", errors="replace")
+    output, errors = (part.decode("utf-8", errors="replace") for part in (out, err))
+    assert "InsecureKeyLengthWarning" not in errors, errors
+    assert "HMAC key" not in errors, errors
+    assert not [line for line in errors.splitlines() if line.startswith("warning:")], errors
+    return process.returncode, output if process.returncode == 0 else output + errors
 
 
 async def wait_for(
@@ -181,6 +192,12 @@ async def wait_for(
         await wait_until(predicate, what, timeout=timeout)
     except pytest.fail.Exception as exc:
         pytest.fail(f"{exc}\nworker log:\n{worker.log()}", pytrace=False)
+
+
+@pytest.fixture
+def livekit(local_livekit: LocalServer) -> ServerInfo:
+    """The story's server: the docs' ``scripts/livekit-server --dev``."""
+    return local_livekit.info
 
 
 @pytest.fixture
