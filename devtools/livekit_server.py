@@ -190,7 +190,8 @@ def local_config_file() -> str:
 # Written by `python -m devtools.livekit_server > scripts/livekit-local.yaml`: the live
 # suite's loopback settings, so nothing here reaches beyond this machine.
 #
-# - LiveKit's dev keys ({LOCAL_API_KEY} / {LOCAL_API_SECRET}); HTTP and WebSocket on {LOOPBACK}:{LOCAL_HTTP_PORT},
+# - LiveKit's dev keys ({LOCAL_API_KEY} / {LOCAL_API_SECRET}); HTTP and WebSocket on \
+{LOOPBACK}:{LOCAL_HTTP_PORT},
 #   WebRTC over UDP on {LOOPBACK}:{LOCAL_UDP_PORT} (one port for every peer connection);
 # - ICE candidates on {LOOPBACK} only: loopback candidates enabled (pion drops them by
 #   default), node_ip {LOOPBACK} without external IP discovery;
