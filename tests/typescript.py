@@ -1,0 +1,112 @@
+"""Running the TypeScript client (``js/``) from pytest: Node, its npm dependencies, its build.
+
+The README's one test command runs the TypeScript suites through these helpers. Without Node,
+the npm dependencies (``npm ci`` in ``js/``) or Chromium, a test skips saying what is missing,
+and under ``CI=true`` it fails instead: CI must never pass with them skipped. Nothing here
+downloads anything (the suite runs in a network namespace with only loopback); ``.ci/run``
+installs Node's dependencies and Chromium before the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+JS: Final = ROOT / "js"
+CHROMIUM: Final = Path(os.environ.get("IMAGINEX_CHROMIUM", "/usr/bin/chromium"))
+NODE_TIMEOUT_S: Final = 600.0
+_build_lock = threading.Lock()
+_built: list[bool] = []
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(what: str) -> None:
+    """Skip (fail under CI=true) because ``what`` is missing."""
+    if in_ci():
+        pytest.fail(f"CI=true and {what}", pytrace=False)
+    pytest.skip(what)
+
+
+def node() -> str:
+    """The ``node`` binary, with the npm dependencies installed and the package built."""
+    binary = shutil.which("node")
+    if binary is None:
+        missing("node is not installed (Node 20+: apt-get install nodejs npm)")
+    assert binary is not None
+    if not (JS / "node_modules" / "typescript").is_dir():
+        missing("the TypeScript client's npm dependencies are not installed (cd js && npm ci)")
+    with _build_lock:
+        if not _built:
+            run([binary, "node_modules/typescript/bin/tsc", "-p", "tsconfig.json"])
+            run([binary, "scripts/bundle.mjs"])
+            _built.append(True)
+    return binary
+
+
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        missing(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    return CHROMIUM
+
+
+@dataclass(frozen=True)
+class NodeRun:
+    returncode: int
+    output: str
+
+    def counts(self) -> dict[str, int]:
+        """The node test runner's closing counts (``# pass 12`` ...)."""
+        pattern = r"^# (tests|pass|fail|skipped|cancelled|todo) (\d+)$"
+        return {k: int(v) for k, v in re.findall(pattern, self.output, re.M)}
+
+
+def run(
+    args: list[str],
+    *,
+    cwd: Path = JS,
+    env: dict[str, str] | None = None,
+    timeout: float = NODE_TIMEOUT_S,
+    check: bool = True,
+) -> NodeRun:
+    """Run a command (in ``js/`` by default); with ``check``, fail the test on a non-zero exit."""
+    completed = subprocess.run(
+        args,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=timeout,
+        check=False,
+    )
+    result = NodeRun(completed.returncode, completed.stdout.decode("utf-8", errors="replace"))
+    if check and completed.returncode != 0:
+        command = " ".join(args)
+        pytest.fail(f"{command} exited with {completed.returncode}:\n{result.output[-8000:]}")
+    return result
+
+
+def node_tests(
+    *paths: str, env: dict[str, str] | None = None, timeout: float = NODE_TIMEOUT_S
+) -> dict[str, int]:
+    """Run ``node --test`` on ``paths``: every test must pass, none skipped; returns the counts."""
+    result = run(
+        [node(), "--test", "--test-reporter=tap", *paths], env=env, timeout=timeout, check=False
+    )
+    counts = result.counts()
+    failed = counts.get("fail", 1) or counts.get("skipped", 0) or counts.get("cancelled", 0)
+    if result.returncode != 0 or failed or not counts.get("pass"):
+        pytest.fail(f"node --test {' '.join(paths)}: {counts}\n{result.output[-12000:]}")
+    return counts
