@@ -43,6 +43,8 @@ CLI_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CLI = Path(sys.executable).parent / "imaginex-context"
+LOCAL_TESTING = ROOT / "docs" / "local-testing.md"
+BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 # the story's key pair is LiveKit's dev pair: PyJWT warns when this process signs with it
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -154,10 +156,19 @@ async def listener(lk: ServerInfo, room: str) -> AsyncIterator[Listener]:
 
 
 async def cli(lk: ServerInfo, *args: str) -> tuple[int, str]:
-    """Run the command: its exit status and stdout (and stderr, if it failed). Its stderr
-    holds nothing about the length of the dev key (PyJWT warns about it on every token)."""
+    """Run the command: its exit status and stdout (and stderr, if it failed)."""
+    return await run(lk, str(CLI), *args)
+
+
+async def shell(lk: ServerInfo, script: str) -> tuple[int, str]:
+    """Run ``script`` with bash, as a user's terminal in the repository would."""
+    return await run(lk, "bash", "-euc", script)
+
+
+async def run(lk: ServerInfo, *args: str) -> tuple[int, str]:
+    """Run ``args`` with the server's keys in the environment. Its stderr holds nothing about
+    the length of the dev key (PyJWT warns about it on every token)."""
     process = await asyncio.create_subprocess_exec(
-        str(CLI),
         *args,
         cwd=ROOT,
         env=livekit_env(lk),
@@ -192,6 +203,22 @@ async def wait_for(
         await wait_until(predicate, what, timeout=timeout)
     except pytest.fail.Exception as exc:
         pytest.fail(f"{exc}\nworker log:\n{worker.log()}", pytrace=False)
+
+
+def terminal_3(lk: ServerInfo, room: str) -> tuple[str, list[str]]:
+    """The docs' terminal 3, as written but for the room (and the server's URL, if it could
+    not have the usual port): the dispatch, then each command."""
+    text = LOCAL_TESTING.read_text(encoding="utf-8")
+    (block,) = [code for code in BASH_BLOCK.findall(text) if code.startswith("# 3. dispatch")]
+    block = (
+        block.replace('room="demo"', f'room="{room}"')
+        .replace("--room demo", f"--room {room}")
+        .replace("ws://127.0.0.1:7880", lk.url)
+        .replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    )
+    first = block.index(f"{Path(sys.executable).parent}/imaginex-context")
+    commands = [line for line in block[first:].splitlines() if line.strip()]
+    return block[:first], commands
 
 
 @pytest.fixture
@@ -276,3 +303,40 @@ async def test_added_context_shapes_the_example_workers_next_reply(
     # OfflineLLM answers from the context it holds: its reply is made of both entries
     await wait_for(worker, lambda: bool(heard.texts), "the agent's reply")
     assert heard.texts == [f"Here is what I know: {fact} Greet the customer."]
+
+
+async def test_terminal_3_runs_as_the_docs_write_it(livekit: ServerInfo, worker: Worker) -> None:
+    room = room_name("it-docs")
+    dispatch, commands = terminal_3(livekit, room)
+    assert [command.split()[1] for command in commands] == ["speak", "add-context", "add-context"]
+    # "join demo with any LiveKit client first to read it"
+    async with (
+        listener(livekit, room) as heard,
+        api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret) as lkapi,
+    ):
+        try:
+            code, out = await shell(livekit, dispatch)
+            assert code == 0, out
+            await wait_for(worker, heard.agent_listening, "the dispatched agent's session to run")
+            outputs = []
+            for command in commands:
+                code, out = await shell(livekit, command)
+                assert code == 0, f"{command}\n{out}\nworker log:\n{worker.log()}"
+                outputs.append(out)
+            assert outputs[0].startswith("ok: Speech triggered successfully")
+            assert "played out:" in outputs[0]
+            assert "interrupted" not in outputs[0]
+            assert outputs[1].startswith("ok: Context added successfully")
+            assert outputs[2].startswith("ok: Context added successfully")
+            await wait_for(
+                worker,
+                lambda: heard.texts
+                == [
+                    "Hello from the backend!",
+                    "Here is what I know: The customer is John, a VIP. Greet the customer.",
+                ],
+                "the agent's two documented lines",
+            )
+        finally:
+            with contextlib.suppress(api.TwirpError):
+                await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))
