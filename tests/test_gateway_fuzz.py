@@ -9,7 +9,8 @@ Two gateways: one delivering over room connections (RPC), one through the server
 agents answering over HTTP (``ServerApiBackend``; its ``SendData`` goes onto the relay).
 
 Cases are aimed at the agents (their code, their room, a valid api-secret; the webhook and
-reply bodies validly signed half the time) or anything at all, positive and negative. Each must
+reply bodies validly signed half the time) or anything at all, positive and negative, and a
+body is sometimes sent gzip- or deflate-compressed, or said to be gzip and not. Each must
 get an answer the document allows (schemathesis' default checks): never a 500, a documented
 status, content type, headers and body schema, schema-violating input refused, auth enforced;
 and the gateway logs nothing at ERROR (a 500 nobody saw is still one). Two defaults are set to
@@ -24,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import json
 import socket
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from logging import ERROR
@@ -43,6 +46,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from livekit import api
 from schemathesis import GenerationMode
+from schemathesis.core import NotSet
 from schemathesis.core.parameters import ParameterLocation
 
 from imaginex_context_plugin._livekit.send_data import DataSender
@@ -171,22 +175,50 @@ def _webhook_jwt(body: bytes) -> str:
     return api.AccessToken(SETTINGS.api_key, SETTINGS.api_secret).with_sha256(digest).to_jwt()
 
 
-def _signed_call(case: schemathesis.Case) -> dict[str, Any] | None:
-    """Transport arguments that send ``case``'s body signed as its route wants, or None."""
-    path = case.operation.path
-    if path not in (WEBHOOK_PATH, REPLIES_PATH) or not isinstance(case.body, (dict, list)):
-        return None
-    body = json.dumps(case.body).encode()
+def _signatures(path: str, body: bytes) -> dict[str, str]:
+    """The headers that sign ``body`` as ``path`` wants it signed (none for the API routes)."""
     if path == WEBHOOK_PATH:
-        headers = {"Authorization": _webhook_jwt(body), "Content-Type": "application/webhook+json"}
-    else:
+        return {"Authorization": _webhook_jwt(body)}
+    if path == REPLIES_PATH:
         stamp = int(time.time())
-        headers = {
+        return {
             REPLY_TIMESTAMP_HEADER: str(stamp),
             REPLY_SIGNATURE_HEADER: reply_signature(body, stamp, SIGNING),
-            "Content-Type": "application/json",
         }
-    return {"headers": headers, "data": body}
+    return {}
+
+
+ENCODINGS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "broken": lambda body: body,  # said to be gzip, sent as it is
+}
+"""How a body may go (``Content-Encoding``, which the document leaves to HTTP): aiohttp
+decompresses what it is told is compressed, and data that does not decompress is the
+client's error on every route."""
+
+
+def _sent_body(
+    case: schemathesis.Case, *, sign: bool, encoding: str | None
+) -> tuple[dict[str, str], bytes] | None:
+    """Headers and bytes sending ``case``'s JSON body signed (the webhook and reply routes)
+    and or compressed; None to let schemathesis send it as it is."""
+    if not (sign or encoding) or isinstance(case.body, NotSet) or case.media_type is None:
+        return None
+    if isinstance(case.body, bytes):  # a negative case's raw body
+        body = case.body
+    else:
+        try:  # what requests sends for json=
+            body = json.dumps(case.body, allow_nan=False).encode()
+        except (TypeError, ValueError):
+            return None
+    headers = {"Content-Type": case.media_type}
+    if sign:
+        headers.update(_signatures(case.operation.path, body))
+    if encoding is not None:
+        body = ENCODINGS[encoding](body)
+        headers["Content-Encoding"] = "deflate" if encoding == "deflate" else "gzip"
+    return headers, body
 
 
 def _strategy(operation: Any) -> Any:
@@ -255,16 +287,22 @@ def _fuzz_operation(operation: Any, base_url: str, session: requests.Session) ->
         phases=[Phase.explicit, Phase.generate, Phase.shrink],
         suppress_health_check=list(HealthCheck),
     )
-    @given(generated=_strategy(operation), sign=st.booleans())
-    def run(generated: tuple[schemathesis.Case, bool], sign: bool) -> None:
+    @given(
+        generated=_strategy(operation),
+        sign=st.booleans(),
+        encoding=st.sampled_from([None, None, None, *ENCODINGS]),
+    )
+    def run(generated: tuple[schemathesis.Case, bool], sign: bool, encoding: str | None) -> None:
         case, aimed = generated
         # a case whose headers were made invalid on purpose keeps them as they are
         negated = case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER)
         headers = {"api-secret": SECRET} if aimed and secured and not negated else {}
-        signed = _signed_call(case) if sign else None
-        if signed is not None:
-            headers.update(signed.pop("headers"))
-        response = case.call(base_url, session, headers=headers, timeout=timeout, **(signed or {}))
+        sent = _sent_body(case, sign=sign, encoding=encoding)
+        body: dict[str, bytes] = {}
+        if sent is not None:
+            headers.update(sent[0])
+            body["data"] = sent[1]
+        response = case.call(base_url, session, headers=headers, timeout=timeout, **body)
         case.validate_response(response, headers=headers)
 
     run()
