@@ -560,7 +560,7 @@ class SignedEnvelope(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_absent_reply_to(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # an envelope without reply_to dumps exactly as before v1.3 (pinned wire format)
+        # an envelope without reply_to dumps as a v1.2 one does: older agents read it (pinned)
         data: dict[str, Any] = handler(self)
         if data.get("reply_to", "") is None:
             del data["reply_to"]
