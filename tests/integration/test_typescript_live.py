@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from livekit import api
@@ -28,10 +29,14 @@ from livekit import api
 from devtools.livekit_server import ROOT, ServerInfo
 from devtools.netns import STATE_ENV
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE
+from imaginex_context_plugin.gateway import DEFAULT_GATEWAY_IDENTITY
+from tests.helpers import wait_until
 from tests.integration.browser_worker import AGENT_CODE, AGENT_NAME, BROWSER, DOCS_READER
-from tests.integration.live import participant_token, room_name
+from tests.integration.live import live_agent, participant_token, room_name
+from tests.integration.test_gateway_process_live import SECRET as GATEWAY_SECRET
+from tests.integration.test_gateway_process_live import gateway_process, wait_until_serving
 from tests.integration.test_worker_live import REGISTER_TIMEOUT_S, Worker, livekit_env
-from tests.typescript import chromium, docs_example, node_tests_async, to_javascript
+from tests.typescript import JS, chromium, docs_example, node, node_tests_async, to_javascript
 
 WORKER_FILE = "tests/integration/browser_worker.py"
 DISPATCH_ATTEMPTS = 4
@@ -124,3 +129,49 @@ async def test_the_room_client_in_chromium_drives_a_real_worker(
         except pytest.fail.Exception as exc:
             pytest.fail(f"{exc}\nworker log:\n{browser_worker.log()}", pytrace=False)
     assert counts["pass"] == counts["tests"] >= 9
+
+
+def _node_example(name: str, gateway_url: str, room: str) -> str:
+    """``docs/typescript.md``'s example ``name`` as a module inside js/ (where the package's own
+    name resolves), pointed at our gateway and room."""
+    code = to_javascript(docs_example(name))
+    code = code.replace("http://127.0.0.1:8089", gateway_url).replace("customer_session_1", room)
+    path = JS / "build" / "docs" / f"{name}.mjs"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(code, encoding="utf-8")
+    return str(path)
+
+
+async def test_the_gateway_client_against_the_real_gateway_process(
+    livekit: ServerInfo, tmp_path: Path
+) -> None:
+    node()
+    identity = DEFAULT_GATEWAY_IDENTITY
+    async with live_agent(
+        livekit,
+        agent_code=AGENT_CODE,
+        allowed_identities=[identity],
+        permissions={identity: {"*"}},
+    ) as agent:
+        await wait_until(agent.code_listed, "the agent's code to reach RoomService")
+        with (
+            gateway_process(livekit, tmp_path) as gateway,
+            gateway_process(
+                livekit, tmp_path, "--rate-limit", "1", "--burst", "2", api_secret=GATEWAY_SECRET
+            ) as limited,
+        ):
+            await wait_until_serving(gateway)
+            await wait_until_serving(limited)
+            env = {
+                "GATEWAY_URL": gateway.base_url,
+                "LIMITED_GATEWAY_URL": limited.base_url,
+                "API_SECRET": GATEWAY_SECRET,
+                "ROOM": agent.room_name,
+                "DOCS_NODE": _node_example("node", gateway.base_url, agent.room_name),
+                "DOCS_NODE_EVENTS": _node_example("node-events", gateway.base_url, agent.room_name),
+            }
+            try:
+                counts = await node_tests_async("test/gateway/live.test.mjs", env=env)
+            except pytest.fail.Exception as exc:
+                pytest.fail(f"{exc}\ngateway log:\n{gateway.log()}", pytrace=False)
+    assert counts["pass"] == counts["tests"] >= 8
