@@ -15,6 +15,7 @@ import time
 import unicodedata
 from typing import Annotated, Any, Final, Literal, TypeVar, get_args
 
+import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -559,7 +560,7 @@ class SignedEnvelope(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_absent_reply_to(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # an envelope without reply_to dumps exactly as before v1.3 (pinned wire format)
+        # an envelope without reply_to dumps as a v1.2 one does: older agents read it (pinned)
         data: dict[str, Any] = handler(self)
         if data.get("reply_to", "") is None:
             del data["reply_to"]
@@ -571,8 +572,26 @@ Packet = Annotated[_RequestModel | SignedEnvelope, Field(discriminator="type")]
 _packet_adapter: TypeAdapter[Packet] = TypeAdapter(Packet)
 
 
+def load_untrusted_json(raw: bytes | str) -> Any:
+    """Decode JSON someone else wrote (an agent's reply or event, an ack) with pydantic-core's
+    parser, which does not recurse in Python and refuses nesting deeper than 200 levels.
+
+    ``json.loads`` recurses: about 10 KB of ``[[[[...`` raise ``RecursionError``, which an
+    ``except ValueError`` does not catch. Lone surrogate escapes are refused too (nothing we
+    write carries one).
+
+    Raises:
+        ValueError: Not JSON, or nested too deeply.
+    """
+    return pydantic_core.from_json(raw)
+
+
 def decode_object(raw: bytes | str) -> dict[str, Any]:
-    """Decode a packet into a JSON object, or raise ``VALIDATION_ERROR`` saying what is wrong."""
+    """Decode a packet into a JSON object, or raise ``VALIDATION_ERROR`` saying what is wrong.
+
+    ``json.loads``, not :func:`load_untrusted_json`: a request with a lone surrogate escape is
+    valid JSON, and is answered with what is wrong with it; its ``RecursionError`` is caught.
+    """
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -918,8 +937,13 @@ def parse_ack(raw: bytes | str) -> SuccessAck | ErrorAck:
 
 
 def parse_server_message(raw: bytes | str) -> ServerMessage:
-    """Parse anything the receiver sends on ``ACK_TOPIC`` (raises on malformed input)."""
-    obj = json.loads(raw)
+    """Parse anything the receiver sends on ``ACK_TOPIC``.
+
+    Raises:
+        ValueError: Malformed (pydantic's ``ValidationError`` is one), nested too deeply
+            included.
+    """
+    obj = load_untrusted_json(raw)
     if isinstance(obj, dict) and obj.get("type") == "ack":
         return _ack_adapter.validate_python(obj)
     return _event_adapter.validate_python(obj)

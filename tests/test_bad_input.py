@@ -256,6 +256,15 @@ BAD_INPUTS: list[tuple[str, bytes, str, str, str | None]] = [
     ("tool_arguments as number",
      b'{"id": "e9", "type": "subscribe", "events": ["tool_call"], "tool_arguments": 1}',
      "VALIDATION_ERROR", "Field 'tool_arguments' must be a boolean.", "e9"),
+    # valid JSON nested too deeply to decode (about 10 KB, within a packet)
+    ("deeply nested", b"[" * 5_000 + b"]" * 5_000, "VALIDATION_ERROR",
+     "Message is not valid JSON.", None),
+    ("deeply nested field", b'{"id": "n1", "type": "speak", "message": ' + b"[" * 5_000
+     + b"]" * 5_000 + b"}", "VALIDATION_ERROR", "Message is not valid JSON.", None),
+    ("deeply nested signed body",
+     json.dumps({"type": "signed", "body": "[" * 5_000 + "]" * 5_000, "timestamp": 1,
+                 "signature": "00"}).encode(),
+     "VALIDATION_ERROR", "Message is not valid JSON.", None),
 ]
 
 
@@ -470,3 +479,20 @@ async def test_every_random_packet_gets_exactly_one_answer(
     finally:
         await plugin.aclose()
         await session.aclose()
+
+
+DEEP = "[" * 5_000 + "]" * 5_000
+
+
+@pytest.mark.parametrize(
+    "raw", [DEEP, '{"type": "ack", "id": "x", "data": ' + DEEP + "}", DEEP.encode()]
+)
+def test_json_from_others_nested_too_deeply_is_a_value_error_where_we_parse_it(
+    raw: str | bytes,
+) -> None:
+    """What a sender (the client, the gateway) reads from a room: never a RecursionError."""
+    from imaginex_context_plugin import protocol
+
+    for parse in (protocol.load_untrusted_json, protocol.parse_ack, protocol.parse_server_message):
+        with pytest.raises(ValueError, match="recursion limit exceeded"):
+            parse(raw)

@@ -54,7 +54,7 @@ async def refusal(harness: Harness, envelope: str | dict[str, Any], via: Via) ->
 
 
 def test_the_scheme_is_hmac_sha256_over_timestamp_dot_body() -> None:
-    # the README's test vector, pinned in fixtures/protocol.json (the TypeScript tests read it too)
+    # docs/protocol.md's test vector, pinned in fixtures/protocol.json (TypeScript reads it too)
     vector = signature("v1")
     assert (vector["secret"], vector["timestamp"], vector["body"]) == (
         "s3cret", 1_700_000_000, '{"type":"speak","message":"hi"}'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from typing import Any
 
 import pytest
@@ -103,7 +104,8 @@ async def test_a_signed_body_that_is_not_an_event_is_401_not_500(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:
     client, _ = await gateway_with_directory(fleet, make_gateway)
-    for body in ("{not json", '{"event": 12, "room": []}'):
+    deep = '{"event": "room_finished", "room": ' + "[" * 5_000 + "]" * 5_000 + "}"
+    for body in ("{not json", '{"event": 12, "room": []}', "[" * 5_000 + "]" * 5_000, deep):
         status, payload = await hook(client, body, signature(body))
         assert status == 401, payload
 
@@ -171,3 +173,20 @@ async def test_replicas_share_the_directory_a_webhook_to_one_serves_the_other(
     assert backends[1].room_service_calls.total == calls
     # one reconciliation between them: whichever claimed the interval first
     assert sum(backend.room_service_calls.list_rooms for backend in backends) == 1
+
+
+async def test_a_refused_webhook_is_one_info_line_that_says_why(
+    fleet: Fleet, make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _ = await gateway_with_directory(fleet, make_gateway)
+    body = joined_body()
+    with caplog.at_level(logging.DEBUG, logger="imaginex_context_plugin"):
+        assert (await hook(client, body, "not-a-jwt"))[0] == 401
+    info = [
+        r
+        for r in caplog.records
+        if r.name.startswith("imaginex_context_plugin") and r.levelno >= logging.INFO
+    ]
+    assert len(info) == 1
+    assert info[0].__dict__["path"] == WEBHOOK_PATH
+    assert info[0].__dict__["reason"].startswith("not verified (")

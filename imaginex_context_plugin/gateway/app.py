@@ -257,7 +257,8 @@ def create_app(
         max_body_bytes: Largest request body. Default 64 KiB.
         body_timeout: Seconds to receive the body once the headers are in; a late body is
             answered 408 ``REQUEST_TIMEOUT`` and the connection closed. Default 30.
-        state: Idempotency-Key records and rate limits: :class:`~.state.MemoryState` for a
+        state: Idempotency-Key records, rate limits and the agents' replies taken (with
+            server-API delivery): :class:`~.state.MemoryState` for a
             lone gateway (the default), ``redis_state.RedisState`` for replicas, which then
             need ``signing_secret``. Closed with the application.
         sender: The sender signed messages name (``sign_request(sender=...)``), the same on
@@ -324,7 +325,10 @@ def create_app(
         feeds = EventFeeds(backend, writer=gateway.writer, timeout=delivery_timeout)
         events = EventsRoute(gatekeeper=gateway.gatekeeper, fanout=gateway.fanout, feeds=feeds)
         app.router.add_get("/v1/agent/{agent_code}/events", events.handle)
+        app.on_cleanup.append(feeds.aclose)
     if isinstance(backend, ServerApiBackend):  # the agents' answers come back over HTTP
+        # a reply is taken once across the replicas sharing the state
+        backend.reply_inbox.replies = state.replies
         app.router.add_post(REPLIES_PATH, backend.reply_inbox.handle)
         server_api = backend
 

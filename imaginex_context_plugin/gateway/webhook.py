@@ -29,8 +29,9 @@ from livekit.protocol.webhook import WebhookEvent
 
 from ..log import logger
 from ..protocol import ErrorCode
+from .body import unreadable_body
 from .directory import DirectoryError, DirectorySync
-from .refusals import REQUEST_TIMEOUT, Refusal, too_large
+from .refusals import REQUEST_TIMEOUT, Refusal, note_refusal, too_large
 
 WEBHOOK_PATH: Final = "/livekit/webhook"
 DEFAULT_MAX_WEBHOOK_BYTES: Final = 64 * 1024
@@ -94,6 +95,11 @@ class LiveKitWebhook:
             raise Refusal(
                 408, REQUEST_TIMEOUT, "The webhook body did not arrive in time.", close=True
             ) from None
+        except web.RequestPayloadError as exc:
+            # not the body LiveKit signed (it sends no Content-Encoding): unverifiable
+            raise Refusal(
+                401, ErrorCode.UNAUTHORIZED.value, unreadable_body(request, exc)
+            ) from None
         if len(raw) > self._max_body_bytes:
             raise too_large(self._max_body_bytes)
         try:
@@ -121,7 +127,8 @@ class LiveKitWebhook:
         try:
             return self._receiver.receive(body, token)
         except Exception as exc:  # livekit-api raises bare Exception, jwt and protobuf errors
-            logger.info("webhook refused", extra={"error": type(exc).__name__})
+            logger.debug("webhook refused", extra={"error": type(exc).__name__})
+            note_refusal(f"not verified ({type(exc).__name__})")
             raise Refusal(401, ErrorCode.UNAUTHORIZED.value, _UNSIGNED) from None
 
 
