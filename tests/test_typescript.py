@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from tests.typescript import JS, ROOT, node, node_tests, run
@@ -106,3 +108,37 @@ def _installed_version(package: str) -> str:
     manifest = JS / "node_modules" / package / "package.json"
     version: str = json.loads(manifest.read_text(encoding="utf-8"))["version"]
     return version
+
+
+def test_the_documentations_examples_type_check() -> None:
+    # every TypeScript block of docs/typescript.md compiles against the package's own types
+    # (the live suite runs the marked ones)
+    binary = node()
+    text = (ROOT / "docs" / "typescript.md").read_text(encoding="utf-8")
+    blocks = [
+        textwrap.dedent(code)
+        for _indent, code in re.findall(r"^( *)```ts\n(.*?)^\1```", text, re.M | re.S)
+    ]
+    assert len(blocks) >= 4
+    folder = JS / "build" / "docs-check"
+    folder.mkdir(parents=True, exist_ok=True)
+    ambient = (
+        "declare const serverUrl: string;\ndeclare const token: string;\n"
+        "declare const client: import('@imaginex/context-client/room').ContextClient;\n"
+        "declare const process: { env: Record<string, string | undefined> };\n"
+    )
+    (folder / "ambient.d.ts").write_text(ambient, encoding="utf-8")
+    names = []
+    for n, block in enumerate(blocks):
+        body = block if "import " in block else f"export {{}};\n{block}"
+        (folder / f"example{n}.ts").write_text(body, encoding="utf-8")
+        names.append(f"example{n}.ts")
+    config = {
+        "compilerOptions": {
+            "noEmit": True, "strict": True, "module": "nodenext", "moduleResolution": "nodenext",
+            "target": "es2022", "lib": ["es2022", "dom"], "skipLibCheck": True, "types": [],
+        },
+        "files": ["ambient.d.ts", *names],
+    }
+    (folder / "tsconfig.json").write_text(json.dumps(config), encoding="utf-8")
+    run([binary, str(JS / "node_modules" / "typescript" / "bin" / "tsc"), "-p", "."], cwd=folder)

@@ -9,6 +9,7 @@ installs Node's dependencies and Chromium before the tests.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -110,3 +111,53 @@ def node_tests(
     if result.returncode != 0 or failed or not counts.get("pass"):
         pytest.fail(f"node --test {' '.join(paths)}: {counts}\n{result.output[-12000:]}")
     return counts
+
+
+async def node_tests_async(
+    *paths: str, env: dict[str, str] | None = None, timeout: float = NODE_TIMEOUT_S
+) -> dict[str, int]:
+    """:func:`node_tests` without blocking the event loop (an in-process agent keeps running)."""
+    binary = node()
+    process = await asyncio.create_subprocess_exec(
+        binary, "--test", "--test-reporter=tap", "--test-concurrency=1", *paths,
+        cwd=JS,
+        env={**os.environ, **(env or {})},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        process.kill()
+        out, _ = await process.communicate()
+        tail = out.decode(errors="replace")[-12000:]
+        pytest.fail(f"node --test {' '.join(paths)} timed out:\n{tail}")
+    result = NodeRun(process.returncode or 0, out.decode("utf-8", errors="replace"))
+    counts = result.counts()
+    failed = counts.get("fail", 1) or counts.get("skipped", 0) or counts.get("cancelled", 0)
+    if result.returncode != 0 or failed or not counts.get("pass"):
+        pytest.fail(f"node --test {' '.join(paths)}: {counts}\n{result.output[-16000:]}")
+    return counts
+
+
+DOCS: Final = ROOT / "docs" / "typescript.md"
+
+
+def docs_example(name: str) -> str:
+    """The TypeScript block of ``docs/typescript.md`` marked ``<!-- run: name -->``."""
+    text = DOCS.read_text(encoding="utf-8")
+    match = re.search(rf"<!-- run: {re.escape(name)} -->\n```ts\n(.*?)^```", text, re.M | re.S)
+    assert match is not None, f"docs/typescript.md has no block marked 'run: {name}'"
+    return match.group(1)
+
+
+def to_javascript(typescript: str) -> str:
+    """The example as an ES module a browser or Node runs: its types stripped by esbuild."""
+    result = subprocess.run(
+        [node(), str(JS / "scripts" / "strip-types.mjs")],
+        input=typescript.encode(), capture_output=True, check=False, timeout=60,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"esbuild could not read the example:\n{result.stderr.decode()}")
+    return result.stdout.decode()

@@ -185,6 +185,7 @@ export class GatewayClient {
         buffer += value;
         let newline: number;
         while ((newline = buffer.search(/\r\n|\r|\n/)) !== -1) {
+          if (newline === buffer.length - 1 && buffer.endsWith("\r")) break; // "\r\n" split in two
           const line = buffer.slice(0, newline);
           buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
           if (line === "") {

@@ -473,19 +473,24 @@ export class ContextClient {
       payload,
       responseTimeout: timeoutMs,
     });
+    // the client closing, the room going or the agent leaving ends the wait at once
+    let fail!: (error: ContextError) => void;
+    const failed = new Promise<never>((_, reject) => (fail = reject));
+    pending.fail = fail;
+    call.catch(() => {}); // once we stop waiting (our deadline, a failure), nobody else does
     let response: string | null;
     try {
       // livekit-client waits at least 8 s for a response: our own, shorter deadline wins
-      response = await within(call, timeoutMs);
+      response = await within(Promise.race([call, failed]), timeoutMs);
     } catch (error) {
+      if (error instanceof ContextError) throw error;
       const failure = rpcFailure(error, agent, requestId);
       if (failure.code === "TIMEOUT") throw new NoAck();
       throw failure;
+    } finally {
+      pending.fail = null;
     }
-    if (response === null) {
-      call.catch(() => {}); // its own timeout comes later; nobody waits for it
-      throw new NoAck();
-    }
+    if (response === null) throw new NoAck();
     return ownAck(response, agent, requestId);
   }
 
