@@ -36,7 +36,15 @@ from tests.integration.live import live_agent, participant_token, room_name
 from tests.integration.test_gateway_process_live import SECRET as GATEWAY_SECRET
 from tests.integration.test_gateway_process_live import gateway_process, wait_until_serving
 from tests.integration.test_worker_live import REGISTER_TIMEOUT_S, Worker, livekit_env
-from tests.typescript import JS, chromium, docs_example, node, node_tests_async, to_javascript
+from tests.typescript import (
+    JS,
+    chromium,
+    docs_example,
+    node,
+    node_tests_async,
+    readme_example,
+    to_javascript,
+)
 
 WORKER_FILE = "tests/integration/browser_worker.py"
 DISPATCH_ATTEMPTS = 4
@@ -122,13 +130,14 @@ async def test_the_room_client_in_chromium_drives_a_real_worker(
             "BROWSER_TOKEN": participant_token(livekit, room, BROWSER),
             "DOCS_TOKEN": participant_token(livekit, room, DOCS_READER),
             "DOCS_EXAMPLE": example,
+            "README_EXAMPLE": to_javascript(readme_example()),
             "CHROMIUM": str(browser),
         }
         try:
             counts = await node_tests_async("test/browser/live.test.mjs", env=env)
         except pytest.fail.Exception as exc:
             pytest.fail(f"{exc}\nworker log:\n{browser_worker.log()}", pytrace=False)
-    assert counts["pass"] == counts["tests"] >= 9
+    assert counts["pass"] == counts["tests"] >= 10
 
 
 def _node_example(name: str, gateway_url: str, room: str) -> str:
