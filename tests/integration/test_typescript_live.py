@@ -84,7 +84,7 @@ async def test_the_room_client_in_chromium_drives_a_real_worker(
             counts = await node_tests_async("test/browser/live.test.mjs", env=env)
         except pytest.fail.Exception as exc:
             pytest.fail(f"{exc}\nworker log:\n{browser_worker.log()}", pytrace=False)
-    assert counts["pass"] == counts["tests"] >= 10
+    assert counts["pass"] == counts["tests"] >= 11
 
 
 def _node_example(name: str, gateway_url: str, room: str) -> str:

@@ -46,6 +46,31 @@ test("joins the real server from Chromium and finds the agent by its code", asyn
   assert.match(found.agent, /^agent-/);
 });
 
+test("WebRTC connected over loopback addresses only", async () => {
+  const pairs = await inPage(async () => {
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      const pairs = [];
+      for (const pc of window.peerConnections) {
+        const stats = await pc.getStats();
+        for (const report of stats.values()) {
+          if (report.type !== "candidate-pair" || report.state !== "succeeded") continue;
+          const local = stats.get(report.localCandidateId);
+          const remote = stats.get(report.remoteCandidateId);
+          pairs.push([local.address ?? local.ip, remote.address ?? remote.ip]);
+        }
+      }
+      if (pairs.length || Date.now() > deadline) return pairs;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  });
+  assert.ok(pairs.length > 0, "no connected candidate pair");
+  for (const [local, remote] of pairs) {
+    assert.match(local, /^127\./, `local candidate ${local}`);
+    assert.match(remote, /^127\./, `remote candidate ${remote}`);
+  }
+});
+
 test("the README's example runs as written, on the page's room", async () => {
   const output = await captureConsole(async () => {
     await import("/readme-example.mjs");
