@@ -32,6 +32,7 @@ from ._env import (
     REDIS_URL_ENV,
 )
 from ._livekit.settings import is_livekit_url, short_api_secret_note
+from .errors import did_you_mean
 from .protocol import (
     DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
@@ -1083,8 +1084,11 @@ def _event_names(
     for raw in value.split(","):
         name = raw.strip()
         if name not in SESSION_EVENT_TYPES:
+            hint = did_you_mean(name, SESSION_EVENT_TYPES)
             raise click.BadParameter(
-                f"{name!r} is not an event; use: {', '.join(SESSION_EVENT_TYPES)}.", ctx, param
+                f"{name!r} is not an event{hint}; use: {', '.join(SESSION_EVENT_TYPES)}.",
+                ctx,
+                param,
             )
         if name not in names:
             names.append(name)  # type: ignore[arg-type]  # checked against the Literal's values

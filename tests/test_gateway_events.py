@@ -16,8 +16,18 @@ import pytest
 from livekit import rtc
 
 from imaginex_context_plugin import ACK_TOPIC, AGENT_CODE_ATTRIBUTE, RPC_METHOD
+from imaginex_context_plugin.gateway import ApiSecrets, create_app, start_gateway_server
 from imaginex_context_plugin.gateway import events as events_module
-from tests.gateway_fixtures import CODE, GATEWAY, HEADERS, ROOM_1, Client, Fleet, GatewayFactory
+from tests.gateway_fixtures import (
+    CODE,
+    GATEWAY,
+    HEADERS,
+    ROOM_1,
+    SECRET,
+    Client,
+    Fleet,
+    GatewayFactory,
+)
 from tests.helpers import wait_until
 
 PATH = f"/v1/agent/{CODE}/events"
@@ -91,6 +101,40 @@ async def test_the_last_stream_to_go_unsubscribes(
     await wait_until(lambda: subs.identities == [], "the gateway to unsubscribe")
 
 
+async def test_a_client_that_goes_away_ends_its_stream_quietly(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the fuzz (tests/test_gateway_fuzz.py): on the production server, which does
+    not cancel a handler when its client leaves (aiohttp's TestServer does), the first write
+    after a hang-up raised out of the route: a 500 and a traceback at ERROR."""
+    monkeypatch.setattr(events_module, "HEARTBEAT_S", 0.05)
+    agent = await fleet.agent(ROOM_1, permissions=WATCH)
+    app = create_app(fleet.backend(), ApiSecrets(secret=SECRET))
+    server = await start_gateway_server(app, host="127.0.0.1", port=0)
+    subs = agent.plugin._subscribers
+
+    def access() -> list[int]:
+        return [getattr(r, "status", 0) for r in caplog.records if getattr(r, "path", "") == PATH]
+
+    try:
+        with caplog.at_level(logging.DEBUG, logger="imaginex_context_plugin"):
+            async with aiohttp.ClientSession() as http:
+                response = await http.get(
+                    f"http://127.0.0.1:{server.port}{PATH}",
+                    params={"room_id": ROOM_1},
+                    headers=HEADERS,
+                )
+                assert response.status == 200
+                assert await response.content.readline() == b": heartbeat\n"
+                response.close()  # the client hangs up mid-stream
+            await wait_until(lambda: subs.identities == [], "the gateway to unsubscribe")
+            await wait_until(access, "the stream's access log line")
+    finally:
+        await server.aclose()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert access() == [200]
+
+
 async def test_refusals(fleet: Fleet, make_gateway: GatewayFactory) -> None:
     await fleet.agent(ROOM_1)  # no permissions: subscribe is not granted
     client: Client = await make_gateway()
@@ -106,6 +150,23 @@ async def test_refusals(fleet: Fleet, make_gateway: GatewayFactory) -> None:
     assert response.status == 401
     response = await client.get(PATH, params={"room_id": "nowhere"}, headers=HEADERS)
     assert response.status == 404
+
+
+async def test_an_event_spelled_with_a_hyphen_is_refused_with_the_spelling_meant(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    await fleet.agent(ROOM_1, permissions={GATEWAY: {"subscribe"}})
+    client: Client = await make_gateway()
+    response = await client.get(
+        PATH, params={"room_id": ROOM_1, "events": "agent_state,user-transcript"}, headers=HEADERS
+    )
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"] == "VALIDATION_ERROR"
+    assert body["message"].startswith(
+        "Query parameter 'events' names 'user-transcript', which is not an event "
+        "(did you mean 'user_transcript'?); use: user_transcript, agent_transcript,"
+    )
 
 
 async def test_the_stream_is_in_the_openapi_document(make_gateway: GatewayFactory) -> None:

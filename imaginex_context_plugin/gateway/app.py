@@ -120,7 +120,8 @@ class _Gateway:
         self._keys = IdempotencyKeys(state.idempotency, lease_s=lease_s, wait_s=lease_s)
         self._fanout = FanOut(backend, writer=writer, delivery_timeout=delivery_timeout)
         self._timeout = delivery_timeout
-        self._openapi = json.dumps(build_openapi()).encode("utf-8")
+        self._openapi = b"{}"
+        """The OpenAPI document of the routes served (``describe`` writes it)."""
 
     @property
     def gatekeeper(self) -> Gatekeeper:
@@ -136,6 +137,11 @@ class _Gateway:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response(HealthResponse(version=__version__))
+
+    def describe(self, *, events: bool, webhook: bool, replies: bool) -> None:
+        """Serve the document of exactly these routes at ``/openapi.json``."""
+        document = build_openapi(events=events, webhook=webhook, replies=replies)
+        self._openapi = json.dumps(document).encode("utf-8")
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type="application/json")
@@ -342,6 +348,11 @@ def create_app(
         app.on_startup.append(hook.on_startup)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/openapi.json", gateway.openapi)
+    gateway.describe(
+        events=isinstance(backend, RoomHolder),
+        webhook=hook is not None,
+        replies=isinstance(backend, ServerApiBackend),
+    )
     app.on_cleanup.append(gateway.close)
     return app
 

@@ -28,13 +28,14 @@ from aiohttp import web
 from livekit import rtc
 
 from .._livekit.rpc import call_agent
-from ..errors import ContextError
+from ..errors import ContextError, did_you_mean
 from ..log import logger
 from ..protocol import (
     ACK_TOPIC,
     SESSION_EVENT_TYPES,
     ErrorAck,
     ErrorCode,
+    echo,
     load_untrusted_json,
     parse_ack,
 )
@@ -353,8 +354,10 @@ def _read_query(request: web.Request) -> tuple[_Stream, str]:
     names = [n for n in query.get("events", "").split(",") if n]
     unknown = [n for n in names if n not in SESSION_EVENT_TYPES]
     if unknown:
+        hint = did_you_mean(unknown[0], SESSION_EVENT_TYPES)
         raise invalid(
-            f"Query parameter 'events' names unknown events; use: {', '.join(SESSION_EVENT_TYPES)}."
+            f"Query parameter 'events' names '{echo(unknown[0])}', which is not an event{hint}; "
+            f"use: {', '.join(SESSION_EVENT_TYPES)}."
         )
     flags = {}
     for name in ("interim", "tool_arguments"):
@@ -387,7 +390,12 @@ async def _stream(request: web.Request, stream: _Stream) -> web.StreamResponse:
             await response.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
             if event["type"] == "call_ended":
                 break
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
+        # the client hung up: the production server lets the handler run on until a write
+        # finds the connection gone. An ordinary end of a stream, answered as it began
+        logger.debug("events stream closed by the client")
+        return response
+    except asyncio.CancelledError:  # a server that cancels handlers when the client leaves
         logger.debug("events stream closed by the client")
         raise
     with contextlib.suppress(ConnectionResetError):

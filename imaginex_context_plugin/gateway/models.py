@@ -166,6 +166,15 @@ class UpdateIOBody(ControlBody):
     transcription."""
 
     message_type: ClassVar[str] = "update_io"
+    # the agents' rule (protocol.UpdateIORequest), so that the document says it too
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "boolean"}}}
+                for name in ("agent_audio", "user_audio", "transcription")
+            ]
+        }
+    )
 
     agent_audio: bool | None = Field(default=None, description="The agent's voice on or off.")
     user_audio: bool | None = Field(

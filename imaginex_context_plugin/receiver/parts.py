@@ -63,6 +63,7 @@ class SessionParts:
         outbox: Outbox,
         subscribers: Subscribers,
         ready_timeout: float,
+        max_instructions_chars: int,
         agent_code: str | None,
         answer: Callable[[Job, Answer], None],
         on_rpc: Callable[[rtc.RpcInvocationData], Awaitable[str]],
@@ -79,7 +80,7 @@ class SessionParts:
         # a call ended by a message: subscribers get call_ended with its reason
         call_end.add_listener(subscribers.end_call)
         tracker = SpeechTracker(session, outbox.send, call_end.hang_up)
-        steering = Steering(gate)
+        steering = Steering(gate, max_chars=max_instructions_chars)
         context_sync = ContextSync(store, gate, work.put)
         state = StateAnswers(
             session=session, store=store, pending_speeches=tracker.pending, writer=writer

@@ -99,6 +99,24 @@ export type SessionEvent =
  * via the `definition` "SpeechEvent".
  */
 export type SpeechEvent = SpeechStartedEvent | SpeechFinishedEvent;
+/**
+ * ``POST /v1/agent/{agent_code}/update-io``: mute or unmute the agent, the user, the
+ * transcription.
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "UpdateIOBody".
+ */
+export type UpdateIOBody = UpdateIOBody1 & UpdateIOBody2;
+export type UpdateIOBody1 =
+  | {
+      agent_audio: boolean;
+    }
+  | {
+      user_audio: boolean;
+    }
+  | {
+      transcription: boolean;
+    };
 
 export interface ImaginexWire {
   Ack?: Ack;
@@ -894,14 +912,7 @@ export interface SpeakResponse {
   message: string;
   success: true;
 }
-/**
- * ``POST /v1/agent/{agent_code}/update-io``: mute or unmute the agent, the user, the
- * transcription.
- *
- * This interface was referenced by `ImaginexWire`'s JSON-Schema
- * via the `definition` "UpdateIOBody".
- */
-export interface UpdateIOBody {
+export interface UpdateIOBody2 {
   /**
    * The agent's voice on or off.
    */
