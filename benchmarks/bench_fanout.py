@@ -17,32 +17,37 @@ Same run, same machine (as root inside a loopback-only network namespace):
   ``/v1/internal/replies``; the agents then allow that reply URL and share the signing secret);
 - **floor**: a bare RPC echo between two plain participants on node A, the least one request ->
   answer over LiveKit costs;
-- **fan-out floors** (with server-API delivery): the same transport at the same size with none
-  of the plugin or the gateway in it. This process sends one ``SendData`` per room (the
-  gateway's own ``DataSender``, all at once) to the very same agents, whose worker answers each
-  packet with a bare ``POST`` to this process from a raw ``data_received`` listener, beside the
-  plugin's: **bare** (nothing else), and **bare + say()** (``session.say(text)`` first, the
-  least any speak path on ``livekit-agents`` does). A request is done when every room echoed.
-  They bound what any design on this transport and these agents can reach on this machine.
+- **fan-out floors**: the same transports at the same size with none of the plugin or the
+  gateway in them, measured first on the very same agents. This process makes one
+  ``RoomService.PerformRpc`` per room (``ServerRpc``), answered by a bare RPC method each agent
+  registers beside the plugin's (**bare PerformRpc echo**; **+ say()**: ``session.say(text)``
+  first, the least any speak path on ``livekit-agents`` does), or one ``SendData`` per room
+  (the gateway's own ``DataSender``), echoed by a bare HTTP ``POST`` to this process from a raw
+  ``data_received`` listener (**bare SendData + HTTP echo**, and **+ say()**). All rooms at
+  once; a request is done when every room answered. They bound what any design on these
+  transports and these agents can reach on this machine.
 
 Per size: HTTP -> response of the first request (cold: the gateway joins every room), then of
 ``warm`` sequential requests; RoomService calls per request (counted in both nodes' logs, which
 log every API call); the gateway's RSS before and after it pooled the rooms (growth per pooled
 room) and its open sockets; the rooms each node's agents were reached in (the node as LiveKit
 records it in Redis: server-API packets for node B's rooms go through node A); CPU milliseconds
-per warm request of the gateway process, of the two ``livekit-server`` processes together and
-of the agents' worker processes together (``/proc``; on 2 cores a request's wall time cannot be
+per warm request of the gateway process, of each ``livekit-server`` process and of the agents'
+worker processes together (``/proc``; on 2 cores a request's wall time cannot be
 shorter than their sum over 2). Every phase starts once the agent workers have settled
 (``QUIET_CORES_PER_WORKER``); their idle CPU then is printed beside the CPU figures.
 Correctness: every request reports every room delivered, and at the end each agent said
 exactly one speech per request (counted in its ``AgentSession`` history).
 
-Target (issue 12): warm p99 at the largest size within 3x the single-room warm p99. Timing targets
-are reported, not failed. The fan-out floors show the same ratio for the bare transport, and each
-server-API phase's warm p99 over the floors at its size (what is ours).
+Targets, reported, not failed: (issue 12) warm p99 at the largest size within 3x the single-room
+warm p99; (issue 26) each delivery's warm p99 within 1.15x its bare floor's at the same size
+(``BARE_FLOOR_OF``), every room reached, and the gateway's own CPU at most 0.25 ms per room per
+request. ``--json PATH`` writes the figures as data (``scripts/capacity_model.py`` checks the
+docs' capacity model against them).
 
 Run: ``python benchmarks/bench_fanout.py [--sizes 1,50,200] [--warm N]
-[--modes directory,scan] [--delivery room|server-api|room,server-api]``.
+[--modes directory,scan] [--delivery room|server-api|room,server-api] [--floors ...]
+[--json PATH]``.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ from devtools.livekit_cluster import ClusterNode, LiveKitCluster, start_cluster 
 from devtools.livekit_server import ROOT, free_tcp_port  # noqa: E402
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextPlugin  # noqa: E402
 from imaginex_context_plugin._livekit.send_data import DataSender  # noqa: E402
+from imaginex_context_plugin._livekit.server_rpc import ServerRpc  # noqa: E402
 from imaginex_context_plugin.gateway import (  # noqa: E402
     AgentBackend,
     ApiSecrets,
@@ -114,6 +120,10 @@ SETTLE_TIMEOUT_S: Final = 60.0
 ROOM_EMPTY_TIMEOUT_S: Final = 3600
 """Seconds a room with only its agent lives (see ``create_rooms``)."""
 WARM_FACTOR: Final = 3.0
+FLOOR_FACTOR: Final = 1.15
+"""Target (issue 26): a delivery's warm p99 within this factor of its bare floor's."""
+GATEWAY_MS_PER_ROOM: Final = 0.25
+"""Target (issue 26): the gateway's own CPU per room per request, in milliseconds."""
 THIS_FILE: Final = str(Path(__file__).resolve())
 GATEWAY_CLI: Final = Path(sys.executable).parent / "imaginex-context"
 ROOM_SERVICE_LOG: Final = "API RoomService."
@@ -121,6 +131,7 @@ SEND_DATA_LOG: Final = "API RoomService.SendData"
 UNKNOWN_OUTCOME: Final = frozenset({"TIMEOUT", "AGENT_NOT_FOUND"})
 """Room errors after which the agent may still have spoken: no answer in time, or the agent
 left the room before it answered (RPC's RECIPIENT_DISCONNECTED)."""
+NODE_LABELS: Final = ("node A", "node B")
 DIRECTORY: Final = "directory"
 SCAN: Final = "scan"
 MODES: Final = (DIRECTORY, SCAN)
@@ -143,10 +154,19 @@ RECONCILE_INTERVAL_S: Final = 3600.0
 SPOKEN_PREFIX: Final = "Fan-out message"
 """How the gateway's messages start: only those count as the agents' speeches."""
 FLOOR_TOPIC: Final = "bench.fanout.floor"
-BARE: Final = "bare SendData + HTTP echo"
-BARE_SAY: Final = "bare SendData + say() + HTTP echo"
-FLOORS: Final = (BARE, BARE_SAY)
-"""The fan-out floors, measured on the same agents before the server-API phases."""
+ECHO_METHOD: Final = "bench.fanout.echo"
+RPC_BARE: Final = "bare PerformRpc echo"
+RPC_SAY: Final = "bare PerformRpc + say()"
+DATA_BARE: Final = "bare SendData + HTTP echo"
+DATA_SAY: Final = "bare SendData + say() + HTTP echo"
+FLOORS: Final = (RPC_BARE, RPC_SAY, DATA_BARE, DATA_SAY)
+"""The fan-out floors, measured on the same agents before the gateway's phases: this process
+makes one ``RoomService.PerformRpc`` per room (answered by a bare RPC method beside the
+plugin's) or one ``SendData`` per room (echoed by a bare HTTP ``POST``), all at once."""
+RPC_FLOORS: Final = (RPC_BARE, RPC_SAY)
+DATA_FLOORS: Final = (DATA_BARE, DATA_SAY)
+BARE_FLOOR_OF: Final = {ROOM: RPC_BARE, SERVER_API: DATA_BARE}
+"""The floor each delivery's target is measured against: the same transport, bare."""
 
 
 # --------------------------------------------------------------------------- agent workers
@@ -174,6 +194,16 @@ async def agents_worker() -> None:
     echo_clients: list[aiohttp.ClientSession] = []
     echo_tasks: set[asyncio.Task[None]] = set()
     floor_speeches: list[Any] = []
+
+    def rpc_echo(session: Any) -> Any:
+        async def handler(data: rtc.RpcInvocationData) -> str:
+            # the PerformRpc floor: no validation, no signing, no queue; say() when asked
+            message = json.loads(data.payload)
+            if message["say"]:
+                floor_speeches.append(session.say(message["text"]))
+            return "ok"
+
+        return handler
 
     async def echo(room_name: str, session: Any, http: aiohttp.ClientSession, data: bytes) -> None:
         # the fan-out floor: no validation, no signing, no queue, no ack; say() when asked
@@ -224,6 +254,7 @@ async def agents_worker() -> None:
                     # loaded machine is tried again
                     if attempt == JOIN_ATTEMPTS - 1:
                         raise
+            room.local_participant.register_rpc_method(ECHO_METHOD, rpc_echo(session))
             joined.append((room_name, room, plugin, session))
 
     await asyncio.gather(*(join(name, url) for name, url in spec["rooms"]))
@@ -637,7 +668,8 @@ class FloorPhase:
     missed: int
     """Room echoes that did not come within the delivery timeout, over all requests."""
     cpu_ms: dict[str, float]
-    """CPU milliseconds per warm request: ``sender`` (this process), ``livekit``, ``agents``."""
+    """CPU milliseconds per warm request: ``sender`` (this process), ``node A``, ``node B``,
+    ``agents``."""
     agents_idle: float
     """The agent workers' CPU just before the phase (settled), milliseconds per second."""
 
@@ -654,25 +686,38 @@ async def floor_phase(
     inbox: EchoInbox,
     agent_pids: Sequence[int],
 ) -> FloorPhase:
-    """``warm`` fan-outs (after one to warm up) of a bare packet to every room in ``names``,
-    each done when every agent has echoed it."""
+    """``warm`` fan-outs (after one to warm up) of a bare request to every room in ``names``:
+    a ``PerformRpc`` to each agent's bare echo method, done when every room has answered, or a
+    ``SendData`` to each, done when every agent has echoed it over HTTP."""
     node = cluster.nodes[0].info
-    sender = DataSender(
-        LiveKitSettings(url=node.url, api_key=node.api_key, api_secret=node.api_secret)
-    )
-    say = variant == BARE_SAY
+    settings = LiveKitSettings(url=node.url, api_key=node.api_key, api_secret=node.api_secret)
+    rpc, sender = ServerRpc(settings), DataSender(settings)
+    say = variant in (RPC_SAY, DATA_SAY)
     missed = 0
+
+    async def call(name: str, payload: str) -> bool:
+        with contextlib.suppress(api.TwirpError, aiohttp.ClientError, asyncio.TimeoutError):
+            await rpc.perform(
+                name, AGENT_IDENTITY, ECHO_METHOD, payload, timeout=DELIVERY_TIMEOUT_S
+            )
+            return True
+        return False
 
     async def fan_out(n: int) -> float:
         nonlocal missed
-        done = inbox.expect(n, len(names))
-        packet = json.dumps({"n": n, "say": say, "text": f"Floor message {n}."}).encode()
+        packet = json.dumps({"n": n, "say": say, "text": f"Floor message {n}."})
         start = time.perf_counter()
+        if variant in RPC_FLOORS:
+            answered = await asyncio.gather(*(call(name, packet) for name in names))
+            elapsed = time.perf_counter() - start
+            missed += answered.count(False)
+            return elapsed
+        done = inbox.expect(n, len(names))
         await asyncio.gather(
             *(
                 sender.send(
                     name,
-                    packet,
+                    packet.encode(),
                     destination_identities=[AGENT_IDENTITY],
                     topic=FLOOR_TOPIC,
                     timeout=DELIVERY_TIMEOUT_S,
@@ -686,11 +731,7 @@ async def floor_phase(
         missed += len(names) - inbox.echoed(n)
         return elapsed
 
-    groups = {
-        "sender": [os.getpid()],
-        "livekit": [n.server.process.pid for n in cluster.nodes if n.server.process],
-        "agents": list(agent_pids),
-    }
+    groups = cpu_groups(cluster, [os.getpid()], agent_pids, first="sender")
     base = 1_000_000 * (FLOORS.index(variant) + 1)  # request numbers no other floor uses
     agents_idle = await settled_cpu(agent_pids)
     try:
@@ -702,8 +743,21 @@ async def floor_phase(
             for name, pids in groups.items()
         }
     finally:
+        await rpc.aclose()
         await sender.aclose()
     return FloorPhase(len(names), variant, samples, missed, cpu_ms, agents_idle)
+
+
+def cpu_groups(
+    cluster: LiveKitCluster, first_pids: Sequence[int], agent_pids: Sequence[int], *, first: str
+) -> dict[str, list[int]]:
+    """The processes whose CPU is counted: ``first`` (the gateway, or this process as the
+    floors' sender), each LiveKit node, the agents' worker processes together."""
+    groups = {first: list(first_pids)}
+    for label, node in zip(NODE_LABELS, cluster.nodes, strict=False):
+        groups[label] = [node.server.process.pid] if node.server.process else []
+    groups["agents"] = list(agent_pids)
+    return groups
 
 
 # --------------------------------------------------------------------------- one size
@@ -727,7 +781,7 @@ class Phase:
     send_data_per_node: list[float]
     """SendData calls per request in each node's log (node A, node B): where they were made."""
     cpu_ms: dict[str, float]
-    """CPU milliseconds per warm request: ``gateway``, ``livekit`` (both nodes), ``agents``."""
+    """CPU milliseconds per warm request: ``gateway``, ``node A``, ``node B``, ``agents``."""
     reached_by_node: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Node label (A, B) -> (room deliveries reported, rooms there x requests), over all
     requests; the node as LiveKit records it."""
@@ -771,11 +825,7 @@ async def phase(
         cold, data = await speak(http, gw.base_url, code, 0)
         answers = [data]
         rss_pooled, sockets_pooled = gw.rss_bytes(), gw.sockets()
-        groups = {
-            "gateway": [gw.process.pid],
-            "livekit": [n.server.process.pid for n in cluster.nodes if n.server.process],
-            "agents": list(agent_pids),
-        }
+        groups = cpu_groups(cluster, [gw.process.pid], agent_pids, first="gateway")
         cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
         warm_samples = []
         for n in range(1, warm + 1):
@@ -888,6 +938,7 @@ async def one_size(
     workdir: Path,
     joins: int | None = None,
     deliveries: Sequence[str] = (ROOM,),
+    floor_variants: Sequence[str] = FLOORS,
 ) -> tuple[list[Phase], list[FloorPhase], list[str]]:
     code = f"FAN{rooms:04d}{uuid.uuid4().hex[:4].upper()}"
     placed = [
@@ -903,7 +954,7 @@ async def one_size(
     # reply URL (each phase's fresh gateway listens on it in turn)
     port = free_tcp_port() if SERVER_API in deliveries else None
     reply_prefix = None if port is None else f"http://127.0.0.1:{port}/v1/internal/"
-    floor_port = free_tcp_port() if SERVER_API in deliveries else None
+    floor_port = free_tcp_port() if set(floor_variants) & set(DATA_FLOORS) else None
     floor_url = None if floor_port is None else f"http://127.0.0.1:{floor_port}/echo"
     try:
         async with (
@@ -912,12 +963,16 @@ async def one_size(
         ):
             if missing := await unlisted(cluster, names, code, wait=READY_TIMEOUT_S):
                 raise RuntimeError(f"{len(missing)} agents never showed their code")
-            if floor_port is not None:
-                inbox = await stack.enter_async_context(echo_server(floor_port))
-                for variant in FLOORS:
-                    floors.append(
-                        await floor_phase(cluster, names, variant, warm, inbox, workers.pids)
-                    )
+            inbox = (
+                await stack.enter_async_context(echo_server(floor_port))
+                if floor_port is not None
+                else EchoInbox()
+            )
+            for variant in floor_variants:
+                floors.append(
+                    await floor_phase(cluster, names, variant, warm, inbox, workers.pids)
+                )
+            if floor_variants:
                 await workers.settle()
             for delivery in deliveries:
                 for mode in modes:
@@ -1013,13 +1068,18 @@ async def run(
     cluster: LiveKitCluster | None = None,
     joins: int | None = None,
     deliveries: Sequence[str] = (ROOM,),
+    floor_variants: Sequence[str] = FLOORS,
+    results: dict[str, Any] | None = None,
 ) -> Report:
     """Measure; ``cluster``: use this one instead of starting a new one; ``joins``: run the
     gateway with this ``max_concurrent_joins`` (built here as the command builds it) instead of
     the ``imaginex-context gateway`` command with its defaults; ``deliveries``: each of
-    ``DELIVERIES`` to measure (every mode with each)."""
+    ``DELIVERIES`` to measure (every mode with each), in that order; ``floor_variants``: the
+    fan-out floors to measure first; ``results``: filled with the figures as data (what
+    ``--json`` writes, what ``scripts/capacity_model.py`` checks)."""
     report = Report("fan-out: one speak to N rooms through the gateway, on a 2-node cluster")
     report.notes.append(NETWORK)
+    load_before = os.getloadavg()
     phases: list[Phase] = []
     floors: list[FloorPhase] = []
     with cluster_here(cluster) as lk, tempfile.TemporaryDirectory(prefix="fanout-gw-") as tmp:
@@ -1027,7 +1087,7 @@ async def run(
         for rooms in sizes:
             try:
                 measured, floored, failures = await one_size(
-                    lk, rooms, warm, modes, Path(tmp), joins, deliveries
+                    lk, rooms, warm, modes, Path(tmp), joins, deliveries, floor_variants
                 )
             except (RuntimeError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
                 report.ok = False
@@ -1045,6 +1105,17 @@ async def run(
         add_floor_figures(report, done, floors, sizes)
     for each in phases:
         add_figures(report, each, phases, floors, sizes, floor_text, floor_p99)
+    load_after = os.getloadavg()
+    report.notes.append(
+        "load average (1, 5, 15 min) at the start "
+        + ", ".join(f"{x:.2f}" for x in load_before)
+        + "; at the end "
+        + ", ".join(f"{x:.2f}" for x in load_after)
+    )
+    if results is not None:
+        results.update(
+            as_data(floors, phases, floor_samples, load_before, load_after, warm, report.ok)
+        )
     report.notes.append(
         f"{warm} warm requests per size, mode and delivery, after 1 cold; agents in <= "
         f"{AGENTS_PER_PROCESS} rooms per worker process; rooms alternate between the 2 nodes, "
@@ -1052,14 +1123,68 @@ async def run(
         + (f"; max_concurrent_joins={joins}" if joins is not None else "")
         + (
             "; server-api: SendData to node A for the rooms of both nodes, acks posted back to "
-            "the gateway over HTTP, messages signed; fan-out floors: the same SendData from "
-            "this process (sender) to the same agents, echoed by a bare POST, nothing of the "
-            "plugin or the gateway in it"
+            "the gateway over HTTP, messages signed"
             if SERVER_API in deliveries
             else ""
         )
+        + "; fan-out floors: PerformRpc or SendData from this process (sender) to the same "
+        "agents, answered by a bare RPC method or echoed by a bare POST, nothing of the plugin "
+        "or the gateway in them"
     )
     return report
+
+
+def as_data(
+    floors: Sequence[FloorPhase],
+    phases: Sequence[Phase],
+    floor_samples: Sequence[float],
+    load_before: tuple[float, float, float],
+    load_after: tuple[float, float, float],
+    warm: int,
+    ok: bool,
+) -> dict[str, Any]:
+    """The run's figures as data: times in milliseconds, CPU in milliseconds per request."""
+
+    def p(samples: Sequence[float], q: float) -> float:
+        return round(percentile(samples, q) * 1000, 3)
+
+    return {
+        "load_before": list(load_before),
+        "load_after": list(load_after),
+        "warm": warm,
+        "ok": ok,
+        "rpc_echo_ms": {"p50": p(floor_samples, 0.5), "p99": p(floor_samples, 0.99)},
+        "floors": [
+            {
+                "rooms": f.rooms,
+                "variant": f.variant,
+                "p50_ms": p(f.warm, 0.5),
+                "p99_ms": p(f.warm, 0.99),
+                "missed": f.missed,
+                "cpu_ms": {k: round(v, 2) for k, v in f.cpu_ms.items()},
+            }
+            for f in floors
+        ],
+        "phases": [
+            {
+                "rooms": d.rooms,
+                "mode": d.mode,
+                "delivery": d.delivery,
+                "cold_ms": round(d.cold * 1000, 3),
+                "p50_ms": p(d.warm, 0.5),
+                "p99_ms": p(d.warm, 0.99),
+                "delivered": sum(a["delivered_to_rooms"] for a in d.answers),
+                "of": d.rooms * len(d.answers),
+                "cpu_ms": {k: round(v, 2) for k, v in d.cpu_ms.items()},
+                "rss_base_mib": round(d.rss_base / 2**20, 1),
+                "rss_after_mib": round(d.rss_pooled / 2**20, 1),
+                "sockets_base": d.sockets_base,
+                "sockets_after": d.sockets_pooled,
+                "room_service_calls_per_request": round(d.calls_per_request, 2),
+            }
+            for d in phases
+        ],
+    }
 
 
 def add_floor_figures(
@@ -1076,13 +1201,17 @@ def add_floor_figures(
             f"{percentile(done.warm, 0.99) / single_p99:.2f}x" if largest else "",
         )
     )
-    cpu = done.cpu_ms
-    report.add(
-        Figure(
-            f"{done.label}: CPU ms per warm request, sender / 2 nodes / agents",
-            f"{cpu['sender']:.1f} / {cpu['livekit']:.1f} / {cpu['agents']:.1f}",
-            f"sum {sum(cpu.values()):.1f}; agents idle before {done.agents_idle:.0f} ms/s",
-        )
+    report.add(cpu_figure(f"{done.label}: CPU ms per warm request", done.cpu_ms, done.agents_idle))
+    if done.missed:
+        report.add(Figure(f"{done.label}: rooms not reached, all requests", str(done.missed)))
+
+
+def cpu_figure(name: str, cpu: dict[str, float], agents_idle: float) -> Figure:
+    """CPU per warm request of each process (group), in the order measured."""
+    return Figure(
+        f"{name}, {' / '.join(cpu)}",
+        " / ".join(f"{v:.1f}" for v in cpu.values()),
+        f"sum {sum(cpu.values()):.1f}; agents idle before {agents_idle:.0f} ms/s",
     )
 
 
@@ -1173,16 +1302,18 @@ def add_figures(
             + (f" ({done.moved_rooms} rooms moved node)" if done.moved_rooms else ""),
         )
     )
-    cpu = done.cpu_ms
+    report.add(cpu_figure(f"{label}: CPU ms per warm request", done.cpu_ms, done.agents_idle))
+    per_room = done.cpu_ms["gateway"] / n
     report.add(
         Figure(
-            f"{label}: CPU ms per warm request, gateway / 2 nodes / agents",
-            f"{cpu['gateway']:.1f} / {cpu['livekit']:.1f} / {cpu['agents']:.1f}",
-            f"sum {sum(cpu.values()):.1f}; agents idle before {done.agents_idle:.0f} ms/s",
+            f"{label}: gateway CPU per room per request",
+            f"{per_room:.3f} ms",
+            target=f"<= {GATEWAY_MS_PER_ROOM:g} ms",
+            met=complete and per_room <= GATEWAY_MS_PER_ROOM,
         )
     )
     same_size = {f.variant: f for f in floors if f.rooms == n and f.warm}
-    if done.delivery == SERVER_API and same_size:
+    if same_size:
         # what the plugin and the gateway add to the bare transport at this size
         report.add(
             Figure(
@@ -1194,6 +1325,19 @@ def add_figures(
                 " / ".join(ms(percentile(f.warm, 0.99)) for f in same_size.values()),
             )
         )
+        bare = same_size.get(BARE_FLOOR_OF[done.delivery])
+        if bare is not None:
+            ratio = warm_p99 / percentile(bare.warm, 0.99)
+            report.add(
+                Figure(
+                    f"{label}: warm p99 over the {bare.variant} floor, rooms reached",
+                    f"{ratio:.2f}x",
+                    f"floor reached {bare.rooms * len(bare.warm) - bare.missed}/"
+                    f"{bare.rooms * len(bare.warm)}",
+                    target=f"<= {FLOOR_FACTOR:g}x, every room the floor reached",
+                    met=complete and ratio <= FLOOR_FACTOR,
+                )
+            )
 
 
 def main() -> None:
@@ -1208,8 +1352,14 @@ def main() -> None:
         "--delivery",
         default=ROOM,
         help="room (join every room, the default), server-api (RoomService.SendData, acks "
-        "over HTTP), or both: room,server-api",
+        "over HTTP), or both: room,server-api (measured in the order given)",
     )
+    parser.add_argument(
+        "--floors",
+        default=",".join(FLOORS),
+        help=f"fan-out floors to measure first, of: {', '.join(FLOORS)} ('' for none)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
     if args.agents:
         asyncio.run(agents_worker())
@@ -1223,10 +1373,24 @@ def main() -> None:
     if not deliveries or not set(deliveries) <= set(DELIVERIES):
         parser.error(f"--delivery: choose from {', '.join(DELIVERIES)}")
     modes = args.modes.split(",")
+    floor_variants = [f for f in args.floors.split(",") if f]
+    if not set(floor_variants) <= set(FLOORS):
+        parser.error(f"--floors: choose from {', '.join(FLOORS)}")
+    results: dict[str, Any] = {}
     report = asyncio.run(
-        run(sizes, args.warm, modes=modes, joins=args.joins, deliveries=deliveries)
+        run(
+            sizes,
+            args.warm,
+            modes=modes,
+            joins=args.joins,
+            deliveries=deliveries,
+            floor_variants=floor_variants,
+            results=results,
+        )
     )
     report.print()
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
     sys.exit(0 if report.ok else 1)
 
 
