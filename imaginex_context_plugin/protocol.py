@@ -2,7 +2,7 @@
 between a sender and the agent.
 
 Every request, acknowledgement and event is a pydantic model here, so the shape other languages
-parse is defined in one place and pinned by ``tests/test_wire_format.py``. Requests are one
+parse is defined in one place and pinned by ``tests/protocol/test_wire_format.py``. Requests are one
 discriminated union on ``type``; :func:`parse_request` turns raw bytes into one of them or raises
 :class:`ProtocolError` carrying the error code, a plain sentence and the request id (when it could
 be read), which is exactly what an error ack needs.

@@ -3,8 +3,8 @@ per-api-secret rate limit, and the agents' replies already taken.
 
 :class:`GatewayState` is the seam ``create_app(state=...)`` takes. :class:`MemoryState` serves a
 lone gateway (the default); ``redis_state.RedisState`` serves replicas (``--redis-url``). Both
-give an :class:`IdempotencyStore` with the same semantics, which ``tests/test_redis_state.py``
-runs against each:
+give an :class:`IdempotencyStore` with the same semantics, which
+``tests/gateway/test_redis_state.py`` runs against each:
 
 - ``claim`` binds a key to the digest of its first request for the store's window (default
   :data:`IDEMPOTENCY_WINDOW_S`, the agents' dedup window; never refreshed) and hands the

@@ -27,7 +27,7 @@ from imaginex_context_plugin.client import Via
 from imaginex_context_plugin.security import RateLimit, SignatureProblem, SignatureVerifier
 from tests.conftest import AGENT_CODE, Harness, HarnessFactory
 from tests.protocol_fixtures import signature
-from tests.test_client import DropFirstAck, LoseFirstResponse, packets_for
+from tests.sender.test_client import DropFirstAck, LoseFirstResponse, packets_for
 
 SECRET = "shared-secret-between-backend-and-agent"
 VIAS = pytest.mark.parametrize("via", ["rpc", "data"])

@@ -16,7 +16,7 @@ from imaginex_context_plugin.replies import (
     REPLY_TIMESTAMP_HEADER,
     reply_signature,
 )
-from tests.test_gateway_process import (
+from tests.gateway.test_gateway_process import (
     EXIT_TIMEOUT_S,
     SECRET,
     Running,

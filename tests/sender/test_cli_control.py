@@ -47,7 +47,7 @@ from imaginex_context_plugin.sender import ContextError, prepare_request
 from imaginex_context_plugin.testing import OfflineRoom
 from tests.fakes import RecordingAudioOutput, RelayNetwork, start_session
 from tests.helpers import wait_until
-from tests.test_cli_sender import CLEAN_ENV, InProcessClient, Seen, in_process_agent
+from tests.sender.test_cli_sender import CLEAN_ENV, InProcessClient, Seen, in_process_agent
 
 ROOM = "shop"
 

@@ -1,7 +1,7 @@
 """The README is the front door, and true: its two commands first (the test command is what CI
 runs), short, every link leading somewhere, and its ``curl`` reaching an agent through a real
 gateway. Its CLI line and Python block run on a real server in
-``tests/integration/test_readme_live.py``; the docs site is ``tests/test_docs.py``'s.
+``tests/integration/test_readme_live.py``; the docs site is ``tests/project/test_docs.py``'s.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from imaginex_context_plugin.gateway import ApiSecrets, create_app
 from tests.gateway_fixtures import SECRET, Fleet, LiveAgent
 from tests.helpers import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 CI = ROOT / ".ci" / "run"
 BLOCK = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)

@@ -25,7 +25,7 @@ from imaginex_context_plugin.receiver import subscribers as subscribers_module
 from imaginex_context_plugin.sender import ContextError, SessionEvents
 from tests.conftest import AGENT_IDENTITY, BACKEND_IDENTITY, Harness, HarnessFactory
 from tests.helpers import wait_until
-from tests.test_subscribe import _StallingTransport
+from tests.receiver.test_subscribe import _StallingTransport
 
 VIAS = pytest.mark.parametrize("via", ["rpc", "data"])
 GRANTED: dict[str, Any] = {"permissions": {BACKEND_IDENTITY: {"*"}}}

@@ -306,7 +306,7 @@ async def test_keys_in_redis_are_hashed_under_the_prefix_for_the_window(
 async def test_a_lone_gateway_answers_concurrent_repeats_the_same_way(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:
-    # the in-memory state has the semantics of the shared one (tests/test_redis_state.py)
+    # the in-memory state has the semantics of the shared one (tests/gateway/test_redis_state.py)
     live = await fleet.agent(ROOM_1)
     client = await make_gateway()
     answers = await asyncio.gather(

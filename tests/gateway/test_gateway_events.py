@@ -104,7 +104,7 @@ async def test_the_last_stream_to_go_unsubscribes(
 async def test_a_client_that_goes_away_ends_its_stream_quietly(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Found by the fuzz (tests/test_gateway_fuzz.py): on the production server, which does
+    """Found by the fuzz (tests/gateway/test_gateway_fuzz.py): on the production server, which does
     not cancel a handler when its client leaves (aiohttp's TestServer does), the first write
     after a hang-up raised out of the route: a 500 and a traceback at ERROR."""
     monkeypatch.setattr(events_module, "HEARTBEAT_S", 0.05)

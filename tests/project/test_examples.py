@@ -10,7 +10,7 @@ from livekit.agents import AgentServer
 
 from imaginex_context_plugin.cli import CLI_IDENTITY
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.mark.parametrize("name", ["basic_agent.py", "offline_agent.py"])

@@ -200,8 +200,10 @@ async def test_the_largest_get_state_answer_fits_one_packet(
             sender_identity=BACKEND_IDENTITY,
         )
     for i in range(300):  # speech queued behind a long first one: hundreds of pending ids
+        # the first lasts minutes, so that none ends while a loaded machine works through these
+        message = LONG * 20 if i == 0 else LONG
         harness.plugin.ingest(
-            json.dumps({"type": "speak", "id": f"s{i}", "message": LONG}),
+            json.dumps({"type": "speak", "id": f"s{i}", "message": message}),
             sender_identity=BACKEND_IDENTITY,
         )
     await harness.backend.settle(budget.max_entries + 300)

@@ -22,7 +22,7 @@ from imaginex_context_plugin.gateway import ApiSecrets, create_app
 from tests.gateway_fixtures import GATEWAY, SECRET, Fleet, LiveAgent
 from tests.helpers import wait_until
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "gateway" / "examples.md"
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "gateway" / "examples.md"
 BLOCK = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 RUN_TIMEOUT_S = 60.0
 ROOMS = (

@@ -837,7 +837,7 @@ async def test_server_api_reports_a_missing_room_and_a_missing_agent(
 
 
 def load_example(name: str) -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    path = Path(__file__).resolve().parents[2] / "examples" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"example_{name}", path)
     assert spec is not None
     assert spec.loader is not None

@@ -10,7 +10,7 @@ from livekit.agents import Agent
 
 import imaginex_context_plugin.testing as kit
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 SECTION = "# Test your own agent with the plugin, no server"
 
 

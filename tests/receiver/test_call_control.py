@@ -17,7 +17,7 @@ from imaginex_context_plugin.receiver import AckTransport
 from imaginex_context_plugin.receiver import call_end as call_end_module
 from tests.conftest import BACKEND_IDENTITY, SERVER_SECRET, Harness, HarnessFactory
 from tests.helpers import wait_until
-from tests.test_subscribe import _StallingTransport
+from tests.receiver.test_subscribe import _StallingTransport
 
 LONG = "This is a long announcement that keeps the agent talking for a while. " * 3
 ALL = {"backend": {"*"}}
