@@ -144,6 +144,13 @@ async def node_tests_async(
 DOCS: Final = ROOT / "docs" / "typescript.md"
 
 
+def readme_example() -> str:
+    """The README's one TypeScript block (its fourth way to send a message)."""
+    blocks = re.findall(r"^```ts\n(.*?)^```", (ROOT / "README.md").read_text("utf-8"), re.M | re.S)
+    assert len(blocks) == 1, "the README has one TypeScript example"
+    return str(blocks[0])
+
+
 def docs_example(name: str) -> str:
     """The TypeScript block of ``docs/typescript.md`` marked ``<!-- run: name -->``."""
     text = DOCS.read_text(encoding="utf-8")

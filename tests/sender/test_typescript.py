@@ -14,7 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.typescript import JS, ROOT, node, node_tests, run
+from tests.typescript import JS, ROOT, node, node_tests, readme_example, run
 
 BUNDLE_BUDGET_BYTES = 12 * 1024
 """The browser bundle of our code (without livekit-client), minified + gzip."""
@@ -55,7 +55,10 @@ def test_the_browser_bundle_is_within_budget() -> None:
 def test_npm_pack_installs_and_imports_in_an_empty_folder(tmp_path: Path) -> None:
     binary = node()
     npm = str(Path(binary).with_name("npm"))
-    packed = run([npm, "pack", "--pack-destination", str(tmp_path), "--json"]).output
+    # the package was just built by node(): no prepack build again
+    packed = run(
+        [npm, "pack", "--ignore-scripts", "--pack-destination", str(tmp_path), "--json"]
+    ).output
     (info,) = json.loads(packed[packed.index("[") :])
     files = {entry["path"] for entry in info["files"]}
     expected = {"package.json", "dist/index.js", "dist/room/index.d.ts", "dist/gateway/index.js"}
@@ -120,11 +123,13 @@ def test_the_documentations_examples_type_check() -> None:
         for _indent, code in re.findall(r"^( *)```ts\n(.*?)^\1```", text, re.M | re.S)
     ]
     assert len(blocks) >= 4
+    blocks.append(readme_example())
     folder = JS / "build" / "docs-check"
     folder.mkdir(parents=True, exist_ok=True)
     ambient = (
         "declare const serverUrl: string;\ndeclare const token: string;\n"
         "declare const client: import('@imaginex/context-client/room').ContextClient;\n"
+        "declare const room: import('livekit-client').Room;\n"
         "declare const process: { env: Record<string, string | undefined> };\n"
     )
     (folder / "ambient.d.ts").write_text(ambient, encoding="utf-8")

@@ -68,6 +68,17 @@ export async function openBrowserPage({ executablePath = process.env.CHROMIUM ??
   const origin = `http://127.0.0.1:${server.address().port}`;
   const browser = await chromium.launch({ executablePath, args: CHROMIUM_ARGS, headless: true });
   const context = await browser.newContext();
+  // keep every peer connection the page makes, so a test can read which addresses WebRTC chose
+  await context.addInitScript(() => {
+    const Native = window.RTCPeerConnection;
+    window.peerConnections = [];
+    window.RTCPeerConnection = class extends Native {
+      constructor(...args) {
+        super(...args);
+        window.peerConnections.push(this);
+      }
+    };
+  });
   const tab = await context.newPage();
   const consoleLines = [];
   tab.on("console", (message) => consoleLines.push(`${message.type()}: ${message.text()}`));

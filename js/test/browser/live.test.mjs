@@ -6,15 +6,15 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { openBrowserPage } from "./harness.mjs";
 
-const { LIVEKIT_URL, BROWSER_TOKEN, DOCS_TOKEN, ROOM, DOCS_EXAMPLE } = process.env;
+const { LIVEKIT_URL, BROWSER_TOKEN, DOCS_TOKEN, ROOM, DOCS_EXAMPLE, README_EXAMPLE } = process.env;
 const AGENT_CODE = "A12345678";
 const WAIT_MS = 30_000;
 let browser;
 let page;
 
 before(async () => {
-  assert.ok(LIVEKIT_URL && BROWSER_TOKEN && DOCS_TOKEN && ROOM && DOCS_EXAMPLE, "run by tests/integration/test_typescript_live.py");
-  browser = await openBrowserPage({ modules: { "/docs-example.mjs": DOCS_EXAMPLE } });
+  assert.ok(LIVEKIT_URL && BROWSER_TOKEN && DOCS_TOKEN && ROOM && DOCS_EXAMPLE && README_EXAMPLE, "run by tests/integration/test_typescript_live.py");
+  browser = await openBrowserPage({ modules: { "/docs-example.mjs": DOCS_EXAMPLE, "/readme-example.mjs": README_EXAMPLE } });
   page = browser.page;
   page.setDefaultTimeout(90_000);
 });
@@ -44,6 +44,38 @@ test("joins the real server from Chromium and finds the agent by its code", asyn
   assert.equal(found.state, "connected");
   assert.equal(found.name, ROOM);
   assert.match(found.agent, /^agent-/);
+});
+
+test("WebRTC connected over loopback addresses only", async () => {
+  const pairs = await inPage(async () => {
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      const pairs = [];
+      for (const pc of window.peerConnections) {
+        const stats = await pc.getStats();
+        for (const report of stats.values()) {
+          if (report.type !== "candidate-pair" || report.state !== "succeeded") continue;
+          const local = stats.get(report.localCandidateId);
+          const remote = stats.get(report.remoteCandidateId);
+          pairs.push([local.address ?? local.ip, remote.address ?? remote.ip]);
+        }
+      }
+      if (pairs.length || Date.now() > deadline) return pairs;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  });
+  assert.ok(pairs.length > 0, "no connected candidate pair");
+  for (const [local, remote] of pairs) {
+    assert.match(local, /^127\./, `local candidate ${local}`);
+    assert.match(remote, /^127\./, `remote candidate ${remote}`);
+  }
+});
+
+test("the README's example runs as written, on the page's room", async () => {
+  const output = await captureConsole(async () => {
+    await import("/readme-example.mjs");
+  });
+  assert.match(output.join("\n"), /^speech_\S+ played out$/m);
 });
 
 test("subscribe: the agent's session events arrive as typed events", async () => {
@@ -200,6 +232,24 @@ test("end_call: the subscription ends after call_ended", async () => {
   const events = await received();
   assert.equal(events.at(-1).type, "call_ended");
 });
+
+/** Runs `fn` in the page and returns what it logged. */
+async function captureConsole(fn, arg) {
+  return inPage(
+    async ({ source, arg }) => {
+      const lines = [];
+      const log = console.log;
+      console.log = (...args) => (lines.push(args.map(String).join(" ")), log(...args));
+      try {
+        await (0, eval)(`(${source})`)(arg);
+      } finally {
+        console.log = log;
+      }
+      return lines;
+    },
+    { source: fn.toString(), arg },
+  );
+}
 
 async function received() {
   return inPage(() => window.received);
