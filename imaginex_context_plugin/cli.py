@@ -333,8 +333,9 @@ def gateway(
     secrets file), and optionally IMAGINEX_SIGNING_SECRET to sign messages for the agents
     and IMAGINEX_REDIS_URL (--redis-url) to run as one of several replicas.
     """
-    from .gateway.app import run_gateway
-    from .gateway.config import ConfigError, GatewayConfig
+    from .errors import ConfigError
+    from .gateway.config import GatewayConfig
+    from .gateway.run import run_gateway
     from .security import RateLimit
 
     if (delivery == "server-api") != (public_url is not None):

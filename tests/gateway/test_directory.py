@@ -17,10 +17,10 @@ from devtools.livekit_server import LOOPBACK, free_tcp_port
 from devtools.redis_server import RedisServer, redis_from_env
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE
 from imaginex_context_plugin._livekit.rooms import ParticipantSummary
-from imaginex_context_plugin.gateway.backend import LiveKitBackend
+from imaginex_context_plugin.errors import StateUnavailable
+from imaginex_context_plugin.gateway.delivery import LiveKitBackend
 from imaginex_context_plugin.gateway.directory import (
     AgentDirectory,
-    DirectoryError,
     DirectorySync,
     MemoryAgentDirectory,
     Presence,
@@ -251,15 +251,15 @@ async def test_redis_keys_expire_with_the_entry_ttl(redis_url: str) -> None:
         await client.aclose()
 
 
-async def test_an_unreachable_redis_is_a_directory_error() -> None:
+async def test_an_unreachable_redis_is_state_unavailable() -> None:
     from redis.asyncio import Redis
 
     client = Redis.from_url(f"redis://{LOOPBACK}:{free_tcp_port()}/0")
     directory = RedisAgentDirectory(client)
     try:
-        with pytest.raises(DirectoryError):
+        with pytest.raises(StateUnavailable):
             await directory.rooms_of("CODE1")
-        with pytest.raises(DirectoryError):
+        with pytest.raises(StateUnavailable):
             await directory.joined(agent("r1", "a1"))
     finally:
         await client.aclose()
@@ -497,7 +497,7 @@ async def test_until_the_directory_was_filled_once_a_lookup_is_unavailable_not_e
     listed: ListedRooms,
 ) -> None:
     from imaginex_context_plugin.errors import BackendError, ErrorCode
-    from imaginex_context_plugin.gateway.directory import FIRST_SYNC_RETRY_S
+    from imaginex_context_plugin.gateway.directory.sync import FIRST_SYNC_RETRY_S
 
     listed.rooms = {"r1": [summary("a1", "CODE1")]}
     listed.down = True

@@ -17,8 +17,8 @@ from imaginex_context_plugin.gateway import (
     LiveKitSettings,
     create_app,
 )
-from imaginex_context_plugin.gateway.messages import MessageWriter, Outgoing
-from imaginex_context_plugin.gateway.redis_state import RedisState
+from imaginex_context_plugin.gateway.http.messages import MessageWriter, Outgoing
+from imaginex_context_plugin.gateway.state.redis_state import RedisState
 from imaginex_context_plugin.security import SignatureVerifier
 
 LIVEKIT_ENV = {

@@ -17,7 +17,7 @@ from livekit import rtc
 
 from imaginex_context_plugin import ACK_TOPIC, AGENT_CODE_ATTRIBUTE, RPC_METHOD
 from imaginex_context_plugin.gateway import ApiSecrets, create_app, start_gateway_server
-from imaginex_context_plugin.gateway import events as events_module
+from imaginex_context_plugin.gateway.http import events as events_module
 from tests.gateway_fixtures import (
     CODE,
     GATEWAY,
@@ -411,9 +411,9 @@ async def test_a_stream_reopened_while_the_last_one_unsubscribes_subscribes_afte
 async def test_a_feed_whose_every_client_left_while_subscribing_unsubscribes_and_lets_go(
     fleet: Fleet,
 ) -> None:
-    from imaginex_context_plugin.gateway.backend import AgentTarget
-    from imaginex_context_plugin.gateway.events import EventFeeds, _Stream
-    from imaginex_context_plugin.gateway.messages import MessageWriter
+    from imaginex_context_plugin.gateway.delivery import AgentTarget
+    from imaginex_context_plugin.gateway.http.events import EventFeeds, _Stream
+    from imaginex_context_plugin.gateway.http.messages import MessageWriter
 
     agent = ScriptedAgent(fleet, ROOM_1, hold=True)
     backend = fleet.backend(idle_timeout=0.2)

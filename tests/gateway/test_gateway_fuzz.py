@@ -56,9 +56,9 @@ from imaginex_context_plugin.gateway import (
     create_app,
     start_gateway_server,
 )
+from imaginex_context_plugin.gateway.delivery import REPLIES_PATH, ServerApiBackend
 from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory
-from imaginex_context_plugin.gateway.server_api_backend import REPLIES_PATH, ServerApiBackend
-from imaginex_context_plugin.gateway.webhook import WEBHOOK_PATH
+from imaginex_context_plugin.gateway.directory.webhook import WEBHOOK_PATH
 from imaginex_context_plugin.replies import (
     REPLY_SIGNATURE_HEADER,
     REPLY_TIMESTAMP_HEADER,

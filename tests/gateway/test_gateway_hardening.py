@@ -29,11 +29,11 @@ from imaginex_context_plugin.gateway import (
     create_app,
     start_gateway_server,
 )
+from imaginex_context_plugin.gateway.delivery import REPLIES_PATH, ServerApiBackend
 from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory
-from imaginex_context_plugin.gateway.limits import FailureLimiter, client_key
+from imaginex_context_plugin.gateway.directory.webhook import WEBHOOK_PATH
+from imaginex_context_plugin.gateway.http.limits import FailureLimiter, client_key
 from imaginex_context_plugin.gateway.models import CONTROL_BODIES
-from imaginex_context_plugin.gateway.server_api_backend import REPLIES_PATH, ServerApiBackend
-from imaginex_context_plugin.gateway.webhook import WEBHOOK_PATH
 from imaginex_context_plugin.protocol import ErrorCode
 from imaginex_context_plugin.replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER
 from imaginex_context_plugin.security import RateLimit
@@ -566,7 +566,7 @@ def test_bad_body_timeouts_are_refused(fleet: Fleet, body_timeout: float) -> Non
 def test_an_answer_too_large_to_keep_is_not_kept() -> None:
     from aiohttp import web
 
-    from imaginex_context_plugin.gateway.idempotency import MAX_KEPT_ANSWER_BYTES, to_store
+    from imaginex_context_plugin.gateway.http.idempotency import MAX_KEPT_ANSWER_BYTES, to_store
 
     fits = web.Response(body=b"x" * MAX_KEPT_ANSWER_BYTES, headers={"Retry-After": "3"})
     over = web.Response(body=b"x" * (MAX_KEPT_ANSWER_BYTES + 1))

@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from devtools.redis_server import RedisServer
-from imaginex_context_plugin.gateway.redis_state import RedisState
+from imaginex_context_plugin.gateway.state.redis_state import RedisState
 from imaginex_context_plugin.security import RateLimit
 from tests.gateway_fixtures import (
     CODE,

@@ -16,7 +16,7 @@ from livekit import rtc
 
 from imaginex_context_plugin.errors import BackendError, ErrorCode
 from imaginex_context_plugin.gateway import LiveKitBackend
-from imaginex_context_plugin.gateway.pool import RoomPool
+from imaginex_context_plugin.gateway.delivery import RoomPool
 from tests.fakes import LinkedRoom, RelayNetwork
 from tests.fakes.gated import GatedRoom, SendFailingRoom
 from tests.gateway_fixtures import CODE, GATEWAY, Client, Fleet, GatewayFactory, post

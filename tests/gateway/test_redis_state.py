@@ -11,15 +11,15 @@ import pytest
 from redis.asyncio import Redis
 
 from devtools.redis_server import RedisServer, redis_from_env
-from imaginex_context_plugin.gateway.redis_state import RedisState
+from imaginex_context_plugin.errors import StateUnavailable
 from imaginex_context_plugin.gateway.state import (
     IdempotencyStore,
     MemoryIdempotency,
     MemoryReplies,
     ReplyMemory,
-    StateUnavailable,
     StoredAnswer,
 )
+from imaginex_context_plugin.gateway.state.redis_state import RedisState
 from imaginex_context_plugin.security import RateLimit
 
 ANSWER = StoredAnswer(200, b'{"success":true}', {"Retry-After": "2"})

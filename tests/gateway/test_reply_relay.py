@@ -15,12 +15,8 @@ from aiohttp.test_utils import TestServer
 
 from devtools.redis_server import RedisServer
 from imaginex_context_plugin.gateway import ApiSecrets, create_app
-from imaginex_context_plugin.gateway.redis_state import RedisReplyRelay, RedisState
-from imaginex_context_plugin.gateway.server_api_backend import (
-    REPLIES_PATH,
-    ReplyInbox,
-    ServerApiBackend,
-)
+from imaginex_context_plugin.gateway.delivery import REPLIES_PATH, ReplyInbox, ServerApiBackend
+from imaginex_context_plugin.gateway.state.redis_state import RedisReplyRelay, RedisState
 from imaginex_context_plugin.replies import (
     REPLY_SIGNATURE_HEADER,
     REPLY_TIMESTAMP_HEADER,

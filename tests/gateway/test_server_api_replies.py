@@ -20,14 +20,15 @@ from aiohttp.test_utils import TestServer
 
 from imaginex_context_plugin import protocol
 from imaginex_context_plugin.errors import BackendError, ErrorCode
-from imaginex_context_plugin.gateway.backend import AgentTarget, LiveKitBackend
-from imaginex_context_plugin.gateway.server import DEFAULT_HEADER_TIMEOUT_S
-from imaginex_context_plugin.gateway.server_api_backend import (
-    MAX_REPLY_BYTES,
+from imaginex_context_plugin.gateway import DEFAULT_HEADER_TIMEOUT_S
+from imaginex_context_plugin.gateway.delivery import (
     REPLIES_PATH,
+    AgentTarget,
+    LiveKitBackend,
     ReplyInbox,
     ServerApiBackend,
 )
+from imaginex_context_plugin.gateway.delivery.server_api_delivery import MAX_REPLY_BYTES
 from imaginex_context_plugin.receiver.http_replies import KEEPALIVE_S, HttpReplies
 from imaginex_context_plugin.receiver.stats import PluginStats
 from imaginex_context_plugin.replies import (

@@ -15,7 +15,10 @@ from livekit.protocol.webhook import WebhookEvent
 
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE
 from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory
-from imaginex_context_plugin.gateway.webhook import DEFAULT_MAX_WEBHOOK_BYTES, WEBHOOK_PATH
+from imaginex_context_plugin.gateway.directory.webhook import (
+    DEFAULT_MAX_WEBHOOK_BYTES,
+    WEBHOOK_PATH,
+)
 from tests.gateway_fixtures import CODE, HEADERS, SETTINGS, Client, Fleet, GatewayFactory, post
 
 ROOM = "webhook-room"

@@ -9,15 +9,13 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ..protocol import (
+from ...protocol import (
     ADD_CONTEXT_SUCCESS_MESSAGE,
     SPEAK_SUCCESS_MESSAGE,
     ErrorCode,
     utc_timestamp,
 )
-from .fanout import RoomOutcome
-from .messages import Outgoing
-from .models import (
+from ..models import (
     AddContextData,
     AddContextResponse,
     AnswerData,
@@ -27,7 +25,9 @@ from .models import (
     SpeakData,
     SpeakResponse,
 )
-from .refusals import STATUS_FOR, Refusal, json_response
+from ..refusals import STATUS_FOR, Refusal, json_response
+from .fanout import RoomOutcome
+from .messages import Outgoing
 
 # When every room failed, the first code here that some room reported is the answer: the
 # caller's own mistakes first (retrying will not help), then "wait and retry", then "the agent

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
-from ..security import RateLimit
+from ...security import RateLimit
 
 DEFAULT_AUTH_FAILURE_LIMIT: Final = RateLimit(per_second=5.0, burst=20)
 """Per client address: 20 failed authentications at once, then 5 a second."""

@@ -13,12 +13,13 @@ SHA-256 of (agent code, key), so long or Unicode keys cost the same. Layout:
 - ``{prefix}rate:<name>``: a token bucket (``tokens``, ``at``), refilled from Redis' own clock
   (``TIME``), so replicas with skewed clocks share one bucket; it expires once full again.
 - ``{prefix}reply:<signature>``: an agent's reply taken (``SET NX PX``: one replica gets to
-  take it), for :data:`~.state.REPLY_MEMORY_S`.
+  take it), for :data:`~.gateway_state.REPLY_MEMORY_S`.
 - ``{prefix}replies``: a pub/sub channel, not a key (:class:`RedisReplyRelay`): agents' replies
   that reached a replica not waiting for them, for the one that is.
 
-Redis errors become :class:`~.state.StateUnavailable` (the request is answered 503); the client
-fails fast (one reconnect attempt, short timeouts), so a request never hangs on a dead Redis.
+Redis errors become :class:`~...errors.StateUnavailable` (the request is answered 503); the
+client fails fast (one reconnect attempt, short timeouts), so a request never hangs on a dead
+Redis.
 """
 
 from __future__ import annotations
@@ -35,22 +36,22 @@ try:
     from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
 except ImportError:  # an optional dependency: say how to get it
-    from ..errors import ConfigError
+    from ...errors import ConfigError
 
     raise ConfigError(
         "Gateway replicas on Redis need the redis package: "
         "pip install 'imaginex-context-plugin[redis]'."
     ) from None
 
-from ..log import logger
-from ..security import RateLimit
-from .state import (
+from ...errors import StateUnavailable
+from ...log import logger
+from ...security import RateLimit
+from .gateway_state import (
     IDEMPOTENCY_WINDOW_S,
     REPLY_MEMORY_S,
     Claim,
     IdempotencyStore,
     ReplyMemory,
-    StateUnavailable,
     StoredAnswer,
 )
 

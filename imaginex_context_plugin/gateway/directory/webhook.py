@@ -9,7 +9,7 @@ What livekit-server (v1.13.5, ``pkg/telemetry/events.go``) sends that matters he
 ``participant_joined`` once a participant is active (its attributes as they are then: those of
 its token, usually not yet those it sets right after joining), ``participant_left`` (or
 ``participant_connection_aborted`` when it never became active), ``room_finished``. No event
-fires when a participant's attributes change later; :class:`~.directory.DirectorySync` covers
+fires when a participant's attributes change later; :class:`~.sync.DirectorySync` covers
 that with a re-check of the room. Webhooks are queued per room (in order) and dropped after
 30 s undelivered; reconciliation heals what was dropped.
 
@@ -22,17 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final
 
 from aiohttp import web
 from livekit import api
 from livekit.protocol.webhook import WebhookEvent
 
-from ..log import logger
-from ..protocol import ErrorCode
-from .body import unreadable_body
-from .directory import DirectoryError, DirectorySync
-from .refusals import REQUEST_TIMEOUT, Refusal, note_refusal, too_large
+from ...errors import ErrorCode, StateUnavailable
+from ...log import logger
+from ..refusals import (
+    REQUEST_TIMEOUT,
+    Refusal,
+    note_refusal,
+    state_unavailable,
+    too_large,
+    unreadable_body,
+)
+from .sync import DirectorySync
 
 WEBHOOK_PATH: Final = "/livekit/webhook"
 DEFAULT_MAX_WEBHOOK_BYTES: Final = 64 * 1024
@@ -78,13 +84,9 @@ class LiveKitWebhook:
         self._sync.start()
         try:
             await self._sync.on_event(event)
-        except DirectoryError:
+        except StateUnavailable:
             logger.warning("webhook not applied: directory unavailable", exc_info=True)
-            raise Refusal(
-                503,
-                ErrorCode.LIVEKIT_UNAVAILABLE.value,
-                "The agent directory is unavailable; retry.",
-            ) from None
+            raise state_unavailable("The agent directory is unavailable; retry.") from None
         return web.json_response({"success": True})
 
     async def _read(self, request: web.Request) -> str:
@@ -164,12 +166,3 @@ def _well_formed(value: object, message: Any) -> bool:
             return False
     return True
 
-
-@runtime_checkable
-class WebhookSource(Protocol):
-    """A backend that keeps an agent directory and so takes LiveKit's webhooks."""
-
-    @property
-    def livekit_webhook(self) -> LiveKitWebhook | None:
-        """The webhook route's handler; None when the backend keeps no directory."""
-        ...

@@ -1,9 +1,9 @@
-"""What gateway replicas must share, behind one small seam: Idempotency-Key records, the
-per-api-secret rate limit, and the agents' replies already taken.
+"""The seam of what gateway replicas must share: Idempotency-Key records, the per-api-secret
+rate limit, and the agents' replies already taken.
 
-:class:`GatewayState` is the seam ``create_app(state=...)`` takes. :class:`MemoryState` serves a
-lone gateway (the default); ``redis_state.RedisState`` serves replicas (``--redis-url``). Both
-give an :class:`IdempotencyStore` with the same semantics, which
+:class:`GatewayState` is the seam ``create_app(state=...)`` takes; ``memory_state.MemoryState``
+serves a lone gateway (the default), ``redis_state.RedisState`` serves replicas
+(``--redis-url``). Both give an :class:`IdempotencyStore` with the same semantics, which
 ``tests/gateway/test_redis_state.py`` runs against each:
 
 - ``claim`` binds a key to the digest of its first request for the store's window (default
@@ -20,48 +20,40 @@ returns True the first time within the window (:data:`REPLY_MEMORY_S`) and False
 repeat, wherever it was taken first; two replicas remembering one signature at once get one
 True. The gateway takes a signed reply from an agent only on that True, so a replay is refused
 on every replica.
+
+A store that cannot be reached raises :class:`~...errors.StateUnavailable` (Redis down).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol, runtime_checkable
 
-from ..errors import ConfigError
-from ..expiring import ExpiringCache
-from ..security import DEDUP_WINDOW_S, SIGNATURE_WINDOW_S, RateLimit
+from ...errors import ConfigError
+from ...security import DEDUP_WINDOW_S, SIGNATURE_WINDOW_S, RateLimit
 
 __all__ = [
     "IDEMPOTENCY_WINDOW_S",
+    "REPLICAS_NEED_SIGNING",
     "REPLY_MEMORY_S",
     "Claim",
     "GatewayState",
     "IdempotencyStore",
-    "MemoryIdempotency",
-    "MemoryReplies",
-    "MemoryState",
     "ReplyMemory",
-    "StateUnavailable",
     "StoredAnswer",
     "TokenBuckets",
+    "require_signing_for_replicas",
 ]
 
 IDEMPOTENCY_WINDOW_S: Final = DEDUP_WINDOW_S
 """How long an Idempotency-Key stays bound to its request and its answer is kept: the agents'
 10-minute dedup window, counted from the first claim."""
-MEMORY_MAX_KEYS: Final = 10_000
-"""Keys a lone gateway remembers at most; past that the oldest are forgotten first (and only
-the agents' own dedup then catches a repeat)."""
 
 REPLY_MEMORY_S: Final = 2 * SIGNATURE_WINDOW_S
 """How long an agent's reply is remembered once taken: a reply's timestamp is accepted within
 the signature window either side of the clock, so twice that covers every moment it could be
 replayed."""
-MEMORY_MAX_REPLIES: Final = 100_000
-"""Replies a lone gateway remembers at most; past that the oldest are forgotten first."""
-
 
 REPLICAS_NEED_SIGNING: Final = (
     "Gateway replicas sharing Redis need a signing secret (IMAGINEX_SIGNING_SECRET, the "
@@ -69,11 +61,6 @@ REPLICAS_NEED_SIGNING: Final = (
     "only the signed sender lets an agent recognise a retry that reaches it through another "
     "replica."
 )
-
-
-class StateUnavailable(Exception):
-    """The shared state cannot be reached (Redis down): the request is answered 503 and nothing
-    is delivered, since without the idempotency check a retry could be applied twice."""
 
 
 @dataclass(frozen=True)
@@ -178,123 +165,6 @@ class GatewayState(Protocol):
         ...
 
 
-@dataclass
-class _Record:
-    digest: bytes
-    answer: StoredAnswer | None = None
-    holder: str | None = None
-    lease_until: float = 0.0
-
-
-class MemoryIdempotency:
-    """Idempotency-Key records in this process (a lone gateway).
-
-    Args:
-        window_s: How long a key stays bound. Default :data:`IDEMPOTENCY_WINDOW_S`.
-        max_keys: Keys remembered at most; the oldest are forgotten first. Default 10 000.
-        clock: Monotonic seconds (a fake clock in tests).
-    """
-
-    def __init__(
-        self,
-        *,
-        window_s: float = IDEMPOTENCY_WINDOW_S,
-        max_keys: int = MEMORY_MAX_KEYS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._clock = clock
-        self._records: ExpiringCache[_Record] = ExpiringCache(
-            ttl_s=window_s, max_entries=max_keys, clock=clock
-        )
-
-    async def claim(self, key: str, digest: bytes, *, token: str, lease_ms: int) -> Claim:
-        # no await inside: two concurrent claims cannot interleave
-        records = self._records
-        now = self._clock()
-        record = records.get(key)
-        if record is None:
-            records.put(key, _Record(digest, holder=token, lease_until=now + lease_ms / 1000))
-            return Claim("claimed")
-        if record.digest != digest:
-            return Claim("mismatch")
-        if record.answer is not None:
-            return Claim("done", answer=record.answer)
-        if record.holder is not None and now < record.lease_until:
-            return Claim("busy", retry_ms=max(1, round((record.lease_until - now) * 1000)))
-        record.holder = token
-        record.lease_until = now + lease_ms / 1000
-        return Claim("claimed")
-
-    async def finish(self, key: str, *, token: str, answer: StoredAnswer | None) -> bool:
-        record = self._records.get(key)
-        if record is None or record.holder != token or self._clock() >= record.lease_until:
-            return False
-        record.holder = None
-        record.answer = answer
-        return True
-
-
-class MemoryReplies:
-    """The agents' replies this process took (a lone gateway).
-
-    Args:
-        window_s: How long a reply is remembered. Default :data:`REPLY_MEMORY_S`.
-        max_replies: Replies remembered at most; the oldest are forgotten first. Default
-            100 000.
-        clock: Monotonic seconds (a fake clock in tests).
-    """
-
-    def __init__(
-        self,
-        *,
-        window_s: float = REPLY_MEMORY_S,
-        max_replies: int = MEMORY_MAX_REPLIES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._seen: ExpiringCache[None] = ExpiringCache(
-            ttl_s=window_s, max_entries=max_replies, clock=clock
-        )
-
-    async def remember(self, signature: str) -> bool:
-        # no await inside: two concurrent calls cannot both see it new
-        if signature in self._seen:
-            return False
-        self._seen.put(signature, None)
-        return True
-
-
-class MemoryState:
-    """A lone gateway's state: Idempotency-Key records and the replies taken in memory, each
-    process its own rate limits (the gatekeeper's)."""
-
-    def __init__(
-        self,
-        *,
-        idempotency: MemoryIdempotency | None = None,
-        replies: MemoryReplies | None = None,
-    ) -> None:
-        self._idempotency = idempotency if idempotency is not None else MemoryIdempotency()
-        self._replies = replies if replies is not None else MemoryReplies()
-
-    @property
-    def idempotency(self) -> IdempotencyStore:
-        return self._idempotency
-
-    @property
-    def buckets(self) -> TokenBuckets | None:
-        return None
-
-    @property
-    def replies(self) -> ReplyMemory:
-        return self._replies
-
-    @property
-    def replicated(self) -> bool:
-        return False
-
-    async def aclose(self) -> None:
-        return None
-
 
 def require_signing_for_replicas(state: GatewayState, signing_secret: str | None) -> None:
     """Refuse replicas without a signing secret.
@@ -304,3 +174,4 @@ def require_signing_for_replicas(state: GatewayState, signing_secret: str | None
     """
     if state.replicated and not signing_secret:
         raise ConfigError(REPLICAS_NEED_SIGNING)
+

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from .._packet import oversize
-from ..protocol import (
+from ..._packet import oversize
+from ...protocol import (
     MAX_PAYLOAD_BYTES,
     MAX_SENDER_LENGTH,
     ErrorCode,
@@ -21,9 +21,9 @@ from ..protocol import (
     SignedEnvelope,
     validate_request,
 )
-from ..security import sign_request
-from .models import ControlEndpoint
-from .refusals import Refusal, invalid
+from ...security import sign_request
+from ..models import ControlEndpoint
+from ..refusals import Refusal, invalid
 
 Endpoint = Literal["speak", "add-context", "events"] | ControlEndpoint
 

@@ -16,12 +16,12 @@ from typing import Final
 
 from aiohttp import web
 
-from ..protocol import ErrorCode
-from ..security import RateLimit, RateLimiter
-from .config import ApiSecrets, Principal
+from ...errors import ErrorCode, StateUnavailable
+from ...security import RateLimit, RateLimiter
+from ..config import ApiSecrets, Principal
+from ..refusals import Refusal, state_unavailable
+from ..state.gateway_state import TokenBuckets
 from .limits import FailureLimiter, client_key
-from .refusals import Refusal, state_unavailable
-from .state import StateUnavailable, TokenBuckets
 
 API_SECRET_HEADER: Final = "api-secret"
 UNAUTHORIZED_MESSAGE: Final = "Invalid api-secret"

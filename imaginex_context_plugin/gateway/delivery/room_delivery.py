@@ -1,24 +1,22 @@
-"""What the gateway needs from LiveKit, behind one narrow interface.
+"""Delivery over room connections (``--delivery room``, the default): :class:`LiveKitBackend`.
 
-:class:`AgentBackend` is all the HTTP layer sees: find the agents serving a code, deliver one
-request JSON to one of them and get its ack JSON back. :class:`LiveKitBackend` implements it on
-a LiveKit server:
+It implements :class:`~.agent_backend.AgentBackend` on a LiveKit server:
 
-- finding: with an agent directory (``agent_directory``, see :mod:`.directory`), one read of
+- finding: with an agent directory (``agent_directory``, see :mod:`..directory`), one read of
   the directory, kept true by LiveKit's webhooks and a periodic reconciliation, never a listing
   per request; without one, ``RoomService.list_rooms`` then ``list_participants`` for each room
   (cached ``listing_ttl``). Either way a request naming a ``room_id`` the directory does not
   show the agent in is looked up directly (one ``list_participants``), and participants count
   when their ``imaginex.agent_code`` attribute (which ``ContextPlugin`` publishes) is the code;
   one agent per room, so a room hears a message once;
-- delivering: RPC ``imaginex.context`` from one pooled sender connection per room.
-  Its identity is the same in every room and for the gateway's whole life, because the
-  receiver deduplicates by (sender identity, message id): that is what makes a retried HTTP
-  call with the same ``Idempotency-Key`` be applied once.
+- delivering: RPC ``imaginex.context`` from one pooled sender connection per room
+  (:mod:`.room_pool`). Its identity is the same in every room and for the gateway's whole life,
+  because the receiver deduplicates by (sender identity, message id): that is what makes a
+  retried HTTP call with the same ``Idempotency-Key`` be applied once.
 
 Both halves are seams: ``directory`` (how rooms and participants are listed) and
 ``room_factory`` (which ``rtc.Room`` joins a room) can be replaced, which is how the tests run
-this class against in-process rooms.
+this class against in-process rooms. The other deliveries find agents through this class too.
 """
 
 from __future__ import annotations
@@ -27,33 +25,30 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 import aiohttp
 from livekit import api, rtc
 
-from .._livekit.agents import AGENT_KIND, choose_agent
-from .._livekit.rooms import LiveKitRoomDirectory as LiveKitRoomDirectory
-from .._livekit.rooms import ParticipantSummary as ParticipantSummary
-from .._livekit.rooms import RoomDirectory as RoomDirectory
-from .._livekit.rpc import call_agent
-from .._livekit.settings import LiveKitSettings
-from .._livekit.tokens import gateway_token as gateway_token
-from ..errors import BackendError as BackendError
-from ..errors import ContextError, ErrorCode
-from ..log import logger
-from ..protocol import AGENT_CODE_ATTRIBUTE
-from .directory import (
-    DEFAULT_RECONCILE_INTERVAL_S,
-    AgentDirectory,
-    DirectoryError,
-    DirectorySync,
+from ..._livekit.agents import AGENT_KIND, choose_agent
+from ..._livekit.rooms import LiveKitRoomDirectory, ParticipantSummary, RoomDirectory
+from ..._livekit.rpc import call_agent
+from ..._livekit.settings import LiveKitSettings
+from ..._livekit.tokens import gateway_token
+from ...errors import BackendError, ContextError, ErrorCode
+from ...log import logger
+from ...protocol import AGENT_CODE_ATTRIBUTE
+from ..directory.agent_directory import AgentDirectory
+from ..directory.sync import DEFAULT_RECONCILE_INTERVAL_S, DirectorySync
+from ..directory.webhook import LiveKitWebhook
+from .agent_backend import AgentTarget
+from .room_pool import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONCURRENT_JOINS,
+    DEFAULT_MAX_ROOMS,
+    PooledRoom,
+    RoomPool,
 )
-from .pool import DEFAULT_IDLE_TIMEOUT_S as DEFAULT_IDLE_TIMEOUT_S
-from .pool import DEFAULT_MAX_CONCURRENT_JOINS as DEFAULT_MAX_CONCURRENT_JOINS
-from .pool import DEFAULT_MAX_ROOMS as DEFAULT_MAX_ROOMS
-from .pool import PooledRoom, RoomPool
-from .webhook import LiveKitWebhook
 
 DEFAULT_GATEWAY_IDENTITY: Final = "imaginex-gateway"
 """Participant identity the gateway joins rooms with; agents must trust it (or its signature)."""
@@ -65,53 +60,6 @@ SEND_RETRY_PAUSE_S: Final = 0.1
 """Pause before sending again a request the SDK could not send (within the same deadline)."""
 MAX_CONCURRENT_LISTINGS: Final = 16
 """Most ``list_participants`` calls in flight at once while scanning rooms."""
-
-
-@dataclass(frozen=True)
-class AgentTarget:
-    """One live agent: the room it is in and its participant identity there.
-
-    ``refusal`` is set, and ``identity`` empty, for a room where the agent cannot be chosen
-    (several publish the code): nothing is sent there and the room reports
-    ``AGENT_NOT_FOUND`` with this sentence.
-    """
-
-    room: str
-    identity: str
-    refusal: str | None = None
-
-
-class AgentBackend(Protocol):
-    """The gateway's view of LiveKit."""
-
-    async def find_agents(self, agent_code: str, *, room_id: str | None) -> list[AgentTarget]:
-        """The live agents serving ``agent_code``, at most one per room.
-
-        Args:
-            agent_code: The code agents publish in their ``imaginex.agent_code`` attribute.
-            room_id: Only look in this room; every room when None.
-
-        Raises:
-            BackendError: ``LIVEKIT_UNAVAILABLE`` when LiveKit cannot be asked.
-        """
-        ...
-
-    async def deliver(self, target: AgentTarget, payload: str, *, timeout: float) -> str:
-        """Send one request JSON to one agent and return the agent's ack JSON.
-
-        Args:
-            target: The agent.
-            payload: The request JSON (see ``protocol``), possibly in a signed envelope.
-            timeout: Seconds the agent has to answer; the caller also enforces it.
-
-        Raises:
-            BackendError: When it could not be delivered (the code says why).
-        """
-        ...
-
-    async def aclose(self) -> None:
-        """Release every connection. Idempotent."""
-        ...
 
 
 _CONNECTION_LOST: Final = "The connection to LiveKit is down (reconnecting); retry shortly."
@@ -128,7 +76,8 @@ _UNAVAILABLE: Final = "LiveKit could not be reached."
 
 
 class LiveKitBackend:
-    """:class:`AgentBackend` on a LiveKit server.
+    """:class:`~.agent_backend.AgentBackend` on a LiveKit server, delivering over room
+    connections.
 
     Args:
         settings: LiveKit URL and API key pair.
@@ -141,15 +90,15 @@ class LiveKitBackend:
             costs one scan rather than one per request. 0 scans for every request. Default 1.
         directory: How rooms and participants are listed. Default: ``RoomService``.
         agent_directory: Where agents are found without listing rooms (memory or Redis, see
-            :mod:`.directory`); it must then get LiveKit's webhooks (the ``/livekit/webhook``
-            route of :func:`~.app.create_app`). Default: None, rooms are scanned instead.
+            :mod:`..directory`); it must then get LiveKit's webhooks (the ``/livekit/webhook``
+            route of :func:`~..http.app.create_app`). Default: None, rooms are scanned instead.
             Closed with the backend.
         reconcile_interval: Seconds between reconciliations of ``agent_directory`` with
             ``RoomService``. Default 30.
         room_factory: Makes the (unconnected) ``rtc.Room`` that joins a given room name.
             Default: ``rtc.Room()``.
         max_rooms: Most room connections held at once; at the cap the least recently used
-            idle one is closed for a new room (see :mod:`.pool`). Default 1000.
+            idle one is closed for a new room (see :mod:`.room_pool`). Default 1000.
         max_concurrent_joins: Most room joins under way at once. Default 8.
     """
 
@@ -252,11 +201,6 @@ class LiveKitBackend:
                 extra={"error": type(exc).__name__, "status": getattr(exc, "status", None)},
             )
             raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _UNAVAILABLE) from None
-        except DirectoryError:
-            logger.warning("agent directory unavailable", exc_info=True)
-            raise BackendError(
-                ErrorCode.LIVEKIT_UNAVAILABLE, "The agent directory could not be read."
-            ) from None
         targets = []
         for room, participants in listings:
             try:

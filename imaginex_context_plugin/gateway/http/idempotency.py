@@ -25,10 +25,11 @@ from typing import Final
 
 from aiohttp import web
 
-from ..log import logger
-from ..protocol import MAX_ID_LENGTH, ErrorCode
-from .refusals import REQUEST_IN_PROGRESS, Refusal, invalid, state_unavailable
-from .state import IDEMPOTENCY_WINDOW_S, IdempotencyStore, StateUnavailable, StoredAnswer
+from ...errors import ErrorCode, StateUnavailable
+from ...log import logger
+from ...protocol import MAX_ID_LENGTH
+from ..refusals import REQUEST_IN_PROGRESS, Refusal, invalid, state_unavailable
+from ..state.gateway_state import IDEMPOTENCY_WINDOW_S, IdempotencyStore, StoredAnswer
 
 __all__ = [
     "IDEMPOTENCY_KEY_HEADER",

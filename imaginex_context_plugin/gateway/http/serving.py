@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ..log import logger
+from ...log import logger
 
 DEFAULT_HEADER_TIMEOUT_S: Final = 10.0
 """Seconds a client has to send a request's headers (from connecting, or the last response)."""

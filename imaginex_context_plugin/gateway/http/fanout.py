@@ -17,16 +17,20 @@ import logging
 from dataclasses import dataclass
 from typing import Final
 
-from .._packet import oversize
-from ..errors import BackendError
-from ..log import logger
-from ..protocol import MAX_PAYLOAD_BYTES, ErrorCode, SuccessAck, parse_ack
-from .backend import AgentBackend, AgentTarget
+from ..._packet import oversize
+from ...errors import BackendError, StateUnavailable
+from ...log import logger
+from ...protocol import MAX_PAYLOAD_BYTES, ErrorCode, SuccessAck, parse_ack
+from ..delivery.agent_backend import AgentBackend, AgentTarget
+from ..models import RoomResult
+from ..refusals import STATUS_FOR, Refusal, state_unavailable
 from .messages import MessageWriter, Outgoing
-from .models import RoomResult
-from .refusals import STATUS_FOR, Refusal
 
 NO_ACTIVE_ROOMS_MESSAGE: Final = "No active sessions found for agent"
+_DIRECTORY_UNAVAILABLE: Final = (
+    "The gateway's shared state (Redis) cannot be reached, so the agent's rooms could not be "
+    "looked up; nothing was sent. Retry shortly."
+)
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,15 @@ class FanOut:
         """The rooms where ``agent_code`` is live (only ``room_id`` if given).
 
         Raises:
-            Refusal: LiveKit could not be asked, or no room has the agent (404).
+            Refusal: LiveKit or the agent directory could not be asked, or no room has the
+                agent (404).
         """
         try:
             targets = await self._backend.find_agents(agent_code, room_id=room_id)
         except BackendError as exc:
             raise Refusal(STATUS_FOR[exc.code], exc.code.value, exc.message) from None
+        except StateUnavailable:
+            raise state_unavailable(_DIRECTORY_UNAVAILABLE) from None
         if not targets:
             raise Refusal(404, ErrorCode.NO_ACTIVE_ROOMS.value, NO_ACTIVE_ROOMS_MESSAGE)
         return targets

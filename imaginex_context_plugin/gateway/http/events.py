@@ -22,15 +22,15 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final
 
 from aiohttp import web
 from livekit import rtc
 
-from .._livekit.rpc import call_agent
-from ..errors import ContextError, did_you_mean
-from ..log import logger
-from ..protocol import (
+from ..._livekit.rpc import call_agent
+from ...errors import ContextError, did_you_mean
+from ...log import logger
+from ...protocol import (
     ACK_TOPIC,
     SESSION_EVENT_TYPES,
     ErrorAck,
@@ -39,24 +39,17 @@ from ..protocol import (
     load_untrusted_json,
     parse_ack,
 )
-from .backend import AgentTarget
+from ..delivery.agent_backend import AgentTarget, RoomHolder
+from ..refusals import STATUS_FOR, Refusal, invalid
 from .fanout import FanOut
 from .gatekeeper import Gatekeeper
 from .messages import MessageWriter, Outgoing
-from .refusals import STATUS_FOR, Refusal, invalid
 
 HEARTBEAT_S: Final = 15.0
 """Seconds between heartbeat comments on a quiet stream."""
 STREAM_QUEUE_SIZE: Final = 256
 """Most events waiting for one HTTP client; beyond it its oldest are dropped (and counted)."""
 UNSUBSCRIBE_TIMEOUT_S: Final = 2.0
-
-
-@runtime_checkable
-class RoomHolder(Protocol):
-    """What the events route needs of the backend: a held room connection."""
-
-    async def hold_room(self, room_name: str) -> tuple[rtc.Room, Callable[[], None]]: ...
 
 
 @dataclass(eq=False)

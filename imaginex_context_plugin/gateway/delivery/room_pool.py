@@ -29,8 +29,8 @@ from typing import Final
 
 from livekit import rtc
 
-from ..errors import BackendError, ErrorCode
-from ..log import logger
+from ...errors import BackendError, ErrorCode
+from ...log import logger
 
 DEFAULT_MAX_ROOMS: Final = 1000
 """Most room connections held at once (joining included); about 2 MiB and a few sockets each."""

@@ -1,11 +1,12 @@
-"""Delivery without a room connection: ``RoomService.SendData`` out, the ack back over HTTP.
+"""Delivery without a room connection (``--delivery server-api``): ``RoomService.SendData`` out,
+the ack back over HTTP.
 
-:class:`ServerApiBackend` finds agents with a :class:`~.backend.LiveKitBackend` it composes
+:class:`ServerApiBackend` finds agents with a :class:`~.room_delivery.LiveKitBackend` it composes
 (the directory or the scan, unchanged) but delivers with one Twirp call per room instead of
 joining the room: the message, signed with the agents' secret, names where to answer
 (``reply_to``, covered by the signature, see ``security.sign_request``), and the agent posts
 its signed ack to the gateway's ``POST /v1/internal/replies`` (:class:`ReplyInbox`; the scheme
-is in :mod:`...replies`). The inbox hands the ack to the delivery waiting for that
+is in :mod:`....replies`). The inbox hands the ack to the delivery waiting for that
 (room, request id); anything else is refused with 401, except that replicas with a
 :class:`ReplyRelay` hand a verified reply nobody here waits for to the others.
 
@@ -32,13 +33,13 @@ import aiohttp
 from aiohttp import web
 from livekit import api, rtc
 
-from .._livekit.send_data import DataSender
-from .._livekit.settings import LiveKitSettings
-from .._packet import oversize
-from ..errors import BackendError, ErrorCode
-from ..expiring import ExpiringCache
-from ..log import logger
-from ..protocol import (
+from ..._livekit.send_data import DataSender
+from ..._livekit.settings import LiveKitSettings
+from ..._packet import oversize
+from ...errors import BackendError, ErrorCode, StateUnavailable
+from ...expiring import ExpiringCache
+from ...log import logger
+from ...protocol import (
     CONTEXT_TOPIC,
     MAX_PAYLOAD_BYTES,
     ProtocolError,
@@ -47,16 +48,15 @@ from ..protocol import (
     load_untrusted_json,
     read_packet,
 )
-from ..replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER, reply_signature_valid
-from ..security import SIGNATURE_WINDOW_S, sign_request
-from .backend import AgentTarget, LiveKitBackend
-from .body import unreadable_body
-from .refusals import STATE_UNAVAILABLE, note_refusal
-from .state import MemoryReplies, ReplyMemory, StateUnavailable
-from .webhook import LiveKitWebhook
+from ...replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER, reply_signature_valid
+from ...security import SIGNATURE_WINDOW_S, sign_request
+from ..directory.webhook import LiveKitWebhook
+from ..refusals import error_response, note_refusal, state_unavailable, unreadable_body
+from ..state.gateway_state import ReplyMemory
+from ..state.memory_state import MemoryReplies
+from .agent_backend import REPLIES_PATH, AgentTarget
+from .room_delivery import LiveKitBackend
 
-REPLIES_PATH: Final = "/v1/internal/replies"
-"""Where agents post their answers (relative to the gateway's public URL)."""
 MAX_REPLY_BYTES: Final = 32 * 1024
 """Largest reply body taken: an ack fits one 15 KiB packet, plus the room and the quoting."""
 FIRST_RESEND_S: Final = 2.0
@@ -75,6 +75,7 @@ _ROOM_GONE: Final = "The agent's room no longer exists."
 _AGENT_LEFT: Final = "The agent left the room before it answered."
 _TOO_MANY: Final = "Too many deliveries are waiting for their answer; retry shortly."
 _NOT_CHECKED: Final = "The reply could not be checked for a replay: the shared state is down."
+_NOT_RELAYED: Final = "The reply could not be handed to the other replicas."
 
 
 def _signed(payload: str) -> SignedEnvelope:
@@ -99,12 +100,6 @@ async def _read_at_most(request: web.Request, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
-
-
-def _state_unavailable(message: str) -> web.Response:
-    return web.json_response(
-        {"success": False, "error": STATE_UNAVAILABLE, "message": message}, status=503
-    )
 
 
 def _unauthorized(message: str) -> web.Response:
@@ -246,7 +241,7 @@ class ReplyInbox:
         try:
             first = await self.replies.remember(signature.lower())
         except StateUnavailable:
-            return _state_unavailable(_NOT_CHECKED)
+            return error_response(state_unavailable(_NOT_CHECKED))
         if not first:
             return self._refuse("This reply was already received (replay).")
         waiters = self._pending.get(key)
@@ -266,7 +261,7 @@ class ReplyInbox:
         try:
             await self.relay.publish(room, request_id, ack)
         except StateUnavailable:
-            return _state_unavailable("The reply could not be handed to the other replicas.")
+            return error_response(state_unavailable(_NOT_RELAYED))
         self.relayed += 1
         return web.json_response({"success": True})
 
@@ -298,7 +293,7 @@ class ReplyInbox:
 
 
 class ServerApiBackend:
-    """:class:`~.backend.AgentBackend` delivering through ``RoomService.SendData``, answers by
+    """:class:`~.agent_backend.AgentBackend` delivering through ``RoomService.SendData``, answers by
     HTTP.
 
     Args:
@@ -317,8 +312,9 @@ class ServerApiBackend:
             ``FIRST_RESEND_S`` (2).
         reply_relay: For replicas behind one ``public_url`` (a load balancer): hands a reply
             that reached this replica to the one waiting for it
-            (``redis_state.RedisReplyRelay``). Started by :meth:`start`, closed with the
-            backend. Default: none (each replica's ``public_url`` must reach that replica).
+            (:class:`~..state.redis_state.RedisReplyRelay`). Started by :meth:`start`, closed
+            with the backend. Default: none (each replica's ``public_url`` must reach that
+            replica).
 
     Raises:
         ValueError: No signing secret, or ``public_url`` is not an http(s) URL.

@@ -1,9 +1,11 @@
 """The gateway's one middleware: every error in the platform's shape, one access-log line each.
 
-A :class:`~.refusals.Refusal` raised by a handler becomes its JSON answer; aiohttp's own HTTP
-errors are converted; anything unexpected becomes a generic 500 (never the exception's text).
+A :class:`~..refusals.Refusal` raised by a handler becomes its JSON answer; a
+:class:`~...errors.StateUnavailable` no route answered more precisely becomes the one 503
+``STATE_UNAVAILABLE`` (:func:`~..refusals.state_unavailable`); aiohttp's own HTTP errors are
+converted; anything unexpected becomes a generic 500 (never the exception's text).
 A refused request gets one INFO line, its access line, carrying the reason a route noted
-(:func:`~.refusals.note_refusal`).
+(:func:`~..refusals.note_refusal`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..log import logger
-from ..protocol import ErrorCode
-from .refusals import REFUSAL_REASON, Refusal, error_response, from_http_exception
-from .server import request_finished, request_started
+from ...errors import ErrorCode, StateUnavailable
+from ...log import logger
+from ..refusals import (
+    REFUSAL_REASON,
+    Refusal,
+    error_response,
+    from_http_exception,
+    state_unavailable,
+)
+from .serving import request_finished, request_started
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -48,6 +56,10 @@ class AnswerMiddleware:
             response = error_response(refusal)
             if refusal.close:
                 await _send_and_close(request, response)
+        except StateUnavailable:
+            unavailable = state_unavailable()
+            error = unavailable.code
+            response = error_response(unavailable)
         except web.HTTPException as exc:
             converted = from_http_exception(request, exc, max_body_bytes=self._max_body_bytes)
             error = converted.code

@@ -7,9 +7,11 @@ from typing import Any, Final
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from ..replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER
-from ..version import __version__
-from .models import (
+from ...replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER
+from ...version import __version__
+from ..delivery.agent_backend import REPLIES_PATH
+from ..directory.webhook import WEBHOOK_PATH
+from ..models import (
     CONTROL_BODIES,
     AddContextBody,
     AddContextResponse,
@@ -20,8 +22,6 @@ from .models import (
     SpeakBody,
     SpeakResponse,
 )
-from .server_api_backend import REPLIES_PATH
-from .webhook import WEBHOOK_PATH
 
 _REF: Final = "#/components/schemas/{model}"
 
@@ -494,8 +494,8 @@ def _webhook_path() -> dict[str, Any]:
                     "408": _error("The body did not arrive in time", "REQUEST_TIMEOUT"),
                     "413": _error("The body is too large", "PAYLOAD_TOO_LARGE"),
                     "503": _error(
-                        "The agent directory cannot be written; LiveKit retries",
-                        "LIVEKIT_UNAVAILABLE",
+                        "The agent directory cannot be written (Redis); LiveKit retries",
+                        "STATE_UNAVAILABLE",
                     ),
                 },
             }
