@@ -8,11 +8,15 @@ Which server the live tests use, in order:
 4. otherwise none: the live tests skip saying how to get one, and under ``CI=true`` they fail.
 
 A server we start runs ``--dev`` with a config file of ours that keeps every byte on loopback:
-bound to 127.0.0.1 only, ``node_ip`` 127.0.0.1 with external IP discovery off, ICE gathered on
-``lo`` alone (loopback candidates enabled, since pion drops them by default), STUN pointed at a
-loopback port where nothing listens (without it clients are handed public STUN servers), no
+bound to 127.0.0.1 only, ``node_ip`` 127.0.0.1 with external IP discovery off, ICE candidates
+on 127.0.0.1 alone (loopback candidates enabled, since pion drops them by default), STUN pointed
+at a loopback port where nothing listens (without it clients are handed public STUN servers), no
 TURN, no ICE over TCP (its listener would take every address), and a small UDP range. Its log
 goes to a file that a failing live test prints.
+
+The local server of the docs (``scripts/livekit-server --dev``) runs with the same settings, on
+LiveKit's usual dev ports and keys: ``scripts/livekit-local.yaml``, written by
+``python -m devtools.livekit_server`` (a test checks that the file is what it prints).
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ API_KEY: Final = "devkey"
 API_SECRET: Final = "imaginex-live-suite-secret-0123456789abcdef"
 UNUSED_STUN_PORT: Final = 3478
 UDP_PORTS: Final = 16
+LOCAL_CONFIG: Final = ROOT / "scripts" / "livekit-local.yaml"
+"""The config ``scripts/livekit-server --dev`` runs with (see :func:`local_config_file`)."""
+LOCAL_HTTP_PORT: Final = 7880
+LOCAL_UDP_PORT: Final = 7882
+"""LiveKit's own ``--dev`` ports: the local server's URL is ws://127.0.0.1:7880."""
+LOCAL_API_KEY: Final = "devkey"
+LOCAL_API_SECRET: Final = "secret"
+"""LiveKit's own ``--dev`` key pair, which the docs' commands export."""
 READY_TIMEOUT_S: Final = 30.0
 HOW_TO_GET_ONE: Final = (
     "no LiveKit server: set LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET, put "
@@ -123,14 +135,19 @@ def loopback_config(
     redis_address: str | None = None,
     webhook_urls: Sequence[str] = (),
     udp_ports: int = UDP_PORTS,
+    udp_mux: bool = False,
+    api_key: str = API_KEY,
+    api_secret: str = API_SECRET,
 ) -> str:
     """The server's YAML config: everything on 127.0.0.1, nothing reaches beyond it.
 
     ``tcp_port: 0`` turns ICE over TCP off: its listener ignores ``bind_addresses`` and would
-    listen on every address of the machine (``[::]``). ``webhook_urls`` (each on 127.0.0.1) get
-    the server's webhooks, signed with ``API_KEY``'s secret. ``udp_ports``: the size of the
-    ICE port range; each peer connection takes one port of it (two per participant), so it
-    caps the participants the server can hold.
+    listen on every address of the machine (``[::]``). Candidates are kept to 127.0.0.1 by
+    address, not by interface name (``lo`` on Linux is ``lo0`` on macOS). ``webhook_urls``
+    (each on 127.0.0.1) get the server's webhooks, signed with ``api_key``'s secret.
+    ``udp_ports``: the size of the ICE port range; each peer connection takes one port of it
+    (two per participant), so it caps the participants the server can hold. ``udp_mux``: one
+    UDP port (``udp_start``) shared by every peer connection instead, as LiveKit's ``--dev``.
     """
     redis = f"redis:\n  address: {redis_address}\n" if redis_address else ""
     webhook = ""
@@ -138,21 +155,22 @@ def loopback_config(
         for url in webhook_urls:
             check_loopback_url(url)
         listed = ", ".join(f'"{url}"' for url in webhook_urls)
-        webhook = f"webhook:\n  api_key: {API_KEY}\n  urls: [{listed}]\n"
+        webhook = f"webhook:\n  api_key: {api_key}\n  urls: [{listed}]\n"
+    if udp_mux:
+        udp = f"udp_port: {udp_start}"
+    else:
+        udp = f"port_range_start: {udp_start}\n  port_range_end: {udp_start + udp_ports - 1}"
     return f"""\
 port: {http_port}
 bind_addresses: ["{LOOPBACK}"]
 keys:
-  {API_KEY}: {API_SECRET}
+  {api_key}: {api_secret}
 rtc:
   tcp_port: 0
-  port_range_start: {udp_start}
-  port_range_end: {udp_start + udp_ports - 1}
+  {udp}
   node_ip: {LOOPBACK}
   use_external_ip: false
   enable_loopback_candidate: true
-  interfaces:
-    includes: [lo]
   ips:
     includes: [{LOOPBACK}/32]
   stun_servers: ["{LOOPBACK}:{UNUSED_STUN_PORT}"]
@@ -161,6 +179,33 @@ turn:
 logging:
   level: info
 {redis}{webhook}"""
+
+
+def local_config_file() -> str:
+    """``scripts/livekit-local.yaml``: the live suite's loopback settings on LiveKit's ``--dev``
+    ports and keys, with a header that says what each setting is for."""
+    header = f"""\
+# The local LiveKit server of the docs: `scripts/livekit-server --dev` runs with this file
+# (`livekit-server --dev --config scripts/livekit-local.yaml` with a binary of your own).
+# Written by `python -m devtools.livekit_server > scripts/livekit-local.yaml`: the live
+# suite's loopback settings, so nothing here reaches beyond this machine.
+#
+# - LiveKit's dev keys ({LOCAL_API_KEY} / {LOCAL_API_SECRET}); HTTP and WebSocket on \
+{LOOPBACK}:{LOCAL_HTTP_PORT},
+#   WebRTC over UDP on {LOOPBACK}:{LOCAL_UDP_PORT} (one port for every peer connection);
+# - ICE candidates on {LOOPBACK} only: loopback candidates enabled (pion drops them by
+#   default), node_ip {LOOPBACK} without external IP discovery;
+# - STUN pointed at a loopback port where nothing listens: without it, LiveKit hands every
+#   client its public STUN servers (in the join response) and the clients query them;
+# - no TURN, no ICE over TCP (its listener would take every address of the machine).
+"""
+    return header + loopback_config(
+        LOCAL_HTTP_PORT,
+        LOCAL_UDP_PORT,
+        udp_mux=True,
+        api_key=LOCAL_API_KEY,
+        api_secret=LOCAL_API_SECRET,
+    )
 
 
 def check_loopback_url(url: str) -> None:
@@ -268,3 +313,7 @@ def running_server(workdir: Path, *, build: bool) -> Iterator[tuple[ServerInfo, 
         yield server.start(), server
     finally:
         server.stop()
+
+
+if __name__ == "__main__":
+    print(local_config_file(), end="")

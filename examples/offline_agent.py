@@ -1,7 +1,7 @@
 """The same drop-in with no model API keys: a scripted LLM and text output only.
 
-For testing the wiring locally with a real LiveKit server and no model provider (the README's
-"Local testing with livekit-server --dev" has the details)::
+For testing the wiring locally with a real LiveKit server and no model provider
+(``docs/local-testing.md`` has the details)::
 
     scripts/livekit-server --dev                                   # terminal 1
     export LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=devkey LIVEKIT_API_SECRET=secret
@@ -9,7 +9,7 @@ For testing the wiring locally with a real LiveKit server and no model provider 
 
 It registers as ``offline-agent`` and joins a room when dispatched there: with the agent
 dispatch API (``api.LiveKitAPI().agent_dispatch.create_dispatch(
-api.CreateAgentDispatchRequest(agent_name="offline-agent", room="demo"))``, see the README) or
+api.CreateAgentDispatchRequest(agent_name="offline-agent", room="demo"))``, see the docs) or
 ``lk dispatch create --room demo --agent-name offline-agent``. Then, in terminal 3::
 
     .venv/bin/imaginex-context speak --room demo --wait-playout "Hello from the backend!"
@@ -19,7 +19,7 @@ api.CreateAgentDispatchRequest(agent_name="offline-agent", room="demo"))``, see 
 The agent "speaks" as text (the ``lk.transcription`` stream, published once a user is in the
 room), and answers from the context it was given (``OfflineLLM``): after the last command it says
 "Here is what I know: The customer is John, a VIP. Greet the customer."
-``tests/integration/test_worker_live.py`` runs this against a real server.
+``tests/integration/test_worker_live.py`` runs this against ``scripts/livekit-server --dev``.
 """
 
 from __future__ import annotations

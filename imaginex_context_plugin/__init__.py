@@ -14,7 +14,8 @@ The sender, :class:`ContextClient`, sends them from a backend and returns each a
     async with await ContextClient.connect(room="room-1", agent_code="A12345678") as client:
         await client.speak("Your order has shipped!")
 
-See the README for the wire protocol, the error codes and the security model.
+The documentation (``docs/``: ``protocol.md``, ``security.md``, ...) has the wire protocol, the
+error codes and the security model.
 """
 
 from __future__ import annotations

@@ -9,11 +9,13 @@ import math
 import os
 import sys
 import unicodedata
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import click
+import jwt.warnings
 
 from ._env import (
     AGENT_CODE_ENV,
@@ -29,7 +31,8 @@ from ._env import (
     RECONCILE_INTERVAL_ENV,
     REDIS_URL_ENV,
 )
-from ._livekit.settings import is_livekit_url
+from ._livekit.settings import is_livekit_url, short_api_secret_note
+from .errors import did_you_mean
 from .protocol import (
     DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
@@ -112,6 +115,26 @@ def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) ->
     if value is not None and not value:
         raise click.BadParameter("must not be empty.", ctx, param)
     return value
+
+
+_KEY_LENGTH_WARNING: Final[type[Warning] | None] = getattr(
+    jwt.warnings, "InsecureKeyLengthWarning", None
+)
+"""PyJWT's warning about an HMAC key under 32 bytes (PyJWT before 2.10 has none)."""
+
+
+def _api_secret_warning_once(api_key: str, api_secret: str) -> None:
+    """Say once, in one line, that the API secret is short; not at all for LiveKit's dev keys.
+
+    PyJWT warns on every token it signs with a short key (two lines each, and a command signs
+    several): with ``livekit-server --dev``'s own ``devkey`` / ``secret``, a key the user did
+    not choose, that is only noise.
+    """
+    if _KEY_LENGTH_WARNING is not None:
+        warnings.filterwarnings("ignore", category=_KEY_LENGTH_WARNING)
+    note = short_api_secret_note(api_key, api_secret)
+    if note is not None:
+        click.echo(f"warning: {note}", err=True)
 
 
 def run() -> None:
@@ -328,6 +351,7 @@ def gateway(
         limit = RateLimit(per_second=rate_limit, burst=burst) if rate_limit > 0 else None
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    _api_secret_warning_once(config.livekit.api_key, config.livekit.api_secret)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -578,6 +602,7 @@ def _factory(ctx: click.Context, settings: SenderSettings, *, verbose: bool) -> 
                 "LIVEKIT_API_KEY and LIVEKIT_API_SECRET.",
                 ctx,
             )
+        _api_secret_warning_once(settings.api_key, settings.api_secret)
     # the Rust SDK warns on every connection retry; the outcome is reported once, below
     logging.basicConfig(level=logging.DEBUG if verbose else logging.ERROR)
     return factory
@@ -1066,8 +1091,11 @@ def _event_names(
     for raw in value.split(","):
         name = raw.strip()
         if name not in SESSION_EVENT_TYPES:
+            hint = did_you_mean(name, SESSION_EVENT_TYPES)
             raise click.BadParameter(
-                f"{name!r} is not an event; use: {', '.join(SESSION_EVENT_TYPES)}.", ctx, param
+                f"{name!r} is not an event{hint}; use: {', '.join(SESSION_EVENT_TYPES)}.",
+                ctx,
+                param,
             )
         if name not in names:
             names.append(name)  # type: ignore[arg-type]  # checked against the Literal's values

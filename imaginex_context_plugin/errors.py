@@ -17,6 +17,8 @@ where the failure was seen:
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from enum import Enum
 from typing import TYPE_CHECKING, Final
 
@@ -197,6 +199,26 @@ class ConfigError(ImaginexError):
 def invalid_type_message(types: tuple[str, ...]) -> str:
     """The refusal of an unknown ``type``, listing the accepted ones (the platform's wording)."""
     return "Invalid type. Must be one of: " + ", ".join(types)
+
+
+def closest_name(name: str, names: Iterable[str]) -> str | None:
+    """The one of ``names`` that ``name`` was most likely meant to be, or None.
+
+    The hyphen spelling comes first: the CLI and the gateway's paths spell types with hyphens
+    (``end-call``) where the wire and ``permissions=`` use underscores (``end_call``).
+    """
+    known = list(names)
+    underscored = name.strip().replace("-", "_").lower()
+    if underscored in known:
+        return underscored
+    close = difflib.get_close_matches(underscored, known, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, names: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``names``, or nothing when none is close."""
+    meant = closest_name(name, names)
+    return f" (did you mean '{meant}'?)" if meant is not None else ""
 
 
 _TYPE_NAMES: Final = {

@@ -15,6 +15,7 @@ import time
 import unicodedata
 from typing import Annotated, Any, Final, Literal, TypeVar, get_args
 
+import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -559,7 +560,7 @@ class SignedEnvelope(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_absent_reply_to(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # an envelope without reply_to dumps exactly as before v1.3 (pinned wire format)
+        # an envelope without reply_to dumps as a v1.2 one does: older agents read it (pinned)
         data: dict[str, Any] = handler(self)
         if data.get("reply_to", "") is None:
             del data["reply_to"]
@@ -571,8 +572,26 @@ Packet = Annotated[_RequestModel | SignedEnvelope, Field(discriminator="type")]
 _packet_adapter: TypeAdapter[Packet] = TypeAdapter(Packet)
 
 
+def load_untrusted_json(raw: bytes | str) -> Any:
+    """Decode JSON someone else wrote (an agent's reply or event, an ack) with pydantic-core's
+    parser, which does not recurse in Python and refuses nesting deeper than 200 levels.
+
+    ``json.loads`` recurses: about 10 KB of ``[[[[...`` raise ``RecursionError``, which an
+    ``except ValueError`` does not catch. Lone surrogate escapes are refused too (nothing we
+    write carries one).
+
+    Raises:
+        ValueError: Not JSON, or nested too deeply.
+    """
+    return pydantic_core.from_json(raw)
+
+
 def decode_object(raw: bytes | str) -> dict[str, Any]:
-    """Decode a packet into a JSON object, or raise ``VALIDATION_ERROR`` saying what is wrong."""
+    """Decode a packet into a JSON object, or raise ``VALIDATION_ERROR`` saying what is wrong.
+
+    ``json.loads``, not :func:`load_untrusted_json`: a request with a lone surrogate escape is
+    valid JSON, and is answered with what is wrong with it; its ``RecursionError`` is caught.
+    """
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -921,8 +940,13 @@ def parse_ack(raw: bytes | str) -> SuccessAck | ErrorAck:
 
 
 def parse_server_message(raw: bytes | str) -> ServerMessage:
-    """Parse anything the receiver sends on ``ACK_TOPIC`` (raises on malformed input)."""
-    obj = json.loads(raw)
+    """Parse anything the receiver sends on ``ACK_TOPIC``.
+
+    Raises:
+        ValueError: Malformed (pydantic's ``ValidationError`` is one), nested too deeply
+            included.
+    """
+    obj = load_untrusted_json(raw)
     if isinstance(obj, dict) and obj.get("type") == "ack":
         return _ack_adapter.validate_python(obj)
     return _event_adapter.validate_python(obj)
@@ -937,3 +961,101 @@ def packet_json_schema() -> dict[str, Any]:
     """JSON Schema of everything a sender may put on the topic: a request, or a signed envelope
     around one (``sender`` included)."""
     return _packet_adapter.json_schema()
+
+
+def ack_json_schema() -> dict[str, Any]:
+    """JSON Schema of an ack (success or error) exactly as the receiver sends it: fields that
+    are always written are required, and the optional ones (absent when unset) are never null."""
+    return _as_sent(_ack_adapter.json_schema(mode="serialization"))
+
+
+def server_message_json_schema() -> dict[str, Any]:
+    """JSON Schema of everything the receiver sends on ``ACK_TOPIC`` (acks, speech events,
+    session events), as sent (see :func:`ack_json_schema`)."""
+    return _as_sent(TypeAdapter(ServerMessage).json_schema(mode="serialization"))
+
+
+_SENT_MODELS: Final[tuple[type[BaseModel], ...]] = (
+    SuccessAck, ErrorAck, AckData, AgentStateInfo, ContextEntryInfo, IOState, HistoryItem,
+    SpeechStartedEvent, SpeechFinishedEvent, UserTranscriptEvent, AgentTranscriptEvent,
+    AgentStateEvent, UserStateEvent, ConversationItemEvent, ToolCallEvent, CallEndedEvent,
+)
+
+
+def _as_sent(schema: dict[str, Any]) -> dict[str, Any]:
+    return as_sent_schema(schema, _SENT_MODELS)
+
+
+def as_sent_schema(
+    schema: dict[str, Any],
+    models: tuple[type[BaseModel], ...],
+    *,
+    omitted: frozenset[tuple[str, str]] = frozenset(),
+) -> dict[str, Any]:
+    """Make a serialization schema say what the serializer writes, for ``models``' ``$defs``:
+    a field with a default is always written (required), and one excluded when None
+    (``exclude_if``, or named in ``omitted`` as ``(model, field)``) is optional, never null."""
+    by_name = {model.__name__: model for model in models}
+    for name, definition in schema.get("$defs", {}).items():
+        model = by_name.get(name)
+        if model is None:
+            continue
+        required: list[str] = []
+        for field_name, field in model.model_fields.items():
+            prop = definition["properties"][field_name]
+            if field.exclude_if is None and (name, field_name) not in omitted:
+                required.append(field_name)
+                continue
+            prop.pop("default", None)
+            branches = [b for b in prop.get("anyOf", []) if b != {"type": "null"}]
+            if "anyOf" in prop and len(branches) == 1:
+                del prop["anyOf"]
+                prop.update(branches[0])
+            elif "anyOf" in prop:
+                prop["anyOf"] = branches
+        definition["required"] = required
+    return schema
+
+
+def wire_json_schemas() -> dict[str, dict[str, Any]]:
+    """The wire's unions by name, each a JSON Schema: ``Request``, ``Packet`` (what a sender
+    may send), ``Ack``, ``SpeechEvent``, ``SessionEvent`` and ``ServerMessage`` (what the
+    receiver sends, as sent)."""
+    def sent(union: Any) -> dict[str, Any]:
+        return _as_sent(TypeAdapter(union).json_schema(mode="serialization"))
+
+    return {
+        "Request": request_json_schema(),
+        "Packet": packet_json_schema(),
+        "Ack": ack_json_schema(),
+        "SpeechEvent": sent(SpeechStartedEvent | SpeechFinishedEvent),
+        "SessionEvent": sent(SessionEvent),
+        "ServerMessage": server_message_json_schema(),
+    }
+
+
+def merged_json_schema(parts: dict[str, dict[str, Any]], *, title: str) -> dict[str, Any]:
+    """One JSON Schema document for code generators: every part's ``$defs`` together, and each
+    part itself as a definition under its name (its root properties name them all).
+
+    Raises:
+        ValueError: Two parts define one name differently.
+    """
+    defs: dict[str, Any] = {}
+    named: dict[str, Any] = {}
+    for name, schema in parts.items():
+        part = dict(schema)
+        for def_name, definition in part.pop("$defs", {}).items():
+            if defs.setdefault(def_name, definition) != definition:
+                raise ValueError(f"two schemas define {def_name} differently")
+        part.pop("discriminator", None)  # an OpenAPI keyword; the union is the same without it
+        if part != {"$ref": f"#/$defs/{name}"}:  # else: already filed under its own name
+            named[name] = {**part, "title": name}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": title,
+        "type": "object",
+        "properties": {name: {"$ref": f"#/$defs/{name}"} for name in parts},
+        "additionalProperties": False,
+        "$defs": {**dict(sorted(defs.items())), **named},
+    }

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
+from .errors import did_you_mean
 from .expiring import ExpiringCache
-from .protocol import REPLY_SIGNATURE_PREFIX, SENDER_SIGNATURE_PREFIX
+from .protocol import MESSAGE_TYPES, REPLY_SIGNATURE_PREFIX, SENDER_SIGNATURE_PREFIX
 
 SIGNATURE_WINDOW_S: Final = 300.0
 """Signed messages older or newer than this (seconds) are refused."""
@@ -323,6 +324,17 @@ ANYONE_TYPES: Final = frozenset({"unsubscribe"})
 something of the sender's own."""
 ANY_SENDER: Final = "*"
 """In ``permissions``: any trusted sender (as an identity), every type (as a type)."""
+GRANTABLE_TYPES: Final = frozenset({*MESSAGE_TYPES, ANY_SENDER})
+"""What a ``permissions`` entry may name: the message types, and ``"*"`` for all of them."""
+
+
+def unknown_permission(identity: str, kind: object) -> str:
+    """The refusal of ``permissions={identity: {kind}}`` where ``kind`` is no message type."""
+    hint = did_you_mean(kind, MESSAGE_TYPES) if isinstance(kind, str) else ""
+    return (
+        f"permissions[{identity!r}] names {kind!r}, which is not a message type{hint}; "
+        f"use any of: {', '.join(MESSAGE_TYPES)}, or '*' for all of them."
+    )
 
 
 @dataclass(frozen=True)
@@ -341,6 +353,14 @@ class Permissions:
 
     @classmethod
     def build(cls, grants: Mapping[str, Iterable[str]] | None) -> Permissions:
+        """The permissions ``ContextPlugin(permissions=...)`` describes.
+
+        Raises:
+            TypeError: An entry is one string instead of a set of types.
+            ValueError: An entry names a type that does not exist: it would grant nothing,
+                silently (the message names the valid types and, for ``end-call``, the
+                underscore spelling meant).
+        """
         if grants is None:
             return cls()
         built: dict[str, frozenset[str]] = {}
@@ -348,6 +368,9 @@ class Permissions:
             if isinstance(kinds, str):
                 raise TypeError(f"permissions[{identity!r}] must be a set of types, not a string")
             built[identity] = frozenset(kinds)
+            for kind in sorted(built[identity], key=str):
+                if kind not in GRANTABLE_TYPES:
+                    raise ValueError(unknown_permission(identity, kind))
         return cls(built)
 
     def allows(self, sender: str, kind: str) -> bool:

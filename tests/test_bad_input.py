@@ -8,17 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import string
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from livekit import rtc
 
-from imaginex_context_plugin import MAX_PAYLOAD_BYTES, AckTransport, ContextPlugin, sign_request
+from imaginex_context_plugin import (
+    ACK_TOPIC,
+    CONTEXT_TOPIC,
+    MAX_PAYLOAD_BYTES,
+    AckTransport,
+    ContextPlugin,
+    sign_request,
+)
+from imaginex_context_plugin.protocol import SESSION_EVENT_TYPES
 from imaginex_context_plugin.security import compute_signature
-from tests.conftest import BACKEND_IDENTITY, Harness, HarnessFactory
-from tests.fakes import start_session
+from tests.conftest import BACKEND_IDENTITY, Backend, Harness, HarnessFactory
+from tests.fakes import RecordingAudioOutput, RelayNetwork, start_session
+from tests.helpers import wait_until
 
 TYPES = (
     "speak, add_context, remove_context, get_state, end_call, interrupt, cancel, update_io, "
@@ -256,6 +267,15 @@ BAD_INPUTS: list[tuple[str, bytes, str, str, str | None]] = [
     ("tool_arguments as number",
      b'{"id": "e9", "type": "subscribe", "events": ["tool_call"], "tool_arguments": 1}',
      "VALIDATION_ERROR", "Field 'tool_arguments' must be a boolean.", "e9"),
+    # valid JSON nested too deeply to decode (about 10 KB, within a packet)
+    ("deeply nested", b"[" * 5_000 + b"]" * 5_000, "VALIDATION_ERROR",
+     "Message is not valid JSON.", None),
+    ("deeply nested field", b'{"id": "n1", "type": "speak", "message": ' + b"[" * 5_000
+     + b"]" * 5_000 + b"}", "VALIDATION_ERROR", "Message is not valid JSON.", None),
+    ("deeply nested signed body",
+     json.dumps({"type": "signed", "body": "[" * 5_000 + "]" * 5_000, "timestamp": 1,
+                 "signature": "00"}).encode(),
+     "VALIDATION_ERROR", "Message is not valid JSON.", None),
 ]
 
 
@@ -470,3 +490,227 @@ async def test_every_random_packet_gets_exactly_one_answer(
     finally:
         await plugin.aclose()
         await session.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# the room's own entry: random packets through real rtc.Room objects on the relay
+
+
+_SERVER_SECRET = "property-server-secret"
+_routes = st.sampled_from(
+    ["backend", "backend", "backend-rpc", "backend-rpc", "stranger", "stranger-rpc", "server"]
+)
+_topics = st.integers(0, 9).flatmap(
+    lambda n: st.just(CONTEXT_TOPIC)
+    if n < 7
+    else st.sampled_from([ACK_TOPIC, "", "imaginex.context.x"]) | st.text(max_size=12)
+)
+# requests that are valid as generated, of every type, so that the fuzz gets past validation
+# into the applier: a few ids (repeats, reuse, cancels that find their speech), short texts
+_ids = st.sampled_from(["a", "b", "c"]) | st.text(string.ascii_letters, min_size=1, max_size=8)
+_texts = st.sampled_from(["Hello there.", "Your order shipped."]) | st.text(
+    string.ascii_letters + " .,!?é", min_size=1, max_size=30
+).filter(str.strip)
+_keys = st.sampled_from(["k1", "k2"])
+
+
+def _request(kind: str, required: dict[str, Any], optional: dict[str, Any]) -> Any:
+    return st.fixed_dictionaries(
+        {"type": st.just(kind), "id": _ids, **required}, optional=optional
+    )
+
+
+_valid_requests = st.one_of(
+    _request("speak", {"message": _texts}, {
+        "mode": st.sampled_from(["queue", "interrupt", "if_idle"]),
+        "allow_interruptions": st.booleans(), "add_to_history": st.booleans(),
+        "instructions": _texts,
+    }),
+    _request("add_context", {"context": _texts}, {
+        "key": _keys, "role": st.sampled_from(["system", "developer", "user", "assistant"]),
+        "scope": st.sampled_from(["persistent", "next_turn"]),
+        "ttl_s": st.floats(0.01, 100), "trigger_reply": st.booleans(),
+    }),
+    _request("remove_context", {"key": _keys}, {}),
+    _request("get_state", {}, {}),
+    _request("interrupt", {}, {"force": st.booleans()}),
+    _request("cancel", {"target_id": _ids}, {}),
+    _request("update_io", {"agent_audio": st.booleans()}, {
+        "user_audio": st.booleans(), "transcription": st.booleans(),
+    }),
+    _request("update_instructions", {"instructions": _texts}, {
+        "mode": st.sampled_from(["append", "replace"]),
+    }),
+    _request("reset_instructions", {}, {}),
+    _request("user_message", {"text": _texts}, {
+        "respond": st.booleans(), "interrupt": st.booleans(),
+    }),
+    _request("get_history", {}, {"limit": st.integers(1, 200)}),
+    _request("subscribe", {"events": st.lists(
+        st.sampled_from(SESSION_EVENT_TYPES), min_size=1, max_size=3)}, {}),
+    _request("unsubscribe", {}, {}),
+    _request("end_call", {}, {"after_speech": st.booleans(), "reason": _texts}),
+)
+
+
+def _mutated(request: dict[str, Any], field: str | None, value: Any) -> dict[str, Any]:
+    """``request`` with one field changed to ``value`` (or, for ``None``, as it is)."""
+    if field is None:
+        return request
+    if value is _DROP:
+        return {k: v for k, v in request.items() if k != field}
+    return {**request, field: value}
+
+
+_DROP = object()
+_near_valid = st.builds(
+    _mutated,
+    _valid_requests,
+    # most requests as generated, the others with one field dropped or set to anything
+    st.booleans().flatmap(lambda change: st.sampled_from(sorted(_field_values)) if change
+                          else st.none()),
+    st.just(_DROP) | _json_values,
+).map(lambda d: json.dumps(d).encode())
+_near_valid_signed = st.tuples(_near_valid, st.none() | st.sampled_from(["imaginex-gateway"])).map(
+    lambda bs: sign_request(bs[0], _SECRET, sender=bs[1]).encode()
+)
+# a server-API packet has no participant: only a signature can vouch for it, and one the
+# fuzz signed validly would be applied without an answer anyone could count
+_deliveries = st.tuples(
+    # (mapped, so that one_of weighs it as one branch, not as its four)
+    _routes, _topics, st.one_of(_payloads.map(bytes), _near_valid, _near_valid_signed)
+).filter(lambda d: not (d[0] == "server" and _validly_signed(d[2])))
+
+
+class _ErrorRecords(logging.Handler):
+    """Every record at ERROR or above, from any logger: an exception that escaped somewhere."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(deliveries=st.lists(_deliveries, min_size=1, max_size=10))
+async def test_random_packets_through_the_room_get_one_answer_or_a_documented_silence(
+    deliveries: list[tuple[str, str, bytes]],
+) -> None:
+    """Bytes, JSON, envelopes and topics from a trusted participant, an untrusted one, the
+    server API (no participant) and over RPC, into a real ``AgentSession`` through real
+    ``rtc.Room`` objects: a participant gets exactly one ack per packet on the context topic
+    (RPC: one response), every other packet is silence (another topic; the server API, which
+    cannot be answered), nothing escapes a room callback, and nothing is spoken that no
+    success ack reported."""
+    loop = asyncio.get_running_loop()
+    escaped: list[dict[str, Any]] = []
+    errors = _ErrorRecords()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: escaped.append(context))
+    logging.getLogger().addHandler(errors)
+    network = RelayNetwork()
+    session = await start_session(audio_output=RecordingAudioOutput(speed=50.0))
+    spoken: list[str] = []
+    session.on("speech_created", lambda ev: spoken.append(ev.speech_handle.id))
+    agent_room = network.create_room(
+        "fuzz-room", "agent", kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+    )
+    plugin = ContextPlugin(
+        agent_code="A12345678",
+        allowed_identities=[BACKEND_IDENTITY],
+        server_secret=_SERVER_SECRET,
+        secret=_SECRET,
+        ready_timeout=0.5,
+        permissions={BACKEND_IDENTITY: {"*"}, "imaginex-gateway": {"*"}},
+    )
+    senders = {
+        name: Backend(network.create_room("fuzz-room", name))
+        for name in (BACKEND_IDENTITY, "stranger")
+    }
+    await plugin.start(session, agent_room)
+    rpc_answers: list[dict[str, Any]] = []
+    expected = {name: 0 for name in senders}
+    received = 0
+    try:
+        for route, topic, payload in deliveries:
+            name = route.removesuffix("-rpc")
+            if route.endswith("-rpc"):
+                answer = await senders[name].rpc(payload.decode("utf-8", "replace"))
+                rpc_answers.append(answer)
+                received += 1
+            elif route == "server":
+                await network.send_server_data(
+                    "fuzz-room", payload, topic=topic, destination_identities=["agent"]
+                )
+                received += topic == CONTEXT_TOPIC
+            else:
+                await senders[name].room.local_participant.publish_data(
+                    payload, topic=topic, destination_identities=["agent"]
+                )
+                expected[name] += topic == CONTEXT_TOPIC
+                received += topic == CONTEXT_TOPIC
+
+        def answered() -> bool:
+            return plugin.stats.received == received and all(
+                len(senders[name].acks()) >= count for name, count in expected.items()
+            )
+
+        await wait_until(answered, "every packet on the topic to be answered")
+        await wait_until(lambda: plugin._work.idle, "the queue to be applied")
+        await asyncio.sleep(0.05)  # time for an answer too many to show
+
+        acks = [*rpc_answers]
+        for name, count in expected.items():
+            assert len(senders[name].acks()) == count, name
+            acks += senders[name].acks()
+        # nobody else was answered: the server API and other topics get silence
+        answered_to = {
+            d for p in network.published if p.sender == "agent" for d in p.destinations
+        }
+        assert answered_to <= set(senders)
+        assert plugin.stats.received == received
+        for ack in acks:
+            assert ack["type"] == "ack"
+            assert isinstance(ack["message"], str)
+            assert ack["message"]
+            if not ack["success"]:
+                assert ack["error"] in {
+                    "VALIDATION_ERROR", "UNAUTHORIZED", "AGENT_NOT_FOUND", "NO_ACTIVE_ROOMS",
+                    "PAYLOAD_TOO_LARGE", "BUSY", "ID_REUSED", "NOT_FOUND", "RATE_LIMITED",
+                    "NOT_READY",
+                }
+        # nothing is spoken that no success ack reported
+        reported = {a["data"].get("speech_id") for a in acks if a["success"]}
+        assert set(spoken) <= reported
+        assert plugin.stats.errors.get("INTERNAL_ERROR", 0) == 0
+    finally:
+        await plugin.aclose()
+        await session.aclose()
+        await network.aclose()
+        logging.getLogger().removeHandler(errors)
+        loop.set_exception_handler(previous_handler)
+    assert escaped == []
+    assert [(r.name, r.getMessage()) for r in errors.records] == []
+
+
+DEEP = "[" * 5_000 + "]" * 5_000
+
+
+@pytest.mark.parametrize(
+    "raw", [DEEP, '{"type": "ack", "id": "x", "data": ' + DEEP + "}", DEEP.encode()]
+)
+def test_json_from_others_nested_too_deeply_is_a_value_error_where_we_parse_it(
+    raw: str | bytes,
+) -> None:
+    """What a sender (the client, the gateway) reads from a room: never a RecursionError."""
+    from imaginex_context_plugin import protocol
+
+    for parse in (protocol.load_untrusted_json, protocol.parse_ack, protocol.parse_server_message):
+        with pytest.raises(ValueError, match="recursion limit exceeded"):
+            parse(raw)

@@ -11,7 +11,7 @@ import pytest
 from livekit.agents import Agent
 from livekit.agents.testing import fake_job_context
 
-from imaginex_context_plugin import sign_request
+from imaginex_context_plugin import ContextPlugin, sign_request
 from imaginex_context_plugin.protocol import MAX_PAYLOAD_BYTES
 from imaginex_context_plugin.receiver import AckTransport
 from imaginex_context_plugin.receiver import call_end as call_end_module
@@ -307,6 +307,89 @@ async def test_instructions_append_replace_reset_and_survive_a_handoff(
     assert session.current_agent.instructions == "You are the billing agent."
 
 
+OWN = "You are the support agent."
+CHUNK = "Mind the customer's order history. " * 400  # 14,000 characters, one packet
+
+
+def _steer(request_id: str, text: str, mode: str = "append") -> dict[str, Any]:
+    return {"type": "update_instructions", "id": request_id, "instructions": text, "mode": mode}
+
+
+async def test_appended_instructions_stay_bounded_and_a_refusal_changes_nothing(
+    make_harness: HarnessFactory,
+) -> None:
+    # the reproduction: 70 appends of 14,000 characters once left ~980,000
+    assert len(CHUNK) == 14_000
+    harness: Harness = await make_harness(
+        permissions=ALL, agent=Agent(instructions=OWN), rate_limit=None
+    )
+    agent = harness.session.current_agent
+    answers = [await harness.backend.request(_steer(f"a{n}", CHUNK)) for n in range(70)]
+    assert [a["success"] for a in answers[:2]] == [True, True]
+    refused = answers[2:]
+    assert {(a["success"], a["error"]) for a in refused} == {(False, "VALIDATION_ERROR")}
+    assert refused[0]["message"] == (
+        "With these, the instructions added to the agent would be 42,000 characters, over this "
+        "agent's limit of 32,000 characters; nothing was changed. Replace them (mode "
+        "'replace') or send reset_instructions first."
+    )
+    assert [a["id"] for a in refused] == [f"a{n}" for n in range(2, 70)]
+    assert agent.instructions == "\n\n".join([OWN, CHUNK, CHUNK])
+    assert harness.plugin.stats.errors["VALIDATION_ERROR"] == 68
+
+    # up to the limit exactly, one character more is refused
+    ok = await harness.backend.request(_steer("fill", "x" * 4_000))
+    assert ok["success"] is True
+    over = await harness.backend.request(_steer("over", "y"))
+    assert over["error"] == "VALIDATION_ERROR"
+    assert agent.instructions == "\n\n".join([OWN, CHUNK, CHUNK, "x" * 4_000])
+
+    # a replace counts from scratch, and counts too; reset starts again
+    replaced = await harness.backend.request(_steer("r", CHUNK, "replace"))
+    assert replaced["success"] is True
+    assert agent.instructions == CHUNK
+    assert (await harness.backend.request(_steer("r+1", CHUNK)))["success"] is True
+    assert (await harness.backend.request(_steer("r+2", CHUNK)))["error"] == "VALIDATION_ERROR"
+    assert agent.instructions == "\n\n".join([CHUNK, CHUNK])
+    assert (await harness.backend.request({"type": "reset_instructions", "id": "z"}))["success"]
+    assert agent.instructions == OWN
+    assert (await harness.backend.request(_steer("again", CHUNK)))["success"] is True
+
+
+async def test_the_instructions_limit_is_an_option_and_a_replace_over_it_is_refused(
+    make_harness: HarnessFactory,
+) -> None:
+    harness: Harness = await make_harness(
+        permissions=ALL, agent=Agent(instructions=OWN), max_instructions_chars=100
+    )
+    agent = harness.session.current_agent
+    assert (await harness.backend.request(_steer("a", "Be brief.")))["success"] is True
+    steered = agent.instructions
+    too_long = await harness.backend.request(_steer("r", "z" * 101, "replace"))
+    assert (too_long["error"], too_long["message"]) == (
+        "VALIDATION_ERROR",
+        "The instructions are 101 characters, over this agent's limit of 100 characters; "
+        "nothing was changed.",
+    )
+    assert agent.instructions == steered  # the append before it still holds
+    # the refused replace did not clear the appended text either: 9 + 92 > 100
+    assert (await harness.backend.request(_steer("b", "w" * 92)))["error"] == "VALIDATION_ERROR"
+    assert (await harness.backend.request(_steer("c", "w" * 91)))["success"] is True
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_the_instructions_limit_must_be_positive(limit: int) -> None:
+    with pytest.raises(ValueError, match="max_instructions_chars must be at least 1"):
+        ContextPlugin(max_instructions_chars=limit, trust_server=False)
+
+
+def test_the_default_instructions_limit_is_the_context_budget() -> None:
+    from imaginex_context_plugin import ContextBudget
+    from imaginex_context_plugin.receiver import DEFAULT_MAX_INSTRUCTIONS_CHARS
+
+    assert DEFAULT_MAX_INSTRUCTIONS_CHARS == ContextBudget().max_chars == 32_000
+
+
 # ---------------------------------------------------------------------------------------------
 # user_message, add_to_history, get_history
 
@@ -424,6 +507,53 @@ async def test_permissions_given_are_the_whole_truth(make_harness: HarnessFactor
     assert refused["error"] == "UNAUTHORIZED"
     interrupt = await harness.backend.request({"type": "interrupt", "id": "i"})
     assert interrupt["error"] == "UNAUTHORIZED"
+
+
+TYPE_LIST = (
+    "speak, add_context, remove_context, get_state, end_call, interrupt, cancel, update_io, "
+    "update_instructions, reset_instructions, user_message, get_history, subscribe, unsubscribe"
+)
+BAD_PERMISSIONS: list[tuple[str, dict[str, Any], str]] = [
+    # (case, permissions, the sentence's start); each would otherwise grant nothing, silently
+    ("the CLI's hyphen spelling", {"backend": {"end-call"}},
+     "permissions['backend'] names 'end-call', which is not a message type "
+     "(did you mean 'end_call'?)"),
+    ("a gateway path's spelling", {"*": {"speak", "update-instructions"}},
+     "permissions['*'] names 'update-instructions', which is not a message type "
+     "(did you mean 'update_instructions'?)"),
+    ("upper case", {"<server>": {"End_Call"}},
+     "permissions['<server>'] names 'End_Call', which is not a message type "
+     "(did you mean 'end_call'?)"),
+    ("a typo", {"backend": {"subscibe"}},
+     "permissions['backend'] names 'subscibe', which is not a message type "
+     "(did you mean 'subscribe'?)"),
+    ("nothing like a type", {"backend": {"speak", "everything"}},
+     "permissions['backend'] names 'everything', which is not a message type; use any of"),
+    ("the wildcard as a list", {"backend": ["all"]},
+     "permissions['backend'] names 'all', which is not a message type; use any of"),
+    ("not a string", {"backend": {1}},
+     "permissions['backend'] names 1, which is not a message type; use any of"),
+]
+
+
+@pytest.mark.parametrize(
+    ("permissions", "message"),
+    [case[1:] for case in BAD_PERMISSIONS],
+    ids=[case[0] for case in BAD_PERMISSIONS],
+)
+def test_permissions_naming_an_unknown_type_are_refused_at_construction(
+    permissions: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match="which is not a message type") as raised:
+        ContextPlugin(permissions=permissions, trust_server=False)
+    assert str(raised.value).startswith(message)
+    assert str(raised.value).endswith(f"use any of: {TYPE_LIST}, or '*' for all of them.")
+
+
+def test_every_type_and_the_wildcard_may_be_granted() -> None:
+    ContextPlugin(permissions={"backend": set(TYPE_LIST.split(", ")), "*": {"*"}},
+                  trust_server=False)
+    ContextPlugin(permissions={"backend": set()}, trust_server=False)  # grants nothing, knowingly
 
 
 async def test_a_signed_message_counts_as_its_relay(make_harness: HarnessFactory) -> None:

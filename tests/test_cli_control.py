@@ -297,6 +297,8 @@ BAD_ARGUMENTS: list[tuple[list[str], str]] = [
     (["subscribe", "--room", ROOM, "--events", "everything"], "'everything' is not an event"),
     (["subscribe", "--room", ROOM, "--events", ""], "'' is not an event"),
     (["subscribe", "--room", ROOM, "--events", "user_state,"], "'' is not an event"),
+    (["subscribe", "--room", ROOM, "--events", "user-transcript"],
+     "'user-transcript' is not an event (did you mean 'user_transcript'?)"),
     (["subscribe", "--room", ROOM, "--interim", "yes"], "unexpected extra argument"),
     (["unsubscribe", "--room", ROOM, "--id", " "], "'--id': must not be empty"),
 ]

@@ -9,9 +9,13 @@ client in the same relay. Only "cannot connect" uses the real connection path.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -436,6 +440,47 @@ def test_no_livekit_server_exits_4() -> None:
     )
     assert result.exit_code == EXIT_UNAVAILABLE
     assert "error: LIVEKIT_UNAVAILABLE: Could not connect to LiveKit" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("api_key", "api_secret", "warning"),
+    [
+        # livekit-server --dev's own key pair: nobody chose it, nothing to say
+        ("devkey", "secret", None),
+        ("devkey", "not-so-long", "warning: the LiveKit API secret is 11 bytes long; use 32"),
+        ("mykey", "secret", "warning: the LiveKit API secret is 6 bytes long; use 32"),
+        ("devkey", SECRET, None),
+    ],
+)
+def test_the_api_secrets_length_is_mentioned_once_and_livekits_dev_key_not_at_all(
+    api_key: str, api_secret: str, warning: str | None
+) -> None:
+    """The installed command, as a process: PyJWT's two-line warning, once per token signed,
+    never shows; a short secret of the user's own gets one plain line."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV and k != "PYTHONWARNINGS"}
+    env.update(LIVEKIT_URL=f"ws://127.0.0.1:{port}", LIVEKIT_API_KEY=api_key)
+    env["LIVEKIT_API_SECRET"] = api_secret
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("imaginex-context")), "speak", "--room", "shop", "hi"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == EXIT_UNAVAILABLE, done.stderr
+    assert "InsecureKeyLengthWarning" not in done.stderr
+    assert "HMAC key" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    if warning is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1
+        assert lines[0].startswith(warning)
+    assert "error: LIVEKIT_UNAVAILABLE: Could not connect to LiveKit" in done.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -323,6 +323,15 @@ INVALID_BODIES = [
     pytest.param("speak", b"", "Request body is empty; send a JSON object.", id="empty-body"),
     pytest.param("speak", b"[1, 2]", "Request body must be a JSON object.", id="json-array"),
     pytest.param("speak", b"\xff\xfe", "Request body is not valid JSON.", id="not-utf8"),
+    pytest.param(
+        "speak", b"[" * 5_000 + b"]" * 5_000, "Request body is not valid JSON.", id="deep"
+    ),
+    pytest.param(
+        "speak",
+        b'{"message": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",
+        "Request body is not valid JSON.",
+        id="deep-field",
+    ),
     pytest.param("speak", {"room_id": ROOM_1}, "Missing field 'message'.", id="missing-message"),
     pytest.param(
         "speak", {"context": "wrong endpoint"}, "Missing field 'message'.", id="speak-context"

@@ -134,6 +134,7 @@ def test_a_secrets_file_in_json(tmp_path: Path) -> None:
         ('{"A1": "x", "A1": "hunter2-secret"}', "lists agent code 'A1' twice"),
         ('{"A1": 5}', "must be a JSON object"),
         ('{"A1": "hunter2-secret"', "is not valid JSON"),
+        ('{"A1": ' + "[" * 5_000 + "]" * 5_000 + "}", "is not valid JSON"),
         ("{}", "lists no agent codes"),
     ],
 )

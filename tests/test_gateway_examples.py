@@ -1,8 +1,8 @@
-"""``examples/http_gateway.md`` runs: the platform's Python and JavaScript examples, unchanged but
+"""``docs/gateway/examples.md`` runs: the platform's Python and JavaScript examples, unchanged but
 for the base URL, against a gateway on a real loopback port in front of real agent sessions.
 
-Python blocks run with this interpreter (they use ``requests``), JavaScript blocks with Node's
-``fetch`` (skipped without ``node``). Blocks tagged ``python skip`` are agent-side snippets.
+Every ``python`` block runs with this interpreter (they use ``requests``), every ``javascript``
+block with Node's ``fetch`` (skipped without ``node``): the page holds runnable examples only.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from imaginex_context_plugin.gateway import ApiSecrets, create_app
 from tests.gateway_fixtures import GATEWAY, SECRET, Fleet, LiveAgent
 from tests.helpers import wait_until
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "http_gateway.md"
-BLOCK = re.compile(r"^```(\w+)[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "gateway" / "examples.md"
+BLOCK = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 RUN_TIMEOUT_S = 60.0
 ROOMS = (
     "customer_session_1",
@@ -73,9 +73,14 @@ async def run(args: list[str], base_url: str) -> str:
     return output
 
 
-def test_the_examples_document_has_python_and_javascript_blocks() -> None:
-    assert len(blocks("python")) >= 6
-    assert len(blocks("javascript")) >= 2
+def test_the_examples_page_has_python_and_javascript_blocks_only() -> None:
+    assert len(blocks("python")) == 12
+    assert len(blocks("javascript")) == 4
+    # a block in another language (or tagged otherwise) would silently not run
+    assert {lang for lang, _ in BLOCK.findall(EXAMPLES.read_text(encoding="utf-8"))} == {
+        "python",
+        "javascript",
+    }
     for code in blocks("python") + blocks("javascript"):
         assert "/v1/agent/" in code
 

@@ -8,8 +8,10 @@ one is needed).
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -27,8 +29,13 @@ from imaginex_context_plugin.gateway import (
     create_app,
     start_gateway_server,
 )
+from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory
 from imaginex_context_plugin.gateway.limits import FailureLimiter, client_key
+from imaginex_context_plugin.gateway.models import CONTROL_BODIES
+from imaginex_context_plugin.gateway.server_api_backend import REPLIES_PATH, ServerApiBackend
+from imaginex_context_plugin.gateway.webhook import WEBHOOK_PATH
 from imaginex_context_plugin.protocol import ErrorCode
+from imaginex_context_plugin.replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER
 from imaginex_context_plugin.security import RateLimit
 from tests.gateway_fixtures import (
     CODE,
@@ -36,6 +43,8 @@ from tests.gateway_fixtures import (
     ROOM_1,
     ROOM_2,
     SECRET,
+    SETTINGS,
+    Client,
     Fleet,
     GatewayFactory,
     post,
@@ -566,3 +575,146 @@ def test_an_answer_too_large_to_keep_is_not_kept() -> None:
     assert kept.headers == {"Retry-After": "3"}
     # its repeats deliver again instead, and the agents answer them as duplicates
     assert to_store(over) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# a body whose Content-Encoding does not decode: a client error on every route, never a 500
+
+COMPRESSED_SECRET = "compressed-bodies-signing-secret-0123456789"
+
+
+def _corrupted(data: bytes) -> bytes:
+    return data[:12] + b"\x00" * 8 + data[20:]
+
+
+BROKEN_BODIES = [
+    pytest.param("gzip", b"this is not gzip at all", id="gzip-garbage"),
+    # a real gzip stream with its middle overwritten: the CRC check fails at the end
+    pytest.param("gzip", _corrupted(gzip.compress(b'{"message": "' + b"a" * 80 + b'"}')),
+                 id="gzip-corrupt"),
+    pytest.param("deflate", b"\x78\x9c this is not deflate", id="deflate-garbage"),
+    pytest.param("deflate", b"\xff\xff\xff\xff\xff\xff", id="deflate-raw-garbage"),
+]
+
+
+def _every_route() -> list[tuple[str, str, dict[str, str], set[int]]]:
+    """(method, path, headers, acceptable statuses) for every route the full gateway serves."""
+    api_routes = [f"/v1/agent/{CODE}/{name}" for name in ("speak", "add-context")]
+    api_routes += [f"/v1/agent/{CODE}/{endpoint}" for endpoint in CONTROL_BODIES.values()]
+    routes = [("POST", path, HEADERS, {400}) for path in api_routes]
+    routes += [
+        # the agents' replies, reachable without authentication: 401 as for anything unreadable
+        ("POST", REPLIES_PATH, {REPLY_TIMESTAMP_HEADER: "1", REPLY_SIGNATURE_HEADER: "ab"}, {401}),
+        ("POST", REPLIES_PATH, {}, {401}),
+        # reachable by anyone with a non-empty Authorization header
+        ("POST", WEBHOOK_PATH, {"Authorization": "x"}, {401}),
+        # routes that read no body answer as they would without one
+        ("GET", f"/v1/agent/{CODE}/events?room_id=nowhere", HEADERS, {404}),
+        ("GET", "/healthz", {}, {200}),
+        ("GET", "/openapi.json", {}, {200}),
+    ]
+    return routes
+
+
+@pytest.fixture
+async def full_gateway(fleet: Fleet, make_gateway: GatewayFactory) -> Client:
+    """The gateway with every route: server-API delivery (the replies route), the agent
+    directory (the webhook route) and a room holder (the events route)."""
+    finder = fleet.backend(agent_directory=MemoryAgentDirectory())
+    backend = ServerApiBackend(
+        finder, SETTINGS, signing_secret=COMPRESSED_SECRET, public_url="http://127.0.0.1:1/"
+    )
+    client: Client = await make_gateway(backend=backend, signing_secret=COMPRESSED_SECRET)
+    return client
+
+
+@pytest.mark.parametrize(("encoding", "body"), BROKEN_BODIES)
+async def test_a_body_that_does_not_decompress_is_a_client_error_on_every_route(
+    full_gateway: Client, caplog: pytest.LogCaptureFixture, encoding: str, body: bytes
+) -> None:
+    routes = _every_route()
+    served = {
+        (route.method, route.resource.canonical)
+        for route in full_gateway.app.router.routes()
+        if route.resource is not None and route.method != "HEAD"
+    }
+    tried = {
+        (method, path.split("?")[0].replace(CODE, "{agent_code}")) for method, path, *_ in routes
+    }
+    assert served == tried  # the table covers every route
+
+    for method, path, headers, statuses in routes:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG):
+            response = await full_gateway.request(
+                method,
+                path,
+                data=body,
+                headers={
+                    **headers,
+                    "Content-Type": "application/json",
+                    "Content-Encoding": encoding,
+                },
+            )
+            answer = await response.json()
+        assert response.status in statuses, (path, response.status, answer)
+        unreadable = f"Request body is not valid {encoding} data (Content-Encoding)."
+        if response.status == 400:
+            assert answer == {"success": False, "error": "VALIDATION_ERROR", "message": unreadable}
+        if response.status == 401 and method == "POST":
+            assert answer == {"success": False, "error": "UNAUTHORIZED", "message": unreadable}
+        # aiohttp's parser stops at the broken body: nothing more can be read on this connection
+        assert response.headers.get("Connection", "").lower() == "close", path
+        # one line (the access line, at INFO), nothing at WARNING or above from anyone
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        ours = [r for r in caplog.records if r.name.startswith("imaginex_context_plugin")]
+        info = [r for r in ours if r.levelno >= logging.INFO]
+        assert len(info) == 1, (path, [r.getMessage() for r in ours])
+        if response.status >= 400:  # and says why
+            line = info[0].__dict__
+            assert answer["error"] == line["error"] or answer["message"] == line["reason"], path
+
+
+async def test_a_body_that_does_decompress_is_read(full_gateway: Client) -> None:
+    for encoding, packed in (
+        ("gzip", gzip.compress(b'{"message": "Hi"}')),
+        ("deflate", zlib.compress(b'{"message": "Hi"}')),
+    ):
+        response = await full_gateway.post(
+            SPEAK,
+            data=packed,
+            headers={**HEADERS, "Content-Type": "application/json", "Content-Encoding": encoding},
+        )
+        # read and valid: no agent is live
+        assert (response.status, (await response.json())["error"]) == (404, "NO_ACTIVE_ROOMS")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n",  # a route that reads no body
+        # refused before its body is read
+        b"POST " + SPEAK.encode() + b" HTTP/1.1\r\nHost: x\r\napi-secret: wrong\r\n",
+    ],
+)
+async def test_an_unread_body_that_fails_to_decode_after_the_answer_is_not_an_error(
+    serve: Callable[..., Awaitable[GatewayServer]],
+    caplog: pytest.LogCaptureFixture,
+    head: bytes,
+) -> None:
+    """The body comes after the answer: aiohttp's own read of the rest meets the broken data."""
+    server = await serve()
+    body = b"this is not gzip at all"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    with caplog.at_level(logging.DEBUG):
+        writer.write(
+            head + b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        answer_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(body)
+        await read_until_closed(reader)  # the connection is let go
+    writer.close()
+    assert answer_head.split(b" ")[1] in (b"200", b"401")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    ours = [r for r in caplog.records if r.name.startswith("imaginex_context_plugin")]
+    assert len([r for r in ours if r.levelno >= logging.INFO]) == 1

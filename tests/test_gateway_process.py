@@ -83,12 +83,19 @@ async def run_to_exit(args: list[str], env: dict[str, str]) -> tuple[int, str]:
 
 @pytest.fixture
 async def gateway_process(tmp_path: Path) -> AsyncIterator[Running]:
+    async with running_gateway(tmp_path, "devsecret-0123456789abcdef0123456789abcdef") as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(tmp_path: Path, api_secret: str) -> AsyncIterator[Running]:
+    """The gateway process, its LiveKit at a closed loopback port under the key ``devkey``."""
     port = free_port()
     stderr_path = tmp_path / "stderr.log"
     env = clean_env(
         LIVEKIT_URL="ws://127.0.0.1:1",
         LIVEKIT_API_KEY="devkey",
-        LIVEKIT_API_SECRET="devsecret-0123456789abcdef0123456789abcdef",
+        LIVEKIT_API_SECRET=api_secret,
         IMAGINEX_API_SECRET=SECRET,
     )
     with open_logs(tmp_path / "stdout.log", stderr_path) as (stdout, stderr):
@@ -190,6 +197,40 @@ async def test_the_gateway_process_answers_over_real_http(gateway_process: Runni
     assert f"POST /v1/agent/{CODE}/speak 401" in log
     assert f"POST /v1/agent/{CODE}/add-context 400" in log
     assert SECRET not in log
+
+
+@pytest.mark.parametrize(
+    ("api_secret", "warning"),
+    [
+        # livekit-server --dev's own key pair: nobody chose it, nothing to say
+        ("secret", None),
+        ("short-secret", "warning: the LiveKit API secret is 12 bytes long; use 32 or more"),
+    ],
+)
+async def test_a_short_api_secret_is_mentioned_once_and_livekits_dev_key_not_at_all(
+    tmp_path: Path, api_secret: str, warning: str | None
+) -> None:
+    async with running_gateway(tmp_path, api_secret) as gateway:
+        speak = f"{gateway.base_url}/v1/agent/{CODE}/speak"
+        async with aiohttp.ClientSession() as http:
+            for _ in range(2):  # each lookup signs a RoomService token
+                async with http.post(
+                    speak, json={"message": "Hi"}, headers={"api-secret": SECRET}
+                ) as response:
+                    assert response.status == 503
+        gateway.process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(gateway.process.wait(), EXIT_TIMEOUT_S) == 0
+    log = gateway.stderr()
+    assert f"POST /v1/agent/{CODE}/speak 503" in log
+    # PyJWT's own warning (two lines per token signed) never shows
+    assert "InsecureKeyLengthWarning" not in log
+    assert "HMAC key" not in log
+    lines = [line for line in log.splitlines() if line.startswith("warning:")]
+    if warning is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1
+        assert lines[0].startswith(warning)
 
 
 async def test_missing_configuration_fails_fast_with_a_clear_message() -> None:

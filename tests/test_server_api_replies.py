@@ -321,6 +321,14 @@ async def test_the_inbox_refuses_every_reply_it_did_not_ask_for_with_401(
         (_reply("w1", room="room-2"), SECRET, None),  # nor in this room
         (b"not json", SECRET, None),
         (json.dumps({"room": ROOM, "ack": {"id": "w1"}}).encode(), SECRET, None),
+        # correctly signed, but nested too deeply to read (about 10 KB): the ack, its id, the body
+        (json.dumps({"room": ROOM, "ack": "[" * 10_000 + "]" * 10_000}).encode(), SECRET, None),
+        (json.dumps({"room": ROOM, "ack": '{"id": ' + "[" * 5_000 + "]" * 5_000 + "}"}).encode(),
+         SECRET, None),
+        (json.dumps({"room": ROOM, "ack": '{"id": "w1", "x": ' + "[" * 5_000 + "]" * 5_000 + "}"})
+         .encode(), SECRET, None),
+        (b"[" * 10_000 + b"]" * 10_000, SECRET, None),
+        (b'{"room": ' + b"[" * 10_000 + b"]" * 10_000 + b', "ack": "{}"}', SECRET, None),
     ]
     for body, secret, ts in cases:
         status, answer = await _post(server, body, secret=secret, ts=ts)
@@ -393,11 +401,17 @@ async def test_the_agents_replies_are_access_logged_at_debug_their_refusals_at_i
         await server.close()
         await backend.aclose()
     access = [
-        (r.levelno, r.status)  # type: ignore[attr-defined]
+        (r.levelno, r.status, r.reason)  # type: ignore[attr-defined]
         for r in caplog.records
         if getattr(r, "path", None) == REPLIES_PATH
     ]
-    assert access == [(logging.DEBUG, 200), (logging.INFO, 401)]
+    assert access == [
+        (logging.DEBUG, 200, None),
+        (logging.INFO, 401, "No delivery is waiting for this reply."),
+    ]
+    # the refusal's one INFO line is its access line, which says why
+    ours = [r for r in caplog.records if r.name.startswith("imaginex_context_plugin")]
+    assert len([r for r in ours if r.levelno >= logging.INFO]) == 1
 
 
 async def test_the_backend_refuses_to_run_unsigned() -> None:

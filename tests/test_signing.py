@@ -26,6 +26,7 @@ from imaginex_context_plugin import (
 from imaginex_context_plugin.client import Via
 from imaginex_context_plugin.security import RateLimit, SignatureProblem, SignatureVerifier
 from tests.conftest import AGENT_CODE, Harness, HarnessFactory
+from tests.protocol_fixtures import signature
 from tests.test_client import DropFirstAck, LoseFirstResponse, packets_for
 
 SECRET = "shared-secret-between-backend-and-agent"
@@ -53,14 +54,20 @@ async def refusal(harness: Harness, envelope: str | dict[str, Any], via: Via) ->
 
 
 def test_the_scheme_is_hmac_sha256_over_timestamp_dot_body() -> None:
-    body = '{"type":"speak","message":"hi"}'
+    # docs/protocol.md's test vector, pinned in fixtures/protocol.json (TypeScript reads it too)
+    vector = signature("v1")
+    assert (vector["secret"], vector["timestamp"], vector["body"]) == (
+        "s3cret", 1_700_000_000, '{"type":"speak","message":"hi"}'
+    )
+    body = vector["body"]
     envelope = json.loads(sign_request(body, "s3cret", timestamp=1_700_000_000))
     expected = hmac.new(b"s3cret", b"1700000000." + body.encode(), hashlib.sha256).hexdigest()
     assert envelope == {
         "type": "signed", "body": body, "timestamp": 1_700_000_000, "signature": expected
     }
     # pinned, so a sender in another language can check its implementation against it
-    assert expected == "cc296f6fc8cae0e2f9c641b0f00c0b497a801e16af81b2004352758a594901a7"
+    assert expected == vector["signature"]
+    assert sign_request(body, "s3cret", timestamp=1_700_000_000) == vector["envelope"]
 
 
 @VIAS
@@ -262,7 +269,11 @@ GATEWAY_SENDER = "imaginex-gateway"
 
 
 def test_the_scheme_with_a_sender_is_pinned() -> None:
-    body = '{"type":"speak","message":"hi"}'
+    vector = signature("v1.2 sender")
+    assert (vector["secret"], vector["timestamp"], vector["body"], vector["sender"]) == (
+        "s3cret", 1_700_000_000, '{"type":"speak","message":"hi"}', GATEWAY_SENDER
+    )
+    body = vector["body"]
     envelope = json.loads(
         sign_request(body, "s3cret", timestamp=1_700_000_000, sender=GATEWAY_SENDER)
     )
@@ -275,12 +286,15 @@ def test_the_scheme_with_a_sender_is_pinned() -> None:
         "signature": expected,
         "sender": GATEWAY_SENDER,
     }
-    assert expected == "33918e964d11d1c976d6bbdb40faff0cfdf21ee6cab72277e43ff8f5bb537c9d"
+    assert expected == vector["signature"]
     # the length counts UTF-8 bytes, so a sender holding dots or accents is still unambiguous
-    accented = json.loads(sign_request(body, "s3cret", timestamp=1_700_000_000, sender="café.x"))
-    assert accented["signature"] == (
-        "18c9499fcc996e7598c9800c1c0505eedd9b6e22e1a6ee052cae1f2640bc615e"
+    accented_vector = signature("v1.2 sender with a dot and an accent")
+    assert accented_vector["sender"] == "café.x"
+    assert accented_vector["message"].encode() == (
+        "imaginex-sender-v1.1700000000.7.café.x.".encode() + body.encode()
     )
+    accented = json.loads(sign_request(body, "s3cret", timestamp=1_700_000_000, sender="café.x"))
+    assert accented["signature"] == accented_vector["signature"]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The public test kit (``imaginex_context_plugin.testing``) works as the README shows it."""
+"""The public test kit (``imaginex_context_plugin.testing``) works as docs/testing.md shows it."""
 
 from __future__ import annotations
 
@@ -10,29 +10,29 @@ from livekit.agents import Agent
 
 import imaginex_context_plugin.testing as kit
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-SECTION = "## Test your own agent with the plugin, no server"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
+SECTION = "# Test your own agent with the plugin, no server"
 
 
-def _readme_example() -> str:
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index(SECTION) :]
+def _documented_example() -> str:
+    text = PAGE.read_text(encoding="utf-8")
+    section = text[text.index(SECTION) :]  # ValueError: the page lost its section
     match = re.search(r"^```python\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
-    assert match is not None
+    assert match is not None, "the page has no Python example"
     return match.group(1)
 
 
-async def test_the_readme_example_runs_as_written() -> None:
+async def test_the_documented_example_runs_as_written() -> None:
     class MyAgent(Agent):
         def __init__(self) -> None:
             super().__init__(instructions="You are a support agent.")
 
     namespace: dict[str, Any] = {"MyAgent": MyAgent}
-    exec(compile(_readme_example(), str(README), "exec"), namespace)
+    exec(compile(_documented_example(), str(PAGE), "exec"), namespace)
     await namespace["test_my_agent_speaks_what_the_backend_sends"]()
 
 
-def test_the_kit_exports_what_the_readme_lists() -> None:
+def test_the_kit_exports_what_the_page_lists() -> None:
     assert sorted(kit.__all__) == sorted(
         [
             "OfflineRoom",
@@ -46,7 +46,7 @@ def test_the_kit_exports_what_the_readme_lists() -> None:
         ]
     )
     for name in ("ScriptedLLM", "RecordingTTS", "RecordingAudioOutput", "start_session"):
-        assert f"`{name}(" in README.read_text(encoding="utf-8")
+        assert f"`{name}(" in PAGE.read_text(encoding="utf-8")
 
 
 async def test_an_offline_room_reports_its_name_and_never_connects() -> None:

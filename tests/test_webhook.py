@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from typing import Any
 
 import pytest
@@ -103,9 +104,53 @@ async def test_a_signed_body_that_is_not_an_event_is_401_not_500(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:
     client, _ = await gateway_with_directory(fleet, make_gateway)
-    for body in ("{not json", '{"event": 12, "room": []}'):
+    deep = '{"event": "room_finished", "room": ' + "[" * 5_000 + "]" * 5_000 + "}"
+    for body in ("{not json", '{"event": 12, "room": []}', "[" * 5_000 + "]" * 5_000, deep):
         status, payload = await hook(client, body, signature(body))
         assert status == 401, payload
+
+
+MISREAD_EVENTS: list[tuple[str, str]] = [
+    # (case, a signed body protobuf's JSON parser would read as an event with empty parts)
+    ("room as a string", '{"event": "room_finished", "room": "webhook-room"}'),
+    ("participant as a string", '{"event": "participant_left", "participant": "agent"}'),
+    ("room as a list", '{"event": "room_finished", "room": ["webhook-room"]}'),
+    ("a nested message as a string",
+     '{"event": "participant_joined", "room": {"name": "webhook-room"}, '
+     '"participant": {"identity": "agent", "permission": "all"}}'),
+    ("an item of a repeated message as a string",
+     '{"event": "participant_joined", "room": {"name": "webhook-room"}, '
+     '"participant": {"identity": "agent", "tracks": ["audio"]}}'),
+    ("not an object at all", '["participant_joined"]'),
+]
+
+
+@pytest.mark.parametrize("body", [case[1] for case in MISREAD_EVENTS],
+                         ids=[case[0] for case in MISREAD_EVENTS])
+async def test_a_signed_event_protobuf_would_misread_is_401_and_changes_nothing(
+    fleet: Fleet, make_gateway: GatewayFactory, body: str
+) -> None:
+    """Found by the schemathesis fuzz: told to ignore unknown fields, protobuf reads a string
+    where a message belongs as an empty message (its characters unknown field names), so
+    ``{"room": "abc"}`` was taken, 200, for an event without a room."""
+    client, directory = await gateway_with_directory(fleet, make_gateway)
+    status, payload = await hook(client, body, signature(body))
+    assert (status, payload["error"]) == (401, "UNAUTHORIZED")
+    assert await directory.rooms_of(CODE) == {}
+
+
+async def test_a_signed_event_with_nulls_and_enum_numbers_is_taken(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    """protobuf's JSON form: null is a field's default, an enum may be its number."""
+    client, directory = await gateway_with_directory(fleet, make_gateway)
+    body = (
+        '{"event": "participant_joined", "id": null, "room": {"name": "webhook-room", '
+        '"sid": null}, "participant": {"identity": "agent", "sid": "PA_1", "kind": 4, '
+        f'"attributes": {{"{AGENT_CODE_ATTRIBUTE}": "{CODE}"}}, "tracks": null}}}}'
+    )
+    assert await hook(client, body, signature(body)) == (200, {"success": True})
+    assert await directory.rooms_of(CODE) == {ROOM: ["agent"]}
 
 
 async def test_a_webhook_over_the_size_limit_is_413(
@@ -171,3 +216,20 @@ async def test_replicas_share_the_directory_a_webhook_to_one_serves_the_other(
     assert backends[1].room_service_calls.total == calls
     # one reconciliation between them: whichever claimed the interval first
     assert sum(backend.room_service_calls.list_rooms for backend in backends) == 1
+
+
+async def test_a_refused_webhook_is_one_info_line_that_says_why(
+    fleet: Fleet, make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _ = await gateway_with_directory(fleet, make_gateway)
+    body = joined_body()
+    with caplog.at_level(logging.DEBUG, logger="imaginex_context_plugin"):
+        assert (await hook(client, body, "not-a-jwt"))[0] == 401
+    info = [
+        r
+        for r in caplog.records
+        if r.name.startswith("imaginex_context_plugin") and r.levelno >= logging.INFO
+    ]
+    assert len(info) == 1
+    assert info[0].__dict__["path"] == WEBHOOK_PATH
+    assert info[0].__dict__["reason"].startswith("not verified (")

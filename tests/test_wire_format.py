@@ -31,6 +31,7 @@ from imaginex_context_plugin.protocol import (
     UserMessageRequest,
     parse_request,
 )
+from tests.protocol_fixtures import wire
 
 TS = "2026-01-15T10:30:00.000Z"
 ALL_TYPES = (
@@ -121,21 +122,8 @@ def test_speak_success_ack() -> None:
             speech_id="speech_abc", method="say",
         ),
     )
-    assert ack.model_dump(mode="json") == {
-        "type": "ack",
-        "id": "r1",
-        "success": True,
-        "message": "Speech triggered successfully",
-        "data": {
-            "agent_code": "A12345678",
-            "context_type": "speak",
-            "delivered_to_rooms": 1,
-            "room_id": "room_123",
-            "timestamp": TS,
-            "speech_id": "speech_abc",
-            "method": "say",
-        },
-    }
+    # the literal lives in fixtures/protocol.json, which the TypeScript tests parse too
+    assert ack.model_dump(mode="json") == wire("speak success ack")
 
 
 def test_speak_fallback_ack() -> None:
@@ -160,22 +148,8 @@ def test_add_context_success_ack_has_no_speech_id() -> None:
         ),
         duplicate=True,
     )
-    assert ack.model_dump(mode="json") == {
-        "type": "ack",
-        "id": None,
-        "success": True,
-        "message": "Context added successfully",
-        "data": {
-            "agent_code": "A12345678",
-            "context_type": "add_context",
-            "delivered_to_rooms": 1,
-            "room_id": "room_456",
-            "timestamp": TS,
-            "key": "customer",
-            "evicted": 0,
-        },
-        "duplicate": True,
-    }
+    assert ack.model_dump(mode="json") == wire("add_context success ack, a duplicate")
+    assert "speech_id" not in wire("add_context success ack, a duplicate")["data"]
 
 
 def test_remove_context_ack() -> None:
@@ -264,13 +238,7 @@ def test_id_reused_ack() -> None:
     ack = ErrorAck(
         id="r1", error=ErrorCode.ID_REUSED, message=protocol.ID_REUSED_MESSAGE
     )
-    assert ack.model_dump(mode="json") == {
-        "type": "ack",
-        "id": "r1",
-        "success": False,
-        "error": "ID_REUSED",
-        "message": "This id was already used for a different message; send it with a new id.",
-    }
+    assert ack.model_dump(mode="json") == wire("id reused error ack")
 
 
 def test_error_ack_keeps_a_null_id_and_omits_retry_after_unless_set() -> None:
@@ -278,18 +246,10 @@ def test_error_ack_keeps_a_null_id_and_omits_retry_after_unless_set() -> None:
         id=None, error=ErrorCode.VALIDATION_ERROR,
         message=f"Invalid type. Must be one of: {ALL_TYPES}",
     )
-    assert ack.model_dump(mode="json") == {
-        "type": "ack",
-        "id": None,
-        "success": False,
-        "error": "VALIDATION_ERROR",
-        "message": f"Invalid type. Must be one of: {ALL_TYPES}",
-    }
+    assert ack.model_dump(mode="json") == wire("validation error ack without an id")
+    assert wire("validation error ack without an id")["id"] is None
     limited = ErrorAck(id="r9", error=ErrorCode.RATE_LIMITED, message="slow down", retry_after=0.5)
-    assert limited.model_dump(mode="json") == {
-        "type": "ack", "id": "r9", "success": False, "error": "RATE_LIMITED",
-        "message": "slow down", "retry_after": 0.5,
-    }
+    assert limited.model_dump(mode="json") == wire("rate limited error ack")
 
 
 def test_speech_events() -> None:
@@ -525,13 +485,7 @@ def test_subscribe_ack() -> None:
             events=["agent_state", "call_ended"],
         ),
     )
-    assert ack.model_dump(mode="json") == {
-        "type": "ack", "id": "s1", "success": True, "message": "Subscribed to session events",
-        "data": {
-            "agent_code": "A1", "context_type": "subscribe", "delivered_to_rooms": 1,
-            "room_id": "r", "timestamp": TS, "events": ["agent_state", "call_ended"],
-        },
-    }
+    assert ack.model_dump(mode="json") == wire("subscribe ack")
     assert protocol.UNSUBSCRIBE_SUCCESS_MESSAGE == "Unsubscribed from session events"
 
 

@@ -28,14 +28,14 @@ class RpcFailure:
 
 _Rpc = rtc.RpcError.ErrorCode
 
-# Decided by what the caller must do next (README, "Reaching the agent over RPC"):
+# Decided by what the caller must do next (docs/sender/python.md, "Reaching the agent over RPC"):
 # - retry: the call timed out (the outcome is unknown; the same id is applied once), the agent is
 #   registering its method, or LiveKit could not send it (our connection is down; the SDK
 #   reconnects). A request keeps its id, so a retry never speaks twice.
 # - fix the target: the agent is not in the room (it left, or never joined). AGENT_NOT_FOUND, as
 #   when no agent is found at all; retryable, because the next attempt looks for the agent again
-#   and a restarting agent comes back under the same code. The gateway used to say
-#   NO_ACTIVE_ROOMS here, the client AGENT_NOT_FOUND: the agent is what is missing, not a room.
+#   and a restarting agent comes back under the same code. Not NO_ACTIVE_ROOMS, for the
+#   client and the gateway alike: the agent is what is missing, not a room.
 # - give up: the request is too large, the server or SDK has no RPC (UNSUPPORTED_SERVER/VERSION:
 #   LiveKit cannot serve this call, so LIVEKIT_UNAVAILABLE, but final: an upgrade is needed, not
 #   a retry), or the agent's handler failed (INTERNAL_ERROR, whatever else LiveKit reports).

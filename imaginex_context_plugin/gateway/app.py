@@ -120,7 +120,8 @@ class _Gateway:
         self._keys = IdempotencyKeys(state.idempotency, lease_s=lease_s, wait_s=lease_s)
         self._fanout = FanOut(backend, writer=writer, delivery_timeout=delivery_timeout)
         self._timeout = delivery_timeout
-        self._openapi = json.dumps(build_openapi()).encode("utf-8")
+        self._openapi = b"{}"
+        """The OpenAPI document of the routes served (``describe`` writes it)."""
 
     @property
     def gatekeeper(self) -> Gatekeeper:
@@ -136,6 +137,11 @@ class _Gateway:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response(HealthResponse(version=__version__))
+
+    def describe(self, *, events: bool, webhook: bool, replies: bool) -> None:
+        """Serve the document of exactly these routes at ``/openapi.json``."""
+        document = build_openapi(events=events, webhook=webhook, replies=replies)
+        self._openapi = json.dumps(document).encode("utf-8")
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type="application/json")
@@ -257,7 +263,8 @@ def create_app(
         max_body_bytes: Largest request body. Default 64 KiB.
         body_timeout: Seconds to receive the body once the headers are in; a late body is
             answered 408 ``REQUEST_TIMEOUT`` and the connection closed. Default 30.
-        state: Idempotency-Key records and rate limits: :class:`~.state.MemoryState` for a
+        state: Idempotency-Key records, rate limits and the agents' replies taken (with
+            server-API delivery): :class:`~.state.MemoryState` for a
             lone gateway (the default), ``redis_state.RedisState`` for replicas, which then
             need ``signing_secret``. Closed with the application.
         sender: The sender signed messages name (``sign_request(sender=...)``), the same on
@@ -324,7 +331,10 @@ def create_app(
         feeds = EventFeeds(backend, writer=gateway.writer, timeout=delivery_timeout)
         events = EventsRoute(gatekeeper=gateway.gatekeeper, fanout=gateway.fanout, feeds=feeds)
         app.router.add_get("/v1/agent/{agent_code}/events", events.handle)
+        app.on_cleanup.append(feeds.aclose)
     if isinstance(backend, ServerApiBackend):  # the agents' answers come back over HTTP
+        # a reply is taken once across the replicas sharing the state
+        backend.reply_inbox.replies = state.replies
         app.router.add_post(REPLIES_PATH, backend.reply_inbox.handle)
         server_api = backend
 
@@ -338,6 +348,11 @@ def create_app(
         app.on_startup.append(hook.on_startup)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/openapi.json", gateway.openapi)
+    gateway.describe(
+        events=isinstance(backend, RoomHolder),
+        webhook=hook is not None,
+        replies=isinstance(backend, ServerApiBackend),
+    )
     app.on_cleanup.append(gateway.close)
     return app
 

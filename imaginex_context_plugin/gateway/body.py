@@ -1,14 +1,20 @@
 """Reading a request's JSON body: within its size limit and its time limit, one JSON object,
 validated against the endpoint's model with one short sentence on failure.
+
+A body aiohttp cannot decode (a ``Content-Encoding: gzip`` or ``deflate`` body that is not
+valid compressed data) is the client's error on every route: :func:`unreadable_body` names it
+for the answer, and the middleware lets the connection go after answering (aiohttp's parser
+cannot read another request on it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 from pydantic import BaseModel, ValidationError
 
 from ..errors import validation_sentence
@@ -16,6 +22,20 @@ from .models import CONTEXT_TYPES
 from .refusals import REQUEST_TIMEOUT, Refusal, invalid, too_large
 
 _M = TypeVar("_M", bound=BaseModel)
+
+_DECODED_ENCODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
+"""The Content-Encodings aiohttp decompresses (any other value is read as it is)."""
+
+
+def unreadable_body(request: web.Request, exc: web.RequestPayloadError) -> str:
+    """The sentence for a body aiohttp could not decode (``exc``, raised reading it).
+
+    The encoding is named only when it is one aiohttp decodes, so no header text is echoed.
+    """
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if isinstance(exc.__cause__, ContentEncodingError) and encoding in _DECODED_ENCODINGS:
+        return f"Request body is not valid {encoding} data (Content-Encoding)."
+    return "Request body could not be read: its encoding is broken."
 
 
 class BodyReader:
@@ -55,6 +75,8 @@ class BodyReader:
             raw = await asyncio.wait_for(request.read(), self._body_timeout)
         except web.HTTPRequestEntityTooLarge:
             raise too_large(self._max_body_bytes) from None
+        except web.RequestPayloadError as exc:
+            raise invalid(unreadable_body(request, exc)) from None
         except asyncio.TimeoutError:
             # the rest of the body may still come; the connection cannot serve another request
             raise Refusal(

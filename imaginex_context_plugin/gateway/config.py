@@ -161,7 +161,7 @@ def _parse_json(path: str | os.PathLike[str], text: str) -> dict[str, str]:
 
     try:
         obj = json.loads(text, object_pairs_hook=no_duplicates)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise ConfigError(f"The secrets file {os.fspath(path)} is not valid JSON.") from None
     if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
         raise ConfigError(

@@ -2,6 +2,8 @@
 
 A :class:`~.refusals.Refusal` raised by a handler becomes its JSON answer; aiohttp's own HTTP
 errors are converted; anything unexpected becomes a generic 500 (never the exception's text).
+A refused request gets one INFO line, its access line, carrying the reason a route noted
+(:func:`~.refusals.note_refusal`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from aiohttp import web
 
 from ..log import logger
 from ..protocol import ErrorCode
-from .refusals import Refusal, error_response, from_http_exception
+from .refusals import REFUSAL_REASON, Refusal, error_response, from_http_exception
 from .server import request_finished, request_started
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,6 +40,7 @@ class AnswerMiddleware:
         started = time.perf_counter()
         error: str | None = None
         request_started(request)
+        noted = REFUSAL_REASON.set(None)
         try:
             response = await handler(request)
         except Refusal as refusal:
@@ -57,19 +60,43 @@ class AnswerMiddleware:
             )
         finally:
             request_finished(request)
+            reason = REFUSAL_REASON.get()
+            REFUSAL_REASON.reset(noted)
+        _let_a_broken_body_go(request, response)
         quiet = response.status < 400 and request.path in self._quiet_paths
         _log_access(
             request,
             response.status,
             error,
             time.perf_counter() - started,
+            reason=reason,
             level=logging.DEBUG if quiet else logging.INFO,
         )
         return response
 
 
+def _let_a_broken_body_go(request: web.Request, response: web.StreamResponse) -> None:
+    """After a body that failed to decode (``Content-Encoding: gzip`` that is not gzip), close
+    the connection once answered, without aiohttp's lingering read of the rest.
+
+    aiohttp's parser stops at such a body and can read no further request on the connection,
+    and its lingering read (for a route that did not read the body) would raise the decoding
+    error out of the server, logged as an unhandled exception after a correct answer.
+    """
+    payload = request.content
+    if payload.exception() is not None and not payload.is_eof():
+        response.force_close()
+        payload.feed_eof()  # nothing more comes: the parser feeds no data after its error
+
+
 def _log_access(
-    request: web.Request, status: int, error: str | None, duration_s: float, *, level: int
+    request: web.Request,
+    status: int,
+    error: str | None,
+    duration_s: float,
+    *,
+    reason: str | None,
+    level: int,
 ) -> None:
     if not logger.isEnabledFor(level):
         return
@@ -90,6 +117,7 @@ def _log_access(
             "duration_ms": round(duration_ms, 1),
             "agent_code": request.match_info.get("agent_code"),
             "error": error,
+            "reason": reason,
         },
     )
 

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     StringConstraints,
+    TypeAdapter,
     model_serializer,
 )
 from pydantic_core import PydanticCustomError
@@ -26,6 +27,7 @@ from ..protocol import (
     MAX_ID_LENGTH,
     MAX_REASON_LENGTH,
     InstructionsMode,
+    as_sent_schema,
     has_visible_text,
 )
 
@@ -164,6 +166,15 @@ class UpdateIOBody(ControlBody):
     transcription."""
 
     message_type: ClassVar[str] = "update_io"
+    # the agents' rule (protocol.UpdateIORequest), so that the document says it too
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "boolean"}}}
+                for name in ("agent_audio", "user_audio", "transcription")
+            ]
+        }
+    )
 
     agent_audio: bool | None = Field(default=None, description="The agent's voice on or off.")
     user_audio: bool | None = Field(
@@ -346,3 +357,33 @@ class HealthResponse(BaseModel):
 
     status: Literal["ok"] = "ok"
     version: str
+
+
+def gateway_json_schemas() -> dict[str, dict[str, Any]]:
+    """The REST API's bodies (as accepted) and answers (as sent), each a JSON Schema by name,
+    for code generators (the TypeScript gateway client's types come from them)."""
+    answers = (
+        RoomResult, SpeakData, AddContextData, ControlData, SpeakResponse, AddContextResponse,
+        ControlResponse, ErrorResponse, HealthResponse,
+    )
+
+    def sent(model: type[BaseModel]) -> dict[str, Any]:
+        # the validation schema: ErrorResponse's serializer (it drops a None data) hides its
+        # fields from the serialization one, and as_sent_schema says what is written
+        schema = TypeAdapter(model).json_schema()
+        # the model's own schema is the root here: file it under $defs like the others
+        defs = schema.pop("$defs", {})
+        schema = {"$defs": {**defs, model.__name__: schema}, "$ref": f"#/$defs/{model.__name__}"}
+        return as_sent_schema(schema, answers, omitted=frozenset({("ErrorResponse", "data")}))
+
+    body_models: tuple[type[_Body], ...] = (SpeakBody, AddContextBody, *CONTROL_BODIES)
+    bodies = {model.__name__: TypeAdapter(model).json_schema() for model in body_models}
+    return {
+        **bodies,
+        **{
+            model.__name__: sent(model)
+            for model in (
+                SpeakResponse, AddContextResponse, ControlResponse, ErrorResponse, HealthResponse
+            )
+        },
+    }

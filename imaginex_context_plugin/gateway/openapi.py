@@ -7,6 +7,7 @@ from typing import Any, Final
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from ..replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER
 from ..version import __version__
 from .models import (
     CONTROL_BODIES,
@@ -19,6 +20,8 @@ from .models import (
     SpeakBody,
     SpeakResponse,
 )
+from .server_api_backend import REPLIES_PATH
+from .webhook import WEBHOOK_PATH
 
 _REF: Final = "#/components/schemas/{model}"
 
@@ -82,6 +85,11 @@ _ERRORS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
         "that does not allow interruptions), or the first request with this Idempotency-Key "
         "is still being delivered (retry after Retry-After seconds for its answer).",
         ("BUSY", "REQUEST_IN_PROGRESS"),
+    ),
+    (
+        408,
+        "The body did not arrive within the body timeout; the connection is closed.",
+        ("REQUEST_TIMEOUT",),
     ),
     (413, "The body, or the message built from it, is too large.", ("PAYLOAD_TOO_LARGE",)),
     (
@@ -176,7 +184,7 @@ def _operation(
                     "id once. A key is bound to its first request for 10 minutes: reusing it "
                     "with another body or endpoint is a 422 ID_REUSED."
                 ),
-                "schema": {"type": "string", "maxLength": 128},
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"\S"},
             },
         ],
         "requestBody": {
@@ -187,8 +195,17 @@ def _operation(
     }
 
 
-def build_openapi() -> dict[str, Any]:
-    """The OpenAPI document of the gateway."""
+def build_openapi(
+    *, events: bool = True, webhook: bool = False, replies: bool = False
+) -> dict[str, Any]:
+    """The OpenAPI document of the gateway: the routes every gateway serves, plus those its
+    backend adds (``create_app`` says which it serves).
+
+    Args:
+        events: ``GET /v1/agent/{agent_code}/events`` (a backend holding room connections).
+        webhook: ``POST /livekit/webhook`` (a backend keeping an agent directory).
+        replies: ``POST /v1/internal/replies`` (server-API delivery).
+    """
     models: tuple[type[BaseModel], ...] = (
         SpeakBody,
         AddContextBody,
@@ -213,18 +230,29 @@ def build_openapi() -> dict[str, Any]:
                 "self-hosted LiveKit server."
             ),
         },
-        "paths": _paths(),
+        "paths": _paths(events=events, webhook=webhook, replies=replies),
         "components": {
-            "schemas": schemas.get("$defs", {}),
+            "schemas": {**schemas.get("$defs", {}), **_ROUTE_SCHEMAS},
             "securitySchemes": {
-                "apiSecret": {"type": "apiKey", "in": "header", "name": "api-secret"}
+                "apiSecret": {"type": "apiKey", "in": "header", "name": "api-secret"},
+                "livekitWebhook": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": (
+                        "The JWT LiveKit signs each webhook with, by the gateway's LiveKit API "
+                        "key; its sha256 claim is the body's hash. A 'Bearer ' prefix is "
+                        "accepted."
+                    ),
+                },
             },
         },
     }
 
 
-def _paths() -> dict[str, Any]:
-    """The endpoints: the API calls (with examples) and the health check."""
+def _paths(*, events: bool, webhook: bool, replies: bool) -> dict[str, Any]:
+    """The endpoints: the API calls (with examples), the health check, this document, and
+    the routes the backend adds."""
     paths: dict[str, Any] = {
         "/v1/agent/{agent_code}/speak": {
             "post": _operation(
@@ -273,9 +301,26 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": {"description": "Up.", "content": _json(HealthResponse)}},
             }
         },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {
+                    "200": {
+                        "description": "The OpenAPI document of this gateway.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
     }
     paths.update(_control_paths())
-    paths.update(_events_path())
+    if events:
+        paths.update(_events_path())
+    if webhook:
+        paths.update(_webhook_path())
+    if replies:
+        paths.update(_replies_path())
     return paths
 
 
@@ -309,6 +354,7 @@ def _events_path() -> dict[str, Any]:
         str(status): {"description": f"{description} error: {', '.join(codes)}.",
                       "content": _json(ErrorResponse)}
         for status, description, codes in _ERRORS
+        if status != 408  # no body to wait for
     }
     return {
         "/v1/agent/{agent_code}/events": {
@@ -348,3 +394,173 @@ def _events_path() -> dict[str, Any]:
             }
         }
     }
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` or null: protobuf's JSON form reads null as the field's default."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_ACCEPTED: Final = "Accepted"
+# the bodies of the routes LiveKit and the agents call, which no pydantic model reads
+_ROUTE_SCHEMAS: Final[dict[str, Any]] = {
+    _ACCEPTED: {
+        "type": "object",
+        "properties": {"success": {"const": True}},
+        "required": ["success"],
+    },
+    "WebhookEvent": {
+        "type": "object",
+        "description": (
+            "livekit.WebhookEvent in protobuf's JSON form, as livekit-api's WebhookReceiver "
+            "reads it: any field may be null (its default), an enum is its name or its number, "
+            "unknown fields are ignored. participant_joined, participant_left, "
+            "participant_connection_aborted and room_finished keep the agent directory; other "
+            "events are taken and ignored."
+        ),
+        "properties": {
+            "event": _nullable({"type": "string", "examples": ["participant_joined"]}),
+            "id": _nullable({"type": "string"}),
+            "room": _nullable(
+                {
+                    "type": "object",
+                    "properties": {
+                        "name": _nullable({"type": "string"}),
+                        "sid": _nullable({"type": "string"}),
+                    },
+                }
+            ),
+            "participant": _nullable(
+                {
+                    "type": "object",
+                    "properties": {
+                        "identity": _nullable({"type": "string"}),
+                        "sid": _nullable({"type": "string"}),
+                        "kind": _nullable(
+                            {"type": ["string", "integer"], "examples": ["AGENT"]}
+                        ),
+                        "attributes": _nullable(
+                            {"type": "object", "additionalProperties": {"type": "string"}}
+                        ),
+                    },
+                }
+            ),
+        },
+    },
+    "AgentReply": {
+        "type": "object",
+        "description": "An agent's answer to a message delivered through the server API.",
+        "properties": {
+            "room": {"type": "string", "description": "The agent's room."},
+            "ack": {
+                "type": "string",
+                "description": "The agent's ack, as the JSON text it would have sent in the room.",
+            },
+        },
+        "required": ["room", "ack"],
+    },
+}
+
+
+def _error(description: str, *codes: str) -> dict[str, Any]:
+    return {
+        "description": f"{description} error: {', '.join(codes)}.",
+        "content": _json(ErrorResponse),
+    }
+
+
+def _webhook_path() -> dict[str, Any]:
+    """``POST /livekit/webhook``: LiveKit's webhooks, feeding the agent directory."""
+    return {
+        WEBHOOK_PATH: {
+            "post": {
+                "summary": "LiveKit's webhooks (configure the server to send them here)",
+                "operationId": "livekitWebhook",
+                "security": [{"livekitWebhook": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/webhook+json": {"schema": _ref_name("WebhookEvent")}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "Verified and applied to the agent directory.",
+                        "content": {"application/json": {"schema": _ref_name(_ACCEPTED)}},
+                    },
+                    "401": _error(
+                        "Not signed with this gateway's LiveKit API key, signed for another "
+                        "body, or not a webhook event",
+                        "UNAUTHORIZED",
+                    ),
+                    "408": _error("The body did not arrive in time", "REQUEST_TIMEOUT"),
+                    "413": _error("The body is too large", "PAYLOAD_TOO_LARGE"),
+                    "503": _error(
+                        "The agent directory cannot be written; LiveKit retries",
+                        "LIVEKIT_UNAVAILABLE",
+                    ),
+                },
+            }
+        }
+    }
+
+
+def _replies_path() -> dict[str, Any]:
+    """``POST /v1/internal/replies``: the agents' answers to server-API deliveries."""
+
+    def header(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": name, "in": "header", "required": True, "description": description,
+            "schema": schema,
+        }
+
+    return {
+        REPLIES_PATH: {
+            "post": {
+                "summary": "An agent's answer to a message sent through the server API",
+                "description": (
+                    "Agents post here (ContextPlugin(reply_urls=...)); nothing else should. "
+                    "The body is signed with the shared secret: HMAC-SHA256 over "
+                    "'imaginex-answer-v1.<timestamp>.<body>'."
+                ),
+                "operationId": "agentReply",
+                "parameters": [
+                    header(
+                        REPLY_TIMESTAMP_HEADER,
+                        "Unix seconds when the reply was signed.",
+                        {"type": "string", "pattern": "^[0-9]+$"},
+                    ),
+                    header(
+                        REPLY_SIGNATURE_HEADER,
+                        "The reply's signature, hex.",
+                        {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    ),
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref_name("AgentReply")}},
+                },
+                "responses": {
+                    "200": {
+                        "description": (
+                            "Taken: it answered a delivery waiting for it (or a resend's, or "
+                            "was handed to the other replicas)."
+                        ),
+                        "content": {"application/json": {"schema": _ref_name(_ACCEPTED)}},
+                    },
+                    "401": _error(
+                        "Unsigned, forged, stale, replayed, unreadable, or no delivery waits "
+                        "for it",
+                        "UNAUTHORIZED",
+                    ),
+                    "413": _error("The reply is too large", "PAYLOAD_TOO_LARGE"),
+                    "503": _error(
+                        "The reply could not be handed to the other replicas",
+                        "STATE_UNAVAILABLE",
+                    ),
+                },
+            }
+        }
+    }
+
+
+def _ref_name(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(model=name)}

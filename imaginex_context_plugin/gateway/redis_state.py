@@ -1,4 +1,5 @@
-"""Gateway state shared by replicas in Redis: Idempotency-Key records and rate limits.
+"""Gateway state shared by replicas in Redis: Idempotency-Key records, rate limits and the
+agents' replies already taken.
 
 Every step that reads and then writes is one Lua script, so two replicas can never both pass a
 check. Keys live under a prefix (default ``imaginex:``); an Idempotency-Key is stored under a
@@ -11,6 +12,8 @@ SHA-256 of (agent code, key), so long or Unicode keys cost the same. Layout:
   keep both keys in one Redis Cluster slot.
 - ``{prefix}rate:<name>``: a token bucket (``tokens``, ``at``), refilled from Redis' own clock
   (``TIME``), so replicas with skewed clocks share one bucket; it expires once full again.
+- ``{prefix}reply:<signature>``: an agent's reply taken (``SET NX PX``: one replica gets to
+  take it), for :data:`~.state.REPLY_MEMORY_S`.
 - ``{prefix}replies``: a pub/sub channel, not a key (:class:`RedisReplyRelay`): agents' replies
   that reached a replica not waiting for them, for the one that is.
 
@@ -41,7 +44,15 @@ except ImportError:  # an optional dependency: say how to get it
 
 from ..log import logger
 from ..security import RateLimit
-from .state import IDEMPOTENCY_WINDOW_S, Claim, IdempotencyStore, StateUnavailable, StoredAnswer
+from .state import (
+    IDEMPOTENCY_WINDOW_S,
+    REPLY_MEMORY_S,
+    Claim,
+    IdempotencyStore,
+    ReplyMemory,
+    StateUnavailable,
+    StoredAnswer,
+)
 
 __all__ = ["DEFAULT_REDIS_PREFIX", "DEFAULT_REDIS_TIMEOUT_S", "RedisReplyRelay", "RedisState"]
 
@@ -145,6 +156,19 @@ class _RedisBuckets:
         return float(wait)
 
 
+class _RedisReplies:
+    def __init__(self, redis: Redis, prefix: str, window_s: float) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._window_ms = max(1, round(window_s * 1000))
+
+    async def remember(self, signature: str) -> bool:
+        taken = await _call(
+            self._redis.set(f"{self._prefix}reply:{signature}", b"1", nx=True, px=self._window_ms)
+        )
+        return bool(taken)
+
+
 class RedisState:
     """Gateway state in Redis, shared by every replica given the same URL and prefix.
 
@@ -153,6 +177,7 @@ class RedisState:
         prefix: Prefix of every key. Default ``imaginex:``.
         window_s: How long an Idempotency-Key stays bound and its answer kept. Default 600.
         timeout_s: Seconds to connect or to wait for one answer. Default 1.
+        reply_window_s: How long an agent's reply is remembered once taken. Default 600.
 
     Nothing is connected until the first request; an unreachable Redis is answered 503 then.
     """
@@ -164,6 +189,7 @@ class RedisState:
         prefix: str = DEFAULT_REDIS_PREFIX,
         window_s: float = IDEMPOTENCY_WINDOW_S,
         timeout_s: float = DEFAULT_REDIS_TIMEOUT_S,
+        reply_window_s: float = REPLY_MEMORY_S,
     ) -> None:
         # one reconnect, no backoff: a pooled connection broken by a Redis restart is retried
         # once on a fresh one, and a Redis that is down is reported at once
@@ -175,6 +201,7 @@ class RedisState:
         )
         self._idempotency = _RedisIdempotency(self._redis, prefix, window_s)
         self._buckets = _RedisBuckets(self._redis, prefix)
+        self._replies = _RedisReplies(self._redis, prefix, reply_window_s)
 
     @property
     def idempotency(self) -> IdempotencyStore:
@@ -183,6 +210,10 @@ class RedisState:
     @property
     def buckets(self) -> _RedisBuckets:
         return self._buckets
+
+    @property
+    def replies(self) -> ReplyMemory:
+        return self._replies
 
     @property
     def replicated(self) -> bool:

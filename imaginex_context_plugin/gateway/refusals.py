@@ -6,6 +6,7 @@ Every error the gateway gives has the platform's shape (``{"success": false, "er
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Final
 
 from aiohttp import web
@@ -29,6 +30,19 @@ STATE_UNAVAILABLE_MESSAGE: Final = (
     "The gateway's shared state (Redis) cannot be reached, so the request could not be checked "
     "for repeats or rate limited; nothing was sent. Retry shortly."
 )
+
+REFUSAL_REASON: Final[ContextVar[str | None]] = ContextVar(
+    "imaginex_refusal_reason", default=None
+)
+"""Why the request being handled was refused, for its access-log line (set by
+:func:`note_refusal`, read and reset by the middleware)."""
+
+
+def note_refusal(reason: str) -> None:
+    """Say why the request being handled is refused: a refused request gets one INFO line, its
+    access-log line, which carries ``reason`` (a static sentence, never the request's text)."""
+    REFUSAL_REASON.set(reason)
+
 
 # The HTTP status for each error code, when no room took the message.
 STATUS_FOR: Final[dict[ErrorCode, int]] = {

@@ -14,14 +14,19 @@ guard that
 The guard learns that a request's headers are in from the gateway's middleware
 (:func:`request_started` / :func:`request_finished`); the body has its own timeout, enforced
 where the application reads it (``create_app(body_timeout=...)``).
+
+aiohttp reads the rest of a body its route did not read after answering; a compressed body that
+turns out not to decode raises out of that read, which aiohttp logs as an unhandled exception.
+The server logs that case at DEBUG: the answer was given, and the connection closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -51,6 +56,19 @@ _BUSY_RESPONSE: Final = (
 )
 
 _GUARDS_KEY: Final = web.AppKey("imaginex_connection_guards", dict)
+
+
+class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only from 3.11
+    """aiohttp's protocol logger, with a body that did not decode after the answer at DEBUG."""
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("exc_info"), web.RequestPayloadError):
+            logger.debug("unread request body did not decode; connection closed")
+            return
+        super().exception(msg, *args, **kwargs)
+
+
+_PROTOCOL_LOG: Final = _ProtocolLog(logging.getLogger("aiohttp.server"), {})
 
 
 def request_started(request: web.Request) -> None:
@@ -225,6 +243,7 @@ async def start_gateway_server(
     runner = web.AppRunner(
         app,
         access_log=None,  # the middleware writes one line per request instead
+        logger=_PROTOCOL_LOG,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     await runner.setup()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,13 +44,15 @@ from ..protocol import (
     ProtocolError,
     SignedEnvelope,
     decode_object,
+    load_untrusted_json,
     read_packet,
 )
 from ..replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER, reply_signature_valid
 from ..security import SIGNATURE_WINDOW_S, sign_request
 from .backend import AgentTarget, LiveKitBackend
-from .refusals import STATE_UNAVAILABLE
-from .state import StateUnavailable
+from .body import unreadable_body
+from .refusals import STATE_UNAVAILABLE, note_refusal
+from .state import MemoryReplies, ReplyMemory, StateUnavailable
 from .webhook import LiveKitWebhook
 
 REPLIES_PATH: Final = "/v1/internal/replies"
@@ -64,7 +65,7 @@ long, and so on until the delivery's deadline: SendData cannot tell whether it a
 MAX_PENDING: Final = 100_000
 """Most deliveries waiting for a reply at once; beyond it a delivery fails at once."""
 MAX_REMEMBERED_REPLIES: Final = 100_000
-"""Most reply signatures remembered (for the signature window) to refuse a replayed reply."""
+"""Most answered deliveries remembered (for :data:`ANSWERED_MEMORY_S`)."""
 ANSWERED_MEMORY_S: Final = 60.0
 """How long an answered delivery still takes a second reply (to a resend) with 200."""
 
@@ -73,6 +74,7 @@ _UNAVAILABLE: Final = "LiveKit could not be reached."
 _ROOM_GONE: Final = "The agent's room no longer exists."
 _AGENT_LEFT: Final = "The agent left the room before it answered."
 _TOO_MANY: Final = "Too many deliveries are waiting for their answer; retry shortly."
+_NOT_CHECKED: Final = "The reply could not be checked for a replay: the shared state is down."
 
 
 def _signed(payload: str) -> SignedEnvelope:
@@ -97,6 +99,12 @@ async def _read_at_most(request: web.Request, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+def _state_unavailable(message: str) -> web.Response:
+    return web.json_response(
+        {"success": False, "error": STATE_UNAVAILABLE, "message": message}, status=503
+    )
 
 
 def _unauthorized(message: str) -> web.Response:
@@ -155,10 +163,9 @@ class ReplyInbox:
         self._clock = clock
         self._pending: dict[tuple[str, str], list[_Waiter]] = {}
         self._count = 0
-        # a reply taken once is refused again (a replay could answer a later retry)
-        self._seen: ExpiringCache[None] = ExpiringCache(
-            ttl_s=2 * window_s, max_entries=MAX_REMEMBERED_REPLIES, clock=clock
-        )
+        self.replies: ReplyMemory = MemoryReplies(window_s=2 * window_s, clock=clock)
+        """The replies taken: one taken once is refused again (a replay could answer a later
+        retry). ``create_app`` puts the state's here, shared by replicas on Redis."""
         # deliveries answered lately: a second answer (to a resend) is taken without a word
         self._answered: ExpiringCache[None] = ExpiringCache(
             ttl_s=ANSWERED_MEMORY_S, max_entries=MAX_REMEMBERED_REPLIES, clock=clock
@@ -204,10 +211,14 @@ class ReplyInbox:
     async def handle(self, request: web.Request) -> web.Response:
         """``POST /v1/internal/replies``: 200 when the reply answered a waiting delivery (or,
         with a ``relay``, was handed to the other replicas), else 401 (unsigned, forged,
-        stale, replayed or not awaited), 413 when too large, 503 when the relay is down."""
+        stale, replayed or not awaited), 413 when too large, 503 when the shared state or
+        the relay is down."""
         if request.content_length is not None and request.content_length > MAX_REPLY_BYTES:
             return self._refuse("The reply is too large.", status=413)
-        body = await _read_at_most(request, MAX_REPLY_BYTES + 1)
+        try:
+            body = await _read_at_most(request, MAX_REPLY_BYTES + 1)
+        except web.RequestPayloadError as exc:
+            return self._refuse(unreadable_body(request, exc))
         if len(body) > MAX_REPLY_BYTES:
             return self._refuse("The reply is too large.", status=413)
         signature = request.headers.get(REPLY_SIGNATURE_HEADER, "")
@@ -219,45 +230,44 @@ class ReplyInbox:
             return self._refuse("The reply's signature does not match.")
         if abs(self._clock() - timestamp) > self._window_s:
             return self._refuse("The reply's timestamp is outside the allowed window.")
-        if signature.lower() in self._seen:
-            return self._refuse("This reply was already received (replay).")
         try:
-            reply = json.loads(body)
+            # signed by the agent, but an agent is not trusted to be well-formed
+            reply = load_untrusted_json(body)
             room, ack = reply["room"], reply["ack"]
-            request_id = json.loads(ack)["id"]
+            request_id = load_untrusted_json(ack)["id"]
         except (ValueError, KeyError, TypeError):
             return self._refuse("The reply could not be read.")
         if not (isinstance(room, str) and isinstance(ack, str) and isinstance(request_id, str)):
             return self._refuse("The reply could not be read.")
-        waiters = self._pending.get((room, request_id))
-        if not waiters:
-            if (room, request_id) in self._answered:
-                # the answer to a resend the agent had already received: nothing to do, and
-                # nothing for the agent to worry about
-                self._seen.put_if_room(signature.lower(), None)
-                self.late += 1
-                return web.json_response({"success": True})
-            if self.relay is None:
-                return self._refuse("No delivery is waiting for this reply.")
-            # behind a load balancer the delivery may wait on another replica: offered to
-            # all of them; one that is not waiting for it ignores it
-            try:
-                await self.relay.publish(room, request_id, ack)
-            except StateUnavailable:
-                return web.json_response(
-                    {
-                        "success": False,
-                        "error": STATE_UNAVAILABLE,
-                        "message": "The reply could not be handed to the other replicas.",
-                    },
-                    status=503,
-                )
-            self._seen.put_if_room(signature.lower(), None)
-            self.relayed += 1
+        key = (room, request_id)
+        if not self._pending.get(key) and key not in self._answered and self.relay is None:
+            return self._refuse("No delivery is waiting for this reply.")
+        # taken once, across every replica sharing the state: before anything is answered
+        try:
+            first = await self.replies.remember(signature.lower())
+        except StateUnavailable:
+            return _state_unavailable(_NOT_CHECKED)
+        if not first:
+            return self._refuse("This reply was already received (replay).")
+        waiters = self._pending.get(key)
+        if waiters:
+            self._answer(waiters, ack)
+            self.accepted += 1
             return web.json_response({"success": True})
-        self._seen.put_if_room(signature.lower(), None)
-        self._answer(waiters, ack)
-        self.accepted += 1
+        if key in self._answered:
+            # the answer to a resend the agent had already received: nothing to do, and
+            # nothing for the agent to worry about
+            self.late += 1
+            return web.json_response({"success": True})
+        if self.relay is None:  # the delivery stopped waiting meanwhile
+            return self._refuse("No delivery is waiting for this reply.")
+        # behind a load balancer the delivery may wait on another replica: offered to all of
+        # them; one that is not waiting for it ignores it
+        try:
+            await self.relay.publish(room, request_id, ack)
+        except StateUnavailable:
+            return _state_unavailable("The reply could not be handed to the other replicas.")
+        self.relayed += 1
         return web.json_response({"success": True})
 
     def answer(self, room: str, request_id: str, ack: str) -> None:
@@ -276,7 +286,9 @@ class ReplyInbox:
 
     def _refuse(self, message: str, *, status: int = 401) -> web.Response:
         self.refused += 1
-        logger.info("agent reply refused", extra={"reason": message, "status": status})
+        # the access line (INFO) carries the reason; this one is for a bare inbox
+        logger.debug("agent reply refused", extra={"reason": message, "status": status})
+        note_refusal(message)
         if status == 401:
             return _unauthorized(message)
         return web.json_response(

@@ -1,5 +1,5 @@
-"""What gateway replicas must share, behind one small seam: Idempotency-Key records and the
-per-api-secret rate limit.
+"""What gateway replicas must share, behind one small seam: Idempotency-Key records, the
+per-api-secret rate limit, and the agents' replies already taken.
 
 :class:`GatewayState` is the seam ``create_app(state=...)`` takes. :class:`MemoryState` serves a
 lone gateway (the default); ``redis_state.RedisState`` serves replicas (``--redis-url``). Both
@@ -14,6 +14,12 @@ runs against each:
   died or gave up, so the retry takes over and delivers again: the agents dedup);
 - ``finish`` by the lease holder either stores the final answer or only releases the lease;
   a holder whose lease ran out and was taken over stores nothing.
+
+And a :class:`ReplyMemory` with the same semantics in both: ``remember`` a reply's signature
+returns True the first time within the window (:data:`REPLY_MEMORY_S`) and False for every
+repeat, wherever it was taken first; two replicas remembering one signature at once get one
+True. The gateway takes a signed reply from an agent only on that True, so a replay is refused
+on every replica.
 """
 
 from __future__ import annotations
@@ -25,15 +31,18 @@ from typing import Final, Literal, Protocol, runtime_checkable
 
 from ..errors import ConfigError
 from ..expiring import ExpiringCache
-from ..security import DEDUP_WINDOW_S, RateLimit
+from ..security import DEDUP_WINDOW_S, SIGNATURE_WINDOW_S, RateLimit
 
 __all__ = [
     "IDEMPOTENCY_WINDOW_S",
+    "REPLY_MEMORY_S",
     "Claim",
     "GatewayState",
     "IdempotencyStore",
     "MemoryIdempotency",
+    "MemoryReplies",
     "MemoryState",
+    "ReplyMemory",
     "StateUnavailable",
     "StoredAnswer",
     "TokenBuckets",
@@ -45,6 +54,13 @@ IDEMPOTENCY_WINDOW_S: Final = DEDUP_WINDOW_S
 MEMORY_MAX_KEYS: Final = 10_000
 """Keys a lone gateway remembers at most; past that the oldest are forgotten first (and only
 the agents' own dedup then catches a repeat)."""
+
+REPLY_MEMORY_S: Final = 2 * SIGNATURE_WINDOW_S
+"""How long an agent's reply is remembered once taken: a reply's timestamp is accepted within
+the signature window either side of the clock, so twice that covers every moment it could be
+replayed."""
+MEMORY_MAX_REPLIES: Final = 100_000
+"""Replies a lone gateway remembers at most; past that the oldest are forgotten first."""
 
 
 REPLICAS_NEED_SIGNING: Final = (
@@ -117,13 +133,29 @@ class TokenBuckets(Protocol):
         ...
 
 
+class ReplyMemory(Protocol):
+    """The agents' replies the gateway took (see the module docstring)."""
+
+    async def remember(self, signature: str) -> bool:
+        """Remember the reply signed ``signature`` (lowercase hex): True the first time within
+        the window, False when it was already taken (a replay).
+
+        Raises:
+            StateUnavailable: The store cannot be reached.
+        """
+        ...
+
+
 @runtime_checkable
 class GatewayState(Protocol):
-    """What the gateway keeps outside a request: Idempotency-Key records and rate limits.
+    """What the gateway keeps outside a request: Idempotency-Key records, rate limits and the
+    agents' replies already taken.
 
     Attributes:
         idempotency: The Idempotency-Key records.
         buckets: Shared per-api-secret rate limits; None: each process counts its own.
+        replies: The agents' replies already taken (server-API delivery): a reply is taken
+            once across every replica sharing the state.
         replicated: Whether other gateway processes see this state. Replicas join rooms under
             distinct identities, so they need a signing secret (the agents dedup a retry
             through another replica by the signed sender).
@@ -134,6 +166,9 @@ class GatewayState(Protocol):
 
     @property
     def buckets(self) -> TokenBuckets | None: ...
+
+    @property
+    def replies(self) -> ReplyMemory: ...
 
     @property
     def replicated(self) -> bool: ...
@@ -199,12 +234,47 @@ class MemoryIdempotency:
         return True
 
 
-class MemoryState:
-    """A lone gateway's state: Idempotency-Key records in memory, each process its own rate
-    limits (the gatekeeper's)."""
+class MemoryReplies:
+    """The agents' replies this process took (a lone gateway).
 
-    def __init__(self, *, idempotency: MemoryIdempotency | None = None) -> None:
+    Args:
+        window_s: How long a reply is remembered. Default :data:`REPLY_MEMORY_S`.
+        max_replies: Replies remembered at most; the oldest are forgotten first. Default
+            100 000.
+        clock: Monotonic seconds (a fake clock in tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        window_s: float = REPLY_MEMORY_S,
+        max_replies: int = MEMORY_MAX_REPLIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._seen: ExpiringCache[None] = ExpiringCache(
+            ttl_s=window_s, max_entries=max_replies, clock=clock
+        )
+
+    async def remember(self, signature: str) -> bool:
+        # no await inside: two concurrent calls cannot both see it new
+        if signature in self._seen:
+            return False
+        self._seen.put(signature, None)
+        return True
+
+
+class MemoryState:
+    """A lone gateway's state: Idempotency-Key records and the replies taken in memory, each
+    process its own rate limits (the gatekeeper's)."""
+
+    def __init__(
+        self,
+        *,
+        idempotency: MemoryIdempotency | None = None,
+        replies: MemoryReplies | None = None,
+    ) -> None:
         self._idempotency = idempotency if idempotency is not None else MemoryIdempotency()
+        self._replies = replies if replies is not None else MemoryReplies()
 
     @property
     def idempotency(self) -> IdempotencyStore:
@@ -213,6 +283,10 @@ class MemoryState:
     @property
     def buckets(self) -> TokenBuckets | None:
         return None
+
+    @property
+    def replies(self) -> ReplyMemory:
+        return self._replies
 
     @property
     def replicated(self) -> bool:

@@ -14,14 +14,15 @@ that with a re-check of the room. Webhooks are queued per room (in order) and dr
 30 s undelivered; reconciliation heals what was dropped.
 
 Answers: 200 ``{"success": true}`` once applied; 401 for a missing, forged or mismatched
-signature; 413 for a body over the limit; 503 when the directory's store failed (LiveKit
-retries). Never the exception's text.
+signature, or a signed body that is not a webhook event; 413 for a body over the limit; 503
+when the directory's store failed (LiveKit retries). Never the exception's text.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Final, Protocol, runtime_checkable
+import json
+from typing import Any, Final, Protocol, runtime_checkable
 
 from aiohttp import web
 from livekit import api
@@ -29,8 +30,9 @@ from livekit.protocol.webhook import WebhookEvent
 
 from ..log import logger
 from ..protocol import ErrorCode
+from .body import unreadable_body
 from .directory import DirectoryError, DirectorySync
-from .refusals import REQUEST_TIMEOUT, Refusal, too_large
+from .refusals import REQUEST_TIMEOUT, Refusal, note_refusal, too_large
 
 WEBHOOK_PATH: Final = "/livekit/webhook"
 DEFAULT_MAX_WEBHOOK_BYTES: Final = 64 * 1024
@@ -38,6 +40,7 @@ DEFAULT_MAX_WEBHOOK_BYTES: Final = 64 * 1024
 DEFAULT_WEBHOOK_BODY_TIMEOUT_S: Final = 10.0
 """Seconds for a webhook's body to arrive once its headers are in."""
 
+_LABEL_REPEATED: Final = 3  # FieldDescriptor.LABEL_REPEATED
 _UNSIGNED: Final = "The webhook is not signed with this gateway's LiveKit API key."
 
 
@@ -94,6 +97,11 @@ class LiveKitWebhook:
             raise Refusal(
                 408, REQUEST_TIMEOUT, "The webhook body did not arrive in time.", close=True
             ) from None
+        except web.RequestPayloadError as exc:
+            # not the body LiveKit signed (it sends no Content-Encoding): unverifiable
+            raise Refusal(
+                401, ErrorCode.UNAUTHORIZED.value, unreadable_body(request, exc)
+            ) from None
         if len(raw) > self._max_body_bytes:
             raise too_large(self._max_body_bytes)
         try:
@@ -119,10 +127,42 @@ class LiveKitWebhook:
         # LiveKit sends the bare JWT; a "Bearer " prefix is accepted too
         token = auth.removeprefix("Bearer ").strip()
         try:
-            return self._receiver.receive(body, token)
+            event = self._receiver.receive(body, token)
         except Exception as exc:  # livekit-api raises bare Exception, jwt and protobuf errors
-            logger.info("webhook refused", extra={"error": type(exc).__name__})
+            logger.debug("webhook refused", extra={"error": type(exc).__name__})
+            note_refusal(f"not verified ({type(exc).__name__})")
             raise Refusal(401, ErrorCode.UNAUTHORIZED.value, _UNSIGNED) from None
+        # parsed once already, so within protobuf's depth limit
+        if not _well_formed(json.loads(body), WebhookEvent.DESCRIPTOR):
+            logger.info("webhook refused", extra={"error": "MalformedEvent"})
+            raise Refusal(401, ErrorCode.UNAUTHORIZED.value, _UNSIGNED)
+        return event
+
+
+def _well_formed(value: object, message: Any) -> bool:
+    """Whether ``value`` gives every message-typed field as an object (or null).
+
+    protobuf's JSON parser, told to ignore unknown fields as livekit-api tells it, reads a
+    string or a list where a message belongs as an empty message (each character or item an
+    unknown field name): ``{"room": "abc"}`` would pass for an event with no room. Scalars and
+    maps it checks itself. ``message`` is a protobuf ``Descriptor`` (pure Python or upb).
+    """
+    if not isinstance(value, dict):
+        return False
+    for field in message.fields:
+        nested = field.message_type
+        if nested is None or nested.GetOptions().map_entry:
+            continue
+        given = value.get(field.json_name, value.get(field.name))
+        if given is None:
+            continue
+        repeated = getattr(field, "is_repeated", None)
+        if repeated is None:  # protobuf before 6.31 says it with the label
+            repeated = getattr(field, "label", None) == _LABEL_REPEATED
+        items = given if repeated and isinstance(given, list) else [given]
+        if not all(_well_formed(item, nested) for item in items):
+            return False
+    return True
 
 
 @runtime_checkable

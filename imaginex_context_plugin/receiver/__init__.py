@@ -23,9 +23,11 @@ from .outbox import DRAIN_TIMEOUT_S, MAX_OUTBOUND_ANSWERS, AckTransport
 from .plugin import ContextPlugin
 from .session_gate import DEFAULT_READY_TIMEOUT_S
 from .stats import PluginStats
+from .steering import DEFAULT_MAX_INSTRUCTIONS_CHARS
 from .work_queue import DEFAULT_MAX_QUEUE
 
 __all__ = [
+    "DEFAULT_MAX_INSTRUCTIONS_CHARS",
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_READY_TIMEOUT_S",
     "DRAIN_TIMEOUT_S",

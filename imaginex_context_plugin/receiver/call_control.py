@@ -54,7 +54,7 @@ from .call_end import CallEnd
 from .jobs import Answer, Job, Success
 from .session_gate import SessionGate
 from .speech import SpeechTracker
-from .steering import Steering
+from .steering import InstructionsTooLong, Steering
 
 if TYPE_CHECKING:
     from livekit.agents.voice import AgentSession
@@ -136,7 +136,10 @@ class CallControl:
         if isinstance(request, UpdateIORequest):
             return self._update_io(request)
         if isinstance(request, UpdateInstructionsRequest):
-            await self._steering.update(request.instructions, request.mode)
+            try:
+                await self._steering.update(request.instructions, request.mode)
+            except InstructionsTooLong as exc:
+                return error_ack(ErrorCode.VALIDATION_ERROR, str(exc), request.id)
             return self._ack(
                 request, UPDATE_INSTRUCTIONS_SUCCESS_MESSAGE, instructions_mode=request.mode
             )

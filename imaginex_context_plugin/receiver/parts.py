@@ -65,6 +65,7 @@ class SessionParts:
         outbox: Outbox,
         subscribers: Subscribers,
         ready_timeout: float,
+        max_instructions_chars: int,
         agent_code: str | None,
         answer: Callable[[Job, Answer], None],
         on_rpc: Callable[[rtc.RpcInvocationData], Awaitable[str]],
@@ -82,7 +83,7 @@ class SessionParts:
         call_end.add_listener(subscribers.end_call)
         tracker = SpeechTracker(session, outbox.send, call_end.hang_up)
         avatar = AvatarWatch(session, room, tracker)
-        steering = Steering(gate)
+        steering = Steering(gate, max_chars=max_instructions_chars)
         context_sync = ContextSync(store, gate, work.put)
         state = StateAnswers(
             session=session, store=store, pending_speeches=tracker.pending, writer=writer

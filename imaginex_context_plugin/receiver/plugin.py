@@ -57,6 +57,7 @@ from .outbox import AckTransport, Outbox
 from .parts import Hook, SessionParts
 from .session_gate import DEFAULT_READY_TIMEOUT_S
 from .stats import PluginStats
+from .steering import DEFAULT_MAX_INSTRUCTIONS_CHARS
 from .subscribers import Subscribers
 from .work_queue import DEFAULT_MAX_QUEUE, WorkQueue
 
@@ -107,13 +108,20 @@ class ContextPlugin:
             signed message counts as the identity that relayed it. With it, a sender may send
             the union of its entry and the ``"*"`` entry, nothing else. Default: every type but
             the sensitive ones (``security.SENSITIVE_TYPES``: ``subscribe``, ...), which are
-            refused with ``UNAUTHORIZED``. ``unsubscribe`` is always allowed.
+            refused with ``UNAUTHORIZED``. ``unsubscribe`` is always allowed. Types are spelled
+            as on the wire (``end_call``, not the CLI's ``end-call``); one that does not exist
+            raises ``ValueError`` here rather than grant nothing.
         reply_urls: URL prefixes a signed server-API packet's ``reply_to`` may point to; its
             answer is then posted there over HTTP, signed with ``secret`` (else the LiveKit API
             secret), see :mod:`..replies`. Each an ``http(s)`` URL whose path ends with ``/``,
             e.g. ``["http://gateway.internal:8089/v1/internal/"]``. Default: none; a packet
             naming a ``reply_to`` is then refused (``REPLY_URL_NOT_ALLOWED`` in
             ``stats.errors`` and the log) and nothing is sent.
+        max_instructions_chars: Most characters the senders' ``update_instructions`` may add
+            up to (the appended texts, or a replacement and what was appended to it; the
+            agent's own instructions do not count). One that would go over is refused with
+            ``VALIDATION_ERROR`` and changes nothing; ``reset_instructions`` or a ``replace``
+            starts again. Default 32,000 (``DEFAULT_MAX_INSTRUCTIONS_CHARS``).
     """
 
     _parts: SessionParts  # made by start(): they need the session and the room
@@ -136,11 +144,15 @@ class ContextPlugin:
         ack_transport: AckTransport | None = None,
         permissions: Mapping[str, Iterable[str]] | None = None,
         reply_urls: Sequence[str] = (),
+        max_instructions_chars: int = DEFAULT_MAX_INSTRUCTIONS_CHARS,
     ) -> None:
         if require_signature and not secret:
             raise ValueError("require_signature=True needs a secret")
         if dedup_max_entries is not None and dedup_max_entries < 1:
             raise ValueError("dedup_max_entries must be at least 1")
+        if max_instructions_chars < 1:
+            raise ValueError("max_instructions_chars must be at least 1")
+        self._max_instructions_chars = max_instructions_chars
         self._agent_code = agent_code if agent_code is not None else os.getenv(AGENT_CODE_ENV)
         server_key = (server_secret or os.getenv(LIVEKIT_API_SECRET_ENV)) if trust_server else None
         warn_if_server_untrusted(trust_server, server_key)
@@ -228,6 +240,7 @@ class ContextPlugin:
             outbox=self._outbox,
             subscribers=self._subscribers,
             ready_timeout=self._ready_timeout,
+            max_instructions_chars=self._max_instructions_chars,
             agent_code=self._agent_code,
             answer=self._answer,
             on_rpc=self._on_rpc,

@@ -26,16 +26,29 @@ if TYPE_CHECKING:
 
 _SEPARATOR: Final = "\n\n"
 
+DEFAULT_MAX_INSTRUCTIONS_CHARS: Final = 32_000
+"""Most characters the senders' instructions may add up to (what ``update_instructions``
+appended, or the replacement and what was appended to it), the order of the context budget
+(``ContextBudget.max_chars``): the agent's own instructions do not count."""
+
+
+class InstructionsTooLong(ValueError):
+    """An ``update_instructions`` that would take the senders' instructions over the limit."""
+
 
 class Steering:
     """The senders' instructions and the agent they apply to.
 
     Args:
         gate: The session, reached through its readiness gate.
+        max_chars: See :data:`DEFAULT_MAX_INSTRUCTIONS_CHARS`.
     """
 
-    def __init__(self, gate: SessionGate) -> None:
+    def __init__(
+        self, gate: SessionGate, *, max_chars: int = DEFAULT_MAX_INSTRUCTIONS_CHARS
+    ) -> None:
         self._gate = gate
+        self._max_chars = max_chars
         self._replacement: str | None = None
         self._additions: list[str] = []
         # each agent's own instructions, remembered the first time it is steered
@@ -51,13 +64,30 @@ class Steering:
         """Append to (or replace) the current agent's instructions.
 
         Raises:
+            InstructionsTooLong: The senders' instructions would be over the limit; nothing
+                was changed.
             NotReady: The session has ended or has no agent within the ready timeout.
         """
+        replacement: str | None
         if mode == "replace":
-            self._replacement, self._additions = instructions, []
+            replacement, additions = instructions, []
         else:
-            self._additions.append(instructions)
+            replacement, additions = self._replacement, [*self._additions, instructions]
+        total = len(replacement or "") + sum(len(text) for text in additions)
+        if total > self._max_chars:
+            raise InstructionsTooLong(self._too_long(total, mode))
+        self._replacement, self._additions = replacement, additions
         await self.apply()
+
+    def _too_long(self, total: int, mode: InstructionsMode) -> str:
+        limit = f"this agent's limit of {self._max_chars:,} characters"
+        if mode == "replace":
+            return f"The instructions are {total:,} characters, over {limit}; nothing was changed."
+        return (
+            f"With these, the instructions added to the agent would be {total:,} characters, "
+            f"over {limit}; nothing was changed. Replace them (mode 'replace') or send "
+            "reset_instructions first."
+        )
 
     async def reset(self) -> None:
         """The current agent's own instructions again; nothing of the senders' is kept."""

@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 from livekit import rtc
 from livekit.rtc.room import EventTypes
-from pydantic import ValidationError
 
 from .. import protocol
 from ..log import logger
@@ -87,7 +86,7 @@ class RoomEvents:
         sender = packet.participant.identity
         try:
             message = protocol.parse_server_message(packet.data)
-        except (ValueError, ValidationError, RecursionError):
+        except ValueError:  # pydantic's ValidationError is one
             logger.debug("ignored a malformed packet on the ack topic", extra={"sender": sender})
             return
         if isinstance(message, SuccessAck | ErrorAck):

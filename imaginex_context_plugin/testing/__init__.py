@@ -17,7 +17,7 @@ models.
   it, to start the plugin on without a server.
 
 Feed the plugin with :meth:`ContextPlugin.ingest` (the exact path room bytes take) and catch
-its answers with an ``AckTransport`` subclass; the README shows a complete test.
+its answers with an ``AckTransport`` subclass; ``docs/testing.md`` shows a complete test.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +24,14 @@ from typing import Any, Final
 import pytest
 from livekit import api, rtc
 
+from devtools.agent_worker import (
+    DISPATCH_ATTEMPTS,
+    DISPATCH_WAIT_S,
+    WorkerError,
+    WorkerProcess,
+    agent_worker,
+    livekit_env,
+)
 from devtools.livekit_server import ROOT, ServerInfo
 from imaginex_context_plugin.protocol import (
     ACK_TOPIC,
@@ -35,17 +42,12 @@ from imaginex_context_plugin.protocol import (
 from tests.fakes.voice import Microphone
 from tests.helpers import wait_until
 from tests.integration.live import participant_token, room_name
-from tests.integration.test_worker_live import (
-    AGENT_STATE_ATTRIBUTE,
-    REGISTER_TIMEOUT_S,
-    Worker,
-    livekit_env,
-)
 
 WORKER_FILE: Final = "examples/avatar_agent.py"
 AVATAR_WORKER_FILE: Final = ROOT / "examples" / "avatar_worker.py"
 AGENT_NAME: Final = "avatar-agent"
 AGENT_CODE: Final = "AVATAR001"
+AGENT_STATE_ATTRIBUTE: Final = "lk.agent.state"
 AVATAR_IDENTITY: Final = "imaginex-avatar"
 BACKEND: Final = "backend"
 SECONDS_PER_CHAR: Final = 0.05
@@ -62,34 +64,20 @@ def words(seconds: float) -> str:
 
 
 @contextlib.contextmanager
-def avatar_agent_worker(lk: ServerInfo, workdir: Path) -> Iterator[tuple[Worker, Path]]:
+def avatar_agent_worker(lk: ServerInfo, workdir: Path) -> Iterator[tuple[WorkerProcess, Path]]:
     """The example worker, registered; and the directory its avatars' journals go to."""
     journals = workdir / "journals"
     journals.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / "avatar-agent.log"
-    env = {**livekit_env(lk), "AVATAR_JOURNAL_DIR": str(journals)}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "livekit.agents", "start", WORKER_FILE, "--dev"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop() takes all of it
-        )
-    worker = Worker(process, log_path)
     try:
-        deadline = time.monotonic() + REGISTER_TIMEOUT_S
-        while not worker.registered():
-            if process.poll() is not None:
-                pytest.fail(f"the worker exited with {process.returncode}:\n{worker.log()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the worker did not register in time:\n{worker.log()}")
-            time.sleep(0.1)
-        yield worker, journals
-    finally:
-        worker.stop()
+        with agent_worker(
+            lk,
+            WORKER_FILE,
+            workdir / "avatar-agent.log",
+            extra_env={"AVATAR_JOURNAL_DIR": str(journals)},
+        ) as worker:
+            yield worker, journals
+    except WorkerError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def sender_token(lk: ServerInfo, room: str, identity: str) -> str:
@@ -154,7 +142,7 @@ class AvatarCall:
 
     lk: ServerInfo
     name: str
-    worker: Worker
+    worker: WorkerProcess
     journal_path: Path
     user: rtc.Room
     microphone: Microphone
@@ -241,6 +229,15 @@ class AvatarCall:
                 await process.wait()
 
 
+def _agent_joined(room: rtc.Room) -> bool:
+    return any(
+        p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        and SENDER_ATTRIBUTE not in p.attributes
+        and PUBLISH_ON_BEHALF not in p.attributes
+        for p in room.remote_participants.values()
+    )
+
+
 def _agent_listening(room: rtc.Room) -> str | None:
     for participant in room.remote_participants.values():
         if (
@@ -252,9 +249,15 @@ def _agent_listening(room: rtc.Room) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def avatar_call(lk: ServerInfo, worker: Worker, journals: Path) -> AsyncIterator[AvatarCall]:
+async def avatar_call(
+    lk: ServerInfo, worker: WorkerProcess, journals: Path
+) -> AsyncIterator[AvatarCall]:
     """A fresh room with a user (publishing a microphone) and a backend, the worker dispatched
-    into it, once the agent listens and its avatar has published its video."""
+    into it, once the agent listens and its avatar has published its video.
+
+    As ``devtools.agent_worker.dispatched_room``: the room is created first, and the dispatch is
+    sent again while the agent does not come (livekit-server drops one a busy worker does not
+    answer in time, and gives none to a worker reporting a load of 0.7 or more)."""
     name = room_name("it-avatar")
     user = rtc.Room()
     backend = Backend()
@@ -262,6 +265,7 @@ async def avatar_call(lk: ServerInfo, worker: Worker, journals: Path) -> AsyncIt
     call: AvatarCall | None = None
     async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
         try:
+            await lkapi.room.create_room(api.CreateRoomRequest(name=name, empty_timeout=120))
             # the user first, as in real life: the agent links its input to the user it finds
             await user.connect(lk.url, participant_token(lk, name, "it-user"))
             microphone = Microphone(user)
@@ -270,14 +274,19 @@ async def avatar_call(lk: ServerInfo, worker: Worker, journals: Path) -> AsyncIt
             journal = journals / f"{name}.jsonl"
             call = AvatarCall(lk, name, worker, journal, user, microphone, backend)
             user.on("disconnected", lambda reason: call.disconnects.append((time.time(), reason)))
-            await lkapi.agent_dispatch.create_dispatch(
-                api.CreateAgentDispatchRequest(agent_name=AGENT_NAME, room=name)
-            )
 
             def agent_ready() -> bool:
                 backend.agent = _agent_listening(backend.room) or ""
                 return bool(backend.agent)
 
+            for _ in range(DISPATCH_ATTEMPTS):
+                await lkapi.agent_dispatch.create_dispatch(
+                    api.CreateAgentDispatchRequest(agent_name=AGENT_NAME, room=name)
+                )
+                with contextlib.suppress(TimeoutError):
+                    # an agent that joined is coming: never a second one (two avatars)
+                    await _until(lambda: _agent_joined(backend.room), DISPATCH_WAIT_S)
+                    break
             await call.wait(agent_ready, "the dispatched agent's session to run", READY_TIMEOUT_S)
             await call.wait(
                 call.avatar_video_published, "the avatar to publish its video", READY_TIMEOUT_S
@@ -290,6 +299,14 @@ async def avatar_call(lk: ServerInfo, worker: Worker, journals: Path) -> AsyncIt
             await user.disconnect()
             with contextlib.suppress(api.TwirpError):
                 await lkapi.room.delete_room(api.DeleteRoomRequest(room=name))
+
+
+async def _until(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.05)
 
 
 def kill(pid: int, sig: int) -> None:

@@ -27,6 +27,7 @@ from devtools.livekit_server import (
 
 # two LiveKit nodes sharing one Redis (LiveKit's multi-node mode)
 from tests.integration.cluster import LiveKitCluster, livekit_cluster  # noqa: F401
+from tests.integration.local_server import LocalServer, local_server
 
 _HERE = Path(__file__).resolve().parent
 
@@ -63,6 +64,20 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit
 
 
 @pytest.fixture(scope="session")
+def local_livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """The docs' local server, ``scripts/livekit-server --dev``, started as they say (always
+    ours, whatever ``LIVEKIT_URL`` names: it is the command under test)."""
+    try:
+        find_binary(build=True)
+    except NoServer as exc:
+        if _in_ci():
+            pytest.fail(f"CI=true and {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    with local_server(tmp_path_factory.mktemp("local-livekit-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def livekit(livekit_server: LiveKitServer | None) -> ServerInfo:
     """URL, API key and secret of the server the live tests talk to."""
     if livekit_server is None:
@@ -81,6 +96,9 @@ def pytest_runtest_makereport(
     server = item.funcargs.get("livekit_server") if hasattr(item, "funcargs") else None
     if report.failed and isinstance(server, LiveKitServer) and server.info is not None:
         report.sections.append(("livekit-server log (tail)", server.info.log_tail()))
+    local = item.funcargs.get("local_livekit") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(local, LocalServer):
+        report.sections.append(("scripts/livekit-server --dev log (tail)", local.info.log_tail()))
     cluster = item.funcargs.get("livekit_cluster") if hasattr(item, "funcargs") else None
     if report.failed and isinstance(cluster, LiveKitCluster):
         report.sections.append(("livekit cluster logs (tail)", cluster.log_tails()))

@@ -315,7 +315,7 @@ async def test_the_documented_javascript_watch_example_runs_on_a_real_room(
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
-    text = (ROOT / "examples" / "http_gateway.md").read_text(encoding="utf-8")
+    text = (ROOT / "docs" / "gateway" / "examples.md").read_text(encoding="utf-8")
     blocks = re.findall(r"^```javascript[ \t]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
     (watch,) = [code for code in blocks if "/events?room_id=watched_room" in code]
     script = tmp_path / "watch.mjs"  # .mjs: the example uses top-level await

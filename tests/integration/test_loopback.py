@@ -6,23 +6,27 @@ to judge: these tests skip then).
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import re
 import socket
 from pathlib import Path
 
-import aiohttp
 import pytest
-from livekit.protocol import rtc as rtc_proto
 
-from devtools.livekit_server import LOOPBACK, LiveKitServer, ServerInfo
+from devtools.livekit_server import LOOPBACK, LiveKitServer
 from devtools.netns import CLIENT_ADDRESS, STATE_ENV
 from tests.helpers import wait_until
-from tests.integration.live import live_agent, participant_token, room_name
+from tests.integration.live import live_agent
+from tests.integration.network import (
+    candidate_address,
+    candidate_lines,
+    is_loopback,
+    join_ice_urls,
+    read_signal,
+    server_sockets,
+)
 
-SIGNAL_PROTOCOL = 15
 _IPV4 = re.compile(r"(?<![\d.])(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?![\d.])")
 
 
@@ -33,54 +37,20 @@ def our_server(livekit_server: LiveKitServer | None) -> LiveKitServer:
     return livekit_server
 
 
-def is_loopback(address: str) -> bool:
-    return ipaddress.ip_address(address).is_loopback
-
-
-async def read_signal(info: ServerInfo, seconds: float) -> list[rtc_proto.SignalResponse]:
-    """Join as a bare signalling client and collect what the server sends for ``seconds``."""
-    token = participant_token(info, room_name("it-signal"), "it-signal")
-    url = info.url.replace("ws://", "http://") + "/rtc"
-    params = {"access_token": token, "protocol": str(SIGNAL_PROTOCOL), "auto_subscribe": "1"}
-    responses: list[rtc_proto.SignalResponse] = []
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, params=params) as ws:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while (left := deadline - loop.time()) > 0:
-            try:
-                message = await asyncio.wait_for(ws.receive(), left)
-            except asyncio.TimeoutError:
-                break
-            if message.type is not aiohttp.WSMsgType.BINARY:
-                break
-            response = rtc_proto.SignalResponse()
-            response.ParseFromString(message.data)
-            responses.append(response)
-    return responses
-
-
 async def test_the_server_hands_out_only_loopback_ice(our_server: LiveKitServer) -> None:
     assert our_server.info is not None
     responses = await read_signal(our_server.info, seconds=3.0)
     kinds = [r.WhichOneof("message") for r in responses]
     assert "join" in kinds
 
-    join = next(r.join for r in responses if r.WhichOneof("message") == "join")
-    urls = [url for server in join.ice_servers for url in server.urls]
     # no public STUN, no TURN: only the loopback port where nothing listens
-    assert urls == [f"stun:{LOOPBACK}:3478"]
+    assert join_ice_urls(responses) == [f"stun:{LOOPBACK}:3478"]
 
-    candidates = [
-        r.trickle.candidateInit for r in responses if r.WhichOneof("message") == "trickle"
-    ]
-    offers = [r.offer.sdp for r in responses if r.WhichOneof("message") == "offer"]
-    lines = candidates + [
-        line for sdp in offers for line in sdp.splitlines() if "candidate:" in line
-    ]
+    lines = candidate_lines(responses)
     assert lines, "the server handed out no ICE candidate at all"
-    addresses = [re.search(r"candidate:\S+ \d+ \S+ \d+ (\S+) ", line) for line in lines]
-    assert all(match is not None for match in addresses), lines
-    assert {m.group(1) for m in addresses if m is not None} == {LOOPBACK}
+    addresses = [candidate_address(line) for line in lines]
+    assert all(address is not None for address in addresses), lines
+    assert set(addresses) == {LOOPBACK}
 
 
 async def test_the_server_log_advertises_only_loopback(our_server: LiveKitServer) -> None:
@@ -104,47 +74,13 @@ async def test_the_server_log_advertises_only_loopback(our_server: LiveKitServer
     assert every_address <= {LOOPBACK, CLIENT_ADDRESS, "0.0.0.0"}, every_address
 
 
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
-def _decode(hex_address: str) -> tuple[str, int]:
-    host, port = hex_address.split(":")
-    raw = bytes.fromhex(host)
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)
-    # /proc prints IPv6 as four little-endian 32-bit words
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-    return socket.inet_ntop(socket.AF_INET6, words), int(port, 16)
-
-
-def _server_sockets(pid: int) -> list[tuple[str, str, str]]:
-    """(table, local address, remote address) of every socket ``pid`` holds open."""
-    inodes = _socket_inodes(pid)
-    seen = []
-    for table in ("tcp", "tcp6", "udp", "udp6"):
-        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            fields = row.split()
-            if fields[9] in inodes:
-                seen.append((table, _decode(fields[1])[0], _decode(fields[2])[0]))
-    return seen
-
-
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 async def test_every_socket_the_server_holds_is_on_loopback(our_server: LiveKitServer) -> None:
     process = our_server.process
     assert process is not None
     async with live_agent(our_server.info) as agent:  # type: ignore[arg-type]
         await wait_until(agent.code_listed, "the agent to be active")
-        seen = _server_sockets(process.pid)
+        seen = server_sockets(process.pid)
     assert seen, "found none of the server's sockets"
     for table, local, remote in seen:
         assert is_loopback(local), (table, local, remote)

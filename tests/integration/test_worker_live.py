@@ -1,11 +1,12 @@
 """``examples/offline_agent.py`` as a real worker: registered with the server, dispatched into a
 room with the agent dispatch API, driven with the ``imaginex-context`` CLI as a user would.
 
-This is the README's "Local testing with livekit-server --dev" story, run as written: the worker
-is ``python -m livekit.agents start examples/offline_agent.py --dev`` (its own process group,
-stopped with SIGTERM then SIGKILL, its log attached to any failure), the CLI runs as a
-subprocess, and a user in the room reads what the agent says from the ``lk.transcription`` text
-stream.
+This is the docs' local testing story (``docs/local-testing.md``), run as written against the
+server it starts, ``scripts/livekit-server --dev`` (LiveKit's dev keys, everything on
+127.0.0.1): the worker is ``python -m livekit.agents start examples/offline_agent.py --dev``
+(its own process group, stopped with SIGTERM then SIGKILL, its log attached to any failure),
+the CLI runs as a subprocess with the dev keys and says nothing about their length, and a user
+in the room reads what the agent says from the ``lk.transcription`` text stream.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from devtools.livekit_server import ROOT, ServerInfo
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient
 from tests.helpers import wait_until
 from tests.integration.live import participant_token, room_name
+from tests.integration.local_server import LocalServer
 
 AGENT_NAME = "offline-agent"
 AGENT_CODE = "OFFLINE01"
@@ -41,6 +43,11 @@ CLI_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CLI = Path(sys.executable).parent / "imaginex-context"
+LOCAL_TESTING = ROOT / "docs" / "local-testing.md"
+BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+# the story's key pair is LiveKit's dev pair: PyJWT warns when this process signs with it
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
 
 @dataclass
@@ -149,25 +156,40 @@ async def listener(lk: ServerInfo, room: str) -> AsyncIterator[Listener]:
 
 
 async def cli(lk: ServerInfo, *args: str) -> tuple[int, str]:
+    """Run the command: its exit status and stdout (and stderr, if it failed)."""
+    return await run(lk, str(CLI), *args)
+
+
+async def shell(lk: ServerInfo, script: str) -> tuple[int, str]:
+    """Run ``script`` with bash, as a user's terminal in the repository would."""
+    return await run(lk, "bash", "-euc", script)
+
+
+async def run(lk: ServerInfo, *args: str) -> tuple[int, str]:
+    """Run ``args`` with the server's keys in the environment. Its stderr holds nothing about
+    the length of the dev key (PyJWT warns about it on every token)."""
     process = await asyncio.create_subprocess_exec(
-        str(CLI),
         *args,
         cwd=ROOT,
         env=livekit_env(lk),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
     try:
-        out, _ = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
+        out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
     except asyncio.TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
         raise
     assert process.returncode is not None
-    return process.returncode, out.decode("utf-8", errors="replace")
+    output, errors = (part.decode("utf-8", errors="replace") for part in (out, err))
+    assert "InsecureKeyLengthWarning" not in errors, errors
+    assert "HMAC key" not in errors, errors
+    assert not [line for line in errors.splitlines() if line.startswith("warning:")], errors
+    return process.returncode, output if process.returncode == 0 else output + errors
 
 
 async def wait_for(
@@ -181,6 +203,28 @@ async def wait_for(
         await wait_until(predicate, what, timeout=timeout)
     except pytest.fail.Exception as exc:
         pytest.fail(f"{exc}\nworker log:\n{worker.log()}", pytrace=False)
+
+
+def terminal_3(lk: ServerInfo, room: str) -> tuple[str, list[str]]:
+    """The docs' terminal 3, as written but for the room (and the server's URL, if it could
+    not have the usual port): the dispatch, then each command."""
+    text = LOCAL_TESTING.read_text(encoding="utf-8")
+    (block,) = [code for code in BASH_BLOCK.findall(text) if code.startswith("# 3. dispatch")]
+    block = (
+        block.replace('room="demo"', f'room="{room}"')
+        .replace("--room demo", f"--room {room}")
+        .replace("ws://127.0.0.1:7880", lk.url)
+        .replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    )
+    first = block.index(f"{Path(sys.executable).parent}/imaginex-context")
+    commands = [line for line in block[first:].splitlines() if line.strip()]
+    return block[:first], commands
+
+
+@pytest.fixture
+def livekit(local_livekit: LocalServer) -> ServerInfo:
+    """The story's server: the docs' ``scripts/livekit-server --dev``."""
+    return local_livekit.info
 
 
 @pytest.fixture
@@ -259,3 +303,40 @@ async def test_added_context_shapes_the_example_workers_next_reply(
     # OfflineLLM answers from the context it holds: its reply is made of both entries
     await wait_for(worker, lambda: bool(heard.texts), "the agent's reply")
     assert heard.texts == [f"Here is what I know: {fact} Greet the customer."]
+
+
+async def test_terminal_3_runs_as_the_docs_write_it(livekit: ServerInfo, worker: Worker) -> None:
+    room = room_name("it-docs")
+    dispatch, commands = terminal_3(livekit, room)
+    assert [command.split()[1] for command in commands] == ["speak", "add-context", "add-context"]
+    # "join demo with any LiveKit client first to read it"
+    async with (
+        listener(livekit, room) as heard,
+        api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret) as lkapi,
+    ):
+        try:
+            code, out = await shell(livekit, dispatch)
+            assert code == 0, out
+            await wait_for(worker, heard.agent_listening, "the dispatched agent's session to run")
+            outputs = []
+            for command in commands:
+                code, out = await shell(livekit, command)
+                assert code == 0, f"{command}\n{out}\nworker log:\n{worker.log()}"
+                outputs.append(out)
+            assert outputs[0].startswith("ok: Speech triggered successfully")
+            assert "played out:" in outputs[0]
+            assert "interrupted" not in outputs[0]
+            assert outputs[1].startswith("ok: Context added successfully")
+            assert outputs[2].startswith("ok: Context added successfully")
+            await wait_for(
+                worker,
+                lambda: heard.texts
+                == [
+                    "Hello from the backend!",
+                    "Here is what I know: The customer is John, a VIP. Greet the customer.",
+                ],
+                "the agent's two documented lines",
+            )
+        finally:
+            with contextlib.suppress(api.TwirpError):
+                await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))

@@ -1,0 +1,278 @@
+/**
+ * `GatewayClient`: the HTTP gateway's REST API from Node (or any runtime with `fetch`), in the
+ * shape of the platform's (`POST /v1/agent/{code}/speak`, ...): an `Idempotency-Key` is set for
+ * you and reused on every retry, so a retry is applied once; 408, 409 `REQUEST_IN_PROGRESS`,
+ * 429, 503 and 504 are retried after at least their `Retry-After`; the events stream
+ * (`GET .../events`) is an async iterator.
+ */
+import { ImaginexError } from "../errors.js";
+import type {
+  AddContextBody,
+  AddContextResponse,
+  CancelBody,
+  ControlResponse,
+  EndCallBody,
+  ErrorResponse,
+  GetHistoryBody,
+  HealthResponse,
+  InterruptBody,
+  ResetInstructionsBody,
+  SessionEvent,
+  SpeakBody,
+  SpeakResponse,
+  UpdateInstructionsBody,
+  UpdateIOBody,
+  UserMessageBody,
+} from "../generated/wire.js";
+import type { SessionEventType } from "../protocol.js";
+import { DEFAULT_BACKOFF_MS, DEFAULT_RETRIES, newRequestId, retryDelayMs, sleep } from "../retry.js";
+
+export const DEFAULT_GATEWAY_TIMEOUT_MS = 30_000;
+/** Statuses a later attempt (with the same Idempotency-Key) may not get. */
+const RETRYABLE_STATUSES: ReadonlySet<number> = new Set([408, 429, 503, 504]);
+
+export interface GatewayClientOptions {
+  /** The gateway's URL, e.g. `http://127.0.0.1:8089`. */
+  baseUrl: string;
+  /** The `api-secret` header. */
+  apiSecret: string;
+  /** Milliseconds each attempt may take. Default 30000. */
+  timeoutMs?: number;
+  /** Attempts after the first. Default 2. */
+  retries?: number;
+  /** First delay between attempts (doubling, jittered, at least `Retry-After`). Default 250. */
+  backoffMs?: number;
+  /** The `fetch` to use. Default: the global one. */
+  fetch?: typeof fetch;
+}
+
+export interface GatewayCallOptions {
+  /** The message id and Idempotency-Key (1 to 128 characters). Default: 32 random hex digits. */
+  idempotencyKey?: string;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface EventsOptions {
+  /** The room whose events to stream (required by the gateway). */
+  roomId: string;
+  /** Which events. Default: all. */
+  events?: readonly SessionEventType[];
+  interim?: boolean;
+  toolArguments?: boolean;
+  signal?: AbortSignal;
+}
+
+/**
+ * A refusal or failure of the gateway: `status` (0 when no answer came), `code` (the body's
+ * `error`, or `GATEWAY_UNREACHABLE` / `TIMEOUT`), `retryAfter` seconds, the `Idempotency-Key`
+ * sent (`requestId`: retrying with it is safe) and the error `body` as answered.
+ */
+export class GatewayError extends ImaginexError {
+  readonly status: number;
+  readonly requestId: string | null;
+  readonly retryAfter: number | null;
+  readonly body: ErrorResponse | null;
+
+  constructor(
+    code: string,
+    message: string,
+    options: { status: number; requestId?: string | null; retryAfter?: number | null; body?: ErrorResponse | null; retryable: boolean; cause?: unknown },
+  ) {
+    super(code, message, options);
+    this.name = "GatewayError";
+    this.status = options.status;
+    this.requestId = options.requestId ?? null;
+    this.retryAfter = options.retryAfter ?? null;
+    this.body = options.body ?? null;
+  }
+}
+
+export class GatewayClient {
+  private readonly base: string;
+  private readonly timeoutMs: number;
+  private readonly retries: number;
+  private readonly backoffMs: number;
+  private readonly fetch: typeof fetch;
+
+  constructor(private readonly options: GatewayClientOptions) {
+    if (!options.apiSecret) throw new Error("apiSecret is required");
+    this.base = new URL(options.baseUrl).href.replace(/\/+$/, "");
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_GATEWAY_TIMEOUT_MS;
+    this.retries = options.retries ?? DEFAULT_RETRIES;
+    this.backoffMs = options.backoffMs ?? DEFAULT_BACKOFF_MS;
+    this.fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
+    if (!(this.timeoutMs > 0) || !(this.retries >= 0) || !(this.backoffMs >= 0)) throw new Error("timeouts must be positive, retries and backoff not negative");
+  }
+
+  /** `POST /v1/agent/{code}/speak`: the agent says `message` now, in every room it is live in (or `room_id`). */
+  speak(agentCode: string, body: SpeakBody, options?: GatewayCallOptions): Promise<SpeakResponse> {
+    return this.post(agentCode, "speak", body, options);
+  }
+
+  /** `POST /v1/agent/{code}/add-context`: background knowledge (or, with `type: "speak"`, spoken). */
+  addContext(agentCode: string, body: AddContextBody, options?: GatewayCallOptions): Promise<AddContextResponse> {
+    return this.post(agentCode, "add-context", body, options);
+  }
+
+  endCall(agentCode: string, body: EndCallBody = {}, options?: GatewayCallOptions): Promise<ControlResponse> {
+    return this.post(agentCode, "end-call", body, options);
+  }
+
+  interrupt(agentCode: string, body: InterruptBody = {}, options?: GatewayCallOptions): Promise<ControlResponse> {
+    return this.post(agentCode, "interrupt", body, options);
+  }
+
+  cancel(agentCode: string, body: CancelBody, options?: GatewayCallOptions): Promise<ControlResponse> {
+    return this.post(agentCode, "cancel", body, options);
+  }
+
+  updateIO(agentCode: string, body: UpdateIOBody, options?: GatewayCallOptions): Promise<ControlResponse> {
+    return this.post(agentCode, "update-io", body, options);
+  }
+
+  updateInstructions(agentCode: string, body: UpdateInstructionsBody, options?: GatewayCallOptions): Promise<ControlResponse> {
+    return this.post(agentCode, "update-instructions", body, options);
+  }
+
+  resetInstructions(agentCode: string, body: ResetInstructionsBody = {}, options?: GatewayCallOptions): Promise<ControlResponse> {
+    return this.post(agentCode, "reset-instructions", body, options);
+  }
+
+  userMessage(agentCode: string, body: UserMessageBody, options?: GatewayCallOptions): Promise<ControlResponse> {
+    return this.post(agentCode, "user-message", body, options);
+  }
+
+  getHistory(agentCode: string, body: GetHistoryBody = {}, options?: GatewayCallOptions): Promise<ControlResponse> {
+    return this.post(agentCode, "get-history", body, options);
+  }
+
+  /** `GET /healthz`. */
+  async health(options: { signal?: AbortSignal } = {}): Promise<HealthResponse> {
+    const response = await this.fetch(`${this.base}/healthz`, { signal: options.signal });
+    if (!response.ok) throw await refusal(response, null);
+    return (await response.json()) as HealthResponse;
+  }
+
+  /**
+   * `GET /v1/agent/{code}/events?room_id=...`: the room's live session events, until
+   * `call_ended` (yielded last), the agent leaving or the stream closing. Leave the loop (or
+   * abort `signal`) to stop.
+   */
+  async *events(agentCode: string, options: EventsOptions): AsyncGenerator<SessionEvent, void, undefined> {
+    const url = new URL(`${this.base}/v1/agent/${encodeURIComponent(agentCode)}/events`);
+    url.searchParams.set("room_id", options.roomId);
+    if (options.events) url.searchParams.set("events", options.events.join(","));
+    if (options.interim) url.searchParams.set("interim", "true");
+    if (options.toolArguments) url.searchParams.set("tool_arguments", "true");
+    let response: Response;
+    try {
+      response = await this.fetch(url, {
+        headers: { "api-secret": this.options.apiSecret, accept: "text/event-stream" },
+        signal: options.signal,
+      });
+    } catch (error) {
+      throw unreachable(error, null);
+    }
+    if (!response.ok || response.body === null) throw await refusal(response, null);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    try {
+      let buffer = "";
+      let data: string[] = [];
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        buffer += value;
+        let newline: number;
+        while ((newline = buffer.search(/\r\n|\r|\n/)) !== -1) {
+          if (newline === buffer.length - 1 && buffer.endsWith("\r")) break; // "\r\n" split in two
+          const line = buffer.slice(0, newline);
+          buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
+          if (line === "") {
+            // a blank line ends an event; comments (": heartbeat") and other fields are skipped
+            if (data.length) {
+              const event = JSON.parse(data.join("\n")) as SessionEvent;
+              data = [];
+              yield event;
+              if (event.type === "call_ended") return;
+            }
+          } else if (line.startsWith("data:")) {
+            data.push(line.slice(line[5] === " " ? 6 : 5));
+          }
+        }
+      }
+    } finally {
+      await reader.cancel().catch(() => {});
+    }
+  }
+
+  private async post<T>(agentCode: string, endpoint: string, body: object, options: GatewayCallOptions = {}): Promise<T> {
+    const key = options.idempotencyKey ?? newRequestId();
+    const url = `${this.base}/v1/agent/${encodeURIComponent(agentCode)}/${endpoint}`;
+    const init = {
+      method: "POST",
+      headers: { "api-secret": this.options.apiSecret, "content-type": "application/json", "idempotency-key": key },
+      body: JSON.stringify(body),
+    };
+    for (let attempt = 0; ; attempt++) {
+      const timeout = AbortSignal.timeout(options.timeoutMs ?? this.timeoutMs);
+      const signal = options.signal ? anySignal(options.signal, timeout) : timeout;
+      let failure: GatewayError;
+      try {
+        const response = await this.fetch(url, { ...init, signal });
+        if (response.ok) return (await response.json()) as T;
+        failure = await refusal(response, key);
+      } catch (error) {
+        if (options.signal?.aborted) throw error;
+        failure = error instanceof GatewayError ? error : unreachable(error, key);
+      }
+      if (!failure.retryable || attempt >= this.retries) throw failure;
+      await sleep(retryDelayMs(attempt, this.backoffMs, failure.retryAfter), options.signal);
+    }
+  }
+}
+
+function anySignal(...signals: AbortSignal[]): AbortSignal {
+  const any = (AbortSignal as { any?: (signals: AbortSignal[]) => AbortSignal }).any;
+  if (any) return any(signals);
+  const controller = new AbortController();
+  for (const signal of signals) signal.addEventListener("abort", () => controller.abort(signal.reason), { once: true });
+  return controller.signal;
+}
+
+async function refusal(response: Response, requestId: string | null): Promise<GatewayError> {
+  let body: ErrorResponse | null = null;
+  try {
+    body = (await response.json()) as ErrorResponse;
+  } catch {
+    // not JSON (a proxy's page): the status says enough
+  }
+  const code = body?.error ?? `HTTP_${response.status}`;
+  const retryable =
+    RETRYABLE_STATUSES.has(response.status) || (response.status === 409 && code === "REQUEST_IN_PROGRESS");
+  return new GatewayError(code, body?.message ?? `The gateway answered ${response.status}.`, {
+    status: response.status,
+    requestId,
+    retryAfter: retryAfter(response.headers.get("retry-after")),
+    body,
+    retryable,
+  });
+}
+
+function unreachable(error: unknown, requestId: string | null): GatewayError {
+  const timedOut = (error as { name?: string } | null)?.name === "TimeoutError";
+  return new GatewayError(
+    timedOut ? "TIMEOUT" : "GATEWAY_UNREACHABLE",
+    timedOut ? "The gateway did not answer in time." : "The gateway could not be reached.",
+    { status: 0, requestId, retryable: true, cause: error },
+  );
+}
+
+/** `Retry-After` in seconds: a number of seconds or an HTTP date. */
+function retryAfter(header: string | null): number | null {
+  if (header === null) return null;
+  const seconds = Number(header);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds);
+  const date = Date.parse(header);
+  return Number.isNaN(date) ? null : Math.max(0, (date - Date.now()) / 1000);
+}

@@ -1,0 +1,115 @@
+/**
+ * The wire protocol: names, limits and the message types, generated from the JSON Schemas the
+ * Python side publishes (src/generated/wire.ts), plus the few functions that read what arrives.
+ */
+import type {
+  Ack,
+  ErrorAck,
+  ServerMessage,
+  SessionEvent,
+  SpeechFinishedEvent,
+  SpeechStartedEvent,
+  SuccessAck,
+} from "./generated/wire.js";
+
+export type * from "./generated/wire.js";
+
+/** Data-packet topic the agent listens on. */
+export const CONTEXT_TOPIC = "imaginex.context";
+/** Data-packet topic acks and events come back on, to the sender only. */
+export const ACK_TOPIC = "imaginex.context.ack";
+/** RPC method taking the same request JSON; the response is the ack JSON. */
+export const RPC_METHOD = "imaginex.context";
+/** Participant attribute the agent publishes its code in. */
+export const AGENT_CODE_ATTRIBUTE = "imaginex.agent_code";
+/** Participant attribute senders join with; a participant carrying it is never the agent. */
+export const SENDER_ATTRIBUTE = "imaginex.sender";
+/** LiveKit's attribute of an avatar, naming the agent it speaks for: it is never the agent. */
+export const PUBLISH_ON_BEHALF_ATTRIBUTE = "lk.publish_on_behalf";
+/** LiveKit's reliable packet limit: a request (signed or not) must fit it, in UTF-8 bytes. */
+export const MAX_PAYLOAD_BYTES = 15 * 1024;
+export const MAX_ID_LENGTH = 128;
+
+export const MESSAGE_TYPES = [
+  "speak",
+  "add_context",
+  "remove_context",
+  "get_state",
+  "end_call",
+  "interrupt",
+  "cancel",
+  "update_io",
+  "update_instructions",
+  "reset_instructions",
+  "user_message",
+  "get_history",
+  "subscribe",
+  "unsubscribe",
+] as const;
+export type MessageType = (typeof MESSAGE_TYPES)[number];
+
+export const SESSION_EVENT_TYPES = [
+  "user_transcript",
+  "agent_transcript",
+  "agent_state",
+  "user_state",
+  "conversation_item",
+  "tool_call",
+  "call_ended",
+] as const;
+export type SessionEventType = (typeof SESSION_EVENT_TYPES)[number];
+
+const SESSION_EVENTS: ReadonlySet<string> = new Set(SESSION_EVENT_TYPES);
+
+export function isAck(message: ServerMessage): message is Ack {
+  return message.type === "ack";
+}
+
+export function isSuccessAck(message: ServerMessage): message is SuccessAck {
+  return message.type === "ack" && message.success === true;
+}
+
+export function isErrorAck(message: ServerMessage): message is ErrorAck {
+  return message.type === "ack" && message.success === false;
+}
+
+export function isSpeechEvent(
+  message: ServerMessage,
+): message is SpeechStartedEvent | SpeechFinishedEvent {
+  return message.type === "speech_started" || message.type === "speech_finished";
+}
+
+export function isSessionEvent(message: ServerMessage): message is SessionEvent {
+  return SESSION_EVENTS.has(message.type);
+}
+
+/**
+ * Reads what arrived on the ack topic (or as an RPC response): an ack or an event, or `null`
+ * when it is not one of the protocol's messages. Unknown fields are kept; nothing is thrown.
+ */
+export function parseServerMessage(raw: string | Uint8Array): ServerMessage | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(typeof raw === "string" ? raw : new TextDecoder().decode(raw));
+  } catch {
+    return null;
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return null;
+  const message = value as { type?: unknown; success?: unknown; id?: unknown };
+  if (message.type === "ack") {
+    return typeof message.success === "boolean" && (message.id === null || typeof message.id === "string")
+      ? (value as Ack)
+      : null;
+  }
+  if (message.type === "speech_started" || message.type === "speech_finished") {
+    return value as SpeechStartedEvent | SpeechFinishedEvent;
+  }
+  return typeof message.type === "string" && SESSION_EVENTS.has(message.type)
+    ? (value as SessionEvent)
+    : null;
+}
+
+/** UTF-8 length of a text, as the packet limit counts it. */
+export function utf8Length(text: string): number {
+  return new TextEncoder().encode(text).length;
+}

@@ -1,0 +1,146 @@
+/**
+ * Watching a call: `subscribe()` as an async iterator of typed events (Python:
+ * sender/subscription.py). The sink is registered before the `subscribe` request goes out (over
+ * RPC the ack races the events), takes only the agent's events, holds at most `queueSize` (the
+ * oldest are dropped and counted in the next event's `dropped`), and ends after `call_ended`.
+ */
+import { ContextError } from "../errors.js";
+import type { CallEndedEvent, SessionEvent, SuccessAck } from "../generated/wire.js";
+import type { SessionEventType } from "../protocol.js";
+
+/** Most events held while the caller is busy; beyond it the oldest are dropped. */
+export const DEFAULT_EVENT_QUEUE_SIZE = 1_024;
+/** How long closing a subscription waits for the `unsubscribe` ack. */
+export const UNSUBSCRIBE_TIMEOUT_MS = 2_000;
+
+type Item = SessionEvent | ContextError | null; // null: the end
+
+export class EventSink {
+  private readonly queue: Item[] = [];
+  private lost = 0;
+  private wake: (() => void) | null = null;
+  private finished = false;
+
+  constructor(
+    readonly agent: string,
+    private readonly size: number,
+  ) {}
+
+  put(event: SessionEvent): void {
+    if (this.finished) return;
+    if (this.queue.length >= this.size) {
+      this.queue.shift();
+      this.lost += 1;
+    }
+    this.queue.push(event);
+    this.finished = event.type === "call_ended"; // nothing comes after it
+    this.notify();
+  }
+
+  /** No more events: end after what is queued (with `failure`: then throw it). */
+  finish(failure?: ContextError): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.queue.push(failure ?? null);
+    this.notify();
+  }
+
+  async get(): Promise<[Item, number]> {
+    while (this.queue.length === 0) await new Promise<void>((resolve) => (this.wake = resolve));
+    const item = this.queue.shift() as Item;
+    const lost = this.lost;
+    this.lost = 0;
+    return [item, lost];
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    this.wake = null;
+    wake?.();
+  }
+}
+
+/** What a subscription needs of its client. */
+export interface SubscriptionHooks {
+  unsubscribe(timeoutMs: number): Promise<unknown>;
+  usable(): boolean;
+  closed(events: SessionEvents): void;
+}
+
+/**
+ * A live subscription to the agent's session events; iterate it with `for await`. It ends after
+ * `call_ended` (handed out last); it throws `ContextError` `AGENT_NOT_FOUND` when the agent leaves
+ * without ending the call, `LIVEKIT_UNAVAILABLE` when the room goes away or the client closes.
+ * Leaving the loop early (or {@link close}) unsubscribes.
+ */
+export class SessionEvents implements AsyncIterableIterator<SessionEvent> {
+  private droppedTotal = 0;
+  private ended: CallEndedEvent | null = null;
+  private agentGone = false;
+  private done = false;
+  private isClosed = false;
+  unsubscribedElsewhere = false;
+
+  constructor(
+    /** The `subscribe` ack: `data.events` is what the agent sends (`call_ended` always). */
+    readonly ack: SuccessAck,
+    readonly sink: EventSink,
+    private readonly hooks: SubscriptionHooks,
+  ) {}
+
+  /** The events the agent sends this subscriber. */
+  get events(): SessionEventType[] {
+    return [...(this.ack.data.events ?? [])];
+  }
+
+  /** Events lost so far: by the agent (this subscriber fell behind) and here. */
+  get dropped(): number {
+    return this.droppedTotal;
+  }
+
+  /** The `call_ended` event, once it has been handed out. */
+  get callEnded(): CallEndedEvent | null {
+    return this.ended;
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  async next(): Promise<IteratorResult<SessionEvent>> {
+    if (this.ended !== null || this.done) return { done: true, value: undefined };
+    const [item, lost] = await this.sink.get();
+    if (item === null || item instanceof ContextError) this.done = true;
+    if (item === null) return { done: true, value: undefined };
+    if (item instanceof ContextError) {
+      this.agentGone = item.code === "AGENT_NOT_FOUND";
+      throw item;
+    }
+    const event = lost ? { ...item, dropped: (item.dropped ?? 0) + lost } : item;
+    this.droppedTotal += event.dropped ?? 0;
+    if (event.type === "call_ended") this.ended = event;
+    return { done: false, value: event };
+  }
+
+  async return(): Promise<IteratorResult<SessionEvent>> {
+    await this.close();
+    return { done: true, value: undefined };
+  }
+
+  /**
+   * Stops: unsubscribes (unless the call ended or the agent left). Idempotent; a failed or
+   * unanswered `unsubscribe` is not thrown (the agent also ends it when this participant leaves).
+   */
+  async close(): Promise<void> {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    this.sink.finish();
+    this.hooks.closed(this);
+    if (this.ended !== null || this.agentGone || this.unsubscribedElsewhere || !this.hooks.usable()) return;
+    try {
+      await this.hooks.unsubscribe(UNSUBSCRIBE_TIMEOUT_MS);
+    } catch {
+      // best effort, as documented
+    }
+  }
+}

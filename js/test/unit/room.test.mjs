@@ -1,0 +1,251 @@
+// ContextClient's behaviour (Python: sender/), over the in-memory room of fake-room.mjs.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { AckTimeoutError, ContextClient, ContextError, PlayoutTimeoutError } from "../../dist/room/index.js";
+import { FakeAgent, FakeParticipant, FakeRoom } from "./fake-room.mjs";
+
+const TS = "2026-01-15T10:30:00.000Z";
+
+function setup(options = {}) {
+  const room = new FakeRoom();
+  const agent = new FakeAgent(room);
+  room.join(agent);
+  const client = new ContextClient(room, { agentCode: "A1", backoffMs: 1, timeoutMs: 1_000, ...options });
+  return { room, agent, client };
+}
+
+const sent = (agent) => agent.requests.map((r) => r.request);
+
+test("each call sends the request the Python client sends", async () => {
+  const { agent, client } = setup();
+  await client.speak("Hi", { id: "s1" });
+  await client.speak(null, { id: "s2", instructions: "Greet them.", mode: "if_idle", endCallAfter: true, addToHistory: false });
+  await client.addContext("VIP", { id: "c1", key: "customer" });
+  await client.removeContext("customer", { id: "c2" });
+  await client.endCall({ id: "e1", reason: "done" });
+  await client.interrupt({ id: "i1", force: true });
+  await client.cancel("s1", { id: "x1" });
+  await client.updateIO({ agentAudio: false }, { id: "m1" });
+  await client.updateInstructions("Be brief.", { id: "u1" });
+  await client.resetInstructions({ id: "u2" });
+  await client.userMessage("Hello", { id: "um1" });
+  const code = { agent_code: "A1" };
+  assert.deepEqual(sent(agent), [
+    { type: "speak", id: "s1", message: "Hi", allow_interruptions: true, interrupt: false, ...code },
+    { type: "speak", id: "s2", instructions: "Greet them.", allow_interruptions: true, interrupt: false, mode: "if_idle", end_call_after: true, add_to_history: false, ...code },
+    { type: "add_context", id: "c1", context: "VIP", key: "customer", role: "system", trigger_reply: false, scope: "persistent", ...code },
+    { type: "remove_context", key: "customer", id: "c2", ...code },
+    { type: "end_call", id: "e1", after_speech: true, reason: "done", ...code },
+    { type: "interrupt", id: "i1", force: true, ...code },
+    { type: "cancel", id: "x1", target_id: "s1", ...code },
+    { type: "update_io", id: "m1", agent_audio: false, ...code },
+    { type: "update_instructions", id: "u1", instructions: "Be brief.", mode: "append", ...code },
+    { type: "reset_instructions", id: "u2", ...code },
+    { type: "user_message", id: "um1", text: "Hello", respond: true, interrupt: false, ...code },
+  ]);
+});
+
+test("a lost answer is retried under the same id and answered as a duplicate", async () => {
+  const { room, agent, client } = setup();
+  agent.faults.push("lose");
+  const speech = await client.speak("Once.");
+  assert.equal(speech.ack.duplicate, true);
+  assert.equal(room.rpcCalls.length, 2);
+  assert.equal(room.rpcCalls[0].payload, room.rpcCalls[1].payload);
+  assert.equal(agent.applied.size, 1);
+  assert.match(speech.id, /^[0-9a-f]{32}$/);
+  assert.equal(speech.ack.id, speech.id);
+});
+
+test("RATE_LIMITED waits at least its retry_after, then the same id goes again", async () => {
+  const { room, agent, client } = setup();
+  agent.faults.push({ error: "RATE_LIMITED", retry_after: 0.3 });
+  const started = performance.now();
+  const ack = await client.addContext("later", { id: "rl-1" });
+  assert.ok(performance.now() - started >= 290);
+  assert.equal(ack.id, "rl-1");
+  assert.equal(room.rpcCalls.length, 2);
+});
+
+test("retryable failures give up after `retries`; final ones at once", async () => {
+  const { room, agent, client } = setup({ retries: 2 });
+  agent.faults.push({ code: 1400 }, { code: 1400 }, { code: 1400 });
+  await assert.rejects(client.speak("Hi", { id: "nr" }), (e) => e.code === "NOT_READY" && e.retryable && e.requestId === "nr" && e.ack === null);
+  assert.equal(room.rpcCalls.length, 3);
+  for (const [fault, code] of [[{ error: "BUSY" }, "BUSY"], [{ code: 1402 }, "PAYLOAD_TOO_LARGE"], [{ code: 1500 }, "INTERNAL_ERROR"], [{ code: 1403 }, "LIVEKIT_UNAVAILABLE"]]) {
+    room.rpcCalls.length = 0;
+    agent.faults.push(fault);
+    await assert.rejects(client.speak("Hi"), (e) => e instanceof ContextError && e.code === code && !e.retryable);
+    assert.equal(room.rpcCalls.length, 1, code);
+  }
+});
+
+test("an error ack becomes a ContextError carrying the ack", async () => {
+  const { agent, client } = setup();
+  agent.faults.push({ error: "NOT_FOUND", message: "No speech." });
+  await assert.rejects(client.cancel("nope", { id: "c" }), (error) => {
+    assert.equal(error.name, "ContextError");
+    assert.deepEqual([error.code, error.message, error.requestId, error.retryable], ["NOT_FOUND", "No speech.", "c", false]);
+    assert.deepEqual(error.ack, { type: "ack", id: "c", success: false, error: "NOT_FOUND", message: "No speech." });
+    return true;
+  });
+});
+
+test("no answer in time: AckTimeoutError after every attempt, the same id each time", async () => {
+  const { room, agent, client } = setup({ retries: 1, timeoutMs: 50 });
+  agent.faults.push("hang", "hang");
+  await assert.rejects(client.addContext("x", { id: "t1" }), (e) => {
+    assert.ok(e instanceof AckTimeoutError && e instanceof ContextError);
+    assert.deepEqual([e.code, e.attempts, e.retryable, e.requestId], ["TIMEOUT", 2, true, "t1"]);
+    assert.equal(e.message, "No ack from agent 'agent-1' within 0.05 s (2 attempts).");
+    return true;
+  });
+  assert.deepEqual(room.rpcCalls.map((c) => JSON.parse(c.payload).id), ["t1", "t1"]);
+});
+
+test("an RPC answer that is another request's ack is not taken for this one", async () => {
+  const { room, client } = setup();
+  const agent = room.agents.get("agent-1");
+  agent.onRpc = async () => JSON.stringify({ type: "ack", id: "someone-else", success: true, message: "ok", data: {} });
+  await assert.rejects(client.speak("Hi"), (e) => e.code === "INTERNAL_ERROR" && !e.retryable && /another request/.test(e.message));
+});
+
+test("a request the agent would refuse never leaves", async () => {
+  const { room, client } = setup();
+  await assert.rejects(client.speak("  "), (e) => e.code === "VALIDATION_ERROR" && e.message === "Field 'message' must not be empty.");
+  await assert.rejects(client.speak("x".repeat(16_000)), (e) => e.code === "PAYLOAD_TOO_LARGE");
+  await assert.rejects(client.send({ type: "launch_rockets" }), (e) => e.code === "VALIDATION_ERROR");
+  assert.equal(room.rpcCalls.length, 0);
+});
+
+test("speech events that arrive before the ack are kept; only the agent's count", async () => {
+  const { room, agent, client } = setup({ playoutTimeoutMs: 200 });
+  agent.beforeAnswer = (request) => {
+    const base = { id: request.id, speech_id: `speech_${request.id}`, timestamp: TS };
+    room.deliver("impostor", { type: "speech_finished", ...base, interrupted: true });
+    agent.send({ type: "speech_started", ...base });
+    agent.send({ type: "speech_finished", ...base, interrupted: false, played_s: 1.5 });
+  };
+  const speech = await client.speak("Hello", { id: "p1" });
+  assert.deepEqual(await speech.started(), { type: "speech_started", id: "p1", speech_id: "speech_p1", timestamp: TS });
+  const finished = await speech.finished();
+  assert.deepEqual([finished.interrupted, finished.played_s], [false, 1.5]);
+  assert.deepEqual(await client.waitForPlayout("p1"), finished);
+  agent.beforeAnswer = null;
+  const quiet = await client.speak("Never ends", { id: "p2" });
+  await assert.rejects(quiet.finished(), (e) => e instanceof PlayoutTimeoutError && e.accepted === quiet.ack && e.message === "The speech did not finish within 0.2 s.");
+});
+
+test("the agent leaving ends a wait for its answer: retried, and the agent is looked for again", async () => {
+  const { room, agent, client } = setup({ agentTimeoutMs: 50, retries: 1 });
+  agent.faults.push("hang");
+  const pending = client.speak("Hi", { id: "gone-1" });
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  room.leave("agent-1");
+  await assert.rejects(pending, (e) => e.code === "AGENT_NOT_FOUND" && /No participant with agent code 'A1'/.test(e.message));
+});
+
+test("the agent leaving fails the playout waits on it", async () => {
+  const { room, client } = setup();
+  const speech = await client.speak("Bye", { id: "l1" });
+  const waiting = speech.finished();
+  room.leave("agent-1");
+  await assert.rejects(waiting, (e) => e.code === "AGENT_NOT_FOUND" && !e.retryable && e.message === "Agent 'agent-1' left the room before the speech finished.");
+});
+
+test("finding the agent: waits for it to join; several matches are refused; senders skipped", async () => {
+  const room = new FakeRoom();
+  room.remoteParticipants.set("gateway", new FakeParticipant("gateway", { attributes: { "imaginex.sender": "1", "imaginex.agent_code": "A1" } }));
+  const client = new ContextClient(room, { agentCode: "A1", agentTimeoutMs: 5_000 });
+  const found = client.findAgent();
+  setTimeout(() => room.join(new FakeAgent(room, "agent-7")), 50);
+  assert.equal(await found, "agent-7");
+  room.join(new FakeAgent(room, "agent-8"));
+  await assert.rejects(client.findAgent({ timeoutMs: 20 }), (e) =>
+    e.code === "AGENT_NOT_FOUND" && e.message === "More than one agent with agent code 'A1' is in room 'shop-42' (agent-7, agent-8); give each agent its own code, or pass agent_identity to choose one.");
+  const none = new ContextClient(new FakeRoom(), { agentTimeoutMs: 10 });
+  await assert.rejects(none.speak("Hi"), (e) => e.code === "AGENT_NOT_FOUND" && e.message === "No agent participant is in room 'shop-42' (waited 0.01 s).");
+});
+
+test("over data packets: resent until the agent first answers, acks matched by id", async () => {
+  const { room, agent, client } = setup({ via: "data" });
+  agent.faults.push("drop"); // a newcomer's first packet can be lost: it goes again
+  const ack = await client.addContext("VIP", { id: "d1" });
+  assert.equal(ack.id, "d1");
+  assert.equal(room.published.length, 2);
+  assert.equal(room.published[0].data, room.published[1].data);
+  assert.deepEqual([room.published[0].topic, room.published[0].reliable, room.published[0].destinationIdentities], ["imaginex.context", true, ["agent-1"]]);
+  // an error ack without an id is matched when exactly one request waits on that agent
+  agent.onData = () => queueMicrotask(() => agent.send({ type: "ack", id: null, success: false, error: "VALIDATION_ERROR", message: "Message is not valid JSON." }));
+  await assert.rejects(client.addContext("x", { id: "d2" }), (e) => e.code === "VALIDATION_ERROR" && e.requestId === null);
+});
+
+test("signed: every attempt is a fresh envelope around the same body", async () => {
+  const { room, agent, client } = setup({ secret: "s3cret", sender: "web-console" });
+  agent.faults.push("lose");
+  await client.speak("Signed.", { id: "sig-1" });
+  const [first, second] = room.rpcCalls.map((c) => JSON.parse(c.payload));
+  assert.equal(first.type, "signed");
+  assert.equal(first.sender, "web-console");
+  assert.equal(first.body, second.body);
+  assert.notEqual(first.signature, second.signature);
+  assert.equal(JSON.parse(first.body).id, "sig-1");
+});
+
+test("subscribe: events before the ack kept, bounded with drops counted, the end after call_ended", async () => {
+  const { room, agent, client } = setup();
+  agent.beforeAnswer = () => agent.send({ type: "agent_state", old_state: "idle", new_state: "listening", timestamp: TS });
+  const events = await client.subscribe({ events: ["agent_state", "user_transcript"], queueSize: 2 });
+  assert.deepEqual(events.events, ["agent_state", "user_transcript", "call_ended"]);
+  for (const text of ["one", "two", "three"]) agent.send({ type: "user_transcript", text, final: true, timestamp: TS });
+  room.deliver("stranger", { type: "user_transcript", text: "not ours", final: true, timestamp: TS });
+  agent.send({ type: "call_ended", reason: "user_initiated", timestamp: TS });
+  agent.send({ type: "user_transcript", text: "after the end", final: true, timestamp: TS });
+  const received = [];
+  for await (const event of events) received.push(event);
+  // queue of 2: agent_state, one and two were pushed out by three and call_ended
+  assert.deepEqual(received.map((e) => [e.type, e.text ?? e.reason, e.dropped]), [
+    ["user_transcript", "three", 3],
+    ["call_ended", "user_initiated", undefined],
+  ]);
+  assert.equal(events.dropped, 3);
+  assert.equal(events.callEnded.reason, "user_initiated");
+  assert.equal(sent(agent).filter((r) => r.type === "unsubscribe").length, 0); // nothing to end
+});
+
+test("subscribe: leaving the loop unsubscribes; the agent leaving throws AGENT_NOT_FOUND", async () => {
+  const { room, agent, client } = setup();
+  const events = await client.subscribe();
+  agent.send({ type: "agent_state", old_state: "idle", new_state: "listening", timestamp: TS });
+  for await (const event of events) {
+    assert.equal(event.type, "agent_state");
+    break;
+  }
+  assert.equal(sent(agent).at(-1).type, "unsubscribe");
+  const again = await client.subscribe();
+  await assert.rejects(client.subscribe(), /already has a subscription/);
+  const next = again.next();
+  room.leave("agent-1");
+  await assert.rejects(next, (e) => e.code === "AGENT_NOT_FOUND" && e.message === "Agent 'agent-1' left the room before the call ended.");
+});
+
+test("close: what waits fails with LIVEKIT_UNAVAILABLE, later calls too; listeners are removed", async () => {
+  const { room, agent, client } = setup();
+  const before = room.listenerCount("dataReceived");
+  agent.faults.push("hang");
+  const pending = client.speak("Hi", { id: "c1" });
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  await client.close();
+  await client.close(); // idempotent
+  await assert.rejects(pending, (e) => e.code === "LIVEKIT_UNAVAILABLE" && e.requestId === "c1");
+  await assert.rejects(client.speak("Again"), (e) => e.code === "LIVEKIT_UNAVAILABLE" && e.message === "The client was closed before the answer arrived.");
+  assert.equal(room.listenerCount("dataReceived"), before - 1);
+});
+
+test("a disconnected room fails at once; a reconnecting one is worth another attempt", async () => {
+  const { room, client } = setup({ retries: 0 });
+  room.state = "disconnected";
+  await assert.rejects(client.speak("Hi"), (e) => e.code === "LIVEKIT_UNAVAILABLE" && !e.retryable);
+  room.state = "reconnecting";
+  await assert.rejects(client.speak("Hi"), (e) => e.code === "LIVEKIT_UNAVAILABLE" && e.retryable);
+});
