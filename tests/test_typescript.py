@@ -77,15 +77,18 @@ def test_npm_pack_installs_and_imports_in_an_empty_folder(tmp_path: Path) -> Non
         "import * as core from '@imaginex/context-client';\n"
         "import { ContextClient } from '@imaginex/context-client/room';\n"
         "import { GatewayClient } from '@imaginex/context-client/gateway';\n"
+        "import * as bundle from '@imaginex/context-client/room/bundle';\n"
         "const body = '{\"type\":\"speak\",\"message\":\"hi\"}';\n"
         "const envelope = await core.signRequest(body, 's3cret', { timestamp: 1700000000 });\n"
         "console.log(JSON.stringify({ room: typeof ContextClient, gateway: typeof GatewayClient,"
+        " bundle: typeof bundle.ContextClient,"
         " signature: JSON.parse(envelope).signature }));\n"
     )
     out = run([binary, "check.mjs"], cwd=app).output
     assert json.loads(out) == {
         "room": "function",
         "gateway": "function",
+        "bundle": "function",
         "signature": "cc296f6fc8cae0e2f9c641b0f00c0b497a801e16af81b2004352758a594901a7",
     }
     # the types resolve through the exports map, as a TypeScript user's editor sees them
