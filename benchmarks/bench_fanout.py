@@ -96,7 +96,10 @@ from imaginex_context_plugin.gateway import (  # noqa: E402
     LiveKitSettings,
     create_app,
 )
-from imaginex_context_plugin.gateway.delivery import ServerApiBackend  # noqa: E402
+from imaginex_context_plugin.gateway.delivery import (  # noqa: E402
+    ServerApiBackend,
+    ServerRpcBackend,
+)
 from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory  # noqa: E402
 from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, start_session  # noqa: E402
 
@@ -127,7 +130,6 @@ GATEWAY_MS_PER_ROOM: Final = 0.25
 THIS_FILE: Final = str(Path(__file__).resolve())
 GATEWAY_CLI: Final = Path(sys.executable).parent / "imaginex-context"
 ROOM_SERVICE_LOG: Final = "API RoomService."
-SEND_DATA_LOG: Final = "API RoomService.SendData"
 UNKNOWN_OUTCOME: Final = frozenset({"TIMEOUT", "AGENT_NOT_FOUND"})
 """Room errors after which the agent may still have spoken: no answer in time, or the agent
 left the room before it answered (RPC's RECIPIENT_DISCONNECTED)."""
@@ -139,7 +141,8 @@ MODES: Final = (DIRECTORY, SCAN)
 every room and its participants (cached 1 s), the default."""
 ROOM: Final = "room"
 SERVER_API: Final = "server-api"
-DELIVERIES: Final = (ROOM, SERVER_API)
+SERVER_RPC: Final = "server-rpc"
+DELIVERIES: Final = (ROOM, SERVER_API, SERVER_RPC)
 """How the gateway delivers: joining every room (RPC over a pooled connection, the default), or
 ``RoomService.SendData`` with the ack posted back over HTTP (no room joined)."""
 QUIET_CORES_PER_WORKER: Final = 0.2
@@ -165,7 +168,9 @@ makes one ``RoomService.PerformRpc`` per room (answered by a bare RPC method bes
 plugin's) or one ``SendData`` per room (echoed by a bare HTTP ``POST``), all at once."""
 RPC_FLOORS: Final = (RPC_BARE, RPC_SAY)
 DATA_FLOORS: Final = (DATA_BARE, DATA_SAY)
-BARE_FLOOR_OF: Final = {ROOM: RPC_BARE, SERVER_API: DATA_BARE}
+BARE_FLOOR_OF: Final = {ROOM: RPC_BARE, SERVER_API: DATA_BARE, SERVER_RPC: RPC_BARE}
+DELIVERY_CALL: Final = {SERVER_API: "SendData", SERVER_RPC: "PerformRpc"}
+"""The RoomService call a server-side delivery makes per room and request, by design."""
 """The floor each delivery's target is measured against: the same transport, bare."""
 
 
@@ -432,6 +437,8 @@ async def gateway_worker(port: int, mode: str, joins: int, delivery: str = ROOM)
         reconcile_interval=RECONCILE_INTERVAL_S,
     )
     backend: AgentBackend = finder
+    if delivery == SERVER_RPC:
+        backend = ServerRpcBackend(finder, settings)
     if delivery == SERVER_API:
         backend = ServerApiBackend(
             finder, settings, signing_secret=SIGNING, public_url=f"http://127.0.0.1:{port}"
@@ -529,6 +536,7 @@ async def gateway(
                 if delivery == SERVER_API
                 else []
             ),
+            *(["--delivery", SERVER_RPC] if delivery == SERVER_RPC else []),
         ]
         if joins is not None:  # built here as the command builds it, with that join bound
             command = [
@@ -779,6 +787,7 @@ class Phase:
     sockets_pooled: int
     answers: list[dict[str, Any]]
     send_data_per_node: list[float]
+    """The delivery's own calls (``DELIVERY_CALL``) per request in each node's log."""
     """SendData calls per request in each node's log (node A, node B): where they were made."""
     cpu_ms: dict[str, float]
     """CPU milliseconds per warm request: ``gateway``, ``node A``, ``node B``, ``agents``."""
@@ -821,7 +830,8 @@ async def phase(
         calls = RoomServiceCalls(cluster)
         await calls.settled()
         agents_idle = await settled_cpu(agent_pids) if agent_pids else 0.0
-        before, send_before = calls.count(), calls.per_node(SEND_DATA_LOG)
+        per_room_call = f"API RoomService.{DELIVERY_CALL.get(delivery, 'SendData')}"
+        before, send_before = calls.count(), calls.per_node(per_room_call)
         cold, data = await speak(http, gw.base_url, code, 0)
         answers = [data]
         rss_pooled, sockets_pooled = gw.rss_bytes(), gw.sockets()
@@ -839,7 +849,7 @@ async def phase(
         calls_per_request = (calls.count() - before) / (warm + 1)
         send_data_per_node = [
             (after - earlier) / (warm + 1)
-            for after, earlier in zip(calls.per_node(SEND_DATA_LOG), send_before, strict=True)
+            for after, earlier in zip(calls.per_node(per_room_call), send_before, strict=True)
         ]
         rss_pooled = max(rss_pooled, gw.rss_bytes())
         sockets_pooled = max(sockets_pooled, gw.sockets())
@@ -1257,22 +1267,23 @@ def add_figures(
             complete and warm_p99 <= WARM_FACTOR * single_p99 if largest else None,
         )
     )
-    # server-API delivery makes one SendData per room by design: the target is on the rest
+    # server-side deliveries make one call per room by design: the target is on the rest
     finding = done.calls_per_request - done.send_data_per_request
+    per_room_call = DELIVERY_CALL.get(done.delivery)
     directory = done.mode == DIRECTORY
     report.add(
         Figure(
             f"{label}: RoomService calls per request",
             f"{done.calls_per_request:.1f}"
             + (
-                f" ({done.send_data_per_request:.1f} SendData, logged by node A / B: "
+                f" ({done.send_data_per_request:.1f} {per_room_call}, logged by node A / B: "
                 + " / ".join(f"{c:.1f}" for c in done.send_data_per_node)
                 + ")"
-                if done.delivery == SERVER_API
+                if per_room_call
                 else ""
             ),
             target=(
-                ("no per-room call (<= 1)" if done.delivery == ROOM else "<= 1 besides SendData")
+                (f"<= 1 besides {per_room_call}" if per_room_call else "no per-room call (<= 1)")
                 if directory
                 else ""
             ),
@@ -1351,8 +1362,9 @@ def main() -> None:
     parser.add_argument(
         "--delivery",
         default=ROOM,
-        help="room (join every room, the default), server-api (RoomService.SendData, acks "
-        "over HTTP), or both: room,server-api (measured in the order given)",
+        help="room (join every room, the default), server-rpc (RoomService.PerformRpc, the "
+        "ack is its answer), server-api (RoomService.SendData, acks over HTTP), or several: "
+        "server-rpc,server-api,room (measured in the order given)",
     )
     parser.add_argument(
         "--floors",

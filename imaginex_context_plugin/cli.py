@@ -229,10 +229,11 @@ def demo(pace: float, verbose: bool, avatar: bool) -> None:
 )
 @click.option(
     "--delivery",
-    type=click.Choice(["room", "server-api"]),
+    type=click.Choice(["room", "server-api", "server-rpc"]),
     default="room",
     show_default=True,
-    help="room: join each room and call the agent by RPC; server-api: RoomService.SendData, "
+    help="room: join each room and call the agent by RPC; server-rpc: RoomService.PerformRpc, "
+    "no room joined, the agent's ack is the RPC's answer; server-api: RoomService.SendData, "
     "no room joined, the agents post their answers to --public-url (they must allow it with "
     "ContextPlugin(reply_urls=...)); needs IMAGINEX_SIGNING_SECRET.",
 )
@@ -374,6 +375,7 @@ def gateway(
             public_url=public_url,
             max_rooms=max_rooms,
             max_concurrent_joins=max_concurrent_joins,
+            server_rpc=delivery == "server-rpc",
         )
     except ConfigError as exc:  # checked before anything starts
         raise click.ClickException(str(exc)) from None

@@ -3,10 +3,10 @@ never rots.
 
 No timing is asserted: the figures come from running the benchmark itself. What is asserted is
 its correctness check (every room reached by every request, cold and warm, each message spoken
-once), that every figure is there for both ways of finding agents and both ways of delivering
-(room connections and the server API), that the fan-out floors (bare PerformRpc and bare
-SendData, with and without ``say()``) reached every room and are compared with, and that the
-server API reached node B's rooms through node A.
+once), that every figure is there for both ways of finding agents and the three ways of
+delivering (room connections, ``PerformRpc``, ``SendData``), that the fan-out floors (bare
+PerformRpc and bare SendData, with and without ``say()``) reached every room and are compared
+with, and that the server-side deliveries reached node B's rooms through node A.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ KINDS = [
 ]
 FLOOR_KINDS = ["warm", "CPU ms per warm request, sender / node A / node B / agents"]
 """The fan-out floors' figures (every floor, at every size)."""
-DELIVERIES = ("room", "server-api")
+DELIVERIES = ("room", "server-api", "server-rpc")
 
 
 def _label(n: int, mode: str, delivery: str) -> str:
@@ -79,7 +79,7 @@ async def test_bench_fanout_runs_and_every_figure_is_there(
     directory_calls = [
         f for f in report.figures if ", directory" in f.name and "RoomService calls" in f.name
     ]
-    assert len(directory_calls) == 2 * len(SIZES)
+    assert len(directory_calls) == len(DELIVERIES) * len(SIZES)
     assert all(f.met for f in directory_calls)
     for n in SIZES:
         for delivery in DELIVERIES:
@@ -101,16 +101,18 @@ async def test_bench_fanout_runs_and_every_figure_is_there(
                     assert parts[node] == f"{rooms_there * (WARM + 1)}/{rooms_there * (WARM + 1)}"
                 cpu = values[f"{label}: {KINDS[6]}"]
                 assert [float(x) >= 0 for x in cpu.value.split(" / ")] == [True] * 4, cpu.value
-    # the fan-out floors: every room echoed every request (else the report is not ok), and
-    # each server-API phase compares itself with both at its size
+    # the fan-out floors: every room answered every request (else the report is not ok), and
+    # each phase compares itself with all of them at its size
     for n in SIZES:
         for variant in bench_fanout.FLOORS:
             cpu = values[f"{n} rooms, {variant}: {FLOOR_KINDS[1]}"]
             assert [float(x) >= 0 for x in cpu.value.split(" / ")] == [True] * 4, cpu.value
-        label = _label(n, "directory", "server-api")
-        over = values[f"{label}: warm p99 over the fan-out floors' at {n} rooms"]
-        assert over.value.count("x ") == len(bench_fanout.FLOORS), over.value
-    # server-API delivery: one SendData per room and request, all made on node A (the gateway's)
+        for delivery in DELIVERIES:
+            label = _label(n, "directory", delivery)
+            over = values[f"{label}: warm p99 over the fan-out floors' at {n} rooms"]
+            assert over.value.count("x ") == len(bench_fanout.FLOORS), over.value
+    # server-side deliveries: one call per room and request, all made on node A (the gateway's)
     for n in SIZES:
-        calls = values[f"{_label(n, 'directory', 'server-api')}: RoomService calls per request"]
-        assert f"{n:.1f} SendData, logged by node A / B: {n:.1f} / 0.0" in calls.value
+        for delivery, call in (("server-api", "SendData"), ("server-rpc", "PerformRpc")):
+            calls = values[f"{_label(n, 'directory', delivery)}: RoomService calls per request"]
+            assert f"{n:.1f} {call}, logged by node A / B: {n:.1f} / 0.0" in calls.value
