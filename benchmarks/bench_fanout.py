@@ -704,7 +704,7 @@ async def floor_phase(
     missed = 0
 
     async def call(name: str, payload: str) -> bool:
-        with contextlib.suppress(api.TwirpError, aiohttp.ClientError, asyncio.TimeoutError):
+        with contextlib.suppress(api.TwirpError, OSError, asyncio.TimeoutError):
             await rpc.perform(
                 name, AGENT_IDENTITY, ECHO_METHOD, payload, timeout=DELIVERY_TIMEOUT_S
             )

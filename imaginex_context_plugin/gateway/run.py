@@ -5,6 +5,7 @@ the application from a :class:`~.config.GatewayConfig`, and serves until SIGINT 
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import uuid
 from collections.abc import Awaitable, Callable
@@ -211,8 +212,14 @@ async def _serve_until_signal(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    app = await make_app()
+    # as LiveKit's job processes do after preloading: what lives for the whole run (modules,
+    # the application) leaves the cyclic GC's reach, so that a full collection walks only what
+    # requests made; it took about a fifth of the gateway's CPU in a fan-out to 200 rooms
+    gc.collect()
+    gc.freeze()
     server = await start_gateway_server(
-        await make_app(),
+        app,
         host=host,
         port=port,
         header_timeout=header_timeout,
