@@ -28,7 +28,10 @@ Same run, same machine (as root inside a loopback-only network namespace):
   transports and these agents can reach on this machine.
 
 Per size: HTTP -> response of the first request (cold: the gateway joins every room), then of
-``warm`` sequential requests; RoomService calls per request (counted in both nodes' logs, which
+``warm`` sequential requests; the floors and the server-side deliveries take turns in
+``--rounds`` blocks (a fresh gateway process each, all started before the first block), so that
+a load coming and going on the shared machine falls on all of them alike, and the room path
+runs after them, alone; RoomService calls per request (counted in both nodes' logs, which
 log every API call); the gateway's RSS before and after it pooled the rooms (growth per pooled
 room) and its open sockets; the rooms each node's agents were reached in (the node as LiveKit
 records it in Redis: server-API packets for node B's rooms go through node A); CPU milliseconds
@@ -74,7 +77,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from collections import Counter  # noqa: E402
-from collections.abc import AsyncIterator, Iterator, Sequence  # noqa: E402
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, Final  # noqa: E402
 
@@ -244,7 +247,7 @@ async def agents_worker() -> None:
                 rate_limit=None,
                 server_secret=spec["api_secret"],
                 secret=spec.get("secret"),
-                reply_urls=[spec["reply_prefix"]] if spec.get("reply_prefix") else [],
+                reply_urls=spec.get("reply_prefixes", []),
             )
             await plugin.start(session, room)
             if floor_url is not None:
@@ -338,12 +341,12 @@ async def agents(
     cluster: LiveKitCluster,
     placed: Sequence[tuple[str, ClusterNode]],
     code: str,
-    reply_prefix: str | None = None,
+    reply_prefixes: Sequence[str] = (),
     floor_url: str | None = None,
 ) -> AsyncIterator[AgentWorkers]:
-    """The agents of ``placed``; with ``reply_prefix`` they share the signing secret and allow
-    server-API packets to ask for their answer there; with ``floor_url`` they echo the fan-out
-    floors' packets there."""
+    """The agents of ``placed``; with ``reply_prefixes`` they share the signing secret and
+    allow server-API packets to ask for their answer there; with ``floor_url`` they echo the
+    fan-out floors' packets there."""
     workers = AgentWorkers()
     try:
         for start in range(0, len(placed), AGENTS_PER_PROCESS):
@@ -364,8 +367,8 @@ async def agents(
                 "api_secret": cluster.api_secret,
                 "rooms": [(name, node.info.url) for name, node in chunk],
             }
-            if reply_prefix is not None:
-                spec.update(secret=SIGNING, reply_prefix=reply_prefix)
+            if reply_prefixes:
+                spec.update(secret=SIGNING, reply_prefixes=list(reply_prefixes))
             if floor_url is not None:
                 spec.update(floor_url=floor_url)
             process.stdin.write(json.dumps(spec).encode() + b"\n")
@@ -667,63 +670,108 @@ async def echo_server(port: int) -> AsyncIterator[EchoInbox]:
 
 
 @dataclass
+class Measured:
+    """CPU per process group, summed over the warm requests measured so far."""
+
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    requests: int = 0
+    agents_idle: list[float] = field(default_factory=list)
+    """The agent workers' CPU just before each block (settled), milliseconds per second."""
+
+    @property
+    def cpu_ms(self) -> dict[str, float]:
+        """CPU milliseconds per warm request, by group."""
+        return {k: v * 1000 / max(self.requests, 1) for k, v in self.cpu_s.items()}
+
+    @property
+    def idle(self) -> float:
+        return max(self.agents_idle, default=0.0)
+
+    async def block(
+        self,
+        groups: dict[str, list[int]],
+        agent_pids: Sequence[int],
+        requests: Sequence[Callable[[], Awaitable[None]]],
+    ) -> None:
+        """Run ``requests`` one after the other, once the agents have settled, counting the
+        CPU each group spends meanwhile."""
+        self.agents_idle.append(await settled_cpu(agent_pids))
+        before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+        for request in requests:
+            await request()
+        for name, pids in groups.items():
+            self.cpu_s[name] = self.cpu_s.get(name, 0.0) + cpu_seconds(pids) - before[name]
+        self.requests += len(requests)
+
+
+@dataclass
 class FloorPhase:
     """One fan-out floor against one size's rooms."""
 
     rooms: int
     variant: str
-    warm: list[float]
-    missed: int
-    """Room echoes that did not come within the delivery timeout, over all requests."""
-    cpu_ms: dict[str, float]
-    """CPU milliseconds per warm request: ``sender`` (this process), ``node A``, ``node B``,
-    ``agents``."""
-    agents_idle: float
-    """The agent workers' CPU just before the phase (settled), milliseconds per second."""
+    warm: list[float] = field(default_factory=list)
+    missed: int = 0
+    """Rooms that did not answer within the delivery timeout, over all requests."""
+    measured: Measured = field(default_factory=Measured)
+    """CPU: ``sender`` (this process), ``node A``, ``node B``, ``agents``."""
+
+    @property
+    def cpu_ms(self) -> dict[str, float]:
+        return self.measured.cpu_ms
+
+    @property
+    def agents_idle(self) -> float:
+        return self.measured.idle
 
     @property
     def label(self) -> str:
         return f"{self.rooms} rooms, {self.variant}"
 
 
-async def floor_phase(
-    cluster: LiveKitCluster,
-    names: Sequence[str],
-    variant: str,
-    warm: int,
-    inbox: EchoInbox,
-    agent_pids: Sequence[int],
-) -> FloorPhase:
-    """``warm`` fan-outs (after one to warm up) of a bare request to every room in ``names``:
-    a ``PerformRpc`` to each agent's bare echo method, done when every room has answered, or a
-    ``SendData`` to each, done when every agent has echoed it over HTTP."""
-    node = cluster.nodes[0].info
-    settings = LiveKitSettings(url=node.url, api_key=node.api_key, api_secret=node.api_secret)
-    rpc, sender = ServerRpc(settings), DataSender(settings)
-    say = variant in (RPC_SAY, DATA_SAY)
-    missed = 0
+class FloorRunner:
+    """Bare fan-outs of one floor variant to every room in ``names``: a ``PerformRpc`` to each
+    agent's bare echo method, done when every room has answered, or a ``SendData`` to each,
+    done when every agent has echoed it over HTTP."""
 
-    async def call(name: str, payload: str) -> bool:
+    def __init__(
+        self,
+        cluster: LiveKitCluster,
+        names: Sequence[str],
+        variant: str,
+        inbox: EchoInbox,
+        workers: AgentWorkers,
+    ) -> None:
+        node = cluster.nodes[0].info
+        settings = LiveKitSettings(url=node.url, api_key=node.api_key, api_secret=node.api_secret)
+        self._rpc, self._sender = ServerRpc(settings), DataSender(settings)
+        self._names, self._variant, self._inbox, self._workers = names, variant, inbox, workers
+        self._say = variant in (RPC_SAY, DATA_SAY)
+        self._groups = cpu_groups(cluster, [os.getpid()], workers.pids, first="sender")
+        self._next = 1_000_000 * (FLOORS.index(variant) + 1)  # numbers no other floor uses
+        self.phase = FloorPhase(len(names), variant)
+
+    async def _call(self, name: str, payload: str) -> bool:
         with contextlib.suppress(api.TwirpError, OSError, asyncio.TimeoutError):
-            await rpc.perform(
+            await self._rpc.perform(
                 name, AGENT_IDENTITY, ECHO_METHOD, payload, timeout=DELIVERY_TIMEOUT_S
             )
             return True
         return False
 
-    async def fan_out(n: int) -> float:
-        nonlocal missed
-        packet = json.dumps({"n": n, "say": say, "text": f"Floor message {n}."})
+    async def fan_out(self) -> float:
+        n, self._next = self._next, self._next + 1
+        names = self._names
+        packet = json.dumps({"n": n, "say": self._say, "text": f"Floor message {n}."})
         start = time.perf_counter()
-        if variant in RPC_FLOORS:
-            answered = await asyncio.gather(*(call(name, packet) for name in names))
-            elapsed = time.perf_counter() - start
-            missed += answered.count(False)
-            return elapsed
-        done = inbox.expect(n, len(names))
+        if self._variant in RPC_FLOORS:
+            answered = await asyncio.gather(*(self._call(name, packet) for name in names))
+            self.phase.missed += answered.count(False)
+            return time.perf_counter() - start
+        done = self._inbox.expect(n, len(names))
         await asyncio.gather(
             *(
-                sender.send(
+                self._sender.send(
                     name,
                     packet.encode(),
                     destination_identities=[AGENT_IDENTITY],
@@ -736,24 +784,25 @@ async def floor_phase(
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(done.wait(), DELIVERY_TIMEOUT_S)
         elapsed = time.perf_counter() - start
-        missed += len(names) - inbox.echoed(n)
+        self.phase.missed += len(names) - self._inbox.echoed(n)
         return elapsed
 
-    groups = cpu_groups(cluster, [os.getpid()], agent_pids, first="sender")
-    base = 1_000_000 * (FLOORS.index(variant) + 1)  # request numbers no other floor uses
-    agents_idle = await settled_cpu(agent_pids)
-    try:
-        await fan_out(base)  # connections and tokens, as the gateway's cold request
-        cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
-        samples = [await fan_out(base + n) for n in range(1, warm + 1)]
-        cpu_ms = {
-            name: (cpu_seconds(pids) - cpu_before[name]) * 1000 / max(warm, 1)
-            for name, pids in groups.items()
-        }
-    finally:
-        await rpc.aclose()
-        await sender.aclose()
-    return FloorPhase(len(names), variant, samples, missed, cpu_ms, agents_idle)
+    async def cold(self) -> None:
+        """One fan-out that is not measured: connections and tokens, as a gateway's cold."""
+        await self.fan_out()
+        self.phase.missed = 0
+        await self._workers.settle()
+
+    async def block(self, count: int) -> None:
+        async def one() -> None:
+            self.phase.warm.append(await self.fan_out())
+
+        await self.phase.measured.block(self._groups, self._workers.pids, [one] * count)
+        await self._workers.settle()  # its speeches and echoes are over before the next block
+
+    async def aclose(self) -> None:
+        await self._rpc.aclose()
+        await self._sender.aclose()
 
 
 def cpu_groups(
@@ -773,31 +822,45 @@ def cpu_groups(
 
 @dataclass
 class Phase:
-    """One gateway (one way of finding agents) against one size's rooms."""
+    """One gateway (one delivery, one way of finding agents) against one size's rooms."""
 
     rooms: int
     mode: str
     delivery: str
-    cold: float
-    warm: list[float]
-    calls_per_request: float
-    rss_base: int
-    rss_pooled: int
-    sockets_base: int
-    sockets_pooled: int
-    answers: list[dict[str, Any]]
-    send_data_per_node: list[float]
-    """The delivery's own calls (``DELIVERY_CALL``) per request in each node's log."""
-    """SendData calls per request in each node's log (node A, node B): where they were made."""
-    cpu_ms: dict[str, float]
-    """CPU milliseconds per warm request: ``gateway``, ``node A``, ``node B``, ``agents``."""
+    cold: float = 0.0
+    warm: list[float] = field(default_factory=list)
+    rss_base: int = 0
+    rss_pooled: int = 0
+    sockets_base: int = 0
+    sockets_pooled: int = 0
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    calls: int = 0
+    """RoomService calls logged by the nodes during this gateway's requests."""
+    per_room_calls: list[int] = field(default_factory=lambda: [0, 0])
+    """The delivery's own calls (``DELIVERY_CALL``) in each node's log (node A, node B)."""
+    measured: Measured = field(default_factory=Measured)
+    """CPU: ``gateway``, ``node A``, ``node B``, ``agents``."""
     reached_by_node: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Node label (A, B) -> (room deliveries reported, rooms there x requests), over all
     requests; the node as LiveKit records it."""
     moved_rooms: int = 0
     """Rooms LiveKit had on another node than they were created on (see ``one_size``)."""
-    agents_idle: float = 0.0
-    """The agent workers' CPU just before the phase (settled), milliseconds per second."""
+
+    @property
+    def cpu_ms(self) -> dict[str, float]:
+        return self.measured.cpu_ms
+
+    @property
+    def agents_idle(self) -> float:
+        return self.measured.idle
+
+    @property
+    def calls_per_request(self) -> float:
+        return self.calls / max(len(self.answers), 1)
+
+    @property
+    def send_data_per_node(self) -> list[float]:
+        return [c / max(len(self.answers), 1) for c in self.per_room_calls]
 
     @property
     def send_data_per_request(self) -> float:
@@ -809,66 +872,62 @@ class Phase:
         return f"{self.rooms} rooms, {self.mode}{suffix}"
 
 
-async def phase(
-    cluster: LiveKitCluster,
-    rooms: int,
-    code: str,
-    mode: str,
-    warm: int,
-    workdir: Path,
-    joins: int | None,
-    *,
-    delivery: str = ROOM,
-    port: int | None = None,
-    agent_pids: Sequence[int] = (),
-) -> Phase:
-    async with (
-        gateway(cluster.nodes[0], workdir, mode, joins, delivery, port) as gw,
-        aiohttp.ClientSession() as http,
-    ):
-        rss_base, sockets_base = gw.rss_bytes(), gw.sockets()
-        calls = RoomServiceCalls(cluster)
-        await calls.settled()
-        agents_idle = await settled_cpu(agent_pids) if agent_pids else 0.0
-        per_room_call = f"API RoomService.{DELIVERY_CALL.get(delivery, 'SendData')}"
-        before, send_before = calls.count(), calls.per_node(per_room_call)
-        cold, data = await speak(http, gw.base_url, code, 0)
-        answers = [data]
-        rss_pooled, sockets_pooled = gw.rss_bytes(), gw.sockets()
-        groups = cpu_groups(cluster, [gw.process.pid], agent_pids, first="gateway")
-        cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
-        warm_samples = []
-        for n in range(1, warm + 1):
-            elapsed, data = await speak(http, gw.base_url, code, n)
-            warm_samples.append(elapsed)
-            answers.append(data)
-        cpu_ms = {
-            name: (cpu_seconds(pids) - cpu_before[name]) * 1000 / max(warm, 1)
-            for name, pids in groups.items()
-        }
-        calls_per_request = (calls.count() - before) / (warm + 1)
-        send_data_per_node = [
-            (after - earlier) / (warm + 1)
-            for after, earlier in zip(calls.per_node(per_room_call), send_before, strict=True)
+class GatewayRunner:
+    """One gateway process's requests: the cold one, then blocks of warm ones."""
+
+    def __init__(
+        self,
+        cluster: LiveKitCluster,
+        gw: GatewayProcess,
+        http: aiohttp.ClientSession,
+        code: str,
+        workers: AgentWorkers,
+        phase: Phase,
+    ) -> None:
+        self._cluster, self._gw, self._http, self._code = cluster, gw, http, code
+        self._workers = workers
+        self._calls = RoomServiceCalls(cluster)
+        self._per_room_call = f"API RoomService.{DELIVERY_CALL.get(phase.delivery, 'SendData')}"
+        self._groups = cpu_groups(cluster, [gw.process.pid], workers.pids, first="gateway")
+        self._next = 0
+        self.phase = phase
+        phase.rss_base, phase.sockets_base = gw.rss_bytes(), gw.sockets()
+
+    async def _counted(self, run: Callable[[], Awaitable[None]]) -> None:
+        before, per_node = self._calls.count(), self._calls.per_node(self._per_room_call)
+        await run()
+        phase = self.phase
+        phase.calls += self._calls.count() - before
+        after = self._calls.per_node(self._per_room_call)
+        phase.per_room_calls = [
+            total + now - then
+            for total, now, then in zip(phase.per_room_calls, after, per_node, strict=True)
         ]
-        rss_pooled = max(rss_pooled, gw.rss_bytes())
-        sockets_pooled = max(sockets_pooled, gw.sockets())
-    return Phase(
-        rooms,
-        mode,
-        delivery,
-        cold,
-        warm_samples,
-        calls_per_request,
-        rss_base,
-        rss_pooled,
-        sockets_base,
-        sockets_pooled,
-        answers,
-        send_data_per_node,
-        cpu_ms,
-        agents_idle=agents_idle,
-    )
+        phase.rss_pooled = max(phase.rss_pooled, self._gw.rss_bytes())
+        phase.sockets_pooled = max(phase.sockets_pooled, self._gw.sockets())
+
+    async def _speak(self) -> float:
+        n, self._next = self._next, self._next + 1
+        elapsed, data = await speak(self._http, self._gw.base_url, self._code, n)
+        self.phase.answers.append(data)
+        return elapsed
+
+    async def cold(self) -> None:
+        async def first() -> None:
+            self.phase.cold = await self._speak()
+
+        await self._calls.settled()  # the directory's first reconciliation is its start-up
+        await settled_cpu(self._workers.pids)
+        await self._counted(first)
+
+    async def block(self, count: int) -> None:
+        async def one() -> None:
+            self.phase.warm.append(await self._speak())
+
+        async def run() -> None:
+            await self.phase.measured.block(self._groups, self._workers.pids, [one] * count)
+
+        await self._counted(run)
 
 
 def check(phases: Sequence[Phase], names: Sequence[str], said: dict[str, int]) -> list[str]:
@@ -949,7 +1008,12 @@ async def one_size(
     joins: int | None = None,
     deliveries: Sequence[str] = (ROOM,),
     floor_variants: Sequence[str] = FLOORS,
+    rounds: int = 1,
 ) -> tuple[list[Phase], list[FloorPhase], list[str]]:
+    """One size: the floors and the server-side deliveries (every mode) take turns, in
+    ``rounds`` blocks of warm requests each, so that a load coming and going on the machine
+    falls on all of them alike; the room path (it holds a WebRTC connection per room, which
+    would weigh on the others) runs after them, alone, each mode with a fresh gateway."""
     code = f"FAN{rooms:04d}{uuid.uuid4().hex[:4].upper()}"
     placed = [
         (f"fan-{rooms}-{uuid.uuid4().hex[:6]}-{i}", cluster.nodes[i % len(cluster.nodes)])
@@ -960,16 +1024,22 @@ async def one_size(
     phases: list[Phase] = []
     floors: list[FloorPhase] = []
     problems: list[str] = []
-    # the server-API gateways' port is fixed before the agents start: they must allow its
-    # reply URL (each phase's fresh gateway listens on it in turn)
-    port = free_tcp_port() if SERVER_API in deliveries else None
-    reply_prefix = None if port is None else f"http://127.0.0.1:{port}/v1/internal/"
+    server_side = [(d, m) for d in deliveries if d != ROOM for m in modes]
+    # the server-API gateways' ports are fixed before the agents start: they must allow
+    # their reply URLs
+    ports = {(d, m): free_tcp_port() for d, m in server_side}
+    reply_prefixes = [
+        f"http://127.0.0.1:{port}/v1/internal/" for (d, _), port in ports.items() if d == SERVER_API
+    ]
     floor_port = free_tcp_port() if set(floor_variants) & set(DATA_FLOORS) else None
     floor_url = None if floor_port is None else f"http://127.0.0.1:{floor_port}/echo"
+    rounds = max(1, min(rounds, warm))
+    blocks = [warm // rounds + (1 if r < warm % rounds else 0) for r in range(rounds)]
     try:
         async with (
-            agents(cluster, placed, code, reply_prefix, floor_url) as workers,
+            agents(cluster, placed, code, reply_prefixes, floor_url) as workers,
             contextlib.AsyncExitStack() as stack,
+            aiohttp.ClientSession() as http,
         ):
             if missing := await unlisted(cluster, names, code, wait=READY_TIMEOUT_S):
                 raise RuntimeError(f"{len(missing)} agents never showed their code")
@@ -978,35 +1048,34 @@ async def one_size(
                 if floor_port is not None
                 else EchoInbox()
             )
+            taking_turns: list[FloorRunner | GatewayRunner] = []
             for variant in floor_variants:
-                floors.append(
-                    await floor_phase(cluster, names, variant, warm, inbox, workers.pids)
+                runner = FloorRunner(cluster, names, variant, inbox, workers)
+                stack.push_async_callback(runner.aclose)
+                await runner.cold()
+                floors.append(runner.phase)
+                taking_turns.append(runner)
+            for delivery, mode in server_side:
+                gw = await stack.enter_async_context(
+                    gateway(cluster.nodes[0], workdir, mode, joins, delivery, ports[delivery, mode])
                 )
-            if floor_variants:
-                await workers.settle()
-            for delivery in deliveries:
-                for mode in modes:
-                    # agents that went away (a worker process died under load) are a finding
+                gateway_phase = Phase(rooms, mode, delivery)
+                runner_gw = GatewayRunner(cluster, gw, http, code, workers, gateway_phase)
+                await runner_gw.cold()
+                phases.append(gateway_phase)
+                taking_turns.append(runner_gw)
+            for count in blocks:
+                for turn in taking_turns:
                     if gone := await unlisted(cluster, names, code):
-                        exits = [p.returncode for p in workers.processes]
-                        problems.append(
-                            f"before the {mode}/{delivery} phase {len(gone)} of {rooms} agents "
-                            f"were gone (worker exit codes {exits})"
-                        )
-                    phases.append(
-                        await phase(
-                            cluster,
-                            rooms,
-                            code,
-                            mode,
-                            warm,
-                            workdir,
-                            joins,
-                            delivery=delivery,
-                            port=port if delivery == SERVER_API else None,
-                            agent_pids=workers.pids,
-                        )
-                    )
+                        problems.append(f"{len(gone)} of {rooms} agents were gone")
+                    await turn.block(count)
+            for mode in modes if ROOM in deliveries else ():
+                room_phase = Phase(rooms, mode, ROOM)
+                async with gateway(cluster.nodes[0], workdir, mode, joins, ROOM) as gw:
+                    runner_gw = GatewayRunner(cluster, gw, http, code, workers, room_phase)
+                    await runner_gw.cold()
+                    await runner_gw.block(warm)
+                phases.append(room_phase)
             said = await settled_speeches(workers, phases, names)
             where = await cluster.room_nodes()
             node_label = {
@@ -1026,7 +1095,7 @@ async def one_size(
                 with contextlib.suppress(api.TwirpError):
                     await lkapi.room.delete_room(api.DeleteRoomRequest(room=name))
     problems += [
-        f"{done.label}: {done.missed} room echoes missing" for done in floors if done.missed
+        f"{done.label}: {done.missed} rooms not reached" for done in floors if done.missed
     ]
     return phases, floors, problems + check(phases, names, said)
 
@@ -1080,13 +1149,15 @@ async def run(
     deliveries: Sequence[str] = (ROOM,),
     floor_variants: Sequence[str] = FLOORS,
     results: dict[str, Any] | None = None,
+    rounds: int = 4,
 ) -> Report:
     """Measure; ``cluster``: use this one instead of starting a new one; ``joins``: run the
     gateway with this ``max_concurrent_joins`` (built here as the command builds it) instead of
     the ``imaginex-context gateway`` command with its defaults; ``deliveries``: each of
     ``DELIVERIES`` to measure (every mode with each), in that order; ``floor_variants``: the
-    fan-out floors to measure first; ``results``: filled with the figures as data (what
-    ``--json`` writes, what ``scripts/capacity_model.py`` checks)."""
+    fan-out floors to measure; ``results``: filled with the figures as data (what
+    ``--json`` writes, what ``scripts/capacity_model.py`` checks); ``rounds``: how many turns
+    the floors and the server-side deliveries take, ``warm`` requests shared between them."""
     report = Report("fan-out: one speak to N rooms through the gateway, on a 2-node cluster")
     report.notes.append(NETWORK)
     load_before = os.getloadavg()
@@ -1097,7 +1168,7 @@ async def run(
         for rooms in sizes:
             try:
                 measured, floored, failures = await one_size(
-                    lk, rooms, warm, modes, Path(tmp), joins, deliveries, floor_variants
+                    lk, rooms, warm, modes, Path(tmp), joins, deliveries, floor_variants, rounds
                 )
             except (RuntimeError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
                 report.ok = False
@@ -1127,7 +1198,9 @@ async def run(
             as_data(floors, phases, floor_samples, load_before, load_after, warm, report.ok)
         )
     report.notes.append(
-        f"{warm} warm requests per size, mode and delivery, after 1 cold; agents in <= "
+        f"{warm} warm requests per size, mode and delivery, after 1 cold, the floors and the "
+        f"server-side deliveries taking turns in {rounds} rounds, the room path after them; "
+        f"agents in <= "
         f"{AGENTS_PER_PROCESS} rooms per worker process; rooms alternate between the 2 nodes, "
         f"the gateway uses node A; {DELIVERY_TIMEOUT_S:g} s delivery timeout"
         + (f"; max_concurrent_joins={joins}" if joins is not None else "")
@@ -1371,6 +1444,13 @@ def main() -> None:
         default=",".join(FLOORS),
         help=f"fan-out floors to measure first, of: {', '.join(FLOORS)} ('' for none)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="turns the floors and the server-side deliveries take (the warm requests split "
+        "between them), so that load coming and going falls on all alike",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
     if args.agents:
@@ -1398,6 +1478,7 @@ def main() -> None:
             deliveries=deliveries,
             floor_variants=floor_variants,
             results=results,
+            rounds=max(1, min(args.rounds, args.warm)),
         )
     )
     report.print()

@@ -34,7 +34,8 @@ KINDS = [
 ]
 FLOOR_KINDS = ["warm", "CPU ms per warm request, sender / node A / node B / agents"]
 """The fan-out floors' figures (every floor, at every size)."""
-DELIVERIES = ("room", "server-api", "server-rpc")
+DELIVERIES = ("server-rpc", "server-api", "room")
+"""In the order the report gives them: the server-side ones take turns, the room path after."""
 
 
 def _label(n: int, mode: str, delivery: str) -> str:
