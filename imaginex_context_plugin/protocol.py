@@ -90,6 +90,8 @@ MESSAGE_TYPES: Final[tuple[str, ...]] = get_args(MessageType)
 INVALID_TYPE_MESSAGE: Final = invalid_type_message(MESSAGE_TYPES)
 
 ContextRole = Literal["system", "developer", "user", "assistant"]
+DEFAULT_CONTEXT_ROLE: Final[ContextRole] = "system"
+"""The chat role of added context unless the request names one."""
 SpeakMode = Literal["queue", "interrupt", "if_idle"]
 ContextScope = Literal["persistent", "next_turn"]
 InstructionsMode = Literal["append", "replace"]
@@ -272,7 +274,7 @@ class AddContextRequest(_Request):
     type: Literal["add_context"]
     message: str | None = None
     context: str | None = None
-    role: ContextRole = "system"
+    role: ContextRole = DEFAULT_CONTEXT_ROLE
     key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)] | None = None
     """A later add_context with the same key replaces this one in place."""
     trigger_reply: bool = False

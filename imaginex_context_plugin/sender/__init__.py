@@ -48,6 +48,7 @@ from .options import (
     MAX_BACKOFF_S,
     MAX_RETRY_AFTER_S,
     SENDER_IDENTITY_PREFIX,
+    ClientOptions,
     Via,
 )
 from .requests import check_request_size, prepare_request
@@ -77,6 +78,7 @@ __all__ = [
     "SENDER_IDENTITY_PREFIX",
     "UNSUBSCRIBE_TIMEOUT_S",
     "AckTimeoutError",
+    "ClientOptions",
     "ContextClient",
     "ContextError",
     "HistoryResult",

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from ..errors import ContextError, ErrorCode, PlayoutTimeoutError
 from ..protocol import (
+    DEFAULT_CONTEXT_ROLE,
     AgentStateInfo,
     ContextRole,
     ContextScope,
@@ -149,7 +150,7 @@ class RequestCalls(abc.ABC):
         text: str,
         *,
         key: str | None = None,
-        role: ContextRole = "system",
+        role: ContextRole = DEFAULT_CONTEXT_ROLE,
         id: str | None = None,
         trigger_reply: bool = False,
         scope: ContextScope = "persistent",
