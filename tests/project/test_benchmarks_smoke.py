@@ -135,11 +135,11 @@ async def test_run_all_quick_sizes_run() -> None:
         "subscribers": {"events": 300},
     }
     # the live benchmarks need a LiveKit server: tests/integration/test_bench_live_smoke.py
-    # (and the directory's own smoke test), and a two-node cluster:
+    # (and the directory's and the avatar's own smoke tests), and a two-node cluster:
     # tests/integration/test_fanout_bench_smoke.py
     results = await run_all.run_all(sizes)
     assert [name for name, _, _ in results] == [n for n in run_all.RUNNERS if n in sizes]
-    assert set(run_all.RUNNERS) - set(sizes) == {"live", "directory", "fanout"}
+    assert set(run_all.RUNNERS) - set(sizes) == {"live", "avatar", "directory", "fanout"}
     assert all(report.ok for _, report, _ in results)
     run_all.print_summary(results)
 

@@ -60,3 +60,28 @@ def test_demo_uses_only_public_seams() -> None:
         if name.startswith("livekit.") and any(part.startswith("_") for part in name.split("."))
     ]
     assert private == []
+
+
+async def test_the_avatar_variant_reports_what_the_avatar_played() -> None:
+    lines: list[str] = []
+    summary = await run_demo(out=lines.append, pace_s=0.05, avatar=True, avatar_speed=10.0)
+    finished = [a for a in summary["acks"] if a["type"] == "speech_finished"]
+    reports = [line for line in lines if "reported to the agent" in line]
+    # every speech of the backend's ended after the avatar's report, with the position it gave
+    assert finished
+    assert len(reports) >= len(finished)
+    reported = [float(line.split(" s, reported")[0].split()[-1]) for line in reports]
+    for event in finished:
+        if not event["interrupted"]:
+            assert event["played_s"] > 0
+            assert any(abs(event["played_s"] - r) < 0.006 for r in reported), event
+    (cut,) = [a for a in finished if a["id"] == "say-3"]
+    assert cut["interrupted"] is True
+    assert summary["said"].count("Your order #1234 has shipped!") == 1
+
+
+def test_demo_command_runs_with_an_avatar() -> None:
+    result = CliRunner().invoke(main, ["demo", "--pace", "0", "--avatar"])
+    assert result.exit_code == 0, result.output
+    assert "avatar" in result.output
+    assert "reported to the agent" in result.output

@@ -13,7 +13,7 @@ from imaginex_context_plugin.cli import CLI_IDENTITY
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.mark.parametrize("name", ["basic_agent.py", "offline_agent.py"])
+@pytest.mark.parametrize("name", ["basic_agent.py", "offline_agent.py", "avatar_agent.py"])
 def test_example_worker_registers_an_entrypoint_that_attaches_the_plugin(name: str) -> None:
     module = runpy.run_path(str(EXAMPLES / name))
     server = module["server"]

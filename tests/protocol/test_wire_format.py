@@ -280,6 +280,13 @@ def test_speech_events() -> None:
         "type": "speech_finished", "id": "r3", "speech_id": "s", "interrupted": True,
         "reason": "shutdown", "timestamp": TS,
     }
+    avatar_left = SpeechFinishedEvent(
+        id="r4", speech_id="s", interrupted=True, reason="avatar_left", timestamp=TS
+    )
+    assert avatar_left.model_dump(mode="json") == {
+        "type": "speech_finished", "id": "r4", "speech_id": "s", "interrupted": True,
+        "reason": "avatar_left", "timestamp": TS,
+    }
 
 
 def test_server_messages_round_trip() -> None:

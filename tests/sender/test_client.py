@@ -719,6 +719,18 @@ def test_agent_discovery_skips_other_senders() -> None:
     assert _pick_agent(people[:2], agent_code=None, room="shop") is None
 
 
+def test_agent_discovery_never_takes_the_agents_avatar_for_the_agent() -> None:
+    # an avatar (bitHuman's, LiveKit's plugins') joins as kind AGENT, publishing on behalf of
+    # its agent: with an agent that publishes no code (or not yet), both would match
+    agent = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+    people = [
+        ("voice-agent", agent, {}),
+        ("bithuman-avatar-agent", agent, {"lk.publish_on_behalf": "voice-agent"}),
+    ]
+    assert _pick_agent(people, agent_code=None, room="shop") == "voice-agent"
+    assert _pick_agent(people[1:], agent_code=None, room="shop") is None
+
+
 # ---------------------------------------------------------------------------------------------
 # the server API path (a loopback stand-in for LiveKit's Twirp API, relaying into the network)
 
