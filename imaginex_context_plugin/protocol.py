@@ -28,9 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ErrorCode as ErrorCode
-from .errors import ProtocolError as ProtocolError
-from .errors import invalid_type_message, validation_sentence
+from .errors import ErrorCode, ProtocolError, invalid_type_message, validation_sentence
 
 CONTEXT_TOPIC: Final = "imaginex.context"
 """Data-packet topic the receiver listens on."""
@@ -108,6 +106,16 @@ UPDATE_INSTRUCTIONS_SUCCESS_MESSAGE: Final = "Instructions updated"
 RESET_INSTRUCTIONS_SUCCESS_MESSAGE: Final = "Instructions reset"
 USER_MESSAGE_SUCCESS_MESSAGE: Final = "User message added"
 GET_HISTORY_SUCCESS_MESSAGE: Final = "History retrieved successfully"
+
+
+def oversize(payload: str | bytes) -> int | None:
+    """The encoded size of ``payload`` when it is over ``MAX_PAYLOAD_BYTES``, else None.
+
+    Each caller words its own refusal (the receiver, the sender, the gateway speak to different
+    people), but they all measure the same thing: UTF-8 bytes on the wire.
+    """
+    size = len(payload) if isinstance(payload, bytes) else len(payload.encode("utf-8"))
+    return size if size > MAX_PAYLOAD_BYTES else None
 
 
 # (millisecond, its text): every ack carries a timestamp, and a burst of acks shares a few

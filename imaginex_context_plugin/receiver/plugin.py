@@ -35,8 +35,9 @@ from livekit.agents.job import get_job_context
 
 from .._env import AGENT_CODE_ENV, LIVEKIT_API_SECRET_ENV
 from ..context import DEFAULT_CONTEXT_BUDGET, ContextBudget, ContextStore
+from ..errors import ErrorCode
 from ..log import logger
-from ..protocol import CONTEXT_TOPIC, ErrorAck, ErrorCode, GetStateRequest, error_ack
+from ..protocol import CONTEXT_TOPIC, ErrorAck, GetStateRequest, error_ack
 from ..replies import ReplyUrls
 from ..security import (
     DEDUP_WINDOW_S,

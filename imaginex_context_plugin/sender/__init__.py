@@ -30,12 +30,8 @@ participant is the agent), ``requests`` (preparation and signing), ``connection`
 from __future__ import annotations
 
 from .._livekit.tokens import DEFAULT_TOKEN_TTL, sender_token
-from ..errors import (
-    RETRYABLE_CODES,
-    AckTimeoutError,
-    ContextError,
-    PlayoutTimeoutError,
-)
+from ..errors import RETRYABLE_CODES
+from ..request_errors import AckTimeoutError, ContextError, PlayoutTimeoutError
 from .client import ContextClient
 from .options import (
     DEFAULT_AGENT_TIMEOUT_S,

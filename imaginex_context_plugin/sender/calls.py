@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from pydantic import BaseModel
 
-from ..errors import ContextError, ErrorCode, PlayoutTimeoutError
+from ..errors import ErrorCode
 from ..protocol import (
     DEFAULT_CONTEXT_ROLE,
     AgentStateInfo,
@@ -25,6 +25,7 @@ from ..protocol import (
     SpeechFinishedEvent,
     SuccessAck,
 )
+from ..request_errors import ContextError, PlayoutTimeoutError
 from .options import SpeakOptions
 from .results import SpeakResult
 

@@ -21,7 +21,7 @@ from imaginex_context_plugin import (
     ContextPlugin,
     sign_request,
 )
-from imaginex_context_plugin.plugin import MAX_OUTBOUND_ANSWERS
+from imaginex_context_plugin.receiver import MAX_OUTBOUND_ANSWERS
 from tests.conftest import AGENT_CODE, BACKEND_IDENTITY, Harness, HarnessFactory
 from tests.fakes import RecordingTTS, ScriptedLLM
 from tests.helpers import wait_until

@@ -11,7 +11,6 @@ import pytest
 from livekit import rtc
 
 from imaginex_context_plugin import ACK_TOPIC, CONTEXT_TOPIC, ContextClient, ErrorCode
-from imaginex_context_plugin.client import Via
 from imaginex_context_plugin.protocol import (
     AgentStateEvent,
     AgentTranscriptEvent,
@@ -21,7 +20,7 @@ from imaginex_context_plugin.protocol import (
     SessionEventType,
 )
 from imaginex_context_plugin.receiver import subscribers as subscribers_module
-from imaginex_context_plugin.sender import ContextError, SessionEvents
+from imaginex_context_plugin.sender import ContextError, SessionEvents, Via
 from tests.conftest import AGENT_IDENTITY, BACKEND_IDENTITY, Harness, HarnessFactory
 from tests.helpers import wait_until
 from tests.receiver.test_subscribe import _StallingTransport
