@@ -27,14 +27,13 @@ from livekit import rtc
 
 from ..._livekit.server_rpc import ServerRpc
 from ..._livekit.settings import LiveKitSettings
-from ..._packet import oversize
-from ...errors import BackendError, ContextError, ErrorCode
-from ...protocol import MAX_PAYLOAD_BYTES
+from ...errors import BackendError, ErrorCode
+from ...protocol import MAX_PAYLOAD_BYTES, oversize
+from ...request_errors import ContextError
 from ...security import sign_request
 from ..directory.webhook import LiveKitWebhook
-from ..http.messages import DEFAULT_GATEWAY_SENDER
 from .agent_backend import AgentTarget
-from .room_delivery import LiveKitBackend
+from .room_delivery import DEFAULT_GATEWAY_IDENTITY, LiveKitBackend
 
 SEND_AGAIN_AFTER_S: Final = 0.1
 """Pause before sending again a call LiveKit could not send (within the same deadline)."""
@@ -63,7 +62,8 @@ class ServerRpcBackend:
         server_rpc: What makes the calls (left open). Default: one made from ``settings``,
             closed with the backend.
         sender: The sender named by the messages this backend signs (those the gateway has
-            not signed). Default ``imaginex-gateway``, the gateway's own default.
+            not signed). Default ``imaginex-gateway``, the gateway's default sender (and
+            participant identity).
     """
 
     def __init__(
@@ -72,7 +72,7 @@ class ServerRpcBackend:
         settings: LiveKitSettings,
         *,
         server_rpc: ServerRpc | None = None,
-        sender: str | None = DEFAULT_GATEWAY_SENDER,
+        sender: str | None = DEFAULT_GATEWAY_IDENTITY,
     ) -> None:
         self._finder = finder
         self._settings = settings

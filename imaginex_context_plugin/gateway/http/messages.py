@@ -12,14 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from ..._packet import oversize
+from ...errors import ErrorCode, ProtocolError
 from ...protocol import (
     MAX_PAYLOAD_BYTES,
     MAX_SENDER_LENGTH,
-    ErrorCode,
-    ProtocolError,
     Request,
     SignedEnvelope,
+    oversize,
     validate_request,
 )
 from ...security import sign_request
