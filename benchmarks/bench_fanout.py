@@ -408,16 +408,23 @@ async def unlisted(
     return pending
 
 
-async def settled_cpu(pids: Sequence[int], *, timeout_s: float = QUIET_TIMEOUT_S) -> float:
-    """Wait until the agent workers ``pids`` are settled (``QUIET_CORES_PER_WORKER`` each, over
-    a 1 s window); their CPU then, in milliseconds per second."""
+async def settled_cpu(
+    groups: dict[str, list[int]], *, timeout_s: float = QUIET_TIMEOUT_S
+) -> dict[str, float]:
+    """Wait until the agent workers (``groups["agents"]``) are settled
+    (``QUIET_CORES_PER_WORKER`` each, over a 1 s window); each group's CPU in that window, in
+    milliseconds per second: what an idle agent, LiveKit node or gateway costs."""
     deadline = time.monotonic() + timeout_s
+    workers = len(groups["agents"])
     while True:
-        before, start = cpu_seconds(pids), time.monotonic()
+        before, start = {k: cpu_seconds(p) for k, p in groups.items()}, time.monotonic()
         await asyncio.sleep(1.0)
-        rate = (cpu_seconds(pids) - before) / (time.monotonic() - start)
-        if rate < QUIET_CORES_PER_WORKER * max(len(pids), 1) or time.monotonic() > deadline:
-            return rate * 1000
+        took = time.monotonic() - start
+        rates = {k: (cpu_seconds(p) - before[k]) * 1000 / took for k, p in groups.items()}
+        if rates["agents"] < QUIET_CORES_PER_WORKER * 1000 * max(workers, 1):
+            return rates
+        if time.monotonic() > deadline:
+            return rates
 
 
 # --------------------------------------------------------------------------- the gateway
@@ -675,27 +682,29 @@ class Measured:
 
     cpu_s: dict[str, float] = field(default_factory=dict)
     requests: int = 0
-    agents_idle: list[float] = field(default_factory=list)
-    """The agent workers' CPU just before each block (settled), milliseconds per second."""
+    idle: dict[str, list[float]] = field(default_factory=dict)
+    """Each group's CPU just before each block (the agents settled), milliseconds per
+    second."""
 
     @property
     def cpu_ms(self) -> dict[str, float]:
         """CPU milliseconds per warm request, by group."""
         return {k: v * 1000 / max(self.requests, 1) for k, v in self.cpu_s.items()}
 
-    @property
-    def idle(self) -> float:
-        return max(self.agents_idle, default=0.0)
+    def idle_ms_per_s(self, group: str) -> float:
+        """``group``'s CPU when idle (the median over the blocks), milliseconds per second."""
+        rates = sorted(self.idle.get(group, []))
+        return rates[len(rates) // 2] if rates else 0.0
 
     async def block(
         self,
         groups: dict[str, list[int]],
-        agent_pids: Sequence[int],
         requests: Sequence[Callable[[], Awaitable[None]]],
     ) -> None:
         """Run ``requests`` one after the other, once the agents have settled, counting the
         CPU each group spends meanwhile."""
-        self.agents_idle.append(await settled_cpu(agent_pids))
+        for name, rate in (await settled_cpu(groups)).items():
+            self.idle.setdefault(name, []).append(rate)
         before = {name: cpu_seconds(pids) for name, pids in groups.items()}
         for request in requests:
             await request()
@@ -719,10 +728,6 @@ class FloorPhase:
     @property
     def cpu_ms(self) -> dict[str, float]:
         return self.measured.cpu_ms
-
-    @property
-    def agents_idle(self) -> float:
-        return self.measured.idle
 
     @property
     def label(self) -> str:
@@ -797,7 +802,7 @@ class FloorRunner:
         async def one() -> None:
             self.phase.warm.append(await self.fan_out())
 
-        await self.phase.measured.block(self._groups, self._workers.pids, [one] * count)
+        await self.phase.measured.block(self._groups, [one] * count)
         await self._workers.settle()  # its speeches and echoes are over before the next block
 
     async def aclose(self) -> None:
@@ -849,10 +854,6 @@ class Phase:
     @property
     def cpu_ms(self) -> dict[str, float]:
         return self.measured.cpu_ms
-
-    @property
-    def agents_idle(self) -> float:
-        return self.measured.idle
 
     @property
     def calls_per_request(self) -> float:
@@ -917,7 +918,7 @@ class GatewayRunner:
             self.phase.cold = await self._speak()
 
         await self._calls.settled()  # the directory's first reconciliation is its start-up
-        await settled_cpu(self._workers.pids)
+        await settled_cpu(self._groups)
         await self._counted(first)
 
     async def block(self, count: int) -> None:
@@ -925,7 +926,7 @@ class GatewayRunner:
             self.phase.warm.append(await self._speak())
 
         async def run() -> None:
-            await self.phase.measured.block(self._groups, self._workers.pids, [one] * count)
+            await self.phase.measured.block(self._groups, [one] * count)
 
         await self._counted(run)
 
@@ -1245,6 +1246,9 @@ def as_data(
                 "p99_ms": p(f.warm, 0.99),
                 "missed": f.missed,
                 "cpu_ms": {k: round(v, 2) for k, v in f.cpu_ms.items()},
+                "idle_ms_per_s": {
+                    k: round(f.measured.idle_ms_per_s(k), 1) for k in f.measured.idle
+                },
             }
             for f in floors
         ],
@@ -1259,6 +1263,9 @@ def as_data(
                 "delivered": sum(a["delivered_to_rooms"] for a in d.answers),
                 "of": d.rooms * len(d.answers),
                 "cpu_ms": {k: round(v, 2) for k, v in d.cpu_ms.items()},
+                "idle_ms_per_s": {
+                    k: round(d.measured.idle_ms_per_s(k), 1) for k in d.measured.idle
+                },
                 "rss_base_mib": round(d.rss_base / 2**20, 1),
                 "rss_after_mib": round(d.rss_pooled / 2**20, 1),
                 "sockets_base": d.sockets_base,
@@ -1284,17 +1291,20 @@ def add_floor_figures(
             f"{percentile(done.warm, 0.99) / single_p99:.2f}x" if largest else "",
         )
     )
-    report.add(cpu_figure(f"{done.label}: CPU ms per warm request", done.cpu_ms, done.agents_idle))
+    report.add(cpu_figure(f"{done.label}: CPU ms per warm request", done.measured))
     if done.missed:
         report.add(Figure(f"{done.label}: rooms not reached, all requests", str(done.missed)))
 
 
-def cpu_figure(name: str, cpu: dict[str, float], agents_idle: float) -> Figure:
-    """CPU per warm request of each process (group), in the order measured."""
+def cpu_figure(name: str, measured: Measured) -> Figure:
+    """CPU per warm request of each process (group), in the order measured, and each one's
+    CPU when idle (between the blocks)."""
+    cpu = measured.cpu_ms
+    idle = " / ".join(f"{measured.idle_ms_per_s(group):.0f}" for group in cpu)
     return Figure(
         f"{name}, {' / '.join(cpu)}",
         " / ".join(f"{v:.1f}" for v in cpu.values()),
-        f"sum {sum(cpu.values()):.1f}; agents idle before {agents_idle:.0f} ms/s",
+        f"sum {sum(cpu.values()):.1f}; idle before, ms/s: {idle}",
     )
 
 
@@ -1386,7 +1396,7 @@ def add_figures(
             + (f" ({done.moved_rooms} rooms moved node)" if done.moved_rooms else ""),
         )
     )
-    report.add(cpu_figure(f"{label}: CPU ms per warm request", done.cpu_ms, done.agents_idle))
+    report.add(cpu_figure(f"{label}: CPU ms per warm request", done.measured))
     per_room = done.cpu_ms["gateway"] / n
     report.add(
         Figure(
