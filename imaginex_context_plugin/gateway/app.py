@@ -157,8 +157,7 @@ class _Gateway:
         agent_code = request.match_info["agent_code"]
         await self._gatekeeper.admit(request, agent_code)
         body = await self._bodies.read(request, AddContextBody)
-        fields = {"type": body.type, "context": body.context}
-        outgoing = Outgoing("add-context", fields, "context", body.context)
+        outgoing = Outgoing("add-context", body.fields(), "context", body.context)
         return await self._send(request, agent_code, outgoing, body.room_id)
 
     def control(self, model: type[ControlBody]) -> Callable[[web.Request], Awaitable[web.Response]]:

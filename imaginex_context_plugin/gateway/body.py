@@ -25,6 +25,8 @@ _M = TypeVar("_M", bound=BaseModel)
 
 _DECODED_ENCODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
 """The Content-Encodings aiohttp decompresses (any other value is read as it is)."""
+_JSON_WHITESPACE: Final = b" \t\r\n"
+"""What an empty body may hold (JSON's whitespace; a form feed is not, and is refused)."""
 
 
 def unreadable_body(request: web.Request, exc: web.RequestPayloadError) -> str:
@@ -85,7 +87,7 @@ class BodyReader:
                 f"The request body did not arrive within {self._body_timeout:g} seconds.",
                 close=True,
             ) from None
-        if not raw.strip():
+        if not raw.strip(_JSON_WHITESPACE):
             if allow_empty:
                 return {}
             raise invalid("Request body is empty; send a JSON object.")
