@@ -303,6 +303,24 @@ def demo(pace: float, verbose: bool) -> None:
     show_envvar=True,
     help="Open connections at most; more are answered 503 and closed.",
 )
+@click.option(
+    "--console/--no-console",
+    default=True,
+    show_default=True,
+    help="Serve the operator console at /console (sign in with an api-secret).",
+)
+@click.option(
+    "--console-livekit-url",
+    default=None,
+    help="The LiveKit URL as operators' browsers reach it, for taking a call over by voice "
+    "(default: LIVEKIT_URL).",
+)
+@click.option(
+    "--console-secure-cookies",
+    is_flag=True,
+    help="Mark the console's session cookie Secure even over plain HTTP (behind a proxy that "
+    "ends TLS); over TLS it always is.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (includes message text).")
 def gateway(
     host: str,
@@ -324,6 +342,9 @@ def gateway(
     header_timeout: float,
     body_timeout: float,
     max_connections: int,
+    console: bool,
+    console_livekit_url: str | None,
+    console_secure_cookies: bool,
     verbose: bool,
 ) -> None:
     """Serve the platform's REST API (/v1/agent/{agent_code}/speak, /add-context, and the
@@ -331,7 +352,8 @@ def gateway(
 
     Reads LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET and IMAGINEX_API_SECRET (or a
     secrets file), and optionally IMAGINEX_SIGNING_SECRET to sign messages for the agents
-    and IMAGINEX_REDIS_URL (--redis-url) to run as one of several replicas.
+    and IMAGINEX_REDIS_URL (--redis-url) to run as one of several replicas. The operator
+    console is at /console.
     """
     from .gateway.app import run_gateway
     from .gateway.config import ConfigError, GatewayConfig
@@ -366,6 +388,9 @@ def gateway(
             public_url=public_url,
             max_rooms=max_rooms,
             max_concurrent_joins=max_concurrent_joins,
+            console=console,
+            console_livekit_url=console_livekit_url,
+            console_secure_cookies=True if console_secure_cookies else None,
         )
     except ConfigError as exc:  # checked before anything starts
         raise click.ClickException(str(exc)) from None

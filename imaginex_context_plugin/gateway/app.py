@@ -10,6 +10,7 @@ once with a timeout, and answer with the platform's response shape plus a per-ro
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import math
 import signal
@@ -26,6 +27,15 @@ from .answers import FAILURE_PRECEDENCE, answer
 from .backend import AgentBackend
 from .body import BodyReader
 from .config import ApiSecrets, ConfigError, GatewayConfig
+from .console import (
+    ApiRoute,
+    ConsoleAdmission,
+    ConsoleOptions,
+    ConsoleRoutes,
+    ConsoleSignIn,
+    MemorySessions,
+    SessionStore,
+)
 from .directory import (
     DEFAULT_RECONCILE_INTERVAL_S,
     AgentDirectory,
@@ -34,7 +44,7 @@ from .directory import (
 )
 from .events import EventFeeds, EventsRoute, RoomHolder
 from .fanout import FanOut, RoomOutcome
-from .gatekeeper import Gatekeeper
+from .gatekeeper import Admission, Gatekeeper
 from .idempotency import RETRY_MAY_CHANGE, IdempotencyKeys, Lease, replayed, to_store
 from .limits import DEFAULT_AUTH_FAILURE_LIMIT
 from .messages import DEFAULT_GATEWAY_SENDER, MessageWriter, Outgoing
@@ -112,6 +122,7 @@ class _Gateway:
     ) -> None:
         self._backend = backend
         self._gatekeeper = gatekeeper
+        self._admission: Admission = gatekeeper
         self._bodies = bodies
         self._writer = writer
         self._state = state
@@ -126,6 +137,17 @@ class _Gateway:
     @property
     def gatekeeper(self) -> Gatekeeper:
         return self._gatekeeper
+
+    @property
+    def bodies(self) -> BodyReader:
+        return self._bodies
+
+    def admitted_by(self, admission: Admission) -> _Gateway:
+        """The same routes (same keys, fan-out and state) admitting callers by ``admission``
+        instead of the ``api-secret`` (the console's session)."""
+        routes = copy.copy(self)
+        routes._admission = admission
+        return routes
 
     @property
     def fanout(self) -> FanOut:
@@ -148,14 +170,14 @@ class _Gateway:
 
     async def speak(self, request: web.Request) -> web.Response:
         agent_code = request.match_info["agent_code"]
-        await self._gatekeeper.admit(request, agent_code)
+        await self._admission.admit(request, agent_code)
         body = await self._bodies.read(request, SpeakBody)
         outgoing = Outgoing("speak", body.fields(), "message", body.message)
         return await self._send(request, agent_code, outgoing, body.room_id)
 
     async def add_context(self, request: web.Request) -> web.Response:
         agent_code = request.match_info["agent_code"]
-        await self._gatekeeper.admit(request, agent_code)
+        await self._admission.admit(request, agent_code)
         body = await self._bodies.read(request, AddContextBody)
         outgoing = Outgoing("add-context", body.fields(), "context", body.context)
         return await self._send(request, agent_code, outgoing, body.room_id)
@@ -166,7 +188,7 @@ class _Gateway:
 
         async def handle(request: web.Request) -> web.Response:
             agent_code = request.match_info["agent_code"]
-            await self._gatekeeper.admit(request, agent_code)
+            await self._admission.admit(request, agent_code)
             body = await self._bodies.read(request, model)
             outgoing = Outgoing(endpoint, body.fields(), body.text_field, body.long_text())
             return await self._send(request, agent_code, outgoing, body.room_id)
@@ -244,6 +266,7 @@ def create_app(
     state: GatewayState | None = None,
     sender: str | None = DEFAULT_GATEWAY_SENDER,
     idempotency_lease_s: float | None = None,
+    console: ConsoleOptions | None = None,
 ) -> web.Application:
     """Build the gateway's aiohttp application.
 
@@ -274,6 +297,8 @@ def create_app(
             a repeat waits this long for the first answer before 409, and once it has run out
             (the holder died) a repeat takes the key over and delivers again. Default
             ``delivery_timeout`` + 5 seconds.
+        console: Serve the operator console at ``/console`` with these settings (see
+            :mod:`.console`). Default None: no console.
 
     Raises:
         ConfigError: ``state`` is shared but there is no ``signing_secret``.
@@ -322,15 +347,29 @@ def create_app(
     )
     # client_max_size: aiohttp's own guard on request.read(); checked again with a JSON answer
     app = web.Application(middlewares=[answers.middleware], client_max_size=max_body_bytes)
-    app.router.add_post("/v1/agent/{agent_code}/speak", gateway.speak)
-    app.router.add_post("/v1/agent/{agent_code}/add-context", gateway.add_context)
-    for model, endpoint in CONTROL_BODIES.items():
-        app.router.add_post(f"/v1/agent/{{agent_code}}/{endpoint}", gateway.control(model))
+    feeds: EventFeeds | None = None
     if isinstance(backend, RoomHolder):  # the live events need a held room connection
         feeds = EventFeeds(backend, writer=gateway.writer, timeout=delivery_timeout)
-        events = EventsRoute(gatekeeper=gateway.gatekeeper, fanout=gateway.fanout, feeds=feeds)
-        app.router.add_get("/v1/agent/{agent_code}/events", events.handle)
         app.on_cleanup.append(feeds.aclose)
+
+    def api_routes(admission: Admission) -> list[ApiRoute]:
+        """The REST API's routes, callers admitted by ``admission``."""
+        served = gateway.admitted_by(admission)
+        table: list[ApiRoute] = [
+            ("POST", "/v1/agent/{agent_code}/speak", served.speak),
+            ("POST", "/v1/agent/{agent_code}/add-context", served.add_context),
+        ]
+        for model, endpoint in CONTROL_BODIES.items():
+            table.append(("POST", f"/v1/agent/{{agent_code}}/{endpoint}", served.control(model)))
+        if feeds is not None:
+            events = EventsRoute(gatekeeper=admission, fanout=gateway.fanout, feeds=feeds)
+            table.append(("GET", "/v1/agent/{agent_code}/events", events.handle))
+        return table
+
+    for method, path, handler in api_routes(gateway.gatekeeper):
+        app.router.add_route(method, path, handler)
+    if console is not None:  # the same routes again under /console/api, by session
+        _mount_console(app, console, gateway=gateway, state=state, api_routes=api_routes)
     if isinstance(backend, ServerApiBackend):  # the agents' answers come back over HTTP
         # a reply is taken once across the replicas sharing the state
         backend.reply_inbox.replies = state.replies
@@ -356,6 +395,38 @@ def create_app(
     return app
 
 
+def _mount_console(
+    app: web.Application,
+    options: ConsoleOptions,
+    *,
+    gateway: _Gateway,
+    state: GatewayState,
+    api_routes: Callable[[Admission], list[ApiRoute]],
+) -> None:
+    sessions: SessionStore | None = options.sessions
+    if sessions is None:
+        client = getattr(state, "client", None)  # replicas share their sessions in Redis
+        if client is not None:
+            from .console.redis_sessions import RedisSessions
+
+            sessions = RedisSessions(client)
+        else:
+            sessions = MemorySessions()
+    sign_in = ConsoleSignIn(
+        sessions,
+        gateway.gatekeeper,
+        bodies=gateway.bodies,
+        idle_s=options.session_idle_s,
+        max_s=options.session_max_s,
+        secure_cookies=options.secure_cookies,
+    )
+    admission = ConsoleAdmission(sign_in, gateway.gatekeeper)
+    routes = ConsoleRoutes(
+        options, sign_in=sign_in, admission=admission, fanout=gateway.fanout, bodies=gateway.bodies
+    )
+    routes.mount(app, api_routes(admission))
+
+
 def run_gateway(
     config: GatewayConfig,
     *,
@@ -374,6 +445,9 @@ def run_gateway(
     public_url: str | None = None,
     max_rooms: int = DEFAULT_MAX_ROOMS,
     max_concurrent_joins: int = DEFAULT_MAX_CONCURRENT_JOINS,
+    console: bool = True,
+    console_livekit_url: str | None = None,
+    console_secure_cookies: bool | None = None,
 ) -> None:
     """Serve the gateway until SIGINT or SIGTERM (what ``imaginex-context gateway`` runs).
 
@@ -405,6 +479,10 @@ def run_gateway(
         max_rooms: Room connections held at once (see :class:`~.backend.LiveKitBackend`).
             Default 1000.
         max_concurrent_joins: Room joins under way at once. Default 8.
+        console: Serve the operator console at ``/console``. Default True.
+        console_livekit_url: The LiveKit URL as operators' browsers reach it (take-over);
+            default ``config.livekit.url``.
+        console_secure_cookies: See :class:`~.console.ConsoleOptions` ``secure_cookies``.
 
     Raises:
         ConfigError: Redis or ``public_url`` without a signing secret, or an unusable
@@ -429,6 +507,11 @@ def run_gateway(
         MessageWriter(signing_secret=None, sender=sender)
     except ValueError as exc:
         raise ConfigError(f"--sender: {exc}.") from None
+    if console:
+        try:
+            ConsoleOptions(livekit=config.livekit, public_livekit_url=console_livekit_url)
+        except ValueError as exc:
+            raise ConfigError(f"--console-livekit-url: {exc}.") from None
     if not identity:
         identity = DEFAULT_GATEWAY_IDENTITY
         if config.redis_url:
@@ -478,6 +561,13 @@ def run_gateway(
             body_timeout=body_timeout,
             state=state,
             sender=sender,
+            console=ConsoleOptions(
+                livekit=config.livekit,
+                public_livekit_url=console_livekit_url,
+                secure_cookies=console_secure_cookies,
+            )
+            if console
+            else None,
         )
 
     asyncio.run(

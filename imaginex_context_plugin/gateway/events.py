@@ -46,7 +46,7 @@ from ..protocol import (
 )
 from .backend import AgentTarget
 from .fanout import FanOut
-from .gatekeeper import Gatekeeper
+from .gatekeeper import Admission
 from .messages import MessageWriter, Outgoing
 from .refusals import STATUS_FOR, Refusal, invalid
 
@@ -339,7 +339,7 @@ class EventFeeds:
 class EventsRoute:
     """The SSE endpoint: admit, find the room's agent, subscribe, stream, unsubscribe."""
 
-    def __init__(self, *, gatekeeper: Gatekeeper, fanout: FanOut, feeds: EventFeeds) -> None:
+    def __init__(self, *, gatekeeper: Admission, fanout: FanOut, feeds: EventFeeds) -> None:
         self._gatekeeper = gatekeeper
         self._fanout = fanout
         self._feeds = feeds
