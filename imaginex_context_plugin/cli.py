@@ -168,16 +168,23 @@ def main() -> None:
 @main.command()
 @click.option("--pace", default=0.3, show_default=True, help="Seconds between scripted steps.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the plugin's log lines too.")
-def demo(pace: float, verbose: bool) -> None:
+@click.option(
+    "--avatar",
+    is_flag=True,
+    help="Speak through an in-process avatar that plays the audio and reports each playback.",
+)
+def demo(pace: float, verbose: bool, avatar: bool) -> None:
     """Run an agent session with the plugin in-process and feed it a scripted sequence.
 
     Needs no LiveKit server and no API keys: the messages take the same code path that bytes
-    from a room take, and the answers are printed instead of published.
+    from a room take, and the answers are printed instead of published. With --avatar the agent
+    speaks through an avatar in its own process (LiveKit's QueueAudioOutput, as bitHuman's local
+    mode); an avatar in the room as its own participant needs a server (docs/avatar.md).
     """
     from .demo import run_demo
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
-    asyncio.run(run_demo(pace_s=pace))
+    asyncio.run(run_demo(pace_s=pace, avatar=avatar))
 
 
 @main.command()
@@ -355,8 +362,9 @@ def gateway(
     and IMAGINEX_REDIS_URL (--redis-url) to run as one of several replicas. The operator
     console is at /console.
     """
-    from .gateway.app import run_gateway
-    from .gateway.config import ConfigError, GatewayConfig
+    from .errors import ConfigError
+    from .gateway.config import GatewayConfig
+    from .gateway.run import run_gateway
     from .security import RateLimit
 
     if (delivery == "server-api") != (public_url is not None):

@@ -6,6 +6,14 @@ from the context it is given) and text output. Each scripted message goes in thr
 delivered them, and every answer comes out through an ``AckTransport`` subclass that prints it
 instead of publishing it. The room is an ``OfflineRoom`` (``imaginex_context_plugin.testing``): a
 real ``rtc.Room`` that never connects. Only public, supported seams are used.
+
+``--avatar`` (``run_demo(avatar=True)``) speaks through an avatar instead of printing text: the
+session's audio goes through LiveKit's ``QueueAudioOutput``, the in-process avatar transport
+(what bitHuman's local mode uses), to :class:`DemoAvatar`, which plays it against the clock and
+reports each playback (started, finished with the position played, cut) back to the session, as
+an avatar worker does over RPC. So ``speech_finished`` waits for the avatar and ``played_s`` is
+its report. An avatar as its own participant in the room (a bitHuman cloud avatar, reached over
+a LiveKit data stream) needs a LiveKit server: ``docs/avatar.md``.
 """
 
 from __future__ import annotations
@@ -21,15 +29,18 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, llm
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 from livekit.agents.voice import Agent, AgentSession
+from livekit.agents.voice.avatar import AudioReceiver, AudioSegmentEnd, QueueAudioOutput
 from livekit.agents.voice.events import ConversationItemAddedEvent
 
 from .context import ENTRY_ID_PREFIX
 from .receiver import AckTransport, ContextPlugin
-from .testing import OfflineRoom
+from .testing import OfflineRoom, RecordingTTS
 
 DEMO_AGENT_CODE = "A12345678"
 DEMO_ROOM = "customer_session_1"
 BACKEND = "crm-backend"
+AVATAR_SECONDS_PER_CHAR: Final = 0.02
+"""How long the avatar variant's (silent) TTS speaks per character of text."""
 
 
 class OfflineLLM(llm.LLM[NoReturn]):
@@ -99,6 +110,86 @@ class _PrintingTransport(AckTransport):
 
     async def send(self, payload: bytes, destination_identity: str) -> None:
         self._emit(f"-> {destination_identity}", payload.decode())
+
+
+class DemoAvatar:
+    """An avatar in the agent's process: plays what the agent sends and reports each playback.
+
+    It reads LiveKit's ``QueueAudioOutput`` as an avatar runner does (frames, then an
+    ``AudioSegmentEnd`` per speech), plays each frame against the clock (``speed`` times faster
+    than real time), and reports back through the same object: playback started on the first
+    frame, finished with the position at the segment's end, or at once, as interrupted with the
+    position reached, when the agent clears the buffer (an interruption).
+    """
+
+    def __init__(
+        self,
+        audio: QueueAudioOutput,
+        report: Callable[[str, str], None],
+        *,
+        speed: float = 1.0,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self._audio = audio
+        self._receiver: AudioReceiver = audio  # the same object, seen as an avatar sees it
+        self._report = report
+        self._speed = speed
+        self._playing = False
+        self._position = 0.0
+        self._frame_started: float | None = None  # loop time the frame playing now started
+        self._cleared = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._receiver.on("clear_buffer", self._on_clear_buffer)
+        self._task = asyncio.create_task(self._play_all(), name="demo_avatar")
+
+    async def aclose(self) -> None:
+        self._receiver.off("clear_buffer", self._on_clear_buffer)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _play_all(self) -> None:
+        async for item in self._audio:
+            if isinstance(item, AudioSegmentEnd):
+                if self._playing:
+                    self._finish(interrupted=False)
+                continue
+            await self._play(item)
+
+    async def _play(self, frame: rtc.AudioFrame) -> None:
+        if not self._playing:
+            self._playing, self._position = True, 0.0
+            self._audio.notify_playback_started()
+            self._report("avatar", "starts playing")
+        loop = asyncio.get_running_loop()
+        self._frame_started = loop.time()
+        self._cleared.clear()
+        try:
+            await asyncio.wait_for(self._cleared.wait(), frame.duration / self._speed)
+        except asyncio.TimeoutError:
+            self._position += frame.duration
+        finally:
+            self._frame_started = None
+
+    def _on_clear_buffer(self) -> None:
+        if not self._playing:
+            return
+        if self._frame_started is not None:  # cut mid-frame: count what of it played
+            elapsed = asyncio.get_running_loop().time() - self._frame_started
+            self._position += elapsed * self._speed
+        self._cleared.set()
+        self._finish(interrupted=True)
+
+    def _finish(self, *, interrupted: bool) -> None:
+        self._playing = False
+        self._audio.notify_playback_finished(
+            playback_position=self._position, interrupted=interrupted
+        )
+        what = "was cut after" if interrupted else "played"
+        self._report("avatar", f"{what} {self._position:.2f} s, reported to the agent")
 
 
 @dataclass(frozen=True)
@@ -189,9 +280,47 @@ SCRIPT: Final[tuple[UserTurn | BackendMessage, ...]] = (
 )
 """What the demo does, step by step: the platform's use cases, and what the plugin refuses."""
 
+AVATAR_SCRIPT: Final[tuple[UserTurn | BackendMessage, ...]] = (
+    *SCRIPT,
+    BackendMessage(
+        BACKEND,
+        {
+            "type": "speak",
+            "id": "say-3",
+            "message": "Let me read you our terms and conditions, which are rather long.",
+        },
+        "a long speech for the avatar",
+    ),
+    BackendMessage(
+        BACKEND,
+        {"type": "interrupt", "id": "cut-1"},
+        "cut it: the avatar stops and reports how far it got",
+    ),
+)
+"""The avatar variant: the same, then a speech cut while the avatar plays it."""
 
-async def run_demo(*, out: Callable[[str], None] = print, pace_s: float = 0.3) -> dict[str, Any]:
-    """Run the scripted demo; returns a summary (used by the tests)."""
+
+async def _until_quiet(session: AgentSession[Any], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while session.current_speech is not None and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
+async def run_demo(
+    *,
+    out: Callable[[str], None] = print,
+    pace_s: float = 0.3,
+    avatar: bool = False,
+    avatar_speed: float = 1.0,
+) -> dict[str, Any]:
+    """Run the scripted demo; returns a summary (used by the tests).
+
+    Args:
+        out: Where each line goes.
+        pace_s: Seconds between scripted steps.
+        avatar: Speak through an in-process avatar (:class:`DemoAvatar`) instead of as text.
+        avatar_speed: How much faster than real time that avatar plays.
+    """
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"acks": [], "said": []}
 
@@ -203,10 +332,25 @@ async def run_demo(*, out: Callable[[str], None] = print, pace_s: float = 0.3) -
         line(who, payload)
 
     room = OfflineRoom(DEMO_ROOM)
-    session: AgentSession[Any] = AgentSession(
-        llm=OfflineLLM(), vad=None, turn_handling={"turn_detection": None}
-    )
-    session.output.audio = None
+    demo_avatar: DemoAvatar | None = None
+    if avatar:
+        audio = QueueAudioOutput(wait_playback_start=True)  # started = the avatar's report
+        session: AgentSession[Any] = AgentSession(
+            llm=OfflineLLM(),
+            tts=RecordingTTS(seconds_per_char=AVATAR_SECONDS_PER_CHAR),
+            vad=None,
+            # an avatar cannot pause its audio: a false interruption cannot be resumed
+            turn_handling={
+                "turn_detection": None,
+                "interruption": {"resume_false_interruption": False},
+            },
+        )
+        session.output.audio = audio
+        demo_avatar = DemoAvatar(audio, line, speed=avatar_speed)
+        demo_avatar.start()
+    else:
+        session = AgentSession(llm=OfflineLLM(), vad=None, turn_handling={"turn_detection": None})
+        session.output.audio = None
 
     def on_item(ev: ConversationItemAddedEvent) -> None:
         item = ev.item
@@ -238,14 +382,18 @@ async def run_demo(*, out: Callable[[str], None] = print, pace_s: float = 0.3) -
         await asyncio.sleep(pace_s / 3)
 
     try:
-        for step in SCRIPT:
+        for step in AVATAR_SCRIPT if avatar else SCRIPT:
             if isinstance(step, UserTurn):
                 await user_asks(step.question)
             else:
                 await send(step.sender, step.message, step.note)
         summary["knowledge"] = [e.text for e in plugin.context_store.entries()]
+        if avatar:  # the last speech's end is reported before the agent goes
+            await _until_quiet(session)
     finally:
         await plugin.aclose()
         await session.aclose()
+        if demo_avatar is not None:
+            await demo_avatar.aclose()
     line("done", f"{len(summary['acks'])} answers, {len(summary['said'])} things said")
     return summary

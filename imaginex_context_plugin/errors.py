@@ -10,6 +10,7 @@ where the failure was seen:
   also ``TimeoutError``\\ s): a sender's request that was not applied, or whose outcome is
   unknown;
 - :class:`BackendError`: the gateway could not reach an agent through LiveKit;
+- :class:`StateUnavailable`: the gateway's shared state (Redis) could not be reached;
 - :class:`ConfigError`: the gateway's configuration is missing or malformed.
 
 ``RETRYABLE_CODES`` is the one table of codes a later attempt may not get.
@@ -181,6 +182,19 @@ class BackendError(ImaginexError):
         super().__init__(code, message, retryable=retryable)
 
 
+class StateUnavailable(ImaginexError):
+    """The gateway's shared state cannot be reached (Redis down): Idempotency-Key records, rate
+    limits, the agents' replies taken, or the agent directory.
+
+    The gateway answers it ``503 STATE_UNAVAILABLE`` and delivers nothing: without the checks a
+    retry could be applied twice. Its ``code`` is ``LIVEKIT_UNAVAILABLE``, the protocol's word
+    for a service on the way that could not be reached; trying again may help.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.LIVEKIT_UNAVAILABLE, message, retryable=True)
+
+
 class ConfigError(ImaginexError):
     """The gateway's configuration is missing or malformed; the message says what to fix.
 
@@ -304,6 +318,7 @@ __all__ = [
     "ImaginexError",
     "PlayoutTimeoutError",
     "ProtocolError",
+    "StateUnavailable",
     "invalid_type_message",
     "validation_sentence",
 ]

@@ -2,7 +2,7 @@
 between a sender and the agent.
 
 Every request, acknowledgement and event is a pydantic model here, so the shape other languages
-parse is defined in one place and pinned by ``tests/test_wire_format.py``. Requests are one
+parse is defined in one place and pinned by ``tests/protocol/test_wire_format.py``. Requests are one
 discriminated union on ``type``; :func:`parse_request` turns raw bytes into one of them or raises
 :class:`ProtocolError` carrying the error code, a plain sentence and the request id (when it could
 be read), which is exactly what an error ack needs.
@@ -809,8 +809,11 @@ class SpeechFinishedEvent(_WireModel):
     """Seconds of audio played, when the audio output reports it."""
     failed: Omitted[Literal[True]] = None
     """Present (true) when the speech ended because the TTS or the model failed."""
-    reason: Omitted[Literal["shutdown"]] = None
-    """``shutdown``: the agent stopped before this speech ended, so its end was not observed."""
+    reason: Omitted[Literal["shutdown", "avatar_left"]] = None
+    """``shutdown``: the agent stopped before this speech ended, so its end was not observed.
+    ``avatar_left``: the avatar playing the agent's audio left the room (or crashed) before the
+    speech ended, or was gone when it would have started; nobody heard the rest, and how much
+    was played is unknown (no ``played_s``)."""
     cancelled: Omitted[Literal[True]] = None
     """v1.1: dropped by a ``cancel``, an ``end_call`` or the ``end_call_after`` before it."""
     call_kept: Omitted[Literal[True]] = None

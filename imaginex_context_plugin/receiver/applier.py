@@ -32,6 +32,7 @@ from ..protocol import (
     error_ack,
 )
 from .answers import AckWriter
+from .avatar import AvatarWatch
 from .call_control import CONTROL_REQUESTS, CallControl
 from .call_end import CALL_ENDED_MESSAGE
 from .context_sync import ContextSync
@@ -70,6 +71,7 @@ class SessionApplier:
         control: Applies the live call control requests (v1.1) and knows if the call ended.
         answer: Gives a job its one answer (``ContextPlugin``: outbox and work queue).
         subscribers: Takes subscribe / unsubscribe (live session events).
+        avatar: Refuses speech while the agent's avatar is gone.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class SessionApplier:
         control: CallControl,
         answer: Callable[[Job, Answer], None],
         subscribers: Subscribers,
+        avatar: AvatarWatch,
     ) -> None:
         self._gate = gate
         self._session: AgentSession[Any] = gate.session
@@ -97,6 +100,7 @@ class SessionApplier:
         self._control = control
         self._answer = answer
         self._subscribers = subscribers
+        self._avatar = avatar
 
     async def apply(self, batch: list[Job]) -> None:
         """Apply ``batch`` (one job, or a run of context changes) and answer every job in it."""
@@ -127,6 +131,7 @@ class SessionApplier:
     # speak
 
     async def _speak(self, job: Job, request: SpeakRequest) -> Answer:
+        self._avatar.require_avatar()
         mode = request.effective_mode
         if mode == "if_idle" and self._someone_is_speaking():
             return error_ack(ErrorCode.BUSY, _BUSY_MESSAGE, request.id)
@@ -289,6 +294,7 @@ class SessionApplier:
         """Let the agent respond to the context just added; raises ``NotReady`` if it cannot."""
         request = job.request
         assert isinstance(request, AddContextRequest)
+        self._avatar.require_avatar()
         session = self._session
         handle = await self._gate.call(lambda: session.generate_reply())
         self._speeches.track(handle, job)

@@ -17,6 +17,7 @@ from livekit import rtc
 from ..context import ContextStore
 from .answers import AckWriter
 from .applier import SessionApplier
+from .avatar import AvatarWatch
 from .call_control import CallControl
 from .call_end import CallEnd
 from .connection import ConnectionKeeper
@@ -49,6 +50,7 @@ class SessionParts:
     applier: SessionApplier
     keeper: ConnectionKeeper
     subscribers: Subscribers
+    avatar: AvatarWatch
 
     @classmethod
     def build(
@@ -80,13 +82,19 @@ class SessionParts:
         # a call ended by a message: subscribers get call_ended with its reason
         call_end.add_listener(subscribers.end_call)
         tracker = SpeechTracker(session, outbox.send, call_end.hang_up)
+        avatar = AvatarWatch(session, room, tracker)
         steering = Steering(gate, max_chars=max_instructions_chars)
         context_sync = ContextSync(store, gate, work.put)
         state = StateAnswers(
             session=session, store=store, pending_speeches=tracker.pending, writer=writer
         )
         control = CallControl(
-            gate=gate, speeches=tracker, call_end=call_end, steering=steering, writer=writer
+            gate=gate,
+            speeches=tracker,
+            call_end=call_end,
+            steering=steering,
+            writer=writer,
+            avatar=avatar,
         )
         applier = SessionApplier(
             gate=gate,
@@ -99,10 +107,20 @@ class SessionParts:
             control=control,
             answer=answer,
             subscribers=subscribers,
+            avatar=avatar,
         )
         keeper = ConnectionKeeper(room, agent_code, on_rpc)
         return cls(
-            gate, call_end, tracker, steering, context_sync, state, applier, keeper, subscribers
+            gate,
+            call_end,
+            tracker,
+            steering,
+            context_sync,
+            state,
+            applier,
+            keeper,
+            subscribers,
+            avatar,
         )
 
     def hooks(
@@ -122,6 +140,9 @@ class SessionParts:
             (session, "close", self.gate.on_session_close),
             (session, "close", self.call_end.on_session_close),
             (session, "error", self.speeches.on_session_error),
+            # the avatar leaving: what it would play is cut, and nothing waits for it forever
+            (room, "participant_disconnected", self.avatar.on_participant_disconnected),
+            (session, "speech_created", self.avatar.on_speech_created),
             # live events for subscribers
             (room, "participant_disconnected", subs.on_participant_disconnected),
             (session, "user_input_transcribed", subs.on_user_input_transcribed),

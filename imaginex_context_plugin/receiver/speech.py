@@ -9,6 +9,10 @@ stops ends with ``reason: "shutdown"``: its sender may be waiting for playout.
 v1.1: a speech can be cancelled by its sender's ``cancel`` (or dropped by an ``end_call``) and
 then ends with ``cancelled: true``; a speech sent with ``end_call_after`` hangs up once it has
 played out in full, or, cut by the user, ends with ``call_kept: true`` and the call goes on.
+
+With an avatar, ``played_s`` is what the avatar reported playing, and a speech cut because the
+avatar left the room (``AvatarWatch``) ends with ``reason: "avatar_left"`` and no ``played_s``:
+the position LiveKit then reports is only what had been sent to the avatar.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class _SpeechTrack:
     tts_failed: bool = False
     cancelled: bool = False
     end_call_after: bool = False
+    avatar_left: bool = False  # cut because the avatar playing it left: nobody heard the rest
 
 
 def _no_hang_up() -> None:
@@ -65,12 +70,20 @@ class SpeechTracker:
         self._hang_up = hang_up
         self._tracks: dict[str, _SpeechTrack] = {}
         self._watched_audio: AudioOutput | None = None
+        # speeches cut for the avatar before they were tracked (as LiveKit created them)
+        self._avatar_cuts: set[str] = set()
 
     def track(self, handle: SpeechHandle, job: Job, *, end_call_after: bool = False) -> None:
         """Report ``handle``'s playout to the sender of ``job`` (and hang up after it)."""
         self._tracks[handle.id] = _SpeechTrack(
-            job.request.id, job.sender, job.owner, handle, end_call_after=end_call_after
+            job.request.id,
+            job.sender,
+            job.owner,
+            handle,
+            end_call_after=end_call_after,
+            avatar_left=handle.id in self._avatar_cuts,
         )
+        self._avatar_cuts.discard(handle.id)
         self.watch_audio_output()
         handle.add_done_callback(self._on_speech_done)
         self._check_started()
@@ -106,6 +119,29 @@ class SpeechTracker:
             if not track.handle.done():
                 track.cancelled = True
                 track.handle.interrupt(force=True)
+
+    def cut_for_avatar(self, handle: SpeechHandle) -> None:
+        """Cut ``handle`` (whatever its ``allow_interruptions``): the avatar that would play it
+        has left. A tracked speech then ends with ``reason: "avatar_left"``."""
+        if handle.done():
+            return
+        track = self._tracks.get(handle.id)
+        if track is not None:
+            track.avatar_left = True
+        else:  # not tracked (yet): remembered until it is, or until it is done
+            self._avatar_cuts.add(handle.id)
+            handle.add_done_callback(self._forget_avatar_cut)
+        handle.interrupt(force=True)
+
+    def cut_all_for_avatar(self) -> int:
+        """Cut every tracked speech still going, for the avatar left; how many were cut."""
+        going = [track.handle for track in self._tracks.values() if not track.handle.done()]
+        for handle in going:
+            self.cut_for_avatar(handle)
+        return len(going)
+
+    def _forget_avatar_cut(self, handle: SpeechHandle) -> None:
+        self._avatar_cuts.discard(handle.id)
 
     def finish_all(self) -> None:
         """At shutdown: end every tracked speech with an event, even one still playing."""
@@ -155,7 +191,8 @@ class SpeechTracker:
 
     def _on_playback_finished(self, ev: PlaybackFinishedEvent) -> None:
         track = self._current()
-        if track is not None:
+        # once the avatar left, the position LiveKit reports is what was sent, not what played
+        if track is not None and not track.avatar_left:
             track.played_s = round(ev.playback_position, 3)
 
     # ------------------------------------------------------------------------------------------
@@ -194,22 +231,25 @@ class SpeechTracker:
     def _finish(self, track: _SpeechTrack, *, shutdown: bool, call_kept: bool = False) -> None:
         """Send ``speech_finished``; ``shutdown``: the plugin stops before the speech ended."""
         handle = track.handle
+        reason: Literal["shutdown", "avatar_left"] | None = None
         if shutdown:
             # the end was not observed: the sender must not take it for a full playout
-            interrupted, failed = True, False
+            interrupted, failed, reason = True, False, "shutdown"
         else:
             # LLM failures are recorded on the handle; a TTS failure only as a session error
             interrupted = handle.interrupted
             failed = handle.exception() is not None or track.tts_failed
+            if track.avatar_left:
+                interrupted, reason = True, "avatar_left"
         self._send(
             track.sender,
             SpeechFinishedEvent(
                 id=track.request_id,
                 speech_id=handle.id,
                 interrupted=interrupted,
-                played_s=track.played_s,
+                played_s=None if track.avatar_left else track.played_s,
                 failed=True if failed else None,
-                reason="shutdown" if shutdown else None,
+                reason=reason,
                 cancelled=True if track.cancelled else None,
                 call_kept=True if call_kept else None,
                 timestamp=utc_timestamp(),

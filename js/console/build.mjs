@@ -1,5 +1,5 @@
 // Builds the operator console (js/console/src, TypeScript) into the Python package, where the
-// gateway serves it at /console: imaginex_context_plugin/gateway/console/static/. The output is
+// gateway serves it at /console: imaginex_context_plugin/gateway/http/console/static/. The output is
 // committed (running the gateway needs no Node); tests/test_console_assets.py builds again into
 // a temporary folder and fails when the two differ. Deterministic: same sources, same esbuild,
 // same bytes.
@@ -13,7 +13,7 @@ import { copyFile, mkdir, readdir, rm } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
-const out = process.argv[2] ?? fileURLToPath(new URL("../../imaginex_context_plugin/gateway/console/static/", import.meta.url));
+const out = process.argv[2] ?? fileURLToPath(new URL("../../imaginex_context_plugin/gateway/http/console/static/", import.meta.url));
 
 await mkdir(out, { recursive: true });
 for (const name of await readdir(out)) if (!name.startsWith(".")) await rm(`${out}/${name}`, { recursive: true });

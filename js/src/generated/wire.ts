@@ -811,7 +811,7 @@ export interface SpeechFinishedEvent {
   id: string | null;
   interrupted: boolean;
   played_s?: number;
-  reason?: "shutdown";
+  reason?: "shutdown" | "avatar_left";
   speech_id: string;
   timestamp: string;
   type: "speech_finished";
