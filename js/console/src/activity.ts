@@ -13,12 +13,13 @@ export class ActivityEntry {
   private readonly notes: HTMLUListElement;
 
   constructor(label: string, detail: string | null, readonly requestId: string | null) {
-    this.status = h("span", { class: "status", text: "sending…" });
+    this.status = h("p", { class: "status", text: "sending…" });
     this.notes = h("ul", { class: "notes" });
     this.element = h(
       "li",
       { class: "entry pending", attrs: { "data-request-id": requestId } },
-      h("div", { class: "entry-head" }, h("b", { class: "what", text: label }), this.status, h("time", { text: clock(new Date()) })),
+      h("div", { class: "entry-head" }, h("b", { class: "what", text: label }), h("time", { text: clock(new Date()) })),
+      this.status,
       detail ? h("p", { class: "detail", text: detail }) : null,
       this.notes,
     );
@@ -75,6 +76,7 @@ export class Activity {
   /** Something that happened without a control (the stream reconnected, events were lost). */
   notice(text: string, kind: Outcome = "ok"): void {
     this.element.prepend(h("li", { class: `entry notice ${kind}` }, h("div", { class: "entry-head" }, h("span", { class: "status", text }), h("time", { text: clock(new Date()) }))));
+    while (this.element.children.length > 200) this.element.lastElementChild?.remove();
   }
 }
 

@@ -98,7 +98,14 @@ export class CallView {
       h("button", { class: "primary", attrs: { type: "button" }, text: "Hand back to the agent", on: { click: () => void this.toggleTakeover() } }),
     );
     this.endDialog = this.buildEndDialog();
-    const speak = speakForm(target, (id, text) => this.addOwnSpeech(id, text));
+    const speak = speakForm(
+      target,
+      (id, text) => this.addOwnSpeech(id, text),
+      (id) => {
+        this.ownSpeeches.delete(id);
+        this.renderPending();
+      },
+    );
     const context = contextForm(target, (key, text, requestId) => {
       this.contextTexts.set(key ?? requestId, text);
     });
@@ -196,16 +203,12 @@ export class CallView {
         if (!first) await this.loadHistory(); // whatever was said while the stream was down
         first = false;
         this.streamPill.set("connecting");
-        const events = this.api.gateway.events(this.call.agent_code, { roomId: this.call.room, interim: true, playout: true, signal: this.abort.signal });
-        let opened = false;
-        for await (const event of events) {
-          if (!opened) {
-            opened = true;
-            failures = 0;
-          }
+        const opened = () => {
+          failures = 0;
           this.streamPill.set("live");
-          this.onEvent(event as StreamEvent);
-        }
+        };
+        const events = this.api.gateway.events(this.call.agent_code, { roomId: this.call.room, interim: true, playout: true, onOpen: opened, signal: this.abort.signal });
+        for await (const event of events) this.onEvent(event as StreamEvent);
         if (!this.ended) this.markEnded("the agent left the room");
         return;
       } catch (error) {

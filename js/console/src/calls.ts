@@ -83,7 +83,8 @@ export class CallsList {
             h("span", { class: "call-room", text: call.room }),
             h("span", { class: "state", attrs: { "data-state": call.agent_state }, text: call.agent_state }),
             h("span", { class: "call-line", text: `${call.agent_code} · ${who}` }),
-            h("span", { class: "call-line" }, call.started_at ? `${duration(now - call.started_at)}` : "", call.operators ? h("span", { class: "operator-tag", text: "operator live" }) : null),
+            h("span", { class: "call-time", text: call.started_at ? duration(now - call.started_at) : "" }),
+            call.operators ? h("span", { class: "operator-tag", text: "● operator on the line" }) : null,
           ),
         );
       }),

@@ -65,16 +65,17 @@ function textArea(name: string, placeholder: string, rows = 3): HTMLTextAreaElem
   return h("textarea", { attrs: { name, rows, placeholder, required: true, maxlength: 10000 } });
 }
 
-export function speakForm(target: CallTarget, onSent: (requestId: string, text: string) => void): HTMLFormElement {
+export function speakForm(target: CallTarget, onSent: (requestId: string, text: string) => void, onRefused: (requestId: string) => void): HTMLFormElement {
   const message = textArea("message", "What the agent says, word for word");
   const [when, mode] = radios("When", uid("speak-mode"), [["queue", "After what is queued"], ["interrupt", "Now (interrupt)"], ["if_idle", "Only if idle"]], "queue");
   return form("Speak", [field("Message", message, "Ctrl+Enter sends."), when], "Speak", async () => {
     const text = message.value;
     const chosen = mode();
-    const answer = await send(target, "Speak", `${text} · ${chosen}`, (id) => {
-      onSent(id, text);
-      return target.gateway.speak(target.agentCode, { message: text, room_id: target.room, mode: chosen }, { idempotencyKey: id });
-    });
+    const requestId = newRequestId();
+    // listed before the answer: its playout events may come first
+    onSent(requestId, text);
+    const answer = await send(target, "Speak", `${text} · ${chosen}`, (id) => target.gateway.speak(target.agentCode, { message: text, room_id: target.room, mode: chosen }, { idempotencyKey: id }), requestId);
+    if (answer === null) onRefused(requestId);
     return answer !== null;
   });
 }

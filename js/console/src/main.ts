@@ -3,6 +3,7 @@
  * calls list and one call's live view. Served by the gateway at /console.
  */
 import { type CallInfo, ConsoleApi, GatewayError, type SessionInfo } from "./api.js";
+import { CallsBoard } from "./board.js";
 import { CallView } from "./call.js";
 import { CallsList } from "./calls.js";
 import { field, h } from "./dom.js";
@@ -59,7 +60,7 @@ function showSignIn(message?: string): void {
 function showConsole(session: SessionInfo): void {
   document.title = "Live calls · imaginex console";
   const main = h("main", { id: "main", class: "layout" });
-  const placeholder = h("section", { class: "call empty" }, h("div", { class: "empty-state" }, h("h2", { text: "No call open" }), h("p", { text: "Choose a call in the list to follow it live." })));
+  const board = new CallsBoard((call) => open(call));
   const calls = new CallsList(api, (call) => open(call), (list) => refreshed(list), () => showSignIn("Your session has ended; sign in again."));
   signedIn = { calls, view: null };
   const codes = session.agent_codes ? session.agent_codes.join(", ") : "all agent codes";
@@ -76,7 +77,7 @@ function showConsole(session: SessionInfo): void {
     ),
     main,
   );
-  main.append(calls.element, placeholder);
+  main.append(calls.element, board.element);
   calls.start();
   (calls.element.querySelector("#calls-title") as HTMLElement).focus();
 
@@ -94,6 +95,7 @@ function showConsole(session: SessionInfo): void {
   }
 
   function refreshed(list: CallInfo[]): void {
+    board.update(list);
     const view = signedIn?.view;
     if (!view) return;
     const call = list.find((c) => c.room === view.room);

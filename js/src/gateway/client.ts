@@ -77,6 +77,8 @@ export interface EventsOptions {
   toolArguments?: boolean;
   /** Also `speech_started` / `speech_finished` of the speeches sent through the gateway. */
   playout?: boolean;
+  /** Called once the gateway has accepted the stream (before any event: an idle call sends none). */
+  onOpen?: () => void;
   signal?: AbortSignal;
 }
 
@@ -214,6 +216,7 @@ export class GatewayClient {
       throw unreachable(error, null);
     }
     if (!response.ok || response.body === null) throw await refusal(response, null);
+    options.onOpen?.();
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     try {
       let buffer = "";

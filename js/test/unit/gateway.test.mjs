@@ -128,7 +128,7 @@ test("the events stream refused: a GatewayError before any event", async () => {
   const server = await serve([refusal(401, "UNAUTHORIZED")]);
   const gateway = new GatewayClient({ baseUrl: server.baseUrl, apiSecret: "wrong" });
   await assert.rejects(async () => {
-    for await (const _ of gateway.events("A1", { roomId: "r" })) assert.fail("no event expected");
+    for await (const _ of gateway.events("A1", { roomId: "r", onOpen: () => assert.fail("not opened") })) assert.fail("no event expected");
   }, (e) => e instanceof GatewayError && e.status === 401 && e.code === "UNAUTHORIZED");
   await server.close();
 });
@@ -150,7 +150,9 @@ test("session mode: no api-secret; the CSRF token on every POST (asked each time
   await gateway.removeContext("A1", { key: "order", room_id: "r" });
   token = "csrf-2";
   await gateway.getState("A1", { room_id: "r" });
-  for await (const _ of gateway.events("A1", { roomId: "r", playout: true }));
+  let opened = 0;
+  for await (const _ of gateway.events("A1", { roomId: "r", playout: true, onOpen: () => opened++ }));
+  assert.equal(opened, 1);
   const [remove, state, events] = server.requests;
   assert.deepEqual([remove.url, state.url], ["/console/api/v1/agent/A1/remove-context", "/console/api/v1/agent/A1/get-state"]);
   assert.deepEqual([remove.headers["x-csrf-token"], state.headers["x-csrf-token"]], ["csrf-1", "csrf-2"]);
