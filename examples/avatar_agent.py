@@ -29,7 +29,8 @@ Here :class:`LocalAvatar` stands where ``bithuman.AvatarSession`` stands: it lau
 solid-colour face) into the room with its own join token, and sets the same
 ``DataStreamAudioOutput``, waiting for the avatar's video track and for the avatar's own
 ``lk.playback_started`` report, so that ``speech_started`` means "the avatar started playing".
-The model side needs no keys: ``OfflineLLM`` answers from the context it was given,
+The model side needs no keys: the test kit's ``ScriptedLLM`` with ``reply_from_context``
+answers from the context it was given,
 ``RecordingTTS`` (the test kit) speaks silence as long as the text, and the VAD is the
 on-device Silero model that livekit-agents ships (the user can barge in by talking).
 
@@ -60,8 +61,7 @@ from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 
 from imaginex_context_plugin import ContextPlugin
-from imaginex_context_plugin.demo import OfflineLLM
-from imaginex_context_plugin.testing import RecordingTTS
+from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, reply_from_context
 
 AGENT_NAME: Final = "avatar-agent"
 AGENT_CODE: Final = "AVATAR001"
@@ -141,7 +141,7 @@ class LocalAvatar:
 async def entrypoint(ctx: JobContext) -> None:
     await ctx.connect()  # the avatar's token names this agent, whose identity comes with it
     session: AgentSession[Any] = AgentSession(
-        llm=OfflineLLM(),
+        llm=ScriptedLLM(default_reply=reply_from_context),
         tts=RecordingTTS(seconds_per_char=SECONDS_PER_CHAR),
         vad=inference.VAD(),
         turn_handling={

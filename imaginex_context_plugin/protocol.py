@@ -28,9 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ErrorCode as ErrorCode
-from .errors import ProtocolError as ProtocolError
-from .errors import invalid_type_message, validation_sentence
+from .errors import ErrorCode, ProtocolError, invalid_type_message, validation_sentence
 
 CONTEXT_TOPIC: Final = "imaginex.context"
 """Data-packet topic the receiver listens on."""
@@ -90,6 +88,8 @@ MESSAGE_TYPES: Final[tuple[str, ...]] = get_args(MessageType)
 INVALID_TYPE_MESSAGE: Final = invalid_type_message(MESSAGE_TYPES)
 
 ContextRole = Literal["system", "developer", "user", "assistant"]
+DEFAULT_CONTEXT_ROLE: Final[ContextRole] = "system"
+"""The chat role of added context unless the request names one."""
 SpeakMode = Literal["queue", "interrupt", "if_idle"]
 ContextScope = Literal["persistent", "next_turn"]
 InstructionsMode = Literal["append", "replace"]
@@ -106,6 +106,16 @@ UPDATE_INSTRUCTIONS_SUCCESS_MESSAGE: Final = "Instructions updated"
 RESET_INSTRUCTIONS_SUCCESS_MESSAGE: Final = "Instructions reset"
 USER_MESSAGE_SUCCESS_MESSAGE: Final = "User message added"
 GET_HISTORY_SUCCESS_MESSAGE: Final = "History retrieved successfully"
+
+
+def oversize(payload: str | bytes) -> int | None:
+    """The encoded size of ``payload`` when it is over ``MAX_PAYLOAD_BYTES``, else None.
+
+    Each caller words its own refusal (the receiver, the sender, the gateway speak to different
+    people), but they all measure the same thing: UTF-8 bytes on the wire.
+    """
+    size = len(payload) if isinstance(payload, bytes) else len(payload.encode("utf-8"))
+    return size if size > MAX_PAYLOAD_BYTES else None
 
 
 # (millisecond, its text): every ack carries a timestamp, and a burst of acks shares a few
@@ -272,7 +282,7 @@ class AddContextRequest(_Request):
     type: Literal["add_context"]
     message: str | None = None
     context: str | None = None
-    role: ContextRole = "system"
+    role: ContextRole = DEFAULT_CONTEXT_ROLE
     key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)] | None = None
     """A later add_context with the same key replaces this one in place."""
     trigger_reply: bool = False

@@ -22,8 +22,9 @@ from typing import Final
 from livekit import rtc
 from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF
 
-from ..errors import ContextError, ErrorCode
+from ..errors import ErrorCode
 from ..protocol import AGENT_CODE_ATTRIBUTE, SENDER_ATTRIBUTE
+from ..request_errors import ContextError
 
 AGENT_KIND: Final = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
 

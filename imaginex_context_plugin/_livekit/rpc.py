@@ -19,8 +19,9 @@ from typing import Final
 import aiohttp
 from livekit import api, rtc
 
-from ..errors import ContextError, ErrorCode
+from ..errors import ErrorCode
 from ..protocol import RPC_METHOD
+from ..request_errors import ContextError
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 
 from livekit import api
 
-from .room_service import MAX_ROOM_TOKENS as MAX_ROOM_TOKENS
-from .room_service import TOKEN_TTL as TOKEN_TTL
 from .room_service import RoomService
 
 

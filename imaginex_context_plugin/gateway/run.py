@@ -40,6 +40,8 @@ DEFAULT_HOST: Final = "127.0.0.1"
 """The interface the gateway listens on."""
 DEFAULT_PORT: Final = 8089
 """The port the gateway listens on."""
+DEFAULT_CONSOLE: Final = True
+"""The operator console is served at ``/console`` unless turned off."""
 
 
 def run_gateway(
@@ -60,7 +62,7 @@ def run_gateway(
     public_url: str | None = None,
     max_rooms: int = DEFAULT_MAX_ROOMS,
     max_concurrent_joins: int = DEFAULT_MAX_CONCURRENT_JOINS,
-    console: bool = True,
+    console: bool = DEFAULT_CONSOLE,
     console_livekit_url: str | None = None,
     console_secure_cookies: bool | None = None,
 ) -> None:

@@ -18,15 +18,8 @@ from json.encoder import encode_basestring
 from typing import Any, Final, Literal
 
 from .. import protocol
-from ..protocol import (
-    AckData,
-    AgentStateInfo,
-    ErrorCode,
-    MessageType,
-    Request,
-    SuccessAck,
-    error_ack,
-)
+from ..errors import ErrorCode
+from ..protocol import AckData, AgentStateInfo, MessageType, Request, SuccessAck, error_ack
 from .jobs import Success
 
 _INTERNAL_ERROR_MESSAGE: Final = (

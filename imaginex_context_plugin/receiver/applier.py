@@ -17,13 +17,13 @@ from livekit.agents import llm
 from livekit.agents.utils import is_given
 
 from ..context import ContextStore
+from ..errors import ErrorCode
 from ..log import logger
 from ..protocol import (
     ADD_CONTEXT_SUCCESS_MESSAGE,
     REMOVE_CONTEXT_SUCCESS_MESSAGE,
     SPEAK_SUCCESS_MESSAGE,
     AddContextRequest,
-    ErrorCode,
     GetStateRequest,
     RemoveContextRequest,
     SpeakRequest,

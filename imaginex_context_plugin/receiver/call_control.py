@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 from livekit.agents import llm
 
 from .. import protocol
+from ..errors import ErrorCode
 from ..log import logger
 from ..protocol import (
     CANCEL_SUCCESS_MESSAGE,
@@ -36,7 +37,6 @@ from ..protocol import (
     USER_MESSAGE_SUCCESS_MESSAGE,
     CancelRequest,
     EndCallRequest,
-    ErrorCode,
     GetHistoryRequest,
     HistoryItem,
     InterruptRequest,

@@ -23,7 +23,7 @@ from livekit import rtc
 from livekit.agents import llm
 
 from .. import protocol
-from .._packet import oversize
+from ..errors import ErrorCode
 from ..log import logger
 from ..protocol import (
     SESSION_EVENT_TYPES,
@@ -33,13 +33,13 @@ from ..protocol import (
     AgentTranscriptEvent,
     CallEndedEvent,
     ConversationItemEvent,
-    ErrorCode,
     SessionEvent,
     SubscribeRequest,
     ToolCallEvent,
     UnsubscribeRequest,
     UserStateEvent,
     UserTranscriptEvent,
+    oversize,
     utc_timestamp,
 )
 from .answers import AckWriter

@@ -451,7 +451,7 @@ async def test_the_events_stream_by_session_and_sign_out_ends_it(
     )
     assert stream.status == 200
     assert stream.headers["Content-Type"] == "text/event-stream"
-    await wait_until(lambda: agent.plugin._subscribers.identities == [GATEWAY])
+    await wait_until(lambda: agent.plugin.subscribers == [GATEWAY])
     speak = await client.post(
         f"/console/api/v1/agent/{CODE}/speak",
         json={"message": "Still there?", "room_id": ROOM_1},
@@ -473,7 +473,33 @@ async def test_the_events_stream_by_session_and_sign_out_ends_it(
     # the stream is cut at once (not ended as after a call: no call_ended comes)
     with pytest.raises(aiohttp.ClientPayloadError):
         await asyncio.wait_for(stream.content.read(), 5)
-    await wait_until(lambda: agent.plugin._subscribers.identities == [])
+    await wait_until(lambda: agent.plugin.subscribers == [])
+
+
+async def test_an_events_stream_ends_once_its_session_has_ended(
+    fleet: Fleet, make_console: Any
+) -> None:
+    agent = await fleet.agent(ROOM_1, permissions=EVERYTHING)
+    clock = Clock()
+    client: Client = await make_console(
+        console_options={
+            "sessions": MemorySessions(clock=clock),
+            "session_idle_s": 60.0,
+            "stream_check_s": 0.05,
+        }
+    )
+    await sign_in(client)
+    stream = await client.get(
+        f"/console/api/v1/agent/{CODE}/events", params={"room_id": ROOM_1}
+    )
+    assert stream.status == 200
+    await wait_until(lambda: agent.plugin.subscribers == [GATEWAY])
+    await asyncio.sleep(0.2)  # checked a few times: the session is alive, the stream stays
+    assert not stream.content.at_eof()
+    clock.now += 61  # the session has been idle too long
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await asyncio.wait_for(stream.content.read(), 5)
+    await wait_until(lambda: agent.plugin.subscribers == [])
 
 
 async def test_console_requests_count_against_the_tenants_rate_limit(
@@ -556,7 +582,7 @@ async def test_one_tenant_cannot_reach_anothers_calls(fleet: Fleet, make_console
         response = await client.request(method, path, json=body, headers=csrf)
         assert response.status == 404, path
         assert (await response.json())["error"] == "AGENT_NOT_FOUND"
-    assert agent.plugin._subscribers.identities == []
+    assert agent.plugin.subscribers == []
     assert agent.said() == []
 
 

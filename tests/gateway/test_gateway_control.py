@@ -17,11 +17,11 @@ import pytest
 from livekit import rtc
 
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, RPC_METHOD
+from imaginex_context_plugin.errors import ErrorCode
 from imaginex_context_plugin.gateway import build_openapi
 from imaginex_context_plugin.protocol import (
     USER_MESSAGE_SUCCESS_MESSAGE,
     AckData,
-    ErrorCode,
     HistoryItem,
     IOState,
     SuccessAck,

@@ -63,7 +63,7 @@ async def test_a_stream_gets_the_rooms_events_until_the_call_ends(
     )
     assert response.status == 200
     assert response.headers["Content-Type"] == "text/event-stream"
-    await wait_until(lambda: agent.plugin._subscribers.identities == [GATEWAY])
+    await wait_until(lambda: agent.plugin.subscribers == [GATEWAY])
     status = (await client.post(
         f"/v1/agent/{CODE}/speak", json={"message": "Hello there.", "room_id": ROOM_1},
         headers=HEADERS,
@@ -92,13 +92,13 @@ async def test_the_last_stream_to_go_unsubscribes(
     assert first.status == second.status == 200
     line = await first.content.readline()
     assert line == b": heartbeat\n"
-    subs = agent.plugin._subscribers
-    assert subs.identities == [GATEWAY]
+    plugin = agent.plugin
+    assert plugin.subscribers == [GATEWAY]
     first.close()
     await asyncio.sleep(0.2)
-    assert subs.identities == [GATEWAY]  # the second stream still needs it
+    assert plugin.subscribers == [GATEWAY]  # the second stream still needs it
     second.close()
-    await wait_until(lambda: subs.identities == [], "the gateway to unsubscribe")
+    await wait_until(lambda: plugin.subscribers == [], "the gateway to unsubscribe")
 
 
 async def test_a_client_that_goes_away_ends_its_stream_quietly(
@@ -111,7 +111,7 @@ async def test_a_client_that_goes_away_ends_its_stream_quietly(
     agent = await fleet.agent(ROOM_1, permissions=WATCH)
     app = create_app(fleet.backend(), ApiSecrets(secret=SECRET))
     server = await start_gateway_server(app, host="127.0.0.1", port=0)
-    subs = agent.plugin._subscribers
+    plugin = agent.plugin
 
     def access() -> list[int]:
         return [getattr(r, "status", 0) for r in caplog.records if getattr(r, "path", "") == PATH]
@@ -127,7 +127,7 @@ async def test_a_client_that_goes_away_ends_its_stream_quietly(
                 assert response.status == 200
                 assert await response.content.readline() == b": heartbeat\n"
                 response.close()  # the client hangs up mid-stream
-            await wait_until(lambda: subs.identities == [], "the gateway to unsubscribe")
+            await wait_until(lambda: plugin.subscribers == [], "the gateway to unsubscribe")
             await wait_until(access, "the stream's access log line")
     finally:
         await server.aclose()
@@ -226,8 +226,8 @@ async def test_two_agent_codes_in_one_room_each_keep_their_stream(
     stream_a = await client.get(PATH, params=query, headers=HEADERS)
     stream_b = await client.get(f"/v1/agent/{CODE_B}/events", params=query, headers=HEADERS)
     assert (stream_a.status, stream_b.status) == (200, 200)
-    subs_a, subs_b = agent_a.plugin._subscribers, agent_b.plugin._subscribers
-    await wait_until(lambda: subs_a.identities == subs_b.identities == [GATEWAY])
+    plugin_a, plugin_b = agent_a.plugin, agent_b.plugin
+    await wait_until(lambda: plugin_a.subscribers == plugin_b.subscribers == [GATEWAY])
 
     # each stream hears its own agent, and only it
     for code, text, stream in (
@@ -245,11 +245,11 @@ async def test_two_agent_codes_in_one_room_each_keep_their_stream(
 
     # the last stream of A closing unsubscribes A, and only A
     stream_a.close()
-    await wait_until(lambda: subs_a.identities == [], "the gateway to unsubscribe from A")
-    assert subs_b.identities == [GATEWAY]
+    await wait_until(lambda: plugin_a.subscribers == [], "the gateway to unsubscribe from A")
+    assert plugin_b.subscribers == [GATEWAY]
     assert backend.pooled_rooms == [ROOM_1]  # B's stream still holds the room
     stream_b.close()
-    await wait_until(lambda: subs_b.identities == [], "the gateway to unsubscribe from B")
+    await wait_until(lambda: plugin_b.subscribers == [], "the gateway to unsubscribe from B")
     # and the room connection, no longer held, goes once idle
     await wait_until(lambda: backend.pooled_rooms == [], "the room connection to be let go")
 
@@ -443,7 +443,7 @@ async def test_playout_true_adds_the_speech_events_of_speeches_sent_through_the_
     with_playout = await client.get(PATH, params={**params, "playout": "true"}, headers=HEADERS)
     without = await client.get(PATH, params=params, headers=HEADERS)
     assert with_playout.status == without.status == 200
-    await wait_until(lambda: agent.plugin._subscribers.identities == [GATEWAY])
+    await wait_until(lambda: agent.plugin.subscribers == [GATEWAY])
     speak = await client.post(
         f"/v1/agent/{CODE}/speak",
         json={"message": "Your order shipped.", "room_id": ROOM_1},

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 from livekit import rtc
 
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, RPC_METHOD
+from imaginex_context_plugin.errors import ErrorCode
 from imaginex_context_plugin.gateway import (
     FAILURE_PRECEDENCE,
     STATUS_FOR,
@@ -34,7 +35,6 @@ from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory
 from imaginex_context_plugin.gateway.directory.webhook import WEBHOOK_PATH
 from imaginex_context_plugin.gateway.http.limits import FailureLimiter, client_key
 from imaginex_context_plugin.gateway.models import CONTROL_BODIES
-from imaginex_context_plugin.protocol import ErrorCode
 from imaginex_context_plugin.replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER
 from imaginex_context_plugin.security import RateLimit
 from tests.gateway_fixtures import (

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from imaginex_context_plugin import protocol
-from imaginex_context_plugin.errors import BackendError, ErrorCode
+from imaginex_context_plugin.errors import BackendError, ErrorCode, ProtocolError
 from imaginex_context_plugin.gateway import DEFAULT_HEADER_TIMEOUT_S
 from imaginex_context_plugin.gateway.delivery import (
     REPLIES_PATH,
@@ -105,7 +105,7 @@ def test_an_envelope_without_reply_to_dumps_exactly_as_before() -> None:
 )
 def test_a_reply_to_that_is_not_a_plain_url_is_a_validation_error(reply_to: str) -> None:
     packet = {"type": "signed", "body": "{}", "timestamp": 1, "signature": "ab"}
-    with pytest.raises(protocol.ProtocolError) as raised:
+    with pytest.raises(ProtocolError) as raised:
         protocol.read_packet(json.dumps({**packet, "reply_to": reply_to}).encode())
     assert raised.value.code is ErrorCode.VALIDATION_ERROR
 

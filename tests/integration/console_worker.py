@@ -4,7 +4,7 @@
 
 A support agent on a real ``AgentSession`` with ``RoomIO`` (so it publishes its state and its
 voice to the room): a small scripted LLM that looks orders up with a real function tool
-(``lookup_order``) and otherwise answers from the context it holds (``OfflineLLM``'s rule), a
+(``lookup_order``) and otherwise answers from the context it holds (``reply_from_context``), a
 ``RecordingTTS`` played out in real time to the room, and a scripted STT that hears what a
 participant tells it through the ``test.hear`` RPC method (the live test's "caller"). The
 plugin trusts the gateway's identity with every message type: the console reaches the agent
@@ -32,9 +32,8 @@ from livekit.agents import (
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
 from imaginex_context_plugin import ContextPlugin, accept_with_agent_code
-from imaginex_context_plugin.demo import offline_reply
 from imaginex_context_plugin.gateway import DEFAULT_GATEWAY_IDENTITY
-from imaginex_context_plugin.testing import RecordingTTS
+from imaginex_context_plugin.testing import RecordingTTS, reply_from_context
 from tests.fakes.stt import ScriptedSTT, SilentAudioInput
 
 AGENT_NAME: Final = "console-agent"
@@ -94,7 +93,7 @@ class _SupportStream(llm.LLMStream):
             delta = llm.ChoiceDelta(role="assistant", tool_calls=[call])
             self._event_ch.send_nowait(llm.ChatChunk(id="support", delta=delta))
             return
-        self._say(offline_reply(self.chat_ctx))
+        self._say(reply_from_context(self.chat_ctx))
 
     def _say(self, reply: str) -> None:
         for i, word in enumerate(reply.split(" ")):

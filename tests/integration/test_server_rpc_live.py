@@ -31,16 +31,17 @@ import pytest
 from livekit import api, rtc
 from livekit.agents import Agent, AgentSession
 
+from devtools.livekit_cluster import LiveKitCluster
 from devtools.livekit_server import ServerInfo
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextPlugin
 from imaginex_context_plugin._livekit.rpc import server_rpc_failure
 from imaginex_context_plugin._livekit.server_rpc import ServerRpc
 from imaginex_context_plugin._livekit.settings import LiveKitSettings
-from imaginex_context_plugin.errors import ContextError, ErrorCode
+from imaginex_context_plugin.errors import ErrorCode
+from imaginex_context_plugin.request_errors import ContextError
 from imaginex_context_plugin.security import sign_request
 from tests.fakes import RecordingTTS, ScriptedLLM
 from tests.helpers import wait_until
-from tests.integration.cluster import LiveKitCluster
 from tests.integration.live import (
     AGENT_CODE,
     AGENT_IDENTITY,

@@ -28,6 +28,7 @@ import bench_vs_livekit  # noqa: E402
 import run_all  # noqa: E402
 
 from imaginex_context_plugin import ErrorAck, ErrorCode, SuccessAck, protocol  # noqa: E402
+from imaginex_context_plugin.errors import ProtocolError  # noqa: E402
 from imaginex_context_plugin.protocol import (  # noqa: E402
     AckData,
     AgentStateInfo,
@@ -260,12 +261,12 @@ def _both_ways(raw: bytes) -> None:
     # accepts, as the same request, and refuse the rest with the same sentence
     try:
         general = protocol.parse_request(raw)
-    except protocol.ProtocolError as exc:
+    except ProtocolError as exc:
         refusal = (exc.code, exc.message)
     else:
         assert protocol.read_packet(raw) == general
         return
-    with pytest.raises(protocol.ProtocolError) as refused:
+    with pytest.raises(ProtocolError) as refused:
         protocol.read_packet(raw)
     assert (refused.value.code, refused.value.message) == refusal
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from imaginex_context_plugin.cli import main
-from imaginex_context_plugin.demo import run_demo
+from imaginex_context_plugin.cli.demo import run_demo
 
 
 async def test_demo_shows_every_promised_behaviour() -> None:
@@ -47,7 +47,7 @@ def test_demo_uses_only_public_seams() -> None:
     import ast
     import inspect
 
-    from imaginex_context_plugin import demo
+    from imaginex_context_plugin.cli import demo
 
     imported = [
         node.module or ""

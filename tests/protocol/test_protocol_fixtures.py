@@ -14,7 +14,8 @@ from livekit import rtc
 from imaginex_context_plugin import protocol, sign_request
 from imaginex_context_plugin._livekit.agents import choose_agent
 from imaginex_context_plugin._livekit.rpc import HANDLER_FAILED, RPC_FAILURES, rpc_failure
-from imaginex_context_plugin.errors import RETRYABLE_CODES, ContextError, ErrorCode
+from imaginex_context_plugin.errors import RETRYABLE_CODES, ErrorCode, ProtocolError
+from imaginex_context_plugin.request_errors import ContextError
 from imaginex_context_plugin.security import SIGNATURE_WINDOW_S, signed_message
 from tests.protocol_fixtures import FIXTURES
 
@@ -95,7 +96,7 @@ def test_server_message_examples(entry: dict[str, Any]) -> None:
 
 @entries("invalid_requests")
 def test_invalid_request_examples(entry: dict[str, Any]) -> None:
-    with pytest.raises(protocol.ProtocolError) as caught:
+    with pytest.raises(ProtocolError) as caught:
         protocol.validate_request(entry["request"])
     assert caught.value.code.value == entry["error"]
     assert caught.value.message == entry["message"]

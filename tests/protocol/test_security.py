@@ -46,7 +46,7 @@ def test_rate_limiter_memory_is_bounded() -> None:
     limiter = RateLimiter(RateLimit(per_second=1, burst=1), max_senders=10, clock=Clock())
     for i in range(1_000):
         limiter.acquire(f"sender-{i}")
-    assert len(limiter._buckets) == 10
+    assert len(limiter) == 10
 
 
 def test_rate_limit_rejects_nonsense() -> None:

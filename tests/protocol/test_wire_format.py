@@ -6,6 +6,7 @@ import json
 
 import imaginex_context_plugin
 from imaginex_context_plugin import protocol
+from imaginex_context_plugin.errors import ErrorCode
 from imaginex_context_plugin.protocol import (
     AckData,
     AddContextRequest,
@@ -14,7 +15,6 @@ from imaginex_context_plugin.protocol import (
     ContextEntryInfo,
     EndCallRequest,
     ErrorAck,
-    ErrorCode,
     GetHistoryRequest,
     GetStateRequest,
     HistoryItem,

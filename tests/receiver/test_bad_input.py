@@ -662,7 +662,7 @@ async def test_random_packets_through_the_room_get_one_answer_or_a_documented_si
             )
 
         await wait_until(answered, "every packet on the topic to be answered")
-        await wait_until(lambda: plugin._work.idle, "the queue to be applied")
+        await wait_until(lambda: plugin.idle, "the queue to be applied and answered")
         await asyncio.sleep(0.05)  # time for an answer too many to show
 
         acks = [*rpc_answers]

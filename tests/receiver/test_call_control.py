@@ -13,7 +13,6 @@ from livekit.agents.testing import fake_job_context
 
 from imaginex_context_plugin import ContextPlugin, sign_request
 from imaginex_context_plugin.protocol import MAX_PAYLOAD_BYTES
-from imaginex_context_plugin.receiver import AckTransport
 from imaginex_context_plugin.receiver import call_end as call_end_module
 from tests.conftest import BACKEND_IDENTITY, SERVER_SECRET, Harness, HarnessFactory
 from tests.helpers import wait_until
@@ -106,9 +105,20 @@ async def test_the_ack_comes_before_the_shutdown(make_harness: HarnessFactory) -
 async def test_end_call_listeners_hear_the_reason(make_harness: HarnessFactory) -> None:
     harness: Harness = await make_harness(permissions=ALL)
     reasons: list[str] = []
-    harness.plugin._parts.call_end.add_listener(reasons.append)
+    harness.plugin.add_call_end_listener(reasons.append)
     await harness.backend.request({"type": "end_call", "id": "e", "reason": "resolved"})
     await wait_until(lambda: reasons == ["resolved"], "the listener")
+
+
+async def test_a_call_end_listener_added_before_start_hears_the_reason(
+    make_harness: HarnessFactory,
+) -> None:
+    harness: Harness = await make_harness(permissions=ALL, start_plugin=False)
+    reasons: list[str] = []
+    harness.plugin.add_call_end_listener(reasons.append)
+    await harness.plugin.start(harness.session, harness.agent_room)
+    await harness.backend.request({"type": "end_call", "id": "e"})
+    await wait_until(lambda: reasons == ["end_call"], "the listener")
 
 
 async def test_subscribers_get_call_ended_with_the_reason(make_harness: HarnessFactory) -> None:
@@ -589,9 +599,12 @@ async def test_in_a_job_the_room_is_deleted_only_after_call_ended_went_out(
 ) -> None:
     # the linger is for the real wire; here only the order is checked
     monkeypatch.setattr(call_end_module, "LINGER_S", 0.0)
-    harness = await make_harness(permissions={BACKEND_IDENTITY: {"*"}}, start_plugin=False)
-    transport = _StallingTransport(AckTransport(harness.agent_room), BACKEND_IDENTITY)
-    harness.plugin._ack_transport = transport
+    transport = _StallingTransport(BACKEND_IDENTITY)
+    harness = await make_harness(
+        permissions={BACKEND_IDENTITY: {"*"}},
+        start_plugin=False,
+        ack_transport_for=transport.bind,
+    )
 
     with fake_job_context(room=harness.agent_room) as job_ctx:
 
@@ -624,9 +637,12 @@ async def test_in_a_job_a_stalled_subscriber_delays_the_room_deletion_boundedly(
 ) -> None:
     monkeypatch.setattr(call_end_module, "LINGER_S", 0.0)
     monkeypatch.setattr(call_end_module, "FLUSH_TIMEOUT_S", 0.3)
-    harness = await make_harness(permissions={BACKEND_IDENTITY: {"*"}}, start_plugin=False)
-    transport = _StallingTransport(AckTransport(harness.agent_room), BACKEND_IDENTITY)
-    harness.plugin._ack_transport = transport
+    transport = _StallingTransport(BACKEND_IDENTITY)
+    harness = await make_harness(
+        permissions={BACKEND_IDENTITY: {"*"}},
+        start_plugin=False,
+        ack_transport_for=transport.bind,
+    )
 
     with fake_job_context(room=harness.agent_room) as job_ctx:
         try:

@@ -21,7 +21,7 @@ from imaginex_context_plugin import (
     ContextPlugin,
     sign_request,
 )
-from imaginex_context_plugin.plugin import MAX_OUTBOUND_ANSWERS
+from imaginex_context_plugin.receiver import MAX_OUTBOUND_ANSWERS
 from tests.conftest import AGENT_CODE, BACKEND_IDENTITY, Harness, HarnessFactory
 from tests.fakes import RecordingTTS, ScriptedLLM
 from tests.helpers import wait_until
@@ -287,7 +287,7 @@ async def test_the_outbound_queue_is_bounded_and_drops_untrusted_refusals_first(
 
     transport.release.set()
     await wait_until(lambda: any(m.get("id") == "ok" for _, m in transport.sent))
-    await wait_until(lambda: not harness.plugin._outbox.waiting)
+    await wait_until(lambda: harness.plugin.idle)
     to_backend = [m for who, m in transport.sent if who == BACKEND_IDENTITY]
     assert sorted(m["id"] for m in to_backend) == sorted([f"bad{i}" for i in range(10)] + ["ok"])
     to_stranger = [m for who, m in transport.sent if who == "stranger"]

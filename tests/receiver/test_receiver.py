@@ -510,8 +510,9 @@ async def test_async_with_closes(make_harness: HarnessFactory) -> None:
     harness: Harness = await make_harness(start_plugin=False)
     async with harness.plugin as plugin:
         await plugin.start(harness.session, harness.agent_room)
-    assert harness.plugin._closed
-    assert harness.plugin._tasks == []
+    assert harness.plugin.closed
+    # every task it started was awaited: none of its (named) tasks is left
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("imaginex_context.")]
 
 
 async def test_inside_a_job_aclose_is_a_shutdown_callback(make_harness: HarnessFactory) -> None:
@@ -523,7 +524,7 @@ async def test_inside_a_job_aclose_is_a_shutdown_callback(make_harness: HarnessF
         await job_ctx._shutdown_callbacks[-1]("test")
         # the real job runner removes this at shutdown; fake_job_context leaves it behind
         job_ctx._tempdir.cleanup()
-    assert harness.plugin._closed
+    assert harness.plugin.closed
 
 
 async def test_messages_queued_at_close_are_still_answered(make_harness: HarnessFactory) -> None:

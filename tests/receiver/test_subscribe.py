@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from livekit import rtc
 from livekit.agents import llm
 from livekit.agents.voice.events import FunctionToolsExecutedEvent
 
@@ -196,13 +197,13 @@ async def test_unsubscribe_and_leaving_end_the_subscription(make_harness: Harnes
     watcher = harness.backend_as("watcher")
     await subscribe(harness, events=["agent_state"])
     await watcher.request({"type": "subscribe", "id": "w", "events": ["agent_state"]})
-    subs = harness.plugin._subscribers
-    assert sorted(subs.identities) == [BACKEND_IDENTITY, "watcher"]
+    plugin = harness.plugin
+    assert sorted(plugin.subscribers) == [BACKEND_IDENTITY, "watcher"]
 
     ack = await harness.backend.request({"type": "unsubscribe", "id": "u"})
     assert ack["data"]["removed"] is True
     await watcher.room.disconnect()
-    await wait_until(lambda: subs.identities == [], "both subscriptions to end")
+    await wait_until(lambda: plugin.subscribers == [], "both subscriptions to end")
     await harness.backend.request({"type": "speak", "id": "s", "message": "Anyone there?"})
     await harness.backend.event("speech_finished", "s")
     assert not events_of(harness, "agent_state")
@@ -211,13 +212,18 @@ async def test_unsubscribe_and_leaving_end_the_subscription(make_harness: Harnes
 class _StallingTransport(AckTransport):
     """Sends at once, except session events to ``stalled``: those wait for ``release``.
 
-    (Its acks go through the plugin's one publisher, like everybody's; what is bounded per
-    subscriber is its stream of events.)"""
+    Give :meth:`bind` to the harness (``make_harness(ack_transport_for=...)``): it wraps the
+    room's real transport. (Its acks go through the plugin's one publisher, like everybody's;
+    what is bounded per subscriber is its stream of events.)"""
 
-    def __init__(self, inner: AckTransport, stalled: str) -> None:
-        self._inner = inner
+    def __init__(self, stalled: str) -> None:
         self._stalled = stalled
         self.release = asyncio.Event()
+
+    def bind(self, room: rtc.Room) -> AckTransport:
+        """This transport, sending through ``room``'s real one."""
+        self._inner = AckTransport(room)
+        return self
 
     async def send(self, payload: bytes, destination_identity: str) -> None:
         if destination_identity == self._stalled and not payload.startswith(b'{"type":"ack"'):
@@ -229,10 +235,8 @@ async def test_a_stalled_subscriber_loses_its_oldest_events_and_delays_nobody(
     make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(subscribers_module, "SUBSCRIBER_QUEUE_SIZE", 4)
-    harness: Harness = await make_harness(**TRUSTED, start_plugin=False)
-    transport = _StallingTransport(AckTransport(harness.agent_room), "stalled")
-    harness.plugin._ack_transport = transport
-    await harness.plugin.start(harness.session, harness.agent_room)
+    transport = _StallingTransport("stalled")
+    harness: Harness = await make_harness(**TRUSTED, ack_transport_for=transport.bind)
     stalled = harness.backend_as("stalled")
     await stalled.send({"type": "subscribe", "id": "st", "events": ["agent_state"]})
     await subscribe(harness, events=["agent_state"])
@@ -262,15 +266,13 @@ async def test_a_stalled_subscriber_loses_its_oldest_events_and_delays_nobody(
 async def test_aclose_does_not_wait_for_a_stalled_subscriber(
     make_harness: HarnessFactory,
 ) -> None:
-    harness: Harness = await make_harness(**TRUSTED, start_plugin=False)
-    transport = _StallingTransport(AckTransport(harness.agent_room), BACKEND_IDENTITY)
-    harness.plugin._ack_transport = transport
-    await harness.plugin.start(harness.session, harness.agent_room)
+    transport = _StallingTransport(BACKEND_IDENTITY)
+    harness: Harness = await make_harness(**TRUSTED, ack_transport_for=transport.bind)
     harness.plugin.ingest(
         json.dumps({"type": "subscribe", "id": "s", "events": ["agent_state"]}),
         sender_identity=BACKEND_IDENTITY,
     )
-    await wait_until(lambda: harness.plugin._subscribers.identities != [], "the subscription")
+    await wait_until(lambda: harness.plugin.subscribers != [], "the subscription")
     harness.session._update_agent_state("speaking")
     started = time.monotonic()
     await harness.plugin.aclose()

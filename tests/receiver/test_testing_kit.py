@@ -42,10 +42,17 @@ def test_the_kit_exports_what_the_page_lists() -> None:
             "RecordingTTS",
             "ScriptedLLM",
             "ScriptedLLMStream",
+            "reply_from_context",
             "start_session",
         ]
     )
-    for name in ("ScriptedLLM", "RecordingTTS", "RecordingAudioOutput", "start_session"):
+    for name in (
+        "ScriptedLLM",
+        "RecordingTTS",
+        "RecordingAudioOutput",
+        "start_session",
+        "reply_from_context",
+    ):
         assert f"`{name}(" in PAGE.read_text(encoding="utf-8")
 
 

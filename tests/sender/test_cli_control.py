@@ -448,13 +448,13 @@ def watched_call(call: Call) -> Callable[[SenderSettings], Awaitable[ContextClie
         sender_room = network.create_room(settings.room, settings.identity or CLI_IDENTITY)
 
         async def play() -> None:
-            await wait_until(lambda: plugin._subscribers.identities != [], "the subscription")
+            await wait_until(lambda: plugin.subscribers != [], "the subscription")
             await call.then(session, plugin, agent_room)
 
         task = asyncio.ensure_future(play())
 
         async def teardown() -> None:
-            call.subscribers_left = plugin._subscribers.identities
+            call.subscribers_left = plugin.subscribers
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await plugin.aclose()

@@ -36,8 +36,8 @@ from imaginex_context_plugin import (
     sender_token,
 )
 from imaginex_context_plugin._livekit.agents import choose_agent as _pick_agent
-from imaginex_context_plugin.client import Via
 from imaginex_context_plugin.protocol import SENDER_ATTRIBUTE
+from imaginex_context_plugin.sender import Via
 from tests.conftest import (
     AGENT_CODE,
     AGENT_IDENTITY,

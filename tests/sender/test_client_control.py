@@ -16,7 +16,7 @@ from imaginex_context_plugin import (
     ErrorCode,
     HistoryResult,
 )
-from imaginex_context_plugin.client import Via
+from imaginex_context_plugin.sender import Via
 from tests.conftest import BACKEND_IDENTITY, Harness, HarnessFactory
 from tests.helpers import wait_until
 

@@ -23,8 +23,8 @@ from imaginex_context_plugin import (
     ErrorCode,
     sign_request,
 )
-from imaginex_context_plugin.client import Via
 from imaginex_context_plugin.security import RateLimit, SignatureProblem, SignatureVerifier
+from imaginex_context_plugin.sender import Via
 from tests.conftest import AGENT_CODE, Harness, HarnessFactory
 from tests.protocol_fixtures import signature
 from tests.sender.test_client import DropFirstAck, LoseFirstResponse, packets_for

@@ -11,7 +11,6 @@ import pytest
 from livekit import rtc
 
 from imaginex_context_plugin import ACK_TOPIC, CONTEXT_TOPIC, ContextClient, ErrorCode
-from imaginex_context_plugin.client import Via
 from imaginex_context_plugin.protocol import (
     AgentStateEvent,
     AgentTranscriptEvent,
@@ -20,9 +19,8 @@ from imaginex_context_plugin.protocol import (
     SessionEvent,
     SessionEventType,
 )
-from imaginex_context_plugin.receiver import AckTransport
 from imaginex_context_plugin.receiver import subscribers as subscribers_module
-from imaginex_context_plugin.sender import ContextError, SessionEvents
+from imaginex_context_plugin.sender import ContextError, SessionEvents, Via
 from tests.conftest import AGENT_IDENTITY, BACKEND_IDENTITY, Harness, HarnessFactory
 from tests.helpers import wait_until
 from tests.receiver.test_subscribe import _StallingTransport
@@ -97,7 +95,7 @@ async def test_events_that_arrive_before_the_subscribe_ack_are_kept(
     harness.backend.room.local_participant.add_rpc_interceptor(SlowAnswer())
     async with ContextClient(harness.backend.room) as client:
         opening = asyncio.ensure_future(client.subscribe(events=["agent_state"]).start())
-        await wait_until(lambda: harness.plugin._subscribers.identities != [], "the subscription")
+        await wait_until(lambda: harness.plugin.subscribers != [], "the subscription")
         harness.session.say("Hello.")
         await wait_until(lambda: harness.plugin.stats.events_sent >= 2, "events sent")
         assert not opening.done()
@@ -114,11 +112,11 @@ async def test_leaving_early_unsubscribes(make_harness: HarnessFactory) -> None:
     harness = await granted(make_harness)
     async with ContextClient(harness.backend.room, via="data") as client:
         async with client.subscribe(events=["agent_state"]) as events:
-            assert harness.plugin._subscribers.identities == [BACKEND_IDENTITY]
+            assert harness.plugin.subscribers == [BACKEND_IDENTITY]
             await client.speak("Hi.")
             first = await asyncio.wait_for(anext(events), 5.0)
         assert sent_types(harness) == ["subscribe", "speak", "unsubscribe"]
-        await wait_until(lambda: harness.plugin._subscribers.identities == [], "the unsubscribe")
+        await wait_until(lambda: harness.plugin.subscribers == [], "the unsubscribe")
         # the client may subscribe again once the first is closed
         again = await client.subscribe(events=["user_state"], interim=True, tool_arguments=True)
         await again.aclose()
@@ -143,7 +141,7 @@ async def test_unsubscribe_ends_the_open_iteration(make_harness: HarnessFactory)
 
     assert (ack.id, ack.data.context_type, ack.data.removed) == ("u-1", "unsubscribe", True)
     assert again.data.removed is False
-    assert harness.plugin._subscribers.identities == []
+    assert harness.plugin.subscribers == []
 
 
 async def test_subscribe_without_the_permission_is_refused_on_entry(harness: Harness) -> None:
@@ -208,10 +206,8 @@ async def test_what_the_agent_dropped_is_surfaced_too(
     make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(subscribers_module, "SUBSCRIBER_QUEUE_SIZE", 2)
-    harness = await granted(make_harness, start_plugin=False)
-    transport = _StallingTransport(AckTransport(harness.agent_room), BACKEND_IDENTITY)
-    harness.plugin._ack_transport = transport
-    await harness.plugin.start(harness.session, harness.agent_room)
+    transport = _StallingTransport(BACKEND_IDENTITY)
+    harness = await granted(make_harness, ack_transport_for=transport.bind)
     async with ContextClient(harness.backend.room) as client:
         events = await client.subscribe(events=["agent_state"])
         for state in ("speaking", "listening") * 3:

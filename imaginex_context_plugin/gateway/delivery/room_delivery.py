@@ -35,9 +35,10 @@ from ..._livekit.rooms import LiveKitRoomDirectory, ParticipantSummary, RoomDire
 from ..._livekit.rpc import call_agent
 from ..._livekit.settings import LiveKitSettings
 from ..._livekit.tokens import gateway_token
-from ...errors import BackendError, ContextError, ErrorCode
+from ...errors import BackendError, ErrorCode
 from ...log import logger
 from ...protocol import AGENT_CODE_ATTRIBUTE
+from ...request_errors import ContextError
 from ..directory.agent_directory import AgentDirectory
 from ..directory.sync import DEFAULT_RECONCILE_INTERVAL_S, DirectorySync
 from ..directory.webhook import LiveKitWebhook

@@ -35,17 +35,16 @@ from livekit import api, rtc
 
 from ..._livekit.send_data import DataSender
 from ..._livekit.settings import LiveKitSettings
-from ..._packet import oversize
-from ...errors import BackendError, ErrorCode, StateUnavailable
+from ...errors import BackendError, ErrorCode, ProtocolError, StateUnavailable
 from ...expiring import ExpiringCache
 from ...log import logger
 from ...protocol import (
     CONTEXT_TOPIC,
     MAX_PAYLOAD_BYTES,
-    ProtocolError,
     SignedEnvelope,
     decode_object,
     load_untrusted_json,
+    oversize,
     read_packet,
 )
 from ...replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER, reply_signature_valid

@@ -33,17 +33,17 @@ from aiohttp import web
 from livekit import rtc
 
 from ..._livekit.rpc import call_agent
-from ...errors import ContextError, did_you_mean
+from ...errors import ErrorCode, did_you_mean
 from ...log import logger
 from ...protocol import (
     ACK_TOPIC,
     SESSION_EVENT_TYPES,
     ErrorAck,
-    ErrorCode,
     echo,
     load_untrusted_json,
     parse_ack,
 )
+from ...request_errors import ContextError
 from ..delivery.agent_backend import AgentTarget, RoomHolder
 from ..refusals import STATUS_FOR, Refusal, invalid
 from .fanout import FanOut

@@ -17,10 +17,9 @@ import logging
 from dataclasses import dataclass
 from typing import Final
 
-from ..._packet import oversize
-from ...errors import BackendError, StateUnavailable
+from ...errors import BackendError, ErrorCode, StateUnavailable
 from ...log import logger
-from ...protocol import MAX_PAYLOAD_BYTES, ErrorCode, SuccessAck, parse_ack
+from ...protocol import MAX_PAYLOAD_BYTES, SuccessAck, oversize, parse_ack
 from ..delivery.agent_backend import AgentBackend, AgentTarget
 from ..models import RoomResult
 from ..refusals import STATUS_FOR, Refusal, state_unavailable

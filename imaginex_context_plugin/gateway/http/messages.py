@@ -12,13 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from ..._packet import oversize
+from ...errors import ErrorCode, ProtocolError
 from ...protocol import (
     MAX_PAYLOAD_BYTES,
     MAX_SENDER_LENGTH,
-    ErrorCode,
-    ProtocolError,
     SignedEnvelope,
+    oversize,
     validate_request,
 )
 from ...security import sign_request

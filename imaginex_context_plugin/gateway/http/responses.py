@@ -9,12 +9,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ...protocol import (
-    ADD_CONTEXT_SUCCESS_MESSAGE,
-    SPEAK_SUCCESS_MESSAGE,
-    ErrorCode,
-    utc_timestamp,
-)
+from ...errors import ErrorCode
+from ...protocol import ADD_CONTEXT_SUCCESS_MESSAGE, SPEAK_SUCCESS_MESSAGE, utc_timestamp
 from ..models import (
     AddContextData,
     AddContextResponse,

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Final
 
 from ...._livekit.rooms import LiveKitRoomDirectory, RoomDirectory
 from ...._livekit.settings import LiveKitSettings
 from .calls import DEFAULT_CALLS_TTL_S
 from .sessions import DEFAULT_SESSION_IDLE_S, DEFAULT_SESSION_MAX_S, SessionStore
 
-__all__ = ["ConsoleOptions"]
+DEFAULT_STREAM_CHECK_S: Final = 30.0
+"""How often the sessions of open events streams are checked."""
+
+__all__ = ["DEFAULT_STREAM_CHECK_S", "ConsoleOptions"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,9 @@ class ConsoleOptions:
         secure_cookies: The session cookie is ``Secure`` always (True), never (False), or when
             the request came over TLS (None, the default; behind a proxy that ends TLS, True).
         calls_ttl_s: How long one scan of the rooms serves every console. Default 1 second.
+        stream_check_s: How often the sessions of open events streams are checked; a stream
+            outlives its session's end by at most this much (signing out cuts them at once).
+            Default 30 seconds.
         sessions: Where sessions live; default: the gateway's Redis when it has one (replicas
             share sessions), else this process.
         rooms: How rooms are listed for the calls list; default ``RoomService`` (a test seam).
@@ -39,11 +46,12 @@ class ConsoleOptions:
     session_max_s: float = DEFAULT_SESSION_MAX_S
     secure_cookies: bool | None = None
     calls_ttl_s: float = DEFAULT_CALLS_TTL_S
+    stream_check_s: float = DEFAULT_STREAM_CHECK_S
     sessions: SessionStore | None = field(default=None, compare=False)
     rooms: RoomDirectory | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("session_idle_s", "session_max_s"):
+        for name in ("session_idle_s", "session_max_s", "stream_check_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a positive number of seconds")
         if not 0 <= self.calls_ttl_s < math.inf:

@@ -10,7 +10,7 @@
 
 Every answer carries the console's security headers (a strict Content-Security-Policy among
 them). An events stream ends when its session is signed out, and within
-:data:`STREAM_CHECK_S` of the session's end.
+``ConsoleOptions.stream_check_s`` of the session's end.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from typing import Final
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from ....errors import BackendError, StateUnavailable
+from ....errors import BackendError, ErrorCode, StateUnavailable
 from ....log import logger
-from ....protocol import ErrorCode
 from ...models import NonBlank
 from ...refusals import STATUS_FOR, Refusal
 from ..body import BodyReader
@@ -37,13 +36,10 @@ from .options import ConsoleOptions
 from .signin import ConsoleAdmission, ConsoleSignIn
 from .takeover import operator_token
 
-__all__ = ["CONSOLE_API", "CONSOLE_PATH", "STREAM_CHECK_S", "ApiRoute", "ConsoleRoutes"]
+__all__ = ["CONSOLE_API", "CONSOLE_PATH", "ApiRoute", "ConsoleRoutes"]
 
 CONSOLE_PATH: Final = "/console"
 CONSOLE_API: Final = "/console/api"
-STREAM_CHECK_S: Final = 30.0
-"""How often the sessions of open events streams are checked (a stream outlives its session's
-end by at most this much; signing out ends them at once)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ApiRoute = tuple[str, str, Handler]
@@ -198,7 +194,7 @@ class ConsoleRoutes:
 
     async def _check_streams(self) -> None:
         while True:
-            await asyncio.sleep(STREAM_CHECK_S)
+            await asyncio.sleep(self._options.stream_check_s)
             for key in list(self._streams):
                 try:
                     alive = await self._sign_in.store.touch(key, idle_s=self._sign_in.idle_s)

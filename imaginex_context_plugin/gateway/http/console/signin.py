@@ -23,8 +23,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from ....errors import StateUnavailable
-from ....protocol import ErrorCode
+from ....errors import ErrorCode, StateUnavailable
 from ...config import Principal
 from ...refusals import Refusal, state_unavailable
 from ..body import BodyReader

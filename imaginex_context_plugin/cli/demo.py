@@ -1,7 +1,8 @@
 """``imaginex-context demo``: the plugin at work, with no LiveKit server and no API keys.
 
-A real ``AgentSession`` runs in-process with an offline LLM (:class:`OfflineLLM`, which answers
-from the context it is given) and text output. Each scripted message goes in through
+A real ``AgentSession`` runs in-process with the test kit's offline LLM
+(``ScriptedLLM(default_reply=reply_from_context)``, which answers from the context it is given)
+and text output. Each scripted message goes in through
 ``ContextPlugin.ingest()``, the exact path that bytes from a LiveKit room take once the SDK has
 delivered them, and every answer comes out through an ``AckTransport`` subclass that prints it
 instead of publishing it. The room is an ``OfflineRoom`` (``imaginex_context_plugin.testing``): a
@@ -20,87 +21,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
+import click
 from livekit import rtc
-from livekit.agents import APIConnectOptions, llm
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
+from livekit.agents import llm
 from livekit.agents.voice import Agent, AgentSession
 from livekit.agents.voice.avatar import AudioReceiver, AudioSegmentEnd, QueueAudioOutput
 from livekit.agents.voice.events import ConversationItemAddedEvent
 
-from .context import ENTRY_ID_PREFIX
-from .receiver import AckTransport, ContextPlugin
-from .testing import OfflineRoom, RecordingTTS
+from ..receiver import AckTransport, ContextPlugin
+from ..testing import OfflineRoom, RecordingTTS, ScriptedLLM, reply_from_context
 
+DEFAULT_PACE_S: Final = 0.3
+"""Seconds between the script's steps."""
 DEMO_AGENT_CODE = "A12345678"
 DEMO_ROOM = "customer_session_1"
 BACKEND = "crm-backend"
 AVATAR_SECONDS_PER_CHAR: Final = 0.02
 """How long the avatar variant's (silent) TTS speaks per character of text."""
-
-
-class OfflineLLM(llm.LLM[NoReturn]):
-    """An LLM that needs no API key: it answers from the context it is given.
-
-    It reports what it knows (the system/developer messages the plugin added) and, when asked
-    for ``instructions``, follows them literally. Good for demos and local tests of the wiring.
-    """
-
-    @property
-    def model(self) -> str:
-        return "offline"
-
-    @property
-    def provider(self) -> str:
-        return "imaginex"
-
-    def chat(
-        self,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[llm.Tool] | None = None,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
-        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
-        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
-    ) -> llm.LLMStream:
-        return _OfflineStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
-
-
-def offline_reply(chat_ctx: llm.ChatContext) -> str:
-    """What :class:`OfflineLLM` answers for a chat context."""
-    notes = [
-        m.text_content or ""
-        for m in chat_ctx.messages()
-        if m.id.startswith(ENTRY_ID_PREFIX)
-    ]
-    last = chat_ctx.messages()[-1] if chat_ctx.messages() else None
-    if last is not None and last.role in ("system", "developer") and not last.id.startswith(
-        ENTRY_ID_PREFIX
-    ):
-        # generate_reply(instructions=...) arrives as a trailing instruction message
-        text = last.text_content or ""
-        marker = "word for word, and nothing else:\n"
-        return text.split(marker, 1)[1] if marker in text else f"(as instructed) {text}"
-    if not notes:
-        return "I don't know anything about you yet."
-    return "Here is what I know: " + " ".join(notes)
-
-
-class _OfflineStream(llm.LLMStream):
-    async def _run(self) -> None:
-        reply = offline_reply(self.chat_ctx)
-        for i, word in enumerate(reply.split(" ")):
-            self._event_ch.send_nowait(
-                llm.ChatChunk(
-                    id="offline",
-                    delta=llm.ChoiceDelta(role="assistant", content=word if i == 0 else " " + word),
-                )
-            )
 
 
 class _PrintingTransport(AckTransport):
@@ -309,7 +252,7 @@ async def _until_quiet(session: AgentSession[Any], timeout: float = 5.0) -> None
 async def run_demo(
     *,
     out: Callable[[str], None] = print,
-    pace_s: float = 0.3,
+    pace_s: float = DEFAULT_PACE_S,
     avatar: bool = False,
     avatar_speed: float = 1.0,
 ) -> dict[str, Any]:
@@ -336,7 +279,7 @@ async def run_demo(
     if avatar:
         audio = QueueAudioOutput(wait_playback_start=True)  # started = the avatar's report
         session: AgentSession[Any] = AgentSession(
-            llm=OfflineLLM(),
+            llm=ScriptedLLM(default_reply=reply_from_context),
             tts=RecordingTTS(seconds_per_char=AVATAR_SECONDS_PER_CHAR),
             vad=None,
             # an avatar cannot pause its audio: a false interruption cannot be resumed
@@ -349,7 +292,11 @@ async def run_demo(
         demo_avatar = DemoAvatar(audio, line, speed=avatar_speed)
         demo_avatar.start()
     else:
-        session = AgentSession(llm=OfflineLLM(), vad=None, turn_handling={"turn_detection": None})
+        session = AgentSession(
+            llm=ScriptedLLM(default_reply=reply_from_context),
+            vad=None,
+            turn_handling={"turn_detection": None},
+        )
         session.output.audio = None
 
     def on_item(ev: ConversationItemAddedEvent) -> None:
@@ -397,3 +344,25 @@ async def run_demo(
             await demo_avatar.aclose()
     line("done", f"{len(summary['acks'])} answers, {len(summary['said'])} things said")
     return summary
+
+
+@click.command("demo")
+@click.option(
+    "--pace", default=DEFAULT_PACE_S, show_default=True, help="Seconds between scripted steps."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Show the plugin's log lines too.")
+@click.option(
+    "--avatar",
+    is_flag=True,
+    help="Speak through an in-process avatar that plays the audio and reports each playback.",
+)
+def demo_command(pace: float, verbose: bool, avatar: bool) -> None:
+    """Run an agent session with the plugin in-process and feed it a scripted sequence.
+
+    Needs no LiveKit server and no API keys: the messages take the same code path that bytes
+    from a room take, and the answers are printed instead of published. With --avatar the agent
+    speaks through an avatar in its own process (LiveKit's QueueAudioOutput, as bitHuman's local
+    mode); an avatar in the room as its own participant needs a server (docs/avatar.md).
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
+    asyncio.run(run_demo(pace_s=pace, avatar=avatar))
