@@ -6,7 +6,8 @@ A support agent on a real ``AgentSession`` with ``RoomIO`` (so it publishes its 
 voice to the room): a small scripted LLM that looks orders up with a real function tool
 (``lookup_order``) and otherwise answers from the context it holds (``reply_from_context``), a
 ``RecordingTTS`` played out in real time to the room, and a scripted STT that hears what a
-participant tells it through the ``test.hear`` RPC method (the live test's "caller"). The
+participant tells it through the ``test.hear`` RPC method (the live test's "caller"; and
+``test.hear_interim``, words not yet ended, for the benchmark). The
 plugin trusts the gateway's identity with every message type: the console reaches the agent
 through the gateway.
 """
@@ -144,4 +145,10 @@ async def entrypoint(ctx: JobContext) -> None:
         stt.hear(data.payload)
         return "heard"
 
+    def hear_interim(data: rtc.RpcInvocationData) -> str:
+        # words still being spoken: a user_transcript event, no turn, no reply (the benchmark)
+        stt.hear(data.payload, final=False)
+        return "heard"
+
     ctx.room.local_participant.register_rpc_method("test.hear", hear)
+    ctx.room.local_participant.register_rpc_method("test.hear_interim", hear_interim)

@@ -61,6 +61,8 @@ export class CallView {
   private stateTimer: ReturnType<typeof setInterval> | undefined;
   private tick: ReturnType<typeof setInterval> | undefined;
   private stateQueued = false;
+  private scrollQueued = false;
+  private lastAt = 0;
   private ended = false;
 
   constructor(
@@ -135,7 +137,7 @@ export class CallView {
               ["Speak", speak],
               ["Context", context],
               ["Instructions", instructionsForm(target)],
-              ["As the user", userMessageForm(target)],
+              ["As the user", userMessageForm(target, () => void this.loadHistory())],
             ]),
           ),
         ),
@@ -306,9 +308,15 @@ export class CallView {
       interrupted ? h("span", { class: "tag", text: "cut off" }) : null,
     );
     this.lines.set(id, line);
-    // in the order things were said, whichever way they arrived
-    const later = [...this.transcript.children].find((other) => other !== this.interim && Number((other as HTMLElement).dataset["at"]) > at.getTime());
-    this.transcript.insertBefore(line, later ?? this.interim);
+    // in the order things were said, whichever way they arrived; a new line is almost always
+    // the last one, so that case costs no walk through a long transcript
+    if (at.getTime() >= this.lastAt) {
+      this.lastAt = at.getTime();
+      this.transcript.insertBefore(line, this.interim);
+    } else {
+      const later = [...this.transcript.children].find((other) => other !== this.interim && Number((other as HTMLElement).dataset["at"]) > at.getTime());
+      this.transcript.insertBefore(line, later ?? this.interim);
+    }
     this.scrollTranscript();
   }
 
@@ -331,8 +339,17 @@ export class CallView {
     this.interim = null;
   }
 
+  /** Keep the newest line in view, once per frame, unless the operator scrolled up to read. */
   private scrollTranscript(): void {
-    this.transcript.scrollTop = this.transcript.scrollHeight;
+    if (this.scrollQueued) return;
+    const list = this.transcript;
+    const following = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+    if (!following && this.lines.size > 1) return;
+    this.scrollQueued = true;
+    requestAnimationFrame(() => {
+      this.scrollQueued = false;
+      list.scrollTop = list.scrollHeight;
+    });
   }
 
   // ------------------------------------------------------------------ state, context, pending

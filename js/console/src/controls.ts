@@ -111,12 +111,16 @@ export function instructionsForm(target: CallTarget): HTMLElement {
   return h("div", { class: "stack" }, update, h("div", { class: "form-actions" }, reset));
 }
 
-export function userMessageForm(target: CallTarget): HTMLFormElement {
+export function userMessageForm(target: CallTarget, onSilentMessage: () => void): HTMLFormElement {
   const text = textArea("text", "Text as the user's own turn", 2);
   const [respondLabel, respond] = checkbox("Let the agent answer", true);
   const [interruptLabel, interrupt] = checkbox("Interrupt the agent first", false);
   return form("Send as the user", [field("User message", text), h("div", { class: "checks" }, respondLabel, interruptLabel)], "Send as the user", async () => {
     const said = text.value;
-    return (await send(target, "User message", said, (id) => target.gateway.userMessage(target.agentCode, { text: said, respond: respond.checked, interrupt: interrupt.checked, room_id: target.room }, { idempotencyKey: id }))) !== null;
+    const answered = respond.checked;
+    const answer = await send(target, "User message", said, (id) => target.gateway.userMessage(target.agentCode, { text: said, respond: answered, interrupt: interrupt.checked, room_id: target.room }, { idempotencyKey: id }));
+    // a message the agent does not answer comes as no event: the history has it
+    if (answer && !answered) onSilentMessage();
+    return answer !== null;
   });
 }

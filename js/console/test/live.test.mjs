@@ -269,6 +269,11 @@ test("interrupt, mute, stop listening, instructions and a user message: each wit
   await transcript().locator(".line.user", { hasText: "order 5120" }).waitFor();
   await transcript().locator(".line.assistant", { hasText: "order 5120 shipped yesterday" }).waitFor();
   await page.locator(".pill", { hasText: "Agent" }).locator("b", { hasText: "listening" }).waitFor();
+  // one the agent does not answer: no event says so, the console reads it from the history
+  await page.getByLabel("Let the agent answer").uncheck();
+  await page.getByRole("textbox", { name: "User message", exact: true }).fill("I prefer to be contacted by email.");
+  await page.getByRole("button", { name: "Send as the user" }).click();
+  await transcript().locator(".line.user", { hasText: "contacted by email" }).waitFor();
   await tab("Speak");
   await shot("call.png");
 });
