@@ -9,8 +9,7 @@ from typing import Any
 import click
 
 from ..protocol import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MAX_REASON_LENGTH
-from ..sender import DEFAULT_PLAYOUT_TIMEOUT_S
-from .parameters import FiniteFloatRange, name, request_id_option, visible_text
+from .parameters import name, playout_timeout_option, request_id_option, visible_text
 from .sender import SENDER_EPILOG, run_sender, sender_options, with_id
 
 
@@ -173,13 +172,7 @@ def reset_instructions(ctx: click.Context, /, request_id: str | None, **options:
 @click.option("--no-respond", is_flag=True, help="Only add it; the agent does not answer now.")
 @click.option("--interrupt", is_flag=True, help="Stop the agent's current speech first.")
 @click.option("--wait-playout", is_flag=True, help="Wait until the agent's answer has played.")
-@click.option(
-    "--playout-timeout",
-    type=FiniteFloatRange(min=0.0, min_open=True),
-    default=DEFAULT_PLAYOUT_TIMEOUT_S,
-    show_default=True,
-    help="Seconds to wait for the end of the answer, with --wait-playout.",
-)
+@playout_timeout_option("the answer")
 @request_id_option
 @sender_options
 @click.pass_context

@@ -6,13 +6,17 @@ from __future__ import annotations
 import math
 import unicodedata
 import warnings
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 import click
 import jwt.warnings
 
 from .._livekit.settings import short_api_secret_note
 from ..protocol import has_visible_text
+from ..sender import DEFAULT_PLAYOUT_TIMEOUT_S
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -59,6 +63,17 @@ request_id_option = click.option(
     help="Request id; the agent applies an id once. [default: random]",
 )
 """``--id``: the request's id, kept across retries."""
+
+
+def playout_timeout_option(what: str) -> Callable[[_F], _F]:
+    """``--playout-timeout``: how long ``--wait-playout`` waits for the end of ``what``."""
+    return click.option(
+        "--playout-timeout",
+        type=FiniteFloatRange(min=0.0, min_open=True),
+        default=DEFAULT_PLAYOUT_TIMEOUT_S,
+        show_default=True,
+        help=f"Seconds to wait for the end of {what}, with --wait-playout.",
+    )
 
 
 _KEY_LENGTH_WARNING: Final[type[Warning] | None] = getattr(

@@ -30,7 +30,6 @@ from ..errors import ErrorCode
 from ..protocol import DEFAULT_CONTEXT_ROLE, ContextRole, SuccessAck
 from ..sender import (
     DEFAULT_AGENT_TIMEOUT_S,
-    DEFAULT_PLAYOUT_TIMEOUT_S,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
     DEFAULT_VIA,
@@ -47,6 +46,7 @@ from .parameters import (
     api_secret_warning_once,
     name,
     not_empty,
+    playout_timeout_option,
     request_id_option,
     visible_text,
 )
@@ -401,13 +401,7 @@ def report_error(exc: ContextError, as_json: bool) -> int:
     "--no-history", is_flag=True, help="Keep it out of the LLM's context and the history."
 )
 @click.option("--wait-playout", is_flag=True, help="Wait until it has played out (or was cut).")
-@click.option(
-    "--playout-timeout",
-    type=FiniteFloatRange(min=0.0, min_open=True),
-    default=DEFAULT_PLAYOUT_TIMEOUT_S,
-    show_default=True,
-    help="Seconds to wait for the end of the speech, with --wait-playout.",
-)
+@playout_timeout_option("the speech")
 @request_id_option
 @sender_options
 @click.pass_context

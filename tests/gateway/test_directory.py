@@ -265,6 +265,42 @@ async def test_an_unreachable_redis_is_state_unavailable() -> None:
         await client.aclose()
 
 
+async def test_with_redis_down_a_lookup_is_state_unavailable_and_answered_so(
+    redis_server: RedisServer | None, redis_url: str
+) -> None:
+    if redis_server is None:
+        pytest.skip("needs the Redis server the tests started (it is stopped here)")
+    from redis.asyncio import Redis
+
+    from imaginex_context_plugin.gateway.http.fanout import FanOut
+    from imaginex_context_plugin.gateway.http.messages import MessageWriter
+    from imaginex_context_plugin.gateway.refusals import Refusal
+
+    listed = ListedRooms(rooms={"r1": [summary("a1", "CODE1")]})
+    client = Redis.from_url(redis_url)
+    directory = RedisAgentDirectory(client, key_prefix=f"down-{uuid.uuid4().hex[:8]}:")
+    backend = LiveKitBackend(SETTINGS, directory=listed, agent_directory=directory)
+    fanout = FanOut(
+        backend, writer=MessageWriter(signing_secret=None, sender=None), delivery_timeout=1.0
+    )
+    try:
+        [target] = await backend.find_agents("CODE1", room_id=None)  # filled once
+        assert target.identity == "a1"
+        redis_server.stop()
+        try:
+            with pytest.raises(StateUnavailable):
+                await backend.find_agents("CODE1", room_id=None)
+            # the one answer to Redis down, as for the state's own stores
+            with pytest.raises(Refusal) as refused:
+                await fanout.targets("CODE1", None)
+            assert (refused.value.status, refused.value.code) == (503, "STATE_UNAVAILABLE")
+        finally:
+            redis_server.start_again()
+    finally:
+        await backend.aclose()
+        await client.aclose()
+
+
 # -- what keeps it true
 
 
