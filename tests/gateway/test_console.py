@@ -335,6 +335,27 @@ async def test_a_full_memory_store_ends_the_least_recently_used_session() -> Non
     assert await store.touch("a", idle_s=60) is not None
 
 
+async def test_one_tenant_signing_in_over_and_over_ends_only_its_own_sessions() -> None:
+    store = MemorySessions(max_sessions=10, max_per_tenant=3)
+    now = time.time()
+    other = ConsoleSession("tenant-2", "csrf", now, now + 60)
+    await store.create("theirs", other, idle_s=60)
+    for n in range(8):
+        await store.create(f"mine-{n}", ConsoleSession("tenant-1", "c", now, now + 60), idle_s=60)
+    assert await store.touch("theirs", idle_s=60) == other
+    alive = [n for n in range(8) if await store.touch(f"mine-{n}", idle_s=60) is not None]
+    assert alive == [5, 6, 7]
+
+
+async def test_signing_in_counts_against_the_tenants_rate_limit(make_console: Any) -> None:
+    client: Client = await make_console(rate_limit=RateLimit(per_second=0.01, burst=2))
+    statuses = [
+        (await client.post("/console/api/login", json={"api_secret": SECRET})).status
+        for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429]
+
+
 # ---------------------------------------------------------------------------------------------
 # CSRF and origins
 
@@ -506,7 +527,8 @@ async def test_console_requests_count_against_the_tenants_rate_limit(
     fleet: Fleet, make_console: Any
 ) -> None:
     await fleet.agent(ROOM_1)
-    client: Client = await make_console(rate_limit=RateLimit(per_second=0.01, burst=2))
+    # the sign-in is one request of the three the burst allows
+    client: Client = await make_console(rate_limit=RateLimit(per_second=0.01, burst=3))
     csrf = {CSRF_HEADER: (await sign_in(client))["csrf_token"]}
     statuses = [
         (

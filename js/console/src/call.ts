@@ -63,6 +63,7 @@ export class CallView {
   private stateQueued = false;
   private scrollQueued = false;
   private lastAt = 0;
+  private misses = 0;
   private ended = false;
 
   constructor(
@@ -186,13 +187,18 @@ export class CallView {
   /** The calls list's newer view of this call. */
   update(call: CallInfo): void {
     this.call = call;
+    this.misses = 0;
     if (!this.state) this.agentPill.set(call.agent_state);
     this.renderMeta();
   }
 
-  /** The call is gone from the list (the room ended). */
-  gone(): void {
-    this.markEnded("the call is no longer live");
+  /**
+   * The calls list no longer shows this call. Ended only when two lists in a row miss it: one
+   * listing can miss an agent that is reconnecting.
+   */
+  missing(): void {
+    this.misses += 1;
+    if (this.misses >= 2) this.markEnded("the call is no longer live");
   }
 
   // ------------------------------------------------------------------ the events stream
@@ -371,7 +377,7 @@ export class CallView {
       if (state) this.showState(state);
     } catch (error) {
       if (this.checkUnauthorized(error)) return;
-      if (error instanceof GatewayError && error.status === 404) this.gone();
+      if (error instanceof GatewayError && error.status === 404) this.missing();
     }
   }
 

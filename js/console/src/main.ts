@@ -100,7 +100,7 @@ function showConsole(session: SessionInfo): void {
     if (!view) return;
     const call = list.find((c) => c.room === view.room);
     if (call) view.update(call);
-    else view.gone();
+    else view.missing();
   }
 }
 

@@ -30,6 +30,7 @@ __all__ = [
     "CSRF_HEADER",
     "DEFAULT_SESSION_IDLE_S",
     "DEFAULT_SESSION_MAX_S",
+    "MAX_SESSIONS_PER_TENANT",
     "MEMORY_MAX_SESSIONS",
     "SESSION_COOKIE",
     "ConsoleSession",
@@ -48,6 +49,9 @@ DEFAULT_SESSION_MAX_S: Final = 8 * 3600.0
 """A session ends this long after sign-in, used or not: one working shift."""
 MEMORY_MAX_SESSIONS: Final = 10_000
 """Sessions a lone gateway holds at most; past that the least recently used ends first."""
+MAX_SESSIONS_PER_TENANT: Final = 100
+"""Sessions one tenant holds at most in a lone gateway; past that its own least recently used
+ends first, so that one tenant signing in over and over never ends another tenant's sessions."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,8 @@ class MemorySessions:
     Args:
         max_sessions: Sessions held at most; the least recently used ends first. Default
             10 000.
+        max_per_tenant: Sessions one tenant holds at most; its own least recently used ends
+            first. Default 100.
         clock: Wall-clock seconds (a fake clock in tests).
     """
 
@@ -143,11 +149,13 @@ class MemorySessions:
         self,
         *,
         max_sessions: int = MEMORY_MAX_SESSIONS,
+        max_per_tenant: int = MAX_SESSIONS_PER_TENANT,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if max_sessions < 1:
-            raise ValueError("max_sessions must be at least 1")
+        if max_sessions < 1 or max_per_tenant < 1:
+            raise ValueError("max_sessions and max_per_tenant must be at least 1")
         self._max = max_sessions
+        self._max_per_tenant = max_per_tenant
         self._clock = clock
         self._sessions: OrderedDict[str, tuple[ConsoleSession, float]] = OrderedDict()
 
@@ -158,6 +166,10 @@ class MemorySessions:
         now = self._clock()
         self._sessions[key] = (session, now + idle_s)
         self._sessions.move_to_end(key)
+        # least recently used first: the tenant's own oldest beyond its share, then anyone's
+        mine = [k for k, (s, _) in self._sessions.items() if s.principal == session.principal]
+        for old in mine[: max(0, len(mine) - self._max_per_tenant)]:
+            del self._sessions[old]
         while len(self._sessions) > self._max:
             self._sessions.popitem(last=False)
 

@@ -119,6 +119,8 @@ class ConsoleSignIn:
         check_origin(request)
         body = await self._bodies.read(request, LoginBody)
         principal = self._gatekeeper.authenticate(request, body.api_secret)
+        # a sign-in is one of the tenant's requests: a secret holder cannot mint sessions faster
+        await self._gatekeeper.charge(principal)
         now = self._clock()
         session_id = new_session_id()
         session = ConsoleSession(
