@@ -11,6 +11,11 @@ the room ends for good (the room was deleted: no ``call_ended`` comes then), or 
 goes; the last stream of an agent unsubscribes from it. Each stream's queue is bounded: a
 client that reads too slowly loses its oldest events and the next one says how many
 (``dropped``).
+
+With ``playout=true`` a stream also gets the playout events (``speech_started``,
+``speech_finished``) of the speeches sent through the gateway's room connection (room
+delivery): the agent sends them to the sender of each speak, which is the gateway. The console
+shows them under the speak that caused them.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from ...request_errors import ContextError
 from ..delivery.agent_backend import AgentTarget, RoomHolder
 from ..refusals import STATUS_FOR, Refusal, invalid
 from .fanout import FanOut
-from .gatekeeper import Gatekeeper
+from .gatekeeper import Admission
 from .messages import MessageWriter, Outgoing
 
 HEARTBEAT_S: Final = 15.0
@@ -50,6 +55,8 @@ HEARTBEAT_S: Final = 15.0
 STREAM_QUEUE_SIZE: Final = 256
 """Most events waiting for one HTTP client; beyond it its oldest are dropped (and counted)."""
 UNSUBSCRIBE_TIMEOUT_S: Final = 2.0
+PLAYOUT_EVENT_TYPES: Final[tuple[str, ...]] = ("speech_started", "speech_finished")
+"""The events the agent sends a speak's sender about its playout (``playout=true``)."""
 
 
 @dataclass(eq=False)
@@ -57,6 +64,7 @@ class _Stream:
     events: frozenset[str]
     interim: bool
     tool_arguments: bool
+    playout: bool = False
     queue: deque[dict[str, Any] | None] = field(default_factory=deque)
     dropped: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -65,7 +73,10 @@ class _Stream:
         """Queue ``event`` if this stream wants it (None: the feed ended)."""
         if event is not None:
             kind = event.get("type")
-            if kind not in self.events:
+            if kind in PLAYOUT_EVENT_TYPES:
+                if not self.playout:
+                    return
+            elif kind not in self.events:
                 return
             if kind == "user_transcript" and not event.get("final") and not self.interim:
                 return
@@ -145,7 +156,9 @@ class _AgentFeed:
             event = load_untrusted_json(packet.data)
         except ValueError:  # a room callback must never raise
             return
-        if isinstance(event, dict) and event.get("type") in SESSION_EVENT_TYPES:
+        if isinstance(event, dict) and (
+            event.get("type") in SESSION_EVENT_TYPES or event.get("type") in PLAYOUT_EVENT_TYPES
+        ):
             for stream in self.streams:
                 stream.offer(event)
 
@@ -319,7 +332,7 @@ class EventFeeds:
 class EventsRoute:
     """The SSE endpoint: admit, find the room's agent, subscribe, stream, unsubscribe."""
 
-    def __init__(self, *, gatekeeper: Gatekeeper, fanout: FanOut, feeds: EventFeeds) -> None:
+    def __init__(self, *, gatekeeper: Admission, fanout: FanOut, feeds: EventFeeds) -> None:
         self._gatekeeper = gatekeeper
         self._fanout = fanout
         self._feeds = feeds
@@ -353,13 +366,14 @@ def _read_query(request: web.Request) -> tuple[_Stream, str]:
             f"use: {', '.join(SESSION_EVENT_TYPES)}."
         )
     flags = {}
-    for name in ("interim", "tool_arguments"):
+    for name in ("interim", "tool_arguments", "playout"):
         value = query.get(name, "false")
         if value not in ("true", "false"):
             raise invalid(f"Query parameter '{name}' must be true or false.")
         flags[name] = value == "true"
     events = frozenset(names or SESSION_EVENT_TYPES) | {"call_ended"}
-    return _Stream(events, flags["interim"], flags["tool_arguments"]), room_id
+    stream = _Stream(events, flags["interim"], flags["tool_arguments"], flags["playout"])
+    return stream, room_id
 
 
 async def _stream(request: web.Request, stream: _Stream) -> web.StreamResponse:

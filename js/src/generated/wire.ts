@@ -127,9 +127,11 @@ export interface ImaginexWire {
   EndCallBody?: EndCallBody;
   ErrorResponse?: ErrorResponse;
   GetHistoryBody?: GetHistoryBody;
+  GetStateBody?: GetStateBody;
   HealthResponse?: HealthResponse;
   InterruptBody?: InterruptBody;
   Packet?: Packet;
+  RemoveContextBody?: RemoveContextBody;
   Request?: Request;
   ResetInstructionsBody?: ResetInstructionsBody;
   ServerMessage?: ServerMessage;
@@ -285,6 +287,10 @@ export interface AddContextBody {
    * The knowledge to add, or with type speak the text.
    */
   context: string;
+  /**
+   * add_context: a later add with the same key replaces this entry in place, and remove-context removes it. Ignored with type speak.
+   */
+  key?: string | null;
   /**
    * Only this room; by default every room where the agent is live.
    */
@@ -469,6 +475,19 @@ export interface GetHistoryBody {
    * How many of the newest items, at most (fewer if they cannot fit a packet).
    */
   limit?: number;
+  /**
+   * Only this room; by default every room where the agent is live.
+   */
+  room_id?: string | null;
+}
+/**
+ * ``POST /v1/agent/{agent_code}/get-state``: the agent's and the user's state, the
+ * context entries the agent holds, the pending speeches and the I/O switches.
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "GetStateBody".
+ */
+export interface GetStateBody {
   /**
    * Only this room; by default every room where the agent is live.
    */
@@ -739,6 +758,23 @@ export interface SignedEnvelope {
   type: "signed";
 }
 /**
+ * ``POST /v1/agent/{agent_code}/remove-context``: remove the context entry added under a
+ * key (succeeds with ``removed: false`` when there is none).
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "RemoveContextBody".
+ */
+export interface RemoveContextBody {
+  /**
+   * The key the entry was added under (add-context's key).
+   */
+  key: string;
+  /**
+   * Only this room; by default every room where the agent is live.
+   */
+  room_id?: string | null;
+}
+/**
  * ``POST /v1/agent/{agent_code}/reset-instructions``: the agent's own instructions back.
  *
  * This interface was referenced by `ImaginexWire`'s JSON-Schema
@@ -898,6 +934,10 @@ export interface SpeakBody {
    * What the agent says, verbatim, through its TTS.
    */
   message: string;
+  /**
+   * queue (the default): after what is playing and queued; interrupt: cut what is playing first; if_idle: only if nothing is playing or queued (else 409 BUSY).
+   */
+  mode?: ("queue" | "interrupt" | "if_idle") | null;
   /**
    * Only this room; by default every room where the agent is live.
    */
