@@ -45,7 +45,7 @@ exactly one speech per request (counted in its ``AgentSession`` history).
 Targets, reported, not failed: (issue 12) warm p99 at the largest size within 3x the single-room
 warm p99; (issue 26) each delivery's warm p99 within 1.15x its bare floor's at the same size
 (``BARE_FLOOR_OF``), every room reached, and the gateway's own CPU at most 0.25 ms per room per
-request. ``--json PATH`` writes the figures as data (``scripts/capacity_model.py`` checks the
+request. ``--json PATH`` writes the figures as data (``benchmarks/capacity_model.py`` checks the
 docs' capacity model against them).
 
 Run: ``python benchmarks/bench_fanout.py [--sizes 1,50,200] [--warm N]
@@ -1162,7 +1162,7 @@ async def run(
     the ``imaginex-context gateway`` command with its defaults; ``deliveries``: each of
     ``DELIVERIES`` to measure (every mode with each), in that order; ``floor_variants``: the
     fan-out floors to measure; ``results``: filled with the figures as data (what
-    ``--json`` writes, what ``scripts/capacity_model.py`` checks); ``rounds``: how many turns
+    ``--json`` writes, what ``benchmarks/capacity_model.py`` checks); ``rounds``: how many turns
     the floors and the server-side deliveries take, ``warm`` requests shared between them."""
     report = Report("fan-out: one speak to N rooms through the gateway, on a 2-node cluster")
     report.notes.append(NETWORK)

@@ -1,9 +1,10 @@
 """The fan-out capacity model of docs/performance.md ("How many machines"), and its check against
 the figures of a ``benchmarks/bench_fanout.py`` run (``--json``)::
 
-    .venv/bin/python scripts/capacity_model.py benchmarks/results/fanout.json   # check, then size
-    .venv/bin/python scripts/capacity_model.py --fit RUN.json   # the constants a run gives
-    .venv/bin/python scripts/capacity_model.py --markdown      # the docs' tables, as committed
+    .venv/bin/python benchmarks/capacity_model.py              # check it on the committed run
+    .venv/bin/python benchmarks/capacity_model.py RUN.json     # ... or on another run
+    .venv/bin/python benchmarks/capacity_model.py --fit RUN.json   # the constants a run gives
+    .venv/bin/python benchmarks/capacity_model.py --markdown   # the docs' tables, as committed
 
 The model, for the gateway's default delivery (``server-rpc``), from CPU measured per process:
 
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+RESULTS: Final = Path(__file__).resolve().parent / "results" / "fanout.json"
+"""The run the model was fitted on (``bench_fanout.py --json``), committed with it."""
 DELIVERY: Final = "server-rpc"
 MODE: Final = "directory"
 TOLERANCE: Final = (0.30, 2.0)
@@ -61,15 +64,15 @@ class Model:
 
 
 MODEL: Final = Model(
-    gateway_per_request=1.4,
-    gateway_per_room=0.19,
-    livekit_per_request=0.0,
-    livekit_per_room=1.5,
-    agents_per_room=4.2,
-    livekit_idle_per_agent=0.4,
-    agent_idle_per_agent=1.2,
+    gateway_per_request=0.3,
+    gateway_per_room=0.229,
+    livekit_per_request=1.06,
+    livekit_per_room=0.946,
+    agents_per_room=4.04,
+    livekit_idle_per_agent=0.55,
+    agent_idle_per_agent=1.45,
 )
-"""Fitted (``--fit``) on benchmarks/results/fanout.json; docs/performance.md quotes it."""
+"""Fitted (``--fit``) on :data:`RESULTS`; docs/performance.md quotes it."""
 
 
 @dataclass(frozen=True)
@@ -146,11 +149,19 @@ def points(run: Mapping[str, Any]) -> list[Point]:
 
 
 def _line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
-    """Least-squares intercept and slope, never below zero."""
-    n = len(xs)
-    mean_x, mean_y = sum(xs) / n, sum(ys) / n
-    spread = sum((x - mean_x) ** 2 for x in xs)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    """Intercept and slope by least squares weighted by each point's own size (``1 / y^2``,
+    ``y`` at least the check's absolute margin), so that the 1-room point counts as much as the
+    200-room one, as the check's relative tolerance does; never below zero."""
+    floor = TOLERANCE[1]
+    weights = [1 / max(y, floor) ** 2 for y in ys]
+    total = sum(weights)
+    mean_x = sum(w * x for w, x in zip(weights, xs, strict=True)) / total
+    mean_y = sum(w * y for w, y in zip(weights, ys, strict=True)) / total
+    spread = sum(w * (x - mean_x) ** 2 for w, x in zip(weights, xs, strict=True))
+    slope = (
+        sum(w * (x - mean_x) * (y - mean_y) for w, x, y in zip(weights, xs, ys, strict=True))
+        / spread
+    )
     slope = max(slope, 0.0)
     return max(mean_y - slope * mean_x, 0.0), slope
 
@@ -220,7 +231,8 @@ def markdown(model: Model = MODEL) -> str:
         lines.append(
             f"| {what} | {sized.requests_per_s:,.0f} | "
             + " | ".join(
-                f"{cores[kind]:.1f} cores = {machines[kind]} x 2-core at 50 %"
+                f"{cores[kind]:.1f} cores = {machines[kind]} x 2-core at 50 % "
+                f"({sized.calls_per_core[kind]:,.0f} calls per core)"
                 for kind in ("gateway", "livekit", "agents")
             )
             + " |"
@@ -230,15 +242,15 @@ def markdown(model: Model = MODEL) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("run", nargs="?", type=Path, help="a bench_fanout.py --json file")
+    parser.add_argument(
+        "run", nargs="?", type=Path, default=RESULTS, help="a bench_fanout.py --json file"
+    )
     parser.add_argument("--fit", action="store_true", help="print the constants the run gives")
     parser.add_argument("--markdown", action="store_true", help="print the docs' tables")
     args = parser.parse_args(argv)
     if args.markdown:
         sys.stdout.write(markdown())
         return 0
-    if args.run is None:
-        parser.error("give a run's JSON (bench_fanout.py --json PATH)")
     measured = points(json.loads(args.run.read_text()))
     if args.fit:
         print(fit(measured))
