@@ -10,21 +10,18 @@ Same run, same machine (as root inside a loopback-only network namespace):
   ``AGENTS_PER_PROCESS`` (this same file run with ``--agents``); each joins through the node
   that hosts its room;
 - **the gateway**: the ``imaginex-context gateway`` process (rate limit off, 10 s delivery
-  timeout), a fresh one for each size so that its first request is cold; it delivers over
-  room connections (``--delivery room``, the default: it joins every room) or over the server
-  API (``--delivery server-api``: one ``RoomService.SendData`` per room, sent to node A for
-  rooms on both nodes, the agent posting its signed ack back to the gateway's
-  ``/v1/internal/replies``; the agents then allow that reply URL and share the signing secret);
+  timeout), a fresh one for each size so that its first request is cold; it delivers through
+  the server API (``--delivery server-rpc``, the default: one ``RoomService.PerformRpc`` per
+  room, sent to node A for rooms on both nodes, the agent's ack being the call's answer) or
+  over room connections (``--delivery room``: it joins every room);
 - **floor**: a bare RPC echo between two plain participants on node A, the least one request ->
   answer over LiveKit costs;
 - **fan-out floors**: the same transports at the same size with none of the plugin or the
   gateway in them, measured first on the very same agents. This process makes one
   ``RoomService.PerformRpc`` per room (``ServerRpc``), answered by a bare RPC method each agent
   registers beside the plugin's (**bare PerformRpc echo**; **+ say()**: ``session.say(text)``
-  first, the least any speak path on ``livekit-agents`` does), or one ``SendData`` per room
-  (the gateway's own ``DataSender``), echoed by a bare HTTP ``POST`` to this process from a raw
-  ``data_received`` listener (**bare SendData + HTTP echo**, and **+ say()**). All rooms at
-  once; a request is done when every room answered. They bound what any design on these
+  first, the least any speak path on ``livekit-agents`` does). All rooms at once; a request is
+  done when every room answered. They bound what any design on these
   transports and these agents can reach on this machine.
 
 Per size: HTTP -> response of the first request (cold: the gateway joins every room), then of
@@ -34,7 +31,7 @@ a load coming and going on the shared machine falls on all of them alike, and th
 runs after them, alone; RoomService calls per request (counted in both nodes' logs, which
 log every API call); the gateway's RSS before and after it pooled the rooms (growth per pooled
 room) and its open sockets; the rooms each node's agents were reached in (the node as LiveKit
-records it in Redis: server-API packets for node B's rooms go through node A); CPU milliseconds
+records it in Redis: server-API calls for node B's rooms go through node A); CPU milliseconds
 per warm request of the gateway process, of each ``livekit-server`` process and of the agents'
 worker processes together (``/proc``; on 2 cores a request's wall time cannot be
 shorter than their sum over 2). Every phase starts once the agent workers have settled
@@ -49,7 +46,7 @@ request. ``--json PATH`` writes the figures as data (``benchmarks/capacity_model
 docs' capacity model against them).
 
 Run: ``python benchmarks/bench_fanout.py [--sizes 1,50,200] [--warm N]
-[--modes directory,scan] [--delivery room|server-api|room,server-api] [--floors ...]
+[--modes directory,scan] [--delivery server-rpc|room|server-rpc,room] [--floors ...]
 [--json PATH]``.
 """
 
@@ -90,7 +87,6 @@ from livekit import api, rtc  # noqa: E402
 from devtools.livekit_cluster import ClusterNode, LiveKitCluster, start_cluster  # noqa: E402
 from devtools.livekit_server import ROOT, free_tcp_port  # noqa: E402
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextPlugin  # noqa: E402
-from imaginex_context_plugin._livekit.send_data import DataSender  # noqa: E402
 from imaginex_context_plugin._livekit.server_rpc import ServerRpc  # noqa: E402
 from imaginex_context_plugin.gateway import (  # noqa: E402
     AgentBackend,
@@ -99,18 +95,13 @@ from imaginex_context_plugin.gateway import (  # noqa: E402
     LiveKitSettings,
     create_app,
 )
-from imaginex_context_plugin.gateway.delivery import (  # noqa: E402
-    ServerApiBackend,
-    ServerRpcBackend,
-)
+from imaginex_context_plugin.gateway.delivery import ServerRpcBackend  # noqa: E402
 from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory  # noqa: E402
 from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, start_session  # noqa: E402
 
 GATEWAY_IDENTITY: Final = "bench-fanout-gateway"
 AGENT_IDENTITY: Final = "bench-fanout-agent"
 API_SECRET_HEADER: Final = "bench-fanout-gateway-secret"
-SIGNING: Final = "bench-fanout-signing-secret"
-"""The agents' and the server-API gateway's shared secret (server-API messages are signed)."""
 AGENTS_PER_PROCESS: Final = 50
 NODE_UDP_PORTS: Final = 1024
 """ICE ports per node: two per participant; 200 rooms put 100 agents and 100 gateway
@@ -143,11 +134,10 @@ MODES: Final = (DIRECTORY, SCAN)
 """How the gateway finds the agents: its agent directory (``--agent-directory``), or listing
 every room and its participants (cached 1 s), the default."""
 ROOM: Final = "room"
-SERVER_API: Final = "server-api"
 SERVER_RPC: Final = "server-rpc"
-DELIVERIES: Final = (ROOM, SERVER_API, SERVER_RPC)
-"""How the gateway delivers: joining every room (RPC over a pooled connection, the default), or
-``RoomService.SendData`` with the ack posted back over HTTP (no room joined)."""
+DELIVERIES: Final = (SERVER_RPC, ROOM)
+"""How the gateway delivers: ``RoomService.PerformRpc`` (no room joined, the default), or
+joining every room (RPC over a pooled connection)."""
 QUIET_CORES_PER_WORKER: Final = 0.2
 """An agent worker counts as settled below this share of a core. Just after its rooms
 connect, a worker of 50 agents burns about one core for 10 to 15 s, then idles at about 0.1
@@ -159,22 +149,17 @@ RECONCILE_INTERVAL_S: Final = 3600.0
 """The directory's reconciliation interval here: longer than a run, so no phase counts one."""
 SPOKEN_PREFIX: Final = "Fan-out message"
 """How the gateway's messages start: only those count as the agents' speeches."""
-FLOOR_TOPIC: Final = "bench.fanout.floor"
 ECHO_METHOD: Final = "bench.fanout.echo"
 RPC_BARE: Final = "bare PerformRpc echo"
 RPC_SAY: Final = "bare PerformRpc + say()"
-DATA_BARE: Final = "bare SendData + HTTP echo"
-DATA_SAY: Final = "bare SendData + say() + HTTP echo"
-FLOORS: Final = (RPC_BARE, RPC_SAY, DATA_BARE, DATA_SAY)
+FLOORS: Final = (RPC_BARE, RPC_SAY)
 """The fan-out floors, measured on the same agents before the gateway's phases: this process
 makes one ``RoomService.PerformRpc`` per room (answered by a bare RPC method beside the
-plugin's) or one ``SendData`` per room (echoed by a bare HTTP ``POST``), all at once."""
-RPC_FLOORS: Final = (RPC_BARE, RPC_SAY)
-DATA_FLOORS: Final = (DATA_BARE, DATA_SAY)
-BARE_FLOOR_OF: Final = {ROOM: RPC_BARE, SERVER_API: DATA_BARE, SERVER_RPC: RPC_BARE}
-DELIVERY_CALL: Final = {SERVER_API: "SendData", SERVER_RPC: "PerformRpc"}
-"""The RoomService call a server-side delivery makes per room and request, by design."""
+plugin's), all at once."""
+BARE_FLOOR_OF: Final = {ROOM: RPC_BARE, SERVER_RPC: RPC_BARE}
 """The floor each delivery's target is measured against: the same transport, bare."""
+DELIVERY_CALL: Final = {SERVER_RPC: "PerformRpc"}
+"""The RoomService call a server-side delivery makes per room and request, by design."""
 
 
 # --------------------------------------------------------------------------- agent workers
@@ -198,9 +183,6 @@ async def agents_worker() -> None:
     spec = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
     joined: list[tuple[str, rtc.Room, ContextPlugin, Any]] = []
     limit = asyncio.Semaphore(JOINS_AT_ONCE)
-    floor_url: str | None = spec.get("floor_url")
-    echo_clients: list[aiohttp.ClientSession] = []
-    echo_tasks: set[asyncio.Task[None]] = set()
     floor_speeches: list[Any] = []
 
     def rpc_echo(session: Any) -> Any:
@@ -213,28 +195,6 @@ async def agents_worker() -> None:
 
         return handler
 
-    async def echo(room_name: str, session: Any, http: aiohttp.ClientSession, data: bytes) -> None:
-        # the fan-out floor: no validation, no signing, no queue, no ack; say() when asked
-        message = json.loads(data)
-        if message["say"]:
-            floor_speeches.append(session.say(message["text"]))
-        assert floor_url is not None
-        async with http.post(floor_url, json={"room": room_name, "n": message["n"]}) as response:
-            await response.read()
-
-    def listen_for_floor(room: rtc.Room, room_name: str, session: Any) -> None:
-        # one HTTP client per agent, as each plugin has its own for its replies
-        http = aiohttp.ClientSession()
-        echo_clients.append(http)
-
-        def on_data(packet: rtc.DataPacket) -> None:
-            if packet.topic == FLOOR_TOPIC:
-                task = loop.create_task(echo(room_name, session, http, packet.data))
-                echo_tasks.add(task)
-                task.add_done_callback(echo_tasks.discard)
-
-        room.on("data_received", on_data)
-
     async def join(room_name: str, url: str) -> None:
         async with limit:
             session = await start_session(
@@ -246,12 +206,8 @@ async def agents_worker() -> None:
                 allowed_identities=[GATEWAY_IDENTITY],
                 rate_limit=None,
                 server_secret=spec["api_secret"],
-                secret=spec.get("secret"),
-                reply_urls=spec.get("reply_prefixes", []),
             )
             await plugin.start(session, room)
-            if floor_url is not None:
-                listen_for_floor(room, room_name, session)
             token = agent_token(spec["api_key"], spec["api_secret"], room_name)
             for attempt in range(JOIN_ATTEMPTS):
                 try:
@@ -280,12 +236,9 @@ async def agents_worker() -> None:
             print(json.dumps(said), flush=True)
         elif line.strip() == "settle":
             # the floors' speeches are over before the gateway's phases start
-            await asyncio.gather(*echo_tasks, return_exceptions=True)
             await asyncio.gather(*floor_speeches, return_exceptions=True)
             floor_speeches.clear()
             print("settled", flush=True)
-    for http in echo_clients:
-        await http.close()
     for _, room, plugin, session in joined:
         await plugin.aclose()
         await session.aclose()
@@ -341,12 +294,8 @@ async def agents(
     cluster: LiveKitCluster,
     placed: Sequence[tuple[str, ClusterNode]],
     code: str,
-    reply_prefixes: Sequence[str] = (),
-    floor_url: str | None = None,
 ) -> AsyncIterator[AgentWorkers]:
-    """The agents of ``placed``; with ``reply_prefixes`` they share the signing secret and
-    allow server-API packets to ask for their answer there; with ``floor_url`` they echo the
-    fan-out floors' packets there."""
+    """The agents of ``placed``."""
     workers = AgentWorkers()
     try:
         for start in range(0, len(placed), AGENTS_PER_PROCESS):
@@ -367,10 +316,6 @@ async def agents(
                 "api_secret": cluster.api_secret,
                 "rooms": [(name, node.info.url) for name, node in chunk],
             }
-            if reply_prefixes:
-                spec.update(secret=SIGNING, reply_prefixes=list(reply_prefixes))
-            if floor_url is not None:
-                spec.update(floor_url=floor_url)
             process.stdin.write(json.dumps(spec).encode() + b"\n")
             await process.stdin.drain()
         for process in workers.processes:
@@ -432,8 +377,7 @@ async def settled_cpu(
 
 async def gateway_worker(port: int, mode: str, joins: int, delivery: str = ROOM) -> None:
     """``--gateway``: the gateway as ``imaginex-context gateway`` builds it (no Redis, rate
-    limit off; signed only with server-API delivery), with ``max_concurrent_joins`` set;
-    serves until SIGTERM."""
+    limit off, no signing secret), with ``max_concurrent_joins`` set; serves until SIGTERM."""
     settings = LiveKitSettings(
         url=os.environ["LIVEKIT_URL"],
         api_key=os.environ["LIVEKIT_API_KEY"],
@@ -449,14 +393,9 @@ async def gateway_worker(port: int, mode: str, joins: int, delivery: str = ROOM)
     backend: AgentBackend = finder
     if delivery == SERVER_RPC:
         backend = ServerRpcBackend(finder, settings)
-    if delivery == SERVER_API:
-        backend = ServerApiBackend(
-            finder, settings, signing_secret=SIGNING, public_url=f"http://127.0.0.1:{port}"
-        )
     app = create_app(
         backend,
         ApiSecrets(secret=API_SECRET_HEADER),
-        signing_secret=SIGNING if delivery == SERVER_API else None,
         delivery_timeout=DELIVERY_TIMEOUT_S,
         rate_limit=None,
     )
@@ -502,8 +441,7 @@ async def gateway(
     delivery: str = ROOM,
     port: int | None = None,
 ) -> AsyncIterator[GatewayProcess]:
-    """A fresh gateway process on ``port`` (default: a free one); with server-API delivery its
-    public URL is ``http://127.0.0.1:{port}``, which the agents must already allow."""
+    """A fresh gateway process on ``port`` (default: a free one)."""
     port = port if port is not None else free_tcp_port()
     env = {
         k: v
@@ -516,8 +454,6 @@ async def gateway(
         LIVEKIT_API_SECRET=node.info.api_secret,
         IMAGINEX_API_SECRET=API_SECRET_HEADER,
     )
-    if delivery == SERVER_API:
-        env.update(IMAGINEX_SIGNING_SECRET=SIGNING)
     log_path = workdir / f"gateway-{port}.log"
     with log_path.open("wb") as log:
         command = [
@@ -541,12 +477,8 @@ async def gateway(
                 if mode == DIRECTORY
                 else []
             ),
-            *(
-                ["--delivery", SERVER_API, "--public-url", f"http://127.0.0.1:{port}"]
-                if delivery == SERVER_API
-                else []
-            ),
-            *(["--delivery", SERVER_RPC] if delivery == SERVER_RPC else []),
+            "--delivery",
+            delivery,
         ]
         if joins is not None:  # built here as the command builds it, with that join bound
             command = [
@@ -637,45 +569,6 @@ async def speak(
 # --------------------------------------------------------------------------- fan-out floors
 
 
-class EchoInbox:
-    """This process's ``POST /echo``: which rooms have echoed floor request ``n``."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[int, tuple[set[str], int, asyncio.Event]] = {}
-
-    def expect(self, n: int, rooms: int) -> asyncio.Event:
-        done = asyncio.Event()
-        self._waiting[n] = (set(), rooms, done)
-        return done
-
-    def echoed(self, n: int) -> int:
-        return len(self._waiting.pop(n, (set(), 0, None))[0])
-
-    async def handle(self, request: web.Request) -> web.Response:
-        echo = await request.json()
-        waiting = self._waiting.get(echo["n"])
-        if waiting is not None:
-            rooms, expected, done = waiting
-            rooms.add(echo["room"])
-            if len(rooms) == expected:
-                done.set()
-        return web.Response(status=204)
-
-
-@contextlib.asynccontextmanager
-async def echo_server(port: int) -> AsyncIterator[EchoInbox]:
-    inbox = EchoInbox()
-    app = web.Application()
-    app.router.add_post("/echo", inbox.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield inbox
-    finally:
-        await runner.cleanup()
-
-
 @dataclass
 class Measured:
     """CPU per process group, summed over the warm requests measured so far."""
@@ -736,22 +629,20 @@ class FloorPhase:
 
 class FloorRunner:
     """Bare fan-outs of one floor variant to every room in ``names``: a ``PerformRpc`` to each
-    agent's bare echo method, done when every room has answered, or a ``SendData`` to each,
-    done when every agent has echoed it over HTTP."""
+    agent's bare echo method, done when every room has answered."""
 
     def __init__(
         self,
         cluster: LiveKitCluster,
         names: Sequence[str],
         variant: str,
-        inbox: EchoInbox,
         workers: AgentWorkers,
     ) -> None:
         node = cluster.nodes[0].info
         settings = LiveKitSettings(url=node.url, api_key=node.api_key, api_secret=node.api_secret)
-        self._rpc, self._sender = ServerRpc(settings), DataSender(settings)
-        self._names, self._variant, self._inbox, self._workers = names, variant, inbox, workers
-        self._say = variant in (RPC_SAY, DATA_SAY)
+        self._rpc = ServerRpc(settings)
+        self._names, self._workers = names, workers
+        self._say = variant == RPC_SAY
         self._groups = cpu_groups(cluster, [os.getpid()], workers.pids, first="sender")
         self._next = 1_000_000 * (FLOORS.index(variant) + 1)  # numbers no other floor uses
         self.phase = FloorPhase(len(names), variant)
@@ -769,28 +660,9 @@ class FloorRunner:
         names = self._names
         packet = json.dumps({"n": n, "say": self._say, "text": f"Floor message {n}."})
         start = time.perf_counter()
-        if self._variant in RPC_FLOORS:
-            answered = await asyncio.gather(*(self._call(name, packet) for name in names))
-            self.phase.missed += answered.count(False)
-            return time.perf_counter() - start
-        done = self._inbox.expect(n, len(names))
-        await asyncio.gather(
-            *(
-                self._sender.send(
-                    name,
-                    packet.encode(),
-                    destination_identities=[AGENT_IDENTITY],
-                    topic=FLOOR_TOPIC,
-                    timeout=DELIVERY_TIMEOUT_S,
-                )
-                for name in names
-            )
-        )
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(done.wait(), DELIVERY_TIMEOUT_S)
-        elapsed = time.perf_counter() - start
-        self.phase.missed += len(names) - self._inbox.echoed(n)
-        return elapsed
+        answered = await asyncio.gather(*(self._call(name, packet) for name in names))
+        self.phase.missed += answered.count(False)
+        return time.perf_counter() - start
 
     async def cold(self) -> None:
         """One fan-out that is not measured: connections and tokens, as a gateway's cold."""
@@ -803,11 +675,10 @@ class FloorRunner:
             self.phase.warm.append(await self.fan_out())
 
         await self.phase.measured.block(self._groups, [one] * count)
-        await self._workers.settle()  # its speeches and echoes are over before the next block
+        await self._workers.settle()  # its speeches are over before the next block
 
     async def aclose(self) -> None:
         await self._rpc.aclose()
-        await self._sender.aclose()
 
 
 def cpu_groups(
@@ -865,12 +736,12 @@ class Phase:
         return self.calls / max(len(self.answers), 1)
 
     @property
-    def send_data_per_node(self) -> list[float]:
+    def delivery_calls_per_node(self) -> list[float]:
         return [c / max(len(self.answers), 1) for c in self.per_room_calls]
 
     @property
-    def send_data_per_request(self) -> float:
-        return sum(self.send_data_per_node)
+    def delivery_calls_per_request(self) -> float:
+        return sum(self.delivery_calls_per_node)
 
     @property
     def label(self) -> str:
@@ -893,7 +764,7 @@ class GatewayRunner:
         self._cluster, self._gw, self._http, self._code = cluster, gw, http, code
         self._workers = workers
         self._calls = RoomServiceCalls(cluster)
-        self._per_room_call = f"API RoomService.{DELIVERY_CALL.get(phase.delivery, 'SendData')}"
+        self._per_room_call = f"API RoomService.{DELIVERY_CALL.get(phase.delivery, 'PerformRpc')}"
         self._groups = cpu_groups(cluster, [gw.process.pid], workers.pids, first="gateway")
         self._next = 0
         self.phase = phase
@@ -1012,7 +883,7 @@ async def one_size(
     modes: Sequence[str],
     workdir: Path,
     joins: int | None = None,
-    deliveries: Sequence[str] = (ROOM,),
+    deliveries: Sequence[str] = (SERVER_RPC,),
     floor_variants: Sequence[str] = FLOORS,
     rounds: int = 1,
 ) -> tuple[list[Phase], list[FloorPhase], list[str]]:
@@ -1031,39 +902,26 @@ async def one_size(
     floors: list[FloorPhase] = []
     problems: list[str] = []
     server_side = [(d, m) for d in deliveries if d != ROOM for m in modes]
-    # the server-API gateways' ports are fixed before the agents start: they must allow
-    # their reply URLs
-    ports = {(d, m): free_tcp_port() for d, m in server_side}
-    reply_prefixes = [
-        f"http://127.0.0.1:{port}/v1/internal/" for (d, _), port in ports.items() if d == SERVER_API
-    ]
-    floor_port = free_tcp_port() if set(floor_variants) & set(DATA_FLOORS) else None
-    floor_url = None if floor_port is None else f"http://127.0.0.1:{floor_port}/echo"
     rounds = max(1, min(rounds, warm))
     blocks = [warm // rounds + (1 if r < warm % rounds else 0) for r in range(rounds)]
     try:
         async with (
-            agents(cluster, placed, code, reply_prefixes, floor_url) as workers,
+            agents(cluster, placed, code) as workers,
             contextlib.AsyncExitStack() as stack,
             aiohttp.ClientSession() as http,
         ):
             if missing := await unlisted(cluster, names, code, wait=READY_TIMEOUT_S):
                 raise RuntimeError(f"{len(missing)} agents never showed their code")
-            inbox = (
-                await stack.enter_async_context(echo_server(floor_port))
-                if floor_port is not None
-                else EchoInbox()
-            )
             taking_turns: list[FloorRunner | GatewayRunner] = []
             for variant in floor_variants:
-                runner = FloorRunner(cluster, names, variant, inbox, workers)
+                runner = FloorRunner(cluster, names, variant, workers)
                 stack.push_async_callback(runner.aclose)
                 await runner.cold()
                 floors.append(runner.phase)
                 taking_turns.append(runner)
             for delivery, mode in server_side:
                 gw = await stack.enter_async_context(
-                    gateway(cluster.nodes[0], workdir, mode, joins, delivery, ports[delivery, mode])
+                    gateway(cluster.nodes[0], workdir, mode, joins, delivery)
                 )
                 gateway_phase = Phase(rooms, mode, delivery)
                 runner_gw = GatewayRunner(cluster, gw, http, code, workers, gateway_phase)
@@ -1152,7 +1010,7 @@ async def run(
     modes: Sequence[str] = MODES,
     cluster: LiveKitCluster | None = None,
     joins: int | None = None,
-    deliveries: Sequence[str] = (ROOM,),
+    deliveries: Sequence[str] = (SERVER_RPC,),
     floor_variants: Sequence[str] = FLOORS,
     results: dict[str, Any] | None = None,
     rounds: int = 4,
@@ -1211,14 +1069,13 @@ async def run(
         f"the gateway uses node A; {DELIVERY_TIMEOUT_S:g} s delivery timeout"
         + (f"; max_concurrent_joins={joins}" if joins is not None else "")
         + (
-            "; server-api: SendData to node A for the rooms of both nodes, acks posted back to "
-            "the gateway over HTTP, messages signed"
-            if SERVER_API in deliveries
+            "; server-rpc: PerformRpc to node A for the rooms of both nodes, the ack the call's "
+            "answer, messages signed with the LiveKit API secret"
+            if SERVER_RPC in deliveries
             else ""
         )
-        + "; fan-out floors: PerformRpc or SendData from this process (sender) to the same "
-        "agents, answered by a bare RPC method or echoed by a bare POST, nothing of the plugin "
-        "or the gateway in them"
+        + "; fan-out floors: PerformRpc from this process (sender) to the same agents, "
+        "answered by a bare RPC method, nothing of the plugin or the gateway in them"
     )
     return report
 
@@ -1357,7 +1214,7 @@ def add_figures(
         )
     )
     # server-side deliveries make one call per room by design: the target is on the rest
-    finding = done.calls_per_request - done.send_data_per_request
+    finding = done.calls_per_request - done.delivery_calls_per_request
     per_room_call = DELIVERY_CALL.get(done.delivery)
     directory = done.mode == DIRECTORY
     report.add(
@@ -1365,8 +1222,8 @@ def add_figures(
             f"{label}: RoomService calls per request",
             f"{done.calls_per_request:.1f}"
             + (
-                f" ({done.send_data_per_request:.1f} {per_room_call}, logged by node A / B: "
-                + " / ".join(f"{c:.1f}" for c in done.send_data_per_node)
+                f" ({done.delivery_calls_per_request:.1f} {per_room_call}, logged by node A / B: "
+                + " / ".join(f"{c:.1f}" for c in done.delivery_calls_per_node)
                 + ")"
                 if per_room_call
                 else ""
@@ -1454,10 +1311,9 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument(
         "--delivery",
-        default=ROOM,
-        help="room (join every room, the default), server-rpc (RoomService.PerformRpc, the "
-        "ack is its answer), server-api (RoomService.SendData, acks over HTTP), or several: "
-        "server-rpc,server-api,room (measured in the order given)",
+        default=SERVER_RPC,
+        help="server-rpc (RoomService.PerformRpc, the ack is its answer, the default), room "
+        "(join every room), or both: server-rpc,room (measured in the order given)",
     )
     parser.add_argument(
         "--floors",

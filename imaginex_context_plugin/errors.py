@@ -111,7 +111,7 @@ class BackendError(ImaginexError):
 
 class StateUnavailable(ImaginexError):
     """The gateway's shared state cannot be reached (Redis down): Idempotency-Key records, rate
-    limits, the agents' replies taken, or the agent directory.
+    limits, or the agent directory.
 
     The gateway answers it ``503 STATE_UNAVAILABLE`` and delivers nothing: without the checks a
     retry could be applied twice. Its ``code`` is ``LIVEKIT_UNAVAILABLE``, the protocol's word

@@ -20,11 +20,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
-    model_serializer,
     model_validator,
 )
 
@@ -53,11 +51,12 @@ MAX_SENDER_LENGTH: Final = 128
 SENDER_SIGNATURE_PREFIX: Final = "imaginex-sender-v1"
 """What a signed message naming a ``sender`` starts with before it is signed: a v1 message
 starts with its timestamp's digits, so the two kinds can never be mistaken for each other."""
-REPLY_SIGNATURE_PREFIX: Final = "imaginex-reply-v1"
-"""What a signed message naming a ``reply_to`` URL starts with before it is signed (see
-``security.sign_request``): distinct from both other kinds."""
-MAX_REPLY_URL_LENGTH: Final = 512
-"""Longest ``reply_to`` a signed envelope may name."""
+WITHDRAWN_REPLY_TO: Final = (
+    "Field 'reply_to' is no longer supported: a message sent through the server API gets no "
+    "answer; send it with RoomService.PerformRpc (the gateway's --delivery server-rpc) and the "
+    "answer is the call's"
+)
+"""The error an envelope naming a ``reply_to`` (v1.3, withdrawn) gets."""
 MAX_HISTORY_LIMIT: Final = 200
 DEFAULT_HISTORY_LIMIT: Final = 50
 
@@ -549,11 +548,15 @@ class SignedEnvelope(BaseModel):
     """Who the message comes from, vouched for by the signature (v1.2, optional): the receiver
     deduplicates, rate limits and checks permissions by it instead of the relaying participant,
     so that gateway replicas with distinct participant identities count as one sender."""
-    reply_to: Annotated[str, Field(min_length=1, max_length=MAX_REPLY_URL_LENGTH)] | None = None
-    """Where the answers go over HTTP (v1.3, optional), for a packet sent through the server
-    API, which has no participant to answer: covered by the signature (the
-    ``imaginex-reply-v1`` scheme of ``security.sign_request``) and honoured only when the
-    agent allows the URL (``ContextPlugin(reply_urls=...)``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_reply_to(cls, data: Any) -> Any:
+        # v1.3's answers over HTTP were withdrawn: an old gateway still naming a URL is told
+        # why, not merely that the field is unknown
+        if isinstance(data, dict) and "reply_to" in data:
+            raise ValueError(WITHDRAWN_REPLY_TO)
+        return data
 
     @model_validator(mode="after")
     def _check_text(self, info: ValidationInfo) -> SignedEnvelope:
@@ -562,19 +565,7 @@ class SignedEnvelope(BaseModel):
             _check_visible("sender", self.sender)
             if not self.sender.isprintable():
                 raise ValueError("Field 'sender' must not contain control characters")
-        if self.reply_to is not None and not (
-            self.reply_to.isascii() and self.reply_to.isprintable() and " " not in self.reply_to
-        ):
-            raise ValueError("Field 'reply_to' must be a URL of printable ASCII, no spaces")
         return self
-
-    @model_serializer(mode="wrap")
-    def _without_absent_reply_to(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # an envelope without reply_to dumps as a v1.2 one does: older agents read it (pinned)
-        data: dict[str, Any] = handler(self)
-        if data.get("reply_to", "") is None:
-            del data["reply_to"]
-        return data
 
 
 Packet = Annotated[_RequestModel | SignedEnvelope, Field(discriminator="type")]

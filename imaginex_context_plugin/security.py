@@ -20,7 +20,7 @@ from typing import Final
 
 from .errors import did_you_mean
 from .expiring import ExpiringCache
-from .protocol import MESSAGE_TYPES, REPLY_SIGNATURE_PREFIX, SENDER_SIGNATURE_PREFIX
+from .protocol import MESSAGE_TYPES, SENDER_SIGNATURE_PREFIX
 
 SIGNATURE_WINDOW_S: Final = 300.0
 """Signed messages older or newer than this (seconds) are refused."""
@@ -41,7 +41,6 @@ def sign_request(
     *,
     timestamp: int | None = None,
     sender: str | None = None,
-    reply_to: str | None = None,
 ) -> str:
     """Wrap request JSON in a signed envelope, ready to send.
 
@@ -53,23 +52,15 @@ def sign_request(
         with a sender:
             message = f"imaginex-sender-v1.{timestamp}.{n}.{sender}.{body}"
             where n = the length of sender in UTF-8 bytes, in decimal
-        with a reply_to (a sender or not):
-            message = f"imaginex-reply-v1.{timestamp}.{n}.{sender}.{m}.{reply_to}.{body}"
-            where n is as above (0 and an empty sender when there is none) and
-            m = the length of reply_to in UTF-8 bytes, in decimal
         signature = lowercase hex of HMAC-SHA256(key=secret, msg=message as UTF-8)
         packet    = {"type": "signed", "body": body, "timestamp": timestamp,
                      "signature": signature}            (plus "sender": sender, if given)
-                                                        (plus "reply_to": reply_to, if given)
 
     ``body`` is the request JSON text itself, carried as a JSON string, so the receiver checks
     the exact bytes that were signed. The two messages cannot be confused: a v1 message starts
     with the timestamp's digits (or ``-``), one with a sender with a letter; and the sender's
     byte length says exactly where it ends, whatever characters it holds (dots included). So a
-    signature made for one sender is worthless for another, or for none. A message with a
-    ``reply_to`` has a third prefix and both lengths, so the URL cannot be changed, added or
-    removed in flight, and a sender cannot be confused with an empty one (a sender has at
-    least one character).
+    signature made for one sender is worthless for another, or for none.
 
     ``sender``: who the message comes from, vouched for by whoever holds the secret. The
     receiver deduplicates, rate limits and checks permissions by it instead of the participant
@@ -82,8 +73,6 @@ def sign_request(
         timestamp: Unix seconds; the current time when omitted.
         sender: The sender the receiver counts the message as (1 to 128 visible characters).
             Default: none, the v1 envelope; the relaying participant is the sender.
-        reply_to: The URL the receiver posts its answers to (for packets sent through the
-            server API, which have no participant to answer). Default: none.
 
     Returns:
         The envelope JSON to publish on the context topic or send over RPC.
@@ -94,34 +83,19 @@ def sign_request(
         "type": "signed",
         "body": body_text,
         "timestamp": ts,
-        "signature": compute_signature(body_text, ts, secret, sender=sender, reply_to=reply_to),
+        "signature": compute_signature(body_text, ts, secret, sender=sender),
     }
     if sender is not None:
         envelope["sender"] = sender
-    if reply_to is not None:
-        envelope["reply_to"] = reply_to
     return json.dumps(envelope, separators=(",", ":"))
 
 
-def signed_message(
-    body: str, timestamp: int, sender: str | None, reply_to: str | None = None
-) -> bytes:
+def signed_message(body: str, timestamp: int, sender: str | None) -> bytes:
     """The exact bytes an envelope's HMAC covers (see :func:`sign_request`).
 
     Raises:
-        UnicodeEncodeError: ``body``, ``sender`` or ``reply_to`` is not text (a lone surrogate).
+        UnicodeEncodeError: ``body`` or ``sender`` is not text (a lone surrogate).
     """
-    if reply_to is not None:
-        who = b"" if sender is None else sender.encode("utf-8")
-        where = reply_to.encode("utf-8")
-        return (
-            f"{REPLY_SIGNATURE_PREFIX}.{timestamp}.{len(who)}.".encode()
-            + who
-            + f".{len(where)}.".encode()
-            + where
-            + b"."
-            + body.encode("utf-8")
-        )
     if sender is None:
         return f"{timestamp}.".encode() + body.encode("utf-8")
     who = sender.encode("utf-8")
@@ -135,10 +109,9 @@ def compute_signature(
     secret: str | bytes,
     *,
     sender: str | None = None,
-    reply_to: str | None = None,
 ) -> str:
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    message = signed_message(body, timestamp, sender, reply_to)
+    message = signed_message(body, timestamp, sender)
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
@@ -186,15 +159,14 @@ class SignatureVerifier:
         signature: str,
         *,
         sender: str | None = None,
-        reply_to: str | None = None,
     ) -> SignatureProblem | None:
         """Returns None when valid (and remembers it), else why it was refused.
 
-        ``sender``, ``reply_to``: the envelope's, covered by the signature (see
+        ``sender``: the envelope's, covered by the signature (see
         ``sign_request``).
         """
         try:
-            message = signed_message(body, timestamp, sender, reply_to)
+            message = signed_message(body, timestamp, sender)
         except UnicodeEncodeError:
             # a body or sender that is not text cannot have been signed as UTF-8
             return SignatureProblem.MISMATCH

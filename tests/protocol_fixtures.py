@@ -17,8 +17,7 @@ def _named(section: str, name: str) -> dict[str, Any]:
 
 
 def signature(name: str) -> dict[str, Any]:
-    """A signature vector: secret, timestamp, body, sender, reply_to, message, signature,
-    envelope."""
+    """A signature vector: secret, timestamp, body, sender, message, signature, envelope."""
     return _named("signatures", name)
 
 

@@ -11,8 +11,8 @@ connection; informational (1xx) answers are skipped. A connection is reused whil
 keeps it alive, is closed on any error, timeout or cancellation mid-request, and is let go after
 ``IDLE_S`` unused. A request on a reused connection that the server closed meanwhile (the
 keep-alive race: it fails before any byte of the answer) goes once more on a new connection;
-the caller must be fine with a request arriving twice then, as ``PerformRpc`` and ``SendData``
-callers here are (the agents deduplicate by request id, packets carry a nonce).
+the caller must be fine with a request arriving twice then, as ``PerformRpc`` callers here are
+(the agents deduplicate by request id).
 
 Errors: ``ConnectionError`` (an ``OSError``) when the connection fails or the answer is cut
 short, :class:`Http1Error` (a ``ConnectionError``) for an answer that is not valid HTTP/1.1 or

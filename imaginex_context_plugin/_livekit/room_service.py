@@ -3,7 +3,7 @@ signed once per few minutes instead of once per call.
 
 ``livekit-api`` builds and signs a fresh JWT for every call (claims to a dict, JSON, HMAC);
 profiled in the gateway on a fan-out to 50 rooms, that was about a fifth of its CPU per
-request. A token for ``SendData`` or ``PerformRpc`` may name one room only (LiveKit checks
+request. A token for ``PerformRpc`` may name one room only (LiveKit checks
 ``room_admin`` for that very room), so tokens are kept per room, bounded, and reused for half
 their lifetime: a token in use always has at least ``TOKEN_TTL / 2`` left, far more than any
 call's deadline.

@@ -35,9 +35,8 @@ from ..gateway.run import DEFAULT_CONSOLE, DEFAULT_HOST, DEFAULT_PORT, run_gatew
 from ..security import RateLimit
 from .parameters import FiniteFloatRange, api_secret_warning_once
 
-DELIVERIES: Final = ("room", "server-api", "server-rpc")
-"""``--delivery``: over room connections (the default), ``RoomService.SendData`` or
-``RoomService.PerformRpc``."""
+DELIVERIES: Final = ("server-rpc", "room")
+"""``--delivery``: ``RoomService.PerformRpc`` (the default) or over room connections."""
 
 
 @click.command("gateway")
@@ -88,16 +87,9 @@ DELIVERIES: Final = ("room", "server-api", "server-rpc")
     type=click.Choice(DELIVERIES),
     default=DELIVERIES[0],
     show_default=True,
-    help="room: join each room and call the agent by RPC; server-rpc: RoomService.PerformRpc, "
-    "no room joined, the agent's ack is the RPC's answer; server-api: RoomService.SendData, "
-    "no room joined, the agents post their answers to --public-url (they must allow it with "
-    "ContextPlugin(reply_urls=...)); needs IMAGINEX_SIGNING_SECRET.",
-)
-@click.option(
-    "--public-url",
-    default=None,
-    help="With --delivery server-api: the gateway's URL as the agents reach it, e.g. "
-    "http://gateway.internal:8089.",
+    help="server-rpc: RoomService.PerformRpc, no room joined, the agent's ack is the RPC's "
+    "answer; room: join each room and call the agent by RPC over that connection (the events "
+    "stream's playout events need it).",
 )
 @click.option(
     "--max-rooms",
@@ -200,7 +192,6 @@ def gateway_command(
     agent_directory: bool,
     reconcile_interval: float,
     delivery: str,
-    public_url: str | None,
     max_rooms: int,
     max_concurrent_joins: int,
     sender: str,
@@ -224,8 +215,6 @@ def gateway_command(
     and IMAGINEX_REDIS_URL (--redis-url) to run as one of several replicas. The operator
     console is at /console.
     """
-    if (delivery == "server-api") != (public_url is not None):
-        raise click.ClickException("--delivery server-api and --public-url go together.")
     try:
         config = GatewayConfig.from_env(secrets_file=secrets_file, redis_url=redis_url)
         limit = RateLimit(per_second=rate_limit, burst=burst) if rate_limit > 0 else None
@@ -250,7 +239,6 @@ def gateway_command(
             sender=None if no_sender else sender,
             agent_directory=agent_directory,
             reconcile_interval=reconcile_interval,
-            public_url=public_url,
             max_rooms=max_rooms,
             max_concurrent_joins=max_concurrent_joins,
             server_rpc=delivery == "server-rpc",

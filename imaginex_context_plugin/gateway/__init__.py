@@ -32,8 +32,6 @@ from .delivery import (
     AgentBackend,
     AgentTarget,
     LiveKitBackend,
-    ReplyInbox,
-    ServerApiBackend,
     ServerRpcBackend,
 )
 from .directory import AgentDirectory, MemoryAgentDirectory, RedisAgentDirectory
@@ -83,9 +81,7 @@ __all__ = [
     "Principal",
     "RedisAgentDirectory",
     "RedisState",
-    "ReplyInbox",
     "RoomDirectory",
-    "ServerApiBackend",
     "ServerRpcBackend",
     "StateUnavailable",
     "build_openapi",

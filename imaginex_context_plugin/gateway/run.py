@@ -20,7 +20,6 @@ from .config import GatewayConfig
 from .delivery.agent_backend import AgentBackend
 from .delivery.room_delivery import DEFAULT_GATEWAY_IDENTITY, LiveKitBackend
 from .delivery.room_pool import DEFAULT_MAX_CONCURRENT_JOINS, DEFAULT_MAX_ROOMS
-from .delivery.server_api_delivery import ServerApiBackend
 from .delivery.server_rpc_delivery import ServerRpcBackend
 from .directory.agent_directory import AgentDirectory
 from .directory.memory_directory import MemoryAgentDirectory
@@ -61,10 +60,9 @@ def run_gateway(
     sender: str | None = DEFAULT_GATEWAY_SENDER,
     agent_directory: bool = False,
     reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL_S,
-    public_url: str | None = None,
     max_rooms: int = DEFAULT_MAX_ROOMS,
     max_concurrent_joins: int = DEFAULT_MAX_CONCURRENT_JOINS,
-    server_rpc: bool = False,
+    server_rpc: bool = True,
     console: bool = DEFAULT_CONSOLE,
     console_livekit_url: str | None = None,
     console_secure_cookies: bool | None = None,
@@ -92,18 +90,13 @@ def run_gateway(
             ``/livekit/webhook``) and reconciliation, in Redis with ``config.redis_url``, instead
             of listing every room. Default False.
         reconcile_interval: Seconds between reconciliations of that directory. Default 30.
-        public_url: Deliver through ``RoomService.SendData`` without joining rooms, the agents
-            posting their answers to this URL (the gateway as they reach it) plus
-            ``/v1/internal/replies`` (see :mod:`.delivery.server_api_delivery`); needs a signing
-            secret.
-            Default: None, deliver over room connections.
         max_rooms: Room connections held at once (see
             :class:`~.delivery.room_delivery.LiveKitBackend`).
             Default 1000.
         max_concurrent_joins: Room joins under way at once. Default 8.
         server_rpc: Deliver through ``RoomService.PerformRpc`` without joining rooms, the
             agent's ack being the RPC's answer (see :mod:`.delivery.server_rpc_delivery`).
-            Default False.
+            Default True; False: join each room and call the agent over the room connection.
         console: Serve the operator console at ``/console``. Default True.
         console_livekit_url: The LiveKit URL as operators' browsers reach it (take-over);
             default ``config.livekit.url``.
@@ -111,7 +104,7 @@ def run_gateway(
             ``secure_cookies``.
 
     Raises:
-        ConfigError: Redis or ``public_url`` without a signing secret, or an unusable
+        ConfigError: Redis without a signing secret, or an unusable
             ``sender`` (checked before anything starts).
     """
     if config.redis_url and not config.signing_secret:
@@ -121,14 +114,6 @@ def run_gateway(
             "Replicas (--redis-url) must name one sender in their signed messages (--sender): "
             "without it an agent cannot tell a retry through another replica from a new message."
         )
-    if public_url is not None and not config.signing_secret:
-        raise ConfigError(
-            "Server-API delivery (--public-url) needs a signing secret (IMAGINEX_SIGNING_SECRET)."
-        )
-    if public_url is not None and server_rpc:
-        raise ConfigError("Server-RPC delivery takes no --public-url: the answer is the RPC's.")
-    if public_url is not None and not public_url.startswith(("http://", "https://")):
-        raise ConfigError("--public-url must be an http(s) URL the agents can reach.")
     try:
         MessageWriter(signing_secret=None, sender=sender)
     except ValueError as exc:
@@ -171,19 +156,6 @@ def run_gateway(
         delivering: AgentBackend = backend
         if server_rpc:
             delivering = ServerRpcBackend(backend, config.livekit, sender=sender)
-        if public_url is not None:
-            relay = None
-            if config.redis_url:  # replicas behind one URL: a reply may reach another one
-                from .state.redis_state import RedisReplyRelay
-
-                relay = RedisReplyRelay(redis_state.client)
-            delivering = ServerApiBackend(
-                backend,
-                config.livekit,
-                signing_secret=config.signing_secret,
-                public_url=public_url,
-                reply_relay=relay,
-            )
         return create_app(
             delivering,
             config.secrets,

@@ -26,7 +26,6 @@ from ..protocol import (
     echo,
     error_ack,
 )
-from ..replies import REPLY_URL_NOT_ALLOWED, ReplyUrls
 from ..security import (
     SIGNATURE_WINDOW_S,
     Permissions,
@@ -54,7 +53,6 @@ _NO_PARTICIPANT: Final = (
     "with the LiveKit API secret)."
 )
 _NOT_ALLOWED: Final = "This sender is not allowed to send messages to this agent."
-_REPLY_URL_REFUSED: Final = "This agent does not post answers to the reply_to URL given."
 
 
 def signature_verifier(
@@ -91,8 +89,6 @@ class Admission:
         work: The work queue (how many jobs are still owed an answer).
         dedup: The dedup memory (whether one more id fits).
         stats: Where received messages are counted.
-        reply_urls: Where a signed envelope's ``reply_to`` may point (None or empty: nowhere;
-            such a message is refused and nothing is sent).
     """
 
     def __init__(
@@ -109,9 +105,7 @@ class Admission:
         work: WorkQueue,
         dedup: DedupMemory,
         stats: PluginStats,
-        reply_urls: ReplyUrls | None = None,
     ) -> None:
-        self._reply_urls = reply_urls
         self._agent_code = agent_code
         self._room_name = room_name
         self._policy = policy
@@ -126,36 +120,28 @@ class Admission:
 
     def admit(self, raw: bytes, sender: str | None) -> Job | ErrorAck:
         """Admit ``raw`` from ``sender`` (None: the server API) or say why not."""
-        return self.admit_replying(raw, sender)[0]
-
-    def admit_replying(self, raw: bytes, sender: str | None) -> tuple[Job | ErrorAck, str | None]:
-        """:meth:`admit`, and the URL its answer goes to: a validly signed, allowed
-        ``reply_to`` (the job carries it too), else None (the answer goes to ``sender``)."""
         self._stats.received += 1
         if len(raw) > MAX_PAYLOAD_BYTES:
             return error_ack(
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"Message is {len(raw)} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes (15 KiB).",
                 None,
-            ), None
+            )
         try:
-            request, replayed, vouched, reply_url = self._authorise(
+            request, replayed, vouched = self._authorise(
                 protocol.read_packet(raw), sender
             )
         except ProtocolError as refusal:
             # every sender is rate limited, refused or not: each answer costs a packet
             return self._rate_limited(sender, refusal.request_id) or error_ack(
                 refusal.code, refusal.message, refusal.request_id, retry_after=refusal.retry_after
-            ), None
+            )
         # a signed message naming its sender counts as that sender (the key holder vouches
         # for it): gateway replicas relay under distinct identities but are one sender
         counted = vouched if vouched is not None else sender
-        admitted = self._rate_limited(counted, request.id) or self._queueable(
+        return self._rate_limited(counted, request.id) or self._queueable(
             request, sender, counted, replayed
         )
-        if reply_url is not None and isinstance(admitted, Job):
-            admitted.reply_url = reply_url
-        return admitted, reply_url
 
     def _rate_limited(self, sender: str | None, request_id: str | None) -> ErrorAck | None:
         if self._rate_limiter is None:
@@ -204,35 +190,19 @@ class Admission:
 
     def _authorise(
         self, packet: Request | SignedEnvelope, sender: str | None
-    ) -> tuple[Request, bool, str | None, str | None]:
-        """The request to apply, whether it is a replayed envelope, the sender a signature
-        vouches for (None: none named) and the allowed URL it names for the answers (None:
-        none), or a ``ProtocolError``."""
+    ) -> tuple[Request, bool, str | None]:
+        """The request to apply, whether it is a replayed envelope and the sender a signature
+        vouches for (None: none named), or a ``ProtocolError``."""
         if isinstance(packet, SignedEnvelope):
             request, replayed = self._open_envelope(packet)
-            if packet.reply_to is not None:
-                self._check_reply_url(packet.reply_to, request.id)
-            return request, replayed, packet.sender, packet.reply_to
+            return request, replayed, packet.sender
         if self._require_signature:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, _NOT_SIGNED, request_id=packet.id)
         if sender is None:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, _NO_PARTICIPANT, request_id=packet.id)
         if not self._policy.trusts(sender):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, _NOT_ALLOWED, request_id=packet.id)
-        return packet, False, None, None
-
-    def _check_reply_url(self, url: str, request_id: str | None) -> None:
-        """Refuse a signed ``reply_to`` the agent may not post to: the key holder could
-        otherwise make the agent call any address its network reaches (SSRF)."""
-        if self._reply_urls is not None and self._reply_urls.allows(url):
-            return
-        errors = self._stats.errors
-        errors[REPLY_URL_NOT_ALLOWED] = errors.get(REPLY_URL_NOT_ALLOWED, 0) + 1
-        logger.warning(
-            "reply URL not allowed; nothing sent",
-            extra={"error": REPLY_URL_NOT_ALLOWED, "request_id": request_id, "reply_to": url},
-        )
-        raise ProtocolError(ErrorCode.UNAUTHORIZED, _REPLY_URL_REFUSED, request_id=request_id)
+        return packet, False, None
 
     def _open_envelope(self, packet: SignedEnvelope) -> tuple[Request, bool]:
         """The signed request, trusted whoever relayed it, and whether it is a replay.
@@ -249,7 +219,6 @@ class Admission:
             packet.timestamp,
             packet.signature,
             sender=packet.sender,
-            reply_to=packet.reply_to,
         )
         if problem is SignatureProblem.FULL:
             raise ProtocolError(

@@ -46,9 +46,6 @@ class Job:
     # names (gateway replicas relay under distinct identities but are one sender). It owns the
     # message's dedup key and its speech (a cancel through another replica finds it).
     counted_as: str | None = None
-    # where the answer is posted over HTTP instead of sent to ``sender``: a server-API packet's
-    # signed, allowed ``reply_to`` (see ``replies``)
-    reply_url: str | None = None
     # (owner, id): a repeat within the dedup window is answered, not applied again. Set once:
     # it is read at batching, at the dedup check and when the ack is remembered.
     dedup_key: tuple[str, str] | None = field(init=False)

@@ -27,7 +27,6 @@ from ..log import logger
 from ..protocol import ACK_TOPIC, ErrorAck
 from ..security import SenderPolicy
 from .dedup import DedupMemory
-from .http_replies import HttpReplies
 from .jobs import Answer, Job, Success
 from .stats import PluginStats
 
@@ -78,7 +77,6 @@ class Outbox:
         policy: Who is trusted: refusals to others are the first dropped under load.
         dedup: Where the first ack of every applied id is remembered.
         stats: Where answers, refusals and drops are counted.
-        replies: Posts the answers of jobs that carry a ``reply_url`` (None: there are none).
     """
 
     def __init__(
@@ -87,10 +85,8 @@ class Outbox:
         policy: SenderPolicy,
         dedup: DedupMemory,
         stats: PluginStats,
-        replies: HttpReplies | None = None,
     ) -> None:
         self._policy = policy
-        self._replies = replies
         self._dedup = dedup
         self._stats = stats
         # one queue per drop rank; each item carries an arrival number so that they are
@@ -124,29 +120,14 @@ class Outbox:
             self._stats.applied += 1
             # a repeat of this id within the dedup window gets this first ack again
             self._dedup.remember(job, answer)
-        if job.reply is not None:  # RPC: the answer is the response, whatever else is named
+        if job.reply is not None:  # RPC: the answer is the response
             if not job.reply.done():
                 job.reply.set_result(answer)
             if isinstance(answer, ErrorAck):
                 self.record_refusal(answer, job.sender)
             return True
-        if job.reply_url is not None:
-            self.post_reply(job.reply_url, answer)
-            return True
         self.send(job.sender, answer)
         return True
-
-    def post_reply(self, url: str, message: protocol.ServerMessage | Success) -> None:
-        """Post ``message`` to ``url`` (an allowed, signed ``reply_to``) instead of a
-        participant; queued in its own task, never awaited here."""
-        if isinstance(message, ErrorAck):
-            self.record_refusal(message, None)
-        if self._replies is None:  # admission lets no reply_url through without it
-            return
-        payload = message.payload if isinstance(message, Success) else protocol.encode_message(
-            message
-        )
-        self._replies.post(url, payload)
 
     def record_refusal(self, ack: ErrorAck, sender: str | None) -> None:
         code = ack.error.value

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from livekit import rtc
@@ -39,7 +39,6 @@ from ..context import DEFAULT_CONTEXT_BUDGET, ContextBudget, ContextStore
 from ..errors import ErrorCode
 from ..log import logger
 from ..protocol import CONTEXT_TOPIC, ErrorAck, GetStateRequest, error_ack
-from ..replies import ReplyUrls
 from ..security import (
     DEDUP_WINDOW_S,
     DEFAULT_RATE_LIMIT,
@@ -53,7 +52,6 @@ from .admission import Admission, signature_verifier, warn_if_server_untrusted
 from .answers import AckWriter, internal_error
 from .call_end import CALL_ENDED_MESSAGE, EndListener
 from .dedup import DedupMemory
-from .http_replies import HttpReplies
 from .jobs import Answer, Housekeeping, Job, Success
 from .outbox import AckTransport, Outbox
 from .parts import Hook, SessionParts
@@ -88,8 +86,8 @@ class ContextPlugin:
             arrive without a participant. Default True. Such a packet must be signed with the
             LiveKit API secret (``send_via_server_api`` does it): LiveKit also delivers hidden
             participants' packets, and newcomers' first packets, without a participant, so an
-            unsigned one could come from anyone in the room. They cannot be answered, unless
-            they name a ``reply_to`` this agent allows (``reply_urls``).
+            unsigned one could come from anyone in the room. They cannot be answered: a sender
+            that wants the answer calls ``RoomService.PerformRpc`` instead.
         server_secret: The LiveKit API secret that server packets are signed with. Default:
             the ``LIVEKIT_API_SECRET`` environment variable (the worker has it to register).
         secret: Shared secret for signed messages; a validly signed message is trusted whoever
@@ -114,12 +112,6 @@ class ContextPlugin:
             refused with ``UNAUTHORIZED``. ``unsubscribe`` is always allowed. Types are spelled
             as on the wire (``end_call``, not the CLI's ``end-call``); one that does not exist
             raises ``ValueError`` here rather than grant nothing.
-        reply_urls: URL prefixes a signed server-API packet's ``reply_to`` may point to; its
-            answer is then posted there over HTTP, signed with ``secret`` (else the LiveKit API
-            secret), see :mod:`..replies`. Each an ``http(s)`` URL whose path ends with ``/``,
-            e.g. ``["http://gateway.internal:8089/v1/internal/"]``. Default: none; a packet
-            naming a ``reply_to`` is then refused (``REPLY_URL_NOT_ALLOWED`` in
-            ``stats.errors`` and the log) and nothing is sent.
         max_instructions_chars: Most characters the senders' ``update_instructions`` may add
             up to (the appended texts, or a replacement and what was appended to it; the
             agent's own instructions do not count). One that would go over is refused with
@@ -146,7 +138,6 @@ class ContextPlugin:
         dedup_max_entries: int | None = None,
         ack_transport: AckTransport | None = None,
         permissions: Mapping[str, Iterable[str]] | None = None,
-        reply_urls: Sequence[str] = (),
         max_instructions_chars: int = DEFAULT_MAX_INSTRUCTIONS_CHARS,
     ) -> None:
         if require_signature and not secret:
@@ -160,10 +151,6 @@ class ContextPlugin:
         server_key = (server_secret or os.getenv(LIVEKIT_API_SECRET_ENV)) if trust_server else None
         warn_if_server_untrusted(trust_server, server_key)
         policy = SenderPolicy.build(allowed_identities)
-        allowed_replies = ReplyUrls(reply_urls)
-        reply_key = secret or server_key
-        if allowed_replies and not reply_key:
-            raise ValueError("reply_urls needs a secret (or the LiveKit API secret) to sign with")
         self.stats = PluginStats()
         self._store = ContextStore(context_budget)
         self._ready_timeout = ready_timeout
@@ -174,14 +161,7 @@ class ContextPlugin:
             max_entries=dedup_max_entries or remembered_ids_capacity(rate_limit, dedup_window),
             stats=self.stats,
         )
-        self._replies = (
-            HttpReplies(secret=reply_key, room_name=self._room_name, stats=self.stats)
-            if allowed_replies and reply_key
-            else None
-        )
-        self._outbox = Outbox(
-            policy=policy, dedup=self._dedup, stats=self.stats, replies=self._replies
-        )
+        self._outbox = Outbox(policy=policy, dedup=self._dedup, stats=self.stats)
         self._writer = AckWriter(self._agent_code, self._room_name)
         self._subscribers = Subscribers(writer=self._writer, stats=self.stats)
         self._admission = Admission(
@@ -201,7 +181,6 @@ class ContextPlugin:
             work=self._work,
             dedup=self._dedup,
             stats=self.stats,
-            reply_urls=allowed_replies,
         )
         self._session: AgentSession[Any] | None = None
         self._room: rtc.Room | None = None
@@ -339,8 +318,6 @@ class ContextPlugin:
         await asyncio.gather(self._outbox.drain(publish), self._subscribers.aclose())
         publish.cancel()
         await asyncio.gather(publish, return_exceptions=True)
-        if self._replies is not None:
-            await self._replies.aclose()
         self._tasks.clear()
         logger.info("context plugin closed", extra={"agent_code": self._agent_code})
 
@@ -366,18 +343,15 @@ class ContextPlugin:
 
     def _receive(self, raw: bytes, sender: str | None) -> None:
         try:
-            admitted, reply_url = self._admission.admit_replying(raw, sender)
+            admitted = self._admission.admit(raw, sender)
         except Exception:  # a room callback must never raise
             logger.exception("unexpected error admitting a context packet")
-            admitted, reply_url = error_ack(ErrorCode.INTERNAL_ERROR, _UNREADABLE, None), None
+            admitted = error_ack(ErrorCode.INTERNAL_ERROR, _UNREADABLE, None)
         if isinstance(admitted, Job):
             self._dispatch(admitted)
             return
         try:
-            if reply_url is not None:
-                self._outbox.post_reply(reply_url, admitted)
-            else:
-                self._outbox.send(sender, admitted)
+            self._outbox.send(sender, admitted)
         except Exception:  # e.g. an answer that cannot be encoded: still never raise
             logger.exception("unexpected error answering a context packet")
 

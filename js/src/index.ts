@@ -20,7 +20,6 @@ export {
 export { checkSize, hasVisibleText, prepareRequest, requestIdOf, requestProblem, type RequestInput } from "./requests.js";
 export { DEFAULT_BACKOFF_MS, DEFAULT_RETRIES, MAX_BACKOFF_MS, MAX_RETRY_AFTER_S, newRequestId, retryDelayMs } from "./retry.js";
 export {
-  REPLY_SIGNATURE_PREFIX,
   SENDER_SIGNATURE_PREFIX,
   Signer,
   computeSignature,

@@ -4,20 +4,16 @@
  *
  *   v1:   message = `${timestamp}.${body}`
  *   v1.2: message = `imaginex-sender-v1.${timestamp}.${n}.${sender}.${body}`   (n: sender's UTF-8 bytes)
- *   v1.3: message = `imaginex-reply-v1.${timestamp}.${n}.${sender}.${m}.${replyTo}.${body}`
  *   signature = lowercase hex HMAC-SHA256(key = secret, message as UTF-8)
  */
 
 export const SENDER_SIGNATURE_PREFIX = "imaginex-sender-v1";
-export const REPLY_SIGNATURE_PREFIX = "imaginex-reply-v1";
 
 export interface SignOptions {
   /** Unix seconds; the current time when omitted. */
   timestamp?: number;
   /** v1.2: who the message comes from, vouched for by the secret (1 to 128 visible characters). */
   sender?: string;
-  /** v1.3: where the agent posts its answers over HTTP (server-API packets). */
-  replyTo?: string;
 }
 
 const encoder = new TextEncoder();
@@ -39,11 +35,7 @@ function hmacKey(secret: string | Uint8Array): Promise<CryptoKey> {
 }
 
 /** The exact text an envelope's HMAC covers. */
-export function signedMessage(body: string, timestamp: number, sender?: string, replyTo?: string): string {
-  if (replyTo !== undefined) {
-    const who = sender ?? "";
-    return `${REPLY_SIGNATURE_PREFIX}.${timestamp}.${utf8(who)}.${who}.${utf8(replyTo)}.${replyTo}.${body}`;
-  }
+export function signedMessage(body: string, timestamp: number, sender?: string): string {
   if (sender === undefined) return `${timestamp}.${body}`;
   return `${SENDER_SIGNATURE_PREFIX}.${timestamp}.${utf8(sender)}.${sender}.${body}`;
 }
@@ -54,7 +46,7 @@ export async function computeSignature(
   secret: string | Uint8Array,
   options: SignOptions & { timestamp: number },
 ): Promise<string> {
-  const message = signedMessage(body, options.timestamp, options.sender, options.replyTo);
+  const message = signedMessage(body, options.timestamp, options.sender);
   const mac = await crypto.subtle.sign("HMAC", await hmacKey(secret), encoder.encode(message));
   return Array.from(new Uint8Array(mac), (b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -73,7 +65,6 @@ export async function signRequest(
   const signature = await computeSignature(body, secret, { ...options, timestamp });
   const envelope: Record<string, unknown> = { type: "signed", body, timestamp, signature };
   if (options.sender !== undefined) envelope.sender = options.sender;
-  if (options.replyTo !== undefined) envelope.reply_to = options.replyTo;
   return asciiJson(envelope);
 }
 

@@ -2,14 +2,14 @@
 
 The document is the one the running gateway serves (``GET /openapi.json``), and every operation
 in it is fuzzed against the real aiohttp application on 127.0.0.1: the API calls, the events
-stream, the health check, the document itself, LiveKit's webhook and the agents' reply route.
+stream, the health check, the document itself and LiveKit's webhook.
 Behind the gateway are real agents (``AgentSession`` + ``ContextPlugin``) in rooms on the relay
 network (``tests/gateway_fixtures.py``), so that a well-formed call is delivered and answered.
-Two gateways: one delivering over room connections (RPC), one through the server API with the
-agents answering over HTTP (``ServerApiBackend``; its ``SendData`` goes onto the relay).
+Two gateways: one delivering over room connections (RPC), one through the server API's RPC
+(``ServerRpcBackend``; its ``PerformRpc`` goes onto the relay).
 
-Cases are aimed at the agents (their code, their room, a valid api-secret; the webhook and
-reply bodies validly signed half the time) or anything at all, positive and negative, and a
+Cases are aimed at the agents (their code, their room, a valid api-secret; the webhook
+bodies validly signed half the time) or anything at all, positive and negative, and a
 body is sometimes sent gzip- or deflate-compressed, or said to be gzip and not. Each must
 get an answer the document allows (schemathesis' default checks): never a 500, a documented
 status, content type, headers and body schema, schema-violating input refused, auth enforced;
@@ -29,9 +29,9 @@ import gzip
 import hashlib
 import json
 import socket
-import time
+import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from logging import ERROR
 from typing import Any
@@ -44,26 +44,25 @@ import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from livekit import api
+from livekit import api, rtc
 from schemathesis import GenerationMode
 from schemathesis.core import NotSet
 from schemathesis.core.parameters import ParameterLocation
 
-from imaginex_context_plugin._livekit.send_data import DataSender
+from imaginex_context_plugin._livekit.rpc import rpc_failure
+from imaginex_context_plugin._livekit.server_rpc import ServerRpc
+from imaginex_context_plugin.errors import ErrorCode
 from imaginex_context_plugin.gateway import (
     ApiSecrets,
     GatewayServer,
     create_app,
     start_gateway_server,
 )
-from imaginex_context_plugin.gateway.delivery import REPLIES_PATH, ServerApiBackend
+from imaginex_context_plugin.gateway.delivery import ServerRpcBackend
 from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory
 from imaginex_context_plugin.gateway.directory.webhook import WEBHOOK_PATH
-from imaginex_context_plugin.replies import (
-    REPLY_SIGNATURE_HEADER,
-    REPLY_TIMESTAMP_HEADER,
-    reply_signature,
-)
+from imaginex_context_plugin.protocol import RPC_METHOD
+from imaginex_context_plugin.request_errors import ContextError
 from tests.fakes import RelayNetwork
 from tests.gateway_fixtures import CODE, GATEWAY, ROOM_1, ROOM_2, SECRET, SETTINGS, Fleet
 
@@ -73,28 +72,37 @@ CASES_PER_OPERATION = 25
 module stays within seconds."""
 
 
-class RelayDataSender(DataSender):
-    """``RoomService.SendData`` as the server does it, onto the relay network: a packet without
-    a participant to the destinations; a room nobody is in is Twirp ``not_found``."""
+class RelayServerRpc(ServerRpc):
+    """``RoomService.PerformRpc`` as the server does it, onto the relay network: the agent's
+    handler sees a made-up caller identity; an agent not in the room is ``AGENT_NOT_FOUND``."""
 
     def __init__(self, network: RelayNetwork) -> None:
         super().__init__(SETTINGS)
         self._network = network
 
-    async def send(
-        self,
-        room: str,
-        data: bytes,
-        *,
-        destination_identities: Sequence[str],
-        topic: str,
-        timeout: float,
-    ) -> None:
-        if not self._network.rooms(room):
-            raise api.TwirpError("not_found", "requested room does not exist", status=404)
-        await self._network.send_server_data(
-            room, data, topic=topic, destination_identities=destination_identities
+    async def call_agent(
+        self, room: str, agent: str, payload: str, *, timeout: float, request_id: str | None = None
+    ) -> str:
+        found = [r for r in self._network.rooms(room) if r.participant_info.identity == agent]
+        if not found:
+            raise rpc_failure(
+                rtc.RpcError._built_in(rtc.RpcError.ErrorCode.RECIPIENT_NOT_FOUND), agent=agent
+            )
+        invocation = rtc.RpcInvocationData(
+            request_id=str(uuid.uuid4()),
+            caller_identity=str(uuid.uuid4()),
+            payload=payload,
+            response_timeout=timeout,
+            method=RPC_METHOD,
         )
+        try:
+            return await asyncio.wait_for(
+                found[0].local_participant._answer_rpc(invocation), timeout
+            )
+        except rtc.RpcError as exc:
+            raise rpc_failure(exc, agent=agent, request_id=request_id) from None
+        except asyncio.TimeoutError:
+            raise ContextError(ErrorCode.TIMEOUT, "no answer in time") from None
 
     async def aclose(self) -> None:
         return None
@@ -117,8 +125,8 @@ def _free_port() -> int:
 async def _gateway(fleet: Fleet, delivery: str) -> Served:
     """A gateway on 127.0.0.1 with two agents behind it: ``plain`` (room connections, agents
     found by listing rooms), ``rooms`` (room connections, an agent directory kept from
-    LiveKit's webhooks) or ``server-api`` (``SendData`` and replies over HTTP, the directory
-    too). Each serves every route it can."""
+    LiveKit's webhooks) or ``server-rpc`` (``PerformRpc``, the directory too). Each serves
+    every route it can."""
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
     for room in (ROOM_1, ROOM_2):
@@ -126,20 +134,13 @@ async def _gateway(fleet: Fleet, delivery: str) -> Served:
             room,
             permissions={GATEWAY: {"*"}},
             secret=SIGNING,
-            reply_urls=[base_url + "/v1/internal/"],
             rate_limit=None,
         )
     backend: Any = fleet.backend(
         agent_directory=None if delivery == "plain" else MemoryAgentDirectory()
     )
-    if delivery == "server-api":
-        backend = ServerApiBackend(
-            backend,
-            SETTINGS,
-            signing_secret=SIGNING,
-            public_url=base_url,
-            data_sender=RelayDataSender(fleet.network),
-        )
+    if delivery == "server-rpc":
+        backend = ServerRpcBackend(backend, SETTINGS, server_rpc=RelayServerRpc(fleet.network))
     app = create_app(
         backend,
         ApiSecrets(secret=SECRET),
@@ -179,12 +180,6 @@ def _signatures(path: str, body: bytes) -> dict[str, str]:
     """The headers that sign ``body`` as ``path`` wants it signed (none for the API routes)."""
     if path == WEBHOOK_PATH:
         return {"Authorization": _webhook_jwt(body)}
-    if path == REPLIES_PATH:
-        stamp = int(time.time())
-        return {
-            REPLY_TIMESTAMP_HEADER: str(stamp),
-            REPLY_SIGNATURE_HEADER: reply_signature(body, stamp, SIGNING),
-        }
     return {}
 
 
@@ -201,7 +196,7 @@ client's error on every route."""
 def _sent_body(
     case: schemathesis.Case, *, sign: bool, encoding: str | None
 ) -> tuple[dict[str, str], bytes] | None:
-    """Headers and bytes sending ``case``'s JSON body signed (the webhook and reply routes)
+    """Headers and bytes sending ``case``'s JSON body signed (the webhook route)
     and or compressed; None to let schemathesis send it as it is."""
     if not (sign or encoding) or isinstance(case.body, NotSet) or case.media_type is None:
         return None
@@ -308,7 +303,7 @@ def _fuzz_operation(operation: Any, base_url: str, session: requests.Session) ->
     run()
 
 
-@pytest.mark.parametrize("delivery", ["rooms", "server-api"])
+@pytest.mark.parametrize("delivery", ["rooms", "server-rpc"])
 async def test_every_operation_answers_as_its_openapi_document_says(
     make_served: Callable[[str], Awaitable[Served]],
     delivery: str,
@@ -322,7 +317,7 @@ async def test_every_operation_answers_as_its_openapi_document_says(
     assert not failures, "\n\n".join(failures)
 
 
-@pytest.mark.parametrize("delivery", ["plain", "rooms", "server-api"])
+@pytest.mark.parametrize("delivery", ["plain", "rooms", "server-rpc"])
 async def test_the_document_names_every_route_served_and_nothing_else(
     make_served: Callable[[str], Awaitable[Served]], delivery: str
 ) -> None:

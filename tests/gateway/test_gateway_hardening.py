@@ -30,12 +30,10 @@ from imaginex_context_plugin.gateway import (
     create_app,
     start_gateway_server,
 )
-from imaginex_context_plugin.gateway.delivery import REPLIES_PATH, ServerApiBackend
 from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory
 from imaginex_context_plugin.gateway.directory.webhook import WEBHOOK_PATH
 from imaginex_context_plugin.gateway.http.limits import FailureLimiter, client_key
 from imaginex_context_plugin.gateway.models import CONTROL_BODIES
-from imaginex_context_plugin.replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER
 from imaginex_context_plugin.security import RateLimit
 from tests.gateway_fixtures import (
     CODE,
@@ -43,7 +41,6 @@ from tests.gateway_fixtures import (
     ROOM_1,
     ROOM_2,
     SECRET,
-    SETTINGS,
     Client,
     Fleet,
     GatewayFactory,
@@ -603,9 +600,6 @@ def _every_route() -> list[tuple[str, str, dict[str, str], set[int]]]:
     api_routes += [f"/v1/agent/{CODE}/{endpoint}" for endpoint in CONTROL_BODIES.values()]
     routes = [("POST", path, HEADERS, {400}) for path in api_routes]
     routes += [
-        # the agents' replies, reachable without authentication: 401 as for anything unreadable
-        ("POST", REPLIES_PATH, {REPLY_TIMESTAMP_HEADER: "1", REPLY_SIGNATURE_HEADER: "ab"}, {401}),
-        ("POST", REPLIES_PATH, {}, {401}),
         # reachable by anyone with a non-empty Authorization header
         ("POST", WEBHOOK_PATH, {"Authorization": "x"}, {401}),
         # routes that read no body answer as they would without one
@@ -618,12 +612,9 @@ def _every_route() -> list[tuple[str, str, dict[str, str], set[int]]]:
 
 @pytest.fixture
 async def full_gateway(fleet: Fleet, make_gateway: GatewayFactory) -> Client:
-    """The gateway with every route: server-API delivery (the replies route), the agent
-    directory (the webhook route) and a room holder (the events route)."""
-    finder = fleet.backend(agent_directory=MemoryAgentDirectory())
-    backend = ServerApiBackend(
-        finder, SETTINGS, signing_secret=COMPRESSED_SECRET, public_url="http://127.0.0.1:1/"
-    )
+    """The gateway with every route: the agent directory (the webhook route) and a room holder
+    (the events route)."""
+    backend = fleet.backend(agent_directory=MemoryAgentDirectory())
     client: Client = await make_gateway(backend=backend, signing_secret=COMPRESSED_SECRET)
     return client
 

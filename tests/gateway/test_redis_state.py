@@ -15,8 +15,6 @@ from imaginex_context_plugin.errors import StateUnavailable
 from imaginex_context_plugin.gateway.state import (
     IdempotencyStore,
     MemoryIdempotency,
-    MemoryReplies,
-    ReplyMemory,
     StoredAnswer,
 )
 from imaginex_context_plugin.gateway.state.redis_state import RedisState
@@ -129,20 +127,12 @@ async def test_keys_live_under_the_prefix_and_expire(redis_url: str) -> None:
     try:
         await state.idempotency.claim("abc", b"d", token="t", lease_ms=5_000)
         await state.buckets.take("default", RateLimit(per_second=10, burst=50))
-        await state.replies.remember("9f" * 32)
         keys = sorted(k.decode() for k in await client.keys("*"))
         ttls = {k: await client.pttl(k) for k in keys}
     finally:
         await client.aclose()
         await state.aclose()
-    reply_key = "imaginex:reply:" + "9f" * 32
-    assert keys == [
-        "imaginex:idem:{abc}",
-        "imaginex:idem:{abc}:lease",
-        "imaginex:rate:default",
-        reply_key,
-    ]
-    assert 599_000 < ttls[reply_key] <= 600_000  # twice the signature window
+    assert keys == ["imaginex:idem:{abc}", "imaginex:idem:{abc}:lease", "imaginex:rate:default"]
     assert 599_000 < ttls["imaginex:idem:{abc}"] <= 600_000
     assert 4_000 < ttls["imaginex:idem:{abc}:lease"] <= 5_000
     assert 0 < ttls["imaginex:rate:default"] <= 6_000  # empty bucket refilled in 5 s, plus 1
@@ -167,51 +157,3 @@ async def test_redis_down_is_state_unavailable_and_then_it_recovers(
         assert claim.outcome == "claimed"
     finally:
         await state.aclose()
-
-
-# ---------------------------------------------------------------------------------------------
-# the agents' replies taken: the same contract in memory and in Redis
-
-
-@pytest.fixture
-async def replies(store_url: str | None) -> AsyncIterator[ReplyMemory]:
-    if store_url is None:
-        yield MemoryReplies(window_s=WINDOW_S)
-        return
-    state = RedisState(store_url, prefix=f"test-{uuid.uuid4().hex}:", reply_window_s=WINDOW_S)
-    yield state.replies
-    await state.aclose()
-
-
-async def test_a_reply_is_remembered_once_and_forgotten_after_its_window(
-    replies: ReplyMemory,
-) -> None:
-    assert await replies.remember("ab" * 32) is True
-    assert await replies.remember("ab" * 32) is False  # a replay
-    assert await replies.remember("cd" * 32) is True  # another reply
-    await asyncio.sleep(WINDOW_S + 0.1)
-    # by then the reply's timestamp is refused anyway
-    assert await replies.remember("ab" * 32) is True
-
-
-async def test_a_reply_remembered_at_once_by_many_is_taken_by_one(replies: ReplyMemory) -> None:
-    taken = await asyncio.gather(*(replies.remember("ef" * 32) for _ in range(20)))
-    assert sorted(taken) == [False] * 19 + [True]
-
-
-async def test_replicas_share_the_replies_taken(redis_url: str) -> None:
-    one, two = RedisState(redis_url), RedisState(redis_url)
-    try:
-        assert await one.replies.remember("12" * 32) is True
-        assert await two.replies.remember("12" * 32) is False
-    finally:
-        await one.aclose()
-        await two.aclose()
-
-
-async def test_a_memory_full_of_replies_forgets_the_oldest_first() -> None:
-    memory = MemoryReplies(max_replies=2)
-    for signature in ("a", "b", "c"):
-        assert await memory.remember(signature) is True
-    assert await memory.remember("c") is False
-    assert await memory.remember("a") is True  # forgotten to make room

@@ -162,7 +162,10 @@ async def test_the_console_in_chromium_on_the_real_gateway_server_and_worker(
         }
         helper_url = await stack.enter_async_context(helper(livekit, callers))
         gateway = stack.enter_context(
-            gateway_process(livekit, tmp_path, "--secrets-file", str(secrets))
+            # the playout events come over the gateway's own room connection: --delivery room
+            gateway_process(
+                livekit, tmp_path, "--secrets-file", str(secrets), "--delivery", "room"
+            )
         )
         await wait_until_serving(gateway)
         env = {

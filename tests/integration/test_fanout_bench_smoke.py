@@ -3,10 +3,10 @@ never rots.
 
 No timing is asserted: the figures come from running the benchmark itself. What is asserted is
 its correctness check (every room reached by every request, cold and warm, each message spoken
-once), that every figure is there for both ways of finding agents and the three ways of
-delivering (room connections, ``PerformRpc``, ``SendData``), that the fan-out floors (bare
-PerformRpc and bare SendData, with and without ``say()``) reached every room and are compared
-with, and that the server-side deliveries reached node B's rooms through node A.
+once), that every figure is there for both ways of finding agents and both ways of delivering
+(``PerformRpc``, room connections), that the fan-out floors (bare PerformRpc, with and without
+``say()``) reached every room and are compared with, and that the server-side delivery reached
+node B's rooms through node A.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ KINDS = [
 ]
 FLOOR_KINDS = ["warm", "CPU ms per warm request, sender / node A / node B / agents"]
 """The fan-out floors' figures (every floor, at every size)."""
-DELIVERIES = ("server-rpc", "server-api", "room")
+DELIVERIES = ("server-rpc", "room")
 """In the order the report gives them: the server-side ones take turns, the room path after."""
 
 
@@ -114,6 +114,6 @@ async def test_bench_fanout_runs_and_every_figure_is_there(
             assert over.value.count("x ") == len(bench_fanout.FLOORS), over.value
     # server-side deliveries: one call per room and request, all made on node A (the gateway's)
     for n in SIZES:
-        for delivery, call in (("server-api", "SendData"), ("server-rpc", "PerformRpc")):
+        for delivery, call in (("server-rpc", "PerformRpc"),):
             calls = values[f"{_label(n, 'directory', delivery)}: RoomService calls per request"]
             assert f"{n:.1f} {call}, logged by node A / B: {n:.1f} / 0.0" in calls.value

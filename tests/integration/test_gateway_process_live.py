@@ -560,9 +560,10 @@ async def test_the_pool_cap_holds_one_room_at_a_time_and_still_reaches_every_roo
     # least recently used, before the next room is joined), within the request's deadline
     from livekit import api
 
+    # the room connections' pool: --delivery room (server-rpc, the default, joins no room)
     with gateway_process(
-        livekit, tmp_path, "--max-rooms", "1", "--max-concurrent-joins", "1", "--timeout", "15",
-        api_secret=SECRET,
+        livekit, tmp_path, "--delivery", "room", "--max-rooms", "1", "--max-concurrent-joins",
+        "1", "--timeout", "15", api_secret=SECRET,
     ) as running:
         await wait_until_serving(running)
         async with aiohttp.ClientSession() as http, http.post(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import imaginex_context_plugin
 from imaginex_context_plugin import protocol
-from imaginex_context_plugin.errors import ErrorCode
+from imaginex_context_plugin.errors import ErrorCode, ProtocolError
 from imaginex_context_plugin.protocol import (
     AckData,
     AddContextRequest,
@@ -562,6 +564,21 @@ def test_signed_envelopes_with_and_without_a_sender() -> None:
         "signature": "ab",
         "sender": "imaginex-gateway",
     }
+
+
+@pytest.mark.parametrize("reply_to", ["http://127.0.0.1:8089/v1/internal/replies", None, ""])
+def test_an_envelope_naming_reply_to_is_refused_with_the_reason(reply_to: str | None) -> None:
+    # reply_to (v1.3) was withdrawn with the answers over HTTP: an old sender still naming it
+    # is told so, whatever the value, rather than having its message applied unanswered
+    old = {
+        "type": "signed", "body": '{"type":"speak","id":"r1","message":"hi"}',
+        "timestamp": 1_700_000_000, "signature": "ab", "reply_to": reply_to,
+    }
+    with pytest.raises(ProtocolError) as refused:
+        protocol.read_packet(json.dumps(old).encode())
+    assert refused.value.code is ErrorCode.VALIDATION_ERROR
+    assert refused.value.message == protocol.WITHDRAWN_REPLY_TO + "."
+    assert "reply_to" not in protocol.SignedEnvelope.model_fields
 
 
 def test_packet_json_schema_describes_the_signed_envelope() -> None:

@@ -254,6 +254,20 @@ async def test_server_api_packets_are_ignored_when_server_is_not_trusted(
     assert harness.plugin.stats.errors == {"UNAUTHORIZED": 1}
 
 
+async def test_an_old_gateway_naming_a_reply_url_is_refused_and_nothing_is_spoken(
+    make_harness: HarnessFactory,
+) -> None:
+    # v1.3's reply_to was withdrawn: an old gateway's server-API packet, validly signed, with
+    # the field as it sent it, is refused whole (not applied without its answer)
+    harness: Harness = await make_harness()
+    speak = json.dumps({"type": "speak", "message": "hi"})
+    envelope = json.loads(sign_request(speak, SERVER_SECRET))
+    envelope["reply_to"] = "http://127.0.0.1:8089/v1/internal/replies"
+    await harness.network.send_server_data(ROOM, json.dumps(envelope), topic=CONTEXT_TOPIC)
+    await wait_until(lambda: harness.plugin.stats.errors == {"VALIDATION_ERROR": 1})
+    assert harness.tts.texts == []
+
+
 async def test_other_topics_are_ignored(harness: Harness) -> None:
     await harness.backend.room.local_participant.publish_data(
         json.dumps({"type": "speak", "message": "wrong topic"}), topic="lk.chat"

@@ -1,31 +1,24 @@
 """The seam between the gateway's HTTP side and a delivery: :class:`AgentBackend`.
 
 A delivery is one module behind this seam: it finds the agents serving a code and delivers one
-request to each (``room_delivery``: pooled room connections and RPC; ``server_api_delivery``:
-``RoomService.SendData``, the answers posted back over HTTP). What a delivery can do beyond
+request to each (``room_delivery``: pooled room connections and RPC; ``server_rpc_delivery``:
+``RoomService.PerformRpc``, the agent's answer being the call's). What a delivery can do beyond
 that, the application asks through the small capability protocols here, never through its
 class:
 
 - :class:`RoomHolder`: it holds room connections, so the live events stream is served;
-- :class:`WebhookSource`: it keeps an agent directory, so LiveKit's webhooks are taken;
-- :class:`RepliesOverHttp`: its agents post their answers to the gateway
-  (:data:`REPLIES_PATH`), so that route is served, and the messages must be signed.
+- :class:`WebhookSource`: it keeps an agent directory, so LiveKit's webhooks are taken.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from aiohttp import web
 from livekit import rtc
 
 from ..directory.webhook import LiveKitWebhook
-from ..state.gateway_state import ReplyMemory
-
-REPLIES_PATH: Final = "/v1/internal/replies"
-"""Where agents post their answers (relative to the gateway's public URL)."""
 
 
 @dataclass(frozen=True)
@@ -96,27 +89,4 @@ class WebhookSource(Protocol):
     @property
     def livekit_webhook(self) -> LiveKitWebhook | None:
         """The webhook route's handler; None when the delivery keeps no directory."""
-        ...
-
-
-class ReplyEndpoint(Protocol):
-    """The handler of :data:`REPLIES_PATH`: the agents' signed answers, each taken once."""
-
-    replies: ReplyMemory
-    """The replies taken; the application puts the state's here (shared by replicas)."""
-
-    async def handle(self, request: web.Request) -> web.Response: ...
-
-
-@runtime_checkable
-class RepliesOverHttp(Protocol):
-    """A delivery whose agents post their answers to the gateway: the application serves
-    ``reply_inbox`` at :data:`REPLIES_PATH` and starts it, and refuses to run unsigned (an
-    agent answers only a signed ``reply_to``)."""
-
-    @property
-    def reply_inbox(self) -> ReplyEndpoint: ...
-
-    async def start(self) -> None:
-        """Start taking answers (from the other replicas too); called as the app starts."""
         ...

@@ -14,13 +14,10 @@ from typing import Final
 
 from aiohttp import web
 
-from ...errors import ConfigError
 from ...security import RateLimit
 from ..config import ApiSecrets
 from ..delivery.agent_backend import (
-    REPLIES_PATH,
     AgentBackend,
-    RepliesOverHttp,
     RoomHolder,
     WebhookSource,
 )
@@ -85,7 +82,7 @@ def create_app(
     """Build the gateway's aiohttp application.
 
     Args:
-        backend: The delivery (``LiveKitBackend`` or ``ServerApiBackend`` in production, see
+        backend: The delivery (``ServerRpcBackend`` or ``LiveKitBackend`` in production, see
             :mod:`..delivery`). It is closed with the application.
         secrets: The accepted api-secrets.
         signing_secret: If set, every message to the agents is signed with it
@@ -99,8 +96,8 @@ def create_app(
         max_body_bytes: Largest request body. Default 64 KiB.
         body_timeout: Seconds to receive the body once the headers are in; a late body is
             answered 408 ``REQUEST_TIMEOUT`` and the connection closed. Default 30.
-        state: Idempotency-Key records, rate limits and the agents' replies taken (with
-            server-API delivery): :class:`~..state.memory_state.MemoryState` for a lone gateway
+        state: Idempotency-Key records and rate limits:
+            :class:`~..state.memory_state.MemoryState` for a lone gateway
             (the default), :class:`~..state.redis_state.RedisState` for replicas, which then
             need ``signing_secret``. Closed with the application.
         sender: The sender signed messages name (``sign_request(sender=...)``), the same on
@@ -115,8 +112,7 @@ def create_app(
             :mod:`.console`). Default None: no console.
 
     Raises:
-        ConfigError: ``state`` is shared, or the agents answer over HTTP, but there is no
-            ``signing_secret``.
+        ConfigError: ``state`` is shared but there is no ``signing_secret``.
         ValueError: A timeout is not a positive number, or ``sender`` is not 1 to 128 visible
             characters.
 
@@ -138,9 +134,6 @@ def create_app(
         raise ValueError("idempotency_lease_s must be a positive number of seconds")
     state = state if state is not None else MemoryState()
     require_signing_for_replicas(state, signing_secret)
-    replies = backend if isinstance(backend, RepliesOverHttp) else None
-    if replies is not None and not signing_secret:
-        raise ConfigError("Server-API delivery needs a signing secret (IMAGINEX_SIGNING_SECRET).")
     gateway = GatewayRoutes(
         backend,
         gatekeeper=Gatekeeper(
@@ -155,10 +148,7 @@ def create_app(
         state=state,
         lease_s=lease_s,
     )
-    answers = AnswerMiddleware(
-        max_body_bytes=max_body_bytes,
-        quiet_paths=frozenset({REPLIES_PATH}) if replies is not None else frozenset(),
-    )
+    answers = AnswerMiddleware(max_body_bytes=max_body_bytes)
     # client_max_size: aiohttp's own guard on request.read(); checked again with a JSON answer
     app = web.Application(middlewares=[answers.middleware], client_max_size=max_body_bytes)
     feeds: EventFeeds | None = None
@@ -184,27 +174,13 @@ def create_app(
         app.router.add_route(method, path, handler)
     if console is not None:  # the same routes again under /console/api, by session
         _mount_console(app, console, gateway=gateway, state=state, api_routes=api_routes)
-    if replies is not None:  # the agents' answers come back over HTTP
-        # a reply is taken once across the replicas sharing the state
-        replies.reply_inbox.replies = state.replies
-        app.router.add_post(REPLIES_PATH, replies.reply_inbox.handle)
-        taking = replies
-
-        async def start_taking_replies(app: web.Application) -> None:
-            await taking.start()
-
-        app.on_startup.append(start_taking_replies)
     hook = backend.livekit_webhook if isinstance(backend, WebhookSource) else None
     if hook is not None:  # the agent directory is kept from LiveKit's webhooks
         app.router.add_post(WEBHOOK_PATH, hook.handle)
         app.on_startup.append(hook.on_startup)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/openapi.json", gateway.openapi)
-    gateway.describe(
-        events=isinstance(backend, RoomHolder),
-        webhook=hook is not None,
-        replies=replies is not None,
-    )
+    gateway.describe(events=isinstance(backend, RoomHolder), webhook=hook is not None)
     app.on_cleanup.append(gateway.close)
     return app
 

@@ -35,13 +35,10 @@ class AnswerMiddleware:
 
     Args:
         max_body_bytes: The body limit, named in the answer to aiohttp's own 413.
-        quiet_paths: Paths whose successful requests are logged at DEBUG, not INFO: the
-            agents' replies, one per room per fan-out (their refusals stay at INFO).
     """
 
-    def __init__(self, *, max_body_bytes: int, quiet_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(self, *, max_body_bytes: int) -> None:
         self._max_body_bytes = max_body_bytes
-        self._quiet_paths = quiet_paths
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -75,14 +72,12 @@ class AnswerMiddleware:
             reason = REFUSAL_REASON.get()
             REFUSAL_REASON.reset(noted)
         _let_a_broken_body_go(request, response)
-        quiet = response.status < 400 and request.path in self._quiet_paths
         _log_access(
             request,
             response.status,
             error,
             time.perf_counter() - started,
             reason=reason,
-            level=logging.DEBUG if quiet else logging.INFO,
         )
         return response
 
@@ -108,15 +103,13 @@ def _log_access(
     duration_s: float,
     *,
     reason: str | None,
-    level: int,
 ) -> None:
-    if not logger.isEnabledFor(level):
+    if not logger.isEnabledFor(logging.INFO):
         return
     duration_ms = duration_s * 1000
     # raw_path: the decoded path could carry a newline into the log
     path = request.rel_url.raw_path
-    logger.log(
-        level,
+    logger.info(
         "%s %s %d %.1fms",
         request.method,
         path,

@@ -7,9 +7,7 @@ from typing import Any, Final
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from ...replies import REPLY_SIGNATURE_HEADER, REPLY_TIMESTAMP_HEADER
 from ...version import __version__
-from ..delivery.agent_backend import REPLIES_PATH
 from ..directory.webhook import WEBHOOK_PATH
 from ..models import (
     CONTROL_BODIES,
@@ -205,16 +203,13 @@ def _operation(
     }
 
 
-def build_openapi(
-    *, events: bool = True, webhook: bool = False, replies: bool = False
-) -> dict[str, Any]:
+def build_openapi(*, events: bool = True, webhook: bool = False) -> dict[str, Any]:
     """The OpenAPI document of the gateway: the routes every gateway serves, plus those its
     backend adds (``create_app`` says which it serves).
 
     Args:
         events: ``GET /v1/agent/{agent_code}/events`` (a backend holding room connections).
         webhook: ``POST /livekit/webhook`` (a backend keeping an agent directory).
-        replies: ``POST /v1/internal/replies`` (server-API delivery).
     """
     models: tuple[type[BaseModel], ...] = (
         SpeakBody,
@@ -240,7 +235,7 @@ def build_openapi(
                 "self-hosted LiveKit server."
             ),
         },
-        "paths": _paths(events=events, webhook=webhook, replies=replies),
+        "paths": _paths(events=events, webhook=webhook),
         "components": {
             "schemas": {**schemas.get("$defs", {}), **_ROUTE_SCHEMAS},
             "securitySchemes": {
@@ -260,7 +255,7 @@ def build_openapi(
     }
 
 
-def _paths(*, events: bool, webhook: bool, replies: bool) -> dict[str, Any]:
+def _paths(*, events: bool, webhook: bool) -> dict[str, Any]:
     """The endpoints: the API calls (with examples), the health check, this document, and
     the routes the backend adds."""
     paths: dict[str, Any] = {
@@ -329,8 +324,6 @@ def _paths(*, events: bool, webhook: bool, replies: bool) -> dict[str, Any]:
         paths.update(_events_path())
     if webhook:
         paths.update(_webhook_path())
-    if replies:
-        paths.update(_replies_path())
     return paths
 
 
@@ -418,7 +411,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _ACCEPTED: Final = "Accepted"
-# the bodies of the routes LiveKit and the agents call, which no pydantic model reads
+# the bodies of the route LiveKit calls, which no pydantic model reads
 _ROUTE_SCHEMAS: Final[dict[str, Any]] = {
     _ACCEPTED: {
         "type": "object",
@@ -463,18 +456,6 @@ _ROUTE_SCHEMAS: Final[dict[str, Any]] = {
             ),
         },
     },
-    "AgentReply": {
-        "type": "object",
-        "description": "An agent's answer to a message delivered through the server API.",
-        "properties": {
-            "room": {"type": "string", "description": "The agent's room."},
-            "ack": {
-                "type": "string",
-                "description": "The agent's ack, as the JSON text it would have sent in the room.",
-            },
-        },
-        "required": ["room", "ack"],
-    },
 }
 
 
@@ -511,65 +492,6 @@ def _webhook_path() -> dict[str, Any]:
                     "413": _error("The body is too large", "PAYLOAD_TOO_LARGE"),
                     "503": _error(
                         "The agent directory cannot be written (Redis); LiveKit retries",
-                        "STATE_UNAVAILABLE",
-                    ),
-                },
-            }
-        }
-    }
-
-
-def _replies_path() -> dict[str, Any]:
-    """``POST /v1/internal/replies``: the agents' answers to server-API deliveries."""
-
-    def header(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "name": name, "in": "header", "required": True, "description": description,
-            "schema": schema,
-        }
-
-    return {
-        REPLIES_PATH: {
-            "post": {
-                "summary": "An agent's answer to a message sent through the server API",
-                "description": (
-                    "Agents post here (ContextPlugin(reply_urls=...)); nothing else should. "
-                    "The body is signed with the shared secret: HMAC-SHA256 over "
-                    "'imaginex-answer-v1.<timestamp>.<body>'."
-                ),
-                "operationId": "agentReply",
-                "parameters": [
-                    header(
-                        REPLY_TIMESTAMP_HEADER,
-                        "Unix seconds when the reply was signed.",
-                        {"type": "string", "pattern": "^[0-9]+$"},
-                    ),
-                    header(
-                        REPLY_SIGNATURE_HEADER,
-                        "The reply's signature, hex.",
-                        {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                    ),
-                ],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref_name("AgentReply")}},
-                },
-                "responses": {
-                    "200": {
-                        "description": (
-                            "Taken: it answered a delivery waiting for it (or a resend's, or "
-                            "was handed to the other replicas)."
-                        ),
-                        "content": {"application/json": {"schema": _ref_name(_ACCEPTED)}},
-                    },
-                    "401": _error(
-                        "Unsigned, forged, stale, replayed, unreadable, or no delivery waits "
-                        "for it",
-                        "UNAUTHORIZED",
-                    ),
-                    "413": _error("The reply is too large", "PAYLOAD_TOO_LARGE"),
-                    "503": _error(
-                        "The reply could not be handed to the other replicas",
                         "STATE_UNAVAILABLE",
                     ),
                 },

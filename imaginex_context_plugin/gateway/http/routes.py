@@ -86,9 +86,9 @@ class GatewayRoutes:
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response(HealthResponse(version=__version__))
 
-    def describe(self, *, events: bool, webhook: bool, replies: bool) -> None:
+    def describe(self, *, events: bool, webhook: bool) -> None:
         """Serve the document of exactly these routes at ``/openapi.json``."""
-        document = build_openapi(events=events, webhook=webhook, replies=replies)
+        document = build_openapi(events=events, webhook=webhook)
         self._openapi = json.dumps(document).encode("utf-8")
 
     async def openapi(self, request: web.Request) -> web.Response:

@@ -145,7 +145,7 @@ class _GuardedConnection(asyncio.Protocol):
         if self._transport is None:
             return
         if not self._started_request:
-            # an idle keep-alive connection (an agent's, between replies): routine, and a
+            # an idle keep-alive connection (a client's, between requests): routine, and a
             # clean close lets the client see it go before it reuses it
             logger.debug("idle connection closed", extra={"idle_s": self._limits.header_timeout})
             self._transport.close()

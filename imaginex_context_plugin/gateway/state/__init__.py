@@ -9,26 +9,21 @@ from __future__ import annotations
 
 from .gateway_state import (
     IDEMPOTENCY_WINDOW_S,
-    REPLY_MEMORY_S,
     Claim,
     GatewayState,
     IdempotencyStore,
-    ReplyMemory,
     StoredAnswer,
     TokenBuckets,
 )
-from .memory_state import MemoryIdempotency, MemoryReplies, MemoryState
+from .memory_state import MemoryIdempotency, MemoryState
 
 __all__ = [
     "IDEMPOTENCY_WINDOW_S",
-    "REPLY_MEMORY_S",
     "Claim",
     "GatewayState",
     "IdempotencyStore",
     "MemoryIdempotency",
-    "MemoryReplies",
     "MemoryState",
-    "ReplyMemory",
     "StoredAnswer",
     "TokenBuckets",
 ]

@@ -1,5 +1,5 @@
-"""The seam of what gateway replicas must share: Idempotency-Key records, the per-api-secret
-rate limit, and the agents' replies already taken.
+"""The seam of what gateway replicas must share: Idempotency-Key records and the per-api-secret
+rate limit.
 
 :class:`GatewayState` is the seam ``create_app(state=...)`` takes; ``memory_state.MemoryState``
 serves a lone gateway (the default), ``redis_state.RedisState`` serves replicas
@@ -15,12 +15,6 @@ serves a lone gateway (the default), ``redis_state.RedisState`` serves replicas
 - ``finish`` by the lease holder either stores the final answer or only releases the lease;
   a holder whose lease ran out and was taken over stores nothing.
 
-And a :class:`ReplyMemory` with the same semantics in both: ``remember`` a reply's signature
-returns True the first time within the window (:data:`REPLY_MEMORY_S`) and False for every
-repeat, wherever it was taken first; two replicas remembering one signature at once get one
-True. The gateway takes a signed reply from an agent only on that True, so a replay is refused
-on every replica.
-
 A store that cannot be reached raises :class:`~...errors.StateUnavailable` (Redis down).
 """
 
@@ -31,16 +25,14 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol, runtime_checkable
 
 from ...errors import ConfigError
-from ...security import DEDUP_WINDOW_S, SIGNATURE_WINDOW_S, RateLimit
+from ...security import DEDUP_WINDOW_S, RateLimit
 
 __all__ = [
     "IDEMPOTENCY_WINDOW_S",
     "REPLICAS_NEED_SIGNING",
-    "REPLY_MEMORY_S",
     "Claim",
     "GatewayState",
     "IdempotencyStore",
-    "ReplyMemory",
     "StoredAnswer",
     "TokenBuckets",
     "require_signing_for_replicas",
@@ -49,11 +41,6 @@ __all__ = [
 IDEMPOTENCY_WINDOW_S: Final = DEDUP_WINDOW_S
 """How long an Idempotency-Key stays bound to its request and its answer is kept: the agents'
 10-minute dedup window, counted from the first claim."""
-
-REPLY_MEMORY_S: Final = 2 * SIGNATURE_WINDOW_S
-"""How long an agent's reply is remembered once taken: a reply's timestamp is accepted within
-the signature window either side of the clock, so twice that covers every moment it could be
-replayed."""
 
 REPLICAS_NEED_SIGNING: Final = (
     "Gateway replicas sharing Redis need a signing secret (IMAGINEX_SIGNING_SECRET, the "
@@ -120,29 +107,13 @@ class TokenBuckets(Protocol):
         ...
 
 
-class ReplyMemory(Protocol):
-    """The agents' replies the gateway took (see the module docstring)."""
-
-    async def remember(self, signature: str) -> bool:
-        """Remember the reply signed ``signature`` (lowercase hex): True the first time within
-        the window, False when it was already taken (a replay).
-
-        Raises:
-            StateUnavailable: The store cannot be reached.
-        """
-        ...
-
-
 @runtime_checkable
 class GatewayState(Protocol):
-    """What the gateway keeps outside a request: Idempotency-Key records, rate limits and the
-    agents' replies already taken.
+    """What the gateway keeps outside a request: Idempotency-Key records and rate limits.
 
     Attributes:
         idempotency: The Idempotency-Key records.
         buckets: Shared per-api-secret rate limits; None: each process counts its own.
-        replies: The agents' replies already taken (server-API delivery): a reply is taken
-            once across every replica sharing the state.
         replicated: Whether other gateway processes see this state. Replicas join rooms under
             distinct identities, so they need a signing secret (the agents dedup a retry
             through another replica by the signed sender).
@@ -153,9 +124,6 @@ class GatewayState(Protocol):
 
     @property
     def buckets(self) -> TokenBuckets | None: ...
-
-    @property
-    def replies(self) -> ReplyMemory: ...
 
     @property
     def replicated(self) -> bool: ...

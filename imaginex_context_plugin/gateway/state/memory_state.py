@@ -1,5 +1,5 @@
-"""A lone gateway's state, in this process: Idempotency-Key records and the agents' replies
-already taken, with the semantics :mod:`.gateway_state` documents (the same as Redis')."""
+"""A lone gateway's state, in this process: Idempotency-Key records, with the semantics
+:mod:`.gateway_state` documents (the same as Redis')."""
 
 from __future__ import annotations
 
@@ -11,22 +11,17 @@ from typing import Final
 from ...expiring import ExpiringCache
 from .gateway_state import (
     IDEMPOTENCY_WINDOW_S,
-    REPLY_MEMORY_S,
     Claim,
     IdempotencyStore,
-    ReplyMemory,
     StoredAnswer,
     TokenBuckets,
 )
 
-__all__ = ["MemoryIdempotency", "MemoryReplies", "MemoryState"]
+__all__ = ["MemoryIdempotency", "MemoryState"]
 
 MEMORY_MAX_KEYS: Final = 10_000
 """Keys a lone gateway remembers at most; past that the oldest are forgotten first (and only
 the agents' own dedup then catches a repeat)."""
-
-MEMORY_MAX_REPLIES: Final = 100_000
-"""Replies a lone gateway remembers at most; past that the oldest are forgotten first."""
 
 
 @dataclass
@@ -85,47 +80,12 @@ class MemoryIdempotency:
         return True
 
 
-class MemoryReplies:
-    """The agents' replies this process took (a lone gateway).
-
-    Args:
-        window_s: How long a reply is remembered. Default :data:`REPLY_MEMORY_S`.
-        max_replies: Replies remembered at most; the oldest are forgotten first. Default
-            100 000.
-        clock: Monotonic seconds (a fake clock in tests).
-    """
-
-    def __init__(
-        self,
-        *,
-        window_s: float = REPLY_MEMORY_S,
-        max_replies: int = MEMORY_MAX_REPLIES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._seen: ExpiringCache[None] = ExpiringCache(
-            ttl_s=window_s, max_entries=max_replies, clock=clock
-        )
-
-    async def remember(self, signature: str) -> bool:
-        # no await inside: two concurrent calls cannot both see it new
-        if signature in self._seen:
-            return False
-        self._seen.put(signature, None)
-        return True
-
-
 class MemoryState:
-    """A lone gateway's state: Idempotency-Key records and the replies taken in memory, each
-    process its own rate limits (the gatekeeper's)."""
+    """A lone gateway's state: Idempotency-Key records in memory, each process its own rate
+    limits (the gatekeeper's)."""
 
-    def __init__(
-        self,
-        *,
-        idempotency: MemoryIdempotency | None = None,
-        replies: MemoryReplies | None = None,
-    ) -> None:
+    def __init__(self, *, idempotency: MemoryIdempotency | None = None) -> None:
         self._idempotency = idempotency if idempotency is not None else MemoryIdempotency()
-        self._replies = replies if replies is not None else MemoryReplies()
 
     @property
     def idempotency(self) -> IdempotencyStore:
@@ -134,10 +94,6 @@ class MemoryState:
     @property
     def buckets(self) -> TokenBuckets | None:
         return None
-
-    @property
-    def replies(self) -> ReplyMemory:
-        return self._replies
 
     @property
     def replicated(self) -> bool:

@@ -1,5 +1,4 @@
-"""Gateway state shared by replicas in Redis: Idempotency-Key records, rate limits and the
-agents' replies already taken.
+"""Gateway state shared by replicas in Redis: Idempotency-Key records and rate limits.
 
 Every step that reads and then writes is one Lua script, so two replicas can never both pass a
 check. Keys live under a prefix (default ``imaginex:``); an Idempotency-Key is stored under a
@@ -12,10 +11,6 @@ SHA-256 of (agent code, key), so long or Unicode keys cost the same. Layout:
   keep both keys in one Redis Cluster slot.
 - ``{prefix}rate:<name>``: a token bucket (``tokens``, ``at``), refilled from Redis' own clock
   (``TIME``), so replicas with skewed clocks share one bucket; it expires once full again.
-- ``{prefix}reply:<signature>``: an agent's reply taken (``SET NX PX``: one replica gets to
-  take it), for :data:`~.gateway_state.REPLY_MEMORY_S`.
-- ``{prefix}replies``: a pub/sub channel, not a key (:class:`RedisReplyRelay`): agents' replies
-  that reached a replica not waiting for them, for the one that is.
 
 Redis errors become :class:`~...errors.StateUnavailable` (the request is answered 503); the
 client fails fast (one reconnect attempt, short timeouts), so a request never hangs on a dead
@@ -24,10 +19,7 @@ Redis.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import Callable
 from typing import Any, Final
 
 try:
@@ -48,14 +40,12 @@ from ...log import logger
 from ...security import RateLimit
 from .gateway_state import (
     IDEMPOTENCY_WINDOW_S,
-    REPLY_MEMORY_S,
     Claim,
     IdempotencyStore,
-    ReplyMemory,
     StoredAnswer,
 )
 
-__all__ = ["DEFAULT_REDIS_PREFIX", "DEFAULT_REDIS_TIMEOUT_S", "RedisReplyRelay", "RedisState"]
+__all__ = ["DEFAULT_REDIS_PREFIX", "DEFAULT_REDIS_TIMEOUT_S", "RedisState"]
 
 DEFAULT_REDIS_PREFIX: Final = "imaginex:"
 DEFAULT_REDIS_TIMEOUT_S: Final = 1.0
@@ -157,19 +147,6 @@ class _RedisBuckets:
         return float(wait)
 
 
-class _RedisReplies:
-    def __init__(self, redis: Redis, prefix: str, window_s: float) -> None:
-        self._redis = redis
-        self._prefix = prefix
-        self._window_ms = max(1, round(window_s * 1000))
-
-    async def remember(self, signature: str) -> bool:
-        taken = await _call(
-            self._redis.set(f"{self._prefix}reply:{signature}", b"1", nx=True, px=self._window_ms)
-        )
-        return bool(taken)
-
-
 class RedisState:
     """Gateway state in Redis, shared by every replica given the same URL and prefix.
 
@@ -178,7 +155,6 @@ class RedisState:
         prefix: Prefix of every key. Default ``imaginex:``.
         window_s: How long an Idempotency-Key stays bound and its answer kept. Default 600.
         timeout_s: Seconds to connect or to wait for one answer. Default 1.
-        reply_window_s: How long an agent's reply is remembered once taken. Default 600.
 
     Nothing is connected until the first request; an unreachable Redis is answered 503 then.
     """
@@ -190,7 +166,6 @@ class RedisState:
         prefix: str = DEFAULT_REDIS_PREFIX,
         window_s: float = IDEMPOTENCY_WINDOW_S,
         timeout_s: float = DEFAULT_REDIS_TIMEOUT_S,
-        reply_window_s: float = REPLY_MEMORY_S,
     ) -> None:
         # one reconnect, no backoff: a pooled connection broken by a Redis restart is retried
         # once on a fresh one, and a Redis that is down is reported at once
@@ -202,7 +177,6 @@ class RedisState:
         )
         self._idempotency = _RedisIdempotency(self._redis, prefix, window_s)
         self._buckets = _RedisBuckets(self._redis, prefix)
-        self._replies = _RedisReplies(self._redis, prefix, reply_window_s)
 
     @property
     def idempotency(self) -> IdempotencyStore:
@@ -211,10 +185,6 @@ class RedisState:
     @property
     def buckets(self) -> _RedisBuckets:
         return self._buckets
-
-    @property
-    def replies(self) -> ReplyMemory:
-        return self._replies
 
     @property
     def replicated(self) -> bool:
@@ -227,75 +197,6 @@ class RedisState:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
-
-
-RELAY_RETRY_S: Final = 1.0
-"""Pause before the relay subscribes again after losing Redis."""
-
-
-class RedisReplyRelay:
-    """Agents' replies handed between replicas over Redis pub/sub (``{prefix}replies``).
-
-    A reply is verified by the replica it reached, then published; every replica's
-    subscriber hands it to its inbox, which takes it only for a delivery waiting there. While
-    Redis is away a publish fails (the agent's reply gets 503) and the subscriber keeps trying
-    to come back; a reply published meanwhile is lost, and the delivery times out as for a
-    lost packet (or is answered by its resend).
-
-    Args:
-        client: The Redis client (``RedisState.client``; left open).
-        prefix: Prefix of the channel's name. Default ``imaginex:``.
-    """
-
-    def __init__(self, client: Redis, *, prefix: str = DEFAULT_REDIS_PREFIX) -> None:
-        self._client = client
-        self._channel = f"{prefix}replies"
-        self._task: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
-
-    async def publish(self, room: str, request_id: str, ack: str) -> None:
-        await _call(self._client.publish(self._channel, json.dumps([room, request_id, ack])))
-
-    async def start(self, answer: Callable[[str, str, str], None]) -> None:
-        """Subscribe (waits until subscribed, at most a few seconds) and hand every reply
-        published from now on to ``answer``."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._listen(answer), name="imaginex_context.reply_relay"
-            )
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), 5.0)
-
-    async def _listen(self, answer: Callable[[str, str, str], None]) -> None:
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                self._subscribed.set()
-                while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is None:
-                        continue
-                    try:
-                        room, request_id, ack = json.loads(message["data"])
-                    except (ValueError, TypeError):
-                        logger.warning("unreadable relayed reply ignored")
-                        continue
-                    answer(str(room), str(request_id), str(ack))
-            except (RedisError, OSError) as exc:
-                logger.warning("reply relay lost Redis", extra={"error": type(exc).__name__})
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis 8
-            await asyncio.sleep(RELAY_RETRY_S)
-
-    async def aclose(self) -> None:
-        """Unsubscribe. Idempotent."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def _call(pending: Any) -> Any:

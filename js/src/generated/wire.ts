@@ -751,7 +751,6 @@ export interface UnsubscribeRequest {
  */
 export interface SignedEnvelope {
   body: string;
-  reply_to?: string | null;
   sender?: string | null;
   signature: string;
   timestamp: number;
