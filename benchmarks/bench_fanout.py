@@ -97,6 +97,7 @@ from imaginex_context_plugin.gateway import (  # noqa: E402
 )
 from imaginex_context_plugin.gateway.delivery import ServerRpcBackend  # noqa: E402
 from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory  # noqa: E402
+from imaginex_context_plugin.gateway.directory.agent_directory import entry_ttl_for  # noqa: E402
 from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, start_session  # noqa: E402
 
 GATEWAY_IDENTITY: Final = "bench-fanout-gateway"
@@ -387,7 +388,11 @@ async def gateway_worker(port: int, mode: str, joins: int, delivery: str = ROOM)
         settings,
         identity=GATEWAY_IDENTITY,
         max_concurrent_joins=joins,
-        agent_directory=MemoryAgentDirectory() if mode == DIRECTORY else None,
+        agent_directory=(
+            MemoryAgentDirectory(entry_ttl=entry_ttl_for(RECONCILE_INTERVAL_S))
+            if mode == DIRECTORY
+            else None
+        ),
         reconcile_interval=RECONCILE_INTERVAL_S,
     )
     backend: AgentBackend = finder

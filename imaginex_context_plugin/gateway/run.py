@@ -21,7 +21,7 @@ from .delivery.agent_backend import AgentBackend
 from .delivery.room_delivery import DEFAULT_GATEWAY_IDENTITY, LiveKitBackend
 from .delivery.room_pool import DEFAULT_MAX_CONCURRENT_JOINS, DEFAULT_MAX_ROOMS
 from .delivery.server_rpc_delivery import ServerRpcBackend
-from .directory.agent_directory import AgentDirectory
+from .directory.agent_directory import AgentDirectory, entry_ttl_for
 from .directory.memory_directory import MemoryAgentDirectory
 from .directory.redis_directory import RedisAgentDirectory
 from .directory.sync import DEFAULT_RECONCILE_INTERVAL_S
@@ -136,14 +136,17 @@ def run_gateway(
     async def make_app() -> web.Application:
         # built inside the loop: the backend's HTTP session and the Redis client bind to it
         state: GatewayState | None = None
-        directory: AgentDirectory | None = MemoryAgentDirectory() if agent_directory else None
+        entry_ttl = entry_ttl_for(reconcile_interval)
+        directory: AgentDirectory | None = (
+            MemoryAgentDirectory(entry_ttl=entry_ttl) if agent_directory else None
+        )
         if config.redis_url:
             from .state.redis_state import RedisState
 
             redis_state = RedisState(config.redis_url)
             state = redis_state
             if agent_directory:  # replicas share the directory, on the state's own client
-                directory = RedisAgentDirectory(redis_state.client)
+                directory = RedisAgentDirectory(redis_state.client, entry_ttl=entry_ttl)
         backend = LiveKitBackend(
             config.livekit,
             identity=identity,

@@ -26,6 +26,10 @@ from imaginex_context_plugin.gateway.directory import (
     Presence,
     RedisAgentDirectory,
 )
+from imaginex_context_plugin.gateway.directory.agent_directory import (
+    DEFAULT_ENTRY_TTL_S,
+    entry_ttl_for,
+)
 from imaginex_context_plugin.protocol import SENDER_ATTRIBUTE
 from tests.fakes.rooms import ListedRooms
 from tests.gateway_fixtures import SETTINGS
@@ -183,6 +187,21 @@ async def test_an_entry_nothing_confirms_for_its_ttl_is_not_returned(
     await directory.reconcile_rooms({"r2": [agent("r2", "a2")]}, since=clock.now - 1)
     clock.now += ENTRY_TTL / 2 + 1
     assert await directory.rooms_of("CODE1") == {"r2": ["a2"]}
+
+
+def test_an_entry_outlives_two_reconciliation_intervals() -> None:
+    assert entry_ttl_for(30) == DEFAULT_ENTRY_TTL_S
+    assert entry_ttl_for(3600) == 7200
+
+
+async def test_a_live_agent_stays_listed_between_two_long_intervals(clock: Clock) -> None:
+    # --reconcile-interval 3600 (no webhook in between): the agent reconciled once is still
+    # there just before the next reconciliation, not gone after the default 300 s
+    interval = 3600.0
+    directory = MemoryAgentDirectory(entry_ttl=entry_ttl_for(interval), clock=clock)
+    await directory.reconcile_rooms({"r1": [agent("r1", "a1")]}, since=clock.now - 1)
+    clock.now += interval - 1
+    assert await directory.rooms_of("CODE1") == {"r1": ["a1"]}
 
 
 async def test_memory_always_claims_the_reconciliation(clock: Clock) -> None:
