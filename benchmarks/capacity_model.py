@@ -64,13 +64,13 @@ class Model:
 
 
 MODEL: Final = Model(
-    gateway_per_request=0.3,
-    gateway_per_room=0.229,
-    livekit_per_request=1.06,
-    livekit_per_room=0.946,
-    agents_per_room=4.04,
-    livekit_idle_per_agent=0.55,
-    agent_idle_per_agent=1.45,
+    gateway_per_request=0.77,
+    gateway_per_room=0.241,
+    livekit_per_request=1.85,
+    livekit_per_room=1.152,
+    agents_per_room=4.27,
+    livekit_idle_per_agent=0.6,
+    agent_idle_per_agent=1.4,
 )
 """Fitted (``--fit``) on :data:`RESULTS`; docs/performance.md quotes it."""
 
