@@ -40,11 +40,18 @@ from .protocol import (
     SESSION_EVENT_TYPES,
     AgentStateEvent,
     AgentTranscriptEvent,
+    ContextDroppedEvent,
     ContextRole,
+    ContextUsedEvent,
     ConversationItemEvent,
     ErrorCode,
-    SessionEvent,
+    Event,
+    EventsLostEvent,
     SessionEventType,
+    SnapshotEvent,
+    SpeechFailedEvent,
+    SpeechFinishedEvent,
+    SpeechStartedEvent,
     SuccessAck,
     ToolCallEvent,
     UserStateEvent,
@@ -1174,7 +1181,7 @@ def _print_subscribed(ack: SuccessAck, as_json: bool) -> None:
         click.echo(f"ok: {ack.message}  events={','.join(ack.data.events or ())}")
 
 
-def _print_event(event: SessionEvent, as_json: bool) -> None:
+def _print_event(event: Event, as_json: bool) -> None:
     if as_json:
         click.echo(event.model_dump_json())
         return
@@ -1184,7 +1191,7 @@ def _print_event(event: SessionEvent, as_json: bool) -> None:
     click.echo(line)
 
 
-def _describe(event: SessionEvent) -> str:
+def _describe(event: Event) -> str:
     """One event as a line a person reads."""
     if isinstance(event, UserTranscriptEvent):
         return f"user: {event.text}" + ("" if event.final else " (interim)")
@@ -1200,6 +1207,30 @@ def _describe(event: SessionEvent) -> str:
     if isinstance(event, ToolCallEvent):
         arguments = f" {event.arguments}" if event.arguments is not None else ""
         return f"tool_call: {event.name} {event.status}{arguments}"
+    if isinstance(event, SpeechStartedEvent):
+        return f"speech_started: {event.speech_id} (request {event.id})"
+    if isinstance(event, SpeechFinishedEvent):
+        cut = " (interrupted)" if event.interrupted else ""
+        return f"speech_finished: {event.speech_id} (request {event.id}){cut}"
+    if isinstance(event, SpeechFailedEvent):
+        return f"speech_failed: {event.speech_id} (request {event.id}): {event.reason}"
+    if isinstance(event, ContextUsedEvent):
+        return (
+            f"context_used: {event.key or event.entry_id} (request {event.request_id}) "
+            f"by model call {event.llm_call.index}"
+        )
+    if isinstance(event, ContextDroppedEvent):
+        return (
+            f"context_dropped: {event.key or event.entry_id} (request {event.request_id}): "
+            f"{event.reason}"
+        )
+    if isinstance(event, EventsLostEvent):
+        return f"events_lost: {event.from_seq}..{event.to_seq} (a snapshot follows)"
+    if isinstance(event, SnapshotEvent):
+        return (
+            f"snapshot: agent {event.state.agent_state}, user {event.state.user_state}, "
+            f"{len(event.items)} messages, {len(event.pending_speeches)} speeches pending"
+        )
     return f"call_ended: {event.reason}"
 
 

@@ -20,6 +20,7 @@ from ..context import ContextStore
 from ..log import logger
 from ..protocol import (
     ADD_CONTEXT_SUCCESS_MESSAGE,
+    DEFAULT_START_WITHIN_S,
     REMOVE_CONTEXT_SUCCESS_MESSAGE,
     SPEAK_SUCCESS_MESSAGE,
     AddContextRequest,
@@ -133,7 +134,12 @@ class SessionApplier:
         if mode == "interrupt":
             self._interrupt_interruptible()
         handle, method, fallback = await self._gate.call(lambda: self._schedule(request))
-        self._speeches.track(handle, job, end_call_after=request.end_call_after)
+        start_within_s = request.start_within_s
+        if start_within_s is None and request.speaks_v1_3:
+            start_within_s = DEFAULT_START_WITHIN_S
+        self._speeches.track(
+            handle, job, end_call_after=request.end_call_after, start_within_s=start_within_s
+        )
         if logger.isEnabledFor(logging.DEBUG):  # spares building the extras on every message
             logger.debug(
                 "speech scheduled",
@@ -270,6 +276,8 @@ class SessionApplier:
                 scope=request.scope,
                 ttl_s=request.ttl_s,
                 request_id=request.id,
+                sender=job.sender,
+                v1_3=request.speaks_v1_3,
             )
         except ValueError as exc:
             return error_ack(ErrorCode.VALIDATION_ERROR, str(exc), request.id), False, False

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -51,6 +52,7 @@ from .admission import Admission, signature_verifier, warn_if_server_untrusted
 from .answers import AckWriter, internal_error
 from .call_end import CALL_ENDED_MESSAGE
 from .dedup import DedupMemory
+from .event_log import DEFAULT_EVENT_BUFFER, EventLog
 from .http_replies import HttpReplies
 from .jobs import Answer, Housekeeping, Job, Success
 from .outbox import AckTransport, Outbox
@@ -122,6 +124,10 @@ class ContextPlugin:
             agent's own instructions do not count). One that would go over is refused with
             ``VALIDATION_ERROR`` and changes nothing; ``reset_instructions`` or a ``replace``
             starts again. Default 32,000 (``DEFAULT_MAX_INSTRUCTIONS_CHARS``).
+        event_buffer: How many of its latest events the agent keeps, so that a subscriber
+            that was away resumes without a gap (``subscribe{since_seq}``); beyond them it gets
+            ``events_lost`` and a fresh snapshot. Interim transcripts are not kept. Default
+            1,024 (``DEFAULT_EVENT_BUFFER``); 0 keeps none.
     """
 
     _parts: SessionParts  # made by start(): they need the session and the room
@@ -145,6 +151,7 @@ class ContextPlugin:
         permissions: Mapping[str, Iterable[str]] | None = None,
         reply_urls: Sequence[str] = (),
         max_instructions_chars: int = DEFAULT_MAX_INSTRUCTIONS_CHARS,
+        event_buffer: int = DEFAULT_EVENT_BUFFER,
     ) -> None:
         if require_signature and not secret:
             raise ValueError("require_signature=True needs a secret")
@@ -180,7 +187,10 @@ class ContextPlugin:
             policy=policy, dedup=self._dedup, stats=self.stats, replies=self._replies
         )
         self._writer = AckWriter(self._agent_code, self._room_name)
-        self._subscribers = Subscribers(writer=self._writer, stats=self.stats)
+        self._events = EventLog(event_buffer)
+        self._subscribers = Subscribers(
+            writer=self._writer, stats=self.stats, log=self._events, send=self._outbox.send
+        )
         self._admission = Admission(
             agent_code=self._agent_code,
             room_name=self._room_name,
@@ -249,9 +259,11 @@ class ContextPlugin:
         for emitter, event, handler in self._hooks():
             emitter.on(event, handler)
         self._parts.speeches.watch_audio_output()
+        self._parts.context_use.follow()
 
+        self._events.start_clock(started_ago_s=_session_age_s(session))
         transport = self._ack_transport or AckTransport(room)
-        self._subscribers.start(transport)
+        self._subscribers.start(transport, self._parts.snapshot)
         self._tasks = [
             asyncio.create_task(self._consume(), name="imaginex_context.consume"),
             asyncio.create_task(self._outbox.publish(transport), name="imaginex_context.publish"),
@@ -290,6 +302,7 @@ class ContextPlugin:
             emitter.off(event, handler)
         self._parts.speeches.unwatch_audio_output()
         self._parts.context_sync.close()
+        self._parts.context_use.close()
         self._parts.keeper.unregister()
         await self._parts.call_end.aclose()
 
@@ -428,3 +441,12 @@ class ContextPlugin:
     def _room_name(self) -> str:
         assert self._room is not None
         return self._room.name
+
+
+def _session_age_s(session: AgentSession[Any]) -> float:
+    """Seconds since the session started (0 if it has not, or cannot say): ``t_ms`` counts
+    from its start. LiveKit keeps the start time private, so it is read defensively."""
+    started_at = getattr(session, "_started_at", None)
+    if not isinstance(started_at, int | float):
+        return 0.0
+    return max(0.0, time.time() - started_at)

@@ -7,8 +7,7 @@ import type {
   ErrorAck,
   ServerMessage,
   SessionEvent,
-  SpeechFinishedEvent,
-  SpeechStartedEvent,
+  SpeechEvent,
   SuccessAck,
 } from "./generated/wire.js";
 
@@ -54,10 +53,26 @@ export const SESSION_EVENT_TYPES = [
   "conversation_item",
   "tool_call",
   "call_ended",
+  "speech",
+  "context",
 ] as const;
+/** What a subscription names: an event's type, or (v1.3) a kind: `speech`, `context`. */
 export type SessionEventType = (typeof SESSION_EVENT_TYPES)[number];
 
-const SESSION_EVENTS: ReadonlySet<string> = new Set(SESSION_EVENT_TYPES);
+/** The `type` of every event a subscription hands out besides the speech events. */
+const SESSION_EVENTS: ReadonlySet<string> = new Set([
+  "user_transcript",
+  "agent_transcript",
+  "agent_state",
+  "user_state",
+  "conversation_item",
+  "tool_call",
+  "call_ended",
+  "context_used",
+  "context_dropped",
+  "events_lost",
+  "snapshot",
+]);
 
 export function isAck(message: ServerMessage): message is Ack {
   return message.type === "ack";
@@ -71,10 +86,11 @@ export function isErrorAck(message: ServerMessage): message is ErrorAck {
   return message.type === "ack" && message.success === false;
 }
 
-export function isSpeechEvent(
-  message: ServerMessage,
-): message is SpeechStartedEvent | SpeechFinishedEvent {
-  return message.type === "speech_started" || message.type === "speech_finished";
+const SPEECH_EVENTS: ReadonlySet<string> = new Set(["speech_started", "speech_finished", "speech_failed"]);
+
+/** `speech_started`, `speech_finished` or (v1.3) `speech_failed`. */
+export function isSpeechEvent(message: ServerMessage): message is SpeechEvent {
+  return SPEECH_EVENTS.has(message.type);
 }
 
 export function isSessionEvent(message: ServerMessage): message is SessionEvent {
@@ -99,8 +115,8 @@ export function parseServerMessage(raw: string | Uint8Array): ServerMessage | nu
       ? (value as Ack)
       : null;
   }
-  if (message.type === "speech_started" || message.type === "speech_finished") {
-    return value as SpeechStartedEvent | SpeechFinishedEvent;
+  if (typeof message.type === "string" && SPEECH_EVENTS.has(message.type)) {
+    return value as SpeechEvent;
   }
   return typeof message.type === "string" && SESSION_EVENTS.has(message.type)
     ? (value as SessionEvent)

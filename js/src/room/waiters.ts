@@ -2,7 +2,7 @@
  * sender/waiters.py): matched against what one agent sends back, failed together when that agent
  * leaves or the room goes away. */
 import { ContextError } from "../errors.js";
-import type { Ack, SpeechFinishedEvent, SpeechStartedEvent } from "../generated/wire.js";
+import type { Ack, SpeechEvent } from "../generated/wire.js";
 
 /** How long, and how many, request ids and their speech events are remembered. */
 export const EVENT_MEMORY_MS = 600_000;
@@ -82,7 +82,6 @@ export class PendingAcks {
   }
 }
 
-type SpeechEvent = SpeechStartedEvent | SpeechFinishedEvent;
 interface Waiter {
   type: SpeechEvent["type"];
   resolve(event: SpeechEvent): void;

@@ -1,0 +1,1 @@
+"""The gateway: its HTTP API, delivery, state and agent directory, in front of real agents."""

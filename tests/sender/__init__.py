@@ -1,0 +1,1 @@
+"""The sender: ContextClient, the command line and the TypeScript client."""
