@@ -90,8 +90,8 @@ from imaginex_context_plugin.gateway import (  # noqa: E402
     LiveKitSettings,
     create_app,
 )
+from imaginex_context_plugin.gateway.delivery import ServerApiBackend  # noqa: E402
 from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory  # noqa: E402
-from imaginex_context_plugin.gateway.server_api_backend import ServerApiBackend  # noqa: E402
 from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, start_session  # noqa: E402
 
 GATEWAY_IDENTITY: Final = "bench-fanout-gateway"

@@ -29,8 +29,8 @@ from _harness import Figure, Report, ms, percentile
 from redis.asyncio import Redis
 
 from devtools.redis_server import RedisServer, find_redis_binary, redis_from_env
-from imaginex_context_plugin.gateway.redis_state import RedisState
 from imaginex_context_plugin.gateway.state import IdempotencyStore, MemoryIdempotency, StoredAnswer
+from imaginex_context_plugin.gateway.state.redis_state import RedisState
 from imaginex_context_plugin.security import RateLimit, RateLimiter
 
 ANSWER = StoredAnswer(200, b'{"success":true,"message":"Speech triggered successfully"}')

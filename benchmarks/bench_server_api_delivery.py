@@ -70,7 +70,7 @@ from imaginex_context_plugin.gateway import (  # noqa: E402
     MemoryAgentDirectory,
     create_app,
 )
-from imaginex_context_plugin.gateway.server_api_backend import ServerApiBackend  # noqa: E402
+from imaginex_context_plugin.gateway.delivery import ServerApiBackend  # noqa: E402
 from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, start_session  # noqa: E402
 
 GATEWAY_IDENTITY: Final = "bench-sa-gateway"

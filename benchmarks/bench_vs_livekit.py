@@ -67,8 +67,7 @@ from livekit import rtc
 from livekit.agents.voice.remote_session import SessionHost, SessionTransport
 from livekit.protocol.agent_pb import agent_session as agent_pb
 
-from imaginex_context_plugin import ContextPlugin
-from imaginex_context_plugin.plugin import AckTransport
+from imaginex_context_plugin import AckTransport, ContextPlugin
 
 THEIRS = ("ping", "get_session_state", "get_agent_info")
 OURS = ("get_state", "add_context")

@@ -1,6 +1,6 @@
 """Run every benchmark and print each report, then one summary table.
 
-Run: ``python benchmarks/run_all.py`` (about 3 minutes on 2 cores, plus about ten for the fan-out
+Run: ``python benchmarks/run_all.py`` (about 4 minutes on 2 cores, plus about ten for the fan-out
 benchmark's 200 rooms; the live benchmarks start a livekit-server, the fan-out one a two-node
 cluster), or ``--quick`` for a small-size pass that only checks that everything still
 runs. Exits 1 if a benchmark's correctness check failed (a message not acked exactly once,
@@ -27,6 +27,7 @@ import time  # noqa: E402
 from collections.abc import Awaitable, Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
+import bench_avatar  # noqa: E402
 import bench_context_growth  # noqa: E402
 import bench_directory  # noqa: E402
 import bench_fanout  # noqa: E402
@@ -46,6 +47,7 @@ FULL: dict[str, dict[str, Any]] = {
     "vs livekit": {},
     "subscribers": {},
     "live": {},
+    "avatar": {},
     "directory": {},
     "fanout": {},
 }
@@ -57,6 +59,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "vs livekit": {"requests": 300, "warmup": 50, "round_size": 50},
     "subscribers": {"events": 2_000},
     "live": {"requests": 30, "cold": 2},
+    "avatar": {"speeches": 3},
     "directory": {"sizes": (1, 20), "lookups": 50, "scan_lookups": 5},
     "fanout": {"sizes": (1, 4), "warm": 3, "floor_requests": 20},
 }
@@ -68,6 +71,7 @@ RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
     "vs livekit": bench_vs_livekit.run,
     "subscribers": bench_subscribers.run,
     "live": bench_live.run,
+    "avatar": bench_avatar.run,
     "directory": bench_directory.run,
     "fanout": bench_fanout.run,
 }

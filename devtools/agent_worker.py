@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -60,14 +60,21 @@ def livekit_env(lk: ServerInfo) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def agent_worker(lk: ServerInfo, worker_file: str, log_path: Path) -> Iterator[WorkerProcess]:
+def agent_worker(
+    lk: ServerInfo,
+    worker_file: str,
+    log_path: Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[WorkerProcess]:
     """Run ``worker_file`` (relative to the repository) as a worker until registered; stop it
-    (SIGTERM, then SIGKILL to its whole process group) afterwards."""
+    (SIGTERM, then SIGKILL to its whole process group) afterwards. ``extra_env`` is added to
+    its environment."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "livekit.agents", "start", worker_file, "--dev"],
             cwd=ROOT,
-            env=livekit_env(lk),
+            env={**livekit_env(lk), **(extra_env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -17,7 +17,8 @@ api.CreateAgentDispatchRequest(agent_name="offline-agent", room="demo"))``, see 
     .venv/bin/imaginex-context add-context --room demo --reply "Greet the customer."
 
 The agent "speaks" as text (the ``lk.transcription`` stream, published once a user is in the
-room), and answers from the context it was given (``OfflineLLM``): after the last command it says
+room), and answers from the context it was given (the test kit's ``ScriptedLLM`` with
+``reply_from_context``): after the last command it says
 "Here is what I know: The customer is John, a VIP. Greet the customer."
 ``tests/integration/test_worker_live.py`` runs this against ``scripts/livekit-server --dev``.
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, room_io
 
 from imaginex_context_plugin import ContextPlugin
-from imaginex_context_plugin.demo import OfflineLLM
+from imaginex_context_plugin.testing import ScriptedLLM, reply_from_context
 
 # its HTTP health server on loopback only (with --dev on a free port, else 8081)
 server = AgentServer(host="127.0.0.1")
@@ -36,7 +37,9 @@ server = AgentServer(host="127.0.0.1")
 @server.rtc_session(agent_name="offline-agent")
 async def entrypoint(ctx: JobContext) -> None:
     session: AgentSession = AgentSession(
-        llm=OfflineLLM(), vad=None, turn_handling={"turn_detection": None}
+        llm=ScriptedLLM(default_reply=reply_from_context),
+        vad=None,
+        turn_handling={"turn_detection": None},
     )
 
     await ContextPlugin(

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from livekit.agents import Plugin
 
-from ._livekit.join import accept_with_agent_code
 from .context import ContextBudget
+from .errors import ErrorCode
 from .log import logger
 from .protocol import (
     ACK_TOPIC,
@@ -33,7 +33,6 @@ from .protocol import (
     RPC_METHOD,
     AddContextRequest,
     ErrorAck,
-    ErrorCode,
     GetStateRequest,
     RemoveContextRequest,
     SpeakRequest,
@@ -41,7 +40,7 @@ from .protocol import (
     SpeechStartedEvent,
     SuccessAck,
 )
-from .receiver import AckTransport, ContextPlugin, PluginStats
+from .receiver import AckTransport, ContextPlugin, PluginStats, accept_with_agent_code
 from .security import RateLimit, sign_request
 from .sender import (
     AckTimeoutError,

@@ -1,7 +1,9 @@
-"""The environment variables the package reads, and their defaults: named once, here.
+"""The environment variables the package reads: each name once, here.
 
 The CLI, the gateway's configuration, the sender and the receiver all read these names; a
-change of name or default is made here and nowhere else.
+change of name is made here and nowhere else. A variable's default is not here: it is the
+constant of the module that uses the value (``gateway.http.serving.DEFAULT_HEADER_TIMEOUT_S``,
+...), which the CLI shows too.
 """
 
 from __future__ import annotations

@@ -1,20 +1,24 @@
-"""The package's one error family: every public error is an :class:`ImaginexError`.
+"""The package's one error family, rooted here: every error it raises on purpose is an
+:class:`ImaginexError`.
 
-Each carries an :class:`~.protocol.ErrorCode` (``.code``), one plain sentence (``.message``,
-also its ``str()``) and whether trying again may help (``.retryable``), so a caller can handle
-any of them the same way: ``except ImaginexError as exc: ... exc.code ...``. The subclasses say
-where the failure was seen:
+Each carries an :class:`ErrorCode` (``.code``), one plain sentence (``.message``, also its
+``str()``) and whether trying again may help (``.retryable``), so a caller can handle any of
+them the same way: ``except ImaginexError as exc: ... exc.code ...``. The subclasses say where
+the failure was seen:
 
 - :class:`ProtocolError`: a request the receiver refuses (it becomes an error ack);
-- :class:`ContextError` (and :class:`AckTimeoutError`, :class:`PlayoutTimeoutError`, which are
-  also ``TimeoutError``\\ s): a sender's request that was not applied, or whose outcome is
-  unknown;
+- :class:`~.request_errors.ContextError` (and ``AckTimeoutError``, ``PlayoutTimeoutError``,
+  which are also ``TimeoutError``\\ s): a sender's request that was not applied, or whose
+  outcome is unknown. They carry the agent's ack, a wire model, so they live in
+  :mod:`.request_errors`, above :mod:`.protocol`;
 - :class:`BackendError`: the gateway could not reach an agent through LiveKit;
+- :class:`StateUnavailable`: the gateway's shared state (Redis) could not be reached;
 - :class:`ConfigError`: the gateway's configuration is missing or malformed.
 
-``RETRYABLE_CODES`` is the one table of codes a later attempt may not get.
+``RETRYABLE_CODES`` is the one table of codes a later attempt may not get; the sentences a
+refused request is told are worded here too, once for the receiver and the gateway. This module
+imports nothing else of the package, so every other module may import it.
 """
-
 from __future__ import annotations
 
 import difflib
@@ -25,7 +29,6 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-    from .protocol import ErrorAck, SuccessAck
 
 class ErrorCode(str, Enum):
     """Stable error codes carried by error acks (and the gateway's error bodies)."""
@@ -68,7 +71,7 @@ class ImaginexError(Exception):
     """The base of every error this package raises on purpose.
 
     Attributes:
-        code: The error code (:class:`~.protocol.ErrorCode`).
+        code: The error code (:class:`ErrorCode`).
         message: One plain sentence saying what went wrong; also ``str(error)``.
         retryable: Whether doing the same again may succeed.
     """
@@ -99,86 +102,24 @@ class ProtocolError(ImaginexError):
         self.retry_after = retry_after
 
 
-class ContextError(ImaginexError):
-    """A request that was not applied, or whose outcome is unknown.
-
-    Raised for an error ack from the agent (``ack`` is the :class:`~.protocol.ErrorAck`) and for
-    failures on the sender's side (``ack`` is None): the request did not validate
-    (``VALIDATION_ERROR``), is too large (``PAYLOAD_TOO_LARGE``), no agent was found in the room
-    (``AGENT_NOT_FOUND``), LiveKit could not be reached or the client was closed
-    (``LIVEKIT_UNAVAILABLE``), or no answer came (``TIMEOUT``, see :class:`AckTimeoutError`).
-    Its ``str()`` is ``"CODE: message"``.
-
-    Attributes:
-        code: The error code (:class:`~.protocol.ErrorCode`).
-        message: One plain sentence saying what went wrong.
-        request_id: The request's id, when the request got that far.
-        retry_after: Seconds to wait before sending again (``RATE_LIMITED``), else None.
-        ack: The error ack as received, or None for a failure on the sender's side.
-        retryable: Whether sending the same request again may succeed.
-    """
-
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str,
-        *,
-        request_id: str | None = None,
-        retry_after: float | None = None,
-        ack: ErrorAck | None = None,
-        retryable: bool | None = None,
-    ) -> None:
-        super().__init__(code, message, retryable=retryable)
-        self.request_id = request_id
-        self.retry_after = retry_after
-        self.ack = ack
-
-    def __str__(self) -> str:
-        # the sender's errors have always read "CODE: message" (the CLI and logs show it)
-        return f"{self.code.value}: {self.message}"
-
-    @classmethod
-    def from_ack(cls, ack: ErrorAck) -> ContextError:
-        """The exception for an error ack received from the agent."""
-        return cls(ack.error, ack.message, request_id=ack.id, retry_after=ack.retry_after, ack=ack)
-
-
-class AckTimeoutError(ContextError, TimeoutError):
-    """No ack arrived in time, after every attempt (code ``TIMEOUT``).
-
-    It is both a :class:`ContextError` and a ``TimeoutError``. Whether the agent applied the
-    request is unknown: sending it again with the same ``request_id`` is safe, because the agent
-    applies an id from one sender once (within 10 minutes) and answers repeats with the first
-    ack, marked ``duplicate``.
-
-    Attributes:
-        attempts: How many times the request was sent.
-    """
-
-    def __init__(self, message: str, *, request_id: str | None, attempts: int) -> None:
-        super().__init__(ErrorCode.TIMEOUT, message, request_id=request_id, retryable=True)
-        self.attempts = attempts
-
-
-class PlayoutTimeoutError(ContextError, TimeoutError):
-    """The speech was accepted but ``speech_finished`` did not arrive in time (code ``TIMEOUT``).
-
-    Attributes:
-        accepted: The success ack of the speak request, when known.
-    """
-
-    def __init__(
-        self, message: str, *, request_id: str | None, accepted: SuccessAck | None = None
-    ) -> None:
-        super().__init__(ErrorCode.TIMEOUT, message, request_id=request_id, retryable=False)
-        self.accepted = accepted
-
-
 class BackendError(ImaginexError):
     """A delivery or lookup that failed on the LiveKit side, with the error code to report."""
 
     def __init__(self, code: ErrorCode, message: str, *, retryable: bool | None = None) -> None:
         super().__init__(code, message, retryable=retryable)
+
+
+class StateUnavailable(ImaginexError):
+    """The gateway's shared state cannot be reached (Redis down): Idempotency-Key records, rate
+    limits, the agents' replies taken, or the agent directory.
+
+    The gateway answers it ``503 STATE_UNAVAILABLE`` and delivers nothing: without the checks a
+    retry could be applied twice. Its ``code`` is ``LIVEKIT_UNAVAILABLE``, the protocol's word
+    for a service on the way that could not be reached; trying again may help.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.LIVEKIT_UNAVAILABLE, message, retryable=True)
 
 
 class ConfigError(ImaginexError):
@@ -305,14 +246,12 @@ def _field_sentence(
 
 __all__ = [
     "RETRYABLE_CODES",
-    "AckTimeoutError",
     "BackendError",
     "ConfigError",
-    "ContextError",
     "ErrorCode",
     "ImaginexError",
-    "PlayoutTimeoutError",
     "ProtocolError",
+    "StateUnavailable",
     "invalid_type_message",
     "validation_sentence",
 ]

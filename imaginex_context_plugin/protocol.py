@@ -7,7 +7,7 @@ resumable event stream (``seq`` / ``t_ms`` on every event, a snapshot in the ``s
 and ``speak{audio}``. Older senders keep working unchanged.
 
 Every request, acknowledgement and event is a pydantic model here, so the shape other languages
-parse is defined in one place and pinned by ``tests/test_wire_format.py``. Requests are one
+parse is defined in one place and pinned by ``tests/protocol/test_wire_format.py``. Requests are one
 discriminated union on ``type``; :func:`parse_request` turns raw bytes into one of them or raises
 :class:`ProtocolError` carrying the error code, a plain sentence and the request id (when it could
 be read), which is exactly what an error ack needs.
@@ -33,9 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ErrorCode as ErrorCode
-from .errors import ProtocolError as ProtocolError
-from .errors import invalid_type_message, validation_sentence
+from .errors import ErrorCode, ProtocolError, invalid_type_message, validation_sentence
 
 CONTEXT_TOPIC: Final = "imaginex.context"
 """Data-packet topic the receiver listens on."""
@@ -108,6 +106,8 @@ MESSAGE_TYPES: Final[tuple[str, ...]] = get_args(MessageType)
 INVALID_TYPE_MESSAGE: Final = invalid_type_message(MESSAGE_TYPES)
 
 ContextRole = Literal["system", "developer", "user", "assistant"]
+DEFAULT_CONTEXT_ROLE: Final[ContextRole] = "system"
+"""The chat role of added context unless the request names one."""
 SpeakMode = Literal["queue", "interrupt", "if_idle"]
 ContextScope = Literal["persistent", "next_turn"]
 InstructionsMode = Literal["append", "replace"]
@@ -124,6 +124,16 @@ UPDATE_INSTRUCTIONS_SUCCESS_MESSAGE: Final = "Instructions updated"
 RESET_INSTRUCTIONS_SUCCESS_MESSAGE: Final = "Instructions reset"
 USER_MESSAGE_SUCCESS_MESSAGE: Final = "User message added"
 GET_HISTORY_SUCCESS_MESSAGE: Final = "History retrieved successfully"
+
+
+def oversize(payload: str | bytes) -> int | None:
+    """The encoded size of ``payload`` when it is over ``MAX_PAYLOAD_BYTES``, else None.
+
+    Each caller words its own refusal (the receiver, the sender, the gateway speak to different
+    people), but they all measure the same thing: UTF-8 bytes on the wire.
+    """
+    size = len(payload) if isinstance(payload, bytes) else len(payload.encode("utf-8"))
+    return size if size > MAX_PAYLOAD_BYTES else None
 
 
 # (millisecond, its text): every ack carries a timestamp, and a burst of acks shares a few
@@ -329,7 +339,7 @@ class AddContextRequest(_Request):
     type: Literal["add_context"]
     message: str | None = None
     context: str | None = None
-    role: ContextRole = "system"
+    role: ContextRole = DEFAULT_CONTEXT_ROLE
     key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)] | None = None
     """A later add_context with the same key replaces this one in place."""
     trigger_reply: bool = False
@@ -926,8 +936,12 @@ class SpeechFinishedEvent(_Event):
     """Seconds of audio played, when the audio output reports it."""
     failed: Omitted[Literal[True]] = None
     """v1.2 senders: present (true) when the speech ended because the TTS or the model failed."""
-    reason: Omitted[Literal["shutdown"]] = None
-    """v1.2 senders: ``shutdown``: the agent stopped before this speech ended."""
+    reason: Omitted[Literal["shutdown", "avatar_left"]] = None
+    """v1.2 senders: ``shutdown``: the agent stopped before this speech ended, so its end was not
+    observed. ``avatar_left``: the avatar playing the agent's audio left the room (or crashed)
+    before the speech ended, or was gone when it would have started; nobody heard the rest, and
+    how much was played is unknown (no ``played_s``). (v1.3 senders get ``speech_failed`` with
+    the same reasons, ``shutdown`` as ``session_closed``.)"""
     cancelled: Omitted[Literal[True]] = None
     """v1.1: dropped by a ``cancel``, an ``end_call`` or the ``end_call_after`` before it (v1.2
     senders; v1.3 ones get ``speech_failed{reason: "cancelled"}``)."""
@@ -939,7 +953,7 @@ class SpeechFinishedEvent(_Event):
 
 
 SpeechFailureReason = Literal[
-    "not_started", "tts_error", "llm_error", "session_closed", "cancelled"
+    "not_started", "tts_error", "llm_error", "session_closed", "cancelled", "avatar_left"
 ]
 
 
@@ -949,7 +963,9 @@ class SpeechFailedEvent(_Event):
     ``reason``: ``not_started`` (not playing within ``start_within_s``: cancelled, it never
     plays late), ``tts_error`` (the TTS failed), ``llm_error`` (the model failed to phrase a
     reply), ``session_closed`` (the session or the agent stopped first), ``cancelled`` (a
-    ``cancel``, an ``end_call``, or an ``interrupt`` that emptied the queue before it began).
+    ``cancel``, an ``end_call``, or an ``interrupt`` that emptied the queue before it began),
+    ``avatar_left`` (the avatar playing the agent's audio left the room before the speech ended,
+    or was gone when it would have started: nobody heard the rest, no ``played_s``).
     """
 
     type: Literal["speech_failed"] = "speech_failed"

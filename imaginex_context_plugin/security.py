@@ -264,6 +264,10 @@ class RateLimiter:
         self._clock = clock
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # sender -> [tokens, at]
 
+    def __len__(self) -> int:
+        """Senders with a bucket now (at most ``max_senders``)."""
+        return len(self._buckets)
+
     def acquire(self, sender: str) -> float:
         """Take one token. Returns 0.0 when allowed, else the seconds until one is available."""
         now = self._clock()

@@ -17,7 +17,13 @@ import pytest
 from livekit import rtc
 from livekit.agents import Agent, AgentSession
 
-from imaginex_context_plugin import ACK_TOPIC, CONTEXT_TOPIC, RPC_METHOD, ContextPlugin
+from imaginex_context_plugin import (
+    ACK_TOPIC,
+    CONTEXT_TOPIC,
+    RPC_METHOD,
+    AckTransport,
+    ContextPlugin,
+)
 from imaginex_context_plugin.context import ENTRY_ID_PREFIX
 from tests.fakes import (
     LinkedRoom,
@@ -151,7 +157,11 @@ HarnessFactory = Callable[..., Any]
 
 @pytest.fixture
 async def make_harness() -> AsyncIterator[HarnessFactory]:
-    """Build a Harness; keyword arguments go to ContextPlugin (``text_only`` and ``speed`` too)."""
+    """Build a Harness; keyword arguments go to ContextPlugin (``text_only`` and ``speed`` too).
+
+    ``ack_transport_for`` makes the plugin's ``ack_transport`` from the agent's room (a
+    transport that wraps the real one).
+    """
     built: list[Harness] = []
 
     async def build(
@@ -161,6 +171,7 @@ async def make_harness() -> AsyncIterator[HarnessFactory]:
         replies: list[str] | None = None,
         agent: Agent | None = None,
         start_plugin: bool = True,
+        ack_transport_for: Callable[[rtc.Room], AckTransport] | None = None,
         **plugin_kwargs: Any,
     ) -> Harness:
         network = RelayNetwork()
@@ -180,6 +191,8 @@ async def make_harness() -> AsyncIterator[HarnessFactory]:
         plugin_kwargs.setdefault("agent_code", AGENT_CODE)
         plugin_kwargs.setdefault("allowed_identities", [BACKEND_IDENTITY])
         plugin_kwargs.setdefault("server_secret", SERVER_SECRET)
+        if ack_transport_for is not None:
+            plugin_kwargs["ack_transport"] = ack_transport_for(agent_room)
         plugin = ContextPlugin(**plugin_kwargs)
         backend = Backend(network.create_room(ROOM, BACKEND_IDENTITY))
         harness = Harness(

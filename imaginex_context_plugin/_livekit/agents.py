@@ -1,7 +1,9 @@
 """Which participant is the agent: one rule for the client, the CLI and the gateway.
 
-The rule, among the room's participants that are not senders (a sender joins with the
-``imaginex.sender`` attribute: the CLI, the gateway, other clients):
+The rule, among the room's participants that are neither senders (a sender joins with the
+``imaginex.sender`` attribute: the CLI, the gateway, other clients) nor avatars (an avatar, such as
+a bitHuman avatar, joins as kind AGENT with ``lk.publish_on_behalf`` naming the agent it speaks
+for; it plays the agent's audio, it is not the agent):
 
 1. with an agent code: the participant publishing that code (``imaginex.agent_code``);
 2. without one: the participant of kind AGENT or publishing any code; among several, the only
@@ -18,9 +20,11 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Final
 
 from livekit import rtc
+from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF
 
-from ..errors import ContextError, ErrorCode
+from ..errors import ErrorCode
 from ..protocol import AGENT_CODE_ATTRIBUTE, SENDER_ATTRIBUTE
+from ..request_errors import ContextError
 
 AGENT_KIND: Final = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
 
@@ -47,11 +51,13 @@ def choose_agent(
         ContextError: ``AGENT_NOT_FOUND`` (not retryable) when more than one participant
             matches; the message names them.
     """
-    # other senders (CLI, gateway replicas) join as agents too; they are never the target
+    # other senders (CLI, gateway replicas) and avatars join as agents too; never the target
     people = [
         person
         for person in candidates
-        if SENDER_ATTRIBUTE not in person[2] and person[0] not in exclude
+        if SENDER_ATTRIBUTE not in person[2]
+        and ATTRIBUTE_PUBLISH_ON_BEHALF not in person[2]
+        and person[0] not in exclude
     ]
     if agent_code is not None:
         matches = [

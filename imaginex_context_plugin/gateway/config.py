@@ -23,17 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from .._env import API_SECRET_ENV as API_SECRET_ENV
-from .._env import API_SECRETS_FILE_ENV as API_SECRETS_FILE_ENV
-from .._env import LIVEKIT_API_KEY_ENV as LIVEKIT_API_KEY_ENV
-from .._env import LIVEKIT_API_SECRET_ENV as LIVEKIT_API_SECRET_ENV
-from .._env import LIVEKIT_ENV, env_or
-from .._env import LIVEKIT_URL_ENV as LIVEKIT_URL_ENV
-from .._env import REDIS_URL_ENV as REDIS_URL_ENV
-from .._env import SIGNING_SECRET_ENV as SIGNING_SECRET_ENV
-from .._livekit.settings import LiveKitSettings as LiveKitSettings
-from ..errors import ConfigError as ConfigError
-from .state import REPLICAS_NEED_SIGNING
+from .._env import (
+    API_SECRET_ENV,
+    API_SECRETS_FILE_ENV,
+    LIVEKIT_API_KEY_ENV,
+    LIVEKIT_API_SECRET_ENV,
+    LIVEKIT_ENV,
+    LIVEKIT_URL_ENV,
+    REDIS_URL_ENV,
+    SIGNING_SECRET_ENV,
+    env_or,
+)
+from .._livekit.settings import LiveKitSettings
+from ..errors import ConfigError
+from .state.gateway_state import REPLICAS_NEED_SIGNING
 
 DEFAULT_PRINCIPAL: Final = "default"
 """Name of the principal authenticated by ``IMAGINEX_API_SECRET`` (rate limits, logs)."""

@@ -10,9 +10,10 @@ from contextvars import ContextVar
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 from pydantic import BaseModel
 
-from ..protocol import ErrorCode
+from ..errors import ErrorCode
 from .models import AnswerData, ErrorResponse
 
 NOT_FOUND: Final = "NOT_FOUND"
@@ -98,11 +99,11 @@ def invalid(message: str) -> Refusal:
     return Refusal(400, ErrorCode.VALIDATION_ERROR.value, message)
 
 
-def state_unavailable() -> Refusal:
-    """The 503 answer when the shared state cannot be reached."""
-    return Refusal(
-        503, STATE_UNAVAILABLE, STATE_UNAVAILABLE_MESSAGE, headers={"Retry-After": "1"}
-    )
+def state_unavailable(message: str = STATE_UNAVAILABLE_MESSAGE) -> Refusal:
+    """The one answer to :class:`~...errors.StateUnavailable` (the shared state, Redis, cannot
+    be reached): 503 ``STATE_UNAVAILABLE``, retry after a second. ``message`` says what could
+    not be done; the middleware answers an unexpected one with the default."""
+    return Refusal(503, STATE_UNAVAILABLE, message, headers={"Retry-After": "1"})
 
 
 def too_large(max_body_bytes: int) -> Refusal:
@@ -132,6 +133,21 @@ def from_http_exception(
         return too_large(max_body_bytes)
     code = ErrorCode.VALIDATION_ERROR.value if exc.status == 400 else "HTTP_ERROR"
     return Refusal(exc.status, code, exc.reason)
+
+
+_DECODED_ENCODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
+"""The Content-Encodings aiohttp decompresses (any other value is read as it is)."""
+
+
+def unreadable_body(request: web.Request, exc: web.RequestPayloadError) -> str:
+    """The sentence for a body aiohttp could not decode (``exc``, raised reading it).
+
+    The encoding is named only when it is one aiohttp decodes, so no header text is echoed.
+    """
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if isinstance(exc.__cause__, ContentEncodingError) and encoding in _DECODED_ENCODINGS:
+        return f"Request body is not valid {encoding} data (Content-Encoding)."
+    return "Request body could not be read: its encoding is broken."
 
 
 def json_response(

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from typing import Final
 
 from .. import protocol
+from ..errors import ErrorCode, ProtocolError
 from ..log import logger
 from ..protocol import (
     MAX_PAYLOAD_BYTES,
     ErrorAck,
-    ErrorCode,
     GetHistoryRequest,
     GetStateRequest,
-    ProtocolError,
     Request,
     SignedEnvelope,
     echo,

@@ -5,7 +5,7 @@ it as two pydantic models and serializing them cost about 9 µs a message; writi
 from a cached head (everything but the id, the timestamp and the per-request fields) costs a
 fraction of that. The bytes are exactly what ``protocol.encode_message(SuccessAck(...))`` makes,
 field for field and escape for escape: ``json.encoder.encode_basestring`` escapes strings as
-pydantic does (checked over every code point, and pinned by ``tests/test_ack_writer.py``).
+pydantic does (checked over every code point, and pinned by ``tests/receiver/test_ack_writer.py``).
 The state in a ``get_state`` answer is serialized by its model (and cached while it does not
 change, ``state.StateAnswers``); only an answer too large for one packet, cut to fit, goes
 through the ack models.
@@ -18,15 +18,8 @@ from json.encoder import encode_basestring
 from typing import Any, Final, Literal
 
 from .. import protocol
-from ..protocol import (
-    AckData,
-    AgentStateInfo,
-    ErrorCode,
-    MessageType,
-    Request,
-    SuccessAck,
-    error_ack,
-)
+from ..errors import ErrorCode
+from ..protocol import AckData, AgentStateInfo, MessageType, Request, SuccessAck, error_ack
 from .jobs import Success
 
 _INTERNAL_ERROR_MESSAGE: Final = (

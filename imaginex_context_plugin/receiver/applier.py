@@ -17,6 +17,7 @@ from livekit.agents import llm
 from livekit.agents.utils import is_given
 
 from ..context import ContextStore
+from ..errors import ErrorCode
 from ..log import logger
 from ..protocol import (
     ADD_CONTEXT_SUCCESS_MESSAGE,
@@ -24,7 +25,6 @@ from ..protocol import (
     REMOVE_CONTEXT_SUCCESS_MESSAGE,
     SPEAK_SUCCESS_MESSAGE,
     AddContextRequest,
-    ErrorCode,
     GetStateRequest,
     RemoveContextRequest,
     SpeakRequest,
@@ -33,6 +33,7 @@ from ..protocol import (
     error_ack,
 )
 from .answers import AckWriter
+from .avatar import AvatarWatch
 from .call_control import CONTROL_REQUESTS, CallControl
 from .call_end import CALL_ENDED_MESSAGE
 from .context_sync import ContextSync
@@ -71,6 +72,7 @@ class SessionApplier:
         control: Applies the live call control requests (v1.1) and knows if the call ended.
         answer: Gives a job its one answer (``ContextPlugin``: outbox and work queue).
         subscribers: Takes subscribe / unsubscribe (live session events).
+        avatar: Refuses speech while the agent's avatar is gone.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class SessionApplier:
         control: CallControl,
         answer: Callable[[Job, Answer], None],
         subscribers: Subscribers,
+        avatar: AvatarWatch,
     ) -> None:
         self._gate = gate
         self._session: AgentSession[Any] = gate.session
@@ -98,6 +101,7 @@ class SessionApplier:
         self._control = control
         self._answer = answer
         self._subscribers = subscribers
+        self._avatar = avatar
 
     async def apply(self, batch: list[Job]) -> None:
         """Apply ``batch`` (one job, or a run of context changes) and answer every job in it."""
@@ -128,6 +132,7 @@ class SessionApplier:
     # speak
 
     async def _speak(self, job: Job, request: SpeakRequest) -> Answer:
+        self._avatar.require_avatar()
         mode = request.effective_mode
         if mode == "if_idle" and self._someone_is_speaking():
             return error_ack(ErrorCode.BUSY, _BUSY_MESSAGE, request.id)
@@ -297,6 +302,7 @@ class SessionApplier:
         """Let the agent respond to the context just added; raises ``NotReady`` if it cannot."""
         request = job.request
         assert isinstance(request, AddContextRequest)
+        self._avatar.require_avatar()
         session = self._session
         handle = await self._gate.call(lambda: session.generate_reply())
         self._speeches.track(handle, job)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 from livekit.agents import llm
 
 from .. import protocol
+from ..errors import ErrorCode
 from ..log import logger
 from ..protocol import (
     CANCEL_SUCCESS_MESSAGE,
@@ -36,7 +37,6 @@ from ..protocol import (
     USER_MESSAGE_SUCCESS_MESSAGE,
     CancelRequest,
     EndCallRequest,
-    ErrorCode,
     GetHistoryRequest,
     HistoryItem,
     InterruptRequest,
@@ -49,6 +49,7 @@ from ..protocol import (
     error_ack,
 )
 from .answers import AckWriter
+from .avatar import AvatarWatch
 from .call_end import CallEnd
 from .jobs import Answer, Job, Success
 from .session_gate import SessionGate
@@ -94,6 +95,7 @@ class CallControl:
         call_end: Ends the call.
         steering: Keeps the senders' instructions on the current agent.
         writer: Writes the success acks.
+        avatar: Refuses a reply while the agent's avatar is gone.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class CallControl:
         call_end: CallEnd,
         steering: Steering,
         writer: AckWriter,
+        avatar: AvatarWatch,
     ) -> None:
         self._gate = gate
         self._session: AgentSession[Any] = gate.session
@@ -111,6 +114,7 @@ class CallControl:
         self._call_end = call_end
         self._steering = steering
         self._writer = writer
+        self._avatar = avatar
 
     @property
     def call_ended(self) -> bool:
@@ -198,6 +202,8 @@ class CallControl:
 
     async def _user_message(self, job: Job, request: UserMessageRequest) -> Answer:
         session = self._session
+        if request.respond:
+            self._avatar.require_avatar()  # before anything changes: refused means no effect
         if request.interrupt:
             try:
                 session.interrupt(force=False)

@@ -7,9 +7,10 @@ and never forgets an id inside its window to make room: admission refuses new id
 
 from __future__ import annotations
 
+from ..errors import ErrorCode
 from ..expiring import ExpiringCache
 from ..log import logger
-from ..protocol import ID_REUSED_MESSAGE, ErrorCode, error_ack
+from ..protocol import ID_REUSED_MESSAGE, error_ack
 from ..security import SignatureProblem
 from .answers import as_duplicate
 from .jobs import Answer, Job, Success

@@ -22,8 +22,9 @@ from typing import Any, Final
 from livekit import rtc
 
 from .. import protocol
+from ..errors import ErrorCode
 from ..log import logger
-from ..protocol import ACK_TOPIC, ErrorAck, ErrorCode
+from ..protocol import ACK_TOPIC, ErrorAck
 from ..security import SenderPolicy
 from .dedup import DedupMemory
 from .http_replies import HttpReplies

@@ -17,6 +17,7 @@ from livekit import rtc
 from ..context import ContextStore
 from .answers import AckWriter
 from .applier import SessionApplier
+from .avatar import AvatarWatch
 from .call_control import CallControl
 from .call_end import CallEnd
 from .connection import ConnectionKeeper
@@ -51,6 +52,7 @@ class SessionParts:
     applier: SessionApplier
     keeper: ConnectionKeeper
     subscribers: Subscribers
+    avatar: AvatarWatch
     snapshot: SnapshotSource
     context_use: ContextUse
 
@@ -84,6 +86,7 @@ class SessionParts:
         # a call ended by a message: subscribers get call_ended with its reason
         call_end.add_listener(subscribers.end_call)
         tracker = SpeechTracker(session, subscribers, call_end.hang_up)
+        avatar = AvatarWatch(session, room, tracker)
         steering = Steering(gate, max_chars=max_instructions_chars)
         context_use = ContextUse(session, store, subscribers)
         context_sync = ContextSync(store, gate, work.put, follow=context_use.follow)
@@ -91,7 +94,12 @@ class SessionParts:
             session=session, store=store, pending_speeches=tracker.pending, writer=writer
         )
         control = CallControl(
-            gate=gate, speeches=tracker, call_end=call_end, steering=steering, writer=writer
+            gate=gate,
+            speeches=tracker,
+            call_end=call_end,
+            steering=steering,
+            writer=writer,
+            avatar=avatar,
         )
         applier = SessionApplier(
             gate=gate,
@@ -104,6 +112,7 @@ class SessionParts:
             control=control,
             answer=answer,
             subscribers=subscribers,
+            avatar=avatar,
         )
         keeper = ConnectionKeeper(room, agent_code, on_rpc)
         snapshot = SnapshotSource(session=session, state=state, pending=tracker.pending_details)
@@ -117,6 +126,7 @@ class SessionParts:
             applier,
             keeper,
             subscribers,
+            avatar,
             snapshot,
             context_use,
         )
@@ -142,6 +152,9 @@ class SessionParts:
             (session, "close", self.speeches.on_session_close),
             (session, "close", self.call_end.on_session_close),
             (session, "error", self.speeches.on_session_error),
+            # the avatar leaving: what it would play is cut, and nothing waits for it forever
+            (room, "participant_disconnected", self.avatar.on_participant_disconnected),
+            (session, "speech_created", self.avatar.on_speech_created),
             # live events for subscribers
             (room, "participant_disconnected", subs.on_participant_disconnected),
             (session, "user_input_transcribed", subs.on_user_input_transcribed),

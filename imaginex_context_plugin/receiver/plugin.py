@@ -36,8 +36,9 @@ from livekit.agents.job import get_job_context
 
 from .._env import AGENT_CODE_ENV, LIVEKIT_API_SECRET_ENV
 from ..context import DEFAULT_CONTEXT_BUDGET, ContextBudget, ContextStore
+from ..errors import ErrorCode
 from ..log import logger
-from ..protocol import CONTEXT_TOPIC, ErrorAck, ErrorCode, GetStateRequest, error_ack
+from ..protocol import CONTEXT_TOPIC, ErrorAck, GetStateRequest, error_ack
 from ..replies import ReplyUrls
 from ..security import (
     DEDUP_WINDOW_S,
@@ -50,7 +51,7 @@ from ..security import (
 )
 from .admission import Admission, signature_verifier, warn_if_server_untrusted
 from .answers import AckWriter, internal_error
-from .call_end import CALL_ENDED_MESSAGE
+from .call_end import CALL_ENDED_MESSAGE, EndListener
 from .dedup import DedupMemory
 from .event_log import DEFAULT_EVENT_BUFFER, EventLog
 from .http_replies import HttpReplies
@@ -215,6 +216,7 @@ class ContextPlugin:
         self._started = False
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._end_listeners: list[EndListener] = []
 
     @property
     def agent_code(self) -> str | None:
@@ -224,6 +226,31 @@ class ContextPlugin:
     def context_store(self) -> ContextStore:
         """The context entries the plugin holds (read-only use)."""
         return self._store
+
+    @property
+    def subscribers(self) -> list[str]:
+        """The identities subscribed to the session's live events now."""
+        return self._subscribers.identities
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing waits: no message queued to be applied, no answer to be sent."""
+        return self._work.idle and not self._outbox.waiting
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    def add_call_end_listener(self, listener: EndListener) -> None:
+        """Call ``listener(reason)`` once when a sender's ``end_call`` (or a speech's
+        ``end_call_after``) has closed the session; ``reason`` is the sender's, else
+        ``"end_call"``. If it returns an awaitable, a job's shutdown (and the room's deletion)
+        waits for it, up to a few seconds: time to save what the call produced. Works before
+        or after :meth:`start`."""
+        self._end_listeners.append(listener)
+        if self._started:
+            self._parts.call_end.add_listener(listener)
 
     # ------------------------------------------------------------------------------------------
     # lifecycle
@@ -256,6 +283,8 @@ class ContextPlugin:
             on_rpc=self._on_rpc,
         )
 
+        for listener in self._end_listeners:
+            self._parts.call_end.add_listener(listener)
         for emitter, event, handler in self._hooks():
             emitter.on(event, handler)
         self._parts.speeches.watch_audio_output()

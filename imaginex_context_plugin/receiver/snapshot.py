@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from livekit.agents import llm
 
-from .._packet import oversize
-from ..protocol import AgentStateInfo, PendingSpeech, Snapshot
+from ..protocol import AgentStateInfo, PendingSpeech, Snapshot, oversize
 from .call_control import history_item
 from .state import StateAnswers
 

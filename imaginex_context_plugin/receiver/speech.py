@@ -11,15 +11,20 @@ plugin stops first):
 - v1.3, ``speech_failed{reason}``: ``not_started`` (it had not begun ``start_within_s`` after
   it was applied: it is cancelled and never plays late), ``tts_error``, ``llm_error``,
   ``session_closed`` (the session, or the plugin, stopped first), ``cancelled`` (a ``cancel``,
-  an ``end_call``, or an ``interrupt`` that emptied the queue before it began).
+  an ``end_call``, or an ``interrupt`` that emptied the queue before it began),
+  ``avatar_left`` (the avatar playing it left the room: nobody heard the rest).
 
 A sender that did not say it speaks v1.3 (``protocol``) gets every end as the v1.2
 ``speech_finished``, its flags saying which (``failed``, ``cancelled``, ``reason:
-"shutdown"``), so its waits behave as before. Both forms carry the same ``seq``; subscribers of
-``speech`` get the v1.3 form of every tracked speech.
+"shutdown"`` / ``"avatar_left"``), so its waits behave as before. Both forms carry the same
+``seq``; subscribers of ``speech`` get the v1.3 form of every tracked speech.
 
 v1.1: a speech sent with ``end_call_after`` hangs up once it has played out in full; cut by the
 user, it ends with ``call_kept: true`` and the call goes on (failed, it never hangs up).
+
+With an avatar, ``played_s`` is what the avatar reported playing, and a speech cut because the
+avatar left the room (``AvatarWatch``) has no ``played_s``: the position LiveKit then reports is
+only what had been sent to the avatar.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class _SpeechTrack:
     not_started: bool = False
     end_call_after: bool = False
     deadline: asyncio.TimerHandle | None = None
+    avatar_left: bool = False  # cut because the avatar playing it left: nobody heard the rest
 
 
 def _no_hang_up() -> None:
@@ -90,6 +96,8 @@ class SpeechTracker:
         self._hang_up = hang_up
         self._tracks: dict[str, _SpeechTrack] = {}
         self._watched_audio: AudioOutput | None = None
+        # speeches cut for the avatar before they were tracked (as LiveKit created them)
+        self._avatar_cuts: set[str] = set()
 
     def track(
         self,
@@ -110,7 +118,9 @@ class SpeechTracker:
             handle,
             v1_3=job.request.speaks_v1_3,
             end_call_after=end_call_after,
+            avatar_left=handle.id in self._avatar_cuts,
         )
+        self._avatar_cuts.discard(handle.id)
         self._tracks[handle.id] = track
         if start_within_s is not None:
             track.deadline = asyncio.get_running_loop().call_later(
@@ -164,6 +174,29 @@ class SpeechTracker:
             if not track.handle.done():
                 track.cancelled = True
                 track.handle.interrupt(force=True)
+
+    def cut_for_avatar(self, handle: SpeechHandle) -> None:
+        """Cut ``handle`` (whatever its ``allow_interruptions``): the avatar that would play it
+        has left. A tracked speech then ends with ``reason: "avatar_left"``."""
+        if handle.done():
+            return
+        track = self._tracks.get(handle.id)
+        if track is not None:
+            track.avatar_left = True
+        else:  # not tracked (yet): remembered until it is, or until it is done
+            self._avatar_cuts.add(handle.id)
+            handle.add_done_callback(self._forget_avatar_cut)
+        handle.interrupt(force=True)
+
+    def cut_all_for_avatar(self) -> int:
+        """Cut every tracked speech still going, for the avatar left; how many were cut."""
+        going = [track.handle for track in self._tracks.values() if not track.handle.done()]
+        for handle in going:
+            self.cut_for_avatar(handle)
+        return len(going)
+
+    def _forget_avatar_cut(self, handle: SpeechHandle) -> None:
+        self._avatar_cuts.discard(handle.id)
 
     def finish_all(self, *, shutdown: bool = True) -> None:
         """End every tracked speech with its event, even one still playing: the plugin stops
@@ -225,7 +258,8 @@ class SpeechTracker:
 
     def _on_playback_finished(self, ev: PlaybackFinishedEvent) -> None:
         track = self._current()
-        if track is not None:
+        # once the avatar left, the position LiveKit reports is what was sent, not what played
+        if track is not None and not track.avatar_left:
             track.played_s = round(ev.playback_position, 3)
 
     # ------------------------------------------------------------------------------------------
@@ -296,6 +330,8 @@ class SpeechTracker:
             return "not_started"
         if track.cancelled:
             return "cancelled"
+        if track.avatar_left:
+            return "avatar_left"
         if track.tts_failed:
             return "tts_error"
         if handle.exception() is not None:
@@ -336,7 +372,7 @@ class SpeechTracker:
             speech_id=handle.id,
             reason=reason,
             started=track.started,
-            played_s=track.played_s,
+            played_s=None if track.avatar_left else track.played_s,
             timestamp=timestamp,
         )
         legacy: SpeechFinishedEvent | None = None
@@ -347,10 +383,12 @@ class SpeechTracker:
                 id=track.request_id,
                 speech_id=handle.id,
                 # the end of a speech cut at the close was not observed: not a full playout
-                interrupted=True if reason == "session_closed" else handle.interrupted,
-                played_s=track.played_s,
+                interrupted=(
+                    True if reason in ("session_closed", "avatar_left") else handle.interrupted
+                ),
+                played_s=None if track.avatar_left else track.played_s,
                 failed=True if reason in ("tts_error", "llm_error") else None,
-                reason="shutdown" if shutdown else None,
+                reason="shutdown" if shutdown else "avatar_left" if track.avatar_left else None,
                 cancelled=True if reason in ("cancelled", "not_started") else None,
                 call_kept=True if track.end_call_after and not shutdown else None,
                 timestamp=timestamp,

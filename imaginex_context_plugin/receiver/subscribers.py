@@ -32,7 +32,7 @@ from livekit import rtc
 from livekit.agents import llm
 
 from .. import protocol
-from .._packet import oversize
+from ..errors import ErrorCode
 from ..log import logger
 from ..protocol import (
     SESSION_EVENT_TYPES,
@@ -42,7 +42,6 @@ from ..protocol import (
     AgentTranscriptEvent,
     CallEndedEvent,
     ConversationItemEvent,
-    ErrorCode,
     Event,
     EventsLostEvent,
     ServerMessage,
@@ -54,6 +53,7 @@ from ..protocol import (
     UserStateEvent,
     UserTranscriptEvent,
     event_kind,
+    oversize,
     utc_timestamp,
 )
 from .answers import AckWriter

@@ -30,12 +30,8 @@ participant is the agent), ``requests`` (preparation and signing), ``connection`
 from __future__ import annotations
 
 from .._livekit.tokens import DEFAULT_TOKEN_TTL, sender_token
-from ..errors import (
-    RETRYABLE_CODES,
-    AckTimeoutError,
-    ContextError,
-    PlayoutTimeoutError,
-)
+from ..errors import RETRYABLE_CODES
+from ..request_errors import AckTimeoutError, ContextError, PlayoutTimeoutError
 from .client import ContextClient
 from .options import (
     DEFAULT_AGENT_TIMEOUT_S,
@@ -48,6 +44,7 @@ from .options import (
     MAX_BACKOFF_S,
     MAX_RETRY_AFTER_S,
     SENDER_IDENTITY_PREFIX,
+    ClientOptions,
     Via,
 )
 from .requests import check_request_size, prepare_request
@@ -77,6 +74,7 @@ __all__ = [
     "SENDER_IDENTITY_PREFIX",
     "UNSUBSCRIBE_TIMEOUT_S",
     "AckTimeoutError",
+    "ClientOptions",
     "ContextClient",
     "ContextError",
     "HistoryResult",

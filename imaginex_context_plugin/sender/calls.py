@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from pydantic import BaseModel
 
-from ..errors import ContextError, ErrorCode, PlayoutTimeoutError
+from ..errors import ErrorCode
 from ..protocol import (
+    DEFAULT_CONTEXT_ROLE,
     AgentStateInfo,
     ContextRole,
     ContextScope,
@@ -24,6 +25,7 @@ from ..protocol import (
     SpeechFinishedEvent,
     SuccessAck,
 )
+from ..request_errors import ContextError, PlayoutTimeoutError
 from .options import SpeakOptions
 from .results import SpeakResult
 
@@ -149,7 +151,7 @@ class RequestCalls(abc.ABC):
         text: str,
         *,
         key: str | None = None,
-        role: ContextRole = "system",
+        role: ContextRole = DEFAULT_CONTEXT_ROLE,
         id: str | None = None,
         trigger_reply: bool = False,
         scope: ContextScope = "persistent",

@@ -13,8 +13,9 @@ from livekit import rtc
 
 from .. import protocol
 from .._livekit.rpc import call_agent
-from ..errors import ContextError, ErrorCode
+from ..errors import ErrorCode
 from ..protocol import CONTEXT_TOPIC, ErrorAck, SuccessAck
+from ..request_errors import ContextError
 from .options import FIRST_CONTACT_RESEND_S
 from .waiters import Pending
 

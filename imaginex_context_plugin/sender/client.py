@@ -18,7 +18,6 @@ from livekit import rtc
 from pydantic import BaseModel
 
 from .._livekit.tokens import DEFAULT_TOKEN_TTL
-from ..errors import ContextError, PlayoutTimeoutError
 from ..log import logger
 from ..protocol import (
     Request,
@@ -26,6 +25,7 @@ from ..protocol import (
     SpeechFinishedEvent,
     SuccessAck,
 )
+from ..request_errors import ContextError, PlayoutTimeoutError
 from .channels import DataChannel, RpcChannel
 from .connection import join_room
 from .control_calls import ControlCalls

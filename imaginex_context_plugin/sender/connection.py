@@ -12,8 +12,9 @@ from livekit import rtc
 
 from .._env import LIVEKIT_API_KEY_ENV, LIVEKIT_API_SECRET_ENV, LIVEKIT_URL_ENV, env_or
 from .._livekit.tokens import sender_token
-from ..errors import ContextError, ErrorCode
+from ..errors import ErrorCode
 from ..log import logger
+from ..request_errors import ContextError
 from .options import SENDER_IDENTITY_PREFIX
 
 

@@ -9,8 +9,9 @@ the client's retries and returned as its ack, exactly as ``speak`` and ``add_con
 
 from __future__ import annotations
 
-from ..errors import ContextError, ErrorCode
+from ..errors import ErrorCode
 from ..protocol import DEFAULT_HISTORY_LIMIT, InstructionsMode, SuccessAck
+from ..request_errors import ContextError
 from .calls import RequestCalls, _given
 from .results import HistoryResult
 

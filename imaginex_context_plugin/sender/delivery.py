@@ -15,9 +15,10 @@ from typing import Any
 
 from livekit import rtc
 
-from ..errors import AckTimeoutError, ContextError, ErrorCode
+from ..errors import ErrorCode
 from ..log import logger
 from ..protocol import ErrorAck, SuccessAck
+from ..request_errors import AckTimeoutError, ContextError
 from .channels import Channel, NoAck
 from .locator import AgentLocator
 from .options import MAX_BACKOFF_S, MAX_RETRY_AFTER_S

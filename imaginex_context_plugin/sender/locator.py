@@ -9,7 +9,8 @@ from collections.abc import Callable
 from livekit import rtc
 
 from .._livekit.agents import choose_agent
-from ..errors import ContextError, ErrorCode
+from ..errors import ErrorCode
+from ..request_errors import ContextError
 
 
 class AgentLocator:

@@ -12,10 +12,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from .. import protocol
-from .._packet import oversize
-from ..errors import ContextError, ErrorCode, ProtocolError
+from ..errors import ErrorCode, ProtocolError
 from ..expiring import ExpiringCache
-from ..protocol import MAX_PAYLOAD_BYTES, Request
+from ..protocol import MAX_PAYLOAD_BYTES, Request, oversize
+from ..request_errors import ContextError
 from ..security import SIGNATURE_WINDOW_S, sign_request
 from .options import EVENT_MEMORY_MAX
 

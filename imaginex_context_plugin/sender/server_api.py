@@ -12,9 +12,10 @@ from pydantic import BaseModel
 
 from .._livekit.agents import choose_agent
 from .._livekit.rooms import summarize
-from ..errors import ContextError, ErrorCode
+from ..errors import ErrorCode
 from ..log import logger
 from ..protocol import CONTEXT_TOPIC, Request
+from ..request_errors import ContextError
 from ..security import sign_request
 from .requests import check_size, encode, prepare_request
 from .results import ServerSendResult

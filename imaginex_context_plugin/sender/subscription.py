@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Seque
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ..errors import ContextError, ErrorCode
+from ..errors import ErrorCode
 from ..log import logger
 from ..protocol import (
     SESSION_EVENT_TYPES,
@@ -37,6 +37,7 @@ from ..protocol import (
     SessionEventType,
     SuccessAck,
 )
+from ..request_errors import ContextError
 
 DEFAULT_EVENT_QUEUE_SIZE: Final = 1_024
 """Most events waiting to be read from one :class:`SessionEvents`; beyond it the oldest go."""

@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ContextError, ErrorCode
+from ..errors import ErrorCode
 from ..expiring import ExpiringCache
 from ..protocol import ErrorAck, SpeechFinishedEvent, SuccessAck
+from ..request_errors import ContextError
 from .options import EVENT_MEMORY_MAX, EVENT_MEMORY_S
 
 CLOSED_MESSAGE = "The client was closed before the answer arrived."

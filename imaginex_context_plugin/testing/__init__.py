@@ -6,7 +6,8 @@ models.
 
 - :class:`ScriptedLLM`: an ``llm.LLM`` that answers each call with the next scripted string,
   streamed in a few chunks, and records the ``ChatContext`` (and per-turn instructions) each
-  call saw.
+  call saw; past the script, ``default_reply`` answers (:func:`reply_from_context`: from what
+  the plugin added, for a demo or a worker without a model).
 - :class:`RecordingTTS`: a non-streaming ``tts.TTS`` (the session wraps it in a StreamAdapter,
   as usual) that synthesises silence whose length follows the text and records each text.
 - :class:`RecordingAudioOutput`: a ``voice.io.AudioOutput`` sink that "plays" frames against
@@ -23,7 +24,7 @@ its answers with an ``AckTransport`` subclass; ``docs/testing.md`` shows a compl
 from __future__ import annotations
 
 from .audio import PlayedSegment, RecordingAudioOutput
-from .llm import ScriptedLLM, ScriptedLLMStream
+from .llm import ScriptedLLM, ScriptedLLMStream, reply_from_context
 from .room import OfflineRoom
 from .session import start_session
 from .tts import RecordingChunkedStream, RecordingTTS
@@ -36,5 +37,6 @@ __all__ = [
     "RecordingTTS",
     "ScriptedLLM",
     "ScriptedLLMStream",
+    "reply_from_context",
     "start_session",
 ]

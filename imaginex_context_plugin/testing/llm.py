@@ -1,14 +1,17 @@
 """``ScriptedLLM``: an ``llm.LLM`` that answers from a script, for tests without a model.
 
-Each call answers with the next scripted string, streamed in a few chunks, and records the
-``ChatContext`` (and per-turn instructions) the call saw.
+Each call answers with the next scripted string (or, past the script, what ``default_reply``
+says: a string, or a function of the chat context such as :func:`reply_from_context`),
+streamed in a few chunks, and records the ``ChatContext`` (and per-turn instructions) the call
+saw. It is the package's one offline LLM: the demo, the examples and the live suite's workers
+run on it too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from livekit.agents import (
@@ -21,6 +24,8 @@ from livekit.agents import (
 from livekit.agents.llm.chat_context import DYNAMIC_INSTRUCTIONS_MESSAGE_ID
 from livekit.agents.voice.generation import INSTRUCTIONS_MESSAGE_ID
 
+from ..context import ENTRY_ID_PREFIX
+
 PROVIDER = "imaginex.testing"
 """The ``provider`` every fake of this kit reports (in LiveKit's metrics and logs)."""
 
@@ -28,13 +33,21 @@ PROVIDER = "imaginex.testing"
 class ScriptedLLM(llm.LLM[NoReturn]):
     """An LLM that replies with ``replies`` in order, then ``default_reply`` forever.
 
+    ``default_reply`` is a string, or a function of the call's chat context that returns one
+    (:func:`reply_from_context` answers from what the plugin added: an agent that needs no API
+    key for a demo or a worker).
+
     ``calls`` holds a copy of the ``ChatContext`` of every call and ``instructions`` the
     per-turn instructions of the same call (``generate_reply(instructions=...)``), or None.
     ``replies`` is public so a test can queue more answers while the session runs.
     """
 
     def __init__(
-        self, replies: Sequence[str] = (), *, default_reply: str = "ok", chunks: int = 3
+        self,
+        replies: Sequence[str] = (),
+        *,
+        default_reply: str | Callable[[llm.ChatContext], str] = "ok",
+        chunks: int = 3,
     ) -> None:
         super().__init__()
         self.replies: list[str] = list(replies)
@@ -64,7 +77,12 @@ class ScriptedLLM(llm.LLM[NoReturn]):
         # the session goes on editing its context after the call, so keep a snapshot
         self.calls.append(chat_ctx.copy())
         self.instructions.append(_turn_instructions(chat_ctx))
-        reply = self.replies.pop(0) if self.replies else self.default_reply
+        if self.replies:
+            reply = self.replies.pop(0)
+        elif callable(self.default_reply):
+            reply = self.default_reply(chat_ctx)
+        else:
+            reply = self.default_reply
         return ScriptedLLMStream(
             self,
             reply=reply,
@@ -126,3 +144,21 @@ def split_words(text: str, parts: int) -> list[str]:
     return [g + " " if i < len(groups) - 1 else g for i, g in enumerate(groups)]
 
 
+def reply_from_context(chat_ctx: llm.ChatContext) -> str:
+    """An answer made of what the chat context holds: ``ScriptedLLM(default_reply=...)``.
+
+    It reports what the agent knows (the messages the plugin added) and, asked with
+    ``instructions`` (``speak(..., instructions=...)``), follows them literally.
+    """
+    notes = [m.text_content or "" for m in chat_ctx.messages() if m.id.startswith(ENTRY_ID_PREFIX)]
+    last = chat_ctx.messages()[-1] if chat_ctx.messages() else None
+    if last is not None and last.role in ("system", "developer") and not last.id.startswith(
+        ENTRY_ID_PREFIX
+    ):
+        # generate_reply(instructions=...) arrives as a trailing instruction message
+        text = last.text_content or ""
+        marker = "word for word, and nothing else:\n"
+        return text.split(marker, 1)[1] if marker in text else f"(as instructed) {text}"
+    if not notes:
+        return "I don't know anything about you yet."
+    return "Here is what I know: " + " ".join(notes)

@@ -1,6 +1,6 @@
 // Generates src/generated/wire.ts from schema/wire.schema.json, the JSON Schema the Python side
 // publishes (scripts/wire_schema.py). Run `npm run generate` after changing protocol.py; a test
-// (tests/test_typescript.py) fails when the committed file differs from what this writes.
+// (tests/sender/test_typescript.py) fails when the committed file differs from what this writes.
 //
 //   node scripts/generate-types.mjs [schema.json] [out.ts]     (out "-": stdout)
 import { readFile, writeFile } from "node:fs/promises";

@@ -23,6 +23,8 @@ export const RPC_METHOD = "imaginex.context";
 export const AGENT_CODE_ATTRIBUTE = "imaginex.agent_code";
 /** Participant attribute senders join with; a participant carrying it is never the agent. */
 export const SENDER_ATTRIBUTE = "imaginex.sender";
+/** LiveKit's attribute of an avatar, naming the agent it speaks for: it is never the agent. */
+export const PUBLISH_ON_BEHALF_ATTRIBUTE = "lk.publish_on_behalf";
 /** LiveKit's reliable packet limit: a request (signed or not) must fit it, in UTF-8 bytes. */
 export const MAX_PAYLOAD_BYTES = 15 * 1024;
 export const MAX_ID_LENGTH = 128;

@@ -2,11 +2,11 @@
 (``tests/integration/test_typescript_live.py``), run as
 ``python -m livekit.agents start tests/integration/browser_worker.py --dev``.
 
-Its session is a real ``AgentSession`` on the shipped test kit: ``OfflineLLM`` (it answers from
-the context it was given, so a transcript shows what reached the LLM), a ``RecordingTTS``
-synthesising silence played out in real time to the room (so speech events carry ``played_s``)
-and a scripted STT (tests/fakes) that hears what the test tells it through the ``test.hear``
-RPC method. Faults the tests inject, through real SDK seams only:
+Its session is a real ``AgentSession`` on the shipped test kit: ``ScriptedLLM`` with
+``reply_from_context`` (it answers from the context it was given, so a transcript shows what
+reached the LLM), a ``RecordingTTS`` synthesising silence played out in real time to the room
+(so speech events carry ``played_s``) and a scripted STT (tests/fakes) that hears what the test
+tells it through the ``test.hear`` RPC method. Faults the tests inject, through real SDK seams only:
 
 - an RPC interceptor that loses the first response to a request whose id starts with
   ``lose-once-`` (the handler ran: the caller sees a timeout, as when a response is lost);
@@ -23,8 +23,7 @@ from livekit import rtc
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, room_io
 
 from imaginex_context_plugin import ContextPlugin, accept_with_agent_code
-from imaginex_context_plugin.demo import OfflineLLM
-from imaginex_context_plugin.testing import RecordingTTS
+from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, reply_from_context
 from tests.fakes.stt import ScriptedSTT, SilentAudioInput
 
 AGENT_NAME: Final = "browser-agent"
@@ -78,7 +77,7 @@ def _request_id(payload: str) -> str:
 async def entrypoint(ctx: JobContext) -> None:
     stt = ScriptedSTT()
     session: AgentSession = AgentSession(
-        llm=OfflineLLM(),
+        llm=ScriptedLLM(default_reply=reply_from_context),
         tts=RecordingTTS(seconds_per_char=0.01),
         stt=stt,
         vad=None,

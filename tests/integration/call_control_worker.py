@@ -12,7 +12,7 @@ from typing import Final
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, room_io
 
 from imaginex_context_plugin import ContextPlugin
-from imaginex_context_plugin.demo import OfflineLLM
+from imaginex_context_plugin.testing import ScriptedLLM, reply_from_context
 
 AGENT_NAME: Final = "call-control-agent"
 AGENT_CODE: Final = "CALLCTL01"
@@ -25,7 +25,9 @@ server = AgentServer(host="127.0.0.1")
 @server.rtc_session(agent_name=AGENT_NAME)
 async def entrypoint(ctx: JobContext) -> None:
     session: AgentSession = AgentSession(
-        llm=OfflineLLM(), vad=None, turn_handling={"turn_detection": None}
+        llm=ScriptedLLM(default_reply=reply_from_context),
+        vad=None,
+        turn_handling={"turn_detection": None},
     )
     await ContextPlugin(
         agent_code=AGENT_CODE,

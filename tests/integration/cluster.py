@@ -14,9 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from devtools.livekit_cluster import ClusterNode as ClusterNode
-from devtools.livekit_cluster import LiveKitCluster as LiveKitCluster
-from devtools.livekit_cluster import start_cluster
+from devtools.livekit_cluster import LiveKitCluster, start_cluster
 from devtools.livekit_server import NoServer
 from devtools.redis_server import NoRedis
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+# two LiveKit nodes sharing one Redis (LiveKit's multi-node mode)
+from devtools.livekit_cluster import LiveKitCluster
 from devtools.livekit_server import (
     LiveKitServer,
     NoServer,
@@ -24,9 +26,7 @@ from devtools.livekit_server import (
     find_binary,
     server_from_env,
 )
-
-# two LiveKit nodes sharing one Redis (LiveKit's multi-node mode)
-from tests.integration.cluster import LiveKitCluster, livekit_cluster  # noqa: F401
+from tests.integration.cluster import livekit_cluster  # noqa: F401
 from tests.integration.local_server import LocalServer, local_server
 
 _HERE = Path(__file__).resolve().parent

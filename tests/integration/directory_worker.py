@@ -11,7 +11,7 @@ from __future__ import annotations
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, room_io
 
 from imaginex_context_plugin import ContextPlugin, accept_with_agent_code
-from imaginex_context_plugin.demo import OfflineLLM
+from imaginex_context_plugin.testing import ScriptedLLM, reply_from_context
 
 AGENT_NAME = "directory-agent"
 AGENT_CODE = "DIRWORKER1"
@@ -23,7 +23,9 @@ server = AgentServer(host="127.0.0.1")
 @server.rtc_session(agent_name=AGENT_NAME, on_request=accept_with_agent_code(AGENT_CODE))
 async def entrypoint(ctx: JobContext) -> None:
     session: AgentSession = AgentSession(
-        llm=OfflineLLM(), vad=None, turn_handling={"turn_detection": None}
+        llm=ScriptedLLM(default_reply=reply_from_context),
+        vad=None,
+        turn_handling={"turn_detection": None},
     )
     await ContextPlugin(agent_code=AGENT_CODE, allowed_identities=[GATEWAY]).start(
         session, ctx.room

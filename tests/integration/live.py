@@ -13,7 +13,7 @@ from livekit import api, rtc
 
 from devtools.livekit_server import ServerInfo
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient, ContextPlugin
-from imaginex_context_plugin.client import Via
+from imaginex_context_plugin.sender import Via
 from tests.fakes import RecordingAudioOutput, RecordingTTS, ScriptedLLM, start_session
 
 AGENT_CODE = "A12345678"

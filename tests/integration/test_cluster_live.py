@@ -28,11 +28,11 @@ import aiohttp
 import pytest
 from livekit import api, rtc
 
+from devtools.livekit_cluster import ClusterNode, LiveKitCluster
 from devtools.livekit_server import ROOT, free_tcp_port
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, RPC_METHOD
 from imaginex_context_plugin.protocol import SuccessAck
 from tests.helpers import wait_until
-from tests.integration.cluster import ClusterNode, LiveKitCluster
 from tests.integration.live import LiveAgent, agent_token, live_agent, room_name
 
 

@@ -43,7 +43,7 @@ from imaginex_context_plugin.gateway import (
     create_app,
 )
 from imaginex_context_plugin.gateway.directory import DirectorySync, MemoryAgentDirectory
-from imaginex_context_plugin.gateway.webhook import WEBHOOK_PATH
+from imaginex_context_plugin.gateway.directory.webhook import WEBHOOK_PATH
 from tests.helpers import wait_until
 from tests.integration.live import live_agent, room_name
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.integration.cluster import LiveKitCluster
+from devtools.livekit_cluster import LiveKitCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 

@@ -25,7 +25,7 @@ from imaginex_context_plugin import (
     ErrorCode,
     send_via_server_api,
 )
-from imaginex_context_plugin.client import Via
+from imaginex_context_plugin.sender import Via
 from tests.helpers import wait_until
 from tests.integration.live import (
     AGENT_CODE,

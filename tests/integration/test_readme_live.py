@@ -1,6 +1,6 @@
 """The README's ways to send a message, run as written on the real server: the command line and
-the Python block (its ``curl`` runs in ``tests/test_readme.py``). Only the room's name changes:
-each test has a fresh one."""
+the Python block (its ``curl`` runs in ``tests/project/test_readme.py``). Only the room's name
+changes: each test has a fresh one."""
 
 from __future__ import annotations
 

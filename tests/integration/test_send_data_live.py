@@ -13,7 +13,8 @@ import pytest
 from livekit import api, rtc
 
 from devtools.livekit_server import ServerInfo
-from imaginex_context_plugin._livekit.send_data import TOKEN_TTL, DataSender
+from imaginex_context_plugin._livekit.room_service import TOKEN_TTL
+from imaginex_context_plugin._livekit.send_data import DataSender
 from imaginex_context_plugin.gateway import LiveKitSettings
 from tests.integration.live import participant_token, room_name
 

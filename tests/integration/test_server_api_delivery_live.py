@@ -23,13 +23,9 @@ from devtools.livekit_server import ServerInfo
 from imaginex_context_plugin._livekit.send_data import DataSender
 from imaginex_context_plugin.errors import BackendError, ErrorCode
 from imaginex_context_plugin.gateway import ApiSecrets, LiveKitBackend, LiveKitSettings, create_app
-from imaginex_context_plugin.gateway.backend import AgentTarget
-from imaginex_context_plugin.gateway.messages import MessageWriter, Outgoing
-from imaginex_context_plugin.gateway.redis_state import RedisReplyRelay, RedisState
-from imaginex_context_plugin.gateway.server_api_backend import (
-    REPLIES_PATH,
-    ServerApiBackend,
-)
+from imaginex_context_plugin.gateway.delivery import REPLIES_PATH, AgentTarget, ServerApiBackend
+from imaginex_context_plugin.gateway.http.messages import MessageWriter, Outgoing
+from imaginex_context_plugin.gateway.state.redis_state import RedisReplyRelay, RedisState
 from imaginex_context_plugin.replies import (
     REPLY_SIGNATURE_HEADER,
     REPLY_TIMESTAMP_HEADER,

@@ -300,7 +300,7 @@ async def test_added_context_shapes_the_example_workers_next_reply(
 
     code, out = await cli(livekit, "add-context", "--room", room, "--reply", "Greet the customer.")
     assert code == 0, f"{out}\nworker log:\n{worker.log()}"
-    # OfflineLLM answers from the context it holds: its reply is made of both entries
+    # reply_from_context answers from the context it holds: its reply is made of both entries
     await wait_for(worker, lambda: bool(heard.texts), "the agent's reply")
     assert heard.texts == [f"Here is what I know: {fact} Greet the customer."]
 

@@ -134,7 +134,8 @@ def test_speech_events_carry_seq_and_t_ms() -> None:
 
 
 @pytest.mark.parametrize(
-    "reason", ["not_started", "tts_error", "llm_error", "session_closed", "cancelled"]
+    "reason",
+    ["not_started", "tts_error", "llm_error", "session_closed", "cancelled", "avatar_left"],
 )
 def test_every_failure_reason_round_trips(reason: str) -> None:
     event = SpeechFailedEvent.model_validate(
@@ -217,7 +218,7 @@ def test_the_schemas_say_what_is_sent() -> None:
     assert failed["required"] == ["type", "id", "speech_id", "reason", "started", "timestamp"]
     assert failed["properties"]["seq"] == {"title": "Seq", "type": "integer"}
     assert failed["properties"]["reason"]["enum"] == [
-        "not_started", "tts_error", "llm_error", "session_closed", "cancelled"
+        "not_started", "tts_error", "llm_error", "session_closed", "cancelled", "avatar_left"
     ]
     assert defs["Snapshot"]["required"] == ["seq", "state", "items", "pending_speeches"]
     assert "since_seq" in json.dumps(schemas["Request"])

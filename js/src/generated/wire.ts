@@ -855,7 +855,7 @@ export interface SpeechFinishedEvent {
   id: string | null;
   interrupted: boolean;
   played_s?: number;
-  reason?: "shutdown";
+  reason?: "shutdown" | "avatar_left";
   replay?: true;
   seq?: number;
   speech_id: string;
@@ -869,7 +869,9 @@ export interface SpeechFinishedEvent {
  * ``reason``: ``not_started`` (not playing within ``start_within_s``: cancelled, it never
  * plays late), ``tts_error`` (the TTS failed), ``llm_error`` (the model failed to phrase a
  * reply), ``session_closed`` (the session or the agent stopped first), ``cancelled`` (a
- * ``cancel``, an ``end_call``, or an ``interrupt`` that emptied the queue before it began).
+ * ``cancel``, an ``end_call``, or an ``interrupt`` that emptied the queue before it began),
+ * ``avatar_left`` (the avatar playing the agent's audio left the room before the speech ended,
+ * or was gone when it would have started: nobody heard the rest, no ``played_s``).
  *
  * This interface was referenced by `ImaginexWire`'s JSON-Schema
  * via the `definition` "SpeechFailedEvent".
@@ -878,7 +880,8 @@ export interface SpeechFailedEvent {
   dropped?: number;
   id: string | null;
   played_s?: number;
-  reason: "not_started" | "tts_error" | "llm_error" | "session_closed" | "cancelled";
+  reason:
+    "not_started" | "tts_error" | "llm_error" | "session_closed" | "cancelled" | "avatar_left";
   replay?: true;
   seq?: number;
   speech_id: string;

@@ -1,6 +1,7 @@
 /**
  * Which participant is the agent (Python: _livekit/agents.py), among the room's participants
- * that are not senders (`imaginex.sender`):
+ * that are neither senders (`imaginex.sender`) nor avatars (`lk.publish_on_behalf`: a bitHuman
+ * avatar joins as kind AGENT, naming the agent it speaks for):
  *
  * 1. with an agent code: the participant publishing that code (`imaginex.agent_code`);
  * 2. without one: the participant of kind AGENT or publishing any code; among several, the only
@@ -9,7 +10,7 @@
  *    (sending to one at random could speak in the wrong voice, to all could speak twice).
  */
 import { ContextError } from "../errors.js";
-import { AGENT_CODE_ATTRIBUTE, SENDER_ATTRIBUTE } from "../protocol.js";
+import { AGENT_CODE_ATTRIBUTE, PUBLISH_ON_BEHALF_ATTRIBUTE, SENDER_ATTRIBUTE } from "../protocol.js";
 
 /** LiveKit's ParticipantKind.AGENT. */
 export const AGENT_KIND = 4;
@@ -31,7 +32,12 @@ export function chooseAgent(
 ): string | null {
   const exclude = options.exclude ?? [];
   const code = options.agentCode ?? null;
-  const people = [...candidates].filter((p) => !(SENDER_ATTRIBUTE in p.attributes) && !exclude.includes(p.identity));
+  const people = [...candidates].filter(
+    (p) =>
+      !(SENDER_ATTRIBUTE in p.attributes) &&
+      !(PUBLISH_ON_BEHALF_ATTRIBUTE in p.attributes) &&
+      !exclude.includes(p.identity),
+  );
   let matches: string[];
   if (code !== null) {
     matches = people.filter((p) => p.attributes[AGENT_CODE_ATTRIBUTE] === code).map((p) => p.identity);

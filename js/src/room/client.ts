@@ -121,6 +121,7 @@ export class ContextClient {
   private readonly listeners: [RoomEvent, (...args: never[]) => void][];
   private rosterChanged: () => void = () => {};
   private subscription: SessionEvents | null = null;
+  private subscribing = false;
   private ownsRoom = false;
   private isClosed = false;
 
@@ -334,19 +335,25 @@ export class ContextClient {
     if (events.length === 0) throw new Error("events must name at least one event");
     const queueSize = options.queueSize ?? DEFAULT_EVENT_QUEUE_SIZE;
     if (!(queueSize >= 1)) throw new Error("queueSize must be at least 1");
-    if (this.subscription !== null) throw new Error("this client already has a subscription open; close it first");
-    const agent = await this.resolveAgent();
-    const sink = new EventSink(agent, queueSize);
-    this.sinks.add(sink);
+    if (this.subscription !== null || this.subscribing) {
+      throw new Error("this client already has a subscription open; close it first");
+    }
+    this.subscribing = true;
+    let sink: EventSink | null = null;
     let ack: SuccessAck;
     try {
+      const agent = await this.resolveAgent();
+      sink = new EventSink(agent, queueSize);
+      this.sinks.add(sink);
       ack = await this.call(
         { type: "subscribe", events: [...events], interim: options.interim ?? false, tool_arguments: options.toolArguments ?? false },
         options,
       );
     } catch (error) {
-      this.sinks.delete(sink);
+      if (sink !== null) this.sinks.delete(sink);
       throw error;
+    } finally {
+      this.subscribing = false;
     }
     const subscription = new SessionEvents(ack, sink, {
       unsubscribe: (timeoutMs) => this.call({ type: "unsubscribe" }, { timeoutMs }),

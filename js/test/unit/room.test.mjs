@@ -222,9 +222,10 @@ test("subscribe: leaving the loop unsubscribes; the agent leaving throws AGENT_N
     break;
   }
   assert.equal(sent(agent).at(-1).type, "unsubscribe");
-  const again = await client.subscribe();
+  const [again, second] = await Promise.allSettled([client.subscribe(), client.subscribe()]);
+  assert.match(String(second.reason), /already has a subscription/); // even while the first waits
   await assert.rejects(client.subscribe(), /already has a subscription/);
-  const next = again.next();
+  const next = again.value.next();
   room.leave("agent-1");
   await assert.rejects(next, (e) => e.code === "AGENT_NOT_FOUND" && e.message === "Agent 'agent-1' left the room before the call ended.");
 });

@@ -1,0 +1,236 @@
+"""``imaginex-context gateway``: the platform's REST API in front of LiveKit.
+
+Every default shown here is the constant the gateway itself uses (``--help`` prints them).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import click
+
+from .._env import (
+    AGENT_DIRECTORY_ENV,
+    API_SECRETS_FILE_ENV,
+    GATEWAY_BODY_TIMEOUT_ENV,
+    GATEWAY_HEADER_TIMEOUT_ENV,
+    GATEWAY_MAX_CONNECTIONS_ENV,
+    RECONCILE_INTERVAL_ENV,
+    REDIS_URL_ENV,
+)
+from ..errors import ConfigError
+from ..gateway.config import GatewayConfig
+from ..gateway.delivery.room_delivery import DEFAULT_GATEWAY_IDENTITY
+from ..gateway.delivery.room_pool import DEFAULT_MAX_CONCURRENT_JOINS, DEFAULT_MAX_ROOMS
+from ..gateway.directory.sync import DEFAULT_RECONCILE_INTERVAL_S
+from ..gateway.http.app import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_DELIVERY_TIMEOUT_S,
+    DEFAULT_GATEWAY_RATE_LIMIT,
+)
+from ..gateway.http.messages import DEFAULT_GATEWAY_SENDER
+from ..gateway.http.serving import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
+from ..gateway.run import DEFAULT_HOST, DEFAULT_PORT, run_gateway
+from ..security import RateLimit
+from .parameters import FiniteFloatRange, api_secret_warning_once
+
+DELIVERIES: Final = ("room", "server-api")
+"""``--delivery``: over room connections (the default), or ``RoomService.SendData``."""
+
+
+@click.command("gateway")
+@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Interface to listen on.")
+@click.option(
+    "--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port to listen on."
+)
+@click.option(
+    "--secrets-file",
+    type=click.Path(dir_okay=False),
+    envvar=API_SECRETS_FILE_ENV,
+    help="File of agent_code=secret lines (or a JSON object): one tenant per secret.",
+)
+@click.option(
+    "--identity",
+    default=None,
+    help="Participant identity in the rooms, distinct per replica [default: "
+    f"{DEFAULT_GATEWAY_IDENTITY}; with --redis-url {DEFAULT_GATEWAY_IDENTITY}-<random>]. "
+    "Unsigned, agents must trust it.",
+)
+@click.option(
+    "--redis-url",
+    default=None,
+    envvar=REDIS_URL_ENV,
+    show_envvar=True,
+    help="Redis shared by gateway replicas (Idempotency-Key records, rate limits); needs "
+    "IMAGINEX_SIGNING_SECRET.",
+)
+@click.option(
+    "--agent-directory",
+    is_flag=True,
+    envvar=AGENT_DIRECTORY_ENV,
+    show_envvar=True,
+    help="Find agents in a directory kept from LiveKit's webhooks (point LiveKit's webhook at "
+    "/livekit/webhook) instead of listing every room per request; in Redis with --redis-url.",
+)
+@click.option(
+    "--reconcile-interval",
+    default=DEFAULT_RECONCILE_INTERVAL_S,
+    show_default=True,
+    type=FiniteFloatRange(min=0.0, min_open=True),
+    envvar=RECONCILE_INTERVAL_ENV,
+    show_envvar=True,
+    help="Seconds between reconciliations of the agent directory with RoomService.",
+)
+@click.option(
+    "--delivery",
+    type=click.Choice(DELIVERIES),
+    default=DELIVERIES[0],
+    show_default=True,
+    help="room: join each room and call the agent by RPC; server-api: RoomService.SendData, "
+    "no room joined, the agents post their answers to --public-url (they must allow it with "
+    "ContextPlugin(reply_urls=...)); needs IMAGINEX_SIGNING_SECRET.",
+)
+@click.option(
+    "--public-url",
+    default=None,
+    help="With --delivery server-api: the gateway's URL as the agents reach it, e.g. "
+    "http://gateway.internal:8089.",
+)
+@click.option(
+    "--max-rooms",
+    default=DEFAULT_MAX_ROOMS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Room connections held at once; at the cap the least recently used idle one is closed.",
+)
+@click.option(
+    "--max-concurrent-joins",
+    default=DEFAULT_MAX_CONCURRENT_JOINS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Room joins under way at once (a fan-out to many new rooms joins them in this many "
+    "lanes).",
+)
+@click.option(
+    "--sender",
+    default=DEFAULT_GATEWAY_SENDER,
+    show_default=True,
+    help="The sender signed messages name, the same on every replica.",
+)
+@click.option(
+    "--no-sender",
+    is_flag=True,
+    help="Sign without naming a sender (protocol v1 envelopes), for agents older than protocol "
+    "v1.2, which refuse envelopes naming one; not with --redis-url.",
+)
+@click.option(
+    "--timeout",
+    default=DEFAULT_DELIVERY_TIMEOUT_S,
+    show_default=True,
+    type=FiniteFloatRange(min=0.0, min_open=True),
+    help="Seconds the agents have to answer.",
+)
+@click.option(
+    "--rate-limit",
+    default=DEFAULT_GATEWAY_RATE_LIMIT.per_second,
+    show_default=True,
+    help="Requests per second per api-secret (0 turns it off).",
+)
+@click.option(
+    "--burst",
+    default=DEFAULT_GATEWAY_RATE_LIMIT.burst,
+    show_default=True,
+    help="Requests at once per api-secret.",
+)
+@click.option(
+    "--header-timeout",
+    default=DEFAULT_HEADER_TIMEOUT_S,
+    show_default=True,
+    type=FiniteFloatRange(min=0.0, min_open=True),
+    envvar=GATEWAY_HEADER_TIMEOUT_ENV,
+    show_envvar=True,
+    help="Seconds a client has to send a request's headers (and idle keep-alive limit).",
+)
+@click.option(
+    "--body-timeout",
+    default=DEFAULT_BODY_TIMEOUT_S,
+    show_default=True,
+    type=FiniteFloatRange(min=0.0, min_open=True),
+    envvar=GATEWAY_BODY_TIMEOUT_ENV,
+    show_envvar=True,
+    help="Seconds a client has to send a request's body.",
+)
+@click.option(
+    "--max-connections",
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar=GATEWAY_MAX_CONNECTIONS_ENV,
+    show_envvar=True,
+    help="Open connections at most; more are answered 503 and closed.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (includes message text).")
+def gateway_command(
+    host: str,
+    port: int,
+    secrets_file: str | None,
+    identity: str | None,
+    redis_url: str | None,
+    agent_directory: bool,
+    reconcile_interval: float,
+    delivery: str,
+    public_url: str | None,
+    max_rooms: int,
+    max_concurrent_joins: int,
+    sender: str,
+    no_sender: bool,
+    timeout: float,
+    rate_limit: float,
+    burst: int,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections: int,
+    verbose: bool,
+) -> None:
+    """Serve the platform's REST API (/v1/agent/{agent_code}/speak, /add-context, and the
+    call-control endpoints /end-call, /interrupt, ...) over LiveKit.
+
+    Reads LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET and IMAGINEX_API_SECRET (or a
+    secrets file), and optionally IMAGINEX_SIGNING_SECRET to sign messages for the agents
+    and IMAGINEX_REDIS_URL (--redis-url) to run as one of several replicas.
+    """
+    if (delivery == "server-api") != (public_url is not None):
+        raise click.ClickException("--delivery server-api and --public-url go together.")
+    try:
+        config = GatewayConfig.from_env(secrets_file=secrets_file, redis_url=redis_url)
+        limit = RateLimit(per_second=rate_limit, burst=burst) if rate_limit > 0 else None
+    except (ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    api_secret_warning_once(config.livekit.api_key, config.livekit.api_secret)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        run_gateway(
+            config,
+            host=host,
+            port=port,
+            identity=identity,
+            delivery_timeout=timeout,
+            rate_limit=limit,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            max_connections=max_connections,
+            sender=None if no_sender else sender,
+            agent_directory=agent_directory,
+            reconcile_interval=reconcile_interval,
+            public_url=public_url,
+            max_rooms=max_rooms,
+            max_concurrent_joins=max_concurrent_joins,
+        )
+    except ConfigError as exc:  # checked before anything starts
+        raise click.ClickException(str(exc)) from None
+
+

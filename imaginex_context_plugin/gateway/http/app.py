@@ -1,0 +1,184 @@
+"""The aiohttp application serving the platform's Agent Context API: :func:`create_app`.
+
+It puts the routes (:mod:`.routes`) and the middleware together over a delivery, and serves
+what the delivery can do beyond delivering, asked through the seam's capability protocols
+(:mod:`..delivery.agent_backend`): the live events, LiveKit's webhooks, the agents' answers over
+HTTP.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+from aiohttp import web
+
+from ...errors import ConfigError
+from ...security import RateLimit
+from ..config import ApiSecrets
+from ..delivery.agent_backend import (
+    REPLIES_PATH,
+    AgentBackend,
+    RepliesOverHttp,
+    RoomHolder,
+    WebhookSource,
+)
+from ..directory.webhook import WEBHOOK_PATH
+from ..models import CONTROL_BODIES
+from ..state.gateway_state import GatewayState, require_signing_for_replicas
+from ..state.memory_state import MemoryState
+from .body import BodyReader
+from .events import EventFeeds, EventsRoute
+from .gatekeeper import Gatekeeper
+from .limits import DEFAULT_AUTH_FAILURE_LIMIT
+from .messages import DEFAULT_GATEWAY_SENDER, MessageWriter
+from .middleware import AnswerMiddleware
+from .routes import GatewayRoutes
+
+__all__ = [
+    "DEFAULT_BODY_TIMEOUT_S",
+    "DEFAULT_DELIVERY_TIMEOUT_S",
+    "DEFAULT_GATEWAY_RATE_LIMIT",
+    "DEFAULT_IDEMPOTENCY_LEASE_MARGIN_S",
+    "DEFAULT_MAX_BODY_BYTES",
+    "create_app",
+]
+
+DEFAULT_DELIVERY_TIMEOUT_S: Final = 5.0
+"""Seconds the agents have to acknowledge a message before the room counts as TIMEOUT."""
+DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
+"""Largest HTTP body read; the message sent on to the agents must also fit in 15 KiB."""
+DEFAULT_BODY_TIMEOUT_S: Final = 30.0
+"""Seconds a client has to send a request's body once its headers are in."""
+DEFAULT_GATEWAY_RATE_LIMIT: Final = RateLimit(per_second=10.0, burst=50)
+"""Per api-secret: 10 requests a second, bursts of 50."""
+DEFAULT_IDEMPOTENCY_LEASE_MARGIN_S: Final = 5.0
+"""Seconds an Idempotency-Key claim outlives the delivery timeout (finding the rooms, joining
+one): a replica that dies mid-delivery holds its key this much longer than a delivery takes."""
+
+
+def create_app(
+    backend: AgentBackend,
+    secrets: ApiSecrets,
+    *,
+    signing_secret: str | None = None,
+    delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT_S,
+    rate_limit: RateLimit | None = DEFAULT_GATEWAY_RATE_LIMIT,
+    auth_failure_limit: RateLimit | None = DEFAULT_AUTH_FAILURE_LIMIT,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
+    state: GatewayState | None = None,
+    sender: str | None = DEFAULT_GATEWAY_SENDER,
+    idempotency_lease_s: float | None = None,
+) -> web.Application:
+    """Build the gateway's aiohttp application.
+
+    Args:
+        backend: The delivery (``LiveKitBackend`` or ``ServerApiBackend`` in production, see
+            :mod:`..delivery`). It is closed with the application.
+        secrets: The accepted api-secrets.
+        signing_secret: If set, every message to the agents is signed with it
+            (``ContextPlugin(secret=...)`` on the agent side). Default: not signed; the agents
+            must then trust the gateway's participant identity.
+        delivery_timeout: Seconds the agents have to answer. Default 5.
+        rate_limit: Per api-secret; ``None`` turns it off. Default 10/s, bursts of 50.
+        auth_failure_limit: Failed authentications per client address (IPv6: per /64); once
+            used up, the address gets 429 without its secret being checked. Valid secrets are
+            not charged. ``None`` turns it off. Default 5/s, bursts of 20.
+        max_body_bytes: Largest request body. Default 64 KiB.
+        body_timeout: Seconds to receive the body once the headers are in; a late body is
+            answered 408 ``REQUEST_TIMEOUT`` and the connection closed. Default 30.
+        state: Idempotency-Key records, rate limits and the agents' replies taken (with
+            server-API delivery): :class:`~..state.memory_state.MemoryState` for a lone gateway
+            (the default), :class:`~..state.redis_state.RedisState` for replicas, which then
+            need ``signing_secret``. Closed with the application.
+        sender: The sender signed messages name (``sign_request(sender=...)``), the same on
+            every replica so that the agents apply a retry through another replica once.
+            None: v1 envelopes (for agents older than protocol v1.2). Default
+            ``imaginex-gateway``.
+        idempotency_lease_s: How long a request holds its Idempotency-Key while delivering;
+            a repeat waits this long for the first answer before 409, and once it has run out
+            (the holder died) a repeat takes the key over and delivers again. Default
+            ``delivery_timeout`` + 5 seconds.
+
+    Raises:
+        ConfigError: ``state`` is shared, or the agents answer over HTTP, but there is no
+            ``signing_secret``.
+        ValueError: A timeout is not a positive number, or ``sender`` is not 1 to 128 visible
+            characters.
+
+    Returns:
+        The application; serve it with :func:`~.serving.start_gateway_server` (which also limits
+        the time to send headers and the number of connections), ``aiohttp.web.run_app`` or a
+        test server.
+    """
+    if not 0 < delivery_timeout < math.inf:
+        raise ValueError("delivery_timeout must be a positive number of seconds")
+    if not 0 < body_timeout < math.inf:
+        raise ValueError("body_timeout must be a positive number of seconds")
+    lease_s = (
+        delivery_timeout + DEFAULT_IDEMPOTENCY_LEASE_MARGIN_S
+        if idempotency_lease_s is None
+        else idempotency_lease_s
+    )
+    if not 0 < lease_s < math.inf:
+        raise ValueError("idempotency_lease_s must be a positive number of seconds")
+    state = state if state is not None else MemoryState()
+    require_signing_for_replicas(state, signing_secret)
+    replies = backend if isinstance(backend, RepliesOverHttp) else None
+    if replies is not None and not signing_secret:
+        raise ConfigError("Server-API delivery needs a signing secret (IMAGINEX_SIGNING_SECRET).")
+    gateway = GatewayRoutes(
+        backend,
+        gatekeeper=Gatekeeper(
+            secrets,
+            rate_limit=rate_limit,
+            auth_failure_limit=auth_failure_limit,
+            buckets=state.buckets,
+        ),
+        bodies=BodyReader(max_body_bytes=max_body_bytes, body_timeout=body_timeout),
+        writer=MessageWriter(signing_secret=signing_secret, sender=sender),
+        delivery_timeout=delivery_timeout,
+        state=state,
+        lease_s=lease_s,
+    )
+    answers = AnswerMiddleware(
+        max_body_bytes=max_body_bytes,
+        quiet_paths=frozenset({REPLIES_PATH}) if replies is not None else frozenset(),
+    )
+    # client_max_size: aiohttp's own guard on request.read(); checked again with a JSON answer
+    app = web.Application(middlewares=[answers.middleware], client_max_size=max_body_bytes)
+    app.router.add_post("/v1/agent/{agent_code}/speak", gateway.speak)
+    app.router.add_post("/v1/agent/{agent_code}/add-context", gateway.add_context)
+    for model, endpoint in CONTROL_BODIES.items():
+        app.router.add_post(f"/v1/agent/{{agent_code}}/{endpoint}", gateway.control(model))
+    if isinstance(backend, RoomHolder):  # the live events need a held room connection
+        feeds = EventFeeds(backend, writer=gateway.writer, timeout=delivery_timeout)
+        events = EventsRoute(gatekeeper=gateway.gatekeeper, fanout=gateway.fanout, feeds=feeds)
+        app.router.add_get("/v1/agent/{agent_code}/events", events.handle)
+        app.on_cleanup.append(feeds.aclose)
+    if replies is not None:  # the agents' answers come back over HTTP
+        # a reply is taken once across the replicas sharing the state
+        replies.reply_inbox.replies = state.replies
+        app.router.add_post(REPLIES_PATH, replies.reply_inbox.handle)
+        taking = replies
+
+        async def start_taking_replies(app: web.Application) -> None:
+            await taking.start()
+
+        app.on_startup.append(start_taking_replies)
+    hook = backend.livekit_webhook if isinstance(backend, WebhookSource) else None
+    if hook is not None:  # the agent directory is kept from LiveKit's webhooks
+        app.router.add_post(WEBHOOK_PATH, hook.handle)
+        app.on_startup.append(hook.on_startup)
+    app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_get("/openapi.json", gateway.openapi)
+    gateway.describe(
+        events=isinstance(backend, RoomHolder),
+        webhook=hook is not None,
+        replies=replies is not None,
+    )
+    app.on_cleanup.append(gateway.close)
+    return app
+
+

@@ -1,0 +1,135 @@
+"""The message the gateway sends the agents: a protocol request, signed when configured, and
+refused up front when it cannot fit one LiveKit packet (or the agents would refuse it).
+
+Each endpoint turns its body into an :class:`Outgoing`: the protocol request's own fields; the
+id, the agent code and the room are added per room by :meth:`MessageWriter.write`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from ...errors import ErrorCode, ProtocolError
+from ...protocol import (
+    MAX_PAYLOAD_BYTES,
+    MAX_SENDER_LENGTH,
+    SignedEnvelope,
+    oversize,
+    validate_request,
+)
+from ...security import sign_request
+from ..models import ControlEndpoint
+from ..refusals import Refusal, invalid
+
+Endpoint = Literal["speak", "add-context", "events"] | ControlEndpoint
+
+DEFAULT_GATEWAY_SENDER: Final = "imaginex-gateway"
+"""The sender a signed message names (``sign_request(sender=...)``): the same for every replica,
+so that an agent applies a request id once whichever replica relays it. It equals the default
+participant identity, so agents granting ``permissions`` to that identity keep working."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What one API call sends to every room.
+
+    Args:
+        endpoint: The endpoint it came through.
+        fields: The protocol request's fields, ``type`` included, without ``id``,
+            ``agent_code`` and ``room_id`` (added per room).
+        text_field: The body field holding the long text, named when the message is too long.
+        text: That field's value (logged at DEBUG only).
+    """
+
+    endpoint: Endpoint
+    fields: Mapping[str, Any]
+    text_field: str | None = None
+    text: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """The protocol message type."""
+        kind: str = self.fields["type"]
+        return kind
+
+    def fingerprint(self, room_id: str | None) -> tuple[str | None, ...]:
+        """What an Idempotency-Key is bound to: the endpoint, the fields and the room."""
+        canonical = json.dumps(
+            dict(self.fields), sort_keys=True, ensure_ascii=False, separators=(",", ":")
+        )
+        return (self.endpoint, canonical, room_id)
+
+
+class MessageWriter:
+    """Writes the agents' messages.
+
+    Args:
+        signing_secret: Sign every message with it (``ContextPlugin(secret=...)``); None: not
+            signed.
+        sender: The sender signed messages name; None: v1 envelopes without one (the relaying
+            participant is the sender, as agents before protocol v1.2 expect). Default
+            ``imaginex-gateway``.
+    """
+
+    def __init__(
+        self, *, signing_secret: str | None, sender: str | None = DEFAULT_GATEWAY_SENDER
+    ) -> None:
+        if sender is not None:
+            try:
+                SignedEnvelope(type="signed", body="{}", timestamp=0, signature="", sender=sender)
+            except ValueError:  # pydantic's ValidationError is a ValueError
+                raise ValueError(
+                    f"sender must be 1 to {MAX_SENDER_LENGTH} visible characters, no control "
+                    "characters: the agents would refuse every message naming it"
+                ) from None
+        self._signing_secret = signing_secret
+        self._sender = sender
+
+    @property
+    def sender(self) -> str | None:
+        """The sender signed messages name (None: none)."""
+        return self._sender
+
+    def write(self, outgoing: Outgoing, request_id: str, agent_code: str, room: str | None) -> str:
+        """The exact text sent to the agent in ``room`` (None: any room).
+
+        Raises:
+            ProtocolError: The fields are not a valid request (checked first by
+                :meth:`check_fits`).
+        """
+        obj: dict[str, Any] = {**outgoing.fields, "id": request_id, "agent_code": agent_code}
+        if room is not None:
+            obj["room_id"] = room
+        body = validate_request(obj).model_dump_json(exclude_defaults=True)
+        if self._signing_secret:
+            return sign_request(body, self._signing_secret, sender=self._sender)
+        return body
+
+    def check_fits(
+        self, outgoing: Outgoing, request_id: str, agent_code: str, room: str | None
+    ) -> None:
+        """Refuse a message the agents would refuse, or that cannot fit, before asking LiveKit
+        anything.
+
+        Raises:
+            Refusal: 400 ``VALIDATION_ERROR`` (the agents' own rule says why), or 413
+                ``PAYLOAD_TOO_LARGE`` naming the body field that is too long.
+        """
+        try:
+            payload = self.write(outgoing, request_id, agent_code, room)
+        except ProtocolError as exc:
+            raise invalid(exc.message) from None
+        size = oversize(payload)
+        if size is not None:
+            what = "The request is too large"
+            if outgoing.text_field:
+                what = f"Field '{outgoing.text_field}' is too long"
+            raise Refusal(
+                413,
+                ErrorCode.PAYLOAD_TOO_LARGE.value,
+                f"{what}: the message for the agent would be {size} bytes; "
+                f"the limit is {MAX_PAYLOAD_BYTES} bytes (15 KiB).",
+            )

@@ -1,0 +1,1 @@
+"""The repository as a whole: docs, README, examples, benchmarks, demo, layering, tooling."""
