@@ -27,14 +27,14 @@ from imaginex_context_plugin.protocol import (
     SpeechFinishedEvent,
     SpeechStartedEvent,
 )
+from imaginex_context_plugin.receiver.answers import AckWriter
 from imaginex_context_plugin.receiver.avatar import (
     AVATAR_GONE_MESSAGE,
     AvatarWatch,
     streams_to_avatar,
 )
-from imaginex_context_plugin.receiver.jobs import Job
-from imaginex_context_plugin.receiver.answers import AckWriter
 from imaginex_context_plugin.receiver.event_log import EventLog
+from imaginex_context_plugin.receiver.jobs import Job
 from imaginex_context_plugin.receiver.speech import SpeechTracker
 from imaginex_context_plugin.receiver.stats import PluginStats
 from imaginex_context_plugin.receiver.subscribers import Subscribers
