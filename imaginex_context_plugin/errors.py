@@ -60,6 +60,9 @@ class ErrorCode(str, Enum):
     """The sender already used this ``id`` for a different message; nothing was applied."""
     NOT_FOUND = "NOT_FOUND"
     """A ``cancel`` names a request id with no speech queued or playing (unknown or finished)."""
+    SPEECH_FAILED = "SPEECH_FAILED"
+    """Sender side only (v1.3): the speech was accepted but did not play; the agent's
+    ``speech_failed`` event says why (``not_started``, ``tts_error``, ``cancelled``, ...)."""
 
 
 RETRYABLE_CODES: Final = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.NOT_READY, ErrorCode.TIMEOUT})

@@ -93,6 +93,15 @@ def _event_names(
 @click.option(
     "--tool-arguments", is_flag=True, help="Also each tool call's arguments (personal data)."
 )
+@click.option(
+    "--since",
+    "since_seq",
+    type=click.IntRange(min=0),
+    metavar="SEQ",
+    help="Resume: first replay what the agent still holds after this seq (the last one seen; "
+    "printed when the command stops), then go live. If the agent no longer holds it all: "
+    "events_lost, then a fresh snapshot.",
+)
 @sender_options
 @click.pass_context
 def subscribe(
@@ -101,6 +110,7 @@ def subscribe(
     event_names: list[SessionEventType],
     interim: bool,
     tool_arguments: bool,
+    since_seq: int | None,
     **options: Any,
 ) -> None:
     """Watch the call: print the agent's live session events until the call ends.
@@ -110,20 +120,25 @@ def subscribe(
       imaginex-context subscribe --room shop-42
       imaginex-context subscribe --room shop-42 --events user_transcript,agent_transcript
       imaginex-context subscribe --room shop-42 --json | jq -c 'select(.type == "user_transcript")'
+      imaginex-context subscribe --room shop-42 --since 1234
     """
     settings = settings_from(options)
-    request = {
+    request: dict[str, Any] = {
         "type": "subscribe",
         "events": event_names,
         "interim": interim,
         "tool_arguments": tool_arguments,
     }
+    if since_seq is not None:
+        request["since_seq"] = since_seq
     try:
         check_request_size(prepare_request(request, agent_code=settings.options.get("agent_code")))
     except ContextError as exc:
         raise click.UsageError(exc.message, ctx) from None
     factory = client_factory(ctx, settings, verbose=options["verbose"])
     as_json: bool = options["as_json"]
+
+    last_seq: list[int | None] = [since_seq]  # what to resume after, however the watch ends
 
     async def watch() -> int:
         try:
@@ -134,12 +149,17 @@ def subscribe(
             async with (
                 client,
                 client.subscribe(
-                    events=event_names, interim=interim, tool_arguments=tool_arguments
+                    events=event_names,
+                    interim=interim,
+                    tool_arguments=tool_arguments,
+                    since_seq=since_seq,
                 ) as events,
             ):
                 _print_subscribed(events.ack, as_json)
+                last_seq[0] = events.last_seq
                 async for event in events:
                     _print_event(event, as_json)
+                    last_seq[0] = events.last_seq
         except ContextError as exc:
             return report_error(exc, as_json)
         return EXIT_OK
@@ -149,14 +169,25 @@ def subscribe(
     except KeyboardInterrupt:
         # asyncio.run cancelled the watch first, so the subscription was closed (unsubscribed)
         code = EXIT_OK
+        if last_seq[0] is not None and not as_json:
+            click.echo(f"last seq: {last_seq[0]} (resume with --since {last_seq[0]})", err=True)
     ctx.exit(code)
 
 
 def _print_subscribed(ack: SuccessAck, as_json: bool) -> None:
     if as_json:
         click.echo(ack.model_dump_json())
-    else:
-        click.echo(f"ok: {ack.message}  events={','.join(ack.data.events or ())}")
+        return
+    line = f"ok: {ack.message}  events={','.join(ack.data.events or ())}"
+    snapshot = ack.data.snapshot
+    if snapshot is not None:  # v1.3: where the call stands, and where the events continue
+        line += (
+            f"  seq={snapshot.seq} agent={snapshot.state.agent_state} "
+            f"messages={len(snapshot.items)} pending={len(snapshot.pending_speeches)}"
+        )
+    if ack.data.replayed is not None:
+        line += f"  replaying={ack.data.replayed}"
+    click.echo(line)
 
 
 def _print_event(event: Event, as_json: bool) -> None:
@@ -166,6 +197,8 @@ def _print_event(event: Event, as_json: bool) -> None:
     line = f"{event.timestamp}  {_describe(event)}"
     if event.dropped:
         line += f"  ({event.dropped} events dropped before this one)"
+    if event.replay:
+        line += "  (replayed)"
     click.echo(line)
 
 

@@ -20,6 +20,7 @@ from .applier import SessionApplier
 from .avatar import AvatarWatch
 from .call_control import CallControl
 from .call_end import CallEnd
+from .clips import Clips
 from .connection import ConnectionKeeper
 from .context_sync import ContextSync
 from .context_use import ContextUse
@@ -73,6 +74,7 @@ class SessionParts:
         agent_code: str | None,
         answer: Callable[[Job, Answer], None],
         on_rpc: Callable[[rtc.RpcInvocationData], Awaitable[str]],
+        clips: Clips,
     ) -> SessionParts:
         gate = SessionGate(session, ready_timeout)
         tracker: SpeechTracker | None = None
@@ -113,6 +115,7 @@ class SessionParts:
             answer=answer,
             subscribers=subscribers,
             avatar=avatar,
+            clips=clips,
         )
         keeper = ConnectionKeeper(room, agent_code, on_rpc)
         snapshot = SnapshotSource(session=session, state=state, pending=tracker.pending_details)

@@ -38,7 +38,7 @@ from .._env import AGENT_CODE_ENV, LIVEKIT_API_SECRET_ENV
 from ..context import DEFAULT_CONTEXT_BUDGET, ContextBudget, ContextStore
 from ..errors import ErrorCode
 from ..log import logger
-from ..protocol import CONTEXT_TOPIC, ErrorAck, GetStateRequest, error_ack
+from ..protocol import AUDIO_STREAM_TOPIC, CONTEXT_TOPIC, ErrorAck, GetStateRequest, error_ack
 from ..replies import ReplyUrls
 from ..security import (
     DEDUP_WINDOW_S,
@@ -52,6 +52,7 @@ from ..security import (
 from .admission import Admission, signature_verifier, warn_if_server_untrusted
 from .answers import AckWriter, internal_error
 from .call_end import CALL_ENDED_MESSAGE, EndListener
+from .clips import Clips
 from .dedup import DedupMemory
 from .event_log import DEFAULT_EVENT_BUFFER, EventLog
 from .http_replies import HttpReplies
@@ -211,6 +212,10 @@ class ContextPlugin:
             stats=self.stats,
             reply_urls=allowed_replies,
         )
+        self._clips = Clips(
+            accepts=lambda identity: secret is not None or policy.trusts(identity),
+            sample_rate=self._audio_sample_rate,
+        )
         self._session: AgentSession[Any] | None = None
         self._room: rtc.Room | None = None
         self._started = False
@@ -231,6 +236,12 @@ class ContextPlugin:
     def subscribers(self) -> list[str]:
         """The identities subscribed to the session's live events now."""
         return self._subscribers.identities
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the newest event the agent sent (0: none yet); a subscriber that
+        resumes after it misses nothing (v1.3)."""
+        return self._events.seq
 
     @property
     def idle(self) -> bool:
@@ -281,12 +292,14 @@ class ContextPlugin:
             agent_code=self._agent_code,
             answer=self._answer,
             on_rpc=self._on_rpc,
+            clips=self._clips,
         )
 
         for listener in self._end_listeners:
             self._parts.call_end.add_listener(listener)
         for emitter, event, handler in self._hooks():
             emitter.on(event, handler)
+        room.register_byte_stream_handler(AUDIO_STREAM_TOPIC, self._clips.on_byte_stream)
         self._parts.speeches.watch_audio_output()
         self._parts.context_use.follow()
 
@@ -329,6 +342,7 @@ class ContextPlugin:
         assert self._room is not None
         for emitter, event, handler in self._hooks():
             emitter.off(event, handler)
+        self._room.unregister_byte_stream_handler(AUDIO_STREAM_TOPIC)
         self._parts.speeches.unwatch_audio_output()
         self._parts.context_sync.close()
         self._parts.context_use.close()
@@ -350,6 +364,7 @@ class ContextPlugin:
         await asyncio.gather(self._outbox.drain(publish), self._subscribers.aclose())
         publish.cancel()
         await asyncio.gather(publish, return_exceptions=True)
+        await self._clips.aclose()
         if self._replies is not None:
             await self._replies.aclose()
         self._tasks.clear()
@@ -470,6 +485,10 @@ class ContextPlugin:
     def _room_name(self) -> str:
         assert self._room is not None
         return self._room.name
+
+    def _audio_sample_rate(self) -> int | None:
+        audio = self._session.output.audio if self._session is not None else None
+        return audio.sample_rate if audio is not None else None
 
 
 def _session_age_s(session: AgentSession[Any]) -> float:

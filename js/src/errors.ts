@@ -21,6 +21,7 @@ export const ERROR_CODES: readonly ErrorCode[] = [
   "TIMEOUT",
   "ID_REUSED",
   "NOT_FOUND",
+  "SPEECH_FAILED",
 ];
 
 /** Codes a later attempt may not get; other codes are final unless the thrower says otherwise. */

@@ -49,7 +49,7 @@ def test_names_on_the_wire() -> None:
     assert [c.value for c in ErrorCode] == [
         "VALIDATION_ERROR", "UNAUTHORIZED", "AGENT_NOT_FOUND", "NO_ACTIVE_ROOMS",
         "PAYLOAD_TOO_LARGE", "RATE_LIMITED", "NOT_READY", "BUSY", "INTERNAL_ERROR",
-        "LIVEKIT_UNAVAILABLE", "TIMEOUT", "ID_REUSED", "NOT_FOUND",
+        "LIVEKIT_UNAVAILABLE", "TIMEOUT", "ID_REUSED", "NOT_FOUND", "SPEECH_FAILED",
     ]
 
 

@@ -26,7 +26,8 @@ export type ErrorCode =
   | "LIVEKIT_UNAVAILABLE"
   | "TIMEOUT"
   | "ID_REUSED"
-  | "NOT_FOUND";
+  | "NOT_FOUND"
+  | "SPEECH_FAILED";
 /**
  * This interface was referenced by `ImaginexWire`'s JSON-Schema
  * via the `definition` "Packet".
