@@ -17,32 +17,40 @@ Same run, same machine (as root inside a loopback-only network namespace):
   ``/v1/internal/replies``; the agents then allow that reply URL and share the signing secret);
 - **floor**: a bare RPC echo between two plain participants on node A, the least one request ->
   answer over LiveKit costs;
-- **fan-out floors** (with server-API delivery): the same transport at the same size with none
-  of the plugin or the gateway in it. This process sends one ``SendData`` per room (the
-  gateway's own ``DataSender``, all at once) to the very same agents, whose worker answers each
-  packet with a bare ``POST`` to this process from a raw ``data_received`` listener, beside the
-  plugin's: **bare** (nothing else), and **bare + say()** (``session.say(text)`` first, the
-  least any speak path on ``livekit-agents`` does). A request is done when every room echoed.
-  They bound what any design on this transport and these agents can reach on this machine.
+- **fan-out floors**: the same transports at the same size with none of the plugin or the
+  gateway in them, measured first on the very same agents. This process makes one
+  ``RoomService.PerformRpc`` per room (``ServerRpc``), answered by a bare RPC method each agent
+  registers beside the plugin's (**bare PerformRpc echo**; **+ say()**: ``session.say(text)``
+  first, the least any speak path on ``livekit-agents`` does), or one ``SendData`` per room
+  (the gateway's own ``DataSender``), echoed by a bare HTTP ``POST`` to this process from a raw
+  ``data_received`` listener (**bare SendData + HTTP echo**, and **+ say()**). All rooms at
+  once; a request is done when every room answered. They bound what any design on these
+  transports and these agents can reach on this machine.
 
 Per size: HTTP -> response of the first request (cold: the gateway joins every room), then of
-``warm`` sequential requests; RoomService calls per request (counted in both nodes' logs, which
+``warm`` sequential requests; the floors and the server-side deliveries take turns in
+``--rounds`` blocks (a fresh gateway process each, all started before the first block), so that
+a load coming and going on the shared machine falls on all of them alike, and the room path
+runs after them, alone; RoomService calls per request (counted in both nodes' logs, which
 log every API call); the gateway's RSS before and after it pooled the rooms (growth per pooled
 room) and its open sockets; the rooms each node's agents were reached in (the node as LiveKit
 records it in Redis: server-API packets for node B's rooms go through node A); CPU milliseconds
-per warm request of the gateway process, of the two ``livekit-server`` processes together and
-of the agents' worker processes together (``/proc``; on 2 cores a request's wall time cannot be
+per warm request of the gateway process, of each ``livekit-server`` process and of the agents'
+worker processes together (``/proc``; on 2 cores a request's wall time cannot be
 shorter than their sum over 2). Every phase starts once the agent workers have settled
 (``QUIET_CORES_PER_WORKER``); their idle CPU then is printed beside the CPU figures.
 Correctness: every request reports every room delivered, and at the end each agent said
 exactly one speech per request (counted in its ``AgentSession`` history).
 
-Target (issue 12): warm p99 at the largest size within 3x the single-room warm p99. Timing targets
-are reported, not failed. The fan-out floors show the same ratio for the bare transport, and each
-server-API phase's warm p99 over the floors at its size (what is ours).
+Targets, reported, not failed: (issue 12) warm p99 at the largest size within 3x the single-room
+warm p99; (issue 26) each delivery's warm p99 within 1.15x its bare floor's at the same size
+(``BARE_FLOOR_OF``), every room reached, and the gateway's own CPU at most 0.25 ms per room per
+request. ``--json PATH`` writes the figures as data (``scripts/capacity_model.py`` checks the
+docs' capacity model against them).
 
 Run: ``python benchmarks/bench_fanout.py [--sizes 1,50,200] [--warm N]
-[--modes directory,scan] [--delivery room|server-api|room,server-api]``.
+[--modes directory,scan] [--delivery room|server-api|room,server-api] [--floors ...]
+[--json PATH]``.
 """
 
 from __future__ import annotations
@@ -69,7 +77,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from collections import Counter  # noqa: E402
-from collections.abc import AsyncIterator, Iterator, Sequence  # noqa: E402
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, Final  # noqa: E402
 
@@ -83,6 +91,7 @@ from devtools.livekit_cluster import ClusterNode, LiveKitCluster, start_cluster 
 from devtools.livekit_server import ROOT, free_tcp_port  # noqa: E402
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextPlugin  # noqa: E402
 from imaginex_context_plugin._livekit.send_data import DataSender  # noqa: E402
+from imaginex_context_plugin._livekit.server_rpc import ServerRpc  # noqa: E402
 from imaginex_context_plugin.gateway import (  # noqa: E402
     AgentBackend,
     ApiSecrets,
@@ -90,7 +99,10 @@ from imaginex_context_plugin.gateway import (  # noqa: E402
     LiveKitSettings,
     create_app,
 )
-from imaginex_context_plugin.gateway.delivery import ServerApiBackend  # noqa: E402
+from imaginex_context_plugin.gateway.delivery import (  # noqa: E402
+    ServerApiBackend,
+    ServerRpcBackend,
+)
 from imaginex_context_plugin.gateway.directory import MemoryAgentDirectory  # noqa: E402
 from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, start_session  # noqa: E402
 
@@ -114,13 +126,17 @@ SETTLE_TIMEOUT_S: Final = 60.0
 ROOM_EMPTY_TIMEOUT_S: Final = 3600
 """Seconds a room with only its agent lives (see ``create_rooms``)."""
 WARM_FACTOR: Final = 3.0
+FLOOR_FACTOR: Final = 1.15
+"""Target (issue 26): a delivery's warm p99 within this factor of its bare floor's."""
+GATEWAY_MS_PER_ROOM: Final = 0.25
+"""Target (issue 26): the gateway's own CPU per room per request, in milliseconds."""
 THIS_FILE: Final = str(Path(__file__).resolve())
 GATEWAY_CLI: Final = Path(sys.executable).parent / "imaginex-context"
 ROOM_SERVICE_LOG: Final = "API RoomService."
-SEND_DATA_LOG: Final = "API RoomService.SendData"
 UNKNOWN_OUTCOME: Final = frozenset({"TIMEOUT", "AGENT_NOT_FOUND"})
 """Room errors after which the agent may still have spoken: no answer in time, or the agent
 left the room before it answered (RPC's RECIPIENT_DISCONNECTED)."""
+NODE_LABELS: Final = ("node A", "node B")
 DIRECTORY: Final = "directory"
 SCAN: Final = "scan"
 MODES: Final = (DIRECTORY, SCAN)
@@ -128,7 +144,8 @@ MODES: Final = (DIRECTORY, SCAN)
 every room and its participants (cached 1 s), the default."""
 ROOM: Final = "room"
 SERVER_API: Final = "server-api"
-DELIVERIES: Final = (ROOM, SERVER_API)
+SERVER_RPC: Final = "server-rpc"
+DELIVERIES: Final = (ROOM, SERVER_API, SERVER_RPC)
 """How the gateway delivers: joining every room (RPC over a pooled connection, the default), or
 ``RoomService.SendData`` with the ack posted back over HTTP (no room joined)."""
 QUIET_CORES_PER_WORKER: Final = 0.2
@@ -143,10 +160,21 @@ RECONCILE_INTERVAL_S: Final = 3600.0
 SPOKEN_PREFIX: Final = "Fan-out message"
 """How the gateway's messages start: only those count as the agents' speeches."""
 FLOOR_TOPIC: Final = "bench.fanout.floor"
-BARE: Final = "bare SendData + HTTP echo"
-BARE_SAY: Final = "bare SendData + say() + HTTP echo"
-FLOORS: Final = (BARE, BARE_SAY)
-"""The fan-out floors, measured on the same agents before the server-API phases."""
+ECHO_METHOD: Final = "bench.fanout.echo"
+RPC_BARE: Final = "bare PerformRpc echo"
+RPC_SAY: Final = "bare PerformRpc + say()"
+DATA_BARE: Final = "bare SendData + HTTP echo"
+DATA_SAY: Final = "bare SendData + say() + HTTP echo"
+FLOORS: Final = (RPC_BARE, RPC_SAY, DATA_BARE, DATA_SAY)
+"""The fan-out floors, measured on the same agents before the gateway's phases: this process
+makes one ``RoomService.PerformRpc`` per room (answered by a bare RPC method beside the
+plugin's) or one ``SendData`` per room (echoed by a bare HTTP ``POST``), all at once."""
+RPC_FLOORS: Final = (RPC_BARE, RPC_SAY)
+DATA_FLOORS: Final = (DATA_BARE, DATA_SAY)
+BARE_FLOOR_OF: Final = {ROOM: RPC_BARE, SERVER_API: DATA_BARE, SERVER_RPC: RPC_BARE}
+DELIVERY_CALL: Final = {SERVER_API: "SendData", SERVER_RPC: "PerformRpc"}
+"""The RoomService call a server-side delivery makes per room and request, by design."""
+"""The floor each delivery's target is measured against: the same transport, bare."""
 
 
 # --------------------------------------------------------------------------- agent workers
@@ -174,6 +202,16 @@ async def agents_worker() -> None:
     echo_clients: list[aiohttp.ClientSession] = []
     echo_tasks: set[asyncio.Task[None]] = set()
     floor_speeches: list[Any] = []
+
+    def rpc_echo(session: Any) -> Any:
+        async def handler(data: rtc.RpcInvocationData) -> str:
+            # the PerformRpc floor: no validation, no signing, no queue; say() when asked
+            message = json.loads(data.payload)
+            if message["say"]:
+                floor_speeches.append(session.say(message["text"]))
+            return "ok"
+
+        return handler
 
     async def echo(room_name: str, session: Any, http: aiohttp.ClientSession, data: bytes) -> None:
         # the fan-out floor: no validation, no signing, no queue, no ack; say() when asked
@@ -209,7 +247,7 @@ async def agents_worker() -> None:
                 rate_limit=None,
                 server_secret=spec["api_secret"],
                 secret=spec.get("secret"),
-                reply_urls=[spec["reply_prefix"]] if spec.get("reply_prefix") else [],
+                reply_urls=spec.get("reply_prefixes", []),
             )
             await plugin.start(session, room)
             if floor_url is not None:
@@ -224,6 +262,7 @@ async def agents_worker() -> None:
                     # loaded machine is tried again
                     if attempt == JOIN_ATTEMPTS - 1:
                         raise
+            room.local_participant.register_rpc_method(ECHO_METHOD, rpc_echo(session))
             joined.append((room_name, room, plugin, session))
 
     await asyncio.gather(*(join(name, url) for name, url in spec["rooms"]))
@@ -302,12 +341,12 @@ async def agents(
     cluster: LiveKitCluster,
     placed: Sequence[tuple[str, ClusterNode]],
     code: str,
-    reply_prefix: str | None = None,
+    reply_prefixes: Sequence[str] = (),
     floor_url: str | None = None,
 ) -> AsyncIterator[AgentWorkers]:
-    """The agents of ``placed``; with ``reply_prefix`` they share the signing secret and allow
-    server-API packets to ask for their answer there; with ``floor_url`` they echo the fan-out
-    floors' packets there."""
+    """The agents of ``placed``; with ``reply_prefixes`` they share the signing secret and
+    allow server-API packets to ask for their answer there; with ``floor_url`` they echo the
+    fan-out floors' packets there."""
     workers = AgentWorkers()
     try:
         for start in range(0, len(placed), AGENTS_PER_PROCESS):
@@ -328,8 +367,8 @@ async def agents(
                 "api_secret": cluster.api_secret,
                 "rooms": [(name, node.info.url) for name, node in chunk],
             }
-            if reply_prefix is not None:
-                spec.update(secret=SIGNING, reply_prefix=reply_prefix)
+            if reply_prefixes:
+                spec.update(secret=SIGNING, reply_prefixes=list(reply_prefixes))
             if floor_url is not None:
                 spec.update(floor_url=floor_url)
             process.stdin.write(json.dumps(spec).encode() + b"\n")
@@ -369,16 +408,23 @@ async def unlisted(
     return pending
 
 
-async def settled_cpu(pids: Sequence[int], *, timeout_s: float = QUIET_TIMEOUT_S) -> float:
-    """Wait until the agent workers ``pids`` are settled (``QUIET_CORES_PER_WORKER`` each, over
-    a 1 s window); their CPU then, in milliseconds per second."""
+async def settled_cpu(
+    groups: dict[str, list[int]], *, timeout_s: float = QUIET_TIMEOUT_S
+) -> dict[str, float]:
+    """Wait until the agent workers (``groups["agents"]``) are settled
+    (``QUIET_CORES_PER_WORKER`` each, over a 1 s window); each group's CPU in that window, in
+    milliseconds per second: what an idle agent, LiveKit node or gateway costs."""
     deadline = time.monotonic() + timeout_s
+    workers = len(groups["agents"])
     while True:
-        before, start = cpu_seconds(pids), time.monotonic()
+        before, start = {k: cpu_seconds(p) for k, p in groups.items()}, time.monotonic()
         await asyncio.sleep(1.0)
-        rate = (cpu_seconds(pids) - before) / (time.monotonic() - start)
-        if rate < QUIET_CORES_PER_WORKER * max(len(pids), 1) or time.monotonic() > deadline:
-            return rate * 1000
+        took = time.monotonic() - start
+        rates = {k: (cpu_seconds(p) - before[k]) * 1000 / took for k, p in groups.items()}
+        if rates["agents"] < QUIET_CORES_PER_WORKER * 1000 * max(workers, 1):
+            return rates
+        if time.monotonic() > deadline:
+            return rates
 
 
 # --------------------------------------------------------------------------- the gateway
@@ -401,6 +447,8 @@ async def gateway_worker(port: int, mode: str, joins: int, delivery: str = ROOM)
         reconcile_interval=RECONCILE_INTERVAL_S,
     )
     backend: AgentBackend = finder
+    if delivery == SERVER_RPC:
+        backend = ServerRpcBackend(finder, settings)
     if delivery == SERVER_API:
         backend = ServerApiBackend(
             finder, settings, signing_secret=SIGNING, public_url=f"http://127.0.0.1:{port}"
@@ -498,6 +546,7 @@ async def gateway(
                 if delivery == SERVER_API
                 else []
             ),
+            *(["--delivery", SERVER_RPC] if delivery == SERVER_RPC else []),
         ]
         if joins is not None:  # built here as the command builds it, with that join bound
             command = [
@@ -628,51 +677,108 @@ async def echo_server(port: int) -> AsyncIterator[EchoInbox]:
 
 
 @dataclass
+class Measured:
+    """CPU per process group, summed over the warm requests measured so far."""
+
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    requests: int = 0
+    idle: dict[str, list[float]] = field(default_factory=dict)
+    """Each group's CPU just before each block (the agents settled), milliseconds per
+    second."""
+
+    @property
+    def cpu_ms(self) -> dict[str, float]:
+        """CPU milliseconds per warm request, by group."""
+        return {k: v * 1000 / max(self.requests, 1) for k, v in self.cpu_s.items()}
+
+    def idle_ms_per_s(self, group: str) -> float:
+        """``group``'s CPU when idle (the median over the blocks), milliseconds per second."""
+        rates = sorted(self.idle.get(group, []))
+        return rates[len(rates) // 2] if rates else 0.0
+
+    async def block(
+        self,
+        groups: dict[str, list[int]],
+        requests: Sequence[Callable[[], Awaitable[None]]],
+    ) -> None:
+        """Run ``requests`` one after the other, once the agents have settled, counting the
+        CPU each group spends meanwhile."""
+        for name, rate in (await settled_cpu(groups)).items():
+            self.idle.setdefault(name, []).append(rate)
+        before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+        for request in requests:
+            await request()
+        for name, pids in groups.items():
+            self.cpu_s[name] = self.cpu_s.get(name, 0.0) + cpu_seconds(pids) - before[name]
+        self.requests += len(requests)
+
+
+@dataclass
 class FloorPhase:
     """One fan-out floor against one size's rooms."""
 
     rooms: int
     variant: str
-    warm: list[float]
-    missed: int
-    """Room echoes that did not come within the delivery timeout, over all requests."""
-    cpu_ms: dict[str, float]
-    """CPU milliseconds per warm request: ``sender`` (this process), ``livekit``, ``agents``."""
-    agents_idle: float
-    """The agent workers' CPU just before the phase (settled), milliseconds per second."""
+    warm: list[float] = field(default_factory=list)
+    missed: int = 0
+    """Rooms that did not answer within the delivery timeout, over all requests."""
+    measured: Measured = field(default_factory=Measured)
+    """CPU: ``sender`` (this process), ``node A``, ``node B``, ``agents``."""
+
+    @property
+    def cpu_ms(self) -> dict[str, float]:
+        return self.measured.cpu_ms
 
     @property
     def label(self) -> str:
         return f"{self.rooms} rooms, {self.variant}"
 
 
-async def floor_phase(
-    cluster: LiveKitCluster,
-    names: Sequence[str],
-    variant: str,
-    warm: int,
-    inbox: EchoInbox,
-    agent_pids: Sequence[int],
-) -> FloorPhase:
-    """``warm`` fan-outs (after one to warm up) of a bare packet to every room in ``names``,
-    each done when every agent has echoed it."""
-    node = cluster.nodes[0].info
-    sender = DataSender(
-        LiveKitSettings(url=node.url, api_key=node.api_key, api_secret=node.api_secret)
-    )
-    say = variant == BARE_SAY
-    missed = 0
+class FloorRunner:
+    """Bare fan-outs of one floor variant to every room in ``names``: a ``PerformRpc`` to each
+    agent's bare echo method, done when every room has answered, or a ``SendData`` to each,
+    done when every agent has echoed it over HTTP."""
 
-    async def fan_out(n: int) -> float:
-        nonlocal missed
-        done = inbox.expect(n, len(names))
-        packet = json.dumps({"n": n, "say": say, "text": f"Floor message {n}."}).encode()
+    def __init__(
+        self,
+        cluster: LiveKitCluster,
+        names: Sequence[str],
+        variant: str,
+        inbox: EchoInbox,
+        workers: AgentWorkers,
+    ) -> None:
+        node = cluster.nodes[0].info
+        settings = LiveKitSettings(url=node.url, api_key=node.api_key, api_secret=node.api_secret)
+        self._rpc, self._sender = ServerRpc(settings), DataSender(settings)
+        self._names, self._variant, self._inbox, self._workers = names, variant, inbox, workers
+        self._say = variant in (RPC_SAY, DATA_SAY)
+        self._groups = cpu_groups(cluster, [os.getpid()], workers.pids, first="sender")
+        self._next = 1_000_000 * (FLOORS.index(variant) + 1)  # numbers no other floor uses
+        self.phase = FloorPhase(len(names), variant)
+
+    async def _call(self, name: str, payload: str) -> bool:
+        with contextlib.suppress(api.TwirpError, OSError, asyncio.TimeoutError):
+            await self._rpc.perform(
+                name, AGENT_IDENTITY, ECHO_METHOD, payload, timeout=DELIVERY_TIMEOUT_S
+            )
+            return True
+        return False
+
+    async def fan_out(self) -> float:
+        n, self._next = self._next, self._next + 1
+        names = self._names
+        packet = json.dumps({"n": n, "say": self._say, "text": f"Floor message {n}."})
         start = time.perf_counter()
+        if self._variant in RPC_FLOORS:
+            answered = await asyncio.gather(*(self._call(name, packet) for name in names))
+            self.phase.missed += answered.count(False)
+            return time.perf_counter() - start
+        done = self._inbox.expect(n, len(names))
         await asyncio.gather(
             *(
-                sender.send(
+                self._sender.send(
                     name,
-                    packet,
+                    packet.encode(),
                     destination_identities=[AGENT_IDENTITY],
                     topic=FLOOR_TOPIC,
                     timeout=DELIVERY_TIMEOUT_S,
@@ -683,27 +789,37 @@ async def floor_phase(
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(done.wait(), DELIVERY_TIMEOUT_S)
         elapsed = time.perf_counter() - start
-        missed += len(names) - inbox.echoed(n)
+        self.phase.missed += len(names) - self._inbox.echoed(n)
         return elapsed
 
-    groups = {
-        "sender": [os.getpid()],
-        "livekit": [n.server.process.pid for n in cluster.nodes if n.server.process],
-        "agents": list(agent_pids),
-    }
-    base = 1_000_000 * (FLOORS.index(variant) + 1)  # request numbers no other floor uses
-    agents_idle = await settled_cpu(agent_pids)
-    try:
-        await fan_out(base)  # connections and tokens, as the gateway's cold request
-        cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
-        samples = [await fan_out(base + n) for n in range(1, warm + 1)]
-        cpu_ms = {
-            name: (cpu_seconds(pids) - cpu_before[name]) * 1000 / max(warm, 1)
-            for name, pids in groups.items()
-        }
-    finally:
-        await sender.aclose()
-    return FloorPhase(len(names), variant, samples, missed, cpu_ms, agents_idle)
+    async def cold(self) -> None:
+        """One fan-out that is not measured: connections and tokens, as a gateway's cold."""
+        await self.fan_out()
+        self.phase.missed = 0
+        await self._workers.settle()
+
+    async def block(self, count: int) -> None:
+        async def one() -> None:
+            self.phase.warm.append(await self.fan_out())
+
+        await self.phase.measured.block(self._groups, [one] * count)
+        await self._workers.settle()  # its speeches and echoes are over before the next block
+
+    async def aclose(self) -> None:
+        await self._rpc.aclose()
+        await self._sender.aclose()
+
+
+def cpu_groups(
+    cluster: LiveKitCluster, first_pids: Sequence[int], agent_pids: Sequence[int], *, first: str
+) -> dict[str, list[int]]:
+    """The processes whose CPU is counted: ``first`` (the gateway, or this process as the
+    floors' sender), each LiveKit node, the agents' worker processes together."""
+    groups = {first: list(first_pids)}
+    for label, node in zip(NODE_LABELS, cluster.nodes, strict=False):
+        groups[label] = [node.server.process.pid] if node.server.process else []
+    groups["agents"] = list(agent_pids)
+    return groups
 
 
 # --------------------------------------------------------------------------- one size
@@ -711,30 +827,41 @@ async def floor_phase(
 
 @dataclass
 class Phase:
-    """One gateway (one way of finding agents) against one size's rooms."""
+    """One gateway (one delivery, one way of finding agents) against one size's rooms."""
 
     rooms: int
     mode: str
     delivery: str
-    cold: float
-    warm: list[float]
-    calls_per_request: float
-    rss_base: int
-    rss_pooled: int
-    sockets_base: int
-    sockets_pooled: int
-    answers: list[dict[str, Any]]
-    send_data_per_node: list[float]
-    """SendData calls per request in each node's log (node A, node B): where they were made."""
-    cpu_ms: dict[str, float]
-    """CPU milliseconds per warm request: ``gateway``, ``livekit`` (both nodes), ``agents``."""
+    cold: float = 0.0
+    warm: list[float] = field(default_factory=list)
+    rss_base: int = 0
+    rss_pooled: int = 0
+    sockets_base: int = 0
+    sockets_pooled: int = 0
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    calls: int = 0
+    """RoomService calls logged by the nodes during this gateway's requests."""
+    per_room_calls: list[int] = field(default_factory=lambda: [0, 0])
+    """The delivery's own calls (``DELIVERY_CALL``) in each node's log (node A, node B)."""
+    measured: Measured = field(default_factory=Measured)
+    """CPU: ``gateway``, ``node A``, ``node B``, ``agents``."""
     reached_by_node: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Node label (A, B) -> (room deliveries reported, rooms there x requests), over all
     requests; the node as LiveKit records it."""
     moved_rooms: int = 0
     """Rooms LiveKit had on another node than they were created on (see ``one_size``)."""
-    agents_idle: float = 0.0
-    """The agent workers' CPU just before the phase (settled), milliseconds per second."""
+
+    @property
+    def cpu_ms(self) -> dict[str, float]:
+        return self.measured.cpu_ms
+
+    @property
+    def calls_per_request(self) -> float:
+        return self.calls / max(len(self.answers), 1)
+
+    @property
+    def send_data_per_node(self) -> list[float]:
+        return [c / max(len(self.answers), 1) for c in self.per_room_calls]
 
     @property
     def send_data_per_request(self) -> float:
@@ -746,69 +873,62 @@ class Phase:
         return f"{self.rooms} rooms, {self.mode}{suffix}"
 
 
-async def phase(
-    cluster: LiveKitCluster,
-    rooms: int,
-    code: str,
-    mode: str,
-    warm: int,
-    workdir: Path,
-    joins: int | None,
-    *,
-    delivery: str = ROOM,
-    port: int | None = None,
-    agent_pids: Sequence[int] = (),
-) -> Phase:
-    async with (
-        gateway(cluster.nodes[0], workdir, mode, joins, delivery, port) as gw,
-        aiohttp.ClientSession() as http,
-    ):
-        rss_base, sockets_base = gw.rss_bytes(), gw.sockets()
-        calls = RoomServiceCalls(cluster)
-        await calls.settled()
-        agents_idle = await settled_cpu(agent_pids) if agent_pids else 0.0
-        before, send_before = calls.count(), calls.per_node(SEND_DATA_LOG)
-        cold, data = await speak(http, gw.base_url, code, 0)
-        answers = [data]
-        rss_pooled, sockets_pooled = gw.rss_bytes(), gw.sockets()
-        groups = {
-            "gateway": [gw.process.pid],
-            "livekit": [n.server.process.pid for n in cluster.nodes if n.server.process],
-            "agents": list(agent_pids),
-        }
-        cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
-        warm_samples = []
-        for n in range(1, warm + 1):
-            elapsed, data = await speak(http, gw.base_url, code, n)
-            warm_samples.append(elapsed)
-            answers.append(data)
-        cpu_ms = {
-            name: (cpu_seconds(pids) - cpu_before[name]) * 1000 / max(warm, 1)
-            for name, pids in groups.items()
-        }
-        calls_per_request = (calls.count() - before) / (warm + 1)
-        send_data_per_node = [
-            (after - earlier) / (warm + 1)
-            for after, earlier in zip(calls.per_node(SEND_DATA_LOG), send_before, strict=True)
+class GatewayRunner:
+    """One gateway process's requests: the cold one, then blocks of warm ones."""
+
+    def __init__(
+        self,
+        cluster: LiveKitCluster,
+        gw: GatewayProcess,
+        http: aiohttp.ClientSession,
+        code: str,
+        workers: AgentWorkers,
+        phase: Phase,
+    ) -> None:
+        self._cluster, self._gw, self._http, self._code = cluster, gw, http, code
+        self._workers = workers
+        self._calls = RoomServiceCalls(cluster)
+        self._per_room_call = f"API RoomService.{DELIVERY_CALL.get(phase.delivery, 'SendData')}"
+        self._groups = cpu_groups(cluster, [gw.process.pid], workers.pids, first="gateway")
+        self._next = 0
+        self.phase = phase
+        phase.rss_base, phase.sockets_base = gw.rss_bytes(), gw.sockets()
+
+    async def _counted(self, run: Callable[[], Awaitable[None]]) -> None:
+        before, per_node = self._calls.count(), self._calls.per_node(self._per_room_call)
+        await run()
+        phase = self.phase
+        phase.calls += self._calls.count() - before
+        after = self._calls.per_node(self._per_room_call)
+        phase.per_room_calls = [
+            total + now - then
+            for total, now, then in zip(phase.per_room_calls, after, per_node, strict=True)
         ]
-        rss_pooled = max(rss_pooled, gw.rss_bytes())
-        sockets_pooled = max(sockets_pooled, gw.sockets())
-    return Phase(
-        rooms,
-        mode,
-        delivery,
-        cold,
-        warm_samples,
-        calls_per_request,
-        rss_base,
-        rss_pooled,
-        sockets_base,
-        sockets_pooled,
-        answers,
-        send_data_per_node,
-        cpu_ms,
-        agents_idle=agents_idle,
-    )
+        phase.rss_pooled = max(phase.rss_pooled, self._gw.rss_bytes())
+        phase.sockets_pooled = max(phase.sockets_pooled, self._gw.sockets())
+
+    async def _speak(self) -> float:
+        n, self._next = self._next, self._next + 1
+        elapsed, data = await speak(self._http, self._gw.base_url, self._code, n)
+        self.phase.answers.append(data)
+        return elapsed
+
+    async def cold(self) -> None:
+        async def first() -> None:
+            self.phase.cold = await self._speak()
+
+        await self._calls.settled()  # the directory's first reconciliation is its start-up
+        await settled_cpu(self._groups)
+        await self._counted(first)
+
+    async def block(self, count: int) -> None:
+        async def one() -> None:
+            self.phase.warm.append(await self._speak())
+
+        async def run() -> None:
+            await self.phase.measured.block(self._groups, [one] * count)
+
+        await self._counted(run)
 
 
 def check(phases: Sequence[Phase], names: Sequence[str], said: dict[str, int]) -> list[str]:
@@ -888,7 +1008,13 @@ async def one_size(
     workdir: Path,
     joins: int | None = None,
     deliveries: Sequence[str] = (ROOM,),
+    floor_variants: Sequence[str] = FLOORS,
+    rounds: int = 1,
 ) -> tuple[list[Phase], list[FloorPhase], list[str]]:
+    """One size: the floors and the server-side deliveries (every mode) take turns, in
+    ``rounds`` blocks of warm requests each, so that a load coming and going on the machine
+    falls on all of them alike; the room path (it holds a WebRTC connection per room, which
+    would weigh on the others) runs after them, alone, each mode with a fresh gateway."""
     code = f"FAN{rooms:04d}{uuid.uuid4().hex[:4].upper()}"
     placed = [
         (f"fan-{rooms}-{uuid.uuid4().hex[:6]}-{i}", cluster.nodes[i % len(cluster.nodes)])
@@ -899,49 +1025,58 @@ async def one_size(
     phases: list[Phase] = []
     floors: list[FloorPhase] = []
     problems: list[str] = []
-    # the server-API gateways' port is fixed before the agents start: they must allow its
-    # reply URL (each phase's fresh gateway listens on it in turn)
-    port = free_tcp_port() if SERVER_API in deliveries else None
-    reply_prefix = None if port is None else f"http://127.0.0.1:{port}/v1/internal/"
-    floor_port = free_tcp_port() if SERVER_API in deliveries else None
+    server_side = [(d, m) for d in deliveries if d != ROOM for m in modes]
+    # the server-API gateways' ports are fixed before the agents start: they must allow
+    # their reply URLs
+    ports = {(d, m): free_tcp_port() for d, m in server_side}
+    reply_prefixes = [
+        f"http://127.0.0.1:{port}/v1/internal/" for (d, _), port in ports.items() if d == SERVER_API
+    ]
+    floor_port = free_tcp_port() if set(floor_variants) & set(DATA_FLOORS) else None
     floor_url = None if floor_port is None else f"http://127.0.0.1:{floor_port}/echo"
+    rounds = max(1, min(rounds, warm))
+    blocks = [warm // rounds + (1 if r < warm % rounds else 0) for r in range(rounds)]
     try:
         async with (
-            agents(cluster, placed, code, reply_prefix, floor_url) as workers,
+            agents(cluster, placed, code, reply_prefixes, floor_url) as workers,
             contextlib.AsyncExitStack() as stack,
+            aiohttp.ClientSession() as http,
         ):
             if missing := await unlisted(cluster, names, code, wait=READY_TIMEOUT_S):
                 raise RuntimeError(f"{len(missing)} agents never showed their code")
-            if floor_port is not None:
-                inbox = await stack.enter_async_context(echo_server(floor_port))
-                for variant in FLOORS:
-                    floors.append(
-                        await floor_phase(cluster, names, variant, warm, inbox, workers.pids)
-                    )
-                await workers.settle()
-            for delivery in deliveries:
-                for mode in modes:
-                    # agents that went away (a worker process died under load) are a finding
+            inbox = (
+                await stack.enter_async_context(echo_server(floor_port))
+                if floor_port is not None
+                else EchoInbox()
+            )
+            taking_turns: list[FloorRunner | GatewayRunner] = []
+            for variant in floor_variants:
+                runner = FloorRunner(cluster, names, variant, inbox, workers)
+                stack.push_async_callback(runner.aclose)
+                await runner.cold()
+                floors.append(runner.phase)
+                taking_turns.append(runner)
+            for delivery, mode in server_side:
+                gw = await stack.enter_async_context(
+                    gateway(cluster.nodes[0], workdir, mode, joins, delivery, ports[delivery, mode])
+                )
+                gateway_phase = Phase(rooms, mode, delivery)
+                runner_gw = GatewayRunner(cluster, gw, http, code, workers, gateway_phase)
+                await runner_gw.cold()
+                phases.append(gateway_phase)
+                taking_turns.append(runner_gw)
+            for count in blocks:
+                for turn in taking_turns:
                     if gone := await unlisted(cluster, names, code):
-                        exits = [p.returncode for p in workers.processes]
-                        problems.append(
-                            f"before the {mode}/{delivery} phase {len(gone)} of {rooms} agents "
-                            f"were gone (worker exit codes {exits})"
-                        )
-                    phases.append(
-                        await phase(
-                            cluster,
-                            rooms,
-                            code,
-                            mode,
-                            warm,
-                            workdir,
-                            joins,
-                            delivery=delivery,
-                            port=port if delivery == SERVER_API else None,
-                            agent_pids=workers.pids,
-                        )
-                    )
+                        problems.append(f"{len(gone)} of {rooms} agents were gone")
+                    await turn.block(count)
+            for mode in modes if ROOM in deliveries else ():
+                room_phase = Phase(rooms, mode, ROOM)
+                async with gateway(cluster.nodes[0], workdir, mode, joins, ROOM) as gw:
+                    runner_gw = GatewayRunner(cluster, gw, http, code, workers, room_phase)
+                    await runner_gw.cold()
+                    await runner_gw.block(warm)
+                phases.append(room_phase)
             said = await settled_speeches(workers, phases, names)
             where = await cluster.room_nodes()
             node_label = {
@@ -961,7 +1096,7 @@ async def one_size(
                 with contextlib.suppress(api.TwirpError):
                     await lkapi.room.delete_room(api.DeleteRoomRequest(room=name))
     problems += [
-        f"{done.label}: {done.missed} room echoes missing" for done in floors if done.missed
+        f"{done.label}: {done.missed} rooms not reached" for done in floors if done.missed
     ]
     return phases, floors, problems + check(phases, names, said)
 
@@ -1013,13 +1148,20 @@ async def run(
     cluster: LiveKitCluster | None = None,
     joins: int | None = None,
     deliveries: Sequence[str] = (ROOM,),
+    floor_variants: Sequence[str] = FLOORS,
+    results: dict[str, Any] | None = None,
+    rounds: int = 4,
 ) -> Report:
     """Measure; ``cluster``: use this one instead of starting a new one; ``joins``: run the
     gateway with this ``max_concurrent_joins`` (built here as the command builds it) instead of
     the ``imaginex-context gateway`` command with its defaults; ``deliveries``: each of
-    ``DELIVERIES`` to measure (every mode with each)."""
+    ``DELIVERIES`` to measure (every mode with each), in that order; ``floor_variants``: the
+    fan-out floors to measure; ``results``: filled with the figures as data (what
+    ``--json`` writes, what ``scripts/capacity_model.py`` checks); ``rounds``: how many turns
+    the floors and the server-side deliveries take, ``warm`` requests shared between them."""
     report = Report("fan-out: one speak to N rooms through the gateway, on a 2-node cluster")
     report.notes.append(NETWORK)
+    load_before = os.getloadavg()
     phases: list[Phase] = []
     floors: list[FloorPhase] = []
     with cluster_here(cluster) as lk, tempfile.TemporaryDirectory(prefix="fanout-gw-") as tmp:
@@ -1027,7 +1169,7 @@ async def run(
         for rooms in sizes:
             try:
                 measured, floored, failures = await one_size(
-                    lk, rooms, warm, modes, Path(tmp), joins, deliveries
+                    lk, rooms, warm, modes, Path(tmp), joins, deliveries, floor_variants, rounds
                 )
             except (RuntimeError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
                 report.ok = False
@@ -1045,21 +1187,94 @@ async def run(
         add_floor_figures(report, done, floors, sizes)
     for each in phases:
         add_figures(report, each, phases, floors, sizes, floor_text, floor_p99)
+    load_after = os.getloadavg()
     report.notes.append(
-        f"{warm} warm requests per size, mode and delivery, after 1 cold; agents in <= "
+        "load average (1, 5, 15 min) at the start "
+        + ", ".join(f"{x:.2f}" for x in load_before)
+        + "; at the end "
+        + ", ".join(f"{x:.2f}" for x in load_after)
+    )
+    if results is not None:
+        results.update(
+            as_data(floors, phases, floor_samples, load_before, load_after, warm, report.ok)
+        )
+    report.notes.append(
+        f"{warm} warm requests per size, mode and delivery, after 1 cold, the floors and the "
+        f"server-side deliveries taking turns in {rounds} rounds, the room path after them; "
+        f"agents in <= "
         f"{AGENTS_PER_PROCESS} rooms per worker process; rooms alternate between the 2 nodes, "
         f"the gateway uses node A; {DELIVERY_TIMEOUT_S:g} s delivery timeout"
         + (f"; max_concurrent_joins={joins}" if joins is not None else "")
         + (
             "; server-api: SendData to node A for the rooms of both nodes, acks posted back to "
-            "the gateway over HTTP, messages signed; fan-out floors: the same SendData from "
-            "this process (sender) to the same agents, echoed by a bare POST, nothing of the "
-            "plugin or the gateway in it"
+            "the gateway over HTTP, messages signed"
             if SERVER_API in deliveries
             else ""
         )
+        + "; fan-out floors: PerformRpc or SendData from this process (sender) to the same "
+        "agents, answered by a bare RPC method or echoed by a bare POST, nothing of the plugin "
+        "or the gateway in them"
     )
     return report
+
+
+def as_data(
+    floors: Sequence[FloorPhase],
+    phases: Sequence[Phase],
+    floor_samples: Sequence[float],
+    load_before: tuple[float, float, float],
+    load_after: tuple[float, float, float],
+    warm: int,
+    ok: bool,
+) -> dict[str, Any]:
+    """The run's figures as data: times in milliseconds, CPU in milliseconds per request."""
+
+    def p(samples: Sequence[float], q: float) -> float:
+        return round(percentile(samples, q) * 1000, 3)
+
+    return {
+        "load_before": list(load_before),
+        "load_after": list(load_after),
+        "warm": warm,
+        "ok": ok,
+        "rpc_echo_ms": {"p50": p(floor_samples, 0.5), "p99": p(floor_samples, 0.99)},
+        "floors": [
+            {
+                "rooms": f.rooms,
+                "variant": f.variant,
+                "p50_ms": p(f.warm, 0.5),
+                "p99_ms": p(f.warm, 0.99),
+                "missed": f.missed,
+                "cpu_ms": {k: round(v, 2) for k, v in f.cpu_ms.items()},
+                "idle_ms_per_s": {
+                    k: round(f.measured.idle_ms_per_s(k), 1) for k in f.measured.idle
+                },
+            }
+            for f in floors
+        ],
+        "phases": [
+            {
+                "rooms": d.rooms,
+                "mode": d.mode,
+                "delivery": d.delivery,
+                "cold_ms": round(d.cold * 1000, 3),
+                "p50_ms": p(d.warm, 0.5),
+                "p99_ms": p(d.warm, 0.99),
+                "delivered": sum(a["delivered_to_rooms"] for a in d.answers),
+                "of": d.rooms * len(d.answers),
+                "cpu_ms": {k: round(v, 2) for k, v in d.cpu_ms.items()},
+                "idle_ms_per_s": {
+                    k: round(d.measured.idle_ms_per_s(k), 1) for k in d.measured.idle
+                },
+                "rss_base_mib": round(d.rss_base / 2**20, 1),
+                "rss_after_mib": round(d.rss_pooled / 2**20, 1),
+                "sockets_base": d.sockets_base,
+                "sockets_after": d.sockets_pooled,
+                "room_service_calls_per_request": round(d.calls_per_request, 2),
+            }
+            for d in phases
+        ],
+    }
 
 
 def add_floor_figures(
@@ -1076,13 +1291,20 @@ def add_floor_figures(
             f"{percentile(done.warm, 0.99) / single_p99:.2f}x" if largest else "",
         )
     )
-    cpu = done.cpu_ms
-    report.add(
-        Figure(
-            f"{done.label}: CPU ms per warm request, sender / 2 nodes / agents",
-            f"{cpu['sender']:.1f} / {cpu['livekit']:.1f} / {cpu['agents']:.1f}",
-            f"sum {sum(cpu.values()):.1f}; agents idle before {done.agents_idle:.0f} ms/s",
-        )
+    report.add(cpu_figure(f"{done.label}: CPU ms per warm request", done.measured))
+    if done.missed:
+        report.add(Figure(f"{done.label}: rooms not reached, all requests", str(done.missed)))
+
+
+def cpu_figure(name: str, measured: Measured) -> Figure:
+    """CPU per warm request of each process (group), in the order measured, and each one's
+    CPU when idle (between the blocks)."""
+    cpu = measured.cpu_ms
+    idle = " / ".join(f"{measured.idle_ms_per_s(group):.0f}" for group in cpu)
+    return Figure(
+        f"{name}, {' / '.join(cpu)}",
+        " / ".join(f"{v:.1f}" for v in cpu.values()),
+        f"sum {sum(cpu.values()):.1f}; idle before, ms/s: {idle}",
     )
 
 
@@ -1128,22 +1350,23 @@ def add_figures(
             complete and warm_p99 <= WARM_FACTOR * single_p99 if largest else None,
         )
     )
-    # server-API delivery makes one SendData per room by design: the target is on the rest
+    # server-side deliveries make one call per room by design: the target is on the rest
     finding = done.calls_per_request - done.send_data_per_request
+    per_room_call = DELIVERY_CALL.get(done.delivery)
     directory = done.mode == DIRECTORY
     report.add(
         Figure(
             f"{label}: RoomService calls per request",
             f"{done.calls_per_request:.1f}"
             + (
-                f" ({done.send_data_per_request:.1f} SendData, logged by node A / B: "
+                f" ({done.send_data_per_request:.1f} {per_room_call}, logged by node A / B: "
                 + " / ".join(f"{c:.1f}" for c in done.send_data_per_node)
                 + ")"
-                if done.delivery == SERVER_API
+                if per_room_call
                 else ""
             ),
             target=(
-                ("no per-room call (<= 1)" if done.delivery == ROOM else "<= 1 besides SendData")
+                (f"<= 1 besides {per_room_call}" if per_room_call else "no per-room call (<= 1)")
                 if directory
                 else ""
             ),
@@ -1173,16 +1396,18 @@ def add_figures(
             + (f" ({done.moved_rooms} rooms moved node)" if done.moved_rooms else ""),
         )
     )
-    cpu = done.cpu_ms
+    report.add(cpu_figure(f"{label}: CPU ms per warm request", done.measured))
+    per_room = done.cpu_ms["gateway"] / n
     report.add(
         Figure(
-            f"{label}: CPU ms per warm request, gateway / 2 nodes / agents",
-            f"{cpu['gateway']:.1f} / {cpu['livekit']:.1f} / {cpu['agents']:.1f}",
-            f"sum {sum(cpu.values()):.1f}; agents idle before {done.agents_idle:.0f} ms/s",
+            f"{label}: gateway CPU per room per request",
+            f"{per_room:.3f} ms",
+            target=f"<= {GATEWAY_MS_PER_ROOM:g} ms",
+            met=complete and per_room <= GATEWAY_MS_PER_ROOM,
         )
     )
     same_size = {f.variant: f for f in floors if f.rooms == n and f.warm}
-    if done.delivery == SERVER_API and same_size:
+    if same_size:
         # what the plugin and the gateway add to the bare transport at this size
         report.add(
             Figure(
@@ -1194,6 +1419,19 @@ def add_figures(
                 " / ".join(ms(percentile(f.warm, 0.99)) for f in same_size.values()),
             )
         )
+        bare = same_size.get(BARE_FLOOR_OF[done.delivery])
+        if bare is not None:
+            ratio = warm_p99 / percentile(bare.warm, 0.99)
+            report.add(
+                Figure(
+                    f"{label}: warm p99 over the {bare.variant} floor, rooms reached",
+                    f"{ratio:.2f}x",
+                    f"floor reached {bare.rooms * len(bare.warm) - bare.missed}/"
+                    f"{bare.rooms * len(bare.warm)}",
+                    target=f"<= {FLOOR_FACTOR:g}x, every room the floor reached",
+                    met=complete and ratio <= FLOOR_FACTOR,
+                )
+            )
 
 
 def main() -> None:
@@ -1207,9 +1445,23 @@ def main() -> None:
     parser.add_argument(
         "--delivery",
         default=ROOM,
-        help="room (join every room, the default), server-api (RoomService.SendData, acks "
-        "over HTTP), or both: room,server-api",
+        help="room (join every room, the default), server-rpc (RoomService.PerformRpc, the "
+        "ack is its answer), server-api (RoomService.SendData, acks over HTTP), or several: "
+        "server-rpc,server-api,room (measured in the order given)",
     )
+    parser.add_argument(
+        "--floors",
+        default=",".join(FLOORS),
+        help=f"fan-out floors to measure first, of: {', '.join(FLOORS)} ('' for none)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="turns the floors and the server-side deliveries take (the warm requests split "
+        "between them), so that load coming and going falls on all alike",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
     if args.agents:
         asyncio.run(agents_worker())
@@ -1223,10 +1475,25 @@ def main() -> None:
     if not deliveries or not set(deliveries) <= set(DELIVERIES):
         parser.error(f"--delivery: choose from {', '.join(DELIVERIES)}")
     modes = args.modes.split(",")
+    floor_variants = [f for f in args.floors.split(",") if f]
+    if not set(floor_variants) <= set(FLOORS):
+        parser.error(f"--floors: choose from {', '.join(FLOORS)}")
+    results: dict[str, Any] = {}
     report = asyncio.run(
-        run(sizes, args.warm, modes=modes, joins=args.joins, deliveries=deliveries)
+        run(
+            sizes,
+            args.warm,
+            modes=modes,
+            joins=args.joins,
+            deliveries=deliveries,
+            floor_variants=floor_variants,
+            results=results,
+            rounds=max(1, min(args.rounds, args.warm)),
+        )
     )
     report.print()
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
     sys.exit(0 if report.ok else 1)
 
 

@@ -8,26 +8,25 @@ request. A token for ``SendData`` or ``PerformRpc`` may name one room only (Live
 their lifetime: a token in use always has at least ``TOKEN_TTL / 2`` left, far more than any
 call's deadline.
 
-The POST is ours, not ``livekit-api``'s ``TwirpClient``: that one replays a request that met a
-5xx or a transport error against another region, which for ``PerformRpc`` would deliver a
-message twice behind our back. Here a call is made once, and its caller decides.
+The POST is ours (:mod:`.http1`), not ``livekit-api``'s ``TwirpClient``: that one replays a
+request that met a 5xx or a transport error against another region, which for ``PerformRpc``
+would deliver a message twice behind our back; and an aiohttp request costs about three times
+the CPU, which a fan-out pays per room. Here a call is made once, and its caller decides.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Final, TypeVar
-from urllib.parse import urlparse
 
-import aiohttp
 from google.protobuf.message import Message
 from livekit import api
 
 from ..expiring import ExpiringCache
+from .http1 import Http1Client
 from .settings import LiveKitSettings
 
 TOKEN_TTL: Final = timedelta(minutes=10)
@@ -37,19 +36,12 @@ MAX_ROOM_TOKENS: Final = 10_000
 when next needed."""
 MAX_CONNECTIONS: Final = 1_000
 """Most HTTP connections to LiveKit at once. A ``PerformRpc`` holds its connection until the
-agent answers, so a fan-out needs one per room in flight (aiohttp's default is 100)."""
+agent answers, so a fan-out needs one per room in flight."""
 
 _PATH: Final = "/twirp/livekit.RoomService/"
 _PROTOBUF: Final = "application/protobuf"
 
 _M = TypeVar("_M", bound=Message)
-
-
-def http_base(url: str) -> str:
-    """The HTTP(S) base URL of a LiveKit server given as ``ws(s)://`` or ``http(s)://``."""
-    parsed = urlparse(url)
-    scheme = {"ws": "http", "wss": "https"}.get(parsed.scheme, parsed.scheme)
-    return f"{scheme}://{parsed.netloc}{parsed.path}".rstrip("/")
 
 
 def twirp_error(status: int, body: bytes) -> api.TwirpError:
@@ -66,9 +58,10 @@ def twirp_error(status: int, body: bytes) -> api.TwirpError:
 class RoomService:
     """Twirp calls to ``livekit.RoomService``, each about one room, with per-room cached tokens.
 
-    Errors: :class:`livekit.api.TwirpError` for an answer other than 200,
-    ``aiohttp.ClientError`` (or ``OSError``) when the server cannot be reached, and
-    ``asyncio.TimeoutError`` when the call's deadline passes (LiveKit may have acted on it).
+    Errors: :class:`livekit.api.TwirpError` for an answer other than 200, ``OSError`` (a
+    ``ConnectionError`` mostly) when the server cannot be reached or the answer is cut short,
+    and ``asyncio.TimeoutError`` when the call's deadline passes (LiveKit may have acted on
+    it).
 
     Args:
         settings: The LiveKit server and the API key pair that signs the tokens.
@@ -79,11 +72,10 @@ class RoomService:
         self, settings: LiveKitSettings, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._settings = settings
-        self._base = http_base(settings.url) + _PATH
         self._tokens: ExpiringCache[str] = ExpiringCache(
             ttl_s=TOKEN_TTL.total_seconds() / 2, max_entries=MAX_ROOM_TOKENS, clock=clock
         )
-        self._session: aiohttp.ClientSession | None = None
+        self._http: Http1Client | None = None
         self.tokens_signed = 0
         """How many tokens were signed so far (one per room per ``TOKEN_TTL / 2``)."""
 
@@ -106,27 +98,19 @@ class RoomService:
     ) -> _M:
         """``RoomService.{method}`` about ``room``, within ``timeout`` seconds (connecting
         included); the answer parsed as ``answer``."""
-        if self._session is None:
-            # made on first use, inside the running loop the session binds to
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS)
-            )
+        if self._http is None:
+            # made on first use, inside the running loop its connections belong to
+            self._http = Http1Client(self._settings.url, max_connections=MAX_CONNECTIONS)
         headers = {"Authorization": self._authorization(room), "Content-Type": _PROTOBUF}
-        status, body = await asyncio.wait_for(
-            self._post(self._session, method, request.SerializeToString(), headers), timeout
+        status, body = await self._http.post(
+            _PATH + method, request.SerializeToString(), headers, timeout=timeout
         )
         if status != 200:
             raise twirp_error(status, body)
         return answer.FromString(body)
 
-    async def _post(
-        self, session: aiohttp.ClientSession, method: str, data: bytes, headers: dict[str, str]
-    ) -> tuple[int, bytes]:
-        async with session.post(self._base + method, data=data, headers=headers) as response:
-            return response.status, await response.read()
-
     async def aclose(self) -> None:
-        """Close the HTTP session. Idempotent."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        """Close the connections to LiveKit. Idempotent."""
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()

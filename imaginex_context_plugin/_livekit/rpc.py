@@ -16,7 +16,6 @@ import re
 from dataclasses import dataclass, replace
 from typing import Final
 
-import aiohttp
 from livekit import api, rtc
 
 from ..errors import ErrorCode
@@ -153,7 +152,7 @@ def rpc_failure(
 
 
 def server_rpc_failure(
-    exc: api.TwirpError | aiohttp.ClientError | OSError | asyncio.TimeoutError,
+    exc: api.TwirpError | OSError | asyncio.TimeoutError,
     *,
     agent: str,
     request_id: str | None = None,
@@ -163,7 +162,7 @@ def server_rpc_failure(
     through :data:`RPC_FAILURES`. No answer in time is ``RESPONSE_TIMEOUT``; LiveKit out of
     reach is ``SEND_FAILED``."""
     code: int
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):  # one class from Python 3.11
         code = _Rpc.RESPONSE_TIMEOUT
     elif not isinstance(exc, api.TwirpError):
         code = _Rpc.SEND_FAILED

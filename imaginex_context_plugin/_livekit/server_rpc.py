@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 from livekit import api
 from livekit.protocol.room import PerformRpcRequest, PerformRpcResponse
 
@@ -29,7 +28,7 @@ class ServerRpc(RoomService):
 
         Raises:
             livekit.api.TwirpError: LiveKit's refusal, or the RPC's failure.
-            aiohttp.ClientError: LiveKit could not be reached.
+            OSError: LiveKit could not be reached, or its answer was cut short.
             asyncio.TimeoutError: No answer within ``timeout``.
         """
         request = PerformRpcRequest(
@@ -64,5 +63,5 @@ class ServerRpc(RoomService):
         """
         try:
             return await self.perform(room, agent, RPC_METHOD, payload, timeout=timeout)
-        except (api.TwirpError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (api.TwirpError, OSError, asyncio.TimeoutError) as exc:
             raise server_rpc_failure(exc, agent=agent, request_id=request_id) from None

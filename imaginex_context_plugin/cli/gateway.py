@@ -35,8 +35,9 @@ from ..gateway.run import DEFAULT_HOST, DEFAULT_PORT, run_gateway
 from ..security import RateLimit
 from .parameters import FiniteFloatRange, api_secret_warning_once
 
-DELIVERIES: Final = ("room", "server-api")
-"""``--delivery``: over room connections (the default), or ``RoomService.SendData``."""
+DELIVERIES: Final = ("room", "server-api", "server-rpc")
+"""``--delivery``: over room connections (the default), ``RoomService.SendData`` or
+``RoomService.PerformRpc``."""
 
 
 @click.command("gateway")
@@ -87,7 +88,8 @@ DELIVERIES: Final = ("room", "server-api")
     type=click.Choice(DELIVERIES),
     default=DELIVERIES[0],
     show_default=True,
-    help="room: join each room and call the agent by RPC; server-api: RoomService.SendData, "
+    help="room: join each room and call the agent by RPC; server-rpc: RoomService.PerformRpc, "
+    "no room joined, the agent's ack is the RPC's answer; server-api: RoomService.SendData, "
     "no room joined, the agents post their answers to --public-url (they must allow it with "
     "ContextPlugin(reply_urls=...)); needs IMAGINEX_SIGNING_SECRET.",
 )
@@ -229,6 +231,7 @@ def gateway_command(
             public_url=public_url,
             max_rooms=max_rooms,
             max_concurrent_joins=max_concurrent_joins,
+            server_rpc=delivery == "server-rpc",
         )
     except ConfigError as exc:  # checked before anything starts
         raise click.ClickException(str(exc)) from None

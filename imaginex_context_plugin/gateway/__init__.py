@@ -34,6 +34,7 @@ from .delivery import (
     LiveKitBackend,
     ReplyInbox,
     ServerApiBackend,
+    ServerRpcBackend,
 )
 from .directory import AgentDirectory, MemoryAgentDirectory, RedisAgentDirectory
 from .http.app import (
@@ -85,6 +86,7 @@ __all__ = [
     "ReplyInbox",
     "RoomDirectory",
     "ServerApiBackend",
+    "ServerRpcBackend",
     "StateUnavailable",
     "build_openapi",
     "create_app",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
     from livekit.agents.voice import AgentSession
 
 _SHUTTING_DOWN: Final = "The agent is shutting down."
+_UUID4: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _UNREADABLE: Final = "The message could not be read."
 
 
@@ -418,6 +420,11 @@ class ContextPlugin:
         if isinstance(admitted, ErrorAck):
             self._outbox.record_refusal(admitted, data.caller_identity)
             return admitted.model_dump_json()
+        if _made_up_by_livekit(data.caller_identity, self._room):
+            # a server-API RPC (RoomService.PerformRpc): LiveKit calls under a fresh UUID that
+            # is nobody in the room, so, as for a server-API packet, there is nobody to send
+            # speech events to; the answer is the RPC's return value all the same
+            admitted.sender = None
         admitted.reply = asyncio.get_running_loop().create_future()
         self._dispatch(admitted)  # a get_state answered at once leaves the reply done
         # shield: if the caller gives up, the consumer still applies and records the message
@@ -498,3 +505,12 @@ def _session_age_s(session: AgentSession[Any]) -> float:
     if not isinstance(started_at, int | float):
         return 0.0
     return max(0.0, time.time() - started_at)
+
+def _made_up_by_livekit(caller: str, room: rtc.Room | None) -> bool:
+    """Whether an RPC's caller is the identity LiveKit makes up for ``RoomService.PerformRpc``
+    (a fresh UUID, nobody in the room; docs/livekit.md) rather than a participant."""
+    return (
+        room is not None
+        and caller not in room.remote_participants
+        and _UUID4.fullmatch(caller) is not None
+    )

@@ -197,6 +197,7 @@ class SessionEvents:
         if since_seq is not None:
             self._request["since_seq"] = since_seq
         self._since_seq = since_seq
+        self._last_out: int | None = None
         self._queue_size = queue_size
         self._timeout = timeout
         self._sink: EventSink | None = None
@@ -247,10 +248,10 @@ class SessionEvents:
     @property
     def last_seq(self) -> int | None:
         """The ``seq`` to resume after (``subscribe(since_seq=...)``): the last event's that
-        arrived, else the snapshot's, else the ``since_seq`` this subscription began from."""
-        sink = self._sink
-        if sink is not None and sink.last_seq is not None:
-            return sink.last_seq
+        was handed out, else the snapshot's, else the ``since_seq`` this subscription began
+        from. Events that arrived but were not read yet come again on a resume."""
+        if self._last_out is not None:
+            return self._last_out
         snapshot = self._ack.data.snapshot if self._ack is not None else None
         if snapshot is not None and self._since_seq is None:
             return snapshot.seq
@@ -359,6 +360,8 @@ class SessionEvents:
         if lost:
             item = item.model_copy(update={"dropped": (item.dropped or 0) + lost})
         self._dropped += item.dropped or 0
+        if item.seq is not None:
+            self._last_out = item.seq
         if isinstance(item, CallEndedEvent):
             self._ended = item
         return item

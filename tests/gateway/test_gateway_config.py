@@ -310,3 +310,25 @@ def test_without_the_redis_package_replicas_say_how_to_get_it() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert "pip install 'imaginex-context-plugin[redis]'" in result.stdout
+
+
+def test_the_writer_validates_once_per_fan_out_and_writes_each_room_as_from_scratch() -> None:
+    """The request is validated once and copied per room: each room's text is exactly what a
+    fresh writer makes of it, and another request, id or code is never served the last one."""
+    speak = Outgoing("speak", {"type": "speak", "message": "Hé \u2014 hi", "priority": "high"})
+    context = Outgoing("add-context", {"type": "add_context", "context": "Gold."})
+    writer = MessageWriter(signing_secret=None)
+    calls = [
+        (speak, "id-1", "A1", "room-1"),
+        (speak, "id-1", "A1", "room-2"),
+        (speak, "id-1", "A1", None),
+        (speak, "id-2", "A1", "room-1"),
+        (speak, "id-2", "B2", "room-1"),
+        (context, "id-2", "B2", "room-1"),
+        (speak, "id-1", "A1", "room-3"),
+    ]
+    for outgoing, request_id, code, room in calls:
+        fresh = MessageWriter(signing_secret=None).write(outgoing, request_id, code, room)
+        assert writer.write(outgoing, request_id, code, room) == fresh
+        obj = json.loads(fresh)
+        assert (obj["id"], obj["agent_code"], obj.get("room_id")) == (request_id, code, room)

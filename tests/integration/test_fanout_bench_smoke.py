@@ -3,10 +3,10 @@ never rots.
 
 No timing is asserted: the figures come from running the benchmark itself. What is asserted is
 its correctness check (every room reached by every request, cold and warm, each message spoken
-once), that every figure is there for both ways of finding agents and both ways of delivering
-(room connections and the server API), that the fan-out floors (the bare transport, with and
-without ``say()``) were echoed by every room and are compared with, and that the server API
-reached node B's rooms through node A.
+once), that every figure is there for both ways of finding agents and the three ways of
+delivering (room connections, ``PerformRpc``, ``SendData``), that the fan-out floors (bare
+PerformRpc and bare SendData, with and without ``say()``) reached every room and are compared
+with, and that the server-side deliveries reached node B's rooms through node A.
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ KINDS = [
     "gateway RSS idle -> pooled",
     "gateway sockets idle -> pooled",
     "rooms reached on node A / node B, all requests",
-    "CPU ms per warm request, gateway / 2 nodes / agents",
+    "CPU ms per warm request, gateway / node A / node B / agents",
+    "gateway CPU per room per request",
 ]
-FLOOR_KINDS = ["warm", "CPU ms per warm request, sender / 2 nodes / agents"]
-"""The fan-out floors' figures (measured when server-API delivery is)."""
+FLOOR_KINDS = ["warm", "CPU ms per warm request, sender / node A / node B / agents"]
+"""The fan-out floors' figures (every floor, at every size)."""
+DELIVERIES = ("server-rpc", "server-api", "room")
+"""In the order the report gives them: the server-side ones take turns, the room path after."""
 
 
 def _label(n: int, mode: str, delivery: str) -> str:
@@ -47,7 +50,7 @@ async def test_bench_fanout_runs_and_every_figure_is_there(
         warm=WARM,
         floor_requests=5,
         cluster=livekit_cluster,
-        deliveries=("room", "server-api"),
+        deliveries=DELIVERIES,
     )
     assert report.ok, report.notes
     expected = (
@@ -61,10 +64,13 @@ async def test_bench_fanout_runs_and_every_figure_is_there(
         + [
             f"{_label(n, mode, delivery)}: {kind}"
             for n in SIZES
-            for delivery in ("room", "server-api")
+            for delivery in DELIVERIES
             for mode in ("directory", "scan")
-            for kind in KINDS
-            + ([f"warm p99 over the fan-out floors' at {n} rooms"] if delivery != "room" else [])
+            for kind in [
+                *KINDS,
+                f"warm p99 over the fan-out floors' at {n} rooms",
+                f"warm p99 over the {bench_fanout.BARE_FLOOR_OF[delivery]} floor, rooms reached",
+            ]
         ]
     )
     assert [figure.name.split(" (")[0].split(", p50")[0] for figure in report.figures] == [
@@ -74,10 +80,10 @@ async def test_bench_fanout_runs_and_every_figure_is_there(
     directory_calls = [
         f for f in report.figures if ", directory" in f.name and "RoomService calls" in f.name
     ]
-    assert len(directory_calls) == 2 * len(SIZES)
+    assert len(directory_calls) == len(DELIVERIES) * len(SIZES)
     assert all(f.met for f in directory_calls)
     for n in SIZES:
-        for delivery in ("room", "server-api"):
+        for delivery in DELIVERIES:
             for mode in ("directory", "scan"):
                 label = _label(n, mode, delivery)
                 # cold: every room; all requests (cold + warm): every room on each node
@@ -94,18 +100,20 @@ async def test_bench_fanout_runs_and_every_figure_is_there(
                 for node in per_node:
                     rooms_there = n // 2 if n > 1 else 1
                     assert parts[node] == f"{rooms_there * (WARM + 1)}/{rooms_there * (WARM + 1)}"
-                cpu = values[f"{label}: CPU ms per warm request, gateway / 2 nodes / agents"]
-                assert [float(x) >= 0 for x in cpu.value.split(" / ")] == [True] * 3, cpu.value
-    # the fan-out floors: every room echoed every request (else the report is not ok), and
-    # each server-API phase compares itself with both at its size
+                cpu = values[f"{label}: {KINDS[6]}"]
+                assert [float(x) >= 0 for x in cpu.value.split(" / ")] == [True] * 4, cpu.value
+    # the fan-out floors: every room answered every request (else the report is not ok), and
+    # each phase compares itself with all of them at its size
     for n in SIZES:
         for variant in bench_fanout.FLOORS:
             cpu = values[f"{n} rooms, {variant}: {FLOOR_KINDS[1]}"]
-            assert [float(x) >= 0 for x in cpu.value.split(" / ")] == [True] * 3, cpu.value
-        label = _label(n, "directory", "server-api")
-        over = values[f"{label}: warm p99 over the fan-out floors' at {n} rooms"]
-        assert over.value.count("x ") == len(bench_fanout.FLOORS), over.value
-    # server-API delivery: one SendData per room and request, all made on node A (the gateway's)
+            assert [float(x) >= 0 for x in cpu.value.split(" / ")] == [True] * 4, cpu.value
+        for delivery in DELIVERIES:
+            label = _label(n, "directory", delivery)
+            over = values[f"{label}: warm p99 over the fan-out floors' at {n} rooms"]
+            assert over.value.count("x ") == len(bench_fanout.FLOORS), over.value
+    # server-side deliveries: one call per room and request, all made on node A (the gateway's)
     for n in SIZES:
-        calls = values[f"{_label(n, 'directory', 'server-api')}: RoomService calls per request"]
-        assert f"{n:.1f} SendData, logged by node A / B: {n:.1f} / 0.0" in calls.value
+        for delivery, call in (("server-api", "SendData"), ("server-rpc", "PerformRpc")):
+            calls = values[f"{_label(n, 'directory', delivery)}: RoomService calls per request"]
+            assert f"{n:.1f} {call}, logged by node A / B: {n:.1f} / 0.0" in calls.value

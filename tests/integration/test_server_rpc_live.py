@@ -401,6 +401,39 @@ async def test_trust_rests_on_the_signature(livekit: ServerInfo) -> None:
         await rpc.aclose()
 
 
+async def test_the_made_up_caller_gets_no_speech_events_and_cannot_subscribe(
+    livekit: ServerInfo,
+) -> None:
+    """As for a server-API packet, nobody in the room made the call: the answer is the RPC's
+    return value, and nothing else is sent to a made-up identity."""
+    rpc = server_rpc(livekit)
+    try:
+        async with live_agent(livekit, secret=SECRET, permissions={SENDER: {"*"}}) as agent:
+            await wait_until(agent.code_listed, "the agent code is published")
+            answer = json.loads(
+                await rpc.call_agent(
+                    agent.room_name, AGENT_IDENTITY, signed("speak", "ev-1", message="Hi."),
+                    timeout=5,
+                )
+            )
+            assert answer["success"] is True, answer
+            await wait_until(lambda: agent.said() == ["Hi."], "spoken")
+            refused = json.loads(
+                await rpc.call_agent(
+                    agent.room_name,
+                    AGENT_IDENTITY,
+                    signed("subscribe", "sub-1", events=["agent_state"]),
+                    timeout=5,
+                )
+            )
+            assert (refused["success"], refused["error"]) == (False, "VALIDATION_ERROR")
+            assert "Only a participant can subscribe" in refused["message"]
+            await asyncio.sleep(0.5)  # the speech's events would have gone by now
+            assert agent.plugin.stats.events_sent == 0
+    finally:
+        await rpc.aclose()
+
+
 async def test_either_node_of_a_cluster_reaches_an_agent_on_the_other(
     livekit_cluster: LiveKitCluster,
 ) -> None:

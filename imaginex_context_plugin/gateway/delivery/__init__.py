@@ -2,8 +2,10 @@
 
 ``agent_backend`` is the seam (:class:`AgentBackend`, and what a delivery may offer beyond it);
 ``room_delivery`` delivers over pooled room connections (``room_pool``) and finds agents for
-every delivery; ``server_api_delivery`` delivers through ``RoomService.SendData``, its agents
-answering over HTTP. A new delivery is one more module implementing :class:`AgentBackend`.
+every delivery; ``server_rpc_delivery`` delivers through ``RoomService.PerformRpc``, the
+agent's ack being the RPC's answer; ``server_api_delivery`` delivers through
+``RoomService.SendData``, its agents answering over HTTP. A new delivery is one more module
+implementing :class:`AgentBackend`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .agent_backend import (
 from .room_delivery import DEFAULT_GATEWAY_IDENTITY, LiveKitBackend
 from .room_pool import DEFAULT_MAX_CONCURRENT_JOINS, DEFAULT_MAX_ROOMS, RoomPool
 from .server_api_delivery import ReplyInbox, ServerApiBackend
+from .server_rpc_delivery import ServerRpcBackend
 
 __all__ = [
     "DEFAULT_GATEWAY_IDENTITY",
@@ -33,5 +36,6 @@ __all__ = [
     "RoomHolder",
     "RoomPool",
     "ServerApiBackend",
+    "ServerRpcBackend",
     "WebhookSource",
 ]
