@@ -206,6 +206,7 @@ async def test_the_events_stream_resumes_on_another_replica(
         )
         assert response.status == 200, await response.text()
 
+    await wait_until(agent.code_listed, "the agent's code attribute to reach RoomService")
     control = await open_on(a)
     watcher = await open_on(a)
     await wait_until(lambda: DEFAULT_GATEWAY_IDENTITY in agent.plugin.subscribers)
