@@ -90,6 +90,29 @@ export function isErrorAck(message: ServerMessage): message is ErrorAck {
 
 const SPEECH_EVENTS: ReadonlySet<string> = new Set(["speech_started", "speech_finished", "speech_failed"]);
 
+/** The protocol version this client speaks: sent in every request as `protocol`. */
+export const PROTOCOL_VERSION = "1.3";
+/** v1.3: the default of a speak's `start_within_s` at the agent, in seconds. */
+export const DEFAULT_START_WITHIN_S = 30;
+/** v1.3: the largest clip an agent takes for `speak{audio}`, in bytes, and the longest. */
+export const MAX_CLIP_BYTES = 4 * 1024 * 1024;
+export const MAX_CLIP_S = 30;
+/** v1.3: the byte stream topic a clip travels on. */
+export const AUDIO_STREAM_TOPIC = "imaginex.audio";
+
+const EVENT_KINDS: Readonly<Record<string, string>> = {
+  speech_started: "speech",
+  speech_finished: "speech",
+  speech_failed: "speech",
+  context_used: "context",
+  context_dropped: "context",
+};
+
+/** The name a subscription uses for events of `type` (`speech`, `context`, or the type itself). */
+export function eventKind(type: string): string {
+  return EVENT_KINDS[type] ?? type;
+}
+
 /** `speech_started`, `speech_finished` or (v1.3) `speech_failed`. */
 export function isSpeechEvent(message: ServerMessage): message is SpeechEvent {
   return SPEECH_EVENTS.has(message.type);
