@@ -193,7 +193,11 @@ class ContextPlugin:
         self._writer = AckWriter(self._agent_code, self._room_name)
         self._events = EventLog(event_buffer)
         self._subscribers = Subscribers(
-            writer=self._writer, stats=self.stats, log=self._events, send=self._outbox.send
+            writer=self._writer,
+            stats=self.stats,
+            log=self._events,
+            send=self._outbox.send,
+            send_payload=self._outbox.send_payload,
         )
         self._admission = Admission(
             agent_code=self._agent_code,

@@ -92,6 +92,11 @@ SnapshotMaker = Callable[[int, Callable[[Snapshot], bytes]], Snapshot]
 """Makes the call's snapshot at a ``seq``, cut until ``encode(snapshot)`` fits one packet."""
 DirectSend = Callable[[str | None, ServerMessage], None]
 """Sends an event to one identity outside any subscription (``Outbox.send``)."""
+PayloadSend = Callable[[str, bytes], None]
+"""Sends an event's JSON, written directly, to one identity (``Outbox.send_payload``)."""
+LazyEvent = tuple[str | None, bool, tuple[Any, ...]]
+"""One event for :meth:`Subscribers.publish_lazy_many`: ``to``, ``send_to``, the factory's
+arguments (``seq`` first)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -196,15 +201,26 @@ class Subscribers:
         stats: Where sent and dropped events are counted.
         log: Numbers and keeps every event.
         send: Sends an event to an identity that is not subscribed (``Outbox.send``).
+        send_payload: Sends an event's JSON written directly (``Outbox.send_payload``);
+            default: ``send`` it as a success answer.
     """
 
     def __init__(
-        self, *, writer: AckWriter, stats: PluginStats, log: EventLog, send: DirectSend
+        self,
+        *,
+        writer: AckWriter,
+        stats: PluginStats,
+        log: EventLog,
+        send: DirectSend,
+        send_payload: PayloadSend | None = None,
     ) -> None:
         self._writer = writer
         self._stats = stats
         self._log = log
         self._send = send
+        self._send_payload: PayloadSend = send_payload or (
+            lambda to, payload: send(to, Success(payload))  # type: ignore[arg-type]
+        )
         self._subs: dict[str, Subscription] = {}
         self._transport: AckTransport | None = None
         self._snapshot: SnapshotMaker | None = None
@@ -262,26 +278,35 @@ class Subscribers:
         if kind is not None and subs:
             self._offer_kind(event, kind, skip=to)
 
-    def publish_lazy(
+    def publish_lazy_many(
         self,
-        seq: int,
         factory: Callable[..., Event],
-        args: tuple[Any, ...],
+        encode: Callable[..., bytes],
+        events: list[LazyEvent],
         *,
         kind: str,
-        to: str | None,
-        send_to: bool,
     ) -> None:
-        """Like :meth:`publish`, for an event built only if someone gets it now: when nobody
-        does, it is kept unbuilt until a replay asks for it."""
-        logged = LoggedEvent(seq, to, kind, None, (factory, args))
-        self._log.keep(logged)
-        subs = self._subs
-        if not subs:
-            if send_to and to is not None:
-                self._send(to, logged.event)
+        """Like :meth:`publish`, for events built only if someone gets them now: when nobody
+        does, each is kept unbuilt until a replay asks for it. ``events`` are numbered already,
+        in order. ``encode(*args)`` writes an event's JSON without building it, for the one
+        identity it goes to when nobody subscribes (the add_context burst: one per message)."""
+        keep = self._log.keep
+        if self._subs:
+            for to, send_to, args in events:
+                logged = LoggedEvent(args[0], to, kind, None, (factory, args))
+                keep(logged)
+                self._publish_built(logged.event, kind, to, send_to)
             return
-        event = logged.event
+        send_payload = self._send_payload
+        # all kept before any is sent: a transport that calls back cannot number in between
+        for to, _, args in events:
+            keep(LoggedEvent(args[0], to, kind, None, (factory, args)))
+        for to, send_to, args in events:
+            if send_to and to is not None:
+                send_payload(to, encode(*args))
+
+    def _publish_built(self, event: Event, kind: str, to: str | None, send_to: bool) -> None:
+        subs = self._subs
         if to is not None:
             sub = subs.get(to)
             if sub is not None and kind in sub.events:

@@ -10,11 +10,16 @@ import asyncio
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from livekit import rtc
 from livekit.agents import Agent, llm
+from pydantic_core import PydanticSerializationError
 
 from imaginex_context_plugin import ContextBudget, ContextPlugin
 from imaginex_context_plugin.context import ENTRY_ID_PREFIX, ContextStore
+from imaginex_context_plugin.protocol import ContextDroppedEvent, encode_message
+from imaginex_context_plugin.receiver.context_use import _dropped, _dropped_json
 from tests.conftest import (
     AGENT_CODE,
     AGENT_IDENTITY,
@@ -299,3 +304,82 @@ def test_departures_wait_for_the_commit_and_a_rollback_forgets_them() -> None:
     store.add("c", request_id="c")
     store.commit()
     assert left == [("a", "evicted")]
+
+
+# ---------------------------------------------------------------------------------------------
+# the context_dropped JSON written directly (the burst's hot path) is the model's, byte for byte
+
+DROP_REASONS = ("removed", "replaced", "expired", "evicted", "session_closed")
+AWKWARD = [
+    "",
+    "plain",
+    'say "hi"',
+    "back\\slash \\u0041 not an escape",
+    "Zoë, 東京, 🙂, \u00a0nbsp, \u2028 line sep, \u2029 para sep",
+    "".join(chr(c) for c in range(0x20)) + "\x7f",
+    "\b\f\n\r\t",
+    "</script><!-- & ' -->",
+]
+
+
+def both_ways(args: tuple[Any, ...]) -> tuple[bytes, bytes]:
+    direct = _dropped_json(*args)
+    model = encode_message(_dropped(*args))
+    assert model == ContextDroppedEvent(
+        seq=args[0], t_ms=args[1], timestamp=args[2], entry_id=args[3], key=args[4],
+        request_id=args[5], reason=args[6],
+    ).model_dump_json().encode()
+    return direct, model
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+@pytest.mark.parametrize("reason", DROP_REASONS)
+def test_dropped_json_is_the_models_serialization(text: str, reason: str) -> None:
+    for key, request_id in ((text, text), (None, None), (text, None), (None, text)):
+        args = (7, 1234, "2026-12-07T06:32:33.123Z", f"{ENTRY_ID_PREFIX}{text}", key,
+                request_id, reason)
+        direct, model = both_ways(args)
+        assert direct == model
+
+
+@given(
+    seq=st.integers(min_value=0, max_value=2**53),
+    t_ms=st.integers(min_value=0, max_value=2**53),
+    entry_id=st.text(st.characters(exclude_categories=["Cs"])),
+    key=st.none() | st.text(st.characters(exclude_categories=["Cs"])),
+    request_id=st.none() | st.text(st.characters(exclude_categories=["Cs"])),
+    reason=st.sampled_from(DROP_REASONS),
+)
+def test_dropped_json_matches_the_model_for_any_text(
+    seq: int, t_ms: int, entry_id: str, key: str | None, request_id: str | None, reason: str
+) -> None:
+    args = (seq, t_ms, "2026-12-07T06:32:33.123Z", entry_id, key, request_id, reason)
+    direct, model = both_ways(args)
+    assert direct == model
+
+
+def test_a_lone_surrogate_fails_both_ways_alike() -> None:
+    # a lone surrogate cannot be UTF-8: neither writer sends it (the wire's parser never
+    # yields one, but if it did, the direct writer must not send what the model would not)
+    args = (1, 1, "2026-12-07T06:32:33.123Z", "ctx_x", "\ud800", None, "evicted")
+    with pytest.raises(UnicodeEncodeError):
+        _dropped_json(*args)
+    with pytest.raises(PydanticSerializationError, match="surrogates not allowed"):
+        encode_message(_dropped(*args))
+
+
+async def test_a_v1_3_sender_without_subscription_gets_the_pinned_bytes(
+    make_harness: HarnessFactory,
+) -> None:
+    """End to end on the burst path (no subscriber: written directly): what the sender gets
+    parses to the model's dump, awkward key and request id included."""
+    harness = await make_harness(context_budget=ContextBudget(max_entries=1))
+    awkward = 'k "é" \\ \n \u0001 🙂'
+    await add(harness.backend, f"first {awkward}", "one", key=awkward, **V13)
+    await add(harness.backend, "second", "two", **V13)
+    await wait_until(lambda: len(context_events(harness.backend)) == 1, "a context_dropped")
+    (dropped,) = context_events(harness.backend)
+    assert ContextDroppedEvent.model_validate(dropped).model_dump() == dropped
+    assert (dropped["key"], dropped["request_id"], dropped["reason"]) == (
+        awkward, f"first {awkward}", "evicted",
+    )
