@@ -73,7 +73,9 @@ export interface EventsOptions {
   /**
    * v1.3: when the stream breaks off before `call_ended` (a network blip, a replica going away),
    * open it again with `Last-Event-ID` (on whatever replica answers): nothing missing, nothing
-   * twice. Up to this many times in a row, 0.5 s apart and doubling. Default 0: no resuming.
+   * twice. Up to this many times in a row without an event between, 0.5 s apart and doubling;
+   * then the stream throws `GATEWAY_UNREACHABLE` (`retryable`: call again with `lastEventId`).
+   * Default 0: no resuming.
    */
   resumeAttempts?: number;
 }
@@ -184,6 +186,7 @@ export class GatewayClient {
     if (options.toolArguments) url.searchParams.set("tool_arguments", "true");
     let last = options.lastEventId ?? null;
     const attempts = options.resumeAttempts ?? 0;
+    let lastError: unknown = null;
     for (let failures = 0; ; ) {
       let ended = false;
       let progressed = false;
@@ -205,10 +208,18 @@ export class GatewayClient {
         // a refusal (an HTTP answer) is final; a broken connection is worth resuming
         if (error instanceof GatewayError && error.status !== 0) throw error;
         if (options.signal?.aborted || attempts === 0) throw error;
+        lastError = error;
       }
       if (ended) return;
       failures = progressed ? 1 : failures + 1;
-      if (failures > attempts) return;
+      if (failures > attempts) {
+        // given up: never a quiet end, which would read as the call being over
+        throw new GatewayError(
+          "GATEWAY_UNREACHABLE",
+          `The events stream broke off ${failures} times in a row before call_ended; resuming was given up.`,
+          { status: 0, retryable: true, cause: lastError },
+        );
+      }
       await sleep(500 * 2 ** (failures - 1));
     }
   }

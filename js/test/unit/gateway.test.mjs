@@ -179,3 +179,24 @@ test("v1.3: without resumeAttempts a broken stream is an error; a refusal on res
   }, (e) => e instanceof GatewayError && e.status === 404);
   await server.close();
 });
+
+test("v1.3: resumeAttempts bounds the resumes in a row without an event, then it is an error", async () => {
+  const first = (response) => {
+    response.writeHead(200, { "content-type": "text/event-stream" });
+    response.write('id: 1\nevent: agent_state\ndata: {"type":"agent_state","seq":1}\n\n');
+    setTimeout(() => response.destroy(), 20);
+  };
+  const empty = (response) => {
+    response.writeHead(200, { "content-type": "text/event-stream" });
+    setTimeout(() => response.destroy(), 20);
+  };
+  const server = await serve([first, empty, empty, empty]);
+  const gateway = new GatewayClient({ baseUrl: server.baseUrl, apiSecret: "s3cret" });
+  const seen = [];
+  await assert.rejects(async () => {
+    for await (const event of gateway.events("A1", { roomId: "r", resumeAttempts: 2 })) seen.push(event.seq);
+  }, (e) => e instanceof GatewayError && e.code === "GATEWAY_UNREACHABLE" && e.retryable && /broke off 3 times in a row/.test(e.message));
+  assert.deepEqual(seen, [1]);
+  assert.deepEqual(server.requests.map((r) => r.headers["last-event-id"]), [undefined, "1", "1"]);
+  await server.close();
+});

@@ -332,3 +332,114 @@ test("v1.3: subscribe({ sinceSeq }) resumes: replayed events once, lastSeq, the 
   assert.equal(events.lastSeq, 35);
   await assert.rejects(client.subscribe({ sinceSeq: -1 }), /sinceSeq/);
 });
+
+test("v1.3: every speech_failed reason says what happened; only not_started is worth a retry", async () => {
+  const reasons = {
+    not_started: "The speech did not start in time (start_within_s) and was cancelled.",
+    tts_error: "The speech failed: the agent's TTS failed.",
+    llm_error: "The speech failed: the agent's model failed to phrase it.",
+    session_closed: "The speech did not play out: the agent's session closed first.",
+    cancelled: "The speech was cancelled before it played out.",
+    avatar_left: "The speech did not play out: the avatar playing it left the room.",
+  };
+  const { agent, client } = setup();
+  for (const [reason, sentence] of Object.entries(reasons)) {
+    const id = `f-${reason}`;
+    const speech = await client.speak("Hi.", { id });
+    // the end arrives before anyone waits: a later wait still learns it
+    agent.send({ type: "speech_failed", seq: 1, t_ms: 1, id, speech_id: `speech_${id}`, reason, started: false, timestamp: TS });
+    await assert.rejects(speech.finished(), (e) =>
+      e instanceof SpeechFailedError && e instanceof ContextError && e.code === "SPEECH_FAILED" &&
+      e.reason === reason && e.message === sentence && e.retryable === (reason === "not_started") &&
+      e.requestId === id && e.event.reason === reason && e.accepted === speech.ack);
+    await assert.rejects(client.waitForPlayout(id), (e) => e instanceof SpeechFailedError && e.reason === reason);
+  }
+});
+
+test("v1.3: a wait that runs out while the agent's pending list was cut says it cannot tell", async () => {
+  const { agent, client } = setup({ playoutTimeoutMs: 100 });
+  const speech = await client.speak("Long.", { id: "t1" });
+  agent.state = { ...STATE, pending_speeches: [], pending_speeches_truncated: true };
+  await assert.rejects(speech.finished(), (e) => e instanceof PlayoutTimeoutError && e.why === "unknown");
+});
+
+test("v1.3: sendClip streams any clip form, names its type from its first bytes, in 64 KiB writes", async () => {
+  const { room, client } = setup();
+  const { createHash } = await import("node:crypto");
+  const cases = [
+    [new Uint8Array([0x49, 0x44, 0x33, 9]), undefined, "audio/mpeg"],
+    [new Uint8Array([0x4f, 0x67, 0x67, 0x53, 9]).buffer, undefined, "audio/ogg"],
+    [new Uint8Array([0x66, 0x4c, 0x61, 0x43, 9]), undefined, "audio/flac"],
+    [new Blob([new Uint8Array([1, 2, 3])], { type: "audio/aac" }), undefined, "audio/aac"],
+    [new Uint8Array([1, 2, 3]), undefined, "application/octet-stream"],
+    [new Uint8Array([0x52, 0x49, 0x46, 0x46]), "audio/x-custom", "audio/x-custom"],
+  ];
+  for (const [audio, mimeType, expected] of cases) {
+    const clip = await client.sendClip(audio, { mimeType });
+    const stream = room.streams.at(-1);
+    assert.equal(stream.options.mimeType, expected);
+    assert.equal(clip.stream_id, stream.options.streamId);
+    assert.match(clip.stream_id, /^imaginex-clip-[0-9a-f]{32}$/);
+    const bytes = Buffer.concat(stream.chunks);
+    assert.equal(clip.sha256, createHash("sha256").update(bytes).digest("hex"));
+  }
+  const big = new Uint8Array(150 * 1024).map((_, i) => i % 251);
+  const clip = await client.sendClip(big);
+  const stream = room.streams.at(-1);
+  assert.deepEqual(stream.chunks.map((c) => c.byteLength), [65536, 65536, 22528]);
+  assert.deepEqual(Buffer.concat(stream.chunks), Buffer.from(big));
+  assert.equal(clip.sha256, createHash("sha256").update(big).digest("hex"));
+  assert.equal(new Set(room.streams.map((s) => s.options.streamId)).size, room.streams.length); // a fresh id each
+});
+
+test("v1.3: a clip that cannot be streamed is LIVEKIT_UNAVAILABLE, and no speak goes out", async () => {
+  const { room, agent, client } = setup();
+  room.localParticipant.streamBytes = async () => { throw new Error("data channel closed"); };
+  await assert.rejects(client.sendClip(new Uint8Array([1])), (e) => e instanceof ContextError && e.code === "LIVEKIT_UNAVAILABLE" && e.retryable === true && e.cause.message === "data channel closed");
+  await assert.rejects(client.speak("Ding.", { id: "nc", audio: new Uint8Array([1]) }), (e) => e.code === "LIVEKIT_UNAVAILABLE");
+  assert.equal(sent(agent).length, 0);
+});
+
+test("v1.3: events_lost and the fresh snapshot always come through, events_lost even at a seq seen", async () => {
+  const { agent, client } = setup();
+  const snapshot = { seq: 50, state: { ...STATE, pending_speeches: [] }, items: [], pending_speeches: [] };
+  const original = agent.ack.bind(agent);
+  agent.ack = (request, extra) => {
+    const ack = original(request, extra);
+    if (request.type === "subscribe") Object.assign(ack.data, { replayed: 2 });
+    return ack;
+  };
+  const events = await client.subscribe({ events: ["agent_transcript"], sinceSeq: 3 });
+  assert.equal(events.snapshot, null);
+  assert.equal(events.lastSeq, 3); // nothing handed out yet: where it asked to resume
+  agent.send({ type: "events_lost", seq: 3, t_ms: 1, from_seq: 4, to_seq: 40, timestamp: TS, replay: true });
+  agent.send({ type: "snapshot", seq: 50, t_ms: 1, timestamp: TS, replay: true, ...snapshot });
+  agent.send({ type: "agent_transcript", seq: 50, t_ms: 2, speech_id: "sp", text: "old", interrupted: false, timestamp: TS }); // at or before the snapshot: a repeat
+  agent.send({ type: "agent_transcript", seq: 51, t_ms: 2, speech_id: "sp", text: "new", interrupted: false, timestamp: TS });
+  agent.send({ type: "call_ended", seq: 52, reason: "done", timestamp: TS });
+  const got = [];
+  for await (const event of events) got.push([event.type, event.seq]);
+  assert.deepEqual(got, [["events_lost", 3], ["snapshot", 50], ["agent_transcript", 51], ["call_ended", 52]]);
+  assert.equal(events.lastSeq, 52);
+});
+
+test("v1.3: without sinceSeq, lastSeq starts at the snapshot's seq", async () => {
+  const { agent, client } = setup();
+  const snapshot = { seq: 12, state: { ...STATE, pending_speeches: [] }, items: [], pending_speeches: [] };
+  const original = agent.ack.bind(agent);
+  agent.ack = (request, extra) => {
+    const ack = original(request, extra);
+    if (request.type === "subscribe") Object.assign(ack.data, { snapshot });
+    return ack;
+  };
+  const events = await client.subscribe({ events: ["context"] });
+  assert.equal(sent(agent).at(-1).since_seq, undefined);
+  assert.equal(events.replayed, 0);
+  assert.equal(events.lastSeq, 12);
+  agent.send({ type: "context_dropped", seq: 13, t_ms: 3, entry_id: "e", key: "k", request_id: "c1", reason: "replaced", timestamp: TS });
+  agent.send({ type: "context_used", seq: 14, t_ms: 4, entry_id: "e2", key: null, request_id: "c2", llm_call: { index: 1 }, timestamp: TS });
+  agent.send({ type: "call_ended", seq: 15, reason: "done", timestamp: TS });
+  const got = [];
+  for await (const event of events) got.push(event.type);
+  assert.deepEqual(got, ["context_dropped", "context_used", "call_ended"]);
+});
