@@ -856,6 +856,11 @@ class Phase:
         return self.measured.cpu_ms
 
     @property
+    def duplicates(self) -> int:
+        """Rooms whose agent answered from its dedup memory, over all requests."""
+        return sum(1 for a in self.answers for r in a["rooms"] if r.get("duplicate"))
+
+    @property
     def calls_per_request(self) -> float:
         return self.calls / max(len(self.answers), 1)
 
@@ -1261,6 +1266,7 @@ def as_data(
                 "p50_ms": p(d.warm, 0.5),
                 "p99_ms": p(d.warm, 0.99),
                 "delivered": sum(a["delivered_to_rooms"] for a in d.answers),
+                "duplicates": d.duplicates,
                 "of": d.rooms * len(d.answers),
                 "cpu_ms": {k: round(v, 2) for k, v in d.cpu_ms.items()},
                 "idle_ms_per_s": {
@@ -1393,7 +1399,11 @@ def add_figures(
             " / ".join(
                 f"{label_}: {got}/{of}" for label_, (got, of) in done.reached_by_node.items()
             )
-            + (f" ({done.moved_rooms} rooms moved node)" if done.moved_rooms else ""),
+            + (f" ({done.moved_rooms} rooms moved node)" if done.moved_rooms else "")
+            # every request is new: an answer marked duplicate is the agent answering a copy
+            # LiveKit or the gateway sent again (an agent slower than 3 s to answer a
+            # PerformRpc gets LiveKit's own copy; server-API resends after 2 s)
+            + (f"; {done.duplicates} answered as a repeat" if done.duplicates else ""),
         )
     )
     report.add(cpu_figure(f"{label}: CPU ms per warm request", done.measured))

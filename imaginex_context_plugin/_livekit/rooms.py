@@ -29,6 +29,8 @@ class ParticipantSummary:
     """``rtc.ParticipantKind.PARTICIPANT_KIND_AGENT`` for an agent, else ``NOT_AN_AGENT``."""
     sid: str = ""
     """The server's id of this connection (a rejoin under the same identity gets a new one)."""
+    joined_at: float = 0.0
+    """When it joined, in seconds since the epoch (0 when not known)."""
 
 
 def summarize(info: ParticipantInfo) -> ParticipantSummary:
@@ -38,7 +40,9 @@ def summarize(info: ParticipantInfo) -> ParticipantSummary:
         if info.kind == ParticipantInfo.Kind.AGENT
         else NOT_AN_AGENT
     )
-    return ParticipantSummary(info.identity, dict(info.attributes), kind, info.sid)
+    return ParticipantSummary(
+        info.identity, dict(info.attributes), kind, info.sid, float(info.joined_at)
+    )
 
 
 class RoomDirectory(Protocol):

@@ -120,6 +120,9 @@ SERVER_RPC_AS_RPC: Final[dict[str, int]] = {
     api.TwirpErrorCode.UNIMPLEMENTED: _Rpc.UNSUPPORTED_SERVER,
     api.TwirpErrorCode.BAD_ROUTE: _Rpc.UNSUPPORTED_SERVER,
 }
+_STREAM_CLOSED: Final = "stream closed"
+"""LiveKit's internal RPC stream to the agent's node ended under the call (a 500 ``internal``):
+the agent left mid-call, as ``NOT_FOUND`` says more often; not "nothing was sent"."""
 _RPC_ERROR_IN_MESSAGE: Final = re.compile(r"\bRpcError (\d+)\b")
 """How LiveKit names the participant's RPC error in a PerformRpc answer, e.g. ``twirp error
 unknown: RpcError 1402: Request payload too large`` (400)."""
@@ -170,7 +173,12 @@ def server_rpc_failure(
         return _failure(CREDENTIALS_REFUSED, agent=agent, name=exc.code, request_id=request_id)
     else:
         named = _RPC_ERROR_IN_MESSAGE.search(exc.message)
-        translated = int(named[1]) if named else SERVER_RPC_AS_RPC.get(exc.code)
+        if named:
+            translated: int | None = int(named[1])
+        elif exc.code == api.TwirpErrorCode.INTERNAL and exc.message.endswith(_STREAM_CLOSED):
+            translated = _Rpc.RECIPIENT_DISCONNECTED
+        else:
+            translated = SERVER_RPC_AS_RPC.get(exc.code)
         if translated is None:
             # any other refusal: LiveKit would not make the call; after a 5xx it may
             failure = replace(LIVEKIT_REFUSED, retryable=exc.status >= 500)

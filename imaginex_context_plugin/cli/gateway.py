@@ -31,7 +31,7 @@ from ..gateway.http.app import (
 )
 from ..gateway.http.messages import DEFAULT_GATEWAY_SENDER
 from ..gateway.http.serving import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
-from ..gateway.run import DEFAULT_HOST, DEFAULT_PORT, run_gateway
+from ..gateway.run import DEFAULT_CONSOLE, DEFAULT_HOST, DEFAULT_PORT, run_gateway
 from ..security import RateLimit
 from .parameters import FiniteFloatRange, api_secret_warning_once
 
@@ -172,6 +172,24 @@ DELIVERIES: Final = ("room", "server-api", "server-rpc")
     show_envvar=True,
     help="Open connections at most; more are answered 503 and closed.",
 )
+@click.option(
+    "--console/--no-console",
+    default=DEFAULT_CONSOLE,
+    show_default=True,
+    help="Serve the operator console at /console (sign in with an api-secret).",
+)
+@click.option(
+    "--console-livekit-url",
+    default=None,
+    help="The LiveKit URL as operators' browsers reach it, for taking a call over by voice "
+    "[default: LIVEKIT_URL].",
+)
+@click.option(
+    "--console-secure-cookies",
+    is_flag=True,
+    help="Mark the console's session cookie Secure even over plain HTTP (behind a proxy that "
+    "ends TLS); over TLS it always is.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (includes message text).")
 def gateway_command(
     host: str,
@@ -193,6 +211,9 @@ def gateway_command(
     header_timeout: float,
     body_timeout: float,
     max_connections: int,
+    console: bool,
+    console_livekit_url: str | None,
+    console_secure_cookies: bool,
     verbose: bool,
 ) -> None:
     """Serve the platform's REST API (/v1/agent/{agent_code}/speak, /add-context, and the
@@ -200,7 +221,8 @@ def gateway_command(
 
     Reads LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET and IMAGINEX_API_SECRET (or a
     secrets file), and optionally IMAGINEX_SIGNING_SECRET to sign messages for the agents
-    and IMAGINEX_REDIS_URL (--redis-url) to run as one of several replicas.
+    and IMAGINEX_REDIS_URL (--redis-url) to run as one of several replicas. The operator
+    console is at /console.
     """
     if (delivery == "server-api") != (public_url is not None):
         raise click.ClickException("--delivery server-api and --public-url go together.")
@@ -232,6 +254,9 @@ def gateway_command(
             max_rooms=max_rooms,
             max_concurrent_joins=max_concurrent_joins,
             server_rpc=delivery == "server-rpc",
+            console=console,
+            console_livekit_url=console_livekit_url,
+            console_secure_cookies=True if console_secure_cookies else None,
         )
     except ConfigError as exc:  # checked before anything starts
         raise click.ClickException(str(exc)) from None

@@ -25,14 +25,18 @@ from ..protocol import (
     DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
     MAX_ID_LENGTH,
+    MAX_KEY_LENGTH,
     MAX_REASON_LENGTH,
     InstructionsMode,
+    SpeakMode,
     as_sent_schema,
     has_visible_text,
 )
 
 ContextType = Literal["speak", "add_context"]
 ControlEndpoint = Literal[
+    "remove-context",
+    "get-state",
     "end-call",
     "interrupt",
     "cancel",
@@ -81,10 +85,15 @@ class SpeakBody(_Body):
         default=True,
         description="false: keep it out of the LLM's context and the history (fillers).",
     )
+    mode: SpeakMode | None = Field(
+        default=None,
+        description="queue (the default): after what is playing and queued; interrupt: cut "
+        "what is playing first; if_idle: only if nothing is playing or queued (else 409 BUSY).",
+    )
 
     def fields(self) -> dict[str, Any]:
         """The protocol request's fields (without id, agent code and room)."""
-        return {"type": "speak", **self.model_dump(exclude={"room_id"})}
+        return {"type": "speak", **self.model_dump(exclude={"room_id"}, exclude_none=True)}
 
 
 class AddContextBody(_Body):
@@ -100,6 +109,18 @@ class AddContextBody(_Body):
     room_id: NonBlank | None = Field(
         default=None, description="Only this room; by default every room where the agent is live."
     )
+    key: Annotated[NonBlank, StringConstraints(max_length=MAX_KEY_LENGTH)] | None = Field(
+        default=None,
+        description="add_context: a later add with the same key replaces this entry in place, "
+        "and remove-context removes it. Ignored with type speak.",
+    )
+
+    def fields(self) -> dict[str, Any]:
+        """The protocol request's fields (without id, agent code and room)."""
+        fields: dict[str, Any] = {"type": self.type, "context": self.context}
+        if self.key is not None and self.type == "add_context":
+            fields["key"] = self.key
+        return fields
 
 
 class ControlBody(_Body):
@@ -123,6 +144,24 @@ class ControlBody(_Body):
         """The value of ``text_field``, for the debug log."""
         value = getattr(self, self.text_field) if self.text_field else None
         return value if isinstance(value, str) else None
+
+
+class RemoveContextBody(ControlBody):
+    """``POST /v1/agent/{agent_code}/remove-context``: remove the context entry added under a
+    key (succeeds with ``removed: false`` when there is none)."""
+
+    message_type: ClassVar[str] = "remove_context"
+
+    key: Annotated[NonBlank, StringConstraints(max_length=MAX_KEY_LENGTH)] = Field(
+        description="The key the entry was added under (add-context's key)."
+    )
+
+
+class GetStateBody(ControlBody):
+    """``POST /v1/agent/{agent_code}/get-state``: the agent's and the user's state, the
+    context entries the agent holds, the pending speeches and the I/O switches."""
+
+    message_type: ClassVar[str] = "get_state"
 
 
 class EndCallBody(ControlBody):
@@ -233,6 +272,8 @@ def _is_none(value: object) -> bool:
 
 
 CONTROL_BODIES: Final[dict[type[ControlBody], ControlEndpoint]] = {
+    RemoveContextBody: "remove-context",
+    GetStateBody: "get-state",
     EndCallBody: "end-call",
     InterruptBody: "interrupt",
     CancelBody: "cancel",

@@ -33,6 +33,7 @@ from .http.app import (
     DEFAULT_MAX_BODY_BYTES,
     create_app,
 )
+from .http.console import ConsoleOptions
 from .http.messages import DEFAULT_GATEWAY_SENDER, MessageWriter
 from .http.serving import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, start_gateway_server
 from .state.gateway_state import REPLICAS_NEED_SIGNING, GatewayState
@@ -41,6 +42,8 @@ DEFAULT_HOST: Final = "127.0.0.1"
 """The interface the gateway listens on."""
 DEFAULT_PORT: Final = 8089
 """The port the gateway listens on."""
+DEFAULT_CONSOLE: Final = True
+"""The operator console is served at ``/console`` unless turned off."""
 
 
 def run_gateway(
@@ -62,6 +65,9 @@ def run_gateway(
     max_rooms: int = DEFAULT_MAX_ROOMS,
     max_concurrent_joins: int = DEFAULT_MAX_CONCURRENT_JOINS,
     server_rpc: bool = False,
+    console: bool = DEFAULT_CONSOLE,
+    console_livekit_url: str | None = None,
+    console_secure_cookies: bool | None = None,
 ) -> None:
     """Serve the gateway until SIGINT or SIGTERM (what ``imaginex-context gateway`` runs).
 
@@ -98,6 +104,11 @@ def run_gateway(
         server_rpc: Deliver through ``RoomService.PerformRpc`` without joining rooms, the
             agent's ack being the RPC's answer (see :mod:`.delivery.server_rpc_delivery`).
             Default False.
+        console: Serve the operator console at ``/console``. Default True.
+        console_livekit_url: The LiveKit URL as operators' browsers reach it (take-over);
+            default ``config.livekit.url``.
+        console_secure_cookies: See :class:`~.http.console.ConsoleOptions`
+            ``secure_cookies``.
 
     Raises:
         ConfigError: Redis or ``public_url`` without a signing secret, or an unusable
@@ -122,6 +133,16 @@ def run_gateway(
         MessageWriter(signing_secret=None, sender=sender)
     except ValueError as exc:
         raise ConfigError(f"--sender: {exc}.") from None
+    console_options = None
+    if console:
+        try:
+            console_options = ConsoleOptions(
+                livekit=config.livekit,
+                public_livekit_url=console_livekit_url,
+                secure_cookies=console_secure_cookies,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"--console-livekit-url: {exc}.") from None
     if not identity:
         identity = DEFAULT_GATEWAY_IDENTITY
         if config.redis_url:
@@ -173,6 +194,7 @@ def run_gateway(
             body_timeout=body_timeout,
             state=state,
             sender=sender,
+            console=console_options,
         )
 
     asyncio.run(

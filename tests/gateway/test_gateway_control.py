@@ -40,8 +40,11 @@ from tests.gateway_fixtures import (
     GatewayFactory,
     post,
 )
+from tests.helpers import wait_until
 
 ENDPOINTS = (
+    "remove-context",
+    "get-state",
     "end-call",
     "interrupt",
     "cancel",
@@ -126,6 +129,23 @@ def without_envelope(obj: dict[str, Any]) -> dict[str, Any]:
              "interrupt": True},
         ),
         ("get-history", {"limit": 7}, {"type": "get_history", "limit": 7}),
+        ("remove-context", {"key": "order"}, {"type": "remove_context", "key": "order"}),
+        ("get-state", {}, {"type": "get_state"}),
+        (
+            "speak",
+            {"message": "Hold on.", "mode": "if_idle"},
+            {"type": "speak", "message": "Hold on.", "mode": "if_idle"},
+        ),
+        (
+            "add-context",
+            {"context": "Order 42 shipped.", "key": "order"},
+            {"type": "add_context", "context": "Order 42 shipped.", "key": "order"},
+        ),
+        (
+            "add-context",
+            {"context": "Order 42 shipped.", "key": "order", "type": "speak"},
+            {"type": "speak", "context": "Order 42 shipped."},
+        ),
         (
             "speak",
             {"message": "Goodbye!", "end_call_after": True, "add_to_history": False},
@@ -267,6 +287,11 @@ async def test_an_agents_refusal_maps_to_its_status(
         ("get-history", {"limit": 201}, "Field 'limit'"),
         ("get-history", {"limit": "5"}, "Field 'limit'"),
         ("speak", {"message": "hi", "end_call_after": "true"}, "Field 'end_call_after'"),
+        ("speak", {"message": "hi", "mode": "now"}, "Field 'mode'"),
+        ("add-context", {"context": "x", "key": ""}, "Field 'key' must not be empty"),
+        ("add-context", {"context": "x", "key": "k" * 129}, "Field 'key'"),
+        ("remove-context", {}, "Missing field 'key'"),
+        ("remove-context", {"key": 5}, "Field 'key'"),
         ("interrupt", {"room_id": ""}, "Field 'room_id' must not be empty"),
     ],
 )
@@ -284,7 +309,9 @@ async def test_invalid_bodies_are_400_and_nothing_is_sent(
     assert received == []
 
 
-@pytest.mark.parametrize("endpoint", ["end-call", "interrupt", "reset-instructions", "get-history"])
+@pytest.mark.parametrize(
+    "endpoint", ["end-call", "interrupt", "reset-instructions", "get-history", "get-state"]
+)
 async def test_an_empty_body_is_an_empty_object_where_every_field_is_optional(
     fleet: Fleet, make_gateway: GatewayFactory, endpoint: str
 ) -> None:
@@ -428,6 +455,48 @@ async def test_update_io_through_a_real_agent_reports_the_switches(
 
     assert status == 200, body
     assert body["data"]["rooms"][0]["result"]["io"]["agent_audio"] is False
+
+
+async def test_add_context_with_a_key_get_state_and_remove_context_through_a_real_agent(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    agent = await fleet.agent(ROOM_1)
+    client = await make_gateway()
+
+    status, body, _ = await post(
+        client, f"/v1/agent/{CODE}/add-context", {"context": "Order 42 shipped.", "key": "order"}
+    )
+    assert status == 200, body
+    assert agent.context() == ["Order 42 shipped."]
+    status, body, _ = await post(client, f"/v1/agent/{CODE}/get-state", {})
+    assert status == 200, body
+    state = body["data"]["rooms"][0]["result"]["state"]
+    [entry] = state["context_entries"]
+    assert (entry["key"], entry["chars"], entry["scope"]) == ("order", 17, "persistent")
+    assert state["io"] == {"agent_audio": True, "user_audio": True, "transcription": True}
+
+    status, body, _ = await post(client, f"/v1/agent/{CODE}/remove-context", {"key": "order"})
+    assert status == 200, body
+    assert body["data"]["rooms"][0]["result"]["removed"] is True
+    assert agent.context() == []
+
+
+async def test_a_speak_if_idle_while_the_agent_speaks_is_409_busy(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    agent = await fleet.agent(ROOM_1)
+    client = await make_gateway()
+
+    status, body, _ = await post(
+        client, f"/v1/agent/{CODE}/speak", {"message": "A long announcement. " * 20}
+    )
+    assert status == 200, body
+    await wait_until(lambda: agent.session.agent_state == "speaking")
+    status, body, _ = await post(
+        client, f"/v1/agent/{CODE}/speak", {"message": "Only if idle.", "mode": "if_idle"}
+    )
+    assert status == 409, body
+    assert body["error"] == "BUSY"
 
 
 async def test_cancel_of_an_unknown_speech_is_404_not_found(

@@ -176,8 +176,8 @@ async def test_the_stream_is_in_the_openapi_document(make_gateway: GatewayFactor
     assert operation["security"] == [{"apiSecret": []}]
     assert "text/event-stream" in operation["responses"]["200"]["content"]
     assert {p["name"] for p in operation["parameters"]} == {
-        "agent_code", "room_id", "events", "interim", "tool_arguments", "Last-Event-ID",
-        "last_event_id",
+        "agent_code", "room_id", "events", "interim", "tool_arguments", "playout",
+        "Last-Event-ID", "last_event_id",
     }
 
 
@@ -433,3 +433,45 @@ async def test_a_feed_whose_every_client_left_while_subscribing_unsubscribes_and
     await wait_until(lambda: feeds.feeds == 0 and backend.pooled_rooms == [], "let go")
     await feeds.aclose()
     await backend.aclose()
+
+
+async def test_playout_true_adds_the_speech_events_of_speeches_sent_through_the_gateway(
+    fleet: Fleet, make_gateway: GatewayFactory
+) -> None:
+    agent = await fleet.agent(ROOM_1, permissions=WATCH)
+    client: Client = await make_gateway()
+    params = {"room_id": ROOM_1, "events": "agent_transcript"}
+    with_playout = await client.get(PATH, params={**params, "playout": "true"}, headers=HEADERS)
+    without = await client.get(PATH, params=params, headers=HEADERS)
+    assert with_playout.status == without.status == 200
+    await wait_until(lambda: agent.plugin.subscribers == [GATEWAY])
+    speak = await client.post(
+        f"/v1/agent/{CODE}/speak",
+        json={"message": "Your order shipped.", "room_id": ROOM_1},
+        headers={**HEADERS, "Idempotency-Key": "playout-1"},
+    )
+    assert speak.status == 200
+    await agent.idle()
+    await agent.session.aclose()
+
+    got = [(n, d) for n, d in await read_events(with_playout, until="call_ended") if n]
+    names = [n for n, _ in got]
+    assert names[0] == "speech_started"
+    assert set(names) == {"speech_started", "speech_finished", "agent_transcript", "call_ended"}
+    assert names.index("speech_started") < names.index("speech_finished")
+    started = dict(got)["speech_started"]
+    finished = dict(got)["speech_finished"]
+    assert started["id"] == finished["id"] == "playout-1"
+    assert started["speech_id"] == finished["speech_id"]
+    assert finished["interrupted"] is False
+    plain = [n for n, _ in await read_events(without, until="call_ended") if n]
+    assert plain == ["agent_transcript", "call_ended"]
+
+
+async def test_playout_must_be_true_or_false(make_gateway: GatewayFactory) -> None:
+    client: Client = await make_gateway()
+    response = await client.get(
+        PATH, params={"room_id": ROOM_1, "playout": "yes"}, headers=HEADERS
+    )
+    assert response.status == 400
+    assert "'playout' must be true or false" in (await response.json())["message"]

@@ -29,7 +29,7 @@ from imaginex_context_plugin.gateway.http.serving import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
 )
-from imaginex_context_plugin.gateway.run import DEFAULT_HOST, DEFAULT_PORT
+from imaginex_context_plugin.gateway.run import DEFAULT_CONSOLE, DEFAULT_HOST, DEFAULT_PORT
 from imaginex_context_plugin.protocol import DEFAULT_CONTEXT_ROLE, DEFAULT_HISTORY_LIMIT
 from imaginex_context_plugin.sender import (
     DEFAULT_AGENT_TIMEOUT_S,
@@ -63,6 +63,7 @@ GATEWAY: dict[str, tuple[Any, str]] = {
     "--header-timeout": (DEFAULT_HEADER_TIMEOUT_S, f"(default {DEFAULT_HEADER_TIMEOUT_S:g})"),
     "--body-timeout": (DEFAULT_BODY_TIMEOUT_S, f"(default {DEFAULT_BODY_TIMEOUT_S:g})"),
     "--max-connections": (DEFAULT_MAX_CONNECTIONS, f"(default {DEFAULT_MAX_CONNECTIONS})"),
+    "--console": (DEFAULT_CONSOLE, "(default on)"),
 }
 
 SENDER: dict[str, tuple[Any, str]] = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -510,6 +511,13 @@ def test_subscribe_ends_with_exit_1_when_the_agent_leaves_without_ending() -> No
 
 def test_subscribe_exits_0_on_ctrl_c_and_unsubscribes() -> None:
     async def interrupt(_: AgentSession[Any], __: ContextPlugin, ___: rtc.Room) -> None:
+        # Ctrl-C once the command has printed the agent's ack, as a person would: the agent
+        # registers the subscription a moment before the ack reaches the command. CliRunner's
+        # stdout is this thread's sys.stdout while the command runs.
+        printed = sys.stdout.buffer  # type: ignore[union-attr]
+        await wait_until(
+            lambda: b"ok: Subscribed" in printed.getvalue(), "the command printed the ack"
+        )
         signal.raise_signal(signal.SIGINT)
 
     call = Call(interrupt)

@@ -9,6 +9,7 @@ HTTP.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Final
 
 from aiohttp import web
@@ -28,8 +29,17 @@ from ..models import CONTROL_BODIES
 from ..state.gateway_state import GatewayState, require_signing_for_replicas
 from ..state.memory_state import MemoryState
 from .body import BodyReader
+from .console import (
+    ApiRoute,
+    ConsoleAdmission,
+    ConsoleOptions,
+    ConsoleRoutes,
+    ConsoleSignIn,
+    MemorySessions,
+    SessionStore,
+)
 from .events import EventFeeds, EventsRoute
-from .gatekeeper import Gatekeeper
+from .gatekeeper import Admission, Gatekeeper
 from .limits import DEFAULT_AUTH_FAILURE_LIMIT
 from .messages import DEFAULT_GATEWAY_SENDER, MessageWriter
 from .middleware import AnswerMiddleware
@@ -70,6 +80,7 @@ def create_app(
     state: GatewayState | None = None,
     sender: str | None = DEFAULT_GATEWAY_SENDER,
     idempotency_lease_s: float | None = None,
+    console: ConsoleOptions | None = None,
 ) -> web.Application:
     """Build the gateway's aiohttp application.
 
@@ -100,6 +111,8 @@ def create_app(
             a repeat waits this long for the first answer before 409, and once it has run out
             (the holder died) a repeat takes the key over and delivers again. Default
             ``delivery_timeout`` + 5 seconds.
+        console: Serve the operator console at ``/console`` with these settings (see
+            :mod:`.console`). Default None: no console.
 
     Raises:
         ConfigError: ``state`` is shared, or the agents answer over HTTP, but there is no
@@ -148,15 +161,29 @@ def create_app(
     )
     # client_max_size: aiohttp's own guard on request.read(); checked again with a JSON answer
     app = web.Application(middlewares=[answers.middleware], client_max_size=max_body_bytes)
-    app.router.add_post("/v1/agent/{agent_code}/speak", gateway.speak)
-    app.router.add_post("/v1/agent/{agent_code}/add-context", gateway.add_context)
-    for model, endpoint in CONTROL_BODIES.items():
-        app.router.add_post(f"/v1/agent/{{agent_code}}/{endpoint}", gateway.control(model))
+    feeds: EventFeeds | None = None
     if isinstance(backend, RoomHolder):  # the live events need a held room connection
         feeds = EventFeeds(backend, writer=gateway.writer, timeout=delivery_timeout)
-        events = EventsRoute(gatekeeper=gateway.gatekeeper, fanout=gateway.fanout, feeds=feeds)
-        app.router.add_get("/v1/agent/{agent_code}/events", events.handle)
         app.on_cleanup.append(feeds.aclose)
+
+    def api_routes(admission: Admission) -> list[ApiRoute]:
+        """The REST API's routes, callers admitted by ``admission``."""
+        served = gateway.admitted_by(admission)
+        table: list[ApiRoute] = [
+            ("POST", "/v1/agent/{agent_code}/speak", served.speak),
+            ("POST", "/v1/agent/{agent_code}/add-context", served.add_context),
+        ]
+        for model, endpoint in CONTROL_BODIES.items():
+            table.append(("POST", f"/v1/agent/{{agent_code}}/{endpoint}", served.control(model)))
+        if feeds is not None:
+            events = EventsRoute(gatekeeper=admission, fanout=gateway.fanout, feeds=feeds)
+            table.append(("GET", "/v1/agent/{agent_code}/events", events.handle))
+        return table
+
+    for method, path, handler in api_routes(gateway.gatekeeper):
+        app.router.add_route(method, path, handler)
+    if console is not None:  # the same routes again under /console/api, by session
+        _mount_console(app, console, gateway=gateway, state=state, api_routes=api_routes)
     if replies is not None:  # the agents' answers come back over HTTP
         # a reply is taken once across the replicas sharing the state
         replies.reply_inbox.replies = state.replies
@@ -182,3 +209,35 @@ def create_app(
     return app
 
 
+
+
+def _mount_console(
+    app: web.Application,
+    options: ConsoleOptions,
+    *,
+    gateway: GatewayRoutes,
+    state: GatewayState,
+    api_routes: Callable[[Admission], list[ApiRoute]],
+) -> None:
+    sessions: SessionStore | None = options.sessions
+    if sessions is None:
+        client = getattr(state, "client", None)  # replicas share their sessions in Redis
+        if client is not None:
+            from .console.redis_sessions import RedisSessions
+
+            sessions = RedisSessions(client)
+        else:
+            sessions = MemorySessions()
+    sign_in = ConsoleSignIn(
+        sessions,
+        gateway.gatekeeper,
+        bodies=gateway.bodies,
+        idle_s=options.session_idle_s,
+        max_s=options.session_max_s,
+        secure_cookies=options.secure_cookies,
+    )
+    admission = ConsoleAdmission(sign_in, gateway.gatekeeper)
+    routes = ConsoleRoutes(
+        options, sign_in=sign_in, admission=admission, fanout=gateway.fanout, bodies=gateway.bodies
+    )
+    routes.mount(app, api_routes(admission))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -21,6 +21,9 @@ from ..models import CONTEXT_TYPES
 from ..refusals import REQUEST_TIMEOUT, Refusal, invalid, too_large, unreadable_body
 
 _M = TypeVar("_M", bound=BaseModel)
+_JSON_WHITESPACE: Final = b" \t\r\n"
+"""What an empty body may hold (JSON's whitespace; a form feed is not, and is refused)."""
+
 
 class BodyReader:
     """Reads and validates request bodies.
@@ -69,7 +72,7 @@ class BodyReader:
                 f"The request body did not arrive within {self._body_timeout:g} seconds.",
                 close=True,
             ) from None
-        if not raw.strip():
+        if not raw.strip(_JSON_WHITESPACE):
             if allow_empty:
                 return {}
             raise invalid("Request body is empty; send a JSON object.")

@@ -20,6 +20,13 @@ the feed was closed) gets the agent to replay them (``subscribe{since_seq}``, ma
 ``replay``), or ``events_lost`` and a fresh ``snapshot`` when the agent no longer holds them
 either. A client that reads too slowly loses its oldest events once the buffer moves past
 them, and the next one says how many (``dropped``).
+
+With ``playout=true`` a stream also gets the playout events (``speech_started``,
+``speech_finished``, and from a v1.3 agent ``speech_failed``) of the speeches sent through the
+gateway's room connection (room delivery): the agent sends them to the sender of each speak,
+which is the gateway. The console shows them under the speak that caused them. (From a v1.3
+agent the feed is subscribed to the ``speech`` kind, so these are the playout events of every
+speech of the call, each with its request ``id``, as ``events=speech`` gives them too.)
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ from ...request_errors import ContextError
 from ..delivery.agent_backend import AgentTarget, RoomHolder
 from ..refusals import STATUS_FOR, Refusal, invalid
 from .fanout import FanOut
-from .gatekeeper import Gatekeeper
+from .gatekeeper import Admission
 from .messages import MessageWriter, Outgoing
 
 HEARTBEAT_S: Final = 15.0
@@ -78,6 +85,8 @@ class _Entry:
     n: int  # the feed's own running number: a stream's place in the buffer
     seq: int | None  # the agent's (absent from an older agent)
     event: dict[str, Any]
+PLAYOUT_EVENT_TYPES: Final[tuple[str, ...]] = ("speech_started", "speech_finished", "speech_failed")
+"""The events the agent sends a speak's sender about its playout (``playout=true``)."""
 
 
 @dataclass(eq=False)
@@ -85,6 +94,8 @@ class _Stream:
     events: frozenset[str]
     interim: bool
     tool_arguments: bool
+    playout: bool = False
+    """Also the playout events of the speeches (``playout=true``), whatever ``events`` says."""
     resume: int | None = None
     """The seq it resumes after (``Last-Event-ID``), or None for live events only."""
     cursor: int = 0
@@ -98,7 +109,11 @@ class _Stream:
     def view(self, event: dict[str, Any]) -> dict[str, Any] | None:
         """``event`` as this stream shows it, or None if it did not ask for it."""
         kind = event.get("type")
-        if kind not in _PRIVATE and event_kind(str(kind)) not in self.events:
+        if (
+            kind not in _PRIVATE
+            and event_kind(str(kind)) not in self.events
+            and not (self.playout and kind in PLAYOUT_EVENT_TYPES)
+        ):
             return None
         if kind == "user_transcript" and not event.get("final") and not self.interim:
             return None
@@ -559,7 +574,7 @@ class EventFeeds:
 class EventsRoute:
     """The SSE endpoint: admit, find the room's agent, subscribe, stream, unsubscribe."""
 
-    def __init__(self, *, gatekeeper: Gatekeeper, fanout: FanOut, feeds: EventFeeds) -> None:
+    def __init__(self, *, gatekeeper: Admission, fanout: FanOut, feeds: EventFeeds) -> None:
         self._gatekeeper = gatekeeper
         self._fanout = fanout
         self._feeds = feeds
@@ -593,13 +608,19 @@ def _read_query(request: web.Request) -> tuple[_Stream, str]:
             f"use: {', '.join(SESSION_EVENT_TYPES)}."
         )
     flags = {}
-    for name in ("interim", "tool_arguments"):
+    for name in ("interim", "tool_arguments", "playout"):
         value = query.get(name, "false")
         if value not in ("true", "false"):
             raise invalid(f"Query parameter '{name}' must be true or false.")
         flags[name] = value == "true"
     events = frozenset(names or SESSION_EVENT_TYPES) | {"call_ended"}
-    stream = _Stream(events, flags["interim"], flags["tool_arguments"], resume=_resume(request))
+    stream = _Stream(
+        events,
+        flags["interim"],
+        flags["tool_arguments"],
+        flags["playout"],
+        resume=_resume(request),
+    )
     return stream, room_id
 
 

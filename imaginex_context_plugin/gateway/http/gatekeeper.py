@@ -12,7 +12,7 @@ a second at secrets that cannot be guessed at that rate.
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Final, Protocol
 
 from aiohttp import web
 
@@ -62,31 +62,46 @@ class Gatekeeper:
             Refusal: 429 (throttled address or secret), 401 (bad secret), 404 (another
                 tenant's code), 503 when the shared buckets cannot be reached.
         """
-        principal = self._authenticate(request)
-        if self._buckets is None or self._rate_limit is None:
-            self._charge_here(principal)
-        else:
-            try:
-                wait = await self._buckets.take(principal.name, self._rate_limit)
-            except StateUnavailable:
-                raise state_unavailable() from None
-            if wait:
-                raise _rate_limited("Too many requests for this api-secret", wait)
-        return self._may_address(principal, agent_code)
+        principal = self.authenticate(request, request.headers.get(API_SECRET_HEADER))
+        await self.charge(principal)
+        return self.may_address(principal, agent_code)
 
-    def _authenticate(self, request: web.Request) -> Principal:
+    def authenticate(self, request: web.Request, presented: str | None) -> Principal:
+        """The principal the api-secret ``presented`` identifies (from the header, or the
+        console's sign-in form), a failure charged to the client's address.
+
+        Raises:
+            Refusal: 429 when the address used up its failures (the secret is then not even
+                compared), 401 for a wrong secret.
+        """
         client = client_key(request.remote)
         if self._auth_failures is not None:
             # a throttled client's secret is not even compared: its answer would be an oracle
             wait = self._auth_failures.retry_after(client)
             if wait:
                 raise _rate_limited("Too many failed authentications from this address", wait)
-        principal = self._secrets.authenticate(request.headers.get(API_SECRET_HEADER))
+        principal = self._secrets.authenticate(presented)
         if principal is None:
             if self._auth_failures is not None:
                 self._auth_failures.charge(client)
             raise Refusal(401, ErrorCode.UNAUTHORIZED.value, UNAUTHORIZED_MESSAGE)
         return principal
+
+    async def charge(self, principal: Principal) -> None:
+        """Count one request against ``principal``'s rate limit.
+
+        Raises:
+            Refusal: 429 once it is used up, 503 when the shared buckets cannot be reached.
+        """
+        if self._buckets is None or self._rate_limit is None:
+            self._charge_here(principal)
+            return
+        try:
+            wait = await self._buckets.take(principal.name, self._rate_limit)
+        except StateUnavailable:
+            raise state_unavailable() from None
+        if wait:
+            raise _rate_limited("Too many requests for this api-secret", wait)
 
     def _charge_here(self, principal: Principal) -> None:
         if self._limiter is not None:
@@ -95,13 +110,35 @@ class Gatekeeper:
                 raise _rate_limited("Too many requests for this api-secret", wait)
 
     @staticmethod
-    def _may_address(principal: Principal, agent_code: str) -> Principal:
+    def may_address(principal: Principal, agent_code: str) -> Principal:
+        """``principal``, if its secret may address ``agent_code``.
+
+        Raises:
+            Refusal: 404 ``AGENT_NOT_FOUND`` for another tenant's code.
+        """
         if not principal.may_address(agent_code):
             # a code of another tenant does not exist as far as this caller can tell
             raise Refusal(
                 404, ErrorCode.AGENT_NOT_FOUND.value, f"Agent with code '{agent_code}' not found"
             )
         return principal
+
+    def principal_named(self, name: str) -> Principal | None:
+        """The configured principal called ``name`` (a console session names its tenant)."""
+        return next((p for p in self._secrets.principals if p.name == name), None)
+
+
+class Admission(Protocol):
+    """Who may send to an agent code: the API's ``api-secret`` (:class:`Gatekeeper`) or the
+    console's session cookie."""
+
+    async def admit(self, request: web.Request, agent_code: str) -> Principal:
+        """The caller, once it may send to ``agent_code`` now.
+
+        Raises:
+            Refusal: It may not (401, 403, 404, 429, 503).
+        """
+        ...
 
 
 def _rate_limited(reason: str, wait: float) -> Refusal:

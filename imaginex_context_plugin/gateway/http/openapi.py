@@ -27,6 +27,16 @@ _REF: Final = "#/components/schemas/{model}"
 
 # the call-control endpoints: (summary, operationId, an example body)
 _CONTROL_DOCS: Final[dict[ControlEndpoint, tuple[str, str, dict[str, Any]]]] = {
+    "remove-context": (
+        "Remove the context entry added under a key",
+        "removeContext",
+        {"key": "order", "room_id": "room_123"},
+    ),
+    "get-state": (
+        "The agent's state, its context entries, pending speeches and I/O switches",
+        "getState",
+        {"room_id": "room_123"},
+    ),
     "end-call": (
         "End the call (after what is playing and queued, by default)",
         "endCall",
@@ -399,6 +409,12 @@ def _events_path() -> dict[str, Any]:
                           {"type": "boolean", "default": False}),
                     query("tool_arguments", "Also each tool call's arguments.",
                           {"type": "boolean", "default": False}),
+                    query(
+                        "playout",
+                        "Also speech_started and speech_finished of the speeches sent through "
+                        "this gateway's room connection.",
+                        {"type": "boolean", "default": False},
+                    ),
                 ],
                 "responses": {
                     "200": {

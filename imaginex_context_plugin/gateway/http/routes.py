@@ -9,6 +9,7 @@ once with a timeout, and answer with the platform's response shape plus a per-ro
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Awaitable, Callable
 
@@ -21,7 +22,7 @@ from ..refusals import Refusal, error_response, json_response
 from ..state.gateway_state import GatewayState, StoredAnswer
 from .body import BodyReader
 from .fanout import FanOut, RoomOutcome
-from .gatekeeper import Gatekeeper
+from .gatekeeper import Admission, Gatekeeper
 from .idempotency import RETRY_MAY_CHANGE, IdempotencyKeys, Lease, replayed, to_store
 from .messages import MessageWriter, Outgoing
 from .openapi import build_openapi
@@ -47,6 +48,7 @@ class GatewayRoutes:
     ) -> None:
         self._backend = backend
         self._gatekeeper = gatekeeper
+        self._admission: Admission = gatekeeper
         self._bodies = bodies
         self._writer = writer
         self._state = state
@@ -61,6 +63,17 @@ class GatewayRoutes:
     @property
     def gatekeeper(self) -> Gatekeeper:
         return self._gatekeeper
+
+    @property
+    def bodies(self) -> BodyReader:
+        return self._bodies
+
+    def admitted_by(self, admission: Admission) -> GatewayRoutes:
+        """The same routes (same keys, fan-out and state) admitting callers by ``admission``
+        instead of the ``api-secret`` (the console's session)."""
+        routes = copy.copy(self)
+        routes._admission = admission
+        return routes
 
     @property
     def fanout(self) -> FanOut:
@@ -83,17 +96,16 @@ class GatewayRoutes:
 
     async def speak(self, request: web.Request) -> web.Response:
         agent_code = request.match_info["agent_code"]
-        await self._gatekeeper.admit(request, agent_code)
+        await self._admission.admit(request, agent_code)
         body = await self._bodies.read(request, SpeakBody)
         outgoing = Outgoing("speak", body.fields(), "message", body.message)
         return await self._send(request, agent_code, outgoing, body.room_id)
 
     async def add_context(self, request: web.Request) -> web.Response:
         agent_code = request.match_info["agent_code"]
-        await self._gatekeeper.admit(request, agent_code)
+        await self._admission.admit(request, agent_code)
         body = await self._bodies.read(request, AddContextBody)
-        fields = {"type": body.type, "context": body.context}
-        outgoing = Outgoing("add-context", fields, "context", body.context)
+        outgoing = Outgoing("add-context", body.fields(), "context", body.context)
         return await self._send(request, agent_code, outgoing, body.room_id)
 
     def control(self, model: type[ControlBody]) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -102,7 +114,7 @@ class GatewayRoutes:
 
         async def handle(request: web.Request) -> web.Response:
             agent_code = request.match_info["agent_code"]
-            await self._gatekeeper.admit(request, agent_code)
+            await self._admission.admit(request, agent_code)
             body = await self._bodies.read(request, model)
             outgoing = Outgoing(endpoint, body.fields(), body.text_field, body.long_text())
             return await self._send(request, agent_code, outgoing, body.room_id)

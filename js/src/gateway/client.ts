@@ -4,6 +4,10 @@
  * you and reused on every retry, so a retry is applied once; 408, 409 `REQUEST_IN_PROGRESS`,
  * 429, 503 and 504 are retried after at least their `Retry-After`; the events stream
  * (`GET .../events`) is an async iterator.
+ *
+ * Two ways to authenticate: an `apiSecret` (a backend), or, in a page the gateway itself
+ * serves (its operator console), the session cookie the browser holds plus the `csrfToken`
+ * that came with it: the secret then never reaches the page's script after sign-in.
  */
 import { ImaginexError } from "../errors.js";
 import type {
@@ -14,8 +18,10 @@ import type {
   EndCallBody,
   ErrorResponse,
   GetHistoryBody,
+  GetStateBody,
   HealthResponse,
   InterruptBody,
+  RemoveContextBody,
   ResetInstructionsBody,
   SessionEvent,
   SpeechEvent,
@@ -33,10 +39,19 @@ export const DEFAULT_GATEWAY_TIMEOUT_MS = 30_000;
 const RETRYABLE_STATUSES: ReadonlySet<number> = new Set([408, 429, 503, 504]);
 
 export interface GatewayClientOptions {
-  /** The gateway's URL, e.g. `http://127.0.0.1:8089`. */
+  /**
+   * The gateway's URL, e.g. `http://127.0.0.1:8089`; in a page, it may be relative to the
+   * page (`/console/api`).
+   */
   baseUrl: string;
-  /** The `api-secret` header. */
-  apiSecret: string;
+  /** The `api-secret` header. Give this or `csrfToken`. */
+  apiSecret?: string;
+  /**
+   * Session mode, for a page the gateway serves: no `api-secret`; the browser's session cookie
+   * goes with every request (same origin only) and this token in the `X-CSRF-Token` header of
+   * every POST. A function is asked before each request (the token may change on sign-in).
+   */
+  csrfToken?: string | (() => string);
   /** Milliseconds each attempt may take. Default 30000. */
   timeoutMs?: number;
   /** Attempts after the first. Default 2. */
@@ -64,6 +79,10 @@ export interface EventsOptions {
   events?: readonly SessionEventType[];
   interim?: boolean;
   toolArguments?: boolean;
+  /** Also `speech_started` / `speech_finished` of the speeches sent through the gateway. */
+  playout?: boolean;
+  /** Called once the gateway has accepted the stream (before any event: an idle call sends none), and again after each resume. */
+  onOpen?: () => void;
   signal?: AbortSignal;
   /**
    * v1.3: resume after this event's `seq` (the last one seen): sent as `Last-Event-ID`, so what
@@ -112,9 +131,19 @@ export class GatewayClient {
   private readonly backoffMs: number;
   private readonly fetch: typeof fetch;
 
-  constructor(private readonly options: GatewayClientOptions) {
-    if (!options.apiSecret) throw new Error("apiSecret is required");
-    this.base = new URL(options.baseUrl).href.replace(/\/+$/, "");
+  private readonly apiSecret: string | null;
+  private readonly csrfToken: (() => string) | null;
+  private readonly credentials: RequestCredentials | undefined;
+
+  constructor(options: GatewayClientOptions) {
+    const { apiSecret, csrfToken } = options;
+    if (!apiSecret === (csrfToken === undefined)) throw new Error("give apiSecret or csrfToken (one of them)");
+    this.apiSecret = apiSecret || null;
+    this.csrfToken = csrfToken === undefined ? null : typeof csrfToken === "function" ? csrfToken : () => csrfToken;
+    // session mode: the cookie goes with same-origin requests only
+    this.credentials = this.csrfToken ? "same-origin" : undefined;
+    const page = (globalThis as { location?: { href: string } }).location?.href;
+    this.base = new URL(options.baseUrl, page).href.replace(/\/+$/, "");
     this.timeoutMs = options.timeoutMs ?? DEFAULT_GATEWAY_TIMEOUT_MS;
     this.retries = options.retries ?? DEFAULT_RETRIES;
     this.backoffMs = options.backoffMs ?? DEFAULT_BACKOFF_MS;
@@ -164,6 +193,16 @@ export class GatewayClient {
     return this.post(agentCode, "get-history", body, options);
   }
 
+  /** `POST .../remove-context`: the entry added under `key` leaves the agent's context. */
+  removeContext(agentCode: string, body: RemoveContextBody, options?: GatewayCallOptions): Promise<ControlResponse> {
+    return this.post(agentCode, "remove-context", body, options);
+  }
+
+  /** `POST .../get-state`: each room's agent and user state, context entries, pending speeches, I/O switches. */
+  getState(agentCode: string, body: GetStateBody = {}, options?: GatewayCallOptions): Promise<ControlResponse> {
+    return this.post(agentCode, "get-state", body, options);
+  }
+
   /** `GET /healthz`. */
   async health(options: { signal?: AbortSignal } = {}): Promise<HealthResponse> {
     const response = await this.fetch(`${this.base}/healthz`, { signal: options.signal });
@@ -184,6 +223,7 @@ export class GatewayClient {
     if (options.events) url.searchParams.set("events", options.events.join(","));
     if (options.interim) url.searchParams.set("interim", "true");
     if (options.toolArguments) url.searchParams.set("tool_arguments", "true");
+    if (options.playout) url.searchParams.set("playout", "true");
     let last = options.lastEventId ?? null;
     const attempts = options.resumeAttempts ?? 0;
     let lastError: unknown = null;
@@ -191,7 +231,7 @@ export class GatewayClient {
       let ended = false;
       let progressed = false;
       try {
-        for await (const event of this.streamOnce(url, last, options.signal)) {
+        for await (const event of this.streamOnce(url, last, options)) {
           progressed = true;
           if (typeof event.seq === "number") {
             if (last !== null && event.seq <= last && event.type !== "events_lost") continue; // a repeat
@@ -224,16 +264,17 @@ export class GatewayClient {
     }
   }
 
-  private async *streamOnce(url: URL, lastEventId: number | null, signal: AbortSignal | undefined): AsyncGenerator<StreamedEvent, void, undefined> {
-    const headers: Record<string, string> = { "api-secret": this.options.apiSecret, accept: "text/event-stream" };
+  private async *streamOnce(url: URL, lastEventId: number | null, options: EventsOptions): AsyncGenerator<StreamedEvent, void, undefined> {
+    const headers: Record<string, string> = { ...this.authHeaders(false), accept: "text/event-stream" };
     if (lastEventId !== null) headers["Last-Event-ID"] = String(lastEventId);
     let response: Response;
     try {
-      response = await this.fetch(url, { headers, signal });
+      response = await this.fetch(url, { headers, credentials: this.credentials, signal: options.signal });
     } catch (error) {
       throw unreachable(error, null);
     }
     if (!response.ok || response.body === null) throw await refusal(response, null);
+    options.onOpen?.();
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     try {
       let buffer = "";
@@ -271,20 +312,23 @@ export class GatewayClient {
     }
   }
 
+  /** The `api-secret`, or in session mode the CSRF token for a request that changes something. */
+  private authHeaders(changing: boolean): Record<string, string> {
+    if (this.apiSecret !== null) return { "api-secret": this.apiSecret };
+    return changing && this.csrfToken ? { "x-csrf-token": this.csrfToken() } : {};
+  }
+
   private async post<T>(agentCode: string, endpoint: string, body: object, options: GatewayCallOptions = {}): Promise<T> {
     const key = options.idempotencyKey ?? newRequestId();
     const url = `${this.base}/v1/agent/${encodeURIComponent(agentCode)}/${endpoint}`;
-    const init = {
-      method: "POST",
-      headers: { "api-secret": this.options.apiSecret, "content-type": "application/json", "idempotency-key": key },
-      body: JSON.stringify(body),
-    };
+    const payload = JSON.stringify(body);
     for (let attempt = 0; ; attempt++) {
       const timeout = AbortSignal.timeout(options.timeoutMs ?? this.timeoutMs);
       const signal = options.signal ? anySignal(options.signal, timeout) : timeout;
+      const headers = { ...this.authHeaders(true), "content-type": "application/json", "idempotency-key": key };
       let failure: GatewayError;
       try {
-        const response = await this.fetch(url, { ...init, signal });
+        const response = await this.fetch(url, { method: "POST", headers, body: payload, credentials: this.credentials, signal });
         if (response.ok) return (await response.json()) as T;
         failure = await refusal(response, key);
       } catch (error) {

@@ -137,9 +137,11 @@ export interface ImaginexWire {
   EndCallBody?: EndCallBody;
   ErrorResponse?: ErrorResponse;
   GetHistoryBody?: GetHistoryBody;
+  GetStateBody?: GetStateBody;
   HealthResponse?: HealthResponse;
   InterruptBody?: InterruptBody;
   Packet?: Packet;
+  RemoveContextBody?: RemoveContextBody;
   Request?: Request;
   ResetInstructionsBody?: ResetInstructionsBody;
   ServerMessage?: ServerMessage;
@@ -325,6 +327,10 @@ export interface AddContextBody {
    */
   context: string;
   /**
+   * add_context: a later add with the same key replaces this entry in place, and remove-context removes it. Ignored with type speak.
+   */
+  key?: string | null;
+  /**
    * Only this room; by default every room where the agent is live.
    */
   room_id?: string | null;
@@ -508,6 +514,19 @@ export interface GetHistoryBody {
    * How many of the newest items, at most (fewer if they cannot fit a packet).
    */
   limit?: number;
+  /**
+   * Only this room; by default every room where the agent is live.
+   */
+  room_id?: string | null;
+}
+/**
+ * ``POST /v1/agent/{agent_code}/get-state``: the agent's and the user's state, the
+ * context entries the agent holds, the pending speeches and the I/O switches.
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "GetStateBody".
+ */
+export interface GetStateBody {
   /**
    * Only this room; by default every room where the agent is live.
    */
@@ -809,6 +828,23 @@ export interface SignedEnvelope {
   signature: string;
   timestamp: number;
   type: "signed";
+}
+/**
+ * ``POST /v1/agent/{agent_code}/remove-context``: remove the context entry added under a
+ * key (succeeds with ``removed: false`` when there is none).
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "RemoveContextBody".
+ */
+export interface RemoveContextBody {
+  /**
+   * The key the entry was added under (add-context's key).
+   */
+  key: string;
+  /**
+   * Only this room; by default every room where the agent is live.
+   */
+  room_id?: string | null;
 }
 /**
  * ``POST /v1/agent/{agent_code}/reset-instructions``: the agent's own instructions back.
@@ -1116,6 +1152,10 @@ export interface SpeakBody {
    * What the agent says, verbatim, through its TTS.
    */
   message: string;
+  /**
+   * queue (the default): after what is playing and queued; interrupt: cut what is playing first; if_idle: only if nothing is playing or queued (else 409 BUSY).
+   */
+  mode?: ("queue" | "interrupt" | "if_idle") | null;
   /**
    * Only this room; by default every room where the agent is live.
    */

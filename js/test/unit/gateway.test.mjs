@@ -128,13 +128,13 @@ test("the events stream refused: a GatewayError before any event", async () => {
   const server = await serve([refusal(401, "UNAUTHORIZED")]);
   const gateway = new GatewayClient({ baseUrl: server.baseUrl, apiSecret: "wrong" });
   await assert.rejects(async () => {
-    for await (const _ of gateway.events("A1", { roomId: "r" })) assert.fail("no event expected");
+    for await (const _ of gateway.events("A1", { roomId: "r", onOpen: () => assert.fail("not opened") })) assert.fail("no event expected");
   }, (e) => e instanceof GatewayError && e.status === 401 && e.code === "UNAUTHORIZED");
   await server.close();
 });
 
 test("options are checked", () => {
-  assert.throws(() => new GatewayClient({ baseUrl: "http://127.0.0.1:1", apiSecret: "" }), /apiSecret/);
+  assert.throws(() => new GatewayClient({ baseUrl: "http://127.0.0.1:1", apiSecret: "" }), /apiSecret or csrfToken/);
   assert.throws(() => new GatewayClient({ baseUrl: "not a url", apiSecret: "s" }));
   assert.throws(() => new GatewayClient({ baseUrl: "http://127.0.0.1:1", apiSecret: "s", retries: -1 }));
 });
@@ -199,4 +199,34 @@ test("v1.3: resumeAttempts bounds the resumes in a row without an event, then it
   assert.deepEqual(seen, [1]);
   assert.deepEqual(server.requests.map((r) => r.headers["last-event-id"]), [undefined, "1", "1"]);
   await server.close();
+});
+
+test("session mode: no api-secret; the CSRF token on every POST (asked each time), none on the events GET", async () => {
+  const stream = (response) => {
+    response.writeHead(200, { "content-type": "text/event-stream" });
+    response.end('event: call_ended\ndata: {"type":"call_ended","reason":"r","timestamp":"t"}\n\n');
+  };
+  const server = await serve([ok, ok, stream]);
+  let token = "csrf-1";
+  const gateway = new GatewayClient({ baseUrl: server.baseUrl + "/console/api", csrfToken: () => token });
+  await gateway.removeContext("A1", { key: "order", room_id: "r" });
+  token = "csrf-2";
+  await gateway.getState("A1", { room_id: "r" });
+  let opened = 0;
+  for await (const _ of gateway.events("A1", { roomId: "r", playout: true, onOpen: () => opened++ }));
+  assert.equal(opened, 1);
+  const [remove, state, events] = server.requests;
+  assert.deepEqual([remove.url, state.url], ["/console/api/v1/agent/A1/remove-context", "/console/api/v1/agent/A1/get-state"]);
+  assert.deepEqual([remove.headers["x-csrf-token"], state.headers["x-csrf-token"]], ["csrf-1", "csrf-2"]);
+  assert.deepEqual(JSON.parse(remove.body), { key: "order", room_id: "r" });
+  assert.equal(events.url, "/console/api/v1/agent/A1/events?room_id=r&playout=true");
+  assert.equal(events.headers["x-csrf-token"], undefined);
+  for (const request of server.requests) assert.equal(request.headers["api-secret"], undefined);
+  await server.close();
+});
+
+test("one way to authenticate: an apiSecret or a csrfToken, not both, not neither", () => {
+  assert.throws(() => new GatewayClient({ baseUrl: "http://127.0.0.1:1" }), /apiSecret or csrfToken/);
+  assert.throws(() => new GatewayClient({ baseUrl: "http://127.0.0.1:1", apiSecret: "s", csrfToken: "t" }), /apiSecret or csrfToken/);
+  assert.ok(new GatewayClient({ baseUrl: "http://127.0.0.1:1", csrfToken: "t" }));
 });

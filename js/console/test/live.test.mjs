@@ -1,0 +1,420 @@
+// The operator console in Debian's Chromium (playwright-core, never a downloaded browser), served
+// by the real gateway process in front of the real livekit-server and a real agent worker. Run by
+// tests/integration/test_console_live.py, which starts them, dispatches the worker into ROOM_1 and
+// ROOM_2 (tenant A), runs tenant B's agent in ROOM_B, and serves HELPER_URL (/hear: the room's
+// caller says something to the agent; /room: who is in a room and what they publish).
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import { after, before, test } from "node:test";
+import { chromium } from "playwright-core";
+import { CHROMIUM_ARGS } from "../../test/browser/harness.mjs";
+
+const { GATEWAY_URL, HELPER_URL, SECRET_A, SECRET_B, CODE_A, CODE_B, ROOM_1, ROOM_2, ROOM_B, SCREENSHOTS, CHROMIUM } = process.env;
+const WAIT_MS = 30_000;
+let browser;
+let context;
+let page;
+const pageLines = [];
+
+before(async () => {
+  assert.ok(GATEWAY_URL && HELPER_URL && SECRET_A && SECRET_B && ROOM_1 && ROOM_2 && ROOM_B && SCREENSHOTS, "run by tests/integration/test_console_live.py");
+  browser = await chromium.launch({ executablePath: CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_ARGS, headless: true });
+  context = await browser.newContext({ viewport: { width: 1440, height: 900 }, deviceScaleFactor: 1, locale: "en-GB", timezoneId: "UTC" });
+  await context.addInitScript(() => {
+    window.cspViolations = [];
+    document.addEventListener("securitypolicyviolation", (event) => window.cspViolations.push(`${event.effectiveDirective} ${event.blockedURI}`));
+    const Native = window.RTCPeerConnection;
+    window.peerConnections = [];
+    window.RTCPeerConnection = class extends Native {
+      constructor(...args) {
+        super(...args);
+        window.peerConnections.push(this);
+      }
+    };
+  });
+  page = await context.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  page.on("console", (message) => pageLines.push(`${message.type()}: ${message.text()}`));
+  page.on("pageerror", (error) => pageLines.push(`pageerror: ${error.message}`));
+});
+
+after(async () => {
+  if (process.exitCode) console.log(pageLines.join("\n"));
+  await browser?.close();
+});
+
+// ------------------------------------------------------------------------------------- helpers
+
+async function hear(room, text) {
+  const response = await fetch(`${HELPER_URL}/hear`, { method: "POST", body: JSON.stringify({ room, text }) });
+  assert.equal(response.status, 200, `the helper answered ${response.status}`);
+}
+
+async function participants(room) {
+  return (await fetch(`${HELPER_URL}/room?room=${encodeURIComponent(room)}`)).json();
+}
+
+/** The agent's state as the REST API reports it (with the api-secret, not the console's session). */
+async function agentState(code, room, secret) {
+  const response = await fetch(`${GATEWAY_URL}/v1/agent/${code}/get-state`, {
+    method: "POST",
+    headers: { "api-secret": secret, "content-type": "application/json" },
+    body: JSON.stringify({ room_id: room }),
+  });
+  const text = await response.text();
+  assert.equal(response.status, 200, text);
+  return JSON.parse(text).data.rooms[0].result.state;
+}
+
+async function until(what, check, timeoutMs = WAIT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+const activity = () => page.locator(".activity-log");
+/** The newest activity entry whose label is `label`. */
+const entry = (label) => activity().locator(".entry", { has: page.locator(".what", { hasText: label }) }).first();
+const transcript = () => page.locator(".transcript-lines");
+const callItem = (room) => page.locator(`.call-item[data-room="${room}"]`);
+
+async function shot(name) {
+  await page.screenshot({ path: `${SCREENSHOTS}/${name}`, fullPage: false });
+}
+
+async function tab(name) {
+  await page.getByRole("tab", { name }).click();
+}
+
+// ------------------------------------------------------------------------------------- the tests
+
+test("the page loads under a strict CSP, and a wrong secret shows the gateway's error", async () => {
+  const response = await page.goto(`${GATEWAY_URL}/console`);
+  const headers = response.headers();
+  assert.match(headers["content-security-policy"], /script-src 'self';/);
+  assert.doesNotMatch(headers["content-security-policy"], /unsafe/);
+  assert.equal(headers["x-frame-options"], "DENY");
+  await page.getByLabel("API secret").fill("not-the-secret");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("alert").filter({ hasText: "UNAUTHORIZED" }).waitFor();
+  assert.deepEqual(await page.evaluate(() => window.cspViolations), []);
+});
+
+test("signing in: an HttpOnly SameSite=Strict cookie, the secret nowhere in the page; the list shows this tenant's calls", async () => {
+  await page.getByLabel("API secret").fill(SECRET_A);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await callItem(ROOM_1).waitFor();
+  await callItem(ROOM_2).waitFor();
+  assert.equal(await callItem(ROOM_B).count(), 0, "tenant B's call is not listed");
+  // RoomIO publishes the agent's state; the list shows it
+  await callItem(ROOM_1).locator(".state", { hasText: "listening" }).waitFor();
+  await callItem(ROOM_1).getByText("caller-ann-lee").waitFor();
+  const cookies = await context.cookies();
+  assert.equal(cookies.length, 1);
+  const [cookie] = cookies;
+  assert.equal(cookie.name, "imaginex_console");
+  assert.equal(cookie.httpOnly, true);
+  assert.equal(cookie.sameSite, "Strict");
+  assert.equal(cookie.path, "/console");
+  assert.notEqual(cookie.value, SECRET_A);
+  const seen = await page.evaluate(() => ({
+    cookie: document.cookie,
+    local: localStorage.length,
+    session: sessionStorage.length,
+    url: location.href,
+    input: document.querySelector('input[type="password"]'),
+  }));
+  assert.deepEqual(seen, { cookie: "", local: 0, session: 0, url: `${GATEWAY_URL}/console`, input: null });
+  assert.ok(!(await page.content()).includes(SECRET_A));
+  // the overview, while no call is open: every call of the tenant, with its state
+  const board = page.getByRole("table", { name: "Live calls" });
+  await board.getByRole("button", { name: `Open the call ${ROOM_1}` }).waitFor();
+  await board.getByRole("button", { name: `Open the call ${ROOM_2}` }).waitFor();
+  await board.getByRole("row", { name: new RegExp(ROOM_1) }).getByText("listening").waitFor();
+  await shot("calls.png");
+});
+
+test("keyboard: Tab reaches a call and Enter opens it; every control has a name a screen reader reads", async () => {
+  let focused = "";
+  for (let i = 0; i < 40 && focused !== ROOM_1; i++) {
+    await page.keyboard.press("Tab");
+    focused = await page.evaluate(() => document.activeElement?.getAttribute("data-room") ?? "");
+  }
+  assert.equal(focused, ROOM_1, "Tab reaches the call");
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: ROOM_1, level: 2 }).waitFor();
+  assert.equal(await page.evaluate(() => document.activeElement?.id), "call-title", "focus moves to the call");
+  assert.equal(await callItem(ROOM_1).getAttribute("aria-current"), "true");
+
+  // the tabs: arrow keys move between them
+  await page.getByRole("tab", { name: "Speak" }).focus();
+  await page.keyboard.press("ArrowRight");
+  assert.equal(await page.evaluate(() => document.activeElement?.textContent), "Context");
+  assert.equal(await page.getByRole("tab", { name: "Context" }).getAttribute("aria-selected"), "true");
+  await page.keyboard.press("ArrowLeft");
+
+  const unnamed = await page.evaluate(() => {
+    const problems = [];
+    for (const element of document.querySelectorAll("button, input, textarea, select, meter, [role=tab], [role=tabpanel], [role=log], dialog, nav, section, aside section")) {
+      const labelled = element.getAttribute("aria-label") || element.getAttribute("aria-labelledby");
+      const byLabel = element.labels && [...element.labels].some((label) => label.textContent.trim());
+      const byText = (element.tagName === "BUTTON" || element.getAttribute("role") === "tab") && element.textContent.trim();
+      if (!labelled && !byLabel && !byText) problems.push(element.outerHTML.slice(0, 120));
+    }
+    return problems;
+  });
+  assert.deepEqual(unnamed, []);
+  // the transcript and the activity are live regions a screen reader announces
+  assert.equal(await transcript().getAttribute("role"), "log");
+  assert.equal(await activity().getAttribute("aria-live"), "polite");
+});
+
+test("the caller's words, the agent's tool call and its answer reach the transcript", async () => {
+  await page.locator(".pill", { hasText: "Stream" }).locator("b", { hasText: "live" }).waitFor();
+  await hear(ROOM_1, "Hi, I'm calling about my order 4417, where is it?");
+  await transcript().locator(".line.user", { hasText: "order 4417" }).first().waitFor();
+  await transcript().locator(".line.tool", { hasText: "lookup_order completed" }).waitFor();
+  await transcript().locator(".line.assistant", { hasText: "shipped yesterday" }).waitFor();
+  // the agent's state follows the events: back to listening once it answered
+  await page.locator(".pill", { hasText: "Agent" }).locator("b", { hasText: "listening" }).waitFor();
+});
+
+test("speak: its ack, then the playout events, then the line in the transcript", async () => {
+  await tab("Speak");
+  await page.getByRole("textbox", { name: "Message", exact: true }).fill("While I have you: your refund for order 3920 was approved this morning.");
+  await page.getByRole("button", { name: "Speak", exact: true }).click();
+  const speak = entry("Speak");
+  await speak.locator(".status", { hasText: "✓ Speech triggered successfully" }).waitFor();
+  await speak.locator(".notes", { hasText: "▶ started playing" }).waitFor();
+  await speak.locator(".notes", { hasText: "■ finished" }).waitFor();
+  await transcript().locator(".line.assistant", { hasText: "refund for order 3920" }).waitFor();
+});
+
+test("add_context shows up in the context panel; remove takes it away", async () => {
+  await tab("Context");
+  await page.getByRole("textbox", { name: "Context", exact: true }).fill("VIP customer since 2019: offer free express shipping on any reorder.");
+  await page.getByRole("textbox", { name: "Key (optional)", exact: true }).fill("vip");
+  await page.getByRole("button", { name: "Add context" }).click();
+  await entry("Add context").locator(".status", { hasText: "✓ Context added successfully" }).waitFor();
+  const vip = page.locator(".context-entry", { has: page.locator("code", { hasText: "vip" }) });
+  await vip.locator(".context-text", { hasText: "free express shipping" }).waitFor();
+  assert.deepEqual((await agentState(CODE_A, ROOM_1, SECRET_A)).context_entries.map((e) => e.key), ["vip"]);
+
+  await page.getByRole("textbox", { name: "Context", exact: true }).fill("Temporary note for this test.");
+  await page.getByRole("textbox", { name: "Key (optional)", exact: true }).fill("scratch");
+  await page.getByRole("button", { name: "Add context" }).click();
+  const scratch = page.locator(".context-entry", { has: page.locator("code", { hasText: "scratch" }) });
+  await scratch.waitFor();
+  await page.getByRole("button", { name: "Remove context scratch" }).click();
+  await entry("Remove context").locator(".status", { hasText: "removed: true" }).waitFor();
+  await scratch.waitFor({ state: "detached" });
+  assert.deepEqual((await agentState(CODE_A, ROOM_1, SECRET_A)).context_entries.map((e) => e.key), ["vip"]);
+});
+
+test("a refused action shows its error code and sentence; a queued speech can be cancelled", async () => {
+  await tab("Speak");
+  const long = "Please hold while I look through the shipping records for every parcel on this account, it will only take a moment.";
+  await page.getByRole("textbox", { name: "Message", exact: true }).fill(long);
+  await page.getByRole("button", { name: "Speak", exact: true }).click();
+  await entry("Speak").locator(".notes", { hasText: "▶ started playing" }).waitFor();
+  await page.getByRole("textbox", { name: "Message", exact: true }).fill("Are you still there?");
+  await page.getByLabel("Only if idle").check();
+  await page.getByRole("button", { name: "Speak", exact: true }).click();
+  await entry("Speak").locator(".status", { hasText: "✗ BUSY" }).waitFor();
+  assert.match(await entry("Speak").locator(".status").textContent(), /^✗ BUSY: \S/);
+
+  // queued behind the long one: cancelled from the pending list before it plays
+  await page.getByLabel("After what is queued").check();
+  await page.getByRole("textbox", { name: "Message", exact: true }).fill("This one should never be heard.");
+  await page.getByRole("button", { name: "Speak", exact: true }).click();
+  const pending = page.locator(".pending-speech", { hasText: "never be heard" });
+  await pending.waitFor();
+  await pending.getByRole("button", { name: /^Cancel the speech/ }).click();
+  await entry("Cancel speech").locator(".status", { hasText: "cancelled: queued" }).waitFor();
+  await pending.waitFor({ state: "detached" });
+});
+
+test("interrupt, mute, stop listening, instructions and a user message: each with its ack", async () => {
+  await page.getByRole("button", { name: "Interrupt", exact: true }).click();
+  await entry("Interrupt").locator(".status", { hasText: "✓" }).waitFor();
+  await page.getByRole("button", { name: "Mute the agent" }).click();
+  await page.getByRole("button", { name: "Unmute the agent" }).waitFor();
+  await page.getByRole("button", { name: "Stop it listening" }).click();
+  await page.getByRole("button", { name: "Let it listen" }).waitFor();
+  let io = (await agentState(CODE_A, ROOM_1, SECRET_A)).io;
+  assert.deepEqual([io.agent_audio, io.user_audio], [false, false]);
+  await page.getByRole("button", { name: "Unmute the agent" }).click();
+  await page.getByRole("button", { name: "Let it listen" }).click();
+  await page.getByRole("button", { name: "Mute the agent" }).waitFor();
+  await page.getByRole("button", { name: "Stop it listening" }).waitFor();
+  io = (await agentState(CODE_A, ROOM_1, SECRET_A)).io;
+  assert.deepEqual([io.agent_audio, io.user_audio], [true, true]);
+
+  await tab("Instructions");
+  await page.getByRole("textbox", { name: "Instructions", exact: true }).fill("Keep every answer under two sentences.");
+  await page.getByRole("button", { name: "Update instructions" }).click();
+  await entry("Update instructions").locator(".status", { hasText: "✓" }).waitFor();
+  await page.getByRole("button", { name: "Reset instructions" }).click();
+  await entry("Reset instructions").locator(".status", { hasText: "✓" }).waitFor();
+
+  await tab("As the user");
+  await page.getByRole("textbox", { name: "User message", exact: true }).fill("Can you also check order 5120?");
+  // sent from the keyboard: Ctrl+Enter in the text area
+  await page.getByRole("textbox", { name: "User message", exact: true }).press("Control+Enter");
+  await entry("User message").locator(".status", { hasText: "✓" }).waitFor();
+  await transcript().locator(".line.user", { hasText: "order 5120" }).waitFor();
+  await transcript().locator(".line.assistant", { hasText: "order 5120 shipped yesterday" }).waitFor();
+  await page.locator(".pill", { hasText: "Agent" }).locator("b", { hasText: "listening" }).waitFor();
+  // one the agent does not answer: no event says so, the console reads it from the history
+  await page.getByLabel("Let the agent answer").uncheck();
+  await page.getByRole("textbox", { name: "User message", exact: true }).fill("I prefer to be contacted by email.");
+  await page.getByRole("button", { name: "Send as the user" }).click();
+  await transcript().locator(".line.user", { hasText: "contacted by email" }).waitFor();
+  await tab("Speak");
+  await shot("call.png");
+});
+
+test("take over: the operator's microphone is published and the agent muted; hand back restores it", async () => {
+  await page.getByRole("textbox", { name: "Message", exact: true }).fill("Thanks for waiting, I am now checking the warehouse system for the exact delivery slot of your parcel.");
+  await page.getByRole("button", { name: "Speak", exact: true }).click();
+  await entry("Speak").locator(".notes", { hasText: "▶ started playing" }).waitFor();
+  const spoken = entry("Speak");
+
+  await page.getByRole("button", { name: "Take over" }).click();
+  await page.getByRole("status").filter({ hasText: "You are live on this call." }).waitFor();
+  await entry("Take over").locator(".status", { hasText: "✓ live as imaginex-operator-" }).waitFor();
+  // the agent was cut off, muted and stopped listening
+  await spoken.locator(".notes", { hasText: "■ cut off" }).waitFor();
+  const io = (await agentState(CODE_A, ROOM_1, SECRET_A)).io;
+  assert.deepEqual([io.agent_audio, io.user_audio], [false, false]);
+  // LiveKit shows the operator publishing a microphone, and nothing else
+  const operator = await until("the operator's microphone in the room", async () =>
+    (await participants(ROOM_1)).find((p) => p.identity.startsWith("imaginex-operator-") && p.tracks.length),
+  );
+  assert.deepEqual(operator.tracks.map((t) => [t.type, t.source]), [["AUDIO", "MICROPHONE"]]);
+  assert.equal(operator.attributes["imaginex.operator"], "tenant-1");
+  // Chromium's fake microphone is sending audio over a loopback WebRTC connection
+  const sent = await until("audio bytes sent", () =>
+    page.evaluate(async () => {
+      for (const pc of window.peerConnections) {
+        const stats = await pc.getStats();
+        for (const report of stats.values()) {
+          if (report.type === "outbound-rtp" && report.kind === "audio" && report.bytesSent > 2000) {
+            const pair = [...stats.values()].find((r) => r.type === "candidate-pair" && r.state === "succeeded");
+            return { bytes: report.bytesSent, local: pair && stats.get(pair.localCandidateId).address };
+          }
+        }
+      }
+      return null;
+    }),
+  );
+  assert.match(sent.local, /^127\./);
+  await page.locator(".meter-label meter").waitFor();
+  await shot("takeover.png");
+
+  await page.getByRole("button", { name: "Hand back to the agent" }).click();
+  await entry("Tell the agent a human spoke").locator(".status", { hasText: "✓" }).waitFor();
+  const state = await agentState(CODE_A, ROOM_1, SECRET_A);
+  assert.deepEqual([state.io.agent_audio, state.io.user_audio], [true, true]);
+  assert.ok(state.context_entries.some((e) => e.key === "imaginex.console.takeover"));
+  await until("the operator to leave the room", async () => !(await participants(ROOM_1)).some((p) => p.identity.startsWith("imaginex-operator-")));
+  assert.equal(await page.getByRole("status").filter({ hasText: "You are live" }).count(), 0);
+  await page.getByRole("button", { name: "Take over" }).waitFor();
+});
+
+test("end call asks first (Escape keeps the call), then the call leaves the list", async () => {
+  await callItem(ROOM_2).click();
+  await page.getByRole("heading", { name: ROOM_2, level: 2 }).waitFor();
+  await page.getByRole("button", { name: "End call…" }).click();
+  const dialog = page.getByRole("dialog", { name: "End this call?" });
+  await dialog.waitFor();
+  await page.keyboard.press("Escape");
+  await dialog.waitFor({ state: "hidden" });
+  assert.equal(await callItem(ROOM_2).count(), 1);
+  await page.getByRole("button", { name: "End call…" }).click();
+  await dialog.getByLabel("Reason (optional)").fill("Resolved by the supervisor");
+  await dialog.getByLabel("Let what is playing and queued finish first").uncheck();
+  await dialog.getByRole("button", { name: "End the call" }).click();
+  await entry("End call").locator(".status", { hasText: "✓" }).waitFor();
+  await transcript().locator(".line.system", { hasText: "Call ended" }).waitFor();
+  await callItem(ROOM_2).waitFor({ state: "detached" });
+  assert.equal(await callItem(ROOM_1).count(), 1);
+});
+
+test("CSRF and CSP from the browser's side: no token, another origin or an inline script get nothing", async () => {
+  const path = `/console/api/v1/agent/${CODE_A}/speak`;
+  const noToken = await page.evaluate(async (path) => {
+    const response = await fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ message: "csrf-check one" }) });
+    return [response.status, (await response.json()).error];
+  }, path);
+  assert.deepEqual(noToken, [403, "FORBIDDEN"]);
+
+  // another origin on the same host (same site, so SameSite alone would let the cookie go):
+  // its form post and its fetch carry the cookie, and are refused
+  const attacker = createServer((request, response) => {
+    response.writeHead(200, { "content-type": "text/html" }).end(`<!doctype html>
+<form id="f" method="POST" action="${GATEWAY_URL}/console/api/logout" target="sink"></form><iframe name="sink"></iframe>
+<script>
+fetch(${JSON.stringify(GATEWAY_URL + path)}, { method: "POST", mode: "no-cors", credentials: "include", headers: { "content-type": "text/plain" }, body: JSON.stringify({ message: "csrf-check two" }) })
+  .finally(() => { document.getElementById("f").submit(); setTimeout(() => { document.title = "done"; }, 1000); });
+</script>`);
+  });
+  await new Promise((resolve) => attacker.listen(0, "127.0.0.1", resolve));
+  const evil = await context.newPage();
+  await evil.goto(`http://127.0.0.1:${attacker.address().port}/`);
+  await evil.waitForFunction(() => document.title === "done");
+  await evil.close();
+  attacker.close();
+  const session = await page.evaluate(async () => (await fetch("console/api/session")).status);
+  assert.equal(session, 200, "the cross-origin form post did not sign the operator out");
+  const history = await fetch(`${GATEWAY_URL}/v1/agent/${CODE_A}/get-history`, {
+    method: "POST",
+    headers: { "api-secret": SECRET_A, "content-type": "application/json" },
+    body: JSON.stringify({ room_id: ROOM_1, limit: 200 }),
+  });
+  const said = (await history.json()).data.rooms[0].result.history.map((item) => item.text).join("\n");
+  assert.doesNotMatch(said, /csrf-check/);
+
+  // an injected inline script does not run: the CSP allows this origin's files only
+  const ran = await page.evaluate(() => {
+    const script = document.createElement("script");
+    script.textContent = "window.injected = true";
+    document.body.append(script);
+    return window.injected === true;
+  });
+  assert.equal(ran, false);
+  await until("the CSP report", () => page.evaluate(() => window.cspViolations.some((v) => v.startsWith("script-src"))));
+  const others = await page.evaluate(() => window.cspViolations.filter((v) => !v.startsWith("script-src-elem inline")));
+  assert.deepEqual(others, [], "the console itself breaks no rule of its CSP (take-over included)");
+});
+
+test("sign out ends the session; tenant B sees its own call only and cannot reach tenant A's", async () => {
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByLabel("API secret").waitFor();
+  assert.equal(await page.evaluate(async () => (await fetch("console/api/session")).status), 401);
+  assert.deepEqual(await context.cookies(), []);
+
+  await page.getByLabel("API secret").fill(SECRET_B);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await callItem(ROOM_B).waitFor();
+  assert.equal(await page.locator(".call-item").count(), 1);
+  const reach = await page.evaluate(
+    async ({ codeA, room }) => {
+      const { csrf_token: csrf } = await (await fetch("console/api/session")).json();
+      const headers = { "content-type": "application/json", "x-csrf-token": csrf };
+      const events = await fetch(`console/api/v1/agent/${codeA}/events?room_id=${room}`);
+      const speak = await fetch(`console/api/v1/agent/${codeA}/speak`, { method: "POST", headers, body: JSON.stringify({ message: "hello", room_id: room }) });
+      const takeover = await fetch("console/api/takeover", { method: "POST", headers, body: JSON.stringify({ agent_code: codeA, room_id: room }) });
+      return [events.status, speak.status, takeover.status, (await takeover.json()).error];
+    },
+    { codeA: CODE_A, room: ROOM_1 },
+  );
+  assert.deepEqual(reach, [404, 404, 404, "AGENT_NOT_FOUND"]);
+  await callItem(ROOM_B).click();
+  await page.getByRole("heading", { name: ROOM_B, level: 2 }).waitFor();
+  await page.locator(".pill", { hasText: "Stream" }).locator("b", { hasText: "live" }).waitFor();
+});
