@@ -257,7 +257,7 @@ async def test_server_api_packets_are_ignored_when_server_is_not_trusted(
 async def test_an_old_gateway_naming_a_reply_url_is_refused_and_nothing_is_spoken(
     make_harness: HarnessFactory,
 ) -> None:
-    # v1.3's reply_to was withdrawn: an old gateway's server-API packet, validly signed, with
+    # reply_to was withdrawn: an old gateway's server-API packet, validly signed, with
     # the field as it sent it, is refused whole (not applied without its answer)
     harness: Harness = await make_harness()
     speak = json.dumps({"type": "speak", "message": "hi"})
