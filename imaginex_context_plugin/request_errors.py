@@ -10,13 +10,13 @@ gateway's calls through LiveKit (``_livekit``) raise them.
 
 from __future__ import annotations
 
-from .errors import ErrorCode, ImaginexError
+from .errors import ErrorCode, RequestError
 from .protocol import ErrorAck, SuccessAck
 
 __all__ = ["AckTimeoutError", "ContextError", "PlayoutTimeoutError"]
 
 
-class ContextError(ImaginexError):
+class ContextError(RequestError):
     """A request that was not applied, or whose outcome is unknown.
 
     Raised for an error ack from the agent (``ack`` is the :class:`~.protocol.ErrorAck`) and for
@@ -45,9 +45,9 @@ class ContextError(ImaginexError):
         ack: ErrorAck | None = None,
         retryable: bool | None = None,
     ) -> None:
-        super().__init__(code, message, retryable=retryable)
-        self.request_id = request_id
-        self.retry_after = retry_after
+        super().__init__(
+            code, message, request_id=request_id, retry_after=retry_after, retryable=retryable
+        )
         self.ack = ack
 
     def __str__(self) -> str:
