@@ -135,7 +135,7 @@ async def test_run_all_quick_sizes_run() -> None:
         "vs livekit": {"requests": 10, "warmup": 2, "round_size": 5},
         "subscribers": {"events": 300},
     }
-    # the live benchmarks need a LiveKit server: tests/integration/test_bench_live_smoke.py
+    # the live benchmarks need a LiveKit server: tests/integration/test_live_bench_smoke.py
     # (and the directory's and the avatar's own smoke tests), and a two-node cluster:
     # tests/integration/test_fanout_bench_smoke.py
     results = await run_all.run_all(sizes)
