@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,13 +41,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from livekit import api, rtc  # noqa: E402
+from livekit import rtc  # noqa: E402
 from livekit.agents import Agent, AgentSession, llm  # noqa: E402
 
 # private, and only here: see remote_participant()
 from livekit.rtc._proto import handle_pb2, participant_pb2  # noqa: E402
 
-from devtools.livekit_server import LiveKitServer, ServerInfo, find_binary, server_from_env  # noqa: E402
 from imaginex_context_plugin import CONTEXT_TOPIC, AckTransport, ContextPlugin  # noqa: E402
 from imaginex_context_plugin.testing import OfflineRoom, RecordingTTS, ScriptedLLM  # noqa: E402
 
@@ -581,40 +578,6 @@ def table(figures: Sequence[Figure], *, with_bench: Sequence[str] | None = None)
         return "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
 
     return [fmt(head), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
-
-
-@contextlib.contextmanager
-def livekit(given: ServerInfo | None = None) -> Iterator[ServerInfo]:
-    """The live benchmarks' server: ``given``, else the one ``LIVEKIT_URL`` names, else a
-    ``livekit-server --dev`` started here (and stopped afterwards)."""
-    external = given or server_from_env()
-    if external is not None:
-        yield external
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-livekit-") as workdir:
-        server = LiveKitServer(find_binary(build=True), Path(workdir))
-        try:
-            yield server.start()
-        finally:
-            server.stop()
-
-
-def room_token(
-    lk: ServerInfo,
-    room: str,
-    identity: str,
-    *,
-    agent: bool = False,
-    attributes: dict[str, str] | None = None,
-) -> str:
-    """A token to join ``room`` as ``identity`` (an agent participant with ``agent``)."""
-    grants = api.VideoGrants(room_join=True, room=room, can_update_own_metadata=True)
-    built = api.AccessToken(lk.api_key, lk.api_secret).with_identity(identity).with_grants(grants)
-    if agent:
-        built = built.with_kind("agent")
-    if attributes:
-        built = built.with_attributes(attributes)
-    return built.to_jwt()
 
 
 def script_main(

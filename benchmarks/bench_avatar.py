@@ -47,7 +47,8 @@ from collections.abc import AsyncIterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, Final  # noqa: E402
 
-from _harness import Figure, Report, livekit, ms, percentile, room_token, script_main  # noqa: E402
+from _harness import Figure, Report, ms, percentile, script_main  # noqa: E402
+from _live import livekit, room_token  # noqa: E402
 from livekit import rtc  # noqa: E402
 from livekit.agents import Agent, AgentSession, room_io  # noqa: E402
 from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF  # noqa: E402

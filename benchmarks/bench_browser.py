@@ -34,7 +34,8 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-from _harness import Figure, Report, livekit, ms, percentile, room_token, script_main  # noqa: E402
+from _harness import Figure, Report, ms, percentile, script_main  # noqa: E402
+from _live import livekit, room_token  # noqa: E402
 
 from devtools.agent_worker import agent_worker, dispatched_room  # noqa: E402
 from devtools.livekit_server import ServerInfo  # noqa: E402

@@ -50,7 +50,8 @@ from datetime import datetime  # noqa: E402
 from typing import Any  # noqa: E402
 
 import aiohttp  # noqa: E402
-from _harness import Figure, Report, livekit, percentile, room_token, script_main  # noqa: E402
+from _harness import Figure, Report, percentile, script_main  # noqa: E402
+from _live import livekit, room_token  # noqa: E402
 from livekit import api, rtc  # noqa: E402
 
 from devtools.agent_worker import agent_worker, dispatched_room  # noqa: E402

@@ -40,7 +40,8 @@ import uuid  # noqa: E402
 from collections.abc import AsyncIterator, Awaitable, Callable  # noqa: E402
 
 import aiohttp  # noqa: E402
-from _harness import Figure, Report, livekit, ms, percentile, room_token, script_main  # noqa: E402
+from _harness import Figure, Report, ms, percentile, script_main  # noqa: E402
+from _live import livekit, room_token  # noqa: E402
 from aiohttp import web  # noqa: E402
 from livekit import api, rtc  # noqa: E402
 

@@ -49,7 +49,8 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Any, Final  # noqa: E402
 
 import aiohttp  # noqa: E402
-from _harness import cpu_seconds, ms, percentile, room_token  # noqa: E402
+from _harness import cpu_seconds, ms, percentile  # noqa: E402
+from _live import room_token  # noqa: E402
 from aiohttp import web  # noqa: E402
 from livekit import rtc  # noqa: E402
 

@@ -6,14 +6,17 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestClient
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from livekit import api, rtc
 
+from devtools.agent_worker import WorkerError, WorkerProcess, agent_worker
 from devtools.livekit_server import ServerInfo
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient, ContextPlugin
 from imaginex_context_plugin.gateway.delivery import AgentBackend
@@ -252,3 +255,41 @@ async def stream_a_call_to_its_end(
     assert kinds[-1] == "call_ended"
     assert ("agent_state", "speaking") in [(k, e.get("new_state")) for k, e in events]
     return events
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app: web.Application, *, port: int | None = None
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """``app`` served on 127.0.0.1 (at ``port``, else a free one) for as long as the block runs."""
+    client: TestClient[web.Request, web.Application] = TestClient(
+        TestServer(app, host="127.0.0.1", port=port)
+    )
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def assert_no_room_joined(
+    lk: ServerInfo, agents: Sequence[LiveAgent], pooled: Sequence[Callable[[], list[str]]]
+) -> None:
+    """No room connection: nothing in any gateway's pool (``pooled``), and no gateway
+    participant in any agent's room."""
+    assert all(rooms() == [] for rooms in pooled)
+    for agent in agents:
+        assert await room_identities(lk, agent.room_name) == {agent.identity}
+
+
+def module_worker(
+    lk: ServerInfo, tmp_path_factory: pytest.TempPathFactory, worker_file: str, name: str
+) -> Iterator[WorkerProcess]:
+    """``worker_file`` as a real agent worker, for a module-scoped fixture to ``yield from``;
+    a worker that does not register fails the test (its log in the message)."""
+    log_path = tmp_path_factory.mktemp(name) / "worker.log"
+    try:
+        with agent_worker(lk, worker_file, log_path) as worker:
+            yield worker
+    except WorkerError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from livekit import api
 
-from devtools.livekit_server import ServerInfo
+from devtools.livekit_server import ServerInfo, free_tcp_port
 from imaginex_context_plugin._livekit.send_data import DataSender
 from imaginex_context_plugin.errors import BackendError, ErrorCode
 from imaginex_context_plugin.gateway import ApiSecrets, LiveKitBackend, LiveKitSettings, create_app
@@ -37,9 +36,10 @@ from tests.integration.live import (
     AGENT_IDENTITY,
     LiveAgent,
     agents_found,
+    assert_no_room_joined,
     live_agent,
-    room_identities,
     room_name,
+    serve,
     speak_repeat_and_add_context,
     stream_a_call_to_its_end,
 )
@@ -51,13 +51,6 @@ WAIT_S = 15.0
 Client = TestClient[web.Request, web.Application]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.asynccontextmanager
 async def server_api_gateway(
     lk: ServerInfo, **options: Any
@@ -65,7 +58,7 @@ async def server_api_gateway(
     """A gateway delivering through the server API, served on 127.0.0.1 at its public URL
     (``options`` go to ``ServerApiBackend``)."""
     settings = LiveKitSettings(url=lk.url, api_key=lk.api_key, api_secret=lk.api_secret)
-    port = _free_port()
+    port = free_tcp_port()
     backend = ServerApiBackend(
         LiveKitBackend(settings),
         settings,
@@ -74,12 +67,8 @@ async def server_api_gateway(
         **options,
     )
     app = create_app(backend, ApiSecrets(secret=API_SECRET), signing_secret=SIGNING)
-    client: Client = TestClient(TestServer(app, host="127.0.0.1", port=port))
-    await client.start_server()
-    try:
+    async with serve(app, port=port) as client:
         yield client, backend
-    finally:
-        await client.close()
 
 
 async def test_speak_and_add_context_reach_every_room_without_joining_one(
@@ -105,11 +94,11 @@ async def test_speak_and_add_context_reach_every_room_without_joining_one(
             client, replica, code, agents, "Hello by SendData.", api_secret=API_SECRET
         )
 
-        # no room connection: nothing pooled, and no gateway participant in any room
-        assert backend.pooled_rooms == []
-        assert replica_backend.pooled_rooms == []
-        for agent in agents:
-            assert await room_identities(livekit, agent.room_name) == {agent.identity}
+        await assert_no_room_joined(
+            livekit,
+            agents,
+            [lambda: backend.pooled_rooms, lambda: replica_backend.pooled_rooms],
+        )
         assert backend.reply_inbox.accepted == 4
         assert replica_backend.reply_inbox.accepted == 2
 
@@ -347,7 +336,7 @@ async def test_replicas_behind_one_url_hand_each_other_the_agents_replies(
     settings = LiveKitSettings(
         url=livekit.url, api_key=livekit.api_key, api_secret=livekit.api_secret
     )
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_tcp_port(), free_tcp_port()
     balanced = f"http://127.0.0.1:{port_b}"  # every agent's reply lands on replica B
     async with contextlib.AsyncExitStack() as stack:
         clients: list[Client] = []

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from devtools.livekit_server import ServerInfo
 from imaginex_context_plugin.errors import BackendError, ErrorCode
@@ -23,9 +23,10 @@ from tests.integration.live import (
     AGENT_IDENTITY,
     LiveAgent,
     agents_found,
+    assert_no_room_joined,
     live_agent,
-    room_identities,
     room_name,
+    serve,
     speak_repeat_and_add_context,
     stream_a_call_to_its_end,
 )
@@ -49,12 +50,8 @@ async def server_rpc_gateway(
         signing_secret=signing_secret,
         delivery_timeout=10.0,
     )
-    client: Client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
-    try:
+    async with serve(app) as client:
         yield client, backend
-    finally:
-        await client.close()
 
 
 async def test_speak_and_add_context_reach_every_room_without_joining_one(
@@ -74,11 +71,11 @@ async def test_speak_and_add_context_reach_every_room_without_joining_one(
             client, replica, code, agents, "Hello by PerformRpc.", api_secret=API_SECRET
         )
 
-        # no room connection: nothing pooled, and no gateway participant in any room
-        assert backend.pooled_rooms == []
-        assert replica_backend.pooled_rooms == []
-        for agent in agents:
-            assert await room_identities(livekit, agent.room_name) == {agent.identity}
+        await assert_no_room_joined(
+            livekit,
+            agents,
+            [lambda: backend.pooled_rooms, lambda: replica_backend.pooled_rooms],
+        )
         assert backend.sent_again == replica_backend.sent_again == 0
 
 
