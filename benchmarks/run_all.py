@@ -36,6 +36,7 @@ import bench_hot_path  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_live  # noqa: E402
 import bench_subscribers  # noqa: E402
+import bench_v13_cost  # noqa: E402
 import bench_vs_livekit  # noqa: E402
 from _harness import Report, machine, table  # noqa: E402
 
@@ -46,6 +47,7 @@ FULL: dict[str, dict[str, Any]] = {
     "flood memory": {},
     "vs livekit": {},
     "subscribers": {},
+    "v1.3 cost": {},
     "live": {},
     "avatar": {},
     "directory": {},
@@ -58,6 +60,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "flood memory": {"messages": 2_000, "states": 300},
     "vs livekit": {"requests": 300, "warmup": 50, "round_size": 50},
     "subscribers": {"events": 2_000},
+    "v1.3 cost": {"rounds": 1, "messages": 400, "burst": 50},
     "live": {"requests": 30, "cold": 2},
     "avatar": {"speeches": 3},
     "directory": {"sizes": (1, 20), "lookups": 50, "scan_lookups": 5},
@@ -70,6 +73,7 @@ RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
     "flood memory": bench_flood_memory.run,
     "vs livekit": bench_vs_livekit.run,
     "subscribers": bench_subscribers.run,
+    "v1.3 cost": bench_v13_cost.run,
     "live": bench_live.run,
     "avatar": bench_avatar.run,
     "directory": bench_directory.run,

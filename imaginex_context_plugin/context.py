@@ -17,7 +17,7 @@ from typing import Final, NamedTuple
 
 from livekit.agents import llm
 
-from .protocol import ContextEntryInfo, ContextRole, ContextScope
+from .protocol import ContextDropReason, ContextEntryInfo, ContextRole, ContextScope
 
 ENTRY_ID_PREFIX: Final = "imaginex_ctx_"
 """Chat item ids of the plugin's messages start with this, so they can be found again."""
@@ -62,6 +62,12 @@ class ContextEntry:
     """Wall-clock time it was added; the ``created_at`` of its chat message."""
     slot: int = 0
     """Its place in age order (a keyed replacement keeps the slot of the entry it replaces)."""
+    sender: str | None = None
+    """Who added it (the identity answers go to): told ``context_used`` / ``context_dropped``."""
+    v1_3: bool = False
+    """Whether its sender speaks v1.3 (only those are sent the context events)."""
+    reported: bool = False
+    """Whether ``context_used`` or ``context_dropped`` went out for it (one of them, once)."""
     _message: llm.ChatMessage | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -82,12 +88,20 @@ class ContextEntry:
         return self._message
 
 
+Departure = tuple[ContextEntry, ContextDropReason]
+"""An entry that left the store, and why."""
+
+
 class ContextStore:
     """Ordered context entries with a budget; O(1) to add, replace or remove one.
 
     Changes can be made provisionally: between :meth:`begin` and :meth:`commit`, every entry
     touched is journalled once (O(1)), so :meth:`rollback` can put the store back exactly as
     it was when a change could not be applied to the agent.
+
+    Every entry that leaves (replaced, evicted, removed, expired) is handed to ``on_departure``:
+    at once outside a transaction, at :meth:`commit` inside one (a rollback brings them back,
+    so they never left).
     """
 
     def __init__(
@@ -107,6 +121,9 @@ class ContextStore:
         self._version = 0  # bumped by every change: lets a reader cache what it derives
         # entry id -> the entry as it was before the open transaction first touched it
         self._journal: dict[str, ContextEntry | None] | None = None
+        self._departed: list[Departure] = []  # inside a transaction, until commit
+        self.on_departure: Callable[[list[Departure]], None] | None = None
+        """Told every entry that left, with why (``ContextUse``: ``context_dropped``)."""
 
     @property
     def budget(self) -> ContextBudget:
@@ -132,6 +149,10 @@ class ContextStore:
     def entries(self) -> list[ContextEntry]:
         return list(self._entries.values())
 
+    def entry(self, entry_id: str) -> ContextEntry | None:
+        """The live entry with this id, if any."""
+        return self._entries.get(entry_id)
+
     def begin(self) -> None:
         """Start a transaction: later changes stay provisional until commit or rollback."""
         self._journal = {}
@@ -139,11 +160,17 @@ class ContextStore:
     def commit(self) -> None:
         """Keep the changes made since :meth:`begin`."""
         self._journal = None
+        departed = self._departed
+        if departed:
+            self._departed = []
+            if self.on_departure is not None:
+                self.on_departure(departed)
 
     def rollback(self) -> None:
         """Undo every change made since :meth:`begin`: entries, order, budget counters."""
         journal = self._journal
         self._journal = None
+        self._departed = []
         if not journal:
             return
         self._version += 1
@@ -175,6 +202,8 @@ class ContextStore:
         scope: ContextScope = "persistent",
         ttl_s: float | None = None,
         request_id: str | None = None,
+        sender: str | None = None,
+        v1_3: bool = False,
     ) -> AddResult:
         """Add or replace an entry, then enforce the budget.
 
@@ -207,8 +236,12 @@ class ContextStore:
             expires_at=None if ttl_s is None else self._clock() + ttl_s,
             request_id=request_id,
             slot=slot,
+            sender=sender,
+            v1_3=v1_3,
         )
         self._journal_entry(entry_id)
+        if old is not None:
+            self._depart(old, "replaced")
         self._entries[entry_id] = entry  # an existing key keeps its position
         self._chars += len(text)
         self._expiring += entry.expires_at is not None
@@ -228,33 +261,46 @@ class ContextStore:
             if victim is None or victim.entry_id == keep:
                 # only keyed entries left (or the new one is the oldest unkeyed): oldest other
                 victim = next(e for e in self._entries.values() if e.entry_id != keep)
-            self._drop(victim.entry_id)
+            self._drop(victim.entry_id, "evicted")
             evicted += 1
         return evicted
 
-    def _drop(self, entry_id: str) -> None:
+    def _drop(self, entry_id: str, reason: ContextDropReason) -> None:
         self._journal_entry(entry_id)
         entry = self._entries.pop(entry_id)
         self._chars -= len(entry.text)
         self._expiring -= entry.expires_at is not None
+        self._depart(entry, reason)
+
+    def _depart(self, entry: ContextEntry, reason: ContextDropReason) -> None:
+        if entry.reported:  # it was used: nothing more to say about it
+            return
+        if self._journal is not None:
+            self._departed.append((entry, reason))
+        elif self.on_departure is not None:
+            self.on_departure([(entry, reason)])
 
     def remove_key(self, key: str) -> bool:
         entry_id = ENTRY_ID_PREFIX + "key_" + key
         if entry_id not in self._entries:
             return False
-        self._drop(entry_id)
+        self._drop(entry_id, "removed")
         return True
 
-    def remove_where(self, predicate: Callable[[ContextEntry], bool]) -> int:
+    def remove_where(
+        self, predicate: Callable[[ContextEntry], bool], reason: ContextDropReason = "removed"
+    ) -> int:
         doomed = [e.entry_id for e in self._entries.values() if predicate(e)]
         for entry_id in doomed:
-            self._drop(entry_id)
+            self._drop(entry_id, reason)
         return len(doomed)
 
     def expire(self) -> int:
         """Drop entries whose ttl has passed. Returns how many."""
         now = self._clock()
-        return self.remove_where(lambda e: e.expires_at is not None and e.expires_at <= now)
+        return self.remove_where(
+            lambda e: e.expires_at is not None and e.expires_at <= now, "expired"
+        )
 
     def next_expiry(self) -> float | None:
         if not self._expiring:
@@ -264,7 +310,9 @@ class ContextStore:
 
     def drop_next_turn(self, *, added_before: float) -> int:
         """Drop ``next_turn`` entries the agent has now replied with (added before the reply)."""
-        return self.remove_where(lambda e: e.scope == "next_turn" and e.created_at <= added_before)
+        return self.remove_where(
+            lambda e: e.scope == "next_turn" and e.created_at <= added_before, "expired"
+        )
 
     def merge_into(self, items: Iterable[llm.ChatItem]) -> list[llm.ChatItem]:
         """Chat items with the plugin's messages made equal to the live entries, in one pass.

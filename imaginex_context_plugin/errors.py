@@ -62,6 +62,9 @@ class ErrorCode(str, Enum):
     """The sender already used this ``id`` for a different message; nothing was applied."""
     NOT_FOUND = "NOT_FOUND"
     """A ``cancel`` names a request id with no speech queued or playing (unknown or finished)."""
+    SPEECH_FAILED = "SPEECH_FAILED"
+    """Sender side only (v1.3): the speech was accepted but did not play; the agent's
+    ``speech_failed`` event says why (``not_started``, ``tts_error``, ``cancelled``, ...)."""
 
 
 RETRYABLE_CODES: Final = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.NOT_READY, ErrorCode.TIMEOUT})
@@ -218,6 +221,13 @@ def validation_sentence(
     return _field_sentence(field, kind, err.get("ctx") or {}, max_id_length)
 
 
+_FORMATS: Final = {
+    "protocol": "a protocol version such as '1.3'",
+    "audio.sha256": "the clip's SHA-256 as 64 lowercase hex digits",
+}
+"""How a field with a fixed format is written, for its refusal."""
+
+
 def _field_sentence(
     field: str, kind: str, ctx: dict[str, object], max_id_length: int | None
 ) -> str:
@@ -241,6 +251,8 @@ def _field_sentence(
         )
     if kind == "string_too_short" and field == "id" and max_id_length is not None:
         return f"Field 'id' must be 1 to {max_id_length} characters."
+    if kind == "string_pattern_mismatch" and field in _FORMATS:
+        return f"Field '{field}' must be {_FORMATS[field]}."
     if kind in ("string_too_short", "string_pattern_mismatch"):
         return f"Field '{field}' must not be empty."
     if kind in ("greater_than", "greater_than_equal", "less_than_equal", "finite_number"):

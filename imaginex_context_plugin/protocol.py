@@ -1,5 +1,10 @@
-"""Wire protocol v1.1 (v1.2: a signed envelope may name its ``sender``): the JSON that travels
-between a sender and the agent.
+"""Wire protocol v1.3: the JSON that travels between a sender and the agent.
+
+v1.1 added live call control and session events, v1.2 a signed envelope's ``sender``, v1.3 a
+resumable event stream (``seq`` / ``t_ms`` on every event, a snapshot in the ``subscribe`` ack,
+``subscribe{since_seq}``), ``context_used`` / ``context_dropped``, one terminal event per speech
+(``speech_finished`` or ``speech_failed``) for senders that say they speak v1.3 (``protocol``),
+and ``speak{audio}``. Older senders keep working unchanged.
 
 Every request, acknowledgement and event is a pydantic model here, so the shape other languages
 parse is defined in one place and pinned by ``tests/protocol/test_wire_format.py``. Requests are one
@@ -60,6 +65,19 @@ MAX_REPLY_URL_LENGTH: Final = 512
 """Longest ``reply_to`` a signed envelope may name."""
 MAX_HISTORY_LIMIT: Final = 200
 DEFAULT_HISTORY_LIMIT: Final = 50
+PROTOCOL_VERSION: Final = "1.3"
+"""The protocol version this package speaks; a request naming it (``protocol``) gets v1.3
+events (``speech_failed``), one without it the v1.2 ones."""
+DEFAULT_START_WITHIN_S: Final = 30.0
+"""v1.3: a speak from a v1.3 sender that has not started playing this many seconds after it was
+applied is cancelled (``speech_failed{reason: "not_started"}``) and never plays late."""
+MAX_START_WITHIN_S: Final = 3600.0
+MAX_CLIP_BYTES: Final = 4 * 1024 * 1024
+"""v1.3: the largest audio clip (``speak{audio}``) an agent takes, encoded, in bytes."""
+MAX_CLIP_S: Final = 30.0
+"""v1.3: the longest audio clip an agent plays, in seconds of decoded audio."""
+AUDIO_STREAM_TOPIC: Final = "imaginex.audio"
+"""v1.3: the LiveKit byte stream topic a ``speak{audio}`` clip travels on."""
 
 
 ID_REUSED_MESSAGE: Final = (
@@ -209,6 +227,16 @@ class _Request(BaseModel):
     """If set and not this room's name, the request is refused with ``NO_ACTIVE_ROOMS``."""
     agent_code: str | None = None
     """If set and not this agent's code, the request is refused with ``AGENT_NOT_FOUND``."""
+    protocol: Annotated[str, Field(pattern=r"^1\.[0-9]{1,3}$")] | None = None
+    """v1.3: the protocol version the sender speaks (``"1.3"``). From ``"1.3"`` on, a speech it
+    starts ends with ``speech_finished`` or ``speech_failed``; without it, with the v1.2
+    ``speech_finished`` whatever happened."""
+
+    @property
+    def speaks_v1_3(self) -> bool:
+        """Whether the sender said it speaks v1.3 or later."""
+        version = self.protocol
+        return version is not None and int(version[2:]) >= 3
 
 
 def _check_visible(name: str, text: str) -> None:
@@ -230,8 +258,26 @@ def _pick_text(message: str | None, context: str | None) -> str | None:
     return text
 
 
+class AudioClipRef(BaseModel):
+    """v1.3: the audio clip a ``speak`` plays: a LiveKit byte stream the same participant sent
+    on ``AUDIO_STREAM_TOPIC`` before the request (at most ``MAX_CLIP_BYTES``, ``MAX_CLIP_S``)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    stream_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+    """The byte stream's id (``ByteStreamWriter.info.stream_id``)."""
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """The clip's SHA-256 (lowercase hex): with it, a signed request vouches for the clip too."""
+
+    @model_validator(mode="after")
+    def _check_text(self, info: ValidationInfo) -> AudioClipRef:
+        _require_text(self, info)
+        return self
+
+
 class SpeakRequest(_Request):
-    """Make the agent say something now, through its TTS (or phrase it, with ``instructions``)."""
+    """Make the agent say something now, through its TTS (or phrase it, with ``instructions``,
+    or play a clip, with ``audio``)."""
 
     type: Literal["speak"]
     message: str | None = None
@@ -249,6 +295,13 @@ class SpeakRequest(_Request):
     """v1.1: hang up once this speech has played out (the call is kept if the user cut it)."""
     add_to_history: bool = True
     """v1.1: False keeps the speech out of the LLM's context and the history (fillers)."""
+    start_within_s: Annotated[float, Field(gt=0, le=MAX_START_WITHIN_S)] | None = None
+    """v1.3: cancel the speech (``speech_failed{reason: "not_started"}``) if it has not started
+    playing this many seconds after it was applied. Default: ``DEFAULT_START_WITHIN_S`` for a
+    v1.3 sender (``protocol``), none for older ones."""
+    audio: AudioClipRef | None = None
+    """v1.3: play this clip (sent first as a LiveKit byte stream) instead of synthesizing
+    speech; ``message`` is then optional: the clip's transcript, for the history."""
 
     @model_validator(mode="after")
     def _check_text(self, info: ValidationInfo) -> SpeakRequest:
@@ -256,6 +309,10 @@ class SpeakRequest(_Request):
         text = _pick_text(self.message, self.context)
         if text is not None and self.instructions is not None:
             raise ValueError("Give either the text to say or 'instructions', not both")
+        if self.audio is not None:
+            if self.instructions is not None:
+                raise ValueError("Give either an audio clip or 'instructions', not both")
+            return self
         if text is None and self.instructions is None:
             raise ValueError("Missing field 'message' (or 'context'): the text to speak")
         if self.instructions is not None:
@@ -457,6 +514,8 @@ SessionEventType = Literal[
     "conversation_item",
     "tool_call",
     "call_ended",
+    "speech",  # v1.3: speech_started / speech_finished / speech_failed of every tracked speech
+    "context",  # v1.3: context_used / context_dropped of every context entry
 ]
 SESSION_EVENT_TYPES: Final[tuple[str, ...]] = get_args(SessionEventType)
 SUBSCRIBE_SUCCESS_MESSAGE: Final = "Subscribed to session events"
@@ -480,6 +539,10 @@ class SubscribeRequest(_Request):
     """Also interim (not final) user transcripts."""
     tool_arguments: bool = False
     """Also each tool call's arguments (they may hold personal data)."""
+    since_seq: Annotated[int, Field(ge=0)] | None = None
+    """v1.3: first replay what the agent still holds after this ``seq`` (the last one the
+    subscriber saw), marked ``replay: true``, then go live; if the agent's buffer no longer
+    reaches back that far, ``events_lost`` and a fresh ``snapshot`` come first instead."""
 
     @model_validator(mode="before")
     @classmethod
@@ -747,6 +810,28 @@ class AgentStateInfo(_WireModel):
     """v1.1: the session's input and output switches."""
 
 
+class PendingSpeech(_WireModel):
+    """v1.3: a speech the plugin started that is still queued or playing (snapshots)."""
+
+    speech_id: str
+    request_id: str | None
+    playing: bool
+
+
+class Snapshot(_WireModel):
+    """v1.3: where the call stands: in the ``subscribe`` ack, and as a ``snapshot`` event after
+    ``events_lost``. ``seq``: the live stream continues after it."""
+
+    seq: int
+    state: AgentStateInfo
+    """As ``get_state`` reports it."""
+    items: list[HistoryItem]
+    """The newest conversation messages, oldest first (at most ``SNAPSHOT_MAX_ITEMS``, fewer
+    when they would not fit one packet: then ``items_truncated``)."""
+    pending_speeches: list[PendingSpeech]
+    items_truncated: Omitted[Literal[True]] = None
+
+
 class AckData(_WireModel):
     agent_code: str | None
     context_type: MessageType
@@ -776,6 +861,11 @@ class AckData(_WireModel):
     """get_history: fewer items than asked for and available, to fit one packet."""
     events: Omitted[list[SessionEventType]] = None
     """subscribe: the events this sender now receives (``call_ended`` always)."""
+    snapshot: Omitted[Snapshot] = None
+    """v1.3, subscribe: where the call stands; the live events continue after its ``seq``."""
+    replayed: Omitted[int] = None
+    """v1.3, subscribe with ``since_seq``: how many events follow before the live ones (each
+    ``replay: true``); ``events_lost`` and ``snapshot`` count too."""
 
 
 class SuccessAck(_WireModel):
@@ -799,17 +889,44 @@ class ErrorAck(_WireModel):
 Ack = Annotated[SuccessAck | ErrorAck, Field(discriminator="success")]
 
 
-class SpeechStartedEvent(_WireModel):
+# ---------------------------------------------------------------------------------------------
+# events: everything the agent sends besides acks
+#
+# v1.3: every event carries ``seq`` (strictly increasing per agent session, shared by all the
+# agent's events, so one subscriber sees gaps where events went to others) and ``t_ms``
+# (milliseconds since the session started, on the agent's clock); both are absent only from
+# an older agent. An event replayed from the agent's buffer (``subscribe{since_seq}``) says
+# ``replay: true``. Every event may carry ``dropped``: events this subscriber lost just before
+# it because it fell behind. Texts longer than fits one packet are cut and marked
+# ``text_truncated`` (``arguments_truncated``).
+
+
+class _Event(_WireModel):
+    type: str  # each event's own literal; declared here so that it comes first
+    seq: Omitted[int] = None
+    """v1.3: this event's number, strictly increasing per agent session."""
+    t_ms: Omitted[int] = None
+    """v1.3: milliseconds since the session started, on the agent's clock."""
+
+
+class SpeechStartedEvent(_Event):
     """Sent when the speech's playout really begins (not when it is queued)."""
 
     type: Literal["speech_started"] = "speech_started"
     id: str | None
     speech_id: str
     timestamp: str
+    dropped: Omitted[int] = None
+    replay: Omitted[Literal[True]] = None
 
 
-class SpeechFinishedEvent(_WireModel):
-    """Sent when playout has ended or was cut; never at scheduling time."""
+class SpeechFinishedEvent(_Event):
+    """Sent when playout has ended or was cut; never at scheduling time.
+
+    To a v1.3 sender (``protocol``) it means the speech played (in full, or cut by the user or
+    an ``interrupt``); every other end is a :class:`SpeechFailedEvent`. An older sender gets
+    this event for every end, with ``failed`` / ``reason`` / ``cancelled`` saying which.
+    """
 
     type: Literal["speech_finished"] = "speech_finished"
     id: str | None
@@ -818,32 +935,64 @@ class SpeechFinishedEvent(_WireModel):
     played_s: Omitted[float] = None
     """Seconds of audio played, when the audio output reports it."""
     failed: Omitted[Literal[True]] = None
-    """Present (true) when the speech ended because the TTS or the model failed."""
+    """v1.2 senders: present (true) when the speech ended because the TTS or the model failed."""
     reason: Omitted[Literal["shutdown", "avatar_left"]] = None
-    """``shutdown``: the agent stopped before this speech ended, so its end was not observed.
-    ``avatar_left``: the avatar playing the agent's audio left the room (or crashed) before the
-    speech ended, or was gone when it would have started; nobody heard the rest, and how much
-    was played is unknown (no ``played_s``)."""
+    """v1.2 senders: ``shutdown``: the agent stopped before this speech ended, so its end was not
+    observed. ``avatar_left``: the avatar playing the agent's audio left the room (or crashed)
+    before the speech ended, or was gone when it would have started; nobody heard the rest, and
+    how much was played is unknown (no ``played_s``). (v1.3 senders get ``speech_failed`` with
+    the same reasons, ``shutdown`` as ``session_closed``.)"""
     cancelled: Omitted[Literal[True]] = None
-    """v1.1: dropped by a ``cancel``, an ``end_call`` or the ``end_call_after`` before it."""
+    """v1.1: dropped by a ``cancel``, an ``end_call`` or the ``end_call_after`` before it (v1.2
+    senders; v1.3 ones get ``speech_failed{reason: "cancelled"}``)."""
     call_kept: Omitted[Literal[True]] = None
     """v1.1: a speak with ``end_call_after`` was cut by the user, so the call goes on."""
     timestamp: str
+    dropped: Omitted[int] = None
+    replay: Omitted[Literal[True]] = None
+
+
+SpeechFailureReason = Literal[
+    "not_started", "tts_error", "llm_error", "session_closed", "cancelled", "avatar_left"
+]
+
+
+class SpeechFailedEvent(_Event):
+    """v1.3: the speech ended without playing as asked; the other terminal event.
+
+    ``reason``: ``not_started`` (not playing within ``start_within_s``: cancelled, it never
+    plays late), ``tts_error`` (the TTS failed), ``llm_error`` (the model failed to phrase a
+    reply), ``session_closed`` (the session or the agent stopped first), ``cancelled`` (a
+    ``cancel``, an ``end_call``, or an ``interrupt`` that emptied the queue before it began),
+    ``avatar_left`` (the avatar playing the agent's audio left the room before the speech ended,
+    or was gone when it would have started: nobody heard the rest, no ``played_s``).
+    """
+
+    type: Literal["speech_failed"] = "speech_failed"
+    id: str | None
+    speech_id: str
+    reason: SpeechFailureReason
+    started: bool
+    """Whether any of it had begun playing."""
+    played_s: Omitted[float] = None
+    timestamp: str
+    dropped: Omitted[int] = None
+    replay: Omitted[Literal[True]] = None
+
+
+SpeechEvent = SpeechStartedEvent | SpeechFinishedEvent | SpeechFailedEvent
 
 
 # ---------------------------------------------------------------------------------------------
 # v1.1 live events, to subscribers (``subscribe``) on the ack topic
-#
-# Every event carries ``timestamp`` and, when events were lost before it because the
-# subscriber fell behind, ``dropped`` (how many). Texts longer than fits one packet are cut
-# and marked ``text_truncated`` (``arguments_truncated``).
 
 
-class _SessionEvent(_WireModel):
-    type: str  # each event's own literal; declared here so that it comes first
+class _SessionEvent(_Event):
     timestamp: str
     dropped: Omitted[int] = None
     """Events this subscriber lost just before this one (it fell behind)."""
+    replay: Omitted[Literal[True]] = None
+    """v1.3: replayed from the agent's buffer (``subscribe{since_seq}``), not live."""
 
 
 class UserTranscriptEvent(_SessionEvent):
@@ -914,6 +1063,65 @@ class CallEndedEvent(_SessionEvent):
     ``end_call``'s reason, or ``shutdown`` when the plugin stopped first."""
 
 
+class LlmCall(_WireModel):
+    """v1.3: the model request that carried a context entry (``context_used``)."""
+
+    index: int
+    """The how-manieth model request of the session (from 1): a pipeline LLM's inference, or a
+    realtime model's response."""
+    speech_id: Omitted[str] = None
+    """The speech (reply) the request was for, when known."""
+    realtime: Omitted[Literal[True]] = None
+    """A realtime model's response: see ``docs/protocol.md`` for what "used" means there."""
+
+
+class ContextUsedEvent(_SessionEvent):
+    """v1.3: the first model request that really carried this context entry.
+
+    Detected from the chat context handed to the agent's LLM (its ``llm_node``), or for a
+    realtime model from the conversation the realtime session held when it began a response.
+    A keyed entry replaced by a later ``add_context`` is a new entry (its own ``request_id``).
+    """
+
+    type: Literal["context_used"] = "context_used"
+    entry_id: str
+    key: str | None
+    request_id: str | None
+    llm_call: LlmCall
+
+
+ContextDropReason = Literal["removed", "replaced", "expired", "evicted", "session_closed"]
+
+
+class ContextDroppedEvent(_SessionEvent):
+    """v1.3: a context entry left before any model request carried it (never sent otherwise)."""
+
+    type: Literal["context_dropped"] = "context_dropped"
+    entry_id: str
+    key: str | None
+    request_id: str | None
+    reason: ContextDropReason
+
+
+class EventsLostEvent(_SessionEvent):
+    """v1.3: the agent's buffer no longer holds the events from ``from_seq`` to ``to_seq``
+    (``subscribe{since_seq}`` reached back too far); a ``snapshot`` event follows at once."""
+
+    type: Literal["events_lost"] = "events_lost"
+    from_seq: int
+    to_seq: int
+
+
+class SnapshotEvent(_SessionEvent):
+    """v1.3: a fresh :class:`Snapshot` after ``events_lost`` (the same fields, as an event)."""
+
+    type: Literal["snapshot"] = "snapshot"
+    state: AgentStateInfo
+    items: list[HistoryItem]
+    pending_speeches: list[PendingSpeech]
+    items_truncated: Omitted[Literal[True]] = None
+
+
 SessionEvent = (
     UserTranscriptEvent
     | AgentTranscriptEvent
@@ -922,10 +1130,31 @@ SessionEvent = (
     | ConversationItemEvent
     | ToolCallEvent
     | CallEndedEvent
+    | ContextUsedEvent
+    | ContextDroppedEvent
+    | EventsLostEvent
+    | SnapshotEvent
 )
 
+Event = SpeechEvent | SessionEvent
+"""Every event the agent sends (everything but acks)."""
+EVENT_KINDS: Final[dict[str, str]] = {
+    "speech_started": "speech",
+    "speech_finished": "speech",
+    "speech_failed": "speech",
+    "context_used": "context",
+    "context_dropped": "context",
+}
+"""Event types a subscription names by their kind (``speech``, ``context``); every other
+subscribable event by its type. ``events_lost`` and ``snapshot`` go to whoever resumes."""
 
-ServerMessage = SuccessAck | ErrorAck | SpeechStartedEvent | SpeechFinishedEvent | SessionEvent
+
+def event_kind(event_type: str) -> str:
+    """The name a subscription uses for events of ``event_type``."""
+    return EVENT_KINDS.get(event_type, event_type)
+
+
+ServerMessage = SuccessAck | ErrorAck | Event
 
 
 def error_ack(
@@ -935,13 +1164,7 @@ def error_ack(
 
 
 _ack_adapter: TypeAdapter[SuccessAck | ErrorAck] = TypeAdapter(SuccessAck | ErrorAck)
-_event_adapter: TypeAdapter[SpeechStartedEvent | SpeechFinishedEvent | SessionEvent] = (
-    TypeAdapter(
-        Annotated[
-            SpeechStartedEvent | SpeechFinishedEvent | SessionEvent, Field(discriminator="type")
-        ]
-    )
-)
+_event_adapter: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
 
 
 def parse_ack(raw: bytes | str) -> SuccessAck | ErrorAck:
@@ -979,6 +1202,11 @@ def ack_json_schema() -> dict[str, Any]:
     return _as_sent(_ack_adapter.json_schema(mode="serialization"))
 
 
+def parse_event(raw: bytes | str) -> Event:
+    """Parse one event the receiver sent (raises ``ValueError`` if malformed)."""
+    return _event_adapter.validate_python(load_untrusted_json(raw))
+
+
 def server_message_json_schema() -> dict[str, Any]:
     """JSON Schema of everything the receiver sends on ``ACK_TOPIC`` (acks, speech events,
     session events), as sent (see :func:`ack_json_schema`)."""
@@ -989,6 +1217,8 @@ _SENT_MODELS: Final[tuple[type[BaseModel], ...]] = (
     SuccessAck, ErrorAck, AckData, AgentStateInfo, ContextEntryInfo, IOState, HistoryItem,
     SpeechStartedEvent, SpeechFinishedEvent, UserTranscriptEvent, AgentTranscriptEvent,
     AgentStateEvent, UserStateEvent, ConversationItemEvent, ToolCallEvent, CallEndedEvent,
+    SpeechFailedEvent, ContextUsedEvent, ContextDroppedEvent, LlmCall, PendingSpeech, Snapshot,
+    EventsLostEvent, SnapshotEvent,
 )
 
 
@@ -1038,7 +1268,7 @@ def wire_json_schemas() -> dict[str, dict[str, Any]]:
         "Request": request_json_schema(),
         "Packet": packet_json_schema(),
         "Ack": ack_json_schema(),
-        "SpeechEvent": sent(SpeechStartedEvent | SpeechFinishedEvent),
+        "SpeechEvent": sent(SpeechEvent),
         "SessionEvent": sent(SessionEvent),
         "ServerMessage": server_message_json_schema(),
     }

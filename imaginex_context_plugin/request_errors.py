@@ -10,10 +10,17 @@ gateway's calls through LiveKit (``_livekit``) raise them.
 
 from __future__ import annotations
 
-from .errors import ErrorCode, RequestError
-from .protocol import ErrorAck, SuccessAck
+from typing import Literal
 
-__all__ = ["AckTimeoutError", "ContextError", "PlayoutTimeoutError"]
+from .errors import ErrorCode, RequestError
+from .protocol import ErrorAck, SpeechFailedEvent, SuccessAck
+
+__all__ = ["AckTimeoutError", "ContextError", "PlayoutTimeoutError", "SpeechFailedError"]
+
+PlayoutWait = Literal["pending", "lost", "unknown"]
+"""Why a playout wait ran out: ``pending`` (the agent still has the speech queued or playing),
+``lost`` (the agent no longer has it: its end was sent and did not arrive), ``unknown`` (the
+agent could not be asked)."""
 
 
 class ContextError(RequestError):
@@ -78,16 +85,61 @@ class AckTimeoutError(ContextError, TimeoutError):
 
 
 class PlayoutTimeoutError(ContextError, TimeoutError):
-    """The speech was accepted but ``speech_finished`` did not arrive in time (code ``TIMEOUT``).
+    """The speech was accepted but its end did not arrive in time (code ``TIMEOUT``).
+
+    The client does not leave it at that: it asks the agent (one ``get_state``) whether the
+    speech is still queued or playing, and says so in the message and in ``why``.
 
     Attributes:
         accepted: The success ack of the speak request, when known.
+        why: ``pending`` (still queued or playing at the agent), ``lost`` (the agent no
+            longer has it: its end was sent but did not arrive), ``unknown`` (not asked, or
+            no answer).
     """
 
     def __init__(
-        self, message: str, *, request_id: str | None, accepted: SuccessAck | None = None
+        self,
+        message: str,
+        *,
+        request_id: str | None,
+        accepted: SuccessAck | None = None,
+        why: PlayoutWait = "unknown",
     ) -> None:
         super().__init__(ErrorCode.TIMEOUT, message, request_id=request_id, retryable=False)
         self.accepted = accepted
+        self.why: PlayoutWait = why
 
+
+class SpeechFailedError(ContextError):
+    """v1.3: the speech was accepted but did not play (code ``SPEECH_FAILED``): the agent's
+    ``speech_failed`` event, whose ``reason`` says why.
+
+    Attributes:
+        event: The :class:`~.protocol.SpeechFailedEvent` (``reason``, ``started``,
+            ``played_s``).
+        reason: ``not_started``, ``tts_error``, ``llm_error``, ``session_closed``,
+            ``cancelled`` or ``avatar_left``.
+        accepted: The success ack of the speak request, when known.
+    """
+
+    def __init__(self, event: SpeechFailedEvent, *, accepted: SuccessAck | None = None) -> None:
+        super().__init__(
+            ErrorCode.SPEECH_FAILED,
+            _FAILURE_SENTENCES.get(event.reason, "The speech did not play."),
+            request_id=event.id,
+            retryable=event.reason == "not_started",
+        )
+        self.event = event
+        self.reason = event.reason
+        self.accepted = accepted
+
+
+_FAILURE_SENTENCES: dict[str, str] = {
+    "not_started": "The speech did not start in time (start_within_s) and was cancelled.",
+    "tts_error": "The speech failed: the agent's TTS failed.",
+    "llm_error": "The speech failed: the agent's model failed to phrase it.",
+    "session_closed": "The speech did not play out: the agent's session closed first.",
+    "cancelled": "The speech was cancelled before it played out.",
+    "avatar_left": "The speech did not play out: the avatar playing it left the room.",
+}
 

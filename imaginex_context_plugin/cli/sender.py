@@ -27,7 +27,15 @@ from .._env import (
 )
 from .._livekit.settings import is_livekit_url
 from ..errors import ErrorCode
-from ..protocol import DEFAULT_CONTEXT_ROLE, ContextRole, SuccessAck
+from ..protocol import (
+    DEFAULT_CONTEXT_ROLE,
+    DEFAULT_START_WITHIN_S,
+    MAX_CLIP_BYTES,
+    MAX_CLIP_S,
+    MAX_START_WITHIN_S,
+    ContextRole,
+    SuccessAck,
+)
 from ..sender import (
     DEFAULT_AGENT_TIMEOUT_S,
     DEFAULT_RETRIES,
@@ -38,9 +46,11 @@ from ..sender import (
     ContextError,
     PlayoutTimeoutError,
     SpeakResult,
+    SpeechFailedError,
     check_request_size,
     prepare_request,
 )
+from ..sender.clips import AudioClip
 from .parameters import (
     FiniteFloatRange,
     api_secret_warning_once,
@@ -205,12 +215,16 @@ def run_sender(
     request: dict[str, Any],
     *,
     playout_timeout: float | None = None,
+    audio: AudioClip | None = None,
 ) -> None:
     """Check everything that can be checked offline, then connect and send ``request``.
 
     ``playout_timeout``: also wait that long for the end of the speech; None does not wait.
+    ``audio``: a clip to stream to the agent first (``speak --audio``), named in the request.
     """
     settings = settings_from(options)
+    if audio is not None:
+        request["audio"] = {"stream_id": "pending"}  # a stand-in, checked like the real one
     try:
         # the request the agent would refuse is refused here, before joining the room
         prepared = prepare_request(request, agent_code=settings.options.get("agent_code"))
@@ -220,6 +234,8 @@ def run_sender(
     factory = client_factory(ctx, settings, verbose=options["verbose"])
 
     async def action(client: ContextClient) -> SuccessAck | SpeakResult:
+        if audio is not None:
+            prepared["audio"] = await client.send_clip(audio.data, mime_type=audio.mime_type)
         ack = await client.send(prepared)
         if playout_timeout is None:
             return ack
@@ -227,8 +243,10 @@ def run_sender(
             finished = await client.wait_for_playout(prepared["id"], timeout=playout_timeout)
         except PlayoutTimeoutError as exc:
             raise PlayoutTimeoutError(
-                exc.message, request_id=exc.request_id, accepted=ack
+                exc.message, request_id=exc.request_id, accepted=ack, why=exc.why
             ) from None
+        except SpeechFailedError as exc:
+            raise SpeechFailedError(exc.event, accepted=ack) from None
         return SpeakResult(ack=ack, finished=finished)
 
     ctx.exit(asyncio.run(send(factory, settings, action, as_json=options["as_json"])))
@@ -374,6 +392,8 @@ def report_error(exc: ContextError, as_json: bool) -> int:
             doc["message"] = exc.message
             if exc.retry_after is not None:
                 doc["retry_after"] = exc.retry_after
+            if isinstance(exc, SpeechFailedError):  # v1.3: the agent's own word on why
+                doc["speech_failed"] = exc.event.model_dump(mode="json")
         click.echo(json.dumps(doc, indent=2))
     else:
         line = f"error: {exc.code.value}: {exc.message}"
@@ -386,7 +406,7 @@ def report_error(exc: ContextError, as_json: bool) -> int:
 
 
 @click.command(epilog=SENDER_EPILOG)
-@click.argument("text", callback=visible_text)
+@click.argument("text", callback=visible_text, required=False, metavar="TEXT")
 @click.option("--interrupt", is_flag=True, help="Cut the agent's current speech first.")
 @click.option(
     "--if-idle", is_flag=True, help="Say it only if nobody is speaking (else refused: BUSY)."
@@ -400,6 +420,20 @@ def report_error(exc: ContextError, as_json: bool) -> int:
 @click.option(
     "--no-history", is_flag=True, help="Keep it out of the LLM's context and the history."
 )
+@click.option(
+    "--start-within",
+    type=FiniteFloatRange(min=0.0, min_open=True, max=MAX_START_WITHIN_S),
+    metavar="SECONDS",
+    help="Cancel it if it has not started playing this long after the agent applied it "
+    f"(speech_failed: not_started). [default: the agent's, {DEFAULT_START_WITHIN_S:g}]",
+)
+@click.option(
+    "--audio",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Play this recorded clip (WAV, MP3, Ogg/Opus, FLAC, AAC; at most "
+    f"{MAX_CLIP_BYTES // (1024 * 1024)} MiB and {MAX_CLIP_S:g} s) instead of synthesized "
+    "speech; TEXT is then optional, its transcript.",
+)
 @click.option("--wait-playout", is_flag=True, help="Wait until it has played out (or was cut).")
 @playout_timeout_option("the speech")
 @request_id_option
@@ -408,18 +442,20 @@ def report_error(exc: ContextError, as_json: bool) -> int:
 def speak(
     ctx: click.Context,
     /,
-    text: str,
+    text: str | None,
     interrupt: bool,
     if_idle: bool,
     no_interruptions: bool,
     end_call_after: bool,
     no_history: bool,
+    start_within: float | None,
+    audio: str | None,
     wait_playout: bool,
     playout_timeout: float,
     request_id: str | None,
     **options: Any,
 ) -> None:
-    """Make the agent say TEXT now, through its TTS, and print the ack.
+    """Make the agent say TEXT now, through its TTS (or play --audio), and print the ack.
 
     By default the speech queues behind what the agent is saying and waits for the user to
     finish; --interrupt cuts in instead.
@@ -430,15 +466,27 @@ def speak(
       imaginex-context speak --room shop-42 --agent-code A12345678 --interrupt \\
           --wait-playout "We will close in five minutes."
       imaginex-context speak --room shop-42 --json "Hello" | jq .data.speech_id
+      imaginex-context speak --room shop-42 --audio disclaimer.mp3 "This call is recorded."
     """
     if interrupt and if_idle:
         raise click.UsageError("--interrupt and --if-idle contradict each other.", ctx)
+    if text is None and audio is None:
+        raise click.UsageError("Missing argument 'TEXT' (or an --audio clip to play).", ctx)
+    clip: AudioClip | None = None
+    if audio is not None:
+        try:
+            clip = AudioClip.of(audio)
+        except ContextError as exc:
+            raise click.UsageError(exc.message, ctx) from None
     request: dict[str, Any] = {
         "type": "speak",
-        "message": text,
         "allow_interruptions": not no_interruptions,
         "interrupt": interrupt,
     }
+    if text is not None:
+        request["message"] = text
+    if start_within is not None:
+        request["start_within_s"] = start_within
     if if_idle:
         request["mode"] = "if_idle"
     if end_call_after:
@@ -446,7 +494,7 @@ def speak(
     if no_history:
         request["add_to_history"] = False
     playout = playout_timeout if wait_playout else None
-    run_sender(ctx, options, with_id(request, request_id), playout_timeout=playout)
+    run_sender(ctx, options, with_id(request, request_id), playout_timeout=playout, audio=clip)
 
 
 @click.command("add-context", epilog=SENDER_EPILOG)

@@ -13,9 +13,16 @@ from ..protocol import (
     SESSION_EVENT_TYPES,
     AgentStateEvent,
     AgentTranscriptEvent,
+    ContextDroppedEvent,
+    ContextUsedEvent,
     ConversationItemEvent,
-    SessionEvent,
+    Event,
+    EventsLostEvent,
     SessionEventType,
+    SnapshotEvent,
+    SpeechFailedEvent,
+    SpeechFinishedEvent,
+    SpeechStartedEvent,
     SuccessAck,
     ToolCallEvent,
     UserStateEvent,
@@ -86,6 +93,15 @@ def _event_names(
 @click.option(
     "--tool-arguments", is_flag=True, help="Also each tool call's arguments (personal data)."
 )
+@click.option(
+    "--since",
+    "since_seq",
+    type=click.IntRange(min=0),
+    metavar="SEQ",
+    help="Resume: first replay what the agent still holds after this seq (the last one seen; "
+    "printed when the command stops), then go live. If the agent no longer holds it all: "
+    "events_lost, then a fresh snapshot.",
+)
 @sender_options
 @click.pass_context
 def subscribe(
@@ -94,6 +110,7 @@ def subscribe(
     event_names: list[SessionEventType],
     interim: bool,
     tool_arguments: bool,
+    since_seq: int | None,
     **options: Any,
 ) -> None:
     """Watch the call: print the agent's live session events until the call ends.
@@ -103,20 +120,25 @@ def subscribe(
       imaginex-context subscribe --room shop-42
       imaginex-context subscribe --room shop-42 --events user_transcript,agent_transcript
       imaginex-context subscribe --room shop-42 --json | jq -c 'select(.type == "user_transcript")'
+      imaginex-context subscribe --room shop-42 --since 1234
     """
     settings = settings_from(options)
-    request = {
+    request: dict[str, Any] = {
         "type": "subscribe",
         "events": event_names,
         "interim": interim,
         "tool_arguments": tool_arguments,
     }
+    if since_seq is not None:
+        request["since_seq"] = since_seq
     try:
         check_request_size(prepare_request(request, agent_code=settings.options.get("agent_code")))
     except ContextError as exc:
         raise click.UsageError(exc.message, ctx) from None
     factory = client_factory(ctx, settings, verbose=options["verbose"])
     as_json: bool = options["as_json"]
+
+    last_seq: list[int | None] = [since_seq]  # what to resume after, however the watch ends
 
     async def watch() -> int:
         try:
@@ -127,12 +149,17 @@ def subscribe(
             async with (
                 client,
                 client.subscribe(
-                    events=event_names, interim=interim, tool_arguments=tool_arguments
+                    events=event_names,
+                    interim=interim,
+                    tool_arguments=tool_arguments,
+                    since_seq=since_seq,
                 ) as events,
             ):
                 _print_subscribed(events.ack, as_json)
+                last_seq[0] = events.last_seq
                 async for event in events:
                     _print_event(event, as_json)
+                    last_seq[0] = events.last_seq
         except ContextError as exc:
             return report_error(exc, as_json)
         return EXIT_OK
@@ -142,27 +169,40 @@ def subscribe(
     except KeyboardInterrupt:
         # asyncio.run cancelled the watch first, so the subscription was closed (unsubscribed)
         code = EXIT_OK
+        if last_seq[0] is not None and not as_json:
+            click.echo(f"last seq: {last_seq[0]} (resume with --since {last_seq[0]})", err=True)
     ctx.exit(code)
 
 
 def _print_subscribed(ack: SuccessAck, as_json: bool) -> None:
     if as_json:
         click.echo(ack.model_dump_json())
-    else:
-        click.echo(f"ok: {ack.message}  events={','.join(ack.data.events or ())}")
+        return
+    line = f"ok: {ack.message}  events={','.join(ack.data.events or ())}"
+    snapshot = ack.data.snapshot
+    if snapshot is not None:  # v1.3: where the call stands, and where the events continue
+        line += (
+            f"  seq={snapshot.seq} agent={snapshot.state.agent_state} "
+            f"messages={len(snapshot.items)} pending={len(snapshot.pending_speeches)}"
+        )
+    if ack.data.replayed is not None:
+        line += f"  replaying={ack.data.replayed}"
+    click.echo(line)
 
 
-def _print_event(event: SessionEvent, as_json: bool) -> None:
+def _print_event(event: Event, as_json: bool) -> None:
     if as_json:
         click.echo(event.model_dump_json())
         return
     line = f"{event.timestamp}  {_describe(event)}"
     if event.dropped:
         line += f"  ({event.dropped} events dropped before this one)"
+    if event.replay:
+        line += "  (replayed)"
     click.echo(line)
 
 
-def _describe(event: SessionEvent) -> str:
+def _describe(event: Event) -> str:
     """One event as a line a person reads."""
     if isinstance(event, UserTranscriptEvent):
         return f"user: {event.text}" + ("" if event.final else " (interim)")
@@ -178,6 +218,30 @@ def _describe(event: SessionEvent) -> str:
     if isinstance(event, ToolCallEvent):
         arguments = f" {event.arguments}" if event.arguments is not None else ""
         return f"tool_call: {event.name} {event.status}{arguments}"
+    if isinstance(event, SpeechStartedEvent):
+        return f"speech_started: {event.speech_id} (request {event.id})"
+    if isinstance(event, SpeechFinishedEvent):
+        cut = " (interrupted)" if event.interrupted else ""
+        return f"speech_finished: {event.speech_id} (request {event.id}){cut}"
+    if isinstance(event, SpeechFailedEvent):
+        return f"speech_failed: {event.speech_id} (request {event.id}): {event.reason}"
+    if isinstance(event, ContextUsedEvent):
+        return (
+            f"context_used: {event.key or event.entry_id} (request {event.request_id}) "
+            f"by model call {event.llm_call.index}"
+        )
+    if isinstance(event, ContextDroppedEvent):
+        return (
+            f"context_dropped: {event.key or event.entry_id} (request {event.request_id}): "
+            f"{event.reason}"
+        )
+    if isinstance(event, EventsLostEvent):
+        return f"events_lost: {event.from_seq}..{event.to_seq} (a snapshot follows)"
+    if isinstance(event, SnapshotEvent):
+        return (
+            f"snapshot: agent {event.state.agent_state}, user {event.state.user_state}, "
+            f"{len(event.items)} messages, {len(event.pending_speeches)} speeches pending"
+        )
     return f"call_ended: {event.reason}"
 
 

@@ -57,6 +57,7 @@ STATUS_FOR: Final[dict[ErrorCode, int]] = {
     ErrorCode.ID_REUSED: 422,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL_ERROR: 502,
+    ErrorCode.SPEECH_FAILED: 502,
     ErrorCode.NOT_READY: 503,
     ErrorCode.LIVEKIT_UNAVAILABLE: 503,
     ErrorCode.TIMEOUT: 504,

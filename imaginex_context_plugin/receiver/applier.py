@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from livekit import rtc
 from livekit.agents import llm
 from livekit.agents.utils import is_given
 
@@ -21,6 +22,7 @@ from ..errors import ErrorCode
 from ..log import logger
 from ..protocol import (
     ADD_CONTEXT_SUCCESS_MESSAGE,
+    DEFAULT_START_WITHIN_S,
     REMOVE_CONTEXT_SUCCESS_MESSAGE,
     SPEAK_SUCCESS_MESSAGE,
     AddContextRequest,
@@ -35,6 +37,7 @@ from .answers import AckWriter
 from .avatar import AvatarWatch
 from .call_control import CONTROL_REQUESTS, CallControl
 from .call_end import CALL_ENDED_MESSAGE
+from .clips import ClipRefused, Clips, replay
 from .context_sync import ContextSync
 from .dedup import DedupMemory
 from .jobs import Answer, Job
@@ -71,6 +74,7 @@ class SessionApplier:
         control: Applies the live call control requests (v1.1) and knows if the call ended.
         answer: Gives a job its one answer (``ContextPlugin``: outbox and work queue).
         subscribers: Takes subscribe / unsubscribe (live session events).
+        clips: The audio clips senders streamed, for ``speak{audio}`` (v1.3).
         avatar: Refuses speech while the agent's avatar is gone.
     """
 
@@ -88,6 +92,7 @@ class SessionApplier:
         answer: Callable[[Job, Answer], None],
         subscribers: Subscribers,
         avatar: AvatarWatch,
+        clips: Clips,
     ) -> None:
         self._gate = gate
         self._session: AgentSession[Any] = gate.session
@@ -100,6 +105,7 @@ class SessionApplier:
         self._control = control
         self._answer = answer
         self._subscribers = subscribers
+        self._clips = clips
         self._avatar = avatar
 
     async def apply(self, batch: list[Job]) -> None:
@@ -135,10 +141,23 @@ class SessionApplier:
         mode = request.effective_mode
         if mode == "if_idle" and self._someone_is_speaking():
             return error_ack(ErrorCode.BUSY, _BUSY_MESSAGE, request.id)
+        frames: list[rtc.AudioFrame] | None = None
+        if request.audio is not None:
+            try:
+                frames = await self._clips.take(job.sender, request.audio)
+            except ClipRefused as exc:
+                return error_ack(exc.code, exc.message, request.id)
         if mode == "interrupt":
             self._interrupt_interruptible()
-        handle, method, fallback = await self._gate.call(lambda: self._schedule(request))
-        self._speeches.track(handle, job, end_call_after=request.end_call_after)
+        handle, method, fallback = await self._gate.call(
+            lambda: self._schedule(request, frames)
+        )
+        start_within_s = request.start_within_s
+        if start_within_s is None and request.speaks_v1_3:
+            start_within_s = DEFAULT_START_WITHIN_S
+        self._speeches.track(
+            handle, job, end_call_after=request.end_call_after, start_within_s=start_within_s
+        )
         if logger.isEnabledFor(logging.DEBUG):  # spares building the extras on every message
             logger.debug(
                 "speech scheduled",
@@ -150,9 +169,21 @@ class SessionApplier:
             request, SPEAK_SUCCESS_MESSAGE, speech_id=handle.id, method=method, fallback=fallback
         )
 
-    def _schedule(self, request: SpeakRequest) -> _Scheduled:
+    def _schedule(
+        self, request: SpeakRequest, frames: list[rtc.AudioFrame] | None = None
+    ) -> _Scheduled:
         session = self._session
         text = request.text
+        if frames is not None:
+            # a clip plays through the same path as TTS audio (the avatar lip-syncs it); its
+            # text, when given, is its transcript
+            handle = session.say(
+                text or "",
+                audio=replay(frames),
+                allow_interruptions=request.allow_interruptions,
+                add_to_chat_ctx=request.add_to_history and text is not None,
+            )
+            return handle, "say", None
         if text is None:
             assert request.instructions is not None
             handle = session.generate_reply(
@@ -275,6 +306,8 @@ class SessionApplier:
                 scope=request.scope,
                 ttl_s=request.ttl_s,
                 request_id=request.id,
+                sender=job.sender,
+                v1_3=request.speaks_v1_3,
             )
         except ValueError as exc:
             return error_ack(ErrorCode.VALIDATION_ERROR, str(exc), request.id), False, False

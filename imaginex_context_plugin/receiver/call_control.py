@@ -232,7 +232,7 @@ class CallControl:
         messages = [
             item for item in self._session.history.items if isinstance(item, llm.ChatMessage)
         ]
-        items = [_history_item(message) for message in messages[-request.limit :]]
+        items = [history_item(message) for message in messages[-request.limit :]]
         ack = self._writer.success_model(request, GET_HISTORY_SUCCESS_MESSAGE, history=items)
         payload = protocol.encode_message(ack)
         if len(payload) <= MAX_PAYLOAD_BYTES:
@@ -252,7 +252,7 @@ class CallControl:
         return Success(protocol.encode_message(ack.model_copy(update={"data": fitted})))
 
 
-def _history_item(message: llm.ChatMessage) -> HistoryItem:
+def history_item(message: llm.ChatMessage) -> HistoryItem:
     return HistoryItem(
         id=message.id,
         role=message.role,

@@ -39,10 +39,13 @@ class ContextSync:
         store: ContextStore,
         gate: SessionGate,
         enqueue: Callable[[Housekeeping], None],
+        *,
+        follow: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._gate = gate
         self._enqueue = enqueue
+        self._follow = follow
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -54,6 +57,7 @@ class ContextSync:
         """
         session = self._gate.session
         agent = await self._gate.call(lambda: session.current_agent)
+        self._follow()  # watch this agent's model requests (context_used), once per agent
         merged = self._store.merge_into(agent.chat_ctx.items)
         try:
             await agent.update_chat_ctx(llm.ChatContext(merged))
@@ -88,6 +92,7 @@ class ContextSync:
 
     async def housekeep(self, item: Housekeeping) -> None:
         if item.kind == "handoff":
+            self._follow()
             # the new agent starts with only the context it was built with: re-apply ours
             if len(self._store):
                 await self.sync()

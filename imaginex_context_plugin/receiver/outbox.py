@@ -181,6 +181,20 @@ class Outbox:
         if self._inline is not None and not self._count and not self._sending:
             self._send_now(self._inline, payload, destination)
             return
+        self._queue(rank, destination, payload)
+
+    def send_payload(self, destination: str, payload: bytes) -> None:
+        """Queue an event's JSON, written directly, for ``destination``: a delivery, like a
+        success ack (``send`` without the answer to unwrap)."""
+        if self._count >= MAX_OUTBOUND_ANSWERS and not self._drop_below(_DELIVERY):
+            self._stats.answers_dropped += 1
+            return
+        if self._inline is not None and not self._count and not self._sending:
+            self._send_now(self._inline, payload, destination)
+            return
+        self._queue(_DELIVERY, destination, payload)
+
+    def _queue(self, rank: int, destination: str, payload: bytes) -> None:
         self._serial += 1
         self._queues[rank].append((self._serial, destination, payload))
         self._count += 1

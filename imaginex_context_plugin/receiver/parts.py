@@ -20,12 +20,15 @@ from .applier import SessionApplier
 from .avatar import AvatarWatch
 from .call_control import CallControl
 from .call_end import CallEnd
+from .clips import Clips
 from .connection import ConnectionKeeper
 from .context_sync import ContextSync
+from .context_use import ContextUse
 from .dedup import DedupMemory
 from .jobs import Answer, Job
 from .outbox import Outbox
 from .session_gate import SessionGate
+from .snapshot import SnapshotSource
 from .speech import SpeechTracker
 from .state import StateAnswers
 from .steering import Steering
@@ -51,6 +54,8 @@ class SessionParts:
     keeper: ConnectionKeeper
     subscribers: Subscribers
     avatar: AvatarWatch
+    snapshot: SnapshotSource
+    context_use: ContextUse
 
     @classmethod
     def build(
@@ -69,6 +74,7 @@ class SessionParts:
         agent_code: str | None,
         answer: Callable[[Job, Answer], None],
         on_rpc: Callable[[rtc.RpcInvocationData], Awaitable[str]],
+        clips: Clips,
     ) -> SessionParts:
         gate = SessionGate(session, ready_timeout)
         tracker: SpeechTracker | None = None
@@ -81,10 +87,11 @@ class SessionParts:
         call_end = CallEnd(session, speeches_of_the_call)
         # a call ended by a message: subscribers get call_ended with its reason
         call_end.add_listener(subscribers.end_call)
-        tracker = SpeechTracker(session, outbox.send, call_end.hang_up)
+        tracker = SpeechTracker(session, subscribers, call_end.hang_up)
         avatar = AvatarWatch(session, room, tracker)
         steering = Steering(gate, max_chars=max_instructions_chars)
-        context_sync = ContextSync(store, gate, work.put)
+        context_use = ContextUse(session, store, subscribers)
+        context_sync = ContextSync(store, gate, work.put, follow=context_use.follow)
         state = StateAnswers(
             session=session, store=store, pending_speeches=tracker.pending, writer=writer
         )
@@ -108,8 +115,10 @@ class SessionParts:
             answer=answer,
             subscribers=subscribers,
             avatar=avatar,
+            clips=clips,
         )
         keeper = ConnectionKeeper(room, agent_code, on_rpc)
+        snapshot = SnapshotSource(session=session, state=state, pending=tracker.pending_details)
         return cls(
             gate,
             call_end,
@@ -121,6 +130,8 @@ class SessionParts:
             keeper,
             subscribers,
             avatar,
+            snapshot,
+            context_use,
         )
 
     def hooks(
@@ -138,6 +149,10 @@ class SessionParts:
             (session, "conversation_item_added", self.context_sync.on_conversation_item_added),
             (session, "agent_state_changed", self.speeches.on_agent_state_changed),
             (session, "close", self.gate.on_session_close),
+            # the last words of the session before call_ended: entries never used, speeches
+            # still going
+            (session, "close", self.context_use.on_session_close),
+            (session, "close", self.speeches.on_session_close),
             (session, "close", self.call_end.on_session_close),
             (session, "error", self.speeches.on_session_error),
             # the avatar leaving: what it would play is cut, and nothing waits for it forever

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -38,7 +39,7 @@ from .._env import AGENT_CODE_ENV, LIVEKIT_API_SECRET_ENV
 from ..context import DEFAULT_CONTEXT_BUDGET, ContextBudget, ContextStore
 from ..errors import ErrorCode
 from ..log import logger
-from ..protocol import CONTEXT_TOPIC, ErrorAck, GetStateRequest, error_ack
+from ..protocol import AUDIO_STREAM_TOPIC, CONTEXT_TOPIC, ErrorAck, GetStateRequest, error_ack
 from ..replies import ReplyUrls
 from ..security import (
     DEDUP_WINDOW_S,
@@ -52,7 +53,9 @@ from ..security import (
 from .admission import Admission, signature_verifier, warn_if_server_untrusted
 from .answers import AckWriter, internal_error
 from .call_end import CALL_ENDED_MESSAGE, EndListener
+from .clips import Clips
 from .dedup import DedupMemory
+from .event_log import DEFAULT_EVENT_BUFFER, EventLog
 from .http_replies import HttpReplies
 from .jobs import Answer, Housekeeping, Job, Success
 from .outbox import AckTransport, Outbox
@@ -125,6 +128,10 @@ class ContextPlugin:
             agent's own instructions do not count). One that would go over is refused with
             ``VALIDATION_ERROR`` and changes nothing; ``reset_instructions`` or a ``replace``
             starts again. Default 32,000 (``DEFAULT_MAX_INSTRUCTIONS_CHARS``).
+        event_buffer: How many of its latest events the agent keeps, so that a subscriber
+            that was away resumes without a gap (``subscribe{since_seq}``); beyond them it gets
+            ``events_lost`` and a fresh snapshot. Interim transcripts are not kept. Default
+            1,024 (``DEFAULT_EVENT_BUFFER``); 0 keeps none.
     """
 
     _parts: SessionParts  # made by start(): they need the session and the room
@@ -148,6 +155,7 @@ class ContextPlugin:
         permissions: Mapping[str, Iterable[str]] | None = None,
         reply_urls: Sequence[str] = (),
         max_instructions_chars: int = DEFAULT_MAX_INSTRUCTIONS_CHARS,
+        event_buffer: int = DEFAULT_EVENT_BUFFER,
     ) -> None:
         if require_signature and not secret:
             raise ValueError("require_signature=True needs a secret")
@@ -183,7 +191,14 @@ class ContextPlugin:
             policy=policy, dedup=self._dedup, stats=self.stats, replies=self._replies
         )
         self._writer = AckWriter(self._agent_code, self._room_name)
-        self._subscribers = Subscribers(writer=self._writer, stats=self.stats)
+        self._events = EventLog(event_buffer)
+        self._subscribers = Subscribers(
+            writer=self._writer,
+            stats=self.stats,
+            log=self._events,
+            send=self._outbox.send,
+            send_payload=self._outbox.send_payload,
+        )
         self._admission = Admission(
             agent_code=self._agent_code,
             room_name=self._room_name,
@@ -202,6 +217,10 @@ class ContextPlugin:
             dedup=self._dedup,
             stats=self.stats,
             reply_urls=allowed_replies,
+        )
+        self._clips = Clips(
+            accepts=lambda identity: secret is not None or policy.trusts(identity),
+            sample_rate=self._audio_sample_rate,
         )
         self._session: AgentSession[Any] | None = None
         self._room: rtc.Room | None = None
@@ -223,6 +242,12 @@ class ContextPlugin:
     def subscribers(self) -> list[str]:
         """The identities subscribed to the session's live events now."""
         return self._subscribers.identities
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the newest event the agent sent (0: none yet); a subscriber that
+        resumes after it misses nothing (v1.3)."""
+        return self._events.seq
 
     @property
     def idle(self) -> bool:
@@ -273,16 +298,20 @@ class ContextPlugin:
             agent_code=self._agent_code,
             answer=self._answer,
             on_rpc=self._on_rpc,
+            clips=self._clips,
         )
 
         for listener in self._end_listeners:
             self._parts.call_end.add_listener(listener)
         for emitter, event, handler in self._hooks():
             emitter.on(event, handler)
+        room.register_byte_stream_handler(AUDIO_STREAM_TOPIC, self._clips.on_byte_stream)
         self._parts.speeches.watch_audio_output()
+        self._parts.context_use.follow()
 
+        self._events.start_clock(started_ago_s=_session_age_s(session))
         transport = self._ack_transport or AckTransport(room)
-        self._subscribers.start(transport)
+        self._subscribers.start(transport, self._parts.snapshot)
         self._tasks = [
             asyncio.create_task(self._consume(), name="imaginex_context.consume"),
             asyncio.create_task(self._outbox.publish(transport), name="imaginex_context.publish"),
@@ -319,8 +348,10 @@ class ContextPlugin:
         assert self._room is not None
         for emitter, event, handler in self._hooks():
             emitter.off(event, handler)
+        self._room.unregister_byte_stream_handler(AUDIO_STREAM_TOPIC)
         self._parts.speeches.unwatch_audio_output()
         self._parts.context_sync.close()
+        self._parts.context_use.close()
         self._parts.keeper.unregister()
         await self._parts.call_end.aclose()
 
@@ -339,6 +370,7 @@ class ContextPlugin:
         await asyncio.gather(self._outbox.drain(publish), self._subscribers.aclose())
         publish.cancel()
         await asyncio.gather(publish, return_exceptions=True)
+        await self._clips.aclose()
         if self._replies is not None:
             await self._replies.aclose()
         self._tasks.clear()
@@ -465,6 +497,18 @@ class ContextPlugin:
         assert self._room is not None
         return self._room.name
 
+    def _audio_sample_rate(self) -> int | None:
+        audio = self._session.output.audio if self._session is not None else None
+        return audio.sample_rate if audio is not None else None
+
+
+def _session_age_s(session: AgentSession[Any]) -> float:
+    """Seconds since the session started (0 if it has not, or cannot say): ``t_ms`` counts
+    from its start. LiveKit keeps the start time private, so it is read defensively."""
+    started_at = getattr(session, "_started_at", None)
+    if not isinstance(started_at, int | float):
+        return 0.0
+    return max(0.0, time.time() - started_at)
 
 def _made_up_by_livekit(caller: str, room: rtc.Room | None) -> bool:
     """Whether an RPC's caller is the identity LiveKit makes up for ``RoomService.PerformRpc``

@@ -61,6 +61,28 @@ class StateAnswers:
         self._key: tuple[object, ...] | None = None
         self._json = ""
 
+    def info(self) -> AgentStateInfo:
+        """The state as it is now (built afresh: for snapshots, which are rare)."""
+        session, store = self._session, self._store
+        try:
+            current_agent: str | None = session.current_agent.id
+        except RuntimeError:
+            current_agent = None
+        output = session.output
+        return AgentStateInfo(
+            agent_state=session.agent_state,
+            user_state=session.user_state,
+            current_agent=current_agent,
+            context_entries=store.describe(),
+            context_chars=store.chars,
+            pending_speeches=self._pending_speeches(),
+            io=IOState(
+                agent_audio=output.audio_enabled,
+                user_audio=session.input.audio_enabled,
+                transcription=output.transcription_enabled,
+            ),
+        )
+
     def answer(self, request: GetStateRequest) -> Success:
         """The state ack; when it would not fit one packet, its lists keep their first items."""
         session, store = self._session, self._store

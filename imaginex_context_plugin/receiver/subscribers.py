@@ -1,4 +1,4 @@
-"""Live session events for subscribers (``subscribe`` / ``unsubscribe``, protocol v1.1).
+"""Every event the agent sends, and the subscribers that get them (protocol v1.1, v1.3).
 
 A subscriber gets the session's events on the ack topic until it unsubscribes, leaves the
 room, or the call ends (``call_ended`` is every subscriber's last event). Each subscriber has
@@ -6,6 +6,15 @@ its own bounded queue and its own sending task, so a slow or stalled subscriber 
 delays itself: when its queue is full it loses its oldest events, and the next event it gets
 says how many (``dropped``). The session's callbacks only build the event (once, for every
 subscriber) and append it: they never wait.
+
+v1.3: this is also where every event is numbered and kept (:class:`~.event_log.EventLog`),
+the events addressed to one sender included (speech events, ``context_used`` /
+``context_dropped``): :meth:`Subscribers.publish` is the one way out for events. An event for a
+sender that is also a subscriber goes through that subscriber's queue, so that everything it
+gets arrives in ``seq`` order; for anyone else through the outbox, as before. ``subscribe``
+answers with a snapshot of the call, and with ``since_seq`` replays what the buffer holds after
+it (``replay: true``), or, when the buffer no longer reaches back, ``events_lost`` and a fresh
+``snapshot`` event; either way before any live event, with no gap and nothing twice.
 
 Transcripts are personal data: who may subscribe is decided at admission (a sensitive type,
 refused unless granted); their text is never logged above DEBUG.
@@ -15,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -33,16 +42,22 @@ from ..protocol import (
     AgentTranscriptEvent,
     CallEndedEvent,
     ConversationItemEvent,
-    SessionEvent,
+    Event,
+    EventsLostEvent,
+    ServerMessage,
+    Snapshot,
+    SnapshotEvent,
     SubscribeRequest,
     ToolCallEvent,
     UnsubscribeRequest,
     UserStateEvent,
     UserTranscriptEvent,
+    event_kind,
     oversize,
     utc_timestamp,
 )
 from .answers import AckWriter
+from .event_log import EventLog, LoggedEvent
 from .jobs import Answer, Job, Success
 from .outbox import DRAIN_TIMEOUT_S, AckTransport
 from .stats import PluginStats
@@ -73,11 +88,22 @@ _CALL_ENDED: Final = "The call has ended."
 _SHUTDOWN: Final = "shutdown"
 
 
+SnapshotMaker = Callable[[int, Callable[[Snapshot], bytes]], Snapshot]
+"""Makes the call's snapshot at a ``seq``, cut until ``encode(snapshot)`` fits one packet."""
+DirectSend = Callable[[str | None, ServerMessage], None]
+"""Sends an event to one identity outside any subscription (``Outbox.send``)."""
+PayloadSend = Callable[[str, bytes], None]
+"""Sends an event's JSON, written directly, to one identity (``Outbox.send_payload``)."""
+LazyEvent = tuple[str | None, bool, tuple[Any, ...]]
+"""One event for :meth:`Subscribers.publish_lazy_many`: ``to``, ``send_to``, the factory's
+arguments (``seq`` first)."""
+
+
 @dataclass(eq=False, slots=True)
 class _Outgoing:
     """One event for every subscriber that wants it, encoded at most once."""
 
-    event: SessionEvent
+    event: Event
     payload: bytes | None = None
 
     def encoded(self, dropped: int) -> bytes:
@@ -108,10 +134,27 @@ class Subscription:
         self.interim = request.interim
         self.tool_arguments = request.tool_arguments
 
-    def offer(self, item: _Outgoing, *, last: bool = False) -> None:
-        """Queue ``item``; a full queue loses its oldest event. Nothing after the last one."""
+    def view(self, event: Event) -> Event | None:
+        """``event`` as this subscriber gets it (a tool call without its arguments unless it
+        asked for them), or None when it does not want it."""
+        if event_kind(event.type) not in self.events:
+            return None
+        if isinstance(event, UserTranscriptEvent) and not event.final and not self.interim:
+            return None
+        if isinstance(event, ToolCallEvent) and not self.tool_arguments and event.arguments:
+            return event.model_copy(update={"arguments": None})
+        return event
+
+    def clear(self) -> None:
+        """Forget what is queued (a replay is about to send it again, in order)."""
+        self._queue.clear()
+        self._dropped = 0
+
+    def offer(self, item: _Outgoing, *, last: bool = False) -> bool:
+        """Queue ``item``; a full queue loses its oldest event. Nothing after the last one
+        (then False)."""
         if self._last_queued:
-            return
+            return False
         if len(self._queue) >= SUBSCRIBER_QUEUE_SIZE:
             self._queue.popleft()
             self._dropped += 1
@@ -119,6 +162,7 @@ class Subscription:
         self._queue.append(item)
         self._last_queued = last
         self._ready.set()
+        return True
 
     def end(self) -> None:
         """Stop after what is queued now (unsubscribed or gone: no ``call_ended``)."""
@@ -150,23 +194,150 @@ class Subscription:
 
 
 class Subscribers:
-    """Every subscription of one plugin, and the session events they are fed.
+    """Every event of one plugin: numbered, kept, and sent to whoever it is for.
 
     Args:
         writer: Writes the subscribe / unsubscribe acks.
         stats: Where sent and dropped events are counted.
+        log: Numbers and keeps every event.
+        send: Sends an event to an identity that is not subscribed (``Outbox.send``).
+        send_payload: Sends an event's JSON written directly (``Outbox.send_payload``);
+            default: ``send`` it as a success answer.
     """
 
-    def __init__(self, *, writer: AckWriter, stats: PluginStats) -> None:
+    def __init__(
+        self,
+        *,
+        writer: AckWriter,
+        stats: PluginStats,
+        log: EventLog,
+        send: DirectSend,
+        send_payload: PayloadSend | None = None,
+    ) -> None:
         self._writer = writer
         self._stats = stats
+        self._log = log
+        self._send = send
+        self._send_payload: PayloadSend = send_payload or (
+            lambda to, payload: send(to, Success(payload))  # type: ignore[arg-type]
+        )
         self._subs: dict[str, Subscription] = {}
         self._transport: AckTransport | None = None
+        self._snapshot: SnapshotMaker | None = None
         self._ended = False
         self._speeches: set[SpeechHandle] = set()
 
-    def start(self, transport: AckTransport) -> None:
+    def start(self, transport: AckTransport, snapshot: SnapshotMaker) -> None:
         self._transport = transport
+        self._snapshot = snapshot
+
+    @property
+    def log(self) -> EventLog:
+        return self._log
+
+    def subscribed(self, identity: str | None) -> bool:
+        """Whether ``identity`` has a subscription (its events then go through it, in order)."""
+        return identity is not None and identity in self._subs
+
+    # ------------------------------------------------------------------------------------------
+    # the one way out for events
+
+    def publish(
+        self,
+        event: Event,
+        *,
+        kind: str | None,
+        to: str | None = None,
+        direct: Event | None = None,
+        send_to: bool = True,
+        keep: bool = True,
+    ) -> None:
+        """Send ``event`` (numbered by :meth:`EventLog.stamp`) and keep it for replays.
+
+        Args:
+            event: The event in its v1.3 form.
+            kind: The subscription name it goes to subscribers under (None: only to ``to``).
+            to: The one identity it is addressed to (a speech's or an entry's sender).
+            direct: What ``to`` gets instead when it does not subscribe to ``kind`` (a v1.2
+                sender's form of a speech event); default ``event``.
+            send_to: Whether ``to`` gets it even when it does not subscribe to ``kind``
+                (False: a v1.2 sender, which does not know the event).
+            keep: Keep it for replays (interim transcripts are not kept).
+        """
+        if keep:
+            self._log.keep(LoggedEvent(event.seq or 0, to, kind, event))
+        subs = self._subs
+        if to is not None:
+            sub = subs.get(to) if subs else None
+            view = sub.view(event) if sub is not None and kind is not None else None
+            if view is not None:
+                assert sub is not None
+                sub.offer(_Outgoing(view))
+            elif send_to:
+                self._send_to(to, direct if direct is not None else event, sub)
+        if kind is not None and subs:
+            self._offer_kind(event, kind, skip=to)
+
+    def publish_lazy_many(
+        self,
+        factory: Callable[..., Event],
+        encode: Callable[..., bytes],
+        events: list[LazyEvent],
+        *,
+        kind: str,
+    ) -> None:
+        """Like :meth:`publish`, for events built only if someone gets them now: when nobody
+        does, each is kept unbuilt until a replay asks for it. ``events`` are numbered already,
+        in order. ``encode(*args)`` writes an event's JSON without building it, for the one
+        identity it goes to when nobody subscribes (the add_context burst: one per message)."""
+        keep = self._log.keep
+        if self._subs:
+            for to, send_to, args in events:
+                logged = LoggedEvent(args[0], to, kind, None, (factory, args))
+                keep(logged)
+                self._publish_built(logged.event, kind, to, send_to)
+            return
+        send_payload = self._send_payload
+        # all kept before any is sent: a transport that calls back cannot number in between
+        for to, _, args in events:
+            keep(LoggedEvent(args[0], to, kind, None, (factory, args)))
+        for to, send_to, args in events:
+            if send_to and to is not None:
+                send_payload(to, encode(*args))
+
+    def _publish_built(self, event: Event, kind: str, to: str | None, send_to: bool) -> None:
+        subs = self._subs
+        if to is not None:
+            sub = subs.get(to)
+            if sub is not None and kind in sub.events:
+                sub.offer(_Outgoing(event))
+            elif send_to:
+                self._send_to(to, event, sub)
+        self._offer_kind(event, kind, skip=to)
+
+    def _send_to(self, identity: str, event: Event, sub: Subscription | None) -> None:
+        """``event`` for ``identity`` outside its kinds: through its subscription, if it has
+        one still open (so that it arrives in order), else through the outbox."""
+        if sub is None or not sub.offer(_Outgoing(event)):
+            self._send(identity, event)
+
+    def _offer_kind(self, event: Event, kind: str, *, skip: str | None) -> None:
+        item: _Outgoing | None = None
+        stripped: _Outgoing | None = None
+        for identity, sub in self._subs.items():
+            if identity == skip or kind not in sub.events:
+                continue
+            view = sub.view(event)
+            if view is None:
+                continue
+            if view is event:
+                if item is None:
+                    item = _Outgoing(event)
+                sub.offer(item)
+            else:  # one stripped copy, encoded once, for every subscriber without arguments
+                if stripped is None:
+                    stripped = _Outgoing(view)
+                sub.offer(stripped)
 
     @property
     def identities(self) -> list[str]:
@@ -189,6 +360,8 @@ class Subscribers:
         sub = self._subs.get(job.sender)
         if sub is not None:
             sub.update(request)
+            if request.since_seq is not None:
+                sub.clear()  # all of it is in the replay, in order
         elif len(self._subs) >= MAX_SUBSCRIBERS:
             return protocol.error_ack(
                 ErrorCode.RATE_LIMITED, _TOO_MANY, request.id, retry_after=5.0
@@ -197,10 +370,90 @@ class Subscribers:
             sub = self._add(job.sender, request, self._transport)
         logger.info(
             "session events subscribed",
-            extra={"sender": job.sender, "events": sorted(sub.events), "interim": sub.interim},
+            extra={
+                "sender": job.sender,
+                "events": sorted(sub.events),
+                "interim": sub.interim,
+                "since_seq": request.since_seq,
+            },
         )
         events = [e for e in SESSION_EVENT_TYPES if e in sub.events]
-        return self._ack(request, SUBSCRIBE_SUCCESS_MESSAGE, events=events)
+        seq = self._log.seq
+        snapshot = self._snapshot_at(
+            seq,
+            lambda snap: protocol.encode_message(
+                self._writer.success_model(
+                    request, SUBSCRIBE_SUCCESS_MESSAGE, events=events, snapshot=snap, replayed=0
+                )
+            ),
+        )
+        replayed = None if request.since_seq is None else self._replay(sub, request.since_seq)
+        return self._ack(
+            request, SUBSCRIBE_SUCCESS_MESSAGE, events=events, snapshot=snapshot, replayed=replayed
+        )
+
+    def _snapshot_at(self, seq: int, encode: Callable[[Snapshot], bytes]) -> Snapshot:
+        assert self._snapshot is not None  # set by start(), before any job is applied
+        return self._snapshot(seq, encode)
+
+    def _replay(self, sub: Subscription, since_seq: int) -> int:
+        """Queue for ``sub`` what it missed after ``since_seq``; returns how many events."""
+        kept = self._log.since(since_seq)
+        if kept is None:
+            return self._lost(sub, since_seq)
+        count = 0
+        for logged in kept:
+            if logged.to == sub.identity:
+                event: Event | None = logged.event  # addressed to it: always its own
+            elif logged.kind is not None and logged.kind in sub.events:
+                event = sub.view(logged.event)
+            else:
+                continue
+            if event is not None:
+                sub.offer(_Outgoing(event.model_copy(update={"replay": True})))
+                count += 1
+        return count
+
+    def _lost(self, sub: Subscription, since_seq: int) -> int:
+        """The buffer no longer reaches back to ``since_seq``: ``events_lost`` and a fresh
+        ``snapshot``, both addressed to ``sub`` (and kept, in case it resumes again)."""
+        last = self._log.seq
+        seq, t_ms = self._log.stamp()
+        lost = EventsLostEvent(
+            seq=seq,
+            t_ms=t_ms,
+            timestamp=utc_timestamp(),
+            from_seq=since_seq + 1 if since_seq < last else 1,
+            to_seq=last,
+            replay=True,
+        )
+        self._log.keep(LoggedEvent(seq, sub.identity, None, lost))
+        sub.offer(_Outgoing(lost))
+        seq, t_ms = self._log.stamp()
+        timestamp = utc_timestamp()
+
+        def as_event(snap: Snapshot) -> SnapshotEvent:
+            return SnapshotEvent(
+                seq=seq,
+                t_ms=t_ms,
+                timestamp=timestamp,
+                state=snap.state,
+                items=snap.items,
+                pending_speeches=snap.pending_speeches,
+                items_truncated=snap.items_truncated,
+                replay=True,
+            )
+
+        fresh = as_event(
+            self._snapshot_at(seq, lambda snap: protocol.encode_message(as_event(snap)))
+        )
+        self._log.keep(LoggedEvent(seq, sub.identity, None, fresh))
+        sub.offer(_Outgoing(fresh))
+        logger.info(
+            "session events lost for a resuming subscriber",
+            extra={"sender": sub.identity, "since_seq": since_seq, "last_seq": last},
+        )
+        return 2
 
     def _ack(
         self, request: SubscribeRequest | UnsubscribeRequest, message: str, **data: Any
@@ -243,68 +496,77 @@ class Subscribers:
             sub.task.cancel()  # nobody to send to any more
 
     def on_user_input_transcribed(self, ev: UserInputTranscribedEvent) -> None:
-        subs = self._wanting("user_transcript")
-        if not subs:
-            return
-        if not ev.is_final:
-            subs = [s for s in subs if s.interim]
-        self._offer(
-            subs,
-            lambda: UserTranscriptEvent(
+        final = ev.is_final
+        if not final and not any(s.interim for s in self._subs.values()):
+            return  # an interim nobody wants: not numbered, never kept
+        seq, t_ms = self._log.stamp()
+        self.publish(
+            UserTranscriptEvent(
+                seq=seq,
+                t_ms=t_ms,
                 text=ev.transcript,
-                final=ev.is_final,
+                final=final,
                 language=str(ev.language) if ev.language else None,
                 speaker_id=ev.speaker_id,
                 timestamp=utc_timestamp(),
             ),
+            kind="user_transcript",
+            keep=final,
         )
 
     def on_agent_state_changed(self, ev: AgentStateChangedEvent) -> None:
-        self._offer(
-            self._wanting("agent_state"),
-            lambda: AgentStateEvent(
-                old_state=ev.old_state, new_state=ev.new_state, timestamp=utc_timestamp()
+        seq, t_ms = self._log.stamp()
+        self.publish(
+            AgentStateEvent(
+                seq=seq,
+                t_ms=t_ms,
+                old_state=ev.old_state,
+                new_state=ev.new_state,
+                timestamp=utc_timestamp(),
             ),
+            kind="agent_state",
         )
 
     def on_user_state_changed(self, ev: UserStateChangedEvent) -> None:
-        self._offer(
-            self._wanting("user_state"),
-            lambda: UserStateEvent(
-                old_state=ev.old_state, new_state=ev.new_state, timestamp=utc_timestamp()
+        seq, t_ms = self._log.stamp()
+        self.publish(
+            UserStateEvent(
+                seq=seq,
+                t_ms=t_ms,
+                old_state=ev.old_state,
+                new_state=ev.new_state,
+                timestamp=utc_timestamp(),
             ),
+            kind="user_state",
         )
 
     def on_conversation_item_added(self, ev: ConversationItemAddedEvent) -> None:
-        subs = self._wanting("conversation_item")
-        if subs:
-            event = _conversation_item(ev.item)
-            if event is not None:
-                _send_to(subs, event)
+        item = ev.item
+        if not isinstance(item, llm.ChatMessage | llm.AgentHandoff):
+            return
+        seq, t_ms = self._log.stamp()
+        self.publish(_conversation_item(item, seq, t_ms), kind="conversation_item")
 
     def on_function_tools_executed(self, ev: FunctionToolsExecutedEvent) -> None:
-        subs = self._wanting("tool_call")
-        if not subs:
-            return
         for call, output in ev.zipped():
-            full = ToolCallEvent(
-                call_id=call.call_id,
-                name=call.name,
-                status="error" if output.is_error else "completed",
-                arguments=call.arguments,
-                timestamp=utc_timestamp(),
-            )
-            _send_to([s for s in subs if s.tool_arguments], full)
-            _send_to(
-                [s for s in subs if not s.tool_arguments],
-                full.model_copy(update={"arguments": None}),
+            seq, t_ms = self._log.stamp()
+            self.publish(
+                ToolCallEvent(
+                    seq=seq,
+                    t_ms=t_ms,
+                    call_id=call.call_id,
+                    name=call.name,
+                    status="error" if output.is_error else "completed",
+                    arguments=call.arguments,
+                    timestamp=utc_timestamp(),
+                ),
+                kind="tool_call",
             )
 
     def on_speech_created(self, ev: SpeechCreatedEvent) -> None:
-        if self._wanting("agent_transcript"):
-            handle = ev.speech_handle
-            self._speeches.add(handle)
-            handle.add_done_callback(self._on_speech_done)
+        handle = ev.speech_handle
+        self._speeches.add(handle)
+        handle.add_done_callback(self._on_speech_done)
 
     def _on_speech_done(self, handle: SpeechHandle) -> None:
         self._speeches.discard(handle)
@@ -315,14 +577,17 @@ class Subscribers:
         ]
         if not texts:  # nothing was said (or it was kept out of the history)
             return
-        self._offer(
-            self._wanting("agent_transcript"),
-            lambda: AgentTranscriptEvent(
+        seq, t_ms = self._log.stamp()
+        self.publish(
+            AgentTranscriptEvent(
+                seq=seq,
+                t_ms=t_ms,
                 speech_id=handle.id,
                 text="\n".join(t for t in texts if t),
                 interrupted=handle.interrupted,
                 timestamp=utc_timestamp(),
             ),
+            kind="agent_transcript",
         )
 
     def on_session_close(self, ev: CloseEvent) -> None:
@@ -342,8 +607,11 @@ class Subscribers:
             return None
         self._ended = True
         tasks: list[asyncio.Task[None]] = []
+        seq, t_ms = self._log.stamp()
+        ended = CallEndedEvent(seq=seq, t_ms=t_ms, reason=reason, timestamp=utc_timestamp())
+        self._log.keep(LoggedEvent(seq, None, "call_ended", ended))
         if self._subs:
-            item = _Outgoing(CallEndedEvent(reason=reason, timestamp=utc_timestamp()))
+            item = _Outgoing(ended)
             for sub in self._subs.values():
                 sub.offer(item, last=True)
                 if sub.task is not None:
@@ -371,30 +639,15 @@ class Subscribers:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._subs.clear()
 
-    def _wanting(self, kind: str) -> list[Subscription]:
-        if not self._subs:  # the common case: nobody listens, nothing is built
-            return []
-        return [s for s in self._subs.values() if kind in s.events]
 
-    def _offer(self, subs: Iterable[Subscription], make: Callable[[], SessionEvent]) -> None:
-        item: _Outgoing | None = None
-        for sub in subs:
-            if item is None:
-                item = _Outgoing(make())
-            sub.offer(item)
-
-
-def _send_to(subs: list[Subscription], event: SessionEvent) -> None:
-    if subs:
-        item = _Outgoing(event)
-        for sub in subs:
-            sub.offer(item)
-
-
-def _conversation_item(item: object) -> ConversationItemEvent | None:
+def _conversation_item(
+    item: llm.ChatMessage | llm.AgentHandoff, seq: int, t_ms: int
+) -> ConversationItemEvent:
     timestamp = utc_timestamp()
     if isinstance(item, llm.ChatMessage):
         return ConversationItemEvent(
+            seq=seq,
+            t_ms=t_ms,
             item_id=item.id,
             item_type="message",
             role=item.role,
@@ -402,20 +655,20 @@ def _conversation_item(item: object) -> ConversationItemEvent | None:
             interrupted=item.interrupted,
             timestamp=timestamp,
         )
-    if isinstance(item, llm.AgentHandoff):
-        return ConversationItemEvent(
-            item_id=item.id,
-            item_type="agent_handoff",
-            new_agent=item.new_agent_id,
-            timestamp=timestamp,
-        )
-    return None
+    return ConversationItemEvent(
+        seq=seq,
+        t_ms=t_ms,
+        item_id=item.id,
+        item_type="agent_handoff",
+        new_agent=item.new_agent_id,
+        timestamp=timestamp,
+    )
 
 
 _CUTTABLE: Final = (("text", "text_truncated"), ("arguments", "arguments_truncated"))
 
 
-def _fit(event: SessionEvent) -> bytes:
+def _fit(event: Event) -> bytes:
     """The event's JSON, its text cut (and marked) until it fits one packet."""
     payload = protocol.encode_message(event)
     if oversize(payload) is None:

@@ -31,7 +31,12 @@ from __future__ import annotations
 
 from .._livekit.tokens import DEFAULT_TOKEN_TTL, sender_token
 from ..errors import RETRYABLE_CODES
-from ..request_errors import AckTimeoutError, ContextError, PlayoutTimeoutError
+from ..request_errors import (
+    AckTimeoutError,
+    ContextError,
+    PlayoutTimeoutError,
+    SpeechFailedError,
+)
 from .client import ContextClient
 from .options import (
     DEFAULT_AGENT_TIMEOUT_S,
@@ -82,6 +87,7 @@ __all__ = [
     "ServerSendResult",
     "SessionEvents",
     "SpeakResult",
+    "SpeechFailedError",
     "Via",
     "check_request_size",
     "prepare_request",

@@ -9,6 +9,7 @@ subclass's job (:class:`~.client.ContextClient`), so this module holds no connec
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -25,7 +26,8 @@ from ..protocol import (
     SpeechFinishedEvent,
     SuccessAck,
 )
-from ..request_errors import ContextError, PlayoutTimeoutError
+from ..request_errors import ContextError, PlayoutTimeoutError, SpeechFailedError
+from .clips import AudioClip
 from .options import SpeakOptions
 from .results import SpeakResult
 
@@ -44,6 +46,10 @@ class RequestCalls(abc.ABC):
     @abc.abstractmethod
     async def _deliver(self, obj: dict[str, Any], timeout: float | None) -> SuccessAck:
         """Send the prepared request until it is acknowledged (with retries)."""
+
+    @abc.abstractmethod
+    async def _send_clip(self, clip: AudioClip) -> dict[str, str]:
+        """Stream ``clip`` to the agent; the request's ``audio`` field (v1.3)."""
 
     @abc.abstractmethod
     async def wait_for_playout(
@@ -86,11 +92,15 @@ class RequestCalls(abc.ABC):
         mode: SpeakMode | None = None,
         end_call_after: bool = False,
         add_to_history: bool = True,
+        start_within_s: float | None = None,
+        audio: bytes | str | os.PathLike[str] | None = None,
+        audio_mime_type: str | None = None,
         wait_for_playout: bool = False,
         timeout: float | None = None,
         playout_timeout: float | None = None,
     ) -> SuccessAck | SpeakResult:
-        """Make the agent say ``text`` through its TTS (or phrase ``instructions`` with its LLM).
+        """Make the agent say ``text`` through its TTS (or phrase ``instructions`` with its LLM,
+        or play a recorded ``audio`` clip).
 
         Args:
             text: What to say, verbatim.
@@ -104,6 +114,17 @@ class RequestCalls(abc.ABC):
             end_call_after: Hang up once it has played out (kept if the user cut it: then
                 ``speech_finished`` says ``call_kept``). Default False.
             add_to_history: False: keep it out of the LLM's context and history. Default True.
+            start_within_s: v1.3: cancel the speech if it has not started playing this many
+                seconds after the agent applied it (``SpeechFailedError``, reason
+                ``not_started``); it never plays late. Default: the agent's, 30 s
+                (``DEFAULT_START_WITHIN_S``).
+            audio: v1.3: a recorded clip to play instead of synthesized speech, as bytes (WAV,
+                MP3, Ogg/Opus, FLAC, AAC ...) or a file's path: at most ``MAX_CLIP_BYTES`` (4
+                MiB) and ``MAX_CLIP_S`` (30 s). It is streamed to the agent first (a LiveKit
+                byte stream), then played through the same path as TTS audio (an avatar
+                lip-syncs it). ``text`` is then optional: the clip's transcript, for the
+                history. Default: none.
+            audio_mime_type: The clip's type. Default: from the file's name or its first bytes.
             wait_for_playout: Also wait until the speech has played out (or was cut).
             timeout: Seconds to wait for the ack to each attempt. Default: the client's.
             playout_timeout: Seconds to wait for the end of the speech. Default: the client's.
@@ -114,10 +135,15 @@ class RequestCalls(abc.ABC):
             :class:`SpeakResult`.
 
         Raises:
-            ContextError: The agent refused the request, or it could not be delivered.
+            ContextError: The agent refused the request, or it could not be delivered (a clip
+                the agent cannot play is refused with ``VALIDATION_ERROR`` or
+                ``PAYLOAD_TOO_LARGE``).
             AckTimeoutError: No ack in time.
+            SpeechFailedError: Accepted, but the speech did not play (with
+                ``wait_for_playout``).
             PlayoutTimeoutError: Accepted, but the speech did not end in time.
         """
+        clip = AudioClip.of(audio, audio_mime_type) if audio is not None else None
         prepared = self._prepare(
             _given(
                 type="speak",
@@ -129,8 +155,13 @@ class RequestCalls(abc.ABC):
                 mode=mode,
                 end_call_after=end_call_after or None,  # v1.1: only when not the default
                 add_to_history=None if add_to_history else False,
+                start_within_s=start_within_s,
+                # validated now with a stand-in: the clip streams only for a valid request
+                audio={"stream_id": "pending"} if clip is not None else None,
             )
         )
+        if clip is not None:
+            prepared["audio"] = await self._send_clip(clip)
         ack = await self._deliver(prepared, timeout)
         if not wait_for_playout:
             return ack
@@ -143,7 +174,11 @@ class RequestCalls(abc.ABC):
         try:
             finished = await self.wait_for_playout(request_id, timeout=playout_timeout)
         except PlayoutTimeoutError as exc:
-            raise PlayoutTimeoutError(exc.message, request_id=request_id, accepted=ack) from None
+            raise PlayoutTimeoutError(
+                exc.message, request_id=request_id, accepted=ack, why=exc.why
+            ) from None
+        except SpeechFailedError as exc:
+            raise SpeechFailedError(exc.event, accepted=ack) from None
         return SpeakResult(ack=ack, finished=finished)
 
     async def add_context(

@@ -10,6 +10,7 @@ routes what the room says back to :mod:`.waiters` (pending acks and playout wait
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -20,13 +21,21 @@ from pydantic import BaseModel
 from .._livekit.tokens import DEFAULT_TOKEN_TTL
 from ..log import logger
 from ..protocol import (
+    PROTOCOL_VERSION,
     Request,
     SessionEventType,
+    SpeechFailedEvent,
     SpeechFinishedEvent,
     SuccessAck,
 )
-from ..request_errors import ContextError, PlayoutTimeoutError
+from ..request_errors import (
+    ContextError,
+    PlayoutTimeoutError,
+    PlayoutWait,
+    SpeechFailedError,
+)
 from .channels import DataChannel, RpcChannel
+from .clips import AudioClip, send_clip
 from .connection import join_room
 from .control_calls import ControlCalls
 from .delivery import Delivery
@@ -110,6 +119,7 @@ class ContextClient(ControlCalls):
         self._room = room
         self._agent_code = agent_code
         self._via: Via = via
+        self._timeout = timeout
         self._playout_timeout = playout_timeout
         self._owns_room = False
         self._closed = False
@@ -252,9 +262,16 @@ class ContextClient(ControlCalls):
     ) -> SpeechFinishedEvent:
         """Wait for the ``speech_finished`` event of a speech this client requested.
 
-        Works for a speak, and for an add_context with ``trigger_reply``. Events are kept for
-        10 minutes, so it may be called after the speech ended. A repeated id answered as a
-        ``duplicate`` only finds the event if this client sent the first one too.
+        Works for a speak, and for a reply a message triggered (an add_context with
+        ``trigger_reply``, a user_message). Events are kept for 10 minutes, so it may be called
+        after the speech ended. A repeated id answered as a ``duplicate`` only finds the event
+        if this client sent the first one too.
+
+        It never just runs out: the agent (v1.3) ends every speech with exactly one event, and
+        one that did not play raises :class:`SpeechFailedError` with its reason at once (a
+        speak that could not start within its ``start_within_s`` included). If ``timeout``
+        passes all the same, the client asks the agent (one ``get_state``) whether the speech
+        is still queued or playing, and :class:`PlayoutTimeoutError` says which (``why``).
 
         Args:
             request_id: The request's id.
@@ -264,19 +281,49 @@ class ContextClient(ControlCalls):
             The event (``interrupted``, ``played_s``, ``speech_id``).
 
         Raises:
-            PlayoutTimeoutError: The event did not arrive in time.
+            SpeechFailedError: The speech did not play (``reason``: ``not_started``,
+                ``tts_error``, ``llm_error``, ``session_closed``, ``cancelled``,
+                ``avatar_left``).
+            PlayoutTimeoutError: The event did not arrive in time (``why``: ``pending``,
+                ``lost``, ``unknown``).
             ContextError: The agent left, or the client was closed or disconnected.
         """
         self._ensure_open()
         wait = self._playout_timeout if timeout is None else timeout
         try:
-            return await self._playouts.wait(request_id, wait)
+            event = await self._playouts.wait(request_id, wait)
         except asyncio.TimeoutError as exc:
             if isinstance(exc, ContextError):
                 raise
+            why = await self._why_unfinished(request_id)
             raise PlayoutTimeoutError(
-                f"The speech did not finish within {wait:g} s.", request_id=request_id
+                f"The speech did not finish within {wait:g} s; {_WHY[why]}",
+                request_id=request_id,
+                why=why,
             ) from None
+        if isinstance(event, SpeechFailedEvent):
+            raise SpeechFailedError(event)
+        return event
+
+    async def _why_unfinished(self, request_id: str) -> PlayoutWait:
+        """Ask the agent whether the speech of ``request_id`` is still queued or playing."""
+        speech_id = self._playouts.speech_id(request_id)
+        if speech_id is None or self._closed or not self._room.isconnected():
+            return "unknown"
+        try:
+            state = await asyncio.wait_for(
+                self._deliver(self._prepare({"type": "get_state"}), None), self._timeout
+            )
+        except (ContextError, asyncio.TimeoutError):
+            return "unknown"
+        if state.data.state is None:
+            return "unknown"
+        pending = state.data.state.pending_speeches
+        if speech_id in pending:
+            return "pending"
+        if state.data.state.pending_speeches_truncated:
+            return "unknown"  # the list was cut: it may be among those left out
+        return "lost"
 
     async def find_agent(self, *, timeout: float | None = None) -> str:
         """The identity of the agent participant, waiting for it to join if needed.
@@ -301,6 +348,7 @@ class ContextClient(ControlCalls):
         tool_arguments: bool = False,
         queue_size: int = DEFAULT_EVENT_QUEUE_SIZE,
         timeout: float | None = None,
+        since_seq: int | None = None,
     ) -> SessionEvents:
         """Watch the call: the agent's live session events, as typed models.
 
@@ -327,6 +375,11 @@ class ContextClient(ControlCalls):
                 the agent dropped). Default 1,024.
             timeout: Seconds to wait for the subscribe ack to each attempt. Default: the
                 client's.
+            since_seq: v1.3, resume: the ``seq`` of the last event seen (an earlier
+                subscription's :attr:`SessionEvents.last_seq`). The agent first replays what it
+                still holds after it (each ``replay: True``), or sends ``events_lost`` and a
+                fresh ``snapshot`` when its buffer no longer reaches back, then goes live:
+                nothing missing, nothing twice. Default: live events only.
 
         Returns:
             A :class:`SessionEvents`, not subscribed until entered or awaited.
@@ -346,6 +399,8 @@ class ContextClient(ControlCalls):
             raise ValueError("events must name at least one event")
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
+        if since_seq is not None and since_seq < 0:
+            raise ValueError("since_seq must not be negative")
         hooks = SubscribeHooks(
             sinks=self._sinks,
             find_agent=self._locator.resolve,
@@ -361,6 +416,7 @@ class ContextClient(ControlCalls):
             tool_arguments=tool_arguments,
             queue_size=queue_size,
             timeout=timeout,
+            since_seq=since_seq,
         )
 
     async def unsubscribe(
@@ -403,10 +459,45 @@ class ContextClient(ControlCalls):
 
     def _prepare(self, request: Request | BaseModel | Mapping[str, Any]) -> dict[str, Any]:
         self._ensure_open()
-        return prepare_request(request, agent_code=self._agent_code)
+        obj = prepare_request(request, agent_code=self._agent_code)
+        # this client knows v1.3's events (speech_failed, context_used, ...): the agent sends
+        # them; an older agent ignores the field
+        obj.setdefault("protocol", PROTOCOL_VERSION)
+        return obj
+
+    async def _send_clip(self, clip: AudioClip) -> dict[str, str]:
+        """Stream ``clip`` to the agent (v1.3 ``speak{audio}``); the request's ``audio``."""
+        self._ensure_open()
+        agent = await self._locator.resolve()
+        return await send_clip(self._room, agent, clip)
+
+    async def send_clip(
+        self, audio: bytes | str | os.PathLike[str], *, mime_type: str | None = None
+    ) -> dict[str, str]:
+        """Stream a recorded clip to the agent, for a ``speak`` request built by hand (``send``).
+
+        :meth:`speak` with ``audio=`` does this itself. The agent keeps the clip for a minute
+        (``CLIP_KEEP_S``) waiting for the speak that names it.
+
+        Returns:
+            The request's ``audio`` field: ``{"stream_id": ..., "sha256": ...}``.
+
+        Raises:
+            ContextError: ``PAYLOAD_TOO_LARGE`` over 4 MiB, ``VALIDATION_ERROR`` if empty,
+                ``LIVEKIT_UNAVAILABLE`` if it could not be streamed.
+            OSError: The file cannot be read.
+        """
+        return await self._send_clip(AudioClip.of(audio, mime_type))
 
     async def _deliver(self, obj: dict[str, Any], timeout: float | None) -> SuccessAck:
         return await self._delivery.deliver(obj, timeout)
+
+
+_WHY: dict[PlayoutWait, str] = {
+    "pending": "the agent still has it queued or playing.",
+    "lost": "the agent no longer has it: its end was sent but did not arrive here.",
+    "unknown": "whether the agent still has it could not be asked.",
+}
 
 
 def _check_options(

@@ -125,6 +125,7 @@ class Delivery:
             "context request acknowledged",
             extra={"request_id": pending.request_id, "attempts": attempt + 1},
         )
+        self._playouts.accepted(ack)
         return ack
 
     def _retry_delay(self, attempt: int, failure: ContextError) -> float:

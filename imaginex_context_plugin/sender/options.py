@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Final, Literal, TypedDict
 
 from ..protocol import SpeakMode
@@ -65,5 +66,8 @@ class SpeakOptions(TypedDict, total=False):
     mode: SpeakMode | None
     end_call_after: bool
     add_to_history: bool
+    start_within_s: float | None
+    audio: bytes | str | os.PathLike[str] | None
+    audio_mime_type: str | None
     timeout: float | None
     playout_timeout: float | None

@@ -16,7 +16,7 @@ from livekit.rtc.room import EventTypes
 
 from .. import protocol
 from ..log import logger
-from ..protocol import ACK_TOPIC, ErrorAck, SessionEvent, SpeechFinishedEvent, SuccessAck
+from ..protocol import ACK_TOPIC, ErrorAck, SpeechFailedEvent, SpeechFinishedEvent, SuccessAck
 from .locator import AgentLocator
 from .subscription import EventSinks
 from .waiters import PendingAcks, PlayoutWaiters, gone, unavailable
@@ -91,7 +91,8 @@ class RoomEvents:
             return
         if isinstance(message, SuccessAck | ErrorAck):
             self._pending.on_ack(message, sender)
-        elif isinstance(message, SpeechFinishedEvent):
+            return
+        if isinstance(message, SpeechFinishedEvent | SpeechFailedEvent):
             self._playouts.on_finished(message, sender)
-        elif isinstance(message, SessionEvent):
-            self._sinks.on_event(message, sender)
+        # every event (a speech's too) to the subscriptions that asked for its kind
+        self._sinks.on_event(message, sender)

@@ -13,6 +13,13 @@ the agent the request went to. Its queue is bounded: when the caller reads too s
 events are dropped, and the next event handed out says how many in ``dropped`` (added to what the
 agent itself dropped); :attr:`SessionEvents.dropped` is the running total.
 
+v1.3: every event carries ``seq``; the subscription remembers the last one it handed out
+(:attr:`SessionEvents.last_seq`), and a later ``subscribe(since_seq=...)`` (after this process,
+its connection or the agent's connection dropped) gets what was missed replayed first (each
+``replay: True``), or ``events_lost`` and a fresh ``snapshot`` when the agent's buffer no longer
+reaches back. An event whose ``seq`` was already handed out is never handed out again.
+The ack's :attr:`SessionEvents.snapshot` says where the call stood when it began.
+
 Iteration ends after ``call_ended`` (handed out as the last event). It raises
 :class:`~..errors.ContextError` when the agent leaves the room without ending the call
 (``AGENT_NOT_FOUND``), or the room goes away or the client closes (``LIVEKIT_UNAVAILABLE``).
@@ -33,9 +40,11 @@ from ..log import logger
 from ..protocol import (
     SESSION_EVENT_TYPES,
     CallEndedEvent,
-    SessionEvent,
+    Event,
     SessionEventType,
+    Snapshot,
     SuccessAck,
+    event_kind,
 )
 from ..request_errors import ContextError
 
@@ -52,25 +61,41 @@ class _Failure:
     error: ContextError
 
 
+_ALWAYS: Final = frozenset({"call_ended", "events_lost", "snapshot"})
+"""What a subscription gets whatever it named."""
+
+
 class EventSink:
     """The bounded buffer between the room listener and one :class:`SessionEvents`.
 
     Args:
         agent: The only participant whose events it takes.
         queue_size: Most events held; beyond it the oldest are dropped and counted.
+        kinds: The event kinds it takes (its own speech events also reach this client's
+            playout waits, whether it takes them or not).
     """
 
-    def __init__(self, agent: str, queue_size: int) -> None:
+    def __init__(self, agent: str, queue_size: int, kinds: frozenset[str]) -> None:
         self.agent = agent
         self._size = queue_size
-        self._queue: deque[SessionEvent | _Failure | None] = deque()
+        self._kinds = kinds | _ALWAYS
+        self._queue: deque[Event | _Failure | None] = deque()
         self._lost = 0
         self._ready = asyncio.Event()
         self._closed = False
+        self.last_seq: int | None = None
+        """The highest ``seq`` taken: an event numbered at or below it is a repeat."""
 
-    def put(self, event: SessionEvent) -> None:
-        if self._closed:
+    def put(self, event: Event) -> None:
+        if self._closed or event_kind(event.type) not in self._kinds:
             return
+        seq = event.seq
+        if seq is not None:
+            # events_lost starts afresh: it may come from another session of the agent (its
+            # seq begun again), and what follows it continues from it
+            if event.type != "events_lost" and self.last_seq is not None and seq <= self.last_seq:
+                return  # already taken (a replay overlapping what arrived live)
+            self.last_seq = seq
         if len(self._queue) >= self._size:
             self._queue.popleft()
             self._lost += 1
@@ -86,7 +111,7 @@ class EventSink:
         self._queue.append(None if failure is None else _Failure(failure))
         self._ready.set()
 
-    async def get(self) -> tuple[SessionEvent | _Failure | None, int]:
+    async def get(self) -> tuple[Event | _Failure | None, int]:
         """The next item and how many were dropped locally just before it."""
         while not self._queue:
             self._ready.clear()
@@ -108,7 +133,7 @@ class EventSinks:
     def remove(self, sink: EventSink) -> None:
         self._sinks.discard(sink)
 
-    def on_event(self, event: SessionEvent, sender: str) -> None:
+    def on_event(self, event: Event, sender: str) -> None:
         for sink in self._sinks:
             if sink.agent == sender:
                 sink.put(event)
@@ -160,6 +185,7 @@ class SessionEvents:
         tool_arguments: bool,
         queue_size: int,
         timeout: float | None,
+        since_seq: int | None = None,
     ) -> None:
         self._hooks = hooks
         self._request: dict[str, Any] = {
@@ -168,6 +194,10 @@ class SessionEvents:
             "interim": interim,
             "tool_arguments": tool_arguments,
         }
+        if since_seq is not None:
+            self._request["since_seq"] = since_seq
+        self._since_seq = since_seq
+        self._last_out: int | None = None
         self._queue_size = queue_size
         self._timeout = timeout
         self._sink: EventSink | None = None
@@ -204,6 +234,30 @@ class SessionEvents:
         return self._dropped
 
     @property
+    def snapshot(self) -> Snapshot | None:
+        """v1.3: where the call stood when the subscription began (the ack's snapshot: the
+        state, the newest messages, the pending speeches, and the ``seq`` the events continue
+        after), or None from an older agent."""
+        return self.ack.data.snapshot
+
+    @property
+    def replayed(self) -> int:
+        """v1.3: how many events the agent replays first (``since_seq``), 0 without it."""
+        return self.ack.data.replayed or 0
+
+    @property
+    def last_seq(self) -> int | None:
+        """The ``seq`` to resume after (``subscribe(since_seq=...)``): the last event's that
+        was handed out, else the snapshot's, else the ``since_seq`` this subscription began
+        from. Events that arrived but were not read yet come again on a resume."""
+        if self._last_out is not None:
+            return self._last_out
+        snapshot = self._ack.data.snapshot if self._ack is not None else None
+        if snapshot is not None and self._since_seq is None:
+            return snapshot.seq
+        return self._since_seq
+
+    @property
     def call_ended(self) -> CallEndedEvent | None:
         """The ``call_ended`` event, once it has been handed out."""
         return self._ended
@@ -223,7 +277,9 @@ class SessionEvents:
         if self._sink is not None or self._closed:
             raise RuntimeError("this subscription was already started")
         agent = await self._hooks.find_agent()
-        sink = EventSink(agent, self._queue_size)
+        sink = EventSink(agent, self._queue_size, frozenset(self._request["events"]))
+        if self._since_seq is not None:
+            sink.last_seq = self._since_seq  # nothing at or before it is handed out again
         self._hooks.opened(self)  # raises if another subscription is open on this client
         self._sink = sink
         self._hooks.sinks.add(sink)
@@ -284,10 +340,10 @@ class SessionEvents:
     # ------------------------------------------------------------------------------------------
     # iteration
 
-    def __aiter__(self) -> AsyncIterator[SessionEvent]:
+    def __aiter__(self) -> AsyncIterator[Event]:
         return self
 
-    async def __anext__(self) -> SessionEvent:
+    async def __anext__(self) -> Event:
         sink = self._sink
         if sink is None:
             raise RuntimeError("not subscribed yet: use 'async with' or await it first")
@@ -304,6 +360,8 @@ class SessionEvents:
         if lost:
             item = item.model_copy(update={"dropped": (item.dropped or 0) + lost})
         self._dropped += item.dropped or 0
+        if item.seq is not None:
+            self._last_out = item.seq
         if isinstance(item, CallEndedEvent):
             self._ended = item
         return item

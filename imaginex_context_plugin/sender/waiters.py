@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ErrorCode
 from ..expiring import ExpiringCache
-from ..protocol import ErrorAck, SpeechFinishedEvent, SuccessAck
+from ..protocol import ErrorAck, SpeechFailedEvent, SpeechFinishedEvent, SuccessAck
 from ..request_errors import ContextError
 from .options import EVENT_MEMORY_MAX, EVENT_MEMORY_S
 
@@ -86,31 +86,50 @@ class PendingAcks:
         )
 
 
+Terminal = SpeechFinishedEvent | SpeechFailedEvent
+"""A speech's one end: it played (``speech_finished``), or it did not (v1.3 ``speech_failed``)."""
+
+
 class PlayoutWaiters:
-    """Callers waiting for ``speech_finished``, and the recent ones nobody waited for yet."""
+    """Callers waiting for a speech's end, and the recent ends nobody waited for yet."""
 
     def __init__(self) -> None:
         # request id -> the agent it was sent to: only that agent's events are accepted for it
         self._sent_to: ExpiringCache[str] = ExpiringCache(
             ttl_s=EVENT_MEMORY_S, max_entries=EVENT_MEMORY_MAX
         )
-        # speech_finished may arrive before anyone waits for it (RPC acks and data events
-        # travel separately), so recent ones are kept
-        self._finished: ExpiringCache[SpeechFinishedEvent] = ExpiringCache(
+        # request id -> the speech id its ack named: to ask the agent about it
+        self._speech_ids: ExpiringCache[str] = ExpiringCache(
             ttl_s=EVENT_MEMORY_S, max_entries=EVENT_MEMORY_MAX
         )
-        self._waiters: dict[str, list[asyncio.Future[SpeechFinishedEvent]]] = {}
+        # the end may arrive before anyone waits for it (RPC acks and data events travel
+        # separately), so recent ones are kept
+        self._finished: ExpiringCache[Terminal] = ExpiringCache(
+            ttl_s=EVENT_MEMORY_S, max_entries=EVENT_MEMORY_MAX
+        )
+        self._waiters: dict[str, list[asyncio.Future[Terminal]]] = {}
 
     def sent(self, request_id: str, agent: str) -> None:
         """Record that ``request_id`` went to ``agent``."""
         self._sent_to.put(request_id, agent)
 
-    async def wait(self, request_id: str, timeout: float) -> SpeechFinishedEvent:
-        """The event for ``request_id``; raises ``asyncio.TimeoutError`` after ``timeout``."""
+    def accepted(self, ack: SuccessAck) -> None:
+        """Record the speech an ack names, for a wait that runs out to ask about."""
+        if ack.id is not None and ack.data.speech_id is not None:
+            self._speech_ids.put(ack.id, ack.data.speech_id)
+
+    def speech_id(self, request_id: str) -> str | None:
+        return self._speech_ids.get(request_id)
+
+    def agent(self, request_id: str) -> str | None:
+        return self._sent_to.get(request_id)
+
+    async def wait(self, request_id: str, timeout: float) -> Terminal:
+        """The end of ``request_id``; raises ``asyncio.TimeoutError`` after ``timeout``."""
         cached = self._finished.get(request_id)
         if cached is not None:
             return cached
-        future: asyncio.Future[SpeechFinishedEvent] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Terminal] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(request_id, [])
         waiters.append(future)
         try:
@@ -121,7 +140,7 @@ class PlayoutWaiters:
             if not waiters:
                 self._waiters.pop(request_id, None)
 
-    def on_finished(self, event: SpeechFinishedEvent, sender: str) -> None:
+    def on_finished(self, event: Terminal, sender: str) -> None:
         if event.id is None or self._sent_to.get(event.id) != sender:
             return
         self._finished.put(event.id, event)

@@ -3,7 +3,7 @@
  * purpose is an {@link ImaginexError} with a `code`, a one-sentence `message` and whether trying
  * again may help (`retryable`).
  */
-import type { ErrorAck, ErrorCode, SuccessAck } from "./generated/wire.js";
+import type { ErrorAck, ErrorCode, SpeechFailedEvent, SuccessAck } from "./generated/wire.js";
 
 export type { ErrorCode };
 
@@ -21,6 +21,7 @@ export const ERROR_CODES: readonly ErrorCode[] = [
   "TIMEOUT",
   "ID_REUSED",
   "NOT_FOUND",
+  "SPEECH_FAILED",
 ];
 
 /** Codes a later attempt may not get; other codes are final unless the thrower says otherwise. */
@@ -91,13 +92,56 @@ export class AckTimeoutError extends ContextError {
   }
 }
 
-/** The speech was accepted but did not start or finish in time (`TIMEOUT`). */
+/**
+ * Why a playout wait ran out: `pending` (the agent still has the speech queued or playing),
+ * `lost` (the agent no longer has it: its end was sent and did not arrive), `unknown` (the agent
+ * could not be asked).
+ */
+export type PlayoutWait = "pending" | "lost" | "unknown";
+
+/**
+ * The speech was accepted but did not start or finish in time (`TIMEOUT`). The client then asks
+ * the agent (one `get_state`) whether it still has the speech, and says so in `why`.
+ */
 export class PlayoutTimeoutError extends ContextError {
   readonly accepted: SuccessAck | null;
+  readonly why: PlayoutWait;
 
-  constructor(message: string, options: { requestId: string | null; accepted?: SuccessAck | null }) {
+  constructor(message: string, options: { requestId: string | null; accepted?: SuccessAck | null; why?: PlayoutWait }) {
     super("TIMEOUT", message, { requestId: options.requestId, retryable: false });
     this.name = "PlayoutTimeoutError";
+    this.accepted = options.accepted ?? null;
+    this.why = options.why ?? "unknown";
+  }
+}
+
+const FAILURE_SENTENCES: Record<string, string> = {
+  not_started: "The speech did not start in time (start_within_s) and was cancelled.",
+  tts_error: "The speech failed: the agent's TTS failed.",
+  llm_error: "The speech failed: the agent's model failed to phrase it.",
+  session_closed: "The speech did not play out: the agent's session closed first.",
+  cancelled: "The speech was cancelled before it played out.",
+  avatar_left: "The speech did not play out: the avatar playing it left the room.",
+};
+
+/**
+ * v1.3: the speech was accepted but did not play (`SPEECH_FAILED`): the agent's `speech_failed`
+ * event, whose `reason` says why (`not_started`, `tts_error`, `llm_error`, `session_closed`,
+ * `cancelled`, `avatar_left`). Python: `SpeechFailedError`.
+ */
+export class SpeechFailedError extends ContextError {
+  readonly event: SpeechFailedEvent;
+  readonly reason: SpeechFailedEvent["reason"];
+  readonly accepted: SuccessAck | null;
+
+  constructor(event: SpeechFailedEvent, options: { accepted?: SuccessAck | null } = {}) {
+    super("SPEECH_FAILED", FAILURE_SENTENCES[event.reason] ?? "The speech did not play.", {
+      requestId: event.id,
+      retryable: event.reason === "not_started",
+    });
+    this.name = "SpeechFailedError";
+    this.event = event;
+    this.reason = event.reason;
     this.accepted = options.accepted ?? null;
   }
 }

@@ -15,7 +15,9 @@ export {
   ImaginexError,
   PlayoutTimeoutError,
   RETRYABLE_CODES,
+  SpeechFailedError,
   type ContextErrorOptions,
+  type PlayoutWait,
 } from "./errors.js";
 export { checkSize, hasVisibleText, prepareRequest, requestIdOf, requestProblem, type RequestInput } from "./requests.js";
 export { DEFAULT_BACKOFF_MS, DEFAULT_RETRIES, MAX_BACKOFF_MS, MAX_RETRY_AFTER_S, newRequestId, retryDelayMs } from "./retry.js";

@@ -7,8 +7,7 @@ import type {
   ErrorAck,
   ServerMessage,
   SessionEvent,
-  SpeechFinishedEvent,
-  SpeechStartedEvent,
+  SpeechEvent,
   SuccessAck,
 } from "./generated/wire.js";
 
@@ -56,10 +55,26 @@ export const SESSION_EVENT_TYPES = [
   "conversation_item",
   "tool_call",
   "call_ended",
+  "speech",
+  "context",
 ] as const;
+/** What a subscription names: an event's type, or (v1.3) a kind: `speech`, `context`. */
 export type SessionEventType = (typeof SESSION_EVENT_TYPES)[number];
 
-const SESSION_EVENTS: ReadonlySet<string> = new Set(SESSION_EVENT_TYPES);
+/** The `type` of every event a subscription hands out besides the speech events. */
+const SESSION_EVENTS: ReadonlySet<string> = new Set([
+  "user_transcript",
+  "agent_transcript",
+  "agent_state",
+  "user_state",
+  "conversation_item",
+  "tool_call",
+  "call_ended",
+  "context_used",
+  "context_dropped",
+  "events_lost",
+  "snapshot",
+]);
 
 export function isAck(message: ServerMessage): message is Ack {
   return message.type === "ack";
@@ -73,10 +88,34 @@ export function isErrorAck(message: ServerMessage): message is ErrorAck {
   return message.type === "ack" && message.success === false;
 }
 
-export function isSpeechEvent(
-  message: ServerMessage,
-): message is SpeechStartedEvent | SpeechFinishedEvent {
-  return message.type === "speech_started" || message.type === "speech_finished";
+const SPEECH_EVENTS: ReadonlySet<string> = new Set(["speech_started", "speech_finished", "speech_failed"]);
+
+/** The protocol version this client speaks: sent in every request as `protocol`. */
+export const PROTOCOL_VERSION = "1.3";
+/** v1.3: the default of a speak's `start_within_s` at the agent, in seconds. */
+export const DEFAULT_START_WITHIN_S = 30;
+/** v1.3: the largest clip an agent takes for `speak{audio}`, in bytes, and the longest. */
+export const MAX_CLIP_BYTES = 4 * 1024 * 1024;
+export const MAX_CLIP_S = 30;
+/** v1.3: the byte stream topic a clip travels on. */
+export const AUDIO_STREAM_TOPIC = "imaginex.audio";
+
+const EVENT_KINDS: Readonly<Record<string, string>> = {
+  speech_started: "speech",
+  speech_finished: "speech",
+  speech_failed: "speech",
+  context_used: "context",
+  context_dropped: "context",
+};
+
+/** The name a subscription uses for events of `type` (`speech`, `context`, or the type itself). */
+export function eventKind(type: string): string {
+  return EVENT_KINDS[type] ?? type;
+}
+
+/** `speech_started`, `speech_finished` or (v1.3) `speech_failed`. */
+export function isSpeechEvent(message: ServerMessage): message is SpeechEvent {
+  return SPEECH_EVENTS.has(message.type);
 }
 
 export function isSessionEvent(message: ServerMessage): message is SessionEvent {
@@ -101,8 +140,8 @@ export function parseServerMessage(raw: string | Uint8Array): ServerMessage | nu
       ? (value as Ack)
       : null;
   }
-  if (message.type === "speech_started" || message.type === "speech_finished") {
-    return value as SpeechStartedEvent | SpeechFinishedEvent;
+  if (typeof message.type === "string" && SPEECH_EVENTS.has(message.type)) {
+    return value as SpeechEvent;
   }
   return typeof message.type === "string" && SESSION_EVENTS.has(message.type)
     ? (value as SessionEvent)

@@ -16,7 +16,9 @@ type Rule =
   | ["str", number?, number?] // min, max length
   | ["num", number, number] // > min, <= max
   | ["int", number, number] // >= min, <= max
-  | ["enum", readonly string[]];
+  | ["enum", readonly string[]]
+  | ["format", RegExp, string] // a string of a fixed format, and how it is written
+  | ["object", Fields]; // v1.3: an object of its own fields (speak's `audio`)
 type Fields = Record<string, [Rule, ("required" | "nullable")?]>;
 
 const ROLES = ["system", "developer", "user", "assistant"];
@@ -35,6 +37,17 @@ const FIELDS: Record<string, Fields> = {
     mode: [["enum", ["queue", "interrupt", "if_idle"]], "nullable"],
     end_call_after: [BOOL],
     add_to_history: [BOOL],
+    start_within_s: [["num", 0, 3600], "nullable"],
+    audio: [
+      [
+        "object",
+        {
+          stream_id: [["str", 1, MAX_ID_LENGTH], "required"],
+          sha256: [["format", /^[0-9a-f]{64}$/, "the clip's SHA-256 as 64 lowercase hex digits"], "nullable"],
+        },
+      ],
+      "nullable",
+    ],
   },
   add_context: {
     message: [TEXT, "nullable"],
@@ -55,13 +68,14 @@ const FIELDS: Record<string, Fields> = {
   reset_instructions: {},
   user_message: { text: [TEXT, "required"], respond: [BOOL], interrupt: [BOOL] },
   get_history: { limit: [["int", 1, 200]] },
-  subscribe: { interim: [BOOL], tool_arguments: [BOOL] },
+  subscribe: { interim: [BOOL], tool_arguments: [BOOL], since_seq: [["int", 0, Number.MAX_SAFE_INTEGER], "nullable"] },
   unsubscribe: {},
 };
 const COMMON: Fields = {
   id: [["str", 1, MAX_ID_LENGTH], "nullable"],
   room_id: [TEXT, "nullable"],
   agent_code: [TEXT, "nullable"],
+  protocol: [["format", /^1\.[0-9]{1,3}$/, "a protocol version such as '1.3'"], "nullable"],
 };
 const TYPE_LIST = MESSAGE_TYPES.join(", ");
 
@@ -143,6 +157,18 @@ function fieldProblem(name: string, value: unknown, rule: Rule, flag?: "required
       return typeof value === "string" && rule[1].includes(value)
         ? null
         : `Field '${name}' must be one of: ${rule[1].join(", ")}.`;
+    case "format":
+      if (typeof value !== "string") return `Field '${name}' must be a string.`;
+      return rule[1].test(value) ? null : `Field '${name}' must be ${rule[2]}.`;
+    case "object": {
+      if (typeof value !== "object" || value === null || Array.isArray(value)) return `Field '${name}' must be an object.`;
+      const inner = value as Record<string, unknown>;
+      for (const [field, [fieldRule, flag]] of Object.entries(rule[1])) {
+        const problem = fieldProblem(`${name}.${field}`, inner[field], fieldRule, flag);
+        if (problem) return problem;
+      }
+      return null;
+    }
   }
 }
 
@@ -170,6 +196,10 @@ function typeProblem(type: string, obj: Record<string, unknown>): string | null 
       if (problem) return problem;
       const instructions = (obj.instructions ?? null) as string | null;
       if (text !== null && instructions !== null) return "Give either the text to say or 'instructions', not both.";
+      if (obj.audio !== undefined && obj.audio !== null) {
+        // v1.3: a clip needs no text (given, it is the clip's transcript)
+        return instructions !== null ? "Give either an audio clip or 'instructions', not both." : null;
+      }
       if (text === null && instructions === null) return "Missing field 'message' (or 'context'): the text to speak.";
       if (instructions !== null) {
         const invisible = visibleProblem("instructions", instructions);

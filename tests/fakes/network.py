@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -183,6 +184,20 @@ class RelayNetwork:
                 continue
             room._deliver(room._on_data, sender_identity, data, kind, topic)
 
+    def _open_stream(
+        self, sender: LinkedRoom, info: rtc.ByteStreamInfo, destinations: Sequence[str]
+    ) -> list[LinkedByteStreamReader]:
+        """A reader for every peer the stream goes to, handed to its handler in order."""
+        readers = []
+        for room in self._rooms.get(sender.linked_name, []):
+            elsewhere = destinations and room.participant_info.identity not in destinations
+            if room is sender or elsewhere:
+                continue
+            reader = LinkedByteStreamReader(info)
+            readers.append(reader)
+            room._deliver(room._on_byte_stream, reader, sender.participant_info.identity)
+        return readers
+
     def _set_attributes(self, room: LinkedRoom, attributes: dict[str, str]) -> None:
         info = room.participant_info
         old = dict(info.attributes)
@@ -250,8 +265,9 @@ class LinkedLocalParticipant(rtc.LocalParticipant):
     """The real ``LocalParticipant`` with its FFI-backed calls routed through the network.
 
     Supported: ``publish_data``, ``perform_rpc`` (interceptors included),
-    ``register_rpc_method`` / ``unregister_rpc_method`` and ``set_attributes``. The rest
-    (tracks, data streams, metadata, ...) still needs a real server.
+    ``register_rpc_method`` / ``unregister_rpc_method``, ``set_attributes`` and
+    ``stream_bytes`` (to the peers' ``register_byte_stream_handler`` handlers, in order with
+    the data packets). The rest (tracks, text streams, metadata, ...) still needs a real server.
     """
 
     def __init__(self, room: LinkedRoom, owned_info: participant_pb2.OwnedParticipant) -> None:
@@ -273,6 +289,33 @@ class LinkedLocalParticipant(rtc.LocalParticipant):
             room.linked_name, room, payload, topic, destination_identities, reliable
         )
         await asyncio.sleep(0)  # the real call awaits the FFI's acknowledgement
+
+    async def stream_bytes(  # type: ignore[override]
+        self,
+        name: str,
+        *,
+        total_size: int | None = None,
+        mime_type: str = "application/octet-stream",
+        attributes: dict[str, str] | None = None,
+        stream_id: str | None = None,
+        destination_identities: Sequence[str] | None = None,
+        topic: str = "",
+    ) -> LinkedByteStreamWriter:
+        room = self._linked_room
+        if not room.isconnected():
+            raise PublishDataError("the room is not connected")
+        info = rtc.ByteStreamInfo(
+            stream_id=stream_id or f"PS_{uuid.uuid4().hex[:12]}",
+            mime_type=mime_type,
+            topic=topic,
+            timestamp=int(time.time() * 1000),
+            size=total_size,
+            attributes=dict(attributes or {}),
+            name=name,
+        )
+        readers = room.network._open_stream(room, info, destination_identities or ())
+        await asyncio.sleep(0)
+        return LinkedByteStreamWriter(room, info, readers)
 
     async def set_attributes(self, attributes: dict[str, str]) -> None:
         # the local view changes when the server's event comes back, as in the real SDK
@@ -415,6 +458,11 @@ class LinkedRoom(rtc.Room):
         participant._info.attributes.update(attributes)
         self.emit("participant_attributes_changed", changed, participant)
 
+    def _on_byte_stream(self, reader: LinkedByteStreamReader, sender: str) -> None:
+        handler = self._byte_stream_handlers.get(reader.info.topic)
+        if handler is not None:  # as the real room: no handler, the stream is dropped
+            handler(reader, sender)  # type: ignore[arg-type]
+
     def _on_data(
         self,
         sender: str | None,
@@ -430,3 +478,51 @@ class LinkedRoom(rtc.Room):
         )
 
 
+class LinkedByteStreamReader:
+    """An incoming byte stream on the relay: iterate it for its chunks, as ``ByteStreamReader``."""
+
+    def __init__(self, info: rtc.ByteStreamInfo) -> None:
+        self.info = info
+        self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.closed = False
+
+    def push(self, chunk: bytes | None) -> None:
+        self._chunks.put_nowait(chunk)
+
+    def __aiter__(self) -> LinkedByteStreamReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.closed:
+            raise StopAsyncIteration
+        chunk = await self._chunks.get()
+        if chunk is None:
+            self.closed = True
+            raise StopAsyncIteration
+        return chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class LinkedByteStreamWriter:
+    """The sending end: chunks reach every reader in later loop iterations, in order."""
+
+    def __init__(
+        self, room: LinkedRoom, info: rtc.ByteStreamInfo, readers: list[LinkedByteStreamReader]
+    ) -> None:
+        self._room = room
+        self.info = info
+        self._readers = readers
+        self.written = 0
+
+    async def write(self, data: bytes) -> None:
+        self.written += len(data)
+        for reader in self._readers:
+            self._room._loop.call_soon(reader.push, bytes(data))
+        await asyncio.sleep(0)
+
+    async def aclose(self, *, reason: str = "", attributes: dict[str, str] | None = None) -> None:
+        for reader in self._readers:
+            self._room._loop.call_soon(reader.push, None)
+        await asyncio.sleep(0)

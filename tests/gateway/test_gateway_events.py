@@ -176,7 +176,8 @@ async def test_the_stream_is_in_the_openapi_document(make_gateway: GatewayFactor
     assert operation["security"] == [{"apiSecret": []}]
     assert "text/event-stream" in operation["responses"]["200"]["content"]
     assert {p["name"] for p in operation["parameters"]} == {
-        "agent_code", "room_id", "events", "interim", "tool_arguments", "playout"
+        "agent_code", "room_id", "events", "interim", "tool_arguments", "playout",
+        "Last-Event-ID", "last_event_id",
     }
 
 

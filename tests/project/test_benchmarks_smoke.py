@@ -24,6 +24,7 @@ import bench_flood_memory  # noqa: E402
 import bench_hot_path  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_subscribers  # noqa: E402
+import bench_v13_cost  # noqa: E402
 import bench_vs_livekit  # noqa: E402
 import run_all  # noqa: E402
 
@@ -126,6 +127,19 @@ async def test_subscribers_keep_the_healthy_ones_whole_and_drop_for_the_stalled_
     assert "600 events" in report.notes[0]
 
 
+def test_v13_cost_compares_with_the_pre_v13_receiver() -> None:
+    report = bench_v13_cost.run_sync(rounds=1, messages=40, burst=10)
+    assert report.ok  # every message acked exactly once, in every variant
+    names = {f.name: f for f in report.figures}
+    assert "used-context detection, per model request (64 entries)" in names
+    if report.notes[0].startswith("baseline skipped"):  # a shallow clone: no pre-v1.3 tree
+        return
+    for sender in ("v1.2", "v1.3"):
+        gated = names[f"add_context burst of 10, v1.3, {sender} sender: plugin only"]
+        assert gated.baseline.startswith("today ")
+        assert gated.met is not None
+
+
 async def test_run_all_quick_sizes_run() -> None:
     sizes = {
         "hot path": {"messages": 20, "burst": 10, "single": 5},
@@ -134,6 +148,7 @@ async def test_run_all_quick_sizes_run() -> None:
         "flood memory": {"messages": 200, "states": 20},
         "vs livekit": {"requests": 10, "warmup": 2, "round_size": 5},
         "subscribers": {"events": 300},
+        "v1.3 cost": {"rounds": 1, "messages": 40, "burst": 10},
     }
     # the live benchmarks need a LiveKit server: tests/integration/test_live_bench_smoke.py
     # (and the directory's and the avatar's own smoke tests), and a two-node cluster:

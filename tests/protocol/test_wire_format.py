@@ -49,7 +49,7 @@ def test_names_on_the_wire() -> None:
     assert [c.value for c in ErrorCode] == [
         "VALIDATION_ERROR", "UNAUTHORIZED", "AGENT_NOT_FOUND", "NO_ACTIVE_ROOMS",
         "PAYLOAD_TOO_LARGE", "RATE_LIMITED", "NOT_READY", "BUSY", "INTERNAL_ERROR",
-        "LIVEKIT_UNAVAILABLE", "TIMEOUT", "ID_REUSED", "NOT_FOUND",
+        "LIVEKIT_UNAVAILABLE", "TIMEOUT", "ID_REUSED", "NOT_FOUND", "SPEECH_FAILED",
     ]
 
 
@@ -69,8 +69,12 @@ def test_speak_request_defaults() -> None:
         "mode": None,
         "end_call_after": False,
         "add_to_history": True,
+        "protocol": None,
+        "start_within_s": None,
+        "audio": None,
     }
     assert request.effective_mode == "queue"
+    assert request.speaks_v1_3 is False
     assert parse_request(b'{"type":"speak","message":"x","interrupt":true}').effective_mode == (  # type: ignore[union-attr]
         "interrupt"
     )
@@ -91,6 +95,7 @@ def test_add_context_request_defaults() -> None:
         "trigger_reply": False,
         "scope": "persistent",
         "ttl_s": None,
+        "protocol": None,
     }
     assert request.text == "VIP"
 
@@ -99,12 +104,13 @@ def test_remove_and_get_state_requests() -> None:
     remove = parse_request(b'{"type": "remove_context", "key": "order"}')
     assert isinstance(remove, RemoveContextRequest)
     assert remove.model_dump(mode="json") == {
-        "type": "remove_context", "id": None, "room_id": None, "agent_code": None, "key": "order",
+        "type": "remove_context", "id": None, "room_id": None, "agent_code": None,
+        "protocol": None, "key": "order",
     }
     state = parse_request(b'{"type": "get_state", "id": "s"}')
     assert isinstance(state, GetStateRequest)
     assert state.model_dump(mode="json") == {
-        "type": "get_state", "id": "s", "room_id": None, "agent_code": None,
+        "type": "get_state", "id": "s", "room_id": None, "agent_code": None, "protocol": None,
     }
 
 
@@ -340,7 +346,7 @@ def _dump(raw: bytes) -> dict[str, object]:
     return parse_request(raw).model_dump(mode="json")
 
 
-BASE = {"id": None, "room_id": None, "agent_code": None}
+BASE = {"id": None, "room_id": None, "agent_code": None, "protocol": None}
 
 
 def test_v1_1_request_defaults() -> None:
@@ -455,21 +461,21 @@ def test_not_found_ack_and_v1_1_speech_finished() -> None:
 def test_subscribe_requests() -> None:
     assert _dump(b'{"type": "subscribe", "events": ["user_transcript", "tool_call"]}') == {
         "type": "subscribe", **BASE, "events": ["user_transcript", "tool_call"],
-        "interim": False, "tool_arguments": False,
+        "interim": False, "tool_arguments": False, "since_seq": None,
     }
     assert _dump(
         b'{"type": "subscribe", "events": ["agent_state"], "interim": true, '
         b'"tool_arguments": true}'
     ) == {
         "type": "subscribe", **BASE, "events": ["agent_state"], "interim": True,
-        "tool_arguments": True,
+        "tool_arguments": True, "since_seq": None,
     }
     assert _dump(b'{"type": "unsubscribe", "id": "u"}') == {
         "type": "unsubscribe", **BASE, "id": "u",
     }
     assert protocol.SESSION_EVENT_TYPES == (
         "user_transcript", "agent_transcript", "agent_state", "user_state",
-        "conversation_item", "tool_call", "call_ended",
+        "conversation_item", "tool_call", "call_ended", "speech", "context",
     )
     schema = json.dumps(protocol.request_json_schema())
     for name in ("SubscribeRequest", "UnsubscribeRequest", '"events"', '"interim"',

@@ -27,13 +27,17 @@ from imaginex_context_plugin.protocol import (
     SpeechFinishedEvent,
     SpeechStartedEvent,
 )
+from imaginex_context_plugin.receiver.answers import AckWriter
 from imaginex_context_plugin.receiver.avatar import (
     AVATAR_GONE_MESSAGE,
     AvatarWatch,
     streams_to_avatar,
 )
+from imaginex_context_plugin.receiver.event_log import EventLog
 from imaginex_context_plugin.receiver.jobs import Job
 from imaginex_context_plugin.receiver.speech import SpeechTracker
+from imaginex_context_plugin.receiver.stats import PluginStats
+from imaginex_context_plugin.receiver.subscribers import Subscribers
 from imaginex_context_plugin.testing import OfflineRoom
 from tests.conftest import AGENT_CODE, AGENT_IDENTITY, BACKEND_IDENTITY, ROOM, Backend
 from tests.fakes import LinkedRoom, RecordingAudioOutput, RecordingTTS, RelayNetwork, start_session
@@ -192,7 +196,7 @@ async def test_someone_else_leaving_changes_nothing(
     # the collaborator itself: with our avatar here, a speech would play (and stream frames,
     # which the in-memory relay cannot carry)
     identity, kind, attributes = who
-    tracker = SpeechTracker(avatar_room.session, Sent())
+    tracker = SpeechTracker(avatar_room.session, Sent().events())
     watch = AvatarWatch(avatar_room.session, avatar_room.agent_room, tracker)
     avatar_room.agent_room.on("participant_disconnected", watch.on_participant_disconnected)
     try:
@@ -222,6 +226,13 @@ class Sent:
     def finished(self) -> list[SpeechFinishedEvent]:
         return [m for m in self.messages if isinstance(m, SpeechFinishedEvent)]
 
+    def events(self) -> Subscribers:
+        """The tracker's way out for events, sending to nobody but this recorder."""
+        return Subscribers(
+            writer=AckWriter(AGENT_CODE, lambda: ROOM), stats=PluginStats(), log=EventLog(),
+            send=self,
+        )
+
 
 def speak_job(request_id: str) -> Job:
     return Job(SpeakRequest(type="speak", id=request_id, message=SPOKEN), BACKEND_IDENTITY)
@@ -233,7 +244,7 @@ async def test_a_playing_speech_cut_for_the_avatar_ends_once_without_a_played_ti
         tts_model=RecordingTTS(seconds_per_char=0.05), audio_output=audio
     )
     sent = Sent()
-    tracker = SpeechTracker(session, sent)
+    tracker = SpeechTracker(session, sent.events())
     tracker.watch_audio_output()
     session.on("agent_state_changed", tracker.on_agent_state_changed)
     try:
@@ -259,7 +270,7 @@ async def test_a_playing_speech_cut_for_the_avatar_ends_once_without_a_played_ti
 async def test_a_speech_cut_for_the_avatar_before_it_was_tracked_still_says_why() -> None:
     session = await start_session(tts_model=RecordingTTS(seconds_per_char=0.05))
     sent = Sent()
-    tracker = SpeechTracker(session, sent)
+    tracker = SpeechTracker(session, sent.events())
     try:
         handle = session.say(SPOKEN)
         tracker.cut_for_avatar(handle)  # as LiveKit creates it (speech_created)

@@ -254,12 +254,12 @@ BAD_INPUTS: list[tuple[str, bytes, str, str, str | None]] = [
     ("unknown event", b'{"id": "e5", "type": "subscribe", "events": ["agent_state", "audio"]}',
      "VALIDATION_ERROR",
      "Field 'events.1' must be one of: user_transcript, agent_transcript, agent_state, "
-     "user_state, conversation_item, tool_call, call_ended.", "e5"),
+     "user_state, conversation_item, tool_call, call_ended, speech, context.", "e5"),
     ("event not a string", b'{"id": "e6", "type": "subscribe", "events": [1]}',
      "VALIDATION_ERROR",
      "Field 'events.0' must be one of: user_transcript, agent_transcript, agent_state, "
-     "user_state, conversation_item, tool_call, call_ended.", "e6"),
-    ("too many events", json.dumps({"id": "e7", "type": "subscribe", "events": ["tool_call"] * 15})
+     "user_state, conversation_item, tool_call, call_ended, speech, context.", "e6"),
+    ("too many events", json.dumps({"id": "e7", "type": "subscribe", "events": ["tool_call"] * 19})
      .encode(), "VALIDATION_ERROR", "Field 'events' is invalid.", "e7"),
     ("interim as string",
      b'{"id": "e8", "type": "subscribe", "events": ["user_transcript"], "interim": "yes"}',

@@ -474,9 +474,11 @@ def test_subscribe_prints_the_call_until_it_ends() -> None:
     )
     assert result.exit_code == EXIT_OK, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == (
-        "ok: Subscribed to session events  events=agent_transcript,agent_state,call_ended"
+    assert lines[0].startswith(
+        "ok: Subscribed to session events  events=agent_transcript,agent_state,call_ended  seq="
     )
+    assert "agent=" in lines[0]
+    assert "pending=0" in lines[0]
     described = [line.split("  ", 1)[1] for line in lines[1:]]
     assert "agent_state: listening -> speaking" in described
     assert "agent: Your order shipped." in described

@@ -15,6 +15,7 @@ from imaginex_context_plugin import (
     ContextError,
     ErrorCode,
     HistoryResult,
+    SpeechFailedError,
 )
 from imaginex_context_plugin.sender import Via
 from tests.conftest import BACKEND_IDENTITY, Harness, HarnessFactory
@@ -118,14 +119,17 @@ async def test_cancel_cuts_our_playing_speech_and_unknown_ids_are_not_found(
         await client.speak("A long announcement " * 20, id="long-1")
         await wait_until(lambda: harness.session.agent_state == "speaking")
         ack = await client.cancel("long-1")
-        finished = await client.wait_for_playout("long-1")
+        # v1.3: a cancelled speech did not play out: its one end is speech_failed
+        with pytest.raises(SpeechFailedError) as failed:
+            await client.wait_for_playout("long-1")
         with pytest.raises(ContextError) as unknown:
             await client.cancel("never-sent")
 
     assert ack.data.target_id == "long-1"
     assert ack.data.cancelled == "playing"
-    assert finished.interrupted is True
-    assert finished.cancelled is True
+    assert failed.value.reason == "cancelled"
+    assert failed.value.code is ErrorCode.SPEECH_FAILED
+    assert failed.value.event.started is True
     assert unknown.value.code is ErrorCode.NOT_FOUND
     assert unknown.value.retryable is False
 

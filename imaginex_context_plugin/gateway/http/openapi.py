@@ -373,9 +373,13 @@ def _events_path() -> dict[str, Any]:
                 "description": (
                     "The gateway subscribes to the agent's session events on the caller's "
                     "behalf (the agent must grant the gateway's identity the 'subscribe' "
-                    "permission). Each event is 'event: <type>' and 'data: <JSON>'; a "
-                    "': heartbeat' comment is sent every 15 s while nothing happens; the "
-                    "stream ends after call_ended or when the agent leaves the room."
+                    "permission). Each event is 'id: <seq>', 'event: <type>' and "
+                    "'data: <JSON>'; a ': heartbeat' comment is sent every 15 s while nothing "
+                    "happens; the stream ends after call_ended or when the agent leaves the "
+                    "room. Resumable: a client that reconnects with Last-Event-ID (a browser's "
+                    "EventSource does it by itself), on this replica or another, first gets "
+                    "what it missed (marked replay), or events_lost and a fresh snapshot when "
+                    "the agent no longer holds it, then the live events: no gap, nothing twice."
                 ),
                 "operationId": "events",
                 "security": [{"apiSecret": []}],
@@ -386,8 +390,20 @@ def _events_path() -> dict[str, Any]:
                     query("room_id", "The room to watch.", {"type": "string"}, required=True),
                     query(
                         "events",
-                        "Comma-separated event types (default: all); call_ended always comes.",
+                        "Comma-separated event types, or the kinds speech (speech_started, "
+                        "speech_finished, speech_failed) and context (context_used, "
+                        "context_dropped) (default: all); call_ended always comes.",
                         {"type": "string", "example": "user_transcript,agent_transcript"},
+                    ),
+                    {"name": "Last-Event-ID", "in": "header", "required": False,
+                     "description": "Resume after this event's id (its seq): what the agent "
+                     "sent after it comes first.",
+                     "schema": {"type": "string", "pattern": "^[0-9]*$"}},
+                    query(
+                        "last_event_id",
+                        "The same as the Last-Event-ID header, for a client that cannot set "
+                        "headers.",
+                        {"type": "integer", "minimum": 0},
                     ),
                     query("interim", "Also interim user transcripts.",
                           {"type": "boolean", "default": False}),

@@ -42,6 +42,7 @@ FAILURE_PRECEDENCE: Final[tuple[ErrorCode, ...]] = (
     ErrorCode.TIMEOUT,
     ErrorCode.UNAUTHORIZED,
     ErrorCode.INTERNAL_ERROR,
+    ErrorCode.SPEECH_FAILED,  # a sender's own wait, never an agent's answer: last
 )
 
 

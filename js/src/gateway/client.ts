@@ -24,6 +24,7 @@ import type {
   RemoveContextBody,
   ResetInstructionsBody,
   SessionEvent,
+  SpeechEvent,
   SpeakBody,
   SpeakResponse,
   UpdateInstructionsBody,
@@ -68,6 +69,9 @@ export interface GatewayCallOptions {
   signal?: AbortSignal;
 }
 
+/** What the events stream yields: session events and (kind `speech`) speech events. */
+export type StreamedEvent = SessionEvent | SpeechEvent;
+
 export interface EventsOptions {
   /** The room whose events to stream (required by the gateway). */
   roomId: string;
@@ -77,9 +81,22 @@ export interface EventsOptions {
   toolArguments?: boolean;
   /** Also `speech_started` / `speech_finished` of the speeches sent through the gateway. */
   playout?: boolean;
-  /** Called once the gateway has accepted the stream (before any event: an idle call sends none). */
+  /** Called once the gateway has accepted the stream (before any event: an idle call sends none), and again after each resume. */
   onOpen?: () => void;
   signal?: AbortSignal;
+  /**
+   * v1.3: resume after this event's `seq` (the last one seen): sent as `Last-Event-ID`, so what
+   * the agent sent since comes first (marked `replay`), or `events_lost` and a fresh `snapshot`.
+   */
+  lastEventId?: number;
+  /**
+   * v1.3: when the stream breaks off before `call_ended` (a network blip, a replica going away),
+   * open it again with `Last-Event-ID` (on whatever replica answers): nothing missing, nothing
+   * twice. Up to this many times in a row without an event between, 0.5 s apart and doubling;
+   * then the stream throws `GATEWAY_UNREACHABLE` (`retryable`: call again with `lastEventId`).
+   * Default 0: no resuming.
+   */
+  resumeAttempts?: number;
 }
 
 /**
@@ -196,22 +213,63 @@ export class GatewayClient {
   /**
    * `GET /v1/agent/{code}/events?room_id=...`: the room's live session events, until
    * `call_ended` (yielded last), the agent leaving or the stream closing. Leave the loop (or
-   * abort `signal`) to stop.
+   * abort `signal`) to stop. v1.3: every event carries its `seq`; `lastEventId` resumes after
+   * one, and `resumeAttempts` resumes by itself when the connection breaks off (with no gap and
+   * nothing twice: an event whose `seq` was already yielded is never yielded again).
    */
-  async *events(agentCode: string, options: EventsOptions): AsyncGenerator<SessionEvent, void, undefined> {
+  async *events(agentCode: string, options: EventsOptions): AsyncGenerator<StreamedEvent, void, undefined> {
     const url = new URL(`${this.base}/v1/agent/${encodeURIComponent(agentCode)}/events`);
     url.searchParams.set("room_id", options.roomId);
     if (options.events) url.searchParams.set("events", options.events.join(","));
     if (options.interim) url.searchParams.set("interim", "true");
     if (options.toolArguments) url.searchParams.set("tool_arguments", "true");
     if (options.playout) url.searchParams.set("playout", "true");
+    let last = options.lastEventId ?? null;
+    const attempts = options.resumeAttempts ?? 0;
+    let lastError: unknown = null;
+    for (let failures = 0; ; ) {
+      let ended = false;
+      let progressed = false;
+      try {
+        for await (const event of this.streamOnce(url, last, options)) {
+          progressed = true;
+          if (typeof event.seq === "number") {
+            if (last !== null && event.seq <= last && event.type !== "events_lost") continue; // a repeat
+            last = event.seq;
+          }
+          yield event;
+          if (event.type === "call_ended") {
+            ended = true;
+            return;
+          }
+        }
+        if (attempts === 0) return; // the stream ended: the agent left, or the room went
+      } catch (error) {
+        // a refusal (an HTTP answer) is final; a broken connection is worth resuming
+        if (error instanceof GatewayError && error.status !== 0) throw error;
+        if (options.signal?.aborted || attempts === 0) throw error;
+        lastError = error;
+      }
+      if (ended) return;
+      failures = progressed ? 1 : failures + 1;
+      if (failures > attempts) {
+        // given up: never a quiet end, which would read as the call being over
+        throw new GatewayError(
+          "GATEWAY_UNREACHABLE",
+          `The events stream broke off ${failures} times in a row before call_ended; resuming was given up.`,
+          { status: 0, retryable: true, cause: lastError },
+        );
+      }
+      await sleep(500 * 2 ** (failures - 1));
+    }
+  }
+
+  private async *streamOnce(url: URL, lastEventId: number | null, options: EventsOptions): AsyncGenerator<StreamedEvent, void, undefined> {
+    const headers: Record<string, string> = { ...this.authHeaders(false), accept: "text/event-stream" };
+    if (lastEventId !== null) headers["Last-Event-ID"] = String(lastEventId);
     let response: Response;
     try {
-      response = await this.fetch(url, {
-        headers: { ...this.authHeaders(false), accept: "text/event-stream" },
-        credentials: this.credentials,
-        signal: options.signal,
-      });
+      response = await this.fetch(url, { headers, credentials: this.credentials, signal: options.signal });
     } catch (error) {
       throw unreachable(error, null);
     }
@@ -222,7 +280,13 @@ export class GatewayClient {
       let buffer = "";
       let data: string[] = [];
       for (;;) {
-        const { value, done } = await reader.read();
+        let chunk: ReadableStreamReadResult<string>;
+        try {
+          chunk = await reader.read();
+        } catch (error) {
+          throw unreachable(error, null);
+        }
+        const { value, done } = chunk;
         if (done) return;
         buffer += value;
         let newline: number;
@@ -231,12 +295,12 @@ export class GatewayClient {
           const line = buffer.slice(0, newline);
           buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
           if (line === "") {
-            // a blank line ends an event; comments (": heartbeat") and other fields are skipped
+            // a blank line ends an event; comments (": heartbeat") and other fields (id: the
+            // seq, also in the data) are skipped
             if (data.length) {
-              const event = JSON.parse(data.join("\n")) as SessionEvent;
+              const event = JSON.parse(data.join("\n")) as StreamedEvent;
               data = [];
               yield event;
-              if (event.type === "call_ended") return;
             }
           } else if (line.startsWith("data:")) {
             data.push(line.slice(line[5] === " " ? 6 : 5));

@@ -16,4 +16,5 @@ export {
   type EventsOptions,
   type GatewayCallOptions,
   type GatewayClientOptions,
+  type StreamedEvent,
 } from "./client.js";

@@ -26,7 +26,8 @@ export type ErrorCode =
   | "LIVEKIT_UNAVAILABLE"
   | "TIMEOUT"
   | "ID_REUSED"
-  | "NOT_FOUND";
+  | "NOT_FOUND"
+  | "SPEECH_FAILED";
 /**
  * This interface was referenced by `ImaginexWire`'s JSON-Schema
  * via the `definition` "Packet".
@@ -75,13 +76,18 @@ export type ServerMessage =
   | ErrorAck
   | SpeechStartedEvent
   | SpeechFinishedEvent
+  | SpeechFailedEvent
   | UserTranscriptEvent
   | AgentTranscriptEvent
   | AgentStateEvent
   | UserStateEvent
   | ConversationItemEvent
   | ToolCallEvent
-  | CallEndedEvent;
+  | CallEndedEvent
+  | ContextUsedEvent
+  | ContextDroppedEvent
+  | EventsLostEvent
+  | SnapshotEvent;
 /**
  * This interface was referenced by `ImaginexWire`'s JSON-Schema
  * via the `definition` "SessionEvent".
@@ -93,12 +99,16 @@ export type SessionEvent =
   | UserStateEvent
   | ConversationItemEvent
   | ToolCallEvent
-  | CallEndedEvent;
+  | CallEndedEvent
+  | ContextUsedEvent
+  | ContextDroppedEvent
+  | EventsLostEvent
+  | SnapshotEvent;
 /**
  * This interface was referenced by `ImaginexWire`'s JSON-Schema
  * via the `definition` "SpeechEvent".
  */
-export type SpeechEvent = SpeechStartedEvent | SpeechFinishedEvent;
+export type SpeechEvent = SpeechStartedEvent | SpeechFinishedEvent | SpeechFailedEvent;
 /**
  * ``POST /v1/agent/{agent_code}/update-io``: mute or unmute the agent, the user, the
  * transcription.
@@ -186,6 +196,8 @@ export interface AckData {
     | "conversation_item"
     | "tool_call"
     | "call_ended"
+    | "speech"
+    | "context"
   )[];
   evicted?: number;
   fallback?: "generate_reply";
@@ -196,7 +208,9 @@ export interface AckData {
   key?: string;
   method?: "say" | "generate_reply";
   removed?: boolean;
+  replayed?: number;
   room_id: string;
+  snapshot?: Snapshot;
   speech_id?: string;
   state?: AgentStateInfo;
   target_id?: string;
@@ -226,6 +240,31 @@ export interface IOState {
   agent_audio: boolean;
   transcription: boolean;
   user_audio: boolean;
+}
+/**
+ * v1.3: where the call stands: in the ``subscribe`` ack, and as a ``snapshot`` event after
+ * ``events_lost``. ``seq``: the live stream continues after it.
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "Snapshot".
+ */
+export interface Snapshot {
+  items: HistoryItem[];
+  items_truncated?: true;
+  pending_speeches: PendingSpeech[];
+  seq: number;
+  state: AgentStateInfo;
+}
+/**
+ * v1.3: a speech the plugin started that is still queued or playing (snapshots).
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "PendingSpeech".
+ */
+export interface PendingSpeech {
+  playing: boolean;
+  request_id: string | null;
+  speech_id: string;
 }
 /**
  * What ``get_state`` reports.
@@ -518,7 +557,8 @@ export interface InterruptBody {
   room_id?: string | null;
 }
 /**
- * Make the agent say something now, through its TTS (or phrase it, with ``instructions``).
+ * Make the agent say something now, through its TTS (or phrase it, with ``instructions``,
+ * or play a clip, with ``audio``).
  *
  * This interface was referenced by `ImaginexWire`'s JSON-Schema
  * via the `definition` "SpeakRequest".
@@ -527,6 +567,7 @@ export interface SpeakRequest {
   add_to_history?: boolean;
   agent_code?: string | null;
   allow_interruptions?: boolean;
+  audio?: AudioClipRef | null;
   context?: string | null;
   end_call_after?: boolean;
   id?: string | null;
@@ -534,8 +575,21 @@ export interface SpeakRequest {
   interrupt?: boolean;
   message?: string | null;
   mode?: ("queue" | "interrupt" | "if_idle") | null;
+  protocol?: string | null;
   room_id?: string | null;
+  start_within_s?: number | null;
   type: "speak";
+}
+/**
+ * v1.3: the audio clip a ``speak`` plays: a LiveKit byte stream the same participant sent
+ * on ``AUDIO_STREAM_TOPIC`` before the request (at most ``MAX_CLIP_BYTES``, ``MAX_CLIP_S``).
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "AudioClipRef".
+ */
+export interface AudioClipRef {
+  sha256?: string | null;
+  stream_id: string;
 }
 /**
  * Give the agent background knowledge for its next replies; nothing is spoken.
@@ -549,6 +603,7 @@ export interface AddContextRequest {
   id?: string | null;
   key?: string | null;
   message?: string | null;
+  protocol?: string | null;
   role?: "system" | "developer" | "user" | "assistant";
   room_id?: string | null;
   scope?: "persistent" | "next_turn";
@@ -566,6 +621,7 @@ export interface RemoveContextRequest {
   agent_code?: string | null;
   id?: string | null;
   key: string;
+  protocol?: string | null;
   room_id?: string | null;
   type: "remove_context";
 }
@@ -578,6 +634,7 @@ export interface RemoveContextRequest {
 export interface GetStateRequest {
   agent_code?: string | null;
   id?: string | null;
+  protocol?: string | null;
   room_id?: string | null;
   type: "get_state";
 }
@@ -591,6 +648,7 @@ export interface EndCallRequest {
   after_speech?: boolean;
   agent_code?: string | null;
   id?: string | null;
+  protocol?: string | null;
   reason?: string | null;
   room_id?: string | null;
   type: "end_call";
@@ -605,6 +663,7 @@ export interface InterruptRequest {
   agent_code?: string | null;
   force?: boolean;
   id?: string | null;
+  protocol?: string | null;
   room_id?: string | null;
   type: "interrupt";
 }
@@ -617,6 +676,7 @@ export interface InterruptRequest {
 export interface CancelRequest {
   agent_code?: string | null;
   id?: string | null;
+  protocol?: string | null;
   room_id?: string | null;
   target_id: string;
   type: "cancel";
@@ -631,6 +691,7 @@ export interface UpdateIORequest {
   agent_audio?: boolean | null;
   agent_code?: string | null;
   id?: string | null;
+  protocol?: string | null;
   room_id?: string | null;
   transcription?: boolean | null;
   type: "update_io";
@@ -647,6 +708,7 @@ export interface UpdateInstructionsRequest {
   id?: string | null;
   instructions: string;
   mode?: "append" | "replace";
+  protocol?: string | null;
   room_id?: string | null;
   type: "update_instructions";
 }
@@ -659,6 +721,7 @@ export interface UpdateInstructionsRequest {
 export interface ResetInstructionsRequest {
   agent_code?: string | null;
   id?: string | null;
+  protocol?: string | null;
   room_id?: string | null;
   type: "reset_instructions";
 }
@@ -672,6 +735,7 @@ export interface UserMessageRequest {
   agent_code?: string | null;
   id?: string | null;
   interrupt?: boolean;
+  protocol?: string | null;
   respond?: boolean;
   room_id?: string | null;
   text: string;
@@ -687,6 +751,7 @@ export interface GetHistoryRequest {
   agent_code?: string | null;
   id?: string | null;
   limit?: number;
+  protocol?: string | null;
   room_id?: string | null;
   type: "get_history";
 }
@@ -703,7 +768,7 @@ export interface SubscribeRequest {
   agent_code?: string | null;
   /**
    * @minItems 1
-   * @maxItems 14
+   * @maxItems 18
    */
   events: [
     (
@@ -714,6 +779,8 @@ export interface SubscribeRequest {
       | "conversation_item"
       | "tool_call"
       | "call_ended"
+      | "speech"
+      | "context"
     ),
     ...(
       | "user_transcript"
@@ -723,11 +790,15 @@ export interface SubscribeRequest {
       | "conversation_item"
       | "tool_call"
       | "call_ended"
+      | "speech"
+      | "context"
     )[]
   ];
   id?: string | null;
   interim?: boolean;
+  protocol?: string | null;
   room_id?: string | null;
+  since_seq?: number | null;
   tool_arguments?: boolean;
   type: "subscribe";
 }
@@ -740,6 +811,7 @@ export interface SubscribeRequest {
 export interface UnsubscribeRequest {
   agent_code?: string | null;
   id?: string | null;
+  protocol?: string | null;
   room_id?: string | null;
   type: "unsubscribe";
 }
@@ -793,13 +865,21 @@ export interface ResetInstructionsBody {
  * via the `definition` "SpeechStartedEvent".
  */
 export interface SpeechStartedEvent {
+  dropped?: number;
   id: string | null;
+  replay?: true;
+  seq?: number;
   speech_id: string;
+  t_ms?: number;
   timestamp: string;
   type: "speech_started";
 }
 /**
  * Sent when playout has ended or was cut; never at scheduling time.
+ *
+ * To a v1.3 sender (``protocol``) it means the speech played (in full, or cut by the user or
+ * an ``interrupt``); every other end is a :class:`SpeechFailedEvent`. An older sender gets
+ * this event for every end, with ``failed`` / ``reason`` / ``cancelled`` saying which.
  *
  * This interface was referenced by `ImaginexWire`'s JSON-Schema
  * via the `definition` "SpeechFinishedEvent".
@@ -807,14 +887,45 @@ export interface SpeechStartedEvent {
 export interface SpeechFinishedEvent {
   call_kept?: true;
   cancelled?: true;
+  dropped?: number;
   failed?: true;
   id: string | null;
   interrupted: boolean;
   played_s?: number;
   reason?: "shutdown" | "avatar_left";
+  replay?: true;
+  seq?: number;
   speech_id: string;
+  t_ms?: number;
   timestamp: string;
   type: "speech_finished";
+}
+/**
+ * v1.3: the speech ended without playing as asked; the other terminal event.
+ *
+ * ``reason``: ``not_started`` (not playing within ``start_within_s``: cancelled, it never
+ * plays late), ``tts_error`` (the TTS failed), ``llm_error`` (the model failed to phrase a
+ * reply), ``session_closed`` (the session or the agent stopped first), ``cancelled`` (a
+ * ``cancel``, an ``end_call``, or an ``interrupt`` that emptied the queue before it began),
+ * ``avatar_left`` (the avatar playing the agent's audio left the room before the speech ended,
+ * or was gone when it would have started: nobody heard the rest, no ``played_s``).
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "SpeechFailedEvent".
+ */
+export interface SpeechFailedEvent {
+  dropped?: number;
+  id: string | null;
+  played_s?: number;
+  reason:
+    "not_started" | "tts_error" | "llm_error" | "session_closed" | "cancelled" | "avatar_left";
+  replay?: true;
+  seq?: number;
+  speech_id: string;
+  started: boolean;
+  t_ms?: number;
+  timestamp: string;
+  type: "speech_failed";
 }
 /**
  * What the user said, from the STT: final, or (opt-in ``interim``) interim.
@@ -826,7 +937,10 @@ export interface UserTranscriptEvent {
   dropped?: number;
   final: boolean;
   language?: string;
+  replay?: true;
+  seq?: number;
   speaker_id?: string;
+  t_ms?: number;
   text: string;
   text_truncated?: true;
   timestamp: string;
@@ -841,7 +955,10 @@ export interface UserTranscriptEvent {
 export interface AgentTranscriptEvent {
   dropped?: number;
   interrupted: boolean;
+  replay?: true;
+  seq?: number;
   speech_id: string;
+  t_ms?: number;
   text: string;
   text_truncated?: true;
   timestamp: string;
@@ -855,6 +972,9 @@ export interface AgentStateEvent {
   dropped?: number;
   new_state: string;
   old_state: string;
+  replay?: true;
+  seq?: number;
+  t_ms?: number;
   timestamp: string;
   type: "agent_state";
 }
@@ -866,6 +986,9 @@ export interface UserStateEvent {
   dropped?: number;
   new_state: string;
   old_state: string;
+  replay?: true;
+  seq?: number;
+  t_ms?: number;
   timestamp: string;
   type: "user_state";
 }
@@ -881,7 +1004,10 @@ export interface ConversationItemEvent {
   item_id: string;
   item_type: "message" | "agent_handoff";
   new_agent?: string;
+  replay?: true;
   role?: "system" | "developer" | "user" | "assistant";
+  seq?: number;
+  t_ms?: number;
   text?: string;
   text_truncated?: true;
   timestamp: string;
@@ -899,7 +1025,10 @@ export interface ToolCallEvent {
   call_id: string;
   dropped?: number;
   name: string;
+  replay?: true;
+  seq?: number;
   status: "completed" | "error";
+  t_ms?: number;
   timestamp: string;
   type: "tool_call";
 }
@@ -912,8 +1041,97 @@ export interface ToolCallEvent {
 export interface CallEndedEvent {
   dropped?: number;
   reason: string;
+  replay?: true;
+  seq?: number;
+  t_ms?: number;
   timestamp: string;
   type: "call_ended";
+}
+/**
+ * v1.3: the first model request that really carried this context entry.
+ *
+ * Detected from the chat context handed to the agent's LLM (its ``llm_node``), or for a
+ * realtime model from the conversation the realtime session held when it began a response.
+ * A keyed entry replaced by a later ``add_context`` is a new entry (its own ``request_id``).
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "ContextUsedEvent".
+ */
+export interface ContextUsedEvent {
+  dropped?: number;
+  entry_id: string;
+  key: string | null;
+  llm_call: LlmCall;
+  replay?: true;
+  request_id: string | null;
+  seq?: number;
+  t_ms?: number;
+  timestamp: string;
+  type: "context_used";
+}
+/**
+ * v1.3: the model request that carried a context entry (``context_used``).
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "LlmCall".
+ */
+export interface LlmCall {
+  index: number;
+  realtime?: true;
+  speech_id?: string;
+}
+/**
+ * v1.3: a context entry left before any model request carried it (never sent otherwise).
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "ContextDroppedEvent".
+ */
+export interface ContextDroppedEvent {
+  dropped?: number;
+  entry_id: string;
+  key: string | null;
+  reason: "removed" | "replaced" | "expired" | "evicted" | "session_closed";
+  replay?: true;
+  request_id: string | null;
+  seq?: number;
+  t_ms?: number;
+  timestamp: string;
+  type: "context_dropped";
+}
+/**
+ * v1.3: the agent's buffer no longer holds the events from ``from_seq`` to ``to_seq``
+ * (``subscribe{since_seq}`` reached back too far); a ``snapshot`` event follows at once.
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "EventsLostEvent".
+ */
+export interface EventsLostEvent {
+  dropped?: number;
+  from_seq: number;
+  replay?: true;
+  seq?: number;
+  t_ms?: number;
+  timestamp: string;
+  to_seq: number;
+  type: "events_lost";
+}
+/**
+ * v1.3: a fresh :class:`Snapshot` after ``events_lost`` (the same fields, as an event).
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "SnapshotEvent".
+ */
+export interface SnapshotEvent {
+  dropped?: number;
+  items: HistoryItem[];
+  items_truncated?: true;
+  pending_speeches: PendingSpeech[];
+  replay?: true;
+  seq?: number;
+  state: AgentStateInfo;
+  t_ms?: number;
+  timestamp: string;
+  type: "snapshot";
 }
 /**
  * ``POST /v1/agent/{agent_code}/speak``: make the agent say ``message`` now.

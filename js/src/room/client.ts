@@ -6,19 +6,21 @@
  * and returns typed acks; speech and session events come back on the ack topic.
  */
 import { ConnectionState, Room, RoomEvent, type RemoteParticipant } from "livekit-client";
-import { AckTimeoutError, ContextError, PlayoutTimeoutError } from "../errors.js";
+import { AckTimeoutError, ContextError, PlayoutTimeoutError, SpeechFailedError, type PlayoutWait } from "../errors.js";
 import type {
   Ack,
   AgentStateInfo,
   HistoryItem,
-  SessionEvent,
   SpeechFinishedEvent,
   SpeechStartedEvent,
   SuccessAck,
 } from "../generated/wire.js";
 import {
   ACK_TOPIC,
+  AUDIO_STREAM_TOPIC,
   CONTEXT_TOPIC,
+  MAX_CLIP_BYTES,
+  PROTOCOL_VERSION,
   RPC_METHOD,
   SESSION_EVENT_TYPES,
   isAck,
@@ -81,6 +83,14 @@ export interface SpeakOptions extends CallOptions {
   mode?: "queue" | "interrupt" | "if_idle";
   endCallAfter?: boolean;
   addToHistory?: boolean;
+  /** v1.3: cancel it if it has not started playing this many seconds after the agent applied it
+   * (`SpeechFailedError`, reason `not_started`). Default: the agent's, 30 s. */
+  startWithinS?: number;
+  /** v1.3: a recorded clip (WAV, MP3, Ogg/Opus, FLAC, AAC; at most 4 MiB and 30 s) to play
+   * instead of synthesized speech, streamed to the agent first; `text` is then its transcript. */
+  audio?: Uint8Array | ArrayBuffer | Blob;
+  /** The clip's MIME type. Default: from its first bytes (or the Blob's type). */
+  audioMimeType?: string;
 }
 
 export interface AddContextOptions extends CallOptions {
@@ -97,7 +107,10 @@ export interface Speech {
   readonly ack: SuccessAck;
   /** Resolves when the speech starts playing (`speech_started`). */
   started(options?: { timeoutMs?: number }): Promise<SpeechStartedEvent>;
-  /** Resolves when it has played out or was cut (`speech_finished`: `interrupted`, `played_s`). */
+  /**
+   * Resolves when it has played out or was cut (`speech_finished`: `interrupted`, `played_s`);
+   * rejects with `SpeechFailedError` when it did not play (v1.3 `speech_failed`, its `reason`).
+   */
   finished(options?: { timeoutMs?: number }): Promise<SpeechFinishedEvent>;
 }
 
@@ -107,6 +120,12 @@ export interface SubscribeOptions {
   toolArguments?: boolean;
   queueSize?: number;
   timeoutMs?: number;
+  /**
+   * v1.3, resume: the `seq` of the last event seen (an earlier subscription's `lastSeq`). The
+   * agent replays what it still holds after it first (each `replay: true`), or sends
+   * `events_lost` and a fresh `snapshot` when it no longer holds it all, then goes live.
+   */
+  sinceSeq?: number;
 }
 
 class NoAck extends Error {}
@@ -184,8 +203,12 @@ export class ContextClient {
 
   // ------------------------------------------------------------------------------- requests
 
-  /** Makes the agent say `text` now, through its TTS (or phrase `instructions` with its LLM). */
+  /**
+   * Makes the agent say `text` now, through its TTS (or phrase `instructions` with its LLM, or
+   * play a recorded `audio` clip through the same path as TTS audio).
+   */
   async speak(text: string | null, options: SpeakOptions = {}): Promise<Speech> {
+    const clip = options.audio !== undefined ? await clipBytes(options.audio, options.audioMimeType) : null;
     const prepared = this.prepare({
       type: "speak",
       ...given({
@@ -197,10 +220,49 @@ export class ContextClient {
         mode: options.mode,
         end_call_after: options.endCallAfter || undefined, // v1.1: only when not the default
         add_to_history: options.addToHistory === false ? false : undefined,
+        start_within_s: options.startWithinS,
+        // checked now with a stand-in: the clip streams only for a valid request
+        audio: clip !== null ? { stream_id: "pending" } : undefined,
       }),
     });
+    if (clip !== null) prepared.audio = await this.streamClip(clip);
     const ack = await this.deliver(prepared, options.timeoutMs);
     return this.speech(prepared.id as string, ack);
+  }
+
+  /**
+   * v1.3: streams a recorded clip to the agent (a LiveKit byte stream on `imaginex.audio`), for
+   * a `speak` request built by hand (`send`); returns its `audio` field. `speak({ audio })`
+   * does this itself. The agent keeps the clip for a minute waiting for its speak.
+   */
+  async sendClip(audio: Uint8Array | ArrayBuffer | Blob, options: { mimeType?: string } = {}): Promise<{ stream_id: string; sha256: string }> {
+    this.ensureOpen();
+    return this.streamClip(await clipBytes(audio, options.mimeType));
+  }
+
+  private async streamClip(clip: Clip): Promise<{ stream_id: string; sha256: string }> {
+    const agent = await this.resolveAgent();
+    const streamId = `imaginex-clip-${crypto.randomUUID().replaceAll("-", "")}`;
+    try {
+      const writer = await this.room.localParticipant.streamBytes({
+        name: "clip",
+        topic: AUDIO_STREAM_TOPIC,
+        destinationIdentities: [agent],
+        streamId,
+        mimeType: clip.mimeType,
+        totalSize: clip.data.byteLength,
+      });
+      for (let start = 0; start < clip.data.byteLength; start += CLIP_CHUNK_BYTES) {
+        await writer.write(clip.data.subarray(start, start + CLIP_CHUNK_BYTES));
+      }
+      await writer.close();
+    } catch (error) {
+      throw new ContextError("LIVEKIT_UNAVAILABLE", "The audio clip could not be streamed to the agent.", {
+        retryable: true,
+        cause: error,
+      });
+    }
+    return { stream_id: streamId, sha256: await sha256Hex(clip.data) };
   }
 
   /** Gives the agent background knowledge for its next replies; nothing is spoken. */
@@ -307,7 +369,11 @@ export class ContextClient {
     return this.call(request, options);
   }
 
-  /** Waits for the `speech_finished` of a speech this client requested (kept for 10 minutes). */
+  /**
+   * Waits for the end of a speech this client requested (kept for 10 minutes): resolves with
+   * `speech_finished`, rejects with `SpeechFailedError` for a speech that did not play (v1.3),
+   * and with `PlayoutTimeoutError` after the timeout, having asked the agent why (`why`).
+   */
   waitForPlayout(requestId: string, options: { timeoutMs?: number } = {}): Promise<SpeechFinishedEvent> {
     return this.waitForSpeech<SpeechFinishedEvent>(requestId, "speech_finished", options.timeoutMs, null);
   }
@@ -335,6 +401,8 @@ export class ContextClient {
     if (events.length === 0) throw new Error("events must name at least one event");
     const queueSize = options.queueSize ?? DEFAULT_EVENT_QUEUE_SIZE;
     if (!(queueSize >= 1)) throw new Error("queueSize must be at least 1");
+    const sinceSeq = options.sinceSeq ?? null;
+    if (sinceSeq !== null && !(Number.isInteger(sinceSeq) && sinceSeq >= 0)) throw new Error("sinceSeq must be a whole number, not negative");
     if (this.subscription !== null || this.subscribing) {
       throw new Error("this client already has a subscription open; close it first");
     }
@@ -343,10 +411,17 @@ export class ContextClient {
     let ack: SuccessAck;
     try {
       const agent = await this.resolveAgent();
-      sink = new EventSink(agent, queueSize);
+      sink = new EventSink(agent, queueSize, events);
+      if (sinceSeq !== null) sink.lastSeq = sinceSeq; // nothing at or before it is handed out again
       this.sinks.add(sink);
       ack = await this.call(
-        { type: "subscribe", events: [...events], interim: options.interim ?? false, tool_arguments: options.toolArguments ?? false },
+        {
+          type: "subscribe",
+          events: [...events],
+          interim: options.interim ?? false,
+          tool_arguments: options.toolArguments ?? false,
+          ...given({ since_seq: sinceSeq }),
+        },
         options,
       );
     } catch (error) {
@@ -362,7 +437,7 @@ export class ContextClient {
         this.sinks.delete(which.sink);
         if (this.subscription === which) this.subscription = null;
       },
-    });
+    }, sinceSeq);
     this.subscription = subscription;
     return subscription;
   }
@@ -382,7 +457,10 @@ export class ContextClient {
 
   private prepare(request: RequestInput): Record<string, unknown> {
     this.ensureOpen();
-    return prepareRequest(request, { agentCode: this.config.agentCode });
+    const prepared = prepareRequest(request, { agentCode: this.config.agentCode });
+    // this client knows v1.3's events (speech_failed, context_used, ...); older agents ignore it
+    if (prepared.protocol === undefined || prepared.protocol === null) prepared.protocol = PROTOCOL_VERSION;
+    return prepared;
   }
 
   private call(request: RequestInput, options: { timeoutMs?: number }): Promise<SuccessAck> {
@@ -415,7 +493,29 @@ export class ContextClient {
     }
     const wait = timeoutMs ?? this.options.playoutTimeoutMs;
     const what = type === "speech_started" ? "start" : "finish";
-    return this.playouts.wait<T>(requestId, type, wait, () => new PlayoutTimeoutError(`The speech did not ${what} within ${wait / 1000} s.`, { requestId, accepted }));
+    const timedOut = new PlayoutTimeoutError("", { requestId, accepted });
+    return this.playouts.wait<T>(requestId, type, wait, () => timedOut).catch(async (error: unknown) => {
+      if (error !== timedOut) {
+        if (error instanceof SpeechFailedError && accepted !== null) throw new SpeechFailedError(error.event, { accepted });
+        throw error;
+      }
+      const why = await this.whyUnfinished(requestId);
+      throw new PlayoutTimeoutError(`The speech did not ${what} within ${wait / 1000} s; ${WHY[why]}`, { requestId, accepted, why });
+    });
+  }
+
+  /** Asks the agent whether the speech of `requestId` is still queued or playing. */
+  private async whyUnfinished(requestId: string): Promise<PlayoutWait> {
+    const speechId = this.playouts.speechId(requestId);
+    if (speechId === undefined || this.isClosed || this.room.state !== ConnectionState.Connected) return "unknown";
+    let state: AgentStateInfo;
+    try {
+      state = await this.getState({ timeoutMs: this.options.timeoutMs });
+    } catch {
+      return "unknown";
+    }
+    if (state.pending_speeches.includes(speechId)) return "pending";
+    return state.pending_speeches_truncated ? "unknown" : "lost";
   }
 
   /** Sends a prepared request until it is acknowledged, retrying what may pass (same id). */
@@ -428,7 +528,10 @@ export class ContextClient {
     try {
       for (let attempt = 0; ; attempt++) {
         const outcome = await this.tryOnce(pending, body, attemptTimeout, attempt);
-        if (!(outcome instanceof ContextError)) return outcome;
+        if (!(outcome instanceof ContextError)) {
+          this.playouts.accepted(outcome);
+          return outcome;
+        }
         if (!outcome.retryable || attempt >= this.options.retries || this.isClosed) throw outcome;
         await sleep(retryDelayMs(attempt, this.options.backoffMs, outcome.retryAfter));
       }
@@ -603,9 +706,13 @@ export class ContextClient {
     const sender = participant.identity;
     const message = parseServerMessage(payload);
     if (message === null) return;
-    if (isAck(message)) this.pending.onAck(message, sender);
-    else if (isSpeechEvent(message)) this.playouts.onEvent(message, sender);
-    else if (isSessionEvent(message)) for (const sink of this.sinks) if (sink.agent === sender) sink.put(message as SessionEvent);
+    if (isAck(message)) {
+      this.pending.onAck(message, sender);
+      return;
+    }
+    if (isSpeechEvent(message)) this.playouts.onEvent(message, sender);
+    // every event (a speech's too) to the subscriptions that asked for its kind
+    if (isSpeechEvent(message) || isSessionEvent(message)) for (const sink of this.sinks) if (sink.agent === sender) sink.put(message);
   };
 
   private readonly onLeft = (participant: RemoteParticipant): void => {
@@ -640,6 +747,57 @@ function ownAck(response: string, agent: string, requestId: string): Ack {
     );
   }
   return ack;
+}
+
+const WHY: Record<PlayoutWait, string> = {
+  pending: "the agent still has it queued or playing.",
+  lost: "the agent no longer has it: its end was sent but did not arrive here.",
+  unknown: "whether the agent still has it could not be asked.",
+};
+
+/** Bytes handed to the stream writer at a time (LiveKit splits them into packets itself). */
+const CLIP_CHUNK_BYTES = 64 * 1024;
+
+interface Clip {
+  data: Uint8Array;
+  mimeType: string;
+}
+
+// the first bytes of the formats the agent's decoder reads, for a clip given as bytes
+const MAGIC: readonly [number[], string][] = [
+  [[0x52, 0x49, 0x46, 0x46], "audio/wav"],
+  [[0x49, 0x44, 0x33], "audio/mpeg"],
+  [[0xff, 0xfb], "audio/mpeg"],
+  [[0xff, 0xf3], "audio/mpeg"],
+  [[0x4f, 0x67, 0x67, 0x53], "audio/ogg"],
+  [[0x66, 0x4c, 0x61, 0x43], "audio/flac"],
+];
+
+/** A clip's bytes and type, refused as the Python client refuses it (empty, over 4 MiB). */
+async function clipBytes(audio: Uint8Array | ArrayBuffer | Blob, mimeType?: string): Promise<Clip> {
+  let data: Uint8Array;
+  let type = mimeType;
+  if (audio instanceof Uint8Array) data = audio;
+  else if (audio instanceof ArrayBuffer) data = new Uint8Array(audio);
+  else {
+    data = new Uint8Array(await audio.arrayBuffer());
+    type ??= audio.type || undefined;
+  }
+  if (data.byteLength === 0) throw new ContextError("VALIDATION_ERROR", "The audio clip is empty.", { retryable: false });
+  if (data.byteLength > MAX_CLIP_BYTES) {
+    throw new ContextError(
+      "PAYLOAD_TOO_LARGE",
+      `The audio clip is larger than ${MAX_CLIP_BYTES.toLocaleString("en-US")} bytes, the most an agent takes.`,
+      { retryable: false },
+    );
+  }
+  type ??= MAGIC.find(([magic]) => magic.every((byte, i) => data[i] === byte))?.[1];
+  return { data, mimeType: type ?? "application/octet-stream" };
+}
+
+async function sha256Hex(data: Uint8Array): Promise<string> {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data as BufferSource));
+  return [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function missing(ack: SuccessAck, type: string, field: string): ContextError {

@@ -25,4 +25,9 @@ export {
   type Via,
 } from "./client.js";
 export { HANDLER_FAILED, RPC_FAILURES, rpcFailure, type RpcFailure } from "./rpc.js";
-export { DEFAULT_EVENT_QUEUE_SIZE, SessionEvents, UNSUBSCRIBE_TIMEOUT_MS } from "./subscription.js";
+export {
+  DEFAULT_EVENT_QUEUE_SIZE,
+  SessionEvents,
+  UNSUBSCRIBE_TIMEOUT_MS,
+  type SubscribedEvent,
+} from "./subscription.js";

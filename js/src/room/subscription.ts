@@ -1,33 +1,54 @@
 /**
  * Watching a call: `subscribe()` as an async iterator of typed events (Python:
  * sender/subscription.py). The sink is registered before the `subscribe` request goes out (over
- * RPC the ack races the events), takes only the agent's events, holds at most `queueSize` (the
- * oldest are dropped and counted in the next event's `dropped`), and ends after `call_ended`.
+ * RPC the ack races the events), takes only the agent's events of the kinds asked for, holds at
+ * most `queueSize` (the oldest are dropped and counted in the next event's `dropped`), and ends
+ * after `call_ended`. v1.3: it never hands out an event whose `seq` it already handed out (a
+ * replay overlapping what arrived live); `lastSeq` is where to resume (`subscribe({ sinceSeq })`).
  */
 import { ContextError } from "../errors.js";
-import type { CallEndedEvent, SessionEvent, SuccessAck } from "../generated/wire.js";
-import type { SessionEventType } from "../protocol.js";
+import type { CallEndedEvent, Snapshot, SpeechEvent, SessionEvent, SuccessAck } from "../generated/wire.js";
+import { eventKind, type SessionEventType } from "../protocol.js";
+
+/** Everything a subscription may hand out: session events and (kind `speech`) speech events. */
+export type SubscribedEvent = SessionEvent | SpeechEvent;
+
+/** What a subscription gets whatever it named. */
+const ALWAYS: ReadonlySet<string> = new Set(["call_ended", "events_lost", "snapshot"]);
 
 /** Most events held while the caller is busy; beyond it the oldest are dropped. */
 export const DEFAULT_EVENT_QUEUE_SIZE = 1_024;
 /** How long closing a subscription waits for the `unsubscribe` ack. */
 export const UNSUBSCRIBE_TIMEOUT_MS = 2_000;
 
-type Item = SessionEvent | ContextError | null; // null: the end
+type Item = SubscribedEvent | ContextError | null; // null: the end
 
 export class EventSink {
   private readonly queue: Item[] = [];
   private lost = 0;
   private wake: (() => void) | null = null;
   private finished = false;
+  private readonly kinds: ReadonlySet<string>;
+  /** The highest `seq` taken: an event numbered at or below it is a repeat. */
+  lastSeq: number | null = null;
 
   constructor(
     readonly agent: string,
     private readonly size: number,
-  ) {}
+    kinds: readonly string[] = [],
+  ) {
+    this.kinds = new Set([...kinds, ...ALWAYS]);
+  }
 
-  put(event: SessionEvent): void {
+  put(event: SubscribedEvent): void {
     if (this.finished) return;
+    if (this.kinds.size > ALWAYS.size && !this.kinds.has(eventKind(event.type))) return;
+    const seq = event.seq;
+    if (typeof seq === "number") {
+      // events_lost starts afresh: it may come from another session of the agent
+      if (event.type !== "events_lost" && this.lastSeq !== null && seq <= this.lastSeq) return;
+      this.lastSeq = seq;
+    }
     if (this.queue.length >= this.size) {
       this.queue.shift();
       this.lost += 1;
@@ -73,8 +94,9 @@ export interface SubscriptionHooks {
  * without ending the call, `LIVEKIT_UNAVAILABLE` when the room goes away or the client closes.
  * Leaving the loop early (or {@link close}) unsubscribes.
  */
-export class SessionEvents implements AsyncIterableIterator<SessionEvent> {
+export class SessionEvents implements AsyncIterableIterator<SubscribedEvent> {
   private droppedTotal = 0;
+  private lastOut: number | null = null;
   private ended: CallEndedEvent | null = null;
   private agentGone = false;
   private done = false;
@@ -86,7 +108,28 @@ export class SessionEvents implements AsyncIterableIterator<SessionEvent> {
     readonly ack: SuccessAck,
     readonly sink: EventSink,
     private readonly hooks: SubscriptionHooks,
+    private readonly sinceSeq: number | null = null,
   ) {}
+
+  /** v1.3: where the call stood when the subscription began (the ack's snapshot). */
+  get snapshot(): Snapshot | null {
+    return this.ack.data.snapshot ?? null;
+  }
+
+  /** v1.3: how many events the agent replays first (`sinceSeq`), 0 without it. */
+  get replayed(): number {
+    return this.ack.data.replayed ?? 0;
+  }
+
+  /**
+   * The `seq` to resume after (`subscribe({ sinceSeq })`): the last event handed out, else the
+   * snapshot's, else the `sinceSeq` this subscription began from.
+   */
+  get lastSeq(): number | null {
+    if (this.lastOut !== null) return this.lastOut;
+    if (this.sinceSeq === null && this.snapshot !== null) return this.snapshot.seq;
+    return this.sinceSeq;
+  }
 
   /** The events the agent sends this subscriber. */
   get events(): SessionEventType[] {
@@ -107,7 +150,7 @@ export class SessionEvents implements AsyncIterableIterator<SessionEvent> {
     return this;
   }
 
-  async next(): Promise<IteratorResult<SessionEvent>> {
+  async next(): Promise<IteratorResult<SubscribedEvent>> {
     if (this.ended !== null || this.done) return { done: true, value: undefined };
     const [item, lost] = await this.sink.get();
     if (item === null || item instanceof ContextError) this.done = true;
@@ -118,11 +161,12 @@ export class SessionEvents implements AsyncIterableIterator<SessionEvent> {
     }
     const event = lost ? { ...item, dropped: (item.dropped ?? 0) + lost } : item;
     this.droppedTotal += event.dropped ?? 0;
+    if (typeof event.seq === "number") this.lastOut = event.seq;
     if (event.type === "call_ended") this.ended = event;
     return { done: false, value: event };
   }
 
-  async return(): Promise<IteratorResult<SessionEvent>> {
+  async return(): Promise<IteratorResult<SubscribedEvent>> {
     await this.close();
     return { done: true, value: undefined };
   }

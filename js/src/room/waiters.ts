@@ -1,8 +1,8 @@
 /** Requests waiting for their ack, and callers waiting for a speech's events (Python:
  * sender/waiters.py): matched against what one agent sends back, failed together when that agent
  * leaves or the room goes away. */
-import { ContextError } from "../errors.js";
-import type { Ack, SpeechFinishedEvent, SpeechStartedEvent } from "../generated/wire.js";
+import { ContextError, SpeechFailedError } from "../errors.js";
+import type { Ack, SpeechEvent, SuccessAck } from "../generated/wire.js";
 
 /** How long, and how many, request ids and their speech events are remembered. */
 export const EVENT_MEMORY_MS = 600_000;
@@ -82,7 +82,6 @@ export class PendingAcks {
   }
 }
 
-type SpeechEvent = SpeechStartedEvent | SpeechFinishedEvent;
 interface Waiter {
   type: SpeechEvent["type"];
   resolve(event: SpeechEvent): void;
@@ -93,6 +92,7 @@ interface Waiter {
  * for yet (over RPC the ack and the events travel separately: an event may come first). */
 export class Playouts {
   private readonly sentTo = new Recent<string>();
+  private readonly speechIds = new Recent<string>();
   private readonly seen = new Recent<Partial<Record<SpeechEvent["type"], SpeechEvent>>>();
   private readonly waiters = new Map<string, Set<Waiter>>();
 
@@ -101,23 +101,40 @@ export class Playouts {
     this.sentTo.set(requestId, agent);
   }
 
+  /** Records the speech an ack names, for a wait that runs out to ask the agent about. */
+  accepted(ack: SuccessAck): void {
+    if (ack.id !== null && ack.data.speech_id) this.speechIds.set(ack.id, ack.data.speech_id);
+  }
+
+  speechId(requestId: string): string | undefined {
+    return this.speechIds.get(requestId);
+  }
+
   onEvent(event: SpeechEvent, sender: string): void {
     if (event.id === null || this.sentTo.get(event.id) !== sender) return;
     this.seen.set(event.id, { ...this.seen.get(event.id), [event.type]: event });
     for (const waiter of this.waiters.get(event.id) ?? []) {
       if (waiter.type === event.type) waiter.resolve(event);
+      // v1.3: a speech that did not play ends a wait for its start or its end, with the reason
+      else if (event.type === "speech_failed") waiter.reject(new SpeechFailedError(event));
     }
   }
 
-  /** The event of `type` for `requestId`; rejects with `onTimeout()` after `timeoutMs`. */
+  /**
+   * The event of `type` for `requestId`; rejects with `SpeechFailedError` when the speech ended
+   * with `speech_failed`, with `onTimeout()` after `timeoutMs`.
+   */
   wait<T extends SpeechEvent>(
     requestId: string,
     type: T["type"],
     timeoutMs: number,
     onTimeout: () => ContextError,
   ): Promise<T> {
-    const cached = this.seen.get(requestId)?.[type];
+    const seen = this.seen.get(requestId);
+    const cached = seen?.[type];
     if (cached !== undefined) return Promise.resolve(cached as T);
+    const failed = seen?.speech_failed;
+    if (failed?.type === "speech_failed") return Promise.reject(new SpeechFailedError(failed));
     return new Promise<T>((resolve, reject) => {
       const waiters = this.waiters.get(requestId) ?? new Set<Waiter>();
       this.waiters.set(requestId, waiters);

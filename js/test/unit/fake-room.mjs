@@ -24,6 +24,7 @@ export class FakeRoom extends EventEmitter {
     this.remoteParticipants = new Map();
     this.rpcCalls = [];
     this.published = [];
+    this.streams = [];
     this.agents = new Map();
     this.localParticipant = {
       identity: "web-user",
@@ -36,6 +37,15 @@ export class FakeRoom extends EventEmitter {
       publishData: async (data, options) => {
         this.published.push({ data: decoder.decode(data), ...options });
         for (const identity of options.destinationIdentities) this.agents.get(identity)?.onData(decoder.decode(data));
+      },
+      // a byte stream (v1.3 clips): what was written, by stream id, once closed
+      streamBytes: async (options) => {
+        const stream = { options, chunks: [], closed: false };
+        this.streams.push(stream);
+        return {
+          write: async (chunk) => void stream.chunks.push(Uint8Array.from(chunk)),
+          close: async () => void (stream.closed = true),
+        };
       },
     };
   }
@@ -83,6 +93,7 @@ export class FakeAgent {
     const data = { agent_code: this.code, context_type: request.type, delivered_to_rooms: 1, room_id: this.room.name, timestamp: "2026-01-15T10:30:00.000Z" };
     if (request.type === "speak") Object.assign(data, { speech_id: `speech_${request.id}`, method: "say" });
     if (request.type === "subscribe") data.events = [...request.events, "call_ended"];
+    if (request.type === "get_state" && this.state) data.state = this.state;
     return { type: "ack", id: request.id ?? null, success: true, message: "ok", data, ...extra };
   }
 

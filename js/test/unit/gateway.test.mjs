@@ -139,6 +139,68 @@ test("options are checked", () => {
   assert.throws(() => new GatewayClient({ baseUrl: "http://127.0.0.1:1", apiSecret: "s", retries: -1 }));
 });
 
+test("v1.3: the events stream resumes where it broke off, with Last-Event-ID, nothing twice", async () => {
+  const sse = (seq, type, extra = {}) => `id: ${seq}\nevent: ${type}\ndata: ${JSON.stringify({ type, seq, timestamp: "t", ...extra })}\n\n`;
+  const server = await serve([
+    (response) => {
+      response.writeHead(200, { "content-type": "text/event-stream" });
+      response.write(sse(5, "agent_transcript", { text: "one" }));
+      response.write(sse(6, "agent_transcript", { text: "two" }));
+      setTimeout(() => response.destroy(), 20); // the connection breaks off mid-call
+    },
+    (response) => {
+      response.writeHead(200, { "content-type": "text/event-stream" });
+      response.write(sse(6, "agent_transcript", { text: "two", replay: true })); // overlap: skipped
+      response.write(sse(7, "agent_transcript", { text: "three", replay: true }));
+      response.write(sse(8, "call_ended", { reason: "done" }));
+    },
+  ]);
+  const gateway = new GatewayClient({ baseUrl: server.baseUrl, apiSecret: "s3cret" });
+  const events = [];
+  for await (const event of gateway.events("A1", { roomId: "r", lastEventId: 4, resumeAttempts: 2 })) events.push([event.seq, event.text ?? event.reason]);
+  assert.deepEqual(events, [[5, "one"], [6, "two"], [7, "three"], [8, "done"]]);
+  assert.deepEqual(server.requests.map((r) => r.headers["last-event-id"]), ["4", "6"]);
+  await server.close();
+});
+
+test("v1.3: without resumeAttempts a broken stream is an error; a refusal on resuming is final", async () => {
+  const broken = (response) => {
+    response.writeHead(200, { "content-type": "text/event-stream" });
+    response.write('id: 1\nevent: agent_state\ndata: {"type":"agent_state","seq":1}\n\n');
+    setTimeout(() => response.destroy(), 20);
+  };
+  const server = await serve([broken, refusal(404, "NO_ACTIVE_ROOMS")]);
+  const gateway = new GatewayClient({ baseUrl: server.baseUrl, apiSecret: "s3cret" });
+  await assert.rejects(async () => {
+    for await (const _ of gateway.events("A1", { roomId: "r" })) { /* the one event */ }
+  }, (e) => e instanceof GatewayError && e.code === "GATEWAY_UNREACHABLE");
+  await assert.rejects(async () => {
+    for await (const _ of gateway.events("A1", { roomId: "r", resumeAttempts: 3 })) { /* */ }
+  }, (e) => e instanceof GatewayError && e.status === 404);
+  await server.close();
+});
+
+test("v1.3: resumeAttempts bounds the resumes in a row without an event, then it is an error", async () => {
+  const first = (response) => {
+    response.writeHead(200, { "content-type": "text/event-stream" });
+    response.write('id: 1\nevent: agent_state\ndata: {"type":"agent_state","seq":1}\n\n');
+    setTimeout(() => response.destroy(), 20);
+  };
+  const empty = (response) => {
+    response.writeHead(200, { "content-type": "text/event-stream" });
+    setTimeout(() => response.destroy(), 20);
+  };
+  const server = await serve([first, empty, empty, empty]);
+  const gateway = new GatewayClient({ baseUrl: server.baseUrl, apiSecret: "s3cret" });
+  const seen = [];
+  await assert.rejects(async () => {
+    for await (const event of gateway.events("A1", { roomId: "r", resumeAttempts: 2 })) seen.push(event.seq);
+  }, (e) => e instanceof GatewayError && e.code === "GATEWAY_UNREACHABLE" && e.retryable && /broke off 3 times in a row/.test(e.message));
+  assert.deepEqual(seen, [1]);
+  assert.deepEqual(server.requests.map((r) => r.headers["last-event-id"]), [undefined, "1", "1"]);
+  await server.close();
+});
+
 test("session mode: no api-secret; the CSRF token on every POST (asked each time), none on the events GET", async () => {
   const stream = (response) => {
     response.writeHead(200, { "content-type": "text/event-stream" });

@@ -1,7 +1,7 @@
 // ContextClient's behaviour (Python: sender/), over the in-memory room of fake-room.mjs.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { AckTimeoutError, ContextClient, ContextError, PlayoutTimeoutError } from "../../dist/room/index.js";
+import { AckTimeoutError, ContextClient, ContextError, PlayoutTimeoutError, SpeechFailedError } from "../../dist/room/index.js";
 import { FakeAgent, FakeParticipant, FakeRoom } from "./fake-room.mjs";
 
 const TS = "2026-01-15T10:30:00.000Z";
@@ -29,7 +29,7 @@ test("each call sends the request the Python client sends", async () => {
   await client.updateInstructions("Be brief.", { id: "u1" });
   await client.resetInstructions({ id: "u2" });
   await client.userMessage("Hello", { id: "um1" });
-  const code = { agent_code: "A1" };
+  const code = { agent_code: "A1", protocol: "1.3" };
   assert.deepEqual(sent(agent), [
     { type: "speak", id: "s1", message: "Hi", allow_interruptions: true, interrupt: false, ...code },
     { type: "speak", id: "s2", instructions: "Greet them.", allow_interruptions: true, interrupt: false, mode: "if_idle", end_call_after: true, add_to_history: false, ...code },
@@ -133,7 +133,14 @@ test("speech events that arrive before the ack are kept; only the agent's count"
   assert.deepEqual(await client.waitForPlayout("p1"), finished);
   agent.beforeAnswer = null;
   const quiet = await client.speak("Never ends", { id: "p2" });
-  await assert.rejects(quiet.finished(), (e) => e instanceof PlayoutTimeoutError && e.accepted === quiet.ack && e.message === "The speech did not finish within 0.2 s.");
+  await assert.rejects(
+    quiet.finished(),
+    (e) =>
+      e instanceof PlayoutTimeoutError &&
+      e.accepted === quiet.ack &&
+      e.why === "unknown" && // this fake agent's get_state carries no state: nobody to ask
+      e.message === "The speech did not finish within 0.2 s; whether the agent still has it could not be asked.",
+  );
 });
 
 test("the agent leaving ends a wait for its answer: retried, and the agent is looked for again", async () => {
@@ -249,4 +256,190 @@ test("a disconnected room fails at once; a reconnecting one is worth another att
   await assert.rejects(client.speak("Hi"), (e) => e.code === "LIVEKIT_UNAVAILABLE" && !e.retryable);
   room.state = "reconnecting";
   await assert.rejects(client.speak("Hi"), (e) => e.code === "LIVEKIT_UNAVAILABLE" && e.retryable);
+});
+
+// ------------------------------------------------------------------------------------- v1.3
+
+const STATE = { agent_state: "speaking", user_state: "listening", current_agent: "a", context_entries: [], context_chars: 0 };
+
+test("v1.3: a speech that did not play rejects its waits with SpeechFailedError and its reason", async () => {
+  const { agent, client } = setup();
+  agent.beforeAnswer = (request) =>
+    agent.send({ type: "speech_failed", seq: 7, t_ms: 10, id: request.id, speech_id: `speech_${request.id}`, reason: "not_started", started: false, timestamp: TS });
+  const speech = await client.speak("Late.", { id: "late", startWithinS: 0.5 });
+  assert.equal(sent(agent)[0].start_within_s, 0.5);
+  for (const wait of [speech.finished(), speech.started(), client.waitForPlayout("late")]) {
+    await assert.rejects(wait, (e) => e instanceof SpeechFailedError && e.code === "SPEECH_FAILED" && e.reason === "not_started" && e.retryable === true);
+  }
+  await assert.rejects(speech.finished(), (e) => e.accepted === speech.ack && e.event.seq === 7);
+});
+
+test("v1.3: a playout wait that runs out asks the agent why (pending, lost)", async () => {
+  const { agent, client } = setup({ playoutTimeoutMs: 100 });
+  const speech = await client.speak("Long.", { id: "l1" });
+  agent.state = { ...STATE, pending_speeches: ["speech_l1"] };
+  await assert.rejects(speech.finished(), (e) => e instanceof PlayoutTimeoutError && e.why === "pending" && /still has it queued or playing/.test(e.message));
+  agent.state = { ...STATE, pending_speeches: [] };
+  await assert.rejects(speech.finished(), (e) => e.why === "lost" && /its end was sent but did not arrive here/.test(e.message));
+});
+
+test("v1.3: speak({ audio }) streams the clip to the agent, then names it with its sha256", async () => {
+  const { room, agent, client } = setup();
+  const wav = new Uint8Array([0x52, 0x49, 0x46, 0x46, 1, 2, 3, 4, 5]);
+  await client.speak("Ding.", { id: "c1", audio: wav });
+  const [stream] = room.streams;
+  assert.equal(stream.options.topic, "imaginex.audio");
+  assert.deepEqual(stream.options.destinationIdentities, ["agent-1"]);
+  assert.equal(stream.options.mimeType, "audio/wav");
+  assert.equal(stream.options.totalSize, wav.byteLength);
+  assert.equal(stream.closed, true);
+  assert.deepEqual(Buffer.concat(stream.chunks), Buffer.from(wav));
+  const request = sent(agent)[0];
+  assert.equal(request.audio.stream_id, stream.options.streamId);
+  const { createHash } = await import("node:crypto");
+  assert.equal(request.audio.sha256, createHash("sha256").update(wav).digest("hex"));
+  assert.equal(request.message, "Ding.");
+  await assert.rejects(client.speak(null, { audio: new Uint8Array() }), (e) => e.code === "VALIDATION_ERROR" && e.message === "The audio clip is empty.");
+  await assert.rejects(client.speak(null, { audio: new Uint8Array(4 * 1024 * 1024 + 1) }), (e) => e.code === "PAYLOAD_TOO_LARGE");
+  await assert.rejects(client.speak(null, { audio: wav, instructions: "x" }), /audio clip or 'instructions'/);
+  assert.equal(room.streams.length, 1); // nothing streamed for a request the agent would refuse
+});
+
+test("v1.3: subscribe({ sinceSeq }) resumes: replayed events once, lastSeq, the snapshot, speech kinds", async () => {
+  const { agent, client } = setup();
+  const snapshot = { seq: 40, state: { ...STATE, pending_speeches: [] }, items: [], pending_speeches: [] };
+  const original = agent.ack.bind(agent);
+  agent.ack = (request, extra) => {
+    const ack = original(request, extra);
+    if (request.type === "subscribe") Object.assign(ack.data, { snapshot, replayed: 2 });
+    return ack;
+  };
+  const events = await client.subscribe({ events: ["speech", "agent_transcript"], sinceSeq: 30 });
+  const request = sent(agent).at(-1);
+  assert.equal(request.since_seq, 30);
+  assert.deepEqual(events.snapshot, snapshot);
+  assert.equal(events.replayed, 2);
+  const finished = { type: "speech_finished", seq: 31, t_ms: 5, id: "s", speech_id: "sp", interrupted: false, timestamp: TS, replay: true };
+  agent.send(finished);
+  agent.send({ type: "agent_transcript", seq: 32, t_ms: 6, speech_id: "sp", text: "Hi", interrupted: false, timestamp: TS, replay: true });
+  agent.send(finished); // a repeat (a replay overlapping what came live): never handed out twice
+  agent.send({ type: "agent_state", seq: 33, old_state: "idle", new_state: "listening", timestamp: TS }); // not asked for
+  agent.send({ type: "context_used", seq: 34, entry_id: "e", key: null, request_id: null, llm_call: { index: 1 }, timestamp: TS }); // nor this
+  agent.send({ type: "call_ended", seq: 35, reason: "done", timestamp: TS });
+  const got = [];
+  for await (const event of events) got.push([event.type, event.seq]);
+  assert.deepEqual(got, [["speech_finished", 31], ["agent_transcript", 32], ["call_ended", 35]]);
+  assert.equal(events.lastSeq, 35);
+  await assert.rejects(client.subscribe({ sinceSeq: -1 }), /sinceSeq/);
+});
+
+test("v1.3: every speech_failed reason says what happened; only not_started is worth a retry", async () => {
+  const reasons = {
+    not_started: "The speech did not start in time (start_within_s) and was cancelled.",
+    tts_error: "The speech failed: the agent's TTS failed.",
+    llm_error: "The speech failed: the agent's model failed to phrase it.",
+    session_closed: "The speech did not play out: the agent's session closed first.",
+    cancelled: "The speech was cancelled before it played out.",
+    avatar_left: "The speech did not play out: the avatar playing it left the room.",
+  };
+  const { agent, client } = setup();
+  for (const [reason, sentence] of Object.entries(reasons)) {
+    const id = `f-${reason}`;
+    const speech = await client.speak("Hi.", { id });
+    // the end arrives before anyone waits: a later wait still learns it
+    agent.send({ type: "speech_failed", seq: 1, t_ms: 1, id, speech_id: `speech_${id}`, reason, started: false, timestamp: TS });
+    await assert.rejects(speech.finished(), (e) =>
+      e instanceof SpeechFailedError && e instanceof ContextError && e.code === "SPEECH_FAILED" &&
+      e.reason === reason && e.message === sentence && e.retryable === (reason === "not_started") &&
+      e.requestId === id && e.event.reason === reason && e.accepted === speech.ack);
+    await assert.rejects(client.waitForPlayout(id), (e) => e instanceof SpeechFailedError && e.reason === reason);
+  }
+});
+
+test("v1.3: a wait that runs out while the agent's pending list was cut says it cannot tell", async () => {
+  const { agent, client } = setup({ playoutTimeoutMs: 100 });
+  const speech = await client.speak("Long.", { id: "t1" });
+  agent.state = { ...STATE, pending_speeches: [], pending_speeches_truncated: true };
+  await assert.rejects(speech.finished(), (e) => e instanceof PlayoutTimeoutError && e.why === "unknown");
+});
+
+test("v1.3: sendClip streams any clip form, names its type from its first bytes, in 64 KiB writes", async () => {
+  const { room, client } = setup();
+  const { createHash } = await import("node:crypto");
+  const cases = [
+    [new Uint8Array([0x49, 0x44, 0x33, 9]), undefined, "audio/mpeg"],
+    [new Uint8Array([0x4f, 0x67, 0x67, 0x53, 9]).buffer, undefined, "audio/ogg"],
+    [new Uint8Array([0x66, 0x4c, 0x61, 0x43, 9]), undefined, "audio/flac"],
+    [new Blob([new Uint8Array([1, 2, 3])], { type: "audio/aac" }), undefined, "audio/aac"],
+    [new Uint8Array([1, 2, 3]), undefined, "application/octet-stream"],
+    [new Uint8Array([0x52, 0x49, 0x46, 0x46]), "audio/x-custom", "audio/x-custom"],
+  ];
+  for (const [audio, mimeType, expected] of cases) {
+    const clip = await client.sendClip(audio, { mimeType });
+    const stream = room.streams.at(-1);
+    assert.equal(stream.options.mimeType, expected);
+    assert.equal(clip.stream_id, stream.options.streamId);
+    assert.match(clip.stream_id, /^imaginex-clip-[0-9a-f]{32}$/);
+    const bytes = Buffer.concat(stream.chunks);
+    assert.equal(clip.sha256, createHash("sha256").update(bytes).digest("hex"));
+  }
+  const big = new Uint8Array(150 * 1024).map((_, i) => i % 251);
+  const clip = await client.sendClip(big);
+  const stream = room.streams.at(-1);
+  assert.deepEqual(stream.chunks.map((c) => c.byteLength), [65536, 65536, 22528]);
+  assert.deepEqual(Buffer.concat(stream.chunks), Buffer.from(big));
+  assert.equal(clip.sha256, createHash("sha256").update(big).digest("hex"));
+  assert.equal(new Set(room.streams.map((s) => s.options.streamId)).size, room.streams.length); // a fresh id each
+});
+
+test("v1.3: a clip that cannot be streamed is LIVEKIT_UNAVAILABLE, and no speak goes out", async () => {
+  const { room, agent, client } = setup();
+  room.localParticipant.streamBytes = async () => { throw new Error("data channel closed"); };
+  await assert.rejects(client.sendClip(new Uint8Array([1])), (e) => e instanceof ContextError && e.code === "LIVEKIT_UNAVAILABLE" && e.retryable === true && e.cause.message === "data channel closed");
+  await assert.rejects(client.speak("Ding.", { id: "nc", audio: new Uint8Array([1]) }), (e) => e.code === "LIVEKIT_UNAVAILABLE");
+  assert.equal(sent(agent).length, 0);
+});
+
+test("v1.3: events_lost and the fresh snapshot always come through, events_lost even at a seq seen", async () => {
+  const { agent, client } = setup();
+  const snapshot = { seq: 50, state: { ...STATE, pending_speeches: [] }, items: [], pending_speeches: [] };
+  const original = agent.ack.bind(agent);
+  agent.ack = (request, extra) => {
+    const ack = original(request, extra);
+    if (request.type === "subscribe") Object.assign(ack.data, { replayed: 2 });
+    return ack;
+  };
+  const events = await client.subscribe({ events: ["agent_transcript"], sinceSeq: 3 });
+  assert.equal(events.snapshot, null);
+  assert.equal(events.lastSeq, 3); // nothing handed out yet: where it asked to resume
+  agent.send({ type: "events_lost", seq: 3, t_ms: 1, from_seq: 4, to_seq: 40, timestamp: TS, replay: true });
+  agent.send({ type: "snapshot", seq: 50, t_ms: 1, timestamp: TS, replay: true, ...snapshot });
+  agent.send({ type: "agent_transcript", seq: 50, t_ms: 2, speech_id: "sp", text: "old", interrupted: false, timestamp: TS }); // at or before the snapshot: a repeat
+  agent.send({ type: "agent_transcript", seq: 51, t_ms: 2, speech_id: "sp", text: "new", interrupted: false, timestamp: TS });
+  agent.send({ type: "call_ended", seq: 52, reason: "done", timestamp: TS });
+  const got = [];
+  for await (const event of events) got.push([event.type, event.seq]);
+  assert.deepEqual(got, [["events_lost", 3], ["snapshot", 50], ["agent_transcript", 51], ["call_ended", 52]]);
+  assert.equal(events.lastSeq, 52);
+});
+
+test("v1.3: without sinceSeq, lastSeq starts at the snapshot's seq", async () => {
+  const { agent, client } = setup();
+  const snapshot = { seq: 12, state: { ...STATE, pending_speeches: [] }, items: [], pending_speeches: [] };
+  const original = agent.ack.bind(agent);
+  agent.ack = (request, extra) => {
+    const ack = original(request, extra);
+    if (request.type === "subscribe") Object.assign(ack.data, { snapshot });
+    return ack;
+  };
+  const events = await client.subscribe({ events: ["context"] });
+  assert.equal(sent(agent).at(-1).since_seq, undefined);
+  assert.equal(events.replayed, 0);
+  assert.equal(events.lastSeq, 12);
+  agent.send({ type: "context_dropped", seq: 13, t_ms: 3, entry_id: "e", key: "k", request_id: "c1", reason: "replaced", timestamp: TS });
+  agent.send({ type: "context_used", seq: 14, t_ms: 4, entry_id: "e2", key: null, request_id: "c2", llm_call: { index: 1 }, timestamp: TS });
+  agent.send({ type: "call_ended", seq: 15, reason: "done", timestamp: TS });
+  const got = [];
+  for await (const event of events) got.push(event.type);
+  assert.deepEqual(got, ["context_dropped", "context_used", "call_ended"]);
 });
