@@ -33,7 +33,7 @@ from ..gateway.http.messages import DEFAULT_GATEWAY_SENDER
 from ..gateway.http.serving import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 from ..gateway.run import DEFAULT_CONSOLE, DEFAULT_HOST, DEFAULT_PORT, run_gateway
 from ..security import RateLimit
-from .parameters import FiniteFloatRange, api_secret_warning_once
+from .parameters import api_secret_warning_once, count_option, seconds_option
 
 DELIVERIES: Final = ("server-rpc", "room")
 """``--delivery``: ``RoomService.PerformRpc`` (the default) or over room connections."""
@@ -73,13 +73,10 @@ DELIVERIES: Final = ("server-rpc", "room")
     help="Find agents in a directory kept from LiveKit's webhooks (point LiveKit's webhook at "
     "/livekit/webhook) instead of listing every room per request; in Redis with --redis-url.",
 )
-@click.option(
+@seconds_option(
     "--reconcile-interval",
     default=DEFAULT_RECONCILE_INTERVAL_S,
-    show_default=True,
-    type=FiniteFloatRange(min=0.0, min_open=True),
     envvar=RECONCILE_INTERVAL_ENV,
-    show_envvar=True,
     help="Seconds between reconciliations of the agent directory with RoomService.",
 )
 @click.option(
@@ -91,18 +88,14 @@ DELIVERIES: Final = ("server-rpc", "room")
     "answer; room: join each room and call the agent by RPC over that connection (the events "
     "stream's playout events need it).",
 )
-@click.option(
+@count_option(
     "--max-rooms",
     default=DEFAULT_MAX_ROOMS,
-    show_default=True,
-    type=click.IntRange(min=1),
     help="Room connections held at once; at the cap the least recently used idle one is closed.",
 )
-@click.option(
+@count_option(
     "--max-concurrent-joins",
     default=DEFAULT_MAX_CONCURRENT_JOINS,
-    show_default=True,
-    type=click.IntRange(min=1),
     help="Room joins under way at once (a fan-out to many new rooms joins them in this many "
     "lanes).",
 )
@@ -118,11 +111,9 @@ DELIVERIES: Final = ("server-rpc", "room")
     help="Sign without naming a sender (protocol v1 envelopes), for agents older than protocol "
     "v1.2, which refuse envelopes naming one; not with --redis-url.",
 )
-@click.option(
+@seconds_option(
     "--timeout",
     default=DEFAULT_DELIVERY_TIMEOUT_S,
-    show_default=True,
-    type=FiniteFloatRange(min=0.0, min_open=True),
     help="Seconds the agents have to answer.",
 )
 @click.option(
@@ -137,31 +128,22 @@ DELIVERIES: Final = ("server-rpc", "room")
     show_default=True,
     help="Requests at once per api-secret.",
 )
-@click.option(
+@seconds_option(
     "--header-timeout",
     default=DEFAULT_HEADER_TIMEOUT_S,
-    show_default=True,
-    type=FiniteFloatRange(min=0.0, min_open=True),
     envvar=GATEWAY_HEADER_TIMEOUT_ENV,
-    show_envvar=True,
     help="Seconds a client has to send a request's headers (and idle keep-alive limit).",
 )
-@click.option(
+@seconds_option(
     "--body-timeout",
     default=DEFAULT_BODY_TIMEOUT_S,
-    show_default=True,
-    type=FiniteFloatRange(min=0.0, min_open=True),
     envvar=GATEWAY_BODY_TIMEOUT_ENV,
-    show_envvar=True,
     help="Seconds a client has to send a request's body.",
 )
-@click.option(
+@count_option(
     "--max-connections",
     default=DEFAULT_MAX_CONNECTIONS,
-    show_default=True,
-    type=click.IntRange(min=1),
     envvar=GATEWAY_MAX_CONNECTIONS_ENV,
-    show_envvar=True,
     help="Open connections at most; more are answered 503 and closed.",
 )
 @click.option(
@@ -248,5 +230,3 @@ def gateway_command(
         )
     except ConfigError as exc:  # checked before anything starts
         raise click.ClickException(str(exc)) from None
-
-

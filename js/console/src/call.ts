@@ -8,7 +8,7 @@
  * (`conversation_item`, and interim user text as a live line). State and context are read
  * (get-state) on opening, after each control and every few seconds.
  */
-import type { AgentStateInfo, ContextEntryInfo, HistoryItem, IOState, SessionEvent, SpeechFinishedEvent, SpeechStartedEvent } from "../../src/generated/wire.js";
+import type { AgentStateInfo, ContextEntryInfo, HistoryItem, IOState, SessionEvent, SpeechFailedEvent, SpeechFinishedEvent, SpeechStartedEvent } from "../../src/generated/wire.js";
 import { Activity } from "./activity.js";
 import { type CallInfo, type ConsoleApi, GatewayError } from "./api.js";
 import { type CallTarget, contextForm, instructionsForm, send, speakForm, userMessageForm } from "./controls.js";
@@ -20,7 +20,16 @@ const STATE_EVERY_MS = 5_000;
 const HISTORY_LIMIT = 100;
 const RECONNECT_MS = [250, 500, 1_000, 2_000, 5_000];
 
-type StreamEvent = SessionEvent | SpeechStartedEvent | SpeechFinishedEvent;
+type StreamEvent = SessionEvent | SpeechStartedEvent | SpeechFinishedEvent | SpeechFailedEvent;
+
+/** How a speech_failed reason reads in the activity log. */
+const FAILED: Record<string, string> = {
+  not_started: "did not start in time",
+  tts_error: "the TTS failed",
+  llm_error: "the model failed",
+  session_closed: "the session closed",
+  avatar_left: "the avatar left",
+};
 
 interface OwnSpeech {
   text: string;
@@ -264,6 +273,13 @@ export class CallView {
         break;
       case "speech_finished": {
         const how = event.cancelled ? "■ cancelled" : event.interrupted ? "■ cut off" : event.failed ? "■ failed" : "■ finished";
+        const played = event.played_s === undefined ? "" : ` after ${event.played_s.toFixed(1)} s`;
+        this.onPlayout(event.id, `${how}${played}`, true);
+        break;
+      }
+      case "speech_failed": {
+        // a v1.3 agent's other terminal event (the gateway's feed gets every speech's, v1.3 form)
+        const how = event.reason === "cancelled" ? "■ cancelled" : `■ failed (${FAILED[event.reason] ?? event.reason})`;
         const played = event.played_s === undefined ? "" : ` after ${event.played_s.toFixed(1)} s`;
         this.onPlayout(event.id, `${how}${played}`, true);
         break;
