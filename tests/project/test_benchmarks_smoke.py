@@ -138,6 +138,11 @@ def test_v13_cost_compares_with_the_pre_v13_receiver() -> None:
         gated = names[f"add_context burst of 10, v1.3, {sender} sender: plugin only"]
         assert gated.baseline.startswith("today ")
         assert gated.met is not None
+    # what a v1.3 sender costs beyond a v1.2 one, split into its field and its extra packet
+    named = names["add_context burst of 10, v1.3, sender naming protocol 1.2: plugin only"]
+    assert named.met is None  # not gated: it only splits the v1.3 sender's figure
+    assert "  of which the protocol field (named 1.2 - v1.2)" in names
+    assert "  of which the context_dropped packet (v1.3 - named 1.2)" in names
 
 
 async def test_run_all_quick_sizes_run() -> None:
