@@ -224,8 +224,9 @@ async def test_an_agent_that_leaves_mid_call_is_agent_not_found_at_once(
             took = time.monotonic() - start
             assert error.retryable
             assert error.code in (ErrorCode.AGENT_NOT_FOUND, ErrorCode.TIMEOUT), error.message
-            if error.code is ErrorCode.AGENT_NOT_FOUND:
-                assert took < PSRPC_FIRST_TRY_S, took
+            # at once: not after the call's own 10 s timeout (about 1 s on a quiet machine; seen
+            # at 6 s with the whole suite and two benchmarks sharing 2 cores)
+            assert took < 8.0, took
     finally:
         await rpc.aclose()
 
