@@ -84,6 +84,7 @@ const transcript = () => page.locator(".transcript-lines");
 const callItem = (room) => page.locator(`.call-item[data-room="${room}"]`);
 
 async function shot(name) {
+  await page.evaluate(() => window.scrollTo(0, 0)); // the header in view, however tall the page grew
   await page.screenshot({ path: `${SCREENSHOTS}/${name}`, fullPage: false });
 }
 
@@ -387,6 +388,87 @@ test("a network blip on the events stream: it resumes with Last-Event-ID; every 
   } finally {
     await blip.close();
     proxy.close();
+  }
+});
+
+test("events lost for good: the page says so in red, then rebuilds from the snapshot, every line once", async () => {
+  // the blip page's stream is then the only one on ROOM_1: once it is cut, the gateway's feed
+  // closes (its next heartbeat finds the client gone) and a resume must ask the agent, whose
+  // buffer (console_worker.EVENT_BUFFER, 12 events) no longer reaches back
+  await callItem(ROOM_2).click();
+  await page.getByRole("heading", { name: ROOM_2, level: 2 }).waitFor();
+  const proxy = await blipProxy(GATEWAY_URL);
+  const blip = await context.newPage();
+  blip.setDefaultTimeout(WAIT_MS);
+  blip.on("pageerror", (error) => pageLines.push(`lost pageerror: ${error.message}`));
+  try {
+    await blip.goto(`${proxy.url}/console`);
+    await blip.locator(`.call-item[data-room="${ROOM_1}"]`).click();
+    const pill = blip.locator(".pill", { hasText: "Stream" }).locator("b");
+    await pill.filter({ hasText: "live" }).waitFor();
+    const lines = blip.locator(".transcript-lines");
+    await lines.locator(".line.assistant", { hasText: "Blip line three" }).waitFor();
+    const said = async (text, role = "assistant") =>
+      until(`the agent's history to hold "${text}"`, async () => (await history(CODE_A, ROOM_1, SECRET_A)).find((item) => item.role === role && item.text.includes(text)));
+    const speakDirect = async (message) => {
+      const response = await fetch(`${GATEWAY_URL}/v1/agent/${CODE_A}/speak`, {
+        method: "POST",
+        headers: { "api-secret": SECRET_A, "content-type": "application/json" },
+        body: JSON.stringify({ room_id: ROOM_1, message }),
+      });
+      assert.equal(response.status, 200, await response.text());
+    };
+
+    // a numbered event drawn first: the seq the page resumes after (a page that saw none reads
+    // the history again instead)
+    await speakDirect("Lost line zero: one moment please.");
+    await lines.locator(".line.assistant", { hasText: "Lost line zero" }).waitFor();
+    const seqBefore = Number(await blip.locator("section.call").getAttribute("data-seq"));
+    assert.ok(seqBefore > 0);
+    proxy.cut();
+    const cutAt = Date.now();
+    await pill.filter({ hasText: "reconnecting" }).waitFor();
+    for (const text of ["Lost line one: a new tracking number is on its way.", "Lost line two: it arrives by courier.", "Lost line three: no signature is needed."]) {
+      await speakDirect(text);
+      await said(text.slice(0, 14));
+    }
+    await hear(ROOM_1, "And order 9051, where is that one?");
+    await said("order 9051 shipped yesterday");
+    await until("the speeches to end", async () => (await agentState(CODE_A, ROOM_1, SECRET_A)).pending_speeches.length === 0);
+    // the gateway notices the cut stream when its heartbeat (15 s) finds the client gone
+    await until("the gateway's heartbeat to find the cut stream", async () => Date.now() - cutAt > 18_000, 25_000);
+    assert.equal(await lines.locator(".line", { hasText: /Lost line (one|two|three)|order 9051/ }).count(), 0, "nothing came while the stream was down");
+
+    proxy.restore();
+    await pill.filter({ hasText: "live" }).waitFor();
+    const note = lines.locator(".line.system.lost", { hasText: /lost while the console was away; the view was rebuilt from the agent's snapshot/ });
+    await note.waitFor();
+    await blip.locator(".activity-log .entry.notice.error", { hasText: "lost while the console was away" }).first().waitFor();
+    await lines.locator(".line.assistant", { hasText: "order 9051 shipped yesterday" }).waitFor();
+    const drawn = await lines.locator(".line[data-item-id]").evaluateAll((items) => items.map((item) => ({ id: item.dataset.itemId, text: item.querySelector(".said").textContent })));
+    const ids = drawn.map((line) => line.id);
+    assert.equal(new Set(ids).size, ids.length, `a line drawn twice: ${JSON.stringify(drawn)}`);
+    const texts = drawn.map((line) => line.text);
+    const at = (pattern) => {
+      const found = texts.flatMap((text, index) => (pattern.test(text) ? [index] : []));
+      assert.equal(found.length, 1, `${pattern} drawn ${found.length} times: ${JSON.stringify(texts)}`);
+      return found[0];
+    };
+    const order = [at(/Blip line three/), at(/Lost line zero/), at(/Lost line one/), at(/Lost line two/), at(/Lost line three/), at(/And order 9051/), at(/order 9051 shipped yesterday/)];
+    assert.deepEqual([...order].sort((a, b) => a - b), order, `out of order: ${JSON.stringify(texts)}`);
+    // live again after the snapshot: a new line comes once
+    await speakDirect("After the gap: anything else I can help with?");
+    await lines.locator(".line.assistant", { hasText: "After the gap" }).waitFor();
+    assert.equal(await lines.locator(".line.assistant", { hasText: "After the gap" }).count(), 1);
+    const resumed = proxy.requests.filter((request) => !request.blocked && request.lastEventId !== null);
+    assert.ok(resumed.length >= 1, `resumed with Last-Event-ID: ${JSON.stringify(proxy.requests)}`);
+    assert.ok(Number(resumed.at(-1).lastEventId) >= seqBefore);
+  } finally {
+    await blip.close();
+    proxy.close();
+    await callItem(ROOM_1).click();
+    await page.getByRole("heading", { name: ROOM_1, level: 2 }).waitFor();
+    await page.locator(".pill", { hasText: "Stream" }).locator("b", { hasText: "live" }).waitFor();
   }
 });
 
