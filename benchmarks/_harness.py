@@ -23,6 +23,7 @@ and needs no memory that grows with the number of messages.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import json
@@ -31,7 +32,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -577,3 +578,21 @@ def table(figures: Sequence[Figure], *, with_bench: Sequence[str] | None = None)
         return "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
 
     return [fmt(head), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
+
+
+def script_main(
+    doc: str | None, run: Callable[..., Awaitable[Report]], **defaults: float
+) -> None:
+    """A benchmark script's ``main``: a ``--<name> N`` option for each of ``defaults`` (typed as
+    its default), ``run(**options)``, the report printed; exit 1 when it is not correct."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    for name, default in defaults.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+    options = vars(parser.parse_args())
+
+    async def measure() -> Report:
+        return await run(**options)
+
+    report = asyncio.run(measure())
+    report.print()
+    sys.exit(0 if report.ok else 1)

@@ -37,26 +37,25 @@ from devtools.netns import isolate  # noqa: E402
 
 NETWORK = isolate()
 
-import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import signal  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import AsyncIterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, Final  # noqa: E402
 
-from _harness import Figure, Report, ms, percentile  # noqa: E402
-from bench_live import livekit  # noqa: E402
-from livekit import api, rtc  # noqa: E402
+from _harness import Figure, Report, ms, percentile, script_main  # noqa: E402
+from _live import livekit, room_token  # noqa: E402
+from livekit import rtc  # noqa: E402
 from livekit.agents import Agent, AgentSession, room_io  # noqa: E402
 from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF  # noqa: E402
 from livekit.agents.voice.avatar import DataStreamAudioOutput  # noqa: E402
 
 from devtools.livekit_server import ServerInfo  # noqa: E402
+from devtools.processes import stop_async_process  # noqa: E402
 from imaginex_context_plugin import ContextPlugin  # noqa: E402
 from imaginex_context_plugin.protocol import ACK_TOPIC, RPC_METHOD, SENDER_ATTRIBUTE  # noqa: E402
 from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM  # noqa: E402
@@ -95,16 +94,6 @@ class Timings:
     failures: int = 0
 
 
-def token(lk: ServerInfo, room: str, identity: str, **kind: Any) -> str:
-    grants = api.VideoGrants(room_join=True, room=room, can_update_own_metadata=True)
-    built = api.AccessToken(lk.api_key, lk.api_secret).with_identity(identity).with_grants(grants)
-    if kind.get("agent"):
-        built = built.with_kind("agent")
-    if kind.get("attributes"):
-        built = built.with_attributes(kind["attributes"])
-    return built.to_jwt()
-
-
 async def until(predicate: Any, what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -116,7 +105,7 @@ async def until(predicate: Any, what: str, timeout: float) -> None:
 @contextlib.asynccontextmanager
 async def avatar_process(lk: ServerInfo, room_name: str) -> AsyncIterator[None]:
     """``examples/avatar_worker.py`` in the room, speaking for the bench agent."""
-    avatar_token = token(
+    avatar_token = room_token(
         lk, room_name, AVATAR, agent=True, attributes={ATTRIBUTE_PUBLISH_ON_BEHALF: AGENT}
     )
     process = await asyncio.create_subprocess_exec(
@@ -139,13 +128,7 @@ async def avatar_process(lk: ServerInfo, room_name: str) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 10)
-        except asyncio.TimeoutError:
-            process.kill()
-            await process.wait()
+        await stop_async_process(process, timeout=10)
 
 
 def _avatar_video(room: rtc.Room) -> bool:
@@ -181,9 +164,9 @@ async def measure(lk: ServerInfo, output: Output, speeches: int) -> Timings:
         agent_code="BENCHAV01", allowed_identities=[SENDER], rate_limit=None, trust_server=False
     )
     async with contextlib.AsyncExitStack() as stack:
-        await user.connect(lk.url, token(lk, room_name, USER))
+        await user.connect(lk.url, room_token(lk, room_name, USER))
         stack.push_async_callback(user.disconnect)
-        await agent_room.connect(lk.url, token(lk, room_name, AGENT, agent=True))
+        await agent_room.connect(lk.url, room_token(lk, room_name, AGENT, agent=True))
         stack.push_async_callback(agent_room.disconnect)
         if output.avatar:
             await stack.enter_async_context(avatar_process(lk, room_name))
@@ -203,7 +186,7 @@ async def measure(lk: ServerInfo, output: Output, speeches: int) -> Timings:
         stack.push_async_callback(session.aclose)
         sender_attributes = {SENDER_ATTRIBUTE: "1"}
         await sender.connect(
-            lk.url, token(lk, room_name, SENDER, agent=True, attributes=sender_attributes)
+            lk.url, room_token(lk, room_name, SENDER, agent=True, attributes=sender_attributes)
         )
         stack.push_async_callback(sender.disconnect)
         await until(lambda: AGENT in sender.remote_participants, "the agent", READY_TIMEOUT_S)
@@ -292,12 +275,7 @@ async def run(speeches: int = 20, server: ServerInfo | None = None) -> Report:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--speeches", type=int, default=20)
-    args = parser.parse_args()
-    report = asyncio.run(run(args.speeches))
-    report.print()
-    sys.exit(0 if report.ok else 1)
+    script_main(__doc__, run, speeches=20)
 
 
 if __name__ == "__main__":

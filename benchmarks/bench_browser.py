@@ -28,20 +28,17 @@ from devtools.netns import isolate  # noqa: E402
 
 NETWORK = isolate()
 
-import argparse  # noqa: E402
 import asyncio  # noqa: E402
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 
-from _harness import Figure, Report, ms, percentile  # noqa: E402
-from livekit import api  # noqa: E402
+from _harness import Figure, Report, ms, percentile, script_main  # noqa: E402
+from _live import livekit, room_token  # noqa: E402
 
 from devtools.agent_worker import agent_worker, dispatched_room  # noqa: E402
-from devtools.livekit_server import LiveKitServer, ServerInfo, find_binary, server_from_env  # noqa: E402
+from devtools.livekit_server import ServerInfo  # noqa: E402
 
 WORKER_FILE = "tests/integration/browser_worker.py"
 AGENT_NAME = "browser-agent"
@@ -50,34 +47,6 @@ BROWSER_IDENTITY = "web-user"
 JS = REPO_ROOT / "js"
 FACTOR = 1.3
 NODE_TIMEOUT_S = 900.0
-
-
-@contextlib.contextmanager
-def livekit(given: ServerInfo | None = None) -> Iterator[ServerInfo]:
-    if given is not None:
-        yield given
-        return
-    env = server_from_env()
-    if env is not None:
-        yield env
-        return
-    server = LiveKitServer(find_binary(build=True), Path(tempfile.mkdtemp(prefix="bench-lk-")))
-    server.start()
-    try:
-        assert server.info is not None
-        yield server.info
-    finally:
-        server.stop()
-
-
-def browser_token(lk: ServerInfo, room: str) -> str:
-    grants = api.VideoGrants(room_join=True, room=room)
-    return (
-        api.AccessToken(lk.api_key, lk.api_secret)
-        .with_identity(BROWSER_IDENTITY)
-        .with_grants(grants)
-        .to_jwt()
-    )
 
 
 async def measure_in_browser(
@@ -92,7 +61,7 @@ async def measure_in_browser(
         env={
             **os.environ,
             "LIVEKIT_URL": lk.url,
-            "BROWSER_TOKEN": browser_token(lk, room),
+            "BROWSER_TOKEN": room_token(lk, room, BROWSER_IDENTITY),
             "REQUESTS": str(requests),
             "WARMUP": str(warmup),
         },
@@ -150,13 +119,7 @@ async def run(requests: int = 300, warmup: int = 20, server: ServerInfo | None =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=20)
-    args = parser.parse_args()
-    report = asyncio.run(run(args.requests, args.warmup))
-    report.print()
-    sys.exit(0 if report.ok else 1)
+    script_main(__doc__, run, requests=300, warmup=20)
 
 
 if __name__ == "__main__":

@@ -33,16 +33,15 @@ if str(REPO_ROOT) not in sys.path:
 
 # before anything imports LiveKit: its native threads must start inside the namespace
 from devtools.netns import isolate  # noqa: E402
+from devtools.processes import stop_process  # noqa: E402
 
 NETWORK = isolate()
 
-import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -51,16 +50,14 @@ from datetime import datetime  # noqa: E402
 from typing import Any  # noqa: E402
 
 import aiohttp  # noqa: E402
-from _harness import Figure, Report, percentile  # noqa: E402
+from _harness import Figure, Report, percentile, script_main  # noqa: E402
+from _live import livekit, room_token  # noqa: E402
 from livekit import api, rtc  # noqa: E402
 
 from devtools.agent_worker import agent_worker, dispatched_room  # noqa: E402
 from devtools.livekit_server import (  # noqa: E402
-    LiveKitServer,
     ServerInfo,
-    find_binary,
     free_tcp_port,
-    server_from_env,
 )
 
 WORKER_FILE = "tests/integration/console_worker.py"
@@ -73,24 +70,6 @@ TARGET_MS = 250.0
 ROUND_WAIT_S = 10.0
 NODE_TIMEOUT_S = 900.0
 PAUSE_S = 0.05
-
-
-@contextlib.contextmanager
-def livekit(given: ServerInfo | None = None) -> Iterator[ServerInfo]:
-    if given is not None:
-        yield given
-        return
-    env = server_from_env()
-    if env is not None:
-        yield env
-        return
-    server = LiveKitServer(find_binary(build=True), Path(tempfile.mkdtemp(prefix="bench-lk-")))
-    server.start()
-    try:
-        assert server.info is not None
-        yield server.info
-    finally:
-        server.stop()
 
 
 @contextlib.contextmanager
@@ -114,12 +93,7 @@ def gateway(lk: ServerInfo, log: Path) -> Iterator[tuple[subprocess.Popen[bytes]
     try:
         yield process, f"http://127.0.0.1:{port}"
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
+        stop_process(process, timeout=15)
 
 
 async def serving(process: subprocess.Popen[bytes], url: str) -> None:
@@ -196,13 +170,7 @@ async def measure(
     if node is None:
         raise RuntimeError("node is not installed")
     caller = rtc.Room()
-    token = (
-        api.AccessToken(lk.api_key, lk.api_secret)
-        .with_identity("bench-caller")
-        .with_grants(api.VideoGrants(room_join=True, room=room))
-        .to_jwt()
-    )
-    await caller.connect(lk.url, token)
+    await caller.connect(lk.url, room_token(lk, room, "bench-caller"))
     agent = await agent_identity(lk, room)
     bare = BareStream()
     reader = asyncio.create_task(bare.read(url, room))
@@ -317,13 +285,7 @@ async def run(rounds: int = 200, warmup: int = 10, server: ServerInfo | None = N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=10)
-    args = parser.parse_args()
-    report = asyncio.run(run(args.rounds, args.warmup))
-    report.print()
-    sys.exit(0 if report.ok else 1)
+    script_main(__doc__, run, rounds=200, warmup=10)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ Run: ``python benchmarks/bench_context_growth.py [--messages N]``.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import time
 
@@ -37,6 +35,7 @@ from _harness import (
     context_payload,
     make_rig,
     ms,
+    script_main,
     us,
 )
 from livekit.agents import llm
@@ -202,13 +201,7 @@ async def run(*, messages: int = 10_000, window: int = 1_000) -> Report:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--window", type=int, default=1_000)
-    args = parser.parse_args()
-    report = asyncio.run(run(messages=args.messages, window=args.window))
-    report.print()
-    raise SystemExit(0 if report.ok else 1)
+    script_main(__doc__, run, messages=10_000, window=1_000)
 
 
 if __name__ == "__main__":

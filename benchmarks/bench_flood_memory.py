@@ -24,14 +24,12 @@ Run: ``python benchmarks/bench_flood_memory.py [--messages N]``.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import time
 import tracemalloc
 
 import psutil
-from _harness import Figure, Report, context_payload, make_rig, us
+from _harness import Figure, Report, context_payload, make_rig, script_main, us
 
 from imaginex_context_plugin import MAX_PAYLOAD_BYTES
 from imaginex_context_plugin.context import DEFAULT_CONTEXT_BUDGET
@@ -212,13 +210,7 @@ async def run(*, messages: int = 100_000, states: int = 12_000) -> Report:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--states", type=int, default=12_000)
-    args = parser.parse_args()
-    report = asyncio.run(run(messages=args.messages, states=args.states))
-    report.print()
-    raise SystemExit(0 if report.ok else 1)
+    script_main(__doc__, run, messages=100_000, states=12_000)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Run: ``python benchmarks/bench_gateway_state.py [--calls N]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 import time
@@ -25,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from _harness import Figure, Report, ms, percentile
+from _harness import Figure, Report, ms, percentile, script_main
 from redis.asyncio import Redis
 
 from devtools.redis_server import RedisServer, find_redis_binary, redis_from_env
@@ -158,12 +157,7 @@ async def _main(calls: int) -> Report:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=2_000)
-    args = parser.parse_args()
-    report = asyncio.run(_main(args.calls))
-    report.print()
-    raise SystemExit(0 if report.ok else 1)
+    script_main(__doc__, _main, calls=2_000)
 
 
 if __name__ == "__main__":

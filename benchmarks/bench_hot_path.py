@@ -22,8 +22,6 @@ Run: ``python benchmarks/bench_hot_path.py [--messages N] [--burst K] [--single 
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -38,6 +36,7 @@ from _harness import (
     json_floor,
     make_rig,
     median,
+    script_main,
     speak_payload,
     us,
 )
@@ -186,14 +185,7 @@ async def run(*, messages: int = 20_000, burst: int = 100, single: int = 2_000) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--burst", type=int, default=100)
-    parser.add_argument("--single", type=int, default=2_000)
-    args = parser.parse_args()
-    report = asyncio.run(run(messages=args.messages, burst=args.burst, single=args.single))
-    report.print()
-    raise SystemExit(0 if report.ok else 1)
+    script_main(__doc__, run, messages=20_000, burst=100, single=2_000)
 
 
 if __name__ == "__main__":

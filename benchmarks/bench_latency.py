@@ -13,7 +13,6 @@ Run: ``python benchmarks/bench_latency.py [--probes N] [--rate R]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from _harness import (
     make_rig,
     ms,
     percentile,
+    script_main,
     speak_payload,
 )
 
@@ -204,13 +204,7 @@ async def run(*, probes: int = 200, rate: float = 2_000.0) -> Report:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probes", type=int, default=200)
-    parser.add_argument("--rate", type=float, default=2_000.0)
-    args = parser.parse_args()
-    report = asyncio.run(run(probes=args.probes, rate=args.rate))
-    report.print()
-    raise SystemExit(0 if report.ok else 1)
+    script_main(__doc__, run, probes=200, rate=2_000.0)
 
 
 if __name__ == "__main__":

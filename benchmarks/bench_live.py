@@ -33,20 +33,19 @@ from devtools.netns import isolate  # noqa: E402
 
 NETWORK = isolate()
 
-import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator  # noqa: E402
+from collections.abc import AsyncIterator, Awaitable, Callable  # noqa: E402
 
 import aiohttp  # noqa: E402
-from _harness import Figure, Report, ms, percentile  # noqa: E402
+from _harness import Figure, Report, ms, percentile, script_main  # noqa: E402
+from _live import livekit, room_token  # noqa: E402
 from aiohttp import web  # noqa: E402
 from livekit import api, rtc  # noqa: E402
 
-from devtools.livekit_server import LiveKitServer, ServerInfo, find_binary, server_from_env  # noqa: E402
+from devtools.livekit_server import ServerInfo  # noqa: E402
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient, ContextPlugin  # noqa: E402
 from imaginex_context_plugin.gateway import (  # noqa: E402
     ApiSecrets,
@@ -66,26 +65,6 @@ CLIENT_FACTOR, CLIENT_SLACK_S = 1.3, 0.002
 GATEWAY_SLACK_S = 0.005
 
 
-@contextlib.contextmanager
-def livekit(given: ServerInfo | None = None) -> Iterator[ServerInfo]:
-    external = given or server_from_env()
-    if external is not None:
-        yield external
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-livekit-") as workdir:
-        server = LiveKitServer(find_binary(build=True), Path(workdir))
-        try:
-            yield server.start()
-        finally:
-            server.stop()
-
-
-def token(lk: ServerInfo, room: str, identity: str, *, agent: bool = False) -> str:
-    grants = api.VideoGrants(room_join=True, room=room, can_update_own_metadata=True)
-    built = api.AccessToken(lk.api_key, lk.api_secret).with_identity(identity).with_grants(grants)
-    return (built.with_kind("agent") if agent else built).to_jwt()
-
-
 async def timed(call: Callable[[], Awaitable[object]], count: int) -> list[float]:
     samples = []
     for _ in range(count):
@@ -98,9 +77,9 @@ async def timed(call: Callable[[], Awaitable[object]], count: int) -> list[float
 async def floor(lk: ServerInfo, count: int) -> list[float]:
     room_name = f"bench-floor-{uuid.uuid4().hex[:6]}"
     echo, caller = rtc.Room(), rtc.Room()
-    await echo.connect(lk.url, token(lk, room_name, "echo"))
+    await echo.connect(lk.url, room_token(lk, room_name, "echo"))
     echo.local_participant.register_rpc_method("echo", lambda data: data.payload)
-    await caller.connect(lk.url, token(lk, room_name, "caller"))
+    await caller.connect(lk.url, room_token(lk, room_name, "caller"))
     try:
         while "echo" not in caller.remote_participants:  # noqa: ASYNC110 - a roster poll
             await asyncio.sleep(0.02)
@@ -129,7 +108,7 @@ async def agent_room(lk: ServerInfo) -> AsyncIterator[str]:
         server_secret=lk.api_secret,
     )
     await plugin.start(session, room)
-    await room.connect(lk.url, token(lk, room_name, AGENT, agent=True))
+    await room.connect(lk.url, room_token(lk, room_name, AGENT, agent=True))
     try:
         async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
             while True:  # until RoomService shows the agent's code (the gateway looks there)
@@ -266,13 +245,7 @@ async def run(requests: int = 300, cold: int = 10, server: ServerInfo | None = N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--cold", type=int, default=10)
-    args = parser.parse_args()
-    report = asyncio.run(run(args.requests, args.cold))
-    report.print()
-    sys.exit(0 if report.ok else 1)
+    script_main(__doc__, run, requests=300, cold=10)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ from typing import Any, Final  # noqa: E402
 
 import aiohttp  # noqa: E402
 from _harness import cpu_seconds, ms, percentile  # noqa: E402
+from _live import room_token  # noqa: E402
 from aiohttp import web  # noqa: E402
-from bench_live import token  # noqa: E402
 from livekit import rtc  # noqa: E402
 
 from devtools.livekit_server import (  # noqa: E402
@@ -61,6 +61,7 @@ from devtools.livekit_server import (  # noqa: E402
     find_binary,
     free_tcp_port,
 )
+from devtools.processes import stop_async_process  # noqa: E402
 from imaginex_context_plugin import ContextPlugin  # noqa: E402
 from imaginex_context_plugin.gateway import (  # noqa: E402
     AgentBackend,
@@ -132,7 +133,8 @@ async def agents_worker() -> None:
             await plugin.start(session, room)
             for attempt in range(JOIN_ATTEMPTS):
                 try:
-                    await room.connect(lk.url, token(lk, room_name, AGENT_IDENTITY, agent=True))
+                    token = room_token(lk, room_name, AGENT_IDENTITY, agent=True)
+                    await room.connect(lk.url, token)
                     break
                 except rtc.ConnectError:
                     # the agents' start-up is not what is measured: a handshake lost on a
@@ -190,11 +192,7 @@ async def agents(
             if process.stdin is not None:
                 process.stdin.close()
         for process in processes:
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except asyncio.TimeoutError:
-                process.kill()
-                await process.wait()
+            await stop_async_process(process, timeout=30, first=None)  # stdin closed: it ends
 
 
 # --------------------------------------------------------------------------- the gateway
@@ -280,14 +278,7 @@ async def gateway(lk: ServerInfo, port: int, path: str) -> AsyncIterator[Gateway
                 await asyncio.sleep(0.05)
         yield running
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+        await stop_async_process(process, timeout=20, kill_group=True)
 
 
 async def speak(http: aiohttp.ClientSession, base: str, code: str, n: int) -> tuple[float, int]:

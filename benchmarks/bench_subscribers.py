@@ -13,14 +13,13 @@ Run: ``python benchmarks/bench_subscribers.py [--events N] [--rate R]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-from _harness import Figure, Report, ms, percentile
+from _harness import Figure, Report, ms, percentile, script_main
 from bench_latency import LagMonitor
 from livekit.agents.voice.events import UserInputTranscribedEvent
 
@@ -178,13 +177,7 @@ async def run(events: int = 20_000, rate: float = 5_000.0) -> Report:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--rate", type=float, default=5_000.0)
-    args = parser.parse_args()
-    report = asyncio.run(run(events=args.events, rate=args.rate))
-    report.print()
-    raise SystemExit(0 if report.ok else 1)
+    script_main(__doc__, run, events=20_000, rate=5_000.0)
 
 
 if __name__ == "__main__":

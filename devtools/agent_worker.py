@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Final
 
 from devtools.livekit_server import ROOT, ServerInfo
+from devtools.processes import stop_process
 
 REGISTER_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 20.0
@@ -91,16 +91,8 @@ def agent_worker(
             time.sleep(0.1)
         yield worker
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=STOP_TIMEOUT_S)
-        with contextlib.suppress(ProcessLookupError):  # its job processes, if any are left
-            os.killpg(process.pid, signal.SIGKILL)
+        # its job processes, if any are left, go with it
+        stop_process(process, timeout=STOP_TIMEOUT_S, reap_group=True)
 
 
 @contextlib.asynccontextmanager

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from devtools.processes import stop_process
+
 ROOT: Final = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT: Final = ROOT / "scripts" / "livekit-server"
 LOOPBACK: Final = "127.0.0.1"
@@ -286,16 +288,9 @@ class LiveKitServer:
     def stop(self, *, crash: bool = False) -> None:
         """Stop it (SIGTERM, then SIGKILL after 10 s), or with ``crash`` kill it at once."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL if crash else signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        if process is not None:
+            first = signal.SIGKILL if crash else signal.SIGTERM
+            stop_process(process, timeout=10, first=first, group=True)
 
     def start_again(self) -> None:
         """Start the stopped server on the same ports and config (its rooms are gone)."""

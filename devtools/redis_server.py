@@ -13,7 +13,6 @@ Which Redis the tests use, in order:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from devtools.livekit_server import LOOPBACK, free_tcp_port
+from devtools.processes import stop_process
 
 READY_TIMEOUT_S: Final = 10.0
 HOW_TO_GET_ONE: Final = (
@@ -127,16 +127,9 @@ class RedisServer:
 
     def stop(self, *, crash: bool = False) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL if crash else signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        if process is not None:
+            first = signal.SIGKILL if crash else signal.SIGTERM
+            stop_process(process, timeout=10, first=first, group=True)
 
     def start_again(self) -> None:
         """Start the stopped server on the same port (its data is gone: nothing persists)."""

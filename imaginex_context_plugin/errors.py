@@ -6,6 +6,8 @@ Each carries an :class:`ErrorCode` (``.code``), one plain sentence (``.message``
 them the same way: ``except ImaginexError as exc: ... exc.code ...``. The subclasses say where
 the failure was seen:
 
+- :class:`RequestError`: an error about one request, with its id and ``retry_after``; two
+  branches:
 - :class:`ProtocolError`: a request the receiver refuses (it becomes an error ack);
 - :class:`~.request_errors.ContextError` (and ``AckTimeoutError``, ``PlayoutTimeoutError``,
   which are also ``TimeoutError``\\ s): a sender's request that was not applied, or whose
@@ -89,8 +91,14 @@ class ImaginexError(Exception):
         return self.message
 
 
-class ProtocolError(ImaginexError):
-    """A request that must be refused, with what its error ack will say."""
+class RequestError(ImaginexError):
+    """An error about one request: its id, when it got that far, and how long to wait before
+    sending it again (``RATE_LIMITED``).
+
+    Attributes:
+        request_id: The request's id, or None.
+        retry_after: Seconds to wait before sending again, else None.
+    """
 
     def __init__(
         self,
@@ -99,10 +107,15 @@ class ProtocolError(ImaginexError):
         *,
         request_id: str | None = None,
         retry_after: float | None = None,
+        retryable: bool | None = None,
     ) -> None:
-        super().__init__(code, message)
+        super().__init__(code, message, retryable=retryable)
         self.request_id = request_id
         self.retry_after = retry_after
+
+
+class ProtocolError(RequestError):
+    """A request that must be refused, with what its error ack will say."""
 
 
 class BackendError(ImaginexError):
@@ -254,6 +267,7 @@ __all__ = [
     "ErrorCode",
     "ImaginexError",
     "ProtocolError",
+    "RequestError",
     "StateUnavailable",
     "invalid_type_message",
     "validation_sentence",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .errors import ErrorCode, ImaginexError
+from .errors import ErrorCode, RequestError
 from .protocol import ErrorAck, SpeechFailedEvent, SuccessAck
 
 __all__ = ["AckTimeoutError", "ContextError", "PlayoutTimeoutError", "SpeechFailedError"]
@@ -23,7 +23,7 @@ PlayoutWait = Literal["pending", "lost", "unknown"]
 agent could not be asked)."""
 
 
-class ContextError(ImaginexError):
+class ContextError(RequestError):
     """A request that was not applied, or whose outcome is unknown.
 
     Raised for an error ack from the agent (``ack`` is the :class:`~.protocol.ErrorAck`) and for
@@ -52,9 +52,9 @@ class ContextError(ImaginexError):
         ack: ErrorAck | None = None,
         retryable: bool | None = None,
     ) -> None:
-        super().__init__(code, message, retryable=retryable)
-        self.request_id = request_id
-        self.retry_after = retry_after
+        super().__init__(
+            code, message, request_id=request_id, retry_after=retry_after, retryable=retryable
+        )
         self.ack = ack
 
     def __str__(self) -> str:

@@ -38,7 +38,7 @@ from tests.fakes import (
 from tests.gateway_fixtures import fleet, make_gateway  # noqa: F401
 
 # a real Redis, for the gateway's shared state
-from tests.redis_fixtures import redis_server, redis_url  # noqa: F401
+from tests.redis_fixtures import redis_server, redis_url, store_url  # noqa: F401
 
 ROOM = "room-1"
 AGENT_CODE = "A12345678"

@@ -3,7 +3,9 @@
 
 ``redis_server`` is session-scoped; ``redis_url`` gives each test an empty database (our own
 server is flushed after every test; an external one from ``IMAGINEX_TEST_REDIS_URL`` is used
-as it is). Without Redis the tests skip saying how to get one, and under ``CI=true`` they fail.
+as it is); ``store_url`` runs a test twice, in memory (None) and on a real Redis, for the
+stores that have both. Without Redis the tests skip saying how to get one, and under
+``CI=true`` they fail.
 """
 
 from __future__ import annotations
@@ -60,3 +62,14 @@ async def redis_url(redis_server: RedisServer | None) -> AsyncIterator[str]:
         await client.flushdb()
     finally:
         await client.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """None: the in-memory store; else the URL of a real Redis (ours, or the one configured)."""
+    if request.param == "memory":
+        return None
+    server: RedisServer | None = request.getfixturevalue("redis_server")
+    url = server.url if server is not None else redis_from_env()
+    assert url is not None
+    return url

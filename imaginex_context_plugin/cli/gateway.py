@@ -33,7 +33,7 @@ from ..gateway.http.messages import DEFAULT_GATEWAY_SENDER
 from ..gateway.http.serving import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 from ..gateway.run import DEFAULT_CONSOLE, DEFAULT_HOST, DEFAULT_PORT, run_gateway
 from ..security import RateLimit
-from .parameters import FiniteFloatRange, api_secret_warning_once
+from .parameters import api_secret_warning_once, count_option, seconds_option
 
 DELIVERIES: Final = ("room", "server-api", "server-rpc")
 """``--delivery``: over room connections (the default), ``RoomService.SendData`` or
@@ -74,13 +74,10 @@ DELIVERIES: Final = ("room", "server-api", "server-rpc")
     help="Find agents in a directory kept from LiveKit's webhooks (point LiveKit's webhook at "
     "/livekit/webhook) instead of listing every room per request; in Redis with --redis-url.",
 )
-@click.option(
+@seconds_option(
     "--reconcile-interval",
     default=DEFAULT_RECONCILE_INTERVAL_S,
-    show_default=True,
-    type=FiniteFloatRange(min=0.0, min_open=True),
     envvar=RECONCILE_INTERVAL_ENV,
-    show_envvar=True,
     help="Seconds between reconciliations of the agent directory with RoomService.",
 )
 @click.option(
@@ -99,18 +96,14 @@ DELIVERIES: Final = ("room", "server-api", "server-rpc")
     help="With --delivery server-api: the gateway's URL as the agents reach it, e.g. "
     "http://gateway.internal:8089.",
 )
-@click.option(
+@count_option(
     "--max-rooms",
     default=DEFAULT_MAX_ROOMS,
-    show_default=True,
-    type=click.IntRange(min=1),
     help="Room connections held at once; at the cap the least recently used idle one is closed.",
 )
-@click.option(
+@count_option(
     "--max-concurrent-joins",
     default=DEFAULT_MAX_CONCURRENT_JOINS,
-    show_default=True,
-    type=click.IntRange(min=1),
     help="Room joins under way at once (a fan-out to many new rooms joins them in this many "
     "lanes).",
 )
@@ -126,11 +119,9 @@ DELIVERIES: Final = ("room", "server-api", "server-rpc")
     help="Sign without naming a sender (protocol v1 envelopes), for agents older than protocol "
     "v1.2, which refuse envelopes naming one; not with --redis-url.",
 )
-@click.option(
+@seconds_option(
     "--timeout",
     default=DEFAULT_DELIVERY_TIMEOUT_S,
-    show_default=True,
-    type=FiniteFloatRange(min=0.0, min_open=True),
     help="Seconds the agents have to answer.",
 )
 @click.option(
@@ -145,31 +136,22 @@ DELIVERIES: Final = ("room", "server-api", "server-rpc")
     show_default=True,
     help="Requests at once per api-secret.",
 )
-@click.option(
+@seconds_option(
     "--header-timeout",
     default=DEFAULT_HEADER_TIMEOUT_S,
-    show_default=True,
-    type=FiniteFloatRange(min=0.0, min_open=True),
     envvar=GATEWAY_HEADER_TIMEOUT_ENV,
-    show_envvar=True,
     help="Seconds a client has to send a request's headers (and idle keep-alive limit).",
 )
-@click.option(
+@seconds_option(
     "--body-timeout",
     default=DEFAULT_BODY_TIMEOUT_S,
-    show_default=True,
-    type=FiniteFloatRange(min=0.0, min_open=True),
     envvar=GATEWAY_BODY_TIMEOUT_ENV,
-    show_envvar=True,
     help="Seconds a client has to send a request's body.",
 )
-@click.option(
+@count_option(
     "--max-connections",
     default=DEFAULT_MAX_CONNECTIONS,
-    show_default=True,
-    type=click.IntRange(min=1),
     envvar=GATEWAY_MAX_CONNECTIONS_ENV,
-    show_envvar=True,
     help="Open connections at most; more are answered 503 and closed.",
 )
 @click.option(
@@ -260,5 +242,3 @@ def gateway_command(
         )
     except ConfigError as exc:  # checked before anything starts
         raise click.ClickException(str(exc)) from None
-
-

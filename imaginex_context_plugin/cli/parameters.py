@@ -65,13 +65,43 @@ request_id_option = click.option(
 """``--id``: the request's id, kept across retries."""
 
 
+def seconds_option(
+    flag: str, *, default: float, help: str, envvar: str | None = None
+) -> Callable[[_F], _F]:
+    """An option taking a positive finite number of seconds, its default shown in ``--help``
+    (and its environment variable, if it has one)."""
+    return click.option(
+        flag,
+        type=FiniteFloatRange(min=0.0, min_open=True),
+        default=default,
+        show_default=True,
+        envvar=envvar,
+        show_envvar=envvar is not None,
+        help=help,
+    )
+
+
+def count_option(
+    flag: str, *, default: int, help: str, envvar: str | None = None
+) -> Callable[[_F], _F]:
+    """An option taking a whole number of at least 1, its default shown in ``--help`` (and its
+    environment variable, if it has one)."""
+    return click.option(
+        flag,
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=True,
+        envvar=envvar,
+        show_envvar=envvar is not None,
+        help=help,
+    )
+
+
 def playout_timeout_option(what: str) -> Callable[[_F], _F]:
     """``--playout-timeout``: how long ``--wait-playout`` waits for the end of ``what``."""
-    return click.option(
+    return seconds_option(
         "--playout-timeout",
-        type=FiniteFloatRange(min=0.0, min_open=True),
         default=DEFAULT_PLAYOUT_TIMEOUT_S,
-        show_default=True,
         help=f"Seconds to wait for the end of {what}, with --wait-playout.",
     )
 

@@ -69,9 +69,19 @@ class _Body(BaseModel):
     # platform ignores them
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
+    text_field: ClassVar[str | None] = None
+    """The field holding the long text, if any (named when the message is too long)."""
+
+    def long_text(self) -> str | None:
+        """The value of ``text_field``, for the debug log."""
+        value = getattr(self, self.text_field) if self.text_field else None
+        return value if isinstance(value, str) else None
+
 
 class SpeakBody(_Body):
     """``POST /v1/agent/{agent_code}/speak``: make the agent say ``message`` now."""
+
+    text_field: ClassVar[str | None] = "message"
 
     message: VisibleText = Field(description="What the agent says, verbatim, through its TTS.")
     room_id: NonBlank | None = Field(
@@ -98,6 +108,8 @@ class SpeakBody(_Body):
 
 class AddContextBody(_Body):
     """``POST /v1/agent/{agent_code}/add-context``: give background knowledge, or speak it."""
+
+    text_field: ClassVar[str | None] = "context"
 
     context: VisibleText = Field(
         description="The knowledge to add, or with type speak the text."
@@ -128,8 +140,6 @@ class ControlBody(_Body):
 
     message_type: ClassVar[str]
     """The protocol type the body becomes."""
-    text_field: ClassVar[str | None] = None
-    """The field holding the long text, if any (named when the message is too long)."""
 
     room_id: NonBlank | None = Field(
         default=None, description="Only this room; by default every room where the agent is live."
@@ -139,11 +149,6 @@ class ControlBody(_Body):
         """The protocol request's fields (without id, agent code and room)."""
         dumped = self.model_dump(exclude={"room_id"}, exclude_none=True)
         return {"type": self.message_type, **dumped}
-
-    def long_text(self) -> str | None:
-        """The value of ``text_field``, for the debug log."""
-        value = getattr(self, self.text_field) if self.text_field else None
-        return value if isinstance(value, str) else None
 
 
 class RemoveContextBody(ControlBody):

@@ -2,9 +2,9 @@
 
 Each call answers with the next scripted string (or, past the script, what ``default_reply``
 says: a string, or a function of the chat context such as :func:`reply_from_context`),
-streamed in a few chunks, and records the ``ChatContext`` (and per-turn instructions) the call
-saw. It is the package's one offline LLM: the demo, the examples and the live suite's workers
-run on it too.
+streamed in a few chunks, or asks for a tool (a scripted ``llm.FunctionToolCall``), and records
+the ``ChatContext`` (and per-turn instructions) the call saw. It is the package's one offline
+LLM: the demo, the examples and the live suite's workers run on it too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
@@ -26,6 +26,10 @@ from livekit.agents.voice.generation import INSTRUCTIONS_MESSAGE_ID
 
 from ..context import ENTRY_ID_PREFIX
 
+Reply: TypeAlias = "str | llm.FunctionToolCall"
+"""One scripted answer: text to stream, or a call of one of the agent's tools (the session runs
+the tool and calls the LLM again, the tool's output last in the chat context)."""
+
 PROVIDER = "imaginex.testing"
 """The ``provider`` every fake of this kit reports (in LiveKit's metrics and logs)."""
 
@@ -35,7 +39,8 @@ class ScriptedLLM(llm.LLM[NoReturn]):
 
     ``default_reply`` is a string, or a function of the call's chat context that returns one
     (:func:`reply_from_context` answers from what the plugin added: an agent that needs no API
-    key for a demo or a worker).
+    key for a demo or a worker). A reply may also be an ``llm.FunctionToolCall``: the call asks
+    for that tool instead of answering.
 
     ``calls`` holds a copy of the ``ChatContext`` of every call and ``instructions`` the
     per-turn instructions of the same call (``generate_reply(instructions=...)``), or None.
@@ -44,13 +49,13 @@ class ScriptedLLM(llm.LLM[NoReturn]):
 
     def __init__(
         self,
-        replies: Sequence[str] = (),
+        replies: Sequence[Reply] = (),
         *,
-        default_reply: str | Callable[[llm.ChatContext], str] = "ok",
+        default_reply: Reply | Callable[[llm.ChatContext], Reply] = "ok",
         chunks: int = 3,
     ) -> None:
         super().__init__()
-        self.replies: list[str] = list(replies)
+        self.replies: list[Reply] = list(replies)
         self.default_reply = default_reply
         self.chunks = max(1, chunks)
         self.calls: list[llm.ChatContext] = []
@@ -94,13 +99,13 @@ class ScriptedLLM(llm.LLM[NoReturn]):
 
 
 class ScriptedLLMStream(llm.LLMStream):
-    """Streams one scripted reply as a few ``ChatChunk``s."""
+    """Streams one scripted reply as a few ``ChatChunk``s (a tool call as one)."""
 
     def __init__(
         self,
         scripted_llm: ScriptedLLM,
         *,
-        reply: str,
+        reply: Reply,
         chunks: int,
         chat_ctx: llm.ChatContext,
         tools: list[llm.Tool],
@@ -112,6 +117,10 @@ class ScriptedLLMStream(llm.LLMStream):
 
     async def _run(self) -> None:
         request_id = f"scripted-{uuid.uuid4().hex[:8]}"
+        if isinstance(self._reply, llm.FunctionToolCall):
+            delta = llm.ChoiceDelta(role="assistant", tool_calls=[self._reply])
+            self._event_ch.send_nowait(llm.ChatChunk(id=request_id, delta=delta))
+            return
         for piece in split_words(self._reply, self._chunks):
             self._event_ch.send_nowait(
                 llm.ChatChunk(id=request_id, delta=llm.ChoiceDelta(role="assistant", content=piece))

@@ -14,7 +14,7 @@ import gzip
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import Any
 
@@ -38,7 +38,16 @@ from imaginex_context_plugin.gateway.http.console.assets import ConsoleAssets
 from imaginex_context_plugin.gateway.http.console.calls import calls_in
 from imaginex_context_plugin.gateway.http.console.sessions import ConsoleSession, session_key
 from imaginex_context_plugin.security import RateLimit
-from tests.gateway_fixtures import CODE, GATEWAY, ROOM_1, ROOM_2, SECRET, SETTINGS, Fleet
+from tests.gateway_fixtures import (
+    CODE,
+    GATEWAY,
+    ROOM_1,
+    ROOM_2,
+    SECRET,
+    SETTINGS,
+    Fleet,
+    GatewayFactory,
+)
 from tests.helpers import wait_until
 
 Client = TestClient[web.Request, web.Application]
@@ -57,33 +66,20 @@ class Clock:
 
 
 @pytest.fixture
-async def make_console(fleet: Fleet) -> AsyncIterator[Callable[..., Any]]:
+def make_console(fleet: Fleet, make_gateway: GatewayFactory) -> Callable[..., Any]:
     """A gateway serving the console, on a test server; keywords go to ``create_app`` (and
     ``console_options`` to ``ConsoleOptions``)."""
-    from aiohttp.test_utils import TestServer
-
-    from imaginex_context_plugin.gateway import create_app
-
-    clients: list[Client] = []
 
     async def build(
-        *, secrets: ApiSecrets | None = None, console_options: dict[str, Any] | None = None,
-        **options: Any,
+        *, console_options: dict[str, Any] | None = None, **options: Any
     ) -> Client:
         console = ConsoleOptions(
             livekit=SETTINGS, rooms=fleet.directory, **(console_options or {})
         )
-        app = create_app(
-            fleet.backend(), secrets or ApiSecrets(secret=SECRET), console=console, **options
-        )
-        client: Client = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
+        client: Client = await make_gateway(console=console, **options)
         return client
 
-    yield build
-    for client in clients:
-        await client.close()
+    return build
 
 
 async def sign_in(client: Client, secret: str = SECRET) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from devtools.redis_server import RedisServer, redis_from_env
+from devtools.redis_server import RedisServer
 from imaginex_context_plugin.errors import StateUnavailable
 from imaginex_context_plugin.gateway import ApiSecrets, create_app
 from imaginex_context_plugin.gateway.http.console import (
@@ -28,17 +28,6 @@ from imaginex_context_plugin.gateway.state.redis_state import RedisState
 from tests.gateway_fixtures import SECRET, SETTINGS, Fleet
 
 IDLE_S = 1.0
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    """None: the in-memory store; else the URL of a real Redis (ours, or the one configured)."""
-    if request.param == "memory":
-        return None
-    server: RedisServer | None = request.getfixturevalue("redis_server")
-    url = server.url if server is not None else redis_from_env()
-    assert url is not None
-    return url
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from typing import BinaryIO
 import aiohttp
 import pytest
 
+from devtools.processes import stop_async_process
+
 SECRET = "process-test-secret-93f0a1"
 CODE = "A12345678"
 START_TIMEOUT_S = 30.0
@@ -42,6 +44,19 @@ def clean_env(**values: str) -> dict[str, str]:
     }
     env.update(values)
     return env
+
+
+DEV_SECRET = "devsecret-0123456789abcdef0123456789abcdef"
+
+
+def offline_env(*, api_secret: str = DEV_SECRET, **values: str) -> dict[str, str]:
+    """:func:`clean_env` with LiveKit settings pointing nowhere (nothing here reaches LiveKit)."""
+    return clean_env(
+        LIVEKIT_URL="ws://127.0.0.1:1",
+        LIVEKIT_API_KEY="devkey",
+        LIVEKIT_API_SECRET=api_secret,
+        **values,
+    )
 
 
 def free_port() -> int:
@@ -83,7 +98,7 @@ async def run_to_exit(args: list[str], env: dict[str, str]) -> tuple[int, str]:
 
 @pytest.fixture
 async def gateway_process(tmp_path: Path) -> AsyncIterator[Running]:
-    async with running_gateway(tmp_path, "devsecret-0123456789abcdef0123456789abcdef") as running:
+    async with running_gateway(tmp_path, DEV_SECRET) as running:
         yield running
 
 
@@ -92,10 +107,8 @@ async def running_gateway(tmp_path: Path, api_secret: str) -> AsyncIterator[Runn
     """The gateway process, its LiveKit at a closed loopback port under the key ``devkey``."""
     port = free_port()
     stderr_path = tmp_path / "stderr.log"
-    env = clean_env(
-        LIVEKIT_URL="ws://127.0.0.1:1",
-        LIVEKIT_API_KEY="devkey",
-        LIVEKIT_API_SECRET=api_secret,
+    env = offline_env(
+        api_secret=api_secret,
         IMAGINEX_API_SECRET=SECRET,
     )
     with open_logs(tmp_path / "stdout.log", stderr_path) as (stdout, stderr):
@@ -116,12 +129,7 @@ async def running_gateway(tmp_path: Path, api_secret: str) -> AsyncIterator[Runn
         yield running
     finally:
         if process.returncode is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(process.wait(), EXIT_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                process.kill()
-                await process.wait()
+            await stop_async_process(process, timeout=EXIT_TIMEOUT_S, first=signal.SIGINT)
 
 
 async def wait_until_serving(running: Running) -> None:
@@ -247,10 +255,7 @@ async def test_a_malformed_secrets_file_fails_fast_without_printing_secrets(
 ) -> None:
     secrets = tmp_path / "secrets"
     secrets.write_text("A12345678 hunter2-secret\n", encoding="utf-8")
-    env = clean_env(
-        LIVEKIT_URL="ws://127.0.0.1:1",
-        LIVEKIT_API_KEY="devkey",
-        LIVEKIT_API_SECRET="devsecret-0123456789abcdef0123456789abcdef",
+    env = offline_env(
         IMAGINEX_API_SECRETS_FILE=str(secrets),
     )
     code, output = await run_to_exit(["gateway", "--port", str(free_port())], env)
@@ -261,10 +266,7 @@ async def test_a_malformed_secrets_file_fails_fast_without_printing_secrets(
 
 
 async def test_replicas_without_a_signing_secret_refuse_to_start() -> None:
-    env = clean_env(
-        LIVEKIT_URL="ws://127.0.0.1:1",
-        LIVEKIT_API_KEY="devkey",
-        LIVEKIT_API_SECRET="devsecret-0123456789abcdef0123456789abcdef",
+    env = offline_env(
         IMAGINEX_API_SECRET=SECRET,
     )
     args = ["gateway", "--port", str(free_port()), "--redis-url", "redis://127.0.0.1:1/0"]
@@ -275,10 +277,7 @@ async def test_replicas_without_a_signing_secret_refuse_to_start() -> None:
 
 
 async def test_an_unusable_sender_refuses_to_start() -> None:
-    env = clean_env(
-        LIVEKIT_URL="ws://127.0.0.1:1",
-        LIVEKIT_API_KEY="devkey",
-        LIVEKIT_API_SECRET="devsecret-0123456789abcdef0123456789abcdef",
+    env = offline_env(
         IMAGINEX_API_SECRET=SECRET,
     )
     code, output = await run_to_exit(["gateway", "--port", str(free_port()), "--sender", ""], env)
@@ -292,10 +291,7 @@ async def test_a_replica_keeps_its_state_in_redis(tmp_path: Path, redis_url: str
 
     port = free_port()
     stderr_path = tmp_path / "stderr.log"
-    env = clean_env(
-        LIVEKIT_URL="ws://127.0.0.1:1",
-        LIVEKIT_API_KEY="devkey",
-        LIVEKIT_API_SECRET="devsecret-0123456789abcdef0123456789abcdef",
+    env = offline_env(
         IMAGINEX_API_SECRET=SECRET,
         IMAGINEX_SIGNING_SECRET="replica-signing-secret",
         IMAGINEX_REDIS_URL=redis_url,
@@ -334,10 +330,7 @@ async def test_a_replica_keeps_its_state_in_redis(tmp_path: Path, redis_url: str
 
 
 async def test_replicas_without_a_named_sender_refuse_to_start() -> None:
-    env = clean_env(
-        LIVEKIT_URL="ws://127.0.0.1:1",
-        LIVEKIT_API_KEY="devkey",
-        LIVEKIT_API_SECRET="devsecret-0123456789abcdef0123456789abcdef",
+    env = offline_env(
         IMAGINEX_API_SECRET=SECRET,
         IMAGINEX_SIGNING_SECRET="replica-signing-secret",
     )

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from devtools.redis_server import RedisServer, redis_from_env
+from devtools.redis_server import RedisServer
 from imaginex_context_plugin.errors import StateUnavailable
 from imaginex_context_plugin.gateway.state import (
     IdempotencyStore,
@@ -24,17 +24,6 @@ from imaginex_context_plugin.security import RateLimit
 
 ANSWER = StoredAnswer(200, b'{"success":true}', {"Retry-After": "2"})
 WINDOW_S = 0.6
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    """None: the in-memory store; else the URL of a real Redis (ours, or the one configured)."""
-    if request.param == "memory":
-        return None
-    server: RedisServer | None = request.getfixturevalue("redis_server")
-    url = server.url if server is not None else redis_from_env()
-    assert url is not None
-    return url
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -33,6 +32,7 @@ from devtools.agent_worker import (
     livekit_env,
 )
 from devtools.livekit_server import ROOT, ServerInfo
+from devtools.processes import stop_async_process
 from imaginex_context_plugin.protocol import (
     ACK_TOPIC,
     AGENT_CODE_ATTRIBUTE,
@@ -220,13 +220,7 @@ class AvatarCall:
         try:
             yield process
         finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                process.kill()
-                await process.wait()
+            await stop_async_process(process, timeout=STOP_TIMEOUT_S)
 
 
 def _agent_joined(room: rtc.Room) -> bool:

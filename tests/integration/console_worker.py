@@ -3,8 +3,8 @@
 ``python -m livekit.agents start tests/integration/console_worker.py --dev``.
 
 A support agent on a real ``AgentSession`` with ``RoomIO`` (so it publishes its state and its
-voice to the room): a small scripted LLM that looks orders up with a real function tool
-(``lookup_order``) and otherwise answers from the context it holds (``reply_from_context``), a
+voice to the room): the kit's ``ScriptedLLM`` scripted to look orders up with a real function tool
+(``lookup_order``) and otherwise answer from the context it holds (``reply_from_context``), a
 ``RecordingTTS`` played out in real time to the room, and a scripted STT that hears what a
 participant tells it through the ``test.hear`` RPC method (the live test's "caller"; and
 ``test.hear_interim``, words not yet ended, for the benchmark). The
@@ -16,25 +16,23 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Final, NoReturn
+from typing import Final
 
 from livekit import rtc
 from livekit.agents import (
-    DEFAULT_API_CONNECT_OPTIONS,
     Agent,
     AgentServer,
     AgentSession,
-    APIConnectOptions,
     JobContext,
     function_tool,
     llm,
     room_io,
 )
-from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
 from imaginex_context_plugin import ContextPlugin, accept_with_agent_code
 from imaginex_context_plugin.gateway import DEFAULT_GATEWAY_IDENTITY
-from imaginex_context_plugin.testing import RecordingTTS, reply_from_context
+from imaginex_context_plugin.testing import RecordingTTS, ScriptedLLM, reply_from_context
+from imaginex_context_plugin.testing.llm import Reply
 from tests.fakes.stt import ScriptedSTT, SilentAudioInput
 
 AGENT_NAME: Final = "console-agent"
@@ -52,59 +50,26 @@ def _no_load() -> float:
 server = AgentServer(host="127.0.0.1", load_fnc=_no_load)
 
 
-class SupportLLM(llm.LLM[NoReturn]):
-    """Calls ``lookup_order`` when the user names an order, answers from its output, and
-    otherwise answers from the context the plugin gave it."""
-
-    @property
-    def model(self) -> str:
-        return "support-scripted"
-
-    @property
-    def provider(self) -> str:
-        return "imaginex-tests"
-
-    def chat(
-        self,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[llm.Tool] | None = None,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
-        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
-        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
-    ) -> llm.LLMStream:
-        return _SupportStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
+def support_reply(chat_ctx: llm.ChatContext) -> Reply:
+    """Call ``lookup_order`` when the user names an order, answer from its output, and
+    otherwise answer from the context the plugin gave the agent."""
+    items = chat_ctx.items
+    last = items[-1] if items else None
+    if isinstance(last, llm.FunctionCallOutput):
+        return f"Good news: {last.output}"
+    said = last.text_content if isinstance(last, llm.ChatMessage) else None
+    match = ORDER.search(said or "") if last is not None and last.role == "user" else None
+    if match is not None:
+        return llm.FunctionToolCall(
+            name="lookup_order",
+            arguments=json.dumps({"order_id": match.group(1)}),
+            call_id=f"call_{match.group(1)}_{len(items)}",
+        )
+    return reply_from_context(chat_ctx)
 
 
-class _SupportStream(llm.LLMStream):
-    async def _run(self) -> None:
-        items = self.chat_ctx.items
-        last = items[-1] if items else None
-        if isinstance(last, llm.FunctionCallOutput):
-            self._say(f"Good news: {last.output}")
-            return
-        said = last.text_content if isinstance(last, llm.ChatMessage) else None
-        match = ORDER.search(said or "") if last is not None and last.role == "user" else None
-        if match is not None:
-            call = llm.FunctionToolCall(
-                name="lookup_order",
-                arguments=json.dumps({"order_id": match.group(1)}),
-                call_id=f"call_{match.group(1)}_{len(items)}",
-            )
-            delta = llm.ChoiceDelta(role="assistant", tool_calls=[call])
-            self._event_ch.send_nowait(llm.ChatChunk(id="support", delta=delta))
-            return
-        self._say(reply_from_context(self.chat_ctx))
-
-    def _say(self, reply: str) -> None:
-        for i, word in enumerate(reply.split(" ")):
-            self._event_ch.send_nowait(
-                llm.ChatChunk(
-                    id="support",
-                    delta=llm.ChoiceDelta(role="assistant", content=word if i == 0 else " " + word),
-                )
-            )
+# a chunk per word, as a model streams it
+WORD_CHUNKS: Final = 1_000
 
 
 class SupportAgent(Agent):
@@ -121,7 +86,7 @@ class SupportAgent(Agent):
 async def entrypoint(ctx: JobContext) -> None:
     stt = ScriptedSTT()
     session: AgentSession = AgentSession(
-        llm=SupportLLM(),
+        llm=ScriptedLLM(default_reply=support_reply, chunks=WORD_CHUNKS),
         tts=RecordingTTS(seconds_per_char=0.03),
         stt=stt,
         vad=None,

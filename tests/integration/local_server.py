@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -31,6 +30,7 @@ from devtools.livekit_server import (
     free_tcp_port,
     free_udp_range,
 )
+from devtools.processes import stop_process
 
 STOP_TIMEOUT_S = 10.0
 
@@ -63,16 +63,7 @@ def documented_args() -> tuple[list[str], int, int]:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=STOP_TIMEOUT_S)
+    stop_process(process, timeout=STOP_TIMEOUT_S, group=True)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -42,7 +41,7 @@ from imaginex_context_plugin.gateway import (
 from imaginex_context_plugin.protocol import AgentTranscriptEvent, CallEndedEvent, SessionEvent
 from tests.helpers import wait_until
 from tests.integration.call_control_worker import AGENT_CODE, AGENT_NAME
-from tests.integration.live import live_agent, participant_token, room_name
+from tests.integration.live import live_agent, participant_token, read_events, room_name
 from tests.integration.test_worker_live import (
     AGENT_STATE_ATTRIBUTE,
     CLI,
@@ -245,19 +244,6 @@ async def gateway(livekit: ServerInfo) -> AsyncIterator[TestClient[web.Request, 
         yield client
     finally:
         await client.close()
-
-
-async def read_events(response: aiohttp.ClientResponse) -> list[tuple[str, dict[str, Any]]]:
-    """The stream's ``event:`` / ``data:`` pairs, until the server ends it."""
-    events: list[tuple[str, dict[str, Any]]] = []
-    kind = ""
-    async for raw in response.content:
-        line = raw.decode().rstrip("\n")
-        if line.startswith("event: "):
-            kind = line[len("event: ") :]
-        elif line.startswith("data: "):
-            events.append((kind, json.loads(line[len("data: ") :])))
-    return events
 
 
 async def test_the_gateway_streams_a_real_rooms_events_until_end_call(

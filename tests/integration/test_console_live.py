@@ -25,14 +25,14 @@ import pytest
 from aiohttp import web
 from livekit import api, rtc
 
-from devtools.agent_worker import WorkerError, WorkerProcess, agent_worker, dispatched_room
+from devtools.agent_worker import WorkerProcess, dispatched_room
 from devtools.livekit_server import ROOT, ServerInfo
 from devtools.netns import STATE_ENV
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE
 from imaginex_context_plugin.gateway import DEFAULT_GATEWAY_IDENTITY
 from tests.helpers import wait_until
 from tests.integration.console_worker import AGENT_CODE, AGENT_NAME
-from tests.integration.live import live_agent, participant_token
+from tests.integration.live import live_agent, module_worker, participant_token
 from tests.integration.test_gateway_process_live import gateway_process, wait_until_serving
 from tests.typescript import chromium, node, node_tests_async
 
@@ -49,12 +49,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def console_worker(
     livekit: ServerInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
-    log_path = tmp_path_factory.mktemp("console-worker") / "worker.log"
-    try:
-        with agent_worker(livekit, WORKER_FILE, log_path) as worker:
-            yield worker
-    except WorkerError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    yield from module_worker(livekit, tmp_path_factory, WORKER_FILE, "console-worker")
 
 
 @contextlib.asynccontextmanager

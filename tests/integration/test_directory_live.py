@@ -34,6 +34,7 @@ from devtools.livekit_server import (
     find_binary,
     free_tcp_port,
 )
+from devtools.processes import stop_process
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE
 from imaginex_context_plugin.gateway import (
     DEFAULT_GATEWAY_IDENTITY,
@@ -287,12 +288,7 @@ async def test_the_gateway_command_with_agent_directory_takes_the_webhooks(
         print(log_path.read_text(errors="replace")[-6000:])  # shown with the failure
         raise
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
+        stop_process(process, timeout=15)
         if process.returncode not in (0, -signal.SIGTERM):
             print(log_path.read_text(errors="replace")[-4000:])
 

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -38,6 +37,7 @@ import aiohttp
 import pytest
 
 from devtools.livekit_server import ROOT, ServerInfo, free_tcp_port
+from devtools.processes import stop_process
 from imaginex_context_plugin.gateway import DEFAULT_GATEWAY_IDENTITY
 from tests.helpers import wait_until
 from tests.integration.live import LiveAgent, live_agent
@@ -217,14 +217,7 @@ def gateway_process(
     try:
         yield gateway
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=STOP_TIMEOUT_S)
+        stop_process(process, timeout=STOP_TIMEOUT_S)
 
 
 async def wait_until_serving(running: Gateway) -> None:

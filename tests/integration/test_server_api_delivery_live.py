@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,11 +14,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import ClientResponse, web
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from livekit import api
 
-from devtools.livekit_server import ServerInfo
+from devtools.livekit_server import ServerInfo, free_tcp_port
 from imaginex_context_plugin._livekit.send_data import DataSender
 from imaginex_context_plugin.errors import BackendError, ErrorCode
 from imaginex_context_plugin.gateway import ApiSecrets, LiveKitBackend, LiveKitSettings, create_app
@@ -33,20 +32,23 @@ from imaginex_context_plugin.replies import (
     reply_signature,
 )
 from tests.helpers import wait_until
-from tests.integration.live import AGENT_IDENTITY, LiveAgent, live_agent, room_name
+from tests.integration.live import (
+    AGENT_IDENTITY,
+    LiveAgent,
+    agents_found,
+    assert_no_room_joined,
+    live_agent,
+    room_name,
+    serve,
+    speak_repeat_and_add_context,
+    stream_a_call_to_its_end,
+)
 
 API_SECRET = "integration-gateway-secret"
 SIGNING = "integration-server-api-signing-secret"
 WAIT_S = 15.0
 
 Client = TestClient[web.Request, web.Application]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager
@@ -56,7 +58,7 @@ async def server_api_gateway(
     """A gateway delivering through the server API, served on 127.0.0.1 at its public URL
     (``options`` go to ``ServerApiBackend``)."""
     settings = LiveKitSettings(url=lk.url, api_key=lk.api_key, api_secret=lk.api_secret)
-    port = _free_port()
+    port = free_tcp_port()
     backend = ServerApiBackend(
         LiveKitBackend(settings),
         settings,
@@ -65,25 +67,8 @@ async def server_api_gateway(
         **options,
     )
     app = create_app(backend, ApiSecrets(secret=API_SECRET), signing_secret=SIGNING)
-    client: Client = TestClient(TestServer(app, host="127.0.0.1", port=port))
-    await client.start_server()
-    try:
+    async with serve(app, port=port) as client:
         yield client, backend
-    finally:
-        await client.close()
-
-
-async def _identities(lk: ServerInfo, room: str) -> set[str]:
-    async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
-        listing = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-    return {p.identity for p in listing.participants}
-
-
-async def _found(backend: ServerApiBackend, code: str, rooms: int) -> None:
-    async def listed() -> bool:
-        return len(await backend.find_agents(code, room_id=None)) == rooms
-
-    await wait_until(listed, "the agents' code attribute to reach RoomService", timeout=WAIT_S)
 
 
 async def test_speak_and_add_context_reach_every_room_without_joining_one(
@@ -103,49 +88,17 @@ async def test_speak_and_add_context_reach_every_room_without_joining_one(
             )
             for _ in range(2)
         ]
-        await _found(backend, code, 2)
+        await agents_found(backend, code, 2)
 
-        headers = {"api-secret": API_SECRET, "Idempotency-Key": f"sa-{uuid.uuid4().hex}"}
-        response = await client.post(
-            f"/v1/agent/{code}/speak", json={"message": "Hello by SendData."}, headers=headers
+        await speak_repeat_and_add_context(
+            client, replica, code, agents, "Hello by SendData.", api_secret=API_SECRET
         )
-        payload = await response.json()
-        assert response.status == 200, payload
-        assert payload["data"]["delivered_to_rooms"] == 2
-        assert sorted(r["room"] for r in payload["data"]["rooms"]) == sorted(
-            a.room_name for a in agents
-        )
-        assert all(r["duplicate"] is False for r in payload["data"]["rooms"])
-        for agent in agents:
-            await wait_until(lambda a=agent: a.said() == ["Hello by SendData."], "spoken")
 
-        # the same Idempotency-Key through another gateway (which has no record of it): the
-        # agents answer from their dedup memory, by the signed sender, and speak nothing again
-        response = await replica.post(
-            f"/v1/agent/{code}/speak", json={"message": "Hello by SendData."}, headers=headers
+        await assert_no_room_joined(
+            livekit,
+            agents,
+            [lambda: backend.pooled_rooms, lambda: replica_backend.pooled_rooms],
         )
-        again = await response.json()
-        assert response.status == 200, again
-        assert again["data"]["delivered_to_rooms"] == 2
-        assert all(r["duplicate"] is True for r in again["data"]["rooms"])
-
-        response = await client.post(
-            f"/v1/agent/{code}/add-context",
-            json={"context": "The customer is on the gold plan."},
-            headers={"api-secret": API_SECRET},
-        )
-        added = await response.json()
-        assert response.status == 200, added
-        assert added["data"]["delivered_to_rooms"] == 2
-        for agent in agents:
-            assert agent.said() == ["Hello by SendData."]
-            assert len(agent.plugin.context_store) == 1
-
-        # no room connection: nothing pooled, and no gateway participant in any room
-        assert backend.pooled_rooms == []
-        assert replica_backend.pooled_rooms == []
-        for agent in agents:
-            assert await _identities(livekit, agent.room_name) == {agent.identity}
         assert backend.reply_inbox.accepted == 4
         assert replica_backend.reply_inbox.accepted == 2
 
@@ -165,7 +118,7 @@ async def test_forged_replies_are_refused_and_a_disallowed_reply_url_is_never_ca
             reply_urls=["http://127.0.0.1:1/v1/internal/"],
         ) as agent,
     ):
-        await _found(backend, code, 1)
+        await agents_found(backend, code, 1)
         request_id = f"sb-{uuid.uuid4().hex}"
         headers = {"api-secret": API_SECRET, "Idempotency-Key": request_id}
         started = time.monotonic()
@@ -203,19 +156,6 @@ async def test_forged_replies_are_refused_and_a_disallowed_reply_url_is_never_ca
         assert backend.reply_inbox.refused == 2
 
 
-async def _read_events(response: ClientResponse) -> list[tuple[str, dict[str, Any]]]:
-    """The stream's ``event:`` / ``data:`` pairs, until the server ends it."""
-    events: list[tuple[str, dict[str, Any]]] = []
-    kind = ""
-    async for raw in response.content:
-        line = raw.decode().rstrip("\n")
-        if line.startswith("event: "):
-            kind = line[len("event: ") :]
-        elif line.startswith("data: "):
-            events.append((kind, json.loads(line[len("data: ") :])))
-    return events
-
-
 async def test_the_events_stream_still_works_and_is_the_only_room_held(
     livekit: ServerInfo,
 ) -> None:
@@ -229,38 +169,15 @@ async def test_the_events_stream_still_works_and_is_the_only_room_held(
             # subscribe and end_call are sensitive: granted to the gateway's signed sender
             permissions={"imaginex-gateway": {"*"}},
         ) as agent:
-            await _found(backend, code, 1)
-            headers = {"api-secret": API_SECRET}
-            response = await client.get(
-                f"/v1/agent/{code}/events",
-                params={"room_id": agent.room_name, "events": "agent_state"},
-                headers=headers,
+            await agents_found(backend, code, 1)
+            await stream_a_call_to_its_end(
+                client,
+                code,
+                agent,
+                api_secret=API_SECRET,
+                pooled_rooms=lambda: backend.pooled_rooms,
             )
-            assert response.status == 200, await response.text()
-            reader = asyncio.ensure_future(_read_events(response))
-            # the stream holds its room; delivering joins nothing more
-            assert backend.pooled_rooms == [agent.room_name]
-
-            spoken = await client.post(
-                f"/v1/agent/{code}/speak",
-                json={"message": "Your table is booked.", "room_id": agent.room_name},
-                headers=headers,
-            )
-            assert spoken.status == 200, await spoken.text()
-            await wait_until(lambda: agent.said() == ["Your table is booked."])
-            ended = await client.post(
-                f"/v1/agent/{code}/end-call",
-                json={"reason": "Booked", "room_id": agent.room_name},
-                headers=headers,
-            )
-            assert ended.status == 200, await ended.text()
-            events = await asyncio.wait_for(reader, WAIT_S)
-            response.release()
         assert backend.reply_inbox.accepted == 2  # speak and end_call came back over HTTP
-
-    kinds = [kind for kind, _ in events]
-    assert kinds[-1] == "call_ended"
-    assert ("agent_state", "speaking") in [(k, e.get("new_state")) for k, e in events]
 
 
 async def test_a_message_that_found_no_agent_is_sent_again_until_it_joins(
@@ -419,7 +336,7 @@ async def test_replicas_behind_one_url_hand_each_other_the_agents_replies(
     settings = LiveKitSettings(
         url=livekit.url, api_key=livekit.api_key, api_secret=livekit.api_secret
     )
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_tcp_port(), free_tcp_port()
     balanced = f"http://127.0.0.1:{port_b}"  # every agent's reply lands on replica B
     async with contextlib.AsyncExitStack() as stack:
         clients: list[Client] = []
@@ -446,7 +363,7 @@ async def test_replicas_behind_one_url_hand_each_other_the_agents_replies(
                 livekit, agent_code=code, secret=SIGNING, reply_urls=[f"{balanced}/v1/internal/"]
             )
         )
-        await _found(backends[0], code, 1)
+        await agents_found(backends[0], code, 1)
 
         response = await clients[0].post(
             f"/v1/agent/{code}/speak",

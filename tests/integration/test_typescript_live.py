@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.agent_worker import WorkerError, WorkerProcess, agent_worker
+from devtools.agent_worker import WorkerProcess
 from devtools.agent_worker import dispatched_room as agent_dispatched_room
 from devtools.livekit_server import ServerInfo
 from devtools.netns import STATE_ENV
@@ -29,7 +29,7 @@ from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE
 from imaginex_context_plugin.gateway import DEFAULT_GATEWAY_IDENTITY
 from tests.helpers import wait_until
 from tests.integration.browser_worker import AGENT_CODE, AGENT_NAME, BROWSER, DOCS_READER
-from tests.integration.live import live_agent, participant_token
+from tests.integration.live import live_agent, module_worker, participant_token
 from tests.integration.test_gateway_process_live import SECRET as GATEWAY_SECRET
 from tests.integration.test_gateway_process_live import gateway_process, wait_until_serving
 from tests.typescript import (
@@ -49,12 +49,7 @@ WORKER_FILE = "tests/integration/browser_worker.py"
 def browser_worker(
     livekit: ServerInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
-    log_path = tmp_path_factory.mktemp("browser-worker") / "worker.log"
-    try:
-        with agent_worker(livekit, WORKER_FILE, log_path) as worker:
-            yield worker
-    except WorkerError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    yield from module_worker(livekit, tmp_path_factory, WORKER_FILE, "browser-worker")
 
 
 def dispatched_room(lk: ServerInfo, prefix: str) -> contextlib.AbstractAsyncContextManager[str]:

@@ -27,7 +27,9 @@ from pathlib import Path
 import pytest
 from livekit import api, rtc
 
+from devtools.agent_worker import livekit_env
 from devtools.livekit_server import ROOT, ServerInfo
+from devtools.processes import stop_process
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient
 from tests.helpers import wait_until
 from tests.integration.live import participant_token, room_name
@@ -68,28 +70,8 @@ class Worker:
 
     def stop(self) -> None:
         """SIGTERM to the worker (it closes its job processes), SIGKILL to the whole group."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=STOP_TIMEOUT_S)
         # its job and forkserver processes are in its group: none may outlive it
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-
-def livekit_env(lk: ServerInfo) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "LIVEKIT_URL": lk.url,
-        "LIVEKIT_API_KEY": lk.api_key,
-        "LIVEKIT_API_SECRET": lk.api_secret,
-    }
-    env.pop("PYTHONWARNINGS", None)
-    return env
+        stop_process(self.process, timeout=STOP_TIMEOUT_S, reap_group=True)
 
 
 @contextlib.contextmanager

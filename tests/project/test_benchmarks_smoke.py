@@ -150,7 +150,7 @@ async def test_run_all_quick_sizes_run() -> None:
         "subscribers": {"events": 300},
         "v1.3 cost": {"rounds": 1, "messages": 40, "burst": 10},
     }
-    # the live benchmarks need a LiveKit server: tests/integration/test_bench_live_smoke.py
+    # the live benchmarks need a LiveKit server: tests/integration/test_live_bench_smoke.py
     # (and the directory's and the avatar's own smoke tests), and a two-node cluster:
     # tests/integration/test_fanout_bench_smoke.py
     results = await run_all.run_all(sizes)

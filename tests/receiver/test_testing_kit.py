@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from livekit.agents import Agent
+from livekit.agents import Agent, function_tool, llm
 
 import imaginex_context_plugin.testing as kit
 
@@ -60,3 +60,32 @@ async def test_an_offline_room_reports_its_name_and_never_connects() -> None:
     room = kit.OfflineRoom("customer_session_1")
     assert room.name == "customer_session_1"
     assert not room.isconnected()
+
+
+async def test_a_scripted_tool_call_runs_the_agents_tool_and_the_next_reply_sees_its_output() -> (
+    None
+):
+    looked_up: list[str] = []
+
+    class ShopAgent(Agent):
+        def __init__(self) -> None:
+            super().__init__(instructions="You are a support agent.")
+
+        @function_tool
+        async def lookup_order(self, order_id: str) -> str:
+            """Look an order up by its number."""
+            looked_up.append(order_id)
+            return f"order {order_id} shipped"
+
+    call = llm.FunctionToolCall(name="lookup_order", arguments='{"order_id": "42"}', call_id="c1")
+    model = kit.ScriptedLLM([call], default_reply="It shipped.")
+    session = await kit.start_session(ShopAgent(), llm_model=model, text_only=True)
+    try:
+        await session.generate_reply(user_input="Where is order 42?")
+    finally:
+        await session.aclose()
+    assert looked_up == ["42"]
+    assert len(model.calls) == 2
+    last = model.calls[1].items[-1]
+    assert isinstance(last, llm.FunctionCallOutput)
+    assert last.output == "order 42 shipped"

@@ -24,7 +24,7 @@ from .body import BodyReader
 from .fanout import FanOut, RoomOutcome
 from .gatekeeper import Admission, Gatekeeper
 from .idempotency import RETRY_MAY_CHANGE, IdempotencyKeys, Lease, replayed, to_store
-from .messages import MessageWriter, Outgoing
+from .messages import Endpoint, MessageWriter, Outgoing
 from .openapi import build_openapi
 from .responses import answer
 
@@ -95,31 +95,31 @@ class GatewayRoutes:
         return web.Response(body=self._openapi, content_type="application/json")
 
     async def speak(self, request: web.Request) -> web.Response:
-        agent_code = request.match_info["agent_code"]
-        await self._admission.admit(request, agent_code)
-        body = await self._bodies.read(request, SpeakBody)
-        outgoing = Outgoing("speak", body.fields(), "message", body.message)
-        return await self._send(request, agent_code, outgoing, body.room_id)
+        return await self._handle(request, "speak", SpeakBody)
 
     async def add_context(self, request: web.Request) -> web.Response:
-        agent_code = request.match_info["agent_code"]
-        await self._admission.admit(request, agent_code)
-        body = await self._bodies.read(request, AddContextBody)
-        outgoing = Outgoing("add-context", body.fields(), "context", body.context)
-        return await self._send(request, agent_code, outgoing, body.room_id)
+        return await self._handle(request, "add-context", AddContextBody)
 
     def control(self, model: type[ControlBody]) -> Callable[[web.Request], Awaitable[web.Response]]:
         """The handler of one call-control endpoint (end-call, interrupt, ...): the same steps."""
         endpoint = CONTROL_BODIES[model]
 
         async def handle(request: web.Request) -> web.Response:
-            agent_code = request.match_info["agent_code"]
-            await self._admission.admit(request, agent_code)
-            body = await self._bodies.read(request, model)
-            outgoing = Outgoing(endpoint, body.fields(), body.text_field, body.long_text())
-            return await self._send(request, agent_code, outgoing, body.room_id)
+            return await self._handle(request, endpoint, model)
 
         return handle
+
+    async def _handle(
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        model: type[SpeakBody | AddContextBody | ControlBody],
+    ) -> web.Response:
+        agent_code = request.match_info["agent_code"]
+        await self._admission.admit(request, agent_code)
+        body = await self._bodies.read(request, model)
+        outgoing = Outgoing(endpoint, body.fields(), body.text_field, body.long_text())
+        return await self._send(request, agent_code, outgoing, body.room_id)
 
     async def _send(
         self, request: web.Request, agent_code: str, outgoing: Outgoing, room_id: str | None

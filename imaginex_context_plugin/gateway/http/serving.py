@@ -71,22 +71,24 @@ class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic 
 _PROTOCOL_LOG: Final = _ProtocolLog(logging.getLogger("aiohttp.server"), {})
 
 
+def _guard_of(request: web.Request) -> _GuardedConnection | None:
+    # None for an app served some other way (tests' TestServer): nothing is timed there
+    guards = request.app.get(_GUARDS_KEY)
+    return None if guards is None else guards.get(request.protocol)
+
+
 def request_started(request: web.Request) -> None:
     """Called by the middleware once a request's headers are in: stop the header clock."""
-    guards = request.app.get(_GUARDS_KEY)
-    if guards is not None:
-        guard = guards.get(request.protocol)
-        if guard is not None:
-            guard.disarm()
+    guard = _guard_of(request)
+    if guard is not None:
+        guard.disarm()
 
 
 def request_finished(request: web.Request) -> None:
     """Called by the middleware when the handler is done: the next headers are due in time."""
-    guards = request.app.get(_GUARDS_KEY)
-    if guards is not None:
-        guard = guards.get(request.protocol)
-        if guard is not None:
-            guard.arm()
+    guard = _guard_of(request)
+    if guard is not None:
+        guard.arm()
 
 
 @dataclass(eq=False)
