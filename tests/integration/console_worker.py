@@ -37,6 +37,7 @@ from tests.fakes.stt import ScriptedSTT, SilentAudioInput
 
 AGENT_NAME: Final = "console-agent"
 AGENT_CODE: Final = "SUPPORT01"
+EVENT_BUFFER: Final = 12
 ORDER: Final = re.compile(r"order\s*#?\s*(\d+)", re.IGNORECASE)
 
 
@@ -96,7 +97,11 @@ async def entrypoint(ctx: JobContext) -> None:
     )
     gateway = DEFAULT_GATEWAY_IDENTITY
     await ContextPlugin(
-        agent_code=AGENT_CODE, allowed_identities=[gateway], permissions={gateway: {"*"}}
+        agent_code=AGENT_CODE,
+        allowed_identities=[gateway],
+        permissions={gateway: {"*"}},
+        # small, so that the console's live test can reach back past it (events_lost)
+        event_buffer=EVENT_BUFFER,
     ).start(session, ctx.room)
     await session.start(
         agent=SupportAgent(),

@@ -7,8 +7,15 @@
  * newest are read on opening (get-history), the rest come from the events stream
  * (`conversation_item`, and interim user text as a live line). State and context are read
  * (get-state) on opening, after each control and every few seconds.
+ *
+ * v1.3: a broken events stream is opened again with the last `seq` seen (`Last-Event-ID`), so
+ * the gateway sends what was missed first; an event whose `seq` was already drawn is skipped.
+ * When the agent no longer holds what was missed, `events_lost` says so (a visible note) and
+ * the `snapshot` after it rebuilds the view. `context_used` marks an entry with the reply that
+ * carried it; `context_dropped` takes an entry away with its reason; `speech_failed` says why a
+ * speech did not play.
  */
-import type { AgentStateInfo, ContextEntryInfo, HistoryItem, IOState, SessionEvent, SpeechFailedEvent, SpeechFinishedEvent, SpeechStartedEvent } from "../../src/generated/wire.js";
+import type { AgentStateInfo, ContextDroppedEvent, ContextEntryInfo, ContextUsedEvent, HistoryItem, IOState, SessionEvent, SnapshotEvent, SpeechEvent, SpeechFailedEvent } from "../../src/generated/wire.js";
 import { Activity } from "./activity.js";
 import { type CallInfo, type ConsoleApi, GatewayError } from "./api.js";
 import { type CallTarget, contextForm, instructionsForm, send, speakForm, userMessageForm } from "./controls.js";
@@ -20,15 +27,28 @@ const STATE_EVERY_MS = 5_000;
 const HISTORY_LIMIT = 100;
 const RECONNECT_MS = [250, 500, 1_000, 2_000, 5_000];
 
-type StreamEvent = SessionEvent | SpeechStartedEvent | SpeechFinishedEvent | SpeechFailedEvent;
+/** Speeches that did not play stay in the pending list this long, with their reason. */
+const FAILED_SHOWN_MS = 30_000;
+/** Context entries dropped before any reply used them, listed with their reason (the newest). */
+const DROPPED_SHOWN = 5;
 
-/** How a speech_failed reason reads in the activity log. */
-const FAILED: Record<string, string> = {
-  not_started: "did not start in time",
+type StreamEvent = SessionEvent | SpeechEvent;
+
+const SPEECH_FAILED: Record<SpeechFailedEvent["reason"], string> = {
+  not_started: "it did not start in time, so it was cancelled (it never plays late)",
   tts_error: "the TTS failed",
-  llm_error: "the model failed",
+  llm_error: "the model failed to phrase a reply",
+  session_closed: "the session closed first",
+  cancelled: "cancelled before it played",
+  avatar_left: "the avatar left the room",
+};
+
+const CONTEXT_DROPPED: Record<ContextDroppedEvent["reason"], string> = {
+  removed: "removed",
+  replaced: "replaced by a newer entry with the same key",
+  expired: "its time ran out",
+  evicted: "evicted to keep within the context budget",
   session_closed: "the session closed",
-  avatar_left: "the avatar left",
 };
 
 interface OwnSpeech {
@@ -63,6 +83,15 @@ export class CallView {
   private readonly endDialog: HTMLDialogElement;
   private readonly contextTexts = new Map<string, string>();
   private readonly ownSpeeches = new Map<string, OwnSpeech>();
+  private readonly failedSpeeches: HTMLLIElement[] = [];
+  /** context_used per entry version (`versionOf`): when, and which model request. */
+  private readonly contextUsed = new Map<string, ContextUsedEvent>();
+  /** Entry versions a context_dropped took away (a get-state answer already on its way may still list them). */
+  private readonly contextDropped = new Set<string>();
+  private readonly droppedList = h("ul", { class: "context-dropped-list", attrs: { "aria-label": "Context entries dropped before any reply used them" } });
+  private context: { entries: ContextEntryInfo[]; chars: number; total: number | undefined } = { entries: [], chars: 0, total: undefined };
+  /** The `seq` of the newest event drawn: the stream resumes after it; null before any (or from an agent older than v1.3). */
+  private lastSeq: number | null = null;
   private interim: HTMLLIElement | null = null;
   private state: AgentStateInfo | null = null;
   private io: IOState = { agent_audio: true, user_audio: true, transcription: true };
@@ -154,7 +183,7 @@ export class CallView {
         h(
           "aside",
           { class: "call-side" },
-          h("section", { class: "panel", attrs: { "aria-labelledby": "context-title" } }, h("h3", { id: "context-title", text: "Context the agent holds" }), this.contextSummary, this.contextList),
+          h("section", { class: "panel", attrs: { "aria-labelledby": "context-title" } }, h("h3", { id: "context-title", text: "Context the agent holds" }), this.contextSummary, this.contextList, this.droppedList),
           h("section", { class: "panel", attrs: { "aria-labelledby": "pending-title" } }, h("h3", { id: "pending-title", text: "Pending speeches" }), this.pendingSummary, this.pendingList),
           h("section", { class: "panel activity", attrs: { "aria-labelledby": "activity-title" } }, h("h3", { id: "activity-title", text: "Activity" }), this.activity.element),
         ),
@@ -217,14 +246,24 @@ export class CallView {
     let first = true;
     while (!this.abort.signal.aborted && !this.ended) {
       try {
-        if (!first) await this.loadHistory(); // whatever was said while the stream was down
+        // an agent older than v1.3 sends no seq to resume after: read what was said meanwhile
+        if (!first && this.lastSeq === null) await this.loadHistory();
         first = false;
         this.streamPill.set("connecting");
+        const resumedAfter = this.lastSeq;
         const opened = () => {
+          if (failures > 0 && resumedAfter !== null) this.activity.notice(`The events stream is back: resumed after event ${resumedAfter}`);
           failures = 0;
           this.streamPill.set("live");
         };
-        const events = this.api.gateway.events(this.call.agent_code, { roomId: this.call.room, interim: true, playout: true, onOpen: opened, signal: this.abort.signal });
+        const events = this.api.gateway.events(this.call.agent_code, {
+          roomId: this.call.room,
+          interim: true,
+          playout: true,
+          onOpen: opened,
+          signal: this.abort.signal,
+          ...(resumedAfter === null ? {} : { lastEventId: resumedAfter }),
+        });
         for await (const event of events) this.onEvent(event as StreamEvent);
         if (!this.ended) this.markEnded("the agent left the room");
         return;
@@ -245,7 +284,25 @@ export class CallView {
   }
 
   private onEvent(event: StreamEvent): void {
-    if ("dropped" in event && event.dropped) this.activity.notice(`${event.dropped} events were lost (the console fell behind)`, "error");
+    if (event.type === "events_lost") {
+      this.onEventsLost(event.from_seq, event.to_seq, event.timestamp);
+      return;
+    }
+    if (event.type === "snapshot") {
+      this.onSnapshot(event);
+      return;
+    }
+    if (typeof event.seq === "number") {
+      if (this.lastSeq !== null && event.seq <= this.lastSeq) return; // drawn already: never twice
+      this.lastSeq = event.seq;
+      this.element.dataset["seq"] = String(event.seq);
+    }
+    if (event.dropped) {
+      // the console read too slowly and the gateway's buffer moved on: read what it missed
+      this.activity.notice(`${event.dropped} events were lost (the console fell behind); reading the history again`, "error");
+      void this.loadHistory();
+      this.refreshStateSoon();
+    }
     switch (event.type) {
       case "user_transcript":
         if (event.final) this.showInterim(event.text, event.timestamp, true);
@@ -277,19 +334,103 @@ export class CallView {
         this.onPlayout(event.id, `${how}${played}`, true);
         break;
       }
-      case "speech_failed": {
-        // a v1.3 agent's other terminal event (the gateway's feed gets every speech's, v1.3 form)
-        const how = event.reason === "cancelled" ? "■ cancelled" : `■ failed (${FAILED[event.reason] ?? event.reason})`;
-        const played = event.played_s === undefined ? "" : ` after ${event.played_s.toFixed(1)} s`;
-        this.onPlayout(event.id, `${how}${played}`, true);
+      case "speech_failed":
+        this.onSpeechFailed(event);
         break;
-      }
+      case "context_used":
+        this.onContextUsed(event);
+        break;
+      case "context_dropped":
+        this.onContextDropped(event);
+        break;
       case "call_ended":
         this.markEnded(event.reason);
         break;
       default:
         break;
     }
+  }
+
+  /** The agent no longer holds what the stream missed: say so where the lines went missing. */
+  private onEventsLost(from: number, to: number, timestamp: string): void {
+    const what = from === to ? `Event ${from} was` : `Events ${from} to ${to} were`;
+    const text = `${what} lost while the console was away; the view was rebuilt from the agent's snapshot`;
+    this.activity.notice(text, "error");
+    this.addLine(`lost-${from}-${to}`, "system", text, timestamp);
+    this.lines.get(`lost-${from}-${to}`)?.classList.add("lost");
+  }
+
+  /** Where the call stands after events were lost: its last items, its state, what is pending. */
+  private onSnapshot(snapshot: SnapshotEvent): void {
+    this.lastSeq = snapshot.seq ?? this.lastSeq;
+    if (this.lastSeq !== null) this.element.dataset["seq"] = String(this.lastSeq);
+    for (const item of snapshot.items) {
+      if (item.role === "user" || item.role === "assistant") this.addLine(item.id, item.role, item.text, item.created_at, item.interrupted);
+    }
+    if (snapshot.items_truncated) this.activity.notice("The snapshot holds the newest lines only: earlier ones may be missing", "error");
+    const pending = new Set(snapshot.pending_speeches.map((speech) => speech.request_id));
+    for (const [id, own] of this.ownSpeeches) {
+      // acknowledged, and no longer queued or playing: it ended while the console was away
+      if (!pending.has(id) && this.activity.find(id)?.outcome === "ok") {
+        this.activity.find(id)?.note("■ ended while the console was away");
+        this.ownSpeeches.delete(id);
+        own.element.remove();
+      }
+    }
+    this.showState(snapshot.state);
+  }
+
+  private onSpeechFailed(event: SpeechFailedEvent): void {
+    const why = SPEECH_FAILED[event.reason] ?? event.reason;
+    const played = event.played_s === undefined ? "" : ` after ${event.played_s.toFixed(1)} s`;
+    const text = `✗ did not play${event.started ? " to the end" : ""}: ${why}${played}`;
+    const entry = this.activity.find(event.id);
+    if (entry) entry.note(text, "failed");
+    else this.activity.notice(`A speech ${text.slice(2)}`, "error");
+    const own = event.id ? this.ownSpeeches.get(event.id) : undefined;
+    if (own && event.id) {
+      this.ownSpeeches.delete(event.id);
+      const element = h(
+        "li",
+        { class: "pending-speech failed", attrs: { "data-reason": event.reason } },
+        h("p", { text: own.text }),
+        h("span", { class: "tag", text: `did not play: ${event.reason.replace("_", " ")}`, attrs: { title: why } }),
+      );
+      this.failedSpeeches.unshift(element);
+      this.failedSpeeches.splice(5);
+      setTimeout(() => {
+        const at = this.failedSpeeches.indexOf(element);
+        if (at >= 0) this.failedSpeeches.splice(at, 1);
+        this.renderPending();
+      }, FAILED_SHOWN_MS);
+      this.renderPending();
+    }
+    this.refreshStateSoon();
+  }
+
+  private onContextUsed(event: ContextUsedEvent): void {
+    if (this.contextUsed.has(versionOf(event))) return;
+    this.contextUsed.set(versionOf(event), event);
+    this.activity.find(event.request_id)?.note(`✓ ${usedText(event)}`);
+    this.renderContext();
+  }
+
+  private onContextDropped(event: ContextDroppedEvent): void {
+    this.contextDropped.add(versionOf(event));
+    const why = CONTEXT_DROPPED[event.reason] ?? event.reason;
+    this.activity.find(event.request_id)?.note(`■ dropped before any reply used it: ${why}`, "failed");
+    const at = new Date(event.timestamp);
+    const element = h(
+      "li",
+      { class: "context-dropped", attrs: { "data-entry-id": event.entry_id, "data-request-id": event.request_id, "data-reason": event.reason } },
+      h("code", { text: event.key ?? event.entry_id }),
+      h("span", { text: ` dropped: ${why} · ` }),
+      h("time", { attrs: { datetime: at.toISOString() }, text: clock(at) }),
+    );
+    this.droppedList.prepend(element);
+    while (this.droppedList.children.length > DROPPED_SHOWN) this.droppedList.lastElementChild?.remove();
+    this.renderContext();
+    this.refreshStateSoon();
   }
 
   private onPlayout(requestId: string | null, text: string, done: boolean): void {
@@ -407,7 +548,8 @@ export class CallView {
       setSwitch(this.voiceButton, !state.io.agent_audio, state.io.agent_audio ? "Mute the agent" : "Unmute the agent");
       setSwitch(this.listenButton, !state.io.user_audio, state.io.user_audio ? "Stop it listening" : "Let it listen");
     }
-    this.renderContext(state.context_entries, state.context_chars, state.context_entries_total);
+    this.context = { entries: state.context_entries, chars: state.context_chars, total: state.context_entries_total };
+    this.renderContext();
     if (!state.pending_speeches.length) {
       for (const [id, own] of this.ownSpeeches) if (own.started) this.ownSpeeches.delete(id);
     }
@@ -415,14 +557,18 @@ export class CallView {
     if (firstTime) void this.loadHistory();
   }
 
-  private renderContext(entries: ContextEntryInfo[], chars: number, total?: number): void {
-    const count = total ?? entries.length;
+  private renderContext(): void {
+    const { chars, total } = this.context;
+    // what a context_dropped took away goes now, before the next get-state says so
+    const entries = this.context.entries.filter((entry) => !this.contextDropped.has(versionOf(entry)));
+    const count = Math.max(entries.length, (total ?? 0) - (this.context.entries.length - entries.length));
     this.contextSummary.textContent = count ? `${count} ${count === 1 ? "entry" : "entries"}, ${chars} characters` : "None: the agent holds no context from senders.";
     fill(
       this.contextList,
       ...entries.map((entry) => {
         const text = this.contextTexts.get(entry.key ?? entry.request_id ?? "");
         const name = entry.key ?? entry.entry_id;
+        const used = this.contextUsed.get(versionOf(entry));
         const remove = entry.key
           ? h("button", {
               class: "small secondary",
@@ -434,10 +580,11 @@ export class CallView {
         const expires = entry.expires_in_s === null ? "" : ` · expires in ${Math.ceil(entry.expires_in_s)} s`;
         return h(
           "li",
-          { class: "context-entry" },
+          { class: `context-entry${used ? " used" : ""}`, attrs: { "data-entry-id": entry.entry_id, "data-request-id": entry.request_id } },
           h("div", { class: "entry-line" }, h("code", { text: name }), remove),
           h("p", { class: "context-meta", text: `${entry.role} · ${entry.chars} chars · ${entry.scope === "next_turn" ? "next turn only" : "persistent"}${expires}` }),
           text ? h("p", { class: "context-text", text }) : null,
+          used ? h("p", { class: "context-used" }, `✓ ${usedText(used)} · `, h("time", { attrs: { datetime: used.timestamp }, text: clock(new Date(used.timestamp)) })) : null,
         );
       }),
     );
@@ -462,7 +609,7 @@ export class CallView {
   private renderPending(): void {
     const pending = this.state?.pending_speeches_total ?? this.state?.pending_speeches.length ?? 0;
     this.pendingSummary.textContent = pending ? `${pending} queued or playing in the agent` : "Nothing queued or playing.";
-    fill(this.pendingList, ...[...this.ownSpeeches.values()].map((own) => own.element));
+    fill(this.pendingList, ...[...this.ownSpeeches.values()].map((own) => own.element), ...this.failedSpeeches);
   }
 
   /** Flip one of the agent's switches (its voice, its listening). */
@@ -556,6 +703,19 @@ export class CallView {
     }
     return false;
   }
+}
+
+/**
+ * One version of a context entry: a keyed entry keeps its entry id when a later add_context
+ * replaces it, and the request that added it tells the versions apart.
+ */
+function versionOf(entry: { entry_id: string; request_id: string | null }): string {
+  return `${entry.entry_id} ${entry.request_id ?? ""}`;
+}
+
+/** What a context_used says: which model request carried the entry. */
+function usedText(event: ContextUsedEvent): string {
+  return `used in a reply (${event.llm_call.realtime ? "realtime model, " : ""}model request ${event.llm_call.index})`;
 }
 
 function pill(label: string): { element: HTMLElement; set(value: string): void } {

@@ -5,6 +5,7 @@
 // caller says something to the agent; /room: who is in a room and what they publish).
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
+import { connect, createServer as createTcpServer } from "node:net";
 import { after, before, test } from "node:test";
 import { chromium } from "playwright-core";
 import { CHROMIUM_ARGS } from "../../test/browser/harness.mjs";
@@ -83,6 +84,7 @@ const transcript = () => page.locator(".transcript-lines");
 const callItem = (room) => page.locator(`.call-item[data-room="${room}"]`);
 
 async function shot(name) {
+  await page.evaluate(() => window.scrollTo(0, 0)); // the header in view, however tall the page grew
   await page.screenshot({ path: `${SCREENSHOTS}/${name}`, fullPage: false });
 }
 
@@ -194,25 +196,280 @@ test("speak: its ack, then the playout events, then the line in the transcript",
   await transcript().locator(".line.assistant", { hasText: "refund for order 3920" }).waitFor();
 });
 
-test("add_context shows up in the context panel; remove takes it away", async () => {
+test("add_context shows up in the context panel; replaced and removed entries go with their reason; a reply marks the entry it used", async () => {
   await tab("Context");
-  await page.getByRole("textbox", { name: "Context", exact: true }).fill("VIP customer since 2019: offer free express shipping on any reorder.");
-  await page.getByRole("textbox", { name: "Key (optional)", exact: true }).fill("vip");
-  await page.getByRole("button", { name: "Add context" }).click();
-  await entry("Add context").locator(".status", { hasText: "✓ Context added successfully" }).waitFor();
+  const addContext = async (key, text) => {
+    await page.getByRole("textbox", { name: "Context", exact: true }).fill(text);
+    await page.getByRole("textbox", { name: "Key (optional)", exact: true }).fill(key);
+    await page.getByRole("button", { name: "Add context" }).click();
+    await entry("Add context").locator(".status", { hasText: "✓ Context added successfully" }).waitFor();
+  };
+  await addContext("vip", "VIP customer since 2019: offer a 10% discount on any reorder.");
+  const [first] = (await agentState(CODE_A, ROOM_1, SECRET_A)).context_entries;
+  assert.equal(first.key, "vip");
+  // a keyed entry keeps its entry id when replaced: the request that added it names the version
+  const firstEntry = page.locator(`.context-entry[data-request-id="${first.request_id}"]`);
+  await firstEntry.waitFor();
+  // replaced before any reply used it: context_dropped{replaced} takes it away, with its reason
+  await addContext("vip", "VIP customer since 2019: offer free express shipping on any reorder.");
+  const replaced = entry("Add context").locator("xpath=following-sibling::li[1]");
+  await replaced.locator(".notes .failed", { hasText: "dropped before any reply used it: replaced by a newer entry with the same key" }).waitFor();
+  await firstEntry.waitFor({ state: "detached" });
+  await page.locator(`.context-dropped[data-request-id="${first.request_id}"][data-reason=replaced]`, { hasText: "vip dropped: replaced by a newer entry with the same key" }).waitFor();
   const vip = page.locator(".context-entry", { has: page.locator("code", { hasText: "vip" }) });
   await vip.locator(".context-text", { hasText: "free express shipping" }).waitFor();
-  assert.deepEqual((await agentState(CODE_A, ROOM_1, SECRET_A)).context_entries.map((e) => e.key), ["vip"]);
+  const [second] = (await agentState(CODE_A, ROOM_1, SECRET_A)).context_entries;
+  assert.deepEqual([second.key, second.request_id !== first.request_id], ["vip", true]);
+  await page.locator(`.context-entry[data-request-id="${second.request_id}"]`).waitFor();
 
-  await page.getByRole("textbox", { name: "Context", exact: true }).fill("Temporary note for this test.");
-  await page.getByRole("textbox", { name: "Key (optional)", exact: true }).fill("scratch");
-  await page.getByRole("button", { name: "Add context" }).click();
+  await addContext("scratch", "Temporary note for this test.");
   const scratch = page.locator(".context-entry", { has: page.locator("code", { hasText: "scratch" }) });
   await scratch.waitFor();
+  const scratchId = await scratch.getAttribute("data-request-id");
   await page.getByRole("button", { name: "Remove context scratch" }).click();
   await entry("Remove context").locator(".status", { hasText: "removed: true" }).waitFor();
   await scratch.waitFor({ state: "detached" });
+  await page.locator(`.context-dropped[data-request-id="${scratchId}"][data-reason=removed]`, { hasText: "scratch dropped: removed" }).waitFor();
   assert.deepEqual((await agentState(CODE_A, ROOM_1, SECRET_A)).context_entries.map((e) => e.key), ["vip"]);
+
+  // the agent's next reply carries the entry: context_used marks it, with the model request
+  assert.equal(await vip.locator(".context-used").count(), 0, "not used before any reply");
+  await hear(ROOM_1, "Is there anything you can do for me on a reorder?");
+  await transcript().locator(".line.assistant", { hasText: "free express shipping" }).waitFor();
+  await vip.locator(".context-used", { hasText: /✓ used in a reply \(model request \d+\)/ }).waitFor();
+  assert.match(await vip.getAttribute("class"), /\bused\b/);
+  const added = activity().locator(`.entry[data-request-id="${second.request_id}"]`);
+  await added.locator(".notes", { hasText: "✓ used in a reply" }).waitFor();
+});
+
+/**
+ * A TCP proxy in front of the gateway that can cut the page's events streams (and refuse new
+ * ones) while everything else goes through: a network blip on the stream alone. It records
+ * the request line and the Last-Event-ID of each events request.
+ */
+async function blipProxy(target) {
+  const { hostname, port } = new URL(target);
+  const sockets = new Set();
+  const requests = [];
+  let blocked = false;
+  const server = createTcpServer((client) => {
+    const upstream = connect(Number(port), hostname);
+    const pair = { client, upstream, events: false };
+    sockets.add(pair);
+    client.on("data", (chunk) => {
+      const head = chunk.toString("latin1", 0, Math.min(chunk.length, 4096));
+      const line = /^(GET|POST|PUT|DELETE|HEAD|OPTIONS) (\S+)/.exec(head);
+      if (line) {
+        pair.events = line[1] === "GET" && /\/events\?/.test(line[2]);
+        if (pair.events) {
+          requests.push({ path: line[2], lastEventId: /\r\nlast-event-id: *(\S+)/i.exec(head)?.[1] ?? null, blocked });
+          if (blocked) {
+            client.destroy();
+            upstream.destroy();
+            return;
+          }
+        }
+      }
+      upstream.write(chunk);
+    });
+    upstream.on("data", (chunk) => client.write(chunk));
+    const close = () => {
+      sockets.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const socket of [client, upstream]) {
+      socket.on("close", close);
+      socket.on("error", close);
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    requests,
+    /** Break every events stream now, and every one opened until `restore`. */
+    cut() {
+      blocked = true;
+      for (const pair of sockets) {
+        if (!pair.events) continue;
+        pair.client.destroy();
+        pair.upstream.destroy();
+      }
+    },
+    restore() {
+      blocked = false;
+    },
+    close() {
+      for (const pair of sockets) pair.client.destroy();
+      server.close();
+    },
+  };
+}
+
+async function history(code, room, secret) {
+  const response = await fetch(`${GATEWAY_URL}/v1/agent/${code}/get-history`, {
+    method: "POST",
+    headers: { "api-secret": secret, "content-type": "application/json" },
+    body: JSON.stringify({ room_id: room, limit: 200 }),
+  });
+  assert.equal(response.status, 200);
+  return (await response.json()).data.rooms[0].result.history;
+}
+
+test("a network blip on the events stream: it resumes with Last-Event-ID; every line once, in order; each playout note once", async () => {
+  const proxy = await blipProxy(GATEWAY_URL);
+  const blip = await context.newPage();
+  blip.setDefaultTimeout(WAIT_MS);
+  blip.on("pageerror", (error) => pageLines.push(`blip pageerror: ${error.message}`));
+  try {
+    await blip.goto(`${proxy.url}/console`);
+    await blip.locator(`.call-item[data-room="${ROOM_1}"]`).click();
+    const pill = blip.locator(".pill", { hasText: "Stream" }).locator("b");
+    await pill.filter({ hasText: "live" }).waitFor();
+    const lines = blip.locator(".transcript-lines");
+    const blipEntry = (detail) => blip.locator(".activity-log .entry", { has: blip.locator(".detail", { hasText: detail }) });
+    const speak = async (text) => {
+      await blip.getByRole("textbox", { name: "Message", exact: true }).fill(text);
+      await blip.getByRole("button", { name: "Speak", exact: true }).click();
+      await blipEntry(text).locator(".status", { hasText: "✓ Speech triggered successfully" }).waitFor();
+    };
+    const said = async (text, role = "assistant") =>
+      until(`the agent's history to hold "${text}"`, async () => (await history(CODE_A, ROOM_1, SECRET_A)).find((item) => item.role === role && item.text.includes(text)));
+
+    const one = "Blip line one: your parcel left the warehouse.";
+    await speak(one);
+    await blipEntry(one).locator(".notes", { hasText: "■ finished" }).waitFor();
+    await lines.locator(".line.assistant", { hasText: "Blip line one" }).waitFor();
+    const seqBefore = Number(await blip.locator("section.call").getAttribute("data-seq"));
+    assert.ok(seqBefore > 0, "the page has seen numbered (v1.3) events");
+
+    // the blip: the stream breaks, the agent keeps talking
+    proxy.cut();
+    await pill.filter({ hasText: "reconnecting" }).waitFor();
+    const two = "Blip line two: it is with the courier now.";
+    const three = "Blip line three: expect it before noon.";
+    await speak(two); // the controls still work: only the stream is down
+    await said("Blip line two");
+    await hear(ROOM_1, "Where is order 7788 right now?");
+    await said("order 7788 shipped yesterday");
+    await speak(three);
+    await said("Blip line three");
+    await until("the speech to finish", async () => (await agentState(CODE_A, ROOM_1, SECRET_A)).pending_speeches.length === 0);
+    assert.equal(await lines.locator(".line", { hasText: /Blip line two|order 7788|Blip line three/ }).count(), 0, "nothing came while the stream was down");
+
+    proxy.restore();
+    await pill.filter({ hasText: "live" }).waitFor();
+    await lines.locator(".line.assistant", { hasText: "Blip line three" }).waitFor();
+    const resumed = proxy.requests.filter((request) => !request.blocked && request.lastEventId !== null);
+    assert.ok(resumed.length >= 1, `resumed with Last-Event-ID: ${JSON.stringify(proxy.requests)}`);
+    assert.ok(Number(resumed[0].lastEventId) >= seqBefore);
+    await blip.locator(".activity-log .entry.notice", { hasText: "The events stream is back: resumed after event" }).first().waitFor();
+
+    // every line once, in the order it was said
+    const drawn = await lines.locator(".line[data-item-id]").evaluateAll((items) => items.map((item) => ({ id: item.dataset.itemId, text: item.querySelector(".said").textContent, role: item.className })));
+    const ids = drawn.map((line) => line.id);
+    assert.equal(new Set(ids).size, ids.length, `a line drawn twice: ${JSON.stringify(drawn)}`);
+    const texts = drawn.map((line) => line.text);
+    const at = (pattern) => {
+      const found = texts.flatMap((text, index) => (pattern.test(text) ? [index] : []));
+      assert.equal(found.length, 1, `${pattern} drawn ${found.length} times: ${JSON.stringify(texts)}`);
+      return found[0];
+    };
+    const order = [at(/Blip line one/), at(/Blip line two/), at(/Where is order 7788/), at(/^lookup_order completed$/) , at(/order 7788 shipped yesterday/), at(/Blip line three/)];
+    assert.deepEqual([...order].sort((a, b) => a - b), order, `out of order: ${JSON.stringify(texts)}`);
+    // what the agent holds and what the page shows: the same items, none missing
+    const held = (await history(CODE_A, ROOM_1, SECRET_A)).filter((item) => item.role === "user" || item.role === "assistant").map((item) => item.id);
+    assert.deepEqual(new Set(drawn.filter((line) => !line.id.startsWith("tool-")).map((line) => line.id)), new Set(held));
+    // the playout events of the speeches said during the blip came once each (replayed)
+    for (const text of [two, three]) {
+      const notes = await blipEntry(text).locator(".notes li").allTextContents();
+      assert.deepEqual(notes.map((note) => note.replace(/^\d\d:\d\d:\d\d/, "").replace(/ after .*/, "")), ["▶ started playing", "■ finished"], text);
+    }
+  } finally {
+    await blip.close();
+    proxy.close();
+  }
+});
+
+test("events lost for good: the page says so in red, then rebuilds from the snapshot, every line once", async () => {
+  // the blip page's stream is then the only one on ROOM_1: once it is cut, the gateway's feed
+  // closes (its next heartbeat finds the client gone) and a resume must ask the agent, whose
+  // buffer (console_worker.EVENT_BUFFER, 12 events) no longer reaches back
+  await callItem(ROOM_2).click();
+  await page.getByRole("heading", { name: ROOM_2, level: 2 }).waitFor();
+  const proxy = await blipProxy(GATEWAY_URL);
+  const blip = await context.newPage();
+  blip.setDefaultTimeout(WAIT_MS);
+  blip.on("pageerror", (error) => pageLines.push(`lost pageerror: ${error.message}`));
+  try {
+    await blip.goto(`${proxy.url}/console`);
+    await blip.locator(`.call-item[data-room="${ROOM_1}"]`).click();
+    const pill = blip.locator(".pill", { hasText: "Stream" }).locator("b");
+    await pill.filter({ hasText: "live" }).waitFor();
+    const lines = blip.locator(".transcript-lines");
+    await lines.locator(".line.assistant", { hasText: "Blip line three" }).waitFor();
+    const said = async (text, role = "assistant") =>
+      until(`the agent's history to hold "${text}"`, async () => (await history(CODE_A, ROOM_1, SECRET_A)).find((item) => item.role === role && item.text.includes(text)));
+    const speakDirect = async (message) => {
+      const response = await fetch(`${GATEWAY_URL}/v1/agent/${CODE_A}/speak`, {
+        method: "POST",
+        headers: { "api-secret": SECRET_A, "content-type": "application/json" },
+        body: JSON.stringify({ room_id: ROOM_1, message }),
+      });
+      assert.equal(response.status, 200, await response.text());
+    };
+
+    // a numbered event drawn first: the seq the page resumes after (a page that saw none reads
+    // the history again instead)
+    await speakDirect("Lost line zero: one moment please.");
+    await lines.locator(".line.assistant", { hasText: "Lost line zero" }).waitFor();
+    const seqBefore = Number(await blip.locator("section.call").getAttribute("data-seq"));
+    assert.ok(seqBefore > 0);
+    proxy.cut();
+    const cutAt = Date.now();
+    await pill.filter({ hasText: "reconnecting" }).waitFor();
+    for (const text of ["Lost line one: a new tracking number is on its way.", "Lost line two: it arrives by courier.", "Lost line three: no signature is needed."]) {
+      await speakDirect(text);
+      await said(text.slice(0, 14));
+    }
+    await hear(ROOM_1, "And order 9051, where is that one?");
+    await said("order 9051 shipped yesterday");
+    await until("the speeches to end", async () => (await agentState(CODE_A, ROOM_1, SECRET_A)).pending_speeches.length === 0);
+    // the gateway notices the cut stream when its heartbeat (15 s) finds the client gone
+    await until("the gateway's heartbeat to find the cut stream", async () => Date.now() - cutAt > 18_000, 25_000);
+    assert.equal(await lines.locator(".line", { hasText: /Lost line (one|two|three)|order 9051/ }).count(), 0, "nothing came while the stream was down");
+
+    proxy.restore();
+    await pill.filter({ hasText: "live" }).waitFor();
+    const note = lines.locator(".line.system.lost", { hasText: /lost while the console was away; the view was rebuilt from the agent's snapshot/ });
+    await note.waitFor();
+    await blip.locator(".activity-log .entry.notice.error", { hasText: "lost while the console was away" }).first().waitFor();
+    await lines.locator(".line.assistant", { hasText: "order 9051 shipped yesterday" }).waitFor();
+    const drawn = await lines.locator(".line[data-item-id]").evaluateAll((items) => items.map((item) => ({ id: item.dataset.itemId, text: item.querySelector(".said").textContent })));
+    const ids = drawn.map((line) => line.id);
+    assert.equal(new Set(ids).size, ids.length, `a line drawn twice: ${JSON.stringify(drawn)}`);
+    const texts = drawn.map((line) => line.text);
+    const at = (pattern) => {
+      const found = texts.flatMap((text, index) => (pattern.test(text) ? [index] : []));
+      assert.equal(found.length, 1, `${pattern} drawn ${found.length} times: ${JSON.stringify(texts)}`);
+      return found[0];
+    };
+    const order = [at(/Blip line three/), at(/Lost line zero/), at(/Lost line one/), at(/Lost line two/), at(/Lost line three/), at(/And order 9051/), at(/order 9051 shipped yesterday/)];
+    assert.deepEqual([...order].sort((a, b) => a - b), order, `out of order: ${JSON.stringify(texts)}`);
+    // live again after the snapshot: a new line comes once
+    await speakDirect("After the gap: anything else I can help with?");
+    await lines.locator(".line.assistant", { hasText: "After the gap" }).waitFor();
+    assert.equal(await lines.locator(".line.assistant", { hasText: "After the gap" }).count(), 1);
+    const resumed = proxy.requests.filter((request) => !request.blocked && request.lastEventId !== null);
+    assert.ok(resumed.length >= 1, `resumed with Last-Event-ID: ${JSON.stringify(proxy.requests)}`);
+    assert.ok(Number(resumed.at(-1).lastEventId) >= seqBefore);
+  } finally {
+    await blip.close();
+    proxy.close();
+    await callItem(ROOM_1).click();
+    await page.getByRole("heading", { name: ROOM_1, level: 2 }).waitFor();
+    await page.locator(".pill", { hasText: "Stream" }).locator("b", { hasText: "live" }).waitFor();
+  }
 });
 
 test("a refused action shows its error code and sentence; a queued speech can be cancelled", async () => {
@@ -235,7 +492,13 @@ test("a refused action shows its error code and sentence; a queued speech can be
   await pending.waitFor();
   await pending.getByRole("button", { name: /^Cancel the speech/ }).click();
   await entry("Cancel speech").locator(".status", { hasText: "cancelled: queued" }).waitFor();
-  await pending.waitFor({ state: "detached" });
+  // speech_failed{cancelled}: the pending list and the speak's entry say why it never played
+  const failed = page.locator(".pending-speech.failed[data-reason=cancelled]", { hasText: "never be heard" });
+  await failed.locator(".tag", { hasText: "did not play: cancelled" }).waitFor();
+  assert.equal(await failed.getByRole("button").count(), 0, "nothing left to cancel");
+  assert.equal(await page.locator(".pending-speech:not(.failed)", { hasText: "never be heard" }).count(), 0);
+  const cancelled = activity().locator(".entry", { has: page.locator(".detail", { hasText: "never be heard" }) });
+  await cancelled.locator(".notes .failed", { hasText: "✗ did not play: cancelled before it played" }).waitFor();
 });
 
 test("interrupt, mute, stop listening, instructions and a user message: each with its ack", async () => {
