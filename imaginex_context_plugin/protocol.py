@@ -1007,16 +1007,17 @@ class AgentTranscriptEvent(_SessionEvent):
     text_truncated: Omitted[Literal[True]] = None
 
 
-class AgentStateEvent(_SessionEvent):
+class _StateChangeEvent(_SessionEvent):
+    old_state: str
+    new_state: str
+
+
+class AgentStateEvent(_StateChangeEvent):
     type: Literal["agent_state"] = "agent_state"
-    old_state: str
-    new_state: str
 
 
-class UserStateEvent(_SessionEvent):
+class UserStateEvent(_StateChangeEvent):
     type: Literal["user_state"] = "user_state"
-    old_state: str
-    new_state: str
 
 
 class ConversationItemEvent(_SessionEvent):

@@ -159,6 +159,8 @@ HarnessFactory = Callable[..., Any]
 async def make_harness() -> AsyncIterator[HarnessFactory]:
     """Build a Harness; keyword arguments go to ContextPlugin (``text_only`` and ``speed`` too).
 
+    ``llm_model`` replaces the scripted model (answering ``replies``) the session runs.
+
     ``ack_transport_for`` makes the plugin's ``ack_transport`` from the agent's room (a
     transport that wraps the real one).
     """
@@ -169,13 +171,14 @@ async def make_harness() -> AsyncIterator[HarnessFactory]:
         text_only: bool = False,
         speed: float = 20.0,
         replies: list[str] | None = None,
+        llm_model: ScriptedLLM | None = None,
         agent: Agent | None = None,
         start_plugin: bool = True,
         ack_transport_for: Callable[[rtc.Room], AckTransport] | None = None,
         **plugin_kwargs: Any,
     ) -> Harness:
         network = RelayNetwork()
-        scripted = ScriptedLLM(replies or [])
+        scripted = llm_model or ScriptedLLM(replies or [])
         recording_tts = RecordingTTS()
         audio = None if text_only else RecordingAudioOutput(speed=speed)
         session = await start_session(

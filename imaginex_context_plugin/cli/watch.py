@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 import click
 
@@ -40,6 +41,8 @@ from .sender import (
     settings_from,
     with_id,
 )
+
+_Printed = TypeVar("_Printed", SuccessAck, Event)
 
 _WATCH_EPILOG: Final = """\b
 Connection: --url/--api-key/--api-secret, or LIVEKIT_URL, LIVEKIT_API_KEY,
@@ -155,10 +158,10 @@ def subscribe(
                     since_seq=since_seq,
                 ) as events,
             ):
-                _print_subscribed(events.ack, as_json)
+                _echo(events.ack, as_json, _subscribed_line)
                 last_seq[0] = events.last_seq
                 async for event in events:
-                    _print_event(event, as_json)
+                    _echo(event, as_json, _event_line)
                     last_seq[0] = events.last_seq
         except ContextError as exc:
             return report_error(exc, as_json)
@@ -174,10 +177,12 @@ def subscribe(
     ctx.exit(code)
 
 
-def _print_subscribed(ack: SuccessAck, as_json: bool) -> None:
-    if as_json:
-        click.echo(ack.model_dump_json())
-        return
+def _echo(model: _Printed, as_json: bool, line: Callable[[_Printed], str]) -> None:
+    """One line on stdout: ``model`` as JSON, or as ``line`` writes it for a person."""
+    click.echo(model.model_dump_json() if as_json else line(model))
+
+
+def _subscribed_line(ack: SuccessAck) -> str:
     line = f"ok: {ack.message}  events={','.join(ack.data.events or ())}"
     snapshot = ack.data.snapshot
     if snapshot is not None:  # v1.3: where the call stands, and where the events continue
@@ -187,19 +192,16 @@ def _print_subscribed(ack: SuccessAck, as_json: bool) -> None:
         )
     if ack.data.replayed is not None:
         line += f"  replaying={ack.data.replayed}"
-    click.echo(line)
+    return line
 
 
-def _print_event(event: Event, as_json: bool) -> None:
-    if as_json:
-        click.echo(event.model_dump_json())
-        return
+def _event_line(event: Event) -> str:
     line = f"{event.timestamp}  {_describe(event)}"
     if event.dropped:
         line += f"  ({event.dropped} events dropped before this one)"
     if event.replay:
         line += "  (replayed)"
-    click.echo(line)
+    return line
 
 
 def _describe(event: Event) -> str:

@@ -208,16 +208,13 @@ class ContextUse:
 
     def _used(self, entry: ContextEntry, call: LlmCall) -> None:
         events = self._events
-        seq, t_ms = events.log.stamp()
         events.publish(
             ContextUsedEvent(
-                seq=seq,
-                t_ms=t_ms,
+                **events.log.stamped(),
                 entry_id=entry.entry_id,
                 key=entry.key,
                 request_id=entry.request_id,
                 llm_call=call,
-                timestamp=utc_timestamp(),
             ),
             kind="context",
             to=entry.sender,
@@ -312,4 +309,3 @@ def _dropped(
         request_id=request_id,
         reason=reason,
     )
-

@@ -21,13 +21,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
-from ..protocol import Event
+from ..protocol import Event, utc_timestamp
 
 DEFAULT_EVENT_BUFFER: Final = 1_024
 """Events an agent keeps for subscribers that resume (``ContextPlugin(event_buffer=...)``)."""
 MAX_EVENT_BUFFER: Final = 1_000_000
+
+
+class Stamp(TypedDict):
+    """The fields every event begins with (:meth:`EventLog.stamped`), to unpack into its model."""
+
+    seq: int
+    t_ms: int
+    timestamp: str
 
 
 @dataclass(eq=False, slots=True)
@@ -90,6 +98,16 @@ class EventLog:
         """The next ``seq`` and the current ``t_ms``."""
         self.seq += 1
         return self.seq, (self._clock() - self._origin_ns) // 1_000_000
+
+    def stamped(self) -> Stamp:
+        """:meth:`stamp` and the wall-clock ``timestamp``, for a new event:
+        ``SomeEvent(**log.stamped(), ...)``."""
+        self.seq += 1
+        return {
+            "seq": self.seq,
+            "t_ms": (self._clock() - self._origin_ns) // 1_000_000,
+            "timestamp": utc_timestamp(),
+        }
 
     def keep(self, logged: LoggedEvent) -> None:
         """Keep ``logged`` (the newest event) for replays; the oldest kept may leave."""

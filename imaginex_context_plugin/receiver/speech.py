@@ -43,7 +43,6 @@ from ..protocol import (
     SpeechFailureReason,
     SpeechFinishedEvent,
     SpeechStartedEvent,
-    utc_timestamp,
 )
 from .jobs import Job
 from .subscribers import Subscribers
@@ -278,14 +277,9 @@ class SpeechTracker:
         if track.deadline is not None:
             track.deadline.cancel()
             track.deadline = None
-        seq, t_ms = self._events.log.stamp()
         self._events.publish(
             SpeechStartedEvent(
-                seq=seq,
-                t_ms=t_ms,
-                id=track.request_id,
-                speech_id=track.handle.id,
-                timestamp=utc_timestamp(),
+                **self._events.log.stamped(), id=track.request_id, speech_id=track.handle.id
             ),
             kind="speech",
             to=track.sender,
@@ -345,16 +339,13 @@ class SpeechTracker:
     def _finish(self, track: _SpeechTrack, *, call_kept: bool = False) -> None:
         """``speech_finished``: the speech played, in full or cut while playing."""
         handle = track.handle
-        seq, t_ms = self._events.log.stamp()
         event = SpeechFinishedEvent(
-            seq=seq,
-            t_ms=t_ms,
+            **self._events.log.stamped(),
             id=track.request_id,
             speech_id=handle.id,
             interrupted=handle.interrupted,
             played_s=track.played_s,
             call_kept=True if call_kept else None,
-            timestamp=utc_timestamp(),
         )
         self._events.publish(event, kind="speech", to=track.sender)
 
@@ -363,23 +354,19 @@ class SpeechTracker:
     ) -> None:
         """``speech_failed`` (a v1.2 sender: the ``speech_finished`` it knows, flagged)."""
         handle = track.handle
-        seq, t_ms = self._events.log.stamp()
-        timestamp = utc_timestamp()
+        stamp = self._events.log.stamped()
         event = SpeechFailedEvent(
-            seq=seq,
-            t_ms=t_ms,
+            **stamp,
             id=track.request_id,
             speech_id=handle.id,
             reason=reason,
             started=track.started,
             played_s=None if track.avatar_left else track.played_s,
-            timestamp=timestamp,
         )
         legacy: SpeechFinishedEvent | None = None
         if not track.v1_3:
             legacy = SpeechFinishedEvent(
-                seq=seq,
-                t_ms=t_ms,
+                **stamp,
                 id=track.request_id,
                 speech_id=handle.id,
                 # the end of a speech cut at the close was not observed: not a full playout
@@ -391,7 +378,6 @@ class SpeechTracker:
                 reason="shutdown" if shutdown else "avatar_left" if track.avatar_left else None,
                 cancelled=True if reason in ("cancelled", "not_started") else None,
                 call_kept=True if track.end_call_after and not shutdown else None,
-                timestamp=timestamp,
             )
         self._events.publish(event, kind="speech", to=track.sender, direct=legacy)
 

@@ -54,10 +54,9 @@ from ..protocol import (
     UserTranscriptEvent,
     event_kind,
     oversize,
-    utc_timestamp,
 )
 from .answers import AckWriter
-from .event_log import EventLog, LoggedEvent
+from .event_log import EventLog, LoggedEvent, Stamp
 from .jobs import Answer, Job, Success
 from .outbox import DRAIN_TIMEOUT_S, AckTransport
 from .stats import PluginStats
@@ -418,25 +417,21 @@ class Subscribers:
         """The buffer no longer reaches back to ``since_seq``: ``events_lost`` and a fresh
         ``snapshot``, both addressed to ``sub`` (and kept, in case it resumes again)."""
         last = self._log.seq
-        seq, t_ms = self._log.stamp()
+        stamp = self._log.stamped()
         lost = EventsLostEvent(
-            seq=seq,
-            t_ms=t_ms,
-            timestamp=utc_timestamp(),
+            **stamp,
             from_seq=since_seq + 1 if since_seq < last else 1,
             to_seq=last,
             replay=True,
         )
-        self._log.keep(LoggedEvent(seq, sub.identity, None, lost))
+        self._log.keep(LoggedEvent(stamp["seq"], sub.identity, None, lost))
         sub.offer(_Outgoing(lost))
-        seq, t_ms = self._log.stamp()
-        timestamp = utc_timestamp()
+        stamp = self._log.stamped()
+        seq = stamp["seq"]
 
         def as_event(snap: Snapshot) -> SnapshotEvent:
             return SnapshotEvent(
-                seq=seq,
-                t_ms=t_ms,
-                timestamp=timestamp,
+                **stamp,
                 state=snap.state,
                 items=snap.items,
                 pending_speeches=snap.pending_speeches,
@@ -499,44 +494,29 @@ class Subscribers:
         final = ev.is_final
         if not final and not any(s.interim for s in self._subs.values()):
             return  # an interim nobody wants: not numbered, never kept
-        seq, t_ms = self._log.stamp()
         self.publish(
             UserTranscriptEvent(
-                seq=seq,
-                t_ms=t_ms,
+                **self._log.stamped(),
                 text=ev.transcript,
                 final=final,
                 language=str(ev.language) if ev.language else None,
                 speaker_id=ev.speaker_id,
-                timestamp=utc_timestamp(),
             ),
             kind="user_transcript",
             keep=final,
         )
 
     def on_agent_state_changed(self, ev: AgentStateChangedEvent) -> None:
-        seq, t_ms = self._log.stamp()
+        stamp = self._log.stamped()
         self.publish(
-            AgentStateEvent(
-                seq=seq,
-                t_ms=t_ms,
-                old_state=ev.old_state,
-                new_state=ev.new_state,
-                timestamp=utc_timestamp(),
-            ),
+            AgentStateEvent(**stamp, old_state=ev.old_state, new_state=ev.new_state),
             kind="agent_state",
         )
 
     def on_user_state_changed(self, ev: UserStateChangedEvent) -> None:
-        seq, t_ms = self._log.stamp()
+        stamp = self._log.stamped()
         self.publish(
-            UserStateEvent(
-                seq=seq,
-                t_ms=t_ms,
-                old_state=ev.old_state,
-                new_state=ev.new_state,
-                timestamp=utc_timestamp(),
-            ),
+            UserStateEvent(**stamp, old_state=ev.old_state, new_state=ev.new_state),
             kind="user_state",
         )
 
@@ -544,21 +524,17 @@ class Subscribers:
         item = ev.item
         if not isinstance(item, llm.ChatMessage | llm.AgentHandoff):
             return
-        seq, t_ms = self._log.stamp()
-        self.publish(_conversation_item(item, seq, t_ms), kind="conversation_item")
+        self.publish(_conversation_item(item, self._log.stamped()), kind="conversation_item")
 
     def on_function_tools_executed(self, ev: FunctionToolsExecutedEvent) -> None:
         for call, output in ev.zipped():
-            seq, t_ms = self._log.stamp()
             self.publish(
                 ToolCallEvent(
-                    seq=seq,
-                    t_ms=t_ms,
+                    **self._log.stamped(),
                     call_id=call.call_id,
                     name=call.name,
                     status="error" if output.is_error else "completed",
                     arguments=call.arguments,
-                    timestamp=utc_timestamp(),
                 ),
                 kind="tool_call",
             )
@@ -577,15 +553,12 @@ class Subscribers:
         ]
         if not texts:  # nothing was said (or it was kept out of the history)
             return
-        seq, t_ms = self._log.stamp()
         self.publish(
             AgentTranscriptEvent(
-                seq=seq,
-                t_ms=t_ms,
+                **self._log.stamped(),
                 speech_id=handle.id,
                 text="\n".join(t for t in texts if t),
                 interrupted=handle.interrupted,
-                timestamp=utc_timestamp(),
             ),
             kind="agent_transcript",
         )
@@ -607,9 +580,9 @@ class Subscribers:
             return None
         self._ended = True
         tasks: list[asyncio.Task[None]] = []
-        seq, t_ms = self._log.stamp()
-        ended = CallEndedEvent(seq=seq, t_ms=t_ms, reason=reason, timestamp=utc_timestamp())
-        self._log.keep(LoggedEvent(seq, None, "call_ended", ended))
+        stamp = self._log.stamped()
+        ended = CallEndedEvent(**stamp, reason=reason)
+        self._log.keep(LoggedEvent(stamp["seq"], None, "call_ended", ended))
         if self._subs:
             item = _Outgoing(ended)
             for sub in self._subs.values():
@@ -641,27 +614,19 @@ class Subscribers:
 
 
 def _conversation_item(
-    item: llm.ChatMessage | llm.AgentHandoff, seq: int, t_ms: int
+    item: llm.ChatMessage | llm.AgentHandoff, stamp: Stamp
 ) -> ConversationItemEvent:
-    timestamp = utc_timestamp()
     if isinstance(item, llm.ChatMessage):
         return ConversationItemEvent(
-            seq=seq,
-            t_ms=t_ms,
+            **stamp,
             item_id=item.id,
             item_type="message",
             role=item.role,
             text=item.text_content or "",
             interrupted=item.interrupted,
-            timestamp=timestamp,
         )
     return ConversationItemEvent(
-        seq=seq,
-        t_ms=t_ms,
-        item_id=item.id,
-        item_type="agent_handoff",
-        new_agent=item.new_agent_id,
-        timestamp=timestamp,
+        **stamp, item_id=item.id, item_type="agent_handoff", new_agent=item.new_agent_id
     )
 
 

@@ -5,6 +5,7 @@ Nothing here is a mock: each fake is a small subclass of the real base class.
 - session side, from the public kit ``imaginex_context_plugin.testing`` (re-exported here so
   tests import every fake from one place): ``ScriptedLLM``, ``RecordingTTS``,
   ``RecordingAudioOutput``, ``start_session``;
+- ``llm``: ``UnreachableLLM``, a model whose provider is down;
 - ``realtime``: ``FakeRealtimeModel`` / ``FakeRealtimeSession``, a speech-to-speech model;
 - ``network``: ``RelayNetwork``, an in-memory LiveKit server relaying between ``LinkedRoom``
   objects (real ``rtc.Room`` subclasses). It needs the SDK's private protobuf modules, so it
@@ -23,6 +24,7 @@ from imaginex_context_plugin.testing import (
     start_session,
 )
 
+from .llm import UnreachableLLM
 from .network import (
     DEFAULT_RPC_RESPONSE_TIMEOUT,
     MAX_RPC_PAYLOAD_BYTES,
@@ -57,5 +59,6 @@ __all__ = [
     "RelayNetwork",
     "ScriptedLLM",
     "ScriptedLLMStream",
+    "UnreachableLLM",
     "start_session",
 ]

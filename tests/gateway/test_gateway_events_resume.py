@@ -5,11 +5,7 @@ to real agents on the relay network."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any
-
-import aiohttp
 
 from tests.gateway_fixtures import (
     CODE,
@@ -22,44 +18,12 @@ from tests.gateway_fixtures import (
     LiveAgent,
 )
 from tests.helpers import wait_until
+from tests.sse import Sse, SseEvent
 
 PATH = f"/v1/agent/{CODE}/events"
 SPEAK = f"/v1/agent/{CODE}/speak"
 REPLICA_B = "imaginex-gateway-b"
 WATCHERS = {GATEWAY: {"*"}, REPLICA_B: {"*"}}
-
-Event = tuple[int | None, str, dict[str, Any]]
-
-
-class Sse:
-    """One open events stream, read in the background: (id, event, data) as they come."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-        self.events: list[Event] = []
-        self._task = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        ident: int | None = None
-        name = ""
-        async for raw in self.response.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("id: "):
-                ident = int(line[4:])
-            elif line.startswith("event: "):
-                name = line[len("event: "):]
-            elif line.startswith("data: "):
-                self.events.append((ident, name, json.loads(line[len("data: "):])))
-                ident, name = None, ""
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [data for _, name, data in self.events if name == kind]
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        self.response.close()
-
 
 async def open_stream(
     client: Client, *, last_event_id: int | None = None, query: bool = False, **params: str
@@ -95,7 +59,7 @@ def replica_b(fleet: Fleet) -> Any:
     )
 
 
-def after(events: list[Event], seq: int) -> list[tuple[int | None, str]]:
+def after(events: list[SseEvent], seq: int) -> list[tuple[int | None, str]]:
     return [(ident, name) for ident, name, _ in events if ident is not None and ident > seq]
 
 

@@ -350,20 +350,23 @@ def answering_agent(
     return seen
 
 
+def refusal(error: str, message: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """An agent's answer refusing the request it got (its id echoed) with ``error``."""
+    return lambda request: {
+        "type": "ack",
+        "id": request["id"],
+        "success": False,
+        "error": error,
+        "message": message,
+    }
+
+
 async def test_an_agent_answering_id_reused_is_a_422(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:
     # e.g. another gateway replica with the same identity already used the key for other text
     seen = answering_agent(
-        fleet,
-        ROOM_1,
-        lambda request: {
-            "type": "ack",
-            "id": request["id"],
-            "success": False,
-            "error": "ID_REUSED",
-            "message": "This id was already used for a different message.",
-        },
+        fleet, ROOM_1, refusal("ID_REUSED", "This id was already used for a different message.")
     )
     client = await make_gateway()
     status, answer, _ = await post(client, SPEAK, {"message": "Hi"}, headers=keyed("k-6"))
@@ -386,17 +389,7 @@ async def test_an_agent_answering_id_reused_is_a_422(
 async def test_id_reused_in_one_room_does_not_fail_a_delivery_elsewhere(
     fleet: Fleet, make_gateway: GatewayFactory
 ) -> None:
-    answering_agent(
-        fleet,
-        ROOM_1,
-        lambda request: {
-            "type": "ack",
-            "id": request["id"],
-            "success": False,
-            "error": "ID_REUSED",
-            "message": "Reused.",
-        },
-    )
+    answering_agent(fleet, ROOM_1, refusal("ID_REUSED", "Reused."))
     await fleet.agent(ROOM_2)
     client = await make_gateway()
     status, answer, _ = await post(client, SPEAK, {"message": "Hi"}, headers=keyed("k-7"))

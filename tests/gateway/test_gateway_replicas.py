@@ -51,19 +51,23 @@ async def replicas(
     a = await make_gateway(
         signing_secret=SIGNING, state=RedisState(redis_url), **options, **only_a
     )
-    b = await make_gateway(
+    b = await replica(fleet, make_gateway, redis_url, OTHER_IDENTITY, **options, **only_b)
+    return a, b
+
+
+async def replica(
+    fleet: Fleet, make_gateway: GatewayFactory, redis_url: str, identity: str, **options: Any
+) -> Client:
+    """One more replica on the same Redis, as ``identity``."""
+    return await make_gateway(
         backend=fleet.backend(
-            identity=OTHER_IDENTITY,
-            room_factory=lambda name: fleet.network.create_room(
-                name, OTHER_IDENTITY, connected=False
-            ),
+            identity=identity,
+            room_factory=lambda name: fleet.network.create_room(name, identity, connected=False),
         ),
         signing_secret=SIGNING,
         state=RedisState(redis_url),
         **options,
-        **only_b,
     )
-    return a, b
 
 
 def keyed(key: str) -> dict[str, str]:
@@ -173,16 +177,8 @@ async def test_a_waiter_past_its_deadline_gets_409_and_the_answer_later(
     slow = asyncio.create_task(post(a, SPEAK, {"message": "Hold on."}, headers=keyed("w-1")))
     await wait_until(lambda: agent.said() == ["Hold on."])
     # B waits as long as a lease runs (delivery_timeout + 5 s) only when it is configured so
-    b_impatient = await make_gateway(
-        backend=fleet.backend(
-            identity="imaginex-gateway-c",
-            room_factory=lambda name: fleet.network.create_room(
-                name, "imaginex-gateway-c", connected=False
-            ),
-        ),
-        signing_secret=SIGNING,
-        state=RedisState(redis_url),
-        idempotency_lease_s=0.2,
+    b_impatient = await replica(
+        fleet, make_gateway, redis_url, "imaginex-gateway-c", idempotency_lease_s=0.2
     )
     status, body, headers = await post(
         b_impatient, SPEAK, {"message": "Hold on."}, headers=keyed("w-1")
@@ -244,17 +240,7 @@ async def test_redis_down_is_a_clear_503_with_nothing_sent_and_it_recovers(
     agent = await signed_agent(fleet, ROOM_1)
     a, _ = await replicas(fleet, make_gateway, redis_url)
     # without a rate limit too: the idempotency check alone must refuse to go on blind
-    unlimited = await make_gateway(
-        backend=fleet.backend(
-            identity="imaginex-gateway-c",
-            room_factory=lambda name: fleet.network.create_room(
-                name, "imaginex-gateway-c", connected=False
-            ),
-        ),
-        signing_secret=SIGNING,
-        state=RedisState(redis_url),
-        rate_limit=None,
-    )
+    unlimited = await replica(fleet, make_gateway, redis_url, "imaginex-gateway-c", rate_limit=None)
     redis_server.stop()
     answers = [
         await post(a, SPEAK, {"message": "Down?"}, headers=keyed("d-1")),

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import uuid
 import wave
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -31,6 +29,7 @@ from imaginex_context_plugin.gateway import (
 from imaginex_context_plugin.testing import RecordingAudioOutput
 from tests.helpers import wait_until
 from tests.integration.live import BACKEND, WAIT_S, LiveAgent, live_agent
+from tests.sse import Sse
 
 WATCHER = "it-watcher"
 REPLICA_B = "imaginex-gateway-b"
@@ -152,34 +151,6 @@ async def replicas(livekit: ServerInfo) -> AsyncIterator[list[TestClient[Any, An
     finally:
         for client in clients:
             await client.close()
-
-
-class Sse:
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-        self.events: list[tuple[int | None, str, dict[str, Any]]] = []
-        self._task = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        ident: int | None = None
-        name = ""
-        async for raw in self.response.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("id: "):
-                ident = int(line[4:])
-            elif line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                self.events.append((ident, name, json.loads(line[6:])))
-                ident, name = None, ""
-
-    def texts(self) -> list[str]:
-        return [d["text"] for _, n, d in self.events if n == "agent_transcript"]
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        self.response.close()
 
 
 async def test_the_events_stream_resumes_on_another_replica(

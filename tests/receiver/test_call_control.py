@@ -33,6 +33,15 @@ async def _closed(harness: Harness) -> asyncio.Future[None]:
     return closed
 
 
+async def _one_playing_one_queued(
+    harness: Harness, playing: dict[str, Any], queued: dict[str, Any]
+) -> None:
+    """Speak ``playing`` and ``queued`` behind it; back once ``playing`` has started."""
+    await harness.backend.request({"type": "speak", **playing})
+    await harness.backend.request({"type": "speak", **queued})
+    await harness.backend.event("speech_started", playing["id"])
+
+
 # ---------------------------------------------------------------------------------------------
 # end_call
 
@@ -55,9 +64,9 @@ async def test_end_call_after_speech_lets_what_plays_and_is_queued_finish(
 ) -> None:
     harness: Harness = await make_harness(permissions=ALL)
     closed = await _closed(harness)
-    await harness.backend.request({"type": "speak", "id": "a", "message": LONG})
-    await harness.backend.request({"type": "speak", "id": "b", "message": "Goodbye."})
-    await harness.backend.event("speech_started", "a")
+    await _one_playing_one_queued(
+        harness, {"id": "a", "message": LONG}, {"id": "b", "message": "Goodbye."}
+    )
     await harness.backend.request({"type": "end_call", "id": "e"})
     # queued behind the end: refused, never spoken
     refused = await harness.backend.request({"type": "speak", "id": "c", "message": "More."})
@@ -75,11 +84,11 @@ async def test_end_call_now_cuts_forced_speech_and_drops_the_queue(
 ) -> None:
     harness: Harness = await make_harness(permissions=ALL)
     closed = await _closed(harness)
-    await harness.backend.request(
-        {"type": "speak", "id": "a", "message": LONG, "allow_interruptions": False}
+    await _one_playing_one_queued(
+        harness,
+        {"id": "a", "message": LONG, "allow_interruptions": False},
+        {"id": "b", "message": "Queued."},
     )
-    await harness.backend.request({"type": "speak", "id": "b", "message": "Queued."})
-    await harness.backend.event("speech_started", "a")
     ack = await harness.backend.request({"type": "end_call", "id": "e", "after_speech": False})
     assert ack["success"] is True
     cut = await harness.backend.event("speech_finished", "a")
@@ -135,11 +144,11 @@ async def test_speak_end_call_after_hangs_up_only_after_playout(
 ) -> None:
     harness: Harness = await make_harness(permissions=ALL)
     closed = await _closed(harness)
-    await harness.backend.request(
-        {"type": "speak", "id": "bye", "message": LONG, "end_call_after": True}
+    await _one_playing_one_queued(
+        harness,
+        {"id": "bye", "message": LONG, "end_call_after": True},
+        {"id": "after", "message": "Too late."},
     )
-    await harness.backend.request({"type": "speak", "id": "after", "message": "Too late."})
-    await harness.backend.event("speech_started", "bye")
     assert not closed.done()
     done = await harness.backend.event("speech_finished", "bye")
     assert done["interrupted"] is False
@@ -171,9 +180,9 @@ async def test_speak_end_call_after_cut_keeps_the_call(make_harness: HarnessFact
 
 
 async def test_interrupt_cuts_current_and_queued_speech(harness: Harness) -> None:
-    await harness.backend.request({"type": "speak", "id": "a", "message": LONG})
-    await harness.backend.request({"type": "speak", "id": "b", "message": "Queued."})
-    await harness.backend.event("speech_started", "a")
+    await _one_playing_one_queued(
+        harness, {"id": "a", "message": LONG}, {"id": "b", "message": "Queued."}
+    )
     ack = await harness.backend.request({"type": "interrupt", "id": "i"})
     assert ack["data"]["interrupted"] is True
     cut = await harness.backend.event("speech_finished", "a")
@@ -186,11 +195,11 @@ async def test_interrupt_cuts_current_and_queued_speech(harness: Harness) -> Non
 
 
 async def test_interrupt_without_force_is_busy_and_cuts_nothing(harness: Harness) -> None:
-    await harness.backend.request(
-        {"type": "speak", "id": "legal", "message": LONG, "allow_interruptions": False}
+    await _one_playing_one_queued(
+        harness,
+        {"id": "legal", "message": LONG, "allow_interruptions": False},
+        {"id": "next", "message": "Next."},
     )
-    await harness.backend.request({"type": "speak", "id": "next", "message": "Next."})
-    await harness.backend.event("speech_started", "legal")
     busy = await harness.backend.request({"type": "interrupt", "id": "i"})
     assert busy["error"] == "BUSY"
     legal = await harness.backend.event("speech_finished", "legal")
@@ -210,11 +219,11 @@ async def test_interrupt_with_force_cuts_protected_speech(harness: Harness) -> N
 
 
 async def test_cancel_removes_queued_and_cuts_playing_speech(harness: Harness) -> None:
-    await harness.backend.request(
-        {"type": "speak", "id": "a", "message": LONG, "allow_interruptions": False}
+    await _one_playing_one_queued(
+        harness,
+        {"id": "a", "message": LONG, "allow_interruptions": False},
+        {"id": "b", "message": "Queued."},
     )
-    await harness.backend.request({"type": "speak", "id": "b", "message": "Queued."})
-    await harness.backend.event("speech_started", "a")
     queued = await harness.backend.request({"type": "cancel", "id": "c1", "target_id": "b"})
     assert queued["data"]["cancelled"] == "queued"
     assert queued["data"]["target_id"] == "b"

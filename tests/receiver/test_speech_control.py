@@ -272,31 +272,9 @@ async def test_text_only_sessions_work_too(make_harness: HarnessFactory, message
 
 
 async def test_a_speech_that_fails_is_reported_as_failed(make_harness: HarnessFactory) -> None:
-    from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectionError, APIConnectOptions
+    from tests.fakes import UnreachableLLM
 
-    from tests.fakes import ScriptedLLM, ScriptedLLMStream, start_session
-
-    class BrokenStream(ScriptedLLMStream):
-        async def _run(self) -> None:
-            raise APIConnectionError("the LLM provider is down", retryable=False)
-
-    class BrokenLLM(ScriptedLLM):
-        def chat(
-            self,
-            *,
-            chat_ctx: Any,
-            tools: Any = None,
-            conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-            **_: Any,
-        ) -> ScriptedLLMStream:
-            return BrokenStream(
-                self, reply="", chunks=1, chat_ctx=chat_ctx, tools=[], conn_options=conn_options
-            )
-
-    harness: Harness = await make_harness(start_plugin=False)
-    await harness.session.aclose()
-    harness.session = await start_session(llm_model=BrokenLLM())
-    await harness.plugin.start(harness.session, harness.agent_room)
+    harness: Harness = await make_harness(llm_model=UnreachableLLM())
     ack = await harness.backend.request(
         {"type": "speak", "id": "f", "instructions": "Greet the user."}
     )

@@ -11,13 +11,12 @@ import time
 from typing import Any
 
 import pytest
-from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectionError, APIConnectOptions
 from livekit.agents import tts as lk_tts
 from livekit.agents.voice.events import ErrorEvent
 
 from imaginex_context_plugin.protocol import DEFAULT_START_WITHIN_S
 from tests.conftest import BACKEND_IDENTITY, Harness, HarnessFactory
-from tests.fakes import ScriptedLLM, ScriptedLLMStream, start_session
+from tests.fakes import UnreachableLLM
 from tests.helpers import wait_until
 
 LONG = "This is a long announcement that keeps the agent talking for a while. " * 3
@@ -113,27 +112,7 @@ async def test_an_unrecoverable_tts_error_is_a_tts_error(make_harness: HarnessFa
 
 
 async def test_a_failing_model_is_an_llm_error(make_harness: HarnessFactory) -> None:
-    class BrokenStream(ScriptedLLMStream):
-        async def _run(self) -> None:
-            raise APIConnectionError("the LLM provider is down", retryable=False)
-
-    class BrokenLLM(ScriptedLLM):
-        def chat(
-            self,
-            *,
-            chat_ctx: Any,
-            tools: Any = None,
-            conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-            **_: Any,
-        ) -> ScriptedLLMStream:
-            return BrokenStream(
-                self, reply="", chunks=1, chat_ctx=chat_ctx, tools=[], conn_options=conn_options
-            )
-
-    harness: Harness = await make_harness(start_plugin=False)
-    await harness.session.aclose()
-    harness.session = await start_session(llm_model=BrokenLLM())
-    await harness.plugin.start(harness.session, harness.agent_room)
+    harness: Harness = await make_harness(llm_model=UnreachableLLM())
     ack = await harness.backend.request(
         {"type": "speak", "id": "f", "instructions": "Greet the user.", **V13}
     )

@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -423,6 +423,10 @@ class Call:
     """What happens in the in-process agent's call once the command has subscribed."""
 
     then: Callable[[AgentSession[Any], ContextPlugin, rtc.Room], Awaitable[None]]
+    before: list[str] = field(default_factory=list)
+    """What the agent said before the command came."""
+    seq_before: int | None = None
+    """The agent's last ``seq`` once it had said ``before``."""
     subscribers_left: list[str] | None = None
     """Who was still subscribed when the command closed its client."""
 
@@ -436,7 +440,8 @@ async def speak_then_end(session: AgentSession[Any], plugin: ContextPlugin, _: r
 
 
 def watched_call(call: Call) -> Callable[[SenderSettings], Awaitable[ContextClient]]:
-    """An in-process agent that lets the command subscribe, then plays ``call.then``."""
+    """An in-process agent that says ``call.before``, lets the command subscribe, then plays
+    ``call.then``."""
 
     async def factory(settings: SenderSettings) -> ContextClient:
         network = RelayNetwork()
@@ -446,6 +451,11 @@ def watched_call(call: Call) -> Callable[[SenderSettings], Awaitable[ContextClie
         )
         plugin = ContextPlugin(allowed_identities=[CLI_IDENTITY], permissions=EVERYTHING)
         await plugin.start(session, agent_room)
+        if call.before:
+            for text in call.before:
+                await session.say(text)
+            await asyncio.sleep(0.05)
+        call.seq_before = plugin.last_seq
         sender_room = network.create_room(settings.room, settings.identity or CLI_IDENTITY)
 
         async def play() -> None:

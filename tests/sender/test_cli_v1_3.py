@@ -6,66 +6,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 from livekit import rtc
+from livekit.agents import AgentSession
 
-from imaginex_context_plugin import ContextClient, ContextPlugin
+from imaginex_context_plugin import ContextPlugin
 from imaginex_context_plugin.cli import CLI_IDENTITY, CLIENT_FACTORY_KEY, EXIT_OK, main
-from imaginex_context_plugin.cli.sender import SenderSettings
-from tests.fakes import RecordingAudioOutput, RecordingTTS, RelayNetwork, start_session
-from tests.helpers import wait_until
-from tests.sender.test_cli_sender import CLEAN_ENV, InProcessClient, Seen, run
+from tests.fakes import RecordingTTS
+from tests.sender.test_cli_control import Call, watched_call
+from tests.sender.test_cli_sender import CLEAN_ENV, Seen, run
 from tests.sender.test_client_v1_3 import wav_clip
 
 ROOM = "shop"
 EVERYTHING = {CLI_IDENTITY: {"*"}}
 
 
-def agent_with_a_past(
-    before: list[str], seqs: list[int]
-) -> Callable[[SenderSettings], Awaitable[ContextClient]]:
-    """An agent that said ``before`` before the command came (``seqs``: its events' numbers),
-    and ends the call once the command has subscribed."""
-
-    async def factory(settings: SenderSettings) -> ContextClient:
-        network = RelayNetwork()
-        session = await start_session(audio_output=RecordingAudioOutput(speed=20))
-        agent_room = network.create_room(
-            settings.room, "agent", kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
-        )
-        plugin = ContextPlugin(allowed_identities=[CLI_IDENTITY], permissions=EVERYTHING)
-        await plugin.start(session, agent_room)
-        for text in before:
-            await session.say(text)
-        await asyncio.sleep(0.05)
-        seqs.append(plugin.last_seq)
-        sender_room = network.create_room(settings.room, settings.identity or CLI_IDENTITY)
-
-        async def end_once_subscribed() -> None:
-            await wait_until(lambda: plugin.subscribers != [], "the subscription")
-            await asyncio.sleep(0.1)
-            plugin.ingest(
-                json.dumps({"type": "end_call", "id": "bye", "reason": "done"}),
-                sender_identity=CLI_IDENTITY,
-            )
-
-        task = asyncio.ensure_future(end_once_subscribed())
-
-        async def teardown() -> None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await plugin.aclose()
-            await session.aclose()
-            await network.aclose()
-
-        return InProcessClient(sender_room, settings, teardown)
-
-    return factory
+async def end_once_subscribed(_: AgentSession[Any], plugin: ContextPlugin, __: rtc.Room) -> None:
+    await asyncio.sleep(0.1)
+    plugin.ingest(
+        json.dumps({"type": "end_call", "id": "bye", "reason": "done"}),
+        sender_identity=CLI_IDENTITY,
+    )
 
 
 def invoke(args: list[str], factory: Any) -> Result:
@@ -73,10 +38,9 @@ def invoke(args: list[str], factory: Any) -> Result:
 
 
 def test_subscribe_since_replays_what_was_missed_then_goes_live() -> None:
-    seqs: list[int] = []
     result = invoke(
         ["subscribe", "--room", ROOM, "--events", "agent_transcript", "--since", "0"],
-        agent_with_a_past(["First.", "Second."], seqs),
+        watched_call(Call(end_once_subscribed, before=["First.", "Second."])),
     )
     assert result.exit_code == EXIT_OK, result.output
     lines = result.stdout.splitlines()
@@ -87,20 +51,20 @@ def test_subscribe_since_replays_what_was_missed_then_goes_live() -> None:
 
 
 def test_subscribe_since_json_carries_the_seq_and_the_replay_mark() -> None:
-    seqs: list[int] = []
+    call = Call(end_once_subscribed, before=["Only."])
     result = invoke(
         ["subscribe", "--room", ROOM, "--events", "agent_transcript", "--since", "0", "--json"],
-        agent_with_a_past(["Only."], seqs),
+        watched_call(call),
     )
     assert result.exit_code == EXIT_OK, result.output
     docs = [json.loads(line) for line in result.stdout.splitlines()]
     ack, replayed, ended = docs[0], docs[1], docs[-1]
     assert ack["data"]["replayed"] == 1
-    assert ack["data"]["snapshot"]["seq"] == seqs[0]
+    assert ack["data"]["snapshot"]["seq"] == call.seq_before
     assert (replayed["type"], replayed["text"], replayed["replay"]) == (
         "agent_transcript", "Only.", True
     )
-    assert 0 < replayed["seq"] <= seqs[0] < ended["seq"]
+    assert 0 < replayed["seq"] <= call.seq_before < ended["seq"]
 
 
 def test_speak_audio_streams_and_plays_the_clip(tmp_path: Path) -> None:
