@@ -23,9 +23,7 @@ refused unless granted); their text is never logged above DEBUG.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from livekit import rtc
@@ -52,14 +50,13 @@ from ..protocol import (
     UnsubscribeRequest,
     UserStateEvent,
     UserTranscriptEvent,
-    event_kind,
-    oversize,
 )
 from .answers import AckWriter
 from .event_log import EventLog, LoggedEvent, Stamp
 from .jobs import Answer, Job, Success
 from .outbox import DRAIN_TIMEOUT_S, AckTransport
 from .stats import PluginStats
+from .subscription import Outgoing, Subscription
 
 if TYPE_CHECKING:
     from livekit.agents.voice import SpeechHandle
@@ -75,8 +72,6 @@ if TYPE_CHECKING:
 
 MAX_SUBSCRIBERS: Final = 32
 """Most subscribers at once; one more is refused with ``RATE_LIMITED``."""
-SUBSCRIBER_QUEUE_SIZE: Final = 256
-"""Most events waiting for one subscriber; beyond it its oldest are dropped (and counted)."""
 
 _NO_SENDER: Final = (
     "Only a participant can subscribe: a packet sent through the server API has nobody to "
@@ -96,100 +91,6 @@ PayloadSend = Callable[[str, bytes], None]
 LazyEvent = tuple[str | None, bool, tuple[Any, ...]]
 """One event for :meth:`Subscribers.publish_lazy_many`: ``to``, ``send_to``, the factory's
 arguments (``seq`` first)."""
-
-
-@dataclass(eq=False, slots=True)
-class _Outgoing:
-    """One event for every subscriber that wants it, encoded at most once."""
-
-    event: Event
-    payload: bytes | None = None
-
-    def encoded(self, dropped: int) -> bytes:
-        if dropped:  # the subscriber's own copy, saying what it lost
-            return _fit(self.event.model_copy(update={"dropped": dropped}))
-        if self.payload is None:
-            self.payload = _fit(self.event)
-        return self.payload
-
-
-class Subscription:
-    """One subscriber: what it asked for, its bounded queue and its sending task."""
-
-    def __init__(self, identity: str, request: SubscribeRequest, stats: PluginStats) -> None:
-        self.identity = identity
-        self.events: frozenset[str] = frozenset()
-        self.interim = self.tool_arguments = False
-        self.update(request)
-        self._stats = stats
-        self._queue: deque[_Outgoing] = deque()
-        self._dropped = 0
-        self._ready = asyncio.Event()
-        self._last_queued = False
-        self.task: asyncio.Task[None] | None = None
-
-    def update(self, request: SubscribeRequest) -> None:
-        self.events = frozenset(request.events) | {"call_ended"}
-        self.interim = request.interim
-        self.tool_arguments = request.tool_arguments
-
-    def view(self, event: Event) -> Event | None:
-        """``event`` as this subscriber gets it (a tool call without its arguments unless it
-        asked for them), or None when it does not want it."""
-        if event_kind(event.type) not in self.events:
-            return None
-        if isinstance(event, UserTranscriptEvent) and not event.final and not self.interim:
-            return None
-        if isinstance(event, ToolCallEvent) and not self.tool_arguments and event.arguments:
-            return event.model_copy(update={"arguments": None})
-        return event
-
-    def clear(self) -> None:
-        """Forget what is queued (a replay is about to send it again, in order)."""
-        self._queue.clear()
-        self._dropped = 0
-
-    def offer(self, item: _Outgoing, *, last: bool = False) -> bool:
-        """Queue ``item``; a full queue loses its oldest event. Nothing after the last one
-        (then False)."""
-        if self._last_queued:
-            return False
-        if len(self._queue) >= SUBSCRIBER_QUEUE_SIZE:
-            self._queue.popleft()
-            self._dropped += 1
-            self._stats.events_dropped += 1
-        self._queue.append(item)
-        self._last_queued = last
-        self._ready.set()
-        return True
-
-    def end(self) -> None:
-        """Stop after what is queued now (unsubscribed or gone: no ``call_ended``)."""
-        self._last_queued = True
-        self._ready.set()
-
-    async def run(self, transport: AckTransport) -> None:
-        """Send queued events one by one, until the last one is sent."""
-        queue = self._queue
-        while True:
-            if not queue:
-                if self._last_queued:
-                    return
-                self._ready.clear()
-                await self._ready.wait()
-                continue
-            item = queue.popleft()
-            dropped, self._dropped = self._dropped, 0
-            try:
-                await transport.send(item.encoded(dropped), self.identity)
-                self._stats.events_sent += 1
-            except Exception:
-                self._stats.ack_failures += 1
-                logger.warning(
-                    "could not send a session event",
-                    exc_info=True,
-                    extra={"sender": self.identity, "event": item.event.type},
-                )
 
 
 class Subscribers:
@@ -271,7 +172,7 @@ class Subscribers:
             view = sub.view(event) if sub is not None and kind is not None else None
             if view is not None:
                 assert sub is not None
-                sub.offer(_Outgoing(view))
+                sub.offer(Outgoing(view))
             elif send_to:
                 self._send_to(to, direct if direct is not None else event, sub)
         if kind is not None and subs:
@@ -309,7 +210,7 @@ class Subscribers:
         if to is not None:
             sub = subs.get(to)
             if sub is not None and kind in sub.events:
-                sub.offer(_Outgoing(event))
+                sub.offer(Outgoing(event))
             elif send_to:
                 self._send_to(to, event, sub)
         self._offer_kind(event, kind, skip=to)
@@ -317,12 +218,12 @@ class Subscribers:
     def _send_to(self, identity: str, event: Event, sub: Subscription | None) -> None:
         """``event`` for ``identity`` outside its kinds: through its subscription, if it has
         one still open (so that it arrives in order), else through the outbox."""
-        if sub is None or not sub.offer(_Outgoing(event)):
+        if sub is None or not sub.offer(Outgoing(event)):
             self._send(identity, event)
 
     def _offer_kind(self, event: Event, kind: str, *, skip: str | None) -> None:
-        item: _Outgoing | None = None
-        stripped: _Outgoing | None = None
+        item: Outgoing | None = None
+        stripped: Outgoing | None = None
         for identity, sub in self._subs.items():
             if identity == skip or kind not in sub.events:
                 continue
@@ -331,11 +232,11 @@ class Subscribers:
                 continue
             if view is event:
                 if item is None:
-                    item = _Outgoing(event)
+                    item = Outgoing(event)
                 sub.offer(item)
             else:  # one stripped copy, encoded once, for every subscriber without arguments
                 if stripped is None:
-                    stripped = _Outgoing(view)
+                    stripped = Outgoing(view)
                 sub.offer(stripped)
 
     @property
@@ -409,7 +310,7 @@ class Subscribers:
             else:
                 continue
             if event is not None:
-                sub.offer(_Outgoing(event.model_copy(update={"replay": True})))
+                sub.offer(Outgoing(event.model_copy(update={"replay": True})))
                 count += 1
         return count
 
@@ -425,7 +326,7 @@ class Subscribers:
             replay=True,
         )
         self._log.keep(LoggedEvent(stamp["seq"], sub.identity, None, lost))
-        sub.offer(_Outgoing(lost))
+        sub.offer(Outgoing(lost))
         stamp = self._log.stamped()
         seq = stamp["seq"]
 
@@ -443,7 +344,7 @@ class Subscribers:
             self._snapshot_at(seq, lambda snap: protocol.encode_message(as_event(snap)))
         )
         self._log.keep(LoggedEvent(seq, sub.identity, None, fresh))
-        sub.offer(_Outgoing(fresh))
+        sub.offer(Outgoing(fresh))
         logger.info(
             "session events lost for a resuming subscriber",
             extra={"sender": sub.identity, "since_seq": since_seq, "last_seq": last},
@@ -584,7 +485,7 @@ class Subscribers:
         ended = CallEndedEvent(**stamp, reason=reason)
         self._log.keep(LoggedEvent(stamp["seq"], None, "call_ended", ended))
         if self._subs:
-            item = _Outgoing(ended)
+            item = Outgoing(ended)
             for sub in self._subs.values():
                 sub.offer(item, last=True)
                 if sub.task is not None:
@@ -628,25 +529,3 @@ def _conversation_item(
     return ConversationItemEvent(
         **stamp, item_id=item.id, item_type="agent_handoff", new_agent=item.new_agent_id
     )
-
-
-_CUTTABLE: Final = (("text", "text_truncated"), ("arguments", "arguments_truncated"))
-
-
-def _fit(event: Event) -> bytes:
-    """The event's JSON, its text cut (and marked) until it fits one packet."""
-    payload = protocol.encode_message(event)
-    if oversize(payload) is None:
-        return payload
-    for name, flag in _CUTTABLE:
-        text = getattr(event, name, None)
-        if not isinstance(text, str):
-            continue
-        keep = len(text)
-        while keep:
-            keep //= 2
-            cut = event.model_copy(update={name: text[:keep], flag: True})
-            payload = protocol.encode_message(cut)
-            if oversize(payload) is None:
-                return payload
-    return payload  # unreachable for our events: nothing else in them is long
