@@ -413,7 +413,7 @@ async def test_a_feed_whose_every_client_left_while_subscribing_unsubscribes_and
     fleet: Fleet,
 ) -> None:
     from imaginex_context_plugin.gateway.delivery import AgentTarget
-    from imaginex_context_plugin.gateway.http.events import EventFeeds, _Stream
+    from imaginex_context_plugin.gateway.http.event_feeds import EventFeeds, Stream
     from imaginex_context_plugin.gateway.http.messages import MessageWriter
 
     agent = ScriptedAgent(fleet, ROOM_1, hold=True)
@@ -422,7 +422,7 @@ async def test_a_feed_whose_every_client_left_while_subscribing_unsubscribes_and
         backend, writer=MessageWriter(signing_secret=SIGNING_SECRET), timeout=5
     )
     target = AgentTarget(ROOM_1, agent.room.local_participant.identity)
-    stream = _Stream(frozenset({"agent_state"}), interim=False, tool_arguments=False)
+    stream = Stream(frozenset({"agent_state"}), interim=False, tool_arguments=False)
     opening = asyncio.create_task(feeds.open(target, CODE, stream))
     await asyncio.wait_for(agent.asked.wait(), 10)
     opening.cancel()  # the client went while the agent had not answered yet
