@@ -157,10 +157,9 @@ async def test_the_console_in_chromium_on_the_real_gateway_server_and_worker(
         }
         helper_url = await stack.enter_async_context(helper(livekit, callers))
         gateway = stack.enter_context(
-            # the playout events come over the gateway's own room connection: --delivery room
-            gateway_process(
-                livekit, tmp_path, "--secrets-file", str(secrets), "--delivery", "room"
-            )
+            # the default delivery (server-rpc): a v1.3 agent's playout events reach the page
+            # through the events stream's own subscription (the speech kind), not the delivery
+            gateway_process(livekit, tmp_path, "--secrets-file", str(secrets))
         )
         await wait_until_serving(gateway)
         env = {

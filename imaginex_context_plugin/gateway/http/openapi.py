@@ -404,21 +404,36 @@ def _events_path() -> dict[str, Any]:
                           {"type": "boolean", "default": False}),
                     query(
                         "playout",
-                        "Also speech_started and speech_finished of the speeches sent through "
-                        "this gateway's room connection.",
+                        "Also the playout events (speech_started, speech_finished, "
+                        "speech_failed): from a v1.3 agent those of every speech of the call, "
+                        "from an older agent those of the speeches sent through this gateway's "
+                        "room connection.",
                         {"type": "boolean", "default": False},
                     ),
                 ],
                 "responses": {
                     "200": {
                         "description": "The event stream.",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        # each event, as SSE tools read a stream's schema: its fields
+                        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
                     },
                     **errors,
                 },
             }
         }
     }
+
+
+_SSE_EVENT: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "description": "The event's type."},
+        "data": {"type": "string", "description": "The event's JSON."},
+        "id": {"type": "string", "description": "Its seq (v1.3): the Last-Event-ID to resume."},
+    },
+    "required": ["event", "data"],
+}
+"""One Server-Sent Event of ``GET .../events`` (the ``: heartbeat`` comments are not events)."""
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
