@@ -42,6 +42,27 @@ def test_the_wire_types_are_generated_from_what_python_publishes_now() -> None:
     )
 
 
+def test_the_public_api_is_the_reviewed_one() -> None:
+    # what a user can reach (every entry of package.json "exports": names, signatures, public
+    # members), read from the built declarations, is the committed js/api-surface.txt: moving
+    # code between modules leaves it as it is, and an API change is reviewed in the same commit
+    surface = run([node(), "scripts/api-surface.mjs"]).output
+    committed = (JS / "api-surface.txt").read_text(encoding="utf-8")
+    assert surface == committed, (
+        "the public API of js/ changed: review the difference, then `npm run api` in js/ "
+        "updates js/api-surface.txt"
+    )
+    sections = re.findall(r"^# (\S+)$", surface, re.M)
+    assert sections == [
+        "@imaginex/context-client",
+        "@imaginex/context-client/room",
+        "@imaginex/context-client/gateway",
+    ]
+    assert "export ContextClient: export declare class ContextClient {" in surface
+    assert "    speak(text: string | null, options?: SpeakOptions): Promise<Speech>;" in surface
+    assert "private " not in surface  # private members are no part of it
+
+
 def test_the_browser_bundle_is_within_budget() -> None:
     node()
     bundle = (JS / "dist" / "browser" / "imaginex-room.min.js").read_bytes()

@@ -6,141 +6,36 @@
  * and returns typed acks; speech and session events come back on the ack topic.
  */
 import { ConnectionState, Room, RoomEvent, type RemoteParticipant } from "livekit-client";
-import { AckTimeoutError, ContextError, PlayoutTimeoutError, SpeechFailedError, type PlayoutWait } from "../errors.js";
-import type {
-  Ack,
-  AgentStateInfo,
-  HistoryItem,
-  SpeechFinishedEvent,
-  SpeechStartedEvent,
-  SuccessAck,
-} from "../generated/wire.js";
-import {
-  ACK_TOPIC,
-  AUDIO_STREAM_TOPIC,
-  CONTEXT_TOPIC,
-  MAX_CLIP_BYTES,
-  PROTOCOL_VERSION,
-  RPC_METHOD,
-  SESSION_EVENT_TYPES,
-  isAck,
-  isSessionEvent,
-  isSpeechEvent,
-  parseServerMessage,
-  type SessionEventType,
-} from "../protocol.js";
+import { AckTimeoutError, ContextError } from "../errors.js";
+import type { Ack, AgentStateInfo, HistoryItem, SpeechFinishedEvent, SpeechStartedEvent, SuccessAck } from "../generated/wire.js";
+import { ACK_TOPIC, CONTEXT_TOPIC, PROTOCOL_VERSION, RPC_METHOD, isAck, isSessionEvent, isSpeechEvent, parseServerMessage } from "../protocol.js";
 import { checkSize, given, prepareRequest, type RequestInput } from "../requests.js";
-import { DEFAULT_BACKOFF_MS, DEFAULT_RETRIES, retryDelayMs, sleep, within } from "../retry.js";
+import { retryDelayMs, sleep, within } from "../retry.js";
 import { Signer } from "../signing.js";
-import { chooseAgent } from "./agents.js";
+import { clipBytes, streamClip, type Clip } from "./clips.js";
+import { AgentLocator } from "./locator.js";
+import { clientSettings, type AddContextOptions, type CallOptions, type ClientSettings, type ContextClientOptions, type SpeakOptions } from "./options.js";
+import { SpeechWaits, type Speech } from "./playout.js";
 import { rpcFailure } from "./rpc.js";
-import { DEFAULT_EVENT_QUEUE_SIZE, EventSink, SessionEvents } from "./subscription.js";
+import { Subscriptions, type SessionEvents, type SubscribeOptions } from "./subscription.js";
 import { CLOSED_MESSAGE, gone, PendingAcks, Playouts, unavailable, type Pending } from "./waiters.js";
 
-export type Via = "rpc" | "data";
-
-export const DEFAULT_TIMEOUT_MS = 5_000;
-export const DEFAULT_AGENT_TIMEOUT_MS = 10_000;
-export const DEFAULT_PLAYOUT_TIMEOUT_MS = 120_000;
 /** Data packets to an agent that has not answered us yet are sent again this often. */
 export const FIRST_CONTACT_RESEND_MS = 500;
 const DISCONNECTED_MESSAGE = "The client was disconnected from the room.";
 
-export interface ContextClientOptions {
-  /** Send to this participant. Default: found in the room by `agentCode`, or the one agent. */
-  agentIdentity?: string;
-  /** Send to the participant publishing this code; also put in every request. */
-  agentCode?: string;
-  /** `"rpc"` (default): `performRpc`, the response is the ack. `"data"`: data packets. */
-  via?: Via;
-  /** Sign every request with this shared secret (`ContextPlugin(secret=...)`), anew per attempt. */
-  secret?: string | Uint8Array;
-  /** With `secret`: the signed sender the agent counts the requests as (protocol v1.2). */
-  sender?: string;
-  /** Milliseconds to wait for the ack to each attempt. Default 5000. */
-  timeoutMs?: number;
-  /** Attempts after the first, for timeouts and retryable errors. Default 2. */
-  retries?: number;
-  /** First delay between attempts (doubling, jittered, at least a `retry_after`). Default 250. */
-  backoffMs?: number;
-  /** Milliseconds to wait for the agent to appear in the room. Default 10000. */
-  agentTimeoutMs?: number;
-  /** Milliseconds to wait for a speech to finish. Default 120000. */
-  playoutTimeoutMs?: number;
-}
-
-/** Per call: the request id (the dedup key; default 32 random hex digits) and the ack timeout. */
-export interface CallOptions {
-  id?: string;
-  timeoutMs?: number;
-}
-
-export interface SpeakOptions extends CallOptions {
-  /** Instead of verbatim text: what the LLM should say, in its own words. */
-  instructions?: string;
-  allowInterruptions?: boolean;
-  interrupt?: boolean;
-  mode?: "queue" | "interrupt" | "if_idle";
-  endCallAfter?: boolean;
-  addToHistory?: boolean;
-  /** v1.3: cancel it if it has not started playing this many seconds after the agent applied it
-   * (`SpeechFailedError`, reason `not_started`). Default: the agent's, 30 s. */
-  startWithinS?: number;
-  /** v1.3: a recorded clip (WAV, MP3, Ogg/Opus, FLAC, AAC; at most 4 MiB and 30 s) to play
-   * instead of synthesized speech, streamed to the agent first; `text` is then its transcript. */
-  audio?: Uint8Array | ArrayBuffer | Blob;
-  /** The clip's MIME type. Default: from its first bytes (or the Blob's type). */
-  audioMimeType?: string;
-}
-
-export interface AddContextOptions extends CallOptions {
-  key?: string;
-  role?: "system" | "developer" | "user" | "assistant";
-  triggerReply?: boolean;
-  scope?: "persistent" | "next_turn";
-  ttlS?: number;
-}
-
-/** What `speak` resolves with: the ack, and the speech's playout as promises. */
-export interface Speech {
-  readonly id: string;
-  readonly ack: SuccessAck;
-  /** Resolves when the speech starts playing (`speech_started`). */
-  started(options?: { timeoutMs?: number }): Promise<SpeechStartedEvent>;
-  /**
-   * Resolves when it has played out or was cut (`speech_finished`: `interrupted`, `played_s`);
-   * rejects with `SpeechFailedError` when it did not play (v1.3 `speech_failed`, its `reason`).
-   */
-  finished(options?: { timeoutMs?: number }): Promise<SpeechFinishedEvent>;
-}
-
-export interface SubscribeOptions {
-  events?: readonly SessionEventType[];
-  interim?: boolean;
-  toolArguments?: boolean;
-  queueSize?: number;
-  timeoutMs?: number;
-  /**
-   * v1.3, resume: the `seq` of the last event seen (an earlier subscription's `lastSeq`). The
-   * agent replays what it still holds after it first (each `replay: true`), or sends
-   * `events_lost` and a fresh `snapshot` when it no longer holds it all, then goes live.
-   */
-  sinceSeq?: number;
-}
-
 class NoAck extends Error {}
 
 export class ContextClient {
-  private readonly options: Required<Pick<ContextClientOptions, "via" | "timeoutMs" | "retries" | "backoffMs" | "agentTimeoutMs" | "playoutTimeoutMs">>;
+  private readonly options: ClientSettings;
   private readonly pending = new PendingAcks();
   private readonly playouts = new Playouts();
+  private readonly speeches: SpeechWaits;
+  private readonly subscriptions: Subscriptions;
+  private readonly locator: AgentLocator;
   private readonly signer: Signer | null;
-  private readonly sinks = new Set<EventSink>();
   private readonly heardFrom = new Set<string>();
   private readonly listeners: [RoomEvent, (...args: never[]) => void][];
-  private rosterChanged: () => void = () => {};
-  private subscription: SessionEvents | null = null;
-  private subscribing = false;
   private ownsRoom = false;
   private isClosed = false;
 
@@ -153,22 +48,28 @@ export class ContextClient {
     readonly room: Room,
     private readonly config: ContextClientOptions = {},
   ) {
-    const via = config.via ?? "rpc";
-    if (via !== "rpc" && via !== "data") throw new Error("via must be 'rpc' or 'data'");
-    this.options = {
-      via,
-      timeoutMs: config.timeoutMs ?? DEFAULT_TIMEOUT_MS,
-      retries: config.retries ?? DEFAULT_RETRIES,
-      backoffMs: config.backoffMs ?? DEFAULT_BACKOFF_MS,
-      agentTimeoutMs: config.agentTimeoutMs ?? DEFAULT_AGENT_TIMEOUT_MS,
-      playoutTimeoutMs: config.playoutTimeoutMs ?? DEFAULT_PLAYOUT_TIMEOUT_MS,
-    };
+    this.options = clientSettings(config);
     const o = this.options;
-    if (!(o.timeoutMs > 0) || !(o.agentTimeoutMs >= 0) || !(o.playoutTimeoutMs > 0)) throw new Error("timeouts must be positive");
-    if (!(o.retries >= 0) || !(o.backoffMs >= 0)) throw new Error("retries and backoff must not be negative");
-    if (config.sender !== undefined && !config.secret) throw new Error("sender needs a secret to sign with");
     this.signer = config.secret ? new Signer(config.secret, config.sender) : null;
-    const changed = (): void => this.rosterChanged();
+    const ensureOpen = (): void => this.ensureOpen();
+    const connected = (): boolean => !this.isClosed && room.state === ConnectionState.Connected;
+    this.locator = new AgentLocator(room, {
+      agentIdentity: config.agentIdentity,
+      agentCode: config.agentCode,
+      timeoutMs: o.agentTimeoutMs,
+      ensureOpen,
+    });
+    this.speeches = new SpeechWaits(this.playouts, {
+      timeoutMs: o.playoutTimeoutMs,
+      ensureOpen,
+      agentState: () => (connected() ? this.getState({ timeoutMs: o.timeoutMs }) : null),
+    });
+    this.subscriptions = new Subscriptions({
+      resolveAgent: () => this.locator.resolve(),
+      call: (request, options) => this.call(request, options),
+      usable: connected,
+    });
+    const changed = (): void => this.locator.changed();
     this.listeners = [
       [RoomEvent.DataReceived, this.onData as never],
       [RoomEvent.ParticipantConnected, changed],
@@ -227,7 +128,7 @@ export class ContextClient {
     });
     if (clip !== null) prepared.audio = await this.streamClip(clip);
     const ack = await this.deliver(prepared, options.timeoutMs);
-    return this.speech(prepared.id as string, ack);
+    return this.speeches.speech(prepared.id as string, ack);
   }
 
   /**
@@ -241,28 +142,7 @@ export class ContextClient {
   }
 
   private async streamClip(clip: Clip): Promise<{ stream_id: string; sha256: string }> {
-    const agent = await this.resolveAgent();
-    const streamId = `imaginex-clip-${crypto.randomUUID().replaceAll("-", "")}`;
-    try {
-      const writer = await this.room.localParticipant.streamBytes({
-        name: "clip",
-        topic: AUDIO_STREAM_TOPIC,
-        destinationIdentities: [agent],
-        streamId,
-        mimeType: clip.mimeType,
-        totalSize: clip.data.byteLength,
-      });
-      for (let start = 0; start < clip.data.byteLength; start += CLIP_CHUNK_BYTES) {
-        await writer.write(clip.data.subarray(start, start + CLIP_CHUNK_BYTES));
-      }
-      await writer.close();
-    } catch (error) {
-      throw new ContextError("LIVEKIT_UNAVAILABLE", "The audio clip could not be streamed to the agent.", {
-        retryable: true,
-        cause: error,
-      });
-    }
-    return { stream_id: streamId, sha256: await sha256Hex(clip.data) };
+    return streamClip(this.room.localParticipant, await this.locator.resolve(), clip);
   }
 
   /** Gives the agent background knowledge for its next replies; nothing is spoken. */
@@ -375,18 +255,18 @@ export class ContextClient {
    * and with `PlayoutTimeoutError` after the timeout, having asked the agent why (`why`).
    */
   waitForPlayout(requestId: string, options: { timeoutMs?: number } = {}): Promise<SpeechFinishedEvent> {
-    return this.waitForSpeech<SpeechFinishedEvent>(requestId, "speech_finished", options.timeoutMs, null);
+    return this.speeches.wait<SpeechFinishedEvent>(requestId, "speech_finished", options.timeoutMs, null);
   }
 
   /** Waits for the `speech_started` of a speech this client requested. */
   waitForStart(requestId: string, options: { timeoutMs?: number } = {}): Promise<SpeechStartedEvent> {
-    return this.waitForSpeech<SpeechStartedEvent>(requestId, "speech_started", options.timeoutMs, null);
+    return this.speeches.wait<SpeechStartedEvent>(requestId, "speech_started", options.timeoutMs, null);
   }
 
   /** The agent's identity, waiting for it to join if needed. */
   findAgent(options: { timeoutMs?: number } = {}): Promise<string> {
     this.ensureOpen();
-    return this.resolveAgent(options.timeoutMs);
+    return this.locator.resolve(options.timeoutMs);
   }
 
   // ---------------------------------------------------------------------------- live events
@@ -397,60 +277,12 @@ export class ContextClient {
    */
   async subscribe(options: SubscribeOptions = {}): Promise<SessionEvents> {
     this.ensureOpen();
-    const events = options.events ?? SESSION_EVENT_TYPES;
-    if (events.length === 0) throw new Error("events must name at least one event");
-    const queueSize = options.queueSize ?? DEFAULT_EVENT_QUEUE_SIZE;
-    if (!(queueSize >= 1)) throw new Error("queueSize must be at least 1");
-    const sinceSeq = options.sinceSeq ?? null;
-    if (sinceSeq !== null && !(Number.isInteger(sinceSeq) && sinceSeq >= 0)) throw new Error("sinceSeq must be a whole number, not negative");
-    if (this.subscription !== null || this.subscribing) {
-      throw new Error("this client already has a subscription open; close it first");
-    }
-    this.subscribing = true;
-    let sink: EventSink | null = null;
-    let ack: SuccessAck;
-    try {
-      const agent = await this.resolveAgent();
-      sink = new EventSink(agent, queueSize, events);
-      if (sinceSeq !== null) sink.lastSeq = sinceSeq; // nothing at or before it is handed out again
-      this.sinks.add(sink);
-      ack = await this.call(
-        {
-          type: "subscribe",
-          events: [...events],
-          interim: options.interim ?? false,
-          tool_arguments: options.toolArguments ?? false,
-          ...given({ since_seq: sinceSeq }),
-        },
-        options,
-      );
-    } catch (error) {
-      if (sink !== null) this.sinks.delete(sink);
-      throw error;
-    } finally {
-      this.subscribing = false;
-    }
-    const subscription = new SessionEvents(ack, sink, {
-      unsubscribe: (timeoutMs) => this.call({ type: "unsubscribe" }, { timeoutMs }),
-      usable: () => !this.isClosed && this.room.state === ConnectionState.Connected,
-      closed: (which) => {
-        this.sinks.delete(which.sink);
-        if (this.subscription === which) this.subscription = null;
-      },
-    }, sinceSeq);
-    this.subscription = subscription;
-    return subscription;
+    return this.subscriptions.open(options);
   }
 
   /** Ends this sender's subscription at the agent; an open iteration of this client ends too. */
-  async unsubscribe(options: CallOptions = {}): Promise<SuccessAck> {
-    const ack = await this.call({ type: "unsubscribe", ...given({ id: options.id }) }, options);
-    const open = this.subscription;
-    if (open !== null) {
-      open.unsubscribedElsewhere = true;
-      open.sink.finish();
-    }
-    return ack;
+  unsubscribe(options: CallOptions = {}): Promise<SuccessAck> {
+    return this.subscriptions.unsubscribe(options);
   }
 
   // ---------------------------------------------------------------------------- the machinery
@@ -469,53 +301,6 @@ export class ContextClient {
     } catch (error) {
       return Promise.reject(error);
     }
-  }
-
-  private speech(id: string, ack: SuccessAck): Speech {
-    return {
-      id,
-      ack,
-      started: (o = {}) => this.waitForSpeech<SpeechStartedEvent>(id, "speech_started", o.timeoutMs, ack),
-      finished: (o = {}) => this.waitForSpeech<SpeechFinishedEvent>(id, "speech_finished", o.timeoutMs, ack),
-    };
-  }
-
-  private waitForSpeech<T extends SpeechStartedEvent | SpeechFinishedEvent>(
-    requestId: string,
-    type: T["type"],
-    timeoutMs: number | undefined,
-    accepted: SuccessAck | null,
-  ): Promise<T> {
-    try {
-      this.ensureOpen();
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    const wait = timeoutMs ?? this.options.playoutTimeoutMs;
-    const what = type === "speech_started" ? "start" : "finish";
-    const timedOut = new PlayoutTimeoutError("", { requestId, accepted });
-    return this.playouts.wait<T>(requestId, type, wait, () => timedOut).catch(async (error: unknown) => {
-      if (error !== timedOut) {
-        if (error instanceof SpeechFailedError && accepted !== null) throw new SpeechFailedError(error.event, { accepted });
-        throw error;
-      }
-      const why = await this.whyUnfinished(requestId);
-      throw new PlayoutTimeoutError(`The speech did not ${what} within ${wait / 1000} s; ${WHY[why]}`, { requestId, accepted, why });
-    });
-  }
-
-  /** Asks the agent whether the speech of `requestId` is still queued or playing. */
-  private async whyUnfinished(requestId: string): Promise<PlayoutWait> {
-    const speechId = this.playouts.speechId(requestId);
-    if (speechId === undefined || this.isClosed || this.room.state !== ConnectionState.Connected) return "unknown";
-    let state: AgentStateInfo;
-    try {
-      state = await this.getState({ timeoutMs: this.options.timeoutMs });
-    } catch {
-      return "unknown";
-    }
-    if (state.pending_speeches.includes(speechId)) return "pending";
-    return state.pending_speeches_truncated ? "unknown" : "lost";
   }
 
   /** Sends a prepared request until it is acknowledged, retrying what may pass (same id). */
@@ -567,7 +352,7 @@ export class ContextClient {
       const reconnecting = state === ConnectionState.Reconnecting || state === ConnectionState.SignalReconnecting;
       throw new ContextError("LIVEKIT_UNAVAILABLE", "The room is not connected.", { requestId, retryable: reconnecting });
     }
-    const agent = await this.resolveAgent();
+    const agent = await this.locator.resolve();
     const payload = this.signer ? await this.signer.sign(body) : body;
     checkSize(payload, requestId);
     pending.agent = agent;
@@ -642,62 +427,16 @@ export class ContextClient {
     }
   }
 
-  private async resolveAgent(timeoutMs?: number): Promise<string> {
-    const wait = timeoutMs ?? this.options.agentTimeoutMs;
-    const deadline = Date.now() + wait;
-    for (;;) {
-      this.ensureOpen();
-      let changed!: () => void;
-      const roster = new Promise<void>((resolve) => (changed = resolve));
-      this.rosterChanged = changed; // set before looking, so a change after the look wakes us
-      let ambiguous: ContextError | null = null;
-      let found: string | null = null;
-      try {
-        found = this.matchAgent();
-      } catch (error) {
-        if (!(error instanceof ContextError)) throw error;
-        ambiguous = error; // may resolve itself: an agent publishes its code a moment after joining
-      }
-      if (found !== null) return found;
-      const remaining = deadline - Date.now();
-      if (remaining <= 0) throw ambiguous ?? new ContextError("AGENT_NOT_FOUND", this.noAgentMessage(wait), { retryable: false });
-      await within(roster, remaining);
-    }
-  }
-
-  private matchAgent(): string | null {
-    const participants = this.room.remoteParticipants;
-    const identity = this.config.agentIdentity;
-    if (identity !== undefined) return participants.has(identity) ? identity : null;
-    return chooseAgent(
-      [...participants.values()].map((p) => ({ identity: p.identity, kind: p.kind as number, attributes: p.attributes ?? {} })),
-      { agentCode: this.config.agentCode ?? null, room: this.room.name },
-    );
-  }
-
-  private noAgentMessage(waitedMs: number): string {
-    const room = this.room.name;
-    const waited = `waited ${waitedMs / 1000} s`;
-    if (this.config.agentIdentity !== undefined) return `Participant '${this.config.agentIdentity}' is not in room '${room}' (${waited}).`;
-    if (this.config.agentCode !== undefined) {
-      return (
-        `No participant with agent code '${this.config.agentCode}' is in room '${room}' (${waited}); ` +
-        "the agent publishes its code once ContextPlugin(agent_code=...) has started."
-      );
-    }
-    return `No agent participant is in room '${room}' (${waited}).`;
-  }
-
   private ensureOpen(requestId: string | null = null): void {
     if (this.isClosed) throw unavailable(CLOSED_MESSAGE)(requestId);
   }
 
   private failEverything(message: string): void {
-    this.rosterChanged();
+    this.locator.changed();
     const make = unavailable(message);
     this.pending.fail(make);
     this.playouts.fail(make);
-    for (const sink of this.sinks) sink.finish(make(null));
+    this.subscriptions.fail(() => make(null));
   }
 
   // room callbacks: they only route, and never throw
@@ -712,20 +451,19 @@ export class ContextClient {
     }
     if (isSpeechEvent(message)) this.playouts.onEvent(message, sender);
     // every event (a speech's too) to the subscriptions that asked for its kind
-    if (isSpeechEvent(message) || isSessionEvent(message)) for (const sink of this.sinks) if (sink.agent === sender) sink.put(message);
+    if (isSpeechEvent(message) || isSessionEvent(message)) this.subscriptions.put(message, sender);
   };
 
   private readonly onLeft = (participant: RemoteParticipant): void => {
-    this.rosterChanged();
+    this.locator.changed();
     const left = participant.identity;
     // retryable: the next attempt waits for the agent to come back
     this.pending.fail(gone(left, "answering", true), left);
     this.playouts.fail(gone(left, "the speech finished", false), left);
-    for (const sink of this.sinks) {
-      if (sink.agent === left) {
-        sink.finish(new ContextError("AGENT_NOT_FOUND", `Agent '${left}' left the room before the call ended.`, { retryable: false }));
-      }
-    }
+    this.subscriptions.fail(
+      () => new ContextError("AGENT_NOT_FOUND", `Agent '${left}' left the room before the call ended.`, { retryable: false }),
+      left,
+    );
   };
 }
 
@@ -747,57 +485,6 @@ function ownAck(response: string, agent: string, requestId: string): Ack {
     );
   }
   return ack;
-}
-
-const WHY: Record<PlayoutWait, string> = {
-  pending: "the agent still has it queued or playing.",
-  lost: "the agent no longer has it: its end was sent but did not arrive here.",
-  unknown: "whether the agent still has it could not be asked.",
-};
-
-/** Bytes handed to the stream writer at a time (LiveKit splits them into packets itself). */
-const CLIP_CHUNK_BYTES = 64 * 1024;
-
-interface Clip {
-  data: Uint8Array;
-  mimeType: string;
-}
-
-// the first bytes of the formats the agent's decoder reads, for a clip given as bytes
-const MAGIC: readonly [number[], string][] = [
-  [[0x52, 0x49, 0x46, 0x46], "audio/wav"],
-  [[0x49, 0x44, 0x33], "audio/mpeg"],
-  [[0xff, 0xfb], "audio/mpeg"],
-  [[0xff, 0xf3], "audio/mpeg"],
-  [[0x4f, 0x67, 0x67, 0x53], "audio/ogg"],
-  [[0x66, 0x4c, 0x61, 0x43], "audio/flac"],
-];
-
-/** A clip's bytes and type, refused as the Python client refuses it (empty, over 4 MiB). */
-async function clipBytes(audio: Uint8Array | ArrayBuffer | Blob, mimeType?: string): Promise<Clip> {
-  let data: Uint8Array;
-  let type = mimeType;
-  if (audio instanceof Uint8Array) data = audio;
-  else if (audio instanceof ArrayBuffer) data = new Uint8Array(audio);
-  else {
-    data = new Uint8Array(await audio.arrayBuffer());
-    type ??= audio.type || undefined;
-  }
-  if (data.byteLength === 0) throw new ContextError("VALIDATION_ERROR", "The audio clip is empty.", { retryable: false });
-  if (data.byteLength > MAX_CLIP_BYTES) {
-    throw new ContextError(
-      "PAYLOAD_TOO_LARGE",
-      `The audio clip is larger than ${MAX_CLIP_BYTES.toLocaleString("en-US")} bytes, the most an agent takes.`,
-      { retryable: false },
-    );
-  }
-  type ??= MAGIC.find(([magic]) => magic.every((byte, i) => data[i] === byte))?.[1];
-  return { data, mimeType: type ?? "application/octet-stream" };
-}
-
-async function sha256Hex(data: Uint8Array): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data as BufferSource));
-  return [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function missing(ack: SuccessAck, type: string, field: string): ContextError {

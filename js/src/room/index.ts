@@ -10,24 +10,23 @@
  */
 export * from "../index.js";
 export { AGENT_KIND, chooseAgent, type Candidate } from "./agents.js";
+export { ContextClient, FIRST_CONTACT_RESEND_MS } from "./client.js";
 export {
-  ContextClient,
   DEFAULT_AGENT_TIMEOUT_MS,
   DEFAULT_PLAYOUT_TIMEOUT_MS,
   DEFAULT_TIMEOUT_MS,
-  FIRST_CONTACT_RESEND_MS,
   type AddContextOptions,
   type CallOptions,
   type ContextClientOptions,
   type SpeakOptions,
-  type Speech,
-  type SubscribeOptions,
   type Via,
-} from "./client.js";
+} from "./options.js";
+export { type Speech } from "./playout.js";
 export { HANDLER_FAILED, RPC_FAILURES, rpcFailure, type RpcFailure } from "./rpc.js";
 export {
   DEFAULT_EVENT_QUEUE_SIZE,
   SessionEvents,
   UNSUBSCRIBE_TIMEOUT_MS,
+  type SubscribeOptions,
   type SubscribedEvent,
 } from "./subscription.js";

@@ -8,7 +8,9 @@
  */
 import { ContextError } from "../errors.js";
 import type { CallEndedEvent, Snapshot, SpeechEvent, SessionEvent, SuccessAck } from "../generated/wire.js";
-import { eventKind, type SessionEventType } from "../protocol.js";
+import { eventKind, SESSION_EVENT_TYPES, type SessionEventType } from "../protocol.js";
+import { given, type RequestInput } from "../requests.js";
+import type { CallOptions } from "./options.js";
 
 /** Everything a subscription may hand out: session events and (kind `speech`) speech events. */
 export type SubscribedEvent = SessionEvent | SpeechEvent;
@@ -20,6 +22,20 @@ const ALWAYS: ReadonlySet<string> = new Set(["call_ended", "events_lost", "snaps
 export const DEFAULT_EVENT_QUEUE_SIZE = 1_024;
 /** How long closing a subscription waits for the `unsubscribe` ack. */
 export const UNSUBSCRIBE_TIMEOUT_MS = 2_000;
+
+export interface SubscribeOptions {
+  events?: readonly SessionEventType[];
+  interim?: boolean;
+  toolArguments?: boolean;
+  queueSize?: number;
+  timeoutMs?: number;
+  /**
+   * v1.3, resume: the `seq` of the last event seen (an earlier subscription's `lastSeq`). The
+   * agent replays what it still holds after it first (each `replay: true`), or sends
+   * `events_lost` and a fresh `snapshot` when it no longer holds it all, then goes live.
+   */
+  sinceSeq?: number;
+}
 
 type Item = SubscribedEvent | ContextError | null; // null: the end
 
@@ -186,5 +202,93 @@ export class SessionEvents implements AsyncIterableIterator<SubscribedEvent> {
     } catch {
       // best effort, as documented
     }
+  }
+}
+
+/** What a client's subscriptions need of it. */
+export interface ClientHooks {
+  resolveAgent(): Promise<string>;
+  call(request: RequestInput, options: { timeoutMs?: number }): Promise<SuccessAck>;
+  /** Whether an `unsubscribe` can still be sent (the client open, the room connected). */
+  usable(): boolean;
+}
+
+/**
+ * A client's side of `subscribe` / `unsubscribe`: at most one open subscription, and the sinks
+ * the room's events are routed to (a closing subscription's sink stays until it has closed).
+ */
+export class Subscriptions {
+  private readonly sinks = new Set<EventSink>();
+  private current: SessionEvents | null = null;
+  private opening = false;
+
+  constructor(private readonly client: ClientHooks) {}
+
+  /** Resolves once the agent acknowledged the subscription. */
+  async open(options: SubscribeOptions): Promise<SessionEvents> {
+    const events = options.events ?? SESSION_EVENT_TYPES;
+    if (events.length === 0) throw new Error("events must name at least one event");
+    const queueSize = options.queueSize ?? DEFAULT_EVENT_QUEUE_SIZE;
+    if (!(queueSize >= 1)) throw new Error("queueSize must be at least 1");
+    const sinceSeq = options.sinceSeq ?? null;
+    if (sinceSeq !== null && !(Number.isInteger(sinceSeq) && sinceSeq >= 0)) throw new Error("sinceSeq must be a whole number, not negative");
+    if (this.current !== null || this.opening) {
+      throw new Error("this client already has a subscription open; close it first");
+    }
+    this.opening = true;
+    let sink: EventSink | null = null;
+    let ack: SuccessAck;
+    try {
+      const agent = await this.client.resolveAgent();
+      sink = new EventSink(agent, queueSize, events);
+      if (sinceSeq !== null) sink.lastSeq = sinceSeq; // nothing at or before it is handed out again
+      this.sinks.add(sink);
+      ack = await this.client.call(
+        {
+          type: "subscribe",
+          events: [...events],
+          interim: options.interim ?? false,
+          tool_arguments: options.toolArguments ?? false,
+          ...given({ since_seq: sinceSeq }),
+        },
+        options,
+      );
+    } catch (error) {
+      if (sink !== null) this.sinks.delete(sink);
+      throw error;
+    } finally {
+      this.opening = false;
+    }
+    const subscription = new SessionEvents(ack, sink, {
+      unsubscribe: (timeoutMs) => this.client.call({ type: "unsubscribe" }, { timeoutMs }),
+      usable: () => this.client.usable(),
+      closed: (which) => {
+        this.sinks.delete(which.sink);
+        if (this.current === which) this.current = null;
+      },
+    }, sinceSeq);
+    this.current = subscription;
+    return subscription;
+  }
+
+  /** Ends this sender's subscription at the agent; an open iteration ends too. */
+  async unsubscribe(options: CallOptions): Promise<SuccessAck> {
+    const ack = await this.client.call({ type: "unsubscribe", ...given({ id: options.id }) }, options);
+    const open = this.current;
+    if (open !== null) {
+      open.unsubscribedElsewhere = true;
+      open.sink.finish();
+    }
+    return ack;
+  }
+
+  /** Hands an event from `sender` to the subscriptions on that agent that asked for its kind. */
+  put(event: SubscribedEvent, sender: string): void {
+    for (const sink of this.sinks) if (sink.agent === sender) sink.put(event);
+  }
+
+  /** Ends the subscriptions on `agent` (every one when undefined) with `failure()`. */
+  fail(failure: () => ContextError, agent?: string): void {
+    for (const sink of this.sinks) if (agent === undefined || sink.agent === agent) sink.finish(failure());
   }
 }
