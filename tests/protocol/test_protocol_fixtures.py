@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from livekit import rtc
@@ -15,7 +15,7 @@ from imaginex_context_plugin import protocol, sign_request
 from imaginex_context_plugin._livekit.agents import choose_agent
 from imaginex_context_plugin._livekit.rpc import HANDLER_FAILED, RPC_FAILURES, rpc_failure
 from imaginex_context_plugin.errors import RETRYABLE_CODES, ErrorCode, ProtocolError
-from imaginex_context_plugin.request_errors import ContextError
+from imaginex_context_plugin.request_errors import ContextError, SpeechFailedError
 from imaginex_context_plugin.security import SIGNATURE_WINDOW_S, signed_message
 from tests.protocol_fixtures import FIXTURES
 
@@ -58,6 +58,20 @@ def test_the_one_rpc_failure_table() -> None:
     for code, expected in [*table["by_livekit_code"].items(), ("1500", table["otherwise"])]:
         error = rpc_failure(rtc.RpcError(int(code), "x"), agent="agent-1")
         assert (error.code.value, error.retryable) == (expected["code"], expected["retryable"])
+
+
+def test_what_each_speech_failed_reason_says() -> None:
+    table = FIXTURES["speech_failed"]
+    assert sorted(table["sentences"]) == sorted(get_args(protocol.SpeechFailureReason))
+    for reason, sentence in table["sentences"].items():
+        event = protocol.SpeechFailedEvent(
+            id="r1", speech_id="speech_r1", reason=reason, started=False,
+            timestamp="2026-01-01T00:00:00Z",
+        )
+        error = SpeechFailedError(event)
+        assert (error.code, error.message, error.retryable) == (
+            ErrorCode.SPEECH_FAILED, sentence, reason in table["retryable_reasons"]
+        )
 
 
 @entries("signatures")

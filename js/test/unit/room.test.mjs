@@ -1,10 +1,12 @@
 // ContextClient's behaviour (Python: sender/), over the in-memory room of fake-room.mjs.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { AckTimeoutError, ContextClient, ContextError, PlayoutTimeoutError, SpeechFailedError } from "../../dist/room/index.js";
 import { FakeAgent, FakeParticipant, FakeRoom } from "./fake-room.mjs";
 
 const TS = "2026-01-15T10:30:00.000Z";
+const FIXTURES = JSON.parse(readFileSync(new URL("../../../fixtures/protocol.json", import.meta.url), "utf8"));
 
 function setup(options = {}) {
   const room = new FakeRoom();
@@ -334,14 +336,10 @@ test("v1.3: subscribe({ sinceSeq }) resumes: replayed events once, lastSeq, the 
 });
 
 test("v1.3: every speech_failed reason says what happened; only not_started is worth a retry", async () => {
-  const reasons = {
-    not_started: "The speech did not start in time (start_within_s) and was cancelled.",
-    tts_error: "The speech failed: the agent's TTS failed.",
-    llm_error: "The speech failed: the agent's model failed to phrase it.",
-    session_closed: "The speech did not play out: the agent's session closed first.",
-    cancelled: "The speech was cancelled before it played out.",
-    avatar_left: "The speech did not play out: the avatar playing it left the room.",
-  };
+  // the sentences the Python client says too (fixtures/protocol.json)
+  const { sentences: reasons, retryable_reasons: retryable } = FIXTURES.speech_failed;
+  assert.deepEqual(retryable, ["not_started"]);
+  assert.equal(Object.keys(reasons).length, 6);
   const { agent, client } = setup();
   for (const [reason, sentence] of Object.entries(reasons)) {
     const id = `f-${reason}`;
@@ -350,7 +348,7 @@ test("v1.3: every speech_failed reason says what happened; only not_started is w
     agent.send({ type: "speech_failed", seq: 1, t_ms: 1, id, speech_id: `speech_${id}`, reason, started: false, timestamp: TS });
     await assert.rejects(speech.finished(), (e) =>
       e instanceof SpeechFailedError && e instanceof ContextError && e.code === "SPEECH_FAILED" &&
-      e.reason === reason && e.message === sentence && e.retryable === (reason === "not_started") &&
+      e.reason === reason && e.message === sentence && e.retryable === retryable.includes(reason) &&
       e.requestId === id && e.event.reason === reason && e.accepted === speech.ack);
     await assert.rejects(client.waitForPlayout(id), (e) => e instanceof SpeechFailedError && e.reason === reason);
   }
