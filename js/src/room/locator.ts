@@ -8,7 +8,8 @@ import { within } from "../retry.js";
 import { chooseAgent } from "./agents.js";
 
 export class AgentLocator {
-  private wake: () => void = () => {};
+  /** Settled at the next roster change, for every call waiting then (then a fresh one). */
+  private nextChange = change();
 
   constructor(
     private readonly room: Room,
@@ -26,7 +27,9 @@ export class AgentLocator {
 
   /** Someone joined, left or changed attributes (or the client closed): look again. */
   changed(): void {
-    this.wake();
+    const now = this.nextChange;
+    this.nextChange = change();
+    now.settle();
   }
 
   /** The agent's identity, waiting up to `timeoutMs` (default: the client's `agentTimeoutMs`). */
@@ -35,8 +38,8 @@ export class AgentLocator {
     const deadline = Date.now() + wait;
     for (;;) {
       this.options.ensureOpen();
-      // set before looking, so a change after the look wakes us
-      const roster = new Promise<void>((resolve) => (this.wake = resolve));
+      // taken before looking, so a change after the look wakes us
+      const roster = this.nextChange.settled;
       let ambiguous: ContextError | null = null;
       let found: string | null = null;
       try {
@@ -75,4 +78,10 @@ export class AgentLocator {
     }
     return `No agent participant is in room '${room}' (${waited}).`;
   }
+}
+
+function change(): { settled: Promise<void>; settle: () => void } {
+  let settle!: () => void;
+  const settled = new Promise<void>((resolve) => (settle = resolve));
+  return { settled, settle };
 }

@@ -176,6 +176,20 @@ test("finding the agent: waits for it to join; several matches are refused; send
   await assert.rejects(none.speak("Hi"), (e) => e.code === "AGENT_NOT_FOUND" && e.message === "No agent participant is in room 'shop-42' (waited 0.01 s).");
 });
 
+test("finding the agent: every call waiting for it goes on when it joins, not only the latest", { timeout: 10_000 }, async () => {
+  // with one waiter woken per roster change, the earlier calls would sit out agentTimeoutMs
+  const room = new FakeRoom();
+  const client = new ContextClient(room, { agentCode: "A1", agentTimeoutMs: 30_000 });
+  const waiting = [client.findAgent(), client.addContext("VIP", { id: "j1" }), client.findAgent()];
+  await new Promise((resolve) => setTimeout(resolve, 20)); // all three are waiting for the roster
+  const agent = new FakeAgent(room, "agent-3");
+  room.join(agent);
+  const [first, ack, last] = await Promise.all(waiting);
+  assert.deepEqual([first, ack.id, last], ["agent-3", "j1", "agent-3"]);
+  assert.deepEqual(sent(agent).map((r) => r.id), ["j1"]);
+  await client.close();
+});
+
 test("over data packets: resent until the agent first answers, acks matched by id", async () => {
   const { room, agent, client } = setup({ via: "data" });
   agent.faults.push("drop"); // a newcomer's first packet can be lost: it goes again
