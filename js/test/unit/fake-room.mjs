@@ -87,12 +87,14 @@ export class FakeAgent {
     this.applied = new Map();
     this.faults = [];
     this.beforeAnswer = null;
+    /** More for the subscribe ack's data (v1.3: a `snapshot`, `replayed`). */
+    this.subscribed = {};
   }
 
   ack(request, extra = {}) {
     const data = { agent_code: this.code, context_type: request.type, delivered_to_rooms: 1, room_id: this.room.name, timestamp: "2026-01-15T10:30:00.000Z" };
     if (request.type === "speak") Object.assign(data, { speech_id: `speech_${request.id}`, method: "say" });
-    if (request.type === "subscribe") data.events = [...request.events, "call_ended"];
+    if (request.type === "subscribe") Object.assign(data, { events: [...request.events, "call_ended"] }, this.subscribed);
     if (request.type === "get_state" && this.state) data.state = this.state;
     return { type: "ack", id: request.id ?? null, success: true, message: "ok", data, ...extra };
   }

@@ -25,6 +25,14 @@ const json = (status, body, headers = {}) => (response) =>
   response.writeHead(status, { "content-type": "application/json", ...headers }).end(JSON.stringify(body));
 const ok = json(200, { success: true, message: "Speech triggered successfully", data: { request_id: "k" } });
 const refusal = (status, error, headers) => json(status, { success: false, error, message: `${error} sentence` }, headers);
+/** One event of the events stream, as the gateway frames it. */
+const sse = (seq, type, extra = {}) => `id: ${seq}\nevent: ${type}\ndata: ${JSON.stringify({ type, seq, timestamp: "t", ...extra })}\n\n`;
+/** An events stream that sends `frames`, then (unless `breaksOff` is false) breaks off mid-call. */
+const stream = (frames, { breaksOff = true } = {}) => (response) => {
+  response.writeHead(200, { "content-type": "text/event-stream" });
+  for (const frame of frames) response.write(frame);
+  if (breaksOff) setTimeout(() => response.destroy(), 20);
+};
 
 test("an Idempotency-Key is made once and reused on every retry; the body and headers are the platform's", async () => {
   const server = await serve([refusal(503, "LIVEKIT_UNAVAILABLE"), refusal(504, "TIMEOUT"), ok]);
@@ -140,20 +148,16 @@ test("options are checked", () => {
 });
 
 test("v1.3: the events stream resumes where it broke off, with Last-Event-ID, nothing twice", async () => {
-  const sse = (seq, type, extra = {}) => `id: ${seq}\nevent: ${type}\ndata: ${JSON.stringify({ type, seq, timestamp: "t", ...extra })}\n\n`;
   const server = await serve([
-    (response) => {
-      response.writeHead(200, { "content-type": "text/event-stream" });
-      response.write(sse(5, "agent_transcript", { text: "one" }));
-      response.write(sse(6, "agent_transcript", { text: "two" }));
-      setTimeout(() => response.destroy(), 20); // the connection breaks off mid-call
-    },
-    (response) => {
-      response.writeHead(200, { "content-type": "text/event-stream" });
-      response.write(sse(6, "agent_transcript", { text: "two", replay: true })); // overlap: skipped
-      response.write(sse(7, "agent_transcript", { text: "three", replay: true }));
-      response.write(sse(8, "call_ended", { reason: "done" }));
-    },
+    stream([sse(5, "agent_transcript", { text: "one" }), sse(6, "agent_transcript", { text: "two" })]),
+    stream(
+      [
+        sse(6, "agent_transcript", { text: "two", replay: true }), // overlap: skipped
+        sse(7, "agent_transcript", { text: "three", replay: true }),
+        sse(8, "call_ended", { reason: "done" }),
+      ],
+      { breaksOff: false },
+    ),
   ]);
   const gateway = new GatewayClient({ baseUrl: server.baseUrl, apiSecret: "s3cret" });
   const events = [];
@@ -164,12 +168,7 @@ test("v1.3: the events stream resumes where it broke off, with Last-Event-ID, no
 });
 
 test("v1.3: without resumeAttempts a broken stream is an error; a refusal on resuming is final", async () => {
-  const broken = (response) => {
-    response.writeHead(200, { "content-type": "text/event-stream" });
-    response.write('id: 1\nevent: agent_state\ndata: {"type":"agent_state","seq":1}\n\n');
-    setTimeout(() => response.destroy(), 20);
-  };
-  const server = await serve([broken, refusal(404, "NO_ACTIVE_ROOMS")]);
+  const server = await serve([stream([sse(1, "agent_state")]), refusal(404, "NO_ACTIVE_ROOMS")]);
   const gateway = new GatewayClient({ baseUrl: server.baseUrl, apiSecret: "s3cret" });
   await assert.rejects(async () => {
     for await (const _ of gateway.events("A1", { roomId: "r" })) { /* the one event */ }
@@ -181,16 +180,8 @@ test("v1.3: without resumeAttempts a broken stream is an error; a refusal on res
 });
 
 test("v1.3: resumeAttempts bounds the resumes in a row without an event, then it is an error", async () => {
-  const first = (response) => {
-    response.writeHead(200, { "content-type": "text/event-stream" });
-    response.write('id: 1\nevent: agent_state\ndata: {"type":"agent_state","seq":1}\n\n');
-    setTimeout(() => response.destroy(), 20);
-  };
-  const empty = (response) => {
-    response.writeHead(200, { "content-type": "text/event-stream" });
-    setTimeout(() => response.destroy(), 20);
-  };
-  const server = await serve([first, empty, empty, empty]);
+  const empty = stream([]);
+  const server = await serve([stream([sse(1, "agent_state")]), empty, empty, empty]);
   const gateway = new GatewayClient({ baseUrl: server.baseUrl, apiSecret: "s3cret" });
   const seen = [];
   await assert.rejects(async () => {
@@ -202,11 +193,11 @@ test("v1.3: resumeAttempts bounds the resumes in a row without an event, then it
 });
 
 test("session mode: no api-secret; the CSRF token on every POST (asked each time), none on the events GET", async () => {
-  const stream = (response) => {
+  const endedStream = (response) => {
     response.writeHead(200, { "content-type": "text/event-stream" });
     response.end('event: call_ended\ndata: {"type":"call_ended","reason":"r","timestamp":"t"}\n\n');
   };
-  const server = await serve([ok, ok, stream]);
+  const server = await serve([ok, ok, endedStream]);
   let token = "csrf-1";
   const gateway = new GatewayClient({ baseUrl: server.baseUrl + "/console/api", csrfToken: () => token });
   await gateway.removeContext("A1", { key: "order", room_id: "r" });

@@ -324,12 +324,7 @@ test("v1.3: speak({ audio }) streams the clip to the agent, then names it with i
 test("v1.3: subscribe({ sinceSeq }) resumes: replayed events once, lastSeq, the snapshot, speech kinds", async () => {
   const { agent, client } = setup();
   const snapshot = { seq: 40, state: { ...STATE, pending_speeches: [] }, items: [], pending_speeches: [] };
-  const original = agent.ack.bind(agent);
-  agent.ack = (request, extra) => {
-    const ack = original(request, extra);
-    if (request.type === "subscribe") Object.assign(ack.data, { snapshot, replayed: 2 });
-    return ack;
-  };
+  agent.subscribed = { snapshot, replayed: 2 };
   const events = await client.subscribe({ events: ["speech", "agent_transcript"], sinceSeq: 30 });
   const request = sent(agent).at(-1);
   assert.equal(request.since_seq, 30);
@@ -415,12 +410,7 @@ test("v1.3: a clip that cannot be streamed is LIVEKIT_UNAVAILABLE, and no speak 
 test("v1.3: events_lost and the fresh snapshot always come through, events_lost even at a seq seen", async () => {
   const { agent, client } = setup();
   const snapshot = { seq: 50, state: { ...STATE, pending_speeches: [] }, items: [], pending_speeches: [] };
-  const original = agent.ack.bind(agent);
-  agent.ack = (request, extra) => {
-    const ack = original(request, extra);
-    if (request.type === "subscribe") Object.assign(ack.data, { replayed: 2 });
-    return ack;
-  };
+  agent.subscribed = { replayed: 2 };
   const events = await client.subscribe({ events: ["agent_transcript"], sinceSeq: 3 });
   assert.equal(events.snapshot, null);
   assert.equal(events.lastSeq, 3); // nothing handed out yet: where it asked to resume
@@ -438,12 +428,7 @@ test("v1.3: events_lost and the fresh snapshot always come through, events_lost 
 test("v1.3: without sinceSeq, lastSeq starts at the snapshot's seq", async () => {
   const { agent, client } = setup();
   const snapshot = { seq: 12, state: { ...STATE, pending_speeches: [] }, items: [], pending_speeches: [] };
-  const original = agent.ack.bind(agent);
-  agent.ack = (request, extra) => {
-    const ack = original(request, extra);
-    if (request.type === "subscribe") Object.assign(ack.data, { snapshot });
-    return ack;
-  };
+  agent.subscribed = { snapshot };
   const events = await client.subscribe({ events: ["context"] });
   assert.equal(sent(agent).at(-1).since_seq, undefined);
   assert.equal(events.replayed, 0);
