@@ -8,7 +8,7 @@ import { createServer } from "node:http";
 import { connect, createServer as createTcpServer } from "node:net";
 import { after, before, test } from "node:test";
 import { chromium } from "playwright-core";
-import { CHROMIUM_ARGS } from "../../test/browser/harness.mjs";
+import { CHROMIUM_ARGS, recordPeerConnections } from "../../test/browser/harness.mjs";
 
 const { GATEWAY_URL, HELPER_URL, SECRET_A, SECRET_B, CODE_A, CODE_B, ROOM_1, ROOM_2, ROOM_B, SCREENSHOTS, CHROMIUM } = process.env;
 const WAIT_MS = 30_000;
@@ -24,15 +24,8 @@ before(async () => {
   await context.addInitScript(() => {
     window.cspViolations = [];
     document.addEventListener("securitypolicyviolation", (event) => window.cspViolations.push(`${event.effectiveDirective} ${event.blockedURI}`));
-    const Native = window.RTCPeerConnection;
-    window.peerConnections = [];
-    window.RTCPeerConnection = class extends Native {
-      constructor(...args) {
-        super(...args);
-        window.peerConnections.push(this);
-      }
-    };
   });
+  await recordPeerConnections(context);
   page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
   page.on("console", (message) => pageLines.push(`${message.type()}: ${message.text()}`));
@@ -316,25 +309,64 @@ async function history(code, room, secret) {
   return (await response.json()).data.rooms[0].result.history;
 }
 
-test("a network blip on the events stream: it resumes with Last-Event-ID; every line once, in order; each playout note once", async () => {
+/** Waits for tenant A's agent in ROOM_1 to hold an item of `role` saying `text`. */
+async function agentSaid(text, role = "assistant") {
+  return until(`the agent's history to hold "${text}"`, async () =>
+    (await history(CODE_A, ROOM_1, SECRET_A)).find((item) => item.role === role && item.text.includes(text)),
+  );
+}
+
+/**
+ * Runs `body` on a second console page that reaches the gateway through a `blipProxy` (so that
+ * its events stream can be cut), showing ROOM_1 with its stream live; closes both after.
+ */
+async function onBlipPage(label, body) {
   const proxy = await blipProxy(GATEWAY_URL);
   const blip = await context.newPage();
   blip.setDefaultTimeout(WAIT_MS);
-  blip.on("pageerror", (error) => pageLines.push(`blip pageerror: ${error.message}`));
+  blip.on("pageerror", (error) => pageLines.push(`${label} pageerror: ${error.message}`));
   try {
     await blip.goto(`${proxy.url}/console`);
     await blip.locator(`.call-item[data-room="${ROOM_1}"]`).click();
     const pill = blip.locator(".pill", { hasText: "Stream" }).locator("b");
     await pill.filter({ hasText: "live" }).waitFor();
-    const lines = blip.locator(".transcript-lines");
+    await body({ proxy, blip, pill, lines: blip.locator(".transcript-lines") });
+  } finally {
+    await blip.close();
+    proxy.close();
+  }
+}
+
+/** The transcript's lines, each drawn once and those matching `patterns` in that order. */
+async function eachLineOnceInOrder(lines, patterns) {
+  const drawn = await lines.locator(".line[data-item-id]").evaluateAll((items) => items.map((item) => ({ id: item.dataset.itemId, text: item.querySelector(".said").textContent, role: item.className })));
+  const ids = drawn.map((line) => line.id);
+  assert.equal(new Set(ids).size, ids.length, `a line drawn twice: ${JSON.stringify(drawn)}`);
+  const texts = drawn.map((line) => line.text);
+  const order = patterns.map((pattern) => {
+    const found = texts.flatMap((text, index) => (pattern.test(text) ? [index] : []));
+    assert.equal(found.length, 1, `${pattern} drawn ${found.length} times: ${JSON.stringify(texts)}`);
+    return found[0];
+  });
+  assert.deepEqual([...order].sort((a, b) => a - b), order, `out of order: ${JSON.stringify(texts)}`);
+  return drawn;
+}
+
+/** The Last-Event-ID of each events request that went through after the blip (at least one). */
+function resumedAfter(proxy) {
+  const resumed = proxy.requests.filter((request) => !request.blocked && request.lastEventId !== null);
+  assert.ok(resumed.length >= 1, `resumed with Last-Event-ID: ${JSON.stringify(proxy.requests)}`);
+  return resumed.map((request) => Number(request.lastEventId));
+}
+
+test("a network blip on the events stream: it resumes with Last-Event-ID; every line once, in order; each playout note once", async () => {
+  await onBlipPage("blip", async ({ proxy, blip, pill, lines }) => {
     const blipEntry = (detail) => blip.locator(".activity-log .entry", { has: blip.locator(".detail", { hasText: detail }) });
     const speak = async (text) => {
       await blip.getByRole("textbox", { name: "Message", exact: true }).fill(text);
       await blip.getByRole("button", { name: "Speak", exact: true }).click();
       await blipEntry(text).locator(".status", { hasText: "✓ Speech triggered successfully" }).waitFor();
     };
-    const said = async (text, role = "assistant") =>
-      until(`the agent's history to hold "${text}"`, async () => (await history(CODE_A, ROOM_1, SECRET_A)).find((item) => item.role === role && item.text.includes(text)));
 
     const one = "Blip line one: your parcel left the warehouse.";
     await speak(one);
@@ -349,34 +381,22 @@ test("a network blip on the events stream: it resumes with Last-Event-ID; every 
     const two = "Blip line two: it is with the courier now.";
     const three = "Blip line three: expect it before noon.";
     await speak(two); // the controls still work: only the stream is down
-    await said("Blip line two");
+    await agentSaid("Blip line two");
     await hear(ROOM_1, "Where is order 7788 right now?");
-    await said("order 7788 shipped yesterday");
+    await agentSaid("order 7788 shipped yesterday");
     await speak(three);
-    await said("Blip line three");
+    await agentSaid("Blip line three");
     await until("the speech to finish", async () => (await agentState(CODE_A, ROOM_1, SECRET_A)).pending_speeches.length === 0);
     assert.equal(await lines.locator(".line", { hasText: /Blip line two|order 7788|Blip line three/ }).count(), 0, "nothing came while the stream was down");
 
     proxy.restore();
     await pill.filter({ hasText: "live" }).waitFor();
     await lines.locator(".line.assistant", { hasText: "Blip line three" }).waitFor();
-    const resumed = proxy.requests.filter((request) => !request.blocked && request.lastEventId !== null);
-    assert.ok(resumed.length >= 1, `resumed with Last-Event-ID: ${JSON.stringify(proxy.requests)}`);
-    assert.ok(Number(resumed[0].lastEventId) >= seqBefore);
+    assert.ok(resumedAfter(proxy)[0] >= seqBefore);
     await blip.locator(".activity-log .entry.notice", { hasText: "The events stream is back: resumed after event" }).first().waitFor();
 
     // every line once, in the order it was said
-    const drawn = await lines.locator(".line[data-item-id]").evaluateAll((items) => items.map((item) => ({ id: item.dataset.itemId, text: item.querySelector(".said").textContent, role: item.className })));
-    const ids = drawn.map((line) => line.id);
-    assert.equal(new Set(ids).size, ids.length, `a line drawn twice: ${JSON.stringify(drawn)}`);
-    const texts = drawn.map((line) => line.text);
-    const at = (pattern) => {
-      const found = texts.flatMap((text, index) => (pattern.test(text) ? [index] : []));
-      assert.equal(found.length, 1, `${pattern} drawn ${found.length} times: ${JSON.stringify(texts)}`);
-      return found[0];
-    };
-    const order = [at(/Blip line one/), at(/Blip line two/), at(/Where is order 7788/), at(/^lookup_order completed$/) , at(/order 7788 shipped yesterday/), at(/Blip line three/)];
-    assert.deepEqual([...order].sort((a, b) => a - b), order, `out of order: ${JSON.stringify(texts)}`);
+    const drawn = await eachLineOnceInOrder(lines, [/Blip line one/, /Blip line two/, /Where is order 7788/, /^lookup_order completed$/, /order 7788 shipped yesterday/, /Blip line three/]);
     // what the agent holds and what the page shows: the same items, none missing
     const held = (await history(CODE_A, ROOM_1, SECRET_A)).filter((item) => item.role === "user" || item.role === "assistant").map((item) => item.id);
     assert.deepEqual(new Set(drawn.filter((line) => !line.id.startsWith("tool-")).map((line) => line.id)), new Set(held));
@@ -385,10 +405,7 @@ test("a network blip on the events stream: it resumes with Last-Event-ID; every 
       const notes = await blipEntry(text).locator(".notes li").allTextContents();
       assert.deepEqual(notes.map((note) => note.replace(/^\d\d:\d\d:\d\d/, "").replace(/ after .*/, "")), ["▶ started playing", "■ finished"], text);
     }
-  } finally {
-    await blip.close();
-    proxy.close();
-  }
+  });
 });
 
 test("events lost for good: the page says so in red, then rebuilds from the snapshot, every line once", async () => {
@@ -397,75 +414,52 @@ test("events lost for good: the page says so in red, then rebuilds from the snap
   // buffer (console_worker.EVENT_BUFFER, 12 events) no longer reaches back
   await callItem(ROOM_2).click();
   await page.getByRole("heading", { name: ROOM_2, level: 2 }).waitFor();
-  const proxy = await blipProxy(GATEWAY_URL);
-  const blip = await context.newPage();
-  blip.setDefaultTimeout(WAIT_MS);
-  blip.on("pageerror", (error) => pageLines.push(`lost pageerror: ${error.message}`));
   try {
-    await blip.goto(`${proxy.url}/console`);
-    await blip.locator(`.call-item[data-room="${ROOM_1}"]`).click();
-    const pill = blip.locator(".pill", { hasText: "Stream" }).locator("b");
-    await pill.filter({ hasText: "live" }).waitFor();
-    const lines = blip.locator(".transcript-lines");
-    await lines.locator(".line.assistant", { hasText: "Blip line three" }).waitFor();
-    const said = async (text, role = "assistant") =>
-      until(`the agent's history to hold "${text}"`, async () => (await history(CODE_A, ROOM_1, SECRET_A)).find((item) => item.role === role && item.text.includes(text)));
-    const speakDirect = async (message) => {
-      const response = await fetch(`${GATEWAY_URL}/v1/agent/${CODE_A}/speak`, {
-        method: "POST",
-        headers: { "api-secret": SECRET_A, "content-type": "application/json" },
-        body: JSON.stringify({ room_id: ROOM_1, message }),
-      });
-      assert.equal(response.status, 200, await response.text());
-    };
+    await onBlipPage("lost", async ({ proxy, blip, pill, lines }) => {
+      await lines.locator(".line.assistant", { hasText: "Blip line three" }).waitFor();
+      const speakDirect = async (message) => {
+        const response = await fetch(`${GATEWAY_URL}/v1/agent/${CODE_A}/speak`, {
+          method: "POST",
+          headers: { "api-secret": SECRET_A, "content-type": "application/json" },
+          body: JSON.stringify({ room_id: ROOM_1, message }),
+        });
+        assert.equal(response.status, 200, await response.text());
+      };
 
-    // a numbered event drawn first: the seq the page resumes after (a page that saw none reads
-    // the history again instead)
-    await speakDirect("Lost line zero: one moment please.");
-    await lines.locator(".line.assistant", { hasText: "Lost line zero" }).waitFor();
-    const seqBefore = Number(await blip.locator("section.call").getAttribute("data-seq"));
-    assert.ok(seqBefore > 0);
-    proxy.cut();
-    const cutAt = Date.now();
-    await pill.filter({ hasText: "reconnecting" }).waitFor();
-    for (const text of ["Lost line one: a new tracking number is on its way.", "Lost line two: it arrives by courier.", "Lost line three: no signature is needed."]) {
-      await speakDirect(text);
-      await said(text.slice(0, 14));
-    }
-    await hear(ROOM_1, "And order 9051, where is that one?");
-    await said("order 9051 shipped yesterday");
-    await until("the speeches to end", async () => (await agentState(CODE_A, ROOM_1, SECRET_A)).pending_speeches.length === 0);
-    // the gateway notices the cut stream when its heartbeat (15 s) finds the client gone
-    await until("the gateway's heartbeat to find the cut stream", async () => Date.now() - cutAt > 18_000, 25_000);
-    assert.equal(await lines.locator(".line", { hasText: /Lost line (one|two|three)|order 9051/ }).count(), 0, "nothing came while the stream was down");
+      // a numbered event drawn first: the seq the page resumes after (a page that saw none reads
+      // the history again instead)
+      await speakDirect("Lost line zero: one moment please.");
+      await lines.locator(".line.assistant", { hasText: "Lost line zero" }).waitFor();
+      const seqBefore = Number(await blip.locator("section.call").getAttribute("data-seq"));
+      assert.ok(seqBefore > 0);
+      proxy.cut();
+      const cutAt = Date.now();
+      await pill.filter({ hasText: "reconnecting" }).waitFor();
+      for (const text of ["Lost line one: a new tracking number is on its way.", "Lost line two: it arrives by courier.", "Lost line three: no signature is needed."]) {
+        await speakDirect(text);
+        await agentSaid(text.slice(0, 14));
+      }
+      await hear(ROOM_1, "And order 9051, where is that one?");
+      await agentSaid("order 9051 shipped yesterday");
+      await until("the speeches to end", async () => (await agentState(CODE_A, ROOM_1, SECRET_A)).pending_speeches.length === 0);
+      // the gateway notices the cut stream when its heartbeat (15 s) finds the client gone
+      await until("the gateway's heartbeat to find the cut stream", async () => Date.now() - cutAt > 18_000, 25_000);
+      assert.equal(await lines.locator(".line", { hasText: /Lost line (one|two|three)|order 9051/ }).count(), 0, "nothing came while the stream was down");
 
-    proxy.restore();
-    await pill.filter({ hasText: "live" }).waitFor();
-    const note = lines.locator(".line.system.lost", { hasText: /lost while the console was away; the view was rebuilt from the agent's snapshot/ });
-    await note.waitFor();
-    await blip.locator(".activity-log .entry.notice.error", { hasText: "lost while the console was away" }).first().waitFor();
-    await lines.locator(".line.assistant", { hasText: "order 9051 shipped yesterday" }).waitFor();
-    const drawn = await lines.locator(".line[data-item-id]").evaluateAll((items) => items.map((item) => ({ id: item.dataset.itemId, text: item.querySelector(".said").textContent })));
-    const ids = drawn.map((line) => line.id);
-    assert.equal(new Set(ids).size, ids.length, `a line drawn twice: ${JSON.stringify(drawn)}`);
-    const texts = drawn.map((line) => line.text);
-    const at = (pattern) => {
-      const found = texts.flatMap((text, index) => (pattern.test(text) ? [index] : []));
-      assert.equal(found.length, 1, `${pattern} drawn ${found.length} times: ${JSON.stringify(texts)}`);
-      return found[0];
-    };
-    const order = [at(/Blip line three/), at(/Lost line zero/), at(/Lost line one/), at(/Lost line two/), at(/Lost line three/), at(/And order 9051/), at(/order 9051 shipped yesterday/)];
-    assert.deepEqual([...order].sort((a, b) => a - b), order, `out of order: ${JSON.stringify(texts)}`);
-    // live again after the snapshot: a new line comes once
-    await speakDirect("After the gap: anything else I can help with?");
-    await lines.locator(".line.assistant", { hasText: "After the gap" }).waitFor();
-    assert.equal(await lines.locator(".line.assistant", { hasText: "After the gap" }).count(), 1);
-    const resumed = proxy.requests.filter((request) => !request.blocked && request.lastEventId !== null);
-    assert.ok(resumed.length >= 1, `resumed with Last-Event-ID: ${JSON.stringify(proxy.requests)}`);
-    assert.ok(Number(resumed.at(-1).lastEventId) >= seqBefore);
+      proxy.restore();
+      await pill.filter({ hasText: "live" }).waitFor();
+      const note = lines.locator(".line.system.lost", { hasText: /lost while the console was away; the view was rebuilt from the agent's snapshot/ });
+      await note.waitFor();
+      await blip.locator(".activity-log .entry.notice.error", { hasText: "lost while the console was away" }).first().waitFor();
+      await lines.locator(".line.assistant", { hasText: "order 9051 shipped yesterday" }).waitFor();
+      await eachLineOnceInOrder(lines, [/Blip line three/, /Lost line zero/, /Lost line one/, /Lost line two/, /Lost line three/, /And order 9051/, /order 9051 shipped yesterday/]);
+      // live again after the snapshot: a new line comes once
+      await speakDirect("After the gap: anything else I can help with?");
+      await lines.locator(".line.assistant", { hasText: "After the gap" }).waitFor();
+      assert.equal(await lines.locator(".line.assistant", { hasText: "After the gap" }).count(), 1);
+      assert.ok(resumedAfter(proxy).at(-1) >= seqBefore);
+    });
   } finally {
-    await blip.close();
-    proxy.close();
     await callItem(ROOM_1).click();
     await page.getByRole("heading", { name: ROOM_1, level: 2 }).waitFor();
     await page.locator(".pill", { hasText: "Stream" }).locator("b", { hasText: "live" }).waitFor();

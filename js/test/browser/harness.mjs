@@ -27,6 +27,23 @@ export const CHROMIUM_ARGS = [
   "--autoplay-policy=no-user-gesture-required",
 ];
 
+/**
+ * Keeps every peer connection the context's pages make in `window.peerConnections`, so that a
+ * test can read from their stats which addresses WebRTC chose (loopback only).
+ */
+export async function recordPeerConnections(context) {
+  await context.addInitScript(() => {
+    const Native = window.RTCPeerConnection;
+    window.peerConnections = [];
+    window.RTCPeerConnection = class extends Native {
+      constructor(...args) {
+        super(...args);
+        window.peerConnections.push(this);
+      }
+    };
+  });
+}
+
 function page(extraModules) {
   const imports = {
     "livekit-client": "/livekit-client.mjs",
@@ -68,17 +85,7 @@ export async function openBrowserPage({ executablePath = process.env.CHROMIUM ??
   const origin = `http://127.0.0.1:${server.address().port}`;
   const browser = await chromium.launch({ executablePath, args: CHROMIUM_ARGS, headless: true });
   const context = await browser.newContext();
-  // keep every peer connection the page makes, so a test can read which addresses WebRTC chose
-  await context.addInitScript(() => {
-    const Native = window.RTCPeerConnection;
-    window.peerConnections = [];
-    window.RTCPeerConnection = class extends Native {
-      constructor(...args) {
-        super(...args);
-        window.peerConnections.push(this);
-      }
-    };
-  });
+  await recordPeerConnections(context);
   const tab = await context.newPage();
   const consoleLines = [];
   tab.on("console", (message) => consoleLines.push(`${message.type()}: ${message.text()}`));
