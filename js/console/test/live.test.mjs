@@ -536,7 +536,13 @@ test("interrupt, mute, stop listening, instructions and a user message: each wit
 });
 
 test("take over: the operator's microphone is published and the agent muted; hand back restores it", async () => {
-  await page.getByRole("textbox", { name: "Message", exact: true }).fill("Thanks for waiting, I am now checking the warehouse system for the exact delivery slot of your parcel.");
+  // long enough (about 8 s at the worker's 0.03 s a character) to still be playing when the
+  // operator is live: joining the room took over 3 s on a loaded machine, past a shorter speech
+  await page.getByRole("textbox", { name: "Message", exact: true }).fill(
+    "Thanks for waiting, I am now checking the warehouse system for the exact delivery slot of your parcel, " +
+      "then the courier's route for today and the address we have on file, and whether a neighbour or a " +
+      "parcel locker could take it if nobody is at home this afternoon.",
+  );
   await page.getByRole("button", { name: "Speak", exact: true }).click();
   await entry("Speak").locator(".notes", { hasText: "▶ started playing" }).waitFor();
   const spoken = entry("Speak");
