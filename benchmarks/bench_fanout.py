@@ -25,7 +25,9 @@ Same run, same machine (as root inside a loopback-only network namespace):
   transports and these agents can reach on this machine.
 
 Per size: HTTP -> response of the first request (cold: the gateway joins every room), then of
-``warm`` sequential requests; the floors and the server-side deliveries take turns in
+the warm sequential requests, ``max(--warm, ceil(--min-samples / rooms))`` of them on every path
+and floor, so that each warm p99 rests on at least ``--min-samples`` room deliveries (each row
+prints its count); the floors and the server-side deliveries take turns in
 ``--rounds`` blocks (a fresh gateway process each, all started before the first block), so that
 a load coming and going on the shared machine falls on all of them alike, and the room path
 runs after them, alone; RoomService calls per request (counted in both nodes' logs, which
@@ -33,9 +35,10 @@ log every API call); the gateway's RSS before and after it pooled the rooms (gro
 room) and its open sockets; the rooms each node's agents were reached in (the node as LiveKit
 records it in Redis: server-API calls for node B's rooms go through node A); CPU milliseconds
 per warm request of the gateway process, of each ``livekit-server`` process and of the agents'
-worker processes together (``/proc``; on 2 cores a request's wall time cannot be
-shorter than their sum over 2). Every phase starts once the agent workers have settled
-(``QUIET_CORES_PER_WORKER``); their idle CPU then is printed beside the CPU figures.
+worker processes together (``/proc``, in clock ticks of 10 ms: each figure is the ticks
+of the whole warm window over its requests, and prints the ticks; on 2 cores a request's wall
+time cannot be shorter than their sum over 2). Every phase starts once the agent workers have
+settled (``QUIET_CORES_PER_WORKER``); their idle CPU then is printed beside the CPU figures.
 Correctness: every request reports every room delivered, and at the end each agent said
 exactly one speech per request (counted in its ``AgentSession`` history).
 
@@ -46,8 +49,8 @@ request. ``--json PATH`` writes the figures as data (``benchmarks/capacity_model
 docs' capacity model against them).
 
 Run: ``python benchmarks/bench_fanout.py [--sizes 1,50,200] [--warm N]
-[--modes directory,scan] [--delivery server-rpc|room|server-rpc,room] [--floors ...]
-[--json PATH]``.
+[--min-samples N] [--modes directory,scan] [--delivery server-rpc|room|server-rpc,room]
+[--floors ...] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ from _harness import Figure, Report, percentile  # noqa: E402
 from bench_live import floor  # noqa: E402
 from fanout.agents import agents_worker  # noqa: E402
 from fanout.gateway import gateway_worker  # noqa: E402
-from fanout.measure import FloorPhase, Phase  # noqa: E402
+from fanout.measure import CLOCK_TICK_S, FloorPhase, Phase  # noqa: E402
 from fanout.one_size import one_size  # noqa: E402
 from fanout.report import add_figures, add_floor_figures, as_data, p50_p99  # noqa: E402
 from fanout.settings import (  # noqa: E402
@@ -87,9 +90,11 @@ from fanout.settings import (  # noqa: E402
     DELIVERIES,
     DELIVERY_TIMEOUT_S,
     FLOORS,
+    MIN_SAMPLES,
     MODES,
     NODE_UDP_PORTS,
     SERVER_RPC,
+    warm_requests,
 )
 
 from devtools.livekit_cluster import LiveKitCluster, start_cluster  # noqa: E402
@@ -120,6 +125,7 @@ async def run(
     floor_variants: Sequence[str] = FLOORS,
     results: dict[str, Any] | None = None,
     rounds: int = 4,
+    min_samples: int = MIN_SAMPLES,
 ) -> Report:
     """Measure; ``cluster``: use this one instead of starting a new one; ``joins``: run the
     gateway with this ``max_concurrent_joins`` (built here as the command builds it) instead of
@@ -127,18 +133,29 @@ async def run(
     ``DELIVERIES`` to measure (every mode with each), in that order; ``floor_variants``: the
     fan-out floors to measure; ``results``: filled with the figures as data (what
     ``--json`` writes, what ``benchmarks/capacity_model.py`` checks); ``rounds``: how many turns
-    the floors and the server-side deliveries take, ``warm`` requests shared between them."""
+    the floors and the server-side deliveries take, the warm requests shared between them;
+    ``min_samples``: rooms the warm requests of each size reach in all, at the least, on every
+    path and floor (a size of ``rooms`` makes ``max(warm, ceil(min_samples / rooms))`` warm
+    requests), and requests of the bare RPC echo floor, at the least."""
     report = Report("fan-out: one speak to N rooms through the gateway, on a 2-node cluster")
     report.notes.append(NETWORK)
     load_before = os.getloadavg()
     phases: list[Phase] = []
     floors: list[FloorPhase] = []
     with cluster_here(cluster) as lk, tempfile.TemporaryDirectory(prefix="fanout-gw-") as tmp:
-        floor_samples = await floor(lk.nodes[0].info, floor_requests)
+        floor_samples = await floor(lk.nodes[0].info, max(floor_requests, min_samples))
         for rooms in sizes:
             try:
                 measured, floored, failures = await one_size(
-                    lk, rooms, warm, modes, Path(tmp), joins, deliveries, floor_variants, rounds
+                    lk,
+                    rooms,
+                    warm_requests(rooms, warm, min_samples),
+                    modes,
+                    Path(tmp),
+                    joins,
+                    deliveries,
+                    floor_variants,
+                    rounds,
                 )
             except (RuntimeError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
                 report.ok = False
@@ -151,7 +168,8 @@ async def run(
                 report.notes.extend(f"{rooms} rooms: {failure}" for failure in failures[:6])
     floor_p99 = percentile(floor_samples, 0.99)
     floor_text = p50_p99(floor_samples)
-    report.add(Figure("floor: bare RPC echo, p50 / p99", floor_text))
+    echo_name = f"floor: bare RPC echo ({len(floor_samples)} samples), p50 / p99"
+    report.add(Figure(echo_name, floor_text))
     for done in floors:
         add_floor_figures(report, done, floors, sizes)
     for each in phases:
@@ -167,9 +185,12 @@ async def run(
         results.update(
             as_data(floors, phases, floor_samples, load_before, load_after, warm, report.ok)
         )
+        results.update(min_samples=min_samples, clock_tick_ms=CLOCK_TICK_S * 1000)
+    per_size = ", ".join(f"{n} rooms: {warm_requests(n, warm, min_samples)}" for n in sizes)
     report.notes.append(
-        f"{warm} warm requests per size, mode and delivery, after 1 cold, the floors and the "
-        f"server-side deliveries taking turns in {rounds} rounds, the room path after them; "
+        f"warm requests per size, on every path and floor: max(--warm {warm}, "
+        f"ceil(--min-samples {min_samples} / rooms)) ({per_size}), after 1 cold, the floors and "
+        f"the server-side deliveries taking turns in {rounds} rounds, the room path after them; "
         f"agents in <= "
         f"{AGENTS_PER_PROCESS} rooms per worker process; rooms alternate between the 2 nodes, "
         f"the gateway uses node A; {DELIVERY_TIMEOUT_S:g} s delivery timeout"
@@ -183,6 +204,11 @@ async def run(
         + "; fan-out floors: PerformRpc from this process (sender) to the same agents, "
         "answered by a bare RPC method, nothing of the plugin or the gateway in them"
     )
+    report.notes.append(
+        f"CPU: /proc user + system time, counted in clock ticks of {CLOCK_TICK_S * 1000:g} ms, "
+        "summed over every block of a phase's warm requests (the whole warm window, not the "
+        "settling between blocks) and divided by its warm requests; each CPU row gives its ticks"
+    )
     return report
 
 
@@ -192,7 +218,15 @@ def main() -> None:
     parser.add_argument("--gateway", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--joins", type=int, help="the gateway's max_concurrent_joins")
     parser.add_argument("--sizes", default="1,50,200")
-    parser.add_argument("--warm", type=int, default=20)
+    parser.add_argument("--warm", type=int, default=20, help="warm requests per size, at least")
+    parser.add_argument(
+        "--min-samples",
+        type=int,
+        default=MIN_SAMPLES,
+        help="rooms the warm requests of each size reach in all, at the least: a size of R "
+        "rooms makes max(--warm, ceil(N / R)) warm requests on every path and floor "
+        f"(default {MIN_SAMPLES})",
+    )
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument(
         "--delivery",
@@ -239,7 +273,8 @@ def main() -> None:
             deliveries=deliveries,
             floor_variants=floor_variants,
             results=results,
-            rounds=max(1, min(args.rounds, args.warm)),
+            rounds=max(1, args.rounds),
+            min_samples=max(0, args.min_samples),
         )
     )
     report.print()

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from _harness import cpu_seconds
@@ -38,6 +38,10 @@ from .settings import (
     RPC_SAY,
     SENDER,
 )
+
+CLOCK_TICK_S: Final = 1 / os.sysconf("SC_CLK_TCK")
+"""The resolution of the CPU figures: ``/proc`` counts CPU time in these ticks (10 ms on
+Linux), so a figure rests on the ticks of its whole warm window, not on a request's own."""
 
 
 async def settled_cpu(
@@ -71,8 +75,14 @@ class Measured:
 
     @property
     def cpu_ms(self) -> dict[str, float]:
-        """CPU milliseconds per warm request, by group."""
+        """CPU milliseconds per warm request, by group: the ticks of every block over the
+        requests of every block."""
         return {k: v * 1000 / max(self.requests, 1) for k, v in self.cpu_s.items()}
+
+    @property
+    def ticks(self) -> dict[str, int]:
+        """The clock ticks each group's CPU figure rests on (``CLOCK_TICK_S`` each)."""
+        return {k: round(v / CLOCK_TICK_S) for k, v in self.cpu_s.items()}
 
     def idle_ms_per_s(self, group: str) -> float:
         """``group``'s CPU when idle (the median over the blocks), milliseconds per second."""

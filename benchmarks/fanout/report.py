@@ -8,7 +8,7 @@ from typing import Any
 
 from _harness import Figure, Report, ms, percentile
 
-from .measure import FloorPhase, Measured, Phase
+from .measure import CLOCK_TICK_S, FloorPhase, Measured, Phase
 from .settings import (
     BARE_FLOOR_OF,
     DELIVERY_CALL,
@@ -26,6 +26,11 @@ def p50_p99(samples: Sequence[float]) -> str:
 
 def mib(value: float) -> str:
     return f"{value / 2**20:,.1f} MiB"
+
+
+def samples(requests: int, rooms: int) -> str:
+    """How many room deliveries a warm figure rests on, and of which requests."""
+    return f"{requests * rooms} samples: {requests} requests x {rooms} rooms"
 
 
 def as_data(
@@ -47,15 +52,22 @@ def as_data(
         "load_after": list(load_after),
         "warm": warm,
         "ok": ok,
-        "rpc_echo_ms": {"p50": p(floor_samples, 0.5), "p99": p(floor_samples, 0.99)},
+        "rpc_echo_ms": {
+            "p50": p(floor_samples, 0.5),
+            "p99": p(floor_samples, 0.99),
+            "samples": len(floor_samples),
+        },
         "floors": [
             {
                 "rooms": f.rooms,
                 "variant": f.variant,
                 "p50_ms": p(f.warm, 0.5),
                 "p99_ms": p(f.warm, 0.99),
+                "requests": len(f.warm),
+                "samples": len(f.warm) * f.rooms,
                 "missed": f.missed,
                 "cpu_ms": {k: round(v, 2) for k, v in f.cpu_ms.items()},
+                "cpu_ticks": f.measured.ticks,
                 "idle_ms_per_s": {
                     k: round(f.measured.idle_ms_per_s(k), 1) for k in f.measured.idle
                 },
@@ -70,10 +82,13 @@ def as_data(
                 "cold_ms": round(d.cold * 1000, 3),
                 "p50_ms": p(d.warm, 0.5),
                 "p99_ms": p(d.warm, 0.99),
+                "requests": len(d.warm),
+                "samples": len(d.warm) * d.rooms,
                 "delivered": sum(a["delivered_to_rooms"] for a in d.answers),
                 "duplicates": d.duplicates,
                 "of": d.rooms * len(d.answers),
                 "cpu_ms": {k: round(v, 2) for k, v in d.cpu_ms.items()},
+                "cpu_ticks": d.measured.ticks,
                 "idle_ms_per_s": {
                     k: round(d.measured.idle_ms_per_s(k), 1) for k in d.measured.idle
                 },
@@ -96,7 +111,7 @@ def add_floor_figures(
     largest = done.rooms == max(sizes) and done.rooms != min(sizes) and single_p99 > 0
     report.add(
         Figure(
-            f"{done.label}: warm, p50 / p99",
+            f"{done.label}: warm ({samples(len(done.warm), done.rooms)}), p50 / p99",
             p50_p99(done.warm),
             f"1 room p99 {ms(single_p99)}" if largest else "",
             f"{percentile(done.warm, 0.99) / single_p99:.2f}x" if largest else "",
@@ -112,10 +127,12 @@ def cpu_figure(name: str, measured: Measured) -> Figure:
     CPU when idle (between the blocks)."""
     cpu = measured.cpu_ms
     idle = " / ".join(f"{measured.idle_ms_per_s(group):.0f}" for group in cpu)
+    ticks = " / ".join(str(t) for t in measured.ticks.values())
     return Figure(
         f"{name}, {' / '.join(cpu)}",
         " / ".join(f"{v:.1f}" for v in cpu.values()),
-        f"sum {sum(cpu.values()):.1f}; idle before, ms/s: {idle}",
+        f"sum {sum(cpu.values()):.1f}; {ticks} ticks of {CLOCK_TICK_S * 1000:g} ms over "
+        f"{measured.requests} requests; idle before, ms/s: {idle}",
     )
 
 
@@ -153,7 +170,7 @@ def add_figures(
     )
     report.add(
         Figure(
-            f"{label}: HTTP -> response, warm, p50 / p99",
+            f"{label}: HTTP -> response, warm ({samples(len(done.warm), n)}), p50 / p99",
             p50_p99(done.warm),
             f"1 room p99 {ms(single_p99)}" if largest else floor_text,
             f"{warm_p99 / single_p99:.2f}x" if largest else f"{warm_p99 / floor_p99:.1f}x",
