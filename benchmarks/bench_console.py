@@ -43,7 +43,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from datetime import datetime  # noqa: E402
@@ -51,10 +50,9 @@ from typing import Any  # noqa: E402
 
 import aiohttp  # noqa: E402
 from _harness import Figure, Report, percentile, script_main  # noqa: E402
-from _live import livekit, room_token  # noqa: E402
+from _live import agent_room, room_token, worker_on_livekit  # noqa: E402
 from livekit import api, rtc  # noqa: E402
 
-from devtools.agent_worker import agent_worker, dispatched_room  # noqa: E402
 from devtools.livekit_server import (  # noqa: E402
     ServerInfo,
     free_tcp_port,
@@ -249,16 +247,11 @@ async def run(rounds: int = 200, warmup: int = 10, server: ServerInfo | None = N
     report = Report("console: agent event -> transcript line in the page (Chromium) vs bare SSE")
     report.notes.append(NETWORK)
     with (
-        livekit(server) as lk,
-        tempfile.TemporaryDirectory(prefix="bench-console-") as tmp,
-        agent_worker(lk, WORKER_FILE, Path(tmp) / "worker.log"),
-        gateway(lk, Path(tmp) / "gateway.log") as (process, url),
+        worker_on_livekit(server, WORKER_FILE, prefix="bench-console") as (lk, tmp),
+        gateway(lk, tmp / "gateway.log") as (process, url),
     ):
         await serving(process, url)
-        async with dispatched_room(
-            lk, AGENT_NAME, prefix="bench-console",
-            agent_attribute=("imaginex.agent_code", AGENT_CODE),
-        ) as room:
+        async with agent_room(lk, AGENT_NAME, AGENT_CODE, prefix="bench-console") as room:
             samples, complete = await measure(lk, url, room, rounds, warmup)
     report.ok = complete and len(samples["dom_words"]) == len(samples["dom_line"]) == rounds
     for kind, what in (("words", "caller's words (interim transcript)"),
