@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from devtools.gateway_process import gateway_command, gateway_env, until_serving
 from devtools.livekit_cluster import ClusterNode, LiveKitCluster
 from devtools.livekit_server import ROOT, free_tcp_port
 from imaginex_context_plugin.gateway import (
@@ -36,7 +37,6 @@ from .settings import (
     BENCH_FILE,
     DELIVERY_TIMEOUT_S,
     DIRECTORY,
-    GATEWAY_CLI,
     GATEWAY_IDENTITY,
     RECONCILE_INTERVAL_S,
     ROOM,
@@ -118,32 +118,13 @@ async def gateway(
 ) -> AsyncIterator[GatewayProcess]:
     """A fresh gateway process on ``port`` (default: a free one)."""
     port = port if port is not None else free_tcp_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LIVEKIT_", "IMAGINEX_API", "IMAGINEX_SIGNING"))
-    }
-    env.update(
-        LIVEKIT_URL=node.info.url,
-        LIVEKIT_API_KEY=node.info.api_key,
-        LIVEKIT_API_SECRET=node.info.api_secret,
-        IMAGINEX_API_SECRET=API_SECRET_HEADER,
-    )
+    env = gateway_env(node.info, IMAGINEX_API_SECRET=API_SECRET_HEADER)
     log_path = workdir / f"gateway-{port}.log"
     with log_path.open("wb") as log:
-        command = [
-            str(GATEWAY_CLI),
-            "gateway",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--identity",
-            GATEWAY_IDENTITY,
-            "--rate-limit",
-            "0",
-            "--timeout",
-            str(DELIVERY_TIMEOUT_S),
+        command = gateway_command(
+            port,
+            *("--identity", GATEWAY_IDENTITY, "--rate-limit", "0"),
+            *("--timeout", str(DELIVERY_TIMEOUT_S), "--delivery", delivery),
             # the directory's first reconciliation finds the agents (they joined before it
             # started); the periodic ones (1 + N calls every 30 s, bench_directory.py) are
             # pushed out of the phase, so that the calls counted are the requests' own
@@ -152,9 +133,7 @@ async def gateway(
                 if mode == DIRECTORY
                 else []
             ),
-            "--delivery",
-            delivery,
-        ]
+        )
         if joins is not None:  # built here as the command builds it, with that join bound
             command = [
                 *(sys.executable, BENCH_FILE, "--gateway"),
@@ -171,18 +150,11 @@ async def gateway(
         )
     running = GatewayProcess(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 30
-            while True:
-                if process.returncode is not None:
-                    raise RuntimeError("the gateway exited:\n" + log_path.read_text()[-3000:])
-                with contextlib.suppress(aiohttp.ClientConnectionError):
-                    async with http.get(running.base_url + "/healthz") as response:
-                        if response.status == 200:
-                            break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the gateway did not start")
-                await asyncio.sleep(0.05)
+        await until_serving(
+            running.base_url,
+            lambda: process.returncode is not None,
+            lambda: log_path.read_text(errors="replace")[-3000:],
+        )
         yield running
     finally:
         if process.returncode is None:

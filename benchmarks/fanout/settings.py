@@ -6,7 +6,6 @@ the same names without entering the benchmark's network namespace."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Final
 
@@ -35,7 +34,6 @@ GATEWAY_MS_PER_ROOM: Final = 0.25
 BENCH_FILE: Final = str(Path(__file__).resolve().parents[1] / "bench_fanout.py")
 """The command, also run as the agent workers (``--agents``) and a gateway built here
 (``--gateway``)."""
-GATEWAY_CLI: Final = Path(sys.executable).parent / "imaginex-context"
 ROOM_SERVICE_LOG: Final = "API RoomService."
 UNKNOWN_OUTCOME: Final = frozenset({"TIMEOUT", "AGENT_NOT_FOUND"})
 """Room errors after which the agent may still have spoken: no answer in time, or the agent
