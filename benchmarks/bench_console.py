@@ -53,7 +53,7 @@ from _harness import Figure, Report, percentile, script_main  # noqa: E402
 from _live import agent_room, room_token, worker_on_livekit  # noqa: E402
 from livekit import api, rtc  # noqa: E402
 
-from devtools.gateway_process import gateway_command, gateway_env, until_serving  # noqa: E402
+from devtools.gateway_process import gateway_env, start_gateway, until_serving  # noqa: E402
 from devtools.livekit_server import (  # noqa: E402
     ServerInfo,
     free_tcp_port,
@@ -74,16 +74,7 @@ PAUSE_S = 0.05
 def gateway(lk: ServerInfo, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``imaginex-context gateway`` (the console on, the default), stopped afterwards."""
     port = free_tcp_port()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            gateway_command(port),
-            cwd=REPO_ROOT,
-            env=gateway_env(lk, IMAGINEX_API_SECRET=SECRET),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_gateway(port, log, gateway_env(lk, IMAGINEX_API_SECRET=SECRET))
     try:
         yield process, f"http://127.0.0.1:{port}"
     finally:

@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 
 import aiohttp
 
-from devtools.livekit_server import ServerInfo
+from devtools.livekit_server import ROOT, ServerInfo
 
 GATEWAY_CLI: Final = Path(sys.executable).parent / "imaginex-context"
 START_TIMEOUT_S: Final = 30.0
@@ -44,6 +45,23 @@ def gateway_env(lk: ServerInfo | None = None, **settings: str) -> dict[str, str]
 def gateway_command(port: int, *options: str) -> list[str]:
     """``imaginex-context gateway`` serving on ``127.0.0.1:port``, then ``options``."""
     return [str(GATEWAY_CLI), "gateway", "--host", "127.0.0.1", "--port", str(port), *options]
+
+
+def start_gateway(
+    port: int, log_path: Path, env: Mapping[str, str], *options: str
+) -> subprocess.Popen[bytes]:
+    """:func:`gateway_command` started from the repository in its own session (stop it with
+    ``devtools.processes``), its output written to ``log_path``."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            gateway_command(port, *options),
+            cwd=ROOT,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 async def until_serving(

@@ -21,6 +21,7 @@ from aiohttp import web
 from devtools.gateway_process import gateway_command, gateway_env, until_serving
 from devtools.livekit_cluster import ClusterNode, LiveKitCluster
 from devtools.livekit_server import ROOT, free_tcp_port
+from devtools.processes import stop_async_process
 from imaginex_context_plugin.gateway import (
     AgentBackend,
     ApiSecrets,
@@ -157,14 +158,7 @@ async def gateway(
         )
         yield running
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+        await stop_async_process(process, timeout=20, kill_group=True)
 
 
 class RoomServiceCalls:

@@ -28,6 +28,7 @@ from livekit import api, rtc
 
 from devtools.agent_worker import WorkerProcess, agent_worker, livekit_env
 from devtools.livekit_server import ROOT, ServerInfo
+from devtools.processes import communicate_within
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient
 from imaginex_context_plugin.gateway import (
     DEFAULT_GATEWAY_IDENTITY,
@@ -107,13 +108,7 @@ async def start_cli_subscriber(lk: ServerInfo, room: str) -> asyncio.subprocess.
 
 
 async def cli_output(process: asyncio.subprocess.Process) -> tuple[int, list[dict[str, Any]]]:
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), STREAM_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        raise
+    out, err = await communicate_within(process, STREAM_TIMEOUT_S)
     assert process.returncode is not None
     assert process.returncode == 0, err.decode(errors="replace")
     return process.returncode, [json.loads(line) for line in out.decode().splitlines()]

@@ -27,9 +27,9 @@ import aiohttp
 import pytest
 from livekit import api, rtc
 
-from devtools.gateway_process import gateway_command, gateway_env, until_serving
+from devtools.gateway_process import gateway_env, start_gateway, until_serving
 from devtools.livekit_cluster import ClusterNode, LiveKitCluster
-from devtools.livekit_server import ROOT, free_tcp_port
+from devtools.livekit_server import free_tcp_port
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, RPC_METHOD
 from imaginex_context_plugin.protocol import SuccessAck
 from tests.helpers import wait_until
@@ -122,20 +122,13 @@ def start_replica(name: str, node: ClusterNode, redis_url: str, workdir: Path) -
         node.info, IMAGINEX_API_SECRET=API_SECRET, IMAGINEX_SIGNING_SECRET=SIGNING_SECRET
     )
     log_path = workdir / f"gateway-{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            gateway_command(
-                port,
-                *("--identity", f"cluster-gateway-{name}", "--redis-url", redis_url),
-                *("--rate-limit", "0", "--timeout", str(REPLICA_TIMEOUT_S)),
-            ),
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_gateway(
+        port,
+        log_path,
+        env,
+        *("--identity", f"cluster-gateway-{name}", "--redis-url", redis_url),
+        *("--rate-limit", "0", "--timeout", str(REPLICA_TIMEOUT_S)),
+    )
     return Replica(name, process, f"http://127.0.0.1:{port}", log_path)
 
 

@@ -36,8 +36,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from devtools.gateway_process import gateway_command, gateway_env, until_serving
-from devtools.livekit_server import ROOT, ServerInfo, free_tcp_port
+from devtools.gateway_process import gateway_env, start_gateway, until_serving
+from devtools.livekit_server import ServerInfo, free_tcp_port
 from devtools.processes import stop_process
 from imaginex_context_plugin.gateway import DEFAULT_GATEWAY_IDENTITY
 from tests.helpers import wait_until
@@ -197,16 +197,7 @@ def gateway_process(
     if not args or api_secret is not None:
         env["IMAGINEX_API_SECRET"] = api_secret or SECRET
     log_path = tmp_path / f"gateway-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            gateway_command(port, *args),
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_gateway(port, log_path, env, *args)
     gateway = Gateway(process, f"http://127.0.0.1:{port}", log_path)
     try:
         yield gateway

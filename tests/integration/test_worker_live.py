@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from livekit import api, rtc
 from devtools.agent_worker import WorkerProcess as Worker
 from devtools.agent_worker import agent_worker, livekit_env
 from devtools.livekit_server import ROOT, ServerInfo
+from devtools.processes import communicate_within
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient
 from tests.helpers import wait_until
 from tests.integration.live import participant_token, room_name
@@ -105,13 +104,7 @@ async def run(lk: ServerInfo, *args: str) -> tuple[int, str]:
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        raise
+    out, err = await communicate_within(process, CLI_TIMEOUT_S)
     assert process.returncode is not None
     output, errors = (part.decode("utf-8", errors="replace") for part in (out, err))
     assert "InsecureKeyLengthWarning" not in errors, errors
