@@ -1,12 +1,12 @@
-"""The live benchmarks' LiveKit server and tokens (the rest of what they share is in
-``_harness``)."""
+"""The live benchmarks' LiveKit server, tokens, and an agent worker dispatched into a room (the
+rest of what they share is in ``_harness``)."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -15,7 +15,9 @@ if str(REPO_ROOT) not in sys.path:
 
 from livekit import api  # noqa: E402
 
+from devtools.agent_worker import agent_worker, dispatched_room  # noqa: E402
 from devtools.livekit_server import LiveKitServer, ServerInfo, find_binary, server_from_env  # noqa: E402
+from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -50,3 +52,29 @@ def room_token(
     if attributes:
         built = built.with_attributes(attributes)
     return built.to_jwt()
+
+
+@contextlib.contextmanager
+def worker_on_livekit(
+    server: ServerInfo | None, worker_file: str, *, prefix: str
+) -> Iterator[tuple[ServerInfo, Path]]:
+    """The live benchmarks' server (as ``livekit``), a scratch folder named after ``prefix``,
+    and ``worker_file`` running there as a registered agent worker (its log in the folder)."""
+    with (
+        livekit(server) as lk,
+        tempfile.TemporaryDirectory(prefix=f"{prefix}-") as tmp,
+        agent_worker(lk, worker_file, Path(tmp) / "worker.log"),
+    ):
+        yield lk, Path(tmp)
+
+
+@contextlib.asynccontextmanager
+async def agent_room(
+    lk: ServerInfo, agent_name: str, agent_code: str, *, prefix: str
+) -> AsyncIterator[str]:
+    """A fresh room with the worker's agent ``agent_name`` in it, once it shows ``agent_code``
+    (the plugin's attribute); deleted afterwards."""
+    async with dispatched_room(
+        lk, agent_name, prefix=prefix, agent_attribute=(AGENT_CODE_ATTRIBUTE, agent_code)
+    ) as room:
+        yield room

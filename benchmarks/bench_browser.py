@@ -32,12 +32,10 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
-import tempfile  # noqa: E402
 
 from _harness import Figure, Report, ms, percentile, script_main  # noqa: E402
-from _live import livekit, room_token  # noqa: E402
+from _live import agent_room, room_token, worker_on_livekit  # noqa: E402
 
-from devtools.agent_worker import agent_worker, dispatched_room  # noqa: E402
 from devtools.livekit_server import ServerInfo  # noqa: E402
 
 WORKER_FILE = "tests/integration/browser_worker.py"
@@ -85,15 +83,8 @@ async def run(requests: int = 300, warmup: int = 20, server: ServerInfo | None =
     """Measure; ``server``: use this one instead of the environment's or a new one."""
     report = Report("browser: speak -> ack (TypeScript room client in Chromium) vs performRpc echo")
     report.notes.append(NETWORK)
-    with (
-        livekit(server) as lk,
-        tempfile.TemporaryDirectory(prefix="bench-browser-") as tmp,
-        agent_worker(lk, WORKER_FILE, Path(tmp) / "worker.log"),
-    ):
-        async with dispatched_room(
-            lk, AGENT_NAME, prefix="bench-browser",
-            agent_attribute=("imaginex.agent_code", AGENT_CODE),
-        ) as room:
+    with worker_on_livekit(server, WORKER_FILE, prefix="bench-browser") as (lk, _):
+        async with agent_room(lk, AGENT_NAME, AGENT_CODE, prefix="bench-browser") as room:
             samples = await measure_in_browser(lk, room, requests, warmup)
     echo, speak = samples["echo_ms"], samples["speak_ms"]
     report.ok = len(echo) == len(speak) == requests

@@ -43,7 +43,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from datetime import datetime  # noqa: E402
@@ -51,10 +50,10 @@ from typing import Any  # noqa: E402
 
 import aiohttp  # noqa: E402
 from _harness import Figure, Report, percentile, script_main  # noqa: E402
-from _live import livekit, room_token  # noqa: E402
+from _live import agent_room, room_token, worker_on_livekit  # noqa: E402
 from livekit import api, rtc  # noqa: E402
 
-from devtools.agent_worker import agent_worker, dispatched_room  # noqa: E402
+from devtools.gateway_process import gateway_env, start_gateway, until_serving  # noqa: E402
 from devtools.livekit_server import (  # noqa: E402
     ServerInfo,
     free_tcp_port,
@@ -65,7 +64,6 @@ AGENT_NAME = "console-agent"
 AGENT_CODE = "SUPPORT01"
 SECRET = "bench-console-secret-0b7e"
 JS = REPO_ROOT / "js"
-GATEWAY = Path(sys.executable).parent / "imaginex-context"
 TARGET_MS = 250.0
 ROUND_WAIT_S = 10.0
 NODE_TIMEOUT_S = 900.0
@@ -76,40 +74,11 @@ PAUSE_S = 0.05
 def gateway(lk: ServerInfo, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``imaginex-context gateway`` (the console on, the default), stopped afterwards."""
     port = free_tcp_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "IMAGINEX_"))}
-    env.pop("PYTHONWARNINGS", None)
-    env.update(
-        LIVEKIT_URL=lk.url,
-        LIVEKIT_API_KEY=lk.api_key,
-        LIVEKIT_API_SECRET=lk.api_secret,
-        IMAGINEX_API_SECRET=SECRET,
-    )
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(GATEWAY), "gateway", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_gateway(port, log, gateway_env(lk, IMAGINEX_API_SECRET=SECRET))
     try:
         yield process, f"http://127.0.0.1:{port}"
     finally:
         stop_process(process, timeout=15)
-
-
-async def serving(process: subprocess.Popen[bytes], url: str) -> None:
-    """Return once the gateway answers ``/healthz``."""
-    async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the gateway exited with {process.returncode}")
-            with contextlib.suppress(aiohttp.ClientConnectionError):
-                async with http.get(url + "/healthz") as response:
-                    if response.status == 200:
-                        return
-            if time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not start")
-            await asyncio.sleep(0.1)
 
 
 def event_ms(event: dict[str, Any]) -> float:
@@ -249,16 +218,15 @@ async def run(rounds: int = 200, warmup: int = 10, server: ServerInfo | None = N
     report = Report("console: agent event -> transcript line in the page (Chromium) vs bare SSE")
     report.notes.append(NETWORK)
     with (
-        livekit(server) as lk,
-        tempfile.TemporaryDirectory(prefix="bench-console-") as tmp,
-        agent_worker(lk, WORKER_FILE, Path(tmp) / "worker.log"),
-        gateway(lk, Path(tmp) / "gateway.log") as (process, url),
+        worker_on_livekit(server, WORKER_FILE, prefix="bench-console") as (lk, tmp),
+        gateway(lk, tmp / "gateway.log") as (process, url),
     ):
-        await serving(process, url)
-        async with dispatched_room(
-            lk, AGENT_NAME, prefix="bench-console",
-            agent_attribute=("imaginex.agent_code", AGENT_CODE),
-        ) as room:
+        await until_serving(
+            url,
+            lambda: process.poll() is not None,
+            lambda: (tmp / "gateway.log").read_text(errors="replace")[-3000:],
+        )
+        async with agent_room(lk, AGENT_NAME, AGENT_CODE, prefix="bench-console") as room:
             samples, complete = await measure(lk, url, room, rounds, warmup)
     report.ok = complete and len(samples["dom_words"]) == len(samples["dom_line"]) == rounds
     for kind, what in (("words", "caller's words (interim transcript)"),

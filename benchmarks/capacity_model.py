@@ -33,10 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from fanout.settings import AGENTS, DIRECTORY, GATEWAY, NODE_LABELS, SERVER_RPC
+
 RESULTS: Final = Path(__file__).resolve().parent / "results" / "fanout.json"
 """The run the model was fitted on (``bench_fanout.py --json``), committed with it."""
-DELIVERY: Final = "server-rpc"
-MODE: Final = "directory"
+DELIVERY: Final = SERVER_RPC
+MODE: Final = DIRECTORY
+LIVEKIT: Final = "livekit"
+"""The model's kind for every LiveKit node together (the run measures each of ``NODE_LABELS``)."""
+KINDS: Final = (GATEWAY, LIVEKIT, AGENTS)
+"""The kinds of process the model sizes, in the order of its tables."""
 TOLERANCE: Final = (0.30, 2.0)
 """A prediction holds when it is within 30 % or 2 ms of the measured CPU (whichever is more):
 the run shares 2 cores with other work, and CPU is counted in 10 ms ticks over 20 requests."""
@@ -57,9 +63,9 @@ class Model:
     def cpu_ms(self, rooms: int) -> dict[str, float]:
         """The CPU one request to ``rooms`` rooms costs each kind of process."""
         return {
-            "gateway": self.gateway_per_request + self.gateway_per_room * rooms,
-            "livekit": self.livekit_per_request + self.livekit_per_room * rooms,
-            "agents": self.agents_per_room * rooms,
+            GATEWAY: self.gateway_per_request + self.gateway_per_room * rooms,
+            LIVEKIT: self.livekit_per_request + self.livekit_per_room * rooms,
+            AGENTS: self.agents_per_room * rooms,
         }
 
 
@@ -102,10 +108,10 @@ def size(model: Model, deployment: Deployment) -> Sizing:
     requests = d.calls * d.rate / d.rooms
     per_request = model.cpu_ms(d.rooms)
     cores = {
-        "gateway": requests * per_request["gateway"] / 1000,
-        "livekit": (requests * per_request["livekit"] + d.calls * model.livekit_idle_per_agent)
+        GATEWAY: requests * per_request[GATEWAY] / 1000,
+        LIVEKIT: (requests * per_request[LIVEKIT] + d.calls * model.livekit_idle_per_agent)
         / 1000,
-        "agents": (requests * per_request["agents"] + d.calls * model.agent_idle_per_agent)
+        AGENTS: (requests * per_request[AGENTS] + d.calls * model.agent_idle_per_agent)
         / 1000,
     }
     machines = {kind: max(1, math.ceil(c / (d.cores * d.busy))) for kind, c in cores.items()}
@@ -135,13 +141,13 @@ def points(run: Mapping[str, Any]) -> list[Point]:
             Point(
                 phase["rooms"],
                 {
-                    "gateway": cpu["gateway"],
-                    "livekit": cpu["node A"] + cpu["node B"],
-                    "agents": cpu["agents"],
+                    GATEWAY: cpu[GATEWAY],
+                    LIVEKIT: sum(cpu[node] for node in NODE_LABELS),
+                    AGENTS: cpu[AGENTS],
                 },
                 {
-                    "livekit": idle.get("node A", 0.0) + idle.get("node B", 0.0),
-                    "agents": idle.get("agents", 0.0),
+                    LIVEKIT: sum(idle.get(node, 0.0) for node in NODE_LABELS),
+                    AGENTS: idle.get(AGENTS, 0.0),
                 },
             )
         )
@@ -172,9 +178,9 @@ def fit(measured: Sequence[Point]) -> Model:
     if len({p.rooms for p in measured}) < 2:
         raise ValueError("fitting needs at least two sizes")
     rooms = [float(p.rooms) for p in measured]
-    g0, g = _line(rooms, [p.cpu_ms["gateway"] for p in measured])
-    l0, lk = _line(rooms, [p.cpu_ms["livekit"] for p in measured])
-    agents = sum(p.cpu_ms["agents"] for p in measured) / sum(rooms)
+    g0, g = _line(rooms, [p.cpu_ms[GATEWAY] for p in measured])
+    l0, lk = _line(rooms, [p.cpu_ms[LIVEKIT] for p in measured])
+    agents = sum(p.cpu_ms[AGENTS] for p in measured) / sum(rooms)
     largest = measured[-1]
     return Model(
         gateway_per_request=round(g0, 2),
@@ -182,8 +188,8 @@ def fit(measured: Sequence[Point]) -> Model:
         livekit_per_request=round(l0, 2),
         livekit_per_room=round(lk, 3),
         agents_per_room=round(agents, 2),
-        livekit_idle_per_agent=round(largest.idle["livekit"] / largest.rooms, 2),
-        agent_idle_per_agent=round(largest.idle["agents"] / largest.rooms, 2),
+        livekit_idle_per_agent=round(largest.idle[LIVEKIT] / largest.rooms, 2),
+        agent_idle_per_agent=round(largest.idle[AGENTS] / largest.rooms, 2),
     )
 
 
@@ -233,7 +239,7 @@ def markdown(model: Model = MODEL) -> str:
             + " | ".join(
                 f"{cores[kind]:.1f} cores = {machines[kind]} x 2-core at 50 % "
                 f"({sized.calls_per_core[kind]:,.0f} calls per core)"
-                for kind in ("gateway", "livekit", "agents")
+                for kind in KINDS
             )
             + " |"
         )

@@ -64,7 +64,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "live": {"requests": 30, "cold": 2},
     "avatar": {"speeches": 3},
     "directory": {"sizes": (1, 20), "lookups": 50, "scan_lookups": 5},
-    "fanout": {"sizes": (1, 4), "warm": 3, "floor_requests": 20},
+    "fanout": {"sizes": (1, 4), "warm": 3, "floor_requests": 20, "min_samples": 20},
 }
 RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
     "hot path": bench_hot_path.run,

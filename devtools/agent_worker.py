@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +30,8 @@ REGISTER_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 20.0
 DISPATCH_ATTEMPTS: Final = 4
 DISPATCH_WAIT_S: Final = 15.0
+ANSI: Final = re.compile(r"\x1b\[[0-9;]*m")
+"""The colours ``livekit.agents`` puts in its log lines."""
 
 
 class WorkerError(RuntimeError):
@@ -37,15 +40,24 @@ class WorkerError(RuntimeError):
 
 @dataclass
 class WorkerProcess:
+    """The worker process; ``text()`` is everything it printed so far, without colours."""
+
     process: subprocess.Popen[bytes]
     log_path: Path
 
+    def text(self) -> str:
+        return ANSI.sub("", self.log_path.read_text(errors="replace"))
+
     def log(self, lines: int = 120) -> str:
-        text = self.log_path.read_text(errors="replace")
-        return "\n".join(line[:500] for line in text.splitlines()[-lines:])
+        return "\n".join(line[:500] for line in self.text().splitlines()[-lines:])
 
     def registered(self) -> bool:
-        return "registered worker" in self.log_path.read_text(errors="replace")
+        return "registered worker" in self.text()
+
+    def stop(self) -> None:
+        """SIGTERM to the worker (it closes its job processes), SIGKILL to its whole group: its
+        job and forkserver processes are in it, and none may outlive it."""
+        stop_process(self.process, timeout=STOP_TIMEOUT_S, reap_group=True)
 
 
 def livekit_env(lk: ServerInfo) -> dict[str, str]:
@@ -91,8 +103,7 @@ def agent_worker(
             time.sleep(0.1)
         yield worker
     finally:
-        # its job processes, if any are left, go with it
-        stop_process(process, timeout=STOP_TIMEOUT_S, reap_group=True)
+        worker.stop()
 
 
 @contextlib.asynccontextmanager

@@ -60,3 +60,17 @@ async def stop_async_process(
         else:
             process.kill()
         await process.wait()
+
+
+async def communicate_within(
+    process: asyncio.subprocess.Process, timeout: float
+) -> tuple[bytes, bytes]:
+    """``process.communicate()`` (its stdout and stderr), its whole process group killed and
+    ``asyncio.TimeoutError`` raised when ``timeout`` seconds pass first."""
+    try:
+        return await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        raise

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import sys
@@ -21,6 +20,7 @@ from typing import BinaryIO
 import aiohttp
 import pytest
 
+from devtools.gateway_process import gateway_env, until_serving
 from devtools.processes import stop_async_process
 
 SECRET = "process-test-secret-93f0a1"
@@ -36,22 +36,12 @@ def command() -> list[str]:
     return [sys.executable, "-c", "from imaginex_context_plugin.cli import main; main()"]
 
 
-def clean_env(**values: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LIVEKIT_", "IMAGINEX_")) and k != "PYTHONWARNINGS"
-    }
-    env.update(values)
-    return env
-
-
 DEV_SECRET = "devsecret-0123456789abcdef0123456789abcdef"
 
 
 def offline_env(*, api_secret: str = DEV_SECRET, **values: str) -> dict[str, str]:
-    """:func:`clean_env` with LiveKit settings pointing nowhere (nothing here reaches LiveKit)."""
-    return clean_env(
+    """:func:`gateway_env` with LiveKit settings pointing nowhere (nothing here reaches LiveKit)."""
+    return gateway_env(
         LIVEKIT_URL="ws://127.0.0.1:1",
         LIVEKIT_API_KEY="devkey",
         LIVEKIT_API_SECRET=api_secret,
@@ -133,20 +123,9 @@ async def running_gateway(tmp_path: Path, api_secret: str) -> AsyncIterator[Runn
 
 
 async def wait_until_serving(running: Running) -> None:
-    deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
-    async with aiohttp.ClientSession() as session:
-        while True:
-            if running.process.returncode is not None:
-                pytest.fail("the gateway exited early:\n" + running.stderr())
-            try:
-                async with session.get(running.base_url + "/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            if asyncio.get_running_loop().time() > deadline:
-                pytest.fail("the gateway did not start:\n" + running.stderr())
-            await asyncio.sleep(0.1)
+    await until_serving(
+        running.base_url, lambda: running.process.returncode is not None, running.stderr
+    )
 
 
 async def test_the_gateway_process_answers_over_real_http(gateway_process: Running) -> None:
@@ -242,7 +221,7 @@ async def test_a_short_api_secret_is_mentioned_once_and_livekits_dev_key_not_at_
 
 
 async def test_missing_configuration_fails_fast_with_a_clear_message() -> None:
-    code, output = await run_to_exit(["gateway", "--port", str(free_port())], clean_env())
+    code, output = await run_to_exit(["gateway", "--port", str(free_port())], gateway_env())
     assert code != 0
     assert "The gateway is not configured" in output
     for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "IMAGINEX_API_SECRET"):

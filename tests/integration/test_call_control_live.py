@@ -16,9 +16,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -29,7 +26,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from livekit import api, rtc
 
+from devtools.agent_worker import WorkerProcess, agent_worker, livekit_env
 from devtools.livekit_server import ROOT, ServerInfo
+from devtools.processes import communicate_within
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient
 from imaginex_context_plugin.gateway import (
     DEFAULT_GATEWAY_IDENTITY,
@@ -45,9 +44,6 @@ from tests.integration.live import live_agent, participant_token, read_events, r
 from tests.integration.test_worker_live import (
     AGENT_STATE_ATTRIBUTE,
     CLI,
-    REGISTER_TIMEOUT_S,
-    Worker,
-    livekit_env,
     wait_for,
 )
 
@@ -57,30 +53,9 @@ STREAM_TIMEOUT_S = 30.0
 
 
 @contextlib.contextmanager
-def call_control_worker(lk: ServerInfo, tmp_path: Path) -> Iterator[Worker]:
-    log_path = tmp_path / "call-control-agent.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "livekit.agents", "start", WORKER_FILE, "--dev"],
-            cwd=ROOT,
-            env=livekit_env(lk),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop() takes all of it
-        )
-    worker = Worker(process, log_path)
-    try:
-        deadline = time.monotonic() + REGISTER_TIMEOUT_S
-        while not worker.registered():
-            if process.poll() is not None:
-                pytest.fail(f"the worker exited with {process.returncode}:\n{worker.log()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the worker did not register in time:\n{worker.log()}")
-            time.sleep(0.1)
+def call_control_worker(lk: ServerInfo, tmp_path: Path) -> Iterator[WorkerProcess]:
+    with agent_worker(lk, WORKER_FILE, tmp_path / "call-control-agent.log") as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 class User:
@@ -133,13 +108,7 @@ async def start_cli_subscriber(lk: ServerInfo, room: str) -> asyncio.subprocess.
 
 
 async def cli_output(process: asyncio.subprocess.Process) -> tuple[int, list[dict[str, Any]]]:
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), STREAM_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        raise
+    out, err = await communicate_within(process, STREAM_TIMEOUT_S)
     assert process.returncode is not None
     assert process.returncode == 0, err.decode(errors="replace")
     return process.returncode, [json.loads(line) for line in out.decode().splitlines()]

@@ -16,7 +16,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -28,8 +27,9 @@ import aiohttp
 import pytest
 from livekit import api, rtc
 
+from devtools.gateway_process import gateway_env, start_gateway, until_serving
 from devtools.livekit_cluster import ClusterNode, LiveKitCluster
-from devtools.livekit_server import ROOT, free_tcp_port
+from devtools.livekit_server import free_tcp_port
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, RPC_METHOD
 from imaginex_context_plugin.protocol import SuccessAck
 from tests.helpers import wait_until
@@ -82,10 +82,8 @@ async def test_rooms_live_on_both_nodes_and_a_sender_on_one_reaches_an_agent_on_
 
 SIGNING_SECRET = "cluster-replicas-signing-secret-0123456789abcdef"
 API_SECRET = "cluster-gateway-api-secret"
-GATEWAY_CLI = Path(sys.executable).parent / "imaginex-context"
 REPLICA_TIMEOUT_S = 2.0
 """The replicas' delivery timeout; an Idempotency-Key's lease is this plus 5 s."""
-START_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -115,60 +113,22 @@ class Replica:
                 self.kill()
 
     async def serving(self) -> None:
-        async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if self.process.poll() is not None:
-                    pytest.fail(f"gateway {self.name} exited:\n{self.log()}")
-                with contextlib.suppress(aiohttp.ClientConnectionError):
-                    async with http.get(self.base_url + "/healthz") as response:
-                        if response.status == 200:
-                            return
-                if time.monotonic() > deadline:
-                    pytest.fail(f"gateway {self.name} did not start:\n{self.log()}")
-                await asyncio.sleep(0.05)
+        await until_serving(self.base_url, lambda: self.process.poll() is not None, self.log)
 
 
 def start_replica(name: str, node: ClusterNode, redis_url: str, workdir: Path) -> Replica:
     port = free_tcp_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LIVEKIT_", "IMAGINEX_")) and k != "PYTHONWARNINGS"
-    }
-    env.update(
-        LIVEKIT_URL=node.info.url,
-        LIVEKIT_API_KEY=node.info.api_key,
-        LIVEKIT_API_SECRET=node.info.api_secret,
-        IMAGINEX_API_SECRET=API_SECRET,
-        IMAGINEX_SIGNING_SECRET=SIGNING_SECRET,
+    env = gateway_env(
+        node.info, IMAGINEX_API_SECRET=API_SECRET, IMAGINEX_SIGNING_SECRET=SIGNING_SECRET
     )
     log_path = workdir / f"gateway-{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(GATEWAY_CLI),
-                "gateway",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--identity",
-                f"cluster-gateway-{name}",
-                "--redis-url",
-                redis_url,
-                "--rate-limit",
-                "0",
-                "--timeout",
-                str(REPLICA_TIMEOUT_S),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_gateway(
+        port,
+        log_path,
+        env,
+        *("--identity", f"cluster-gateway-{name}", "--redis-url", redis_url),
+        *("--rate-limit", "0", "--timeout", str(REPLICA_TIMEOUT_S)),
+    )
     return Replica(name, process, f"http://127.0.0.1:{port}", log_path)
 
 

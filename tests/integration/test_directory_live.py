@@ -312,8 +312,8 @@ async def test_bench_directory_runs_and_every_figure_is_there() -> None:
 async def test_a_worker_accepting_with_the_code_is_found_from_the_join_webhook_alone(
     hooked: tuple[ServerInfo, int], tmp_path: Path
 ) -> None:
+    from devtools.agent_worker import WorkerProcess, livekit_env
     from tests.integration import directory_worker
-    from tests.integration.test_worker_live import Worker, livekit_env
 
     lk, port = hooked
     code = directory_worker.AGENT_CODE
@@ -330,7 +330,7 @@ async def test_a_worker_accepting_with_the_code_is_found_from_the_join_webhook_a
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    worker = Worker(process, log_path)
+    worker = WorkerProcess(process, log_path)
     try:
         async with serve_gateway(lk, port=port) as (client, backend, sync):
             await wait_until(worker.registered, "the worker to register", timeout=60)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from devtools.livekit_cluster import LiveKitCluster
 
@@ -22,6 +23,9 @@ import bench_fanout
 
 SIZES = (1, 2)
 WARM = 2
+MIN_SAMPLES = 3
+"""One room makes 3 warm requests (``--min-samples`` over ``--warm``), two rooms 2 (``--warm``)."""
+WARM_AT = {1: 3, 2: 2}
 KINDS = [
     "HTTP -> response, cold",
     "HTTP -> response, warm",
@@ -45,14 +49,31 @@ def _label(n: int, mode: str, delivery: str) -> str:
 async def test_bench_fanout_runs_and_every_figure_is_there(
     livekit_cluster: LiveKitCluster,
 ) -> None:
+    results: dict[str, Any] = {}
     report = await bench_fanout.run(
         sizes=SIZES,
         warm=WARM,
         floor_requests=5,
         cluster=livekit_cluster,
         deliveries=DELIVERIES,
+        min_samples=MIN_SAMPLES,
+        results=results,
     )
     assert report.ok, report.notes
+    # each warm figure rests on max(warm, ceil(min_samples / rooms)) requests, and says so
+    for row in [*results["floors"], *results["phases"]]:
+        assert row["requests"] == WARM_AT[row["rooms"]], row
+        assert row["samples"] == WARM_AT[row["rooms"]] * row["rooms"], row
+        assert sum(row["cpu_ticks"].values()) >= 0
+    assert results["rpc_echo_ms"]["samples"] == 5
+    assert results["min_samples"] == MIN_SAMPLES
+    assert results["clock_tick_ms"] > 0
+    warm_names = [f.name for f in report.figures if "warm (" in f.name]
+    for n in SIZES:
+        tag = f"({WARM_AT[n] * n} samples: {WARM_AT[n]} requests x {n} rooms)"
+        assert sum(1 for name in warm_names if name.startswith(f"{n} rooms") and tag in name) == (
+            len(bench_fanout.FLOORS) + len(DELIVERIES) * 2
+        ), warm_names
     expected = (
         ["floor: bare RPC echo"]
         + [
@@ -99,7 +120,8 @@ async def test_bench_fanout_runs_and_every_figure_is_there(
                 assert set(parts) == per_node, reached.value
                 for node in per_node:
                     rooms_there = n // 2 if n > 1 else 1
-                    assert parts[node] == f"{rooms_there * (WARM + 1)}/{rooms_there * (WARM + 1)}"
+                    requests = WARM_AT[n] + 1  # the cold one and the warm ones
+                    assert parts[node] == f"{rooms_there * requests}/{rooms_there * requests}"
                 cpu = values[f"{label}: {KINDS[6]}"]
                 assert [float(x) >= 0 for x in cpu.value.split(" / ")] == [True] * 4, cpu.value
     # the fan-out floors: every room answered every request (else the report is not ok), and

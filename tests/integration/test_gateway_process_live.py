@@ -36,7 +36,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from devtools.livekit_server import ROOT, ServerInfo, free_tcp_port
+from devtools.gateway_process import gateway_env, start_gateway, until_serving
+from devtools.livekit_server import ServerInfo, free_tcp_port
 from devtools.processes import stop_process
 from imaginex_context_plugin.gateway import DEFAULT_GATEWAY_IDENTITY
 from tests.helpers import wait_until
@@ -44,10 +45,8 @@ from tests.integration.live import LiveAgent, live_agent
 
 REFERENCE = Path("/work/shared/reference/agent-context-api.md")
 SECRET = "live-gateway-process-secret-5d1e"
-GATEWAY = Path(sys.executable).parent / "imaginex-context"
 BLOCK = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 ENDPOINT = re.compile(r"^POST (/v1/agent/\{agent_code\}/[\w-]+)$", re.MULTILINE)
-START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 RUN_TIMEOUT_S = 60.0
 ROOMS = 3
@@ -194,25 +193,11 @@ def gateway_process(
     lk: ServerInfo, tmp_path: Path, *args: str, api_secret: str | None = None
 ) -> Iterator[Gateway]:
     port = free_tcp_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LIVEKIT_", "IMAGINEX_")) and k != "PYTHONWARNINGS"
-    }
-    env.update(LIVEKIT_URL=lk.url, LIVEKIT_API_KEY=lk.api_key, LIVEKIT_API_SECRET=lk.api_secret)
+    env = gateway_env(lk)
     if not args or api_secret is not None:
         env["IMAGINEX_API_SECRET"] = api_secret or SECRET
     log_path = tmp_path / f"gateway-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(GATEWAY), "gateway", "--host", "127.0.0.1", "--port", str(port), *args],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_gateway(port, log_path, env, *args)
     gateway = Gateway(process, f"http://127.0.0.1:{port}", log_path)
     try:
         yield gateway
@@ -221,19 +206,7 @@ def gateway_process(
 
 
 async def wait_until_serving(running: Gateway) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + START_TIMEOUT_S
-    async with aiohttp.ClientSession() as http:
-        while True:
-            if running.process.poll() is not None:
-                pytest.fail(f"the gateway exited early:\n{running.log()}")
-            with contextlib.suppress(aiohttp.ClientConnectionError):
-                async with http.get(running.base_url + "/healthz") as response:
-                    if response.status == 200:
-                        return
-            if loop.time() > deadline:
-                pytest.fail(f"the gateway did not start:\n{running.log()}")
-            await asyncio.sleep(0.1)
+    await until_serving(running.base_url, lambda: running.process.poll() is not None, running.log)
 
 
 @pytest.fixture

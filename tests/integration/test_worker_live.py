@@ -14,12 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +23,10 @@ from pathlib import Path
 import pytest
 from livekit import api, rtc
 
-from devtools.agent_worker import livekit_env
+from devtools.agent_worker import WorkerProcess as Worker
+from devtools.agent_worker import agent_worker, livekit_env
 from devtools.livekit_server import ROOT, ServerInfo
-from devtools.processes import stop_process
+from devtools.processes import communicate_within
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE, ContextClient
 from tests.helpers import wait_until
 from tests.integration.live import participant_token, room_name
@@ -39,66 +36,14 @@ AGENT_NAME = "offline-agent"
 AGENT_CODE = "OFFLINE01"
 TRANSCRIPTION_TOPIC = "lk.transcription"
 AGENT_STATE_ATTRIBUTE = "lk.agent.state"
-REGISTER_TIMEOUT_S = 60.0
 JOIN_TIMEOUT_S = 60.0
 CLI_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 20.0
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CLI = Path(sys.executable).parent / "imaginex-context"
 LOCAL_TESTING = ROOT / "docs" / "local-testing.md"
 BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 # the story's key pair is LiveKit's dev pair: PyJWT warns when this process signs with it
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
-
-
-@dataclass
-class Worker:
-    """The example worker process; ``log()`` is everything it printed so far."""
-
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def text(self) -> str:
-        return ANSI.sub("", self.log_path.read_text(errors="replace"))
-
-    def log(self, lines: int = 120) -> str:
-        return "\n".join(line[:500] for line in self.text().splitlines()[-lines:])
-
-    def registered(self) -> bool:
-        return "registered worker" in self.text()
-
-    def stop(self) -> None:
-        """SIGTERM to the worker (it closes its job processes), SIGKILL to the whole group."""
-        # its job and forkserver processes are in its group: none may outlive it
-        stop_process(self.process, timeout=STOP_TIMEOUT_S, reap_group=True)
-
-
-@contextlib.contextmanager
-def running_worker(lk: ServerInfo, tmp_path: Path) -> Iterator[Worker]:
-    log_path = tmp_path / "offline-agent.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "livekit.agents", "start", "examples/offline_agent.py", "--dev"],
-            cwd=ROOT,
-            env=livekit_env(lk),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop() takes all of it
-        )
-    worker = Worker(process, log_path)
-    try:
-        deadline = time.monotonic() + REGISTER_TIMEOUT_S
-        while not worker.registered():
-            if process.poll() is not None:
-                pytest.fail(f"the worker exited with {process.returncode}:\n{worker.log()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the worker did not register in time:\n{worker.log()}")
-            time.sleep(0.1)
-        yield worker
-    finally:
-        worker.stop()
 
 
 @dataclass
@@ -159,13 +104,7 @@ async def run(lk: ServerInfo, *args: str) -> tuple[int, str]:
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        raise
+    out, err = await communicate_within(process, CLI_TIMEOUT_S)
     assert process.returncode is not None
     output, errors = (part.decode("utf-8", errors="replace") for part in (out, err))
     assert "InsecureKeyLengthWarning" not in errors, errors
@@ -211,7 +150,8 @@ def livekit(local_livekit: LocalServer) -> ServerInfo:
 
 @pytest.fixture
 def worker(livekit: ServerInfo, tmp_path: Path) -> Iterator[Worker]:
-    with running_worker(livekit, tmp_path) as started:
+    log_path = tmp_path / "offline-agent.log"
+    with agent_worker(livekit, "examples/offline_agent.py", log_path) as started:
         yield started
 
 

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import capacity_model as cm  # noqa: E402
+from fanout.settings import ROOM  # noqa: E402
 
 MODEL = cm.Model(
     gateway_per_request=2.0,
@@ -28,6 +29,12 @@ MODEL = cm.Model(
 )
 
 
+def _groups(gateway: float, livekit: float, agents: float) -> dict[str, float]:
+    """Per process group, as the run measures them: LiveKit's share split between its nodes."""
+    nodes = cm.NODE_LABELS
+    return {cm.GATEWAY: gateway, **dict.fromkeys(nodes, livekit / len(nodes)), cm.AGENTS: agents}
+
+
 def _run(
     points: dict[int, dict[str, float]], idle: dict[str, float] | None = None
 ) -> dict[str, Any]:
@@ -38,20 +45,15 @@ def _run(
             "rooms": rooms,
             "mode": cm.MODE,
             "delivery": cm.DELIVERY,
-            "cpu_ms": {
-                "gateway": cpu["gateway"],
-                "node A": cpu["livekit"] / 2,
-                "node B": cpu["livekit"] / 2,
-                "agents": cpu["agents"],
-            },
-            "idle_ms_per_s": idle or {"node A": 0.0, "node B": 0.0, "agents": 0.0},
+            "cpu_ms": _groups(cpu["gateway"], cpu["livekit"], cpu["agents"]),
+            "idle_ms_per_s": idle or _groups(0.0, 0.0, 0.0),
         }
         for rooms, cpu in points.items()
     ]
     phases.append(
         {
-            "rooms": 1, "mode": cm.MODE, "delivery": "room",
-            "cpu_ms": {"gateway": 999.0, "node A": 0.0, "node B": 0.0, "agents": 0.0},
+            "rooms": 1, "mode": cm.MODE, "delivery": ROOM,
+            "cpu_ms": _groups(999.0, 0.0, 0.0),
         }
     )
     return {"phases": phases}
@@ -90,7 +92,7 @@ def test_no_calls_need_one_machine_of_each_and_no_core() -> None:
 
 
 def test_fitting_exact_points_gives_the_model_back() -> None:
-    idle = {"node A": 0.2 * 200, "node B": 0.2 * 200, "agents": 1.0 * 200}
+    idle = _groups(0.0, livekit=0.4 * 200, agents=1.0 * 200)
     run = _run({n: MODEL.cpu_ms(n) for n in (1, 50, 200)}, idle)
     fitted = cm.fit(cm.points(run))
     assert fitted == MODEL
