@@ -11,7 +11,7 @@ so ``scripts/livekit-server --dev`` adds ``imx0`` (127.0.0.2/32, no route) when 
   nothing in the namespace routes anywhere but loopback;
 - a second start reuses the interface (and brings it back up if it went down);
 - without the right (``CAP_NET_ADMIN`` dropped), the server says so with the one command to run,
-  and that command is enough.
+  and that command is enough; without the ``ip`` command, it says what to install.
 
 Where no network namespace can be made the tests skip; under ``CI=true`` they fail.
 """
@@ -234,3 +234,22 @@ def test_with_another_interface_there_is_nothing_to_do() -> None:
     assert here.returncode == 0, here.stderr
     assert "only loopback here" not in here.stderr
     assert NOTE not in here.stderr
+
+
+def test_without_the_ip_command_it_says_what_to_install(
+    fresh_namespace: tuple[str, ...], tmp_path: Path
+) -> None:
+    """A slim image has no iproute2: the note says so, and the server starts all the same."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "awk", "grep", "cat", "dirname", "livekit-server"):
+        found = shutil.which(tool)
+        if found is not None:
+            (bin_dir / tool).symlink_to(found)
+    if not (bin_dir / "livekit-server").exists():
+        (bin_dir / "livekit-server").symlink_to(find_binary(build=True))
+    inside = in_only_loopback(fresh_namespace, f"PATH={bin_dir} {START}; echo status $?")
+    assert inside.returncode == 0, inside.stdout + inside.stderr
+    assert NOTE in inside.stdout, inside.stdout
+    assert "the ip command is not installed: apt-get install iproute2" in inside.stdout
+    assert "status 0" in inside.stdout, inside.stdout
