@@ -26,6 +26,7 @@ from .context_sync import ContextSync
 from .context_use import ContextUse
 from .dedup import DedupMemory
 from .jobs import Answer, Job
+from .listeners import Hook
 from .outbox import Outbox
 from .session_gate import SessionGate
 from .snapshot import SnapshotSource
@@ -37,9 +38,6 @@ from .work_queue import WorkQueue
 
 if TYPE_CHECKING:
     from livekit.agents.voice import AgentSession
-
-Hook = tuple[Any, str, Callable[[Any], None]]
-"""(emitter, event name, listener): one ``.on()`` made at start and undone at close."""
 
 
 @dataclass(frozen=True)

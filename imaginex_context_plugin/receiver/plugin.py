@@ -56,8 +56,9 @@ from .clips import Clips
 from .dedup import DedupMemory
 from .event_log import DEFAULT_EVENT_BUFFER, EventLog
 from .jobs import Answer, Housekeeping, Job, Success
+from .listeners import EventListeners, grouped
 from .outbox import AckTransport, Outbox
-from .parts import Hook, SessionParts
+from .parts import SessionParts
 from .session_gate import DEFAULT_READY_TIMEOUT_S
 from .stats import PluginStats
 from .steering import DEFAULT_MAX_INSTRUCTIONS_CHARS
@@ -207,6 +208,9 @@ class ContextPlugin:
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._end_listeners: list[EndListener] = []
+        self._hooked: list[tuple[Any, str, EventListeners]] = []
+        """Our room and session listeners, one per emitter and event: hooked at start, unhooked
+        at close."""
 
     @property
     def agent_code(self) -> str | None:
@@ -282,8 +286,9 @@ class ContextPlugin:
 
         for listener in self._end_listeners:
             self._parts.call_end.add_listener(listener)
-        for emitter, event, handler in self._hooks():
-            emitter.on(event, handler)
+        self._hooked = grouped(self._parts.hooks(session, room, self._on_data_received))
+        for emitter, event, listeners in self._hooked:
+            emitter.on(event, listeners)
         room.register_byte_stream_handler(AUDIO_STREAM_TOPIC, self._clips.on_byte_stream)
         self._parts.speeches.watch_audio_output()
         self._parts.context_use.follow()
@@ -304,12 +309,6 @@ class ContextPlugin:
             extra={"agent_code": self._agent_code, "room_connected": room.isconnected()},
         )
 
-    def _hooks(self) -> list[Hook]:
-        """Every room and session listener, hooked at start and unhooked at close, in order."""
-        assert self._session is not None
-        assert self._room is not None
-        return self._parts.hooks(self._session, self._room, self._on_data_received)
-
     async def __aenter__(self) -> ContextPlugin:
         return self
 
@@ -325,8 +324,8 @@ class ContextPlugin:
             return
         assert self._session is not None
         assert self._room is not None
-        for emitter, event, handler in self._hooks():
-            emitter.off(event, handler)
+        for emitter, event, listeners in self._hooked:
+            emitter.off(event, listeners)
         self._room.unregister_byte_stream_handler(AUDIO_STREAM_TOPIC)
         self._parts.speeches.unwatch_audio_output()
         self._parts.context_sync.close()
@@ -423,9 +422,7 @@ class ContextPlugin:
         """
         request = job.request
         if self._parts.call_end.ended:  # nothing is applied after the end, whatever is queued
-            self._outbox.answer(
-                job, error_ack(ErrorCode.NOT_READY, CALL_ENDED_MESSAGE, request.id)
-            )
+            self._outbox.answer(job, error_ack(ErrorCode.NOT_READY, CALL_ENDED_MESSAGE, request.id))
             return
         if not isinstance(request, GetStateRequest) or not self._work.idle:
             self._work.put(job)
@@ -483,6 +480,7 @@ def _session_age_s(session: AgentSession[Any]) -> float:
     if not isinstance(started_at, int | float):
         return 0.0
     return max(0.0, time.time() - started_at)
+
 
 def _made_up_by_livekit(caller: str, room: rtc.Room | None) -> bool:
     """Whether an RPC's caller is the identity LiveKit makes up for ``RoomService.PerformRpc``

@@ -497,7 +497,12 @@ async def test_aclose_unhooks_everything_and_is_idempotent(harness: Harness) -> 
         )
 
     session_before = {e: (len(hs), ours(hs)) for e, hs in events.items()}
-    assert sum(n for _, n in session_before.values()) >= 11  # context, speech, gate, events
+    # one listener of ours per session event, holding every part that hears it (context,
+    # speech, gate, avatar, call end, events)
+    heard = {e for e, (_, mine) in session_before.items() if mine}
+    assert all(mine == 1 for _, mine in session_before.values())
+    assert heard >= {"conversation_item_added", "agent_state_changed", "close", "speech_created"}
+    assert sum(len(next(h for h in events[e] if ours([h]))) for e in heard) >= 14
     await harness.plugin.aclose()
     await harness.plugin.aclose()
 
