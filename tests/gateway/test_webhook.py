@@ -125,6 +125,14 @@ MISREAD_EVENTS: list[tuple[str, str]] = [
      '{"event": "participant_joined", "room": {"name": "webhook-room"}, '
      '"participant": {"identity": "agent", "tracks": ["audio"]}}'),
     ("not an object at all", '["participant_joined"]'),
+    # an enum as true/false: protobuf reads a bool as the number 0 or 1 (Python's bool is an
+    # int), so {"kind": false} was taken, 200, as kind 0 (found by the fuzz, again)
+    ("an enum as a boolean",
+     '{"event": "participant_joined", "room": {"name": "webhook-room"}, '
+     '"participant": {"identity": "agent", "kind": false}}'),
+    ("a nested enum as a boolean",
+     '{"event": "participant_joined", "room": {"name": "webhook-room"}, '
+     '"participant": {"identity": "agent", "state": true}}'),
 ]
 
 

@@ -7,6 +7,8 @@ import hmac
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from imaginex_context_plugin.expiring import ExpiringCache
 from imaginex_context_plugin.security import (
@@ -203,3 +205,39 @@ def test_a_sender_that_is_not_text_is_simply_wrong() -> None:
     sig = compute_signature("{}", 1_700_000_000, "s3cret", sender="x")
     assert verifier.verify("{}", 1_700_000_000, sig, sender="\ud800") is SignatureProblem.MISMATCH
     assert verifier.verify("{}", 1_700_000_000, sig, sender="x") is None
+
+
+@given(
+    body=st.text(),
+    timestamp=st.integers(min_value=-(2**40), max_value=2**40),
+    sender=st.none() | st.text(min_size=1),
+)
+def test_the_envelope_is_exactly_what_json_dumps_writes(
+    body: str, timestamp: int, sender: str | None
+) -> None:
+    """``sign_request`` writes the envelope by hand (it runs once per room of a fan-out); the
+    bytes are those of ``json.dumps`` of the same dict, whatever the text holds (quotes,
+    controls, non-ASCII, lone surrogates)."""
+    try:
+        signature = compute_signature(body, timestamp, "s3cret", sender=sender)
+    except UnicodeEncodeError:  # not text (a lone surrogate): nothing to sign, either way
+        with pytest.raises(UnicodeEncodeError):
+            sign_request(body, "s3cret", timestamp=timestamp, sender=sender)
+        return
+    envelope: dict[str, object] = {
+        "type": "signed", "body": body, "timestamp": timestamp, "signature": signature
+    }
+    if sender is not None:
+        envelope["sender"] = sender
+    written = sign_request(body, "s3cret", timestamp=timestamp, sender=sender)
+    assert written == json.dumps(envelope, separators=(",", ":"))
+
+
+def test_the_envelope_with_a_sender_is_pinned() -> None:
+    body = '{"type":"speak","message":"h\u00e9 \\"x\\""}'
+    assert sign_request(body, "s3cret", timestamp=1700000000, sender="gate") == (
+        '{"type":"signed","body":"{\\"type\\":\\"speak\\",\\"message\\":\\"h\\u00e9 '
+        '\\\\\\"x\\\\\\"\\"}","timestamp":1700000000,"signature":"'
+        + compute_signature(body, 1700000000, "s3cret", sender="gate")
+        + '","sender":"gate"}'
+    )

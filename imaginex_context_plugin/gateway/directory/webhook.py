@@ -142,18 +142,23 @@ class LiveKitWebhook:
 
 
 def _well_formed(value: object, message: Any) -> bool:
-    """Whether ``value`` gives every message-typed field as an object (or null).
+    """Whether ``value`` gives every message-typed field as an object (or null), and no enum
+    as ``true`` or ``false``.
 
     protobuf's JSON parser, told to ignore unknown fields as livekit-api tells it, reads a
     string or a list where a message belongs as an empty message (each character or item an
-    unknown field name): ``{"room": "abc"}`` would pass for an event with no room. Scalars and
-    maps it checks itself. ``message`` is a protobuf ``Descriptor`` (pure Python or upb).
+    unknown field name): ``{"room": "abc"}`` would pass for an event with no room. It reads a
+    boolean where an enum belongs as the number 0 or 1 (Python's ``bool`` is an ``int``).
+    Other scalars and maps it checks itself. ``message`` is a protobuf ``Descriptor`` (pure
+    Python or upb).
     """
     if not isinstance(value, dict):
         return False
     for field in message.fields:
         nested = field.message_type
-        if nested is None or nested.GetOptions().map_entry:
+        if nested is not None and nested.GetOptions().map_entry:
+            continue
+        if nested is None and field.enum_type is None:
             continue
         given = value.get(field.json_name, value.get(field.name))
         if given is None:
@@ -162,7 +167,10 @@ def _well_formed(value: object, message: Any) -> bool:
         if repeated is None:  # protobuf before 6.31 says it with the label
             repeated = getattr(field, "label", None) == _LABEL_REPEATED
         items = given if repeated and isinstance(given, list) else [given]
-        if not all(_well_formed(item, nested) for item in items):
+        if nested is None:  # an enum
+            if any(isinstance(item, bool) for item in items):
+                return False
+        elif not all(_well_formed(item, nested) for item in items):
             return False
     return True
 

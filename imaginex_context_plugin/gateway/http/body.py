@@ -59,7 +59,13 @@ class BodyReader:
         if length is not None and length > self._max_body_bytes:
             raise too_large(self._max_body_bytes)
         try:
-            raw = await asyncio.wait_for(request.read(), self._body_timeout)
+            if request.content.is_eof():
+                # all of it is in already (a small body comes with its headers): nothing to
+                # wait for, so no timer (asyncio.wait_for costs a task and a timer, about
+                # 40 us a request on Python 3.11)
+                raw = await request.read()
+            else:
+                raw = await asyncio.wait_for(request.read(), self._body_timeout)
         except web.HTTPRequestEntityTooLarge:
             raise too_large(self._max_body_bytes) from None
         except web.RequestPayloadError as exc:
