@@ -71,17 +71,16 @@ def livekit_env(lk: ServerInfo) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def agent_worker(
+def start_worker(
     lk: ServerInfo,
     worker_file: str,
     log_path: Path,
     *,
     extra_env: Mapping[str, str] | None = None,
-) -> Iterator[WorkerProcess]:
-    """Run ``worker_file`` (relative to the repository) as a worker until registered; stop it
-    (SIGTERM, then SIGKILL to its whole process group) afterwards. ``extra_env`` is added to
-    its environment."""
+) -> WorkerProcess:
+    """Start ``worker_file`` (relative to the repository) as a worker in its own session, its
+    output in ``log_path``, without waiting for it to register; ``worker.stop()`` ends it.
+    ``extra_env`` is added to its environment."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "livekit.agents", "start", worker_file, "--dev"],
@@ -92,7 +91,21 @@ def agent_worker(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    worker = WorkerProcess(process, log_path)
+    return WorkerProcess(process, log_path)
+
+
+@contextlib.contextmanager
+def agent_worker(
+    lk: ServerInfo,
+    worker_file: str,
+    log_path: Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[WorkerProcess]:
+    """:func:`start_worker`, waiting until it registered; stopped (SIGTERM, then SIGKILL to its
+    whole process group) afterwards."""
+    worker = start_worker(lk, worker_file, log_path, extra_env=extra_env)
+    process = worker.process
     try:
         deadline = time.monotonic() + REGISTER_TIMEOUT_S
         while not worker.registered():

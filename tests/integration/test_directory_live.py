@@ -27,7 +27,6 @@ from livekit import api, rtc
 
 from devtools.livekit_server import (
     LOOPBACK,
-    ROOT,
     LiveKitServer,
     NoServer,
     ServerInfo,
@@ -312,25 +311,15 @@ async def test_bench_directory_runs_and_every_figure_is_there() -> None:
 async def test_a_worker_accepting_with_the_code_is_found_from_the_join_webhook_alone(
     hooked: tuple[ServerInfo, int], tmp_path: Path
 ) -> None:
-    from devtools.agent_worker import WorkerProcess, livekit_env
+    from devtools.agent_worker import start_worker
     from tests.integration import directory_worker
 
     lk, port = hooked
     code = directory_worker.AGENT_CODE
     name = room_name("dir-worker")
     log_path = tmp_path / "directory-worker.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: ASYNC220 - started once, it runs on its own
-            [sys.executable, "-m", "livekit.agents", "start",
-             "tests/integration/directory_worker.py", "--dev"],
-            cwd=ROOT,
-            env=livekit_env(lk),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    worker = WorkerProcess(process, log_path)
+    # started, not waited for: it registers while the gateway starts
+    worker = start_worker(lk, "tests/integration/directory_worker.py", log_path)
     try:
         async with serve_gateway(lk, port=port) as (client, backend, sync):
             await wait_until(worker.registered, "the worker to register", timeout=60)
