@@ -25,7 +25,7 @@ from livekit.agents.voice.events import UserInputTranscribedEvent
 
 from imaginex_context_plugin import AckTransport, ContextPlugin
 from imaginex_context_plugin.receiver.outbox import DRAIN_TIMEOUT_S
-from imaginex_context_plugin.receiver.subscription import SUBSCRIBER_QUEUE_SIZE
+from imaginex_context_plugin.receiver.subscriber_feed import SUBSCRIBER_QUEUE_SIZE
 from imaginex_context_plugin.testing import ScriptedLLM, start_session
 
 SUBSCRIBERS = 10

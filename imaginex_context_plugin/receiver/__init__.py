@@ -13,14 +13,14 @@
 - ``outbox``: every answer once, the bounded prioritised outbound queue, the publisher task;
 - ``speech``: ``speech_started`` / ``speech_finished`` from each speech's playout;
 - ``subscribers``: live session events for subscribers, one bounded queue and task each;
-- ``connection``: the RPC method and the agent-code attribute on every connection, and in the
+- ``connection_keeper``: the RPC method and the agent-code attribute on every connection, and in the
   join token (:func:`accept_with_agent_code`);
 - ``jobs``, ``stats``: the data passed between them, and the counters.
 """
 
 from __future__ import annotations
 
-from .connection import accept_with_agent_code
+from .connection_keeper import accept_with_agent_code
 from .outbox import DRAIN_TIMEOUT_S, MAX_OUTBOUND_ANSWERS, AckTransport
 from .plugin import ContextPlugin
 from .session_gate import DEFAULT_READY_TIMEOUT_S

@@ -37,7 +37,7 @@ from .answers import AckWriter
 from .avatar import AvatarWatch
 from .call_control import CONTROL_REQUESTS, CallControl
 from .call_end import CALL_ENDED_MESSAGE
-from .clips import ClipRefused, Clips, replay
+from .clip_player import ClipRefused, Clips, replay
 from .context_sync import ContextSync
 from .dedup import DedupMemory
 from .jobs import Answer, Job

@@ -20,8 +20,8 @@ from .applier import SessionApplier
 from .avatar import AvatarWatch
 from .call_control import CallControl
 from .call_end import CallEnd
-from .clips import Clips
-from .connection import ConnectionKeeper
+from .clip_player import Clips
+from .connection_keeper import ConnectionKeeper
 from .context_sync import ContextSync
 from .context_use import ContextUse
 from .dedup import DedupMemory

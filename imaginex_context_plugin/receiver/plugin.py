@@ -52,7 +52,7 @@ from ..security import (
 from .admission import Admission, signature_verifier, warn_if_server_untrusted
 from .answers import AckWriter, internal_error
 from .call_end import CALL_ENDED_MESSAGE, EndListener
-from .clips import Clips
+from .clip_player import Clips
 from .dedup import DedupMemory
 from .event_log import DEFAULT_EVENT_BUFFER, EventLog
 from .jobs import Answer, Housekeeping, Job, Success

@@ -56,7 +56,7 @@ from .event_log import EventLog, LoggedEvent, Stamp
 from .jobs import Answer, Job, Success
 from .outbox import DRAIN_TIMEOUT_S, AckTransport
 from .stats import PluginStats
-from .subscription import Outgoing, Subscription
+from .subscriber_feed import Outgoing, Subscription
 
 if TYPE_CHECKING:
     from livekit.agents.voice import SpeechHandle

@@ -35,7 +35,7 @@ from imaginex_context_plugin.gateway.http.console import (
     MemorySessions,
 )
 from imaginex_context_plugin.gateway.http.console.assets import ConsoleAssets
-from imaginex_context_plugin.gateway.http.console.calls import calls_in
+from imaginex_context_plugin.gateway.http.console.live_calls import calls_in
 from imaginex_context_plugin.gateway.http.console.sessions import ConsoleSession, session_key
 from imaginex_context_plugin.security import RateLimit
 from tests.gateway_fixtures import (

@@ -13,7 +13,7 @@ from livekit import rtc
 
 from imaginex_context_plugin import ContextPlugin
 from imaginex_context_plugin.protocol import AUDIO_STREAM_TOPIC, MAX_CLIP_BYTES
-from imaginex_context_plugin.receiver.clips import MAX_CLIPS_PER_SENDER
+from imaginex_context_plugin.receiver.clip_player import MAX_CLIPS_PER_SENDER
 from tests.conftest import AGENT_CODE, AGENT_IDENTITY, BACKEND_IDENTITY, ROOM, Backend, Harness
 from tests.fakes import FakeRealtimeModel, RecordingAudioOutput, RelayNetwork, start_session
 from tests.helpers import wait_until

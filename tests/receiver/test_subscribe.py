@@ -19,8 +19,8 @@ from livekit.agents.voice.events import FunctionToolsExecutedEvent
 
 from imaginex_context_plugin import protocol
 from imaginex_context_plugin.receiver import AckTransport
+from imaginex_context_plugin.receiver import subscriber_feed as subscriber_feed_module
 from imaginex_context_plugin.receiver import subscribers as subscribers_module
-from imaginex_context_plugin.receiver import subscription as subscription_module
 from imaginex_context_plugin.receiver.outbox import DRAIN_TIMEOUT_S
 from tests.conftest import BACKEND_IDENTITY, Harness, HarnessFactory
 from tests.fakes import start_session
@@ -235,7 +235,7 @@ class _StallingTransport(AckTransport):
 async def test_a_stalled_subscriber_loses_its_oldest_events_and_delays_nobody(
     make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(subscription_module, "SUBSCRIBER_QUEUE_SIZE", 4)
+    monkeypatch.setattr(subscriber_feed_module, "SUBSCRIBER_QUEUE_SIZE", 4)
     transport = _StallingTransport("stalled")
     harness: Harness = await make_harness(**TRUSTED, ack_transport_for=transport.bind)
     stalled = harness.backend_as("stalled")
@@ -295,10 +295,10 @@ async def test_one_subscription_per_sender_and_a_bounded_number(
 
 def test_a_long_text_is_cut_to_fit_one_packet() -> None:
     event = protocol.UserTranscriptEvent(text="é" * 20_000, final=True, timestamp="t")
-    payload = subscription_module._fit(event)
+    payload = subscriber_feed_module._fit(event)
     assert len(payload) <= protocol.MAX_PAYLOAD_BYTES
     decoded = json.loads(payload)
     assert decoded["text_truncated"] is True
     assert decoded["text"] == "é" * len(decoded["text"])
     short = protocol.UserTranscriptEvent(text="hi", final=True, timestamp="t")
-    assert subscription_module._fit(short) == protocol.encode_message(short)
+    assert subscriber_feed_module._fit(short) == protocol.encode_message(short)

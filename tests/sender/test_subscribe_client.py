@@ -19,7 +19,7 @@ from imaginex_context_plugin.protocol import (
     SessionEvent,
     SessionEventType,
 )
-from imaginex_context_plugin.receiver import subscription as subscription_module
+from imaginex_context_plugin.receiver import subscriber_feed as subscriber_feed_module
 from imaginex_context_plugin.sender import ContextError, SessionEvents, Via
 from tests.conftest import AGENT_IDENTITY, BACKEND_IDENTITY, Harness, HarnessFactory
 from tests.helpers import wait_until
@@ -205,7 +205,7 @@ async def test_events_the_caller_does_not_read_in_time_are_dropped_and_counted(
 async def test_what_the_agent_dropped_is_surfaced_too(
     make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(subscription_module, "SUBSCRIBER_QUEUE_SIZE", 2)
+    monkeypatch.setattr(subscriber_feed_module, "SUBSCRIBER_QUEUE_SIZE", 2)
     transport = _StallingTransport(BACKEND_IDENTITY)
     harness = await granted(make_harness, ack_transport_for=transport.bind)
     async with ContextClient(harness.backend.room) as client:

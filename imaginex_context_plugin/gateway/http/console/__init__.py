@@ -9,9 +9,9 @@ TypeScript (``js/console/``) and shipped here, built (``static/``).
 
 from __future__ import annotations
 
-from .calls import AGENT_STATE_ATTRIBUTE, Call, CallsView
-from .options import ConsoleOptions
-from .routes import CONSOLE_API, CONSOLE_PATH, ApiRoute, ConsoleRoutes
+from .console_options import ConsoleOptions
+from .endpoints import CONSOLE_API, CONSOLE_PATH, ApiRoute, ConsoleRoutes
+from .live_calls import AGENT_STATE_ATTRIBUTE, Call, CallsView
 from .sessions import (
     CSRF_HEADER,
     DEFAULT_SESSION_IDLE_S,

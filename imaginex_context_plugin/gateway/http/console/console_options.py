@@ -8,7 +8,7 @@ from typing import Final
 
 from ...._livekit.rooms import LiveKitRoomDirectory, RoomDirectory
 from ...._livekit.settings import LiveKitSettings
-from .calls import DEFAULT_CALLS_TTL_S
+from .live_calls import DEFAULT_CALLS_TTL_S
 from .sessions import DEFAULT_SESSION_IDLE_S, DEFAULT_SESSION_MAX_S, SessionStore
 
 DEFAULT_STREAM_CHECK_S: Final = 30.0

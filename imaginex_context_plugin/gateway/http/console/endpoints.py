@@ -31,8 +31,8 @@ from ..body import BodyReader
 from ..fanout import FanOut
 from ..gatekeeper import Admission
 from .assets import ConsoleAssets, content_security_policy, security_headers
-from .calls import CallsView
-from .options import ConsoleOptions
+from .console_options import ConsoleOptions
+from .live_calls import CallsView
 from .signin import ConsoleAdmission, ConsoleSignIn
 from .takeover import operator_token
 
