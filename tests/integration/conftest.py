@@ -11,7 +11,6 @@ A failing live test prints the tail of the server's log.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,19 +20,14 @@ import pytest
 from devtools.livekit_cluster import LiveKitCluster
 from devtools.livekit_server import (
     LiveKitServer,
-    NoServer,
     ServerInfo,
-    find_binary,
     server_from_env,
 )
 from tests.integration.cluster import livekit_cluster  # noqa: F401
 from tests.integration.local_server import LocalServer, local_server
+from tests.integration.missing import server_binary
 
 _HERE = Path(__file__).resolve().parent
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -49,13 +43,7 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit
     if server_from_env() is not None:
         yield None
         return
-    try:
-        binary = find_binary(build=True)
-    except NoServer as exc:
-        if _in_ci():
-            pytest.fail(f"CI=true and {exc}", pytrace=False)
-        pytest.skip(str(exc))
-    server = LiveKitServer(binary, tmp_path_factory.mktemp("livekit-server"))
+    server = LiveKitServer(server_binary(), tmp_path_factory.mktemp("livekit-server"))
     server.start()
     try:
         yield server
@@ -67,12 +55,7 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit
 def local_livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """The docs' local server, ``scripts/livekit-server --dev``, started as they say (always
     ours, whatever ``LIVEKIT_URL`` names: it is the command under test)."""
-    try:
-        find_binary(build=True)
-    except NoServer as exc:
-        if _in_ci():
-            pytest.fail(f"CI=true and {exc}", pytrace=False)
-        pytest.skip(str(exc))
+    server_binary()
     with local_server(tmp_path_factory.mktemp("local-livekit-server")) as server:
         yield server
 

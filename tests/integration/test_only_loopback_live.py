@@ -29,8 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.livekit_server import BUILD_SCRIPT, ROOT, NoServer, find_binary
+from devtools.livekit_server import BUILD_SCRIPT, ROOT
 from devtools.netns import ENV_SWITCH, STATE_ENV
+from tests.integration.missing import in_ci, missing, server_binary
 
 CLIENT_LINK = "imx0"
 CLIENT_PEER = "imx1"
@@ -56,10 +57,6 @@ STORY_TIMEOUT_S = 300.0
 SCRIPT_TIMEOUT_S = 60.0
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 @functools.cache
 def _namespace_prefix() -> tuple[str, ...] | str:
     """The command that runs its arguments in a fresh network namespace, or why there is none."""
@@ -78,15 +75,8 @@ def _namespace_prefix() -> tuple[str, ...] | str:
 def fresh_namespace() -> tuple[str, ...]:
     prefix = _namespace_prefix()
     if isinstance(prefix, str):
-        if _in_ci():
-            pytest.fail(f"CI=true and {prefix}", pytrace=False)
-        pytest.skip(prefix)
-    try:
-        find_binary(build=True)
-    except NoServer as exc:
-        if _in_ci():
-            pytest.fail(f"CI=true and {exc}", pytrace=False)
-        pytest.skip(str(exc))
+        missing(prefix)
+    server_binary()
     return prefix
 
 
@@ -195,9 +185,7 @@ def test_a_second_start_reuses_the_interface(fresh_namespace: tuple[str, ...]) -
 def test_without_the_right_it_prints_the_one_command(fresh_namespace: tuple[str, ...]) -> None:
     """No CAP_NET_ADMIN: the note with the command, which (run with the right) is enough."""
     if shutil.which("setpriv") is None:
-        if _in_ci():
-            pytest.fail("CI=true and setpriv (util-linux) is missing", pytrace=False)
-        pytest.skip("needs setpriv (util-linux) to drop CAP_NET_ADMIN")
+        missing("setpriv (util-linux), which drops CAP_NET_ADMIN here, is missing")
     inside = in_only_loopback(
         fresh_namespace,
         f"""
@@ -229,7 +217,7 @@ def test_with_another_interface_there_is_nothing_to_do() -> None:
         timeout=SCRIPT_TIMEOUT_S,
         check=False,
     )
-    if here.returncode != 0 and "not on PATH" in here.stderr and not _in_ci():
+    if here.returncode != 0 and "not on PATH" in here.stderr and not in_ci():
         pytest.skip(here.stderr.strip())
     assert here.returncode == 0, here.stderr
     assert "only loopback here" not in here.stderr
@@ -247,7 +235,7 @@ def test_without_the_ip_command_it_says_what_to_install(
         if found is not None:
             (bin_dir / tool).symlink_to(found)
     if not (bin_dir / "livekit-server").exists():
-        (bin_dir / "livekit-server").symlink_to(find_binary(build=True))
+        (bin_dir / "livekit-server").symlink_to(server_binary())
     inside = in_only_loopback(fresh_namespace, f"PATH={bin_dir} {START}; echo status $?")
     assert inside.returncode == 0, inside.stdout + inside.stderr
     assert NOTE in inside.stdout, inside.stdout
