@@ -32,6 +32,7 @@ import bench_context_growth  # noqa: E402
 import bench_directory  # noqa: E402
 import bench_fanout  # noqa: E402
 import bench_flood_memory  # noqa: E402
+import bench_gateway_http  # noqa: E402
 import bench_hot_path  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_live  # noqa: E402
@@ -51,6 +52,7 @@ FULL: dict[str, dict[str, Any]] = {
     "live": {},
     "avatar": {},
     "directory": {},
+    "gateway http": {},
     "fanout": {},
 }
 QUICK: dict[str, dict[str, Any]] = {
@@ -64,6 +66,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "live": {"requests": 30, "cold": 2},
     "avatar": {"speeches": 3},
     "directory": {"sizes": (1, 20), "lookups": 50, "scan_lookups": 5},
+    "gateway http": {"requests": 200, "rounds": 2},
     "fanout": {"sizes": (1, 4), "warm": 3, "floor_requests": 20, "min_samples": 20},
 }
 RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
@@ -77,6 +80,7 @@ RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
     "live": bench_live.run,
     "avatar": bench_avatar.run,
     "directory": bench_directory.run,
+    "gateway http": bench_gateway_http.run,
     "fanout": bench_fanout.run,
 }
 
