@@ -20,6 +20,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -161,10 +162,11 @@ class IdempotencyKeys:
         request: web.Request,
         agent_code: str,
         request_id: str,
-        fingerprint: tuple[str | None, ...],
+        fingerprint: Callable[[], tuple[str | None, ...]],
     ) -> Lease | StoredAnswer | None:
         """Claim the request's key: a lease to deliver under, the first answer to give again,
         or None when the caller sent no key (a made-up id is never repeated).
+        ``fingerprint`` gives what the key is bound to, asked only when there is a key.
 
         Raises:
             Refusal: 422 ``ID_REUSED``, 409 still in progress after ``wait_s``, 503 the shared
@@ -173,7 +175,7 @@ class IdempotencyKeys:
         if IDEMPOTENCY_KEY_HEADER not in request.headers:
             return None
         key = _store_key(agent_code, request_id)
-        digest = _digest(fingerprint)
+        digest = _digest(fingerprint())
         token = uuid.uuid4().hex
         deadline = time.monotonic() + self._wait_s
         pause = _FIRST_POLL_S

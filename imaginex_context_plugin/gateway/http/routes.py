@@ -127,8 +127,9 @@ class GatewayRoutes:
         # the order matters: nothing is bound or asked of LiveKit for a message that cannot fit
         request_id = self._keys.request_id(request)
         self._writer.check_fits(outgoing, request_id, agent_code, room_id)
+        # the fingerprint only when the caller sent a key (a canonical JSON of the fields)
         claimed = await self._keys.claim(
-            request, agent_code, request_id, outgoing.fingerprint(room_id)
+            request, agent_code, request_id, lambda: outgoing.fingerprint(room_id)
         )
         if claimed is None:
             return await self._deliver(agent_code, outgoing, request_id, room_id, None)
