@@ -14,56 +14,34 @@
  * the `snapshot` after it rebuilds the view. `context_used` marks an entry with the reply that
  * carried it; `context_dropped` takes an entry away with its reason; `speech_failed` says why a
  * speech did not play.
+ *
+ * This module is the view's wiring (its header, controls, events stream and state polling); the
+ * transcript (transcript.ts), the context panel (context-panel.ts) and the pending speeches
+ * (pending.ts) are drawn by their own modules.
  */
-import type { AgentStateInfo, ContextDroppedEvent, ContextEntryInfo, ContextUsedEvent, HistoryItem, IOState, SessionEvent, SnapshotEvent, SpeechEvent, SpeechFailedEvent } from "../../src/generated/wire.js";
+import type { AgentStateInfo, HistoryItem, IOState, SessionEvent, SnapshotEvent, SpeechEvent, SpeechFailedEvent } from "../../src/generated/wire.js";
 import { Activity } from "./activity.js";
 import { type CallInfo, type ConsoleApi, GatewayError } from "./api.js";
+import { ContextPanel } from "./context-panel.js";
 import { type CallTarget, contextForm, instructionsForm, send, speakForm, userMessageForm } from "./controls.js";
-import { checkbox, clock, duration, fill, h } from "./dom.js";
+import { checkbox, duration, h } from "./dom.js";
+import { PendingSpeeches, SPEECH_FAILED } from "./pending.js";
 import { tabs } from "./tabs.js";
 import { Takeover } from "./takeover.js";
+import { Transcript } from "./transcript.js";
 
 const STATE_EVERY_MS = 5_000;
 const HISTORY_LIMIT = 100;
 const RECONNECT_MS = [250, 500, 1_000, 2_000, 5_000];
 
-/** Speeches that did not play stay in the pending list this long, with their reason. */
-const FAILED_SHOWN_MS = 30_000;
-/** Context entries dropped before any reply used them, listed with their reason (the newest). */
-const DROPPED_SHOWN = 5;
-
 type StreamEvent = SessionEvent | SpeechEvent;
-
-const SPEECH_FAILED: Record<SpeechFailedEvent["reason"], string> = {
-  not_started: "it did not start in time, so it was cancelled (it never plays late)",
-  tts_error: "the TTS failed",
-  llm_error: "the model failed to phrase a reply",
-  session_closed: "the session closed first",
-  cancelled: "cancelled before it played",
-  avatar_left: "the avatar left the room",
-};
-
-const CONTEXT_DROPPED: Record<ContextDroppedEvent["reason"], string> = {
-  removed: "removed",
-  replaced: "replaced by a newer entry with the same key",
-  expired: "its time ran out",
-  evicted: "evicted to keep within the context budget",
-  session_closed: "the session closed",
-};
-
-interface OwnSpeech {
-  text: string;
-  element: HTMLLIElement;
-  started: boolean;
-}
 
 export class CallView {
   readonly element: HTMLElement;
   private readonly abort = new AbortController();
   private readonly activity = new Activity();
   private readonly target: CallTarget;
-  private readonly lines = new Map<string, HTMLLIElement>();
-  private readonly transcript = h("ol", { class: "transcript-lines", attrs: { role: "log", "aria-live": "polite", "aria-label": "Transcript" } });
+  private readonly transcript = new Transcript();
   private readonly title: HTMLHeadingElement;
   private readonly meta = h("p", { class: "call-meta" });
   private readonly agentPill = pill("Agent");
@@ -76,31 +54,17 @@ export class CallView {
   private readonly banner: HTMLElement;
   private readonly meter = h("meter", { attrs: { min: 0, max: 1, value: 0, "aria-label": "Your microphone level" } });
   private readonly tellAgent = checkbox("Tell the agent a human spoke", true);
-  private readonly contextList = h("ul", { class: "context-list", attrs: { "aria-label": "Context entries" } });
-  private readonly contextSummary = h("p", { class: "panel-summary" });
-  private readonly pendingList = h("ul", { class: "pending-list", attrs: { "aria-label": "Pending speeches sent from this console" } });
-  private readonly pendingSummary = h("p", { class: "panel-summary" });
   private readonly endDialog: HTMLDialogElement;
-  private readonly contextTexts = new Map<string, string>();
-  private readonly ownSpeeches = new Map<string, OwnSpeech>();
-  private readonly failedSpeeches: HTMLLIElement[] = [];
-  /** context_used per entry version (`versionOf`): when, and which model request. */
-  private readonly contextUsed = new Map<string, ContextUsedEvent>();
-  /** Entry versions a context_dropped took away (a get-state answer already on its way may still list them). */
-  private readonly contextDropped = new Set<string>();
-  private readonly droppedList = h("ul", { class: "context-dropped-list", attrs: { "aria-label": "Context entries dropped before any reply used them" } });
-  private context: { entries: ContextEntryInfo[]; chars: number; total: number | undefined } = { entries: [], chars: 0, total: undefined };
+  private readonly contextPanel = new ContextPanel(this.activity, (key) => void this.removeContext(key));
+  private readonly pending = new PendingSpeeches(this.activity);
   /** The `seq` of the newest event drawn: the stream resumes after it; null before any (or from an agent older than v1.3). */
   private lastSeq: number | null = null;
-  private interim: HTMLLIElement | null = null;
   private state: AgentStateInfo | null = null;
   private io: IOState = { agent_audio: true, user_audio: true, transcription: true };
   private takeover: Takeover | null = null;
   private stateTimer: ReturnType<typeof setInterval> | undefined;
   private tick: ReturnType<typeof setInterval> | undefined;
   private stateQueued = false;
-  private scrollQueued = false;
-  private lastAt = 0;
   private misses = 0;
   private ended = false;
 
@@ -142,13 +106,10 @@ export class CallView {
     const speak = speakForm(
       target,
       (id, text) => this.addOwnSpeech(id, text),
-      (id) => {
-        this.ownSpeeches.delete(id);
-        this.renderPending();
-      },
+      (id) => this.pending.forget(id),
     );
     const context = contextForm(target, (key, text, requestId) => {
-      this.contextTexts.set(key ?? requestId, text);
+      this.contextPanel.remember(key ?? requestId, text);
     });
     this.element = h(
       "section",
@@ -167,7 +128,7 @@ export class CallView {
         h(
           "div",
           { class: "call-main" },
-          h("section", { class: "panel transcript", attrs: { "aria-labelledby": "transcript-title" } }, h("h3", { id: "transcript-title", text: "Transcript" }), this.transcript),
+          h("section", { class: "panel transcript", attrs: { "aria-labelledby": "transcript-title" } }, h("h3", { id: "transcript-title", text: "Transcript" }), this.transcript.element),
           h(
             "section",
             { class: "panel controls", attrs: { "aria-labelledby": "controls-title" } },
@@ -183,15 +144,14 @@ export class CallView {
         h(
           "aside",
           { class: "call-side" },
-          h("section", { class: "panel", attrs: { "aria-labelledby": "context-title" } }, h("h3", { id: "context-title", text: "Context the agent holds" }), this.contextSummary, this.contextList, this.droppedList),
-          h("section", { class: "panel", attrs: { "aria-labelledby": "pending-title" } }, h("h3", { id: "pending-title", text: "Pending speeches" }), this.pendingSummary, this.pendingList),
+          this.contextPanel.element,
+          this.pending.element,
           h("section", { class: "panel activity", attrs: { "aria-labelledby": "activity-title" } }, h("h3", { id: "activity-title", text: "Activity" }), this.activity.element),
         ),
       ),
       this.endDialog,
     );
     this.update(call);
-    this.renderPending();
   }
 
   /** Start following the call: its history and state, then its events. */
@@ -305,19 +265,19 @@ export class CallView {
     }
     switch (event.type) {
       case "user_transcript":
-        if (event.final) this.showInterim(event.text, event.timestamp, true);
-        else this.showInterim(event.text, event.timestamp, false);
+        if (event.final) this.transcript.showInterim(event.text, event.timestamp, true);
+        else this.transcript.showInterim(event.text, event.timestamp, false);
         break;
       case "conversation_item":
-        if (event.item_type === "agent_handoff") this.addLine(event.item_id, "system", `Handed off to ${event.new_agent ?? "another agent"}`, event.timestamp);
+        if (event.item_type === "agent_handoff") this.transcript.add(event.item_id, "system", `Handed off to ${event.new_agent ?? "another agent"}`, event.timestamp);
         else if (event.role === "user" || event.role === "assistant") {
-          if (event.role === "user") this.clearInterim();
-          this.addLine(event.item_id, event.role, event.text ?? "", event.timestamp, event.interrupted ?? false);
+          if (event.role === "user") this.transcript.clearInterim();
+          this.transcript.add(event.item_id, event.role, event.text ?? "", event.timestamp, event.interrupted ?? false);
         }
         this.refreshStateSoon();
         break;
       case "tool_call":
-        this.addLine(`tool-${event.call_id}-${event.status}`, "tool", `${event.name} ${event.status === "completed" ? "completed" : "failed"}`, event.timestamp);
+        this.transcript.add(`tool-${event.call_id}-${event.status}`, "tool", `${event.name} ${event.status === "completed" ? "completed" : "failed"}`, event.timestamp);
         break;
       case "agent_state":
         this.agentPill.set(event.new_state);
@@ -338,10 +298,11 @@ export class CallView {
         this.onSpeechFailed(event);
         break;
       case "context_used":
-        this.onContextUsed(event);
+        this.contextPanel.onUsed(event);
         break;
       case "context_dropped":
-        this.onContextDropped(event);
+        this.contextPanel.onDropped(event);
+        this.refreshStateSoon();
         break;
       case "call_ended":
         this.markEnded(event.reason);
@@ -356,8 +317,8 @@ export class CallView {
     const what = from === to ? `Event ${from} was` : `Events ${from} to ${to} were`;
     const text = `${what} lost while the console was away; the view was rebuilt from the agent's snapshot`;
     this.activity.notice(text, "error");
-    this.addLine(`lost-${from}-${to}`, "system", text, timestamp);
-    this.lines.get(`lost-${from}-${to}`)?.classList.add("lost");
+    this.transcript.add(`lost-${from}-${to}`, "system", text, timestamp);
+    this.transcript.line(`lost-${from}-${to}`)?.classList.add("lost");
   }
 
   /** Where the call stands after events were lost: its last items, its state, what is pending. */
@@ -365,18 +326,10 @@ export class CallView {
     this.lastSeq = snapshot.seq ?? this.lastSeq;
     if (this.lastSeq !== null) this.element.dataset["seq"] = String(this.lastSeq);
     for (const item of snapshot.items) {
-      if (item.role === "user" || item.role === "assistant") this.addLine(item.id, item.role, item.text, item.created_at, item.interrupted);
+      if (item.role === "user" || item.role === "assistant") this.transcript.add(item.id, item.role, item.text, item.created_at, item.interrupted);
     }
     if (snapshot.items_truncated) this.activity.notice("The snapshot holds the newest lines only: earlier ones may be missing", "error");
-    const pending = new Set(snapshot.pending_speeches.map((speech) => speech.request_id));
-    for (const [id, own] of this.ownSpeeches) {
-      // acknowledged, and no longer queued or playing: it ended while the console was away
-      if (!pending.has(id) && this.activity.find(id)?.outcome === "ok") {
-        this.activity.find(id)?.note("■ ended while the console was away");
-        this.ownSpeeches.delete(id);
-        own.element.remove();
-      }
-    }
+    this.pending.snapshot(new Set(snapshot.pending_speeches.map((speech) => speech.request_id)));
     this.showState(snapshot.state);
   }
 
@@ -387,60 +340,13 @@ export class CallView {
     const entry = this.activity.find(event.id);
     if (entry) entry.note(text, "failed");
     else this.activity.notice(`A speech ${text.slice(2)}`, "error");
-    const own = event.id ? this.ownSpeeches.get(event.id) : undefined;
-    if (own && event.id) {
-      this.ownSpeeches.delete(event.id);
-      const element = h(
-        "li",
-        { class: "pending-speech failed", attrs: { "data-reason": event.reason } },
-        h("p", { text: own.text }),
-        h("span", { class: "tag", text: `did not play: ${event.reason.replace("_", " ")}`, attrs: { title: why } }),
-      );
-      this.failedSpeeches.unshift(element);
-      this.failedSpeeches.splice(5);
-      setTimeout(() => {
-        const at = this.failedSpeeches.indexOf(element);
-        if (at >= 0) this.failedSpeeches.splice(at, 1);
-        this.renderPending();
-      }, FAILED_SHOWN_MS);
-      this.renderPending();
-    }
-    this.refreshStateSoon();
-  }
-
-  private onContextUsed(event: ContextUsedEvent): void {
-    if (this.contextUsed.has(versionOf(event))) return;
-    this.contextUsed.set(versionOf(event), event);
-    this.activity.find(event.request_id)?.note(`✓ ${usedText(event)}`);
-    this.renderContext();
-  }
-
-  private onContextDropped(event: ContextDroppedEvent): void {
-    this.contextDropped.add(versionOf(event));
-    const why = CONTEXT_DROPPED[event.reason] ?? event.reason;
-    this.activity.find(event.request_id)?.note(`■ dropped before any reply used it: ${why}`, "failed");
-    const at = new Date(event.timestamp);
-    const element = h(
-      "li",
-      { class: "context-dropped", attrs: { "data-entry-id": event.entry_id, "data-request-id": event.request_id, "data-reason": event.reason } },
-      h("code", { text: event.key ?? event.entry_id }),
-      h("span", { text: ` dropped: ${why} · ` }),
-      h("time", { attrs: { datetime: at.toISOString() }, text: clock(at) }),
-    );
-    this.droppedList.prepend(element);
-    while (this.droppedList.children.length > DROPPED_SHOWN) this.droppedList.lastElementChild?.remove();
-    this.renderContext();
+    this.pending.failedToPlay(event, why);
     this.refreshStateSoon();
   }
 
   private onPlayout(requestId: string | null, text: string, done: boolean): void {
     this.activity.find(requestId)?.note(text);
-    const own = requestId ? this.ownSpeeches.get(requestId) : undefined;
-    if (own && requestId) {
-      own.started = true;
-      if (done) this.ownSpeeches.delete(requestId);
-      this.renderPending();
-    }
+    this.pending.played(requestId, done);
     this.refreshStateSoon();
   }
 
@@ -451,68 +357,11 @@ export class CallView {
       const answer = await this.api.gateway.getHistory(this.call.agent_code, { room_id: this.call.room, limit: HISTORY_LIMIT });
       const history = (answer.data.rooms[0]?.result?.["history"] ?? []) as HistoryItem[];
       for (const item of history) {
-        if (item.role === "user" || item.role === "assistant") this.addLine(item.id, item.role, item.text, item.created_at, item.interrupted);
+        if (item.role === "user" || item.role === "assistant") this.transcript.add(item.id, item.role, item.text, item.created_at, item.interrupted);
       }
     } catch (error) {
       this.checkUnauthorized(error);
     }
-  }
-
-  private addLine(id: string, role: "user" | "assistant" | "tool" | "system", text: string, timestamp: string, interrupted = false): void {
-    if (this.lines.has(id)) return; // each item once, however often it is read
-    const at = new Date(timestamp);
-    const who = { user: "User", assistant: "Agent", tool: "Tool", system: "Call" }[role];
-    const line = h(
-      "li",
-      { class: `line ${role}${interrupted ? " interrupted" : ""}`, attrs: { "data-item-id": id, "data-at": at.getTime() } },
-      h("span", { class: "who", text: who }),
-      h("p", { class: "said", text }),
-      h("time", { attrs: { datetime: at.toISOString() }, text: clock(at) }),
-      interrupted ? h("span", { class: "tag", text: "cut off" }) : null,
-    );
-    this.lines.set(id, line);
-    // in the order things were said, whichever way they arrived; a new line is almost always
-    // the last one, so that case costs no walk through a long transcript
-    if (at.getTime() >= this.lastAt) {
-      this.lastAt = at.getTime();
-      this.transcript.insertBefore(line, this.interim);
-    } else {
-      const later = [...this.transcript.children].find((other) => other !== this.interim && Number((other as HTMLElement).dataset["at"]) > at.getTime());
-      this.transcript.insertBefore(line, later ?? this.interim);
-    }
-    this.scrollTranscript();
-  }
-
-  /** The user's words as the STT hears them, until their turn is committed. */
-  private showInterim(text: string, timestamp: string, final: boolean): void {
-    if (!this.interim) {
-      this.interim = h("li", { class: "line user live" }, h("span", { class: "who", text: "User" }), h("p", { class: "said" }), h("time"));
-      this.transcript.append(this.interim);
-    }
-    const at = new Date(timestamp);
-    this.interim.classList.toggle("final", final);
-    this.interim.querySelector(".said")!.textContent = text;
-    const time = this.interim.querySelector("time")!;
-    time.textContent = final ? clock(at) : "speaking…";
-    this.scrollTranscript();
-  }
-
-  private clearInterim(): void {
-    this.interim?.remove();
-    this.interim = null;
-  }
-
-  /** Keep the newest line in view, once per frame, unless the operator scrolled up to read. */
-  private scrollTranscript(): void {
-    if (this.scrollQueued) return;
-    const list = this.transcript;
-    const following = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
-    if (!following && this.lines.size > 1) return;
-    this.scrollQueued = true;
-    requestAnimationFrame(() => {
-      this.scrollQueued = false;
-      list.scrollTop = list.scrollHeight;
-    });
   }
 
   // ------------------------------------------------------------------ state, context, pending
@@ -548,46 +397,9 @@ export class CallView {
       setSwitch(this.voiceButton, !state.io.agent_audio, state.io.agent_audio ? "Mute the agent" : "Unmute the agent");
       setSwitch(this.listenButton, !state.io.user_audio, state.io.user_audio ? "Stop it listening" : "Let it listen");
     }
-    this.context = { entries: state.context_entries, chars: state.context_chars, total: state.context_entries_total };
-    this.renderContext();
-    if (!state.pending_speeches.length) {
-      for (const [id, own] of this.ownSpeeches) if (own.started) this.ownSpeeches.delete(id);
-    }
-    this.renderPending();
+    this.contextPanel.show(state);
+    this.pending.show(state);
     if (firstTime) void this.loadHistory();
-  }
-
-  private renderContext(): void {
-    const { chars, total } = this.context;
-    // what a context_dropped took away goes now, before the next get-state says so
-    const entries = this.context.entries.filter((entry) => !this.contextDropped.has(versionOf(entry)));
-    const count = Math.max(entries.length, (total ?? 0) - (this.context.entries.length - entries.length));
-    this.contextSummary.textContent = count ? `${count} ${count === 1 ? "entry" : "entries"}, ${chars} characters` : "None: the agent holds no context from senders.";
-    fill(
-      this.contextList,
-      ...entries.map((entry) => {
-        const text = this.contextTexts.get(entry.key ?? entry.request_id ?? "");
-        const name = entry.key ?? entry.entry_id;
-        const used = this.contextUsed.get(versionOf(entry));
-        const remove = entry.key
-          ? h("button", {
-              class: "small secondary",
-              attrs: { type: "button", "aria-label": `Remove context ${entry.key}` },
-              text: "Remove",
-              on: { click: () => void this.removeContext(entry.key!) },
-            })
-          : null;
-        const expires = entry.expires_in_s === null ? "" : ` · expires in ${Math.ceil(entry.expires_in_s)} s`;
-        return h(
-          "li",
-          { class: `context-entry${used ? " used" : ""}`, attrs: { "data-entry-id": entry.entry_id, "data-request-id": entry.request_id } },
-          h("div", { class: "entry-line" }, h("code", { text: name }), remove),
-          h("p", { class: "context-meta", text: `${entry.role} · ${entry.chars} chars · ${entry.scope === "next_turn" ? "next turn only" : "persistent"}${expires}` }),
-          text ? h("p", { class: "context-text", text }) : null,
-          used ? h("p", { class: "context-used" }, `✓ ${usedText(used)} · `, h("time", { attrs: { datetime: used.timestamp }, text: clock(new Date(used.timestamp)) })) : null,
-        );
-      }),
-    );
   }
 
   private async removeContext(key: string): Promise<void> {
@@ -595,21 +407,7 @@ export class CallView {
   }
 
   private addOwnSpeech(requestId: string, text: string): void {
-    const cancel = h("button", {
-      class: "small secondary",
-      attrs: { type: "button", "aria-label": `Cancel the speech: ${text.slice(0, 60)}` },
-      text: "Cancel",
-      on: { click: () => void send(this.target, "Cancel speech", text, (id) => this.api.gateway.cancel(this.call.agent_code, { target_id: requestId, room_id: this.call.room }, { idempotencyKey: id })) },
-    });
-    const element = h("li", { class: "pending-speech" }, h("p", { text }), cancel);
-    this.ownSpeeches.set(requestId, { text, element, started: false });
-    this.renderPending();
-  }
-
-  private renderPending(): void {
-    const pending = this.state?.pending_speeches_total ?? this.state?.pending_speeches.length ?? 0;
-    this.pendingSummary.textContent = pending ? `${pending} queued or playing in the agent` : "Nothing queued or playing.";
-    fill(this.pendingList, ...[...this.ownSpeeches.values()].map((own) => own.element), ...this.failedSpeeches);
+    this.pending.add(requestId, text, () => void send(this.target, "Cancel speech", text, (id) => this.api.gateway.cancel(this.call.agent_code, { target_id: requestId, room_id: this.call.room }, { idempotencyKey: id })));
   }
 
   /** Flip one of the agent's switches (its voice, its listening). */
@@ -680,8 +478,8 @@ export class CallView {
   private markEnded(reason: string): void {
     if (this.ended) return;
     this.ended = true;
-    this.clearInterim();
-    this.addLine(`ended-${Date.now()}`, "system", `Call ended: ${reason}`, new Date().toISOString());
+    this.transcript.clearInterim();
+    this.transcript.add(`ended-${Date.now()}`, "system", `Call ended: ${reason}`, new Date().toISOString());
     this.streamPill.set("ended");
     this.element.classList.add("ended");
     for (const button of [this.voiceButton, this.listenButton, this.takeoverButton, this.endButton]) button.disabled = true;
@@ -703,19 +501,6 @@ export class CallView {
     }
     return false;
   }
-}
-
-/**
- * One version of a context entry: a keyed entry keeps its entry id when a later add_context
- * replaces it, and the request that added it tells the versions apart.
- */
-function versionOf(entry: { entry_id: string; request_id: string | null }): string {
-  return `${entry.entry_id} ${entry.request_id ?? ""}`;
-}
-
-/** What a context_used says: which model request carried the entry. */
-function usedText(event: ContextUsedEvent): string {
-  return `used in a reply (${event.llm_call.realtime ? "realtime model, " : ""}model request ${event.llm_call.index})`;
 }
 
 function pill(label: string): { element: HTMLElement; set(value: string): void } {
