@@ -103,12 +103,14 @@ def _read_query(request: web.Request) -> tuple[Stream, str]:
 
 def _resume(request: web.Request) -> int | None:
     """The seq a reconnecting client saw last: ``Last-Event-ID`` (what ``EventSource`` sends),
-    or the ``last_event_id`` query parameter (for a client that cannot set headers)."""
-    raw = request.headers.get("Last-Event-ID")
-    where = "The Last-Event-ID header"
-    if raw is None:
-        raw = request.query.get("last_event_id")
-        where = "Query parameter 'last_event_id'"
+    else the ``last_event_id`` query parameter (for a client that cannot set headers). Each
+    is checked whenever it is given, whichever is used: a bad value is never passed over."""
+    from_query = _seq(request.query.get("last_event_id"), "Query parameter 'last_event_id'")
+    from_header = _seq(request.headers.get("Last-Event-ID"), "The Last-Event-ID header")
+    return from_header if from_header is not None else from_query
+
+
+def _seq(raw: str | None, where: str) -> int | None:
     if raw is None or raw == "":
         return None  # an empty Last-Event-ID is the EventSource's "none yet"
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
