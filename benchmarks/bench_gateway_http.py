@@ -35,6 +35,7 @@ from imaginex_context_plugin.gateway.config import ApiSecrets
 from imaginex_context_plugin.gateway.delivery.agent_backend import AgentTarget
 from imaginex_context_plugin.gateway.http.app import create_app
 from imaginex_context_plugin.gateway.http.serving import start_gateway_server
+from imaginex_context_plugin.protocol import AckData, SuccessAck, utc_timestamp
 
 THIS_FILE: Final = Path(__file__).resolve()
 API_SECRET: Final = "bench-gateway-http-secret"
@@ -60,20 +61,10 @@ class AnswersAtOnce:
     async def deliver(self, target: AgentTarget, payload: str, *, timeout: float) -> str:
         request = json.loads(json.loads(payload)["body"])  # the gateway signs every message
         self._seen.write(request["id"] + "\n")
-        ack = {
-            "type": "ack",
-            "id": request["id"],
-            "success": True,
-            "message": "Speech scheduled",
-            "data": {
-                "request_type": "speak",
-                "agent_code": CODE,
-                "context_type": "speak",
-                "room_id": target.room,
-                "timestamp": "2026-12-07T00:00:00Z",
-            },
-        }
-        return json.dumps(ack)
+        data = AckData(
+            agent_code=CODE, context_type="speak", room_id=target.room, timestamp=utc_timestamp()
+        )
+        return SuccessAck(id=request["id"], message="Speech scheduled", data=data).model_dump_json()
 
     async def aclose(self) -> None:
         self._seen.close()

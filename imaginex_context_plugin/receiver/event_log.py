@@ -97,17 +97,13 @@ class EventLog:
     def stamp(self) -> tuple[int, int]:
         """The next ``seq`` and the current ``t_ms``."""
         self.seq += 1
-        return self.seq, (self._clock() - self._origin_ns) // 1_000_000
+        return self.seq, self.t_ms()
 
     def stamped(self) -> Stamp:
         """:meth:`stamp` and the wall-clock ``timestamp``, for a new event:
         ``SomeEvent(**log.stamped(), ...)``."""
-        self.seq += 1
-        return {
-            "seq": self.seq,
-            "t_ms": (self._clock() - self._origin_ns) // 1_000_000,
-            "timestamp": utc_timestamp(),
-        }
+        seq, t_ms = self.stamp()
+        return {"seq": seq, "t_ms": t_ms, "timestamp": utc_timestamp()}
 
     def keep(self, logged: LoggedEvent) -> None:
         """Keep ``logged`` (the newest event) for replays; the oldest kept may leave."""

@@ -10,6 +10,7 @@ import time
 from imaginex_context_plugin.gateway.delivery.agent_backend import AgentTarget
 from imaginex_context_plugin.gateway.http.fanout import FanOut
 from imaginex_context_plugin.gateway.http.messages import MessageWriter, Outgoing
+from imaginex_context_plugin.protocol import AckData, SuccessAck, utc_timestamp
 
 SPEAK = Outgoing(endpoint="speak", fields={"type": "speak", "message": "Hello"}, text="Hello")
 
@@ -28,21 +29,13 @@ class Rooms:
     async def deliver(self, target: AgentTarget, payload: str, *, timeout: float) -> str:
         request_id = json.loads(payload)["id"]
         if not target.room.startswith("stuck"):
-            return json.dumps(
-                {
-                    "type": "ack",
-                    "id": request_id,
-                    "success": True,
-                    "message": "ok",
-                    "data": {
-                        "request_type": "speak",
-                        "agent_code": "CODE",
-                        "context_type": "speak",
-                        "room_id": target.room,
-                        "timestamp": "2026-12-07T00:00:00Z",
-                    },
-                }
+            data = AckData(
+                agent_code="CODE",
+                context_type="speak",
+                room_id=target.room,
+                timestamp=utc_timestamp(),
             )
+            return SuccessAck(id=request_id, message="ok", data=data).model_dump_json()
         self.calls_going += 1
         try:
             await asyncio.Event().wait()

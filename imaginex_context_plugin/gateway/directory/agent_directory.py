@@ -44,6 +44,10 @@ from ...protocol import AGENT_CODE_ATTRIBUTE, SENDER_ATTRIBUTE
 DEFAULT_ENTRY_TTL_S: Final = 300.0
 """An entry not confirmed for this long (by a webhook or a reconciliation) is gone."""
 
+DEFAULT_TOMBSTONE_TTL_S: Final = 600.0
+"""How long a connection that left stays buried: longer than a webhook's 5-minute signature
+plus LiveKit's retries, so a late ``participant_joined`` cannot bring it back."""
+
 
 def entry_ttl_for(reconcile_interval: float) -> float:
     """How long an entry lives when reconciliation runs every ``reconcile_interval`` seconds:
@@ -52,9 +56,7 @@ def entry_ttl_for(reconcile_interval: float) -> float:
     between two of them with its agent still there (every agent of a call longer than the TTL,
     with ``--reconcile-interval 3600``; seen at 200 rooms in ``bench_fanout.py``)."""
     return max(DEFAULT_ENTRY_TTL_S, 2 * reconcile_interval)
-DEFAULT_TOMBSTONE_TTL_S: Final = 600.0
-"""How long a connection that left stays buried: longer than a webhook's 5-minute signature
-plus LiveKit's retries, so a late ``participant_joined`` cannot bring it back."""
+
 
 @dataclass(frozen=True)
 class Presence:

@@ -26,6 +26,8 @@ from ..refusals import STATUS_FOR, Refusal, state_unavailable
 from .messages import MessageWriter, Outgoing
 
 NO_ACTIVE_ROOMS_MESSAGE: Final = "No active sessions found for agent"
+_NOT_DELIVERED: Final = "The gateway failed to deliver the message."
+_UNREADABLE_ACK: Final = "The agent's answer could not be read."
 _DIRECTORY_UNAVAILABLE: Final = (
     "The gateway's shared state (Redis) cannot be reached, so the agent's rooms could not be "
     "looked up; nothing was sent. Retry shortly."
@@ -119,10 +121,10 @@ class FanOut:
         """Every room's outcome by ``deadline``; a room still going then is cut and reports
         ``TIMEOUT``.
 
-        One wait for all the rooms rather than ``asyncio.wait_for`` per room: on Python 3.11
-        that costs a task and a timer per room (about 40 us each, measured, a sixth of the
-        gateway's CPU per room in ``benchmarks/bench_fanout.py``). Each backend call still
-        gets its share of the deadline and stops itself; this wait is the guarantee.
+        One wait for all the rooms rather than ``asyncio.wait_for`` per room, which on Python
+        3.11 costs a task and a timer per room (about 40 us each, timed alone). Each backend
+        call still gets its share of the deadline and stops itself; this wait is the
+        guarantee.
         """
         if not targets:
             return []
@@ -146,11 +148,9 @@ class FanOut:
         ]
 
     def _timed_out(self, target: AgentTarget) -> RoomOutcome:
-        message = f"The agent did not answer within {self._timeout:g} s."
-        result = RoomResult(
-            room=target.room, delivered=False, error=ErrorCode.TIMEOUT.value, message=message
+        return _failed(
+            target, ErrorCode.TIMEOUT, f"The agent did not answer within {self._timeout:g} s."
         )
-        return RoomOutcome(result, error=ErrorCode.TIMEOUT)
 
     async def _deliver_one(
         self,
@@ -160,17 +160,12 @@ class FanOut:
         agent_code: str,
         deadline: float,
     ) -> RoomOutcome:
-        def failed(code: ErrorCode, message: str, retry_after: float | None = None) -> RoomOutcome:
-            result = RoomResult(
-                room=target.room, delivered=False, error=code.value, message=message
-            )
-            return RoomOutcome(result, error=code, retry_after=retry_after)
-
         if target.refusal is not None:
-            return failed(ErrorCode.AGENT_NOT_FOUND, target.refusal)
+            return _failed(target, ErrorCode.AGENT_NOT_FOUND, target.refusal)
         payload = self._writer.write(outgoing, request_id, agent_code, target.room)
         if oversize(payload) is not None:
-            return failed(
+            return _failed(
+                target,
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"With this room's name the message is over {MAX_PAYLOAD_BYTES} bytes.",
             )
@@ -182,15 +177,22 @@ class FanOut:
         except asyncio.TimeoutError:
             return self._timed_out(target)
         except BackendError as exc:
-            return failed(exc.code, exc.message)
+            return _failed(target, exc.code, exc.message)
         except Exception:
             logger.exception("unexpected error delivering to an agent", extra={"room": target.room})
-            return failed(ErrorCode.INTERNAL_ERROR, "The gateway failed to deliver the message.")
+            return _failed(target, ErrorCode.INTERNAL_ERROR, _NOT_DELIVERED)
         try:
             ack = parse_ack(raw)
         except ValueError:  # pydantic's ValidationError is a ValueError
-            return failed(ErrorCode.INTERNAL_ERROR, "The agent's answer could not be read.")
+            return _failed(target, ErrorCode.INTERNAL_ERROR, _UNREADABLE_ACK)
         if isinstance(ack, SuccessAck):
             result = RoomResult(room=target.room, delivered=True, duplicate=bool(ack.duplicate))
             return RoomOutcome(result, ack=ack)
-        return failed(ack.error, ack.message, ack.retry_after)
+        return _failed(target, ack.error, ack.message, ack.retry_after)
+
+
+def _failed(
+    target: AgentTarget, code: ErrorCode, message: str, retry_after: float | None = None
+) -> RoomOutcome:
+    result = RoomResult(room=target.room, delivered=False, error=code.value, message=message)
+    return RoomOutcome(result, error=code, retry_after=retry_after)
