@@ -140,13 +140,17 @@ _DECODED_ENCODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"
 """The Content-Encodings aiohttp decompresses (any other value is read as it is)."""
 
 
-def unreadable_body(request: web.Request, exc: web.RequestPayloadError) -> str:
-    """The sentence for a body aiohttp could not decode (``exc``, raised reading it).
-
-    The encoding is named only when it is one aiohttp decodes, so no header text is echoed.
-    """
+def compressed_with(request: web.Request) -> str | None:
+    """The Content-Encoding aiohttp decompressed ``request``'s body with, if any (only one it
+    decodes, so no other header text is ever echoed)."""
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if isinstance(exc.__cause__, ContentEncodingError) and encoding in _DECODED_ENCODINGS:
+    return encoding if encoding in _DECODED_ENCODINGS else None
+
+
+def unreadable_body(request: web.Request, exc: web.RequestPayloadError) -> str:
+    """The sentence for a body aiohttp could not decode (``exc``, raised reading it)."""
+    encoding = compressed_with(request)
+    if isinstance(exc.__cause__, ContentEncodingError) and encoding is not None:
         return f"Request body is not valid {encoding} data (Content-Encoding)."
     return "Request body could not be read: its encoding is broken."
 

@@ -18,7 +18,14 @@ from pydantic import BaseModel, ValidationError
 
 from ...errors import validation_sentence
 from ..models import CONTEXT_TYPES
-from ..refusals import REQUEST_TIMEOUT, Refusal, invalid, too_large, unreadable_body
+from ..refusals import (
+    REQUEST_TIMEOUT,
+    Refusal,
+    compressed_with,
+    invalid,
+    too_large,
+    unreadable_body,
+)
 
 _M = TypeVar("_M", bound=BaseModel)
 _JSON_WHITESPACE: Final = b" \t\r\n"
@@ -79,6 +86,14 @@ class BodyReader:
                 close=True,
             ) from None
         if not raw.strip(_JSON_WHITESPACE):
+            encoding = compressed_with(request)
+            if encoding is not None:
+                # aiohttp reads a gzip stream cut before its first block (a lone byte) as no
+                # body at all, without an error: a compressed body must hold the JSON object
+                raise invalid(
+                    f"Request body is empty once decompressed ({encoding}); send a JSON "
+                    "object, or send it without Content-Encoding."
+                )
             if allow_empty:
                 return {}
             raise invalid("Request body is empty; send a JSON object.")
