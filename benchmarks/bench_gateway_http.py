@@ -9,6 +9,10 @@ the same exchange (a route that reads the JSON body and answers a JSON body of t
 Each runs in its own process; one client sends the same ``POST /v1/agent/{code}/speak`` to each
 in turn, sequentially, in rounds that take turns, and reads each server's CPU from ``/proc``.
 
+Both servers run on the gateway's default event loop (uvloop when installed,
+``gateway/event_loop.py``); a third, the gateway on asyncio's own loop, takes its turns too, so
+that what uvloop saves is measured in the same run.
+
 Correctness: every gateway answer is 200 with one room delivered, and the agent saw every
 request id once.
 
@@ -33,6 +37,11 @@ from aiohttp import web
 
 from imaginex_context_plugin.gateway.config import ApiSecrets
 from imaginex_context_plugin.gateway.delivery.agent_backend import AgentTarget
+from imaginex_context_plugin.gateway.event_loop import (
+    DEFAULT_EVENT_LOOP,
+    resolve_event_loop,
+    run_on,
+)
 from imaginex_context_plugin.gateway.http.app import create_app
 from imaginex_context_plugin.gateway.http.serving import start_gateway_server
 from imaginex_context_plugin.protocol import AckData, SuccessAck, utc_timestamp
@@ -44,6 +53,7 @@ ROOM: Final = "bench-room"
 BODY: Final = {"message": "Your order 1234 has shipped and arrives tomorrow."}
 GATEWAY: Final = "gateway"
 BARE: Final = "bare aiohttp route"
+GATEWAY_ON_ASYNCIO: Final = "gateway on asyncio's loop"
 WARMUP: Final = 200
 
 
@@ -77,9 +87,9 @@ async def _serve(kind: str, workdir: Path) -> None:
         filename=workdir / f"{kind}.log",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if kind == GATEWAY:
+    if kind in (GATEWAY, GATEWAY_ON_ASYNCIO):
         app = create_app(
-            AnswersAtOnce(workdir / "seen.txt"),
+            AnswersAtOnce(workdir / f"{kind}.seen"),
             ApiSecrets(secret=API_SECRET),
             signing_secret="bench-signing-secret",
             rate_limit=None,
@@ -138,15 +148,19 @@ async def _requests(
 
 
 async def run(*, requests: int = 2_000, rounds: int = 4) -> Report:
-    report = Report("gateway HTTP side per request (one room, an agent that answers at once)")
+    loop = resolve_event_loop(DEFAULT_EVENT_LOOP)
+    report = Report(
+        f"gateway HTTP side per request (one room, an agent that answers at once; {loop})"
+    )
     per_round = max(1, requests // rounds)
+    kinds = [GATEWAY, BARE] + ([GATEWAY_ON_ASYNCIO] if loop != "asyncio" else [])
     with tempfile.TemporaryDirectory(prefix="bench-gateway-http-") as tmp:
         workdir = Path(tmp)
-        servers = {kind: await _start(kind, workdir) for kind in (GATEWAY, BARE)}
-        times: dict[str, list[float]] = {GATEWAY: [], BARE: []}
-        cpu: dict[str, float] = {GATEWAY: 0.0, BARE: 0.0}
-        statuses: dict[str, Counter[int]] = {GATEWAY: Counter(), BARE: Counter()}
-        rooms: dict[str, Counter[int]] = {GATEWAY: Counter(), BARE: Counter()}
+        servers = {kind: await _start(kind, workdir) for kind in kinds}
+        times: dict[str, list[float]] = {kind: [] for kind in kinds}
+        cpu: dict[str, float] = dict.fromkeys(kinds, 0.0)
+        statuses: dict[str, Counter[int]] = {kind: Counter() for kind in kinds}
+        rooms: dict[str, Counter[int]] = {kind: Counter() for kind in kinds}
         try:
             async with aiohttp.ClientSession() as http:
                 for _, url in servers.values():
@@ -162,38 +176,68 @@ async def run(*, requests: int = 2_000, rounds: int = 4) -> Report:
             for process, _ in servers.values():
                 process.terminate()
                 await asyncio.wait_for(process.wait(), 10)
-        seen = Counter((workdir / "seen.txt").read_text().split())
+        seen = {
+            kind: Counter((workdir / f"{kind}.seen").read_text().split())
+            for kind in kinds
+            if kind != BARE
+        }
     n = per_round * rounds
-    report.ok = (
-        statuses[GATEWAY] == Counter({200: n})
-        and rooms[GATEWAY] == Counter({1: n})
-        and len(seen) == n + WARMUP  # the warm-up's reached the agent too
-        and set(seen.values()) == {1}
+    report.ok = all(
+        statuses[kind] == Counter({200: n})
+        and rooms[kind] == Counter({1: n})
+        and len(ids) == n + WARMUP  # the warm-up's reached the agent too
+        and set(ids.values()) == {1}
+        for kind, ids in seen.items()
     )
-    gateway_cpu, bare_cpu = (cpu[k] / n for k in (GATEWAY, BARE))
+    per_request = {kind: cpu[kind] / n for kind in kinds}
     report.add(
         Figure(
             "server CPU per request",
-            ms(gateway_cpu),
-            ms(bare_cpu),
-            f"{gateway_cpu / bare_cpu:.2f}x" if bare_cpu else "",
+            ms(per_request[GATEWAY]),
+            ms(per_request[BARE]),
+            f"{per_request[GATEWAY] / per_request[BARE]:.2f}x" if per_request[BARE] else "",
         )
     )
     for q in (50, 99):
         gateway_q, bare_q = (percentile(times[k], q / 100) for k in (GATEWAY, BARE))
         ratio = f"{gateway_q / bare_q:.2f}x"
         report.add(Figure(f"request -> answer, p{q}", ms(gateway_q), ms(bare_q), ratio))
+    if GATEWAY_ON_ASYNCIO in kinds:
+        on_asyncio = per_request[GATEWAY_ON_ASYNCIO]
+        report.add(
+            Figure(
+                f"gateway CPU per request, {loop} vs asyncio's loop",
+                ms(per_request[GATEWAY]),
+                ms(on_asyncio),
+                f"{per_request[GATEWAY] / on_asyncio:.2f}x" if on_asyncio else "",
+            )
+        )
+        gateway_p50, asyncio_p50 = (
+            percentile(times[k], 0.5) for k in (GATEWAY, GATEWAY_ON_ASYNCIO)
+        )
+        report.add(
+            Figure(
+                f"gateway request -> answer p50, {loop} vs asyncio's loop",
+                ms(gateway_p50),
+                ms(asyncio_p50),
+                f"{gateway_p50 / asyncio_p50:.2f}x",
+            )
+        )
     report.notes += [
         f"{n} requests each after {WARMUP} to warm up, in {rounds} rounds taking turns, one at a "
         "time from one client process; each server its own process; CPU from /proc (10 ms ticks)",
         f"baseline: {BARE} (reads the JSON body, answers a JSON body of the same size, no access "
         "log); plugin column: the gateway application, signing on, access log at INFO to a file",
+        f"{GATEWAY} and {BARE} on {loop} (the gateway's default loop here); "
+        + (f"{GATEWAY_ON_ASYNCIO} beside them" if GATEWAY_ON_ASYNCIO in kinds else "no uvloop"),
     ]
     return report
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--serve":
-        asyncio.run(_serve(sys.argv[2], Path(sys.argv[3])))
+        kind = sys.argv[2]
+        on = "asyncio" if kind == GATEWAY_ON_ASYNCIO else resolve_event_loop(DEFAULT_EVENT_LOOP)
+        run_on(on, _serve(kind, Path(sys.argv[3])))
     else:
         script_main(__doc__, run, requests=2_000, rounds=4)

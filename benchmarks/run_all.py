@@ -33,6 +33,7 @@ import bench_directory  # noqa: E402
 import bench_fanout  # noqa: E402
 import bench_flood_memory  # noqa: E402
 import bench_gateway_http  # noqa: E402
+import bench_gateway_rooms  # noqa: E402
 import bench_hot_path  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_live  # noqa: E402
@@ -53,6 +54,7 @@ FULL: dict[str, dict[str, Any]] = {
     "avatar": {},
     "directory": {},
     "gateway http": {},
+    "gateway rooms": {},
     "fanout": {},
 }
 QUICK: dict[str, dict[str, Any]] = {
@@ -67,6 +69,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "avatar": {"speeches": 3},
     "directory": {"sizes": (1, 20), "lookups": 50, "scan_lookups": 5},
     "gateway http": {"requests": 200, "rounds": 2},
+    "gateway rooms": {"requests": 8, "rounds": 2, "spread_ms": 5.0},
     "fanout": {"sizes": (1, 4), "warm": 3, "floor_requests": 20, "min_samples": 20},
 }
 RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
@@ -81,6 +84,7 @@ RUNNERS: dict[str, Callable[..., Awaitable[Report]]] = {
     "avatar": bench_avatar.run,
     "directory": bench_directory.run,
     "gateway http": bench_gateway_http.run,
+    "gateway rooms": bench_gateway_rooms.run,
     "fanout": bench_fanout.run,
 }
 

@@ -218,3 +218,21 @@ async def make_harness() -> AsyncIterator[HarnessFactory]:
 async def harness(make_harness: HarnessFactory) -> Harness:
     result: Harness = await make_harness()
     return result
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+    """Tests marked ``both_event_loops`` run on asyncio's loop and again on uvloop (the
+    gateway's default when installed, ``gateway/event_loop.py``); the rest on asyncio's only
+    (one factory leaves their names as they are)."""
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop
+    }
+    if item.get_closest_marker("both_event_loops") is not None:
+        try:
+            import uvloop
+        except ImportError:  # the [dev] extra installs it (not on Windows)
+            return factories
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories

@@ -14,6 +14,7 @@ from .._env import (
     AGENT_DIRECTORY_ENV,
     API_SECRETS_FILE_ENV,
     GATEWAY_BODY_TIMEOUT_ENV,
+    GATEWAY_EVENT_LOOP_ENV,
     GATEWAY_HEADER_TIMEOUT_ENV,
     GATEWAY_MAX_CONNECTIONS_ENV,
     RECONCILE_INTERVAL_ENV,
@@ -24,6 +25,7 @@ from ..gateway.config import GatewayConfig
 from ..gateway.delivery.room_delivery import DEFAULT_GATEWAY_IDENTITY
 from ..gateway.delivery.room_pool import DEFAULT_MAX_CONCURRENT_JOINS, DEFAULT_MAX_ROOMS
 from ..gateway.directory.sync import DEFAULT_RECONCILE_INTERVAL_S
+from ..gateway.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOP_CHOICES, EventLoopChoice
 from ..gateway.http.app import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_DELIVERY_TIMEOUT_S,
@@ -164,6 +166,16 @@ DELIVERIES: Final = ("server-rpc", "room")
     help="Mark the console's session cookie Secure even over plain HTTP (behind a proxy that "
     "ends TLS); over TLS it always is.",
 )
+@click.option(
+    "--event-loop",
+    type=click.Choice(EVENT_LOOP_CHOICES),
+    default=DEFAULT_EVENT_LOOP,
+    show_default=True,
+    envvar=GATEWAY_EVENT_LOOP_ENV,
+    show_envvar=True,
+    help="auto: uvloop when installed (the [uvloop] extra; cheaper per request and per room), "
+    "else asyncio's loop.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (includes message text).")
 def gateway_command(
     host: str,
@@ -187,6 +199,7 @@ def gateway_command(
     console: bool,
     console_livekit_url: str | None,
     console_secure_cookies: bool,
+    event_loop: EventLoopChoice,
     verbose: bool,
 ) -> None:
     """Serve the platform's REST API (/v1/agent/{agent_code}/speak, /add-context, and the
@@ -227,6 +240,7 @@ def gateway_command(
             console=console,
             console_livekit_url=console_livekit_url,
             console_secure_cookies=True if console_secure_cookies else None,
+            event_loop=event_loop,
         )
     except ConfigError as exc:  # checked before anything starts
         raise click.ClickException(str(exc)) from None

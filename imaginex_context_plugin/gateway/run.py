@@ -25,6 +25,7 @@ from .directory.agent_directory import AgentDirectory, entry_ttl_for
 from .directory.memory_directory import MemoryAgentDirectory
 from .directory.redis_directory import RedisAgentDirectory
 from .directory.sync import DEFAULT_RECONCILE_INTERVAL_S
+from .event_loop import DEFAULT_EVENT_LOOP, EventLoopChoice, resolve_event_loop, run_on
 from .http.app import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_DELIVERY_TIMEOUT_S,
@@ -66,6 +67,7 @@ def run_gateway(
     console: bool = DEFAULT_CONSOLE,
     console_livekit_url: str | None = None,
     console_secure_cookies: bool | None = None,
+    event_loop: EventLoopChoice = DEFAULT_EVENT_LOOP,
 ) -> None:
     """Serve the gateway until SIGINT or SIGTERM (what ``imaginex-context gateway`` runs).
 
@@ -102,11 +104,14 @@ def run_gateway(
             default ``config.livekit.url``.
         console_secure_cookies: See :class:`~.http.console.ConsoleOptions`
             ``secure_cookies``.
+        event_loop: ``auto`` (uvloop when installed, else asyncio's loop), ``asyncio`` or
+            ``uvloop`` (see :mod:`.event_loop`). Default ``auto``.
 
     Raises:
-        ConfigError: Redis without a signing secret, or an unusable
-            ``sender`` (checked before anything starts).
+        ConfigError: Redis without a signing secret, an unusable ``sender``, or ``uvloop``
+            asked for and not installed (checked before anything starts).
     """
+    loop = resolve_event_loop(event_loop)
     if config.redis_url and not config.signing_secret:
         raise ConfigError(REPLICAS_NEED_SIGNING)
     if config.redis_url and sender is None:
@@ -155,7 +160,7 @@ def run_gateway(
             max_rooms=max_rooms,
             max_concurrent_joins=max_concurrent_joins,
         )
-        _log_start(config, backend.identity)
+        _log_start(config, backend.identity, loop)
         delivering: AgentBackend = backend
         if server_rpc:
             delivering = ServerRpcBackend(backend, config.livekit, sender=sender)
@@ -172,7 +177,8 @@ def run_gateway(
             console=console_options,
         )
 
-    asyncio.run(
+    run_on(
+        loop,
         _serve_until_signal(
             make_app,
             host=host,
@@ -183,7 +189,7 @@ def run_gateway(
     )
 
 
-def _log_start(config: GatewayConfig, identity: str) -> None:
+def _log_start(config: GatewayConfig, identity: str, event_loop: str) -> None:
     logger.info(
         "gateway starting",
         extra={
@@ -192,6 +198,7 @@ def _log_start(config: GatewayConfig, identity: str) -> None:
             "principals": [p.name for p in config.secrets.principals],
             "signed": config.signing_secret is not None,
             "replicated": config.redis_url is not None,
+            "event_loop": event_loop,
         },
     )
 

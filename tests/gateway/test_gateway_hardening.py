@@ -445,6 +445,7 @@ async def read_until_closed(reader: asyncio.StreamReader, within: float = 10.0) 
     return b"".join(chunks)
 
 
+@pytest.mark.both_event_loops
 async def test_the_server_answers_requests(serve: Callable[..., Awaitable[GatewayServer]]) -> None:
     server = await serve()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -455,6 +456,7 @@ async def test_the_server_answers_requests(serve: Callable[..., Awaitable[Gatewa
     assert answer["status"] == "ok"
 
 
+@pytest.mark.both_event_loops
 @pytest.mark.parametrize("trickle", [False, True])
 async def test_a_client_that_does_not_finish_its_headers_is_disconnected(
     serve: Callable[..., Awaitable[GatewayServer]], trickle: bool, caplog: pytest.LogCaptureFixture
@@ -479,6 +481,7 @@ async def test_a_client_that_does_not_finish_its_headers_is_disconnected(
     assert "connection closed: no complete request headers in time" in caplog.messages
 
 
+@pytest.mark.both_event_loops
 async def test_an_idle_keep_alive_connection_is_closed_after_the_header_timeout(
     serve: Callable[..., Awaitable[GatewayServer]], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -494,6 +497,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_header_timeout(
     assert closes == [(logging.DEBUG, "idle connection closed")]
 
 
+@pytest.mark.both_event_loops
 async def test_a_body_that_does_not_arrive_is_a_408_and_the_connection_closes(
     serve: Callable[..., Awaitable[GatewayServer]],
 ) -> None:
@@ -507,6 +511,7 @@ async def test_a_body_that_does_not_arrive_is_a_408_and_the_connection_closes(
     assert headers["connection"] == "close"
 
 
+@pytest.mark.both_event_loops
 async def test_connections_over_the_limit_are_refused_with_503(
     serve: Callable[..., Awaitable[GatewayServer]],
 ) -> None:

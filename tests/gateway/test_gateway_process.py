@@ -93,13 +93,16 @@ async def gateway_process(tmp_path: Path) -> AsyncIterator[Running]:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(tmp_path: Path, api_secret: str) -> AsyncIterator[Running]:
+async def running_gateway(
+    tmp_path: Path, api_secret: str, *options: str, **env_values: str
+) -> AsyncIterator[Running]:
     """The gateway process, its LiveKit at a closed loopback port under the key ``devkey``."""
     port = free_port()
     stderr_path = tmp_path / "stderr.log"
     env = offline_env(
         api_secret=api_secret,
         IMAGINEX_API_SECRET=SECRET,
+        **env_values,
     )
     with open_logs(tmp_path / "stdout.log", stderr_path) as (stdout, stderr):
         process = await asyncio.create_subprocess_exec(
@@ -109,6 +112,7 @@ async def running_gateway(tmp_path: Path, api_secret: str) -> AsyncIterator[Runn
             "127.0.0.1",
             "--port",
             str(port),
+            *options,
             env=env,
             stdout=stdout,
             stderr=stderr,
@@ -320,4 +324,59 @@ async def test_replicas_without_a_named_sender_refuse_to_start() -> None:
     code, output = await run_to_exit(args, env)
     assert code != 0
     assert "must name one sender in their signed messages (--sender)" in output
+    assert "Traceback" not in output
+
+
+def without_uvloop(tmp_path: Path) -> dict[str, str]:
+    """Environment values under which ``import uvloop`` fails, as where it is not installed
+    (a module of that name, first on the path, that raises ImportError)."""
+    blocker = tmp_path / "no-uvloop"
+    blocker.mkdir(exist_ok=True)
+    (blocker / "uvloop.py").write_text("raise ImportError('uvloop is not installed')\n")
+    return {"PYTHONPATH": str(blocker)}
+
+
+def runs_uvloop(process: asyncio.subprocess.Process) -> bool:
+    """Whether uvloop's extension is loaded in ``process`` (Linux: its memory map)."""
+    maps = Path(f"/proc/{process.pid}/maps").read_text(encoding="utf-8", errors="replace")
+    return "uvloop" in maps
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/maps")
+@pytest.mark.parametrize(
+    ("options", "blocked", "expected"),
+    [
+        ((), False, True),  # the default, auto, with uvloop installed ([dev] installs it)
+        (("--event-loop", "uvloop"), False, True),
+        (("--event-loop", "asyncio"), False, False),
+        ((), True, False),  # auto without uvloop: asyncio's loop, and it serves
+    ],
+    ids=["auto", "uvloop", "asyncio", "auto-without-uvloop"],
+)
+async def test_the_gateway_serves_on_the_event_loop_chosen(
+    tmp_path: Path, options: tuple[str, ...], blocked: bool, expected: bool
+) -> None:
+    pytest.importorskip("uvloop")
+    env_values = without_uvloop(tmp_path) if blocked else {}
+    async with running_gateway(tmp_path, DEV_SECRET, *options, **env_values) as running:
+        async with aiohttp.ClientSession() as http, http.post(
+            f"{running.base_url}/v1/agent/{CODE}/speak",
+            json={"message": "hello"},
+            headers={"api-secret": SECRET},
+        ) as response:
+            answer = await response.json()
+        assert runs_uvloop(running.process) is expected
+    # LiveKit is at a closed port: the request went all the way to delivery on this loop
+    assert response.status == 503
+    assert answer["error"] == "LIVEKIT_UNAVAILABLE"
+
+
+async def test_uvloop_asked_for_where_it_is_missing_fails_fast(tmp_path: Path) -> None:
+    env = offline_env(IMAGINEX_API_SECRET=SECRET, **without_uvloop(tmp_path))
+    code, output = await run_to_exit(
+        ["gateway", "--port", str(free_port()), "--event-loop", "uvloop"], env
+    )
+    assert code != 0
+    assert "--event-loop uvloop needs uvloop, which is not installed" in output
+    assert 'pip install "imaginex-context-plugin[uvloop]"' in output
     assert "Traceback" not in output

@@ -155,6 +155,7 @@ async def test_run_all_quick_sizes_run() -> None:
         "subscribers": {"events": 300},
         "v1.3 cost": {"rounds": 1, "messages": 40, "burst": 10},
         "gateway http": {"requests": 20, "rounds": 2},
+        "gateway rooms": {"requests": 4, "rounds": 2, "spread_ms": 2.0},
     }
     # the live benchmarks need a LiveKit server: tests/integration/test_live_bench_smoke.py
     # (and the directory's and the avatar's own smoke tests), and a two-node cluster:

@@ -19,6 +19,7 @@ from imaginex_context_plugin.gateway.delivery.room_pool import (
     DEFAULT_MAX_ROOMS,
 )
 from imaginex_context_plugin.gateway.directory.sync import DEFAULT_RECONCILE_INTERVAL_S
+from imaginex_context_plugin.gateway.event_loop import DEFAULT_EVENT_LOOP
 from imaginex_context_plugin.gateway.http.app import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_DELIVERY_TIMEOUT_S,
@@ -64,6 +65,7 @@ GATEWAY: dict[str, tuple[Any, str]] = {
     "--body-timeout": (DEFAULT_BODY_TIMEOUT_S, f"(default {DEFAULT_BODY_TIMEOUT_S:g})"),
     "--max-connections": (DEFAULT_MAX_CONNECTIONS, f"(default {DEFAULT_MAX_CONNECTIONS})"),
     "--console": (DEFAULT_CONSOLE, "(default on)"),
+    "--event-loop": (DEFAULT_EVENT_LOOP, f"`{DEFAULT_EVENT_LOOP}` (default)"),
 }
 
 SENDER: dict[str, tuple[Any, str]] = {

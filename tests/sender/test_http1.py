@@ -17,6 +17,9 @@ import pytest
 
 from imaginex_context_plugin._livekit.http1 import USER_AGENT, Http1Client, Http1Error
 
+# the gateway runs this client on uvloop when installed (gateway/event_loop.py)
+pytestmark = pytest.mark.both_event_loops
+
 Answer = Callable[[int], Awaitable[bytes | None]]
 """Given the request's number (from 1), the bytes to write back (None: close at once)."""
 

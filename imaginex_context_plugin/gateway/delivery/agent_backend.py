@@ -7,7 +7,9 @@ that, the application asks through the small capability protocols here, never th
 class:
 
 - :class:`RoomHolder`: it holds room connections, so the live events stream is served;
-- :class:`WebhookSource`: it keeps an agent directory, so LiveKit's webhooks are taken.
+- :class:`WebhookSource`: it keeps an agent directory, so LiveKit's webhooks are taken;
+- :class:`SigningDelivery`: its agents trust only signed messages, so the gateway signs them
+  even without a signing secret of its own.
 """
 
 from __future__ import annotations
@@ -89,4 +91,16 @@ class WebhookSource(Protocol):
     @property
     def livekit_webhook(self) -> LiveKitWebhook | None:
         """The webhook route's handler; None when the delivery keeps no directory."""
+        ...
+
+
+@runtime_checkable
+class SigningDelivery(Protocol):
+    """A delivery whose agents cannot tell who calls them (LiveKit makes the caller up), so
+    every message must be signed: with the gateway's signing secret when it has one, else with
+    this one (the agents check it with ``ContextPlugin(trust_server=True)``)."""
+
+    @property
+    def unsigned_messages_secret(self) -> str:
+        """The secret messages are signed with when the gateway has no signing secret."""
         ...

@@ -88,6 +88,13 @@ class ServerRpcBackend:
         return self._finder
 
     @property
+    def unsigned_messages_secret(self) -> str:
+        """The LiveKit API secret: the gateway's writer signs with it when the gateway has no
+        signing secret, writing each room's envelope from one template (what ``deliver``
+        would otherwise sign here, room by room)."""
+        return self._settings.api_secret
+
+    @property
     def pooled_rooms(self) -> list[str]:
         """Rooms the gateway holds a connection to: only those with an events stream."""
         return self._finder.pooled_rooms

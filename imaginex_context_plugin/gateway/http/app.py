@@ -19,6 +19,7 @@ from ..config import ApiSecrets
 from ..delivery.agent_backend import (
     AgentBackend,
     RoomHolder,
+    SigningDelivery,
     WebhookSource,
 )
 from ..directory.webhook import WEBHOOK_PATH
@@ -143,7 +144,9 @@ def create_app(
             buckets=state.buckets,
         ),
         bodies=BodyReader(max_body_bytes=max_body_bytes, body_timeout=body_timeout),
-        writer=MessageWriter(signing_secret=signing_secret, sender=sender),
+        writer=MessageWriter(
+            signing_secret=signing_secret or _delivery_secret(backend), sender=sender
+        ),
         delivery_timeout=delivery_timeout,
         state=state,
         lease_s=lease_s,
@@ -217,3 +220,8 @@ def _mount_console(
         options, sign_in=sign_in, admission=admission, fanout=gateway.fanout, bodies=gateway.bodies
     )
     routes.mount(app, api_routes(admission))
+
+
+def _delivery_secret(backend: AgentBackend) -> str | None:
+    """The secret a delivery's messages must be signed with when the gateway has none."""
+    return backend.unsigned_messages_secret if isinstance(backend, SigningDelivery) else None

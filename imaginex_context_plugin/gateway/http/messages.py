@@ -8,6 +8,7 @@ id, the agent code and the room are added per room by :meth:`MessageWriter.write
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -21,7 +22,7 @@ from ...protocol import (
     oversize,
     validate_request,
 )
-from ...security import sign_request
+from ...security import SplicedBodies, sign_request
 from ..models import ControlEndpoint
 from ..refusals import Refusal, invalid
 
@@ -88,9 +89,12 @@ class MessageWriter:
                 ) from None
         self._signing_secret = signing_secret
         self._sender = sender
-        # the request last written without its room: a fan-out writes the same request for
-        # every room, and validating it once instead of per room is most of the writing
-        self._last: tuple[Outgoing, str, str, Request] | None = None
+        # the request last written, without its room: a fan-out writes the same request for
+        # every room, so it is validated once, and each room's copy is spliced from one dump
+        self._last: _Written | None = None
+        # the room_id of that dump: a string no room is, found once in its JSON
+        self._placeholder = f"\x00{secrets.token_hex(16)}\x00"
+        self._placeholder_json = json.dumps(self._placeholder)
 
     @property
     def sender(self) -> str | None:
@@ -104,18 +108,10 @@ class MessageWriter:
             ProtocolError: The fields are not a valid request (checked first by
                 :meth:`check_fits`).
         """
-        last = self._last
-        if (
-            last is not None
-            and last[0] is outgoing
-            and last[1] == request_id
-            and last[2] == agent_code
-        ):
-            request = last[3]
-        else:
-            obj: dict[str, Any] = {**outgoing.fields, "id": request_id, "agent_code": agent_code}
-            request = validate_request(obj)
-            self._last = (outgoing, request_id, agent_code, request)
+        written = self._written(outgoing, request_id, agent_code)
+        if room is not None and written.rooms is not None:
+            return written.rooms.message(room)
+        request = written.request
         if room is not None:
             # a room name is any string LiveKit gave us, as the model's room_id is
             request = request.model_copy(update={"room_id": room})
@@ -123,6 +119,29 @@ class MessageWriter:
         if self._signing_secret:
             return sign_request(body, self._signing_secret, sender=self._sender)
         return body
+
+    def _written(self, outgoing: Outgoing, request_id: str, agent_code: str) -> _Written:
+        last = self._last
+        if (
+            last is not None
+            and last.outgoing is outgoing
+            and last.request_id == request_id
+            and last.agent_code == agent_code
+        ):
+            return last
+        obj: dict[str, Any] = {**outgoing.fields, "id": request_id, "agent_code": agent_code}
+        request = validate_request(obj)
+        dumped = request.model_copy(update={"room_id": self._placeholder}).model_dump_json(
+            exclude_defaults=True
+        )
+        parts = dumped.split(self._placeholder_json)
+        rooms = None
+        if len(parts) == 2:  # else a field held the placeholder too: each room is dumped whole
+            rooms = SplicedBodies(
+                parts[0], parts[1], secret=self._signing_secret, sender=self._sender
+            )
+        self._last = _Written(outgoing, request_id, agent_code, request, rooms)
+        return self._last
 
     def check_fits(
         self, outgoing: Outgoing, request_id: str, agent_code: str, room: str | None
@@ -149,3 +168,14 @@ class MessageWriter:
                 f"{what}: the message for the agent would be {size} bytes; "
                 f"the limit is {MAX_PAYLOAD_BYTES} bytes (15 KiB).",
             )
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A request as validated for one API call, and how each room's copy is written."""
+
+    outgoing: Outgoing
+    request_id: str
+    agent_code: str
+    request: Request
+    rooms: SplicedBodies | None

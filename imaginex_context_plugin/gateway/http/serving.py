@@ -26,7 +26,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiohttp import web
 
@@ -113,16 +113,16 @@ class _GuardedConnection(asyncio.Protocol):
         """Whether any byte of the next request came since the timer was armed."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream transport; not always an asyncio.Transport subclass (uvloop's is not)
+        stream = self._transport = cast(asyncio.Transport, transport)
         if len(self._limits.guards) >= self._limits.max_connections:
             self._limits.refused += 1
             logger.warning(
                 "connection refused: too many open connections",
                 extra={"max_connections": self._limits.max_connections},
             )
-            transport.write(_BUSY_RESPONSE)
-            transport.close()
+            stream.write(_BUSY_RESPONSE)
+            stream.close()
             return
         inner = self._make_protocol()
         self._inner = inner
