@@ -71,13 +71,13 @@ class Model:
 
 
 MODEL: Final = Model(
-    gateway_per_request=1.11,
-    gateway_per_room=0.348,
-    livekit_per_request=0.41,
-    livekit_per_room=1.951,
-    agents_per_room=6.01,
-    livekit_idle_per_agent=0.75,
-    agent_idle_per_agent=1.8,
+    gateway_per_request=1.31,
+    gateway_per_room=0.267,
+    livekit_per_request=0.79,
+    livekit_per_room=1.966,
+    agents_per_room=6.57,
+    livekit_idle_per_agent=0.8,
+    agent_idle_per_agent=2.0,
 )
 """Fitted (``--fit``) on :data:`RESULTS`; docs/performance.md quotes it."""
 

@@ -3,10 +3,11 @@
 Much of the gateway's CPU per room of a fan-out is the event loop's own work: a socket written
 and read, a wake-up, a callback, per ``PerformRpc``. uvloop does that work in C (libuv). Timed
 on one 2-core machine whose speed moves from run to run, it saved about a tenth of the
-gateway's CPU per request and per room (0.86x to 1.01x in ``benchmarks/bench_gateway_rooms.py``,
-0.84x to 0.90x in ``bench_gateway_http.py``, each beside asyncio's loop in the same run;
-``docs/performance.md``). Nothing else changes: the gateway's code is the same on both loops,
-and its serving and HTTP client tests run on both.
+gateway's CPU per request and per room: 0.84x to 1.06x in ``benchmarks/bench_gateway_rooms.py``
+and 0.84x to 0.93x in ``bench_gateway_http.py``, each beside asyncio's loop in the same run
+(``docs/performance.md``); in whole fan-outs on LiveKit the difference was within the machine's
+noise. Nothing else changes: the gateway's code is the same on both loops, and its serving and
+HTTP client tests run on both.
 
 uvloop is an optional dependency (``pip install "imaginex-context-plugin[uvloop]"``; there is no
 uvloop for Windows). ``imaginex-context gateway --event-loop`` picks the loop; the default,

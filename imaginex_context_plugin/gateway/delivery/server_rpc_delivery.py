@@ -10,10 +10,13 @@ through the composed backend's pool.
 
 Trust rests on the signature: the agent sees a caller identity LiveKit makes up for each call
 (docs/livekit.md), so every message is signed, with the gateway's signing secret when it has
-one (``ContextPlugin(secret=...)``), else here with the LiveKit API secret, which the agents
-check by default (``ContextPlugin(trust_server=True)``). Every failure reads through the one
-RPC failure table (``_livekit/rpc.py``); a call LiveKit could not send (the agent still
-connecting) is sent again within the deadline, the same request id each time.
+one (``ContextPlugin(secret=...)``), else with the LiveKit API secret, which the agents check
+by default (``ContextPlugin(trust_server=True)``): the gateway's writer signs with it
+(:attr:`ServerRpcBackend.unsigned_messages_secret`, one template for all of a fan-out's rooms),
+and a payload that reaches :meth:`~ServerRpcBackend.deliver` unsigned is signed there. Every
+failure reads through the one RPC failure table (``_livekit/rpc.py``); a call LiveKit could
+not send (the agent still connecting) is sent again within the deadline, the same request id
+each time.
 """
 
 from __future__ import annotations
