@@ -34,6 +34,10 @@ DEDUP_SENDERS_AT_FULL_RATE: Final = 4
 """A table holds this many senders each sending at its full rate limit for a whole window."""
 RATE_LIMIT_MAX_SENDERS: Final = 4_096
 
+ENVELOPE_START: Final = '{"type":"signed","body":"'
+"""How every envelope :func:`sign_request` writes begins (compact JSON, ``type`` first, then
+the body as a JSON string)."""
+
 
 def sign_request(
     body: str | bytes,
@@ -81,13 +85,26 @@ def sign_request(
     ts = int(time.time()) if timestamp is None else timestamp
     signature = compute_signature(body_text, ts, secret, sender=sender)
     # written by hand, byte for byte what json.dumps(separators=(",", ":")) writes for the
-    # same dict (a test holds them equal): the gateway signs once per room of a fan-out, and
-    # json.dumps with options builds a new encoder at every call
-    who = "" if sender is None else ',"sender":' + _json_string(sender)
+    # same dict (a test holds them equal): json.dumps with options builds a new encoder at
+    # every call
+    escaped: str = _json_string(body_text)[1:-1]
     return (
-        f'{{"type":"signed","body":{_json_string(body_text)},"timestamp":{ts},'
-        f'"signature":"{signature}"{who}}}'
+        ENVELOPE_START
+        + escaped
+        + _after_body(ts)
+        + signature
+        + _envelope_end(sender)
     )
+
+
+def _after_body(timestamp: int) -> str:
+    """An envelope's text from the end of the body's string to the signature's hex."""
+    return f'","timestamp":{timestamp},"signature":"'
+
+
+def _envelope_end(sender: str | None) -> str:
+    """An envelope's text after the signature's hex."""
+    return '"' + ("" if sender is None else ',"sender":' + _json_string(sender)) + "}"
 
 
 def signed_message(body: str, timestamp: int, sender: str | None) -> bytes:
@@ -130,14 +147,19 @@ class SplicedBodies:
     ) -> None:
         self._head = head
         self._tail = tail
-        self._tail_bytes = tail.encode("utf-8")
         self._key = secret.encode("utf-8") if isinstance(secret, str) else secret
         self._sender = sender
-        self._closing = '"' + ("" if sender is None else ',"sender":' + _json_string(sender)) + "}"
+        self._tail_bytes = tail.encode("utf-8")
+        # a JSON string's escaping is per character, so the body's escaped text is the
+        # escaped text of its parts, one after the other
+        self._envelope_head = ENVELOPE_START + _json_string(head)[1:-1]
+        self._escaped_tail = _json_string(tail)[1:-1]
+        self._envelope_end = _envelope_end(sender)
+        # per timestamp second: the HMAC after everything before the part, and the text from
+        # the part to the signature
         self._timestamp: int | None = None
         self._mac: hmac.HMAC | None = None
-        self._envelope_head = ""
-        self._envelope_tail = ""
+        self._before_signature = ""
 
     def body(self, part: str) -> str:
         """The body with ``part`` spliced in, as a JSON string."""
@@ -146,28 +168,25 @@ class SplicedBodies:
     def message(self, part: str, *, timestamp: int | None = None) -> str:
         """What is sent for ``part``: the signed envelope of :meth:`body` (the body itself
         without a secret)."""
-        text = _json_text(part)
         if self._key is None:
-            return self._head + text + self._tail
+            return self.body(part)
         ts = int(time.time()) if timestamp is None else timestamp
-        if ts != self._timestamp or self._mac is None:
-            self._start(ts)
-        assert self._mac is not None
-        mac = self._mac.copy()
+        base = self._mac
+        if base is None or ts != self._timestamp:
+            head = _message_head(ts, self._sender) + self._head.encode("utf-8")
+            base = self._mac = hmac.new(self._key, head, "sha256")
+            self._before_signature = self._escaped_tail + _after_body(ts)
+            self._timestamp = ts
+        text = _json_text(part)
+        mac = base.copy()
         mac.update(text.encode("utf-8") + self._tail_bytes)
-        escaped = _json_string(text)[1:-1]
-        return self._envelope_head + escaped + self._envelope_tail + mac.hexdigest() + self._closing
-
-    def _start(self, timestamp: int) -> None:
-        assert self._key is not None
-        head = _message_head(timestamp, self._sender) + self._head.encode("utf-8")
-        self._mac = hmac.new(self._key, head, "sha256")
-        self._timestamp = timestamp
-        # a JSON string's escaping is per character, so the body's escaped text is the
-        # escaped text of its parts, one after the other
-        self._envelope_head = '{"type":"signed","body":"' + _json_string(self._head)[1:-1]
-        self._envelope_tail = (
-            _json_string(self._tail)[1:-1] + f'","timestamp":{timestamp},"signature":"'
+        escaped: str = _json_string(text)[1:-1]
+        return (
+            self._envelope_head
+            + escaped
+            + self._before_signature
+            + mac.hexdigest()
+            + self._envelope_end
         )
 
 

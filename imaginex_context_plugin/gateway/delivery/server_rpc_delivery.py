@@ -33,26 +33,15 @@ from ..._livekit.settings import LiveKitSettings
 from ...errors import BackendError, ErrorCode
 from ...protocol import MAX_PAYLOAD_BYTES, oversize
 from ...request_errors import ContextError
-from ...security import sign_request
+from ...security import ENVELOPE_START, sign_request
 from ..directory.webhook import LiveKitWebhook
 from .agent_backend import AgentTarget
 from .room_delivery import DEFAULT_GATEWAY_IDENTITY, LiveKitBackend
 
 SEND_AGAIN_AFTER_S: Final = 0.1
 """Pause before sending again a call LiveKit could not send (within the same deadline)."""
-_ENVELOPE_START: Final = '{"type":"signed",'
-"""How every envelope ``sign_request`` writes begins (compact JSON, ``type`` first)."""
 
 _CLOSED: Final = "The gateway is shutting down."
-
-
-def _signed(payload: str, api_secret: str, sender: str | None) -> str:
-    """``payload`` as sent: as it is when the gateway signed it (``sign_request``), else
-    signed here with the LiveKit API secret (the agent cannot trust the caller LiveKit makes
-    up). Told apart by how it begins, not by parsing it: this runs for every room."""
-    if payload.startswith(_ENVELOPE_START):
-        return payload
-    return sign_request(payload, api_secret, sender=sender)
 
 
 class ServerRpcBackend:
@@ -116,12 +105,17 @@ class ServerRpcBackend:
         if self._closed:
             raise BackendError(ErrorCode.LIVEKIT_UNAVAILABLE, _CLOSED)
         deadline = time.monotonic() + timeout
-        signed = _signed(payload, self._settings.api_secret, self._sender)
-        if oversize(signed) is not None:  # signed here: the writer's check did not count it
-            raise BackendError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"Signed, the message is over {MAX_PAYLOAD_BYTES} bytes.",
-            )
+        signed = payload
+        # the gateway's writer signs (unsigned_messages_secret); another caller's payload is
+        # signed here, with the LiveKit API secret (the agent cannot trust the caller LiveKit
+        # makes up). Told apart by how it begins, not by parsing it: this runs for every room
+        if not payload.startswith(ENVELOPE_START):
+            signed = sign_request(payload, self._settings.api_secret, sender=self._sender)
+            if oversize(signed) is not None:  # the writer's size check did not count this
+                raise BackendError(
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"Signed, the message is over {MAX_PAYLOAD_BYTES} bytes.",
+                )
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
