@@ -97,6 +97,31 @@ def sign_request(
     )
 
 
+GIL_HELD_BYTES: Final = 2047
+"""The most bytes hashed in one HMAC update (see :func:`hmac_sha256_hex`)."""
+
+
+def _update_holding_gil(mac: hmac.HMAC, data: bytes) -> None:
+    view = memoryview(data)
+    for start in range(0, len(view), GIL_HELD_BYTES):
+        mac.update(view[start : start + GIL_HELD_BYTES])
+
+
+def hmac_sha256_hex(key: hmac.HMAC | bytes, message: bytes) -> str:
+    """The lowercase hex HMAC-SHA256 of ``message``, computed without releasing the GIL.
+
+    ``key``: the key, or an HMAC already keyed with it (copied, so its key setup is paid
+    once). CPython lets other threads run during ``hmac.digest`` and during an update of
+    2048 bytes or more; in an agent's process LiveKit's FFI threads then take the GIL, and
+    getting it back waits out the interpreter's switch interval (5 ms) for a hash of a few
+    microseconds. Live, that made checking signatures the agents' largest cost per message
+    over a bare ``say()``. Fed in pieces below that size, the hash keeps the GIL.
+    """
+    mac = hmac.new(key, digestmod="sha256") if isinstance(key, bytes) else key.copy()
+    _update_holding_gil(mac, message)
+    return mac.hexdigest()
+
+
 def _after_body(timestamp: int) -> str:
     """An envelope's text from the end of the body's string to the signature's hex."""
     return f'","timestamp":{timestamp},"signature":"'
@@ -174,18 +199,18 @@ class SplicedBodies:
         base = self._mac
         if base is None or ts != self._timestamp:
             head = _message_head(ts, self._sender) + self._head.encode("utf-8")
-            base = self._mac = hmac.new(self._key, head, "sha256")
+            base = self._mac = hmac.new(self._key, digestmod="sha256")
+            _update_holding_gil(base, head)
             self._before_signature = self._escaped_tail + _after_body(ts)
             self._timestamp = ts
         text = _json_text(part)
-        mac = base.copy()
-        mac.update(text.encode("utf-8") + self._tail_bytes)
+        signature = hmac_sha256_hex(base, text.encode("utf-8") + self._tail_bytes)
         escaped: str = _json_string(text)[1:-1]
         return (
             self._envelope_head
             + escaped
             + self._before_signature
-            + mac.hexdigest()
+            + signature
             + self._envelope_end
         )
 
@@ -204,7 +229,7 @@ def compute_signature(
     sender: str | None = None,
 ) -> str:
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    return hmac.digest(key, signed_message(body, timestamp, sender), "sha256").hex()
+    return hmac_sha256_hex(key, signed_message(body, timestamp, sender))
 
 
 class SignatureProblem(str, Enum):
@@ -234,8 +259,10 @@ class SignatureVerifier:
         max_remembered: int = DEDUP_MAX_ENTRIES,
     ) -> None:
         """Args: ``secret``, and ``also``: further keys a valid signature may be made with."""
+        # keyed once: each check copies the keyed state
         self._keys = tuple(
-            key.encode("utf-8") if isinstance(key, str) else key for key in (secret, *also)
+            hmac.new(key.encode("utf-8") if isinstance(key, str) else key, digestmod="sha256")
+            for key in (secret, *also)
         )
         self._window_s = window_s
         self._clock = clock
@@ -267,7 +294,7 @@ class SignatureVerifier:
             return SignatureProblem.MISMATCH
         given = signature.lower()
         for key in self._keys:
-            expected = hmac.digest(key, message, "sha256").hex()
+            expected = hmac_sha256_hex(key, message)
             if hmac.compare_digest(expected, given):
                 break
         else:

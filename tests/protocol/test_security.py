@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import sys
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -14,12 +18,14 @@ from imaginex_context_plugin.expiring import ExpiringCache
 from imaginex_context_plugin.security import (
     DEDUP_MAX_ENTRIES,
     DEDUP_MIN_ENTRIES,
+    GIL_HELD_BYTES,
     RateLimit,
     RateLimiter,
     SenderPolicy,
     SignatureProblem,
     SignatureVerifier,
     compute_signature,
+    hmac_sha256_hex,
     remembered_ids_capacity,
     sign_request,
 )
@@ -240,4 +246,59 @@ def test_the_envelope_with_a_sender_is_pinned() -> None:
         '\\\\\\"x\\\\\\"\\"}","timestamp":1700000000,"signature":"'
         + compute_signature(body, 1700000000, "s3cret", sender="gate")
         + '","sender":"gate"}'
+    )
+
+
+@given(key=st.binary(min_size=1, max_size=80), message=st.binary(max_size=3 * GIL_HELD_BYTES + 5))
+def test_the_gil_holding_hmac_is_plain_hmac_sha256(key: bytes, message: bytes) -> None:
+    expected = hmac.digest(key, message, "sha256").hex()
+    assert hmac_sha256_hex(key, message) == expected
+    keyed = hmac.new(key, digestmod="sha256")
+    assert hmac_sha256_hex(keyed, message) == expected
+    assert hmac_sha256_hex(keyed, message) == expected  # the keyed state is copied, not used up
+
+
+def _hashes_letting_another_thread_run(sign: Callable[[bytes], object], times: int) -> int:
+    """How many of ``times`` hashes of a 15 KB message let a spinning thread run."""
+    message = b"x" * 15_000
+    spins = 0
+    stop = threading.Event()
+
+    def spin() -> None:
+        nonlocal spins
+        while not stop.is_set():
+            spins += 1
+
+    interval = sys.getswitchinterval()
+    # long enough that no forced switch falls inside a hash of microseconds
+    sys.setswitchinterval(0.05)
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        while spins == 0:
+            time.sleep(0.001)
+        ran = 0
+        for _ in range(times):
+            before = spins
+            sign(message)
+            ran += spins != before
+        return ran
+    finally:
+        stop.set()
+        spinner.join()
+        sys.setswitchinterval(interval)
+
+
+def test_checking_a_signature_does_not_hand_the_gil_to_other_threads() -> None:
+    # in an agent's process LiveKit's FFI threads take a released GIL and the loop waits out
+    # the switch interval to get it back, for a hash of microseconds (hmac_sha256_hex)
+    key = b"k" * 32
+    verifier = SignatureVerifier(key)
+    assert _hashes_letting_another_thread_run(lambda m: hmac.digest(key, m, "sha256"), 3) >= 2
+    assert _hashes_letting_another_thread_run(lambda m: hmac_sha256_hex(key, m), 50) <= 2
+    assert (
+        _hashes_letting_another_thread_run(
+            lambda m: verifier.verify(m.decode(), 0, "0" * 64, sender="gw"), 50
+        )
+        <= 2
     )
