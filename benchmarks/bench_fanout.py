@@ -102,12 +102,24 @@ from devtools.livekit_cluster import LiveKitCluster, start_cluster  # noqa: E402
 __all__ = ["BARE_FLOOR_OF", "FLOORS", "main", "run"]
 
 @contextlib.contextmanager
-def cluster_here(given: LiveKitCluster | None) -> Iterator[LiveKitCluster]:
+def kept_or_temporary(logs: Path | None, name: str) -> Iterator[Path]:
+    """``logs / name`` (created, kept afterwards), or a temporary directory."""
+    if logs is not None:
+        kept = logs / name
+        kept.mkdir(parents=True, exist_ok=True)
+        yield kept
+        return
+    with tempfile.TemporaryDirectory(prefix=f"bench-fanout-{name}-") as workdir:
+        yield Path(workdir)
+
+
+@contextlib.contextmanager
+def cluster_here(given: LiveKitCluster | None, logs: Path | None) -> Iterator[LiveKitCluster]:
     if given is not None:
         yield given
         return
-    with tempfile.TemporaryDirectory(prefix="bench-fanout-") as workdir:
-        cluster = start_cluster(Path(workdir), udp_ports=NODE_UDP_PORTS)
+    with kept_or_temporary(logs, "cluster") as workdir:
+        cluster = start_cluster(workdir, udp_ports=NODE_UDP_PORTS)
         try:
             yield cluster
         finally:
@@ -126,6 +138,7 @@ async def run(
     results: dict[str, Any] | None = None,
     rounds: int = 4,
     min_samples: int = MIN_SAMPLES,
+    logs: Path | None = None,
 ) -> Report:
     """Measure; ``cluster``: use this one instead of starting a new one; ``joins``: run the
     gateway with this ``max_concurrent_joins`` (built here as the command builds it) instead of
@@ -136,13 +149,14 @@ async def run(
     the floors and the server-side deliveries take, the warm requests shared between them;
     ``min_samples``: rooms the warm requests of each size reach in all, at the least, on every
     path and floor (a size of ``rooms`` makes ``max(warm, ceil(min_samples / rooms))`` warm
-    requests), and requests of the bare RPC echo floor, at the least."""
+    requests), and requests of the bare RPC echo floor, at the least; ``logs``: keep the
+    nodes' and the gateways' logs there (else they go with a temporary directory)."""
     report = Report("fan-out: one speak to N rooms through the gateway, on a 2-node cluster")
     report.notes.append(NETWORK)
     load_before = os.getloadavg()
     phases: list[Phase] = []
     floors: list[FloorPhase] = []
-    with cluster_here(cluster) as lk, tempfile.TemporaryDirectory(prefix="fanout-gw-") as tmp:
+    with cluster_here(cluster, logs) as lk, kept_or_temporary(logs, "gateway") as gateway_dir:
         floor_samples = await floor(lk.nodes[0].info, max(floor_requests, min_samples))
         for rooms in sizes:
             try:
@@ -151,7 +165,7 @@ async def run(
                     rooms,
                     warm_requests(rooms, warm, min_samples),
                     modes,
-                    Path(tmp),
+                    gateway_dir,
                     joins,
                     deliveries,
                     floor_variants,
@@ -247,6 +261,12 @@ def main() -> None:
         "between them), so that load coming and going falls on all alike",
     )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument(
+        "--logs",
+        type=Path,
+        help="keep the LiveKit nodes' and the gateways' logs in this directory (the agents "
+        "write to this command's standard error)",
+    )
     args = parser.parse_args()
     if args.agents:
         asyncio.run(agents_worker())
@@ -275,6 +295,7 @@ def main() -> None:
             results=results,
             rounds=max(1, args.rounds),
             min_samples=max(0, args.min_samples),
+            logs=args.logs,
         )
     )
     report.print()
