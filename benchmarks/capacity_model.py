@@ -79,7 +79,10 @@ MODEL: Final = Model(
     livekit_idle_per_agent=0.8,
     agent_idle_per_agent=2.0,
 )
-"""Fitted (``--fit``) on :data:`RESULTS`; docs/performance.md quotes it."""
+"""Fitted (``--fit``) on the run at ``55241a4`` (in the changelog) and checked against the
+latest, :data:`RESULTS`, on which it holds (refitted there, the agents' per-room cost misses
+that run's 1-room point: the model has no per-request cost for the agents); docs/performance.md
+quotes it."""
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ def test_the_command_exits_1_when_the_model_misses(tmp_path: Path) -> None:
     assert cm.main([str(far)]) == 1
 
 
-def test_the_docs_hold_the_tables_and_the_model_holds_on_the_run_it_was_fitted_on() -> None:
+def test_the_docs_hold_the_tables_and_the_model_holds_on_the_committed_run() -> None:
     docs = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
     assert cm.markdown() in docs
     measured = cm.points(json.loads(cm.RESULTS.read_text(encoding="utf-8")))
