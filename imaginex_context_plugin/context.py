@@ -17,7 +17,7 @@ from typing import Final, NamedTuple
 
 from livekit.agents import llm
 
-from .protocol import ContextDropReason, ContextEntryInfo, ContextRole, ContextScope
+from .protocol import ContextDropReason, ContextEntryInfo, ContextRole, ContextScope, LlmCall
 
 ENTRY_ID_PREFIX: Final = "imaginex_ctx_"
 """Chat item ids of the plugin's messages start with this, so they can be found again."""
@@ -68,6 +68,8 @@ class ContextEntry:
     """Whether its sender speaks v1.3 (only those are sent the context events)."""
     reported: bool = False
     """Whether ``context_used`` or ``context_dropped`` went out for it (one of them, once)."""
+    used_by: LlmCall | None = None
+    """The first model request that carried it (``context_used``; ``get_state`` lists it)."""
     _message: llm.ChatMessage | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -152,6 +154,14 @@ class ContextStore:
     def entry(self, entry_id: str) -> ContextEntry | None:
         """The live entry with this id, if any."""
         return self._entries.get(entry_id)
+
+    def mark_used(self, entry: ContextEntry, call: LlmCall) -> None:
+        """Record the first model request that carried ``entry``: ``get_state`` lists it, so
+        that a sender that missed its ``context_used`` still knows. Not journalled: a use
+        happened, whatever becomes of a change still open."""
+        if entry.used_by is None:
+            entry.used_by = call
+            self._version += 1
 
     def begin(self) -> None:
         """Start a transaction: later changes stay provisional until commit or rollback."""
@@ -352,6 +362,7 @@ class ContextStore:
                 if e.expires_at is None
                 else round(max(0.0, e.expires_at - now), 3),
                 request_id=e.request_id,
+                used=e.used_by,
             )
             for e in self._entries.values()
         ]

@@ -749,6 +749,18 @@ def encode_message(message: _WireModel) -> bytes:
     return message.__pydantic_serializer__.to_json(message)
 
 
+class LlmCall(_WireModel):
+    """v1.3: the model request that carried a context entry (``context_used``)."""
+
+    index: int
+    """The how-manieth model request of the session (from 1): a pipeline LLM's inference, or a
+    realtime model's response."""
+    speech_id: Omitted[str] = None
+    """The speech (reply) the request was for, when known."""
+    realtime: Omitted[Literal[True]] = None
+    """A realtime model's response: see ``docs/protocol.md`` for what "used" means there."""
+
+
 class ContextEntryInfo(_WireModel):
     """One context entry the plugin holds, as reported by ``get_state``."""
 
@@ -759,6 +771,10 @@ class ContextEntryInfo(_WireModel):
     scope: ContextScope
     expires_in_s: float | None
     request_id: str | None
+    used: Omitted[LlmCall] = None
+    """The first model request that carried the entry (what its ``context_used`` said), so
+    that whoever did not see the event (a page opened later, a buffer that lost it) still
+    knows; absent until a request carries it."""
 
 
 class IOState(_WireModel):
@@ -1053,18 +1069,6 @@ class CallEndedEvent(_SessionEvent):
     reason: str
     """The session's close reason (``user_initiated``, ``participant_disconnected``, ...),
     ``end_call``'s reason, or ``shutdown`` when the plugin stopped first."""
-
-
-class LlmCall(_WireModel):
-    """v1.3: the model request that carried a context entry (``context_used``)."""
-
-    index: int
-    """The how-manieth model request of the session (from 1): a pipeline LLM's inference, or a
-    realtime model's response."""
-    speech_id: Omitted[str] = None
-    """The speech (reply) the request was for, when known."""
-    realtime: Omitted[Literal[True]] = None
-    """A realtime model's response: see ``docs/protocol.md`` for what "used" means there."""
 
 
 class ContextUsedEvent(_SessionEvent):

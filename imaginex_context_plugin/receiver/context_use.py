@@ -202,6 +202,7 @@ class ContextUse:
                     realtime=True if realtime else None,
                 )
                 for entry in used:
+                    self._store.mark_used(entry, call)
                     self._used(entry, call)
         except Exception:
             logger.exception("could not report the context a model request carried")

@@ -183,7 +183,7 @@ async def test_the_console_in_chromium_on_the_real_gateway_server_and_worker(
                 pytrace=False,
             )
     assert counts["pass"] == counts["tests"] >= 14
-    for name in ("calls.png", "call.png", "takeover.png"):
+    for name in ("calls.png", "call.png", "context.png", "takeover.png"):
         image = (shots / name).read_bytes()
         assert image.startswith(PNG), name
         assert len(image) > 20_000, f"{name} is suspiciously small"

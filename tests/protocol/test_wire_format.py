@@ -22,6 +22,7 @@ from imaginex_context_plugin.protocol import (
     HistoryItem,
     InterruptRequest,
     IOState,
+    LlmCall,
     RemoveContextRequest,
     ResetInstructionsRequest,
     SpeakRequest,
@@ -213,6 +214,25 @@ def test_get_state_ack() -> None:
             "pending_speeches": ["speech_1"],
         },
     }
+
+
+def test_a_used_context_entry_names_the_model_request() -> None:
+    entry = ContextEntryInfo(
+        entry_id="imaginex_ctx_1", key=None, role="system", chars=9, scope="persistent",
+        expires_in_s=None, request_id="c1", used=LlmCall(index=3, speech_id="speech_9"),
+    )
+    assert entry.model_dump(mode="json") == {
+        "entry_id": "imaginex_ctx_1",
+        "key": None,
+        "role": "system",
+        "chars": 9,
+        "scope": "persistent",
+        "expires_in_s": None,
+        "request_id": "c1",
+        "used": {"index": 3, "speech_id": "speech_9"},
+    }
+    realtime = entry.model_copy(update={"used": LlmCall(index=1, realtime=True)})
+    assert realtime.model_dump(mode="json")["used"] == {"index": 1, "realtime": True}
 
 
 def test_truncated_get_state_says_so_and_counts_everything() -> None:

@@ -97,6 +97,33 @@ async def test_context_used_is_read_from_what_the_llm_received(harness: Harness)
     assert len(context_events(harness.backend)) == 2
 
 
+async def get_state_entries(backend: Backend, rid: str) -> dict[str | None, dict[str, Any]]:
+    ack = await backend.request({"type": "get_state", "id": rid})
+    assert ack["success"] is True, ack
+    return {e["request_id"]: e for e in ack["data"]["state"]["context_entries"]}
+
+
+async def test_get_state_says_which_request_used_an_entry(harness: Harness) -> None:
+    # whoever missed the context_used (a page opened later, any sender) reads it from the state
+    await add(harness.backend, "c1", "The customer is a premium member.", key="tier")
+    await add(harness.backend, "c2", "Order #42 shipped today.")
+    entries = await get_state_entries(harness.backend, "s1")
+    assert "used" not in entries["c1"]
+    assert "used" not in entries["c2"]
+    speech_id = (await reply(harness, "r1"))["data"]["speech_id"]
+    await wait_until(lambda: len(harness.llm.calls) == 1, "the model request")
+    entries = await get_state_entries(harness.backend, "s2")
+    assert entries["c1"]["used"] == {"index": 1, "speech_id": speech_id}
+    assert entries["c2"]["used"] == entries["c1"]["used"]
+    # the first request stays the one named; a replacement is a new entry, not used yet
+    await reply(harness, "r2")
+    await add(harness.backend, "c3", "The customer is a gold member.", key="tier")
+    entries = await get_state_entries(harness.backend, "s3")
+    assert entries["c2"]["used"]["index"] == 1
+    assert "c1" not in entries
+    assert "used" not in entries["c3"]
+
+
 async def test_an_entry_added_after_the_call_is_not_taken_for_used(harness: Harness) -> None:
     harness.llm.replies = ["Hello!"]
     await reply(harness, "r1")  # a call with no context at all

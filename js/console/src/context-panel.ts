@@ -1,9 +1,10 @@
 /**
  * The context the agent holds, as the call view shows it: the entries get-state lists (with the
- * text this console sent for them), which reply used each one (`context_used`), and the entries
+ * text this console sent for them), which reply used each one (`context_used`, or the entry's
+ * `used` in get-state when this page did not see the event: it opened later), and the entries
  * dropped before any reply used them (`context_dropped`, with the reason).
  */
-import type { AgentStateInfo, ContextDroppedEvent, ContextEntryInfo, ContextUsedEvent } from "../../src/generated/wire.js";
+import type { AgentStateInfo, ContextDroppedEvent, ContextEntryInfo, ContextUsedEvent, LlmCall } from "../../src/generated/wire.js";
 import type { Activity } from "./activity.js";
 import { clock, fill, h } from "./dom.js";
 
@@ -58,7 +59,7 @@ export class ContextPanel {
   onUsed(event: ContextUsedEvent): void {
     if (this.used.has(versionOf(event))) return;
     this.used.set(versionOf(event), event);
-    this.activity.find(event.request_id)?.note(`✓ ${usedText(event)}`);
+    this.activity.find(event.request_id)?.note(`✓ ${usedText(event.llm_call)}`);
     this.render();
   }
 
@@ -90,7 +91,9 @@ export class ContextPanel {
       ...entries.map((entry) => {
         const text = this.texts.get(entry.key ?? entry.request_id ?? "");
         const name = entry.key ?? entry.entry_id;
-        const used = this.used.get(versionOf(entry));
+        const seen = this.used.get(versionOf(entry));
+        // an entry used before this page saw its events: the state names the request, not when
+        const used: { llm_call: LlmCall; timestamp?: string } | undefined = seen ?? (entry.used ? { llm_call: entry.used } : undefined);
         const remove = entry.key
           ? h("button", {
               class: "small secondary",
@@ -106,7 +109,7 @@ export class ContextPanel {
           h("div", { class: "entry-line" }, h("code", { text: name }), remove),
           h("p", { class: "context-meta", text: `${entry.role} · ${entry.chars} chars · ${entry.scope === "next_turn" ? "next turn only" : "persistent"}${expires}` }),
           text ? h("p", { class: "context-text", text }) : null,
-          used ? h("p", { class: "context-used" }, `✓ ${usedText(used)} · `, h("time", { attrs: { datetime: used.timestamp }, text: clock(new Date(used.timestamp)) })) : null,
+          used ? h("p", { class: "context-used" }, `✓ ${usedText(used.llm_call)}`, used.timestamp ? ` · ` : null, used.timestamp ? h("time", { attrs: { datetime: used.timestamp }, text: clock(new Date(used.timestamp)) }) : null) : null,
         );
       }),
     );
@@ -121,7 +124,7 @@ function versionOf(entry: { entry_id: string; request_id: string | null }): stri
   return `${entry.entry_id} ${entry.request_id ?? ""}`;
 }
 
-/** What a context_used says: which model request carried the entry. */
-function usedText(event: ContextUsedEvent): string {
-  return `used in a reply (${event.llm_call.realtime ? "realtime model, " : ""}model request ${event.llm_call.index})`;
+/** What a context_used (or an entry's `used`) says: which model request carried the entry. */
+function usedText(call: LlmCall): string {
+  return `used in a reply (${call.realtime ? "realtime model, " : ""}model request ${call.index})`;
 }

@@ -233,6 +233,29 @@ test("add_context shows up in the context panel; replaced and removed entries go
   assert.match(await vip.getAttribute("class"), /\bused\b/);
   const added = activity().locator(`.entry[data-request-id="${second.request_id}"]`);
   await added.locator(".notes", { hasText: "✓ used in a reply" }).waitFor();
+  const seenMark = await vip.locator(".context-used").textContent();
+  assert.equal(await vip.locator(".context-used time").count(), 1, "the event says when");
+  await shot("context.png");
+
+  // get-state names the model request too, so a page that did not see the event (opened after
+  // it) marks the entry all the same, from the state: the same request, without a time
+  const [usedEntry] = (await agentState(CODE_A, ROOM_1, SECRET_A)).context_entries;
+  assert.equal(usedEntry.request_id, second.request_id);
+  assert.equal(seenMark.match(/model request (\d+)/)[1], String(usedEntry.used.index), seenMark);
+  const late = await context.newPage();
+  late.setDefaultTimeout(WAIT_MS);
+  late.on("pageerror", (error) => pageLines.push(`late page pageerror: ${error.message}`));
+  try {
+    await late.goto(`${GATEWAY_URL}/console`);
+    await late.locator(`.call-item[data-room="${ROOM_1}"]`).click();
+    await late.getByRole("tab", { name: "Context" }).click();
+    const lateVip = late.locator(`.context-entry[data-request-id="${second.request_id}"]`);
+    await lateVip.locator(".context-used", { hasText: `✓ used in a reply (model request ${usedEntry.used.index})` }).waitFor();
+    assert.match(await lateVip.getAttribute("class"), /\bused\b/);
+    assert.equal(await lateVip.locator(".context-used time").count(), 0, "the state does not say when");
+  } finally {
+    await late.close();
+  }
 });
 
 /**

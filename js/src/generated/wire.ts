@@ -302,6 +302,18 @@ export interface ContextEntryInfo {
   request_id: string | null;
   role: "system" | "developer" | "user" | "assistant";
   scope: "persistent" | "next_turn";
+  used?: LlmCall;
+}
+/**
+ * v1.3: the model request that carried a context entry (``context_used``).
+ *
+ * This interface was referenced by `ImaginexWire`'s JSON-Schema
+ * via the `definition` "LlmCall".
+ */
+export interface LlmCall {
+  index: number;
+  realtime?: true;
+  speech_id?: string;
 }
 /**
  * This interface was referenced by `ImaginexWire`'s JSON-Schema
@@ -1067,17 +1079,6 @@ export interface ContextUsedEvent {
   t_ms?: number;
   timestamp: string;
   type: "context_used";
-}
-/**
- * v1.3: the model request that carried a context entry (``context_used``).
- *
- * This interface was referenced by `ImaginexWire`'s JSON-Schema
- * via the `definition` "LlmCall".
- */
-export interface LlmCall {
-  index: number;
-  realtime?: true;
-  speech_id?: string;
 }
 /**
  * v1.3: a context entry left before any model request carried it (never sent otherwise).
