@@ -6,7 +6,8 @@ Two tenants (a secrets file): tenant A owns ``SUPPORT01``, served by the worker 
 each with a caller; tenant B owns ``SALES0002``, an in-process agent in a third room. The
 browser part is ``js/console/test/live.test.mjs``; it reaches the rooms through a small helper
 served here (``/hear``: the room's caller says something to the agent's scripted STT;
-``/room``: who is in a room and what they publish, from ``RoomService``).
+``/add-context``: context from another backend, with a ttl; ``/room``: who is in a room and
+what they publish, from ``RoomService``).
 
 The screenshots the browser takes go to a temporary folder, or with
 ``IMAGINEX_UPDATE_SCREENSHOTS=1`` to ``docs/console/`` (the documentation's copies).
@@ -29,7 +30,10 @@ from devtools.agent_worker import WorkerProcess, dispatched_room
 from devtools.livekit_server import ROOT, ServerInfo
 from devtools.netns import STATE_ENV
 from imaginex_context_plugin import AGENT_CODE_ATTRIBUTE
+from imaginex_context_plugin._livekit.server_rpc import ServerRpc
+from imaginex_context_plugin._livekit.settings import LiveKitSettings
 from imaginex_context_plugin.gateway import DEFAULT_GATEWAY_IDENTITY
+from imaginex_context_plugin.security import sign_request
 from tests.helpers import wait_until
 from tests.integration.console_worker import AGENT_CODE, AGENT_NAME
 from tests.integration.live import live_agent, module_worker, participant_token
@@ -80,7 +84,8 @@ def _participant(info: Any) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def helper(lk: ServerInfo, callers: dict[str, rtc.Room]) -> AsyncIterator[str]:
-    """The browser test's window on the rooms: ``POST /hear`` and ``GET /room``."""
+    """The browser test's window on the rooms: ``POST /hear``, ``POST /add-context`` and
+    ``GET /room``."""
 
     async def agent_of(lkapi: api.LiveKitAPI, room: str) -> str:
         listing = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
@@ -90,6 +95,7 @@ async def helper(lk: ServerInfo, callers: dict[str, rtc.Room]) -> AsyncIterator[
             if p.attributes.get(AGENT_CODE_ATTRIBUTE) and "imaginex.sender" not in p.attributes
         )
 
+    rpc = ServerRpc(LiveKitSettings(lk.url, lk.api_key, lk.api_secret))
     async with api.LiveKitAPI(lk.url, lk.api_key, lk.api_secret) as lkapi:
 
         async def hear(request: web.Request) -> web.Response:
@@ -107,8 +113,20 @@ async def helper(lk: ServerInfo, callers: dict[str, rtc.Room]) -> AsyncIterator[
             )
             return web.json_response([_participant(p) for p in listing.participants])
 
+        async def add_context(request: web.Request) -> web.Response:
+            # context from another backend than the console (signed with the LiveKit API
+            # secret, through PerformRpc, as the gateway sends it), with what the gateway's
+            # add-context does not take: a ttl
+            body = await request.json()
+            agent = await agent_of(lkapi, body["room"])
+            message = json.dumps({"type": "add_context", **body["fields"]})
+            payload = sign_request(message, lk.api_secret, sender=DEFAULT_GATEWAY_IDENTITY)
+            answer = await rpc.call_agent(body["room"], agent, payload, timeout=10.0)
+            return web.json_response(json.loads(answer))
+
         app = web.Application()
         app.router.add_post("/hear", hear)
+        app.router.add_post("/add-context", add_context)
         app.router.add_get("/room", room)
         runner = web.AppRunner(app)
         await runner.setup()
@@ -119,6 +137,7 @@ async def helper(lk: ServerInfo, callers: dict[str, rtc.Room]) -> AsyncIterator[
             yield f"http://127.0.0.1:{port}"
         finally:
             await runner.cleanup()
+            await rpc.aclose()
 
 
 async def test_the_console_in_chromium_on_the_real_gateway_server_and_worker(
@@ -182,7 +201,7 @@ async def test_the_console_in_chromium_on_the_real_gateway_server_and_worker(
                 f"{exc}\ngateway log:\n{gateway.log()}\nworker log:\n{console_worker.log()}",
                 pytrace=False,
             )
-    assert counts["pass"] == counts["tests"] >= 14
+    assert counts["pass"] == counts["tests"] >= 15
     for name in ("calls.png", "call.png", "context.png", "takeover.png"):
         image = (shots / name).read_bytes()
         assert image.startswith(PNG), name

@@ -258,6 +258,33 @@ test("add_context shows up in the context panel; replaced and removed entries go
   }
 });
 
+test("context another backend added leaves unused: evicted by the budget, expired by its ttl, each with its reason", async () => {
+  await tab("Context");
+  /** add_context from another backend (the helper signs it and sends it with PerformRpc). */
+  const addElsewhere = async (id, fields) => {
+    const response = await fetch(`${HELPER_URL}/add-context`, { method: "POST", body: JSON.stringify({ room: ROOM_1, fields: { id, ...fields } }) });
+    const ack = await response.json();
+    assert.equal(ack.success, true, JSON.stringify(ack));
+  };
+  // about 12,000 characters each: the third passes the budget (32,000) and evicts the oldest
+  // entry without a key; the other two run out their 3 s ttl
+  const history = (n) => `Order history, page ${n}: ${"lorem ipsum ".repeat(1000)}`;
+  const tag = Date.now().toString(36);
+  const [oldest, shortA, shortB] = [`evicted-${tag}`, `ttl-a-${tag}`, `ttl-b-${tag}`];
+  await addElsewhere(oldest, { context: history(1) });
+  await page.locator(`.context-entry[data-request-id="${oldest}"]`).waitFor(); // the next get-state
+  await addElsewhere(shortA, { context: history(2), ttl_s: 3 });
+  await addElsewhere(shortB, { context: history(3), ttl_s: 3 });
+  await page.locator(`.context-dropped[data-request-id="${oldest}"][data-reason=evicted]`, { hasText: "dropped: evicted to keep within the context budget" }).waitFor();
+  await page.locator(`.context-entry[data-request-id="${oldest}"]`).waitFor({ state: "detached" });
+  for (const id of [shortA, shortB]) {
+    await page.locator(`.context-dropped[data-request-id="${id}"][data-reason=expired]`, { hasText: "dropped: its time ran out" }).waitFor();
+    await page.locator(`.context-entry[data-request-id="${id}"]`).waitFor({ state: "detached" });
+  }
+  const held = (await agentState(CODE_A, ROOM_1, SECRET_A)).context_entries.map((e) => e.request_id);
+  assert.deepEqual(held.filter((id) => [oldest, shortA, shortB].includes(id)), [], held.join(", "));
+});
+
 /**
  * A TCP proxy in front of the gateway that can cut the page's events streams (and refuse new
  * ones) while everything else goes through: a network blip on the stream alone. It records
