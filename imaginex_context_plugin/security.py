@@ -172,7 +172,14 @@ class SplicedBodies:
     ) -> None:
         self._head = head
         self._tail = tail
-        self._key = secret.encode("utf-8") if isinstance(secret, str) else secret
+        # keyed once: each second's state after the head starts from a copy
+        self._keyed = (
+            None
+            if secret is None
+            else hmac.new(
+                secret.encode("utf-8") if isinstance(secret, str) else secret, digestmod="sha256"
+            )
+        )
         self._sender = sender
         self._tail_bytes = tail.encode("utf-8")
         # a JSON string's escaping is per character, so the body's escaped text is the
@@ -193,14 +200,13 @@ class SplicedBodies:
     def message(self, part: str, *, timestamp: int | None = None) -> str:
         """What is sent for ``part``: the signed envelope of :meth:`body` (the body itself
         without a secret)."""
-        if self._key is None:
+        if self._keyed is None:
             return self.body(part)
         ts = int(time.time()) if timestamp is None else timestamp
         base = self._mac
         if base is None or ts != self._timestamp:
-            head = _message_head(ts, self._sender) + self._head.encode("utf-8")
-            base = self._mac = hmac.new(self._key, digestmod="sha256")
-            _update_holding_gil(base, head)
+            base = self._mac = self._keyed.copy()
+            _update_holding_gil(base, _message_head(ts, self._sender) + self._head.encode("utf-8"))
             self._before_signature = self._escaped_tail + _after_body(ts)
             self._timestamp = ts
         text = _json_text(part)
