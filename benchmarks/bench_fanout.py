@@ -20,9 +20,12 @@ Same run, same machine (as root inside a loopback-only network namespace):
   gateway in them, measured first on the very same agents. This process makes one
   ``RoomService.PerformRpc`` per room (``ServerRpc``), answered by a bare RPC method each agent
   registers beside the plugin's (**bare PerformRpc echo**; **+ say()**: ``session.say(text)``
-  first, the least any speak path on ``livekit-agents`` does). All rooms at once; a request is
-  done when every room answered. They bound what any design on these
-  transports and these agents can reach on this machine.
+  first, the least any speak path on ``livekit-agents`` does); **bare HTTP hop + PerformRpc +
+  say()**: the same calls made by a bare HTTP relay process this process POSTs to
+  (``fanout/relay.py``: one aiohttp route, nothing checked, signed or logged), the least any
+  HTTP gateway in front of them does. All rooms at once; a request is done when every room
+  answered. They bound what any design on these transports and these agents can reach on this
+  machine.
 
 Per size: HTTP -> response of the first request (cold: the gateway joins every room), then of
 the warm sequential requests, ``max(--warm, ceil(--min-samples / rooms))`` of them on every path
@@ -83,6 +86,7 @@ from fanout.agents import agents_worker  # noqa: E402
 from fanout.gateway import gateway_worker  # noqa: E402
 from fanout.measure import CLOCK_TICK_S, FloorPhase, Phase  # noqa: E402
 from fanout.one_size import one_size  # noqa: E402
+from fanout.relay import relay_worker  # noqa: E402
 from fanout.report import add_figures, add_floor_figures, as_data, p50_p99  # noqa: E402
 from fanout.settings import (  # noqa: E402
     AGENTS_PER_PROCESS,
@@ -216,7 +220,8 @@ async def run(
             else ""
         )
         + "; fan-out floors: PerformRpc from this process (sender) to the same agents, "
-        "answered by a bare RPC method, nothing of the plugin or the gateway in them"
+        "answered by a bare RPC method, nothing of the plugin or the gateway in them; the "
+        "HTTP hop floor's sender is a bare aiohttp relay process this process POSTs to"
     )
     report.notes.append(
         f"CPU: /proc user + system time, counted in clock ticks of {CLOCK_TICK_S * 1000:g} ms, "
@@ -230,6 +235,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--agents", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--gateway", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--relay", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--joins", type=int, help="the gateway's max_concurrent_joins")
     parser.add_argument("--sizes", default="1,50,200")
     parser.add_argument("--warm", type=int, default=20, help="warm requests per size, at least")
@@ -270,6 +276,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.agents:
         asyncio.run(agents_worker())
+        return
+    if args.relay:
+        relay_worker()
         return
     if args.gateway:
         port, mode, joins, delivery = args.gateway

@@ -23,6 +23,7 @@ from imaginex_context_plugin.gateway import LiveKitSettings
 
 from .agents import AgentWorkers
 from .gateway import GatewayProcess, RoomServiceCalls, speak
+from .relay import RelayProcess
 from .settings import (
     AGENT_IDENTITY,
     AGENTS,
@@ -35,6 +36,7 @@ from .settings import (
     QUIET_CORES_PER_WORKER,
     QUIET_TIMEOUT_S,
     ROOM,
+    RPC_HTTP_SAY,
     RPC_SAY,
     SENDER,
 )
@@ -129,7 +131,9 @@ class FloorPhase:
 
 class FloorRunner:
     """Bare fan-outs of one floor variant to every room in ``names``: a ``PerformRpc`` to each
-    agent's bare echo method, done when every room has answered."""
+    agent's bare echo method, done when every room has answered. ``RPC_HTTP_SAY`` needs
+    ``relay`` (the process that makes the calls, whose CPU is the ``sender``'s) and ``http``
+    (this process's client to it)."""
 
     def __init__(
         self,
@@ -137,13 +141,21 @@ class FloorRunner:
         names: Sequence[str],
         variant: str,
         workers: AgentWorkers,
+        *,
+        relay: RelayProcess | None = None,
+        http: aiohttp.ClientSession | None = None,
     ) -> None:
         node = cluster.nodes[0].info
         settings = LiveKitSettings(url=node.url, api_key=node.api_key, api_secret=node.api_secret)
         self._rpc = ServerRpc(settings)
         self._names, self._workers = names, workers
-        self._say = variant == RPC_SAY
-        self._groups = cpu_groups(cluster, [os.getpid()], workers.pids, first=SENDER)
+        self._say = variant in (RPC_SAY, RPC_HTTP_SAY)
+        self._relay = relay
+        self._http = http
+        if (variant == RPC_HTTP_SAY) != (relay is not None and http is not None):
+            raise ValueError(f"{RPC_HTTP_SAY} (and only it) needs a relay and a client")
+        senders = [relay.pid] if relay is not None else [os.getpid()]
+        self._groups = cpu_groups(cluster, senders, workers.pids, first=SENDER)
         self._next = 1_000_000 * (FLOORS.index(variant) + 1)  # numbers no other floor uses
         self.phase = FloorPhase(len(names), variant)
 
@@ -155,14 +167,29 @@ class FloorRunner:
             return True
         return False
 
+    async def _relayed(self, payload: str) -> int:
+        """Rooms that answered, through the relay (none if it failed)."""
+        assert self._relay is not None
+        assert self._http is not None
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            async with self._http.post(self._relay.url, data=payload) as response:
+                if response.status == 200:
+                    return int(await response.text())
+        return 0
+
     async def fan_out(self) -> float:
         n, self._next = self._next, self._next + 1
         names = self._names
         packet = json.dumps({"n": n, "say": self._say, "text": f"Floor message {n}."})
         start = time.perf_counter()
-        answered = await asyncio.gather(*(self._call(name, packet) for name in names))
-        self.phase.missed += answered.count(False)
-        return time.perf_counter() - start
+        if self._relay is not None:
+            answered = await self._relayed(packet)
+        else:
+            calls = await asyncio.gather(*(self._call(name, packet) for name in names))
+            answered = calls.count(True)
+        elapsed = time.perf_counter() - start
+        self.phase.missed += len(names) - answered
+        return elapsed
 
     async def cold(self) -> None:
         """One fan-out that is not measured: connections and tokens, as a gateway's cold."""

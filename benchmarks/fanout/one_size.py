@@ -20,11 +20,13 @@ from devtools.livekit_cluster import LiveKitCluster
 from .agents import AgentWorkers, agents, create_rooms, unlisted
 from .gateway import gateway
 from .measure import FloorPhase, FloorRunner, GatewayRunner, Phase
+from .relay import relay
 from .settings import (
     FLOORS,
     NOT_SPOKEN,
     READY_TIMEOUT_S,
     ROOM,
+    RPC_HTTP_SAY,
     SERVER_RPC,
     SETTLE_TIMEOUT_S,
     UNKNOWN_OUTCOME,
@@ -119,7 +121,19 @@ async def one_size(
                 raise RuntimeError(f"{len(missing)} agents never showed their code")
             taking_turns: list[FloorRunner | GatewayRunner] = []
             for variant in floor_variants:
-                runner = FloorRunner(cluster, names, variant, workers)
+                through = (
+                    await stack.enter_async_context(relay(cluster.nodes[0], names))
+                    if variant == RPC_HTTP_SAY
+                    else None
+                )
+                runner = FloorRunner(
+                    cluster,
+                    names,
+                    variant,
+                    workers,
+                    relay=through,
+                    http=http if through is not None else None,
+                )
                 stack.push_async_callback(runner.aclose)
                 await runner.cold()
                 floors.append(runner.phase)

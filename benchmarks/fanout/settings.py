@@ -63,10 +63,12 @@ SPOKEN_PREFIX: Final = "Fan-out message"
 ECHO_METHOD: Final = "bench.fanout.echo"
 RPC_BARE: Final = "bare PerformRpc echo"
 RPC_SAY: Final = "bare PerformRpc + say()"
-FLOORS: Final = (RPC_BARE, RPC_SAY)
-"""The fan-out floors, measured on the same agents before the gateway's phases: this process
-makes one ``RoomService.PerformRpc`` per room (answered by a bare RPC method beside the
-plugin's), all at once."""
+RPC_HTTP_SAY: Final = "bare HTTP hop + PerformRpc + say()"
+FLOORS: Final = (RPC_BARE, RPC_SAY, RPC_HTTP_SAY)
+"""The fan-out floors, measured on the same agents before the gateway's phases: one
+``RoomService.PerformRpc`` per room (answered by a bare RPC method beside the plugin's), all at
+once, made by this process, or (``RPC_HTTP_SAY``) by a bare HTTP relay process this process
+POSTs to (``fanout/relay.py``): the least an HTTP gateway in front of the same calls does."""
 BARE_FLOOR_OF: Final = {ROOM: RPC_BARE, SERVER_RPC: RPC_BARE}
 """The floor each delivery's target is measured against: the same transport, bare."""
 DELIVERY_CALL: Final = {SERVER_RPC: "PerformRpc"}

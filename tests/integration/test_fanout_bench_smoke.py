@@ -5,8 +5,8 @@ No timing is asserted: the figures come from running the benchmark itself. What 
 its correctness check (every room reached by every request, cold and warm, each message spoken
 once), that every figure is there for both ways of finding agents and both ways of delivering
 (``PerformRpc``, room connections), that the fan-out floors (bare PerformRpc, with and without
-``say()``) reached every room and are compared with, and that the server-side delivery reached
-node B's rooms through node A.
+``say()``, and through a bare HTTP relay) reached every room and are compared with, and that the
+server-side delivery reached node B's rooms through node A.
 """
 
 from __future__ import annotations
