@@ -71,18 +71,17 @@ class Model:
 
 
 MODEL: Final = Model(
-    gateway_per_request=1.31,
-    gateway_per_room=0.267,
-    livekit_per_request=0.79,
-    livekit_per_room=1.966,
-    agents_per_room=6.57,
-    livekit_idle_per_agent=0.8,
-    agent_idle_per_agent=2.0,
+    gateway_per_request=1.01,
+    gateway_per_room=0.225,
+    livekit_per_request=0.53,
+    livekit_per_room=1.528,
+    agents_per_room=5.17,
+    livekit_idle_per_agent=0.7,
+    agent_idle_per_agent=1.65,
 )
-"""Fitted (``--fit``) on the run at ``55241a4`` (in the changelog) and checked against the
-latest, :data:`RESULTS`, on which it holds (refitted there, the agents' per-room cost misses
-that run's 1-room point: the model has no per-request cost for the agents); docs/performance.md
-quotes it."""
+"""Fitted (``--fit``) on the latest run, :data:`RESULTS` (at ``dcdbd62``), on which it holds.
+The fit before it (on a slower moment of the machine, in the changelog) did not hold there: it
+put the agents' CPU a third above what this run measured. docs/performance.md quotes it."""
 
 
 @dataclass(frozen=True)
