@@ -107,6 +107,13 @@ def _update_holding_gil(mac: hmac.HMAC, data: bytes) -> None:
         mac.update(view[start : start + GIL_HELD_BYTES])
 
 
+def _keyed(secret: str | bytes) -> hmac.HMAC:
+    """An HMAC-SHA256 keyed with ``secret`` (UTF-8 if text), to copy per message: the key's
+    setup is then paid once (:func:`hmac_sha256_hex`)."""
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    return hmac.new(key, digestmod="sha256")
+
+
 def hmac_sha256_hex(key: hmac.HMAC | bytes, message: bytes) -> str:
     """The lowercase hex HMAC-SHA256 of ``message``, computed without releasing the GIL.
 
@@ -173,13 +180,7 @@ class SplicedBodies:
         self._head = head
         self._tail = tail
         # keyed once: each second's state after the head starts from a copy
-        self._keyed = (
-            None
-            if secret is None
-            else hmac.new(
-                secret.encode("utf-8") if isinstance(secret, str) else secret, digestmod="sha256"
-            )
-        )
+        self._keyed = None if secret is None else _keyed(secret)
         self._sender = sender
         self._tail_bytes = tail.encode("utf-8")
         # a JSON string's escaping is per character, so the body's escaped text is the
@@ -266,10 +267,7 @@ class SignatureVerifier:
     ) -> None:
         """Args: ``secret``, and ``also``: further keys a valid signature may be made with."""
         # keyed once: each check copies the keyed state
-        self._keys = tuple(
-            hmac.new(key.encode("utf-8") if isinstance(key, str) else key, digestmod="sha256")
-            for key in (secret, *also)
-        )
+        self._keys = tuple(_keyed(key) for key in (secret, *also))
         self._window_s = window_s
         self._clock = clock
         # every signature seen within the window; older ones would fail the clock check anyway
